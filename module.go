@@ -1,0 +1,342 @@
+// Package apikey is a Caddy HTTP handler that admits only requests carrying a
+// valid API key. Keys are checked against the SHA-256 hashes kept in a JSON
+// key file; raw keys are never stored.
+package apikey
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler admits only requests that carry a valid API key, and rejects the
+// others with a JSON error: 401 AUTH_REQUIRED when no key is sent, 403
+// INVALID_KEY when the key is unknown or revoked, 403 KEY_EXPIRED when it is
+// past its expiry, 403 INSUFFICIENT_SCOPE when it lacks a required scope, and
+// 400 AMBIGUOUS_KEY when one source carries several different keys.
+//
+// On success, the request goes on to the next handler with these
+// placeholders set: `{http.auth.user.id}` (the key's id, which Caddy's access
+// log shows as `user_id`), `{http.auth.user.label}`,
+// `{http.auth.user.key_prefix}` and `{http.auth.user.scopes}` (comma-joined).
+//
+// The key file is watched: changes take effect within reload_interval,
+// without a config reload. Last-used times are written back to it in the
+// background, at most once per key per usage_interval.
+type Handler struct {
+	// Path to the JSON key file. Required. Relative paths are relative to
+	// Caddy's working directory.
+	KeysFile string `json:"keys_file,omitempty"`
+
+	// Request headers to read the key from, in order; the first one that
+	// carries a key wins, before the query parameter. Default: the
+	// `Authorization` header with the `Bearer` scheme, then `X-API-Key`.
+	// An empty list reads no header.
+	Headers []HeaderSource `json:"headers,omitempty"`
+
+	// Query parameter to read the key from, after the headers. Default:
+	// `api_key`. An empty string reads no query parameter.
+	Query *string `json:"query,omitempty"`
+
+	// Realm named in the WWW-Authenticate header of 401 responses.
+	// Default: `restricted`.
+	Realm string `json:"realm,omitempty"`
+
+	// Scopes the key must hold, all of them, for the request to pass.
+	Scopes []string `json:"scopes,omitempty"`
+
+	// Let requests without any key pass, unauthenticated and without
+	// placeholders. A key that is sent must still be valid.
+	Optional bool `json:"optional,omitempty"`
+
+	// Remove the key from the request (its header, or its query
+	// parameter) before the next handler, so an upstream never sees it.
+	HideCredentials bool `json:"hide_credentials,omitempty"`
+
+	// Instead of writing a JSON error, return the failure to Caddy so the
+	// site's `handle_errors` routes answer it. They see the status in
+	// `{http.error.status_code}`, the message in `{http.error.message}`
+	// and the error code (e.g. `INVALID_KEY`) in
+	// `{http.auth.apikey.error_code}`.
+	HandleErrors bool `json:"handle_errors,omitempty"`
+
+	// How often at most a key's last-used time is written to the key
+	// file. Default: 15m. A negative value turns usage tracking off.
+	UsageInterval caddy.Duration `json:"usage_interval,omitempty"`
+
+	// How often the key file is checked for changes. Default: 1s. A
+	// negative value turns watching off; the file is then read on config
+	// loads only.
+	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
+
+	store     *keyStore
+	storePath string
+	sources   []credentialSource
+	query     string
+	logger    *zap.Logger
+
+	// Refusals, built once at provision time.
+	authRequired *refusal
+	invalidKey   *refusal
+	keyExpired   *refusal
+	ambiguousKey *refusal
+	challenge    []string
+}
+
+// HeaderSource is a request header that may carry the key.
+type HeaderSource struct {
+	// The header field name, e.g. `Authorization` or `X-API-Key`.
+	Name string `json:"name"`
+	// If set, the header's value must start with this authentication
+	// scheme (compared without regard to case), e.g. `Bearer`; the key is
+	// what follows it. If empty, the whole value is the key.
+	Scheme string `json:"scheme,omitempty"`
+}
+
+// DefaultQueryParam is the query parameter read when none is configured.
+const DefaultQueryParam = "api_key"
+
+// defaultHeaders are the headers read when none are configured.
+var defaultHeaders = []HeaderSource{
+	{Name: "Authorization", Scheme: "Bearer"},
+	{Name: "X-API-Key"},
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.apikey",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler: it loads the key file (shared with every
+// other handler that uses the same file) and prepares the responses.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.KeysFile == "" {
+		return errors.New("keys_file is required")
+	}
+	if h.Headers == nil {
+		h.Headers = defaultHeaders
+	}
+	h.query = DefaultQueryParam
+	if h.Query != nil {
+		h.query = *h.Query
+	}
+	h.sources = h.sources[:0]
+	for _, hs := range h.Headers {
+		if hs.Name == "" {
+			return errors.New("headers: a header name is empty")
+		}
+		h.sources = append(h.sources, credentialSource{
+			header: http.CanonicalHeaderKey(hs.Name),
+			scheme: hs.Scheme,
+		})
+	}
+	if h.Realm == "" {
+		h.Realm = "restricted"
+	}
+	for _, s := range h.Scopes {
+		if s == "" || strings.ContainsAny(s, ", \t\r\n") {
+			return fmt.Errorf("scope %q must be non-empty, without spaces or commas", s)
+		}
+	}
+	h.prepareResponses()
+
+	path, err := filepath.Abs(h.KeysFile)
+	if err != nil {
+		return fmt.Errorf("keys_file: %v", err)
+	}
+	settings := storeSettings{
+		usageInterval:  durationSetting(h.UsageInterval, defaultUsageInterval),
+		reloadInterval: durationSetting(h.ReloadInterval, defaultReloadInterval),
+	}
+	store, err := acquireStore(path, settings, h.logger)
+	if err != nil {
+		return err
+	}
+	h.store, h.storePath = store, path
+	return nil
+}
+
+// durationSetting maps a configured duration to its effective value:
+// zero means the default, negative means off (-1).
+func durationSetting(d caddy.Duration, def time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return def
+	case d < 0:
+		return -1
+	}
+	return time.Duration(d)
+}
+
+// Validate checks the handler's configuration.
+func (h *Handler) Validate() error {
+	if len(h.sources) == 0 && h.query == "" {
+		return errors.New("no credential source: configure at least one header or a query parameter")
+	}
+	return nil
+}
+
+// Cleanup writes the pending last-used times and releases the key file.
+func (h *Handler) Cleanup() error {
+	if h.store != nil {
+		releaseStore(h.storePath, h.store)
+		h.store = nil
+	}
+	return nil
+}
+
+// Error codes of the refusals.
+const (
+	CodeAuthRequired      = "AUTH_REQUIRED"
+	CodeInvalidKey        = "INVALID_KEY"
+	CodeKeyExpired        = "KEY_EXPIRED"
+	CodeInsufficientScope = "INSUFFICIENT_SCOPE"
+	CodeAmbiguousKey      = "AMBIGUOUS_KEY"
+)
+
+// refusal is one way of refusing a request, with its JSON body rendered.
+type refusal struct {
+	status  int
+	code    string
+	message string
+	body    []byte
+}
+
+func newRefusal(status int, code, message string) *refusal {
+	var envelope struct {
+		Success bool `json:"success"`
+		Error   struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	envelope.Error.Code, envelope.Error.Message = code, message
+	body, _ := json.Marshal(envelope) // cannot fail: strings only
+	return &refusal{status: status, code: code, message: message, body: body}
+}
+
+func (h *Handler) prepareResponses() {
+	h.authRequired = newRefusal(http.StatusUnauthorized, CodeAuthRequired, "API key is required. Pass via "+h.describeSources()+".")
+	h.invalidKey = newRefusal(http.StatusForbidden, CodeInvalidKey, "Invalid API key.")
+	h.keyExpired = newRefusal(http.StatusForbidden, CodeKeyExpired, "API key has expired.")
+	h.ambiguousKey = newRefusal(http.StatusBadRequest, CodeAmbiguousKey, "More than one API key was sent; send exactly one.")
+	h.challenge = []string{`Bearer realm=` + strconv.Quote(h.Realm)}
+}
+
+// describeSources names the enabled credential sources for the 401 message,
+// e.g. "Authorization: Bearer header, X-API-Key header or ?api_key= query
+// parameter".
+func (h *Handler) describeSources() string {
+	var names []string
+	for _, s := range h.Headers {
+		if s.Scheme != "" {
+			names = append(names, s.Name+": "+s.Scheme+" header")
+		} else {
+			names = append(names, s.Name+" header")
+		}
+	}
+	if h.query != "" {
+		names = append(names, "?"+h.query+"= query parameter")
+	}
+	switch len(names) {
+	case 0:
+		return "nothing (no source is enabled)"
+	case 1:
+		return names[0]
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
+
+// ServeHTTP authenticates the request and passes it on, or refuses it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	cred := h.credential(r)
+	switch cred.status {
+	case credNone:
+		if h.Optional {
+			return next.ServeHTTP(w, r)
+		}
+		return h.refuse(w, r, h.authRequired, nil)
+	case credAmbiguous:
+		return h.refuse(w, r, h.ambiguousKey, nil)
+	}
+
+	ks := h.store.current()
+	key, sum := ks.lookup(cred.key)
+	if key == nil || key.revoked {
+		return h.refuse(w, r, h.invalidKey, key)
+	}
+	now := time.Now().UnixNano()
+	if key.expired(now) {
+		return h.refuse(w, r, h.keyExpired, key)
+	}
+	for _, scope := range h.Scopes {
+		if !key.hasScope(scope) {
+			return h.refuse(w, r, newRefusal(http.StatusForbidden, CodeInsufficientScope,
+				"API key lacks the required scope "+strconv.Quote(scope)+"."), key)
+		}
+	}
+
+	h.store.markUsed(key, sum, now)
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Map(key.placeholder)
+	if h.HideCredentials {
+		hideCredential(r, cred)
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// refuse answers a request that may not pass. key is the key that was
+// presented, if it matched a record: it is logged by id, label and prefix;
+// the raw key never is.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *Key) error {
+	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
+		fields := []zap.Field{zap.String("code", why.code), zap.String("remote_ip", r.RemoteAddr)}
+		if key != nil {
+			fields = append(fields, zap.String("key_id", key.ID), zap.String("key_label", key.Label), zap.String("key_prefix", key.Prefix))
+		}
+		c.Write(fields...)
+	}
+	if why.status == http.StatusUnauthorized {
+		w.Header()["Www-Authenticate"] = h.challenge
+	}
+	if h.HandleErrors {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		repl.Set("http.auth.apikey.error_code", why.code)
+		return caddyhttp.Error(why.status, errors.New(why.message))
+	}
+	hdr := w.Header()
+	hdr["Content-Type"] = []string{"application/json"}
+	hdr["Cache-Control"] = []string{"no-store"}
+	hdr["X-Content-Type-Options"] = []string{"nosniff"}
+	hdr["Content-Length"] = []string{strconv.Itoa(len(why.body))}
+	w.WriteHeader(why.status)
+	_, err := w.Write(why.body)
+	return err
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,320 @@
+package apikey
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// Record is one API key as the key file stores it. The members are those
+// of the reference application's records, plus the optional lifecycle
+// members expires_at, revoked_at and scopes (absent means "no limit").
+// Members this type does not know are kept by the document type (keyDoc)
+// whenever the file is written back.
+type Record struct {
+	ID         string   `json:"id"`
+	Label      string   `json:"label"`
+	KeyHash    string   `json:"key_hash"`
+	KeyPrefix  string   `json:"key_prefix"`
+	CreatedAt  *string  `json:"created_at"`
+	LastUsedAt *string  `json:"last_used_at"`
+	ExpiresAt  *string  `json:"expires_at,omitempty"`
+	RevokedAt  *string  `json:"revoked_at,omitempty"`
+	Scopes     []string `json:"scopes,omitempty"`
+}
+
+// Key is the in-memory form of one usable record: what the request path
+// needs and nothing more, so that a million keys stay small.
+type Key struct {
+	ID     string
+	Label  string
+	Prefix string
+	Scopes []string
+
+	scopesJoined string
+	expiresAt    int64 // unix nanoseconds; 0 means never
+	revoked      bool
+
+	// usage is created on first use, so keys that are never used cost
+	// nothing, and is carried over to the next key set when the file is
+	// reloaded.
+	usage atomic.Pointer[usageCell]
+}
+
+// expired reports whether the key is past its expires_at at time now
+// (unix nanoseconds).
+func (k *Key) expired(now int64) bool {
+	return k.expiresAt != 0 && now >= k.expiresAt
+}
+
+// hasScope reports whether the key holds scope s.
+func (k *Key) hasScope(s string) bool {
+	for _, have := range k.Scopes {
+		if have == s {
+			return true
+		}
+	}
+	return false
+}
+
+// placeholder provides the {http.auth.user.*} placeholders of a request
+// authenticated with this key. Registering one provider per request (rather
+// than four replacer.Set calls) keeps the hot path to a single allocation.
+func (k *Key) placeholder(name string) (any, bool) {
+	switch name {
+	case "http.auth.user.id":
+		return k.ID, true
+	case "http.auth.user.label":
+		return k.Label, true
+	case "http.auth.user.key_prefix":
+		return k.Prefix, true
+	case "http.auth.user.scopes":
+		return k.scopesJoined, true
+	}
+	return nil, false
+}
+
+// keySet is an immutable snapshot of a key file. Requests read it through an
+// atomic pointer, so a reload swaps all keys at once.
+type keySet struct {
+	byHash map[[sha256.Size]byte]*Key
+	keys   []Key
+}
+
+// lookup finds the key whose SHA-256 matches the presented raw key: one hash
+// and one map probe, whatever the number of keys.
+func (ks *keySet) lookup(raw string) (*Key, [sha256.Size]byte) {
+	// Hash the string's bytes in place: Sum256 neither keeps nor changes
+	// them, and copying a header-sized key would cost an allocation.
+	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
+	return ks.byHash[sum], sum
+}
+
+// hashKey returns the key_hash of a raw key: lowercase SHA-256 hex.
+func hashKey(raw string) string {
+	sum := sha256.Sum256([]byte(raw))
+	return hex.EncodeToString(sum[:])
+}
+
+// KeyFileError is a problem with a key file's contents. It names the file
+// and, where it can, the record and the position in the file.
+type KeyFileError struct {
+	Path string
+	Err  error
+}
+
+func (e *KeyFileError) Error() string { return "key file " + e.Path + ": " + e.Err.Error() }
+func (e *KeyFileError) Unwrap() error { return e.Err }
+
+// readKeySet reads and validates a key file.
+func readKeySet(path string) (*keySet, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading key file: %w", err)
+	}
+	ks, err := parseKeySet(data)
+	if err != nil {
+		return nil, &KeyFileError{Path: path, Err: err}
+	}
+	return ks, nil
+}
+
+// parseKeySet decodes and validates the contents of a key file.
+func parseKeySet(data []byte) (*keySet, error) {
+	records, err := parseRecords(data)
+	if err != nil {
+		return nil, err
+	}
+	return buildKeySet(records)
+}
+
+// parseRecords decodes the records of a key file: the "api_keys" member of a
+// JSON object, or a bare JSON array of records.
+func parseRecords(data []byte) ([]Record, error) {
+	rawRecords, err := splitRecords(data)
+	if err != nil {
+		return nil, err
+	}
+	records := make([]Record, len(rawRecords))
+	for i, raw := range rawRecords {
+		if err := json.Unmarshal(raw, &records[i]); err != nil {
+			return nil, fmt.Errorf("record %d: %w", i+1, describeJSONError(data, err))
+		}
+	}
+	return records, nil
+}
+
+// splitRecords returns the raw JSON of each record in a key file.
+func splitRecords(data []byte) ([]json.RawMessage, error) {
+	trimmed := bytes.TrimSpace(data)
+	if len(trimmed) == 0 {
+		return nil, errors.New("file is empty; want a JSON object with an \"api_keys\" list or a JSON array of key records")
+	}
+	var raws []json.RawMessage
+	switch trimmed[0] {
+	case '[':
+		if err := json.Unmarshal(data, &raws); err != nil {
+			return nil, describeJSONError(data, err)
+		}
+	case '{':
+		var top struct {
+			APIKeys []json.RawMessage `json:"api_keys"`
+		}
+		if err := json.Unmarshal(data, &top); err != nil {
+			return nil, describeJSONError(data, err)
+		}
+		raws = top.APIKeys
+	default:
+		if err := json.Unmarshal(data, new(any)); err != nil {
+			return nil, describeJSONError(data, err)
+		}
+		return nil, errors.New("want a JSON object with an \"api_keys\" list or a JSON array of key records")
+	}
+	for i, raw := range raws {
+		if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
+			return nil, fmt.Errorf("record %d: want a JSON object, got %.40s", i+1, t)
+		}
+	}
+	return raws, nil
+}
+
+// describeJSONError turns a decoding error into one that gives the line and
+// column of the problem in data.
+func describeJSONError(data []byte, err error) error {
+	var syntaxErr *json.SyntaxError
+	if errors.As(err, &syntaxErr) {
+		line, col := lineCol(data, syntaxErr.Offset)
+		return fmt.Errorf("invalid JSON at line %d, column %d: %v", line, col, syntaxErr)
+	}
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		what := typeErr.Field
+		if what == "" {
+			what = "value"
+		}
+		if what == "api_keys" {
+			return fmt.Errorf("\"api_keys\" must be a list of key records, not a JSON %s", typeErr.Value)
+		}
+		return fmt.Errorf("member %q must be a %s, not a JSON %s", what, jsonKind(typeErr.Type.Kind().String()), typeErr.Value)
+	}
+	return err
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string", "ptr":
+		return "string"
+	case "slice":
+		return "list"
+	}
+	return goKind
+}
+
+// lineCol converts a byte offset in data into a 1-based line and column.
+func lineCol(data []byte, offset int64) (line, col int) {
+	if offset > int64(len(data)) {
+		offset = int64(len(data))
+	}
+	before := data[:offset]
+	line = bytes.Count(before, []byte{'\n'}) + 1
+	col = int(offset) - (bytes.LastIndexByte(before, '\n') + 1)
+	if col < 1 {
+		col = 1
+	}
+	return line, col
+}
+
+// buildKeySet validates records and indexes them by hash.
+func buildKeySet(records []Record) (*keySet, error) {
+	ks := &keySet{
+		byHash: make(map[[sha256.Size]byte]*Key, len(records)),
+		keys:   make([]Key, len(records)),
+	}
+	ids := make(map[string]int, len(records))
+	for i := range records {
+		rec := &records[i]
+		n := i + 1
+		if rec.ID == "" {
+			return nil, fmt.Errorf("record %d: \"id\" is missing or empty", n)
+		}
+		if first, dup := ids[rec.ID]; dup {
+			return nil, fmt.Errorf("record %d: id %q is already used by record %d", n, rec.ID, first)
+		}
+		ids[rec.ID] = n
+		sum, err := decodeKeyHash(rec.KeyHash)
+		if err != nil {
+			return nil, fmt.Errorf("record %d (id %q): %v", n, rec.ID, err)
+		}
+		if other, dup := ks.byHash[sum]; dup {
+			return nil, fmt.Errorf("record %d (id %q): key_hash is the same as that of id %q", n, rec.ID, other.ID)
+		}
+		k := &ks.keys[i]
+		k.ID, k.Label, k.Prefix = rec.ID, rec.Label, rec.KeyPrefix
+		if rec.ExpiresAt != nil {
+			t, err := parseTimestamp(*rec.ExpiresAt)
+			if err != nil {
+				return nil, fmt.Errorf("record %d (id %q): expires_at: %v", n, rec.ID, err)
+			}
+			k.expiresAt = t.UnixNano()
+		}
+		if rec.RevokedAt != nil {
+			if _, err := parseTimestamp(*rec.RevokedAt); err != nil {
+				return nil, fmt.Errorf("record %d (id %q): revoked_at: %v", n, rec.ID, err)
+			}
+			k.revoked = true
+		}
+		for _, s := range rec.Scopes {
+			if s == "" || strings.ContainsAny(s, ", \t\r\n") {
+				return nil, fmt.Errorf("record %d (id %q): scope %q must be non-empty, without spaces or commas", n, rec.ID, s)
+			}
+		}
+		if len(rec.Scopes) > 0 {
+			k.Scopes = rec.Scopes
+			k.scopesJoined = strings.Join(rec.Scopes, ",")
+		}
+		ks.byHash[sum] = k
+	}
+	return ks, nil
+}
+
+// decodeKeyHash parses a key_hash: 64 hexadecimal digits.
+func decodeKeyHash(s string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	if s == "" {
+		return sum, errors.New("\"key_hash\" is missing or empty")
+	}
+	if len(s) != hex.EncodedLen(sha256.Size) {
+		return sum, fmt.Errorf("key_hash must be 64 hexadecimal digits (a SHA-256), got %d characters", len(s))
+	}
+	if _, err := hex.Decode(sum[:], []byte(s)); err != nil {
+		return sum, errors.New("key_hash must be 64 hexadecimal digits (a SHA-256)")
+	}
+	return sum, nil
+}
+
+// timestampLayout is how this plugin writes times: ISO 8601 with a numeric
+// offset and microseconds, as Python's datetime.isoformat() writes them, so
+// both programs read each other's files.
+const timestampLayout = "2006-01-02T15:04:05.000000-07:00"
+
+func formatTimestamp(t time.Time) string { return t.UTC().Format(timestampLayout) }
+
+// parseTimestamp reads an ISO 8601 time as written by this plugin, by Python's
+// isoformat() (with or without fraction, with or without offset; a time
+// without an offset is taken as UTC) or as RFC 3339.
+func parseTimestamp(s string) (time.Time, error) {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999", "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q is not an ISO 8601 time such as 2026-11-25T20:14:31+00:00", s)
+}
