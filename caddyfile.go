@@ -1,25 +1,87 @@
 package apikey
 
 import (
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("apikey", parseCaddyfile)
+	httpcaddyfile.RegisterDirective("apikey", parseCaddyfile)
 	// Authentication comes before everything it protects, and beside
 	// Caddy's own basic_auth.
 	httpcaddyfile.RegisterDirectiveOrder("apikey", httpcaddyfile.Before, "basic_auth")
 }
 
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+// parseCaddyfile reads the apikey directive. Like Caddy's root directive,
+// it does not let the matcher syntax swallow a lone absolute path: a single
+// argument is the key file, unless it is a named matcher (@name), the
+// wildcard matcher (*) or the block gives keys_file; two arguments are a
+// matcher and the key file.
+func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
+	if !h.Next() {
+		return nil, h.ArgErr()
+	}
+	seg := h.NextSegment()
+	h.Reset()
+	h.Next()
+	hasMatcher := false
+	switch args := segmentArgs(seg); len(args) {
+	case 1:
+		hasMatcher = strings.HasPrefix(args[0], "@") || args[0] == "*" || blockHas(seg, "keys_file")
+	case 2:
+		hasMatcher = true
+	}
+	var matcherSet caddy.ModuleMap
+	if hasMatcher {
+		var err error
+		if matcherSet, err = h.ExtractMatcherSet(); err != nil {
+			return nil, err
+		}
+	}
+	h.Reset()
 	var handler Handler
-	err := handler.UnmarshalCaddyfile(h.Dispenser)
-	return &handler, err
+	if err := handler.UnmarshalCaddyfile(h.Dispenser); err != nil {
+		return nil, err
+	}
+	return h.NewRoute(matcherSet, &handler), nil
+}
+
+// segmentArgs returns the arguments on the directive's own line: the tokens
+// after the directive name and before its block.
+func segmentArgs(seg caddyfile.Segment) []string {
+	var args []string
+	for i, tok := range seg {
+		if i == 0 {
+			continue
+		}
+		if tok.Line != seg[0].Line || tok.Text == "{" {
+			break
+		}
+		args = append(args, tok.Text)
+	}
+	return args
+}
+
+// blockHas reports whether the directive's block has subdirective name.
+func blockHas(seg caddyfile.Segment, name string) bool {
+	depth := 0
+	for _, tok := range seg {
+		switch tok.Text {
+		case "{":
+			depth++
+		case "}":
+			depth--
+		case name:
+			if depth == 1 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

@@ -1,0 +1,228 @@
+package apikey
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// The integration tests share one Caddy, started by TestMain in this test
+// binary and driven through its admin API, as caddytest does. Its ports can
+// be moved with APIKEY_TEST_ADMIN_PORT and APIKEY_TEST_HTTP_PORT so that two
+// test runs on one machine do not drive each other's Caddy.
+var (
+	adminPort = envPort("APIKEY_TEST_ADMIN_PORT", 2999)
+	httpPort  = envPort("APIKEY_TEST_HTTP_PORT", 9080)
+)
+
+func envPort(name string, def int) int {
+	if v := os.Getenv(name); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			return n
+		}
+	}
+	return def
+}
+
+// TestMain starts the in-process Caddy before any test, and fails the run
+// (instead of letting caddytest skip the integration tests) if it cannot.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Fprintln(os.Stderr, "apikey: -short given: integration tests against a real Caddy will be SKIPPED")
+		os.Exit(m.Run())
+	}
+	if err := startCaddy(); err != nil {
+		fmt.Fprintln(os.Stderr, "apikey: cannot start Caddy for the integration tests:", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+func startCaddy() error {
+	if adminUp() {
+		return fmt.Errorf("something already listens on admin port %d; set APIKEY_TEST_ADMIN_PORT", adminPort)
+	}
+	f, err := os.CreateTemp("", "apikey-caddy-init-*.caddyfile")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(f, "{\n\tadmin localhost:%d\n}\n", adminPort)
+	f.Close()
+	os.Args = []string{"caddy", "run", "--config", f.Name(), "--adapter", "caddyfile"}
+	go caddycmd.Main()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if adminUp() {
+			return nil
+		}
+	}
+	return fmt.Errorf("admin endpoint localhost:%d did not come up", adminPort)
+}
+
+func adminUp() bool {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://localhost:%d/config/", adminPort))
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return true
+}
+
+// loadCaddyfile loads a site config into the test Caddy. site is the body of
+// the one site block, served on http://localhost:<httpPort>.
+func loadCaddyfile(t *testing.T, site string) *caddytest.Tester {
+	t.Helper()
+	tc := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
+	tc.InitServer(caddyfileFor(site), "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	return tc
+}
+
+// caddyfileFor wraps a site body in the global options the tests need.
+func caddyfileFor(site string) string {
+	return fmt.Sprintf(`{
+	admin localhost:%d
+	http_port %d
+	https_port %d
+	grace_period 1s
+}
+http://localhost:%d {
+%s
+}
+`, adminPort, httpPort, httpPort+1, httpPort, site)
+}
+
+// siteURL is the URL of path on the test site.
+func siteURL(path string) string {
+	return fmt.Sprintf("http://localhost:%d%s", httpPort, path)
+}
+
+// testKey is a key made for a test: its raw value and its record.
+type testKey struct {
+	Raw    string
+	Record map[string]any
+}
+
+// newTestKey makes a key in the reference application's format. extra
+// members are added to (or replace members of) its record.
+func newTestKey(label string, extra map[string]any) testKey {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	raw := "sk_" + base64.RawURLEncoding.EncodeToString(b)
+	rec := map[string]any{
+		"id":           newTestID(),
+		"label":        label,
+		"key_hash":     hashKey(raw),
+		"key_prefix":   raw[:11],
+		"created_at":   "2026-11-25T20:14:31.123456+00:00",
+		"last_used_at": nil,
+	}
+	for k, v := range extra {
+		rec[k] = v
+	}
+	return testKey{Raw: raw, Record: rec}
+}
+
+func newTestID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// writeKeys writes a key file holding keys, as {"api_keys": [...]}, into a
+// new temporary folder unless path is given, and returns its path.
+func writeKeys(t testing.TB, path string, keys ...testKey) string {
+	t.Helper()
+	if path == "" {
+		path = filepath.Join(t.TempDir(), "keys.json")
+	}
+	recs := make([]map[string]any, len(keys))
+	for i, k := range keys {
+		recs[i] = k.Record
+	}
+	data, err := json.MarshalIndent(map[string]any{"api_keys": recs}, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeFileAtomic(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// do sends a request to the test site and returns the response and body.
+// headers are "Name: value" strings.
+func do(t *testing.T, method, path string, headers ...string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, siteURL(path), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range headers {
+		name, value, _ := strings.Cut(h, ":")
+		req.Header.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+	}
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(body)
+}
+
+// errorCode returns error.code of a JSON refusal body, failing the test if
+// the body is not one.
+func errorCode(t *testing.T, body string) string {
+	t.Helper()
+	var env struct {
+		Success *bool `json:"success"`
+		Error   struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(body), &env); err != nil {
+		t.Fatalf("body is not JSON: %v: %q", err, body)
+	}
+	if env.Success == nil || *env.Success {
+		t.Fatalf("body has no \"success\": false: %q", body)
+	}
+	return env.Error.Code
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
