@@ -1,0 +1,535 @@
+package apikey
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+
+	"github.com/spf13/cobra"
+
+	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+)
+
+// The `caddy apikey` commands manage a key file so that operators never edit
+// its JSON by hand. Writes go through updateKeyFile, under the same lock and
+// with the same re-read and atomic replace as the usage writer of a running
+// Caddy, so neither loses the other's changes, and the running Caddy picks
+// them up at its next reload_interval.
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "apikey",
+		Usage: "add|list|revoke|hash [flags]",
+		Short: "Manages the keys of an apikey key file",
+		Long: `
+Creates, lists and revokes the API keys of a key file used by the apikey
+handler, and hashes keys for files kept by hand.
+
+A running Caddy picks up the changes within its reload_interval (1s by
+default), without a config reload. The commands and a running Caddy lock the
+file while they write it, so neither loses the other's updates.
+
+  caddy apikey add    --file keys.json --label "CI deploy" [--expires 90d] [--scope read]...
+  caddy apikey list   --file keys.json [--json]
+  caddy apikey revoke --file keys.json <id|key_prefix>
+  caddy apikey hash   < raw-key.txt
+`,
+		CobraFunc: func(cmd *cobra.Command) {
+			add := &cobra.Command{
+				Use:   "add --file <keys.json> --label <name> [--expires <90d|RFC3339>] [--scope <scope>]...",
+				Short: "Creates a key and prints it, once",
+				Long: `
+Creates a key (sk_ followed by 32 random bytes in URL-safe base64), stores
+only its SHA-256 hash and metadata in the key file, and prints the key on
+stdout, alone on its line, so that scripts can capture it. It cannot be shown
+again. Details go to stderr. The file is created (mode 0600) if it does not
+exist.
+
+--expires takes a duration from now (90d, 12h, 30m, 1h30m) or a time
+(2027-01-31T00:00:00Z, 2027-01-31). Without it the key never expires.
+
+--scope may be repeated, or given a comma-separated list; the key then holds
+those scopes, for routes whose apikey directive requires them.
+`,
+				Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)`,
+				Args:    cobra.NoArgs,
+				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+					fl := cmd.Flags()
+					file, _ := fl.GetString("file")
+					label, _ := fl.GetString("label")
+					expires, _ := fl.GetString("expires")
+					scopes, _ := fl.GetStringSlice("scope")
+					return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), addOptions{
+						File: file, Label: label, Expires: expires, Scopes: scopes,
+					}, time.Now())
+				}),
+			}
+			add.Flags().StringP("file", "f", "", "Path to the key file (required)")
+			add.Flags().StringP("label", "l", "", "A name for the key, e.g. who or what uses it (required)")
+			add.Flags().StringP("expires", "e", "", "Expiry: a duration from now (90d, 12h) or an RFC 3339 time")
+			add.Flags().StringSliceP("scope", "s", nil, "A scope the key holds (repeatable)")
+			cmd.AddCommand(add)
+
+			list := &cobra.Command{
+				Use:   "list --file <keys.json> [--json]",
+				Short: "Lists the keys of a key file",
+				Long: `
+Lists the keys of a key file: id, label, prefix, created, last used, expires,
+scopes and status (active, expired or revoked). Hashes are never shown.
+--json prints a JSON array for scripts. The file is only read.
+`,
+				Args: cobra.NoArgs,
+				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+					file, _ := cmd.Flags().GetString("file")
+					asJSON, _ := cmd.Flags().GetBool("json")
+					return listKeys(cmd.OutOrStdout(), file, asJSON, time.Now())
+				}),
+			}
+			list.Flags().StringP("file", "f", "", "Path to the key file (required)")
+			list.Flags().Bool("json", false, "Print a JSON array instead of a table")
+			cmd.AddCommand(list)
+
+			revoke := &cobra.Command{
+				Use:   "revoke --file <keys.json> <id|key_prefix>",
+				Short: "Revokes a key",
+				Long: `
+Sets revoked_at on one key; the record stays in the file for audit. The key is
+named by its id, its key_prefix (e.g. sk_AbCdEfGh) or the first characters of
+its id (at least 4). A name that matches more than one key is an error that
+lists them. Revoking a key that is already revoked changes nothing and keeps
+its first revoked_at.
+`,
+				Args: cobra.ExactArgs(1),
+				RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
+					file, _ := cmd.Flags().GetString("file")
+					return revokeKey(cmd.OutOrStdout(), file, args[0], time.Now())
+				}),
+			}
+			revoke.Flags().StringP("file", "f", "", "Path to the key file (required)")
+			cmd.AddCommand(revoke)
+
+			hash := &cobra.Command{
+				Use:   "hash",
+				Short: "Prints the key_hash of a key read on stdin",
+				Long: `
+Reads a raw key on stdin and prints its key_hash (SHA-256, lowercase hex), for
+key files kept by hand. Surrounding white space and the final newline are
+ignored. Reading from stdin keeps the key out of the shell history and the
+process list.
+`,
+				Example: `  printf '%s' "$KEY" | caddy apikey hash`,
+				Args:    cobra.NoArgs,
+				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+					return hashFromReader(cmd.InOrStdin(), cmd.OutOrStdout())
+				}),
+			}
+			cmd.AddCommand(hash)
+		},
+	})
+}
+
+// runWithExitCode adapts a command to cobra the way
+// caddycmd.WrapCommandFuncForCobra does (the error goes through Caddy's
+// logger, the process exits non-zero), but also hands the command its
+// positional arguments.
+func runWithExitCode(run func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		wrapped := caddycmd.WrapCommandFuncForCobra(func(caddycmd.Flags) (int, error) {
+			if err := run(cmd, args); err != nil {
+				return caddy.ExitCodeFailedStartup, err
+			}
+			return caddy.ExitCodeSuccess, nil
+		})
+		return wrapped(cmd, args)
+	}
+}
+
+// addOptions are the flags of `caddy apikey add`.
+type addOptions struct {
+	File    string
+	Label   string
+	Expires string   // a duration from now or a time; "" for never
+	Scopes  []string // may hold comma-separated lists
+}
+
+// addKey creates a key, appends its record to the key file (creating the
+// file if need be) and writes the raw key, alone on its line, to stdout.
+// Everything else goes to stderr, so that `KEY=$(caddy apikey add ...)`
+// captures the key and nothing more.
+func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
+	if opts.File == "" {
+		return errors.New("--file is required")
+	}
+	label := strings.TrimSpace(opts.Label)
+	if label == "" {
+		return errors.New("--label is required: name who or what will use the key")
+	}
+	var expiresAt *time.Time
+	if opts.Expires != "" {
+		t, err := parseExpiry(opts.Expires, now)
+		if err != nil {
+			return err
+		}
+		expiresAt = &t
+	}
+	scopes, err := normalizeScopes(opts.Scopes)
+	if err != nil {
+		return err
+	}
+
+	raw, err := generateKey()
+	if err != nil {
+		return err
+	}
+	var id string
+	err = updateKeyFile(opts.File, true, func(doc *keyDoc) error {
+		var err error
+		// Check the id against the file as it is now, under the lock: a
+		// collision is next to impossible, but a duplicate id would make
+		// the whole file unloadable.
+		for {
+			if id, err = newUUID(); err != nil {
+				return err
+			}
+			if !slices.ContainsFunc(doc.records, func(rec object) bool { return rec.getString("id") == id }) {
+				break
+			}
+		}
+		// The reference application's members, in its order, then the
+		// optional ones only when they are given.
+		rec := object{}
+		set := func(name string, value any) {
+			if err == nil {
+				err = rec.set(name, value)
+			}
+		}
+		set("id", id)
+		set("label", label)
+		set("key_hash", hashKey(raw))
+		set("key_prefix", raw[:11])
+		set("created_at", formatTimestamp(now))
+		set("last_used_at", nil)
+		if expiresAt != nil {
+			set("expires_at", formatTimestamp(*expiresAt))
+		}
+		if len(scopes) > 0 {
+			set("scopes", scopes)
+		}
+		if err != nil {
+			return err
+		}
+		doc.records = append(doc.records, rec)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	if _, err := fmt.Fprintln(stdout, raw); err != nil {
+		return err
+	}
+	expiry := "never"
+	if expiresAt != nil {
+		expiry = formatTimestamp(*expiresAt)
+	}
+	scopeText := "none"
+	if len(scopes) > 0 {
+		scopeText = strings.Join(scopes, ", ")
+	}
+	fmt.Fprintf(stderr, "Created key %q in %s\n", label, opts.File)
+	fmt.Fprintf(stderr, "  id:      %s\n", id)
+	fmt.Fprintf(stderr, "  prefix:  %s\n", raw[:11])
+	fmt.Fprintf(stderr, "  expires: %s\n", expiry)
+	fmt.Fprintf(stderr, "  scopes:  %s\n", scopeText)
+	fmt.Fprintln(stderr, "The key is the line written to stdout. Store it now: it cannot be shown again.")
+	return nil
+}
+
+// generateKey returns a new raw key: "sk_" and 32 random bytes in URL-safe
+// base64 without padding (43 characters), as the reference application's
+// secrets.token_urlsafe(32) makes them.
+func generateKey() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generating key: %w", err)
+	}
+	return "sk_" + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// newUUID returns a random (version 4) UUID in its canonical form.
+func newUUID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generating id: %w", err)
+	}
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
+}
+
+// parseExpiry reads --expires: a duration from now (90d, 12h, 30m or any Go
+// duration) or a time (RFC 3339, or ISO 8601 as the key file holds them, or
+// a date). The result must lie in the future.
+func parseExpiry(s string, now time.Time) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if t, err := parseTimestamp(s); err == nil {
+		if !t.After(now) {
+			return time.Time{}, fmt.Errorf("--expires %s is in the past; give a future time or a duration such as 90d", s)
+		}
+		return t, nil
+	}
+	d, err := caddy.ParseDuration(s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--expires %q: want a duration from now such as 90d, 12h or 30m, or a time such as 2027-01-31T00:00:00Z", s)
+	}
+	if d <= 0 {
+		return time.Time{}, fmt.Errorf("--expires %s: the duration must be positive", s)
+	}
+	return now.Add(d), nil
+}
+
+// normalizeScopes splits comma-separated scopes, drops duplicates and checks
+// each scope as the key file loader does.
+func normalizeScopes(in []string) ([]string, error) {
+	var out []string
+	for _, arg := range in {
+		for s := range strings.SplitSeq(arg, ",") {
+			s = strings.TrimSpace(s)
+			if s == "" || strings.ContainsAny(s, " \t\r\n") {
+				return nil, fmt.Errorf("--scope %q: a scope must be non-empty, without spaces or commas", arg)
+			}
+			if !slices.Contains(out, s) {
+				out = append(out, s)
+			}
+		}
+	}
+	return out, nil
+}
+
+// keyStatus is the state of a key at a given time.
+func keyStatus(rec *Record, now time.Time) string {
+	if rec.RevokedAt != nil {
+		return "revoked"
+	}
+	if rec.ExpiresAt != nil {
+		if t, err := parseTimestamp(*rec.ExpiresAt); err == nil && !now.Before(t) {
+			return "expired"
+		}
+	}
+	return "active"
+}
+
+// listedKey is one key as `caddy apikey list --json` prints it: the record
+// without its hash, plus its status.
+type listedKey struct {
+	ID         string   `json:"id"`
+	Label      string   `json:"label"`
+	KeyPrefix  string   `json:"key_prefix"`
+	CreatedAt  *string  `json:"created_at"`
+	LastUsedAt *string  `json:"last_used_at"`
+	ExpiresAt  *string  `json:"expires_at"`
+	RevokedAt  *string  `json:"revoked_at"`
+	Scopes     []string `json:"scopes"`
+	Status     string   `json:"status"`
+}
+
+// readRecords reads and validates a key file without taking its lock: the
+// file is always replaced whole, so a reader sees one version or another.
+func readRecords(path string) ([]Record, error) {
+	if path == "" {
+		return nil, errors.New("--file is required")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading key file: %w", err)
+	}
+	// Validate as the handler does, so that a file list shows is one the
+	// handler loads.
+	if _, err := parseKeySet(data); err != nil {
+		return nil, &KeyFileError{Path: path, Err: err}
+	}
+	records, err := parseRecords(data)
+	if err != nil {
+		return nil, &KeyFileError{Path: path, Err: err}
+	}
+	return records, nil
+}
+
+// listKeys writes the keys of a key file to w, as a table or as JSON.
+func listKeys(w io.Writer, path string, asJSON bool, now time.Time) error {
+	records, err := readRecords(path)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		out := make([]listedKey, len(records))
+		for i := range records {
+			rec := &records[i]
+			out[i] = listedKey{
+				ID: rec.ID, Label: rec.Label, KeyPrefix: rec.KeyPrefix,
+				CreatedAt: rec.CreatedAt, LastUsedAt: rec.LastUsedAt,
+				ExpiresAt: rec.ExpiresAt, RevokedAt: rec.RevokedAt,
+				Scopes: rec.Scopes, Status: keyStatus(rec, now),
+			}
+			if out[i].Scopes == nil {
+				out[i].Scopes = []string{}
+			}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tLABEL\tPREFIX\tCREATED\tLAST USED\tEXPIRES\tSCOPES\tSTATUS")
+	for i := range records {
+		rec := &records[i]
+		scopes := "-"
+		if len(rec.Scopes) > 0 {
+			scopes = strings.Join(rec.Scopes, ",")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			printable(rec.ID), printable(rec.Label), printable(rec.KeyPrefix),
+			displayTime(rec.CreatedAt, "-"), displayTime(rec.LastUsedAt, "never"),
+			displayTime(rec.ExpiresAt, "never"), printable(scopes), keyStatus(rec, now))
+	}
+	return tw.Flush()
+}
+
+// displayTime shortens a stored time for the table: UTC, to the second.
+func displayTime(s *string, none string) string {
+	if s == nil || *s == "" {
+		return none
+	}
+	t, err := parseTimestamp(*s)
+	if err != nil {
+		return printable(*s)
+	}
+	return t.UTC().Format("2006-01-02T15:04:05Z")
+}
+
+// printable keeps a table cell on its line and in its column: a label with a
+// tab or a newline (or a terminal escape) must not forge other rows.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// minIDPrefix is the fewest leading characters of an id that revoke accepts
+// as a name for a key, so that a slip of the keyboard does not revoke some
+// key that happens to match.
+const minIDPrefix = 4
+
+// revokeKey sets revoked_at on the one key that ref names: its full id, its
+// key_prefix, or a prefix of its id of at least minIDPrefix characters.
+func revokeKey(w io.Writer, path, ref string, now time.Time) error {
+	if path == "" {
+		return errors.New("--file is required")
+	}
+	ref = strings.TrimSpace(ref)
+	if ref == "" {
+		return errors.New("name the key to revoke by its id or key_prefix")
+	}
+	var (
+		revoked        object
+		alreadyRevoked string
+	)
+	err := updateKeyFile(path, false, func(doc *keyDoc) error {
+		matches := matchRecords(doc.records, ref)
+		switch len(matches) {
+		case 0:
+			return fmt.Errorf("no key in %s has the id or key_prefix %q (see caddy apikey list --file %s)", path, ref, path)
+		case 1:
+		default:
+			var b strings.Builder
+			fmt.Fprintf(&b, "%q matches %d keys in %s; give the full id of one of them:", ref, len(matches), path)
+			for _, rec := range matches {
+				fmt.Fprintf(&b, "\n  %s  %s  %s", printable(rec.getString("id")), printable(rec.getString("key_prefix")), printable(rec.getString("label")))
+			}
+			return errors.New(b.String())
+		}
+		rec := matches[0]
+		revoked = *rec
+		if at := rec.getString("revoked_at"); at != "" {
+			// Keep the first revocation time: it is the one that matters
+			// for an audit.
+			alreadyRevoked = at
+			return errNoChange
+		}
+		if err := rec.set("revoked_at", formatTimestamp(now)); err != nil {
+			return err
+		}
+		revoked = *rec
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	id, label, prefix := printable(revoked.getString("id")), printable(revoked.getString("label")), printable(revoked.getString("key_prefix"))
+	if alreadyRevoked != "" {
+		_, err = fmt.Fprintf(w, "Key %s %q (%s) was already revoked at %s; nothing changed.\n", id, label, prefix, alreadyRevoked)
+		return err
+	}
+	_, err = fmt.Fprintf(w, "Revoked key %s %q (%s) at %s.\n", id, label, prefix, formatTimestamp(now))
+	return err
+}
+
+// matchRecords returns the records that ref names. A full id names its
+// record alone, even if it is also a prefix of another id.
+func matchRecords(records []object, ref string) []*object {
+	var exact, partial []*object
+	for i := range records {
+		rec := &records[i]
+		id := rec.getString("id")
+		switch {
+		case strings.EqualFold(id, ref):
+			exact = append(exact, rec)
+		case rec.getString("key_prefix") == ref,
+			len(ref) >= minIDPrefix && len(id) > len(ref) && strings.EqualFold(id[:len(ref)], ref):
+			partial = append(partial, rec)
+		}
+	}
+	if len(exact) > 0 {
+		return exact
+	}
+	return partial
+}
+
+// maxKeyInput bounds what hash reads from stdin: a key is some tens of
+// bytes, and a mistaken pipe should not fill the memory.
+const maxKeyInput = 64 << 10
+
+// hashFromReader reads one raw key from r and writes its key_hash to w.
+func hashFromReader(r io.Reader, w io.Writer) error {
+	data, err := io.ReadAll(io.LimitReader(bufio.NewReader(r), maxKeyInput+1))
+	if err != nil {
+		return fmt.Errorf("reading the key from stdin: %w", err)
+	}
+	if len(data) > maxKeyInput {
+		return errors.New("stdin holds more than 64 KiB; want one key")
+	}
+	key := strings.TrimSpace(string(data))
+	switch {
+	case key == "":
+		return errors.New("no key on stdin; pipe the raw key in, e.g. printf '%s' \"$KEY\" | caddy apikey hash")
+	case strings.ContainsAny(key, "\r\n"):
+		return errors.New("stdin holds more than one line; want one key")
+	}
+	_, err = fmt.Fprintln(w, hashKey(key))
+	return err
+}
