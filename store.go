@@ -146,6 +146,11 @@ func parseRecords(data []byte) ([]Record, error) {
 	records := make([]Record, len(rawRecords))
 	for i, raw := range rawRecords {
 		if err := json.Unmarshal(raw, &records[i]); err != nil {
+			// Unmarshal fills what it can, so the id is known unless it
+			// is itself the member of the wrong type.
+			if id := records[i].ID; id != "" {
+				return nil, fmt.Errorf("record %d (id %q): %w", i+1, id, describeJSONError(data, err))
+			}
 			return nil, fmt.Errorf("record %d: %w", i+1, describeJSONError(data, err))
 		}
 	}
