@@ -42,6 +42,10 @@ func envPort(name string, def int) int {
 // TestMain starts the in-process Caddy before any test, and fails the run
 // (instead of letting caddytest skip the integration tests) if it cannot.
 func TestMain(m *testing.M) {
+	if path := os.Getenv(crashWriterEnv); path != "" {
+		runCrashWriter(path) // a child process of TestUsageWriteSurvivesKill
+		os.Exit(0)
+	}
 	flag.Parse()
 	if testing.Short() {
 		fmt.Fprintln(os.Stderr, "apikey: -short given: integration tests against a real Caddy will be SKIPPED")

@@ -77,6 +77,7 @@ type keyStore struct {
 	badMissing   bool        // the missing file has been reported
 	waiting      map[*usageCell]struct{}
 	writeFailing bool
+	writes       atomic.Int64 // usage writes done, for tests and metrics
 	lastCheck    time.Time
 	lastFlush    time.Time
 	stop         chan struct{}
@@ -336,12 +337,14 @@ func (s *keyStore) flush(force bool) {
 	// If the file on disk is still the version the key set was read from,
 	// this write changes only last_used_at, which the key set does not
 	// hold: note the new version as loaded so it is not parsed again.
-	unchangedSinceLoad := false
+	unchangedSinceLoad, changed := false, false
 	err := updateKeyFile(s.path, false, func(doc *keyDoc) error {
 		if fi, err := os.Stat(s.path); err == nil && s.loadedFile != nil && sameVersion(fi, s.loadedFile) {
 			unchangedSinceLoad = true
 		}
-		return applyUsage(doc, updates)
+		err := applyUsage(doc, updates)
+		changed = err == nil
+		return err
 	})
 	if err != nil {
 		if !s.writeFailing {
@@ -350,6 +353,9 @@ func (s *keyStore) flush(force bool) {
 				zap.String("keys_file", s.path), zap.Error(err))
 		}
 		return
+	}
+	if changed {
+		s.writes.Add(1)
 	}
 	if s.writeFailing {
 		s.writeFailing = false

@@ -1,0 +1,220 @@
+package apikey
+
+import (
+	"bufio"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// liveReloadDeadline is the documented bound for a key file change to take
+// effect (reload_interval's default is 1s).
+const liveReloadDeadline = 2 * time.Second
+
+func statusWith(t *testing.T, raw string) int {
+	t.Helper()
+	resp, _ := do(t, "GET", "/", "Authorization: Bearer "+raw)
+	return resp.StatusCode
+}
+
+func TestLiveReloadThroughCaddy(t *testing.T) {
+	a, b := newTestKey("a", nil), newTestKey("b", nil)
+	path := writeKeys(t, "", a)
+	loadCaddyfile(t, `
+	apikey `+path+`
+	respond "hello {http.auth.user.label}"
+`)
+	if got := statusWith(t, a.Raw); got != 200 {
+		t.Fatalf("a: %d", got)
+	}
+	if got := statusWith(t, b.Raw); got != 403 {
+		t.Fatalf("b before it is added: %d", got)
+	}
+
+	// Add b: admitted within the deadline, no reload of Caddy.
+	writeKeys(t, path, a, b)
+	waitFor(t, liveReloadDeadline, "the added key to be admitted", func() bool { return statusWith(t, b.Raw) == 200 })
+
+	// Remove a, editing the file in place (as an editor may) rather than
+	// renaming a new file over it (as writeKeys does).
+	newData, err := os.ReadFile(writeKeys(t, "", b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, newData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, liveReloadDeadline, "the removed key to be refused", func() bool { return statusWith(t, a.Raw) == 403 })
+
+	// Break it: the keys in force stay in force.
+	if err := os.WriteFile(path, []byte(`{"api_keys": [`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(liveReloadDeadline); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if got := statusWith(t, b.Raw); got != 200 {
+			t.Fatalf("a broken key file changed the answer for a good key: %d", got)
+		}
+		if got := statusWith(t, a.Raw); got != 403 {
+			t.Fatalf("a broken key file admitted a removed key: %d", got)
+		}
+	}
+
+	// Delete it: still the same.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(liveReloadDeadline)
+	if got := statusWith(t, b.Raw); got != 200 {
+		t.Fatalf("a deleted key file changed the answer for a good key: %d", got)
+	}
+
+	// Repair it with a new set: the next good version is in force.
+	writeKeys(t, path, a)
+	waitFor(t, liveReloadDeadline, "the repaired file to be in force", func() bool {
+		return statusWith(t, a.Raw) == 200 && statusWith(t, b.Raw) == 403
+	})
+}
+
+func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
+	k := newTestKey("k", nil)
+	id := k.Record["id"].(string)
+	path := writeKeys(t, "", k)
+	site := `
+	apikey ` + path + ` {
+		usage_interval 1h
+	}
+	respond "ok"
+`
+	loadCaddyfile(t, site)
+	lastUsedTime := func() time.Time {
+		v, _ := lastUsed(t, path, id).(string)
+		if v == "" {
+			return time.Time{}
+		}
+		ts, err := parseTimestamp(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ts
+	}
+
+	// The first use is written soon (within maxFlushPeriod).
+	if got := statusWith(t, k.Raw); got != 200 {
+		t.Fatalf("status %d", got)
+	}
+	waitFor(t, maxFlushPeriod+2*time.Second, "the first use to be written", func() bool { return !lastUsedTime().IsZero() })
+	first := lastUsedTime()
+
+	// A later use is held back by the interval (1h)...
+	time.Sleep(1100 * time.Millisecond)
+	if got := statusWith(t, k.Raw); got != 200 {
+		t.Fatalf("status %d", got)
+	}
+	time.Sleep(maxFlushPeriod + time.Second)
+	if !lastUsedTime().Equal(first) {
+		t.Fatal("a use within the usage interval was written")
+	}
+	// ...until the config is reloaded: then it is written at once.
+	loadCaddyfile(t, site+"\n\theader X-Reloaded yes\n")
+	second := lastUsedTime()
+	if !second.After(first) {
+		t.Fatalf("config reload did not flush the pending use: %v, first %v", second, first)
+	}
+
+	// And on stop (the handler goes away with its config).
+	time.Sleep(1100 * time.Millisecond)
+	if got := statusWith(t, k.Raw); got != 200 {
+		t.Fatalf("status %d", got)
+	}
+	loadCaddyfile(t, `respond "no more apikey"`)
+	if third := lastUsedTime(); !third.After(second) {
+		t.Fatalf("stopping did not flush the pending use: %v, before %v", third, second)
+	}
+}
+
+// crashWriterEnv names the key file that a child test process writes usage
+// times to, in a loop, until it is killed.
+const crashWriterEnv = "APIKEY_TEST_CRASH_WRITER"
+
+func runCrashWriter(path string) {
+	s := newKeyStore(path, zap.NewNop())
+	if err := s.reload(true); err != nil {
+		os.Exit(3)
+	}
+	s.configure(storeSettings{usageInterval: time.Nanosecond, reloadInterval: -1})
+	os.Stdout.WriteString("ready\n")
+	now := time.Now().UnixNano()
+	for {
+		now += int64(2 * time.Second)
+		for sum, k := range s.current().byHash {
+			s.markUsed(k, sum, now)
+		}
+		s.flush(true)
+	}
+}
+
+// TestUsageWriteSurvivesKill kills a process with SIGKILL while it keeps
+// writing usage times, many times over: the key file must always be valid
+// and hold every key.
+func TestUsageWriteSurvivesKill(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []testKey
+	for i := 0; i < 200; i++ {
+		keys = append(keys, newTestKey("k", map[string]any{"extra": strings.Repeat("x", i)}))
+	}
+	path := writeKeys(t, "", keys...)
+	written := 0
+	const rounds = 30
+	for round := 0; round < rounds; round++ {
+		before, _ := os.Stat(path)
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(), crashWriterEnv+"="+path)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// Kill it at a random moment once it writes.
+		if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+			t.Fatalf("round %d: child did not start: %v", round, err)
+		}
+		time.Sleep(time.Duration(rand.IntN(400)) * time.Millisecond)
+		if err := cmd.Process.Kill(); err != nil { // SIGKILL on Unix
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+		if code := cmd.ProcessState.ExitCode(); code == 3 {
+			t.Fatalf("round %d: the child could not load the key file", round)
+		}
+
+		ks, err := readKeySet(path)
+		if err != nil {
+			t.Fatalf("round %d: key file broken after SIGKILL: %v", round, err)
+		}
+		if len(ks.keys) != len(keys) {
+			t.Fatalf("round %d: %d keys after SIGKILL, want %d", round, len(ks.keys), len(keys))
+		}
+		for _, k := range keys {
+			if got, _ := ks.lookup(k.Raw); got == nil {
+				t.Fatalf("round %d: key %s lost", round, k.Record["id"])
+			}
+		}
+		if after, _ := os.Stat(path); !os.SameFile(before, after) {
+			written++
+		}
+	}
+	if written == 0 {
+		t.Fatal("the child never got a write done: the test proves nothing")
+	}
+	t.Logf("%d of %d rounds saw usage writes land", written, rounds)
+}

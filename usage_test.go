@@ -1,0 +1,429 @@
+package apikey
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// fakeClock is a settable clock for the store's writer.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// newTestStore loads the key file at path into a store whose writer runs on
+// a fake clock and is driven by hand (no background goroutine).
+func newTestStore(t *testing.T, path string, usageInterval time.Duration) (*keyStore, *fakeClock, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zapcore.DebugLevel)
+	s := newKeyStore(path, zap.New(core))
+	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	s.now = clock.now
+	if err := s.reload(true); err != nil {
+		t.Fatal(err)
+	}
+	s.configure(storeSettings{usageInterval: usageInterval, reloadInterval: -1})
+	return s, clock, logs
+}
+
+// use records a use of raw at the clock's time, as the handler does.
+func use(t *testing.T, s *keyStore, clock *fakeClock, raw string) {
+	t.Helper()
+	k, sum := s.current().lookup(raw)
+	if k == nil {
+		t.Fatalf("key %s… not in the key set", raw[:11])
+	}
+	s.markUsed(k, sum, clock.now().UnixNano())
+}
+
+// readFileRecords returns the records of the key file at path by id.
+func readFileRecords(t *testing.T, path string) (map[string]map[string]any, map[string]any) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]any
+	if err := json.Unmarshal(data, &top); err != nil {
+		t.Fatalf("key file is not valid JSON: %v\n%s", err, data)
+	}
+	byID := map[string]map[string]any{}
+	list, _ := top["api_keys"].([]any)
+	for _, r := range list {
+		rec := r.(map[string]any)
+		byID[rec["id"].(string)] = rec
+	}
+	return byID, top
+}
+
+func lastUsed(t *testing.T, path, id string) any {
+	t.Helper()
+	recs, _ := readFileRecords(t, path)
+	rec, ok := recs[id]
+	if !ok {
+		t.Fatalf("record %s is not in the file", id)
+	}
+	return rec["last_used_at"]
+}
+
+func TestUsageThrottle(t *testing.T) {
+	a, b := newTestKey("a", nil), newTestKey("b", nil)
+	path := writeKeys(t, "", a, b)
+	s, clock, _ := newTestStore(t, path, 15*time.Minute)
+	idA, idB := a.Record["id"].(string), b.Record["id"].(string)
+	t0 := clock.now()
+
+	// First use is written at the next flush.
+	use(t, s, clock, a.Raw)
+	s.flush(false)
+	if got, want := lastUsed(t, path, idA), formatTimestamp(t0); got != want {
+		t.Fatalf("after first use: last_used_at = %v, want %v", got, want)
+	}
+	if got := lastUsed(t, path, idB); got != nil {
+		t.Fatalf("unused key b got last_used_at %v", got)
+	}
+
+	// A second use within the interval is not written...
+	clock.advance(time.Minute)
+	use(t, s, clock, a.Raw)
+	s.flush(false)
+	if got := lastUsed(t, path, idA); got != formatTimestamp(t0) {
+		t.Fatalf("second use within the interval was written: %v", got)
+	}
+
+	// ...but another key is independent: its first use is written now.
+	use(t, s, clock, b.Raw)
+	s.flush(false)
+	if got := lastUsed(t, path, idB); got != formatTimestamp(t0.Add(time.Minute)) {
+		t.Fatalf("key b: last_used_at = %v", got)
+	}
+	if got := lastUsed(t, path, idA); got != formatTimestamp(t0) {
+		t.Fatalf("key a written early, with key b: %v", got)
+	}
+
+	// Once the interval has passed, a's latest use is written.
+	clock.advance(15 * time.Minute)
+	s.flush(false)
+	if got := lastUsed(t, path, idA); got != formatTimestamp(t0.Add(time.Minute)) {
+		t.Fatalf("after the interval: last_used_at = %v, want the second use", got)
+	}
+	if w := s.writes.Load(); w != 3 {
+		t.Fatalf("%d writes, want 3", w)
+	}
+
+	// Nothing new: no write.
+	clock.advance(time.Hour)
+	s.flush(false)
+	if w := s.writes.Load(); w != 3 {
+		t.Fatalf("%d writes after an idle flush, want 3", w)
+	}
+}
+
+func TestUsageConcurrentUsesMakeOneWrite(t *testing.T) {
+	k := newTestKey("busy", nil)
+	path := writeKeys(t, "", k)
+	s, clock, _ := newTestStore(t, path, 15*time.Minute)
+
+	var wg sync.WaitGroup
+	for g := 0; g < 32; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 500; i++ {
+				use(t, s, clock, k.Raw)
+			}
+		}()
+	}
+	// The writer runs while the requests go on.
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+				s.flush(false)
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	s.flush(false)
+	if w := s.writes.Load(); w != 1 {
+		t.Fatalf("16 000 uses of one key within the interval made %d writes, want 1", w)
+	}
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != formatTimestamp(clock.now()) {
+		t.Fatalf("last_used_at = %v", got)
+	}
+}
+
+func TestUsageWriteMergesWithDisk(t *testing.T) {
+	kept, edited, removed := newTestKey("kept", nil), newTestKey("edited", nil), newTestKey("removed", nil)
+	path := filepath.Join(t.TempDir(), "keys.json")
+	// A file as another program might keep it: other top-level members
+	// around the list, unknown members inside records.
+	kept.Record["owner"] = map[string]any{"team": "payments", "tags": []any{"x", 1.5}}
+	writeRaw := func(recs ...map[string]any) {
+		doc := map[string]any{"app_name": "soulsync", "api_keys": recs, "zz_settings": map[string]any{"debug": true}}
+		data, _ := json.MarshalIndent(doc, "", "    ")
+		if err := os.WriteFile(path, data, 0o640); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeRaw(kept.Record, edited.Record, removed.Record)
+	s, clock, _ := newTestStore(t, path, 15*time.Minute)
+
+	for _, k := range []testKey{kept, edited, removed} {
+		use(t, s, clock, k.Raw)
+	}
+
+	// Between the uses and the write, someone edits the file: a label
+	// changed, a key removed, a key added.
+	added := newTestKey("added", map[string]any{"scopes": []any{"read"}})
+	edited.Record["label"] = "edited by hand"
+	writeRaw(kept.Record, edited.Record, added.Record)
+
+	s.flush(false)
+
+	recs, top := readFileRecords(t, path)
+	if len(recs) != 3 {
+		t.Fatalf("file holds %d records, want 3 (kept, edited, added): %v", len(recs), recs)
+	}
+	if _, ok := recs[removed.Record["id"].(string)]; ok {
+		t.Fatal("the removed key was brought back by the usage write")
+	}
+	if got := recs[edited.Record["id"].(string)]["label"]; got != "edited by hand" {
+		t.Fatalf("edited label lost: %v", got)
+	}
+	if got := recs[edited.Record["id"].(string)]["last_used_at"]; got != formatTimestamp(clock.now()) {
+		t.Fatalf("edited key's use not written: %v", got)
+	}
+	if got := recs[added.Record["id"].(string)]; got["label"] != "added" || got["last_used_at"] != nil || got["scopes"].([]any)[0] != "read" {
+		t.Fatalf("added key changed by the usage write: %v", got)
+	}
+	if owner, _ := recs[kept.Record["id"].(string)]["owner"].(map[string]any); owner["team"] != "payments" {
+		t.Fatalf("unknown record member lost: %v", recs[kept.Record["id"].(string)])
+	}
+	if top["app_name"] != "soulsync" || top["zz_settings"] == nil {
+		t.Fatalf("top-level members lost: %v", top)
+	}
+	// Order of top-level members and of record members is kept.
+	data, _ := os.ReadFile(path)
+	text := string(data)
+	if !(strings.Index(text, `"api_keys"`) < strings.Index(text, `"app_name"`) && strings.Index(text, `"app_name"`) < strings.Index(text, `"zz_settings"`)) {
+		// json.MarshalIndent above sorted them: api_keys, app_name, zz_settings.
+		t.Fatalf("top-level member order changed:\n%s", text)
+	}
+	if i, j := strings.Index(text, `"created_at"`), strings.Index(text, `"owner"`); i > j {
+		t.Fatalf("record member order changed:\n%s", text)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
+		t.Fatalf("file mode changed to %v", fi.Mode().Perm())
+	}
+}
+
+func TestUsageWriteKeepsNewerTimeOnDisk(t *testing.T) {
+	later := "2030-01-01T00:00:00.000000+00:00"
+	k := newTestKey("k", map[string]any{"last_used_at": later})
+	path := writeKeys(t, "", k)
+	s, clock, _ := newTestStore(t, path, 15*time.Minute)
+	use(t, s, clock, k.Raw)
+	s.flush(false)
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != later {
+		t.Fatalf("a newer last_used_at on disk was moved back to %v", got)
+	}
+}
+
+func TestUsageWriteSkipsRotatedKey(t *testing.T) {
+	// Same id, new hash: the key was replaced; the old key's use is not
+	// the new key's.
+	k := newTestKey("k", nil)
+	path := writeKeys(t, "", k)
+	s, clock, _ := newTestStore(t, path, 15*time.Minute)
+	use(t, s, clock, k.Raw)
+	rotated := newTestKey("k", map[string]any{"id": k.Record["id"]})
+	writeKeys(t, path, rotated)
+	s.flush(false)
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != nil {
+		t.Fatalf("the old key's use was written on the new key: %v", got)
+	}
+}
+
+func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
+	k := newTestKey("k", nil)
+	path := writeKeys(t, "", k)
+	s, clock, logs := newTestStore(t, path, time.Minute)
+
+	// Make writing impossible: the lock file's place is taken by a folder
+	// (permissions would not stop root, which CI runs as).
+	lockPath := path + ".lock"
+	if err := os.Mkdir(lockPath, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		use(t, s, clock, k.Raw)
+		s.flush(true)
+		clock.advance(time.Minute)
+	}
+	if n := logs.FilterMessageSnippet("cannot write last-used times").Len(); n != 1 {
+		t.Fatalf("write failure logged %d times over 5 flushes, want once", n)
+	}
+	if lk, _ := s.current().lookup(k.Raw); lk == nil {
+		t.Fatal("authentication stopped working when the file could not be written")
+	}
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != nil {
+		t.Fatalf("file written despite the failure: %v", got)
+	}
+
+	if err := os.Remove(lockPath); err != nil {
+		t.Fatal(err)
+	}
+	s.flush(false)
+	if got := lastUsed(t, path, k.Record["id"].(string)); got == nil {
+		t.Fatal("writing did not resume, or the pending use was lost")
+	}
+	if n := logs.FilterMessageSnippet("works again").Len(); n != 1 {
+		t.Fatalf("recovery logged %d times, want once", n)
+	}
+}
+
+func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
+	a, b := newTestKey("a", nil), newTestKey("b", nil)
+	path := writeKeys(t, "", a)
+	s, _, logs := newTestStore(t, path, -1)
+	admits := func(raw string) bool { k, _ := s.current().lookup(raw); return k != nil && !k.revoked }
+
+	// A good change is picked up.
+	writeKeys(t, path, a, b)
+	if err := s.reload(false); err != nil || !admits(b.Raw) {
+		t.Fatalf("added key not admitted after reload (err %v)", err)
+	}
+
+	// Broken JSON: the keys in force stay, one error is logged however
+	// often the file is checked.
+	if err := os.WriteFile(path, []byte(`{"api_keys": [ {"id": "x", `), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		_ = s.reload(false)
+	}
+	if !admits(a.Raw) || !admits(b.Raw) {
+		t.Fatal("a broken file emptied the key set")
+	}
+	entries := logs.FilterMessageSnippet("key file is broken").All()
+	if len(entries) != 1 {
+		t.Fatalf("broken file logged %d times, want once", len(entries))
+	}
+	if msg := entries[0].ContextMap()["error"].(string); !strings.Contains(msg, path) || !strings.Contains(msg, "line 1") {
+		t.Fatalf("error does not name the file and the position: %q", msg)
+	}
+
+	// A validation failure is a new broken version: logged once more.
+	bad := newTestKey("bad", map[string]any{"key_hash": "abc"})
+	writeKeys(t, path, a, bad)
+	_ = s.reload(false)
+	_ = s.reload(false)
+	if n := logs.FilterMessageSnippet("key file is broken").Len(); n != 2 {
+		t.Fatalf("%d broken-file errors, want 2", n)
+	}
+
+	// The file missing: also kept, also logged once.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.reload(false)
+	_ = s.reload(false)
+	if !admits(b.Raw) {
+		t.Fatal("a missing file emptied the key set")
+	}
+	if n := logs.FilterMessageSnippet("cannot be read").Len(); n != 1 {
+		t.Fatalf("missing file logged %d times, want once", n)
+	}
+
+	// Repaired: the new version is in force, a removed key is refused.
+	writeKeys(t, path, b)
+	if err := s.reload(false); err != nil {
+		t.Fatal(err)
+	}
+	if admits(a.Raw) || !admits(b.Raw) {
+		t.Fatal("the repaired file is not in force")
+	}
+}
+
+func TestReloadCarriesUsageAcrossKeySets(t *testing.T) {
+	a, b := newTestKey("a", nil), newTestKey("b", nil)
+	path := writeKeys(t, "", a)
+	s, clock, _ := newTestStore(t, path, 15*time.Minute)
+	use(t, s, clock, a.Raw)
+	s.flush(false)
+	writeKeys(t, path, a, b)
+	if err := s.reload(false); err != nil {
+		t.Fatal(err)
+	}
+	// The throttle state of a survived the reload: a use within the
+	// interval is still not written.
+	clock.advance(time.Minute)
+	use(t, s, clock, a.Raw)
+	s.flush(false)
+	if w := s.writes.Load(); w != 1 {
+		t.Fatalf("throttle state lost on reload: %d writes, want 1", w)
+	}
+}
+
+func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
+	k := newTestKey("k", nil)
+	path := writeKeys(t, "", k)
+	settings := storeSettings{usageInterval: time.Hour, reloadInterval: time.Second}
+	s1, err := acquireStore(path, settings, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := acquireStore(path, settings, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s1 != s2 {
+		t.Fatal("two handlers of one key file got two stores (two writers)")
+	}
+	key, sum := s1.current().lookup(k.Raw)
+	s1.markUsed(key, sum, time.Now().UnixNano())
+
+	// A config reload releases the old handler: its pending use is
+	// written at once, though the interval is an hour.
+	releaseStore(path, s1)
+	if got := lastUsed(t, path, k.Record["id"].(string)); got == nil {
+		t.Fatal("pending use not flushed on release")
+	}
+	select {
+	case <-s1.done:
+		t.Fatal("store stopped while a handler still uses it")
+	default:
+	}
+	later := time.Now().Add(2 * time.Second)
+	s2.markUsed(key, sum, later.UnixNano())
+	releaseStore(path, s2)
+	select {
+	case <-s2.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("store not stopped after its last handler went")
+	}
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != formatTimestamp(later) {
+		t.Fatalf("pending use not flushed on stop: %v", got)
+	}
+}
