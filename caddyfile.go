@@ -69,14 +69,16 @@ func segmentArgs(seg caddyfile.Segment) []string {
 // blockHas reports whether the directive's block has subdirective name.
 func blockHas(seg caddyfile.Segment, name string) bool {
 	depth := 0
-	for _, tok := range seg {
+	for i, tok := range seg {
 		switch tok.Text {
 		case "{":
 			depth++
 		case "}":
 			depth--
 		case name:
-			if depth == 1 {
+			// Only a line's first token is a subdirective; `header
+			// keys_file` is an argument.
+			if depth == 1 && tok.Line != seg[i-1].Line {
 				return true
 			}
 		}

@@ -1,0 +1,353 @@
+package apikey
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// unmarshalDirective parses one apikey directive with UnmarshalCaddyfile.
+func unmarshalDirective(t *testing.T, input string) (Handler, error) {
+	t.Helper()
+	var h Handler
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+	return h, err
+}
+
+func strPtr(s string) *string { return &s }
+
+func TestCaddyfileUnmarshalGood(t *testing.T) {
+	tests := []struct {
+		name  string
+		input string
+		want  Handler
+	}{
+		{"inline key file", `apikey keys.json`, Handler{KeysFile: "keys.json"}},
+		{"inline absolute key file", `apikey /etc/caddy/keys.json`, Handler{KeysFile: "/etc/caddy/keys.json"}},
+		{"keys_file in block", "apikey {\n\tkeys_file /srv/keys.json\n}", Handler{KeysFile: "/srv/keys.json"}},
+		{"header without scheme", "apikey k.json {\n\theader X-Token\n}",
+			Handler{KeysFile: "k.json", Headers: []HeaderSource{{Name: "X-Token"}}}},
+		{"header with scheme", "apikey k.json {\n\theader Authorization Token\n}",
+			Handler{KeysFile: "k.json", Headers: []HeaderSource{{Name: "Authorization", Scheme: "Token"}}}},
+		{"repeated header keeps order", "apikey k.json {\n\theader X-B\n\theader Authorization Bearer\n\theader X-A\n}",
+			Handler{KeysFile: "k.json", Headers: []HeaderSource{{Name: "X-B"}, {Name: "Authorization", Scheme: "Bearer"}, {Name: "X-A"}}}},
+		{"query param", "apikey k.json {\n\tquery token\n}", Handler{KeysFile: "k.json", Query: strPtr("token")}},
+		{"query off", "apikey k.json {\n\tquery off\n}", Handler{KeysFile: "k.json", Query: strPtr("")}},
+		{"realm", "apikey k.json {\n\trealm \"my api\"\n}", Handler{KeysFile: "k.json", Realm: "my api"}},
+		{"scopes, repeated and several per line", "apikey k.json {\n\tscope read\n\tscope write admin\n}",
+			Handler{KeysFile: "k.json", Scopes: []string{"read", "write", "admin"}}},
+		{"flags", "apikey k.json {\n\toptional\n\thide_credentials\n\thandle_errors\n}",
+			Handler{KeysFile: "k.json", Optional: true, HideCredentials: true, HandleErrors: true}},
+		{"intervals", "apikey k.json {\n\tusage_interval 1d\n\treload_interval 250ms\n}",
+			Handler{KeysFile: "k.json", UsageInterval: caddy.Duration(24 * time.Hour), ReloadInterval: caddy.Duration(250 * time.Millisecond)}},
+		{"intervals off", "apikey k.json {\n\tusage_interval off\n\treload_interval off\n}",
+			Handler{KeysFile: "k.json", UsageInterval: -1, ReloadInterval: -1}},
+		{"empty block", "apikey k.json {\n}", Handler{KeysFile: "k.json"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := unmarshalDirective(t, tt.input)
+			if err != nil {
+				t.Fatalf("UnmarshalCaddyfile: %v", err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCaddyfileUnmarshalErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		input string
+		line  string // "Testfile:<line>"
+		want  string
+	}{
+		{"unknown subdirective", "apikey k.json {\n\trealm r\n\tbogus 1\n}", "Testfile:3", "bogus"},
+		{"missing key file", "apikey {\n\trealm r\n}", "Testfile:", "key file is required"},
+		{"missing key file, no block", "apikey", "Testfile:1", "key file is required"},
+		{"two inline arguments", "apikey a.json b.json", "Testfile:1", "wrong argument count"},
+		{"duplicated key file", "apikey a.json {\n\tkeys_file b.json\n}", "Testfile:2", "already"},
+		{"keys_file twice", "apikey {\n\tkeys_file a.json\n\tkeys_file b.json\n}", "Testfile:3", "already"},
+		{"keys_file without argument", "apikey {\n\tkeys_file\n}", "Testfile:2", "wrong argument count"},
+		{"keys_file with two arguments", "apikey {\n\tkeys_file a b\n}", "Testfile:2", "wrong argument count"},
+		{"header without argument", "apikey k.json {\n\theader\n}", "Testfile:2", "wrong argument count"},
+		{"header with three arguments", "apikey k.json {\n\theader Authorization Bearer extra\n}", "Testfile:2", "wrong argument count"},
+		{"query without argument", "apikey k.json {\n\tquery\n}", "Testfile:2", "wrong argument count"},
+		{"query with two arguments", "apikey k.json {\n\tquery a b\n}", "Testfile:2", "wrong argument count"},
+		{"query twice", "apikey k.json {\n\tquery a\n\tquery b\n}", "Testfile:3", "already"},
+		{"realm without argument", "apikey k.json {\n\trealm\n}", "Testfile:2", "wrong argument count"},
+		{"realm with two arguments", "apikey k.json {\n\trealm a b\n}", "Testfile:2", "wrong argument count"},
+		{"realm twice", "apikey k.json {\n\trealm a\n\trealm b\n}", "Testfile:3", "already"},
+		{"scope without argument", "apikey k.json {\n\tscope\n}", "Testfile:2", "wrong argument count"},
+		{"optional with argument", "apikey k.json {\n\toptional yes\n}", "Testfile:2", "wrong argument count"},
+		{"hide_credentials with argument", "apikey k.json {\n\thide_credentials true\n}", "Testfile:2", "wrong argument count"},
+		{"handle_errors with argument", "apikey k.json {\n\thandle_errors on\n}", "Testfile:2", "wrong argument count"},
+		{"usage_interval without argument", "apikey k.json {\n\tusage_interval\n}", "Testfile:2", "wrong argument count"},
+		{"usage_interval with two arguments", "apikey k.json {\n\tusage_interval 1m 2m\n}", "Testfile:2", "wrong argument count"},
+		{"usage_interval not a duration", "apikey k.json {\n\tusage_interval soon\n}", "Testfile:2", "usage_interval"},
+		{"usage_interval zero", "apikey k.json {\n\tusage_interval 0s\n}", "Testfile:2", "positive"},
+		{"usage_interval negative", "apikey k.json {\n\tusage_interval -5m\n}", "Testfile:2", "positive"},
+		{"reload_interval not a duration", "apikey k.json {\n\treload_interval 5 minutes\n}", "Testfile:2", "wrong argument count"},
+		{"reload_interval zero", "apikey k.json {\n\treload_interval 0\n}", "Testfile:2", "reload_interval"},
+		{"reload_interval too short", "apikey k.json {\n\treload_interval 1ns\n}", "Testfile:2", "too short"},
+		{"reload_interval no argument", "apikey k.json {\n\treload_interval\n}", "Testfile:2", "wrong argument count"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := unmarshalDirective(t, tt.input)
+			if err == nil {
+				t.Fatalf("UnmarshalCaddyfile accepted:\n%s", tt.input)
+			}
+			wantContains(t, err.Error(), tt.line, tt.want)
+		})
+	}
+}
+
+// adaptCaddyfile adapts a whole Caddyfile to JSON with the caddyfile
+// adapter, as `caddy adapt` does.
+func adaptCaddyfile(t *testing.T, input string) (map[string]any, error) {
+	t.Helper()
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(input), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		return nil, err
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatalf("adapted config is not JSON: %v\n%s", err, out)
+	}
+	return cfg, nil
+}
+
+// handlerRoute is a route of the adapted config that holds an apikey
+// handler: the route's matchers and the handler's JSON.
+type handlerRoute struct {
+	Match   any
+	Handler map[string]any
+}
+
+// apikeyRoutes finds every route with an apikey handler in an adapted
+// config, in the order they run.
+func apikeyRoutes(cfg any) []handlerRoute {
+	var found []handlerRoute
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if routes, ok := v["routes"].([]any); ok {
+				for _, r := range routes {
+					route, _ := r.(map[string]any)
+					handle, _ := route["handle"].([]any)
+					for _, h := range handle {
+						if hm, _ := h.(map[string]any); hm["handler"] == "apikey" {
+							found = append(found, handlerRoute{Match: route["match"], Handler: hm})
+						}
+					}
+				}
+			}
+			for k, child := range v {
+				if k != "routes" {
+					walk(child)
+				}
+			}
+			if routes, ok := v["routes"].([]any); ok {
+				for _, r := range routes {
+					walk(r)
+				}
+			}
+		case []any:
+			for _, child := range v {
+				walk(child)
+			}
+		}
+	}
+	walk(cfg)
+	return found
+}
+
+// handlerOrder lists the handler names of a site's subroute, in order.
+func handlerOrder(t *testing.T, cfg map[string]any) []string {
+	t.Helper()
+	var names []string
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if name, ok := v["handler"].(string); ok && name != "subroute" {
+				names = append(names, name)
+			}
+			if h, ok := v["handle"]; ok {
+				walk(h)
+			}
+			if r, ok := v["routes"]; ok {
+				walk(r)
+			}
+		case []any:
+			for _, c := range v {
+				walk(c)
+			}
+		}
+	}
+	servers := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
+	for _, srv := range servers {
+		walk(srv.(map[string]any)["routes"])
+	}
+	return names
+}
+
+func site(body string) string {
+	return "http://localhost:8080 {\n" + body + "\n}\n"
+}
+
+func TestCaddyfileAdaptMatchers(t *testing.T) {
+	tests := []struct {
+		name      string
+		body      string
+		keysFile  string
+		wantMatch string // JSON of the route's match, "" for none
+	}{
+		{"relative key file", "apikey keys.json", "keys.json", ""},
+		{"lone absolute path is the key file", "apikey /etc/caddy/keys.json", "/etc/caddy/keys.json", ""},
+		{"lone absolute path with a block", "apikey /etc/caddy/keys.json {\n\trealm r\n}", "/etc/caddy/keys.json", ""},
+		{"wildcard matcher", "apikey * keys.json", "keys.json", ""},
+		{"named matcher", "@api path /api/*\napikey @api keys.json", "keys.json", `[{"path":["/api/*"]}]`},
+		{"path matcher and inline file", "apikey /api/* /etc/keys.json", "/etc/keys.json", `[{"path":["/api/*"]}]`},
+		{"path matcher and keys_file", "apikey /api/* {\n\tkeys_file /etc/keys.json\n}", "/etc/keys.json", `[{"path":["/api/*"]}]`},
+		{"named matcher and keys_file", "@api path /api/*\napikey @api {\n\tkeys_file k.json\n}", "k.json", `[{"path":["/api/*"]}]`},
+		{"only keys_file", "apikey {\n\tkeys_file k.json\n}", "k.json", ""},
+		{"argument named like a subdirective", "apikey /etc/keys.json {\n\theader keys_file\n}", "/etc/keys.json", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := adaptCaddyfile(t, site(tt.body+"\nrespond ok"))
+			if err != nil {
+				t.Fatalf("adapt: %v", err)
+			}
+			routes := apikeyRoutes(cfg)
+			if len(routes) != 1 {
+				t.Fatalf("found %d apikey handlers, want 1", len(routes))
+			}
+			r := routes[0]
+			if r.Handler["keys_file"] != tt.keysFile {
+				t.Errorf("keys_file = %v, want %q (handler %v)", r.Handler["keys_file"], tt.keysFile, r.Handler)
+			}
+			gotMatch := ""
+			if r.Match != nil {
+				b, _ := json.Marshal(r.Match)
+				gotMatch = string(b)
+			}
+			if gotMatch != tt.wantMatch {
+				t.Errorf("match = %s, want %s", gotMatch, tt.wantMatch)
+			}
+		})
+	}
+}
+
+func TestCaddyfileAdaptHandlerJSON(t *testing.T) {
+	cfg, err := adaptCaddyfile(t, site(`apikey /api/* {
+	keys_file /etc/keys.json
+	header X-Token
+	header Authorization Bearer
+	query off
+	realm "the api"
+	scope read
+	optional
+	hide_credentials
+	handle_errors
+	usage_interval 30m
+	reload_interval off
+}
+respond ok`))
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	routes := apikeyRoutes(cfg)
+	if len(routes) != 1 {
+		t.Fatalf("found %d apikey handlers, want 1", len(routes))
+	}
+	got, _ := json.Marshal(routes[0].Handler)
+	want := `{"handle_errors":true,"handler":"apikey","headers":[{"name":"X-Token"},{"name":"Authorization","scheme":"Bearer"}],` +
+		`"hide_credentials":true,"keys_file":"/etc/keys.json","optional":true,"query":"","realm":"the api",` +
+		`"reload_interval":-1,"scopes":["read"],"usage_interval":1800000000000}`
+	if string(got) != want {
+		t.Errorf("handler JSON\n got %s\nwant %s", got, want)
+	}
+
+	// Defaults are left out of the JSON: no query member means api_key.
+	cfg, err = adaptCaddyfile(t, site("apikey keys.json\nrespond ok"))
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	got, _ = json.Marshal(apikeyRoutes(cfg)[0].Handler)
+	if string(got) != `{"handler":"apikey","keys_file":"keys.json"}` {
+		t.Errorf("default handler JSON = %s", got)
+	}
+}
+
+func TestCaddyfileDirectiveOrder(t *testing.T) {
+	// Written after respond, reverse_proxy and basic_auth, apikey still
+	// runs first: it is ordered before basic_auth.
+	cfg, err := adaptCaddyfile(t, site(`respond /hello "hi"
+reverse_proxy /up/* localhost:9
+basic_auth /admin/* {
+	bob $2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG
+}
+header X-Seen yes
+apikey keys.json`))
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	order := handlerOrder(t, cfg)
+	idx := map[string]int{}
+	for i, n := range order {
+		if _, ok := idx[n]; !ok {
+			idx[n] = i
+		}
+	}
+	for _, other := range []string{"authentication", "static_response", "reverse_proxy"} {
+		if _, ok := idx[other]; !ok {
+			t.Fatalf("handler %s not in %v", other, order)
+		}
+		if idx["apikey"] > idx[other] {
+			t.Errorf("apikey runs after %s: %v", other, order)
+		}
+	}
+}
+
+func TestCaddyfileAdaptErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		body string
+		want []string
+	}{
+		// The site body starts on line 2 of the Caddyfile.
+		{"unknown subdirective", "apikey k.json {\n\tnope\n}", []string{"Caddyfile:3", "nope"}},
+		{"missing key file", "apikey", []string{"Caddyfile:2", "key file is required"}},
+		{"wildcard without key file", "apikey *", []string{"Caddyfile:", "key file is required"}},
+		{"named matcher without key file", "@m path /x\napikey @m", []string{"Caddyfile:", "key file is required"}},
+		{"too many arguments", "apikey /api/* k.json extra", []string{"Caddyfile:2", "wrong argument count"}},
+		{"two arguments, first no matcher", "apikey a.json b.json", []string{"Caddyfile:2", "wrong argument count"}},
+		{"matcher, inline file and keys_file", "apikey /api/* a.json {\n\tkeys_file b.json\n}", []string{"Caddyfile:3", "already"}},
+		{"header, too many arguments", "apikey k.json {\n\n\theader A B C\n}", []string{"Caddyfile:4", "wrong argument count"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := adaptCaddyfile(t, site(tt.body))
+			if err == nil {
+				t.Fatalf("adapt accepted:\n%s", tt.body)
+			}
+			msg := err.Error()
+			wantContains(t, msg, tt.want...)
+			if strings.Contains(tt.want[0], ":") && !strings.Contains(msg, "Caddyfile:") {
+				t.Errorf("error %q names no file and line", msg)
+			}
+		})
+	}
+}
