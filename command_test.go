@@ -1,0 +1,887 @@
+package apikey
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+)
+
+var (
+	rawKeyPattern = regexp.MustCompile(`^sk_[A-Za-z0-9_-]{43}$`)
+	uuidV4Pattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+)
+
+// cmdNow is the time the command tests run at, so expiry and status are
+// exact.
+var cmdNow = time.Date(2026, 11, 25, 20, 14, 31, 123456000, time.UTC)
+
+// mustAdd runs add and returns the raw key, checking that stdout holds it
+// alone on its line and that stderr never shows it.
+func mustAdd(t testing.TB, path string, opts addOptions) string {
+	t.Helper()
+	opts.File = path
+	if opts.Label == "" {
+		opts.Label = "test key"
+	}
+	var stdout, stderr bytes.Buffer
+	if err := addKey(&stdout, &stderr, opts, cmdNow); err != nil {
+		t.Fatalf("add: %v", err)
+	}
+	raw, ok := strings.CutSuffix(stdout.String(), "\n")
+	if !ok || !rawKeyPattern.MatchString(raw) {
+		t.Fatalf("stdout of add is %q, want the key alone on its line", stdout.String())
+	}
+	if strings.Contains(stderr.String(), raw) {
+		t.Fatalf("stderr of add shows the raw key: %q", stderr.String())
+	}
+	return raw
+}
+
+// fileRecords reads the key file at path as the handler does and returns its
+// records, failing the test if the handler would refuse the file.
+func fileRecords(t testing.TB, path string) []Record {
+	t.Helper()
+	if _, err := readKeySet(path); err != nil {
+		t.Fatalf("key file no longer loads: %v", err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := parseRecords(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// fileObjects reads the key file at path with member order.
+func fileObjects(t testing.TB, path string) *keyDoc {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := parseKeyDoc(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+func memberNames(o object) []string {
+	names := make([]string, len(o))
+	for i, m := range o {
+		names[i] = m.Name
+	}
+	return names
+}
+
+func readFile(t testing.TB, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCommandAddCreatesFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	var stdout, stderr bytes.Buffer
+	if err := addKey(&stdout, &stderr, addOptions{File: path, Label: "CI deploy"}, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	raw := strings.TrimSuffix(stdout.String(), "\n")
+	if stdout.String() != raw+"\n" || !rawKeyPattern.MatchString(raw) {
+		t.Fatalf("stdout = %q, want one line holding sk_ and 43 URL-safe characters", stdout.String())
+	}
+
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("new key file has mode %v, want 0600", fi.Mode().Perm())
+	}
+	doc := fileObjects(t, path)
+	if got := memberNames(doc.top); !slices.Equal(got, []string{"api_keys"}) {
+		t.Errorf("top-level members = %v, want [api_keys]", got)
+	}
+	if len(doc.records) != 1 {
+		t.Fatalf("%d records, want 1", len(doc.records))
+	}
+	rec := doc.records[0]
+	wantOrder := []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at"}
+	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
+		t.Errorf("record members = %v, want %v", got, wantOrder)
+	}
+	id := rec.getString("id")
+	if !uuidV4Pattern.MatchString(id) {
+		t.Errorf("id %q is not a random UUID", id)
+	}
+	if got := rec.getString("label"); got != "CI deploy" {
+		t.Errorf("label = %q", got)
+	}
+	if got := rec.getString("key_hash"); got != hashKey(raw) {
+		t.Errorf("key_hash = %q, want the SHA-256 of the printed key %q", got, hashKey(raw))
+	}
+	if got := rec.getString("key_prefix"); got != raw[:11] {
+		t.Errorf("key_prefix = %q, want %q", got, raw[:11])
+	}
+	if got := rec.getString("created_at"); got != "2026-11-25T20:14:31.123456+00:00" {
+		t.Errorf("created_at = %q", got)
+	}
+	if got := string(rec.get("last_used_at")); got != "null" {
+		t.Errorf("last_used_at = %s, want null", got)
+	}
+	if strings.Contains(readFile(t, path), raw) {
+		t.Error("the key file holds the raw key")
+	}
+
+	for _, want := range []string{id, raw[:11], path, "never", "cannot be shown again"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr does not mention %q: %q", want, stderr.String())
+		}
+	}
+
+	// The handler admits the printed key.
+	ks, err := readKeySet(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := ks.lookup(raw); k == nil || k.ID != id || k.Label != "CI deploy" {
+		t.Fatalf("lookup of the printed key = %+v", k)
+	}
+}
+
+func TestCommandAddAppends(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	first := mustAdd(t, path, addOptions{Label: "first"})
+	before := fileObjects(t, path).records[0]
+	second := mustAdd(t, path, addOptions{Label: "second", Expires: "90d", Scopes: []string{"read", "write,admin", "read"}})
+	if first == second {
+		t.Fatal("two adds printed the same key")
+	}
+
+	doc := fileObjects(t, path)
+	if len(doc.records) != 2 {
+		t.Fatalf("%d records, want 2", len(doc.records))
+	}
+	if a, b := mustJSON(t, before), mustJSON(t, doc.records[0]); a != b {
+		t.Errorf("the first record changed:\n%s\n%s", a, b)
+	}
+	rec := doc.records[1]
+	wantOrder := []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "scopes"}
+	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
+		t.Errorf("record members = %v, want %v", got, wantOrder)
+	}
+	if got, want := rec.getString("expires_at"), formatTimestamp(cmdNow.Add(90*24*time.Hour)); got != want {
+		t.Errorf("expires_at = %q, want %q", got, want)
+	}
+	if got := mustJSON(t, rec.get("scopes")); got != `["read","write","admin"]` {
+		t.Errorf("scopes = %s, want [\"read\",\"write\",\"admin\"]", got)
+	}
+	if rec.getString("id") == doc.records[0].getString("id") {
+		t.Error("two keys got the same id")
+	}
+
+	ks, err := readKeySet(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range []string{first, second} {
+		if k, _ := ks.lookup(raw); k == nil {
+			t.Errorf("key %s... is not in the file", raw[:11])
+		}
+	}
+}
+
+func mustJSON(t testing.TB, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestCommandAddBareArrayFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	k := newTestKey("old", nil)
+	writeFile(t, path, "["+mustJSON(t, k.Record)+"]")
+	raw := mustAdd(t, path, addOptions{Label: "new"})
+	data := readFile(t, path)
+	if !strings.HasPrefix(strings.TrimSpace(data), "[") {
+		t.Fatalf("a bare-array key file was turned into another shape:\n%s", data)
+	}
+	recs := fileRecords(t, path)
+	if len(recs) != 2 || recs[0].ID != k.Record["id"] || recs[1].KeyHash != hashKey(raw) {
+		t.Fatalf("records = %+v", recs)
+	}
+}
+
+func TestCommandParseExpiry(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"90d", cmdNow.Add(90 * 24 * time.Hour)},
+		{"1d", cmdNow.Add(24 * time.Hour)},
+		{"12h", cmdNow.Add(12 * time.Hour)},
+		{"30m", cmdNow.Add(30 * time.Minute)},
+		{"1h30m", cmdNow.Add(90 * time.Minute)},
+		{" 7d ", cmdNow.Add(7 * 24 * time.Hour)},
+		{"2027-01-31T00:00:00Z", time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)},
+		{"2027-01-31T02:00:00+02:00", time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)},
+		{"2027-01-31", time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)},
+	} {
+		got, err := parseExpiry(tc.in, cmdNow)
+		if err != nil || !got.Equal(tc.want) {
+			t.Errorf("parseExpiry(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+	for _, tc := range []struct{ in, wantErr string }{
+		{"junk", "want a duration"},
+		{"90", "want a duration"},
+		{"90x", "want a duration"},
+		{"d", "want a duration"},
+		{"-5d", "positive"},
+		{"0s", "positive"},
+		{"2020-01-01T00:00:00Z", "in the past"},
+		{"2026-11-25T20:14:31.123456Z", "in the past"}, // exactly now
+		{"2026-11-25", "in the past"},
+	} {
+		_, err := parseExpiry(tc.in, cmdNow)
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("parseExpiry(%q) error = %v, want one saying %q", tc.in, err, tc.wantErr)
+		}
+	}
+}
+
+func TestCommandAddRefusesBadInput(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keys.json")
+	for _, tc := range []struct {
+		name    string
+		opts    addOptions
+		wantErr string
+	}{
+		{"no file", addOptions{Label: "x"}, "--file is required"},
+		{"no label", addOptions{File: path}, "--label is required"},
+		{"blank label", addOptions{File: path, Label: "  "}, "--label is required"},
+		{"bad duration", addOptions{File: path, Label: "x", Expires: "soon"}, "--expires"},
+		{"past time", addOptions{File: path, Label: "x", Expires: "2001-01-01T00:00:00Z"}, "in the past"},
+		{"empty scope", addOptions{File: path, Label: "x", Scopes: []string{"read,"}}, "--scope"},
+		{"scope with space", addOptions{File: path, Label: "x", Scopes: []string{"read write"}}, "--scope"},
+		{"missing folder", addOptions{File: filepath.Join(dir, "nope", "keys.json"), Label: "x"}, "nope"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := addKey(&stdout, &stderr, tc.opts, cmdNow)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error = %v, want one saying %q", err, tc.wantErr)
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("a failed add printed %q on stdout", stdout.String())
+			}
+			if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("a failed add created the key file (stat: %v)", err)
+			}
+		})
+	}
+}
+
+// A file the handler would refuse is left alone by every command: a person
+// must mend it first.
+func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
+	k := newTestKey("k", nil)
+	for name, content := range map[string]string{
+		"bad JSON":     "{\"api_keys\": [\n  {\"id\": \"a\",}\n]}\n",
+		"bad hash":     `{"api_keys": [{"id": "a", "label": "x", "key_hash": "abc", "key_prefix": "sk_x"}]}`,
+		"duplicate id": `{"api_keys": [` + mustJSON(t, k.Record) + `,` + mustJSON(t, newTestKey("b", map[string]any{"id": k.Record["id"]}).Record) + `]}`,
+		"empty":        "",
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "keys.json")
+			writeFile(t, path, content)
+			var out, errOut bytes.Buffer
+
+			err := addKey(&out, &errOut, addOptions{File: path, Label: "x"}, cmdNow)
+			var kfe *KeyFileError
+			if !errors.As(err, &kfe) || !strings.Contains(err.Error(), path) {
+				t.Errorf("add: error = %v, want a KeyFileError naming the file", err)
+			}
+			if out.Len() != 0 {
+				t.Errorf("add printed a key for a file it did not write: %q", out.String())
+			}
+			if err := revokeKey(&out, path, k.Record["id"].(string), cmdNow); !errors.As(err, &kfe) {
+				t.Errorf("revoke: error = %v, want a KeyFileError", err)
+			}
+			if err := listKeys(&out, path, false, cmdNow); !errors.As(err, &kfe) {
+				t.Errorf("list: error = %v, want a KeyFileError", err)
+			}
+			if got := readFile(t, path); got != content {
+				t.Errorf("the broken file was changed to:\n%s", got)
+			}
+		})
+	}
+
+	t.Run("JSON error position", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "keys.json")
+		writeFile(t, path, "{\"api_keys\": [\n  {\"id\": \"a\",}\n]}\n")
+		err := listKeys(new(bytes.Buffer), path, false, cmdNow)
+		if err == nil || !strings.Contains(err.Error(), "line 2") {
+			t.Fatalf("error = %v, want the line of the syntax error", err)
+		}
+	})
+}
+
+func TestCommandsMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	var out bytes.Buffer
+	if err := listKeys(&out, path, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("list: error = %v, want not-exist", err)
+	}
+	if err := listKeys(&out, "", false, cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
+		t.Errorf("list without --file: error = %v", err)
+	}
+	if err := revokeKey(&out, path, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("revoke: error = %v, want not-exist", err)
+	}
+	if err := revokeKey(&out, "", "sk_AbCdEfGh", cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
+		t.Errorf("revoke without --file: error = %v", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Error("revoke created the missing key file")
+	}
+}
+
+// listFixture writes a key file with one key in each status and returns its
+// path and keys: active (with scopes and a last use), expired, revoked, and
+// active with a future expiry.
+func listFixture(t *testing.T) (string, []testKey) {
+	t.Helper()
+	keys := []testKey{
+		newTestKey("active", map[string]any{"scopes": []string{"read", "write"}, "last_used_at": "2026-11-20T08:00:00.5+00:00"}),
+		newTestKey("expired", map[string]any{"expires_at": "2026-11-01T00:00:00+00:00"}),
+		newTestKey("revoked", map[string]any{"revoked_at": "2026-11-02T00:00:00+00:00", "expires_at": "2026-11-01T00:00:00+00:00"}),
+		newTestKey("expires later\twith\na tab", map[string]any{"expires_at": "2027-06-01T12:00:00+02:00"}),
+	}
+	return writeKeys(t, "", keys...), keys
+}
+
+func TestCommandListTable(t *testing.T) {
+	path, keys := listFixture(t)
+	var out bytes.Buffer
+	if err := listKeys(&out, path, false, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	text := out.String()
+	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
+	if len(lines) != 1+len(keys) {
+		t.Fatalf("%d lines, want a header and %d rows:\n%s", len(lines), len(keys), text)
+	}
+	header := strings.Fields(lines[0])
+	if want := []string{"ID", "LABEL", "PREFIX", "CREATED", "LAST", "USED", "EXPIRES", "SCOPES", "STATUS"}; !slices.Equal(header, want) {
+		t.Errorf("header = %q", lines[0])
+	}
+	wantStatus := []string{"active", "expired", "revoked", "active"}
+	for i, k := range keys {
+		row := lines[i+1]
+		for _, want := range []string{k.Record["id"].(string), k.Record["key_prefix"].(string), "2026-11-25T20:14:31Z"} {
+			if !strings.Contains(row, want) {
+				t.Errorf("row %d does not show %q: %q", i+1, want, row)
+			}
+		}
+		if !strings.HasSuffix(row, wantStatus[i]) {
+			t.Errorf("row %d: want status %s: %q", i+1, wantStatus[i], row)
+		}
+		if strings.Contains(text, k.Record["key_hash"].(string)) || strings.Contains(text, k.Raw) {
+			t.Error("list shows a key hash or a raw key")
+		}
+	}
+	for _, want := range []string{"read,write", "2026-11-20T08:00:00Z", "never", "2027-06-01T10:00:00Z", "expires later?with?a tab"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the table does not show %q:\n%s", want, text)
+		}
+	}
+}
+
+func TestCommandListJSON(t *testing.T) {
+	path, keys := listFixture(t)
+	var out bytes.Buffer
+	if err := listKeys(&out, path, true, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	var listed []map[string]any
+	if err := json.Unmarshal(out.Bytes(), &listed); err != nil {
+		t.Fatalf("--json output is not a JSON array: %v\n%s", err, out.String())
+	}
+	if len(listed) != len(keys) {
+		t.Fatalf("%d entries, want %d", len(listed), len(keys))
+	}
+	wantStatus := []string{"active", "expired", "revoked", "active"}
+	for i, got := range listed {
+		k := keys[i]
+		if _, ok := got["key_hash"]; ok {
+			t.Errorf("entry %d shows key_hash", i)
+		}
+		if got["id"] != k.Record["id"] || got["label"] != k.Record["label"] || got["key_prefix"] != k.Record["key_prefix"] {
+			t.Errorf("entry %d = %v, want the record's id, label and prefix", i, got)
+		}
+		if got["status"] != wantStatus[i] {
+			t.Errorf("entry %d status = %v, want %s", i, got["status"], wantStatus[i])
+		}
+		if got["created_at"] != k.Record["created_at"] {
+			t.Errorf("entry %d created_at = %v, want the stored value", i, got["created_at"])
+		}
+		for _, member := range []string{"last_used_at", "expires_at", "revoked_at", "scopes"} {
+			if _, ok := got[member]; !ok {
+				t.Errorf("entry %d has no %q member (want null or a value, always present)", i, member)
+			}
+		}
+	}
+	if mustJSON(t, listed[0]["scopes"]) != `["read","write"]` || mustJSON(t, listed[1]["scopes"]) != `[]` {
+		t.Errorf("scopes = %v, %v", listed[0]["scopes"], listed[1]["scopes"])
+	}
+	if listed[0]["last_used_at"] != "2026-11-20T08:00:00.5+00:00" || listed[1]["last_used_at"] != nil {
+		t.Errorf("last_used_at = %v, %v", listed[0]["last_used_at"], listed[1]["last_used_at"])
+	}
+	if listed[2]["revoked_at"] != "2026-11-02T00:00:00+00:00" {
+		t.Errorf("revoked_at = %v", listed[2]["revoked_at"])
+	}
+
+	// An empty key file lists as an empty array, not null.
+	empty := writeKeys(t, "")
+	out.Reset()
+	if err := listKeys(&out, empty, true, cmdNow); err != nil || strings.TrimSpace(out.String()) != "[]" {
+		t.Fatalf("empty file: %q, %v", out.String(), err)
+	}
+}
+
+// revokeFixture is a key file whose keys share an id prefix and a key
+// prefix, to test how revoke resolves names.
+func revokeFixture(t *testing.T) (string, []testKey) {
+	t.Helper()
+	keys := []testKey{
+		newTestKey("alpha", map[string]any{"id": "aaaa1111-0000-4000-8000-000000000001"}),
+		newTestKey("beta", map[string]any{"id": "aaaa2222-0000-4000-8000-000000000002"}),
+		newTestKey("gamma", map[string]any{"id": "cccc3333-0000-4000-8000-000000000003", "key_prefix": "sk_SAMEpref"}),
+		newTestKey("delta", map[string]any{"id": "dddd4444-0000-4000-8000-000000000004", "key_prefix": "sk_SAMEpref"}),
+	}
+	return writeKeys(t, "", keys...), keys
+}
+
+func revokedAt(t *testing.T, path, id string) *string {
+	t.Helper()
+	for _, rec := range fileRecords(t, path) {
+		if rec.ID == id {
+			return rec.RevokedAt
+		}
+	}
+	t.Fatalf("no record %s", id)
+	return nil
+}
+
+func TestCommandRevoke(t *testing.T) {
+	for _, tc := range []struct {
+		name, ref, wantID string
+	}{
+		{"full id", "aaaa1111-0000-4000-8000-000000000001", "aaaa1111-0000-4000-8000-000000000001"},
+		{"full id in capitals", "AAAA2222-0000-4000-8000-000000000002", "aaaa2222-0000-4000-8000-000000000002"},
+		{"id prefix", "cccc", "cccc3333-0000-4000-8000-000000000003"},
+		{"id prefix, longer", "aaaa22", "aaaa2222-0000-4000-8000-000000000002"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, keys := revokeFixture(t)
+			var out bytes.Buffer
+			if err := revokeKey(&out, path, tc.ref, cmdNow); err != nil {
+				t.Fatal(err)
+			}
+			for _, k := range keys {
+				got := revokedAt(t, path, k.Record["id"].(string))
+				if k.Record["id"] == tc.wantID {
+					if got == nil || *got != formatTimestamp(cmdNow) {
+						t.Errorf("revoked_at = %v, want %s", got, formatTimestamp(cmdNow))
+					}
+				} else if got != nil {
+					t.Errorf("key %s was revoked too", k.Record["label"])
+				}
+			}
+			if !strings.Contains(out.String(), tc.wantID) {
+				t.Errorf("output does not name the revoked key: %q", out.String())
+			}
+		})
+	}
+
+	t.Run("key prefix", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "keys.json")
+		first := mustAdd(t, path, addOptions{Label: "one"})
+		second := mustAdd(t, path, addOptions{Label: "two"})
+		var out bytes.Buffer
+		if err := revokeKey(&out, path, second[:11], cmdNow); err != nil {
+			t.Fatal(err)
+		}
+		ks, err := readKeySet(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k, _ := ks.lookup(second); k == nil || !k.revoked {
+			t.Error("the key named by its prefix is not revoked")
+		}
+		if k, _ := ks.lookup(first); k == nil || k.revoked {
+			t.Error("the other key is revoked")
+		}
+		if strings.Contains(out.String(), second) {
+			t.Error("revoke printed the raw key")
+		}
+	})
+}
+
+func TestCommandRevokeRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name, ref string
+		want      []string
+	}{
+		{"ambiguous id prefix", "aaaa", []string{"matches 2 keys", "aaaa1111-0000-4000-8000-000000000001", "alpha", "aaaa2222-0000-4000-8000-000000000002", "beta"}},
+		{"ambiguous key prefix", "sk_SAMEpref", []string{"matches 2 keys", "cccc3333-0000-4000-8000-000000000003", "gamma", "dddd4444-0000-4000-8000-000000000004", "delta", "sk_SAMEpref"}},
+		{"unknown", "sk_NoSuchKy", []string{"no key", "sk_NoSuchKy"}},
+		{"id prefix too short", "ccc", []string{"no key"}},
+		{"part of a key prefix", "sk_SAME", []string{"no key"}},
+		{"blank", "  ", []string{"name the key"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, _ := revokeFixture(t)
+			before := readFile(t, path)
+			var out bytes.Buffer
+			err := revokeKey(&out, path, tc.ref, cmdNow)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error does not say %q: %v", want, err)
+				}
+			}
+			if got := readFile(t, path); got != before {
+				t.Errorf("a refused revoke changed the file:\n%s", got)
+			}
+			if out.Len() != 0 {
+				t.Errorf("a refused revoke printed %q", out.String())
+			}
+		})
+	}
+}
+
+// Revoking a revoked key changes nothing: its first revoked_at is the one
+// an audit needs.
+func TestCommandRevokeTwice(t *testing.T) {
+	path, keys := revokeFixture(t)
+	id := keys[0].Record["id"].(string)
+	var out bytes.Buffer
+	if err := revokeKey(&out, path, id, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	before := readFile(t, path)
+	out.Reset()
+	if err := revokeKey(&out, path, id, cmdNow.Add(time.Hour)); err != nil {
+		t.Fatalf("second revoke: %v", err)
+	}
+	if !strings.Contains(out.String(), "already revoked") || !strings.Contains(out.String(), formatTimestamp(cmdNow)) {
+		t.Errorf("output = %q, want it to say the key was already revoked, and when", out.String())
+	}
+	if readFile(t, path) != before {
+		t.Error("the second revoke rewrote the file")
+	}
+}
+
+// Members this plugin does not know, at the top level and inside records,
+// survive add and revoke, in their order.
+func TestCommandsKeepUnknownMembers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	k := newTestKey("old", nil)
+	rec, err := json.Marshal(k.Record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An unknown member inside the record, before and after the known ones.
+	recText := `{"team": "ops", ` + strings.TrimPrefix(string(rec), "{")
+	recText = strings.TrimSuffix(recText, "}") + `, "notes": {"ticket": 42, "big": 12345678901234567890}}`
+	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`], "meta": {"owner": "platform"}}`)
+
+	raw := mustAdd(t, path, addOptions{Label: "new"})
+	if err := revokeKey(new(bytes.Buffer), path, k.Record["id"].(string), cmdNow); err != nil {
+		t.Fatal(err)
+	}
+
+	doc := fileObjects(t, path)
+	if got := memberNames(doc.top); !slices.Equal(got, []string{"version", "api_keys", "meta"}) {
+		t.Errorf("top-level members = %v", got)
+	}
+	if got := string(doc.top.get("version")); got != "3" {
+		t.Errorf("version = %s", got)
+	}
+	if got := mustJSON(t, doc.top.get("meta")); got != `{"owner":"platform"}` {
+		t.Errorf("meta = %s", got)
+	}
+	if len(doc.records) != 2 {
+		t.Fatalf("%d records", len(doc.records))
+	}
+	old := doc.records[0]
+	wantOrder := []string{"team", "created_at", "id", "key_hash", "key_prefix", "label", "last_used_at", "notes", "revoked_at"}
+	if got := memberNames(old); !slices.Equal(got, wantOrder) {
+		t.Errorf("old record members = %v, want %v", got, wantOrder)
+	}
+	if got := mustJSON(t, old.get("notes")); got != `{"ticket":42,"big":12345678901234567890}` {
+		t.Errorf("notes = %s (numbers must be kept as written)", got)
+	}
+	if doc.records[1].getString("key_hash") != hashKey(raw) {
+		t.Error("the added key is not the second record")
+	}
+}
+
+func TestCommandHash(t *testing.T) {
+	const key = "sk_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde"
+	for _, in := range []string{key, key + "\n", key + "\r\n", "  " + key + " \n"} {
+		var out bytes.Buffer
+		if err := hashFromReader(strings.NewReader(in), &out); err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		if got := out.String(); got != hashKey(key)+"\n" {
+			t.Errorf("hash of %q = %q, want %q", in, got, hashKey(key))
+		}
+	}
+	for _, tc := range []struct{ in, wantErr string }{
+		{"", "no key"},
+		{" \n", "no key"},
+		{key + "\n" + key + "\n", "more than one line"},
+		{strings.Repeat("x", 70<<10), "64 KiB"},
+	} {
+		var out bytes.Buffer
+		err := hashFromReader(strings.NewReader(tc.in), &out)
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("%.20q: error = %v, want one saying %q", tc.in, err, tc.wantErr)
+		}
+		if out.Len() != 0 {
+			t.Errorf("%.20q: printed %q", tc.in, out.String())
+		}
+	}
+
+	// A key made by add hashes to the key_hash add stored.
+	path := filepath.Join(t.TempDir(), "keys.json")
+	raw := mustAdd(t, path, addOptions{})
+	var out bytes.Buffer
+	if err := hashFromReader(strings.NewReader(raw+"\n"), &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(out.String()); got != fileRecords(t, path)[0].KeyHash {
+		t.Errorf("hash = %s, stored key_hash = %s", got, fileRecords(t, path)[0].KeyHash)
+	}
+}
+
+// apikeyCommand builds `caddy apikey` as Caddy's command line does, with its
+// output captured.
+func apikeyCommand(t *testing.T, stdin string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	reg, ok := caddycmd.Commands()["apikey"]
+	if !ok {
+		t.Fatal("the apikey command is not registered")
+	}
+	cmd := &cobra.Command{Use: reg.Name, SilenceUsage: true, SilenceErrors: true}
+	reg.CobraFunc(cmd)
+	var out, errOut bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SetIn(strings.NewReader(stdin))
+	cmd.SetArgs(args)
+	err = cmd.Execute()
+	return out.String(), errOut.String(), err
+}
+
+// The cobra wiring: flags reach the command functions, and failures are
+// errors (so the process exits non-zero).
+func TestCommandCobraWiring(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	stdout, stderr, err := apikeyCommand(t, "", "add", "--file", path, "--label", "wired", "--expires", "30d", "--scope", "read", "-s", "write,admin")
+	if err != nil {
+		t.Fatalf("add: %v (stderr %q)", err, stderr)
+	}
+	raw := strings.TrimSuffix(stdout, "\n")
+	if !rawKeyPattern.MatchString(raw) || !strings.Contains(stderr, "cannot be shown again") {
+		t.Fatalf("add: stdout %q, stderr %q", stdout, stderr)
+	}
+	recs := fileRecords(t, path)
+	if len(recs) != 1 || recs[0].Label != "wired" || !slices.Equal(recs[0].Scopes, []string{"read", "write", "admin"}) ||
+		recs[0].ExpiresAt == nil || recs[0].KeyHash != hashKey(raw) {
+		t.Fatalf("record = %+v", recs[0])
+	}
+
+	stdout, _, err = apikeyCommand(t, "", "list", "--file", path, "--json")
+	if err != nil || !strings.Contains(stdout, `"label": "wired"`) {
+		t.Fatalf("list --json: %q, %v", stdout, err)
+	}
+	stdout, _, err = apikeyCommand(t, "", "list", "-f", path)
+	if err != nil || !strings.HasPrefix(stdout, "ID ") {
+		t.Fatalf("list: %q, %v", stdout, err)
+	}
+	stdout, _, err = apikeyCommand(t, raw+"\n", "hash")
+	if err != nil || stdout != hashKey(raw)+"\n" {
+		t.Fatalf("hash: %q, %v", stdout, err)
+	}
+	stdout, _, err = apikeyCommand(t, "", "revoke", "--file", path, raw[:11])
+	if err != nil || !strings.Contains(stdout, "Revoked") {
+		t.Fatalf("revoke: %q, %v", stdout, err)
+	}
+
+	for _, args := range [][]string{
+		{"revoke", "--file", path},
+		{"revoke", "--file", path, "a", "b"},
+		{"revoke", "--file", path, "sk_NoSuchKy"},
+		{"add", "--file", path, "--label", "x", "--expires", "tomorrow"},
+		{"add", "--label", "x"},
+		{"list", "--file", filepath.Join(t.TempDir(), "missing.json")},
+		{"list", "--file", path, "extra"},
+	} {
+		if stdout, _, err := apikeyCommand(t, "", args...); err == nil {
+			t.Errorf("%v: no error (stdout %q)", args, stdout)
+		}
+	}
+}
+
+// Many writers at once on one key file, as in production: `caddy apikey add`
+// and `revoke` in other processes while Caddy's usage writer flushes. Every
+// update must be in the file at the end, and the file valid throughout.
+func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
+	const (
+		baseKeys   = 6
+		revoked    = 4 // the first baseKeys are revoked concurrently
+		adders     = 4
+		addsEach   = 5
+		usageTicks = 25
+	)
+	base := make([]testKey, baseKeys)
+	for i := range base {
+		base[i] = newTestKey(fmt.Sprintf("base %d", i), nil)
+	}
+	path := writeKeys(t, "", base...)
+
+	store := newKeyStore(path, zap.NewNop())
+	if err := store.reload(true); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		added    []string
+		errs     = make(chan error, adders*addsEach+revoked+1)
+		lastUsed time.Time
+	)
+	for a := range adders {
+		wg.Go(func() {
+			for i := range addsEach {
+				var stdout, stderr bytes.Buffer
+				if err := addKey(&stdout, &stderr, addOptions{File: path, Label: fmt.Sprintf("added %d/%d", a, i)}, time.Now()); err != nil {
+					errs <- fmt.Errorf("add: %w", err)
+					continue
+				}
+				mu.Lock()
+				added = append(added, strings.TrimSpace(stdout.String()))
+				mu.Unlock()
+			}
+		})
+	}
+	for i := range revoked {
+		wg.Go(func() {
+			if err := revokeKey(new(bytes.Buffer), path, base[i].Record["id"].(string), time.Now()); err != nil {
+				errs <- fmt.Errorf("revoke: %w", err)
+			}
+		})
+	}
+	wg.Go(func() {
+		// The usage writer: every base key is used at each tick, a
+		// second apart (the in-memory resolution), and every tick is
+		// flushed; the file is re-read in between, as the watcher does.
+		start := time.Now().Truncate(time.Second).Add(-time.Hour)
+		for tick := range usageTicks {
+			used := start.Add(time.Duration(tick) * 2 * time.Second)
+			ks := store.current()
+			for _, k := range base {
+				key, sum := ks.lookup(k.Raw)
+				if key == nil {
+					errs <- fmt.Errorf("tick %d: base key %s vanished from the key set", tick, k.Record["label"])
+					return
+				}
+				store.markUsed(key, sum, used.UnixNano())
+			}
+			store.flush(true)
+			if err := store.reload(true); err != nil {
+				errs <- fmt.Errorf("tick %d: the key file does not load: %w", tick, err)
+				return
+			}
+			lastUsed = used
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	recs := fileRecords(t, path)
+	if want := baseKeys + adders*addsEach; len(recs) != want {
+		t.Fatalf("%d records in the file, want %d", len(recs), want)
+	}
+	byHash := make(map[string]Record, len(recs))
+	for _, rec := range recs {
+		byHash[rec.KeyHash] = rec
+	}
+	for _, raw := range added {
+		rec, ok := byHash[hashKey(raw)]
+		if !ok {
+			t.Errorf("added key %s is lost", raw[:11])
+			continue
+		}
+		if rec.RevokedAt != nil || rec.LastUsedAt != nil {
+			t.Errorf("added key %s: revoked_at %v, last_used_at %v; want neither", rec.ID, rec.RevokedAt, rec.LastUsedAt)
+		}
+	}
+	if len(added) != adders*addsEach {
+		t.Errorf("%d keys added, want %d", len(added), adders*addsEach)
+	}
+	wantUsed := formatTimestamp(lastUsed)
+	for i, k := range base {
+		rec := byHash[k.Record["key_hash"].(string)]
+		if (rec.RevokedAt != nil) != (i < revoked) {
+			t.Errorf("base key %d: revoked_at = %v, want revoked: %v", i, rec.RevokedAt, i < revoked)
+		}
+		if rec.LastUsedAt == nil || *rec.LastUsedAt != wantUsed {
+			t.Errorf("base key %d: last_used_at = %v, want %s", i, rec.LastUsedAt, wantUsed)
+		}
+	}
+}
