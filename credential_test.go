@@ -1,0 +1,251 @@
+package apikey
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// provisionTestHandler provisions h as Caddy would, with a key file of its
+// own unless h names one, and cleans it up when the test ends.
+func provisionTestHandler(t *testing.T, h *Handler) *Handler {
+	t.Helper()
+	if h.KeysFile == "" {
+		h.KeysFile = writeKeys(t, "", newTestKey("unit", nil))
+	}
+	h.UsageInterval, h.ReloadInterval = -1, -1
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatalf("Provision: %v", err)
+	}
+	t.Cleanup(func() { _ = h.Cleanup() })
+	if err := h.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	return h
+}
+
+// credRequest builds a request to target with headers given as
+// "Name: value" strings (values kept verbatim, spaces included).
+func credRequest(target string, headers ...string) *http.Request {
+	r := httptest.NewRequest("GET", target, nil)
+	for _, h := range headers {
+		name, value, _ := strings.Cut(h, ":")
+		r.Header.Add(name, strings.TrimPrefix(value, " "))
+	}
+	return r
+}
+
+func TestCredentialExtraction(t *testing.T) {
+	big := "sk_" + strings.Repeat("A", 64*1024-3)
+	tests := []struct {
+		name    string
+		target  string
+		headers []string
+		want    credential
+	}{
+		{"nothing", "/", nil, credential{}},
+		{"bearer", "/", []string{"Authorization: Bearer sk_one"}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"bearer lower case", "/", []string{"Authorization: bearer sk_one"}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"bearer upper case", "/", []string{"Authorization: BEARER sk_one"}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"bearer mixed case", "/", []string{"Authorization: bEaReR sk_one"}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"bearer spaces and tabs", "/", []string{"Authorization:  \t Bearer \t  sk_one \t "}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"bearer tab separator", "/", []string{"Authorization: Bearer\tsk_one"}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"bearer without separator", "/", []string{"Authorization: Bearersk_one"}, credential{}},
+		{"bearer alone", "/", []string{"Authorization: Bearer"}, credential{}},
+		{"bearer and spaces", "/", []string{"Authorization: Bearer    "}, credential{}},
+		{"bearer and tabs", "/", []string{"Authorization: Bearer \t\t"}, credential{}},
+		{"basic ignored", "/", []string{"Authorization: Basic Ym9iOnNlY3JldA=="}, credential{}},
+		{"bare key in authorization ignored", "/", []string{"Authorization: sk_one"}, credential{}},
+		{"x-api-key", "/", []string{"X-API-Key: sk_two"}, credential{key: "sk_two", status: credFound, header: "X-Api-Key"}},
+		{"x-api-key lower-case name", "/", []string{"x-api-key: sk_two"}, credential{key: "sk_two", status: credFound, header: "X-Api-Key"}},
+		{"x-api-key trimmed", "/", []string{"X-Api-Key: \t sk_two  "}, credential{key: "sk_two", status: credFound, header: "X-Api-Key"}},
+		{"x-api-key empty", "/", []string{"X-Api-Key: "}, credential{}},
+		{"x-api-key blank", "/", []string{"X-Api-Key:   \t"}, credential{}},
+		{"query", "/?api_key=sk_three", nil, credential{key: "sk_three", status: credFound, param: "api_key"}},
+		{"query among others", "/p?a=1&api_key=sk_three&b=2", nil, credential{key: "sk_three", status: credFound, param: "api_key"}},
+		{"query empty", "/?api_key=", nil, credential{}},
+		{"query no value", "/?api_key", nil, credential{}},
+		{"query name case matters", "/?API_KEY=sk_three", nil, credential{}},
+		{"query name prefix", "/?api_keys=sk_three&xapi_key=sk_3", nil, credential{}},
+		{"query empty then value", "/?api_key=&api_key=sk_three", nil, credential{key: "sk_three", status: credFound, param: "api_key"}},
+		{"query percent-encoded value", "/?api_key=sk%5Fthree%2D", nil, credential{key: "sk_three-", status: credFound, param: "api_key"}},
+		{"query percent-encoded name", "/?api%5Fkey=sk_three", nil, credential{key: "sk_three", status: credFound, param: "api_key"}},
+		{"query plus is a space", "/?api_key=sk+three", nil, credential{key: "sk three", status: credFound, param: "api_key"}},
+		{"query same value twice", "/?api_key=sk_three&api_key=sk%5Fthree", nil, credential{key: "sk_three", status: credFound, param: "api_key"}},
+		{"query different values", "/?api_key=sk_three&api_key=sk_four", nil, credential{status: credAmbiguous, param: "api_key"}},
+		{"bearer beats x-api-key and query", "/?api_key=sk_three", []string{"X-API-Key: sk_two", "Authorization: Bearer sk_one"}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"x-api-key beats query", "/?api_key=sk_three", []string{"X-API-Key: sk_two"}, credential{key: "sk_two", status: credFound, header: "X-Api-Key"}},
+		{"empty bearer falls through", "/?api_key=sk_three", []string{"Authorization: Bearer "}, credential{key: "sk_three", status: credFound, param: "api_key"}},
+		{"basic falls through to x-api-key", "/", []string{"Authorization: Basic Ym9iOnNlY3JldA==", "X-API-Key: sk_two"}, credential{key: "sk_two", status: credFound, header: "X-Api-Key"}},
+		{"empty x-api-key falls through", "/?api_key=sk_three", []string{"X-API-Key: "}, credential{key: "sk_three", status: credFound, param: "api_key"}},
+		{"same bearer twice", "/", []string{"Authorization: Bearer sk_one", "Authorization: bearer  sk_one"}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"different bearers", "/", []string{"Authorization: Bearer sk_one", "Authorization: Bearer sk_1"}, credential{status: credAmbiguous, header: "Authorization"}},
+		{"basic and bearer", "/", []string{"Authorization: Basic Ym9i", "Authorization: Bearer sk_one"}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"same x-api-key twice", "/", []string{"X-API-Key: sk_two", "X-Api-Key: sk_two"}, credential{key: "sk_two", status: credFound, header: "X-Api-Key"}},
+		{"different x-api-keys", "/", []string{"X-API-Key: sk_two", "X-Api-Key: sk_2"}, credential{status: credAmbiguous, header: "X-Api-Key"}},
+		{"empty and a x-api-key", "/", []string{"X-API-Key: ", "X-Api-Key: sk_two"}, credential{key: "sk_two", status: credFound, header: "X-Api-Key"}},
+		{"64 KiB bearer", "/", []string{"Authorization: Bearer " + big}, credential{key: big, status: credFound, header: "Authorization"}},
+		{"64 KiB x-api-key", "/", []string{"X-Api-Key: " + big}, credential{key: big, status: credFound, header: "X-Api-Key"}},
+	}
+	h := provisionTestHandler(t, &Handler{})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := h.credential(credRequest(tt.target, tt.headers...))
+			if got.status == credAmbiguous {
+				got.key = "" // what an ambiguous result carries does not matter
+			}
+			if got != tt.want {
+				t.Errorf("got %+v\nwant %+v", shorten(got), shorten(tt.want))
+			}
+		})
+	}
+}
+
+func shorten(c credential) credential {
+	if len(c.key) > 40 {
+		c.key = c.key[:40] + "..."
+	}
+	return c
+}
+
+func TestCredentialCustomSources(t *testing.T) {
+	tests := []struct {
+		name    string
+		handler Handler
+		target  string
+		headers []string
+		want    credential
+	}{
+		{"custom header replaces the defaults", Handler{Headers: []HeaderSource{{Name: "X-Token"}}}, "/",
+			[]string{"Authorization: Bearer sk_one", "X-API-Key: sk_two"}, credential{}},
+		{"custom header read", Handler{Headers: []HeaderSource{{Name: "X-Token"}}}, "/",
+			[]string{"X-Token: sk_one"}, credential{key: "sk_one", status: credFound, header: "X-Token"}},
+		{"custom header configured in lower case", Handler{Headers: []HeaderSource{{Name: "x-token"}}}, "/",
+			[]string{"X-TOKEN: sk_one"}, credential{key: "sk_one", status: credFound, header: "X-Token"}},
+		{"custom header keeps the default query", Handler{Headers: []HeaderSource{{Name: "X-Token"}}}, "/?api_key=sk_q",
+			nil, credential{key: "sk_q", status: credFound, param: "api_key"}},
+		{"custom scheme", Handler{Headers: []HeaderSource{{Name: "Authorization", Scheme: "Token"}}}, "/",
+			[]string{"Authorization: token sk_one"}, credential{key: "sk_one", status: credFound, header: "Authorization"}},
+		{"custom scheme ignores bearer", Handler{Headers: []HeaderSource{{Name: "Authorization", Scheme: "Token"}}}, "/",
+			[]string{"Authorization: Bearer sk_one"}, credential{}},
+		{"header order is the configured one", Handler{Headers: []HeaderSource{{Name: "X-B"}, {Name: "X-A"}}}, "/",
+			[]string{"X-A: sk_a", "X-B: sk_b"}, credential{key: "sk_b", status: credFound, header: "X-B"}},
+		{"custom query", Handler{Query: strPtr("token")}, "/?api_key=sk_a&token=sk_t",
+			nil, credential{key: "sk_t", status: credFound, param: "token"}},
+		{"custom query ignores api_key", Handler{Query: strPtr("token")}, "/?api_key=sk_a",
+			nil, credential{}},
+		{"query off", Handler{Query: strPtr("")}, "/?api_key=sk_a",
+			nil, credential{}},
+		{"query off keeps headers", Handler{Query: strPtr("")}, "/?api_key=sk_a",
+			[]string{"X-Api-Key: sk_h"}, credential{key: "sk_h", status: credFound, header: "X-Api-Key"}},
+		{"no headers, only query", Handler{Headers: []HeaderSource{}}, "/?api_key=sk_a",
+			[]string{"Authorization: Bearer sk_b"}, credential{key: "sk_a", status: credFound, param: "api_key"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := tt.handler
+			provisionTestHandler(t, &h)
+			got := h.credential(credRequest(tt.target, tt.headers...))
+			if got != tt.want {
+				t.Errorf("got %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCredentialNoSourceIsInvalid(t *testing.T) {
+	h := Handler{Headers: []HeaderSource{}, Query: strPtr(""), KeysFile: writeKeys(t, "")}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err != nil {
+		t.Fatalf("Provision: %v", err)
+	}
+	defer h.Cleanup()
+	if err := h.Validate(); err == nil {
+		t.Fatal("a handler that reads no source validated")
+	}
+}
+
+func TestRefusalMessages(t *testing.T) {
+	tests := []struct {
+		handler Handler
+		want    string
+	}{
+		{Handler{}, "API key is required. Pass via Authorization: Bearer header, X-API-Key header or ?api_key= query parameter."},
+		{Handler{Query: strPtr("")}, "API key is required. Pass via Authorization: Bearer header or X-API-Key header."},
+		{Handler{Headers: []HeaderSource{{Name: "X-Token"}}, Query: strPtr("")}, "API key is required. Pass via X-Token header."},
+		{Handler{Headers: []HeaderSource{}, Query: strPtr("token")}, "API key is required. Pass via ?token= query parameter."},
+	}
+	for _, tt := range tests {
+		h := tt.handler
+		provisionTestHandler(t, &h)
+		var env struct {
+			Success *bool `json:"success"`
+			Error   struct {
+				Code    string `json:"code"`
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(h.authRequired.body, &env); err != nil {
+			t.Fatal(err)
+		}
+		if env.Success == nil || *env.Success || env.Error.Code != "AUTH_REQUIRED" || env.Error.Message != tt.want {
+			t.Errorf("401 body %s, want message %q", h.authRequired.body, tt.want)
+		}
+	}
+}
+
+func TestRemoveQueryParam(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", ""},
+		{"api_key=k", ""},
+		{"a=1&api_key=k&b=2", "a=1&b=2"},
+		{"api_key=k&a=1", "a=1"},
+		{"a=1&api_key=k", "a=1"},
+		{"api_key=k&api_key=j&api_key=", ""},
+		{"api%5Fkey=k&x=1", "x=1"},
+		{"api_key&x=1", "x=1"},
+		{"x=api_key&api_keys=1&API_KEY=2", "x=api_key&api_keys=1&API_KEY=2"},
+		{"b=%20x&api_key=k&a=1+2", "b=%20x&a=1+2"},
+	}
+	for _, tt := range tests {
+		if got := removeQueryParam(tt.in, "api_key"); got != tt.want {
+			t.Errorf("removeQueryParam(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestHideCredential(t *testing.T) {
+	h := provisionTestHandler(t, &Handler{})
+
+	r := credRequest("/p", "Authorization: Bearer sk_one", "Authorization: Basic Ym9i", "X-Api-Key: sk_two", "X-Other: 1")
+	hideCredential(r, h.credential(r))
+	if _, ok := r.Header["Authorization"]; ok {
+		t.Errorf("Authorization is still there: %q", r.Header["Authorization"])
+	}
+	if r.Header.Get("X-Api-Key") != "sk_two" || r.Header.Get("X-Other") != "1" {
+		t.Errorf("other headers were touched: %v", r.Header)
+	}
+
+	r = credRequest("/p?a=1&api_key=sk_three&b=2")
+	hideCredential(r, h.credential(r))
+	if r.URL.RawQuery != "a=1&b=2" || r.RequestURI != "/p?a=1&b=2" {
+		t.Errorf("after hiding: RawQuery %q RequestURI %q", r.URL.RawQuery, r.RequestURI)
+	}
+	if strings.Contains(r.URL.String(), "sk_three") {
+		t.Errorf("the key is still in the URL %s", r.URL)
+	}
+
+	r = credRequest("/p?api_key=sk_three")
+	hideCredential(r, h.credential(r))
+	if r.URL.RawQuery != "" || r.RequestURI != "/p" {
+		t.Errorf("after hiding the only parameter: RawQuery %q RequestURI %q", r.URL.RawQuery, r.RequestURI)
+	}
+}
