@@ -147,6 +147,37 @@ func hideCredential(r *http.Request, cred credential) {
 	r.RequestURI = r.URL.RequestURI()
 }
 
+// hideCopies removes the copies of the key that the request carries in the
+// enabled sources other than the one it was read from. hideCredential
+// removes only that one, and a client that sends the key twice (say in
+// Authorization and in X-API-Key) must not leak the second copy to an
+// upstream. Values that carry something else, such as Authorization
+// credentials of another scheme meant for the upstream, stay.
+func (h *Handler) hideCopies(r *http.Request, key string) {
+	for i := range h.sources {
+		src := &h.sources[i]
+		values := r.Header[src.header]
+		var kept []string
+		for _, v := range values {
+			if src.keyFrom(v) != key {
+				kept = append(kept, v)
+			}
+		}
+		switch {
+		case len(kept) == len(values):
+		case len(kept) == 0:
+			r.Header.Del(src.header)
+		default:
+			r.Header[src.header] = kept
+		}
+	}
+	if h.query != "" && r.URL.RawQuery != "" {
+		if v, st := queryValue(r.URL.RawQuery, h.query); st == credFound && v == key {
+			hideCredential(r, credential{param: h.query})
+		}
+	}
+}
+
 // removeQueryParam drops every occurrence of parameter name from a raw query
 // string and keeps the other parameters as they were, in their order.
 func removeQueryParam(rawQuery, name string) string {

@@ -300,6 +300,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl.Map(key.placeholder)
 	if h.HideCredentials {
 		hideCredential(r, cred)
+		h.hideCopies(r, cred.key)
 	}
 	return next.ServeHTTP(w, r)
 }
