@@ -1,0 +1,327 @@
+package apikey
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// refusalMessage returns error.message of a JSON refusal body.
+func refusalMessage(t *testing.T, body string) string {
+	t.Helper()
+	var env struct {
+		Error struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(body), &env); err != nil {
+		t.Fatalf("body is not JSON: %v: %q", err, body)
+	}
+	return env.Error.Message
+}
+
+// expectRefusal sends a request and checks that it is refused with status
+// and code, as JSON; it returns the refusal's message.
+func expectRefusal(t *testing.T, path string, status int, code string, headers ...string) string {
+	t.Helper()
+	resp, body := do(t, "GET", path, headers...)
+	if resp.StatusCode != status {
+		t.Fatalf("GET %s: status %d, want %d; body %q", path, resp.StatusCode, status, body)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("GET %s: Content-Type %q, want application/json", path, ct)
+	}
+	if got := errorCode(t, body); got != code {
+		t.Fatalf("GET %s: code %q, want %q; body %q", path, got, code, body)
+	}
+	return refusalMessage(t, body)
+}
+
+// expectOK sends a request and checks that it passes with body want.
+func expectOK(t *testing.T, path, want string, headers ...string) {
+	t.Helper()
+	resp, body := do(t, "GET", path, headers...)
+	if resp.StatusCode != http.StatusOK || body != want {
+		t.Fatalf("GET %s: %d %q, want 200 %q", path, resp.StatusCode, body, want)
+	}
+}
+
+func bearer(k testKey) string { return "Authorization: Bearer " + k.Raw }
+
+func TestLifecycleExpiredAndRevokedKeys(t *testing.T) {
+	active := newTestKey("active", map[string]any{"expires_at": formatTimestamp(time.Now().Add(24 * time.Hour))})
+	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
+	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00.000000+00:00"})
+	expiresSoon := newTestKey("soon", map[string]any{"expires_at": formatTimestamp(time.Now().Add(1500 * time.Millisecond))})
+	path := writeKeys(t, "", active, expired, revoked, expiresSoon)
+	loadCaddyfile(t, `
+	apikey `+path+`
+	respond "hello {http.auth.user.label}"
+`)
+
+	expectOK(t, "/", "hello active", bearer(active))
+	expectRefusal(t, "/", http.StatusForbidden, CodeKeyExpired, bearer(expired))
+	expectRefusal(t, "/", http.StatusForbidden, CodeInvalidKey, bearer(revoked))
+	expectRefusal(t, "/?api_key="+revoked.Raw, http.StatusForbidden, CodeInvalidKey)
+
+	// A key expires while Caddy runs, with no change to the file.
+	expectOK(t, "/", "hello soon", bearer(expiresSoon))
+	waitFor(t, 4*time.Second, "the key to expire", func() bool {
+		resp, body := do(t, "GET", "/", bearer(expiresSoon))
+		return resp.StatusCode == http.StatusForbidden && errorCode(t, body) == CodeKeyExpired
+	})
+}
+
+func TestLifecycleScopesPerRoute(t *testing.T) {
+	reader := newTestKey("reader", map[string]any{"scopes": []string{"read"}})
+	writer := newTestKey("writer", map[string]any{"scopes": []string{"read", "write"}})
+	unscoped := newTestKey("unscoped", nil)
+	path := writeKeys(t, "", reader, writer, unscoped)
+	loadCaddyfile(t, `
+	handle /read/* {
+		apikey {
+			keys_file `+path+`
+			scope read
+		}
+		respond "read by {http.auth.user.label} holding {http.auth.user.scopes}"
+	}
+	handle /write/* {
+		apikey `+path+` {
+			scope write
+		}
+		respond "write by {http.auth.user.label}"
+	}
+	handle /both/* {
+		apikey `+path+` {
+			scope read write
+		}
+		respond "both by {http.auth.user.label}"
+	}
+	handle /any/* {
+		apikey `+path+`
+		respond "any by {http.auth.user.label} holding [{http.auth.user.scopes}]"
+	}
+`)
+
+	expectOK(t, "/read/x", "read by reader holding read", bearer(reader))
+	expectOK(t, "/read/x", "read by writer holding read,write", bearer(writer))
+	expectOK(t, "/write/x", "write by writer", bearer(writer))
+	expectOK(t, "/both/x", "both by writer", bearer(writer))
+	expectOK(t, "/any/x", "any by unscoped holding []", bearer(unscoped))
+
+	for _, tc := range []struct {
+		path    string
+		key     testKey
+		missing string
+	}{
+		{"/write/x", reader, "write"},
+		{"/both/x", reader, "write"},
+		{"/read/x", unscoped, "read"},
+		{"/write/x", unscoped, "write"},
+	} {
+		msg := expectRefusal(t, tc.path, http.StatusForbidden, CodeInsufficientScope, bearer(tc.key))
+		if !strings.Contains(msg, `"`+tc.missing+`"`) {
+			t.Errorf("%s with key %s: message %q does not name the missing scope %q", tc.path, tc.key.Record["label"], msg, tc.missing)
+		}
+	}
+}
+
+func TestLifecycleOptional(t *testing.T) {
+	member := newTestKey("member", nil)
+	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
+	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00+00:00"})
+	path := writeKeys(t, "", member, expired, revoked)
+	loadCaddyfile(t, `
+	apikey `+path+` {
+		optional
+	}
+	respond "id=[{http.auth.user.id}] label=[{http.auth.user.label}]"
+`)
+
+	// No key: served, without identity. The placeholders are not set, so
+	// respond leaves them as written.
+	resp, body := do(t, "GET", "/")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("no key: %d %q, want 200", resp.StatusCode, body)
+	}
+	if body != "id=[{http.auth.user.id}] label=[{http.auth.user.label}]" {
+		t.Errorf("no key: body %q, want the placeholders unset", body)
+	}
+	if resp.Header.Get("WWW-Authenticate") != "" {
+		t.Error("no key: a WWW-Authenticate challenge was sent")
+	}
+
+	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.Record["id"]), bearer(member))
+	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.Record["id"]), "X-API-Key: "+member.Raw)
+
+	// A key that is sent must be good.
+	expectRefusal(t, "/", http.StatusForbidden, CodeInvalidKey, "Authorization: Bearer sk_wrongwrongwrongwrongwrongwrongwrongwrongwro")
+	expectRefusal(t, "/?api_key=nope", http.StatusForbidden, CodeInvalidKey)
+	expectRefusal(t, "/", http.StatusForbidden, CodeKeyExpired, bearer(expired))
+	expectRefusal(t, "/", http.StatusForbidden, CodeInvalidKey, bearer(revoked))
+}
+
+// echoUpstream is a backend that answers with what it received.
+type echoed struct {
+	URI     string      `json:"uri"`
+	Headers http.Header `json:"headers"`
+}
+
+func startEchoUpstream(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(echoed{URI: r.RequestURI, Headers: r.Header})
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// viaProxy sends a request through the test site and returns what the
+// upstream received.
+func viaProxy(t *testing.T, path string, headers ...string) echoed {
+	t.Helper()
+	resp, body := do(t, "GET", path, headers...)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %q", path, resp.StatusCode, body)
+	}
+	var got echoed
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatalf("GET %s: upstream answer %q: %v", path, body, err)
+	}
+	return got
+}
+
+func TestLifecycleHideCredentialsSeenFromUpstream(t *testing.T) {
+	k := newTestKey("consumer", nil)
+	path := writeKeys(t, "", k)
+	upstream := startEchoUpstream(t)
+	loadCaddyfile(t, `
+	handle /hidden/* {
+		apikey `+path+` {
+			hide_credentials
+		}
+		reverse_proxy `+upstream+` {
+			header_up X-Consumer-Id {http.auth.user.id}
+		}
+	}
+	handle /shown/* {
+		apikey `+path+`
+		reverse_proxy `+upstream+` {
+			header_up X-Consumer-Id {http.auth.user.id}
+		}
+	}
+`)
+	id := k.Record["id"].(string)
+
+	for _, tc := range []struct {
+		name    string
+		query   string
+		headers []string
+		header  string // the header that carried the key, if any
+	}{
+		{"bearer", "?a=1&b=two%20words", []string{bearer(k)}, "Authorization"},
+		{"bearer odd case", "?a=1&b=two%20words", []string{"Authorization: bEaReR   " + k.Raw + "  "}, "Authorization"},
+		{"x-api-key", "?a=1&b=two%20words", []string{"X-API-Key: " + k.Raw}, "X-Api-Key"},
+		{"query", "?a=1&api_key=" + k.Raw + "&b=two%20words", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			headers := append([]string{"X-Other: kept"}, tc.headers...)
+
+			got := viaProxy(t, "/hidden/x"+tc.query, headers...)
+			if got.URI != "/hidden/x?a=1&b=two%20words" {
+				t.Errorf("hidden: upstream got URI %q, want the other parameters as sent", got.URI)
+			}
+			for _, name := range []string{"Authorization", "X-Api-Key"} {
+				if v, ok := got.Headers[name]; ok {
+					t.Errorf("hidden: upstream got %s: %q", name, v)
+				}
+			}
+			if raw, _ := json.Marshal(got); bytes.Contains(raw, []byte(k.Raw)) {
+				t.Errorf("hidden: the upstream saw the key: %s", raw)
+			}
+			if v := got.Headers.Get("X-Other"); v != "kept" {
+				t.Errorf("hidden: X-Other = %q, want kept", v)
+			}
+			if v := got.Headers.Get("X-Consumer-Id"); v != id {
+				t.Errorf("hidden: X-Consumer-Id = %q, want %q", v, id)
+			}
+
+			// Without hide_credentials the upstream sees the request as
+			// sent.
+			got = viaProxy(t, "/shown/x"+tc.query, headers...)
+			if got.URI != "/shown/x"+tc.query {
+				t.Errorf("shown: upstream got URI %q, want %q", got.URI, "/shown/x"+tc.query)
+			}
+			if tc.header != "" && !strings.Contains(got.Headers.Get(tc.header), k.Raw) {
+				t.Errorf("shown: upstream got %s: %q, want the key", tc.header, got.Headers.Get(tc.header))
+			}
+			if v := got.Headers.Get("X-Consumer-Id"); v != id {
+				t.Errorf("shown: X-Consumer-Id = %q, want %q", v, id)
+			}
+		})
+	}
+
+	// A client that sends the key twice, in two sources, must not leak
+	// the second copy to the upstream; an Authorization header with
+	// another scheme, meant for the upstream, is kept.
+	t.Run("key in every source", func(t *testing.T) {
+		got := viaProxy(t, "/hidden/x?api_key="+k.Raw+"&a=1", bearer(k), "X-API-Key: "+k.Raw)
+		if raw, _ := json.Marshal(got); bytes.Contains(raw, []byte(k.Raw)) {
+			t.Errorf("the upstream saw the key: %s", raw)
+		}
+		if got.URI != "/hidden/x?a=1" {
+			t.Errorf("URI %q", got.URI)
+		}
+	})
+	t.Run("other Authorization scheme kept", func(t *testing.T) {
+		got := viaProxy(t, "/hidden/x", "Authorization: Basic dXNlcjpwYXNz", "X-API-Key: "+k.Raw)
+		if v := got.Headers.Get("Authorization"); v != "Basic dXNlcjpwYXNz" {
+			t.Errorf("Authorization = %q, want the Basic credentials kept for the upstream", v)
+		}
+		if _, ok := got.Headers["X-Api-Key"]; ok {
+			t.Error("X-API-Key reached the upstream")
+		}
+	})
+}
+
+// A key added with `caddy apikey add` while Caddy runs is admitted, and one
+// revoked with `caddy apikey revoke` is refused, each within 2 seconds and
+// without a config reload.
+func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
+	existing := newTestKey("existing", nil)
+	path := writeKeys(t, "", existing)
+	loadCaddyfile(t, `
+	apikey `+path+`
+	respond "hello {http.auth.user.label}"
+`)
+	expectOK(t, "/", "hello existing", bearer(existing))
+
+	var stdout, stderr bytes.Buffer
+	if err := addKey(&stdout, &stderr, addOptions{File: path, Label: "live"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	raw := strings.TrimSpace(stdout.String())
+	start := time.Now()
+	waitFor(t, 2*time.Second, "the added key to be admitted", func() bool {
+		resp, body := do(t, "GET", "/", "Authorization: Bearer "+raw)
+		return resp.StatusCode == http.StatusOK && body == "hello live"
+	})
+	t.Logf("added key admitted after %s", time.Since(start).Round(time.Millisecond))
+
+	if err := revokeKey(new(bytes.Buffer), path, raw[:11], time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	waitFor(t, 2*time.Second, "the revoked key to be refused", func() bool {
+		resp, body := do(t, "GET", "/", "Authorization: Bearer "+raw)
+		return resp.StatusCode == http.StatusForbidden && errorCode(t, body) == CodeInvalidKey
+	})
+	t.Logf("revoked key refused after %s", time.Since(start).Round(time.Millisecond))
+	expectOK(t, "/", "hello existing", bearer(existing))
+}
