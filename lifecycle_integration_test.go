@@ -325,3 +325,35 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 	t.Logf("revoked key refused after %s", time.Since(start).Round(time.Millisecond))
 	expectOK(t, "/", "hello existing", bearer(existing))
 }
+
+// The README's matcher recipes: CORS preflight passes without a key, and
+// reads and writes need different scopes from one key file.
+func TestLifecycleMatcherRecipes(t *testing.T) {
+	reader := newTestKey("reader", map[string]any{"scopes": []string{"read"}})
+	path := writeKeys(t, "", reader)
+	loadCaddyfile(t, `
+	@preflight method OPTIONS
+	respond @preflight 204
+
+	@reads method GET HEAD
+	@writes not method GET HEAD OPTIONS
+	apikey @reads `+path+` {
+		scope read
+	}
+	apikey @writes `+path+` {
+		scope write
+	}
+	respond "{method} by {http.auth.user.label}"
+`)
+	if resp, body := do(t, "OPTIONS", "/things", "Origin: https://app.example.com"); resp.StatusCode != http.StatusNoContent {
+		t.Errorf("preflight without a key: %d %q, want 204", resp.StatusCode, body)
+	}
+	if resp, body := do(t, "GET", "/things"); resp.StatusCode != http.StatusUnauthorized || errorCode(t, body) != CodeAuthRequired {
+		t.Errorf("GET without a key: %d %q, want 401", resp.StatusCode, body)
+	}
+	expectOK(t, "/things", "GET by reader", bearer(reader))
+	resp, body := do(t, "POST", "/things", bearer(reader))
+	if resp.StatusCode != http.StatusForbidden || errorCode(t, body) != CodeInsufficientScope || !strings.Contains(refusalMessage(t, body), `"write"`) {
+		t.Errorf("POST with a read-only key: %d %q, want 403 INSUFFICIENT_SCOPE naming write", resp.StatusCode, body)
+	}
+}
