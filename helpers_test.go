@@ -46,6 +46,10 @@ func TestMain(m *testing.M) {
 		runCrashWriter(path) // a child process of TestUsageWriteSurvivesKill
 		os.Exit(0)
 	}
+	if arg := os.Getenv(fullDiskEnv); arg != "" {
+		runFullDiskChild(arg) // a child process of TestUsageWriteOnFullDisk
+		os.Exit(0)
+	}
 	flag.Parse()
 	if testing.Short() {
 		fmt.Fprintln(os.Stderr, "apikey: -short given: integration tests against a real Caddy will be SKIPPED")
@@ -92,8 +96,21 @@ func adminUp() bool {
 // the one site block, served on http://localhost:<httpPort>.
 func loadCaddyfile(t *testing.T, site string) *caddytest.Tester {
 	t.Helper()
+	return loadCaddyfileWithGlobals(t, "", site)
+}
+
+// loadCaddyfileWithGlobals is loadCaddyfile with more global options.
+func loadCaddyfileWithGlobals(t *testing.T, globals, site string) *caddytest.Tester {
+	t.Helper()
+	// Unload the test's config when it ends (after caddytest has shown it
+	// on failure), so its key files are released while they still exist.
+	t.Cleanup(func() {
+		if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n}\n", adminPort)); msg != "" {
+			t.Logf("unloading the test config: %s", msg)
+		}
+	})
 	tc := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
-	tc.InitServer(caddyfileFor(site), "caddyfile")
+	tc.InitServer(caddyfileWithGlobals(globals, site), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -101,17 +118,20 @@ func loadCaddyfile(t *testing.T, site string) *caddytest.Tester {
 }
 
 // caddyfileFor wraps a site body in the global options the tests need.
-func caddyfileFor(site string) string {
+func caddyfileFor(site string) string { return caddyfileWithGlobals("", site) }
+
+func caddyfileWithGlobals(globals, site string) string {
 	return fmt.Sprintf(`{
 	admin localhost:%d
 	http_port %d
 	https_port %d
 	grace_period 1s
+%s
 }
 http://localhost:%d {
 %s
 }
-`, adminPort, httpPort, httpPort+1, httpPort, site)
+`, adminPort, httpPort, httpPort+1, globals, httpPort, site)
 }
 
 // siteURL is the URL of path on the test site.

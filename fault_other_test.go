@@ -1,0 +1,7 @@
+//go:build !unix
+
+package apikey
+
+const canLimitFileSize = false
+
+func runFullDiskChild(string) {}

@@ -1,0 +1,78 @@
+//go:build unix
+
+package apikey
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+const canLimitFileSize = true
+
+// runFullDiskChild is the child process of TestUsageWriteOnFullDisk. The Go
+// runtime ignores SIGXFSZ, so writes past the limit fail with EFBIG, as
+// they would with ENOSPC on a full disk.
+func runFullDiskChild(arg string) {
+	path, raw, _ := strings.Cut(arg, "|")
+	fail := func(format string, args ...any) {
+		fmt.Printf("full-disk child: "+format+"\n", args...)
+		os.Exit(1)
+	}
+	before, err := os.ReadFile(path)
+	if err != nil {
+		fail("%v", err)
+	}
+	s := newKeyStore(path, zap.NewNop())
+	if err := s.reload(true); err != nil {
+		fail("%v", err)
+	}
+	s.configure(storeSettings{usageInterval: time.Minute, reloadInterval: -1})
+
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		fail("getrlimit: %v", err)
+	}
+	limited := syscall.Rlimit{Cur: uint64(len(before) / 2), Max: old.Max}
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limited); err != nil {
+		fail("setrlimit: %v", err)
+	}
+	k, sum := s.current().lookup(raw)
+	if k == nil {
+		fail("key not found")
+	}
+	s.markUsed(k, sum, time.Now().UnixNano())
+	s.flush(true)
+	if w := s.writes.Load(); w != 0 {
+		fail("the write succeeded past the size limit")
+	}
+	if !s.writeFailing {
+		fail("the failed write was not noticed")
+	}
+	after, _ := os.ReadFile(path)
+	if !bytes.Equal(before, after) {
+		fail("the key file changed on a failed write")
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*.tmp-*"))
+	if len(leftovers) > 0 {
+		fail("temporary files left behind: %v", leftovers)
+	}
+	if k, _ := s.current().lookup(raw); k == nil {
+		fail("authentication stopped with the disk full")
+	}
+
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		fail("setrlimit: %v", err)
+	}
+	s.flush(false)
+	if w := s.writes.Load(); w != 1 {
+		fail("%d writes once the disk had room, want 1", w)
+	}
+	fmt.Println("full-disk child: ok")
+}
