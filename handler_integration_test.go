@@ -1,0 +1,662 @@
+package apikey
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+)
+
+// The integration tests in this file run against the one Caddy that
+// TestMain starts; they must not run in parallel.
+
+// defaultAuthMessage is the 401 message of a handler with the default sources.
+const defaultAuthMessage = "API key is required. Pass via Authorization: Bearer header, X-API-Key header or ?api_key= query parameter."
+
+// send sends a GET to the test site with hdr set verbatim (names as given,
+// values untrimmed) and returns the response and its body.
+func send(t *testing.T, path string, hdr http.Header) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", siteURL(path), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, values := range hdr {
+		req.Header[name] = values
+	}
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(body)
+}
+
+// hdrs builds a header from "Name: value" strings: the name is used as
+// written (not canonicalised), the value after ": " verbatim.
+func hdrs(lines ...string) http.Header {
+	h := http.Header{}
+	for _, l := range lines {
+		name, value, _ := strings.Cut(l, ":")
+		h[name] = append(h[name], strings.TrimPrefix(value, " "))
+	}
+	return h
+}
+
+// refusal is the JSON body of a refused request.
+type refusalBody struct {
+	Success *bool `json:"success"`
+	Error   *struct {
+		Code    *string `json:"code"`
+		Message *string `json:"message"`
+	} `json:"error"`
+}
+
+// assertRefusal checks a JSON refusal: status, headers and body, and that
+// no secret appears in it. It returns the message.
+func assertRefusal(t *testing.T, resp *http.Response, body string, status int, code, realm string, secrets ...string) string {
+	t.Helper()
+	if resp.StatusCode != status {
+		t.Fatalf("status %d, want %d; body %q", resp.StatusCode, status, truncate(body))
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q, want application/json", ct)
+	}
+	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+		t.Errorf("Cache-Control %q, want no-store", cc)
+	}
+	challenge := resp.Header.Values("WWW-Authenticate")
+	if status == http.StatusUnauthorized {
+		if want := `Bearer realm="` + realm + `"`; len(challenge) != 1 || challenge[0] != want {
+			t.Errorf("WWW-Authenticate %q, want %q", challenge, want)
+		}
+	} else if len(challenge) != 0 {
+		t.Errorf("WWW-Authenticate %q on a %d", challenge, status)
+	}
+	var env refusalBody
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&env); err != nil {
+		t.Fatalf("body is not the JSON envelope: %v: %q", err, truncate(body))
+	}
+	if env.Success == nil || *env.Success || env.Error == nil || env.Error.Code == nil || env.Error.Message == nil {
+		t.Fatalf("body lacks success false, error.code or error.message: %q", body)
+	}
+	if *env.Error.Code != code {
+		t.Errorf("error code %q, want %q", *env.Error.Code, code)
+	}
+	if *env.Error.Message == "" {
+		t.Error("empty error message")
+	}
+	for _, s := range secrets {
+		if s != "" && strings.Contains(body, secretPart(s)) {
+			t.Errorf("the refusal echoes the key: %q", truncate(body))
+		}
+	}
+	return *env.Error.Message
+}
+
+// secretPart is the part of a raw key that must never be shown: all of it
+// after the public prefix.
+func secretPart(raw string) string {
+	if len(raw) > 11 {
+		return raw[11:]
+	}
+	return raw
+}
+
+func truncate(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
+}
+
+// keyWithRaw makes a key record for a given raw key.
+func keyWithRaw(raw, label string, extra map[string]any) testKey {
+	k := newTestKey(label, extra)
+	k.Raw = raw
+	k.Record["key_hash"] = hashKey(raw)
+	k.Record["key_prefix"] = raw[:11]
+	return k
+}
+
+// bigRawKey returns a random key n characters long.
+func bigRawKey(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return ("sk_" + base64.RawURLEncoding.EncodeToString(b))[:n]
+}
+
+// accessLogSite is the site config of a JSON access log written to path,
+// filtered as the README advises.
+func accessLogSite(path string) string {
+	return `log {
+		output file ` + path + `
+		format filter {
+			request>uri query {
+				delete api_key
+			}
+			request>headers>X-Api-Key delete
+		}
+	}`
+}
+
+// accessLogEntry is what the tests read of an access log line.
+type accessLogEntry struct {
+	UserID  *string `json:"user_id"`
+	Status  int     `json:"status"`
+	Request struct {
+		URI string `json:"uri"`
+	} `json:"request"`
+}
+
+// readAccessLog returns the entries of the access log, waiting until there
+// are at least n of them, and the log's raw text.
+func readAccessLog(t *testing.T, path string, n int) ([]accessLogEntry, string) {
+	t.Helper()
+	var entries []accessLogEntry
+	var raw string
+	waitFor(t, 10*time.Second, fmt.Sprintf("%d access log lines", n), func() bool {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		raw = string(data)
+		entries = entries[:0]
+		sc := bufio.NewScanner(strings.NewReader(raw))
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var e accessLogEntry
+			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+				t.Fatalf("access log line is not JSON: %v: %q", err, truncate(sc.Text()))
+			}
+			entries = append(entries, e)
+		}
+		return len(entries) >= n
+	})
+	return entries, raw
+}
+
+// loadCaddyfileGlobal is loadCaddyfile with extra global options.
+func loadCaddyfileGlobal(t *testing.T, global, site string) {
+	t.Helper()
+	cfg := caddyfileFor(site)
+	cfg = strings.Replace(cfg, "\tgrace_period 1s\n", "\tgrace_period 1s\n\t"+global+"\n", 1)
+	tc := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
+	tc.InitServer(cfg, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// TestIntegrationDefaultSources drives every credential case through the
+// real Caddy with the default sources, and checks the access log.
+func TestIntegrationDefaultSources(t *testing.T) {
+	good := newTestKey("CI deploy", nil)
+	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-11-25T21:00:00+00:00"})
+	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
+	big := keyWithRaw(bigRawKey(64*1024), "big", nil)
+	unknown := newTestKey("not in the file", nil).Raw
+	bigUnknown := bigRawKey(64 * 1024)
+	keys := writeKeys(t, "", good, revoked, expired, big)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	// Caddy reads at most 16 KiB of request headers by default; this site
+	// allows more, so that 64 KiB keys reach the handler.
+	loadCaddyfileGlobal(t, "servers {\n\t\tmax_header_size 256KiB\n\t}", accessLogSite(logPath)+`
+	apikey `+keys+`
+	respond "{http.auth.user.id}|{http.auth.user.label}|{http.auth.user.key_prefix}"
+`)
+
+	ok := func(k testKey) string { return k.Record["id"].(string) }
+	tests := []struct {
+		name   string
+		query  string
+		header http.Header
+		status int
+		code   string // for refusals
+		id     string // for successes
+	}{
+		{"no key", "", nil, 401, "AUTH_REQUIRED", ""},
+		{"bearer", "", hdrs("Authorization: Bearer " + good.Raw), 200, "", ok(good)},
+		{"bearer lower case", "", hdrs("Authorization: bearer " + good.Raw), 200, "", ok(good)},
+		{"bearer upper case", "", hdrs("Authorization: BEARER " + good.Raw), 200, "", ok(good)},
+		{"bearer with spaces and tabs", "", hdrs("Authorization: \tBearer \t  " + good.Raw + " \t "), 200, "", ok(good)},
+		{"header names in lower case", "", hdrs("authorization: Bearer " + good.Raw), 200, "", ok(good)},
+		{"x-api-key lower-case name", "", hdrs("x-api-key: " + good.Raw), 200, "", ok(good)},
+		{"x-api-key", "", hdrs("X-API-Key: " + good.Raw), 200, "", ok(good)},
+		{"x-api-key with spaces", "", hdrs("X-API-Key:   " + good.Raw + "  "), 200, "", ok(good)},
+		{"query", "api_key=" + good.Raw, nil, 200, "", ok(good)},
+		{"query percent-encoded value", "api_key=" + strings.ReplaceAll(good.Raw, "_", "%5F"), nil, 200, "", ok(good)},
+		{"query percent-encoded name", "api%5Fkey=" + good.Raw, nil, 200, "", ok(good)},
+		{"bearer empty", "", hdrs("Authorization: Bearer"), 401, "AUTH_REQUIRED", ""},
+		{"bearer and spaces", "", hdrs("Authorization: Bearer    "), 401, "AUTH_REQUIRED", ""},
+		{"x-api-key empty", "", hdrs("X-Api-Key: "), 401, "AUTH_REQUIRED", ""},
+		{"query empty", "api_key=", nil, 401, "AUTH_REQUIRED", ""},
+		{"basic is not a key", "", hdrs("Authorization: Basic Ym9iOnNlY3JldA=="), 401, "AUTH_REQUIRED", ""},
+		{"basic then x-api-key", "", hdrs("Authorization: Basic Ym9iOnNlY3JldA==", "X-Api-Key: "+good.Raw), 200, "", ok(good)},
+		{"unknown key", "", hdrs("Authorization: Bearer " + unknown), 403, "INVALID_KEY", ""},
+		{"unknown key in x-api-key", "", hdrs("X-Api-Key: " + unknown), 403, "INVALID_KEY", ""},
+		{"unknown key in query", "api_key=" + unknown, nil, 403, "INVALID_KEY", ""},
+		{"key with the hash's case changed", "", hdrs("X-Api-Key: " + strings.ToUpper(good.Raw)), 403, "INVALID_KEY", ""},
+		{"bearer beats x-api-key", "", hdrs("Authorization: Bearer "+good.Raw, "X-Api-Key: "+unknown), 200, "", ok(good)},
+		{"bearer beats query", "api_key=" + unknown, hdrs("Authorization: Bearer " + good.Raw), 200, "", ok(good)},
+		{"first source wins even if wrong", "", hdrs("Authorization: Bearer "+unknown, "X-Api-Key: "+good.Raw), 403, "INVALID_KEY", ""},
+		{"x-api-key beats query", "api_key=" + unknown, hdrs("X-Api-Key: " + good.Raw), 200, "", ok(good)},
+		{"x-api-key wrong, query right", "api_key=" + good.Raw, hdrs("X-Api-Key: " + unknown), 403, "INVALID_KEY", ""},
+		{"empty bearer falls to query", "api_key=" + good.Raw, hdrs("Authorization: Bearer "), 200, "", ok(good)},
+		{"same bearer twice", "", hdrs("Authorization: Bearer "+good.Raw, "Authorization: bearer "+good.Raw), 200, "", ok(good)},
+		{"two bearers", "", hdrs("Authorization: Bearer "+good.Raw, "Authorization: Bearer "+unknown), 400, "AMBIGUOUS_KEY", ""},
+		{"same x-api-key twice", "", hdrs("X-Api-Key: "+good.Raw, "X-Api-Key: "+good.Raw), 200, "", ok(good)},
+		{"two x-api-keys", "", hdrs("X-Api-Key: "+unknown, "X-Api-Key: "+good.Raw), 400, "AMBIGUOUS_KEY", ""},
+		{"two query keys", "api_key=" + good.Raw + "&api_key=" + unknown, nil, 400, "AMBIGUOUS_KEY", ""},
+		{"same query key twice", "api_key=" + good.Raw + "&api_key=" + good.Raw, nil, 200, "", ok(good)},
+		{"revoked key", "", hdrs("Authorization: Bearer " + revoked.Raw), 403, "INVALID_KEY", ""},
+		{"expired key", "", hdrs("Authorization: Bearer " + expired.Raw), 403, "KEY_EXPIRED", ""},
+		{"64 KiB unknown key", "", hdrs("Authorization: Bearer " + bigUnknown), 403, "INVALID_KEY", ""},
+		{"64 KiB key", "", hdrs("X-Api-Key: " + big.Raw), 200, "", ok(big)},
+	}
+	allSecrets := []string{good.Raw, revoked.Raw, expired.Raw, big.Raw, unknown, bigUnknown}
+	labels := map[string]testKey{ok(good): good, ok(big): big}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := fmt.Sprintf("/t?case=%d", i)
+			if tt.query != "" {
+				path += "&" + tt.query
+			}
+			resp, body := send(t, path, tt.header)
+			if tt.status != 200 {
+				msg := assertRefusal(t, resp, body, tt.status, tt.code, "restricted", allSecrets...)
+				switch tt.code {
+				case "AUTH_REQUIRED":
+					if msg != defaultAuthMessage {
+						t.Errorf("message %q, want %q", msg, defaultAuthMessage)
+					}
+				case "INVALID_KEY":
+					if msg != "Invalid API key." {
+						t.Errorf("message %q", msg)
+					}
+				}
+				return
+			}
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d, want 200; body %q", resp.StatusCode, truncate(body))
+			}
+			k := labels[tt.id]
+			want := tt.id + "|" + k.Record["label"].(string) + "|" + k.Raw[:11]
+			if body != want {
+				t.Errorf("body %q, want %q", body, want)
+			}
+			if len(resp.Header.Values("WWW-Authenticate")) != 0 {
+				t.Error("WWW-Authenticate on a 200")
+			}
+		})
+	}
+
+	// The access log shows the key's id as user_id on successes, no user
+	// on refusals, and never the key.
+	entries, raw := readAccessLog(t, logPath, len(tests))
+	seen := map[int]bool{}
+	for _, e := range entries {
+		u, err := url.Parse(e.Request.URI)
+		if err != nil {
+			t.Fatalf("logged uri %q: %v", e.Request.URI, err)
+		}
+		if u.Query().Has("api_key") {
+			t.Errorf("logged uri still has api_key: %q", truncate(e.Request.URI))
+		}
+		var i int
+		if _, err := fmt.Sscan(u.Query().Get("case"), &i); err != nil || i < 0 || i >= len(tests) {
+			continue
+		}
+		seen[i] = true
+		tt := tests[i]
+		if e.UserID == nil {
+			t.Errorf("case %q: access log has no user_id", tt.name)
+			continue
+		}
+		if *e.UserID != tt.id || e.Status != tt.status {
+			t.Errorf("case %q: logged user_id %q status %d, want %q %d", tt.name, *e.UserID, e.Status, tt.id, tt.status)
+		}
+	}
+	if len(seen) != len(tests) {
+		t.Errorf("the access log has %d of the %d requests", len(seen), len(tests))
+	}
+	for _, s := range allSecrets {
+		if strings.Contains(raw, secretPart(s)) {
+			t.Errorf("the access log holds a raw key (prefix %s)", s[:11])
+		}
+	}
+	if !strings.Contains(raw, ok(good)) {
+		t.Error("the access log never names the good key's id")
+	}
+}
+
+func TestIntegrationCustomSources(t *testing.T) {
+	k := newTestKey("custom", nil)
+	keys := writeKeys(t, "", k)
+	loadCaddyfile(t, `
+	apikey `+keys+` {
+		header X-Token
+		header authorization Token
+		query token
+		realm "my api"
+	}
+	respond "{http.auth.user.id}"
+`)
+	id := k.Record["id"].(string)
+	const msg = "API key is required. Pass via X-Token header, authorization: Token header or ?token= query parameter."
+	for _, tt := range []struct {
+		name   string
+		query  string
+		header http.Header
+		status int
+	}{
+		{"no key", "", nil, 401},
+		{"x-token", "", hdrs("X-Token: " + k.Raw), 200},
+		{"token scheme", "", hdrs("Authorization: token " + k.Raw), 200},
+		{"token query", "token=" + k.Raw, nil, 200},
+		{"bearer is not read", "", hdrs("Authorization: Bearer " + k.Raw), 401},
+		{"x-api-key is not read", "", hdrs("X-Api-Key: " + k.Raw), 401},
+		{"api_key is not read", "api_key=" + k.Raw, nil, 401},
+		{"x-token first", "token=" + k.Raw, hdrs("X-Token: sk_wrong"), 403},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := send(t, "/?"+tt.query, tt.header)
+			switch tt.status {
+			case 200:
+				if resp.StatusCode != 200 || body != id {
+					t.Fatalf("got %d %q, want 200 %q", resp.StatusCode, body, id)
+				}
+			case 401:
+				if got := assertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "my api", k.Raw); got != msg {
+					t.Errorf("message %q, want %q", got, msg)
+				}
+			default:
+				assertRefusal(t, resp, body, tt.status, "INVALID_KEY", "my api", k.Raw)
+			}
+		})
+	}
+}
+
+func TestIntegrationQueryOff(t *testing.T) {
+	k := newTestKey("noquery", nil)
+	keys := writeKeys(t, "", k)
+	loadCaddyfile(t, `
+	apikey `+keys+` {
+		query off
+	}
+	respond "in"
+`)
+	resp, body := do(t, "GET", "/?api_key="+k.Raw)
+	msg := assertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "restricted", k.Raw)
+	if want := "API key is required. Pass via Authorization: Bearer header or X-API-Key header."; msg != want {
+		t.Errorf("message %q, want %q", msg, want)
+	}
+	if resp, body := do(t, "GET", "/?api_key=x", "X-Api-Key: "+k.Raw); resp.StatusCode != 200 || body != "in" {
+		t.Errorf("header key with query off: %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestIntegrationOptionalScopeHide(t *testing.T) {
+	reader := newTestKey("reader", map[string]any{"scopes": []string{"read", "list"}})
+	plain := newTestKey("plain", nil)
+	keys := writeKeys(t, "", reader, plain)
+	loadCaddyfile(t, `
+	handle /opt/* {
+		apikey `+keys+` {
+			optional
+		}
+		respond "opt [{http.auth.user.id}]"
+	}
+	handle /scope/* {
+		apikey `+keys+` {
+			scope read
+		}
+		respond "scope {http.auth.user.id} {http.auth.user.scopes}"
+	}
+	handle /hide/* {
+		apikey `+keys+` {
+			hide_credentials
+		}
+		respond "hide [{http.request.header.X-Api-Key}] [{http.request.header.Authorization}] [{http.request.uri}]"
+	}
+`)
+	readerID, plainID := reader.Record["id"].(string), plain.Record["id"].(string)
+
+	// optional: no key passes without a user (the placeholder is not
+	// set); a bad key is still refused.
+	if resp, body := do(t, "GET", "/opt/x"); resp.StatusCode != 200 || (body != "opt []" && body != "opt [{http.auth.user.id}]") {
+		t.Errorf("optional, no key: %d %q", resp.StatusCode, body)
+	}
+	if resp, body := do(t, "GET", "/opt/x", "X-Api-Key: "+plain.Raw); resp.StatusCode != 200 || body != "opt ["+plainID+"]" {
+		t.Errorf("optional, good key: %d %q", resp.StatusCode, body)
+	}
+	resp, body := do(t, "GET", "/opt/x", "X-Api-Key: sk_not_a_key_at_all")
+	assertRefusal(t, resp, body, 403, "INVALID_KEY", "")
+	resp, body = send(t, "/opt/x", hdrs("X-Api-Key: sk_a", "X-Api-Key: sk_b"))
+	assertRefusal(t, resp, body, 400, "AMBIGUOUS_KEY", "")
+
+	// scope
+	if resp, body := do(t, "GET", "/scope/x", "Authorization: Bearer "+reader.Raw); resp.StatusCode != 200 || body != "scope "+readerID+" read,list" {
+		t.Errorf("scoped key: %d %q", resp.StatusCode, body)
+	}
+	resp, body = do(t, "GET", "/scope/x", "Authorization: Bearer "+plain.Raw)
+	if msg := assertRefusal(t, resp, body, 403, "INSUFFICIENT_SCOPE", "", plain.Raw); !strings.Contains(msg, `"read"`) {
+		t.Errorf("message %q does not name the scope", msg)
+	}
+	resp, body = do(t, "GET", "/scope/x")
+	assertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "restricted")
+
+	// hide_credentials: the next handler sees neither the header nor the
+	// parameter; other parameters stay.
+	if _, body := do(t, "GET", "/hide/x", "X-Api-Key: "+plain.Raw); body != "hide [] [] [/hide/x]" {
+		t.Errorf("hidden header: %q", body)
+	}
+	if _, body := do(t, "GET", "/hide/x", "Authorization: Bearer "+plain.Raw); body != "hide [] [] [/hide/x]" {
+		t.Errorf("hidden bearer: %q", body)
+	}
+	if _, body := do(t, "GET", "/hide/x?a=1&api_key="+plain.Raw+"&b=2"); body != "hide [] [] [/hide/x?a=1&b=2]" {
+		t.Errorf("hidden query: %q", body)
+	}
+	// Without hide_credentials, the next handler does see the key.
+	if _, body := do(t, "GET", "/scope/x?api_key="+reader.Raw); !strings.HasPrefix(body, "scope "+readerID) {
+		t.Errorf("query key on /scope: %q", body)
+	}
+}
+
+func TestIntegrationHandleErrors(t *testing.T) {
+	k := newTestKey("errs", nil)
+	expired := newTestKey("old", map[string]any{"expires_at": "2001-01-01T00:00:00Z"})
+	keys := writeKeys(t, "", k, expired)
+	loadCaddyfile(t, `
+	apikey `+keys+` {
+		handle_errors
+		realm errs
+	}
+	respond "ok {http.auth.user.id}"
+	handle_errors {
+		respond "{http.error.status_code} {http.auth.apikey.error_code}"
+	}
+`)
+	for _, tt := range []struct {
+		name   string
+		header http.Header
+		status int
+		body   string
+	}{
+		{"no key", nil, 401, "401 AUTH_REQUIRED"},
+		{"unknown key", hdrs("X-Api-Key: sk_unknown_key_here"), 403, "403 INVALID_KEY"},
+		{"expired key", hdrs("X-Api-Key: " + expired.Raw), 403, "403 KEY_EXPIRED"},
+		{"two keys", hdrs("X-Api-Key: sk_a", "X-Api-Key: sk_b"), 400, "400 AMBIGUOUS_KEY"},
+		{"good key", hdrs("X-Api-Key: " + k.Raw), 200, "ok " + k.Record["id"].(string)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := send(t, "/", tt.header)
+			if resp.StatusCode != tt.status || body != tt.body {
+				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, body, tt.status, tt.body)
+			}
+			if strings.Contains(resp.Header.Get("Content-Type"), "json") {
+				t.Errorf("handle_errors answer has Content-Type %q", resp.Header.Get("Content-Type"))
+			}
+			if tt.status == 401 {
+				if got := resp.Header.Get("WWW-Authenticate"); got != `Bearer realm="errs"` {
+					t.Errorf("WWW-Authenticate %q on the 401", got)
+				}
+			}
+		})
+	}
+}
+
+func TestIntegrationJSONConfig(t *testing.T) {
+	k := newTestKey("from json", nil)
+	keys := writeKeys(t, "", k)
+	cfg := map[string]any{
+		"admin": map[string]any{"listen": fmt.Sprintf("localhost:%d", adminPort)},
+		"apps": map[string]any{"http": map[string]any{
+			"http_port":  httpPort,
+			"https_port": httpPort + 1,
+			"servers": map[string]any{"srv0": map[string]any{
+				"listen":          []string{fmt.Sprintf(":%d", httpPort)},
+				"automatic_https": map[string]any{"disable": true},
+				"routes": []any{map[string]any{"handle": []any{
+					map[string]any{
+						"handler":   "apikey",
+						"keys_file": keys,
+						"headers":   []any{map[string]any{"name": "X-Token"}},
+						"query":     "",
+						"realm":     "json",
+					},
+					map[string]any{"handler": "static_response", "body": "json {http.auth.user.label}"},
+				}}},
+			}},
+		}},
+	}
+	raw, _ := json.Marshal(cfg)
+	tc := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
+	tc.InitServer(string(raw), "json")
+	if t.Failed() {
+		t.FailNow()
+	}
+	if resp, body := do(t, "GET", "/", "X-Token: "+k.Raw); resp.StatusCode != 200 || body != "json from json" {
+		t.Errorf("X-Token: %d %q", resp.StatusCode, body)
+	}
+	resp, body := do(t, "GET", "/?api_key="+k.Raw, "Authorization: Bearer "+k.Raw)
+	if msg := assertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "json", k.Raw); msg != "API key is required. Pass via X-Token header." {
+		t.Errorf("message %q", msg)
+	}
+}
+
+// postLoad posts a config to the admin API and returns the status and body.
+func postLoad(t *testing.T, config, contentType string) (int, string) {
+	t.Helper()
+	c := http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), contentType, strings.NewReader(config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestIntegrationBrokenKeyFileFailsLoad(t *testing.T) {
+	good := newTestKey("good", nil)
+	dir := t.TempDir()
+	keys := writeKeys(t, filepath.Join(dir, "keys.json"), good)
+	site := `
+	apikey ` + keys + `
+	respond "{http.auth.user.id}"
+`
+	loadCaddyfile(t, site)
+	id := good.Record["id"].(string)
+
+	broken := filepath.Join(dir, "broken.json")
+	for _, tt := range []struct {
+		name    string
+		content string // "" for a missing file
+		want    []string
+	}{
+		{"syntax error", "{\n  \"api_keys\": [\n    {\"id\": \"a\" \"key_hash\": \"x\"}\n  ]\n}\n", []string{"line 3, column 16"}},
+		{"duplicate id", fmt.Sprintf(`[{"id": "a", "key_hash": %q}, {"id": "a", "key_hash": %q}]`, hashA, hashB), []string{"record 2", `\"a\"`}},
+		{"bad hash", `{"api_keys": [{"id": "k1", "key_hash": "abc"}]}`, []string{"record 1", `\"k1\"`, "key_hash"}},
+		{"empty", "", nil},
+		{"missing", "", []string{"no such file"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_ = os.Remove(broken)
+			if tt.name != "missing" {
+				if err := os.WriteFile(broken, []byte(tt.content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			status, body := postLoad(t, caddyfileFor("\tapikey "+broken+"\n\trespond x"), "text/caddyfile")
+			if status == http.StatusOK {
+				t.Fatalf("a config with a %s key file loaded", tt.name)
+			}
+			wantContains(t, body, append([]string{broken}, tt.want...)...)
+			// The config in force before still serves.
+			if resp, got := do(t, "GET", "/", "X-Api-Key: "+good.Raw); resp.StatusCode != 200 || got != id {
+				t.Errorf("after the failed load: %d %q", resp.StatusCode, got)
+			}
+		})
+	}
+
+	// A key file in use that breaks fails the next config load, and the
+	// keys in force stay.
+	if err := os.WriteFile(keys, []byte(`[{"id": "x"}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// (Caddy ignores a load of the very config in force, so change it.)
+	status, body := postLoad(t, caddyfileFor(site+"\theader X-Changed 1\n"), "text/caddyfile")
+	if status == http.StatusOK {
+		t.Fatal("a config load with the key file in use broken succeeded")
+	}
+	wantContains(t, body, keys, "record 1", "key_hash")
+	if resp, got := do(t, "GET", "/", "X-Api-Key: "+good.Raw); resp.StatusCode != 200 || got != id {
+		t.Errorf("after the broken key file: %d %q", resp.StatusCode, got)
+	}
+	// Mended, it loads again.
+	writeKeys(t, keys, good)
+	loadCaddyfile(t, site)
+	if resp, got := do(t, "GET", "/", "X-Api-Key: "+good.Raw); resp.StatusCode != 200 || got != id {
+		t.Errorf("after mending the key file: %d %q", resp.StatusCode, got)
+	}
+	resp, got := do(t, "GET", "/")
+	assertRefusal(t, resp, got, 401, "AUTH_REQUIRED", "restricted")
+}
+
+// TestIntegrationHeaderLimit shows that with Caddy's default header limit
+// (16 KiB) a 64 KiB key is refused by Caddy itself, before the handler, and
+// not let through.
+func TestIntegrationHeaderLimit(t *testing.T) {
+	big := keyWithRaw(bigRawKey(64*1024), "big", nil)
+	keys := writeKeys(t, "", big)
+	loadCaddyfile(t, `
+	apikey `+keys+`
+	respond "in"
+`)
+	resp, body := do(t, "GET", "/", "X-Api-Key: "+big.Raw)
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("64 KiB header with the default limit: %d %q", resp.StatusCode, truncate(body))
+	}
+	if strings.Contains(body, secretPart(big.Raw)) {
+		t.Error("the answer echoes the key")
+	}
+}
