@@ -357,3 +357,31 @@ func TestLifecycleMatcherRecipes(t *testing.T) {
 		t.Errorf("POST with a read-only key: %d %q, want 403 INSUFFICIENT_SCOPE naming write", resp.StatusCode, body)
 	}
 }
+
+// The README's recipe for identity headers under optional: an anonymous
+// request reaches the upstream without the header (whatever the client
+// sent), an authenticated one with the key's id.
+func TestLifecycleOptionalIdentityHeaders(t *testing.T) {
+	k := newTestKey("consumer", nil)
+	path := writeKeys(t, "", k)
+	upstream := startEchoUpstream(t)
+	loadCaddyfile(t, `
+	apikey `+path+` {
+		optional
+		hide_credentials
+	}
+	@authenticated not vars {http.auth.user.id} ""
+	request_header @authenticated X-Consumer-Id {http.auth.user.id}
+	@anonymous vars {http.auth.user.id} ""
+	request_header @anonymous -X-Consumer-Id
+	reverse_proxy `+upstream+`
+`)
+	got := viaProxy(t, "/x", "X-Consumer-Id: forged")
+	if v, ok := got.Headers["X-Consumer-Id"]; ok {
+		t.Errorf("anonymous: upstream got X-Consumer-Id %q, want none", v)
+	}
+	got = viaProxy(t, "/x", "X-Consumer-Id: forged", bearer(k))
+	if v := got.Headers.Get("X-Consumer-Id"); v != k.Record["id"] {
+		t.Errorf("authenticated: upstream got X-Consumer-Id %q, want %q", v, k.Record["id"])
+	}
+}
