@@ -492,7 +492,7 @@ func TestIntegrationHandleErrors(t *testing.T) {
 	}
 	respond "ok {http.auth.user.id}"
 	handle_errors {
-		respond "{http.error.status_code} {http.auth.apikey.error_code}"
+		respond "{http.error.status_code} {http.auth.apikey.error_code}|{http.error.message}"
 	}
 `)
 	for _, tt := range []struct {
@@ -501,10 +501,10 @@ func TestIntegrationHandleErrors(t *testing.T) {
 		status int
 		body   string
 	}{
-		{"no key", nil, 401, "401 AUTH_REQUIRED"},
-		{"unknown key", hdrs("X-Api-Key: sk_unknown_key_here"), 403, "403 INVALID_KEY"},
-		{"expired key", hdrs("X-Api-Key: " + expired.Raw), 403, "403 KEY_EXPIRED"},
-		{"two keys", hdrs("X-Api-Key: sk_a", "X-Api-Key: sk_b"), 400, "400 AMBIGUOUS_KEY"},
+		{"no key", nil, 401, "401 AUTH_REQUIRED|" + defaultAuthMessage},
+		{"unknown key", hdrs("X-Api-Key: sk_unknown_key_here"), 403, "403 INVALID_KEY|Invalid API key."},
+		{"expired key", hdrs("X-Api-Key: " + expired.Raw), 403, "403 KEY_EXPIRED|API key has expired."},
+		{"two keys", hdrs("X-Api-Key: sk_a", "X-Api-Key: sk_b"), 400, "400 AMBIGUOUS_KEY|More than one API key was sent; send exactly one."},
 		{"good key", hdrs("X-Api-Key: " + k.Raw), 200, "ok " + k.Record["id"].(string)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
