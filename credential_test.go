@@ -227,8 +227,10 @@ func TestHideCredential(t *testing.T) {
 
 	r := credRequest("/p", "Authorization: Bearer sk_one", "Authorization: Basic Ym9i", "X-Api-Key: sk_two", "X-Other: 1")
 	hideCredential(r, h.credential(r))
-	if _, ok := r.Header["Authorization"]; ok {
-		t.Errorf("Authorization is still there: %q", r.Header["Authorization"])
+	for _, v := range r.Header["Authorization"] {
+		if strings.Contains(v, "sk_one") {
+			t.Errorf("the key is still in Authorization: %q", r.Header["Authorization"])
+		}
 	}
 	if r.Header.Get("X-Api-Key") != "sk_two" || r.Header.Get("X-Other") != "1" {
 		t.Errorf("other headers were touched: %v", r.Header)
