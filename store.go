@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -139,6 +140,15 @@ func parseKeySet(data []byte) (*keySet, error) {
 // parseRecords decodes the records of a key file: the "api_keys" member of a
 // JSON object, or a bare JSON array of records.
 func parseRecords(data []byte) ([]Record, error) {
+	if records, ok := decodeRecordsFast(data); ok {
+		return records, nil
+	}
+	return parseRecordsChecked(data)
+}
+
+// parseRecordsChecked is parseRecords the slow way: it splits the file into
+// raw records first, so that any problem is reported with its record number.
+func parseRecordsChecked(data []byte) ([]Record, error) {
 	rawRecords, err := splitRecords(data)
 	if err != nil {
 		return nil, err
@@ -155,6 +165,373 @@ func parseRecords(data []byte) ([]Record, error) {
 		}
 	}
 	return records, nil
+}
+
+// decodeRecordsFast decodes the records of a key file in the plain form
+// that the reference application and this plugin write, by hand and in one
+// pass: about five times faster than encoding/json, which matters for files
+// of 100 000 keys and more. It gives up (false) at the first thing outside
+// that plain form (escapes, control or non-UTF-8 bytes in strings, nested
+// values in unknown members, anything malformed), and parseRecords then
+// takes the checked path, which decodes with encoding/json and describes any
+// problem. Both paths return the same records for what the fast one accepts
+// (FuzzParseKeySet checks this).
+func decodeRecordsFast(data []byte) ([]Record, bool) {
+	d := plainDecoder{data: data}
+	var records []Record
+	d.space()
+	switch d.peek() {
+	case '[':
+		var ok bool
+		if records, ok = d.recordList(); !ok {
+			return nil, false
+		}
+	case '{':
+		d.pos++
+		d.space()
+		if d.peek() == '}' {
+			d.pos++
+			break
+		}
+		for {
+			name, ok := d.name()
+			if !ok {
+				return nil, false
+			}
+			// encoding/json matches names to fields regardless of
+			// case; a repeated member replaces the earlier one.
+			switch {
+			case !strings.EqualFold(name, "api_keys"):
+				if !d.skipValue() {
+					return nil, false
+				}
+			case d.peek() == 'n':
+				if !d.literal("null") {
+					return nil, false
+				}
+				records = nil
+			default:
+				if records, ok = d.recordList(); !ok {
+					return nil, false
+				}
+			}
+			if !d.next('}') {
+				if d.done {
+					break
+				}
+				return nil, false
+			}
+		}
+	default:
+		return nil, false
+	}
+	d.space()
+	if d.pos != len(data) {
+		return nil, false
+	}
+	if records == nil {
+		records = []Record{}
+	}
+	return records, true
+}
+
+// plainDecoder reads the plain JSON of decodeRecordsFast.
+type plainDecoder struct {
+	data []byte
+	pos  int
+	done bool // next met the closing bracket
+}
+
+func (d *plainDecoder) peek() byte {
+	if d.pos < len(d.data) {
+		return d.data[d.pos]
+	}
+	return 0
+}
+
+func (d *plainDecoder) space() {
+	for d.pos < len(d.data) {
+		switch d.data[d.pos] {
+		case ' ', '\t', '\r', '\n':
+			d.pos++
+		default:
+			return
+		}
+	}
+}
+
+// next reads what follows a member or element: a comma (true, more to
+// come) or the closing bracket (false with done set). Anything else is
+// false with done unset.
+func (d *plainDecoder) next(closing byte) bool {
+	d.space()
+	d.done = false
+	switch d.peek() {
+	case ',':
+		d.pos++
+		d.space()
+		return true
+	case closing:
+		d.pos++
+		d.done = true
+	}
+	return false
+}
+
+func (d *plainDecoder) literal(lit string) bool {
+	if !bytes.HasPrefix(d.data[d.pos:], []byte(lit)) {
+		return false
+	}
+	d.pos += len(lit)
+	return true
+}
+
+// str reads a string without escapes, control bytes or invalid UTF-8.
+func (d *plainDecoder) str() (string, bool) {
+	if d.peek() != '"' {
+		return "", false
+	}
+	start := d.pos + 1
+	ascii := true
+	for i := start; i < len(d.data); i++ {
+		switch c := d.data[i]; {
+		case c == '"':
+			s := d.data[start:i]
+			if !ascii && !utf8.Valid(s) {
+				return "", false
+			}
+			d.pos = i + 1
+			return string(s), true
+		case c < 0x20 || c == '\\':
+			return "", false
+		case c >= utf8.RuneSelf:
+			ascii = false
+		}
+	}
+	return "", false
+}
+
+// name reads a member name and its colon.
+func (d *plainDecoder) name() (string, bool) {
+	name, ok := d.str()
+	if !ok {
+		return "", false
+	}
+	d.space()
+	if d.peek() != ':' {
+		return "", false
+	}
+	d.pos++
+	d.space()
+	return name, true
+}
+
+// strList reads a JSON array of strings; [] is an empty, non-nil list.
+func (d *plainDecoder) strList() ([]string, bool) {
+	d.pos++ // '['
+	d.space()
+	list := []string{}
+	if d.peek() == ']' {
+		d.pos++
+		return list, true
+	}
+	for {
+		s, ok := d.str()
+		if !ok {
+			return nil, false
+		}
+		list = append(list, s)
+		if !d.next(']') {
+			return list, d.done
+		}
+	}
+}
+
+// skipValue skips the value of a member this plugin does not read: a string,
+// null, true, false, a number or a list of strings. Anything else makes the
+// caller give up.
+func (d *plainDecoder) skipValue() bool {
+	switch c := d.peek(); {
+	case c == '"':
+		_, ok := d.str()
+		return ok
+	case c == '[':
+		_, ok := d.strList()
+		return ok
+	case c == 'n':
+		return d.literal("null")
+	case c == 't':
+		return d.literal("true")
+	case c == 'f':
+		return d.literal("false")
+	case c == '-' || ('0' <= c && c <= '9'):
+		return d.number()
+	}
+	return false
+}
+
+// number skips a JSON number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (d *plainDecoder) number() bool {
+	if d.peek() == '-' {
+		d.pos++
+	}
+	switch c := d.peek(); {
+	case c == '0':
+		d.pos++
+	case '1' <= c && c <= '9':
+		d.digits()
+	default:
+		return false
+	}
+	if d.peek() == '.' {
+		d.pos++
+		if !d.digits() {
+			return false
+		}
+	}
+	if c := d.peek(); c == 'e' || c == 'E' {
+		d.pos++
+		if c := d.peek(); c == '+' || c == '-' {
+			d.pos++
+		}
+		if !d.digits() {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *plainDecoder) digits() bool {
+	start := d.pos
+	for d.pos < len(d.data) && '0' <= d.data[d.pos] && d.data[d.pos] <= '9' {
+		d.pos++
+	}
+	return d.pos > start
+}
+
+// recordList reads a JSON array of record objects.
+func (d *plainDecoder) recordList() ([]Record, bool) {
+	if d.peek() != '[' {
+		return nil, false
+	}
+	d.pos++
+	d.space()
+	// Records take about 250 bytes of a file: guess the count from the
+	// rest of it, to save most of the slice's regrowth.
+	records := make([]Record, 0, min((len(d.data)-d.pos)/256+1, 1<<16))
+	if d.peek() == ']' {
+		d.pos++
+		return records, true
+	}
+	for {
+		records = append(records, Record{})
+		if !d.record(&records[len(records)-1]) {
+			return nil, false
+		}
+		if !d.next(']') {
+			return records, d.done
+		}
+	}
+}
+
+// record reads one record object into rec, which is zero.
+func (d *plainDecoder) record(rec *Record) bool {
+	if d.peek() != '{' {
+		return false
+	}
+	d.pos++
+	d.space()
+	if d.peek() == '}' {
+		d.pos++
+		return true
+	}
+	for {
+		name, ok := d.name()
+		if !ok {
+			return false
+		}
+		var str *string  // a string member
+		var ptr **string // a member that may be null
+		switch recordField(name) {
+		case "id":
+			str = &rec.ID
+		case "label":
+			str = &rec.Label
+		case "key_hash":
+			str = &rec.KeyHash
+		case "key_prefix":
+			str = &rec.KeyPrefix
+		case "created_at":
+			ptr = &rec.CreatedAt
+		case "last_used_at":
+			ptr = &rec.LastUsedAt
+		case "expires_at":
+			ptr = &rec.ExpiresAt
+		case "revoked_at":
+			ptr = &rec.RevokedAt
+		case "scopes":
+			switch d.peek() {
+			case 'n':
+				if !d.literal("null") {
+					return false
+				}
+				rec.Scopes = nil
+			case '[':
+				if rec.Scopes, ok = d.strList(); !ok {
+					return false
+				}
+			default:
+				return false
+			}
+		default:
+			if !d.skipValue() {
+				return false
+			}
+		}
+		switch {
+		case str != nil:
+			// A null would leave the member as it was: rare enough
+			// to leave to encoding/json.
+			if *str, ok = d.str(); !ok {
+				return false
+			}
+		case ptr != nil:
+			if d.peek() == 'n' {
+				if !d.literal("null") {
+					return false
+				}
+				*ptr = nil
+				break
+			}
+			s, ok := d.str()
+			if !ok {
+				return false
+			}
+			*ptr = &s
+		}
+		if !d.next('}') {
+			return d.done
+		}
+	}
+}
+
+// recordFields are the members of Record, as encoding/json names them.
+var recordFields = []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "scopes"}
+
+// recordField returns the Record member that a member name stands for (as
+// encoding/json matches them: exactly, or else regardless of case), or "".
+func recordField(name string) string {
+	for _, f := range recordFields {
+		if name == f {
+			return f
+		}
+	}
+	for _, f := range recordFields {
+		if strings.EqualFold(name, f) {
+			return f
+		}
+	}
+	return ""
 }
 
 // splitRecords returns the raw JSON of each record in a key file.

@@ -1,0 +1,310 @@
+package apikey
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// Benchmarks of the request path and of the key file's scale. Run them with
+//
+//	go test -short -run '^$' -bench . -benchmem .
+//
+// (-short keeps TestMain from starting the integration tests' Caddy, which
+// no benchmark needs.)
+
+// benchRawKey returns the i-th raw key of a generated key set: "sk_" and 43
+// base64url characters, as the reference application makes them, but
+// derived from i so that a million of them are quick to make.
+func benchRawKey(i int) string {
+	var seed [8]byte
+	binary.LittleEndian.PutUint64(seed[:], uint64(i))
+	sum := sha256.Sum256(seed[:])
+	return "sk_" + base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// benchRecords returns n records in the reference application's shape
+// (every fourth one already used, none with lifecycle members).
+func benchRecords(n int) []Record {
+	recs := make([]Record, n)
+	created := "2026-11-25T20:14:31.123456+00:00"
+	used := "2026-11-26T08:02:11.654321+00:00"
+	for i := range recs {
+		raw := benchRawKey(i)
+		recs[i] = Record{
+			ID:        benchID(i),
+			Label:     "Key " + strconv.Itoa(i),
+			KeyHash:   hashKey(raw),
+			KeyPrefix: raw[:11],
+			CreatedAt: &created,
+		}
+		if i%4 == 0 {
+			recs[i].LastUsedAt = &used
+		}
+	}
+	return recs
+}
+
+// benchID is a UUID-shaped id derived from i.
+func benchID(i int) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[8:], uint64(i))
+	b[0], b[6] = 0xb3, 0x40
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// benchKeyFile renders n records as the reference application writes its
+// key file: {"api_keys": [...]} indented by two spaces. It appends by hand
+// because json.MarshalIndent of a million records is slow to set up.
+func benchKeyFile(n int) []byte {
+	var buf bytes.Buffer
+	buf.Grow(n * 290)
+	buf.WriteString("{\n  \"api_keys\": [")
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		raw := benchRawKey(i)
+		lastUsed := "null"
+		if i%4 == 0 {
+			lastUsed = `"2026-11-26T08:02:11.654321+00:00"`
+		}
+		fmt.Fprintf(&buf, `
+    {
+      "id": "%s",
+      "label": "Key %d",
+      "key_hash": "%s",
+      "key_prefix": "%s",
+      "created_at": "2026-11-25T20:14:31.123456+00:00",
+      "last_used_at": %s
+    }`, benchID(i), i, hashKey(raw), raw[:11], lastUsed)
+	}
+	buf.WriteString("\n  ]\n}\n")
+	return buf.Bytes()
+}
+
+// benchKeySets caches the in-memory key sets by size: a million keys take a
+// few seconds to build and are shared by the sub-benchmarks.
+var benchKeySets = map[int]*keySet{}
+
+func benchKeySet(tb testing.TB, n int) *keySet {
+	if ks := benchKeySets[n]; ks != nil {
+		return ks
+	}
+	ks, err := buildKeySet(benchRecords(n))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	benchKeySets[n] = ks
+	return ks
+}
+
+// newBenchHandler sets up a Handler as Provision would with the default
+// credential sources, but on the in-memory key set ks instead of a file
+// (Provision needs a caddy.Context). Usage tracking is on; nothing flushes
+// it, and nothing needs to: a key is queued for writing once.
+func newBenchHandler(ks *keySet) *Handler {
+	h := &Handler{KeysFile: "bench-keys.json", Headers: defaultHeaders, Realm: "restricted"}
+	h.logger = zap.NewNop()
+	h.query = DefaultQueryParam
+	for _, hs := range h.Headers {
+		h.sources = append(h.sources, credentialSource{header: http.CanonicalHeaderKey(hs.Name), scheme: hs.Scheme})
+	}
+	h.prepareResponses()
+	s := newKeyStore("/nonexistent/bench-keys.json", zap.NewNop())
+	s.configure(storeSettings{usageInterval: defaultUsageInterval, reloadInterval: -1})
+	s.keys.Store(ks)
+	h.store, h.storePath = s, s.path
+	return h
+}
+
+// discardWriter is a ResponseWriter that keeps nothing. One is reused for
+// all requests, header map included, so the refusal paths' header writes
+// replace existing entries instead of growing a fresh map as a real
+// response would.
+type discardWriter struct {
+	hdr    http.Header
+	status int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.hdr }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(status int)      { w.status = status }
+
+var noopNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+
+// benchBatch is how many requests are prepared at a time with the timer
+// stopped.
+const benchBatch = 1024
+
+// BenchmarkServeHTTP measures the handler alone. Each request is prepared
+// as Caddy's server prepares it (a fresh caddy.Replacer and the request
+// context caddyhttp.PrepareRequest builds), in batches with the timer
+// stopped, so ns/op and allocs/op are the handler's own cost.
+func BenchmarkServeHTTP(b *testing.B) {
+	for _, n := range []int{1, 10_000, 1_000_000} {
+		valid := benchRawKey(n / 2)
+		spread := make([]string, 4096)
+		for i := range spread {
+			spread[i] = "Bearer " + benchRawKey(i*n/len(spread))
+		}
+		cases := []struct {
+			name   string
+			header string // Authorization value
+			query  string
+			spread bool
+			status int
+		}{
+			{name: "valid-bearer", header: "Bearer " + valid, status: 0},
+			{name: "valid-query", query: "page=2&api_key=" + valid, status: 0},
+			{name: "missing", query: "page=2", status: http.StatusUnauthorized},
+			{name: "invalid", header: "Bearer sk_notakeyatallnotakeyatallnotakeyatallnota", status: http.StatusForbidden},
+			// Valid keys spread over the whole set, 4096 different
+			// ones in turn, so that a big set cannot stay in the
+			// CPU caches as one key does.
+			{name: "valid-bearer-spread", spread: true, status: 0},
+		}
+		for _, c := range cases {
+			b.Run(fmt.Sprintf("%s/keys=%d", c.name, n), func(b *testing.B) {
+				h := newBenchHandler(benchKeySet(b, n))
+				w := &discardWriter{hdr: make(http.Header)}
+				reqs := make([]*http.Request, benchBatch)
+				prepare := func(offset int) {
+					for j := range reqs {
+						u := &url.URL{Path: "/api/items", RawQuery: c.query}
+						r := &http.Request{Method: "GET", URL: u, Header: make(http.Header), RemoteAddr: "192.0.2.1:51234", RequestURI: u.RequestURI()}
+						r = r.WithContext(b.Context())
+						switch {
+						case c.spread:
+							r.Header["Authorization"] = []string{spread[(offset+j)%len(spread)]}
+						case c.header != "":
+							r.Header["Authorization"] = []string{c.header}
+						}
+						reqs[j] = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+					}
+				}
+				// Warm up: first uses of the keys (usage cells) are not
+				// the steady state.
+				prepare(0)
+				for _, r := range reqs {
+					_ = h.ServeHTTP(w, r, noopNext)
+				}
+				w.status = 0
+				b.ReportAllocs()
+				b.ResetTimer()
+				for i := 0; i < b.N; i += benchBatch {
+					b.StopTimer()
+					prepare(i)
+					b.StartTimer()
+					m := min(benchBatch, b.N-i)
+					for _, r := range reqs[:m] {
+						if err := h.ServeHTTP(w, r, noopNext); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				b.StopTimer()
+				if w.status != c.status {
+					b.Fatalf("status %d, want %d", w.status, c.status)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkLoadKeyFile measures parsing and indexing a key file of n keys,
+// from its bytes (as readKeySet does after reading the file), and reports
+// the heap the loaded key set keeps per key.
+func BenchmarkLoadKeyFile(b *testing.B) {
+	for _, n := range []int{10_000, 100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			data := benchKeyFile(n)
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			var perKey float64
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				var before runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				b.StartTimer()
+				ks, err := parseKeySet(data)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				var after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				if len(ks.keys) != n {
+					b.Fatalf("%d keys loaded, want %d", len(ks.keys), n)
+				}
+				perKey = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
+				runtime.KeepAlive(ks)
+				b.StartTimer()
+			}
+			b.ReportMetric(perKey, "B/key")
+		})
+	}
+}
+
+// BenchmarkUsageWrite measures one usage write of a 10 000-key file (a real
+// file in a temporary folder) in which all 10 000 keys are due.
+func BenchmarkUsageWrite(b *testing.B) {
+	const n = 10_000
+	path := filepath.Join(b.TempDir(), "keys.json")
+	if err := os.WriteFile(path, benchKeyFile(n), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	s := newKeyStore(path, zap.NewNop())
+	s.configure(storeSettings{usageInterval: time.Minute, reloadInterval: -1})
+	if err := s.reload(true); err != nil {
+		b.Fatal(err)
+	}
+	ks := s.current()
+	sums := make([][sha256.Size]byte, n)
+	for i := range sums {
+		sums[i] = sha256.Sum256([]byte(benchRawKey(i)))
+	}
+	clock := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return clock }
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		// A usage interval later, every key has been used again.
+		clock = clock.Add(time.Minute)
+		for j := range sums {
+			s.markUsed(ks.byHash[sums[j]], sums[j], clock.UnixNano())
+		}
+		b.StartTimer()
+		s.flush(false)
+	}
+	b.StopTimer()
+	if s.writeFailing || len(s.waiting) != 0 {
+		b.Fatalf("usage write failed: %d keys still waiting", len(s.waiting))
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if want := formatTimestamp(clock); bytes.Count(data, []byte(want)) != n {
+		b.Fatalf("the file does not hold %s for all %d keys", want, n)
+	}
+}
