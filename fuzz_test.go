@@ -1,0 +1,214 @@
+package apikey
+
+import (
+	"net/http"
+	"net/url"
+	"reflect"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// Fuzz targets. Their seed corpora are in testdata/fuzz/<name>/; a plain
+// `go test` runs the seeds. To fuzz one (-short keeps TestMain from starting
+// the integration tests' Caddy in every fuzzing worker):
+//
+//	go test -short -run '^$' -fuzz '^FuzzParseKeySet$' -fuzztime 60s .
+
+// FuzzParseKeySet feeds arbitrary bytes to the key file parser: it never
+// panics, a rejection is a readable error, the fast and the checked decoders
+// agree, and an accepted file survives the writer's round trip (parseKeyDoc,
+// marshal, parse again) with the same keys.
+func FuzzParseKeySet(f *testing.F) {
+	f.Add([]byte(benchKeyFile(3)))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ks, err := parseKeySet(data)
+
+		if fast, ok := decodeRecordsFast(data); ok {
+			checked, cerr := parseRecordsChecked(data)
+			if cerr != nil {
+				t.Fatalf("the fast decoder accepts what the checked one refuses (%v)", cerr)
+			}
+			if !reflect.DeepEqual(fast, checked) {
+				t.Fatalf("the decoders disagree:\nfast    %#v\nchecked %#v", fast, checked)
+			}
+		}
+
+		if err != nil {
+			msg := err.Error()
+			if msg == "" || strings.Contains(msg, "%!") {
+				t.Fatalf("unclear error %q", msg)
+			}
+			if !utf8.ValidString(msg) && utf8.Valid(data) {
+				t.Fatalf("error is not UTF-8: %q", msg)
+			}
+			if _, derr := parseKeyDoc(data); derr == nil {
+				t.Fatal("parseKeyDoc accepts a file that parseKeySet refuses")
+			}
+			return
+		}
+
+		doc, err := parseKeyDoc(data)
+		if err != nil {
+			t.Fatalf("parseKeyDoc refuses a file that parseKeySet accepts: %v", err)
+		}
+		out, err := doc.marshal()
+		if err != nil {
+			t.Fatalf("marshal: %v", err)
+		}
+		again, err := parseKeySet(out)
+		if err != nil {
+			t.Fatalf("the written file is refused: %v\n%s", err, out)
+		}
+		if len(again.keys) != len(ks.keys) {
+			t.Fatalf("%d keys after the round trip, want %d", len(again.keys), len(ks.keys))
+		}
+		for i := range ks.keys {
+			a, b := &ks.keys[i], &again.keys[i]
+			if a.ID != b.ID || a.Label != b.Label || a.Prefix != b.Prefix || a.expiresAt != b.expiresAt ||
+				a.revoked != b.revoked || a.scopesJoined != b.scopesJoined {
+				t.Fatalf("key %d changed in the round trip:\n%+v\n%+v", i, a, b)
+			}
+		}
+		for sum, k := range ks.byHash {
+			if k2 := again.byHash[sum]; k2 == nil || k2.ID != k.ID {
+				t.Fatalf("key %q is not found by its hash after the round trip", k.ID)
+			}
+		}
+	})
+}
+
+// FuzzCredential sends arbitrary Authorization and X-API-Key values (each
+// possibly repeated) and raw queries through credential extraction and the
+// whole handler: never a panic, never an empty key, the status that fits
+// what was found, and hiding the credential removes it.
+func FuzzCredential(f *testing.F) {
+	f.Fuzz(func(t *testing.T, auth, xAPIKey, rawQuery string, repeat bool) {
+		h := newBenchHandler(fuzzKeySet(t))
+		r := &http.Request{Method: "GET", URL: &url.URL{Path: "/", RawQuery: rawQuery}, Header: http.Header{}}
+		r.RequestURI = r.URL.RequestURI()
+		for _, hv := range []struct{ name, value string }{{"Authorization", auth}, {"X-Api-Key", xAPIKey}} {
+			if hv.value == "" {
+				continue
+			}
+			r.Header[hv.name] = []string{hv.value}
+			if repeat {
+				r.Header[hv.name] = append(r.Header[hv.name], hv.value, "x"+hv.value)
+			}
+		}
+
+		cred := h.credential(r)
+		switch cred.status {
+		case credNone:
+			if cred != (credential{}) {
+				t.Fatalf("no credential, but %+v", cred)
+			}
+		case credAmbiguous:
+			if cred.key != "" {
+				t.Fatalf("ambiguous credential with a key: %+v", cred)
+			}
+		case credFound:
+			if cred.key == "" {
+				t.Fatal("found an empty key")
+			}
+			if (cred.header == "") == (cred.param == "") {
+				t.Fatalf("a found key must come from one header or the query: %+v", cred)
+			}
+			if cred.header != "" && trimOWS(cred.key) != cred.key {
+				t.Fatalf("key %q from a header has white space around it", cred.key)
+			}
+			if cred.param != "" {
+				if q, err := url.ParseQuery(rawQuery); err == nil {
+					if !contains(q[cred.param], cred.key) {
+						t.Fatalf("key %q is not a value of %q in %q", cred.key, cred.param, rawQuery)
+					}
+				}
+			}
+		default:
+			t.Fatalf("unknown status %d", cred.status)
+		}
+
+		// The whole handler answers per the credential.
+		w := &discardWriter{hdr: http.Header{}}
+		passed := false
+		next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { passed = true; return nil })
+		req := caddyhttp.PrepareRequest(r.Clone(r.Context()), caddy.NewReplacer(), w, nil)
+		if err := h.ServeHTTP(w, req, next); err != nil {
+			t.Fatalf("ServeHTTP: %v", err)
+		}
+		want := map[credStatus]int{credNone: http.StatusUnauthorized, credAmbiguous: http.StatusBadRequest, credFound: http.StatusForbidden}[cred.status]
+		if cred.status == credFound && cred.key == fuzzKey {
+			want = 0
+		}
+		if passed != (want == 0) || w.status != want {
+			t.Fatalf("credential %+v: status %d (passed %v), want %d", cred, w.status, passed, want)
+		}
+
+		// Hiding the credential leaves none in its source.
+		if cred.status == credFound {
+			hideCredential(r, cred)
+			if cred.header != "" && r.Header[cred.header] != nil {
+				t.Fatalf("header %s still there after hiding", cred.header)
+			}
+			if cred.param != "" {
+				if _, st := queryValue(r.URL.RawQuery, cred.param); st != credNone {
+					t.Fatalf("query %q still carries %s after hiding", r.URL.RawQuery, cred.param)
+				}
+			}
+		}
+	})
+}
+
+// fuzzKey is the one valid key of FuzzCredential's key set.
+const fuzzKey = "sk_fuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuz"
+
+var fuzzKeys *keySet
+
+func fuzzKeySet(t *testing.T) *keySet {
+	if fuzzKeys == nil {
+		ks, err := buildKeySet([]Record{{ID: "fuzz", Label: "Fuzz", KeyHash: hashKey(fuzzKey), KeyPrefix: fuzzKey[:11]}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fuzzKeys = ks
+	}
+	return fuzzKeys
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// FuzzCaddyfile feeds arbitrary text to the apikey directive, both to
+// UnmarshalCaddyfile directly and through Caddy's Caddyfile adapter inside a
+// site block: never a panic, and every rejection has a message.
+func FuzzCaddyfile(f *testing.F) {
+	f.Fuzz(func(t *testing.T, text string) {
+		if tokens, err := caddyfile.Tokenize([]byte("apikey "+text), "Caddyfile"); err == nil {
+			var h Handler
+			if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
+				if err.Error() == "" {
+					t.Fatal("empty error")
+				}
+			} else if h.KeysFile == "" {
+				t.Fatal("accepted without a key file")
+			}
+		}
+
+		adapter := caddyconfig.GetAdapter("caddyfile")
+		body := "http://localhost {\n\tapikey " + text + "\n\trespond ok\n}\n"
+		if _, _, err := adapter.Adapt([]byte(body), nil); err != nil && err.Error() == "" {
+			t.Fatal("empty error")
+		}
+	})
+}
