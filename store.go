@@ -155,6 +155,16 @@ func parseRecordsChecked(data []byte) ([]Record, error) {
 	}
 	records := make([]Record, len(rawRecords))
 	for i, raw := range rawRecords {
+		var members object
+		if err := json.Unmarshal(raw, &members); err != nil {
+			return nil, fmt.Errorf("record %d: %w", i+1, err)
+		}
+		if err := checkMemberNames(members, recordFields...); err != nil {
+			if id := members.getString("id"); id != "" {
+				return nil, fmt.Errorf("record %d (id %q): %w", i+1, id, err)
+			}
+			return nil, fmt.Errorf("record %d: %w", i+1, err)
+		}
 		if err := json.Unmarshal(raw, &records[i]); err != nil {
 			// Unmarshal fills what it can, so the id is known unless it
 			// is itself the member of the wrong type.
@@ -193,15 +203,25 @@ func decodeRecordsFast(data []byte) ([]Record, bool) {
 			d.pos++
 			break
 		}
+		sawList := false
 		for {
 			name, ok := d.name()
 			if !ok {
 				return nil, false
 			}
-			// encoding/json matches names to fields regardless of
-			// case; a repeated member replaces the earlier one.
+			// A name that is "api_keys" but for case, or a second
+			// "api_keys", is an error: the checked path reports it.
+			if name != "api_keys" && strings.EqualFold(name, "api_keys") {
+				return nil, false
+			}
+			if name == "api_keys" {
+				if sawList {
+					return nil, false
+				}
+				sawList = true
+			}
 			switch {
-			case !strings.EqualFold(name, "api_keys"):
+			case name != "api_keys":
 				if !d.skipValue() {
 					return nil, false
 				}
@@ -445,14 +465,25 @@ func (d *plainDecoder) record(rec *Record) bool {
 		d.pos++
 		return true
 	}
+	var seen uint16 // the known members read so far, by recordFields index
 	for {
 		name, ok := d.name()
 		if !ok {
 			return false
 		}
+		field := recordField(name)
+		if field < 0 {
+			return false // a known name but for case: the checked path reports it
+		}
+		if field < len(recordFields) {
+			if seen&(1<<field) != 0 {
+				return false // repeated: the checked path reports it
+			}
+			seen |= 1 << field
+		}
 		var str *string  // a string member
 		var ptr **string // a member that may be null
-		switch recordField(name) {
+		switch recordFieldName(field) {
 		case "id":
 			str = &rec.ID
 		case "label":
@@ -515,23 +546,54 @@ func (d *plainDecoder) record(rec *Record) bool {
 	}
 }
 
-// recordFields are the members of Record, as encoding/json names them.
+// recordFields are the members of Record, as the key file names them.
 var recordFields = []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "scopes"}
 
-// recordField returns the Record member that a member name stands for (as
-// encoding/json matches them: exactly, or else regardless of case), or "".
-func recordField(name string) string {
-	for _, f := range recordFields {
+// recordField returns the index in recordFields of a member name;
+// len(recordFields) for an unknown member; -1 for a name that differs from a
+// known one only in case.
+func recordField(name string) int {
+	for i, f := range recordFields {
 		if name == f {
-			return f
+			return i
 		}
 	}
 	for _, f := range recordFields {
 		if strings.EqualFold(name, f) {
-			return f
+			return -1
 		}
 	}
+	return len(recordFields)
+}
+
+func recordFieldName(i int) string {
+	if i >= 0 && i < len(recordFields) {
+		return recordFields[i]
+	}
 	return ""
+}
+
+// checkMemberNames rejects an object whose member names would be read
+// differently here and by the reference application: member names are
+// case-sensitive there (Python dictionaries) but not in encoding/json, and
+// a repeated member is ambiguous. So a known member must be spelled exactly
+// and appear once.
+func checkMemberNames(o object, known ...string) error {
+	seen := make(map[string]bool, len(known))
+	for _, m := range o {
+		for _, k := range known {
+			switch {
+			case m.Name == k:
+				if seen[k] {
+					return fmt.Errorf("member %q appears twice", k)
+				}
+				seen[k] = true
+			case strings.EqualFold(m.Name, k):
+				return fmt.Errorf("member %q must be spelled %q (names are case-sensitive)", m.Name, k)
+			}
+		}
+	}
+	return nil
 }
 
 // splitRecords returns the raw JSON of each record in a key file.
@@ -547,13 +609,25 @@ func splitRecords(data []byte) ([]json.RawMessage, error) {
 			return nil, describeJSONError(data, err)
 		}
 	case '{':
-		var top struct {
-			APIKeys []json.RawMessage `json:"api_keys"`
+		if err := json.Unmarshal(data, new(any)); err != nil {
+			return nil, describeJSONError(data, err) // with line and column
 		}
+		var top object
 		if err := json.Unmarshal(data, &top); err != nil {
-			return nil, describeJSONError(data, err)
+			return nil, err
 		}
-		raws = top.APIKeys
+		if err := checkMemberNames(top, "api_keys"); err != nil {
+			return nil, err
+		}
+		if list := top.get("api_keys"); list != nil {
+			if err := json.Unmarshal(list, &raws); err != nil {
+				var typeErr *json.UnmarshalTypeError
+				if errors.As(err, &typeErr) {
+					return nil, fmt.Errorf("\"api_keys\" must be a list of key records, not a JSON %s", typeErr.Value)
+				}
+				return nil, describeJSONError(data, err)
+			}
+		}
 	default:
 		if err := json.Unmarshal(data, new(any)); err != nil {
 			return nil, describeJSONError(data, err)

@@ -309,3 +309,30 @@ func TestHashKey(t *testing.T) {
 		t.Fatalf("hashKey(abc) = %s, want %s", got, want)
 	}
 }
+
+// Member names are case-sensitive, as in the reference application: a known
+// member spelled in another case, or repeated, is an error rather than
+// something encoding/json would quietly accept.
+func TestMemberNamesAreStrict(t *testing.T) {
+	hash := strings.Repeat("ab", 32)
+	other := strings.Repeat("cd", 32)
+	cases := map[string]struct{ file, want string }{
+		"API_KEYS":         {`{"API_KEYS": [{"id": "a", "key_hash": "` + hash + `"}]}`, `member "API_KEYS" must be spelled "api_keys"`},
+		"api_keys twice":   {`{"api_keys": [], "api_keys": [{"id": "a", "key_hash": "` + hash + `"}]}`, `member "api_keys" appears twice`},
+		"KEY_HASH":         {`{"api_keys": [{"id": "a", "KEY_HASH": "` + hash + `"}]}`, `record 1 (id "a"): member "KEY_HASH" must be spelled "key_hash"`},
+		"both hash cases":  {`{"api_keys": [{"id": "a", "key_hash": "` + hash + `", "Key_Hash": "` + other + `"}]}`, `must be spelled "key_hash"`},
+		"key_hash twice":   {`[{"id": "a", "key_hash": "` + hash + `", "key_hash": "` + other + `"}]`, `record 1 (id "a"): member "key_hash" appears twice`},
+		"ID in a record":   {`[{"ID": "a", "key_hash": "` + hash + `"}]`, `record 1: member "ID" must be spelled "id"`},
+		"escaped variants": {`[{"id": "a\u0062", "key_hash": "` + hash + `", "Label": "x"}]`, `member "Label" must be spelled "label"`},
+	}
+	for name, c := range cases {
+		_, err := parseKeySet([]byte(c.file))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one containing %q", name, err, c.want)
+		}
+	}
+	// Unknown members may repeat and may be spelled any way.
+	if _, err := parseKeySet([]byte(`[{"id": "a", "key_hash": "` + hash + `", "note": 1, "note": 2, "Notes": 3}]`)); err != nil {
+		t.Fatal(err)
+	}
+}
