@@ -135,45 +135,34 @@ func queryNameIs(k, name string) bool {
 	return err == nil && unescaped == name
 }
 
-// hideCredential removes the key from the request, where it came from, so
-// that the handlers after this one (a reverse proxy's upstream above all)
-// never see it.
-func hideCredential(r *http.Request, cred credential) {
-	if cred.header != "" {
-		r.Header.Del(cred.header)
-		return
-	}
-	r.URL.RawQuery = removeQueryParam(r.URL.RawQuery, cred.param)
-	r.RequestURI = r.URL.RequestURI()
-}
-
-// hideCopies removes the copies of the key that the request carries in the
-// enabled sources other than the one it was read from. hideCredential
-// removes only that one, and a client that sends the key twice (say in
-// Authorization and in X-API-Key) must not leak the second copy to an
-// upstream. Values that carry something else, such as Authorization
-// credentials of another scheme meant for the upstream, stay.
-func (h *Handler) hideCopies(r *http.Request, key string) {
+// hideCredentials removes every key the request carries in the enabled
+// sources, so that the handlers after this one (a reverse proxy's upstream
+// above all) never see one: not the key that authenticated the request, nor
+// a copy or another key sent beside it. Header values that carry no key,
+// such as Authorization credentials of another scheme meant for the
+// upstream, stay.
+func (h *Handler) hideCredentials(r *http.Request) {
 	for i := range h.sources {
 		src := &h.sources[i]
 		values := r.Header[src.header]
 		var kept []string
 		for _, v := range values {
-			if src.keyFrom(v) != key {
+			if src.keyFrom(v) == "" {
 				kept = append(kept, v)
 			}
 		}
 		switch {
 		case len(kept) == len(values):
 		case len(kept) == 0:
-			r.Header.Del(src.header)
+			delete(r.Header, src.header)
 		default:
 			r.Header[src.header] = kept
 		}
 	}
 	if h.query != "" && r.URL.RawQuery != "" {
-		if v, st := queryValue(r.URL.RawQuery, h.query); st == credFound && v == key {
-			hideCredential(r, credential{param: h.query})
+		if q := removeQueryParam(r.URL.RawQuery, h.query); q != r.URL.RawQuery {
+			r.URL.RawQuery = q
+			r.RequestURI = r.URL.RequestURI()
 		}
 	}
 }

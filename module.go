@@ -64,8 +64,10 @@ type Handler struct {
 	// placeholders. A key that is sent must still be valid.
 	Optional bool `json:"optional,omitempty"`
 
-	// Remove the key from the request (its header, or its query
-	// parameter) before the next handler, so an upstream never sees it.
+	// Remove the key from the request before the next handler, so an
+	// upstream never sees it: every value of the enabled headers that
+	// carries a key, and the query parameter. Header values without a key
+	// (e.g. `Authorization: Basic ...`) stay.
 	HideCredentials bool `json:"hide_credentials,omitempty"`
 
 	// Instead of writing a JSON error, return the failure to Caddy so the
@@ -299,8 +301,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Map(key.placeholder)
 	if h.HideCredentials {
-		hideCredential(r, cred)
-		h.hideCopies(r, cred.key)
+		h.hideCredentials(r)
 	}
 	return next.ServeHTTP(w, r)
 }
