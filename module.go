@@ -198,10 +198,12 @@ func (h *Handler) Validate() error {
 }
 
 // Cleanup writes the pending last-used times and releases the key file.
+// h.store stays set: a request still in flight (past the grace period) goes
+// on authenticating against the last key set instead of crashing.
 func (h *Handler) Cleanup() error {
-	if h.store != nil {
+	if h.store != nil && h.storePath != "" {
 		releaseStore(h.storePath, h.store)
-		h.store = nil
+		h.storePath = ""
 	}
 	return nil
 }

@@ -337,14 +337,12 @@ func (s *keyStore) flush(force bool) {
 	// If the file on disk is still the version the key set was read from,
 	// this write changes only last_used_at, which the key set does not
 	// hold: note the new version as loaded so it is not parsed again.
-	unchangedSinceLoad, changed := false, false
-	err := updateKeyFile(s.path, false, func(doc *keyDoc) error {
+	unchangedSinceLoad := false
+	written, err := updateKeyFileStat(s.path, false, func(doc *keyDoc) error {
 		if fi, err := os.Stat(s.path); err == nil && s.loadedFile != nil && sameVersion(fi, s.loadedFile) {
 			unchangedSinceLoad = true
 		}
-		err := applyUsage(doc, updates)
-		changed = err == nil
-		return err
+		return applyUsage(doc, updates)
 	})
 	if err != nil {
 		if !s.writeFailing {
@@ -354,7 +352,7 @@ func (s *keyStore) flush(force bool) {
 		}
 		return
 	}
-	if changed {
+	if written != nil {
 		s.writes.Add(1)
 	}
 	if s.writeFailing {
@@ -366,10 +364,8 @@ func (s *keyStore) flush(force bool) {
 		d.cell.persistedAt = now
 		delete(s.waiting, d.cell)
 	}
-	if unchangedSinceLoad {
-		if fi, err := os.Stat(s.path); err == nil {
-			s.loadedFile = fi
-		}
+	if unchangedSinceLoad && written != nil {
+		s.loadedFile = written
 	}
 }
 

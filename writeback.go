@@ -186,13 +186,21 @@ const lockTimeout = 10 * time.Second
 // is edited as an empty one; otherwise it is an error. If edit returns
 // errNoChange, nothing is written and updateKeyFile returns nil.
 func updateKeyFile(path string, create bool, edit func(*keyDoc) error) error {
+	_, err := updateKeyFileStat(path, create, edit)
+	return err
+}
+
+// updateKeyFileStat is updateKeyFile that also returns the stat of the file
+// it wrote (nil if it wrote none), taken before the lock is released, so
+// that no other writer's version can be mistaken for it.
+func updateKeyFileStat(path string, create bool, edit func(*keyDoc) error) (fs.FileInfo, error) {
 	// Write through a symbolic link to its target rather than replace the link.
 	if target, err := filepath.EvalSymlinks(path); err == nil {
 		path = target
 	}
 	unlock, err := lockKeyFile(path, lockTimeout)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer unlock()
 
@@ -205,25 +213,28 @@ func updateKeyFile(path string, create bool, edit func(*keyDoc) error) error {
 			mode = fi.Mode().Perm()
 		}
 		if doc, err = parseKeyDoc(data); err != nil {
-			return &KeyFileError{Path: path, Err: err}
+			return nil, &KeyFileError{Path: path, Err: err}
 		}
 	case errors.Is(err, fs.ErrNotExist) && create:
 		doc = newKeyDoc()
 	default:
-		return fmt.Errorf("reading key file: %w", err)
+		return nil, fmt.Errorf("reading key file: %w", err)
 	}
 
 	if err := edit(doc); err != nil {
 		if errors.Is(err, errNoChange) {
-			return nil
+			return nil, nil
 		}
-		return err
+		return nil, err
 	}
 	out, err := doc.marshal()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return writeFileAtomic(path, out, mode)
+	if err := writeFileAtomic(path, out, mode); err != nil {
+		return nil, err
+	}
+	return os.Stat(path)
 }
 
 // writeFileAtomic replaces path with data so that a reader, or a crash at any
