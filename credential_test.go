@@ -2,7 +2,6 @@ package apikey
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -186,17 +185,7 @@ func TestRefusalMessages(t *testing.T) {
 	for _, tt := range tests {
 		h := tt.handler
 		provisionTestHandler(t, &h)
-		var env struct {
-			Success *bool `json:"success"`
-			Error   struct {
-				Code    string `json:"code"`
-				Message string `json:"message"`
-			} `json:"error"`
-		}
-		if err := json.Unmarshal(h.authRequired.body, &env); err != nil {
-			t.Fatal(err)
-		}
-		if env.Success == nil || *env.Success || env.Error.Code != "AUTH_REQUIRED" || env.Error.Message != tt.want {
+		if code, msg := refusalOf(t, string(h.authRequired.body)); code != "AUTH_REQUIRED" || msg != tt.want {
 			t.Errorf("401 body %s, want message %q", h.authRequired.body, tt.want)
 		}
 	}

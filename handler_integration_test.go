@@ -35,17 +35,7 @@ func send(t *testing.T, path string, hdr http.Header) (*http.Response, string) {
 	for name, values := range hdr {
 		req.Header[name] = values
 	}
-	c := http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, string(body)
+	return roundTrip(t, req)
 }
 
 // hdrs builds a header from "Name: value" strings: the name is used as
@@ -57,15 +47,6 @@ func hdrs(lines ...string) http.Header {
 		h[name] = append(h[name], strings.TrimPrefix(value, " "))
 	}
 	return h
-}
-
-// refusal is the JSON body of a refused request.
-type refusalBody struct {
-	Success *bool `json:"success"`
-	Error   *struct {
-		Code    *string `json:"code"`
-		Message *string `json:"message"`
-	} `json:"error"`
 }
 
 // assertRefusal checks a JSON refusal: status, headers and body, and that

@@ -206,6 +206,12 @@ func do(t *testing.T, method, path string, headers ...string) (*http.Response, s
 		name, value, _ := strings.Cut(h, ":")
 		req.Header.Add(strings.TrimSpace(name), strings.TrimSpace(value))
 	}
+	return roundTrip(t, req)
+}
+
+// roundTrip sends req and returns the response and its whole body.
+func roundTrip(t *testing.T, req *http.Request) (*http.Response, string) {
+	t.Helper()
 	c := http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Do(req)
 	if err != nil {
@@ -219,24 +225,36 @@ func do(t *testing.T, method, path string, headers ...string) (*http.Response, s
 	return resp, string(body)
 }
 
+// refusalBody is the JSON body of a refused request; pointers tell a
+// missing member from an empty one.
+type refusalBody struct {
+	Success *bool `json:"success"`
+	Error   *struct {
+		Code    *string `json:"code"`
+		Message *string `json:"message"`
+	} `json:"error"`
+}
+
+// refusalOf returns the code and message of a JSON refusal body, failing
+// the test if the body is not one.
+func refusalOf(t *testing.T, body string) (code, message string) {
+	t.Helper()
+	var env refusalBody
+	if err := json.Unmarshal([]byte(body), &env); err != nil {
+		t.Fatalf("body is not JSON: %v: %q", err, body)
+	}
+	if env.Success == nil || *env.Success || env.Error == nil || env.Error.Code == nil || env.Error.Message == nil {
+		t.Fatalf("body is not a refusal ({\"success\": false, \"error\": {\"code\", \"message\"}}): %q", body)
+	}
+	return *env.Error.Code, *env.Error.Message
+}
+
 // errorCode returns error.code of a JSON refusal body, failing the test if
 // the body is not one.
 func errorCode(t *testing.T, body string) string {
 	t.Helper()
-	var env struct {
-		Success *bool `json:"success"`
-		Error   struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal([]byte(body), &env); err != nil {
-		t.Fatalf("body is not JSON: %v: %q", err, body)
-	}
-	if env.Success == nil || *env.Success {
-		t.Fatalf("body has no \"success\": false: %q", body)
-	}
-	return env.Error.Code
+	code, _ := refusalOf(t, body)
+	return code
 }
 
 // waitFor polls cond until it holds or timeout passes.
