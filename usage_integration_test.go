@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -215,6 +216,15 @@ func TestUsageWriteSurvivesKill(t *testing.T) {
 	}
 	if written == 0 {
 		t.Fatal("the child never got a write done: the test proves nothing")
+	}
+	// The next write clears what the killed writers left behind.
+	if err := updateKeyFile(path, false, func(doc *keyDoc) error {
+		return doc.records[0].set("note", "after the kills")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(tempPattern(path)); len(left) != 0 {
+		t.Fatalf("temporary files left behind: %v", left)
 	}
 	t.Logf("%d of %d rounds saw usage writes land", written, rounds)
 }

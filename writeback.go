@@ -203,6 +203,7 @@ func updateKeyFileStat(path string, create bool, edit func(*keyDoc) error) (fs.F
 		return nil, err
 	}
 	defer unlock()
+	removeStaleTemporaries(path)
 
 	var doc *keyDoc
 	mode := fs.FileMode(0o600)
@@ -237,16 +238,30 @@ func updateKeyFileStat(path string, create bool, edit func(*keyDoc) error) (fs.F
 	return os.Stat(path)
 }
 
+// tempPattern is the name pattern of writeFileAtomic's temporary files.
+func tempPattern(path string) string {
+	dir, base := filepath.Split(path)
+	return filepath.Join(dir, "."+base+".tmp-*")
+}
+
+// removeStaleTemporaries removes the temporary files that a writer killed in
+// the middle of a write left behind. It must be called with the lock held:
+// every writer makes its temporary file only while holding it, so any that
+// exists then belongs to no live writer.
+func removeStaleTemporaries(path string) {
+	stale, _ := filepath.Glob(tempPattern(path))
+	for _, name := range stale {
+		_ = os.Remove(name)
+	}
+}
+
 // writeFileAtomic replaces path with data so that a reader, or a crash at any
 // moment, sees either the old file or the new one whole: write a temporary
 // file in the same folder, flush it to disk, rename it over path, then flush
 // the folder so that the rename itself survives a power cut.
 func writeFileAtomic(path string, data []byte, mode fs.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(tempPattern(path)))
 	if err != nil {
 		return fmt.Errorf("writing key file: %w", err)
 	}
