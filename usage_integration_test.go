@@ -2,6 +2,7 @@ package apikey
 
 import (
 	"bufio"
+	"bytes"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -175,7 +176,7 @@ func TestUsageWriteSurvivesKill(t *testing.T) {
 	written := 0
 	const rounds = 30
 	for round := 0; round < rounds; round++ {
-		before, _ := os.Stat(path)
+		before, _ := os.ReadFile(path)
 		cmd := exec.Command(exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), crashWriterEnv+"="+path)
 		out, err := cmd.StdoutPipe()
@@ -210,7 +211,7 @@ func TestUsageWriteSurvivesKill(t *testing.T) {
 				t.Fatalf("round %d: key %s lost", round, k.Record["id"])
 			}
 		}
-		if after, _ := os.Stat(path); !os.SameFile(before, after) {
+		if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
 			written++
 		}
 	}

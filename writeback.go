@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -121,57 +122,245 @@ func newKeyDoc() *keyDoc {
 // parseKeyDoc reads a key file for writing back. It validates the file as
 // the handler would, so that no writer ever writes back a file that the
 // handler refuses: a broken file stays as it is until a person mends it.
+// Once the file is known to be valid JSON, it is split into members in one
+// pass, without decoding the values: they are written back verbatim.
 func parseKeyDoc(data []byte) (*keyDoc, error) {
 	if _, err := parseKeySet(data); err != nil {
 		return nil, err
 	}
-	raws, err := splitRecords(data)
-	if err != nil {
-		return nil, err
+	doc := &keyDoc{}
+	list := data
+	if i := skipSpace(data, 0); i < len(data) && data[i] == '{' {
+		doc.top = splitObject(data[i:])
+		list = doc.top.get("api_keys")
 	}
-	doc := &keyDoc{records: make([]object, len(raws))}
-	if t := bytes.TrimSpace(data); t[0] == '{' {
-		if err := json.Unmarshal(data, &doc.top); err != nil {
-			return nil, err
-		}
-	}
-	for i, raw := range raws {
-		if err := json.Unmarshal(raw, &doc.records[i]); err != nil {
-			return nil, fmt.Errorf("record %d: %v", i+1, err)
-		}
+	for _, raw := range splitArray(list) {
+		doc.records = append(doc.records, splitObject(raw))
 	}
 	return doc, nil
 }
 
-// marshal renders the document as indented JSON with a final newline.
+// The splitters below take JSON that is known to be valid (parseKeySet has
+// accepted it); on anything else they stop early rather than fail, and
+// they never index out of bounds.
+
+// skipSpace returns the index of the first byte at or after i that is not
+// JSON white space.
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index just past the JSON string that starts at i.
+func stringEnd(data []byte, i int) int {
+	for j := i + 1; j < len(data); j++ {
+		switch data[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return len(data)
+}
+
+// valueEnd returns the index just past the JSON value that starts at i.
+func valueEnd(data []byte, i int) int {
+	if i >= len(data) {
+		return len(data)
+	}
+	switch data[i] {
+	case '"':
+		return stringEnd(data, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(data); j++ {
+			switch data[j] {
+			case '"':
+				j = stringEnd(data, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return len(data)
+	}
+	j := i // a number, true, false or null
+	for j < len(data) && !strings.ContainsRune(",}] \t\r\n", rune(data[j])) {
+		j++
+	}
+	return j
+}
+
+// splitObject splits a JSON object into its members, values verbatim.
+func splitObject(data []byte) object {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return nil
+	}
+	var o object
+	for i = skipSpace(data, i+1); i < len(data) && data[i] == '"'; {
+		end := stringEnd(data, i)
+		name := memberName(data[i:end])
+		i = skipSpace(data, end)
+		if i >= len(data) || data[i] != ':' {
+			break
+		}
+		i = skipSpace(data, i+1)
+		vend := valueEnd(data, i)
+		o = append(o, member{Name: name, Value: json.RawMessage(data[i:vend])})
+		if i = skipSpace(data, vend); i < len(data) && data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+	}
+	return o
+}
+
+// splitArray splits a JSON array into its elements, verbatim.
+func splitArray(data []byte) []json.RawMessage {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '[' {
+		return nil
+	}
+	var out []json.RawMessage
+	for i = skipSpace(data, i+1); i < len(data) && data[i] != ']'; {
+		end := valueEnd(data, i)
+		if end == i {
+			break
+		}
+		out = append(out, json.RawMessage(data[i:end]))
+		if i = skipSpace(data, end); i < len(data) && data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+	}
+	return out
+}
+
+// memberName decodes a quoted member name; the names of a record's known
+// members are shared rather than allocated once per record.
+func memberName(quoted []byte) string {
+	if len(quoted) >= 2 && bytes.IndexByte(quoted, '\\') < 0 {
+		raw := quoted[1 : len(quoted)-1]
+		for _, known := range recordFields {
+			if string(raw) == known {
+				return known
+			}
+		}
+		return string(raw)
+	}
+	var name string
+	_ = json.Unmarshal(quoted, &name)
+	return name
+}
+
+// marshal renders the document as JSON indented by two spaces, with a final
+// newline. Values are written as they were read (objects and arrays
+// re-indented), so unknown members come back as found.
 func (d *keyDoc) marshal() ([]byte, error) {
-	records := d.records
-	if records == nil {
-		records = []object{}
-	}
-	list, err := json.Marshal(records)
-	if err != nil {
-		return nil, err
-	}
-	var compact []byte
+	var b bytes.Buffer
+	b.Grow(256 * (len(d.records) + 1))
 	if d.top == nil {
-		compact = list
+		if err := writeRecords(&b, d.records, ""); err != nil {
+			return nil, err
+		}
 	} else {
-		top := append(object(nil), d.top...)
-		if err := top.set("api_keys", json.RawMessage(list)); err != nil {
-			return nil, err
+		b.WriteByte('{')
+		wroteList := false
+		for i, m := range d.top {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString("\n  ")
+			writeName(&b, m.Name)
+			var err error
+			if m.Name == "api_keys" {
+				err = writeRecords(&b, d.records, "  ")
+				wroteList = true
+			} else {
+				err = writeValue(&b, m.Value, "  ")
+			}
+			if err != nil {
+				return nil, err
+			}
 		}
-		if compact, err = json.Marshal(top); err != nil {
-			return nil, err
+		if !wroteList {
+			if len(d.top) > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString("\n  ")
+			writeName(&b, "api_keys")
+			if err := writeRecords(&b, d.records, "  "); err != nil {
+				return nil, err
+			}
 		}
+		b.WriteString("\n}")
 	}
-	var out bytes.Buffer
-	out.Grow(len(compact) + len(compact)/4)
-	if err := json.Indent(&out, compact, "", "  "); err != nil {
-		return nil, err
+	b.WriteByte('\n')
+	return b.Bytes(), nil
+}
+
+func writeRecords(b *bytes.Buffer, records []object, indent string) error {
+	if len(records) == 0 {
+		b.WriteString("[]")
+		return nil
 	}
-	out.WriteByte('\n')
-	return out.Bytes(), nil
+	b.WriteByte('[')
+	for i, rec := range records {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("\n" + indent + "  ")
+		if len(rec) == 0 {
+			b.WriteString("{}")
+			continue
+		}
+		b.WriteByte('{')
+		for j, m := range rec {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString("\n" + indent + "    ")
+			writeName(b, m.Name)
+			if err := writeValue(b, m.Value, indent+"    "); err != nil {
+				return err
+			}
+		}
+		b.WriteString("\n" + indent + "  }")
+	}
+	b.WriteString("\n" + indent + "]")
+	return nil
+}
+
+// writeName writes a member name and its colon.
+func writeName(b *bytes.Buffer, name string) {
+	plain := true
+	for i := 0; i < len(name) && plain; i++ {
+		plain = name[i] >= 0x20 && name[i] != '"' && name[i] != '\\'
+	}
+	if plain {
+		b.WriteByte('"')
+		b.WriteString(name)
+		b.WriteByte('"')
+	} else {
+		quoted, _ := json.Marshal(name) // a string always marshals
+		b.Write(quoted)
+	}
+	b.WriteString(": ")
+}
+
+// writeValue writes a raw JSON value, re-indenting objects and arrays.
+func writeValue(b *bytes.Buffer, v json.RawMessage, indent string) error {
+	v = bytes.TrimSpace(v)
+	if len(v) > 0 && (v[0] == '{' || v[0] == '[') {
+		return json.Indent(b, v, indent, "  ")
+	}
+	b.Write(v)
+	return nil
 }
 
 // errNoChange tells updateKeyFile that the edit changed nothing, so there is
