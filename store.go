@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -41,7 +42,8 @@ type Key struct {
 	Scopes []string
 
 	scopesJoined string
-	expiresAt    int64 // unix nanoseconds; 0 means never
+	expires      bool  // the key has an expires_at
+	expiresAt    int64 // unix nanoseconds, clamped to int64 (see unixNanoClamped)
 	revoked      bool
 
 	// usage is created on first use, so keys that are never used cost
@@ -53,7 +55,7 @@ type Key struct {
 // expired reports whether the key is past its expires_at at time now
 // (unix nanoseconds).
 func (k *Key) expired(now int64) bool {
-	return k.expiresAt != 0 && now >= k.expiresAt
+	return k.expires && now >= k.expiresAt
 }
 
 // hasScope reports whether the key holds scope s.
@@ -719,7 +721,7 @@ func buildKeySet(records []Record) (*keySet, error) {
 			if err != nil {
 				return nil, fmt.Errorf("record %d (id %q): expires_at: %v", n, rec.ID, err)
 			}
-			k.expiresAt = t.UnixNano()
+			k.expires, k.expiresAt = true, unixNanoClamped(t)
 		}
 		if rec.RevokedAt != nil {
 			if _, err := parseTimestamp(*rec.RevokedAt); err != nil {
@@ -739,6 +741,19 @@ func buildKeySet(records []Record) (*keySet, error) {
 		ks.byHash[sum] = k
 	}
 	return ks, nil
+}
+
+// unixNanoClamped is t in unix nanoseconds, clamped to what an int64 holds
+// (years 1678 to 2262), where t.UnixNano would overflow: a time before the
+// range is long past, one after it is as good as never.
+func unixNanoClamped(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 // decodeKeyHash parses a key_hash: 64 hexadecimal digits.

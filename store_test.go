@@ -336,3 +336,26 @@ func TestMemberNamesAreStrict(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An expiry at the Unix epoch, or outside the years an int64 of nanoseconds
+// holds, is still an expiry.
+func TestExpiryAtOddTimes(t *testing.T) {
+	now := time.Now().UnixNano()
+	for at, wantExpired := range map[string]bool{
+		"1970-01-01T00:00:00Z":      true,
+		"1500-01-01T00:00:00Z":      true,
+		"1600-06-01T00:00:00+00:00": true,
+		"0001-01-01T00:00:00Z":      true,
+		"3000-01-01T00:00:00Z":      false,
+		"9999-12-31T23:59:59Z":      false,
+	} {
+		file := `[{"id": "a", "key_hash": "` + strings.Repeat("ab", 32) + `", "expires_at": "` + at + `"}]`
+		ks, err := parseKeySet([]byte(file))
+		if err != nil {
+			t.Fatalf("%s: %v", at, err)
+		}
+		if got := ks.keys[0].expired(now); got != wantExpired {
+			t.Errorf("expires_at %s: expired = %v, want %v", at, got, wantExpired)
+		}
+	}
+}
