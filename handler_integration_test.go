@@ -641,3 +641,20 @@ func TestIntegrationHeaderLimit(t *testing.T) {
 		t.Error("the answer echoes the key")
 	}
 }
+
+// A later handler that edits the challenge in place (a deferred header
+// replace does) must not change it for the requests after.
+func TestIntegrationChallengeNotShared(t *testing.T) {
+	path := writeKeys(t, "", newTestKey("k", nil))
+	loadCaddyfile(t, `
+	header >Www-Authenticate restricted restricted-x
+	apikey `+path+`
+	respond "admitted"
+`)
+	for i := 0; i < 3; i++ {
+		resp, _ := do(t, "GET", "/")
+		if got := resp.Header.Values("Www-Authenticate"); len(got) != 1 || got[0] != `Bearer realm="restricted-x"` {
+			t.Fatalf("request %d: WWW-Authenticate %q", i+1, got)
+		}
+	}
+}

@@ -97,7 +97,7 @@ type Handler struct {
 	invalidKey   *refusal
 	keyExpired   *refusal
 	ambiguousKey *refusal
-	challenge    []string
+	challenge    string // the WWW-Authenticate value of a 401
 }
 
 // HeaderSource is a request header that may carry the key.
@@ -243,7 +243,7 @@ func (h *Handler) prepareResponses() {
 	h.invalidKey = newRefusal(http.StatusForbidden, CodeInvalidKey, "Invalid API key.")
 	h.keyExpired = newRefusal(http.StatusForbidden, CodeKeyExpired, "API key has expired.")
 	h.ambiguousKey = newRefusal(http.StatusBadRequest, CodeAmbiguousKey, "More than one API key was sent; send exactly one.")
-	h.challenge = []string{`Bearer realm=` + strconv.Quote(h.Realm)}
+	h.challenge = `Bearer realm=` + strconv.Quote(h.Realm)
 }
 
 // describeSources names the enabled credential sources for the 401 message,
@@ -320,7 +320,9 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, k
 		c.Write(fields...)
 	}
 	if why.status == http.StatusUnauthorized {
-		w.Header()["Www-Authenticate"] = h.challenge
+		// A new slice each time: later handlers may edit header values
+		// in place (the header directive's replace does).
+		w.Header()["Www-Authenticate"] = []string{h.challenge}
 	}
 	if h.HandleErrors {
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
