@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"go.uber.org/zap"
@@ -75,4 +76,38 @@ func runFullDiskChild(arg string) {
 		fail("%d writes once the disk had room, want 1", w)
 	}
 	fmt.Println("full-disk child: ok")
+}
+
+// A key file written by root (sudo caddy apikey ...) keeps its owner, and
+// the lock file gets it too, so the user Caddy runs as can still read the
+// file and take the lock.
+func TestWritesKeepTheOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Log("not root: only root can give files away; keepOwner then refuses other users' files")
+		return
+	}
+	const uid, gid = 65534, 65534 // nobody, nogroup
+	k := newTestKey("k", nil)
+	path := writeKeys(t, "", k)
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := updateKeyFile(path, false, func(doc *keyDoc) error {
+		return doc.records[0].set("revoked_at", formatTimestamp(time.Now()))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{path, path + ".lock"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != uid || st.Gid != gid {
+			t.Errorf("%s is owned by %d:%d after a write as root, want %d:%d", filepath.Base(p), st.Uid, st.Gid, uid, gid)
+		}
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode changed to %v", fi.Mode().Perm())
+	}
 }

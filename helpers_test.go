@@ -102,6 +102,9 @@ func loadCaddyfile(t *testing.T, site string) *caddytest.Tester {
 // loadCaddyfileWithGlobals is loadCaddyfile with more global options.
 func loadCaddyfileWithGlobals(t *testing.T, globals, site string) *caddytest.Tester {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: -short does not start the test Caddy")
+	}
 	// Unload the test's config when it ends (after caddytest has shown it
 	// on failure), so its key files are released while they still exist.
 	t.Cleanup(func() {
@@ -188,7 +191,7 @@ func writeKeys(t testing.TB, path string, keys ...testKey) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := writeFileAtomic(path, data, 0o600); err != nil {
+	if _, err := writeFileAtomic(path, data, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	return path

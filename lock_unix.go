@@ -5,6 +5,7 @@ package apikey
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"syscall"
 	"time"
@@ -21,6 +22,13 @@ func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) 
 	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening lock file: %w", err)
+	}
+	// A lock file made by root (sudo caddy apikey ...) must stay usable by
+	// the user Caddy runs as: give it the key file's owner.
+	if fi, err := os.Stat(path); err == nil && os.Geteuid() == 0 {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			_ = f.Chown(int(st.Uid), int(st.Gid))
+		}
 	}
 	deadline := time.Now().Add(timeout)
 	for {
@@ -42,4 +50,25 @@ func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) 
 		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 		_ = f.Close()
 	}, nil
+}
+
+// keepOwner gives f, the new version of a key file, the owner and group of
+// like, the version it replaces, so that `sudo caddy apikey ...` does not
+// leave a key file that the user Caddy runs as can no longer read. Only
+// root can give a file away: anyone else writing a file owned by another
+// user is refused, as the result would be theirs.
+func keepOwner(f *os.File, like fs.FileInfo) error {
+	st, ok := like.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	uid, gid := int(st.Uid), int(st.Gid)
+	switch euid := os.Geteuid(); {
+	case euid == 0:
+		return f.Chown(uid, gid)
+	case euid != uid:
+		return fmt.Errorf("the key file is owned by uid %d: run this as that user, or as root, so that it keeps its owner", uid)
+	}
+	_ = f.Chown(-1, gid) // keep the group where this user may
+	return nil
 }

@@ -4,6 +4,7 @@ package apikey
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"time"
 
@@ -37,3 +38,7 @@ func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) 
 		_ = f.Close()
 	}, nil
 }
+
+// keepOwner is a no-op on Windows, where the new file inherits the folder's
+// permissions.
+func keepOwner(*os.File, fs.FileInfo) error { return nil }

@@ -389,41 +389,94 @@ func TestReloadCarriesUsageAcrossKeySets(t *testing.T) {
 func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	k := newTestKey("k", nil)
 	path := writeKeys(t, "", k)
-	settings := storeSettings{usageInterval: time.Hour, reloadInterval: time.Second}
-	s1, err := acquireStore(path, settings, zap.NewNop())
+	l1, err := acquireStore(path, storeSettings{usageInterval: time.Hour, reloadInterval: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2, err := acquireStore(path, settings, zap.NewNop())
+	l2, err := acquireStore(path, storeSettings{usageInterval: 2 * time.Hour, reloadInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s1 != s2 {
+	s := l1.store
+	if l2.store != s {
 		t.Fatal("two handlers of one key file got two stores (two writers)")
 	}
-	key, sum := s1.current().lookup(k.Raw)
-	s1.markUsed(key, sum, time.Now().UnixNano())
+	// Shared settings: the shortest interval that is on.
+	if ui, ri := time.Duration(s.usageInterval.Load()), time.Duration(s.reloadInterval.Load()); ui != time.Hour || ri != time.Second {
+		t.Fatalf("effective settings %v, %v; want 1h, 1s", ui, ri)
+	}
+	key, sum := s.current().lookup(k.Raw)
+	s.markUsed(key, sum, time.Now().UnixNano())
 
 	// A config reload releases the old handler: its pending use is
-	// written at once, though the interval is an hour.
-	releaseStore(path, s1)
+	// written at once, though the interval is an hour, and its settings
+	// go with it.
+	l1.release()
 	if got := lastUsed(t, path, k.Record["id"].(string)); got == nil {
 		t.Fatal("pending use not flushed on release")
 	}
+	if ui, ri := time.Duration(s.usageInterval.Load()), s.reloadInterval.Load(); ui != 2*time.Hour || ri >= 0 {
+		t.Fatalf("after release, settings %v, %v; want 2h, off", ui, ri)
+	}
 	select {
-	case <-s1.done:
+	case <-s.done:
 		t.Fatal("store stopped while a handler still uses it")
 	default:
 	}
 	later := time.Now().Add(2 * time.Second)
-	s2.markUsed(key, sum, later.UnixNano())
-	releaseStore(path, s2)
+	s.markUsed(key, sum, later.UnixNano())
+	l2.release()
 	select {
-	case <-s2.done:
+	case <-s.done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("store not stopped after its last handler went")
 	}
 	if got := lastUsed(t, path, k.Record["id"].(string)); got != formatTimestamp(later) {
 		t.Fatalf("pending use not flushed on stop: %v", got)
+	}
+}
+
+// A key file replaced by a program that does not take the lock, while a
+// usage write is under way, is not undone by that write.
+func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
+	a, b := newTestKey("a", nil), newTestKey("b", nil)
+	path := writeKeys(t, "", a, b)
+	s, clock, _ := newTestStore(t, path, 15*time.Minute)
+	use(t, s, clock, a.Raw)
+
+	// Between the writer's read and its rename, b is revoked by an mv.
+	replaced := false
+	staged := filepath.Join(filepath.Dir(path), "staged.json")
+	w, err := updateKeyFileStat(path, false, func(doc *keyDoc) error {
+		if !replaced {
+			replaced = true
+			b.Record["revoked_at"] = "2026-11-25T20:00:00+00:00"
+			writeKeys(t, staged, a, b)
+			if err := os.Rename(staged, path); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return applyUsage(doc, map[usageKey]time.Time{{a.Record["id"].(string), a.Record["key_hash"].(string)}: clock.now()})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.written == nil {
+		t.Fatal("nothing written")
+	}
+	recs, _ := readFileRecords(t, path)
+	if recs[b.Record["id"].(string)]["revoked_at"] == nil {
+		t.Fatal("the usage write undid a revocation made while it ran")
+	}
+	if recs[a.Record["id"].(string)]["last_used_at"] == nil {
+		t.Fatal("the usage was not written on the new version")
+	}
+	// And the watcher picks the new version up: it is not taken for the
+	// writer's own.
+	if err := s.reload(false); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := s.current().lookup(b.Raw); k == nil || !k.revoked {
+		t.Fatal("the revocation is not in force")
 	}
 }

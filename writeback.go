@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -379,52 +380,90 @@ func updateKeyFile(path string, create bool, edit func(*keyDoc) error) error {
 	return err
 }
 
-// updateKeyFileStat is updateKeyFile that also returns the stat of the file
-// it wrote (nil if it wrote none), taken before the lock is released, so
-// that no other writer's version can be mistaken for it.
-func updateKeyFileStat(path string, create bool, edit func(*keyDoc) error) (fs.FileInfo, error) {
+// keyFileWrite tells what updateKeyFileStat read and wrote.
+type keyFileWrite struct {
+	read    fs.FileInfo // the version of the file that was edited; nil if it did not exist
+	written fs.FileInfo // the version written; nil if nothing was
+}
+
+// errChangedMeanwhile is returned when the key file was replaced, by a
+// program that does not take the lock, between the read and the rename.
+var errChangedMeanwhile = errors.New("the key file changed while it was being written; its new version was left as it is")
+
+// updateKeyFileStat is updateKeyFile that also tells which version of the
+// file it read and which it wrote. A program that does not take the lock
+// (an editor, `mv`, config management) can replace the file while it is
+// edited here: the rename would then undo that change. So the file is
+// checked just before the rename, and if it changed, the edit is done again
+// on the new version (a few times, then it gives up with
+// errChangedMeanwhile).
+func updateKeyFileStat(path string, create bool, edit func(*keyDoc) error) (keyFileWrite, error) {
 	// Write through a symbolic link to its target rather than replace the link.
 	if target, err := filepath.EvalSymlinks(path); err == nil {
 		path = target
 	}
 	unlock, err := lockKeyFile(path, lockTimeout)
 	if err != nil {
-		return nil, err
+		return keyFileWrite{}, err
 	}
 	defer unlock()
 	removeStaleTemporaries(path)
 
+	for attempt := 1; ; attempt++ {
+		w, err := editKeyFileOnce(path, create, edit)
+		if !errors.Is(err, errChangedMeanwhile) || attempt == 3 {
+			return w, err
+		}
+	}
+}
+
+// editKeyFileOnce reads, edits and replaces the key file once; the caller
+// holds the lock.
+func editKeyFileOnce(path string, create bool, edit func(*keyDoc) error) (keyFileWrite, error) {
+	var w keyFileWrite
 	var doc *keyDoc
-	mode := fs.FileMode(0o600)
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	switch {
 	case err == nil:
-		if fi, err := os.Stat(path); err == nil {
-			mode = fi.Mode().Perm()
+		data, err := io.ReadAll(f)
+		if err == nil {
+			w.read, err = f.Stat()
+		}
+		_ = f.Close()
+		if err != nil {
+			return w, fmt.Errorf("reading key file: %w", err)
 		}
 		if doc, err = parseKeyDoc(data); err != nil {
-			return nil, &KeyFileError{Path: path, Err: err}
+			return w, &KeyFileError{Path: path, Err: err}
 		}
 	case errors.Is(err, fs.ErrNotExist) && create:
 		doc = newKeyDoc()
 	default:
-		return nil, fmt.Errorf("reading key file: %w", err)
+		return w, fmt.Errorf("reading key file: %w", err)
 	}
 
 	if err := edit(doc); err != nil {
 		if errors.Is(err, errNoChange) {
-			return nil, nil
+			return w, nil
 		}
-		return nil, err
+		return w, err
 	}
 	out, err := doc.marshal()
 	if err != nil {
-		return nil, err
+		return w, err
 	}
-	if err := writeFileAtomic(path, out, mode); err != nil {
-		return nil, err
+	unchanged := func() error {
+		now, err := os.Stat(path)
+		switch {
+		case w.read == nil && errors.Is(err, fs.ErrNotExist):
+			return nil
+		case w.read == nil || err != nil || !sameVersion(now, w.read):
+			return errChangedMeanwhile
+		}
+		return nil
 	}
-	return os.Stat(path)
+	w.written, err = writeFileAtomic(path, out, w.read, unchanged)
+	return w, err
 }
 
 // tempPattern is the name pattern of writeFileAtomic's temporary files.
@@ -447,38 +486,58 @@ func removeStaleTemporaries(path string) {
 // writeFileAtomic replaces path with data so that a reader, or a crash at any
 // moment, sees either the old file or the new one whole: write a temporary
 // file in the same folder, flush it to disk, rename it over path, then flush
-// the folder so that the rename itself survives a power cut.
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) (err error) {
+// the folder so that the rename itself survives a power cut. The new file
+// gets the mode and, where it can, the owner of like (the file it replaces;
+// nil for a new file: mode 0600, owned by this process). beforeRename, if
+// not nil, may still cancel the write. It returns the stat of the new file.
+func writeFileAtomic(path string, data []byte, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, filepath.Base(tempPattern(path)))
 	if err != nil {
-		return fmt.Errorf("writing key file: %w", err)
+		return nil, fmt.Errorf("writing key file: %w", err)
 	}
 	defer func() {
 		if err != nil {
 			_ = tmp.Close()
 			_ = os.Remove(tmp.Name())
-			err = fmt.Errorf("writing key file %s: %w", path, err)
+			if !errors.Is(err, errChangedMeanwhile) {
+				err = fmt.Errorf("writing key file %s: %w", path, err)
+			}
 		}
 	}()
+	mode := fs.FileMode(0o600)
+	if like != nil {
+		mode = like.Mode().Perm()
+		if err = keepOwner(tmp, like); err != nil {
+			return nil, err
+		}
+	}
 	if _, err = tmp.Write(data); err != nil {
-		return err
+		return nil, err
 	}
 	if err = tmp.Chmod(mode); err != nil {
-		return err
+		return nil, err
 	}
 	if err = tmp.Sync(); err != nil {
-		return err
+		return nil, err
+	}
+	if written, err = tmp.Stat(); err != nil {
+		return nil, err
 	}
 	if err = tmp.Close(); err != nil {
-		return err
+		return nil, err
+	}
+	if beforeRename != nil {
+		if err = beforeRename(); err != nil {
+			return nil, err
+		}
 	}
 	if err = os.Rename(tmp.Name(), path); err != nil {
-		return err
+		return nil, err
 	}
 	if d, derr := os.Open(dir); derr == nil {
 		_ = d.Sync() // not supported everywhere; the rename is done either way
 		_ = d.Close()
 	}
-	return nil
+	return written, nil
 }
