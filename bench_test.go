@@ -129,7 +129,7 @@ func newBenchHandler(ks *keySet) *Handler {
 	s := newKeyStore("/nonexistent/bench-keys.json", zap.NewNop())
 	s.configure(storeSettings{usageInterval: defaultUsageInterval, reloadInterval: -1})
 	s.keys.Store(ks)
-	h.store, h.storePath = s, s.path
+	h.store = s
 	return h
 }
 

@@ -163,12 +163,14 @@ func TestCredentialNoSourceIsInvalid(t *testing.T) {
 	h := Handler{Headers: []HeaderSource{}, Query: strPtr(""), KeysFile: writeKeys(t, "")}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	if err := h.Provision(ctx); err != nil {
-		t.Fatalf("Provision: %v", err)
-	}
+	// Refused before the key file is loaded and watched for nothing.
+	err := h.Provision(ctx)
 	defer h.Cleanup()
-	if err := h.Validate(); err == nil {
-		t.Fatal("a handler that reads no source validated")
+	if err == nil || !strings.Contains(err.Error(), "no credential source") {
+		t.Fatalf("a handler that reads no source was provisioned (error %v)", err)
+	}
+	if h.store != nil {
+		t.Fatal("the key file was loaded for a handler that reads no source")
 	}
 }
 

@@ -86,11 +86,11 @@ type Handler struct {
 	// loads only.
 	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
 
-	store     *keyStore
-	storePath string
-	sources   []credentialSource
-	query     string
-	logger    *zap.Logger
+	store   *keyStore
+	lease   *storeLease
+	sources []credentialSource
+	query   string
+	logger  *zap.Logger
 
 	// Refusals, built once at provision time.
 	authRequired *refusal
@@ -160,21 +160,38 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	h.prepareResponses()
+	if err := h.Validate(); err != nil {
+		return err // before the key file is loaded and watched for nothing
+	}
 
-	path, err := filepath.Abs(h.KeysFile)
+	path, err := keyFilePath(h.KeysFile)
 	if err != nil {
-		return fmt.Errorf("keys_file: %v", err)
+		return err
 	}
 	settings := storeSettings{
 		usageInterval:  durationSetting(h.UsageInterval, defaultUsageInterval),
 		reloadInterval: durationSetting(h.ReloadInterval, defaultReloadInterval),
 	}
-	store, err := acquireStore(path, settings, h.logger)
+	lease, err := acquireStore(path, settings)
 	if err != nil {
 		return err
 	}
-	h.store, h.storePath = store, path
+	h.lease, h.store = lease, lease.store
 	return nil
+}
+
+// keyFilePath turns the configured keys_file into the key of its store: with
+// {env.*} and other global placeholders replaced, absolute, and through
+// symbolic links, so that two spellings of one file share one store.
+func keyFilePath(configured string) (string, error) {
+	path, err := filepath.Abs(caddy.NewReplacer().ReplaceAll(configured, ""))
+	if err != nil {
+		return "", fmt.Errorf("keys_file: %v", err)
+	}
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
+	return path, nil
 }
 
 // durationSetting maps a configured duration to its effective value:
@@ -201,9 +218,9 @@ func (h *Handler) Validate() error {
 // h.store stays set: a request still in flight (past the grace period) goes
 // on authenticating against the last key set instead of crashing.
 func (h *Handler) Cleanup() error {
-	if h.store != nil && h.storePath != "" {
-		releaseStore(h.storePath, h.store)
-		h.storePath = ""
+	if h.lease != nil {
+		h.lease.release()
+		h.lease = nil
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,9 +56,11 @@ type usageCell struct {
 
 // keyStore is the live state of one key file: the key set in force, the
 // watcher that reloads it and the writer that persists last-used times.
+// The watcher and the writer run in goroutines of their own, so that a long
+// write never delays a reload.
 type keyStore struct {
 	path   string
-	logger *zap.Logger
+	logger *zap.Logger // nil: Caddy's current logger (see log)
 	now    func() time.Time
 
 	keys atomic.Pointer[keySet]
@@ -65,23 +68,31 @@ type keyStore struct {
 	usageInterval  atomic.Int64 // nanoseconds; <0: usage is not recorded
 	reloadInterval atomic.Int64 // nanoseconds; <0: the file is not watched
 
+	// leases are the settings of the handlers that use this file, by
+	// lease id; the effective settings are derived from them.
+	leasesMu  sync.Mutex
+	leases    map[uint64]storeSettings
+	nextLease uint64
+
 	// incoming collects cells used since the writer last looked; a cell
 	// is appended once, when its queued flag goes up.
 	incomingMu sync.Mutex
 	incoming   []*usageCell
 
-	// mu serialises the file work: reloads, usage writes and flushes.
-	mu           sync.Mutex
-	loadedFile   fs.FileInfo // what the key set in force was read from
-	badFile      fs.FileInfo // the last broken version reported, to report it once
-	badMissing   bool        // the missing file has been reported
+	// mu guards the watcher's state.
+	mu         sync.Mutex
+	loadedFile fs.FileInfo // what the key set in force was read from
+	badFile    fs.FileInfo // the last broken version reported, to report it once
+	badMissing bool        // the missing file has been reported
+
+	// flushMu guards the writer's state, and is held for a whole write.
+	flushMu      sync.Mutex
 	waiting      map[*usageCell]struct{}
 	writeFailing bool
 	writes       atomic.Int64 // usage writes done, for tests and metrics
-	lastCheck    time.Time
-	lastFlush    time.Time
+
 	stop         chan struct{}
-	done         chan struct{}
+	done         chan struct{} // closed when both goroutines have ended
 	destructOnce sync.Once
 }
 
@@ -91,16 +102,23 @@ type storeSettings struct {
 	reloadInterval time.Duration // <0: off
 }
 
-// acquireStore returns the store of the key file at path, creating and
-// loading it if no handler in this process uses that file yet. The caller
-// must call releaseStore(path) in its Cleanup.
-func acquireStore(path string, settings storeSettings, logger *zap.Logger) (*keyStore, error) {
+// storeLease is one handler's use of a key file's store.
+type storeLease struct {
+	store *keyStore
+	path  string
+	id    uint64
+}
+
+// acquireStore returns a lease on the store of the key file at path,
+// creating and loading the store if no handler in this process uses that
+// file yet. The caller must release the lease in its Cleanup.
+func acquireStore(path string, settings storeSettings) (*storeLease, error) {
 	val, loaded, err := stores.LoadOrNew(path, func() (caddy.Destructor, error) {
-		s := newKeyStore(path, logger)
+		s := newKeyStore(path, nil)
 		if err := s.reload(true); err != nil {
 			return nil, err
 		}
-		go s.loop()
+		s.start()
 		return s, nil
 	})
 	if err != nil {
@@ -115,15 +133,57 @@ func acquireStore(path string, settings storeSettings, logger *zap.Logger) (*key
 			return nil, err
 		}
 	}
-	s.configure(settings)
-	return s, nil
+	s.leasesMu.Lock()
+	if s.leases == nil {
+		s.leases = make(map[uint64]storeSettings)
+	}
+	s.nextLease++
+	lease := &storeLease{store: s, path: path, id: s.nextLease}
+	s.leases[lease.id] = settings
+	s.leasesMu.Unlock()
+	s.applyLeases()
+	return lease, nil
 }
 
-// releaseStore flushes the pending usage times of the key file at path and
-// drops one reference to its store; the last reference stops it.
-func releaseStore(path string, s *keyStore) {
+// release writes the pending usage times, withdraws the lease's settings
+// and drops its reference to the store; the last reference stops the store.
+// Caddy calls Cleanup for handlers of a config that failed to load too, so
+// such a config's settings do not stay in force.
+func (l *storeLease) release() {
+	s := l.store
 	s.flush(true)
-	_, _ = stores.Delete(path)
+	s.leasesMu.Lock()
+	delete(s.leases, l.id)
+	s.leasesMu.Unlock()
+	s.applyLeases()
+	_, _ = stores.Delete(l.path)
+}
+
+// applyLeases derives the store's settings from its handlers': for each
+// interval, the shortest one that is not off, or off if all are.
+func (s *keyStore) applyLeases() {
+	s.leasesMu.Lock()
+	defer s.leasesMu.Unlock()
+	if len(s.leases) == 0 {
+		return // the store is going away; keep what it had
+	}
+	eff := storeSettings{usageInterval: -1, reloadInterval: -1}
+	for _, l := range s.leases {
+		eff.usageInterval = shortestOn(eff.usageInterval, l.usageInterval)
+		eff.reloadInterval = shortestOn(eff.reloadInterval, l.reloadInterval)
+	}
+	s.configure(eff)
+}
+
+// shortestOn returns the shorter of two intervals where negative means off.
+func shortestOn(a, b time.Duration) time.Duration {
+	switch {
+	case a < 0:
+		return b
+	case b < 0:
+		return a
+	}
+	return min(a, b)
 }
 
 func newKeyStore(path string, logger *zap.Logger) *keyStore {
@@ -140,13 +200,65 @@ func newKeyStore(path string, logger *zap.Logger) *keyStore {
 	return s
 }
 
-// configure applies a handler's settings. Handlers that share a key file
-// share its settings; the most recently loaded handler's apply.
-func (s *keyStore) configure(settings storeSettings) {
-	if old := time.Duration(s.usageInterval.Swap(int64(settings.usageInterval))); old != settings.usageInterval {
-		s.logger.Debug("usage interval set", zap.String("keys_file", s.path), zap.Duration("usage_interval", settings.usageInterval))
+// log is the store's logger. A store outlives the config that created it,
+// so it logs through Caddy's current logging, not that config's.
+func (s *keyStore) log() *zap.Logger {
+	if s.logger != nil {
+		return s.logger
 	}
+	return caddy.Log().Named("http.handlers.apikey")
+}
+
+// configure sets the store's effective settings.
+func (s *keyStore) configure(settings storeSettings) {
+	s.usageInterval.Store(int64(settings.usageInterval))
 	s.reloadInterval.Store(int64(settings.reloadInterval))
+}
+
+// start runs the watcher and the writer until Destruct.
+func (s *keyStore) start() {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		s.every(&s.reloadInterval, func(time.Duration) time.Duration { return 0 }, func() { _ = s.reload(false) })
+	}()
+	go func() {
+		defer wg.Done()
+		s.every(&s.usageInterval, func(ui time.Duration) time.Duration { return min(ui, maxFlushPeriod) }, func() { s.flush(false) })
+	}()
+	go func() {
+		wg.Wait()
+		close(s.done)
+	}()
+}
+
+// every runs work each period(interval) (or each interval, if period gives
+// 0) while the interval is on, until the store stops. It wakes every
+// tickInterval, so changed settings apply without restarting it.
+func (s *keyStore) every(interval *atomic.Int64, period func(time.Duration) time.Duration, work func()) {
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			iv := time.Duration(interval.Load())
+			if iv < 0 {
+				continue
+			}
+			p := period(iv)
+			if p == 0 {
+				p = iv
+			}
+			if now := s.now(); now.Sub(last) >= p {
+				last = now
+				work()
+			}
+		}
+	}
 }
 
 // Destruct stops the background work once no handler uses the file; pending
@@ -158,30 +270,6 @@ func (s *keyStore) Destruct() error {
 		s.flush(true)
 	})
 	return nil
-}
-
-// loop is the store's background goroutine: it watches the file and writes
-// usage times until the store is destroyed.
-func (s *keyStore) loop() {
-	defer close(s.done)
-	t := time.NewTicker(tickInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-t.C:
-			now := s.now()
-			if ri := time.Duration(s.reloadInterval.Load()); ri >= 0 && now.Sub(s.lastCheck) >= ri {
-				s.lastCheck = now
-				_ = s.reload(false)
-			}
-			if ui := time.Duration(s.usageInterval.Load()); ui >= 0 && now.Sub(s.lastFlush) >= min(ui, maxFlushPeriod) {
-				s.lastFlush = now
-				s.flush(false)
-			}
-		}
-	}
 }
 
 // current returns the key set in force.
@@ -202,7 +290,7 @@ func (s *keyStore) reload(strict bool) error {
 		}
 		if !s.badMissing {
 			s.badMissing = true
-			s.logger.Error("key file cannot be read; the keys loaded before stay in force",
+			s.log().Error("key file cannot be read; the keys loaded before stay in force",
 				zap.String("keys_file", s.path), zap.Error(err))
 		}
 		return err
@@ -218,7 +306,7 @@ func (s *keyStore) reload(strict bool) error {
 	if err != nil {
 		if !strict {
 			s.badFile = fi
-			s.logger.Error("key file is broken; the keys loaded before stay in force",
+			s.log().Error("key file is broken; the keys loaded before stay in force",
 				zap.String("keys_file", s.path), zap.Error(err))
 		}
 		return err
@@ -231,9 +319,9 @@ func (s *keyStore) reload(strict bool) error {
 	s.keys.Store(ks)
 	s.loadedFile = fi
 	if old != nil {
-		s.logger.Info("key file reloaded", zap.String("keys_file", s.path), zap.Int("keys", len(ks.keys)))
+		s.log().Info("key file reloaded", zap.String("keys_file", s.path), zap.Int("keys", len(ks.keys)))
 	} else if len(ks.keys) == 0 {
-		s.logger.Warn("key file holds no keys: every request with a key will be refused", zap.String("keys_file", s.path))
+		s.log().Warn("key file holds no keys: every request with a key will be refused", zap.String("keys_file", s.path))
 	}
 	return nil
 }
@@ -281,18 +369,17 @@ func (s *keyStore) markUsed(k *Key, sum [sha256.Size]byte, now int64) {
 	}
 }
 
-// usageUpdate is the last-used time to write for one key.
-type usageUpdate struct {
-	hash string // key_hash, lowercase hex
-	at   time.Time
-}
+// usageKey names one key for the writer: its id and key_hash (lowercase
+// hex). A key whose record now has the same id but another hash was
+// replaced, and its old uses are not the new key's.
+type usageKey struct{ id, hash string }
 
 // flush writes the last-used times that are due: those of keys not written
 // within the usage interval, or all of them when force is set (on stop and
 // config reload). One write covers every due key.
 func (s *keyStore) flush(force bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 
 	s.incomingMu.Lock()
 	for _, c := range s.incoming {
@@ -306,7 +393,7 @@ func (s *keyStore) flush(force bool) {
 
 	interval := time.Duration(s.usageInterval.Load())
 	now := s.now()
-	updates := make(map[string]usageUpdate)
+	updates := make(map[usageKey]time.Time)
 	type dueCell struct {
 		cell *usageCell
 		used int64
@@ -325,67 +412,67 @@ func (s *keyStore) flush(force bool) {
 			continue
 		}
 		due = append(due, dueCell{c, used})
-		at := time.Unix(0, used)
-		if u, ok := updates[c.id]; !ok || at.After(u.at) {
-			updates[c.id] = usageUpdate{hash: hex.EncodeToString(c.hash[:]), at: at}
+		key := usageKey{c.id, hex.EncodeToString(c.hash[:])}
+		if at := time.Unix(0, used); at.After(updates[key]) {
+			updates[key] = at
 		}
 	}
 	if len(due) == 0 {
 		return
 	}
 
-	// If the file on disk is still the version the key set was read from,
-	// this write changes only last_used_at, which the key set does not
-	// hold: note the new version as loaded so it is not parsed again.
-	unchangedSinceLoad := false
-	written, err := updateKeyFileStat(s.path, false, func(doc *keyDoc) error {
-		if fi, err := os.Stat(s.path); err == nil && s.loadedFile != nil && sameVersion(fi, s.loadedFile) {
-			unchangedSinceLoad = true
-		}
+	w, err := updateKeyFileStat(s.path, false, func(doc *keyDoc) error {
 		return applyUsage(doc, updates)
 	})
 	if err != nil {
 		if !s.writeFailing {
 			s.writeFailing = true
-			s.logger.Error("cannot write last-used times to the key file; authentication goes on, and writing will be retried",
+			s.log().Error("cannot write last-used times to the key file; authentication goes on, and writing will be retried",
 				zap.String("keys_file", s.path), zap.Error(err))
 		}
 		return
 	}
-	if written != nil {
-		s.writes.Add(1)
-	}
 	if s.writeFailing {
 		s.writeFailing = false
-		s.logger.Info("writing last-used times to the key file works again", zap.String("keys_file", s.path))
+		s.log().Info("writing last-used times to the key file works again", zap.String("keys_file", s.path))
 	}
 	for _, d := range due {
 		d.cell.written = d.used
 		d.cell.persistedAt = now
 		delete(s.waiting, d.cell)
 	}
-	if unchangedSinceLoad && written != nil {
-		s.loadedFile = written
+	if w.written == nil {
+		return
 	}
+	s.writes.Add(1)
+	// If the version this write started from is the one the key set was
+	// read from, the write changed only last_used_at, which the key set
+	// does not hold: note the new version as loaded, so it is not parsed
+	// again for nothing. Otherwise the watcher loads it as usual.
+	s.mu.Lock()
+	if s.loadedFile != nil && w.read != nil && sameVersion(s.loadedFile, w.read) {
+		s.loadedFile = w.written
+	}
+	s.mu.Unlock()
 }
 
 // applyUsage sets last_used_at on the records that are still in the file with
 // the same id and key_hash. A record whose last_used_at on disk is newer (set
 // by another process) keeps it.
-func applyUsage(doc *keyDoc, updates map[string]usageUpdate) error {
+func applyUsage(doc *keyDoc, updates map[usageKey]time.Time) error {
 	changed := false
 	for i := range doc.records {
 		rec := &doc.records[i]
-		u, ok := updates[rec.getString("id")]
-		if !ok || !equalFoldASCII(rec.getString("key_hash"), u.hash) {
+		at, ok := updates[usageKey{rec.getString("id"), strings.ToLower(rec.getString("key_hash"))}]
+		if !ok {
 			continue
 		}
 		if prev := rec.getString("last_used_at"); prev != "" {
-			if t, err := parseTimestamp(prev); err == nil && !t.Before(u.at.Truncate(time.Microsecond)) {
+			if t, err := parseTimestamp(prev); err == nil && !t.Before(at.Truncate(time.Microsecond)) {
 				continue
 			}
 		}
-		if err := rec.set("last_used_at", formatTimestamp(u.at)); err != nil {
+		if err := rec.set("last_used_at", formatTimestamp(at)); err != nil {
 			return err
 		}
 		changed = true
@@ -394,23 +481,4 @@ func applyUsage(doc *keyDoc, updates map[string]usageUpdate) error {
 		return errNoChange
 	}
 	return nil
-}
-
-func equalFoldASCII(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
