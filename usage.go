@@ -16,7 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// stores holds one keyStore per key file (by absolute path) for the whole
+// stores holds one keyStore per key file (by real absolute path) for the whole
 // process, across config reloads: however many handlers use a file, there
 // is one key set in memory, one watcher and one usage writer for it.
 var stores = caddy.NewUsagePool()
@@ -25,9 +25,9 @@ const (
 	defaultUsageInterval  = 15 * time.Minute
 	defaultReloadInterval = time.Second
 
-	// tickInterval is how often the background goroutine wakes to check the
-	// file and the due usage times. It bounds how finely reload_interval
-	// and usage_interval are honoured.
+	// tickInterval is how often the watcher and the writer wake to see
+	// whether their interval has passed. It bounds how finely
+	// reload_interval and usage_interval are honoured.
 	tickInterval = 250 * time.Millisecond
 
 	// maxFlushPeriod bounds how long a first use waits to be written, and
