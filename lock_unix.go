@@ -19,14 +19,24 @@ import (
 // writers lock two different files.
 func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) {
 	lockPath := path + ".lock"
-	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	// The lock file gets the key file's permissions, so that whoever may
+	// write the key file may take its lock.
+	keyFile, statErr := os.Stat(path)
+	perm := fs.FileMode(0o600)
+	if statErr == nil {
+		perm = keyFile.Mode().Perm()
+	}
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, perm)
+	if errors.Is(err, fs.ErrPermission) {
+		f, err = os.Open(lockPath) // flock needs no write access
+	}
 	if err != nil {
 		return nil, fmt.Errorf("opening lock file: %w", err)
 	}
 	// A lock file made by root (sudo caddy apikey ...) must stay usable by
 	// the user Caddy runs as: give it the key file's owner.
-	if fi, err := os.Stat(path); err == nil && os.Geteuid() == 0 {
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+	if statErr == nil && os.Geteuid() == 0 {
+		if st, ok := keyFile.Sys().(*syscall.Stat_t); ok {
 			_ = f.Chown(int(st.Uid), int(st.Gid))
 		}
 	}
@@ -55,20 +65,18 @@ func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) 
 // keepOwner gives f, the new version of a key file, the owner and group of
 // like, the version it replaces, so that `sudo caddy apikey ...` does not
 // leave a key file that the user Caddy runs as can no longer read. Only
-// root can give a file away: anyone else writing a file owned by another
-// user is refused, as the result would be theirs.
+// root can give a file away: anyone else becomes the owner of the new
+// version (as with any program that saves by rename) and keeps the group
+// where the system allows, which with the mode kept (0660, say) keeps the
+// file usable by its group.
 func keepOwner(f *os.File, like fs.FileInfo) error {
 	st, ok := like.Sys().(*syscall.Stat_t)
 	if !ok {
 		return nil
 	}
-	uid, gid := int(st.Uid), int(st.Gid)
-	switch euid := os.Geteuid(); {
-	case euid == 0:
-		return f.Chown(uid, gid)
-	case euid != uid:
-		return fmt.Errorf("the key file is owned by uid %d: run this as that user, or as root, so that it keeps its owner", uid)
+	if os.Geteuid() == 0 {
+		return f.Chown(int(st.Uid), int(st.Gid))
 	}
-	_ = f.Chown(-1, gid) // keep the group where this user may
+	_ = f.Chown(-1, int(st.Gid))
 	return nil
 }

@@ -164,7 +164,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err // before the key file is loaded and watched for nothing
 	}
 
-	path, err := keyFilePath(h.KeysFile)
+	path, poolKey, err := keyFilePath(h.KeysFile)
 	if err != nil {
 		return err
 	}
@@ -172,7 +172,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		usageInterval:  durationSetting(h.UsageInterval, defaultUsageInterval),
 		reloadInterval: durationSetting(h.ReloadInterval, defaultReloadInterval),
 	}
-	lease, err := acquireStore(path, settings)
+	lease, err := acquireStore(path, poolKey, settings)
 	if err != nil {
 		return err
 	}
@@ -180,18 +180,25 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// keyFilePath turns the configured keys_file into the key of its store: with
-// {env.*} and other global placeholders replaced, absolute, and through
-// symbolic links, so that two spellings of one file share one store.
-func keyFilePath(configured string) (string, error) {
-	path, err := filepath.Abs(caddy.NewReplacer().ReplaceAll(configured, ""))
-	if err != nil {
-		return "", fmt.Errorf("keys_file: %v", err)
+// keyFilePath turns the configured keys_file into the path to watch and
+// the key of its store. Global placeholders ({env.*}) are replaced. The path
+// stays as configured (made absolute), so that the watcher follows a
+// symbolic link that is later pointed elsewhere (a Kubernetes ConfigMap, a
+// `ln -sfn` deploy); the store key goes through the links, so that two
+// spellings of one file share one store.
+func keyFilePath(configured string) (path, poolKey string, err error) {
+	replaced := caddy.NewReplacer().ReplaceAll(configured, "")
+	if replaced == "" {
+		return "", "", fmt.Errorf("keys_file %q is empty once its placeholders are replaced", configured)
 	}
+	if path, err = filepath.Abs(replaced); err != nil {
+		return "", "", fmt.Errorf("keys_file: %v", err)
+	}
+	poolKey = path
 	if real, err := filepath.EvalSymlinks(path); err == nil {
-		path = real
+		poolKey = real
 	}
-	return path, nil
+	return path, poolKey, nil
 }
 
 // durationSetting maps a configured duration to its effective value:

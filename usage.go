@@ -104,16 +104,16 @@ type storeSettings struct {
 
 // storeLease is one handler's use of a key file's store.
 type storeLease struct {
-	store *keyStore
-	path  string
-	id    uint64
+	store   *keyStore
+	poolKey string
+	id      uint64
 }
 
-// acquireStore returns a lease on the store of the key file at path,
-// creating and loading the store if no handler in this process uses that
-// file yet. The caller must release the lease in its Cleanup.
-func acquireStore(path string, settings storeSettings) (*storeLease, error) {
-	val, loaded, err := stores.LoadOrNew(path, func() (caddy.Destructor, error) {
+// acquireStore returns a lease on the store of the key file at path (whose
+// real path, through symbolic links, is poolKey), creating and loading the
+// store if no handler in this process uses that file yet. The caller must release the lease in its Cleanup.
+func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, error) {
+	val, loaded, err := stores.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		s := newKeyStore(path, nil)
 		if err := s.reload(true); err != nil {
 			return nil, err
@@ -129,7 +129,7 @@ func acquireStore(path string, settings storeSettings) (*storeLease, error) {
 		// A config (re)load re-reads a changed file at once and fails on a
 		// broken one, as the first load does, even when watching is off.
 		if err := s.reload(true); err != nil {
-			_, _ = stores.Delete(path)
+			_, _ = stores.Delete(poolKey)
 			return nil, err
 		}
 	}
@@ -138,7 +138,7 @@ func acquireStore(path string, settings storeSettings) (*storeLease, error) {
 		s.leases = make(map[uint64]storeSettings)
 	}
 	s.nextLease++
-	lease := &storeLease{store: s, path: path, id: s.nextLease}
+	lease := &storeLease{store: s, poolKey: poolKey, id: s.nextLease}
 	s.leases[lease.id] = settings
 	s.leasesMu.Unlock()
 	s.applyLeases()
@@ -156,7 +156,7 @@ func (l *storeLease) release() {
 	delete(s.leases, l.id)
 	s.leasesMu.Unlock()
 	s.applyLeases()
-	_, _ = stores.Delete(l.path)
+	_, _ = stores.Delete(l.poolKey)
 }
 
 // applyLeases derives the store's settings from its handlers': for each

@@ -389,11 +389,11 @@ func TestReloadCarriesUsageAcrossKeySets(t *testing.T) {
 func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	k := newTestKey("k", nil)
 	path := writeKeys(t, "", k)
-	l1, err := acquireStore(path, storeSettings{usageInterval: time.Hour, reloadInterval: time.Second})
+	l1, err := acquireStore(path, path, storeSettings{usageInterval: time.Hour, reloadInterval: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l2, err := acquireStore(path, storeSettings{usageInterval: 2 * time.Hour, reloadInterval: -1})
+	l2, err := acquireStore(path, path, storeSettings{usageInterval: 2 * time.Hour, reloadInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -478,5 +478,59 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 	}
 	if k, _ := s.current().lookup(b.Raw); k == nil || !k.revoked {
 		t.Fatal("the revocation is not in force")
+	}
+}
+
+// A key file reached through a symbolic link that is later pointed at a
+// new folder (a Kubernetes ConfigMap, an `ln -sfn` deploy) is followed.
+func TestReloadFollowsASwappedSymlink(t *testing.T) {
+	dir := t.TempDir()
+	a, b := newTestKey("a", nil), newTestKey("b", nil)
+	for name, key := range map[string]testKey{"v1": a, "v2": b} {
+		if err := os.Mkdir(filepath.Join(dir, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		writeKeys(t, filepath.Join(dir, name, "keys.json"), key)
+	}
+	if err := os.Symlink("v1", filepath.Join(dir, "current")); err != nil {
+		t.Fatal(err)
+	}
+	path, poolKey, err := keyFilePath(filepath.Join(dir, "current", "keys.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != filepath.Join(dir, "current", "keys.json") || poolKey != filepath.Join(dir, "v1", "keys.json") {
+		t.Fatalf("keyFilePath = %q, %q", path, poolKey)
+	}
+	s, _, _ := newTestStore(t, path, -1)
+
+	// Swap the link atomically, then remove the old version.
+	if err := os.Symlink("v2", filepath.Join(dir, "next")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "next"), filepath.Join(dir, "current")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "v1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.reload(false); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := s.current().lookup(b.Raw); k == nil {
+		t.Fatal("the new version behind the link is not in force")
+	}
+	if k, _ := s.current().lookup(a.Raw); k != nil {
+		t.Fatal("the old version is still in force")
+	}
+}
+
+func TestKeyFilePathPlaceholders(t *testing.T) {
+	t.Setenv("APIKEY_TEST_KEYS_DIR", "/srv/keys")
+	if path, _, err := keyFilePath("{env.APIKEY_TEST_KEYS_DIR}/keys.json"); err != nil || path != "/srv/keys/keys.json" {
+		t.Fatalf("keyFilePath = %q, %v", path, err)
+	}
+	if _, _, err := keyFilePath("{env.APIKEY_TEST_SURELY_UNSET}"); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("an unset variable as the whole path gave %v, want an error saying it is empty", err)
 	}
 }

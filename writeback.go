@@ -411,8 +411,11 @@ func updateKeyFileStat(path string, create bool, edit func(*keyDoc) error) (keyF
 
 	for attempt := 1; ; attempt++ {
 		w, err := editKeyFileOnce(path, create, edit)
-		if !errors.Is(err, errChangedMeanwhile) || attempt == 3 {
+		switch {
+		case !errors.Is(err, errChangedMeanwhile):
 			return w, err
+		case attempt == 3:
+			return w, fmt.Errorf("writing key file %s: %w", path, err)
 		}
 	}
 }
