@@ -54,25 +54,6 @@ func (o *object) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-func (o object) MarshalJSON() ([]byte, error) {
-	var buf bytes.Buffer
-	buf.WriteByte('{')
-	for i, m := range o {
-		if i > 0 {
-			buf.WriteByte(',')
-		}
-		name, err := json.Marshal(m.Name)
-		if err != nil {
-			return nil, err
-		}
-		buf.Write(name)
-		buf.WriteByte(':')
-		buf.Write(m.Value)
-	}
-	buf.WriteByte('}')
-	return buf.Bytes(), nil
-}
-
 // get returns the raw value of member name, or nil.
 func (o object) get(name string) json.RawMessage {
 	for _, m := range o {
