@@ -157,10 +157,7 @@ func parseRecordsChecked(data []byte) ([]Record, error) {
 	}
 	records := make([]Record, len(rawRecords))
 	for i, raw := range rawRecords {
-		var members object
-		if err := json.Unmarshal(raw, &members); err != nil {
-			return nil, fmt.Errorf("record %d: %w", i+1, err)
-		}
+		members := splitObject(raw) // raw is valid JSON: splitRecords checked it
 		if err := checkMemberNames(members, recordFields...); err != nil {
 			if id := members.getString("id"); id != "" {
 				return nil, fmt.Errorf("record %d (id %q): %w", i+1, id, err)
@@ -614,10 +611,7 @@ func splitRecords(data []byte) ([]json.RawMessage, error) {
 		if err := json.Unmarshal(data, new(any)); err != nil {
 			return nil, describeJSONError(data, err) // with line and column
 		}
-		var top object
-		if err := json.Unmarshal(data, &top); err != nil {
-			return nil, err
-		}
+		top := splitObject(data) // valid JSON, just checked
 		if err := checkMemberNames(top, "api_keys"); err != nil {
 			return nil, err
 		}

@@ -28,32 +28,6 @@ type member struct {
 // object is a JSON object that keeps its members' order and unknown members.
 type object []member
 
-func (o *object) UnmarshalJSON(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return errors.New("not a JSON object")
-	}
-	var out object
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		var value json.RawMessage
-		if err := dec.Decode(&value); err != nil {
-			return err
-		}
-		out = append(out, member{Name: tok.(string), Value: value})
-	}
-	*o = out
-	return nil
-}
-
 // get returns the raw value of member name, or nil.
 func (o object) get(name string) json.RawMessage {
 	for _, m := range o {
