@@ -306,8 +306,8 @@ func normalizeScopes(in []string) ([]string, error) {
 	for _, arg := range in {
 		for s := range strings.SplitSeq(arg, ",") {
 			s = strings.TrimSpace(s)
-			if s == "" || strings.ContainsAny(s, " \t\r\n") {
-				return nil, fmt.Errorf("--scope %q: a scope must be non-empty, without spaces or commas", arg)
+			if err := checkScope(s); err != nil {
+				return nil, fmt.Errorf("--scope %q: %v", arg, err)
 			}
 			if !slices.Contains(out, s) {
 				out = append(out, s)

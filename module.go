@@ -155,8 +155,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.Realm = "restricted"
 	}
 	for _, s := range h.Scopes {
-		if s == "" || strings.ContainsAny(s, ", \t\r\n") {
-			return fmt.Errorf("scope %q must be non-empty, without spaces or commas", s)
+		if err := checkScope(s); err != nil {
+			return err
 		}
 	}
 	h.prepareResponses()

@@ -724,8 +724,8 @@ func buildKeySet(records []Record) (*keySet, error) {
 			k.revoked = true
 		}
 		for _, s := range rec.Scopes {
-			if s == "" || strings.ContainsAny(s, ", \t\r\n") {
-				return nil, fmt.Errorf("record %d (id %q): scope %q must be non-empty, without spaces or commas", n, rec.ID, s)
+			if err := checkScope(s); err != nil {
+				return nil, fmt.Errorf("record %d (id %q): %v", n, rec.ID, err)
 			}
 		}
 		if len(rec.Scopes) > 0 {
@@ -748,6 +748,16 @@ func unixNanoClamped(t time.Time) int64 {
 		return math.MaxInt64
 	}
 	return t.UnixNano()
+}
+
+// checkScope rejects a scope that could not be told apart in
+// {http.auth.user.scopes} (comma-joined) or in the Caddyfile: empty, or with
+// a comma or white space.
+func checkScope(s string) error {
+	if s == "" || strings.ContainsAny(s, ", \t\r\n") {
+		return fmt.Errorf("scope %q must be non-empty, without spaces or commas", s)
+	}
+	return nil
 }
 
 // decodeKeyHash parses a key_hash: 64 hexadecimal digits.
