@@ -317,15 +317,14 @@ func normalizeScopes(in []string) ([]string, error) {
 	return out, nil
 }
 
-// keyStatus is the state of a key at a given time.
-func keyStatus(rec *Record, now time.Time) string {
-	if rec.RevokedAt != nil {
+// keyStatus is the state of a key at a given time, by the handler's own
+// rules, so that list and the handler never disagree.
+func keyStatus(k *Key, now time.Time) string {
+	switch {
+	case k.revoked:
 		return "revoked"
-	}
-	if rec.ExpiresAt != nil {
-		if t, err := parseTimestamp(*rec.ExpiresAt); err == nil && !now.Before(t) {
-			return "expired"
-		}
+	case k.expired(now.UnixNano()):
+		return "expired"
 	}
 	return "active"
 }
@@ -346,29 +345,31 @@ type listedKey struct {
 
 // readRecords reads and validates a key file without taking its lock: the
 // file is always replaced whole, so a reader sees one version or another.
-func readRecords(path string) ([]Record, error) {
+// It validates the file as the handler does, so that a file list shows is
+// one the handler loads, and returns the records with their keys (in the
+// same order).
+func readRecords(path string) ([]Record, *keySet, error) {
 	if path == "" {
-		return nil, errors.New("--file is required")
+		return nil, nil, errors.New("--file is required")
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("reading key file: %w", err)
-	}
-	// Validate as the handler does, so that a file list shows is one the
-	// handler loads.
-	if _, err := parseKeySet(data); err != nil {
-		return nil, &KeyFileError{Path: path, Err: err}
+		return nil, nil, fmt.Errorf("reading key file: %w", err)
 	}
 	records, err := parseRecords(data)
 	if err != nil {
-		return nil, &KeyFileError{Path: path, Err: err}
+		return nil, nil, &KeyFileError{Path: path, Err: err}
 	}
-	return records, nil
+	ks, err := buildKeySet(records)
+	if err != nil {
+		return nil, nil, &KeyFileError{Path: path, Err: err}
+	}
+	return records, ks, nil
 }
 
 // listKeys writes the keys of a key file to w, as a table or as JSON.
 func listKeys(w io.Writer, path string, asJSON bool, now time.Time) error {
-	records, err := readRecords(path)
+	records, ks, err := readRecords(path)
 	if err != nil {
 		return err
 	}
@@ -380,7 +381,7 @@ func listKeys(w io.Writer, path string, asJSON bool, now time.Time) error {
 				ID: rec.ID, Label: rec.Label, KeyPrefix: rec.KeyPrefix,
 				CreatedAt: rec.CreatedAt, LastUsedAt: rec.LastUsedAt,
 				ExpiresAt: rec.ExpiresAt, RevokedAt: rec.RevokedAt,
-				Scopes: rec.Scopes, Status: keyStatus(rec, now),
+				Scopes: rec.Scopes, Status: keyStatus(&ks.keys[i], now),
 			}
 			if out[i].Scopes == nil {
 				out[i].Scopes = []string{}
@@ -402,7 +403,7 @@ func listKeys(w io.Writer, path string, asJSON bool, now time.Time) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			printable(rec.ID), printable(rec.Label), printable(rec.KeyPrefix),
 			displayTime(rec.CreatedAt, "-"), displayTime(rec.LastUsedAt, "never"),
-			displayTime(rec.ExpiresAt, "never"), printable(scopes), keyStatus(rec, now))
+			displayTime(rec.ExpiresAt, "never"), printable(scopes), keyStatus(&ks.keys[i], now))
 	}
 	return tw.Flush()
 }
