@@ -40,13 +40,13 @@ func benchRawKey(i int) string {
 
 // benchRecords returns n records in the reference application's shape
 // (every fourth one already used, none with lifecycle members).
-func benchRecords(n int) []Record {
-	recs := make([]Record, n)
+func benchRecords(n int) []docRecord {
+	recs := make([]docRecord, n)
 	created := "2026-11-25T20:14:31.123456+00:00"
 	used := "2026-11-26T08:02:11.654321+00:00"
 	for i := range recs {
 		raw := benchRawKey(i)
-		recs[i] = Record{
+		recs[i].record = record{
 			ID:        benchID(i),
 			Label:     "Key " + strconv.Itoa(i),
 			KeyHash:   hashKey(raw),
@@ -71,7 +71,11 @@ func benchID(i int) string {
 // benchKeyFile renders n records as the reference application writes its
 // key file: {"api_keys": [...]} indented by two spaces. It appends by hand
 // because json.MarshalIndent of a million records is slow to set up.
-func benchKeyFile(n int) []byte {
+func benchKeyFile(n int) []byte { return benchKeyFileLabeled(n, "Key %d") }
+
+// benchKeyFileLabeled is benchKeyFile with labels made by the format
+// label (a JSON string's contents, escapes allowed) from the key's number.
+func benchKeyFileLabeled(n int, label string) []byte {
 	var buf bytes.Buffer
 	buf.Grow(n * 290)
 	buf.WriteString("{\n  \"api_keys\": [")
@@ -87,7 +91,7 @@ func benchKeyFile(n int) []byte {
 		fmt.Fprintf(&buf, `
     {
       "id": "%s",
-      "label": "Key %d",
+      "label": "`+label+`",
       "key_hash": "%s",
       "key_prefix": "%s",
       "created_at": "2026-11-25T20:14:31.123456+00:00",
@@ -114,23 +118,12 @@ func benchKeySet(tb testing.TB, n int) *keySet {
 	return ks
 }
 
-// newBenchHandler sets up a Handler as Provision would with the default
-// credential sources, but on the in-memory key set ks instead of a file
-// (Provision needs a caddy.Context). Usage tracking is on; nothing flushes
-// it, and nothing needs to: a key is queued for writing once.
+// newBenchHandler sets up a Handler with the default credential sources,
+// as Provision would, but on the in-memory key set ks instead of a file.
+// Usage tracking is on; nothing flushes it, and nothing needs to: a key is
+// queued for writing once.
 func newBenchHandler(ks *keySet) *Handler {
-	h := &Handler{KeysFile: "bench-keys.json", Headers: defaultHeaders, Realm: "restricted"}
-	h.logger = zap.NewNop()
-	h.query = DefaultQueryParam
-	for _, hs := range h.Headers {
-		h.sources = append(h.sources, credentialSource{header: http.CanonicalHeaderKey(hs.Name), scheme: hs.Scheme})
-	}
-	h.prepareResponses()
-	s := newKeyStore("/nonexistent/bench-keys.json", zap.NewNop())
-	s.configure(storeSettings{usageInterval: defaultUsageInterval, reloadInterval: -1})
-	s.keys.Store(ks)
-	h.store = s
-	return h
+	return newMemoryHandler(&Handler{KeysFile: "bench-keys.json"}, ks)
 }
 
 // discardWriter is a ResponseWriter that keeps nothing. One is reused for
@@ -232,36 +225,46 @@ func BenchmarkServeHTTP(b *testing.B) {
 // the heap the loaded key set keeps per key.
 func BenchmarkLoadKeyFile(b *testing.B) {
 	for _, n := range []int{10_000, 100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
-			data := benchKeyFile(n)
-			b.SetBytes(int64(len(data)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			var perKey float64
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				var before runtime.MemStats
-				runtime.GC()
-				runtime.ReadMemStats(&before)
-				b.StartTimer()
-				ks, err := parseKeySet(data)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.StopTimer()
-				var after runtime.MemStats
-				runtime.GC()
-				runtime.ReadMemStats(&after)
-				if len(ks.keys) != n {
-					b.Fatalf("%d keys loaded, want %d", len(ks.keys), n)
-				}
-				perKey = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
-				runtime.KeepAlive(ks)
-				b.StartTimer()
-			}
-			b.ReportMetric(perKey, "B/key")
-		})
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) { benchLoad(b, n, benchKeyFile(n)) })
 	}
+	// Labels with escapes (as json.Marshal writes "R&D") and non-ASCII
+	// text (as Python's json.dump writes it): no slower than plain ones.
+	const n = 100_000
+	b.Run(fmt.Sprintf("escaped/keys=%d", n), func(b *testing.B) {
+		benchLoad(b, n, benchKeyFileLabeled(n, `R\u0026D K\u00e4se \"%d\"`))
+	})
+	b.Run(fmt.Sprintf("non-ascii/keys=%d", n), func(b *testing.B) {
+		benchLoad(b, n, benchKeyFileLabeled(n, "Käse für Ünïcødé %d"))
+	})
+}
+
+func benchLoad(b *testing.B, n int, data []byte) {
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	var perKey float64
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		var before runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		b.StartTimer()
+		ks, err := parseKeySet(data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if len(ks.keys) != n {
+			b.Fatalf("%d keys loaded, want %d", len(ks.keys), n)
+		}
+		perKey = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
+		runtime.KeepAlive(ks)
+		b.StartTimer()
+	}
+	b.ReportMetric(perKey, "B/key")
 }
 
 // BenchmarkUsageWrite measures one usage write of a 10 000-key file (a real
@@ -273,8 +276,8 @@ func BenchmarkUsageWrite(b *testing.B) {
 		b.Fatal(err)
 	}
 	s := newKeyStore(path, zap.NewNop())
-	s.configure(storeSettings{usageInterval: time.Minute, reloadInterval: -1})
-	if err := s.reload(true); err != nil {
+	setUsageInterval(s, time.Minute)
+	if err := s.load(); err != nil {
 		b.Fatal(err)
 	}
 	ks := s.current()
@@ -294,7 +297,7 @@ func BenchmarkUsageWrite(b *testing.B) {
 			s.markUsed(ks.byHash[sums[j]], sums[j], clock.UnixNano())
 		}
 		b.StartTimer()
-		s.flush(false)
+		s.writeUsage(false)
 	}
 	b.StopTimer()
 	if s.writeFailing || len(s.waiting) != 0 {

@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
 	"github.com/caddyserver/caddy/v2"
@@ -192,44 +193,27 @@ func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	var id string
-	err = updateKeyFile(opts.File, true, func(doc *keyDoc) error {
-		var err error
+	id := uuid.NewString()
+	_, err = createOrUpdateKeyFile(opts.File, func(doc *keyDoc) error {
 		// Check the id against the file as it is now, under the lock: a
 		// collision is next to impossible, but a duplicate id would make
 		// the whole file unloadable.
-		for {
-			if id, err = newUUID(); err != nil {
-				return err
-			}
-			if !slices.ContainsFunc(doc.records, func(rec object) bool { return rec.getString("id") == id }) {
-				break
-			}
+		for slices.ContainsFunc(doc.records, func(r docRecord) bool { return r.ID == id }) {
+			id = uuid.NewString()
 		}
 		// The reference application's members, in its order, then the
 		// optional ones only when they are given.
-		rec := object{}
-		set := func(name string, value any) {
-			if err == nil {
-				err = rec.set(name, value)
-			}
-		}
-		set("id", id)
-		set("label", label)
-		set("key_hash", hashKey(raw))
-		set("key_prefix", raw[:11])
-		set("created_at", formatTimestamp(now))
-		set("last_used_at", nil)
+		created := formatTimestamp(now)
+		rec := record{ID: id, Label: label, KeyHash: hashKey(raw), KeyPrefix: raw[:11], CreatedAt: &created, Scopes: scopes}
 		if expiresAt != nil {
-			set("expires_at", formatTimestamp(*expiresAt))
+			expires := formatTimestamp(*expiresAt)
+			rec.ExpiresAt = &expires
 		}
-		if len(scopes) > 0 {
-			set("scopes", scopes)
-		}
+		r, err := newDocRecord(rec)
 		if err != nil {
 			return err
 		}
-		doc.records = append(doc.records, rec)
+		doc.records = append(doc.records, r)
 		return nil
 	})
 	if err != nil {
@@ -265,17 +249,6 @@ func generateKey() (string, error) {
 		return "", fmt.Errorf("generating key: %w", err)
 	}
 	return "sk_" + base64.RawURLEncoding.EncodeToString(b), nil
-}
-
-// newUUID returns a random (version 4) UUID in its canonical form.
-func newUUID() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", fmt.Errorf("generating id: %w", err)
-	}
-	b[6] = b[6]&0x0f | 0x40 // version 4
-	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
 }
 
 // parseExpiry reads --expires: a duration from now (90d, 12h, 30m or any Go
@@ -319,7 +292,7 @@ func normalizeScopes(in []string) ([]string, error) {
 
 // keyStatus is the state of a key at a given time, by the handler's own
 // rules, so that list and the handler never disagree.
-func keyStatus(k *Key, now time.Time) string {
+func keyStatus(k *key, now time.Time) string {
 	switch {
 	case k.revoked:
 		return "revoked"
@@ -348,23 +321,19 @@ type listedKey struct {
 // It validates the file as the handler does, so that a file list shows is
 // one the handler loads, and returns the records with their keys (in the
 // same order).
-func readRecords(path string) ([]Record, *keySet, error) {
+func readRecords(path string) ([]docRecord, *keySet, error) {
 	if path == "" {
 		return nil, nil, errors.New("--file is required")
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading key file: %w", err)
+		return nil, nil, &keyFileError{path: path, err: err}
 	}
-	records, err := parseRecords(data)
+	doc, ks, err := parseKeyFile(data)
 	if err != nil {
-		return nil, nil, &KeyFileError{Path: path, Err: err}
+		return nil, nil, &keyFileError{path: path, err: err}
 	}
-	ks, err := buildKeySet(records)
-	if err != nil {
-		return nil, nil, &KeyFileError{Path: path, Err: err}
-	}
-	return records, ks, nil
+	return doc.records, ks, nil
 }
 
 // listKeys writes the keys of a key file to w, as a table or as JSON.
@@ -447,10 +416,10 @@ func revokeKey(w io.Writer, path, ref string, now time.Time) error {
 		return errors.New("name the key to revoke by its id or key_prefix")
 	}
 	var (
-		revoked        object
+		revoked        record
 		alreadyRevoked string
 	)
-	err := updateKeyFile(path, false, func(doc *keyDoc) error {
+	_, err := updateKeyFile(path, func(doc *keyDoc) error {
 		matches := matchRecords(doc.records, ref)
 		switch len(matches) {
 		case 0:
@@ -460,28 +429,24 @@ func revokeKey(w io.Writer, path, ref string, now time.Time) error {
 			var b strings.Builder
 			fmt.Fprintf(&b, "%q matches %d keys in %s; give the full id of one of them:", ref, len(matches), path)
 			for _, rec := range matches {
-				fmt.Fprintf(&b, "\n  %s  %s  %s", printable(rec.getString("id")), printable(rec.getString("key_prefix")), printable(rec.getString("label")))
+				fmt.Fprintf(&b, "\n  %s  %s  %s", printable(rec.ID), printable(rec.KeyPrefix), printable(rec.Label))
 			}
 			return errors.New(b.String())
 		}
 		rec := matches[0]
-		revoked = *rec
-		if at := rec.getString("revoked_at"); at != "" {
+		revoked = rec.record
+		if rec.RevokedAt != nil {
 			// Keep the first revocation time: it is the one that matters
 			// for an audit.
-			alreadyRevoked = at
+			alreadyRevoked = *rec.RevokedAt
 			return errNoChange
 		}
-		if err := rec.set("revoked_at", formatTimestamp(now)); err != nil {
-			return err
-		}
-		revoked = *rec
-		return nil
+		return rec.set("revoked_at", formatTimestamp(now))
 	})
 	if err != nil {
 		return err
 	}
-	id, label, prefix := printable(revoked.getString("id")), printable(revoked.getString("label")), printable(revoked.getString("key_prefix"))
+	id, label, prefix := printable(revoked.ID), printable(revoked.Label), printable(revoked.KeyPrefix)
 	if alreadyRevoked != "" {
 		_, err = fmt.Fprintf(w, "Key %s %q (%s) was already revoked at %s; nothing changed.\n", id, label, prefix, alreadyRevoked)
 		return err
@@ -492,15 +457,14 @@ func revokeKey(w io.Writer, path, ref string, now time.Time) error {
 
 // matchRecords returns the records that ref names. A full id names its
 // record alone, even if it is also a prefix of another id.
-func matchRecords(records []object, ref string) []*object {
-	var exact, partial []*object
+func matchRecords(records []docRecord, ref string) []*docRecord {
+	var exact, partial []*docRecord
 	for i := range records {
 		rec := &records[i]
-		id := rec.getString("id")
-		switch {
+		switch id := rec.ID; {
 		case strings.EqualFold(id, ref):
 			exact = append(exact, rec)
-		case rec.getString("key_prefix") == ref,
+		case rec.KeyPrefix == ref,
 			len(ref) >= minIDPrefix && len(id) > len(ref) && strings.EqualFold(id[:len(ref)], ref):
 			partial = append(partial, rec)
 		}

@@ -53,32 +53,29 @@ func mustAdd(t testing.TB, path string, opts addOptions) string {
 
 // fileRecords reads the key file at path as the handler does and returns its
 // records, failing the test if the handler would refuse the file.
-func fileRecords(t testing.TB, path string) []Record {
+func fileRecords(t testing.TB, path string) []record {
 	t.Helper()
 	if _, err := readKeySet(path); err != nil {
 		t.Fatalf("key file no longer loads: %v", err)
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	recs, err := parseRecords(data)
-	if err != nil {
-		t.Fatal(err)
+	recs := make([]record, 0)
+	for _, r := range readKeyDoc(t, path).records {
+		recs = append(recs, r.record)
 	}
 	return recs
 }
 
 // fileObjects reads the key file at path with member order.
-func fileObjects(t testing.TB, path string) *keyDoc {
+func fileObjects(t testing.TB, path string) (doc struct {
+	top     object
+	records []object
+}) {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	doc, err := parseKeyDoc(data)
-	if err != nil {
-		t.Fatal(err)
+	kd := readKeyDoc(t, path)
+	doc.top = kd.top
+	for _, r := range kd.records {
+		r.split()
+		doc.records = append(doc.records, r.members)
 	}
 	return doc
 }
@@ -86,7 +83,7 @@ func fileObjects(t testing.TB, path string) *keyDoc {
 func memberNames(o object) []string {
 	names := make([]string, len(o))
 	for i, m := range o {
-		names[i] = m.Name
+		names[i] = m.name
 	}
 	return names
 }
@@ -230,14 +227,14 @@ func mustJSON(t testing.TB, v any) string {
 func TestCommandAddBareArrayFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	k := newTestKey("old", nil)
-	writeFile(t, path, "["+mustJSON(t, k.Record)+"]")
+	writeFile(t, path, "["+mustJSON(t, k.record)+"]")
 	raw := mustAdd(t, path, addOptions{Label: "new"})
 	data := readFile(t, path)
 	if !strings.HasPrefix(strings.TrimSpace(data), "[") {
 		t.Fatalf("a bare-array key file was turned into another shape:\n%s", data)
 	}
 	recs := fileRecords(t, path)
-	if len(recs) != 2 || recs[0].ID != k.Record["id"] || recs[1].KeyHash != hashKey(raw) {
+	if len(recs) != 2 || recs[0].ID != k.record["id"] || recs[1].KeyHash != hashKey(raw) {
 		t.Fatalf("records = %+v", recs)
 	}
 }
@@ -320,7 +317,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 	for name, content := range map[string]string{
 		"bad JSON":     "{\"api_keys\": [\n  {\"id\": \"a\",}\n]}\n",
 		"bad hash":     `{"api_keys": [{"id": "a", "label": "x", "key_hash": "abc", "key_prefix": "sk_x"}]}`,
-		"duplicate id": `{"api_keys": [` + mustJSON(t, k.Record) + `,` + mustJSON(t, newTestKey("b", map[string]any{"id": k.Record["id"]}).Record) + `]}`,
+		"duplicate id": `{"api_keys": [` + mustJSON(t, k.record) + `,` + mustJSON(t, newTestKey("b", map[string]any{"id": k.record["id"]}).record) + `]}`,
 		"empty":        "",
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -329,18 +326,18 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			var out, errOut bytes.Buffer
 
 			err := addKey(&out, &errOut, addOptions{File: path, Label: "x"}, cmdNow)
-			var kfe *KeyFileError
+			var kfe *keyFileError
 			if !errors.As(err, &kfe) || !strings.Contains(err.Error(), path) {
-				t.Errorf("add: error = %v, want a KeyFileError naming the file", err)
+				t.Errorf("add: error = %v, want a keyFileError naming the file", err)
 			}
 			if out.Len() != 0 {
 				t.Errorf("add printed a key for a file it did not write: %q", out.String())
 			}
-			if err := revokeKey(&out, path, k.Record["id"].(string), cmdNow); !errors.As(err, &kfe) {
-				t.Errorf("revoke: error = %v, want a KeyFileError", err)
+			if err := revokeKey(&out, path, k.record["id"].(string), cmdNow); !errors.As(err, &kfe) {
+				t.Errorf("revoke: error = %v, want a keyFileError", err)
 			}
 			if err := listKeys(&out, path, false, cmdNow); !errors.As(err, &kfe) {
-				t.Errorf("list: error = %v, want a KeyFileError", err)
+				t.Errorf("list: error = %v, want a keyFileError", err)
 			}
 			if got := readFile(t, path); got != content {
 				t.Errorf("the broken file was changed to:\n%s", got)
@@ -410,7 +407,7 @@ func TestCommandListTable(t *testing.T) {
 	wantStatus := []string{"active", "expired", "revoked", "active"}
 	for i, k := range keys {
 		row := lines[i+1]
-		for _, want := range []string{k.Record["id"].(string), k.Record["key_prefix"].(string), "2026-11-25T20:14:31Z"} {
+		for _, want := range []string{k.record["id"].(string), k.record["key_prefix"].(string), "2026-11-25T20:14:31Z"} {
 			if !strings.Contains(row, want) {
 				t.Errorf("row %d does not show %q: %q", i+1, want, row)
 			}
@@ -418,7 +415,7 @@ func TestCommandListTable(t *testing.T) {
 		if !strings.HasSuffix(row, wantStatus[i]) {
 			t.Errorf("row %d: want status %s: %q", i+1, wantStatus[i], row)
 		}
-		if strings.Contains(text, k.Record["key_hash"].(string)) || strings.Contains(text, k.Raw) {
+		if strings.Contains(text, k.record["key_hash"].(string)) || strings.Contains(text, k.Raw) {
 			t.Error("list shows a key hash or a raw key")
 		}
 	}
@@ -448,13 +445,13 @@ func TestCommandListJSON(t *testing.T) {
 		if _, ok := got["key_hash"]; ok {
 			t.Errorf("entry %d shows key_hash", i)
 		}
-		if got["id"] != k.Record["id"] || got["label"] != k.Record["label"] || got["key_prefix"] != k.Record["key_prefix"] {
+		if got["id"] != k.record["id"] || got["label"] != k.record["label"] || got["key_prefix"] != k.record["key_prefix"] {
 			t.Errorf("entry %d = %v, want the record's id, label and prefix", i, got)
 		}
 		if got["status"] != wantStatus[i] {
 			t.Errorf("entry %d status = %v, want %s", i, got["status"], wantStatus[i])
 		}
-		if got["created_at"] != k.Record["created_at"] {
+		if got["created_at"] != k.record["created_at"] {
 			t.Errorf("entry %d created_at = %v, want the stored value", i, got["created_at"])
 		}
 		for _, member := range []string{"last_used_at", "expires_at", "revoked_at", "scopes"} {
@@ -521,13 +518,13 @@ func TestCommandRevoke(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, k := range keys {
-				got := revokedAt(t, path, k.Record["id"].(string))
-				if k.Record["id"] == tc.wantID {
+				got := revokedAt(t, path, k.record["id"].(string))
+				if k.record["id"] == tc.wantID {
 					if got == nil || *got != formatTimestamp(cmdNow) {
 						t.Errorf("revoked_at = %v, want %s", got, formatTimestamp(cmdNow))
 					}
 				} else if got != nil {
-					t.Errorf("key %s was revoked too", k.Record["label"])
+					t.Errorf("key %s was revoked too", k.record["label"])
 				}
 			}
 			if !strings.Contains(out.String(), tc.wantID) {
@@ -599,7 +596,7 @@ func TestCommandRevokeRefusals(t *testing.T) {
 // an audit needs.
 func TestCommandRevokeTwice(t *testing.T) {
 	path, keys := revokeFixture(t)
-	id := keys[0].Record["id"].(string)
+	id := keys[0].record["id"].(string)
 	var out bytes.Buffer
 	if err := revokeKey(&out, path, id, cmdNow); err != nil {
 		t.Fatal(err)
@@ -622,7 +619,7 @@ func TestCommandRevokeTwice(t *testing.T) {
 func TestCommandsKeepUnknownMembers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	k := newTestKey("old", nil)
-	rec, err := json.Marshal(k.Record)
+	rec, err := json.Marshal(k.record)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -632,7 +629,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`], "meta": {"owner": "platform"}}`)
 
 	raw := mustAdd(t, path, addOptions{Label: "new"})
-	if err := revokeKey(new(bytes.Buffer), path, k.Record["id"].(string), cmdNow); err != nil {
+	if err := revokeKey(new(bytes.Buffer), path, k.record["id"].(string), cmdNow); err != nil {
 		t.Fatal(err)
 	}
 
@@ -788,7 +785,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	path := writeKeys(t, "", base...)
 
 	store := newKeyStore(path, zap.NewNop())
-	if err := store.reload(true); err != nil {
+	if err := store.load(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -815,7 +812,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	for i := range revoked {
 		wg.Go(func() {
-			if err := revokeKey(new(bytes.Buffer), path, base[i].Record["id"].(string), time.Now()); err != nil {
+			if err := revokeKey(new(bytes.Buffer), path, base[i].record["id"].(string), time.Now()); err != nil {
 				errs <- fmt.Errorf("revoke: %w", err)
 			}
 		})
@@ -831,13 +828,13 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 			for _, k := range base {
 				key, sum := ks.lookup(k.Raw)
 				if key == nil {
-					errs <- fmt.Errorf("tick %d: base key %s vanished from the key set", tick, k.Record["label"])
+					errs <- fmt.Errorf("tick %d: base key %s vanished from the key set", tick, k.record["label"])
 					return
 				}
 				store.markUsed(key, sum, used.UnixNano())
 			}
-			store.flush(true)
-			if err := store.reload(true); err != nil {
+			store.writeUsage(true)
+			if err := store.load(); err != nil {
 				errs <- fmt.Errorf("tick %d: the key file does not load: %w", tick, err)
 				return
 			}
@@ -857,7 +854,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	if want := baseKeys + adders*addsEach; len(recs) != want {
 		t.Fatalf("%d records in the file, want %d", len(recs), want)
 	}
-	byHash := make(map[string]Record, len(recs))
+	byHash := make(map[string]record, len(recs))
 	for _, rec := range recs {
 		byHash[rec.KeyHash] = rec
 	}
@@ -876,7 +873,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	wantUsed := formatTimestamp(lastUsed)
 	for i, k := range base {
-		rec := byHash[k.Record["key_hash"].(string)]
+		rec := byHash[k.record["key_hash"].(string)]
 		if (rec.RevokedAt != nil) != (i < revoked) {
 			t.Errorf("base key %d: revoked_at = %v, want revoked: %v", i, rec.RevokedAt, i < revoked)
 		}

@@ -120,11 +120,11 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 					fiveXX.Add(1)
 				}
 				if resp.StatusCode == http.StatusOK {
-					okByKey.Store(k.Raw, k.Record["id"])
+					okByKey.Store(k.Raw, k.record["id"])
 				}
 				if want := tl.expect(start, end); want != 0 && resp.StatusCode != want {
 					wrong.Add(1)
-					report(fmt.Sprintf("key %q: got %d, want %d", k.Record["label"], resp.StatusCode, want))
+					report(fmt.Sprintf("key %q: got %d, want %d", k.record["label"], resp.StatusCode, want))
 				}
 			}
 		}()
@@ -140,15 +140,10 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		timeline[added.Raw] = &keyTimeline{}
 		pool = append(pool, added)
 		keysMu.Unlock()
-		err := updateKeyFile(path, false, func(doc *keyDoc) error {
-			var rec object
-			for _, name := range []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at"} {
-				if err := rec.set(name, added.Record[name]); err != nil {
-					return err
-				}
-			}
+		_, err := updateKeyFile(path, func(doc *keyDoc) error {
+			rec, err := newDocRecord(added.rec())
 			doc.records = append(doc.records, rec)
-			return nil
+			return err
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -160,9 +155,9 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		if len(live) > 1 {
 			victim := live[0]
 			live = live[1:]
-			err := updateKeyFile(path, false, func(doc *keyDoc) error {
+			_, err := updateKeyFile(path, func(doc *keyDoc) error {
 				for i := range doc.records {
-					if doc.records[i].getString("id") == victim.Record["id"] {
+					if doc.records[i].ID == victim.record["id"] {
 						return doc.records[i].set("revoked_at", formatTimestamp(time.Now()))
 					}
 				}
@@ -391,7 +386,7 @@ func TestUsageWriteOnFullDisk(t *testing.T) {
 	if len(recs) != len(keys) {
 		t.Fatalf("%d keys in the file, want %d", len(recs), len(keys))
 	}
-	if recs[keys[7].Record["id"].(string)]["last_used_at"] == nil {
+	if recs[keys[7].record["id"].(string)]["last_used_at"] == nil {
 		t.Fatal("the use pending while the disk was full was not written afterwards")
 	}
 	if len(before) == 0 {

@@ -31,10 +31,10 @@ func runFullDiskChild(arg string) {
 		fail("%v", err)
 	}
 	s := newKeyStore(path, zap.NewNop())
-	if err := s.reload(true); err != nil {
+	if err := s.load(); err != nil {
 		fail("%v", err)
 	}
-	s.configure(storeSettings{usageInterval: time.Minute, reloadInterval: -1})
+	setUsageInterval(s, time.Minute)
 
 	var old syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
@@ -49,7 +49,7 @@ func runFullDiskChild(arg string) {
 		fail("key not found")
 	}
 	s.markUsed(k, sum, time.Now().UnixNano())
-	s.flush(true)
+	s.writeUsage(true)
 	if w := s.writes.Load(); w != 0 {
 		fail("the write succeeded past the size limit")
 	}
@@ -71,7 +71,7 @@ func runFullDiskChild(arg string) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
 		fail("setrlimit: %v", err)
 	}
-	s.flush(false)
+	s.writeUsage(false)
 	if w := s.writes.Load(); w != 1 {
 		fail("%d writes once the disk had room, want 1", w)
 	}
@@ -92,7 +92,7 @@ func TestWritesKeepTheOwner(t *testing.T) {
 	if err := os.Chown(path, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	if err := updateKeyFile(path, false, func(doc *keyDoc) error {
+	if _, err := updateKeyFile(path, func(doc *keyDoc) error {
 		return doc.records[0].set("revoked_at", formatTimestamp(time.Now()))
 	}); err != nil {
 		t.Fatal(err)

@@ -113,8 +113,8 @@ func truncate(s string) string {
 func keyWithRaw(raw, label string, extra map[string]any) testKey {
 	k := newTestKey(label, extra)
 	k.Raw = raw
-	k.Record["key_hash"] = hashKey(raw)
-	k.Record["key_prefix"] = raw[:11]
+	k.record["key_hash"] = hashKey(raw)
+	k.record["key_prefix"] = raw[:11]
 	return k
 }
 
@@ -205,7 +205,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 	respond "{http.auth.user.id}|{http.auth.user.label}|{http.auth.user.key_prefix}"
 `)
 
-	ok := func(k testKey) string { return k.Record["id"].(string) }
+	ok := func(k testKey) string { return k.record["id"].(string) }
 	tests := []struct {
 		name   string
 		query  string
@@ -280,7 +280,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 				t.Fatalf("status %d, want 200; body %q", resp.StatusCode, truncate(body))
 			}
 			k := labels[tt.id]
-			want := tt.id + "|" + k.Record["label"].(string) + "|" + k.Raw[:11]
+			want := tt.id + "|" + k.record["label"].(string) + "|" + k.Raw[:11]
 			if body != want {
 				t.Errorf("body %q, want %q", body, want)
 			}
@@ -341,7 +341,7 @@ func TestIntegrationCustomSources(t *testing.T) {
 	}
 	respond "{http.auth.user.id}"
 `)
-	id := k.Record["id"].(string)
+	id := k.record["id"].(string)
 	const msg = "API key is required. Pass via X-Token header, authorization: Token header or ?token= query parameter."
 	for _, tt := range []struct {
 		name   string
@@ -419,7 +419,7 @@ func TestIntegrationOptionalScopeHide(t *testing.T) {
 		respond "hide [{http.request.header.X-Api-Key}] [{http.request.header.Authorization}] [{http.request.uri}]"
 	}
 `)
-	readerID, plainID := reader.Record["id"].(string), plain.Record["id"].(string)
+	readerID, plainID := reader.record["id"].(string), plain.record["id"].(string)
 
 	// optional: no key passes without a user (the placeholder is not
 	// set); a bad key is still refused.
@@ -486,7 +486,7 @@ func TestIntegrationHandleErrors(t *testing.T) {
 		{"unknown key", hdrs("X-Api-Key: sk_unknown_key_here"), 403, "403 INVALID_KEY|Invalid API key."},
 		{"expired key", hdrs("X-Api-Key: " + expired.Raw), 403, "403 KEY_EXPIRED|API key has expired."},
 		{"two keys", hdrs("X-Api-Key: sk_a", "X-Api-Key: sk_b"), 400, "400 AMBIGUOUS_KEY|More than one API key was sent; send exactly one."},
-		{"good key", hdrs("X-Api-Key: " + k.Raw), 200, "ok " + k.Record["id"].(string)},
+		{"good key", hdrs("X-Api-Key: " + k.Raw), 200, "ok " + k.record["id"].(string)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, body := send(t, "/", tt.header)
@@ -566,7 +566,7 @@ func TestIntegrationBrokenKeyFileFailsLoad(t *testing.T) {
 	respond "{http.auth.user.id}"
 `
 	loadCaddyfile(t, site)
-	id := good.Record["id"].(string)
+	id := good.record["id"].(string)
 
 	broken := filepath.Join(dir, "broken.json")
 	for _, tt := range []struct {

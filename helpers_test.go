@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -15,6 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
@@ -145,7 +150,7 @@ func siteURL(path string) string {
 // testKey is a key made for a test: its raw value and its record.
 type testKey struct {
 	Raw    string
-	Record map[string]any
+	record map[string]any
 }
 
 // newTestKey makes a key in the reference application's format. extra
@@ -167,13 +172,72 @@ func newTestKey(label string, extra map[string]any) testKey {
 	for k, v := range extra {
 		rec[k] = v
 	}
-	return testKey{Raw: raw, Record: rec}
+	return testKey{Raw: raw, record: rec}
 }
 
-func newTestID() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+func newTestID() string { return uuid.NewString() }
+
+// rec is the key's record, decoded.
+func (k testKey) rec() record {
+	var r record
+	data, err := json.Marshal(k.record)
+	if err == nil {
+		err = json.Unmarshal(data, &r)
+	}
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// readKeyDoc reads the key file at path as writers do.
+func readKeyDoc(t testing.TB, path string) *keyDoc {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := parseKeyDoc(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc
+}
+
+// object is the members of a JSON object in their order, for tests to look
+// into.
+type object []member
+
+// get returns member name's raw value, or nil.
+func (o object) get(name string) json.RawMessage {
+	for _, m := range o {
+		if m.name == name {
+			return m.value
+		}
+	}
+	return nil
+}
+
+// getString returns member name as a string; "" if absent, null or no string.
+func (o object) getString(name string) string {
+	var s string
+	_ = json.Unmarshal(o.get(name), &s)
+	return s
+}
+
+// MarshalJSON renders the object compactly, members in order.
+func (o object) MarshalJSON() ([]byte, error) {
+	b := []byte{'{'}
+	for i, m := range o {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendName(b, m.name)
+		b = append(b, m.value...)
+	}
+	var out bytes.Buffer
+	err := json.Compact(&out, append(b, '}'))
+	return out.Bytes(), err
 }
 
 // writeKeys writes a key file holding keys, as {"api_keys": [...]}, into a
@@ -185,7 +249,7 @@ func writeKeys(t testing.TB, path string, keys ...testKey) string {
 	}
 	recs := make([]map[string]any, len(keys))
 	for i, k := range keys {
-		recs[i] = k.Record
+		recs[i] = k.record
 	}
 	data, err := json.MarshalIndent(map[string]any{"api_keys": recs}, "", "  ")
 	if err != nil {
@@ -270,4 +334,41 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// setUsageInterval sets a store's usage interval as a handler's
+// usage_interval would (negative: off), with reloading off.
+func setUsageInterval(s *keyStore, d time.Duration) {
+	s.settings.Store(&storeSettings{
+		usage:  intervalSetting(caddy.Duration(d), defaultUsageInterval),
+		reload: interval{off: true},
+	})
+}
+
+// newMemoryHandler sets h up as Provision does (setup), but on the in-memory
+// key set ks instead of a key file's store, and with no logging.
+func newMemoryHandler(h *Handler, ks *keySet) *Handler {
+	if err := h.setup(); err != nil {
+		panic(err)
+	}
+	h.logger = zap.NewNop()
+	s := newKeyStore("/nonexistent/keys.json", zap.NewNop())
+	setUsageInterval(s, defaultUsageInterval)
+	s.keys.Store(ks)
+	h.store = s
+	return h
+}
+
+// mustBuildKeySet builds the key set of records, failing the test on an error.
+func mustBuildKeySet(t testing.TB, records ...record) *keySet {
+	t.Helper()
+	docs := make([]docRecord, len(records))
+	for i := range records {
+		docs[i].record = records[i]
+	}
+	ks, err := buildKeySet(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks
 }

@@ -9,6 +9,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // lockKeyFile takes an exclusive advisory lock (flock) that every writer of
@@ -36,17 +38,17 @@ func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) 
 	// A lock file made by root (sudo caddy apikey ...) must stay usable by
 	// the user Caddy runs as: give it the key file's owner.
 	if statErr == nil && os.Geteuid() == 0 {
-		if st, ok := keyFile.Sys().(*syscall.Stat_t); ok {
-			_ = f.Chown(int(st.Uid), int(st.Gid))
+		if uid, gid, ok := fileOwner(keyFile); ok {
+			_ = f.Chown(uid, gid)
 		}
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		if err == nil {
 			break
 		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
 			_ = f.Close()
 			return nil, fmt.Errorf("locking %s: %w", lockPath, err)
 		}
@@ -57,26 +59,16 @@ func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) 
 		time.Sleep(5 * time.Millisecond)
 	}
 	return func() {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
 		_ = f.Close()
 	}, nil
 }
 
-// keepOwner gives f, the new version of a key file, the owner and group of
-// like, the version it replaces, so that `sudo caddy apikey ...` does not
-// leave a key file that the user Caddy runs as can no longer read. Only
-// root can give a file away: anyone else becomes the owner of the new
-// version (as with any program that saves by rename) and keeps the group
-// where the system allows, which with the mode kept (0660, say) keeps the
-// file usable by its group.
-func keepOwner(f *os.File, like fs.FileInfo) error {
-	st, ok := like.Sys().(*syscall.Stat_t)
+// fileOwner returns the owner and group of a file.
+func fileOwner(fi fs.FileInfo) (uid, gid int, ok bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return nil
+		return 0, 0, false
 	}
-	if os.Geteuid() == 0 {
-		return f.Chown(int(st.Uid), int(st.Gid))
-	}
-	_ = f.Chown(-1, int(st.Gid))
-	return nil
+	return int(st.Uid), int(st.Gid), true
 }

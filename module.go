@@ -92,12 +92,13 @@ type Handler struct {
 	query   string
 	logger  *zap.Logger
 
-	// Refusals, built once at provision time.
-	authRequired *refusal
-	invalidKey   *refusal
-	keyExpired   *refusal
-	ambiguousKey *refusal
-	challenge    string // the WWW-Authenticate value of a 401
+	// Refusals, built once by setup.
+	authRequired  *refusal
+	invalidKey    *refusal
+	keyExpired    *refusal
+	ambiguousKey  *refusal
+	scopeRefusals []*refusal // one for each of Scopes
+	challenge     string     // the WWW-Authenticate value of a 401
 }
 
 // HeaderSource is a request header that may carry the key.
@@ -127,10 +128,32 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets up the handler: it loads the key file (shared with every
-// other handler that uses the same file) and prepares the responses.
+// Provision sets up the handler and takes a lease on the store of its key
+// file (shared with every other handler that uses the same file).
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := h.setup(); err != nil {
+		return err
+	}
+	path, poolKey, err := keyFilePath(h.KeysFile)
+	if err != nil {
+		return err
+	}
+	lease, err := acquireStore(path, poolKey, storeSettings{
+		usage:  intervalSetting(h.UsageInterval, defaultUsageInterval),
+		reload: intervalSetting(h.ReloadInterval, defaultReloadInterval),
+	})
+	if err != nil {
+		return err
+	}
+	h.lease, h.store = lease, lease.store
+	return nil
+}
+
+// setup checks the configuration and builds what the request path uses: the
+// credential sources and the refusals. It does no I/O and needs no Caddy
+// context, so tests, benchmarks and fuzz targets set a handler up with it.
+func (h *Handler) setup() error {
 	if h.KeysFile == "" {
 		return errors.New("keys_file is required")
 	}
@@ -154,30 +177,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Realm == "" {
 		h.Realm = "restricted"
 	}
+	h.scopeRefusals = h.scopeRefusals[:0]
 	for _, s := range h.Scopes {
 		if err := checkScope(s); err != nil {
 			return err
 		}
+		h.scopeRefusals = append(h.scopeRefusals, newRefusal(http.StatusForbidden, CodeInsufficientScope,
+			"API key lacks the required scope "+strconv.Quote(s)+"."))
 	}
-	h.prepareResponses()
-	if err := h.Validate(); err != nil {
-		return err // before the key file is loaded and watched for nothing
-	}
-
-	path, poolKey, err := keyFilePath(h.KeysFile)
-	if err != nil {
-		return err
-	}
-	settings := storeSettings{
-		usageInterval:  durationSetting(h.UsageInterval, defaultUsageInterval),
-		reloadInterval: durationSetting(h.ReloadInterval, defaultReloadInterval),
-	}
-	lease, err := acquireStore(path, poolKey, settings)
-	if err != nil {
-		return err
-	}
-	h.lease, h.store = lease, lease.store
-	return nil
+	h.authRequired = newRefusal(http.StatusUnauthorized, CodeAuthRequired, "API key is required. Pass via "+h.describeSources()+".")
+	h.invalidKey = newRefusal(http.StatusForbidden, CodeInvalidKey, "Invalid API key.")
+	h.keyExpired = newRefusal(http.StatusForbidden, CodeKeyExpired, "API key has expired.")
+	h.ambiguousKey = newRefusal(http.StatusBadRequest, CodeAmbiguousKey, "More than one API key was sent; send exactly one.")
+	h.challenge = `Bearer realm=` + strconv.Quote(h.Realm)
+	return h.Validate()
 }
 
 // keyFilePath turns the configured keys_file into the path to watch and
@@ -199,18 +212,6 @@ func keyFilePath(configured string) (path, poolKey string, err error) {
 		poolKey = real
 	}
 	return path, poolKey, nil
-}
-
-// durationSetting maps a configured duration to its effective value:
-// zero means the default, negative means off (-1).
-func durationSetting(d caddy.Duration, def time.Duration) time.Duration {
-	switch {
-	case d == 0:
-		return def
-	case d < 0:
-		return -1
-	}
-	return time.Duration(d)
 }
 
 // Validate checks the handler's configuration.
@@ -262,14 +263,6 @@ func newRefusal(status int, code, message string) *refusal {
 	return &refusal{status: status, code: code, message: message, body: body}
 }
 
-func (h *Handler) prepareResponses() {
-	h.authRequired = newRefusal(http.StatusUnauthorized, CodeAuthRequired, "API key is required. Pass via "+h.describeSources()+".")
-	h.invalidKey = newRefusal(http.StatusForbidden, CodeInvalidKey, "Invalid API key.")
-	h.keyExpired = newRefusal(http.StatusForbidden, CodeKeyExpired, "API key has expired.")
-	h.ambiguousKey = newRefusal(http.StatusBadRequest, CodeAmbiguousKey, "More than one API key was sent; send exactly one.")
-	h.challenge = `Bearer realm=` + strconv.Quote(h.Realm)
-}
-
 // describeSources names the enabled credential sources for the 401 message,
 // e.g. "Authorization: Bearer header, X-API-Key header or ?api_key= query
 // parameter".
@@ -316,10 +309,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if key.expired(now) {
 		return h.refuse(w, r, h.keyExpired, key)
 	}
-	for _, scope := range h.Scopes {
+	for i, scope := range h.Scopes {
 		if !key.hasScope(scope) {
-			return h.refuse(w, r, newRefusal(http.StatusForbidden, CodeInsufficientScope,
-				"API key lacks the required scope "+strconv.Quote(scope)+"."), key)
+			return h.refuse(w, r, h.scopeRefusals[i], key)
 		}
 	}
 
@@ -335,7 +327,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // refuse answers a request that may not pass. key is the key that was
 // presented, if it matched a record: it is logged by id, label and prefix;
 // the raw key never is.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *Key) error {
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *key) error {
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
 		fields := []zap.Field{zap.String("code", why.code), zap.String("remote_ip", r.RemoteAddr)}
 		if key != nil {

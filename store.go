@@ -1,795 +1,547 @@
 package apikey
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
+	"io/fs"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
-	"unsafe"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
-// Record is one API key as the key file stores it. The members are those
-// of the reference application's records, plus the optional lifecycle
-// members expires_at, revoked_at and scopes (absent means "no limit").
-// Members this type does not know are kept by the document type (keyDoc)
-// whenever the file is written back.
-type Record struct {
-	ID         string   `json:"id"`
-	Label      string   `json:"label"`
-	KeyHash    string   `json:"key_hash"`
-	KeyPrefix  string   `json:"key_prefix"`
-	CreatedAt  *string  `json:"created_at"`
-	LastUsedAt *string  `json:"last_used_at"`
-	ExpiresAt  *string  `json:"expires_at,omitempty"`
-	RevokedAt  *string  `json:"revoked_at,omitempty"`
-	Scopes     []string `json:"scopes,omitempty"`
+// stores holds one keyStore per key file (by real absolute path) for the whole
+// process, across config reloads: however many handlers use a file, there
+// is one key set in memory, one watcher and one usage writer for it.
+var stores = caddy.NewUsagePool()
+
+const (
+	defaultUsageInterval  = 15 * time.Minute
+	defaultReloadInterval = time.Second
+
+	// tickInterval is how often the watcher and the writer wake to see
+	// whether their interval has passed. It bounds how finely
+	// reload_interval and usage_interval are honoured.
+	tickInterval = 250 * time.Millisecond
+
+	// maxFlushPeriod bounds how long a first use waits to be written, and
+	// so how often a busy server rewrites its key file when new keys keep
+	// appearing: all keys that fall due within one period share one write.
+	maxFlushPeriod = 5 * time.Second
+
+	// usageResolution is how stale a key's in-memory last-used time may
+	// get. Updating it at most once a second keeps many cores from all
+	// writing the same cache line on every request.
+	usageResolution = int64(time.Second)
+
+	// waitLimit bounds how long a config load or unload waits for the
+	// store's goroutines to do what it asked of them (a strict reload, a
+	// last usage write). A hung disk or a lock held elsewhere must not
+	// hold up Caddy; the work goes on in the background.
+	waitLimit = 3 * time.Second
+)
+
+// interval is how often a store does a piece of background work.
+type interval struct {
+	every time.Duration
+	off   bool
 }
 
-// Key is the in-memory form of one usable record: what the request path
-// needs and nothing more, so that a million keys stay small.
-type Key struct {
-	ID     string
-	Label  string
-	Prefix string
-	Scopes []string
-
-	scopesJoined string
-	expires      bool  // the key has an expires_at
-	expiresAt    int64 // unix nanoseconds, clamped to int64 (see unixNanoClamped)
-	revoked      bool
-
-	// usage is created on first use, so keys that are never used cost
-	// nothing, and is carried over to the next key set when the file is
-	// reloaded.
-	usage atomic.Pointer[usageCell]
+// intervalSetting reads a handler's configured interval: zero means the
+// default, a negative value means off.
+func intervalSetting(d caddy.Duration, def time.Duration) interval {
+	switch {
+	case d == 0:
+		return interval{every: def}
+	case d < 0:
+		return interval{off: true}
+	}
+	return interval{every: time.Duration(d)}
 }
 
-// expired reports whether the key is past its expires_at at time now
-// (unix nanoseconds).
-func (k *Key) expired(now int64) bool {
-	return k.expires && now >= k.expiresAt
+// shorter returns the shorter of two intervals, off counting as longest.
+func (a interval) shorter(b interval) interval {
+	switch {
+	case a.off:
+		return b
+	case b.off:
+		return a
+	}
+	return interval{every: min(a.every, b.every)}
 }
 
-// hasScope reports whether the key holds scope s.
-func (k *Key) hasScope(s string) bool {
-	for _, have := range k.Scopes {
-		if have == s {
-			return true
-		}
-	}
-	return false
+// storeSettings are the per-file settings a handler asks for.
+type storeSettings struct {
+	usage  interval // how often at most a key's last use is written
+	reload interval // how often the file is checked for changes
 }
 
-// placeholder provides the {http.auth.user.*} placeholders of a request
-// authenticated with this key. Registering one provider per request (rather
-// than four replacer.Set calls) keeps the hot path to a single allocation.
-func (k *Key) placeholder(name string) (any, bool) {
-	switch name {
-	case "http.auth.user.id":
-		return k.ID, true
-	case "http.auth.user.label":
-		return k.Label, true
-	case "http.auth.user.key_prefix":
-		return k.Prefix, true
-	case "http.auth.user.scopes":
-		return k.scopesJoined, true
-	}
-	return nil, false
+// usageCell holds the last-used time of one key. Requests write lastUsed;
+// the writer goroutine owns the rest.
+type usageCell struct {
+	id   string
+	hash [sha256.Size]byte
+
+	lastUsed atomic.Int64 // unix nanoseconds of the latest use seen
+	queued   atomic.Bool  // already handed to the writer
+
+	persistedAt time.Time // when the writer last wrote this key
+	written     int64     // the lastUsed value last written
 }
 
-// keySet is an immutable snapshot of a key file. Requests read it through an
-// atomic pointer, so a reload swaps all keys at once.
-type keySet struct {
-	byHash map[[sha256.Size]byte]*Key
-	keys   []Key
+// keyStore is the live state of one key file: the key set in force, the
+// watcher that reloads it and the writer that persists last-used times.
+// Each runs in a goroutine of its own, so that a long write never delays a
+// reload, and each is the only one to do its work: a config load asks the
+// watcher for a reload, a config unload asks the writer for a write.
+type keyStore struct {
+	path     string
+	logger   *zap.Logger // nil: Caddy's current logger (see log)
+	now      func() time.Time
+	keys     atomic.Pointer[keySet]
+	settings atomic.Pointer[storeSettings]
+
+	// leases are the settings of the handlers that use this file, by
+	// lease id; the effective settings are derived from them.
+	leasesMu  sync.Mutex
+	leases    map[uint64]storeSettings
+	nextLease uint64
+
+	// incoming collects cells used since the writer last looked; a cell
+	// is appended once, when its queued flag goes up.
+	incomingMu sync.Mutex
+	incoming   []*usageCell
+
+	// The watcher's state.
+	loaded    fs.FileInfo // what the key set in force was read from
+	broken    fs.FileInfo // the last broken version read, not to parse it again
+	brokenErr error
+	reported  string // the problem last logged
+
+	// The writer's state.
+	waiting      map[*usageCell]struct{}
+	writeFailing bool
+	lastWrite    atomic.Pointer[keyFileWrite] // the writer's last write, for the watcher
+	writes       atomic.Int64                 // usage writes done, for tests
+
+	reloadNow chan chan error    // asks the watcher for a reload
+	flushNow  chan chan struct{} // asks the writer to write all pending uses
+	stop      chan struct{}
+	done      chan struct{} // closed when both goroutines have ended
+	stopOnce  sync.Once
 }
 
-// lookup finds the key whose SHA-256 matches the presented raw key: one hash
-// and one map probe, whatever the number of keys.
-func (ks *keySet) lookup(raw string) (*Key, [sha256.Size]byte) {
-	// Hash the string's bytes in place: Sum256 neither keeps nor changes
-	// them, and copying a header-sized key would cost an allocation.
-	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
-	return ks.byHash[sum], sum
+// storeLease is one handler's use of a key file's store.
+type storeLease struct {
+	store   *keyStore
+	poolKey string
+	id      uint64
 }
 
-// hashKey returns the key_hash of a raw key: lowercase SHA-256 hex.
-func hashKey(raw string) string {
-	sum := sha256.Sum256([]byte(raw))
-	return hex.EncodeToString(sum[:])
-}
-
-// KeyFileError is a problem with a key file's contents. It names the file
-// and, where it can, the record and the position in the file.
-type KeyFileError struct {
-	Path string
-	Err  error
-}
-
-func (e *KeyFileError) Error() string { return "key file " + e.Path + ": " + e.Err.Error() }
-func (e *KeyFileError) Unwrap() error { return e.Err }
-
-// readKeySet reads and validates a key file.
-func readKeySet(path string) (*keySet, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading key file: %w", err)
-	}
-	ks, err := parseKeySet(data)
-	if err != nil {
-		return nil, &KeyFileError{Path: path, Err: err}
-	}
-	return ks, nil
-}
-
-// parseKeySet decodes and validates the contents of a key file.
-func parseKeySet(data []byte) (*keySet, error) {
-	records, err := parseRecords(data)
-	if err != nil {
-		return nil, err
-	}
-	return buildKeySet(records)
-}
-
-// parseRecords decodes the records of a key file: the "api_keys" member of a
-// JSON object, or a bare JSON array of records.
-func parseRecords(data []byte) ([]Record, error) {
-	if records, ok := decodeRecordsFast(data); ok {
-		return records, nil
-	}
-	return parseRecordsChecked(data)
-}
-
-// parseRecordsChecked is parseRecords the slow way: it splits the file into
-// raw records first, so that any problem is reported with its record number.
-func parseRecordsChecked(data []byte) ([]Record, error) {
-	rawRecords, err := splitRecords(data)
-	if err != nil {
-		return nil, err
-	}
-	records := make([]Record, len(rawRecords))
-	for i, raw := range rawRecords {
-		members := splitObject(raw) // raw is valid JSON: splitRecords checked it
-		if err := checkMemberNames(members, recordFields...); err != nil {
-			if id := members.getString("id"); id != "" {
-				return nil, fmt.Errorf("record %d (id %q): %w", i+1, id, err)
-			}
-			return nil, fmt.Errorf("record %d: %w", i+1, err)
-		}
-		if err := json.Unmarshal(raw, &records[i]); err != nil {
-			// Unmarshal fills what it can, so the id is known unless it
-			// is itself the member of the wrong type.
-			if id := records[i].ID; id != "" {
-				return nil, fmt.Errorf("record %d (id %q): %w", i+1, id, describeJSONError(data, err))
-			}
-			return nil, fmt.Errorf("record %d: %w", i+1, describeJSONError(data, err))
-		}
-	}
-	return records, nil
-}
-
-// decodeRecordsFast decodes the records of a key file in the plain form
-// that the reference application and this plugin write, by hand and in one
-// pass: about five times faster than encoding/json, which matters for files
-// of 100 000 keys and more. It gives up (false) at the first thing outside
-// that plain form (escapes, control or non-UTF-8 bytes in strings, nested
-// values in unknown members, anything malformed), and parseRecords then
-// takes the checked path, which decodes with encoding/json and describes any
-// problem. Both paths return the same records for what the fast one accepts
-// (FuzzParseKeySet checks this).
-func decodeRecordsFast(data []byte) ([]Record, bool) {
-	d := plainDecoder{data: data}
-	var records []Record
-	d.space()
-	switch d.peek() {
-	case '[':
-		var ok bool
-		if records, ok = d.recordList(); !ok {
-			return nil, false
-		}
-	case '{':
-		d.pos++
-		d.space()
-		if d.peek() == '}' {
-			d.pos++
-			break
-		}
-		sawList := false
-		for {
-			name, ok := d.name()
-			if !ok {
-				return nil, false
-			}
-			// A name that is "api_keys" but for case, or a second
-			// "api_keys", is an error: the checked path reports it.
-			if name != "api_keys" && strings.EqualFold(name, "api_keys") {
-				return nil, false
-			}
-			if name == "api_keys" {
-				if sawList {
-					return nil, false
-				}
-				sawList = true
-			}
-			switch {
-			case name != "api_keys":
-				if !d.skipValue() {
-					return nil, false
-				}
-			case d.peek() == 'n':
-				if !d.literal("null") {
-					return nil, false
-				}
-				records = nil
-			default:
-				if records, ok = d.recordList(); !ok {
-					return nil, false
-				}
-			}
-			if !d.next('}') {
-				if d.done {
-					break
-				}
-				return nil, false
-			}
-		}
-	default:
-		return nil, false
-	}
-	d.space()
-	if d.pos != len(data) {
-		return nil, false
-	}
-	if records == nil {
-		records = []Record{}
-	}
-	return records, true
-}
-
-// plainDecoder reads the plain JSON of decodeRecordsFast.
-type plainDecoder struct {
-	data []byte
-	pos  int
-	done bool // next met the closing bracket
-}
-
-func (d *plainDecoder) peek() byte {
-	if d.pos < len(d.data) {
-		return d.data[d.pos]
-	}
-	return 0
-}
-
-func (d *plainDecoder) space() {
-	for d.pos < len(d.data) {
-		switch d.data[d.pos] {
-		case ' ', '\t', '\r', '\n':
-			d.pos++
-		default:
-			return
-		}
-	}
-}
-
-// next reads what follows a member or element: a comma (true, more to
-// come) or the closing bracket (false with done set). Anything else is
-// false with done unset.
-func (d *plainDecoder) next(closing byte) bool {
-	d.space()
-	d.done = false
-	switch d.peek() {
-	case ',':
-		d.pos++
-		d.space()
-		return true
-	case closing:
-		d.pos++
-		d.done = true
-	}
-	return false
-}
-
-func (d *plainDecoder) literal(lit string) bool {
-	if !bytes.HasPrefix(d.data[d.pos:], []byte(lit)) {
-		return false
-	}
-	d.pos += len(lit)
-	return true
-}
-
-// str reads a string without escapes, control bytes or invalid UTF-8.
-func (d *plainDecoder) str() (string, bool) {
-	if d.peek() != '"' {
-		return "", false
-	}
-	start := d.pos + 1
-	ascii := true
-	for i := start; i < len(d.data); i++ {
-		switch c := d.data[i]; {
-		case c == '"':
-			s := d.data[start:i]
-			if !ascii && !utf8.Valid(s) {
-				return "", false
-			}
-			d.pos = i + 1
-			return string(s), true
-		case c < 0x20 || c == '\\':
-			return "", false
-		case c >= utf8.RuneSelf:
-			ascii = false
-		}
-	}
-	return "", false
-}
-
-// name reads a member name and its colon.
-func (d *plainDecoder) name() (string, bool) {
-	name, ok := d.str()
-	if !ok {
-		return "", false
-	}
-	d.space()
-	if d.peek() != ':' {
-		return "", false
-	}
-	d.pos++
-	d.space()
-	return name, true
-}
-
-// strList reads a JSON array of strings; [] is an empty, non-nil list.
-func (d *plainDecoder) strList() ([]string, bool) {
-	d.pos++ // '['
-	d.space()
-	list := []string{}
-	if d.peek() == ']' {
-		d.pos++
-		return list, true
-	}
-	for {
-		s, ok := d.str()
-		if !ok {
-			return nil, false
-		}
-		list = append(list, s)
-		if !d.next(']') {
-			return list, d.done
-		}
-	}
-}
-
-// skipValue skips the value of a member this plugin does not read: a string,
-// null, true, false, a number or a list of strings. Anything else makes the
-// caller give up.
-func (d *plainDecoder) skipValue() bool {
-	switch c := d.peek(); {
-	case c == '"':
-		_, ok := d.str()
-		return ok
-	case c == '[':
-		_, ok := d.strList()
-		return ok
-	case c == 'n':
-		return d.literal("null")
-	case c == 't':
-		return d.literal("true")
-	case c == 'f':
-		return d.literal("false")
-	case c == '-' || ('0' <= c && c <= '9'):
-		return d.number()
-	}
-	return false
-}
-
-// number skips a JSON number: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-func (d *plainDecoder) number() bool {
-	if d.peek() == '-' {
-		d.pos++
-	}
-	switch c := d.peek(); {
-	case c == '0':
-		d.pos++
-	case '1' <= c && c <= '9':
-		d.digits()
-	default:
-		return false
-	}
-	if d.peek() == '.' {
-		d.pos++
-		if !d.digits() {
-			return false
-		}
-	}
-	if c := d.peek(); c == 'e' || c == 'E' {
-		d.pos++
-		if c := d.peek(); c == '+' || c == '-' {
-			d.pos++
-		}
-		if !d.digits() {
-			return false
-		}
-	}
-	return true
-}
-
-func (d *plainDecoder) digits() bool {
-	start := d.pos
-	for d.pos < len(d.data) && '0' <= d.data[d.pos] && d.data[d.pos] <= '9' {
-		d.pos++
-	}
-	return d.pos > start
-}
-
-// recordList reads a JSON array of record objects.
-func (d *plainDecoder) recordList() ([]Record, bool) {
-	if d.peek() != '[' {
-		return nil, false
-	}
-	d.pos++
-	d.space()
-	// Records take about 250 bytes of a file: guess the count from the
-	// rest of it, to save most of the slice's regrowth.
-	records := make([]Record, 0, min((len(d.data)-d.pos)/256+1, 1<<16))
-	if d.peek() == ']' {
-		d.pos++
-		return records, true
-	}
-	for {
-		records = append(records, Record{})
-		if !d.record(&records[len(records)-1]) {
-			return nil, false
-		}
-		if !d.next(']') {
-			return records, d.done
-		}
-	}
-}
-
-// record reads one record object into rec, which is zero.
-func (d *plainDecoder) record(rec *Record) bool {
-	if d.peek() != '{' {
-		return false
-	}
-	d.pos++
-	d.space()
-	if d.peek() == '}' {
-		d.pos++
-		return true
-	}
-	var seen uint16 // the known members read so far, by recordFields index
-	for {
-		name, ok := d.name()
-		if !ok {
-			return false
-		}
-		field := recordField(name)
-		if field < 0 {
-			return false // a known name but for case: the checked path reports it
-		}
-		if field < len(recordFields) {
-			if seen&(1<<field) != 0 {
-				return false // repeated: the checked path reports it
-			}
-			seen |= 1 << field
-		}
-		var str *string  // a string member
-		var ptr **string // a member that may be null
-		switch recordFieldName(field) {
-		case "id":
-			str = &rec.ID
-		case "label":
-			str = &rec.Label
-		case "key_hash":
-			str = &rec.KeyHash
-		case "key_prefix":
-			str = &rec.KeyPrefix
-		case "created_at":
-			ptr = &rec.CreatedAt
-		case "last_used_at":
-			ptr = &rec.LastUsedAt
-		case "expires_at":
-			ptr = &rec.ExpiresAt
-		case "revoked_at":
-			ptr = &rec.RevokedAt
-		case "scopes":
-			switch d.peek() {
-			case 'n':
-				if !d.literal("null") {
-					return false
-				}
-				rec.Scopes = nil
-			case '[':
-				if rec.Scopes, ok = d.strList(); !ok {
-					return false
-				}
-			default:
-				return false
-			}
-		default:
-			if !d.skipValue() {
-				return false
-			}
-		}
-		switch {
-		case str != nil:
-			// A null would leave the member as it was: rare enough
-			// to leave to encoding/json.
-			if *str, ok = d.str(); !ok {
-				return false
-			}
-		case ptr != nil:
-			if d.peek() == 'n' {
-				if !d.literal("null") {
-					return false
-				}
-				*ptr = nil
-				break
-			}
-			s, ok := d.str()
-			if !ok {
-				return false
-			}
-			*ptr = &s
-		}
-		if !d.next('}') {
-			return d.done
-		}
-	}
-}
-
-// recordFields are the members of Record, as the key file names them.
-var recordFields = []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "scopes"}
-
-// recordField returns the index in recordFields of a member name;
-// len(recordFields) for an unknown member; -1 for a name that differs from a
-// known one only in case.
-func recordField(name string) int {
-	for i, f := range recordFields {
-		if name == f {
-			return i
-		}
-	}
-	for _, f := range recordFields {
-		if strings.EqualFold(name, f) {
-			return -1
-		}
-	}
-	return len(recordFields)
-}
-
-func recordFieldName(i int) string {
-	if i >= 0 && i < len(recordFields) {
-		return recordFields[i]
-	}
-	return ""
-}
-
-// checkMemberNames rejects an object whose member names would be read
-// differently here and by the reference application: member names are
-// case-sensitive there (Python dictionaries) but not in encoding/json, and
-// a repeated member is ambiguous. So a known member must be spelled exactly
-// and appear once.
-func checkMemberNames(o object, known ...string) error {
-	seen := make(map[string]bool, len(known))
-	for _, m := range o {
-		for _, k := range known {
-			switch {
-			case m.Name == k:
-				if seen[k] {
-					return fmt.Errorf("member %q appears twice", k)
-				}
-				seen[k] = true
-			case strings.EqualFold(m.Name, k):
-				return fmt.Errorf("member %q must be spelled %q (names are case-sensitive)", m.Name, k)
-			}
-		}
-	}
-	return nil
-}
-
-// splitRecords returns the raw JSON of each record in a key file.
-func splitRecords(data []byte) ([]json.RawMessage, error) {
-	trimmed := bytes.TrimSpace(data)
-	if len(trimmed) == 0 {
-		return nil, errors.New("file is empty; want a JSON object with an \"api_keys\" list or a JSON array of key records")
-	}
-	var raws []json.RawMessage
-	switch trimmed[0] {
-	case '[':
-		if err := json.Unmarshal(data, &raws); err != nil {
-			return nil, describeJSONError(data, err)
-		}
-	case '{':
-		if err := json.Unmarshal(data, new(any)); err != nil {
-			return nil, describeJSONError(data, err) // with line and column
-		}
-		top := splitObject(data) // valid JSON, just checked
-		if err := checkMemberNames(top, "api_keys"); err != nil {
+// acquireStore returns a lease on the store of the key file at path (whose
+// real path, through symbolic links, is poolKey), creating and loading the
+// store if no handler in this process uses that file yet. A store already
+// in use re-reads a changed file at once, and a broken one fails the config
+// load, as the first load does. The caller releases the lease in Cleanup.
+func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, error) {
+	val, loaded, err := stores.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+		s := newKeyStore(path, nil)
+		if err := s.load(); err != nil {
 			return nil, err
 		}
-		if list := top.get("api_keys"); list != nil {
-			if err := json.Unmarshal(list, &raws); err != nil {
-				var typeErr *json.UnmarshalTypeError
-				if errors.As(err, &typeErr) {
-					return nil, fmt.Errorf("\"api_keys\" must be a list of key records, not a JSON %s", typeErr.Value)
-				}
-				return nil, describeJSONError(data, err)
-			}
-		}
-	default:
-		if err := json.Unmarshal(data, new(any)); err != nil {
-			return nil, describeJSONError(data, err)
-		}
-		return nil, errors.New("want a JSON object with an \"api_keys\" list or a JSON array of key records")
+		s.start()
+		return s, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	for i, raw := range raws {
-		if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
-			return nil, fmt.Errorf("record %d: want a JSON object, got %.40s", i+1, t)
+	s := val.(*keyStore)
+	if loaded {
+		if err := s.askReload(); err != nil {
+			_, _ = stores.Delete(poolKey)
+			return nil, err
 		}
 	}
-	return raws, nil
+	s.leasesMu.Lock()
+	s.nextLease++
+	lease := &storeLease{store: s, poolKey: poolKey, id: s.nextLease}
+	s.leases[lease.id] = settings
+	s.applyLeases()
+	s.leasesMu.Unlock()
+	return lease, nil
 }
 
-// describeJSONError turns a decoding error into one that gives the line and
-// column of the problem in data.
-func describeJSONError(data []byte, err error) error {
-	var syntaxErr *json.SyntaxError
-	if errors.As(err, &syntaxErr) {
-		line, col := lineCol(data, syntaxErr.Offset)
-		return fmt.Errorf("invalid JSON at line %d, column %d: %v", line, col, syntaxErr)
-	}
-	var typeErr *json.UnmarshalTypeError
-	if errors.As(err, &typeErr) {
-		what := typeErr.Field
-		if what == "" {
-			what = "value"
-		}
-		if what == "api_keys" {
-			return fmt.Errorf("\"api_keys\" must be a list of key records, not a JSON %s", typeErr.Value)
-		}
-		return fmt.Errorf("member %q must be a %s, not a JSON %s", what, jsonKind(typeErr.Type.Kind().String()), typeErr.Value)
-	}
-	return err
+// release asks for the pending usage times to be written, withdraws the
+// lease's settings and drops its reference to the store; the last reference
+// stops the store. Caddy calls Cleanup for the handlers of a config that
+// failed to load too, so such a config's settings do not stay in force.
+func (l *storeLease) release() {
+	s := l.store
+	s.askFlush()
+	s.leasesMu.Lock()
+	delete(s.leases, l.id)
+	s.applyLeases()
+	s.leasesMu.Unlock()
+	_, _ = stores.Delete(l.poolKey)
 }
 
-func jsonKind(goKind string) string {
-	switch goKind {
-	case "string", "ptr":
-		return "string"
-	case "slice":
-		return "list"
+// applyLeases derives the store's settings from its handlers': for each
+// interval, the shortest one that is not off, or off if all are. The caller
+// holds leasesMu.
+func (s *keyStore) applyLeases() {
+	if len(s.leases) == 0 {
+		return // the store is going away; keep what it had
 	}
-	return goKind
+	eff := storeSettings{usage: interval{off: true}, reload: interval{off: true}}
+	for _, l := range s.leases {
+		eff.usage = eff.usage.shorter(l.usage)
+		eff.reload = eff.reload.shorter(l.reload)
+	}
+	s.settings.Store(&eff)
 }
 
-// lineCol converts a byte offset in data into a 1-based line and column.
-func lineCol(data []byte, offset int64) (line, col int) {
-	if offset > int64(len(data)) {
-		offset = int64(len(data))
+func newKeyStore(path string, logger *zap.Logger) *keyStore {
+	s := &keyStore{
+		path:      path,
+		logger:    logger,
+		now:       time.Now,
+		leases:    make(map[uint64]storeSettings),
+		waiting:   make(map[*usageCell]struct{}),
+		reloadNow: make(chan chan error),
+		flushNow:  make(chan chan struct{}),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
 	}
-	before := data[:offset]
-	line = bytes.Count(before, []byte{'\n'}) + 1
-	col = int(offset) - (bytes.LastIndexByte(before, '\n') + 1)
-	if col < 1 {
-		col = 1
-	}
-	return line, col
+	s.settings.Store(&storeSettings{
+		usage:  interval{every: defaultUsageInterval},
+		reload: interval{every: defaultReloadInterval},
+	})
+	return s
 }
 
-// buildKeySet validates records and indexes them by hash.
-func buildKeySet(records []Record) (*keySet, error) {
-	ks := &keySet{
-		byHash: make(map[[sha256.Size]byte]*Key, len(records)),
-		keys:   make([]Key, len(records)),
+// log is the store's logger. A store outlives the config that created it,
+// so it logs through Caddy's current logging, not that config's.
+func (s *keyStore) log() *zap.Logger {
+	if s.logger != nil {
+		return s.logger
 	}
-	ids := make(map[string]int, len(records))
-	for i := range records {
-		rec := &records[i]
-		n := i + 1
-		if rec.ID == "" {
-			return nil, fmt.Errorf("record %d: \"id\" is missing or empty", n)
-		}
-		if first, dup := ids[rec.ID]; dup {
-			return nil, fmt.Errorf("record %d: id %q is already used by record %d", n, rec.ID, first)
-		}
-		ids[rec.ID] = n
-		sum, err := decodeKeyHash(rec.KeyHash)
-		if err != nil {
-			return nil, fmt.Errorf("record %d (id %q): %v", n, rec.ID, err)
-		}
-		if other, dup := ks.byHash[sum]; dup {
-			return nil, fmt.Errorf("record %d (id %q): key_hash is the same as that of id %q", n, rec.ID, other.ID)
-		}
-		k := &ks.keys[i]
-		k.ID, k.Label, k.Prefix = rec.ID, rec.Label, rec.KeyPrefix
-		if rec.ExpiresAt != nil {
-			t, err := parseTimestamp(*rec.ExpiresAt)
-			if err != nil {
-				return nil, fmt.Errorf("record %d (id %q): expires_at: %v", n, rec.ID, err)
-			}
-			k.expires, k.expiresAt = true, unixNanoClamped(t)
-		}
-		if rec.RevokedAt != nil {
-			if _, err := parseTimestamp(*rec.RevokedAt); err != nil {
-				return nil, fmt.Errorf("record %d (id %q): revoked_at: %v", n, rec.ID, err)
-			}
-			k.revoked = true
-		}
-		for _, s := range rec.Scopes {
-			if err := checkScope(s); err != nil {
-				return nil, fmt.Errorf("record %d (id %q): %v", n, rec.ID, err)
-			}
-		}
-		if len(rec.Scopes) > 0 {
-			k.Scopes = rec.Scopes
-			k.scopesJoined = strings.Join(rec.Scopes, ",")
-		}
-		ks.byHash[sum] = k
-	}
-	return ks, nil
+	return caddy.Log().Named("http.handlers.apikey")
 }
 
-// unixNanoClamped is t in unix nanoseconds, clamped to what an int64 holds
-// (years 1678 to 2262), where t.UnixNano would overflow: a time before the
-// range is long past, one after it is as good as never.
-func unixNanoClamped(t time.Time) int64 {
-	switch {
-	case t.Before(time.Unix(0, math.MinInt64)):
-		return math.MinInt64
-	case t.After(time.Unix(0, math.MaxInt64)):
-		return math.MaxInt64
-	}
-	return t.UnixNano()
+// start runs the watcher and the writer until Destruct.
+func (s *keyStore) start() {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); s.watch() }()
+	go func() { defer wg.Done(); s.write() }()
+	go func() { wg.Wait(); close(s.done) }()
 }
 
-// checkScope rejects a scope that could not be told apart in
-// {http.auth.user.scopes} (comma-joined) or in the Caddyfile: empty, or with
-// a comma or white space.
-func checkScope(s string) error {
-	if s == "" || strings.ContainsAny(s, ", \t\r\n") {
-		return fmt.Errorf("scope %q must be non-empty, without spaces or commas", s)
+// Destruct stops the background work once no handler uses the file; the
+// writer writes the pending usage times as it stops. It waits for that at
+// most waitLimit.
+func (s *keyStore) Destruct() error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	select {
+	case <-s.done:
+	case <-time.After(waitLimit):
+		s.log().Warn("the key file's last usage write is still going on; it goes on in the background", zap.String("keys_file", s.path))
 	}
 	return nil
 }
 
-// decodeKeyHash parses a key_hash: 64 hexadecimal digits.
-func decodeKeyHash(s string) ([sha256.Size]byte, error) {
-	var sum [sha256.Size]byte
-	if s == "" {
-		return sum, errors.New("\"key_hash\" is missing or empty")
+// askReload has the watcher re-read the key file now, if it changed, and
+// returns what came of it.
+func (s *keyStore) askReload() error {
+	reply := make(chan error, 1)
+	select {
+	case s.reloadNow <- reply:
+		select {
+		case err := <-reply:
+			return err
+		case <-time.After(waitLimit):
+		}
+	case <-time.After(waitLimit):
 	}
-	if len(s) != hex.EncodedLen(sha256.Size) {
-		return sum, fmt.Errorf("key_hash must be 64 hexadecimal digits (a SHA-256), got %d characters", len(s))
-	}
-	if _, err := hex.Decode(sum[:], []byte(s)); err != nil {
-		return sum, errors.New("key_hash must be 64 hexadecimal digits (a SHA-256)")
-	}
-	return sum, nil
+	return fmt.Errorf("key file %s: still being read after %s", s.path, waitLimit)
 }
 
-// timestampLayout is how this plugin writes times: ISO 8601 with a numeric
-// offset and microseconds, as Python's datetime.isoformat() writes them, so
-// both programs read each other's files.
-const timestampLayout = "2006-01-02T15:04:05.000000-07:00"
+// askFlush has the writer write every pending last-used time now, and waits
+// for it at most waitLimit.
+func (s *keyStore) askFlush() {
+	reply := make(chan struct{}, 1)
+	select {
+	case s.flushNow <- reply:
+		select {
+		case <-reply:
+		case <-time.After(waitLimit):
+		}
+	case <-time.After(waitLimit):
+	}
+}
 
-func formatTimestamp(t time.Time) string { return t.UTC().Format(timestampLayout) }
+// due reports whether work that runs every iv and last ran at last is due.
+func (s *keyStore) due(iv interval, last time.Time) bool {
+	return !iv.off && s.now().Sub(last) >= iv.every
+}
 
-// parseTimestamp reads an ISO 8601 time as written by this plugin, by Python's
-// isoformat() (with or without fraction, with or without offset; a time
-// without an offset is taken as UTC) or as RFC 3339.
-func parseTimestamp(s string) (time.Time, error) {
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999", "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02"} {
-		if t, err := time.Parse(layout, s); err == nil {
-			return t, nil
+// watch is the watcher: it reloads the key file every reload interval and
+// when asked.
+func (s *keyStore) watch() {
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-s.stop:
+			return
+		case reply := <-s.reloadNow:
+			reply <- s.load()
+		case <-t.C:
+			if s.due(s.settings.Load().reload, last) {
+				last = s.now()
+				s.check()
+			}
 		}
 	}
-	return time.Time{}, fmt.Errorf("%q is not an ISO 8601 time such as 2026-11-25T20:14:31+00:00", s)
+}
+
+// check reloads the key file if it changed, and logs each new problem with
+// it once: a broken or missing file is not one error a second.
+func (s *keyStore) check() {
+	err := s.load()
+	switch {
+	case err == nil:
+		s.reported = ""
+	case err.Error() == s.reported:
+	case errors.As(err, new(*fs.PathError)):
+		s.reported = err.Error()
+		s.log().Error("key file cannot be read; the keys loaded before stay in force",
+			zap.String("keys_file", s.path), zap.Error(err))
+	default:
+		s.reported = err.Error()
+		s.log().Error("key file is broken; the keys loaded before stay in force",
+			zap.String("keys_file", s.path), zap.Error(err))
+	}
+}
+
+// load re-reads the key file if it changed since the key set in force was
+// read, and puts the new key set in force. A missing or broken file keeps
+// the key set in force; a broken version is parsed once.
+func (s *keyStore) load() error {
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		return &keyFileError{path: s.path, err: err}
+	}
+	if s.loaded != nil && sameVersion(s.loaded, fi) {
+		return nil
+	}
+	if s.broken != nil && sameVersion(s.broken, fi) {
+		return s.brokenErr
+	}
+	// A usage write changes only last_used_at, which the key set does not
+	// hold: the version it wrote from the one in force need not be read.
+	if w := s.lastWrite.Load(); w != nil && s.loaded != nil && sameVersion(w.read, s.loaded) && sameVersion(w.written, fi) {
+		s.loaded = fi
+		return nil
+	}
+	ks, err := readKeySet(s.path)
+	if err != nil {
+		s.broken, s.brokenErr = fi, err
+		return err
+	}
+	s.broken, s.brokenErr = nil, nil
+	old := s.keys.Load()
+	if old != nil {
+		carryUsage(old, ks)
+	}
+	s.keys.Store(ks)
+	s.loaded = fi
+	if old != nil {
+		s.log().Info("key file reloaded", zap.String("keys_file", s.path), zap.Int("keys", len(ks.keys)))
+	} else if len(ks.keys) == 0 {
+		s.log().Warn("key file holds no keys: every request with a key will be refused", zap.String("keys_file", s.path))
+	}
+	return nil
+}
+
+// sameVersion reports whether two stats of the key file show the same
+// version of it: same file (a rename over it makes a new one), size and
+// modification time.
+func sameVersion(a, b fs.FileInfo) bool {
+	return a != nil && b != nil && os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+// carryUsage moves the usage cells of keys that are still the same key (same
+// hash, same id) into the new key set, so their throttle state survives.
+func carryUsage(old, next *keySet) {
+	for sum, k := range next.byHash {
+		if prev := old.byHash[sum]; prev != nil && prev.ID == k.ID {
+			if c := prev.usage.Load(); c != nil {
+				k.usage.Store(c)
+			}
+		}
+	}
+}
+
+// current returns the key set in force.
+func (s *keyStore) current() *keySet { return s.keys.Load() }
+
+// markUsed records a use of key k (whose hash is sum) at now. It never
+// blocks on the disk: at worst it appends to a slice under a short lock,
+// once per key per write cycle.
+func (s *keyStore) markUsed(k *key, sum [sha256.Size]byte, now int64) {
+	if s.settings.Load().usage.off {
+		return
+	}
+	c := k.usage.Load()
+	if c == nil {
+		c = &usageCell{id: k.ID, hash: sum}
+		if !k.usage.CompareAndSwap(nil, c) {
+			c = k.usage.Load()
+		}
+	}
+	if now-c.lastUsed.Load() >= usageResolution {
+		c.lastUsed.Store(now)
+	}
+	if !c.queued.Load() && c.queued.CompareAndSwap(false, true) {
+		s.incomingMu.Lock()
+		s.incoming = append(s.incoming, c)
+		s.incomingMu.Unlock()
+	}
+}
+
+// write is the writer: it writes the last-used times that are due every
+// min(usage interval, maxFlushPeriod), all of them when asked, and all of
+// them as it stops.
+func (s *keyStore) write() {
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-s.stop:
+			s.writeUsage(true)
+			return
+		case reply := <-s.flushNow:
+			s.writeUsage(true)
+			reply <- struct{}{}
+		case <-t.C:
+			iv := s.settings.Load().usage
+			iv.every = min(iv.every, maxFlushPeriod)
+			if s.due(iv, last) {
+				last = s.now()
+				s.writeUsage(false)
+			}
+		}
+	}
+}
+
+// usageKey names one key for the writer: its id and key_hash (lowercase
+// hex). A key whose record now has the same id but another hash was
+// replaced, and its old uses are not the new key's.
+type usageKey struct{ id, hash string }
+
+// writeUsage writes the last-used times that are due: those of keys not
+// written within the usage interval, or all of them. One write covers every
+// due key.
+func (s *keyStore) writeUsage(all bool) {
+	s.incomingMu.Lock()
+	for _, c := range s.incoming {
+		s.waiting[c] = struct{}{}
+	}
+	s.incoming = s.incoming[:0]
+	s.incomingMu.Unlock()
+	if len(s.waiting) == 0 {
+		return
+	}
+
+	iv := s.settings.Load().usage.every
+	now := s.now()
+	updates := make(map[usageKey]time.Time)
+	type dueCell struct {
+		cell *usageCell
+		used int64
+	}
+	var due []dueCell
+	for c := range s.waiting {
+		if !all && !c.persistedAt.IsZero() && now.Sub(c.persistedAt) < iv {
+			continue
+		}
+		// Lower the flag before reading the time, so that a use after
+		// the read queues the cell again instead of being missed.
+		c.queued.Store(false)
+		used := c.lastUsed.Load()
+		if used <= c.written {
+			delete(s.waiting, c)
+			continue
+		}
+		due = append(due, dueCell{c, used})
+		key := usageKey{c.id, hex.EncodeToString(c.hash[:])}
+		if at := time.Unix(0, used); at.After(updates[key]) {
+			updates[key] = at
+		}
+	}
+	if len(due) == 0 {
+		return
+	}
+
+	w, err := updateKeyFile(s.path, func(doc *keyDoc) error {
+		return applyUsage(doc, updates)
+	})
+	if err != nil {
+		if !s.writeFailing {
+			s.writeFailing = true
+			s.log().Error("cannot write last-used times to the key file; authentication goes on, and writing will be retried",
+				zap.String("keys_file", s.path), zap.Error(err))
+		}
+		return
+	}
+	if s.writeFailing {
+		s.writeFailing = false
+		s.log().Info("writing last-used times to the key file works again", zap.String("keys_file", s.path))
+	}
+	for _, d := range due {
+		d.cell.written = d.used
+		d.cell.persistedAt = now
+		delete(s.waiting, d.cell)
+	}
+	if w.written != nil {
+		s.writes.Add(1)
+		s.lastWrite.Store(&w)
+	}
+}
+
+// applyUsage sets last_used_at on the records that are still in the file with
+// the same id and key_hash. A record whose last_used_at on disk is newer (set
+// by another process) keeps it.
+func applyUsage(doc *keyDoc, updates map[usageKey]time.Time) error {
+	changed := false
+	for i := range doc.records {
+		rec := &doc.records[i]
+		at, ok := updates[usageKey{rec.ID, strings.ToLower(rec.KeyHash)}]
+		if !ok {
+			continue
+		}
+		if rec.LastUsedAt != nil {
+			if t, err := parseTimestamp(*rec.LastUsedAt); err == nil && !t.Before(at.Truncate(time.Microsecond)) {
+				continue
+			}
+		}
+		if err := rec.set("last_used_at", formatTimestamp(at)); err != nil {
+			return err
+		}
+		changed = true
+	}
+	if !changed {
+		return errNoChange
+	}
+	return nil
 }

@@ -246,8 +246,8 @@ func TestStoreSyntaxErrorLineAndColumn(t *testing.T) {
 		data      string
 		line, col int
 	}{
-		// The stray comma before '}' is reported at the '}'.
-		{"{\n  \"api_keys\": [\n    {\"id\": \"a\",}\n  ]\n}\n", 3, 16},
+		// The stray comma before '}' is reported at the comma.
+		{"{\n  \"api_keys\": [\n    {\"id\": \"a\",}\n  ]\n}\n", 3, 15},
 		{"[\n  {\"id\": \"a\"}\n  {\"id\": \"b\"}\n]", 3, 3},
 		{"{\"api_keys\": [}", 1, 15},
 		{"\n\n\n   x", 4, 4},
@@ -275,9 +275,9 @@ func TestReadKeySetNamesTheFile(t *testing.T) {
 		t.Fatal("a broken file loaded")
 	}
 	wantContains(t, err.Error(), path, "record 1", `"x"`, "key_hash")
-	var kfe *KeyFileError
-	if !errors.As(err, &kfe) || kfe.Path != path {
-		t.Errorf("error %v is not a *KeyFileError for %s", err, path)
+	var kfe *keyFileError
+	if !errors.As(err, &kfe) || kfe.path != path {
+		t.Errorf("error %v is not a *keyFileError for %s", err, path)
 	}
 
 	// Syntax errors name the file as well as the position.

@@ -84,7 +84,7 @@ func TestLiveReloadThroughCaddy(t *testing.T) {
 
 func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 	k := newTestKey("k", nil)
-	id := k.Record["id"].(string)
+	id := k.record["id"].(string)
 	path := writeKeys(t, "", k)
 	site := `
 	apikey ` + path + ` {
@@ -145,10 +145,10 @@ const crashWriterEnv = "APIKEY_TEST_CRASH_WRITER"
 
 func runCrashWriter(path string) {
 	s := newKeyStore(path, zap.NewNop())
-	if err := s.reload(true); err != nil {
+	if err := s.load(); err != nil {
 		os.Exit(3)
 	}
-	s.configure(storeSettings{usageInterval: time.Nanosecond, reloadInterval: -1})
+	setUsageInterval(s, time.Nanosecond)
 	os.Stdout.WriteString("ready\n")
 	now := time.Now().UnixNano()
 	for {
@@ -156,7 +156,7 @@ func runCrashWriter(path string) {
 		for sum, k := range s.current().byHash {
 			s.markUsed(k, sum, now)
 		}
-		s.flush(true)
+		s.writeUsage(true)
 	}
 }
 
@@ -208,7 +208,7 @@ func TestUsageWriteSurvivesKill(t *testing.T) {
 		}
 		for _, k := range keys {
 			if got, _ := ks.lookup(k.Raw); got == nil {
-				t.Fatalf("round %d: key %s lost", round, k.Record["id"])
+				t.Fatalf("round %d: key %s lost", round, k.record["id"])
 			}
 		}
 		if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
@@ -219,7 +219,7 @@ func TestUsageWriteSurvivesKill(t *testing.T) {
 		t.Fatal("the child never got a write done: the test proves nothing")
 	}
 	// The next write clears what the killed writers left behind.
-	if err := updateKeyFile(path, false, func(doc *keyDoc) error {
+	if _, err := updateKeyFile(path, func(doc *keyDoc) error {
 		return doc.records[0].set("note", "after the kills")
 	}); err != nil {
 		t.Fatal(err)

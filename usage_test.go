@@ -35,10 +35,10 @@ func newTestStore(t *testing.T, path string, usageInterval time.Duration) (*keyS
 	s := newKeyStore(path, zap.New(core))
 	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	s.now = clock.now
-	if err := s.reload(true); err != nil {
+	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
-	s.configure(storeSettings{usageInterval: usageInterval, reloadInterval: -1})
+	setUsageInterval(s, usageInterval)
 	return s, clock, logs
 }
 
@@ -86,12 +86,12 @@ func TestUsageThrottle(t *testing.T) {
 	a, b := newTestKey("a", nil), newTestKey("b", nil)
 	path := writeKeys(t, "", a, b)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
-	idA, idB := a.Record["id"].(string), b.Record["id"].(string)
+	idA, idB := a.record["id"].(string), b.record["id"].(string)
 	t0 := clock.now()
 
 	// First use is written at the next flush.
 	use(t, s, clock, a.Raw)
-	s.flush(false)
+	s.writeUsage(false)
 	if got, want := lastUsed(t, path, idA), formatTimestamp(t0); got != want {
 		t.Fatalf("after first use: last_used_at = %v, want %v", got, want)
 	}
@@ -102,14 +102,14 @@ func TestUsageThrottle(t *testing.T) {
 	// A second use within the interval is not written...
 	clock.advance(time.Minute)
 	use(t, s, clock, a.Raw)
-	s.flush(false)
+	s.writeUsage(false)
 	if got := lastUsed(t, path, idA); got != formatTimestamp(t0) {
 		t.Fatalf("second use within the interval was written: %v", got)
 	}
 
 	// ...but another key is independent: its first use is written now.
 	use(t, s, clock, b.Raw)
-	s.flush(false)
+	s.writeUsage(false)
 	if got := lastUsed(t, path, idB); got != formatTimestamp(t0.Add(time.Minute)) {
 		t.Fatalf("key b: last_used_at = %v", got)
 	}
@@ -119,7 +119,7 @@ func TestUsageThrottle(t *testing.T) {
 
 	// Once the interval has passed, a's latest use is written.
 	clock.advance(15 * time.Minute)
-	s.flush(false)
+	s.writeUsage(false)
 	if got := lastUsed(t, path, idA); got != formatTimestamp(t0.Add(time.Minute)) {
 		t.Fatalf("after the interval: last_used_at = %v, want the second use", got)
 	}
@@ -129,7 +129,7 @@ func TestUsageThrottle(t *testing.T) {
 
 	// Nothing new: no write.
 	clock.advance(time.Hour)
-	s.flush(false)
+	s.writeUsage(false)
 	if w := s.writes.Load(); w != 3 {
 		t.Fatalf("%d writes after an idle flush, want 3", w)
 	}
@@ -158,17 +158,17 @@ func TestUsageConcurrentUsesMakeOneWrite(t *testing.T) {
 			case <-done:
 				return
 			default:
-				s.flush(false)
+				s.writeUsage(false)
 			}
 		}
 	}()
 	wg.Wait()
 	close(done)
-	s.flush(false)
+	s.writeUsage(false)
 	if w := s.writes.Load(); w != 1 {
 		t.Fatalf("16 000 uses of one key within the interval made %d writes, want 1", w)
 	}
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != formatTimestamp(clock.now()) {
+	if got := lastUsed(t, path, k.record["id"].(string)); got != formatTimestamp(clock.now()) {
 		t.Fatalf("last_used_at = %v", got)
 	}
 }
@@ -178,7 +178,7 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	// A file as another program might keep it: other top-level members
 	// around the list, unknown members inside records.
-	kept.Record["owner"] = map[string]any{"team": "payments", "tags": []any{"x", 1.5}}
+	kept.record["owner"] = map[string]any{"team": "payments", "tags": []any{"x", 1.5}}
 	writeRaw := func(recs ...map[string]any) {
 		doc := map[string]any{"app_name": "soulsync", "api_keys": recs, "zz_settings": map[string]any{"debug": true}}
 		data, _ := json.MarshalIndent(doc, "", "    ")
@@ -186,7 +186,7 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	writeRaw(kept.Record, edited.Record, removed.Record)
+	writeRaw(kept.record, edited.record, removed.record)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 
 	for _, k := range []testKey{kept, edited, removed} {
@@ -196,29 +196,29 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 	// Between the uses and the write, someone edits the file: a label
 	// changed, a key removed, a key added.
 	added := newTestKey("added", map[string]any{"scopes": []any{"read"}})
-	edited.Record["label"] = "edited by hand"
-	writeRaw(kept.Record, edited.Record, added.Record)
+	edited.record["label"] = "edited by hand"
+	writeRaw(kept.record, edited.record, added.record)
 
-	s.flush(false)
+	s.writeUsage(false)
 
 	recs, top := readFileRecords(t, path)
 	if len(recs) != 3 {
 		t.Fatalf("file holds %d records, want 3 (kept, edited, added): %v", len(recs), recs)
 	}
-	if _, ok := recs[removed.Record["id"].(string)]; ok {
+	if _, ok := recs[removed.record["id"].(string)]; ok {
 		t.Fatal("the removed key was brought back by the usage write")
 	}
-	if got := recs[edited.Record["id"].(string)]["label"]; got != "edited by hand" {
+	if got := recs[edited.record["id"].(string)]["label"]; got != "edited by hand" {
 		t.Fatalf("edited label lost: %v", got)
 	}
-	if got := recs[edited.Record["id"].(string)]["last_used_at"]; got != formatTimestamp(clock.now()) {
+	if got := recs[edited.record["id"].(string)]["last_used_at"]; got != formatTimestamp(clock.now()) {
 		t.Fatalf("edited key's use not written: %v", got)
 	}
-	if got := recs[added.Record["id"].(string)]; got["label"] != "added" || got["last_used_at"] != nil || got["scopes"].([]any)[0] != "read" {
+	if got := recs[added.record["id"].(string)]; got["label"] != "added" || got["last_used_at"] != nil || got["scopes"].([]any)[0] != "read" {
 		t.Fatalf("added key changed by the usage write: %v", got)
 	}
-	if owner, _ := recs[kept.Record["id"].(string)]["owner"].(map[string]any); owner["team"] != "payments" {
-		t.Fatalf("unknown record member lost: %v", recs[kept.Record["id"].(string)])
+	if owner, _ := recs[kept.record["id"].(string)]["owner"].(map[string]any); owner["team"] != "payments" {
+		t.Fatalf("unknown record member lost: %v", recs[kept.record["id"].(string)])
 	}
 	if top["app_name"] != "soulsync" || top["zz_settings"] == nil {
 		t.Fatalf("top-level members lost: %v", top)
@@ -244,8 +244,8 @@ func TestUsageWriteKeepsNewerTimeOnDisk(t *testing.T) {
 	path := writeKeys(t, "", k)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	use(t, s, clock, k.Raw)
-	s.flush(false)
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != later {
+	s.writeUsage(false)
+	if got := lastUsed(t, path, k.record["id"].(string)); got != later {
 		t.Fatalf("a newer last_used_at on disk was moved back to %v", got)
 	}
 }
@@ -257,10 +257,10 @@ func TestUsageWriteSkipsRotatedKey(t *testing.T) {
 	path := writeKeys(t, "", k)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	use(t, s, clock, k.Raw)
-	rotated := newTestKey("k", map[string]any{"id": k.Record["id"]})
+	rotated := newTestKey("k", map[string]any{"id": k.record["id"]})
 	writeKeys(t, path, rotated)
-	s.flush(false)
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != nil {
+	s.writeUsage(false)
+	if got := lastUsed(t, path, k.record["id"].(string)); got != nil {
 		t.Fatalf("the old key's use was written on the new key: %v", got)
 	}
 }
@@ -278,7 +278,7 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 	}
 	for i := 0; i < 5; i++ {
 		use(t, s, clock, k.Raw)
-		s.flush(true)
+		s.writeUsage(true)
 		clock.advance(time.Minute)
 	}
 	if n := logs.FilterMessageSnippet("cannot write last-used times").Len(); n != 1 {
@@ -287,15 +287,15 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 	if lk, _ := s.current().lookup(k.Raw); lk == nil {
 		t.Fatal("authentication stopped working when the file could not be written")
 	}
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != nil {
+	if got := lastUsed(t, path, k.record["id"].(string)); got != nil {
 		t.Fatalf("file written despite the failure: %v", got)
 	}
 
 	if err := os.Remove(lockPath); err != nil {
 		t.Fatal(err)
 	}
-	s.flush(false)
-	if got := lastUsed(t, path, k.Record["id"].(string)); got == nil {
+	s.writeUsage(false)
+	if got := lastUsed(t, path, k.record["id"].(string)); got == nil {
 		t.Fatal("writing did not resume, or the pending use was lost")
 	}
 	if n := logs.FilterMessageSnippet("works again").Len(); n != 1 {
@@ -311,7 +311,7 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 
 	// A good change is picked up.
 	writeKeys(t, path, a, b)
-	if err := s.reload(false); err != nil || !admits(b.Raw) {
+	if err := s.load(); err != nil || !admits(b.Raw) {
 		t.Fatalf("added key not admitted after reload (err %v)", err)
 	}
 
@@ -321,7 +321,7 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 4; i++ {
-		_ = s.reload(false)
+		s.check()
 	}
 	if !admits(a.Raw) || !admits(b.Raw) {
 		t.Fatal("a broken file emptied the key set")
@@ -337,8 +337,8 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 	// A validation failure is a new broken version: logged once more.
 	bad := newTestKey("bad", map[string]any{"key_hash": "abc"})
 	writeKeys(t, path, a, bad)
-	_ = s.reload(false)
-	_ = s.reload(false)
+	s.check()
+	s.check()
 	if n := logs.FilterMessageSnippet("key file is broken").Len(); n != 2 {
 		t.Fatalf("%d broken-file errors, want 2", n)
 	}
@@ -347,8 +347,8 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	_ = s.reload(false)
-	_ = s.reload(false)
+	s.check()
+	s.check()
 	if !admits(b.Raw) {
 		t.Fatal("a missing file emptied the key set")
 	}
@@ -358,7 +358,7 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 
 	// Repaired: the new version is in force, a removed key is refused.
 	writeKeys(t, path, b)
-	if err := s.reload(false); err != nil {
+	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
 	if admits(a.Raw) || !admits(b.Raw) {
@@ -371,16 +371,16 @@ func TestReloadCarriesUsageAcrossKeySets(t *testing.T) {
 	path := writeKeys(t, "", a)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	use(t, s, clock, a.Raw)
-	s.flush(false)
+	s.writeUsage(false)
 	writeKeys(t, path, a, b)
-	if err := s.reload(false); err != nil {
+	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
 	// The throttle state of a survived the reload: a use within the
 	// interval is still not written.
 	clock.advance(time.Minute)
 	use(t, s, clock, a.Raw)
-	s.flush(false)
+	s.writeUsage(false)
 	if w := s.writes.Load(); w != 1 {
 		t.Fatalf("throttle state lost on reload: %d writes, want 1", w)
 	}
@@ -389,11 +389,11 @@ func TestReloadCarriesUsageAcrossKeySets(t *testing.T) {
 func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	k := newTestKey("k", nil)
 	path := writeKeys(t, "", k)
-	l1, err := acquireStore(path, path, storeSettings{usageInterval: time.Hour, reloadInterval: time.Second})
+	l1, err := acquireStore(path, path, storeSettings{usage: interval{every: time.Hour}, reload: interval{every: time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l2, err := acquireStore(path, path, storeSettings{usageInterval: 2 * time.Hour, reloadInterval: -1})
+	l2, err := acquireStore(path, path, storeSettings{usage: interval{every: 2 * time.Hour}, reload: interval{off: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,8 +402,8 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 		t.Fatal("two handlers of one key file got two stores (two writers)")
 	}
 	// Shared settings: the shortest interval that is on.
-	if ui, ri := time.Duration(s.usageInterval.Load()), time.Duration(s.reloadInterval.Load()); ui != time.Hour || ri != time.Second {
-		t.Fatalf("effective settings %v, %v; want 1h, 1s", ui, ri)
+	if got, want := *s.settings.Load(), (storeSettings{usage: interval{every: time.Hour}, reload: interval{every: time.Second}}); got != want {
+		t.Fatalf("effective settings %+v; want %+v", got, want)
 	}
 	key, sum := s.current().lookup(k.Raw)
 	s.markUsed(key, sum, time.Now().UnixNano())
@@ -412,11 +412,11 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	// written at once, though the interval is an hour, and its settings
 	// go with it.
 	l1.release()
-	if got := lastUsed(t, path, k.Record["id"].(string)); got == nil {
+	if got := lastUsed(t, path, k.record["id"].(string)); got == nil {
 		t.Fatal("pending use not flushed on release")
 	}
-	if ui, ri := time.Duration(s.usageInterval.Load()), s.reloadInterval.Load(); ui != 2*time.Hour || ri >= 0 {
-		t.Fatalf("after release, settings %v, %v; want 2h, off", ui, ri)
+	if got, want := *s.settings.Load(), (storeSettings{usage: interval{every: 2 * time.Hour}, reload: interval{off: true}}); got != want {
+		t.Fatalf("after release, settings %+v; want %+v", got, want)
 	}
 	select {
 	case <-s.done:
@@ -431,7 +431,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("store not stopped after its last handler went")
 	}
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != formatTimestamp(later) {
+	if got := lastUsed(t, path, k.record["id"].(string)); got != formatTimestamp(later) {
 		t.Fatalf("pending use not flushed on stop: %v", got)
 	}
 }
@@ -447,16 +447,16 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 	// Between the writer's read and its rename, b is revoked by an mv.
 	replaced := false
 	staged := filepath.Join(filepath.Dir(path), "staged.json")
-	w, err := updateKeyFileStat(path, false, func(doc *keyDoc) error {
+	w, err := updateKeyFile(path, func(doc *keyDoc) error {
 		if !replaced {
 			replaced = true
-			b.Record["revoked_at"] = "2026-11-25T20:00:00+00:00"
+			b.record["revoked_at"] = "2026-11-25T20:00:00+00:00"
 			writeKeys(t, staged, a, b)
 			if err := os.Rename(staged, path); err != nil {
 				t.Fatal(err)
 			}
 		}
-		return applyUsage(doc, map[usageKey]time.Time{{a.Record["id"].(string), a.Record["key_hash"].(string)}: clock.now()})
+		return applyUsage(doc, map[usageKey]time.Time{{a.record["id"].(string), a.record["key_hash"].(string)}: clock.now()})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -465,15 +465,15 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 		t.Fatal("nothing written")
 	}
 	recs, _ := readFileRecords(t, path)
-	if recs[b.Record["id"].(string)]["revoked_at"] == nil {
+	if recs[b.record["id"].(string)]["revoked_at"] == nil {
 		t.Fatal("the usage write undid a revocation made while it ran")
 	}
-	if recs[a.Record["id"].(string)]["last_used_at"] == nil {
+	if recs[a.record["id"].(string)]["last_used_at"] == nil {
 		t.Fatal("the usage was not written on the new version")
 	}
 	// And the watcher picks the new version up: it is not taken for the
 	// writer's own.
-	if err := s.reload(false); err != nil {
+	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
 	if k, _ := s.current().lookup(b.Raw); k == nil || !k.revoked {
@@ -514,7 +514,7 @@ func TestReloadFollowsASwappedSymlink(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(dir, "v1")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.reload(false); err != nil {
+	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
 	if k, _ := s.current().lookup(b.Raw); k == nil {

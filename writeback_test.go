@@ -50,11 +50,7 @@ func TestKeyDocRoundTrip(t *testing.T) {
 	if err := doc.records[0].set("last_used_at", "2026-11-25T20:14:31.000000+00:00"); err != nil {
 		t.Fatal(err)
 	}
-	out, err := doc.marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(out) != want {
+	if out := doc.marshal(); string(out) != want {
 		t.Fatalf("written back as\n%s\nwant\n%s", out, want)
 	}
 
@@ -63,18 +59,18 @@ func TestKeyDocRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, _ := doc.marshal(); string(out) != "[]\n" {
+	if out := doc.marshal(); string(out) != "[]\n" {
 		t.Fatalf("empty array written as %q", out)
 	}
 	doc, err = parseKeyDoc([]byte(`{"api_keys": null, "other": "x"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, _ := doc.marshal(); !strings.Contains(string(out), `"api_keys": []`) || !strings.Contains(string(out), `"other": "x"`) {
+	if out := doc.marshal(); !strings.Contains(string(out), `"api_keys": []`) || !strings.Contains(string(out), `"other": "x"`) {
 		t.Fatalf("null list written as %q", out)
 	}
 	// A new file gets the object form.
-	if out, _ := newKeyDoc().marshal(); string(out) != "{\n  \"api_keys\": []\n}\n" {
+	if out := newKeyDoc().marshal(); string(out) != "{\n  \"api_keys\": []\n}\n" {
 		t.Fatalf("new file written as %q", out)
 	}
 }

@@ -1,0 +1,218 @@
+package apikey
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Everything that writes a key file (the usage writer and the `caddy apikey`
+// commands) goes through updateKeyFile: take the lock, read the file as it
+// is on disk now, change only what the caller means to change, and replace
+// the file atomically.
+
+// errNoChange tells updateKeyFile that the edit changed nothing, so there is
+// nothing to write.
+var errNoChange = errors.New("no change")
+
+// lockTimeout bounds how long a writer waits for another writer's lock.
+const lockTimeout = 10 * time.Second
+
+// keyFileWrite tells what updateKeyFile read and wrote.
+type keyFileWrite struct {
+	read    fs.FileInfo // the version of the file that was edited; nil if it did not exist
+	written fs.FileInfo // the version written; nil if nothing was
+}
+
+// errChangedMeanwhile is returned when the key file was replaced, by a
+// program that does not take the lock, between the read and the rename.
+var errChangedMeanwhile = errors.New("the key file changed while it was being written; its new version was left as it is")
+
+// updateKeyFile applies edit to the key file at path under the key file's
+// lock and replaces the file atomically; it tells which version of the file
+// it read and which it wrote. If edit returns errNoChange, nothing is
+// written. A missing file is an error; createOrUpdateKeyFile edits it as an
+// empty one instead.
+//
+// A program that does not take the lock (an editor, `mv`, config
+// management) can replace the file while it is edited here: the rename
+// would then undo that change. So the file is checked just before the
+// rename, and if it changed, the edit is done again on the new version (a
+// few times, then it gives up with errChangedMeanwhile).
+func updateKeyFile(path string, edit func(*keyDoc) error) (keyFileWrite, error) {
+	return editKeyFile(path, false, edit)
+}
+
+// createOrUpdateKeyFile is updateKeyFile that creates a missing key file.
+func createOrUpdateKeyFile(path string, edit func(*keyDoc) error) (keyFileWrite, error) {
+	return editKeyFile(path, true, edit)
+}
+
+func editKeyFile(path string, create bool, edit func(*keyDoc) error) (keyFileWrite, error) {
+	// Write through a symbolic link to its target rather than replace the link.
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		path = target
+	}
+	unlock, err := lockKeyFile(path, lockTimeout)
+	if err != nil {
+		return keyFileWrite{}, err
+	}
+	defer unlock()
+	removeStaleTemporaries(path)
+
+	for attempt := 1; ; attempt++ {
+		w, err := editKeyFileOnce(path, create, edit)
+		switch {
+		case !errors.Is(err, errChangedMeanwhile):
+			return w, err
+		case attempt == 3:
+			return w, fmt.Errorf("writing key file %s: %w", path, err)
+		}
+	}
+}
+
+// editKeyFileOnce reads, edits and replaces the key file once; the caller
+// holds the lock.
+func editKeyFileOnce(path string, create bool, edit func(*keyDoc) error) (keyFileWrite, error) {
+	var w keyFileWrite
+	var doc *keyDoc
+	f, err := os.Open(path)
+	switch {
+	case err == nil:
+		data, err := io.ReadAll(f)
+		if err == nil {
+			w.read, err = f.Stat()
+		}
+		_ = f.Close()
+		if err != nil {
+			return w, &keyFileError{path: path, err: err}
+		}
+		// A writer never writes back a file the handler refuses.
+		if doc, _, err = parseKeyFile(data); err != nil {
+			return w, &keyFileError{path: path, err: err}
+		}
+	case errors.Is(err, fs.ErrNotExist) && create:
+		doc = newKeyDoc()
+	default:
+		return w, &keyFileError{path: path, err: err}
+	}
+
+	if err := edit(doc); err != nil {
+		if errors.Is(err, errNoChange) {
+			return w, nil
+		}
+		return w, err
+	}
+	out := doc.marshal()
+	unchanged := func() error {
+		now, err := os.Stat(path)
+		switch {
+		case w.read == nil && errors.Is(err, fs.ErrNotExist):
+			return nil
+		case w.read == nil || err != nil || !sameVersion(now, w.read):
+			return errChangedMeanwhile
+		}
+		return nil
+	}
+	w.written, err = writeFileAtomic(path, out, w.read, unchanged)
+	return w, err
+}
+
+// tempPattern is the name pattern of writeFileAtomic's temporary files.
+func tempPattern(path string) string {
+	dir, base := filepath.Split(path)
+	return filepath.Join(dir, "."+base+".tmp-*")
+}
+
+// removeStaleTemporaries removes the temporary files that a writer killed in
+// the middle of a write left behind. It must be called with the lock held:
+// every writer makes its temporary file only while holding it, so any that
+// exists then belongs to no live writer.
+func removeStaleTemporaries(path string) {
+	stale, _ := filepath.Glob(tempPattern(path))
+	for _, name := range stale {
+		_ = os.Remove(name)
+	}
+}
+
+// writeFileAtomic replaces path with data so that a reader, or a crash at any
+// moment, sees either the old file or the new one whole: write a temporary
+// file in the same folder, flush it to disk, rename it over path, then flush
+// the folder so that the rename itself survives a power cut. The new file
+// gets the mode and, where it can, the owner of like (the file it replaces;
+// nil for a new file: mode 0600, owned by this process). beforeRename, if
+// not nil, may still cancel the write. It returns the stat of the new file.
+func writeFileAtomic(path string, data []byte, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(tempPattern(path)))
+	if err != nil {
+		return nil, fmt.Errorf("writing key file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tmp.Close()
+			_ = os.Remove(tmp.Name())
+			if !errors.Is(err, errChangedMeanwhile) {
+				err = fmt.Errorf("writing key file %s: %w", path, err)
+			}
+		}
+	}()
+	mode := fs.FileMode(0o600)
+	if like != nil {
+		mode = like.Mode().Perm()
+		if err = keepOwner(tmp, like); err != nil {
+			return nil, err
+		}
+	}
+	if _, err = tmp.Write(data); err != nil {
+		return nil, err
+	}
+	if err = tmp.Chmod(mode); err != nil {
+		return nil, err
+	}
+	if err = tmp.Sync(); err != nil {
+		return nil, err
+	}
+	if written, err = tmp.Stat(); err != nil {
+		return nil, err
+	}
+	if err = tmp.Close(); err != nil {
+		return nil, err
+	}
+	if beforeRename != nil {
+		if err = beforeRename(); err != nil {
+			return nil, err
+		}
+	}
+	if err = os.Rename(tmp.Name(), path); err != nil {
+		return nil, err
+	}
+	if d, derr := os.Open(dir); derr == nil {
+		_ = d.Sync() // not supported everywhere; the rename is done either way
+		_ = d.Close()
+	}
+	return written, nil
+}
+
+// keepOwner gives f, the new version of a key file, the owner and group of
+// like, the version it replaces, so that `sudo caddy apikey ...` does not
+// leave a key file that the user Caddy runs as can no longer read. Only
+// root can give a file away: anyone else becomes the owner of the new
+// version (as with any program that saves by rename) and keeps the group
+// where the system allows, which with the mode kept (0660, say) keeps the
+// file usable by its group.
+func keepOwner(f *os.File, like fs.FileInfo) error {
+	uid, gid, ok := fileOwner(like)
+	if !ok {
+		return nil
+	}
+	if os.Geteuid() == 0 {
+		return f.Chown(uid, gid)
+	}
+	_ = f.Chown(-1, gid)
+	return nil
+}

@@ -1,0 +1,177 @@
+package apikey
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"unsafe"
+)
+
+// key is the in-memory form of one usable record: what the request path
+// needs and nothing more, so that a million keys stay small.
+type key struct {
+	ID     string
+	Label  string
+	Prefix string
+	Scopes []string
+
+	scopesJoined string
+	expires      bool  // the key has an expires_at
+	expiresAt    int64 // unix nanoseconds, clamped to int64 (see unixNanoClamped)
+	revoked      bool
+
+	// usage is created on first use, so keys that are never used cost
+	// nothing, and is carried over to the next key set when the file is
+	// reloaded.
+	usage atomic.Pointer[usageCell]
+}
+
+// expired reports whether the key is past its expires_at at time now
+// (unix nanoseconds).
+func (k *key) expired(now int64) bool {
+	return k.expires && now >= k.expiresAt
+}
+
+// hasScope reports whether the key holds scope s.
+func (k *key) hasScope(s string) bool { return slices.Contains(k.Scopes, s) }
+
+// placeholder provides the {http.auth.user.*} placeholders of a request
+// authenticated with this key. Registering one provider per request (rather
+// than four replacer.Set calls) keeps the hot path to a single allocation.
+func (k *key) placeholder(name string) (any, bool) {
+	switch name {
+	case "http.auth.user.id":
+		return k.ID, true
+	case "http.auth.user.label":
+		return k.Label, true
+	case "http.auth.user.key_prefix":
+		return k.Prefix, true
+	case "http.auth.user.scopes":
+		return k.scopesJoined, true
+	}
+	return nil, false
+}
+
+// keySet is an immutable snapshot of a key file. Requests read it through an
+// atomic pointer, so a reload swaps all keys at once.
+type keySet struct {
+	byHash map[[sha256.Size]byte]*key
+	keys   []key
+}
+
+// lookup finds the key whose SHA-256 matches the presented raw key: one hash
+// and one map probe, whatever the number of keys.
+func (ks *keySet) lookup(raw string) (*key, [sha256.Size]byte) {
+	// Hash the string's bytes in place: Sum256 neither keeps nor changes
+	// them, and copying a header-sized key would cost an allocation.
+	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
+	return ks.byHash[sum], sum
+}
+
+// hashKey returns the key_hash of a raw key: lowercase SHA-256 hex.
+func hashKey(raw string) string {
+	sum := sha256.Sum256([]byte(raw))
+	return hex.EncodeToString(sum[:])
+}
+
+// readKeySet reads and checks a key file.
+func readKeySet(path string) (*keySet, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &keyFileError{path: path, err: err}
+	}
+	ks, err := parseKeySet(data)
+	if err != nil {
+		return nil, &keyFileError{path: path, err: err}
+	}
+	return ks, nil
+}
+
+// parseKeySet decodes and checks the contents of a key file.
+func parseKeySet(data []byte) (*keySet, error) {
+	_, ks, err := parseKeyFile(data)
+	return ks, err
+}
+
+// parseKeyFile decodes and checks the contents of a key file, and returns
+// both its document (for writers) and its key set.
+func parseKeyFile(data []byte) (*keyDoc, *keySet, error) {
+	doc, err := parseKeyDoc(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	ks, err := buildKeySet(doc.records)
+	if err != nil {
+		return nil, nil, err
+	}
+	return doc, ks, nil
+}
+
+// buildKeySet checks the records' values and indexes them by hash: every
+// record needs a unique id and a unique, well-formed key_hash; times must
+// be ISO 8601 and scopes well-formed.
+func buildKeySet(records []docRecord) (*keySet, error) {
+	ks := &keySet{
+		byHash: make(map[[sha256.Size]byte]*key, len(records)),
+		keys:   make([]key, len(records)),
+	}
+	ids := make(map[string]int, len(records))
+	for i := range records {
+		rec := &records[i].record
+		n := i + 1
+		if rec.ID == "" {
+			return nil, fmt.Errorf(`record %d: "id" is missing or empty`, n)
+		}
+		if first, dup := ids[rec.ID]; dup {
+			return nil, fmt.Errorf("record %d: id %q is already used by record %d", n, rec.ID, first)
+		}
+		ids[rec.ID] = n
+		k := &ks.keys[i]
+		sum, err := k.fill(rec)
+		if err != nil {
+			return nil, recordError(n, rec.ID, err)
+		}
+		if other, dup := ks.byHash[sum]; dup {
+			return nil, recordError(n, rec.ID, fmt.Errorf("key_hash is the same as that of id %q", other.ID))
+		}
+		ks.byHash[sum] = k
+	}
+	return ks, nil
+}
+
+// fill checks one record's values and makes k its key; it returns the
+// key's hash.
+func (k *key) fill(rec *record) ([sha256.Size]byte, error) {
+	k.ID, k.Label, k.Prefix = rec.ID, rec.Label, rec.KeyPrefix
+	sum, err := decodeKeyHash(rec.KeyHash)
+	if err != nil {
+		return sum, err
+	}
+	if rec.ExpiresAt != nil {
+		t, err := parseTimestamp(*rec.ExpiresAt)
+		if err != nil {
+			return sum, fmt.Errorf("expires_at: %v", err)
+		}
+		k.expires, k.expiresAt = true, unixNanoClamped(t)
+	}
+	if rec.RevokedAt != nil {
+		if _, err := parseTimestamp(*rec.RevokedAt); err != nil {
+			return sum, fmt.Errorf("revoked_at: %v", err)
+		}
+		k.revoked = true
+	}
+	for _, s := range rec.Scopes {
+		if err := checkScope(s); err != nil {
+			return sum, err
+		}
+	}
+	if len(rec.Scopes) > 0 {
+		k.Scopes = rec.Scopes
+		k.scopesJoined = strings.Join(rec.Scopes, ",")
+	}
+	return sum, nil
+}
