@@ -1,0 +1,125 @@
+package apikey
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// TestServeHTTP runs the request path over an in-memory key set: every
+// refusal with its exact body and headers, and what a passing request
+// carries on.
+func TestServeHTTP(t *testing.T) {
+	const (
+		good    = "sk_module_test_good"
+		revoked = "sk_module_test_revoked"
+		expired = "sk_module_test_expired"
+		reader  = "sk_module_test_reader"
+	)
+	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	ks := mustBuildKeySet(t,
+		record{ID: "id-good", Label: "Good", KeyHash: hashKey(good), KeyPrefix: good[:11], Scopes: []string{"read", "write"}},
+		record{ID: "id-revoked", Label: "Revoked", KeyHash: hashKey(revoked), KeyPrefix: revoked[:11], RevokedAt: &past},
+		record{ID: "id-expired", Label: "Expired", KeyHash: hashKey(expired), KeyPrefix: expired[:11], ExpiresAt: &past},
+		record{ID: "id-reader", Label: "Reader", KeyHash: hashKey(reader), KeyPrefix: reader[:11], Scopes: []string{"read"}},
+	)
+	const (
+		authRequired = `{"success":false,"error":{"code":"AUTH_REQUIRED","message":"API key is required. Pass via Authorization: Bearer header, X-API-Key header or ?api_key= query parameter."}}`
+		invalidKey   = `{"success":false,"error":{"code":"INVALID_KEY","message":"Invalid API key."}}`
+		keyExpired   = `{"success":false,"error":{"code":"KEY_EXPIRED","message":"API key has expired."}}`
+		noScope      = `{"success":false,"error":{"code":"INSUFFICIENT_SCOPE","message":"API key lacks the required scope \"write\"."}}`
+		ambiguous    = `{"success":false,"error":{"code":"AMBIGUOUS_KEY","message":"More than one API key was sent; send exactly one."}}`
+	)
+	tests := []struct {
+		name    string
+		handler Handler
+		target  string
+		headers []string
+		status  int    // 0: passed on to the next handler
+		body    string // the refusal's body
+		userID  string // {http.auth.user.id} of a passed request
+	}{
+		{"no key", Handler{}, "/", nil, 401, authRequired, ""},
+		{"bearer", Handler{}, "/", []string{"Authorization: Bearer " + good}, 0, "", "id-good"},
+		{"x-api-key", Handler{}, "/", []string{"X-API-Key: " + good}, 0, "", "id-good"},
+		{"query", Handler{}, "/?api_key=" + good, nil, 0, "", "id-good"},
+		{"unknown key", Handler{}, "/", []string{"X-API-Key: sk_nobody"}, 403, invalidKey, ""},
+		{"revoked key", Handler{}, "/", []string{"X-API-Key: " + revoked}, 403, invalidKey, ""},
+		{"expired key", Handler{}, "/", []string{"X-API-Key: " + expired}, 403, keyExpired, ""},
+		{"two keys in one source", Handler{}, "/", []string{"X-API-Key: " + good, "X-API-Key: " + reader}, 400, ambiguous, ""},
+		{"scopes held", Handler{Scopes: []string{"read", "write"}}, "/", []string{"X-API-Key: " + good}, 0, "", "id-good"},
+		{"scope missing", Handler{Scopes: []string{"read", "write"}}, "/", []string{"X-API-Key: " + reader}, 403, noScope, ""},
+		{"optional without key", Handler{Optional: true}, "/", nil, 0, "", ""},
+		{"optional with a wrong key", Handler{Optional: true}, "/", []string{"X-API-Key: sk_nobody"}, 403, invalidKey, ""},
+		{"query off", Handler{Query: strPtr("")}, "/?api_key=" + good, nil, 401,
+			`{"success":false,"error":{"code":"AUTH_REQUIRED","message":"API key is required. Pass via Authorization: Bearer header or X-API-Key header."}}`, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := tt.handler
+			h.KeysFile = "keys.json"
+			newMemoryHandler(&h, ks)
+			w, r := httptest.NewRecorder(), credRequest(tt.target, tt.headers...)
+			repl := caddy.NewReplacer()
+			r = caddyhttp.PrepareRequest(r, repl, w, nil)
+			passed := false
+			next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { passed = true; return nil })
+			if err := h.ServeHTTP(w, r, next); err != nil {
+				t.Fatalf("ServeHTTP: %v", err)
+			}
+			if tt.status == 0 {
+				if !passed {
+					t.Fatalf("refused with %d %s", w.Code, w.Body)
+				}
+				if id, _ := repl.GetString("http.auth.user.id"); id != tt.userID {
+					t.Errorf("{http.auth.user.id} = %q, want %q", id, tt.userID)
+				}
+				return
+			}
+			if passed {
+				t.Fatal("passed on a request it should refuse")
+			}
+			if w.Code != tt.status || w.Body.String() != tt.body {
+				t.Errorf("answer %d %s\nwant   %d %s", w.Code, w.Body, tt.status, tt.body)
+			}
+			want := map[string]string{"Content-Type": "application/json", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+			if tt.status == 401 {
+				want["Www-Authenticate"] = `Bearer realm="restricted"`
+			}
+			for name, value := range want {
+				if got := w.Header().Get(name); got != value {
+					t.Errorf("%s: %q, want %q", name, got, value)
+				}
+			}
+		})
+	}
+}
+
+// With handle_errors, a refusal is handed to Caddy's error routes with its
+// status, message and code, and nothing is written.
+func TestServeHTTPHandleErrors(t *testing.T) {
+	h := newMemoryHandler(&Handler{KeysFile: "keys.json", HandleErrors: true}, mustBuildKeySet(t))
+	w := httptest.NewRecorder()
+	repl := caddy.NewReplacer()
+	r := caddyhttp.PrepareRequest(credRequest("/", "X-API-Key: sk_nobody"), repl, w, nil)
+	err := h.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		t.Fatal("passed")
+		return nil
+	}))
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != 403 || !strings.Contains(he.Err.Error(), "Invalid API key.") {
+		t.Fatalf("error %#v, want a 403 HandlerError", err)
+	}
+	if code, _ := repl.GetString("http.auth.apikey.error_code"); code != CodeInvalidKey {
+		t.Errorf("error_code placeholder %q", code)
+	}
+	if w.Body.Len() != 0 {
+		t.Errorf("wrote a body: %s", w.Body)
+	}
+}
