@@ -25,11 +25,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 	if !h.Next() {
 		return nil, h.ArgErr()
 	}
+	args := h.RemainingArgs() // the arguments on the directive's own line
+	h.Reset()
+	h.Next()
 	seg := h.NextSegment()
 	h.Reset()
 	h.Next()
 	hasMatcher := false
-	switch args := segmentArgs(seg); len(args) {
+	switch len(args) {
 	case 1:
 		hasMatcher = strings.HasPrefix(args[0], "@") || args[0] == "*" || blockHas(seg, "keys_file")
 	case 2:
@@ -48,22 +51,6 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 		return nil, err
 	}
 	return h.NewRoute(matcherSet, &handler), nil
-}
-
-// segmentArgs returns the arguments on the directive's own line: the tokens
-// after the directive name and before its block.
-func segmentArgs(seg caddyfile.Segment) []string {
-	var args []string
-	for i, tok := range seg {
-		if i == 0 {
-			continue
-		}
-		if tok.Line != seg[0].Line || tok.Text == "{" {
-			break
-		}
-		args = append(args, tok.Text)
-	}
-	return args
 }
 
 // blockHas reports whether the directive's block has subdirective name.
@@ -127,14 +114,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 
 		case "header":
-			args := d.RemainingArgs()
-			if len(args) < 1 || len(args) > 2 {
+			if n := d.CountRemainingArgs(); n < 1 || n > 2 {
 				return d.ArgErr()
 			}
-			src := HeaderSource{Name: args[0]}
-			if len(args) == 2 {
-				src.Scheme = args[1]
-			}
+			src := HeaderSource{}
+			d.Args(&src.Name, &src.Scheme)
 			h.Headers = append(h.Headers, src)
 
 		case "query":

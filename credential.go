@@ -83,15 +83,7 @@ func (s *credentialSource) keyFrom(v string) string {
 }
 
 // trimOWS trims HTTP's optional white space (spaces and tabs).
-func trimOWS(s string) string {
-	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
-		s = s[1:]
-	}
-	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
-		s = s[:len(s)-1]
-	}
-	return s
-}
+func trimOWS(s string) string { return strings.Trim(s, " \t") }
 
 // queryValue returns the value of parameter name in a raw query string,
 // without parsing the whole query into a map (the hot path allocates only

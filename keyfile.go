@@ -221,7 +221,7 @@ func (d *keyFileDecoder) recordList() ([]docRecord, error) {
 	}
 	// Records take about 250 bytes of a file: guess the count from the rest
 	// of it, to save most of the slice's regrowth.
-	records := make([]docRecord, 0, min((len(d.data)-int(d.dec.InputOffset()))/256+1, 1<<16))
+	records := make([]docRecord, 0, (len(d.data)-int(d.dec.InputOffset()))/256+1)
 	for n := 1; d.dec.PeekKind() != ']'; n++ {
 		if d.dec.PeekKind() != '{' {
 			v, err := d.value()

@@ -1,6 +1,17 @@
-// Package apikey is a Caddy HTTP handler that admits only requests carrying a
-// valid API key. Keys are checked against the SHA-256 hashes kept in a JSON
-// key file; raw keys are never stored.
+// Package apikey is a Caddy HTTP handler (module http.handlers.apikey,
+// directive apikey) that admits only requests carrying a valid API key.
+// Keys are checked against the SHA-256 hashes kept in a JSON key file whose
+// records follow those of SoulSync's API-key module, so that files written
+// by that application keep working; raw keys are never stored.
+//
+// It is a handler and not a caddyauth provider because it answers refusals
+// itself, with JSON bodies and their codes (400 AMBIGUOUS_KEY, 401
+// AUTH_REQUIRED, 403 INVALID_KEY, KEY_EXPIRED or INSUFFICIENT_SCOPE), where
+// caddyauth answers every failure with a bare 401.
+//
+// The request path is ServeHTTP in module.go; the key file's format is in
+// keyfile.go, the in-memory key set in keyset.go, and the live store (reload,
+// usage writes) in store.go.
 package apikey
 
 import (
