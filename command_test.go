@@ -51,52 +51,6 @@ func mustAdd(t testing.TB, path string, opts addOptions) string {
 	return raw
 }
 
-// fileRecords reads the key file at path as the handler does and returns its
-// records, failing the test if the handler would refuse the file.
-func fileRecords(t testing.TB, path string) []record {
-	t.Helper()
-	if _, err := readKeySet(path); err != nil {
-		t.Fatalf("key file no longer loads: %v", err)
-	}
-	recs := make([]record, 0)
-	for _, r := range readKeyDoc(t, path).records {
-		recs = append(recs, r.record)
-	}
-	return recs
-}
-
-// fileObjects reads the key file at path with member order.
-func fileObjects(t testing.TB, path string) (doc struct {
-	top     object
-	records []object
-}) {
-	t.Helper()
-	kd := readKeyDoc(t, path)
-	doc.top = kd.top
-	for _, r := range kd.records {
-		r.split()
-		doc.records = append(doc.records, r.members)
-	}
-	return doc
-}
-
-func memberNames(o object) []string {
-	names := make([]string, len(o))
-	for i, m := range o {
-		names[i] = m.name
-	}
-	return names
-}
-
-func readFile(t testing.TB, path string) string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
-}
-
 func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
@@ -122,14 +76,14 @@ func TestCommandAddCreatesFile(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("new key file has mode %v, want 0600", fi.Mode().Perm())
 	}
-	doc := fileObjects(t, path)
+	doc := readKeyDoc(t, path)
 	if got := memberNames(doc.top); !slices.Equal(got, []string{"api_keys"}) {
 		t.Errorf("top-level members = %v, want [api_keys]", got)
 	}
 	if len(doc.records) != 1 {
 		t.Fatalf("%d records, want 1", len(doc.records))
 	}
-	rec := doc.records[0]
+	rec := recordMembers(doc.records[0])
 	wantOrder := []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at"}
 	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
 		t.Errorf("record members = %v, want %v", got, wantOrder)
@@ -176,20 +130,20 @@ func TestCommandAddCreatesFile(t *testing.T) {
 func TestCommandAddAppends(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	first := mustAdd(t, path, addOptions{Label: "first"})
-	before := fileObjects(t, path).records[0]
+	before := recordMembers(readKeyDoc(t, path).records[0])
 	second := mustAdd(t, path, addOptions{Label: "second", Expires: "90d", Scopes: []string{"read", "write,admin", "read"}})
 	if first == second {
 		t.Fatal("two adds printed the same key")
 	}
 
-	doc := fileObjects(t, path)
+	doc := readKeyDoc(t, path)
 	if len(doc.records) != 2 {
 		t.Fatalf("%d records, want 2", len(doc.records))
 	}
-	if a, b := mustJSON(t, before), mustJSON(t, doc.records[0]); a != b {
+	if a, b := mustJSON(t, before), mustJSON(t, recordMembers(doc.records[0])); a != b {
 		t.Errorf("the first record changed:\n%s\n%s", a, b)
 	}
-	rec := doc.records[1]
+	rec := recordMembers(doc.records[1])
 	wantOrder := []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "scopes"}
 	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
 		t.Errorf("record members = %v, want %v", got, wantOrder)
@@ -200,7 +154,7 @@ func TestCommandAddAppends(t *testing.T) {
 	if got := mustJSON(t, rec.get("scopes")); got != `["read","write","admin"]` {
 		t.Errorf("scopes = %s, want [\"read\",\"write\",\"admin\"]", got)
 	}
-	if rec.getString("id") == doc.records[0].getString("id") {
+	if rec.getString("id") == doc.records[0].ID {
 		t.Error("two keys got the same id")
 	}
 
@@ -233,9 +187,9 @@ func TestCommandAddBareArrayFile(t *testing.T) {
 	if !strings.HasPrefix(strings.TrimSpace(data), "[") {
 		t.Fatalf("a bare-array key file was turned into another shape:\n%s", data)
 	}
-	recs := fileRecords(t, path)
+	recs := readKeyDoc(t, path).records
 	if len(recs) != 2 || recs[0].ID != k.record["id"] || recs[1].KeyHash != hashKey(raw) {
-		t.Fatalf("records = %+v", recs)
+		t.Fatalf("records not the old one and the added one:\n%s", readFile(t, path))
 	}
 }
 
@@ -491,17 +445,6 @@ func revokeFixture(t *testing.T) (string, []testKey) {
 	return writeKeys(t, "", keys...), keys
 }
 
-func revokedAt(t *testing.T, path, id string) *string {
-	t.Helper()
-	for _, rec := range fileRecords(t, path) {
-		if rec.ID == id {
-			return rec.RevokedAt
-		}
-	}
-	t.Fatalf("no record %s", id)
-	return nil
-}
-
 func TestCommandRevoke(t *testing.T) {
 	for _, tc := range []struct {
 		name, ref, wantID string
@@ -518,7 +461,7 @@ func TestCommandRevoke(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, k := range keys {
-				got := revokedAt(t, path, k.record["id"].(string))
+				got := fileRecord(t, path, k.record["id"].(string)).RevokedAt
 				if k.record["id"] == tc.wantID {
 					if got == nil || *got != formatTimestamp(cmdNow) {
 						t.Errorf("revoked_at = %v, want %s", got, formatTimestamp(cmdNow))
@@ -633,20 +576,21 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	doc := fileObjects(t, path)
-	if got := memberNames(doc.top); !slices.Equal(got, []string{"version", "api_keys", "meta"}) {
+	doc := readKeyDoc(t, path)
+	top := object(doc.top)
+	if got := memberNames(top); !slices.Equal(got, []string{"version", "api_keys", "meta"}) {
 		t.Errorf("top-level members = %v", got)
 	}
-	if got := string(doc.top.get("version")); got != "3" {
+	if got := string(top.get("version")); got != "3" {
 		t.Errorf("version = %s", got)
 	}
-	if got := mustJSON(t, doc.top.get("meta")); got != `{"owner":"platform"}` {
+	if got := mustJSON(t, top.get("meta")); got != `{"owner":"platform"}` {
 		t.Errorf("meta = %s", got)
 	}
 	if len(doc.records) != 2 {
 		t.Fatalf("%d records", len(doc.records))
 	}
-	old := doc.records[0]
+	old := recordMembers(doc.records[0])
 	wantOrder := []string{"team", "created_at", "id", "key_hash", "key_prefix", "label", "last_used_at", "notes", "revoked_at"}
 	if got := memberNames(old); !slices.Equal(got, wantOrder) {
 		t.Errorf("old record members = %v, want %v", got, wantOrder)
@@ -654,7 +598,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	if got := mustJSON(t, old.get("notes")); got != `{"ticket":42,"big":12345678901234567890}` {
 		t.Errorf("notes = %s (numbers must be kept as written)", got)
 	}
-	if doc.records[1].getString("key_hash") != hashKey(raw) {
+	if doc.records[1].KeyHash != hashKey(raw) {
 		t.Error("the added key is not the second record")
 	}
 }
@@ -693,8 +637,8 @@ func TestCommandHash(t *testing.T) {
 	if err := hashFromReader(strings.NewReader(raw+"\n"), &out); err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.TrimSpace(out.String()); got != fileRecords(t, path)[0].KeyHash {
-		t.Errorf("hash = %s, stored key_hash = %s", got, fileRecords(t, path)[0].KeyHash)
+	if got, stored := strings.TrimSpace(out.String()), readKeyDoc(t, path).records[0].KeyHash; got != stored {
+		t.Errorf("hash = %s, stored key_hash = %s", got, stored)
 	}
 }
 
@@ -729,7 +673,7 @@ func TestCommandCobraWiring(t *testing.T) {
 	if !rawKeyPattern.MatchString(raw) || !strings.Contains(stderr, "cannot be shown again") {
 		t.Fatalf("add: stdout %q, stderr %q", stdout, stderr)
 	}
-	recs := fileRecords(t, path)
+	recs := readKeyDoc(t, path).records
 	if len(recs) != 1 || recs[0].Label != "wired" || !slices.Equal(recs[0].Scopes, []string{"read", "write", "admin"}) ||
 		recs[0].ExpiresAt == nil || recs[0].KeyHash != hashKey(raw) {
 		t.Fatalf("record = %+v", recs[0])
@@ -850,11 +794,11 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 		t.FailNow()
 	}
 
-	recs := fileRecords(t, path)
+	recs := readKeyDoc(t, path).records
 	if want := baseKeys + adders*addsEach; len(recs) != want {
 		t.Fatalf("%d records in the file, want %d", len(recs), want)
 	}
-	byHash := make(map[string]record, len(recs))
+	byHash := make(map[string]docRecord, len(recs))
 	for _, rec := range recs {
 		byHash[rec.KeyHash] = rec
 	}

@@ -2,8 +2,6 @@ package apikey
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -28,17 +26,6 @@ func provisionTestHandler(t *testing.T, h *Handler) *Handler {
 		t.Fatalf("Validate: %v", err)
 	}
 	return h
-}
-
-// credRequest builds a request to target with headers given as
-// "Name: value" strings (values kept verbatim, spaces included).
-func credRequest(target string, headers ...string) *http.Request {
-	r := httptest.NewRequest("GET", target, nil)
-	for _, h := range headers {
-		name, value, _ := strings.Cut(h, ":")
-		r.Header.Add(name, strings.TrimPrefix(value, " "))
-	}
-	return r
 }
 
 func TestCredentialExtraction(t *testing.T) {
@@ -96,7 +83,7 @@ func TestCredentialExtraction(t *testing.T) {
 	h := provisionTestHandler(t, &Handler{})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := h.credential(credRequest(tt.target, tt.headers...))
+			got := h.credential(newRequest("GET", tt.target, tt.headers...))
 			if got.status == credAmbiguous {
 				got.key = "" // what an ambiguous result carries does not matter
 			}
@@ -151,7 +138,7 @@ func TestCredentialCustomSources(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			h := tt.handler
 			provisionTestHandler(t, &h)
-			got := h.credential(credRequest(tt.target, tt.headers...))
+			got := h.credential(newRequest("GET", tt.target, tt.headers...))
 			if got != tt.want {
 				t.Errorf("got %+v\nwant %+v", got, tt.want)
 			}
@@ -219,7 +206,7 @@ func TestHideCredential(t *testing.T) {
 	// Every key goes, from every enabled source: the one that
 	// authenticated and any other sent beside it. What carries no key
 	// stays.
-	r := credRequest("/p?x=1&api_key=sk_three", "Authorization: Bearer sk_one", "Authorization: Basic Ym9i", "X-Api-Key: sk_two", "X-Other: 1")
+	r := newRequest("GET", "/p?x=1&api_key=sk_three", "Authorization: Bearer sk_one", "Authorization: Basic Ym9i", "X-Api-Key: sk_two", "X-Other: 1")
 	h.hideCredentials(r)
 	if got := r.Header["Authorization"]; len(got) != 1 || got[0] != "Basic Ym9i" {
 		t.Errorf("Authorization after hiding: %q, want only the Basic value", got)
@@ -231,7 +218,7 @@ func TestHideCredential(t *testing.T) {
 		t.Errorf("what carries no key was touched: %v %q", r.Header, r.URL.RawQuery)
 	}
 
-	r = credRequest("/p?a=1&api_key=sk_three&b=2")
+	r = newRequest("GET", "/p?a=1&api_key=sk_three&b=2")
 	h.hideCredentials(r)
 	if r.URL.RawQuery != "a=1&b=2" || r.RequestURI != "/p?a=1&b=2" {
 		t.Errorf("after hiding: RawQuery %q RequestURI %q", r.URL.RawQuery, r.RequestURI)
@@ -240,7 +227,7 @@ func TestHideCredential(t *testing.T) {
 		t.Errorf("the key is still in the URL %s", r.URL)
 	}
 
-	r = credRequest("/p?api_key=sk_three")
+	r = newRequest("GET", "/p?api_key=sk_three")
 	h.hideCredentials(r)
 	if r.URL.RawQuery != "" || r.RequestURI != "/p" {
 		t.Errorf("after hiding the only parameter: RawQuery %q RequestURI %q", r.URL.RawQuery, r.RequestURI)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -142,7 +143,7 @@ func FuzzCredential(f *testing.F) {
 			}
 			if cred.param != "" {
 				if q, err := url.ParseQuery(rawQuery); err == nil {
-					if !contains(q[cred.param], cred.key) {
+					if !slices.Contains(q[cred.param], cred.key) {
 						t.Fatalf("key %q is not a value of %q in %q", cred.key, cred.param, rawQuery)
 					}
 				}
@@ -187,15 +188,6 @@ func fuzzKeySet(t *testing.T) *keySet {
 		fuzzKeys = mustBuildKeySet(t, record{ID: "fuzz", Label: "Fuzz", KeyHash: hashKey(fuzzKey), KeyPrefix: fuzzKey[:11]})
 	}
 	return fuzzKeys
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // FuzzCaddyfile feeds arbitrary text to the apikey directive, both to

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -23,91 +22,6 @@ import (
 
 // defaultAuthMessage is the 401 message of a handler with the default sources.
 const defaultAuthMessage = "API key is required. Pass via Authorization: Bearer header, X-API-Key header or ?api_key= query parameter."
-
-// send sends a GET to the test site with hdr set verbatim (names as given,
-// values untrimmed) and returns the response and its body.
-func send(t *testing.T, path string, hdr http.Header) (*http.Response, string) {
-	t.Helper()
-	req, err := http.NewRequest("GET", siteURL(path), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, values := range hdr {
-		req.Header[name] = values
-	}
-	return roundTrip(t, req)
-}
-
-// hdrs builds a header from "Name: value" strings: the name is used as
-// written (not canonicalised), the value after ": " verbatim.
-func hdrs(lines ...string) http.Header {
-	h := http.Header{}
-	for _, l := range lines {
-		name, value, _ := strings.Cut(l, ":")
-		h[name] = append(h[name], strings.TrimPrefix(value, " "))
-	}
-	return h
-}
-
-// assertRefusal checks a JSON refusal: status, headers and body, and that
-// no secret appears in it. It returns the message.
-func assertRefusal(t *testing.T, resp *http.Response, body string, status int, code, realm string, secrets ...string) string {
-	t.Helper()
-	if resp.StatusCode != status {
-		t.Fatalf("status %d, want %d; body %q", resp.StatusCode, status, truncate(body))
-	}
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("Content-Type %q, want application/json", ct)
-	}
-	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
-		t.Errorf("Cache-Control %q, want no-store", cc)
-	}
-	challenge := resp.Header.Values("WWW-Authenticate")
-	if status == http.StatusUnauthorized {
-		if want := `Bearer realm="` + realm + `"`; len(challenge) != 1 || challenge[0] != want {
-			t.Errorf("WWW-Authenticate %q, want %q", challenge, want)
-		}
-	} else if len(challenge) != 0 {
-		t.Errorf("WWW-Authenticate %q on a %d", challenge, status)
-	}
-	var env refusalBody
-	dec := json.NewDecoder(strings.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&env); err != nil {
-		t.Fatalf("body is not the JSON envelope: %v: %q", err, truncate(body))
-	}
-	if env.Success == nil || *env.Success || env.Error == nil || env.Error.Code == nil || env.Error.Message == nil {
-		t.Fatalf("body lacks success false, error.code or error.message: %q", body)
-	}
-	if *env.Error.Code != code {
-		t.Errorf("error code %q, want %q", *env.Error.Code, code)
-	}
-	if *env.Error.Message == "" {
-		t.Error("empty error message")
-	}
-	for _, s := range secrets {
-		if s != "" && strings.Contains(body, secretPart(s)) {
-			t.Errorf("the refusal echoes the key: %q", truncate(body))
-		}
-	}
-	return *env.Error.Message
-}
-
-// secretPart is the part of a raw key that must never be shown: all of it
-// after the public prefix.
-func secretPart(raw string) string {
-	if len(raw) > 11 {
-		return raw[11:]
-	}
-	return raw
-}
-
-func truncate(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "..."
-	}
-	return s
-}
 
 // keyWithRaw makes a key record for a given raw key.
 func keyWithRaw(raw, label string, extra map[string]any) testKey {
@@ -175,18 +89,6 @@ func readAccessLog(t *testing.T, path string, n int) ([]accessLogEntry, string) 
 	return entries, raw
 }
 
-// loadCaddyfileGlobal is loadCaddyfile with extra global options.
-func loadCaddyfileGlobal(t *testing.T, global, site string) {
-	t.Helper()
-	cfg := caddyfileFor(site)
-	cfg = strings.Replace(cfg, "\tgrace_period 1s\n", "\tgrace_period 1s\n\t"+global+"\n", 1)
-	tc := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort})
-	tc.InitServer(cfg, "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-}
-
 // TestIntegrationDefaultSources drives every credential case through the
 // real Caddy with the default sources, and checks the access log.
 func TestIntegrationDefaultSources(t *testing.T) {
@@ -200,58 +102,58 @@ func TestIntegrationDefaultSources(t *testing.T) {
 	logPath := filepath.Join(t.TempDir(), "access.log")
 	// Caddy reads at most 16 KiB of request headers by default; this site
 	// allows more, so that 64 KiB keys reach the handler.
-	loadCaddyfileGlobal(t, "servers {\n\t\tmax_header_size 256KiB\n\t}", accessLogSite(logPath)+`
+	loadCaddyfileWithGlobals(t, "\tservers {\n\t\tmax_header_size 256KiB\n\t}", accessLogSite(logPath)+`
 	apikey `+keys+`
 	respond "{http.auth.user.id}|{http.auth.user.label}|{http.auth.user.key_prefix}"
 `)
 
 	ok := func(k testKey) string { return k.record["id"].(string) }
 	tests := []struct {
-		name   string
-		query  string
-		header http.Header
-		status int
-		code   string // for refusals
-		id     string // for successes
+		name    string
+		query   string
+		headers []string
+		status  int
+		code    string // for refusals
+		id      string // for successes
 	}{
 		{"no key", "", nil, 401, "AUTH_REQUIRED", ""},
-		{"bearer", "", hdrs("Authorization: Bearer " + good.Raw), 200, "", ok(good)},
-		{"bearer lower case", "", hdrs("Authorization: bearer " + good.Raw), 200, "", ok(good)},
-		{"bearer upper case", "", hdrs("Authorization: BEARER " + good.Raw), 200, "", ok(good)},
-		{"bearer with spaces and tabs", "", hdrs("Authorization: \tBearer \t  " + good.Raw + " \t "), 200, "", ok(good)},
-		{"header names in lower case", "", hdrs("authorization: Bearer " + good.Raw), 200, "", ok(good)},
-		{"x-api-key lower-case name", "", hdrs("x-api-key: " + good.Raw), 200, "", ok(good)},
-		{"x-api-key", "", hdrs("X-API-Key: " + good.Raw), 200, "", ok(good)},
-		{"x-api-key with spaces", "", hdrs("X-API-Key:   " + good.Raw + "  "), 200, "", ok(good)},
+		{"bearer", "", []string{"Authorization: Bearer " + good.Raw}, 200, "", ok(good)},
+		{"bearer lower case", "", []string{"Authorization: bearer " + good.Raw}, 200, "", ok(good)},
+		{"bearer upper case", "", []string{"Authorization: BEARER " + good.Raw}, 200, "", ok(good)},
+		{"bearer with spaces and tabs", "", []string{"Authorization: \tBearer \t  " + good.Raw + " \t "}, 200, "", ok(good)},
+		{"header names in lower case", "", []string{"authorization: Bearer " + good.Raw}, 200, "", ok(good)},
+		{"x-api-key lower-case name", "", []string{"x-api-key: " + good.Raw}, 200, "", ok(good)},
+		{"x-api-key", "", []string{"X-API-Key: " + good.Raw}, 200, "", ok(good)},
+		{"x-api-key with spaces", "", []string{"X-API-Key:   " + good.Raw + "  "}, 200, "", ok(good)},
 		{"query", "api_key=" + good.Raw, nil, 200, "", ok(good)},
 		{"query percent-encoded value", "api_key=" + strings.ReplaceAll(good.Raw, "_", "%5F"), nil, 200, "", ok(good)},
 		{"query percent-encoded name", "api%5Fkey=" + good.Raw, nil, 200, "", ok(good)},
-		{"bearer empty", "", hdrs("Authorization: Bearer"), 401, "AUTH_REQUIRED", ""},
-		{"bearer and spaces", "", hdrs("Authorization: Bearer    "), 401, "AUTH_REQUIRED", ""},
-		{"x-api-key empty", "", hdrs("X-Api-Key: "), 401, "AUTH_REQUIRED", ""},
+		{"bearer empty", "", []string{"Authorization: Bearer"}, 401, "AUTH_REQUIRED", ""},
+		{"bearer and spaces", "", []string{"Authorization: Bearer    "}, 401, "AUTH_REQUIRED", ""},
+		{"x-api-key empty", "", []string{"X-Api-Key: "}, 401, "AUTH_REQUIRED", ""},
 		{"query empty", "api_key=", nil, 401, "AUTH_REQUIRED", ""},
-		{"basic is not a key", "", hdrs("Authorization: Basic Ym9iOnNlY3JldA=="), 401, "AUTH_REQUIRED", ""},
-		{"basic then x-api-key", "", hdrs("Authorization: Basic Ym9iOnNlY3JldA==", "X-Api-Key: "+good.Raw), 200, "", ok(good)},
-		{"unknown key", "", hdrs("Authorization: Bearer " + unknown), 403, "INVALID_KEY", ""},
-		{"unknown key in x-api-key", "", hdrs("X-Api-Key: " + unknown), 403, "INVALID_KEY", ""},
+		{"basic is not a key", "", []string{"Authorization: Basic Ym9iOnNlY3JldA=="}, 401, "AUTH_REQUIRED", ""},
+		{"basic then x-api-key", "", []string{"Authorization: Basic Ym9iOnNlY3JldA==", "X-Api-Key: " + good.Raw}, 200, "", ok(good)},
+		{"unknown key", "", []string{"Authorization: Bearer " + unknown}, 403, "INVALID_KEY", ""},
+		{"unknown key in x-api-key", "", []string{"X-Api-Key: " + unknown}, 403, "INVALID_KEY", ""},
 		{"unknown key in query", "api_key=" + unknown, nil, 403, "INVALID_KEY", ""},
-		{"key with the hash's case changed", "", hdrs("X-Api-Key: " + strings.ToUpper(good.Raw)), 403, "INVALID_KEY", ""},
-		{"bearer beats x-api-key", "", hdrs("Authorization: Bearer "+good.Raw, "X-Api-Key: "+unknown), 200, "", ok(good)},
-		{"bearer beats query", "api_key=" + unknown, hdrs("Authorization: Bearer " + good.Raw), 200, "", ok(good)},
-		{"first source wins even if wrong", "", hdrs("Authorization: Bearer "+unknown, "X-Api-Key: "+good.Raw), 403, "INVALID_KEY", ""},
-		{"x-api-key beats query", "api_key=" + unknown, hdrs("X-Api-Key: " + good.Raw), 200, "", ok(good)},
-		{"x-api-key wrong, query right", "api_key=" + good.Raw, hdrs("X-Api-Key: " + unknown), 403, "INVALID_KEY", ""},
-		{"empty bearer falls to query", "api_key=" + good.Raw, hdrs("Authorization: Bearer "), 200, "", ok(good)},
-		{"same bearer twice", "", hdrs("Authorization: Bearer "+good.Raw, "Authorization: bearer "+good.Raw), 200, "", ok(good)},
-		{"two bearers", "", hdrs("Authorization: Bearer "+good.Raw, "Authorization: Bearer "+unknown), 400, "AMBIGUOUS_KEY", ""},
-		{"same x-api-key twice", "", hdrs("X-Api-Key: "+good.Raw, "X-Api-Key: "+good.Raw), 200, "", ok(good)},
-		{"two x-api-keys", "", hdrs("X-Api-Key: "+unknown, "X-Api-Key: "+good.Raw), 400, "AMBIGUOUS_KEY", ""},
+		{"key with the hash's case changed", "", []string{"X-Api-Key: " + strings.ToUpper(good.Raw)}, 403, "INVALID_KEY", ""},
+		{"bearer beats x-api-key", "", []string{"Authorization: Bearer " + good.Raw, "X-Api-Key: " + unknown}, 200, "", ok(good)},
+		{"bearer beats query", "api_key=" + unknown, []string{"Authorization: Bearer " + good.Raw}, 200, "", ok(good)},
+		{"first source wins even if wrong", "", []string{"Authorization: Bearer " + unknown, "X-Api-Key: " + good.Raw}, 403, "INVALID_KEY", ""},
+		{"x-api-key beats query", "api_key=" + unknown, []string{"X-Api-Key: " + good.Raw}, 200, "", ok(good)},
+		{"x-api-key wrong, query right", "api_key=" + good.Raw, []string{"X-Api-Key: " + unknown}, 403, "INVALID_KEY", ""},
+		{"empty bearer falls to query", "api_key=" + good.Raw, []string{"Authorization: Bearer "}, 200, "", ok(good)},
+		{"same bearer twice", "", []string{"Authorization: Bearer " + good.Raw, "Authorization: bearer " + good.Raw}, 200, "", ok(good)},
+		{"two bearers", "", []string{"Authorization: Bearer " + good.Raw, "Authorization: Bearer " + unknown}, 400, "AMBIGUOUS_KEY", ""},
+		{"same x-api-key twice", "", []string{"X-Api-Key: " + good.Raw, "X-Api-Key: " + good.Raw}, 200, "", ok(good)},
+		{"two x-api-keys", "", []string{"X-Api-Key: " + unknown, "X-Api-Key: " + good.Raw}, 400, "AMBIGUOUS_KEY", ""},
 		{"two query keys", "api_key=" + good.Raw + "&api_key=" + unknown, nil, 400, "AMBIGUOUS_KEY", ""},
 		{"same query key twice", "api_key=" + good.Raw + "&api_key=" + good.Raw, nil, 200, "", ok(good)},
-		{"revoked key", "", hdrs("Authorization: Bearer " + revoked.Raw), 403, "INVALID_KEY", ""},
-		{"expired key", "", hdrs("Authorization: Bearer " + expired.Raw), 403, "KEY_EXPIRED", ""},
-		{"64 KiB unknown key", "", hdrs("Authorization: Bearer " + bigUnknown), 403, "INVALID_KEY", ""},
-		{"64 KiB key", "", hdrs("X-Api-Key: " + big.Raw), 200, "", ok(big)},
+		{"revoked key", "", []string{"Authorization: Bearer " + revoked.Raw}, 403, "INVALID_KEY", ""},
+		{"expired key", "", []string{"Authorization: Bearer " + expired.Raw}, 403, "KEY_EXPIRED", ""},
+		{"64 KiB unknown key", "", []string{"Authorization: Bearer " + bigUnknown}, 403, "INVALID_KEY", ""},
+		{"64 KiB key", "", []string{"X-Api-Key: " + big.Raw}, 200, "", ok(big)},
 	}
 	allSecrets := []string{good.Raw, revoked.Raw, expired.Raw, big.Raw, unknown, bigUnknown}
 	labels := map[string]testKey{ok(good): good, ok(big): big}
@@ -261,7 +163,19 @@ func TestIntegrationDefaultSources(t *testing.T) {
 			if tt.query != "" {
 				path += "&" + tt.query
 			}
-			resp, body := send(t, path, tt.header)
+			req := newRequest("GET", siteURL(path), tt.headers...)
+			req.RequestURI = ""
+			for _, h := range tt.headers {
+				// A name written in lower case goes on the wire so
+				// (newRequest canonicalised it): how Caddy takes it is
+				// what those cases check.
+				name, _, _ := strings.Cut(h, ":")
+				if canon := http.CanonicalHeaderKey(name); name == strings.ToLower(name) && req.Header[canon] != nil {
+					req.Header[name] = req.Header[canon]
+					delete(req.Header, canon)
+				}
+			}
+			resp, body := roundTrip(t, req)
 			if tt.status != 200 {
 				msg := assertRefusal(t, resp, body, tt.status, tt.code, "restricted", allSecrets...)
 				switch tt.code {
@@ -344,22 +258,22 @@ func TestIntegrationCustomSources(t *testing.T) {
 	id := k.record["id"].(string)
 	const msg = "API key is required. Pass via X-Token header, authorization: Token header or ?token= query parameter."
 	for _, tt := range []struct {
-		name   string
-		query  string
-		header http.Header
-		status int
+		name    string
+		query   string
+		headers []string
+		status  int
 	}{
 		{"no key", "", nil, 401},
-		{"x-token", "", hdrs("X-Token: " + k.Raw), 200},
-		{"token scheme", "", hdrs("Authorization: token " + k.Raw), 200},
+		{"x-token", "", []string{"X-Token: " + k.Raw}, 200},
+		{"token scheme", "", []string{"Authorization: token " + k.Raw}, 200},
 		{"token query", "token=" + k.Raw, nil, 200},
-		{"bearer is not read", "", hdrs("Authorization: Bearer " + k.Raw), 401},
-		{"x-api-key is not read", "", hdrs("X-Api-Key: " + k.Raw), 401},
+		{"bearer is not read", "", []string{"Authorization: Bearer " + k.Raw}, 401},
+		{"x-api-key is not read", "", []string{"X-Api-Key: " + k.Raw}, 401},
 		{"api_key is not read", "api_key=" + k.Raw, nil, 401},
-		{"x-token first", "token=" + k.Raw, hdrs("X-Token: sk_wrong"), 403},
+		{"x-token first", "token=" + k.Raw, []string{"X-Token: sk_wrong"}, 403},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, body := send(t, "/?"+tt.query, tt.header)
+			resp, body := do(t, "GET", "/?"+tt.query, tt.headers...)
 			switch tt.status {
 			case 200:
 				if resp.StatusCode != 200 || body != id {
@@ -431,7 +345,7 @@ func TestIntegrationOptionalScopeHide(t *testing.T) {
 	}
 	resp, body := do(t, "GET", "/opt/x", "X-Api-Key: sk_not_a_key_at_all")
 	assertRefusal(t, resp, body, 403, "INVALID_KEY", "")
-	resp, body = send(t, "/opt/x", hdrs("X-Api-Key: sk_a", "X-Api-Key: sk_b"))
+	resp, body = do(t, "GET", "/opt/x", "X-Api-Key: sk_a", "X-Api-Key: sk_b")
 	assertRefusal(t, resp, body, 400, "AMBIGUOUS_KEY", "")
 
 	// scope
@@ -477,19 +391,19 @@ func TestIntegrationHandleErrors(t *testing.T) {
 	}
 `)
 	for _, tt := range []struct {
-		name   string
-		header http.Header
-		status int
-		body   string
+		name    string
+		headers []string
+		status  int
+		body    string
 	}{
 		{"no key", nil, 401, "401 AUTH_REQUIRED|" + defaultAuthMessage},
-		{"unknown key", hdrs("X-Api-Key: sk_unknown_key_here"), 403, "403 INVALID_KEY|Invalid API key."},
-		{"expired key", hdrs("X-Api-Key: " + expired.Raw), 403, "403 KEY_EXPIRED|API key has expired."},
-		{"two keys", hdrs("X-Api-Key: sk_a", "X-Api-Key: sk_b"), 400, "400 AMBIGUOUS_KEY|More than one API key was sent; send exactly one."},
-		{"good key", hdrs("X-Api-Key: " + k.Raw), 200, "ok " + k.record["id"].(string)},
+		{"unknown key", []string{"X-Api-Key: sk_unknown_key_here"}, 403, "403 INVALID_KEY|Invalid API key."},
+		{"expired key", []string{"X-Api-Key: " + expired.Raw}, 403, "403 KEY_EXPIRED|API key has expired."},
+		{"two keys", []string{"X-Api-Key: sk_a", "X-Api-Key: sk_b"}, 400, "400 AMBIGUOUS_KEY|More than one API key was sent; send exactly one."},
+		{"good key", []string{"X-Api-Key: " + k.Raw}, 200, "ok " + k.record["id"].(string)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, body := send(t, "/", tt.header)
+			resp, body := do(t, "GET", "/", tt.headers...)
 			if resp.StatusCode != tt.status || body != tt.body {
 				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, body, tt.status, tt.body)
 			}
@@ -544,19 +458,6 @@ func TestIntegrationJSONConfig(t *testing.T) {
 	}
 }
 
-// postLoad posts a config to the admin API and returns the status and body.
-func postLoad(t *testing.T, config, contentType string) (int, string) {
-	t.Helper()
-	c := http.Client{Timeout: 30 * time.Second}
-	resp, err := c.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), contentType, strings.NewReader(config))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
-}
-
 func TestIntegrationBrokenKeyFileFailsLoad(t *testing.T) {
 	good := newTestKey("good", nil)
 	dir := t.TempDir()
@@ -587,8 +488,8 @@ func TestIntegrationBrokenKeyFileFailsLoad(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			status, body := postLoad(t, caddyfileFor("\tapikey "+broken+"\n\trespond x"), "text/caddyfile")
-			if status == http.StatusOK {
+			body := loadConfigError(t, caddyfileFor("\tapikey "+broken+"\n\trespond x"))
+			if body == "" {
 				t.Fatalf("a config with a %s key file loaded", tt.name)
 			}
 			wantContains(t, body, append([]string{broken}, tt.want...)...)
@@ -605,8 +506,8 @@ func TestIntegrationBrokenKeyFileFailsLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	// (Caddy ignores a load of the very config in force, so change it.)
-	status, body := postLoad(t, caddyfileFor(site+"\theader X-Changed 1\n"), "text/caddyfile")
-	if status == http.StatusOK {
+	body := loadConfigError(t, caddyfileFor(site+"\theader X-Changed 1\n"))
+	if body == "" {
 		t.Fatal("a config load with the key file in use broken succeeded")
 	}
 	wantContains(t, body, keys, "record 1", "key_hash")

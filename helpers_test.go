@@ -2,13 +2,12 @@ package apikey
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -125,6 +124,29 @@ func loadCaddyfileWithGlobals(t *testing.T, globals, site string) *caddytest.Tes
 	return tc
 }
 
+// loadConfigError posts a Caddyfile to the admin API's /load and returns
+// the error it answers with, or "" if the config loaded.
+func loadConfigError(t *testing.T, caddyfile string) string {
+	t.Helper()
+	c := http.Client{Timeout: 30 * time.Second}
+	resp, err := c.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), "text/caddyfile", strings.NewReader(caddyfile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return ""
+	case len(body) == 0:
+		return resp.Status // an error all the same
+	}
+	return string(body)
+}
+
 // caddyfileFor wraps a site body in the global options the tests need.
 func caddyfileFor(site string) string { return caddyfileWithGlobals("", site) }
 
@@ -153,16 +175,16 @@ type testKey struct {
 	record map[string]any
 }
 
-// newTestKey makes a key in the reference application's format. extra
-// members are added to (or replace members of) its record.
+// newTestKey makes a key in the reference application's format, its raw
+// value made as `caddy apikey add` makes one. extra members are added to (or
+// replace members of) its record.
 func newTestKey(label string, extra map[string]any) testKey {
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
+	raw, err := generateKey()
+	if err != nil {
 		panic(err)
 	}
-	raw := "sk_" + base64.RawURLEncoding.EncodeToString(b)
 	rec := map[string]any{
-		"id":           newTestID(),
+		"id":           uuid.NewString(),
 		"label":        label,
 		"key_hash":     hashKey(raw),
 		"key_prefix":   raw[:11],
@@ -174,8 +196,6 @@ func newTestKey(label string, extra map[string]any) testKey {
 	}
 	return testKey{Raw: raw, record: rec}
 }
-
-func newTestID() string { return uuid.NewString() }
 
 // rec is the key's record, decoded.
 func (k testKey) rec() record {
@@ -190,18 +210,68 @@ func (k testKey) rec() record {
 	return r
 }
 
-// readKeyDoc reads the key file at path as writers do.
+// readKeyDoc reads the key file at path as writers do (parseKeyDoc), failing
+// the test if it does not parse or if the handler would refuse it. It is the
+// tests' one reader of a key file; fileRecord, lastUsed and recordMembers
+// look into what it returns.
 func readKeyDoc(t testing.TB, path string) *keyDoc {
+	t.Helper()
+	doc, err := parseKeyDoc([]byte(readFile(t, path)))
+	if err != nil {
+		t.Fatalf("key file %s does not parse: %v", path, err)
+	}
+	if _, err := buildKeySet(doc.records); err != nil {
+		t.Fatalf("key file %s no longer loads: %v", path, err)
+	}
+	return doc
+}
+
+// fileRecord returns the record with id in the key file at path, failing
+// the test if there is none.
+func fileRecord(t testing.TB, path, id string) docRecord {
+	t.Helper()
+	for _, r := range readKeyDoc(t, path).records {
+		if r.ID == id {
+			return r
+		}
+	}
+	t.Fatalf("record %s is not in the key file %s", id, path)
+	return docRecord{}
+}
+
+// lastUsed returns last_used_at of the record with id in the key file at
+// path: "" when it is null or absent.
+func lastUsed(t testing.TB, path, id string) string {
+	t.Helper()
+	if p := fileRecord(t, path, id).LastUsedAt; p != nil {
+		return *p
+	}
+	return ""
+}
+
+// recordMembers returns the members of a key file's record in their order.
+func recordMembers(r docRecord) object {
+	r.split()
+	return r.members
+}
+
+// memberNames returns the names of o's members, in their order.
+func memberNames(o object) []string {
+	names := make([]string, len(o))
+	for i, m := range o {
+		names[i] = m.name
+	}
+	return names
+}
+
+// readFile returns the text of the file at path, for checks on its bytes.
+func readFile(t testing.TB, path string) string {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	doc, err := parseKeyDoc(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return doc
+	return string(data)
 }
 
 // object is the members of a JSON object in their order, for tests to look
@@ -261,18 +331,25 @@ func writeKeys(t testing.TB, path string, keys ...testKey) string {
 	return path
 }
 
-// do sends a request to the test site and returns the response and body.
-// headers are "Name: value" strings.
-func do(t *testing.T, method, path string, headers ...string) (*http.Response, string) {
-	t.Helper()
-	req, err := http.NewRequest(method, siteURL(path), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+// newRequest builds a request, as a server receives it, for method and
+// target (a path or a URL). headers are "Name: value" lines: the name is
+// added with Header.Add (so canonicalised), the value after ": " is kept
+// verbatim, spaces and all; a name given twice makes two values.
+func newRequest(method, target string, headers ...string) *http.Request {
+	r := httptest.NewRequest(method, target, nil)
 	for _, h := range headers {
 		name, value, _ := strings.Cut(h, ":")
-		req.Header.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+		r.Header.Add(name, strings.TrimPrefix(value, " "))
 	}
+	return r
+}
+
+// do sends newRequest(method, path, headers...) to the test site and
+// returns the response and its body.
+func do(t *testing.T, method, path string, headers ...string) (*http.Response, string) {
+	t.Helper()
+	req := newRequest(method, siteURL(path), headers...)
+	req.RequestURI = "" // a client request has none
 	return roundTrip(t, req)
 }
 
@@ -303,25 +380,76 @@ type refusalBody struct {
 }
 
 // refusalOf returns the code and message of a JSON refusal body, failing
-// the test if the body is not one.
-func refusalOf(t *testing.T, body string) (code, message string) {
+// the test if the body is not exactly the envelope: no other members, no
+// missing ones, nothing after it.
+func refusalOf(t testing.TB, body string) (code, message string) {
 	t.Helper()
 	var env refusalBody
-	if err := json.Unmarshal([]byte(body), &env); err != nil {
-		t.Fatalf("body is not JSON: %v: %q", err, body)
+	dec := json.NewDecoder(strings.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&env); err != nil {
+		t.Fatalf("body is not the JSON envelope: %v: %q", err, truncate(body))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		t.Fatalf("body has more after the JSON envelope: %q", truncate(body))
 	}
 	if env.Success == nil || *env.Success || env.Error == nil || env.Error.Code == nil || env.Error.Message == nil {
-		t.Fatalf("body is not a refusal ({\"success\": false, \"error\": {\"code\", \"message\"}}): %q", body)
+		t.Fatalf("body is not a refusal ({\"success\": false, \"error\": {\"code\", \"message\"}}): %q", truncate(body))
 	}
 	return *env.Error.Code, *env.Error.Message
 }
 
-// errorCode returns error.code of a JSON refusal body, failing the test if
-// the body is not one.
-func errorCode(t *testing.T, body string) string {
+// assertRefusal checks a JSON refusal: status, headers and body (as
+// refusalOf), and that no secret appears in it. It returns the message.
+// realm is the challenge a 401 must carry; other statuses must carry none.
+func assertRefusal(t *testing.T, resp *http.Response, body string, status int, code, realm string, secrets ...string) string {
 	t.Helper()
-	code, _ := refusalOf(t, body)
-	return code
+	if resp.StatusCode != status {
+		t.Fatalf("status %d, want %d; body %q", resp.StatusCode, status, truncate(body))
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q, want application/json", ct)
+	}
+	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+		t.Errorf("Cache-Control %q, want no-store", cc)
+	}
+	challenge := resp.Header.Values("WWW-Authenticate")
+	if status == http.StatusUnauthorized {
+		if want := `Bearer realm="` + realm + `"`; len(challenge) != 1 || challenge[0] != want {
+			t.Errorf("WWW-Authenticate %q, want %q", challenge, want)
+		}
+	} else if len(challenge) != 0 {
+		t.Errorf("WWW-Authenticate %q on a %d", challenge, status)
+	}
+	gotCode, message := refusalOf(t, body)
+	if gotCode != code {
+		t.Errorf("error code %q, want %q", gotCode, code)
+	}
+	if message == "" {
+		t.Error("empty error message")
+	}
+	for _, s := range secrets {
+		if s != "" && strings.Contains(body, secretPart(s)) {
+			t.Errorf("the refusal echoes the key: %q", truncate(body))
+		}
+	}
+	return message
+}
+
+// secretPart is the part of a raw key that must never be shown: all of it
+// after the public prefix.
+func secretPart(raw string) string {
+	if len(raw) > 11 {
+		return raw[11:]
+	}
+	return raw
+}
+
+func truncate(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
 }
 
 // waitFor polls cond until it holds or timeout passes.

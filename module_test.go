@@ -65,7 +65,7 @@ func TestServeHTTP(t *testing.T) {
 			h := tt.handler
 			h.KeysFile = "keys.json"
 			newMemoryHandler(&h, ks)
-			w, r := httptest.NewRecorder(), credRequest(tt.target, tt.headers...)
+			w, r := httptest.NewRecorder(), newRequest("GET", tt.target, tt.headers...)
 			repl := caddy.NewReplacer()
 			r = caddyhttp.PrepareRequest(r, repl, w, nil)
 			passed := false
@@ -107,7 +107,7 @@ func TestServeHTTPHandleErrors(t *testing.T) {
 	h := newMemoryHandler(&Handler{KeysFile: "keys.json", HandleErrors: true}, mustBuildKeySet(t))
 	w := httptest.NewRecorder()
 	repl := caddy.NewReplacer()
-	r := caddyhttp.PrepareRequest(credRequest("/", "X-API-Key: sk_nobody"), repl, w, nil)
+	r := caddyhttp.PrepareRequest(newRequest("GET", "/", "X-API-Key: sk_nobody"), repl, w, nil)
 	err := h.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
 		t.Fatal("passed")
 		return nil

@@ -94,7 +94,7 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 `
 	loadCaddyfile(t, site)
 	lastUsedTime := func() time.Time {
-		v, _ := lastUsed(t, path, id).(string)
+		v := lastUsed(t, path, id)
 		if v == "" {
 			return time.Time{}
 		}

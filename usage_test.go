@@ -52,36 +52,6 @@ func use(t *testing.T, s *keyStore, clock *fakeClock, raw string) {
 	s.markUsed(k, sum, clock.now().UnixNano())
 }
 
-// readFileRecords returns the records of the key file at path by id.
-func readFileRecords(t *testing.T, path string) (map[string]map[string]any, map[string]any) {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var top map[string]any
-	if err := json.Unmarshal(data, &top); err != nil {
-		t.Fatalf("key file is not valid JSON: %v\n%s", err, data)
-	}
-	byID := map[string]map[string]any{}
-	list, _ := top["api_keys"].([]any)
-	for _, r := range list {
-		rec := r.(map[string]any)
-		byID[rec["id"].(string)] = rec
-	}
-	return byID, top
-}
-
-func lastUsed(t *testing.T, path, id string) any {
-	t.Helper()
-	recs, _ := readFileRecords(t, path)
-	rec, ok := recs[id]
-	if !ok {
-		t.Fatalf("record %s is not in the file", id)
-	}
-	return rec["last_used_at"]
-}
-
 func TestUsageThrottle(t *testing.T) {
 	a, b := newTestKey("a", nil), newTestKey("b", nil)
 	path := writeKeys(t, "", a, b)
@@ -93,10 +63,10 @@ func TestUsageThrottle(t *testing.T) {
 	use(t, s, clock, a.Raw)
 	s.writeUsage(false)
 	if got, want := lastUsed(t, path, idA), formatTimestamp(t0); got != want {
-		t.Fatalf("after first use: last_used_at = %v, want %v", got, want)
+		t.Fatalf("after first use: last_used_at = %q, want %q", got, want)
 	}
-	if got := lastUsed(t, path, idB); got != nil {
-		t.Fatalf("unused key b got last_used_at %v", got)
+	if got := lastUsed(t, path, idB); got != "" {
+		t.Fatalf("unused key b got last_used_at %q", got)
 	}
 
 	// A second use within the interval is not written...
@@ -104,24 +74,24 @@ func TestUsageThrottle(t *testing.T) {
 	use(t, s, clock, a.Raw)
 	s.writeUsage(false)
 	if got := lastUsed(t, path, idA); got != formatTimestamp(t0) {
-		t.Fatalf("second use within the interval was written: %v", got)
+		t.Fatalf("second use within the interval was written: %q", got)
 	}
 
 	// ...but another key is independent: its first use is written now.
 	use(t, s, clock, b.Raw)
 	s.writeUsage(false)
 	if got := lastUsed(t, path, idB); got != formatTimestamp(t0.Add(time.Minute)) {
-		t.Fatalf("key b: last_used_at = %v", got)
+		t.Fatalf("key b: last_used_at = %q", got)
 	}
 	if got := lastUsed(t, path, idA); got != formatTimestamp(t0) {
-		t.Fatalf("key a written early, with key b: %v", got)
+		t.Fatalf("key a written early, with key b: %q", got)
 	}
 
 	// Once the interval has passed, a's latest use is written.
 	clock.advance(15 * time.Minute)
 	s.writeUsage(false)
 	if got := lastUsed(t, path, idA); got != formatTimestamp(t0.Add(time.Minute)) {
-		t.Fatalf("after the interval: last_used_at = %v, want the second use", got)
+		t.Fatalf("after the interval: last_used_at = %q, want the second use", got)
 	}
 	if w := s.writes.Load(); w != 3 {
 		t.Fatalf("%d writes, want 3", w)
@@ -169,7 +139,7 @@ func TestUsageConcurrentUsesMakeOneWrite(t *testing.T) {
 		t.Fatalf("16 000 uses of one key within the interval made %d writes, want 1", w)
 	}
 	if got := lastUsed(t, path, k.record["id"].(string)); got != formatTimestamp(clock.now()) {
-		t.Fatalf("last_used_at = %v", got)
+		t.Fatalf("last_used_at = %q", got)
 	}
 }
 
@@ -201,27 +171,31 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 
 	s.writeUsage(false)
 
-	recs, top := readFileRecords(t, path)
-	if len(recs) != 3 {
-		t.Fatalf("file holds %d records, want 3 (kept, edited, added): %v", len(recs), recs)
+	doc := readKeyDoc(t, path)
+	if len(doc.records) != 3 {
+		t.Fatalf("file holds %d records, want 3 (kept, edited, added):\n%s", len(doc.records), readFile(t, path))
 	}
-	if _, ok := recs[removed.record["id"].(string)]; ok {
-		t.Fatal("the removed key was brought back by the usage write")
+	for _, r := range doc.records {
+		if r.ID == removed.record["id"] {
+			t.Fatal("the removed key was brought back by the usage write")
+		}
 	}
-	if got := recs[edited.record["id"].(string)]["label"]; got != "edited by hand" {
-		t.Fatalf("edited label lost: %v", got)
+	if got := fileRecord(t, path, edited.record["id"].(string)); got.Label != "edited by hand" {
+		t.Fatalf("edited label lost: %v", got.Label)
 	}
-	if got := recs[edited.record["id"].(string)]["last_used_at"]; got != formatTimestamp(clock.now()) {
-		t.Fatalf("edited key's use not written: %v", got)
+	if got := lastUsed(t, path, edited.record["id"].(string)); got != formatTimestamp(clock.now()) {
+		t.Fatalf("edited key's use not written: %q", got)
 	}
-	if got := recs[added.record["id"].(string)]; got["label"] != "added" || got["last_used_at"] != nil || got["scopes"].([]any)[0] != "read" {
-		t.Fatalf("added key changed by the usage write: %v", got)
+	if got := fileRecord(t, path, added.record["id"].(string)); got.Label != "added" || got.LastUsedAt != nil || len(got.Scopes) == 0 || got.Scopes[0] != "read" {
+		t.Fatalf("added key changed by the usage write: %s", mustJSON(t, recordMembers(got)))
 	}
-	if owner, _ := recs[kept.record["id"].(string)]["owner"].(map[string]any); owner["team"] != "payments" {
-		t.Fatalf("unknown record member lost: %v", recs[kept.record["id"].(string)])
+	keptRec := recordMembers(fileRecord(t, path, kept.record["id"].(string)))
+	var owner map[string]any
+	if err := json.Unmarshal(keptRec.get("owner"), &owner); err != nil || owner["team"] != "payments" {
+		t.Fatalf("unknown record member lost: %s", mustJSON(t, keptRec))
 	}
-	if top["app_name"] != "soulsync" || top["zz_settings"] == nil {
-		t.Fatalf("top-level members lost: %v", top)
+	if top := object(doc.top); top.getString("app_name") != "soulsync" || top.get("zz_settings") == nil || string(top.get("zz_settings")) == "null" {
+		t.Fatalf("top-level members lost: %s", mustJSON(t, top))
 	}
 	// Order of top-level members and of record members is kept.
 	data, _ := os.ReadFile(path)
@@ -246,7 +220,7 @@ func TestUsageWriteKeepsNewerTimeOnDisk(t *testing.T) {
 	use(t, s, clock, k.Raw)
 	s.writeUsage(false)
 	if got := lastUsed(t, path, k.record["id"].(string)); got != later {
-		t.Fatalf("a newer last_used_at on disk was moved back to %v", got)
+		t.Fatalf("a newer last_used_at on disk was moved back to %q", got)
 	}
 }
 
@@ -260,8 +234,8 @@ func TestUsageWriteSkipsRotatedKey(t *testing.T) {
 	rotated := newTestKey("k", map[string]any{"id": k.record["id"]})
 	writeKeys(t, path, rotated)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, k.record["id"].(string)); got != nil {
-		t.Fatalf("the old key's use was written on the new key: %v", got)
+	if got := lastUsed(t, path, k.record["id"].(string)); got != "" {
+		t.Fatalf("the old key's use was written on the new key: %q", got)
 	}
 }
 
@@ -287,15 +261,15 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 	if lk, _ := s.current().lookup(k.Raw); lk == nil {
 		t.Fatal("authentication stopped working when the file could not be written")
 	}
-	if got := lastUsed(t, path, k.record["id"].(string)); got != nil {
-		t.Fatalf("file written despite the failure: %v", got)
+	if got := lastUsed(t, path, k.record["id"].(string)); got != "" {
+		t.Fatalf("file written despite the failure: %q", got)
 	}
 
 	if err := os.Remove(lockPath); err != nil {
 		t.Fatal(err)
 	}
 	s.writeUsage(false)
-	if got := lastUsed(t, path, k.record["id"].(string)); got == nil {
+	if got := lastUsed(t, path, k.record["id"].(string)); got == "" {
 		t.Fatal("writing did not resume, or the pending use was lost")
 	}
 	if n := logs.FilterMessageSnippet("works again").Len(); n != 1 {
@@ -412,7 +386,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	// written at once, though the interval is an hour, and its settings
 	// go with it.
 	l1.release()
-	if got := lastUsed(t, path, k.record["id"].(string)); got == nil {
+	if got := lastUsed(t, path, k.record["id"].(string)); got == "" {
 		t.Fatal("pending use not flushed on release")
 	}
 	if got, want := *s.settings.Load(), (storeSettings{usage: interval{every: 2 * time.Hour}, reload: interval{off: true}}); got != want {
@@ -432,7 +406,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 		t.Fatal("store not stopped after its last handler went")
 	}
 	if got := lastUsed(t, path, k.record["id"].(string)); got != formatTimestamp(later) {
-		t.Fatalf("pending use not flushed on stop: %v", got)
+		t.Fatalf("pending use not flushed on stop: %q", got)
 	}
 }
 
@@ -464,11 +438,10 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 	if w.written == nil {
 		t.Fatal("nothing written")
 	}
-	recs, _ := readFileRecords(t, path)
-	if recs[b.record["id"].(string)]["revoked_at"] == nil {
+	if fileRecord(t, path, b.record["id"].(string)).RevokedAt == nil {
 		t.Fatal("the usage write undid a revocation made while it ran")
 	}
-	if recs[a.record["id"].(string)]["last_used_at"] == nil {
+	if lastUsed(t, path, a.record["id"].(string)) == "" {
 		t.Fatal("the usage was not written on the new version")
 	}
 	// And the watcher picks the new version up: it is not taken for the
