@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -310,4 +312,36 @@ func BenchmarkUsageWrite(b *testing.B) {
 	if want := formatTimestamp(clock); bytes.Count(data, []byte(want)) != n {
 		b.Fatalf("the file does not hold %s for all %d keys", want, n)
 	}
+}
+
+// BenchmarkTokenize compares the two JSON readers this package could build
+// on, by the cost of only reading every token of a 100 000-key file: the
+// standard library's encoding/json Decoder.Token and jsontext (the code of
+// Go's encoding/json/v2), which parseKeyDoc uses.
+func BenchmarkTokenize(b *testing.B) {
+	data := benchKeyFile(100_000)
+	b.Run("encoding-json", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			dec := json.NewDecoder(bytes.NewReader(data))
+			for {
+				if _, err := dec.Token(); err != nil {
+					break
+				}
+			}
+		}
+	})
+	b.Run("jsontext", func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			dec := jsontext.NewDecoder(bytes.NewBuffer(data))
+			for {
+				if _, err := dec.ReadToken(); err != nil {
+					break
+				}
+			}
+		}
+	})
 }
