@@ -15,6 +15,64 @@ import (
 // is on disk now, change only what the caller means to change, and replace
 // the file atomically.
 
+// maxKeyFileSize bounds what is read of a key file: some two million keys.
+// A larger file, or one that grows without end, is refused.
+const maxKeyFileSize = 512 << 20
+
+// readKeyFile reads a key file, which must be a regular file of at most
+// maxKeyFileSize bytes. It opens the file without blocking and checks what
+// it opened before it reads: a FIFO or a device put in the file's place must
+// not hang the reader (and with it a config load, the usage writer holding
+// the lock, or Caddy's shutdown).
+func readKeyFile(path string) ([]byte, fs.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|openNonBlocking, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, nil, err
+	case !fi.Mode().IsRegular():
+		return nil, nil, fmt.Errorf("not a regular file but %s; the key file must be a regular file", describeMode(fi.Mode()))
+	case fi.Size() > maxKeyFileSize:
+		return nil, nil, fmt.Errorf("%d MiB is more than the %d MiB a key file may hold; keep a key set that large in Redis", fi.Size()>>20, maxKeyFileSize>>20)
+	}
+	data := make([]byte, 0, fi.Size()+512)
+	for {
+		n, err := f.Read(data[len(data):cap(data)])
+		data = data[:len(data)+n]
+		if err == io.EOF {
+			return data, fi, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(data) > maxKeyFileSize {
+			return nil, nil, fmt.Errorf("grew past the %d MiB a key file may hold while it was read", maxKeyFileSize>>20)
+		}
+		if len(data) == cap(data) {
+			data = append(data, 0)[:len(data)] // the file grew while being read
+		}
+	}
+}
+
+// describeMode names the kind of a file that is not a regular one.
+func describeMode(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "a special file (" + m.String() + ")"
+}
+
 // errNoChange tells updateKeyFile that the edit changed nothing, so there is
 // nothing to write.
 var errNoChange = errors.New("no change")
@@ -80,17 +138,10 @@ func editKeyFile(path string, create bool, edit func(*keyDoc) error) (keyFileWri
 func editKeyFileOnce(path string, create bool, edit func(*keyDoc) error) (keyFileWrite, error) {
 	var w keyFileWrite
 	var doc *keyDoc
-	f, err := os.Open(path)
+	data, fi, err := readKeyFile(path)
 	switch {
 	case err == nil:
-		data, err := io.ReadAll(f)
-		if err == nil {
-			w.read, err = f.Stat()
-		}
-		_ = f.Close()
-		if err != nil {
-			return w, &keyFileError{path: path, err: err}
-		}
+		w.read = fi
 		// A writer never writes back a file the handler refuses.
 		if doc, _, err = parseKeyFile(data); err != nil {
 			return w, &keyFileError{path: path, err: err}

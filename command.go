@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -325,7 +324,7 @@ func readRecords(path string) ([]docRecord, *keySet, error) {
 	if path == "" {
 		return nil, nil, errors.New("--file is required")
 	}
-	data, err := os.ReadFile(path)
+	data, _, err := readKeyFile(path)
 	if err != nil {
 		return nil, nil, &keyFileError{path: path, err: err}
 	}

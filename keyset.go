@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -80,7 +79,7 @@ func hashKey(raw string) string {
 
 // readKeySet reads and checks a key file.
 func readKeySet(path string) (*keySet, error) {
-	data, err := os.ReadFile(path)
+	data, _, err := readKeyFile(path)
 	if err != nil {
 		return nil, &keyFileError{path: path, err: err}
 	}

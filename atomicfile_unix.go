@@ -13,6 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// openNonBlocking opens a file without waiting for a writer (a FIFO) or a
+// device to be ready.
+const openNonBlocking = unix.O_NONBLOCK
+
 // lockKeyFile takes an exclusive advisory lock (flock) that every writer of
 // the key file at path holds while it reads, edits and replaces the file.
 // The lock lives on a companion file, path + ".lock": the key file itself

@@ -11,8 +11,12 @@ import (
 	"golang.org/x/sys/windows"
 )
 
+// openNonBlocking is nothing on Windows, where opening a named pipe or a
+// device by a file's path does not wait.
+const openNonBlocking = 0
+
 // lockKeyFile takes an exclusive lock that every writer of the key file at
-// path holds while it reads, edits and replaces the file. See lock_unix.go.
+// path holds while it reads, edits and replaces the file. See atomicfile_unix.go.
 func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) {
 	lockPath := path + ".lock"
 	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
