@@ -37,7 +37,7 @@ func readKeyFile(path string) ([]byte, fs.FileInfo, error) {
 	case !fi.Mode().IsRegular():
 		return nil, nil, fmt.Errorf("not a regular file but %s; the key file must be a regular file", describeMode(fi.Mode()))
 	case fi.Size() > maxKeyFileSize:
-		return nil, nil, fmt.Errorf("%d MiB is more than the %d MiB a key file may hold; keep a key set that large in Redis", fi.Size()>>20, maxKeyFileSize>>20)
+		return nil, nil, fmt.Errorf("%d MiB is more than the %d MiB a key file may hold", fi.Size()>>20, maxKeyFileSize>>20)
 	}
 	data := make([]byte, 0, fi.Size()+512)
 	for {
@@ -78,9 +78,10 @@ func describeMode(m fs.FileMode) string {
 var errNoChange = errors.New("no change")
 
 // lockTimeout bounds how long a writer waits for another writer's lock.
-const lockTimeout = 10 * time.Second
+// A usage write of a large key file can hold it for seconds.
+const lockTimeout = 60 * time.Second
 
-// keyFileWrite tells what updateKeyFile read and wrote.
+// keyFileWrite tells what an edit of the key file read and wrote.
 type keyFileWrite struct {
 	read    fs.FileInfo // the version of the file that was edited; nil if it did not exist
 	written fs.FileInfo // the version written; nil if nothing was
@@ -90,32 +91,37 @@ type keyFileWrite struct {
 // program that does not take the lock, between the read and the rename.
 var errChangedMeanwhile = errors.New("the key file changed while it was being written; its new version was left as it is")
 
-// updateKeyFile applies edit to the key file at path under the key file's
-// lock and replaces the file atomically; it tells which version of the file
-// it read and which it wrote. If edit returns errNoChange, nothing is
-// written. A missing file is an error; createOrUpdateKeyFile edits it as an
-// empty one instead.
+// keyFileEdit is one change to a key file.
+type keyFileEdit struct {
+	edit    func(*keyDoc) error // the change; errNoChange if there is none to make
+	create  bool                // edit a missing file as an empty one
+	checked fs.FileInfo         // a version of the file already checked whole (the one in force): not checked again
+	waiting func()              // called once if the lock is held by another writer, to say so
+}
+
+// updateKeyFile applies edit to the key file at path, which must exist (see
+// editKeyFile).
+func updateKeyFile(path string, edit func(*keyDoc) error) (keyFileWrite, error) {
+	return editKeyFile(path, keyFileEdit{edit: edit})
+}
+
+// editKeyFile applies e to the key file at path under the key file's lock
+// and replaces the file atomically; it tells which version of the file it
+// read and which it wrote. It never writes back a file that the handler
+// would refuse: the file is checked whole first, unless it is the version
+// e.checked.
 //
 // A program that does not take the lock (an editor, `mv`, config
 // management) can replace the file while it is edited here: the rename
 // would then undo that change. So the file is checked just before the
 // rename, and if it changed, the edit is done again on the new version (a
 // few times, then it gives up with errChangedMeanwhile).
-func updateKeyFile(path string, edit func(*keyDoc) error) (keyFileWrite, error) {
-	return editKeyFile(path, false, edit)
-}
-
-// createOrUpdateKeyFile is updateKeyFile that creates a missing key file.
-func createOrUpdateKeyFile(path string, edit func(*keyDoc) error) (keyFileWrite, error) {
-	return editKeyFile(path, true, edit)
-}
-
-func editKeyFile(path string, create bool, edit func(*keyDoc) error) (keyFileWrite, error) {
+func editKeyFile(path string, e keyFileEdit) (keyFileWrite, error) {
 	// Write through a symbolic link to its target rather than replace the link.
 	if target, err := filepath.EvalSymlinks(path); err == nil {
 		path = target
 	}
-	unlock, err := lockKeyFile(path, lockTimeout)
+	unlock, err := lockKeyFile(path, lockTimeout, e.waiting)
 	if err != nil {
 		return keyFileWrite{}, err
 	}
@@ -123,7 +129,7 @@ func editKeyFile(path string, create bool, edit func(*keyDoc) error) (keyFileWri
 	removeStaleTemporaries(path)
 
 	for attempt := 1; ; attempt++ {
-		w, err := editKeyFileOnce(path, create, edit)
+		w, err := editKeyFileOnce(path, e)
 		switch {
 		case !errors.Is(err, errChangedMeanwhile):
 			return w, err
@@ -135,24 +141,25 @@ func editKeyFile(path string, create bool, edit func(*keyDoc) error) (keyFileWri
 
 // editKeyFileOnce reads, edits and replaces the key file once; the caller
 // holds the lock.
-func editKeyFileOnce(path string, create bool, edit func(*keyDoc) error) (keyFileWrite, error) {
+func editKeyFileOnce(path string, e keyFileEdit) (keyFileWrite, error) {
 	var w keyFileWrite
 	var doc *keyDoc
 	data, fi, err := readKeyFile(path)
 	switch {
+	case err == nil && sameVersion(fi, e.checked):
+		w.read = fi
+		doc, err = parseKeyDoc(data)
 	case err == nil:
 		w.read = fi
-		// A writer never writes back a file the handler refuses.
-		if doc, _, err = parseKeyFile(data); err != nil {
-			return w, &keyFileError{path: path, err: err}
-		}
-	case errors.Is(err, fs.ErrNotExist) && create:
-		doc = newKeyDoc()
-	default:
+		doc, _, err = parseKeyFile(data)
+	case errors.Is(err, fs.ErrNotExist) && e.create:
+		doc, err = newKeyDoc(), nil
+	}
+	if err != nil {
 		return w, &keyFileError{path: path, err: err}
 	}
 
-	if err := edit(doc); err != nil {
+	if err := e.edit(doc); err != nil {
 		if errors.Is(err, errNoChange) {
 			return w, nil
 		}

@@ -23,7 +23,7 @@ const openNonBlocking = unix.O_NONBLOCK
 // is replaced by rename on every write, so a lock on it would be lost.
 // The companion file is left in place on purpose; removing it would let two
 // writers lock two different files.
-func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) {
+func lockKeyFile(path string, timeout time.Duration, waiting func()) (unlock func(), err error) {
 	lockPath := path + ".lock"
 	// The lock file gets the key file's permissions, so that whoever may
 	// write the key file may take its lock.
@@ -59,6 +59,10 @@ func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) 
 		if time.Now().After(deadline) {
 			_ = f.Close()
 			return nil, fmt.Errorf("locking %s: still held by another writer after %s", lockPath, timeout)
+		}
+		if waiting != nil {
+			waiting()
+			waiting = nil
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -17,7 +17,7 @@ const openNonBlocking = 0
 
 // lockKeyFile takes an exclusive lock that every writer of the key file at
 // path holds while it reads, edits and replaces the file. See atomicfile_unix.go.
-func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) {
+func lockKeyFile(path string, timeout time.Duration, waiting func()) (unlock func(), err error) {
 	lockPath := path + ".lock"
 	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -34,6 +34,10 @@ func lockKeyFile(path string, timeout time.Duration) (unlock func(), err error) 
 		if time.Now().After(deadline) {
 			_ = f.Close()
 			return nil, fmt.Errorf("locking %s: still held by another writer after %s", lockPath, timeout)
+		}
+		if waiting != nil {
+			waiting()
+			waiting = nil
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -113,7 +113,7 @@ its first revoked_at.
 				Args: cobra.ExactArgs(1),
 				RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
 					file, _ := cmd.Flags().GetString("file")
-					return revokeKey(cmd.OutOrStdout(), file, args[0], time.Now())
+					return revokeKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), file, args[0], time.Now())
 				}),
 			}
 			revoke.Flags().StringP("file", "f", "", "Path to the key file (required)")
@@ -193,7 +193,7 @@ func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
 		return err
 	}
 	id := uuid.NewString()
-	_, err = createOrUpdateKeyFile(opts.File, func(doc *keyDoc) error {
+	_, err = editKeyFile(opts.File, keyFileEdit{create: true, waiting: sayWaiting(stderr, opts.File), edit: func(doc *keyDoc) error {
 		// Check the id against the file as it is now, under the lock: a
 		// collision is next to impossible, but a duplicate id would make
 		// the whole file unloadable.
@@ -214,7 +214,7 @@ func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
 		}
 		doc.records = append(doc.records, r)
 		return nil
-	})
+	}})
 	if err != nil {
 		return err
 	}
@@ -237,6 +237,14 @@ func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
 	fmt.Fprintf(stderr, "  scopes:  %s\n", scopeText)
 	fmt.Fprintln(stderr, "The key is the line written to stdout. Store it now: it cannot be shown again.")
 	return nil
+}
+
+// sayWaiting tells the user, on w, that the key file's lock is held by
+// another writer and the command waits for it.
+func sayWaiting(w io.Writer, path string) func() {
+	return func() {
+		fmt.Fprintf(w, "Waiting for the lock on %s: another writer holds it (a running Caddy writing last-used times, or another caddy apikey command)...\n", path)
+	}
 }
 
 // generateKey returns a new raw key: "sk_" and 32 random bytes in URL-safe
@@ -406,7 +414,7 @@ const minIDPrefix = 4
 
 // revokeKey sets revoked_at on the one key that ref names: its full id, its
 // key_prefix, or a prefix of its id of at least minIDPrefix characters.
-func revokeKey(w io.Writer, path, ref string, now time.Time) error {
+func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
 	if path == "" {
 		return errors.New("--file is required")
 	}
@@ -418,7 +426,7 @@ func revokeKey(w io.Writer, path, ref string, now time.Time) error {
 		revoked        record
 		alreadyRevoked string
 	)
-	_, err := updateKeyFile(path, func(doc *keyDoc) error {
+	_, err := editKeyFile(path, keyFileEdit{waiting: sayWaiting(stderr, path), edit: func(doc *keyDoc) error {
 		matches := matchRecords(doc.records, ref)
 		switch len(matches) {
 		case 0:
@@ -441,7 +449,7 @@ func revokeKey(w io.Writer, path, ref string, now time.Time) error {
 			return errNoChange
 		}
 		return rec.set("revoked_at", formatTimestamp(now))
-	})
+	}})
 	if err != nil {
 		return err
 	}

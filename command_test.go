@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -287,7 +288,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			if out.Len() != 0 {
 				t.Errorf("add printed a key for a file it did not write: %q", out.String())
 			}
-			if err := revokeKey(&out, path, k.record["id"].(string), cmdNow); !errors.As(err, &kfe) {
+			if err := revokeKey(&out, io.Discard, path, k.record["id"].(string), cmdNow); !errors.As(err, &kfe) {
 				t.Errorf("revoke: error = %v, want a keyFileError", err)
 			}
 			if err := listKeys(&out, path, false, cmdNow); !errors.As(err, &kfe) {
@@ -318,10 +319,10 @@ func TestCommandsMissingFile(t *testing.T) {
 	if err := listKeys(&out, "", false, cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
 		t.Errorf("list without --file: error = %v", err)
 	}
-	if err := revokeKey(&out, path, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) {
+	if err := revokeKey(&out, io.Discard, path, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("revoke: error = %v, want not-exist", err)
 	}
-	if err := revokeKey(&out, "", "sk_AbCdEfGh", cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
+	if err := revokeKey(&out, io.Discard, "", "sk_AbCdEfGh", cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
 		t.Errorf("revoke without --file: error = %v", err)
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
@@ -457,7 +458,7 @@ func TestCommandRevoke(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path, keys := revokeFixture(t)
 			var out bytes.Buffer
-			if err := revokeKey(&out, path, tc.ref, cmdNow); err != nil {
+			if err := revokeKey(&out, io.Discard, path, tc.ref, cmdNow); err != nil {
 				t.Fatal(err)
 			}
 			for _, k := range keys {
@@ -481,7 +482,7 @@ func TestCommandRevoke(t *testing.T) {
 		first := mustAdd(t, path, addOptions{Label: "one"})
 		second := mustAdd(t, path, addOptions{Label: "two"})
 		var out bytes.Buffer
-		if err := revokeKey(&out, path, second[:11], cmdNow); err != nil {
+		if err := revokeKey(&out, io.Discard, path, second[:11], cmdNow); err != nil {
 			t.Fatal(err)
 		}
 		ks, err := readKeySet(path)
@@ -516,7 +517,7 @@ func TestCommandRevokeRefusals(t *testing.T) {
 			path, _ := revokeFixture(t)
 			before := readFile(t, path)
 			var out bytes.Buffer
-			err := revokeKey(&out, path, tc.ref, cmdNow)
+			err := revokeKey(&out, io.Discard, path, tc.ref, cmdNow)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -541,12 +542,12 @@ func TestCommandRevokeTwice(t *testing.T) {
 	path, keys := revokeFixture(t)
 	id := keys[0].record["id"].(string)
 	var out bytes.Buffer
-	if err := revokeKey(&out, path, id, cmdNow); err != nil {
+	if err := revokeKey(&out, io.Discard, path, id, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	before := readFile(t, path)
 	out.Reset()
-	if err := revokeKey(&out, path, id, cmdNow.Add(time.Hour)); err != nil {
+	if err := revokeKey(&out, io.Discard, path, id, cmdNow.Add(time.Hour)); err != nil {
 		t.Fatalf("second revoke: %v", err)
 	}
 	if !strings.Contains(out.String(), "already revoked") || !strings.Contains(out.String(), formatTimestamp(cmdNow)) {
@@ -572,7 +573,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`], "meta": {"owner": "platform"}}`)
 
 	raw := mustAdd(t, path, addOptions{Label: "new"})
-	if err := revokeKey(new(bytes.Buffer), path, k.record["id"].(string), cmdNow); err != nil {
+	if err := revokeKey(new(bytes.Buffer), io.Discard, path, k.record["id"].(string), cmdNow); err != nil {
 		t.Fatal(err)
 	}
 
@@ -756,7 +757,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	for i := range revoked {
 		wg.Go(func() {
-			if err := revokeKey(new(bytes.Buffer), path, base[i].record["id"].(string), time.Now()); err != nil {
+			if err := revokeKey(new(bytes.Buffer), io.Discard, path, base[i].record["id"].(string), time.Now()); err != nil {
 				errs <- fmt.Errorf("revoke: %w", err)
 			}
 		})

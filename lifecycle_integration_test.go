@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -296,7 +297,7 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 	})
 	t.Logf("added key admitted after %s", time.Since(start).Round(time.Millisecond))
 
-	if err := revokeKey(new(bytes.Buffer), path, raw[:11], time.Now()); err != nil {
+	if err := revokeKey(new(bytes.Buffer), io.Discard, path, raw[:11], time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	start = time.Now()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -120,8 +121,9 @@ type keyStore struct {
 	incoming   []*usageCell
 
 	// The watcher's state.
-	loaded    fs.FileInfo // what the key set in force was read from
-	broken    fs.FileInfo // the last broken version read, not to parse it again
+	loaded    fs.FileInfo                 // what the key set in force was read from
+	inForce   atomic.Pointer[fs.FileInfo] // loaded, for the writer
+	broken    fs.FileInfo                 // the last broken version read, not to parse it again
 	brokenErr error
 	reported  string // the problem last logged
 
@@ -349,7 +351,7 @@ func (s *keyStore) load() error {
 	// A usage write changes only last_used_at, which the key set does not
 	// hold: the version it wrote from the one in force need not be read.
 	if w := s.lastWrite.Load(); w != nil && s.loaded != nil && sameVersion(w.read, s.loaded) && sameVersion(w.written, fi) {
-		s.loaded = fi
+		s.setLoaded(fi)
 		return nil
 	}
 	ks, err := readKeySet(s.path)
@@ -363,7 +365,10 @@ func (s *keyStore) load() error {
 		carryUsage(old, ks)
 	}
 	s.keys.Store(ks)
-	s.loaded = fi
+	s.setLoaded(fi)
+	if fi.Size() > bigKeyFile {
+		debug.FreeOSMemory() // give back the memory the file and the old key set held
+	}
 	if old != nil {
 		s.log().Info("key file reloaded", zap.String("keys_file", s.path), zap.Int("keys", len(ks.keys)))
 	} else if len(ks.keys) == 0 {
@@ -371,6 +376,17 @@ func (s *keyStore) load() error {
 	}
 	return nil
 }
+
+// setLoaded notes the version of the key file that the key set in force
+// holds.
+func (s *keyStore) setLoaded(fi fs.FileInfo) {
+	s.loaded = fi
+	s.inForce.Store(&fi)
+}
+
+// bigKeyFile is the size from which a load gives the memory it no longer
+// needs back to the system at once, rather than over the next minutes.
+const bigKeyFile = 32 << 20
 
 // sameVersion reports whether two stats of the key file show the same
 // version of it: same file (a rename over it makes a new one), size and
@@ -493,9 +509,15 @@ func (s *keyStore) writeUsage(all bool) {
 		return
 	}
 
-	w, err := updateKeyFile(s.path, func(doc *keyDoc) error {
+	// The version in force was checked whole when it was loaded: a write
+	// to it need not check it again.
+	var checked fs.FileInfo
+	if fi := s.inForce.Load(); fi != nil {
+		checked = *fi
+	}
+	w, err := editKeyFile(s.path, keyFileEdit{checked: checked, edit: func(doc *keyDoc) error {
 		return applyUsage(doc, updates)
-	})
+	}})
 	if err != nil {
 		if !s.writeFailing {
 			s.writeFailing = true

@@ -17,7 +17,10 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"strings"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 type record struct {
@@ -34,6 +37,8 @@ func main() {
 	keysPath := flag.String("keys", "keys.json", "key file to write (hashes only)")
 	rawPath := flag.String("raw", "raw-key.txt", "file to write the raw value of one key to")
 	pick := flag.Int("pick", -1, "index of the key whose raw value is kept (default: the middle one)")
+	morePath := flag.String("more", "", "file to write the raw values of -count more keys to, one a line, spread over the file")
+	count := flag.Int("count", 100, "with -more: how many raw values to keep")
 	flag.Parse()
 	if *n < 1 {
 		log.Fatal("-n must be at least 1")
@@ -52,13 +57,15 @@ func main() {
 	w := bufio.NewWriterSize(f, 1<<20)
 	created := time.Now().UTC().Format("2006-01-02T15:04:05.000000-07:00")
 	var kept, keptID string
+	var more []string
+	every := max(1, *n/max(1, *count))
 
 	fmt.Fprint(w, "{\n  \"api_keys\": [\n")
 	for i := 0; i < *n; i++ {
 		raw := newRawKey()
 		sum := sha256.Sum256([]byte(raw))
 		rec := record{
-			ID:        newUUID(),
+			ID:        uuid.NewString(),
 			Label:     fmt.Sprintf("bench key %d", i),
 			KeyHash:   hex.EncodeToString(sum[:]),
 			KeyPrefix: raw[:11],
@@ -66,6 +73,9 @@ func main() {
 		}
 		if i == *pick {
 			kept, keptID = raw, rec.ID
+		}
+		if *morePath != "" && i%every == every/2 && len(more) < *count {
+			more = append(more, raw)
 		}
 		line, err := json.Marshal(rec)
 		if err != nil {
@@ -88,6 +98,11 @@ func main() {
 	if err := os.WriteFile(*rawPath, []byte(kept+"\n"), 0o600); err != nil {
 		log.Fatal(err)
 	}
+	if *morePath != "" {
+		if err := os.WriteFile(*morePath, []byte(strings.Join(more, "\n")+"\n"), 0o600); err != nil {
+			log.Fatal(err)
+		}
+	}
 	fmt.Fprintf(os.Stderr, "genkeys: wrote %d keys to %s; raw value of key %d (id %s) in %s\n",
 		*n, *keysPath, *pick, keptID, *rawPath)
 }
@@ -100,15 +115,4 @@ func newRawKey() string {
 		log.Fatal(err)
 	}
 	return "sk_" + base64.RawURLEncoding.EncodeToString(b[:])
-}
-
-// newUUID returns a random (version 4) UUID.
-func newUUID() string {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		log.Fatal(err)
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
