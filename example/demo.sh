@@ -24,7 +24,7 @@ fi
 
 say "building Caddy with the apikey plugin: go build -o $bin ./cmd/caddy ($(go version))"
 say "the first build downloads and compiles all of Caddy: expect several minutes"
-say "(10 or more on a small or busy machine), with little output meanwhile."
+say "(about 12 on a busy 2-core machine), with little output meanwhile."
 say "Later builds take seconds."
 start=$SECONDS
 go build -o "$bin" ./cmd/caddy
