@@ -916,11 +916,17 @@ func TestCommandLineChild(t *testing.T) {
 // stdout, stderr and exit code.
 func runCaddyCommand(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCommandLineChild$", "-test.short", "-test.count=1")
+	// os.Executable, not os.Args[0]: Caddy's command line, run in process
+	// by other tests, may have changed os.Args.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run=^TestCommandLineChild$", "-test.short", "-test.count=1")
 	cmd.Env = append(os.Environ(), cliChildEnv+"="+strings.Join(args, "\t"))
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
+	err = cmd.Run()
 	var exitErr *exec.ExitError
 	switch {
 	case err == nil:
