@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -139,19 +140,27 @@ process list.
 	})
 }
 
-// runWithExitCode adapts a command to cobra the way
-// caddycmd.WrapCommandFuncForCobra does (the error goes through Caddy's
-// logger, the process exits non-zero), but also hands the command its
-// positional arguments.
+// runWithExitCode adapts a command to cobra. Unlike
+// caddycmd.WrapCommandFuncForCobra, which hands an error to Caddy's logger
+// (one JSON log line, its newlines escaped), it prints the error as plain
+// lines on stderr, after the command's name:
+//
+//	caddy apikey revoke: "abcd" matches 2 keys in keys.json; give the full id of one of them:
+//	  abcd1111-...  sk_AbCdEfGh  alpha
+//	  abcd2222-...  sk_IjKlMnOp  beta
+//
+// The error is still returned, so that the process exits non-zero (1,
+// caddy.ExitCodeFailedStartup, as Caddy's own commands do); cobra is told
+// not to print it a second time.
 func runWithExitCode(run func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
-		wrapped := caddycmd.WrapCommandFuncForCobra(func(caddycmd.Flags) (int, error) {
-			if err := run(cmd, args); err != nil {
-				return caddy.ExitCodeFailedStartup, err
-			}
-			return caddy.ExitCodeSuccess, nil
-		})
-		return wrapped(cmd, args)
+		err := run(cmd, args)
+		if err != nil {
+			cmd.SilenceErrors = true
+			cmd.SilenceUsage = true
+			fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", cmd.CommandPath(), strings.TrimRight(err.Error(), "\n"))
+		}
+		return err
 	}
 }
 
@@ -226,15 +235,11 @@ func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
 	if expiresAt != nil {
 		expiry = formatTimestamp(*expiresAt)
 	}
-	scopeText := "none"
-	if len(scopes) > 0 {
-		scopeText = strings.Join(scopes, ", ")
-	}
 	fmt.Fprintf(stderr, "Created key %q in %s\n", label, opts.File)
 	fmt.Fprintf(stderr, "  id:      %s\n", id)
 	fmt.Fprintf(stderr, "  prefix:  %s\n", raw[:11])
 	fmt.Fprintf(stderr, "  expires: %s\n", expiry)
-	fmt.Fprintf(stderr, "  scopes:  %s\n", scopeText)
+	fmt.Fprintf(stderr, "  scopes:  %s\n", printable(scopeText(scopes)))
 	fmt.Fprintln(stderr, "The key is the line written to stdout. Store it now: it cannot be shown again.")
 	return nil
 }
@@ -372,16 +377,21 @@ func listKeys(w io.Writer, path string, asJSON bool, now time.Time) error {
 	fmt.Fprintln(tw, "ID\tLABEL\tPREFIX\tCREATED\tLAST USED\tEXPIRES\tSCOPES\tSTATUS")
 	for i := range records {
 		rec := &records[i]
-		scopes := "-"
-		if len(rec.Scopes) > 0 {
-			scopes = strings.Join(rec.Scopes, ",")
-		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			printable(rec.ID), printable(rec.Label), printable(rec.KeyPrefix),
 			displayTime(rec.CreatedAt, "-"), displayTime(rec.LastUsedAt, "never"),
-			displayTime(rec.ExpiresAt, "never"), printable(scopes), keyStatus(&ks.keys[i], now))
+			displayTime(rec.ExpiresAt, "never"), printable(scopeText(rec.Scopes)), keyStatus(&ks.keys[i], now))
 	}
 	return tw.Flush()
+}
+
+// scopeText is how add and list show a key's scopes: comma-joined, as
+// {http.auth.user.scopes} holds them, or "none".
+func scopeText(scopes []string) string {
+	if len(scopes) == 0 {
+		return "none"
+	}
+	return strings.Join(scopes, ",")
 }
 
 // displayTime shortens a stored time for the table: UTC, to the second.
@@ -422,6 +432,11 @@ func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
 	if ref == "" {
 		return errors.New("name the key to revoke by its id or key_prefix")
 	}
+	// revoke never creates the file: say it is missing before taking its
+	// lock (which would leave a lock file behind).
+	if _, err := os.Stat(path); err != nil {
+		return &keyFileError{path: path, err: err}
+	}
 	var (
 		revoked        record
 		alreadyRevoked string
@@ -430,6 +445,9 @@ func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
 		matches := matchRecords(doc.records, ref)
 		switch len(matches) {
 		case 0:
+			if len(ref) < minIDPrefix {
+				return fmt.Errorf("no key in %s has the id or key_prefix %q; the start of an id must be at least %d characters long (see caddy apikey list --file %s)", path, ref, minIDPrefix, path)
+			}
 			return fmt.Errorf("no key in %s has the id or key_prefix %q (see caddy apikey list --file %s)", path, ref, path)
 		case 1:
 		default:

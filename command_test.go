@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -313,20 +314,25 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 func TestCommandsMissingFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	var out bytes.Buffer
-	if err := listKeys(&out, path, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("list: error = %v, want not-exist", err)
+	// Worded as every other key-file error, the path said once.
+	wantMsg := "key file " + path + ": no such file or directory"
+	if err := listKeys(&out, path, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
+		t.Errorf("list: error = %v, want not-exist: %q", err, wantMsg)
 	}
 	if err := listKeys(&out, "", false, cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
 		t.Errorf("list without --file: error = %v", err)
 	}
-	if err := revokeKey(&out, io.Discard, path, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("revoke: error = %v, want not-exist", err)
+	if err := revokeKey(&out, io.Discard, path, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
+		t.Errorf("revoke: error = %v, want not-exist: %q", err, wantMsg)
 	}
 	if err := revokeKey(&out, io.Discard, "", "sk_AbCdEfGh", cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
 		t.Errorf("revoke without --file: error = %v", err)
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Error("revoke created the missing key file")
+	}
+	if _, err := os.Stat(path + ".lock"); !errors.Is(err, os.ErrNotExist) {
+		t.Error("revoke of a missing key file left a lock file")
 	}
 }
 
@@ -509,7 +515,7 @@ func TestCommandRevokeRefusals(t *testing.T) {
 		{"ambiguous id prefix", "aaaa", []string{"matches 2 keys", "aaaa1111-0000-4000-8000-000000000001", "alpha", "aaaa2222-0000-4000-8000-000000000002", "beta"}},
 		{"ambiguous key prefix", "sk_SAMEpref", []string{"matches 2 keys", "cccc3333-0000-4000-8000-000000000003", "gamma", "dddd4444-0000-4000-8000-000000000004", "delta", "sk_SAMEpref"}},
 		{"unknown", "sk_NoSuchKy", []string{"no key", "sk_NoSuchKy"}},
-		{"id prefix too short", "ccc", []string{"no key"}},
+		{"id prefix too short", "ccc", []string{"no key", "at least 4 characters"}},
 		{"part of a key prefix", "sk_SAME", []string{"no key"}},
 		{"blank", "  ", []string{"name the key"}},
 	} {
@@ -674,6 +680,10 @@ func TestCommandCobraWiring(t *testing.T) {
 	if !rawKeyPattern.MatchString(raw) || !strings.Contains(stderr, "cannot be shown again") {
 		t.Fatalf("add: stdout %q, stderr %q", stdout, stderr)
 	}
+	// add and list show scopes the same way.
+	if !strings.Contains(stderr, "  scopes:  read,write,admin\n") {
+		t.Errorf("add: stderr does not show the scopes as read,write,admin: %q", stderr)
+	}
 	recs := readKeyDoc(t, path).records
 	if len(recs) != 1 || recs[0].Label != "wired" || !slices.Equal(recs[0].Scopes, []string{"read", "write", "admin"}) ||
 		recs[0].ExpiresAt == nil || recs[0].KeyHash != hashKey(raw) {
@@ -685,7 +695,7 @@ func TestCommandCobraWiring(t *testing.T) {
 		t.Fatalf("list --json: %q, %v", stdout, err)
 	}
 	stdout, _, err = apikeyCommand(t, "", "list", "-f", path)
-	if err != nil || !strings.HasPrefix(stdout, "ID ") {
+	if err != nil || !strings.HasPrefix(stdout, "ID ") || !strings.Contains(stdout, " read,write,admin ") {
 		t.Fatalf("list: %q, %v", stdout, err)
 	}
 	stdout, _, err = apikeyCommand(t, raw+"\n", "hash")
@@ -825,5 +835,122 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 		if rec.LastUsedAt == nil || *rec.LastUsedAt != wantUsed {
 			t.Errorf("base key %d: last_used_at = %v, want %s", i, rec.LastUsedAt, wantUsed)
 		}
+	}
+}
+
+// cliChildEnv makes TestCommandLineChild run Caddy's own command line,
+// caddycmd.Main, with the tab-separated arguments it holds: the child
+// process of TestCommandErrorsArePlainText.
+const cliChildEnv = "APIKEY_TEST_CLI_ARGS"
+
+func TestCommandLineChild(t *testing.T) {
+	args := os.Getenv(cliChildEnv)
+	if args == "" {
+		t.Skip("runs only as a child process of TestCommandErrorsArePlainText")
+	}
+	os.Args = append([]string{"caddy"}, strings.Split(args, "\t")...)
+	caddycmd.Main() // exits non-zero on error
+	os.Exit(0)
+}
+
+// runCaddyCommand runs `caddy args...` in a child process, through Caddy's
+// real command line (root command, logger, exit code), and returns its
+// stdout, stderr and exit code.
+func runCaddyCommand(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	// os.Executable, not os.Args[0]: Caddy's command line, run in process
+	// by other tests, may have changed os.Args.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run=^TestCommandLineChild$", "-test.short", "-test.count=1")
+	cmd.Env = append(os.Environ(), cliChildEnv+"="+strings.Join(args, "\t"))
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exitErr):
+		code = exitErr.ExitCode()
+	default:
+		t.Fatalf("running the child process: %v", err)
+	}
+	// TestMain's note that -short skips the integration tests.
+	var kept []string
+	for line := range strings.SplitAfterSeq(errOut.String(), "\n") {
+		if !strings.HasPrefix(line, "apikey: -short given") {
+			kept = append(kept, line)
+		}
+	}
+	return out.String(), strings.Join(kept, ""), code
+}
+
+// The `caddy apikey` commands print their errors as plain lines on stderr,
+// not as a Caddy JSON log line (whose message would hold the candidates of an
+// ambiguous revoke as one escaped string), and exit with status 1.
+func TestCommandErrorsArePlainText(t *testing.T) {
+	path, _ := revokeFixture(t)
+	missing := filepath.Join(t.TempDir(), "missing.json")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string // stderr, line by line
+	}{
+		{"ambiguous revoke", []string{"apikey", "revoke", "--file", path, "aaaa"}, []string{
+			`caddy apikey revoke: "aaaa" matches 2 keys in ` + path + `; give the full id of one of them:`,
+			"  aaaa1111-0000-4000-8000-000000000001  " + "*" + "  alpha",
+			"  aaaa2222-0000-4000-8000-000000000002  " + "*" + "  beta",
+		}},
+		{"short id prefix", []string{"apikey", "revoke", "--file", path, "aa"}, []string{
+			`caddy apikey revoke: no key in ` + path + ` has the id or key_prefix "aa"; the start of an id must be at least 4 characters long (see caddy apikey list --file ` + path + `)`,
+		}},
+		{"revoke, missing file", []string{"apikey", "revoke", "--file", missing, "sk_AbCdEfGh"}, []string{
+			"caddy apikey revoke: key file " + missing + ": no such file or directory",
+		}},
+		{"list, missing file", []string{"apikey", "list", "--file", missing}, []string{
+			"caddy apikey list: key file " + missing + ": no such file or directory",
+		}},
+		{"add, bad expiry", []string{"apikey", "add", "--file", missing, "--label", "x", "--expires", "soon"}, []string{
+			`caddy apikey add: --expires "soon": want a duration from now such as 90d, 12h or 30m, or a time such as 2027-01-31T00:00:00Z`,
+		}},
+		{"hash, no key", []string{"apikey", "hash"}, []string{
+			`caddy apikey hash: no key on stdin; pipe the raw key in, e.g. printf '%s' "$KEY" | caddy apikey hash`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			stdout, stderr, code := runCaddyCommand(t, tc.args...)
+			if code != 1 {
+				t.Errorf("exit code %d, want 1", code)
+			}
+			if stdout != "" {
+				t.Errorf("stdout = %q, want nothing", stdout)
+			}
+			lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+			for _, line := range lines {
+				if strings.HasPrefix(strings.TrimSpace(line), "{") || strings.Contains(line, `"level"`) || strings.Contains(line, `\n`) {
+					t.Errorf("stderr has a log line, not plain text: %q", line)
+				}
+			}
+			ok := len(lines) == len(tc.want)
+			for i := 0; ok && i < len(lines); i++ {
+				if before, after, wild := strings.Cut(tc.want[i], "*"); wild {
+					ok = strings.HasPrefix(lines[i], before) && strings.HasSuffix(lines[i], after)
+				} else {
+					ok = lines[i] == tc.want[i]
+				}
+			}
+			if !ok {
+				t.Errorf("stderr:\n%s\nwant these lines:\n%s", stderr, strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+
+	// Success still exits 0, with the output on stdout.
+	stdout, stderr, code := runCaddyCommand(t, "apikey", "list", "--file", path)
+	if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "ID ") {
+		t.Errorf("list: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }

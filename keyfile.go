@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"strings"
 	"time"
@@ -72,7 +73,14 @@ type keyFileError struct {
 	err  error
 }
 
-func (e *keyFileError) Error() string { return "key file " + e.path + ": " + e.err.Error() }
+func (e *keyFileError) Error() string {
+	err := e.err
+	var pe *fs.PathError
+	if errors.As(err, &pe) && pe.Path == e.path {
+		err = pe.Err // the path once is enough
+	}
+	return "key file " + e.path + ": " + err.Error()
+}
 func (e *keyFileError) Unwrap() error { return e.err }
 
 const wantShape = `want a JSON object with an "api_keys" list or a JSON array of key records`
