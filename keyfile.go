@@ -11,6 +11,7 @@ import (
 	"math"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/go-json-experiment/json/jsontext"
 )
@@ -198,9 +199,9 @@ func (d *keyFileDecoder) topObject(doc *keyDoc) error {
 
 // name reads a member name.
 func (d *keyFileDecoder) name() (string, error) {
-	raw, err := d.dec.ReadValue()
+	raw, err := d.value()
 	if err != nil {
-		return "", d.syntaxError(err)
+		return "", err
 	}
 	return unquote(raw), nil
 }
@@ -262,9 +263,9 @@ func (d *keyFileDecoder) record(r *docRecord, n int) error {
 		}
 	}
 	for d.dec.PeekKind() != '}' {
-		raw, err := d.dec.ReadValue()
+		raw, err := d.value()
 		if err != nil {
-			return d.syntaxError(err)
+			return err
 		}
 		field := recordField(raw)
 		v, err := d.value()
@@ -380,10 +381,13 @@ func decodeStrings(v jsontext.Value) ([]string, error) {
 	return list, nil
 }
 
-// unquote decodes a JSON string known to be valid.
+// unquote decodes a JSON string known to be valid. A string without escapes
+// is not copied: it is a view of the file's bytes, which nothing changes
+// and which it keeps in memory; what outlives the document (the key set's
+// strings) is cloned by buildKeySet.
 func unquote(quoted []byte) string {
 	if bytes.IndexByte(quoted, '\\') < 0 {
-		return string(quoted[1 : len(quoted)-1])
+		return unsafe.String(unsafe.SliceData(quoted[1:]), len(quoted)-2)
 	}
 	s, _ := jsontext.AppendUnquote(nil, quoted) // invalid UTF-8 becomes U+FFFD
 	return string(s)

@@ -145,7 +145,9 @@ func buildKeySet(records []docRecord) (*keySet, error) {
 // fill checks one record's values and makes k its key; it returns the
 // key's hash.
 func (k *key) fill(rec *record) ([sha256.Size]byte, error) {
-	k.ID, k.Label, k.Prefix = rec.ID, rec.Label, rec.KeyPrefix
+	// The record's strings may be views of the file's bytes (see unquote):
+	// the key keeps copies, not the file.
+	k.ID, k.Label, k.Prefix = strings.Clone(rec.ID), strings.Clone(rec.Label), strings.Clone(rec.KeyPrefix)
 	sum, err := decodeKeyHash(rec.KeyHash)
 	if err != nil {
 		return sum, err
@@ -169,8 +171,8 @@ func (k *key) fill(rec *record) ([sha256.Size]byte, error) {
 		}
 	}
 	if len(rec.Scopes) > 0 {
-		k.Scopes = rec.Scopes
 		k.scopesJoined = strings.Join(rec.Scopes, ",")
+		k.Scopes = strings.Split(k.scopesJoined, ",") // copies, sharing one string
 	}
 	return sum, nil
 }

@@ -35,7 +35,7 @@ const (
 	// maxFlushPeriod bounds how long a first use waits to be written, and
 	// so how often a busy server rewrites its key file when new keys keep
 	// appearing: all keys that fall due within one period share one write.
-	maxFlushPeriod = 5 * time.Second
+	maxFlushPeriod = 3 * time.Second
 
 	// usageResolution is how stale a key's in-memory last-used time may
 	// get. Updating it at most once a second keeps many cores from all
