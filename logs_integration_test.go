@@ -39,6 +39,16 @@ const readmeGlobalLogFilter = `log default {
 		}
 	}`
 
+// readmeSiteLogFilter is the README's filter of a site's access log.
+const readmeSiteLogFilter = `log {
+		format filter {
+			request>headers>X-Api-Key delete
+			request>uri query {
+				delete api_key
+			}
+		}
+	}`
+
 // customSourceFilterLines are what a handler with `header X-Custom-Key` and
 // `query key` adds to both filters, as the README says.
 const (
@@ -52,24 +62,27 @@ const (
 // the site's access log only.
 func logFilterConfig(dir string, filtered bool) (globals, siteLog string) {
 	out := func(name string) string { return "output file " + filepath.Join(dir, name) + "\n\t\t" }
-	siteLog = `log {
-		` + out("access.log") + `format filter {
-			request>headers>X-Api-Key delete
-			` + customHeaderFilterLine + `
-			request>uri query {
-				delete api_key
-				` + customQueryFilterLine + `
-			}
-		}
-	}`
 	if !filtered {
 		siteLog = accessLogSite(filepath.Join(dir, "access.log"))
 		return "\tdebug\n\tlog default {\n\t\t" + out("default.log") + "}", siteLog
 	}
-	global := strings.Replace(readmeGlobalLogFilter, "format filter {", out("default.log")+"format filter {", 1)
-	global = strings.Replace(global, "X-Api-Key delete", "X-Api-Key delete\n\t\t\t"+customHeaderFilterLine, 1)
-	global = strings.ReplaceAll(global, "delete api_key\n", "delete api_key\n\t\t\t\t"+customQueryFilterLine+"\n")
-	return "\tdebug\n\t" + global, siteLog
+	withCustom := func(filter, file string) string {
+		filter = strings.Replace(filter, "format filter {", out(file)+"format filter {", 1)
+		filter = strings.Replace(filter, "X-Api-Key delete", "X-Api-Key delete\n\t\t\t"+customHeaderFilterLine, 1)
+		return strings.ReplaceAll(filter, "delete api_key\n", "delete api_key\n\t\t\t\t"+customQueryFilterLine+"\n")
+	}
+	return "\tdebug\n\t" + withCustom(readmeGlobalLogFilter, "default.log"), withCustom(readmeSiteLogFilter, "access.log")
+}
+
+// TestReadmeShowsTheTestedLogFilters checks that the README's "Keep keys out
+// of logs" shows the filters TestLogsHoldNoKeys tests, as they are.
+func TestReadmeShowsTheTestedLogFilters(t *testing.T) {
+	readme := readFile(t, "README.md")
+	for _, f := range []string{readmeGlobalLogFilter, readmeSiteLogFilter} {
+		if !strings.Contains(readme, "\t"+f+"\n") {
+			t.Errorf("README.md does not show this log filter:\n%s", f)
+		}
+	}
 }
 
 // logSite is a site with every way of refusing, under /j/ with JSON
