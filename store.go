@@ -42,11 +42,15 @@ const (
 	// writing the same cache line on every request.
 	usageResolution = int64(time.Second)
 
-	// waitLimit bounds how long a config load or unload waits for the
-	// store's goroutines to do what it asked of them (a strict reload, a
-	// last usage write). A hung disk or a lock held elsewhere must not
-	// hold up Caddy; the work goes on in the background.
-	waitLimit = 3 * time.Second
+	// stopWait bounds how long a config unload or Caddy's stop waits for
+	// the store's last usage write. A hung disk or a lock held elsewhere
+	// must not hold up Caddy; the write goes on in the background.
+	stopWait = 3 * time.Second
+
+	// reloadWait bounds how long a config load waits for the watcher to
+	// re-read the key file (it may be in the middle of reading a large
+	// one). Past it, the config load fails.
+	reloadWait = 30 * time.Second
 )
 
 // interval is how often a store does a piece of background work.
@@ -248,12 +252,12 @@ func (s *keyStore) start() {
 
 // Destruct stops the background work once no handler uses the file; the
 // writer writes the pending usage times as it stops. It waits for that at
-// most waitLimit.
+// most stopWait.
 func (s *keyStore) Destruct() error {
 	s.stopOnce.Do(func() { close(s.stop) })
 	select {
 	case <-s.done:
-	case <-time.After(waitLimit):
+	case <-time.After(stopWait):
 		s.log().Warn("the key file's last usage write is still going on; it goes on in the background", zap.String("keys_file", s.path))
 	}
 	return nil
@@ -262,30 +266,30 @@ func (s *keyStore) Destruct() error {
 // askReload has the watcher re-read the key file now, if it changed, and
 // returns what came of it.
 func (s *keyStore) askReload() error {
-	reply := make(chan error, 1)
+	reply, deadline := make(chan error, 1), time.After(reloadWait)
 	select {
 	case s.reloadNow <- reply:
 		select {
 		case err := <-reply:
 			return err
-		case <-time.After(waitLimit):
+		case <-deadline:
 		}
-	case <-time.After(waitLimit):
+	case <-deadline:
 	}
-	return fmt.Errorf("key file %s: still being read after %s", s.path, waitLimit)
+	return fmt.Errorf("key file %s: still being read after %s", s.path, reloadWait)
 }
 
 // askFlush has the writer write every pending last-used time now, and waits
-// for it at most waitLimit.
+// for it at most stopWait.
 func (s *keyStore) askFlush() {
-	reply := make(chan struct{}, 1)
+	reply, deadline := make(chan struct{}, 1), time.After(stopWait)
 	select {
 	case s.flushNow <- reply:
 		select {
 		case <-reply:
-		case <-time.After(waitLimit):
+		case <-deadline:
 		}
-	case <-time.After(waitLimit):
+	case <-deadline:
 	}
 }
 
