@@ -1,0 +1,164 @@
+//go:build unix
+
+package apikey
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// recipeLockPath is the lock file that the README's recipe for replacing a
+// key file by hand locks: `flock "$(realpath keys.json).lock" mv ...`. It
+// asks realpath(1), as the recipe does, where it is installed.
+func recipeLockPath(t *testing.T, path string) string {
+	t.Helper()
+	if _, err := exec.LookPath("realpath"); err != nil {
+		real, err := filepath.EvalSymlinks(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return real + ".lock"
+	}
+	out, err := exec.Command("realpath", path).Output()
+	if err != nil {
+		t.Fatalf("realpath %s: %v", path, err)
+	}
+	return strings.TrimSuffix(string(out), "\n") + ".lock"
+}
+
+// keyFileLayouts lays a key file out as operators do, in dir, and returns
+// the spellings by which Caddy or `caddy apikey` may be pointed at it.
+var keyFileLayouts = map[string]func(t *testing.T, dir string) []string{
+	"plain file": func(t *testing.T, dir string) []string {
+		return []string{writeKeys(t, filepath.Join(dir, "keys.json"), newTestKey("k", nil))}
+	},
+	// Two links to one file, and the file itself.
+	"symbolic links": func(t *testing.T, dir string) []string {
+		mkdir(t, filepath.Join(dir, "real"))
+		target := writeKeys(t, filepath.Join(dir, "real", "keys.json"), newTestKey("k", nil))
+		symlink(t, "real/keys.json", filepath.Join(dir, "keys.json"))
+		symlink(t, "keys.json", filepath.Join(dir, "link-to-link.json"))
+		return []string{filepath.Join(dir, "keys.json"), filepath.Join(dir, "link-to-link.json"), target}
+	},
+	// A Kubernetes ConfigMap or an `ln -sfn` deploy: keys.json ->
+	// ..data/keys.json, ..data -> a versioned folder.
+	"ConfigMap": func(t *testing.T, dir string) []string {
+		mkdir(t, filepath.Join(dir, "..2026_11_25"))
+		target := writeKeys(t, filepath.Join(dir, "..2026_11_25", "keys.json"), newTestKey("k", nil))
+		symlink(t, "..2026_11_25", filepath.Join(dir, "..data"))
+		symlink(t, "..data/keys.json", filepath.Join(dir, "keys.json"))
+		return []string{filepath.Join(dir, "keys.json"), target}
+	},
+}
+
+func mkdir(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Mkdir(path, 0o700); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func symlink(t *testing.T, target, link string) {
+	t.Helper()
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A writer (the usage writer, `caddy apikey`) and the README's recipe lock
+// one and the same file, whichever spelling of the key file each is given:
+// each waits for the other.
+func TestWriterAndREADMERecipeShareOneLock(t *testing.T) {
+	_, flockErr := exec.LookPath("flock")
+	for name, layout := range keyFileLayouts {
+		t.Run(name, func(t *testing.T) {
+			spellings := layout(t, t.TempDir())
+			for _, writer := range spellings {
+				for _, recipe := range spellings {
+					lockPath := recipeLockPath(t, recipe)
+
+					// The recipe holds its lock: the writer waits for it.
+					f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+						t.Fatal(err)
+					}
+					done := make(chan error, 1)
+					go func() {
+						_, err := updateKeyFile(writer, func(*keyDoc) error { return errNoChange })
+						done <- err
+					}()
+					select {
+					case err := <-done:
+						t.Fatalf("a writer of %s did not wait for the lock the recipe takes for %s (%s): %v", writer, recipe, lockPath, err)
+					case <-time.After(200 * time.Millisecond):
+					}
+					f.Close() // releases the lock
+					select {
+					case err := <-done:
+						if err != nil {
+							t.Fatalf("writer of %s: %v", writer, err)
+						}
+					case <-time.After(hangLimit):
+						t.Fatalf("the writer of %s still waits after the recipe's lock was released", writer)
+					}
+
+					// The writer holds the lock: the recipe, run as the
+					// README writes it, cannot take it.
+					_, err = updateKeyFile(writer, func(*keyDoc) error {
+						if flockErr == nil {
+							cmd := exec.Command("sh", "-c", `flock -n "$(realpath "$1").lock" true`, "sh", recipe)
+							var exit *exec.ExitError
+							if err := cmd.Run(); !errors.As(err, &exit) || exit.ExitCode() != 1 {
+								t.Errorf("the README's recipe for %s took its lock while a writer of %s held the key file's lock (exit: %v)", recipe, writer, err)
+							}
+						}
+						g, err := os.Open(lockPath)
+						if err != nil {
+							return err
+						}
+						defer g.Close()
+						if err := unix.Flock(int(g.Fd()), unix.LOCK_EX|unix.LOCK_NB); !errors.Is(err, unix.EWOULDBLOCK) {
+							t.Errorf("%s could be locked while a writer of %s held the key file's lock: %v", lockPath, writer, err)
+						}
+						return errNoChange
+					})
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// With the lock held at the recipe's path for longer than a writer waits,
+// the writer gives up with a message that says why.
+func TestWriterGivesUpOnTheRecipesLock(t *testing.T) {
+	spellings := keyFileLayouts["ConfigMap"](t, t.TempDir())
+	f, err := os.OpenFile(recipeLockPath(t, spellings[0]), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	real, err := filepath.EvalSymlinks(spellings[0]) // what updateKeyFile locks
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = lockKeyFile(real, 50*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "still held by another writer") {
+		t.Fatalf("lockKeyFile = %v, want it still held by another writer", err)
+	}
+}
