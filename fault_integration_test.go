@@ -3,6 +3,7 @@ package apikey
 import (
 	"bufio"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -171,9 +172,28 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 
 		if rounds%3 == 0 {
-			// Replace the whole file (mv over it), keeping the same keys.
+			// Replace the whole file (mv over it), keeping the same keys
+			// and the times the writer has put in it, under the lock, as
+			// the README's recipe does: a replacement that drops
+			// last_used_at, or races the writer, may lose a use.
+			unlock, err := lockKeyFile(path, lockTimeout, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
 			all := append([]testKey{stable}, live...)
+			onDisk := map[string]*string{}
+			for _, rec := range readKeyDoc(t, path).records {
+				onDisk[rec.ID] = rec.LastUsedAt
+			}
+			for i, k := range all {
+				// Copies: the load's workers read the records.
+				all[i].record = maps.Clone(k.record)
+				if at := onDisk[k.record["id"].(string)]; at != nil {
+					all[i].record["last_used_at"] = *at
+				}
+			}
 			writeKeys(t, path, all...)
+			unlock()
 		}
 	}
 	wg.Wait()

@@ -157,7 +157,7 @@ func TestWriterGivesUpOnTheRecipesLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = lockKeyFile(real, 50*time.Millisecond)
+	_, err = lockKeyFile(real, 50*time.Millisecond, nil)
 	if err == nil || !strings.Contains(err.Error(), "still held by another writer") {
 		t.Fatalf("lockKeyFile = %v, want it still held by another writer", err)
 	}
