@@ -389,8 +389,10 @@ func unquote(quoted []byte) string {
 	if bytes.IndexByte(quoted, '\\') < 0 {
 		return unsafe.String(unsafe.SliceData(quoted[1:]), len(quoted)-2)
 	}
-	s, _ := jsontext.AppendUnquote(nil, quoted) // invalid UTF-8 becomes U+FFFD
-	return string(s)
+	// One allocation, which the string then owns. Invalid UTF-8 becomes
+	// U+FFFD.
+	s, _ := jsontext.AppendUnquote(make([]byte, 0, len(quoted)), quoted)
+	return unsafe.String(unsafe.SliceData(s), len(s))
 }
 
 // kindName names a JSON kind in an error message.
