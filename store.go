@@ -190,7 +190,9 @@ func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, er
 // failed to load too, so such a config's settings do not stay in force.
 func (l *storeLease) release() {
 	s := l.store
-	s.askFlush()
+	if refs, _ := stores.References(l.poolKey); refs > 1 {
+		s.askFlush() // the last lease's Destruct writes them as it stops
+	}
 	s.leasesMu.Lock()
 	delete(s.leases, l.id)
 	s.applyLeases()
