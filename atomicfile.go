@@ -165,7 +165,6 @@ func editKeyFileOnce(path string, e keyFileEdit) (keyFileWrite, error) {
 		}
 		return w, err
 	}
-	out := doc.marshal()
 	unchanged := func() error {
 		now, err := os.Stat(path)
 		switch {
@@ -176,7 +175,7 @@ func editKeyFileOnce(path string, e keyFileEdit) (keyFileWrite, error) {
 		}
 		return nil
 	}
-	w.written, err = writeFileAtomic(path, out, w.read, unchanged)
+	w.written, err = writeFileAtomic(path, doc, w.read, unchanged)
 	return w, err
 }
 
@@ -197,14 +196,14 @@ func removeStaleTemporaries(path string) {
 	}
 }
 
-// writeFileAtomic replaces path with data so that a reader, or a crash at any
+// writeFileAtomic replaces path with content so that a reader, or a crash at any
 // moment, sees either the old file or the new one whole: write a temporary
 // file in the same folder, flush it to disk, rename it over path, then flush
 // the folder so that the rename itself survives a power cut. The new file
 // gets the mode and, where it can, the owner of like (the file it replaces;
 // nil for a new file: mode 0600, owned by this process). beforeRename, if
 // not nil, may still cancel the write. It returns the stat of the new file.
-func writeFileAtomic(path string, data []byte, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
+func writeFileAtomic(path string, content io.WriterTo, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, filepath.Base(tempPattern(path)))
 	if err != nil {
@@ -226,7 +225,7 @@ func writeFileAtomic(path string, data []byte, like fs.FileInfo, beforeRename fu
 			return nil, err
 		}
 	}
-	if _, err = tmp.Write(data); err != nil {
+	if _, err = content.WriteTo(tmp); err != nil {
 		return nil, err
 	}
 	if err = tmp.Chmod(mode); err != nil {

@@ -325,7 +325,7 @@ func writeKeys(t testing.TB, path string, keys ...testKey) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := writeFileAtomic(path, data, nil, nil); err != nil {
+	if _, err := writeFileAtomic(path, bytes.NewReader(data), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	return path

@@ -2,6 +2,7 @@ package apikey
 
 import (
 	"bytes"
+	"io"
 	"slices"
 
 	"github.com/go-json-experiment/json"
@@ -86,75 +87,106 @@ func (r *docRecord) set(name, s string) error {
 	return r.setField(name, value)
 }
 
-// marshal renders the document as JSON indented by two spaces, with a final
-// newline: the records untouched by edits as they were read, the rest
-// re-indented.
+// marshal renders the document as JSON (see WriteTo).
 func (d *keyDoc) marshal() []byte {
-	size := 64
-	for i := range d.records {
-		size += len(d.records[i].raw) + 256
-	}
-	b := make([]byte, 0, size)
+	var b bytes.Buffer
+	_, _ = d.WriteTo(&b) // a bytes.Buffer takes every write
+	return b.Bytes()
+}
+
+// WriteTo writes the document as JSON indented by two spaces, with a final
+// newline: the records untouched by edits as they were read, the rest
+// re-indented. It writes in chunks, so that a large file is never whole in
+// memory twice.
+func (d *keyDoc) WriteTo(w io.Writer) (int64, error) {
+	out := chunkWriter{w: w, b: make([]byte, 0, 2*chunkSize)}
 	if d.bare {
-		b = d.appendRecords(b, "")
+		d.writeRecords(&out, "")
 	} else {
 		wroteList := false
-		b = append(b, '{')
+		out.b = append(out.b, '{')
 		for i, m := range d.top {
 			if i > 0 {
-				b = append(b, ',')
+				out.b = append(out.b, ',')
 			}
-			b = appendName(append(b, "\n  "...), m.name)
+			out.b = appendName(append(out.b, "\n  "...), m.name)
 			if m.value == nil && m.name == "api_keys" {
-				b = d.appendRecords(b, "  ")
+				d.writeRecords(&out, "  ")
 				wroteList = true
 			} else {
-				b = appendValue(b, m.value, "  ")
+				out.b = appendValue(out.b, m.value, "  ")
 			}
 		}
 		if !wroteList {
 			if len(d.top) > 0 {
-				b = append(b, ',')
+				out.b = append(out.b, ',')
 			}
-			b = d.appendRecords(appendName(append(b, "\n  "...), "api_keys"), "  ")
+			out.b = appendName(append(out.b, "\n  "...), "api_keys")
+			d.writeRecords(&out, "  ")
 		}
-		b = append(b, "\n}"...)
+		out.b = append(out.b, "\n}"...)
 	}
-	return append(b, '\n')
+	out.b = append(out.b, '\n')
+	out.flush()
+	return out.n, out.err
 }
 
-// appendRecords appends the list of records, at the given indentation.
-func (d *keyDoc) appendRecords(b []byte, indent string) []byte {
+// chunkSize is how much WriteTo gathers before it writes.
+const chunkSize = 64 << 10
+
+// chunkWriter gathers output in b and writes it to w in chunks.
+type chunkWriter struct {
+	w   io.Writer
+	b   []byte
+	n   int64
+	err error
+}
+
+func (c *chunkWriter) flush() {
+	if c.err == nil && len(c.b) > 0 {
+		var n int
+		n, c.err = c.w.Write(c.b)
+		c.n += int64(n)
+	}
+	c.b = c.b[:0]
+}
+
+// writeRecords writes the list of records, at the given indentation.
+func (d *keyDoc) writeRecords(out *chunkWriter, indent string) {
 	if len(d.records) == 0 {
-		return append(b, "[]"...)
+		out.b = append(out.b, "[]"...)
+		return
 	}
 	inner := indent + "  "
-	b = append(b, '[')
+	out.b = append(out.b, '[')
 	for i := range d.records {
-		if i > 0 {
-			b = append(b, ',')
+		if len(out.b) >= chunkSize {
+			out.flush()
 		}
-		b = append(append(b, '\n'), inner...)
+		if i > 0 {
+			out.b = append(out.b, ',')
+		}
+		out.b = append(append(out.b, '\n'), inner...)
 		r := &d.records[i]
 		if r.raw != nil {
-			b = append(b, r.raw...)
+			out.b = append(out.b, r.raw...)
 			continue
 		}
 		if len(r.members) == 0 {
-			b = append(b, "{}"...)
+			out.b = append(out.b, "{}"...)
 			continue
 		}
-		b = append(b, '{')
+		out.b = append(out.b, '{')
 		for j, m := range r.members {
 			if j > 0 {
-				b = append(b, ',')
+				out.b = append(out.b, ',')
 			}
-			b = appendName(append(append(b, '\n'), inner+"  "...), m.name)
-			b = appendValue(b, m.value, inner+"  ")
+			out.b = appendName(append(append(out.b, '\n'), inner+"  "...), m.name)
+			out.b = appendValue(out.b, m.value, inner+"  ")
 		}
-		b = append(append(append(b, '\n'), inner...), '}')
+		out.b = append(append(append(out.b, '\n'), inner...), '}')
 	}
-	return append(append(append(b, '\n'), indent...), ']')
+	out.b = append(append(append(out.b, '\n'), indent...), ']')
 }
 
 // appendName appends a member name and its colon.

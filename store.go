@@ -390,8 +390,9 @@ func (s *keyStore) setLoaded(fi fs.FileInfo) {
 	s.inForce.Store(&fi)
 }
 
-// bigKeyFile is the size from which a load gives the memory it no longer
-// needs back to the system at once, rather than over the next minutes.
+// bigKeyFile is the size from which a load or a usage write gives the
+// memory it no longer needs back to the system at once, rather than over the
+// next minutes.
 const bigKeyFile = 32 << 20
 
 // sameVersion reports whether two stats of the key file show the same
@@ -544,6 +545,9 @@ func (s *keyStore) writeUsage(all bool) {
 	if w.written != nil {
 		s.writes.Add(1)
 		s.lastWrite.Store(&w)
+		if w.written.Size() > bigKeyFile {
+			debug.FreeOSMemory() // give back what reading and writing the file took
+		}
 	}
 }
 
