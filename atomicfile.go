@@ -25,20 +25,11 @@ const maxKeyFileSize = 512 << 20
 // not hang the reader (and with it a config load, the usage writer holding
 // the lock, or Caddy's shutdown).
 func readKeyFile(path string) ([]byte, fs.FileInfo, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|openNonBlocking, 0)
+	f, fi, err := openKeyFile(path)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	switch {
-	case err != nil:
-		return nil, nil, err
-	case !fi.Mode().IsRegular():
-		return nil, nil, fmt.Errorf("not a regular file but %s; the key file must be a regular file", describeMode(fi.Mode()))
-	case fi.Size() > maxKeyFileSize:
-		return nil, nil, fmt.Errorf("%d MiB is more than the %d MiB a key file may hold", fi.Size()>>20, maxKeyFileSize>>20)
-	}
 	data := make([]byte, 0, fi.Size()+512)
 	for {
 		n, err := f.Read(data[len(data):cap(data)])
@@ -56,6 +47,27 @@ func readKeyFile(path string) ([]byte, fs.FileInfo, error) {
 			data = append(data, 0)[:len(data)] // the file grew while being read
 		}
 	}
+}
+
+// openKeyFile opens a key file for reading (see readKeyFile).
+func openKeyFile(path string) (*os.File, fs.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|openNonBlocking, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("not a regular file but %s; the key file must be a regular file", describeMode(fi.Mode()))
+	case fi.Size() > maxKeyFileSize:
+		err = fmt.Errorf("%d MiB is more than the %d MiB a key file may hold", fi.Size()>>20, maxKeyFileSize>>20)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
 }
 
 // describeMode names the kind of a file that is not a regular one.

@@ -227,20 +227,28 @@ func BenchmarkServeHTTP(b *testing.B) {
 // the heap the loaded key set keeps per key.
 func BenchmarkLoadKeyFile(b *testing.B) {
 	for _, n := range []int{10_000, 100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) { benchLoad(b, n, benchKeyFile(n)) })
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) { benchLoad(b, n, benchKeyFile(n), parseKeySet) })
+	}
+	// As the watcher reads a file: streamed, never whole in memory.
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("stream/keys=%d", n), func(b *testing.B) {
+			benchLoad(b, n, benchKeyFile(n), func(data []byte) (*keySet, error) {
+				return decodeKeySet(bytes.NewReader(data), int64(len(data)))
+			})
+		})
 	}
 	// Labels with escapes (as json.Marshal writes "R&D") and non-ASCII
 	// text (as Python's json.dump writes it): no slower than plain ones.
 	const n = 100_000
 	b.Run(fmt.Sprintf("escaped/keys=%d", n), func(b *testing.B) {
-		benchLoad(b, n, benchKeyFileLabeled(n, `R\u0026D K\u00e4se \"%d\"`))
+		benchLoad(b, n, benchKeyFileLabeled(n, `R\u0026D K\u00e4se \"%d\"`), parseKeySet)
 	})
 	b.Run(fmt.Sprintf("non-ascii/keys=%d", n), func(b *testing.B) {
-		benchLoad(b, n, benchKeyFileLabeled(n, "Käse für Ünïcødé %d"))
+		benchLoad(b, n, benchKeyFileLabeled(n, "Käse für Ünïcødé %d"), parseKeySet)
 	})
 }
 
-func benchLoad(b *testing.B, n int, data []byte) {
+func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*keySet, error)) {
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -251,7 +259,7 @@ func benchLoad(b *testing.B, n int, data []byte) {
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		b.StartTimer()
-		ks, err := parseKeySet(data)
+		ks, err := load(data)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -296,7 +304,7 @@ func BenchmarkUsageWrite(b *testing.B) {
 		// A usage interval later, every key has been used again.
 		clock = clock.Add(time.Minute)
 		for j := range sums {
-			s.markUsed(ks.byHash[sums[j]], sums[j], clock.UnixNano())
+			s.markUsed(ks.find(sums[j]), sums[j], clock.UnixNano())
 		}
 		b.StartTimer()
 		s.writeUsage(false)

@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -34,6 +35,14 @@ func FuzzParseKeySet(f *testing.F) {
 		if err == nil && utf8.Valid(data) {
 			sameAsEncodingJSON(t, data)
 		}
+		// The streaming reader (the watcher's) agrees with the whole-file one.
+		streamed, serr := decodeKeySet(bytes.NewReader(data), int64(len(data)))
+		if (serr == nil) != (err == nil) {
+			t.Fatalf("streaming decode error %v, whole-file error %v", serr, err)
+		}
+		if err == nil {
+			sameKeys(t, ks, streamed)
+		}
 
 		if err != nil {
 			msg := err.Error()
@@ -58,19 +67,28 @@ func FuzzParseKeySet(f *testing.F) {
 		if len(again.keys) != len(ks.keys) {
 			t.Fatalf("%d keys after the round trip, want %d", len(again.keys), len(ks.keys))
 		}
-		for i := range ks.keys {
-			a, b := &ks.keys[i], &again.keys[i]
-			if a.ID != b.ID || a.Label != b.Label || a.Prefix != b.Prefix || a.expiresAt != b.expiresAt ||
-				a.revoked != b.revoked || a.scopesJoined != b.scopesJoined {
-				t.Fatalf("key %d changed in the round trip:\n%+v\n%+v", i, a, b)
-			}
-		}
-		for sum, k := range ks.byHash {
-			if k2 := again.byHash[sum]; k2 == nil || k2.ID != k.ID {
-				t.Fatalf("key %q is not found by its hash after the round trip", k.ID)
-			}
-		}
+		sameKeys(t, ks, again)
 	})
+}
+
+// sameKeys checks that two key sets hold the same keys, in the same order.
+func sameKeys(t *testing.T, ks, other *keySet) {
+	t.Helper()
+	if len(other.keys) != len(ks.keys) {
+		t.Fatalf("%d keys, want %d", len(other.keys), len(ks.keys))
+	}
+	for i := range ks.keys {
+		a, b := &ks.keys[i], &other.keys[i]
+		if a.ID != b.ID || a.Label != b.Label || a.Prefix != b.Prefix || a.expiresAt != b.expiresAt ||
+			a.revoked != b.revoked || a.scopesJoined != b.scopesJoined {
+			t.Fatalf("key %d differs:\n%+v\n%+v", i, a, b)
+		}
+	}
+	for sum := range ks.byHash {
+		if k, k2 := ks.find(sum), other.find(sum); k2 == nil || k2.ID != k.ID {
+			t.Fatalf("key %q is not found by its hash", k.ID)
+		}
+	}
 }
 
 // sameAsEncodingJSON checks that the records parseKeyDoc decodes from an

@@ -90,56 +90,114 @@ const wantShape = `want a JSON object with an "api_keys" list or a JSON array of
 // with each record decoded. It refuses what is not JSON or not a key file;
 // buildKeySet checks the records' values.
 func parseKeyDoc(data []byte) (*keyDoc, error) {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, errors.New("file is empty; " + wantShape)
-	}
 	d := newKeyFileDecoder(data)
-	doc := &keyDoc{}
-	var err error
-	switch d.dec.PeekKind() {
-	case '[':
-		doc.bare = true
-		doc.records, err = d.recordList()
-	case '{':
-		err = d.topObject(doc)
-	default:
-		if _, err := d.dec.ReadValue(); err != nil {
-			return nil, d.syntaxError(err)
-		}
-		return nil, errors.New(wantShape)
-	}
+	// Records take about 250 bytes of a file: guess their count, to save
+	// most of the slice's regrowth.
+	doc := &keyDoc{records: make([]docRecord, 0, len(data)/256+1)}
+	bare, err := d.walk(
+		func(name string, value []byte) { doc.top = append(doc.top, member{name: name, value: value}) },
+		func(n int) error {
+			doc.records = append(doc.records, docRecord{})
+			return d.record(&doc.records[len(doc.records)-1], n)
+		})
 	if err != nil {
 		return nil, err
 	}
-	if _, err := d.dec.ReadToken(); err != io.EOF {
-		if err == nil {
-			return nil, d.syntaxError(&jsontext.SyntacticError{ByteOffset: d.dec.InputOffset() - 1, Err: errors.New("more than one JSON value")})
-		}
-		return nil, d.syntaxError(err)
-	}
+	doc.bare = bare
 	return doc, nil
 }
 
-// keyFileDecoder reads key file JSON, noting where each value lies in it.
+// decodeKeySet reads a key file's contents from r as a stream, straight
+// into a key set: the file is never whole in memory, and each record only
+// until its key is made. sizeHint (the file's size) sizes the key set. Its
+// errors name no position: readKeySet reads a refused file again with
+// parseKeyDoc for that.
+func decodeKeySet(r io.Reader, sizeHint int64) (*keySet, error) {
+	d := &keyFileDecoder{dec: jsontext.NewDecoder(r, decoderOptions...)}
+	b := newKeySetBuilder(int(sizeHint / 300))
+	// One decoder for the records, reset for each; their strings are views
+	// of buf until add has copied what it keeps.
+	var buf bytes.Buffer
+	in := &keyFileDecoder{dec: jsontext.NewDecoder(&buf, decoderOptions...)}
+	var rec docRecord
+	_, err := d.walk(
+		func(string, []byte) {},
+		func(n int) error {
+			raw, err := d.value() // the whole record, valid until the next read
+			if err != nil {
+				return err
+			}
+			buf.Reset()
+			buf.Write(raw)
+			in.data = buf.Bytes()
+			in.dec.Reset(&buf, decoderOptions...)
+			rec = docRecord{}
+			if err := in.record(&rec, n); err != nil {
+				return err
+			}
+			return b.add(&rec.record, n)
+		})
+	if err != nil {
+		return nil, err
+	}
+	return b.ks, nil
+}
+
+// walk reads a whole key file: a JSON object, whose members it hands to top
+// in order (the "api_keys" one without a value), or a bare JSON array. For
+// each record of the list, it calls record with the record's number, the
+// decoder positioned at the record's '{'.
+func (d *keyFileDecoder) walk(top func(name string, value []byte), record func(n int) error) (bare bool, err error) {
+	switch d.dec.PeekKind() {
+	case '[':
+		bare = true
+		err = d.recordList(record)
+	case '{':
+		err = d.topObject(top, record)
+	default:
+		if _, err := d.dec.ReadValue(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return false, errors.New("file is empty; " + wantShape)
+			}
+			return false, d.syntaxError(err)
+		}
+		return false, errors.New(wantShape)
+	}
+	if err != nil {
+		return false, err
+	}
+	if _, err := d.dec.ReadToken(); err != io.EOF {
+		if err == nil {
+			return false, d.syntaxError(&jsontext.SyntacticError{ByteOffset: d.dec.InputOffset() - 1, Err: errors.New("more than one JSON value")})
+		}
+		return false, d.syntaxError(err)
+	}
+	return bare, nil
+}
+
+// keyFileDecoder reads key file JSON.
 type keyFileDecoder struct {
-	data []byte
+	data []byte // the whole input, when the caller has it: values are then views of it
 	dec  *jsontext.Decoder
 }
 
+// decoderOptions: duplicate names are checked for the known members only,
+// and invalid UTF-8 is kept as it is, as encoding/json always allowed.
+var decoderOptions = []jsontext.Options{jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true)}
+
 func newKeyFileDecoder(data []byte) *keyFileDecoder {
-	return &keyFileDecoder{
-		data: data,
-		// Duplicate names are checked for the known members only, and
-		// invalid UTF-8 is kept as it is, as encoding/json always allowed.
-		dec: jsontext.NewDecoder(bytes.NewBuffer(data), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true)),
-	}
+	return &keyFileDecoder{data: data, dec: jsontext.NewDecoder(bytes.NewBuffer(data), decoderOptions...)}
 }
 
-// value reads the next value, and where it lies in the file.
+// value reads the next value: a view of the input when the decoder has it
+// whole, otherwise bytes that are valid until the next read.
 func (d *keyFileDecoder) value() (v []byte, err error) {
 	raw, err := d.dec.ReadValue()
 	if err != nil {
 		return nil, d.syntaxError(err)
+	}
+	if d.data == nil {
+		return raw, nil
 	}
 	end := int(d.dec.InputOffset())
 	return d.data[end-len(raw) : end : end], nil
@@ -155,7 +213,7 @@ func (d *keyFileDecoder) delim() error {
 
 // topObject reads a key file that is a JSON object. Its members other than
 // "api_keys" are kept verbatim; "api_keys" (null or a list) gives the records.
-func (d *keyFileDecoder) topObject(doc *keyDoc) error {
+func (d *keyFileDecoder) topObject(top func(name string, value []byte), record func(n int) error) error {
 	if err := d.delim(); err != nil {
 		return err
 	}
@@ -173,13 +231,13 @@ func (d *keyFileDecoder) topObject(doc *keyDoc) error {
 			if err != nil {
 				return err
 			}
-			doc.top = append(doc.top, member{name: name, value: v})
+			top(name, v)
 			continue
 		}
-		doc.top = append(doc.top, member{name: name}) // the list, rendered from doc.records
+		top(name, nil) // where the list stands
 		switch k := d.dec.PeekKind(); k {
 		case '[':
-			if doc.records, err = d.recordList(); err != nil {
+			if err = d.recordList(record); err != nil {
 				return err
 			}
 		case 'n':
@@ -223,28 +281,24 @@ func checkName(name, known string, seen *bool) error {
 	return nil
 }
 
-// recordList reads a JSON array of records.
-func (d *keyFileDecoder) recordList() ([]docRecord, error) {
+// recordList reads a JSON array of records, calling record for each.
+func (d *keyFileDecoder) recordList(record func(n int) error) error {
 	if err := d.delim(); err != nil {
-		return nil, err
+		return err
 	}
-	// Records take about 250 bytes of a file: guess the count from the rest
-	// of it, to save most of the slice's regrowth.
-	records := make([]docRecord, 0, (len(d.data)-int(d.dec.InputOffset()))/256+1)
 	for n := 1; d.dec.PeekKind() != ']'; n++ {
 		if d.dec.PeekKind() != '{' {
 			v, err := d.value()
 			if err != nil {
-				return nil, err
+				return err
 			}
-			return nil, fmt.Errorf("record %d: want a JSON object, got %.40s", n, v)
+			return fmt.Errorf("record %d: want a JSON object, got %.40s", n, v)
 		}
-		records = append(records, docRecord{})
-		if err := d.record(&records[len(records)-1], n); err != nil {
-			return nil, err
+		if err := record(n); err != nil {
+			return err
 		}
 	}
-	return records, d.delim()
+	return d.delim()
 }
 
 // record reads the n-th record into r, which is zero. A problem with a
@@ -417,6 +471,9 @@ func (d *keyFileDecoder) syntaxError(err error) error {
 			return errors.New("invalid JSON: the file ends before its JSON does")
 		}
 		return fmt.Errorf("invalid JSON: %v", err)
+	}
+	if d.data == nil {
+		return fmt.Errorf("invalid JSON: %v", se.Err)
 	}
 	line, col := lineCol(d.data, se.ByteOffset)
 	return fmt.Errorf("invalid JSON at line %d, column %d: %v", line, col, se.Err)

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -58,8 +59,16 @@ func (k *key) placeholder(name string) (any, bool) {
 // keySet is an immutable snapshot of a key file. Requests read it through an
 // atomic pointer, so a reload swaps all keys at once.
 type keySet struct {
-	byHash map[[sha256.Size]byte]*key
+	byHash map[[sha256.Size]byte]int32 // index in keys: no pointers for the GC to scan
 	keys   []key
+}
+
+// keySource is what the request path needs of a key store: the key set in
+// force, read without I/O, and a place to note a key's use, which must not
+// block. The key file's store (keyStore, store.go) is one.
+type keySource interface {
+	current() *keySet
+	markUsed(k *key, sum [sha256.Size]byte, now int64)
 }
 
 // lookup finds the key whose SHA-256 matches the presented raw key: one hash
@@ -68,7 +77,15 @@ func (ks *keySet) lookup(raw string) (*key, [sha256.Size]byte) {
 	// Hash the string's bytes in place: Sum256 neither keeps nor changes
 	// them, and copying a header-sized key would cost an allocation.
 	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
-	return ks.byHash[sum], sum
+	return ks.find(sum), sum
+}
+
+// find returns the key whose hash is sum, or nil.
+func (ks *keySet) find(sum [sha256.Size]byte) *key {
+	if i, ok := ks.byHash[sum]; ok {
+		return &ks.keys[i]
+	}
+	return nil
 }
 
 // hashKey returns the key_hash of a raw key: lowercase SHA-256 hex.
@@ -77,13 +94,23 @@ func hashKey(raw string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// readKeySet reads and checks a key file.
+// readKeySet reads and checks a key file, as a stream (see decodeKeySet).
+// A file it refuses is read again whole, for an error that names the place
+// of the problem.
 func readKeySet(path string) (*keySet, error) {
-	data, _, err := readKeyFile(path)
+	f, fi, err := openKeyFile(path)
 	if err != nil {
 		return nil, &keyFileError{path: path, err: err}
 	}
-	ks, err := parseKeySet(data)
+	ks, err := decodeKeySet(io.LimitReader(f, maxKeyFileSize+1), fi.Size())
+	f.Close()
+	if err == nil {
+		return ks, nil
+	}
+	data, _, err := readKeyFile(path)
+	if err == nil {
+		ks, err = parseKeySet(data)
+	}
 	if err != nil {
 		return nil, &keyFileError{path: path, err: err}
 	}
@@ -110,43 +137,60 @@ func parseKeyFile(data []byte) (*keyDoc, *keySet, error) {
 	return doc, ks, nil
 }
 
-// buildKeySet checks the records' values and indexes them by hash: every
-// record needs a unique id and a unique, well-formed key_hash; times must
-// be ISO 8601 and scopes well-formed.
+// buildKeySet checks the records' values and indexes them by hash.
 func buildKeySet(records []docRecord) (*keySet, error) {
-	ks := &keySet{
-		byHash: make(map[[sha256.Size]byte]*key, len(records)),
-		keys:   make([]key, len(records)),
-	}
-	ids := make(map[string]int, len(records))
+	b := newKeySetBuilder(len(records))
 	for i := range records {
-		rec := &records[i].record
-		n := i + 1
-		if rec.ID == "" {
-			return nil, fmt.Errorf(`record %d: "id" is missing or empty`, n)
+		if err := b.add(&records[i].record, i+1); err != nil {
+			return nil, err
 		}
-		if first, dup := ids[rec.ID]; dup {
-			return nil, fmt.Errorf("record %d: id %q is already used by record %d", n, rec.ID, first)
-		}
-		ids[rec.ID] = n
-		k := &ks.keys[i]
-		sum, err := k.fill(rec)
-		if err != nil {
-			return nil, recordError(n, rec.ID, err)
-		}
-		if other, dup := ks.byHash[sum]; dup {
-			return nil, recordError(n, rec.ID, fmt.Errorf("key_hash is the same as that of id %q", other.ID))
-		}
-		ks.byHash[sum] = k
 	}
-	return ks, nil
+	return b.ks, nil
+}
+
+// keySetBuilder makes a key set record by record, checking that every
+// record has a unique id and a unique, well-formed key_hash, ISO 8601 times
+// and well-formed scopes.
+type keySetBuilder struct {
+	ks  *keySet
+	ids map[string]int // record number by id
+}
+
+func newKeySetBuilder(sizeHint int) *keySetBuilder {
+	return &keySetBuilder{
+		ks:  &keySet{byHash: make(map[[sha256.Size]byte]int32, sizeHint), keys: make([]key, 0, sizeHint)},
+		ids: make(map[string]int, sizeHint),
+	}
+}
+
+// add checks the n-th record and adds its key. The record's strings may be
+// views of bytes that change after add returns: the key keeps copies.
+func (b *keySetBuilder) add(rec *record, n int) error {
+	if rec.ID == "" {
+		return fmt.Errorf(`record %d: "id" is missing or empty`, n)
+	}
+	if first, dup := b.ids[rec.ID]; dup {
+		return fmt.Errorf("record %d: id %q is already used by record %d", n, rec.ID, first)
+	}
+	b.ks.keys = append(b.ks.keys, key{})
+	k := &b.ks.keys[len(b.ks.keys)-1]
+	sum, err := k.fill(rec)
+	if err != nil {
+		return recordError(n, rec.ID, err)
+	}
+	if other := b.ks.find(sum); other != nil {
+		return recordError(n, rec.ID, fmt.Errorf("key_hash is the same as that of id %q", other.ID))
+	}
+	b.ids[k.ID] = n
+	b.ks.byHash[sum] = int32(len(b.ks.keys) - 1)
+	return nil
 }
 
 // fill checks one record's values and makes k its key; it returns the
 // key's hash.
 func (k *key) fill(rec *record) ([sha256.Size]byte, error) {
-	// The record's strings may be views of the file's bytes (see unquote):
-	// the key keeps copies, not the file.
+	// The record's strings may be views of the file's bytes (see unquote)
+	// or of a reused buffer: the key keeps copies.
 	k.ID, k.Label, k.Prefix = strings.Clone(rec.ID), strings.Clone(rec.Label), strings.Clone(rec.KeyPrefix)
 	sum, err := decodeKeyHash(rec.KeyHash)
 	if err != nil {

@@ -97,7 +97,7 @@ type Handler struct {
 	// loads only.
 	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
 
-	store   *keyStore
+	store   keySource // the key set and usage tracking; a key file's store
 	lease   *storeLease
 	sources []credentialSource
 	query   string

@@ -405,8 +405,9 @@ func sameVersion(a, b fs.FileInfo) bool {
 // carryUsage moves the usage cells of keys that are still the same key (same
 // hash, same id) into the new key set, so their throttle state survives.
 func carryUsage(old, next *keySet) {
-	for sum, k := range next.byHash {
-		if prev := old.byHash[sum]; prev != nil && prev.ID == k.ID {
+	for sum, i := range next.byHash {
+		k := &next.keys[i]
+		if prev := old.find(sum); prev != nil && prev.ID == k.ID {
 			if c := prev.usage.Load(); c != nil {
 				k.usage.Store(c)
 			}

@@ -153,8 +153,9 @@ func runCrashWriter(path string) {
 	now := time.Now().UnixNano()
 	for {
 		now += int64(2 * time.Second)
-		for sum, k := range s.current().byHash {
-			s.markUsed(k, sum, now)
+		ks := s.current()
+		for sum := range ks.byHash {
+			s.markUsed(ks.find(sum), sum, now)
 		}
 		s.writeUsage(true)
 	}
