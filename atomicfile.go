@@ -129,19 +129,8 @@ func updateKeyFile(path string, edit func(*keyDoc) error) (keyFileWrite, error) 
 // rename, and if it changed, the edit is done again on the new version (a
 // few times, then it gives up with errChangedMeanwhile).
 func editKeyFile(path string, e keyFileEdit) (keyFileWrite, error) {
-	// Write through a symbolic link to its target rather than replace the link.
-	if target, err := filepath.EvalSymlinks(path); err == nil {
-		path = target
-	}
-	unlock, err := lockKeyFile(path, lockTimeout, e.waiting)
-	if err != nil {
-		return keyFileWrite{}, err
-	}
-	defer unlock()
-	removeStaleTemporaries(path)
-
 	for attempt := 1; ; attempt++ {
-		w, err := editKeyFileOnce(path, e)
+		w, err := editKeyFileLocked(path, e)
 		switch {
 		case !errors.Is(err, errChangedMeanwhile):
 			return w, err
@@ -149,6 +138,33 @@ func editKeyFile(path string, e keyFileEdit) (keyFileWrite, error) {
 			return w, fmt.Errorf("writing key file %s: %w", path, err)
 		}
 	}
+}
+
+// editKeyFileLocked takes the lock of the file path names and edits it once.
+// It writes through a symbolic link to its target rather than replace the
+// link; a link pointed elsewhere while it waited for the lock (an `ln -sfn`
+// deploy) is errChangedMeanwhile, as is a file replaced during the edit.
+func editKeyFileLocked(path string, e keyFileEdit) (keyFileWrite, error) {
+	target := resolveLinks(path)
+	unlock, err := lockKeyFile(target, lockTimeout, e.waiting)
+	if err != nil {
+		return keyFileWrite{}, err
+	}
+	defer unlock()
+	if resolveLinks(path) != target {
+		return keyFileWrite{}, errChangedMeanwhile
+	}
+	removeStaleTemporaries(target)
+	return editKeyFileOnce(target, e)
+}
+
+// resolveLinks returns path through its symbolic links, or path itself if
+// they cannot be followed (a missing file).
+func resolveLinks(path string) string {
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		return target
+	}
+	return path
 }
 
 // editKeyFileOnce reads, edits and replaces the key file once; the caller

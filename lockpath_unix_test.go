@@ -162,3 +162,48 @@ func TestWriterGivesUpOnTheRecipesLock(t *testing.T) {
 		t.Fatalf("lockKeyFile = %v, want it still held by another writer", err)
 	}
 }
+
+// A symbolic link pointed at a new file (an `ln -sfn` deploy) while a writer
+// waits for the old file's lock: the edit lands in the new file, the one in
+// force, not in the old one.
+func TestWriterFollowsALinkSwappedWhileItWaits(t *testing.T) {
+	dir := t.TempDir()
+	k := newTestKey("k", nil)
+	oldFile := writeKeys(t, filepath.Join(dir, "old.json"), k)
+	newFile := writeKeys(t, filepath.Join(dir, "new.json"), k)
+	link := filepath.Join(dir, "keys.json")
+	if err := os.Symlink(oldFile, link); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := lockKeyFile(oldFile, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := editKeyFile(link, keyFileEdit{
+			waiting: func() { close(waiting) },
+			edit:    func(doc *keyDoc) error { return doc.records[0].set("note", "edited") },
+		})
+		done <- err
+	}()
+	<-waiting
+	swap := filepath.Join(dir, "keys.json.swap")
+	if err := os.Symlink(newFile, swap); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(swap, link); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(readFile(t, newFile), `"note": "edited"`) {
+		t.Error("the edit is not in the file the link points to now")
+	}
+	if strings.Contains(readFile(t, oldFile), "edited") {
+		t.Error("the edit went to the file the link pointed to before")
+	}
+}
