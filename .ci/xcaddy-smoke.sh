@@ -209,15 +209,15 @@ check "wrong key" 403 '"INVALID_KEY"' -H "Authorization: Bearer sk_smoke_wrong_k
 check "right key" 200 'ok' -H "Authorization: Bearer $raw_key"
 
 # The access log gets the request's entry once the response is written.
-found=
-for _ in $(seq 50); do
-	if grep -qF "\"user_id\":\"$key_id\"" "$tmp/access.log" 2>/dev/null; then
-		found=1
-		break
-	fi
-	sleep 0.1
-done
-[[ -n $found ]] || fail "the access log has no \"user_id\":\"$key_id\" entry"
+# log_has FILE TEXT: whether FILE holds TEXT within 5 s.
+log_has() {
+	for _ in $(seq 50); do
+		grep -qF -- "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+log_has "$tmp/access.log" "\"user_id\":\"$key_id\"" || fail "the access log has no \"user_id\":\"$key_id\" entry"
 say "ok: access log has \"user_id\":\"$key_id\""
 if grep -qF -- "$raw_key" "$tmp/access.log" "$tmp/caddy.log"; then
 	fail "the raw key appears in a log"
@@ -273,15 +273,7 @@ check "demo JSON: Bearer" 200 "\"key_id\": \"$demo_id\"" -H "Authorization: Bear
 check "demo JSON: X-API-Key" 200 '"Hello, Demo key!"' -H "X-API-Key: $demo_key"
 url="http://localhost:$SMOKE_PORT/api/hello?api_key=$demo_key"
 check "demo JSON: ?api_key=" 200 '"Hello, Demo key!"'
-found=
-for _ in $(seq 50); do
-	if grep -qF "\"user_id\":\"$demo_id\"" "$tmp/demo.log" 2>/dev/null; then
-		found=1
-		break
-	fi
-	sleep 0.1
-done
-[[ -n $found ]] || fail "the demo's access log (stdout) has no \"user_id\":\"$demo_id\" entry"
+log_has "$tmp/demo.log" "\"user_id\":\"$demo_id\"" || fail "the demo's access log (stdout) has no \"user_id\":\"$demo_id\" entry"
 if grep -qF -- "$demo_key" "$tmp/demo.log"; then
 	fail "the demo key appears in the demo's log (the log filter lets it through)"
 fi
