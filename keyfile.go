@@ -476,7 +476,22 @@ func (d *keyFileDecoder) syntaxError(err error) error {
 		return fmt.Errorf("invalid JSON: %v", se.Err)
 	}
 	line, col := lineCol(d.data, se.ByteOffset)
+	if c := trailingComma(d.data, se.ByteOffset); c != 0 {
+		return fmt.Errorf("invalid JSON at line %d, column %d: a comma before %q (JSON allows no trailing comma)", line, col, c)
+	}
 	return fmt.Errorf("invalid JSON at line %d, column %d: %v", line, col, se.Err)
+}
+
+// trailingComma returns the closing bracket that follows a comma at offset
+// in data (jsontext reports such a comma as "invalid character ','"), or 0.
+func trailingComma(data []byte, offset int64) byte {
+	if offset < 0 || offset >= int64(len(data)) || data[offset] != ',' {
+		return 0
+	}
+	if rest := bytes.TrimLeft(data[offset+1:], " \t\r\n"); len(rest) > 0 && (rest[0] == '}' || rest[0] == ']') {
+		return rest[0]
+	}
+	return 0
 }
 
 // lineCol converts a byte offset in data into a 1-based line and column.

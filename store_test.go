@@ -259,6 +259,8 @@ func TestStoreSyntaxErrorLineAndColumn(t *testing.T) {
 			t.Errorf("%q: message %q does not give %q", tt.data, msg, want)
 		}
 	}
+	// A trailing comma is named as such.
+	wantContains(t, parseErr(t, "[\n  {\"id\": \"a\"},\n]"), "line 2, column 14", "comma before ']'", "trailing comma")
 	// A file cut short is a syntax error too.
 	msg := parseErr(t, "{\"api_keys\": [\n  {\"id\": \"a\"")
 	wantContains(t, msg, "JSON")
