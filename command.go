@@ -417,48 +417,20 @@ func printable(s string) string {
 	}, s)
 }
 
-// minIDPrefix is the fewest leading characters of an id that revoke accepts
-// as a name for a key, so that a slip of the keyboard does not revoke some
-// key that happens to match.
+// minIDPrefix is the fewest leading characters of an id that revoke and
+// rotate accept as a name for a key, so that a slip of the keyboard does not
+// revoke or rotate some key that happens to match.
 const minIDPrefix = 4
 
 // revokeKey sets revoked_at on the one key that ref names: its full id, its
 // key_prefix, or a prefix of its id of at least minIDPrefix characters.
 func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
-	if path == "" {
-		return errors.New("--file is required")
-	}
-	ref = strings.TrimSpace(ref)
-	if ref == "" {
-		return errors.New("name the key to revoke by its id or key_prefix")
-	}
-	// revoke never creates the file: say it is missing before taking its
-	// lock (which would leave a lock file behind).
-	if _, err := os.Stat(path); err != nil {
-		return &keyFileError{path: path, err: err}
-	}
 	var (
 		revoked        record
 		alreadyRevoked string
 	)
-	_, err := editKeyFile(path, keyFileEdit{waiting: sayWaiting(stderr, path), edit: func(doc *keyDoc) error {
-		matches := matchRecords(doc.records, ref)
-		switch len(matches) {
-		case 0:
-			if len(ref) < minIDPrefix {
-				return fmt.Errorf("no key in %s has the id or key_prefix %q; the start of an id must be at least %d characters long (see caddy apikey list --file %s)", path, ref, minIDPrefix, path)
-			}
-			return fmt.Errorf("no key in %s has the id or key_prefix %q (see caddy apikey list --file %s)", path, ref, path)
-		case 1:
-		default:
-			var b strings.Builder
-			fmt.Fprintf(&b, "%q matches %d keys in %s; give the full id of one of them:", ref, len(matches), path)
-			for _, rec := range matches {
-				fmt.Fprintf(&b, "\n  %s  %s  %s", printable(rec.ID), printable(rec.KeyPrefix), printable(rec.Label))
-			}
-			return errors.New(b.String())
-		}
-		rec := matches[0]
+	err := editNamedKey(stderr, path, ref, "revoke", func(doc *keyDoc, i int) error {
+		rec := &doc.records[i]
 		revoked = rec.record
 		if rec.RevokedAt != nil {
 			// Keep the first revocation time: it is the one that matters
@@ -467,7 +439,7 @@ func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
 			return errNoChange
 		}
 		return rec.set("revoked_at", formatTimestamp(now))
-	}})
+	})
 	if err != nil {
 		return err
 	}
@@ -480,18 +452,71 @@ func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
 	return err
 }
 
-// matchRecords returns the records that ref names. A full id names its
-// record alone, even if it is also a prefix of another id.
-func matchRecords(records []docRecord, ref string) []*docRecord {
-	var exact, partial []*docRecord
+// editNamedKey is what the commands that change one existing key (revoke,
+// rotate) share: it finds the one record that ref names (its full id, its
+// key_prefix, or a prefix of its id of at least minIDPrefix characters) in
+// the key file at path, as the file is under the lock, and calls edit with
+// the document and the record's index, in one locked, atomic edit (see
+// editKeyFile). The file must exist. verb names the command in the
+// messages ("revoke", "rotate"). edit may return errNoChange.
+func editNamedKey(stderr io.Writer, path, ref, verb string, edit func(doc *keyDoc, i int) error) error {
+	if path == "" {
+		return errors.New("--file is required")
+	}
+	ref = strings.TrimSpace(ref)
+	if ref == "" {
+		return fmt.Errorf("name the key to %s by its id or key_prefix", verb)
+	}
+	// These commands never create the file: say it is missing before
+	// taking its lock (which would leave a lock file behind).
+	if _, err := os.Stat(path); err != nil {
+		return &keyFileError{path: path, err: err}
+	}
+	_, err := editKeyFile(path, keyFileEdit{waiting: sayWaiting(stderr, path), edit: func(doc *keyDoc) error {
+		i, err := findNamedRecord(doc.records, path, ref)
+		if err != nil {
+			return err
+		}
+		return edit(doc, i)
+	}})
+	return err
+}
+
+// findNamedRecord returns the index of the one record that ref names, or
+// an error that says why there is none: no match, or several (listed one
+// per line, for the user to pick the full id of one).
+func findNamedRecord(records []docRecord, path, ref string) (int, error) {
+	matches := matchRecords(records, ref)
+	switch len(matches) {
+	case 0:
+		if len(ref) < minIDPrefix {
+			return -1, fmt.Errorf("no key in %s has the id or key_prefix %q; the start of an id must be at least %d characters long (see caddy apikey list --file %s)", path, ref, minIDPrefix, path)
+		}
+		return -1, fmt.Errorf("no key in %s has the id or key_prefix %q (see caddy apikey list --file %s)", path, ref, path)
+	case 1:
+		return matches[0], nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%q matches %d keys in %s; give the full id of one of them:", ref, len(matches), path)
+	for _, i := range matches {
+		rec := &records[i]
+		fmt.Fprintf(&b, "\n  %s  %s  %s", printable(rec.ID), printable(rec.KeyPrefix), printable(rec.Label))
+	}
+	return -1, errors.New(b.String())
+}
+
+// matchRecords returns the indexes of the records that ref names. A full
+// id names its record alone, even if it is also a prefix of another id.
+func matchRecords(records []docRecord, ref string) []int {
+	var exact, partial []int
 	for i := range records {
 		rec := &records[i]
 		switch id := rec.ID; {
 		case strings.EqualFold(id, ref):
-			exact = append(exact, rec)
+			exact = append(exact, i)
 		case rec.KeyPrefix == ref,
 			len(ref) >= minIDPrefix && len(id) > len(ref) && strings.EqualFold(id[:len(ref)], ref):
-			partial = append(partial, rec)
+			partial = append(partial, i)
 		}
 	}
 	if len(exact) > 0 {
