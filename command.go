@@ -315,17 +315,19 @@ func keyStatus(k *key, now time.Time) string {
 }
 
 // listedKey is one key as `caddy apikey list --json` prints it: the record
-// without its hash, plus its status.
+// without its hash, plus its status. rotated_from is null but for a key
+// that rotate made.
 type listedKey struct {
-	ID         string   `json:"id"`
-	Label      string   `json:"label"`
-	KeyPrefix  string   `json:"key_prefix"`
-	CreatedAt  *string  `json:"created_at"`
-	LastUsedAt *string  `json:"last_used_at"`
-	ExpiresAt  *string  `json:"expires_at"`
-	RevokedAt  *string  `json:"revoked_at"`
-	Scopes     []string `json:"scopes"`
-	Status     string   `json:"status"`
+	ID          string   `json:"id"`
+	Label       string   `json:"label"`
+	KeyPrefix   string   `json:"key_prefix"`
+	CreatedAt   *string  `json:"created_at"`
+	LastUsedAt  *string  `json:"last_used_at"`
+	ExpiresAt   *string  `json:"expires_at"`
+	RevokedAt   *string  `json:"revoked_at"`
+	Scopes      []string `json:"scopes"`
+	RotatedFrom *string  `json:"rotated_from"`
+	Status      string   `json:"status"`
 }
 
 // readRecords reads and validates a key file without taking its lock: the
@@ -362,7 +364,7 @@ func listKeys(w io.Writer, path string, asJSON bool, now time.Time) error {
 				ID: rec.ID, Label: rec.Label, KeyPrefix: rec.KeyPrefix,
 				CreatedAt: rec.CreatedAt, LastUsedAt: rec.LastUsedAt,
 				ExpiresAt: rec.ExpiresAt, RevokedAt: rec.RevokedAt,
-				Scopes: rec.Scopes, Status: keyStatus(&ks.keys[i], now),
+				Scopes: rec.Scopes, RotatedFrom: rec.RotatedFrom, Status: keyStatus(&ks.keys[i], now),
 			}
 			if out[i].Scopes == nil {
 				out[i].Scopes = []string{}
