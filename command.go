@@ -31,11 +31,11 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "apikey",
-		Usage: "add|list|revoke|hash [flags]",
+		Usage: "add|list|revoke|rotate|hash [flags]",
 		Short: "Manages the keys of an apikey key file",
 		Long: `
-Creates, lists and revokes the API keys of a key file used by the apikey
-handler, and hashes keys for files kept by hand.
+Creates, lists, revokes and rotates the API keys of a key file used by the
+apikey handler, and hashes keys for files kept by hand.
 
 A running Caddy picks up the changes within its reload_interval (1s by
 default), without a config reload. The commands and a running Caddy lock the
@@ -44,6 +44,7 @@ file while they write it, so neither loses the other's updates.
   caddy apikey add    --file keys.json --label "CI deploy" [--expires 90d] [--scope read]...
   caddy apikey list   --file keys.json [--json]
   caddy apikey revoke --file keys.json <id|key_prefix>
+  caddy apikey rotate --file keys.json [--grace 24h] <id|key_prefix>
   caddy apikey hash   < raw-key.txt
 `,
 		CobraFunc: func(cmd *cobra.Command) {
@@ -119,6 +120,49 @@ its first revoked_at.
 			}
 			revoke.Flags().StringP("file", "f", "", "Path to the key file (required)")
 			cmd.AddCommand(revoke)
+
+			rotate := &cobra.Command{
+				Use:   "rotate --file <keys.json> [--grace <24h>] [--expires <90d|RFC3339>] <id|key_prefix>",
+				Short: "Replaces a key with a new one, the old one kept for a grace period",
+				Long: `
+Makes a new key to replace the one named (by its id, its key_prefix or the
+first 4 or more characters of its id, as for revoke), and prints the new key
+on stdout, alone on its line, as add does. It cannot be shown again. Details
+go to stderr.
+
+The new record has the old one's label and scopes, and its members that this
+plugin does not know, copied as they are; a new id and key, created_at now,
+last_used_at null, and "rotated_from": the old key's id.
+
+The old key stays valid for the grace period, so that its users can switch
+to the new one: its expires_at becomes now + --grace (24h by default), or
+stays as it is if it is earlier. --grace 0 revokes the old key at once.
+A revoked or expired key cannot be rotated (make a new one with add), nor
+one already rotated (rotate its replacement).
+
+--expires sets the new key's expiry as for add; without it the new key never
+expires.
+
+Both changes are one atomic write of the key file: the new key and the old
+key's expiry take effect together, within the running Caddy's
+reload_interval.
+`,
+				Example: `  KEY=$(caddy apikey rotate --file keys.json --grace 24h sk_AbCdEfGh)`,
+				Args:    cobra.ExactArgs(1),
+				RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
+					fl := cmd.Flags()
+					file, _ := fl.GetString("file")
+					grace, _ := fl.GetString("grace")
+					expires, _ := fl.GetString("expires")
+					return rotateKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), rotateOptions{
+						File: file, Ref: args[0], Grace: grace, Expires: expires,
+					}, time.Now())
+				}),
+			}
+			rotate.Flags().StringP("file", "f", "", "Path to the key file (required)")
+			rotate.Flags().StringP("grace", "g", defaultGrace, "How long the old key stays valid (e.g. 24h, 7d, 30m); 0 revokes it at once")
+			rotate.Flags().StringP("expires", "e", "", "The new key's expiry: a duration from now (90d, 12h) or an RFC 3339 time")
+			cmd.AddCommand(rotate)
 
 			hash := &cobra.Command{
 				Use:   "hash",
@@ -505,6 +549,156 @@ func findNamedRecord(records []docRecord, path, ref string) (int, error) {
 		fmt.Fprintf(&b, "\n  %s  %s  %s", printable(rec.ID), printable(rec.KeyPrefix), printable(rec.Label))
 	}
 	return -1, errors.New(b.String())
+}
+
+// defaultGrace is how long rotate leaves the old key valid when --grace is
+// not given: a day, time enough for its users to pick up the new key
+// without leaving a key that is meant to go in force for long.
+const defaultGrace = "24h"
+
+// rotateOptions are the flags and argument of `caddy apikey rotate`.
+type rotateOptions struct {
+	File    string
+	Ref     string // the key to replace: id, key_prefix or id prefix
+	Grace   string // how long the old key stays valid, e.g. 24h or 7d; "" for defaultGrace
+	Expires string // the new key's expiry, as for add; "" for never
+}
+
+// rotateKey replaces the key that opts.Ref names with a new one, in one
+// locked, atomic edit of the key file: it appends a record for the new key
+// (the old one's label, scopes and unknown members; "rotated_from": the old
+// id) and sets the old key's expires_at to now + grace, unless it expires
+// earlier, or with a grace of 0 its revoked_at to now. It writes the new
+// raw key, alone on its line, to stdout, and everything else to stderr, as
+// add does.
+func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) error {
+	if opts.File == "" {
+		return errors.New("--file is required")
+	}
+	if strings.TrimSpace(opts.Grace) == "" {
+		opts.Grace = defaultGrace
+	}
+	grace, err := parseGrace(opts.Grace)
+	if err != nil {
+		return err
+	}
+	var expiresAt *time.Time
+	if opts.Expires != "" {
+		t, err := parseExpiry(opts.Expires, now)
+		if err != nil {
+			return err
+		}
+		expiresAt = &t
+	}
+	raw, err := generateKey()
+	if err != nil {
+		return err
+	}
+	id := uuid.NewString()
+
+	var (
+		old     record // the replaced key, as it was
+		scopes  []string
+		oldNote string // what became of the old key
+	)
+	err = editNamedKey(stderr, opts.File, opts.Ref, "rotate", func(doc *keyDoc, i int) error {
+		rec := &doc.records[i]
+		old = rec.record
+		var k key
+		if _, err := k.fill(&rec.record); err != nil {
+			return err // cannot happen: the file was checked whole
+		}
+		who := fmt.Sprintf("key %s %q (%s)", printable(rec.ID), printable(rec.Label), printable(rec.KeyPrefix))
+		switch keyStatus(&k, now) {
+		case "revoked":
+			return fmt.Errorf("%s was revoked at %s; only an active key can be rotated (make a new one with caddy apikey add)", who, printable(*rec.RevokedAt))
+		case "expired":
+			return fmt.Errorf("%s expired at %s; only an active key can be rotated (make a new one with caddy apikey add)", who, printable(*rec.ExpiresAt))
+		}
+		// A second rotation of one key would leave two replacements in
+		// force: the one to rotate now is the replacement.
+		if j := slices.IndexFunc(doc.records, func(r docRecord) bool { return r.RotatedFrom != nil && *r.RotatedFrom == rec.ID }); j >= 0 {
+			next := &doc.records[j]
+			return fmt.Errorf("%s was already rotated: key %s (%s) replaces it; rotate that one instead, or revoke the old one to end its grace", who, printable(next.ID), printable(next.KeyPrefix))
+		}
+		for slices.ContainsFunc(doc.records, func(r docRecord) bool { return r.ID == id }) {
+			id = uuid.NewString()
+		}
+
+		created := formatTimestamp(now)
+		oldID := strings.Clone(rec.ID)
+		scopes = slices.Clone(rec.Scopes)
+		nr := record{ID: id, Label: rec.Label, KeyHash: hashKey(raw), KeyPrefix: raw[:11], CreatedAt: &created, Scopes: scopes, RotatedFrom: &oldID}
+		if expiresAt != nil {
+			expires := formatTimestamp(*expiresAt)
+			nr.ExpiresAt = &expires
+		}
+		next, err := newDocRecord(nr)
+		if err != nil {
+			return err
+		}
+		// The members this plugin does not know, as they are, in their
+		// order, after the known ones.
+		rec.split()
+		for _, m := range rec.members {
+			if !slices.Contains(recordFields[:], m.name) {
+				next.members = append(next.members, member{name: m.name, value: slices.Clone(m.value)})
+			}
+		}
+
+		// The old key: revoked now, or valid until the grace ends but
+		// never longer than it was.
+		switch end := now.Add(grace); {
+		case grace == 0:
+			if err := rec.set("revoked_at", created); err != nil {
+				return err
+			}
+			oldNote = "revoked at " + created
+		case k.expires && k.expiresAt <= unixNanoClamped(end):
+			oldNote = fmt.Sprintf("still expires at %s, before the %s grace ends", printable(*rec.ExpiresAt), strings.TrimSpace(opts.Grace))
+		default:
+			until := formatTimestamp(end)
+			if err := rec.set("expires_at", until); err != nil {
+				return err
+			}
+			oldNote = fmt.Sprintf("expires at %s (%s grace)", until, strings.TrimSpace(opts.Grace))
+		}
+		// Last: appending may move the records, and rec with them.
+		doc.records = append(doc.records, next)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	if _, err := fmt.Fprintln(stdout, raw); err != nil {
+		return err
+	}
+	expiry := "never"
+	if expiresAt != nil {
+		expiry = formatTimestamp(*expiresAt)
+	}
+	fmt.Fprintf(stderr, "Rotated key %q in %s\n", printable(old.Label), opts.File)
+	fmt.Fprintf(stderr, "  id:      %s\n", id)
+	fmt.Fprintf(stderr, "  prefix:  %s\n", raw[:11])
+	fmt.Fprintf(stderr, "  expires: %s\n", expiry)
+	fmt.Fprintf(stderr, "  scopes:  %s\n", printable(scopeText(scopes)))
+	fmt.Fprintf(stderr, "  replaces %s (%s), which %s\n", printable(old.ID), printable(old.KeyPrefix), oldNote)
+	fmt.Fprintln(stderr, "The key is the line written to stdout. Store it now: it cannot be shown again.")
+	return nil
+}
+
+// parseGrace reads --grace: a duration (24h, 30m, 7d), 0 for none.
+func parseGrace(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	d, err := caddy.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("--grace %q: want a duration such as 24h, 30m or 7d, or 0 to revoke the old key at once", s)
+	case d < 0:
+		return 0, fmt.Errorf("--grace %s: the duration must not be negative; 0 revokes the old key at once", s)
+	}
+	return d, nil
 }
 
 // matchRecords returns the indexes of the records that ref names. A full
