@@ -638,9 +638,11 @@ func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) erro
 			return err
 		}
 		// The members this plugin does not know, as they are, in their
-		// order, after the known ones.
-		rec.split()
-		for _, m := range rec.members {
+		// order, after the known ones. (Read from a copy: the old record
+		// stays as its bytes if nothing changes it.)
+		from := *rec
+		from.split()
+		for _, m := range from.members {
 			if !slices.Contains(recordFields[:], m.name) {
 				next.members = append(next.members, member{name: m.name, value: slices.Clone(m.value)})
 			}

@@ -168,14 +168,26 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 				extra["expires_at"] = tc.oldExpires
 			}
 			k := newTestKey("svc", extra)
-			path := writeKeys(t, "", k)
+			// Compact, as no writer of this plugin would render it.
+			path := filepath.Join(t.TempDir(), "keys.json")
+			data, err := json.Marshal(map[string]any{"api_keys": []any{k.record}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, path, string(data))
+			oldBytes := string(readKeyDoc(t, path).records[0].raw)
 			_, stderr := mustRotate(t, rotateOptions{File: path, Ref: k.record["key_prefix"].(string), Grace: tc.grace}, cmdNow)
 			old := fileRecord(t, path, k.record["id"].(string))
 			if old.ExpiresAt == nil || *old.ExpiresAt != tc.wantOld || old.RevokedAt != nil {
 				t.Errorf("old key: expires_at %v, revoked_at %v; want expires_at %s", old.ExpiresAt, old.RevokedAt, tc.wantOld)
 			}
-			if tc.oldExpires == tc.wantOld && !strings.Contains(stderr, "still expires at "+tc.wantOld) {
-				t.Errorf("stderr does not say the old expiry was kept:\n%s", stderr)
+			if tc.oldExpires == tc.wantOld {
+				if !strings.Contains(stderr, "still expires at "+tc.wantOld) {
+					t.Errorf("stderr does not say the old expiry was kept:\n%s", stderr)
+				}
+				if got := string(readKeyDoc(t, path).records[0].raw); got != oldBytes {
+					t.Errorf("the old record, unchanged, was rewritten:\n%s\nwas\n%s", got, oldBytes)
+				}
 			}
 		})
 	}
