@@ -31,11 +31,11 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "apikey",
-		Usage: "add|list|revoke|hash [flags]",
+		Usage: "add|list|revoke|rotate|hash [flags]",
 		Short: "Manages the keys of an apikey key file",
 		Long: `
-Creates, lists and revokes the API keys of a key file used by the apikey
-handler, and hashes keys for files kept by hand.
+Creates, lists, revokes and rotates the API keys of a key file used by the
+apikey handler, and hashes keys for files kept by hand.
 
 A running Caddy picks up the changes within its reload_interval (1s by
 default), without a config reload. The commands and a running Caddy lock the
@@ -44,6 +44,7 @@ file while they write it, so neither loses the other's updates.
   caddy apikey add    --file keys.json --label "CI deploy" [--expires 90d] [--scope read]...
   caddy apikey list   --file keys.json [--json]
   caddy apikey revoke --file keys.json <id|key_prefix>
+  caddy apikey rotate --file keys.json [--grace 24h] <id|key_prefix>
   caddy apikey hash   < raw-key.txt
 `,
 		CobraFunc: func(cmd *cobra.Command) {
@@ -119,6 +120,49 @@ its first revoked_at.
 			}
 			revoke.Flags().StringP("file", "f", "", "Path to the key file (required)")
 			cmd.AddCommand(revoke)
+
+			rotate := &cobra.Command{
+				Use:   "rotate --file <keys.json> [--grace <24h>] [--expires <90d|RFC3339>] <id|key_prefix>",
+				Short: "Replaces a key with a new one, the old one kept for a grace period",
+				Long: `
+Makes a new key to replace the one named (by its id, its key_prefix or the
+first 4 or more characters of its id, as for revoke), and prints the new key
+on stdout, alone on its line, as add does. It cannot be shown again. Details
+go to stderr.
+
+The new record has the old one's label and scopes, and its members that this
+plugin does not know, copied as they are; a new id and key, created_at now,
+last_used_at null, and "rotated_from": the old key's id.
+
+The old key stays valid for the grace period, so that its users can switch
+to the new one: its expires_at becomes now + --grace (24h by default), or
+stays as it is if it is earlier. --grace 0 revokes the old key at once.
+A revoked or expired key cannot be rotated (make a new one with add), nor
+one already rotated (rotate its replacement).
+
+--expires sets the new key's expiry as for add; without it the new key never
+expires.
+
+Both changes are one atomic write of the key file: the new key and the old
+key's expiry take effect together, within the running Caddy's
+reload_interval.
+`,
+				Example: `  KEY=$(caddy apikey rotate --file keys.json --grace 24h sk_AbCdEfGh)`,
+				Args:    cobra.ExactArgs(1),
+				RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
+					fl := cmd.Flags()
+					file, _ := fl.GetString("file")
+					grace, _ := fl.GetString("grace")
+					expires, _ := fl.GetString("expires")
+					return rotateKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), rotateOptions{
+						File: file, Ref: args[0], Grace: grace, Expires: expires,
+					}, time.Now())
+				}),
+			}
+			rotate.Flags().StringP("file", "f", "", "Path to the key file (required)")
+			rotate.Flags().StringP("grace", "g", defaultGrace, "How long the old key stays valid (e.g. 24h, 7d, 30m); 0 revokes it at once")
+			rotate.Flags().StringP("expires", "e", "", "The new key's expiry: a duration from now (90d, 12h) or an RFC 3339 time")
+			cmd.AddCommand(rotate)
 
 			hash := &cobra.Command{
 				Use:   "hash",
@@ -315,17 +359,19 @@ func keyStatus(k *key, now time.Time) string {
 }
 
 // listedKey is one key as `caddy apikey list --json` prints it: the record
-// without its hash, plus its status.
+// without its hash, plus its status. rotated_from is null but for a key
+// that rotate made.
 type listedKey struct {
-	ID         string   `json:"id"`
-	Label      string   `json:"label"`
-	KeyPrefix  string   `json:"key_prefix"`
-	CreatedAt  *string  `json:"created_at"`
-	LastUsedAt *string  `json:"last_used_at"`
-	ExpiresAt  *string  `json:"expires_at"`
-	RevokedAt  *string  `json:"revoked_at"`
-	Scopes     []string `json:"scopes"`
-	Status     string   `json:"status"`
+	ID          string   `json:"id"`
+	Label       string   `json:"label"`
+	KeyPrefix   string   `json:"key_prefix"`
+	CreatedAt   *string  `json:"created_at"`
+	LastUsedAt  *string  `json:"last_used_at"`
+	ExpiresAt   *string  `json:"expires_at"`
+	RevokedAt   *string  `json:"revoked_at"`
+	Scopes      []string `json:"scopes"`
+	RotatedFrom *string  `json:"rotated_from"`
+	Status      string   `json:"status"`
 }
 
 // readRecords reads and validates a key file without taking its lock: the
@@ -362,7 +408,7 @@ func listKeys(w io.Writer, path string, asJSON bool, now time.Time) error {
 				ID: rec.ID, Label: rec.Label, KeyPrefix: rec.KeyPrefix,
 				CreatedAt: rec.CreatedAt, LastUsedAt: rec.LastUsedAt,
 				ExpiresAt: rec.ExpiresAt, RevokedAt: rec.RevokedAt,
-				Scopes: rec.Scopes, Status: keyStatus(&ks.keys[i], now),
+				Scopes: rec.Scopes, RotatedFrom: rec.RotatedFrom, Status: keyStatus(&ks.keys[i], now),
 			}
 			if out[i].Scopes == nil {
 				out[i].Scopes = []string{}
@@ -417,48 +463,20 @@ func printable(s string) string {
 	}, s)
 }
 
-// minIDPrefix is the fewest leading characters of an id that revoke accepts
-// as a name for a key, so that a slip of the keyboard does not revoke some
-// key that happens to match.
+// minIDPrefix is the fewest leading characters of an id that revoke and
+// rotate accept as a name for a key, so that a slip of the keyboard does not
+// revoke or rotate some key that happens to match.
 const minIDPrefix = 4
 
 // revokeKey sets revoked_at on the one key that ref names: its full id, its
 // key_prefix, or a prefix of its id of at least minIDPrefix characters.
 func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
-	if path == "" {
-		return errors.New("--file is required")
-	}
-	ref = strings.TrimSpace(ref)
-	if ref == "" {
-		return errors.New("name the key to revoke by its id or key_prefix")
-	}
-	// revoke never creates the file: say it is missing before taking its
-	// lock (which would leave a lock file behind).
-	if _, err := os.Stat(path); err != nil {
-		return &keyFileError{path: path, err: err}
-	}
 	var (
 		revoked        record
 		alreadyRevoked string
 	)
-	_, err := editKeyFile(path, keyFileEdit{waiting: sayWaiting(stderr, path), edit: func(doc *keyDoc) error {
-		matches := matchRecords(doc.records, ref)
-		switch len(matches) {
-		case 0:
-			if len(ref) < minIDPrefix {
-				return fmt.Errorf("no key in %s has the id or key_prefix %q; the start of an id must be at least %d characters long (see caddy apikey list --file %s)", path, ref, minIDPrefix, path)
-			}
-			return fmt.Errorf("no key in %s has the id or key_prefix %q (see caddy apikey list --file %s)", path, ref, path)
-		case 1:
-		default:
-			var b strings.Builder
-			fmt.Fprintf(&b, "%q matches %d keys in %s; give the full id of one of them:", ref, len(matches), path)
-			for _, rec := range matches {
-				fmt.Fprintf(&b, "\n  %s  %s  %s", printable(rec.ID), printable(rec.KeyPrefix), printable(rec.Label))
-			}
-			return errors.New(b.String())
-		}
-		rec := matches[0]
+	err := editNamedKey(stderr, path, ref, "revoke", func(doc *keyDoc, i int) error {
+		rec := &doc.records[i]
 		revoked = rec.record
 		if rec.RevokedAt != nil {
 			// Keep the first revocation time: it is the one that matters
@@ -467,7 +485,7 @@ func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
 			return errNoChange
 		}
 		return rec.set("revoked_at", formatTimestamp(now))
-	}})
+	})
 	if err != nil {
 		return err
 	}
@@ -480,18 +498,223 @@ func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
 	return err
 }
 
-// matchRecords returns the records that ref names. A full id names its
-// record alone, even if it is also a prefix of another id.
-func matchRecords(records []docRecord, ref string) []*docRecord {
-	var exact, partial []*docRecord
+// editNamedKey is what the commands that change one existing key (revoke,
+// rotate) share: it finds the one record that ref names (its full id, its
+// key_prefix, or a prefix of its id of at least minIDPrefix characters) in
+// the key file at path, as the file is under the lock, and calls edit with
+// the document and the record's index, in one locked, atomic edit (see
+// editKeyFile). The file must exist. verb names the command in the
+// messages ("revoke", "rotate"). edit may return errNoChange.
+func editNamedKey(stderr io.Writer, path, ref, verb string, edit func(doc *keyDoc, i int) error) error {
+	if path == "" {
+		return errors.New("--file is required")
+	}
+	ref = strings.TrimSpace(ref)
+	if ref == "" {
+		return fmt.Errorf("name the key to %s by its id or key_prefix", verb)
+	}
+	// These commands never create the file: say it is missing before
+	// taking its lock (which would leave a lock file behind).
+	if _, err := os.Stat(path); err != nil {
+		return &keyFileError{path: path, err: err}
+	}
+	_, err := editKeyFile(path, keyFileEdit{waiting: sayWaiting(stderr, path), edit: func(doc *keyDoc) error {
+		i, err := findNamedRecord(doc.records, path, ref)
+		if err != nil {
+			return err
+		}
+		return edit(doc, i)
+	}})
+	return err
+}
+
+// findNamedRecord returns the index of the one record that ref names, or
+// an error that says why there is none: no match, or several (listed one
+// per line, for the user to pick the full id of one).
+func findNamedRecord(records []docRecord, path, ref string) (int, error) {
+	matches := matchRecords(records, ref)
+	switch len(matches) {
+	case 0:
+		if len(ref) < minIDPrefix {
+			return -1, fmt.Errorf("no key in %s has the id or key_prefix %q; the start of an id must be at least %d characters long (see caddy apikey list --file %s)", path, ref, minIDPrefix, path)
+		}
+		return -1, fmt.Errorf("no key in %s has the id or key_prefix %q (see caddy apikey list --file %s)", path, ref, path)
+	case 1:
+		return matches[0], nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%q matches %d keys in %s; give the full id of one of them:", ref, len(matches), path)
+	for _, i := range matches {
+		rec := &records[i]
+		fmt.Fprintf(&b, "\n  %s  %s  %s", printable(rec.ID), printable(rec.KeyPrefix), printable(rec.Label))
+	}
+	return -1, errors.New(b.String())
+}
+
+// defaultGrace is how long rotate leaves the old key valid when --grace is
+// not given: a day, time enough for its users to pick up the new key
+// without leaving a key that is meant to go in force for long.
+const defaultGrace = "24h"
+
+// rotateOptions are the flags and argument of `caddy apikey rotate`.
+type rotateOptions struct {
+	File    string
+	Ref     string // the key to replace: id, key_prefix or id prefix
+	Grace   string // how long the old key stays valid, e.g. 24h or 7d; "" for defaultGrace
+	Expires string // the new key's expiry, as for add; "" for never
+}
+
+// rotateKey replaces the key that opts.Ref names with a new one, in one
+// locked, atomic edit of the key file: it appends a record for the new key
+// (the old one's label, scopes and unknown members; "rotated_from": the old
+// id) and sets the old key's expires_at to now + grace, unless it expires
+// earlier, or with a grace of 0 its revoked_at to now. It writes the new
+// raw key, alone on its line, to stdout, and everything else to stderr, as
+// add does.
+func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) error {
+	if opts.File == "" {
+		return errors.New("--file is required")
+	}
+	if strings.TrimSpace(opts.Grace) == "" {
+		opts.Grace = defaultGrace
+	}
+	grace, err := parseGrace(opts.Grace)
+	if err != nil {
+		return err
+	}
+	var expiresAt *time.Time
+	if opts.Expires != "" {
+		t, err := parseExpiry(opts.Expires, now)
+		if err != nil {
+			return err
+		}
+		expiresAt = &t
+	}
+	raw, err := generateKey()
+	if err != nil {
+		return err
+	}
+	id := uuid.NewString()
+
+	var (
+		old     record // the replaced key, as it was
+		scopes  []string
+		oldNote string // what became of the old key
+	)
+	err = editNamedKey(stderr, opts.File, opts.Ref, "rotate", func(doc *keyDoc, i int) error {
+		rec := &doc.records[i]
+		old = rec.record
+		var k key
+		if _, err := k.fill(&rec.record); err != nil {
+			return err // cannot happen: the file was checked whole
+		}
+		who := fmt.Sprintf("key %s %q (%s)", printable(rec.ID), printable(rec.Label), printable(rec.KeyPrefix))
+		switch keyStatus(&k, now) {
+		case "revoked":
+			return fmt.Errorf("%s was revoked at %s; only an active key can be rotated (make a new one with caddy apikey add)", who, printable(*rec.RevokedAt))
+		case "expired":
+			return fmt.Errorf("%s expired at %s; only an active key can be rotated (make a new one with caddy apikey add)", who, printable(*rec.ExpiresAt))
+		}
+		// A second rotation of one key would leave two replacements in
+		// force: the one to rotate now is the replacement.
+		if j := slices.IndexFunc(doc.records, func(r docRecord) bool { return r.RotatedFrom != nil && *r.RotatedFrom == rec.ID }); j >= 0 {
+			next := &doc.records[j]
+			return fmt.Errorf("%s was already rotated: key %s (%s) replaces it; rotate that one instead, or revoke the old one to end its grace", who, printable(next.ID), printable(next.KeyPrefix))
+		}
+		for slices.ContainsFunc(doc.records, func(r docRecord) bool { return r.ID == id }) {
+			id = uuid.NewString()
+		}
+
+		created := formatTimestamp(now)
+		oldID := strings.Clone(rec.ID)
+		scopes = slices.Clone(rec.Scopes)
+		nr := record{ID: id, Label: rec.Label, KeyHash: hashKey(raw), KeyPrefix: raw[:11], CreatedAt: &created, Scopes: scopes, RotatedFrom: &oldID}
+		if expiresAt != nil {
+			expires := formatTimestamp(*expiresAt)
+			nr.ExpiresAt = &expires
+		}
+		next, err := newDocRecord(nr)
+		if err != nil {
+			return err
+		}
+		// The members this plugin does not know, as they are, in their
+		// order, after the known ones. (Read from a copy: the old record
+		// stays as its bytes if nothing changes it.)
+		from := *rec
+		from.split()
+		for _, m := range from.members {
+			if !slices.Contains(recordFields[:], m.name) {
+				next.members = append(next.members, member{name: m.name, value: slices.Clone(m.value)})
+			}
+		}
+
+		// The old key: revoked now, or valid until the grace ends but
+		// never longer than it was.
+		switch end := now.Add(grace); {
+		case grace == 0:
+			if err := rec.set("revoked_at", created); err != nil {
+				return err
+			}
+			oldNote = "revoked at " + created
+		case k.expires && k.expiresAt <= unixNanoClamped(end):
+			oldNote = fmt.Sprintf("still expires at %s, before the %s grace ends", printable(*rec.ExpiresAt), strings.TrimSpace(opts.Grace))
+		default:
+			until := formatTimestamp(end)
+			if err := rec.set("expires_at", until); err != nil {
+				return err
+			}
+			oldNote = fmt.Sprintf("expires at %s (%s grace)", until, strings.TrimSpace(opts.Grace))
+		}
+		// Last: appending may move the records, and rec with them.
+		doc.records = append(doc.records, next)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+
+	if _, err := fmt.Fprintln(stdout, raw); err != nil {
+		return err
+	}
+	expiry := "never"
+	if expiresAt != nil {
+		expiry = formatTimestamp(*expiresAt)
+	}
+	fmt.Fprintf(stderr, "Rotated key %q in %s\n", printable(old.Label), opts.File)
+	fmt.Fprintf(stderr, "  id:      %s\n", id)
+	fmt.Fprintf(stderr, "  prefix:  %s\n", raw[:11])
+	fmt.Fprintf(stderr, "  expires: %s\n", expiry)
+	fmt.Fprintf(stderr, "  scopes:  %s\n", printable(scopeText(scopes)))
+	fmt.Fprintf(stderr, "  replaces %s (%s), which %s\n", printable(old.ID), printable(old.KeyPrefix), oldNote)
+	fmt.Fprintln(stderr, "The key is the line written to stdout. Store it now: it cannot be shown again.")
+	return nil
+}
+
+// parseGrace reads --grace: a duration (24h, 30m, 7d), 0 for none.
+func parseGrace(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	d, err := caddy.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("--grace %q: want a duration such as 24h, 30m or 7d, or 0 to revoke the old key at once", s)
+	case d < 0:
+		return 0, fmt.Errorf("--grace %s: the duration must not be negative; 0 revokes the old key at once", s)
+	}
+	return d, nil
+}
+
+// matchRecords returns the indexes of the records that ref names. A full
+// id names its record alone, even if it is also a prefix of another id.
+func matchRecords(records []docRecord, ref string) []int {
+	var exact, partial []int
 	for i := range records {
 		rec := &records[i]
 		switch id := rec.ID; {
 		case strings.EqualFold(id, ref):
-			exact = append(exact, rec)
+			exact = append(exact, i)
 		case rec.KeyPrefix == ref,
 			len(ref) >= minIDPrefix && len(id) > len(ref) && strings.EqualFold(id[:len(ref)], ref):
-			partial = append(partial, rec)
+			partial = append(partial, i)
 		}
 	}
 	if len(exact) > 0 {

@@ -345,7 +345,7 @@ func listFixture(t *testing.T) (string, []testKey) {
 		newTestKey("active", map[string]any{"scopes": []string{"read", "write"}, "last_used_at": "2026-11-20T08:00:00.5+00:00"}),
 		newTestKey("expired", map[string]any{"expires_at": "2026-11-01T00:00:00+00:00"}),
 		newTestKey("revoked", map[string]any{"revoked_at": "2026-11-02T00:00:00+00:00", "expires_at": "2026-11-01T00:00:00+00:00"}),
-		newTestKey("expires later\twith\na tab", map[string]any{"expires_at": "2027-06-01T12:00:00+02:00"}),
+		newTestKey("expires later\twith\na tab", map[string]any{"expires_at": "2027-06-01T12:00:00+02:00", "rotated_from": "0b6f7f52-4d7e-4c55-9a4b-8a3f0d6e2c11"}),
 	}
 	return writeKeys(t, "", keys...), keys
 }
@@ -415,7 +415,7 @@ func TestCommandListJSON(t *testing.T) {
 		if got["created_at"] != k.record["created_at"] {
 			t.Errorf("entry %d created_at = %v, want the stored value", i, got["created_at"])
 		}
-		for _, member := range []string{"last_used_at", "expires_at", "revoked_at", "scopes"} {
+		for _, member := range []string{"last_used_at", "expires_at", "revoked_at", "scopes", "rotated_from"} {
 			if _, ok := got[member]; !ok {
 				t.Errorf("entry %d has no %q member (want null or a value, always present)", i, member)
 			}
@@ -429,6 +429,9 @@ func TestCommandListJSON(t *testing.T) {
 	}
 	if listed[2]["revoked_at"] != "2026-11-02T00:00:00+00:00" {
 		t.Errorf("revoked_at = %v", listed[2]["revoked_at"])
+	}
+	if listed[3]["rotated_from"] != "0b6f7f52-4d7e-4c55-9a4b-8a3f0d6e2c11" || listed[0]["rotated_from"] != nil {
+		t.Errorf("rotated_from = %v, %v", listed[3]["rotated_from"], listed[0]["rotated_from"])
 	}
 
 	// An empty key file lists as an empty array, not null.

@@ -25,22 +25,25 @@ import (
 
 // record is one API key as the key file stores it. The members are those of
 // the reference application's records, plus the optional lifecycle members
-// expires_at, revoked_at and scopes (absent means "no limit"). Members it
-// does not know stay in the file: keyDoc keeps them.
+// expires_at, revoked_at and scopes (absent means "no limit"), and
+// rotated_from, the id of the key that `caddy apikey rotate` made this one
+// to replace (for people and scripts: the handler does not use it). Members
+// it does not know stay in the file: keyDoc keeps them.
 type record struct {
-	ID         string   `json:"id"`
-	Label      string   `json:"label"`
-	KeyHash    string   `json:"key_hash"`
-	KeyPrefix  string   `json:"key_prefix"`
-	CreatedAt  *string  `json:"created_at"`
-	LastUsedAt *string  `json:"last_used_at"`
-	ExpiresAt  *string  `json:"expires_at,omitempty"`
-	RevokedAt  *string  `json:"revoked_at,omitempty"`
-	Scopes     []string `json:"scopes,omitempty"`
+	ID          string   `json:"id"`
+	Label       string   `json:"label"`
+	KeyHash     string   `json:"key_hash"`
+	KeyPrefix   string   `json:"key_prefix"`
+	CreatedAt   *string  `json:"created_at"`
+	LastUsedAt  *string  `json:"last_used_at"`
+	ExpiresAt   *string  `json:"expires_at,omitempty"`
+	RevokedAt   *string  `json:"revoked_at,omitempty"`
+	Scopes      []string `json:"scopes,omitempty"`
+	RotatedFrom *string  `json:"rotated_from,omitempty"`
 }
 
 // The known members of a record, as the key file names them.
-var recordFields = [...]string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "scopes"}
+var recordFields = [...]string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "scopes", "rotated_from"}
 
 const (
 	unknownField    = -1 // a member this plugin does not read
@@ -384,6 +387,8 @@ func (r *record) setField(name string, v jsontext.Value) error {
 		ptr = &r.ExpiresAt
 	case "revoked_at":
 		ptr = &r.RevokedAt
+	case "rotated_from":
+		ptr = &r.RotatedFrom
 	case "scopes":
 		scopes, err := decodeStrings(v)
 		if err != nil {

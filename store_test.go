@@ -232,6 +232,8 @@ func TestStoreValidationErrors(t *testing.T) {
 		{"scope with a comma", `[` + rec("sc", hashA, `, "scopes": ["a,b"]`) + `]`, []string{"record 1", `"sc"`, "scope"}},
 		{"empty scope", `[` + rec("sc", hashA, `, "scopes": [""]`) + `]`, []string{"record 1", `"sc"`, "scope"}},
 		{"scopes a string", `[` + rec("scs", hashA, `, "scopes": "read"`) + `]`, []string{"record 1", `"scs"`, `"scopes"`, "list"}},
+		{"rotated_from a number", `[` + rec("rf", hashA, `, "rotated_from": 5`) + `]`, []string{"record 1", `"rf"`, `"rotated_from"`, "string", "number"}},
+		{"rotated_from twice", `[` + rec("rf2", hashA, `, "rotated_from": "a", "rotated_from": "b"`) + `]`, []string{"record 1", `"rotated_from"`, "twice"}},
 		{"scopes of numbers", `[` + rec("scn", hashA, `, "scopes": [1]`) + `]`, []string{"record 1", `"scn"`, "scopes", "number"}},
 	}
 	for _, tt := range tests {

@@ -1,0 +1,441 @@
+package apikey
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// mustRotate runs rotate and returns the new raw key, checking that stdout
+// holds it alone on its line, that stderr never shows it and says it
+// cannot be shown again.
+func mustRotate(t testing.TB, opts rotateOptions, now time.Time) (raw, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if err := rotateKey(&out, &errOut, opts, now); err != nil {
+		t.Fatalf("rotate: %v", err)
+	}
+	raw, ok := strings.CutSuffix(out.String(), "\n")
+	if !ok || !rawKeyPattern.MatchString(raw) {
+		t.Fatalf("stdout of rotate is %q, want the key alone on its line", out.String())
+	}
+	if strings.Contains(errOut.String(), raw) || strings.Contains(errOut.String(), secretPart(raw)) {
+		t.Fatalf("stderr of rotate shows the raw key: %q", errOut.String())
+	}
+	if !strings.Contains(errOut.String(), "cannot be shown again") {
+		t.Errorf("stderr of rotate does not warn that the key cannot be shown again: %q", errOut.String())
+	}
+	return raw, errOut.String()
+}
+
+// newRecordOf returns the record that rotate added for raw, the last one.
+func newRecordOf(t testing.TB, path, raw string) docRecord {
+	t.Helper()
+	recs := readKeyDoc(t, path).records
+	last := recs[len(recs)-1]
+	if last.KeyHash != hashKey(raw) {
+		t.Fatalf("the last record is not the new key's: %+v", last.record)
+	}
+	return last
+}
+
+// The new record: the old one's label, scopes and unknown members (as they
+// were, in their order, after the known members), a new id and key,
+// created_at now, last_used_at null and rotated_from; the old key expires
+// when the grace ends; other records are left as they were.
+func TestCommandRotate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	other := newTestKey("other", map[string]any{"id": "bbbb2222-0000-4000-8000-000000000002"})
+	oldKey := newTestKey("CI deploy", map[string]any{
+		"id":           "aaaa1111-0000-4000-8000-000000000001",
+		"scopes":       []string{"deploy", "read"},
+		"last_used_at": "2026-11-20T08:00:00.5+00:00",
+		"rotated_from": "99999999-0000-4000-8000-000000000009",
+	})
+	oldRec, err := json.Marshal(oldKey.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherRec, err := json.Marshal(other.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Unknown members before and after the known ones, one of them with a
+	// number encoding/json would not keep as written.
+	recText := `{"team": "ops", ` + strings.TrimPrefix(string(oldRec), "{")
+	recText = strings.TrimSuffix(recText, "}") + `, "notes": {"ticket": 42, "big": 12345678901234567890}, "owner": "\u00e9quipe"}`
+	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`, `+string(otherRec)+`]}`)
+	otherBefore := string(readKeyDoc(t, path).records[1].raw)
+
+	raw, stderr := mustRotate(t, rotateOptions{File: path, Ref: "aaaa1111", Grace: "2h"}, cmdNow)
+
+	doc := readKeyDoc(t, path)
+	if len(doc.records) != 3 {
+		t.Fatalf("%d records, want 3 (the new one appended)", len(doc.records))
+	}
+	if got := string(doc.records[1].raw); got != otherBefore {
+		t.Errorf("the other record changed:\n%s\nwas\n%s", got, otherBefore)
+	}
+	nr := newRecordOf(t, path, raw)
+	members := recordMembers(nr)
+	wantOrder := []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "scopes", "rotated_from", "team", "notes", "owner"}
+	if got := memberNames(members); !slices.Equal(got, wantOrder) {
+		t.Errorf("new record members = %v, want %v", got, wantOrder)
+	}
+	if !uuidV4Pattern.MatchString(nr.ID) || nr.ID == oldKey.record["id"] {
+		t.Errorf("new id = %q, want a new UUID", nr.ID)
+	}
+	if nr.Label != "CI deploy" || !slices.Equal(nr.Scopes, []string{"deploy", "read"}) || nr.KeyPrefix != raw[:11] {
+		t.Errorf("new record = %+v", nr.record)
+	}
+	if nr.CreatedAt == nil || *nr.CreatedAt != formatTimestamp(cmdNow) || string(members.get("last_used_at")) != "null" {
+		t.Errorf("created_at = %v, last_used_at = %s", nr.CreatedAt, members.get("last_used_at"))
+	}
+	if nr.ExpiresAt != nil || nr.RevokedAt != nil {
+		t.Errorf("the new key has expires_at %v, revoked_at %v", nr.ExpiresAt, nr.RevokedAt)
+	}
+	if nr.RotatedFrom == nil || *nr.RotatedFrom != "aaaa1111-0000-4000-8000-000000000001" {
+		t.Errorf("rotated_from = %v, want the old id", nr.RotatedFrom)
+	}
+	if got := string(members.get("notes")); !strings.Contains(got, "12345678901234567890") || members.getString("team") != "ops" {
+		t.Errorf("unknown members not copied as they were: team %s, notes %s", members.get("team"), got)
+	}
+	if got := string(members.get("owner")); got != `"\u00e9quipe"` {
+		t.Errorf("owner = %s, want the escape kept as written", got)
+	}
+
+	old := fileRecord(t, path, "aaaa1111-0000-4000-8000-000000000001")
+	if old.ExpiresAt == nil || *old.ExpiresAt != formatTimestamp(cmdNow.Add(2*time.Hour)) || old.RevokedAt != nil {
+		t.Errorf("old key: expires_at %v, revoked_at %v; want expires_at now + 2h", old.ExpiresAt, old.RevokedAt)
+	}
+	if old.RotatedFrom == nil || *old.RotatedFrom != "99999999-0000-4000-8000-000000000009" {
+		t.Errorf("the old record lost its own rotated_from: %v", old.RotatedFrom)
+	}
+	// The old record keeps its members in their order (json.Marshal wrote
+	// the known ones sorted); expires_at is added last.
+	if got := memberNames(recordMembers(old)); !slices.Equal(got, []string{"team", "created_at", "id", "key_hash", "key_prefix", "label", "last_used_at", "rotated_from", "scopes", "notes", "owner", "expires_at"}) {
+		t.Errorf("old record members = %v", got)
+	}
+	for _, want := range []string{`Rotated key "CI deploy"`, nr.ID, raw[:11], "aaaa1111-0000-4000-8000-000000000001", formatTimestamp(cmdNow.Add(2 * time.Hour)), "2h grace", "deploy,read"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, stderr)
+		}
+	}
+
+	// The handler admits the new key, and the old one until the grace ends.
+	ks, err := readKeySet(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newK, _ := ks.lookup(raw)
+	oldK, _ := ks.lookup(oldKey.Raw)
+	if newK == nil || oldK == nil {
+		t.Fatalf("lookup: new %v, old %v", newK, oldK)
+	}
+	if newK.ID != nr.ID || !newK.hasScope("deploy") || keyStatus(newK, cmdNow.Add(365*24*time.Hour)) != "active" {
+		t.Errorf("new key: %+v", newK)
+	}
+	end := cmdNow.Add(2 * time.Hour)
+	if keyStatus(oldK, cmdNow) != "active" || keyStatus(oldK, end.Add(-time.Nanosecond)) != "active" || keyStatus(oldK, end) != "expired" {
+		t.Errorf("old key status at now, just before and at the end of the grace: %s, %s, %s",
+			keyStatus(oldK, cmdNow), keyStatus(oldK, end.Add(-time.Nanosecond)), keyStatus(oldK, end))
+	}
+}
+
+// The old key's expiry is never moved later; the default grace is 24h;
+// --expires gives the new key an expiry; a bare-array file stays one.
+func TestCommandRotateOldExpiry(t *testing.T) {
+	for _, tc := range []struct {
+		name, grace, oldExpires, wantOld string
+	}{
+		{"no expiry, default grace", "", "", formatTimestamp(cmdNow.Add(24 * time.Hour))},
+		{"later expiry brought forward", "24h", formatTimestamp(cmdNow.Add(48 * time.Hour)), formatTimestamp(cmdNow.Add(24 * time.Hour))},
+		{"earlier expiry kept as written", "24h", "2026-11-25T21:14:31+00:00", "2026-11-25T21:14:31+00:00"},
+		{"grace in days", "7d", "", formatTimestamp(cmdNow.Add(7 * 24 * time.Hour))},
+		{"short grace", "1500ms", "", formatTimestamp(cmdNow.Add(1500 * time.Millisecond))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			extra := map[string]any{}
+			if tc.oldExpires != "" {
+				extra["expires_at"] = tc.oldExpires
+			}
+			k := newTestKey("svc", extra)
+			// Compact, as no writer of this plugin would render it.
+			path := filepath.Join(t.TempDir(), "keys.json")
+			data, err := json.Marshal(map[string]any{"api_keys": []any{k.record}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, path, string(data))
+			oldBytes := string(readKeyDoc(t, path).records[0].raw)
+			_, stderr := mustRotate(t, rotateOptions{File: path, Ref: k.record["key_prefix"].(string), Grace: tc.grace}, cmdNow)
+			old := fileRecord(t, path, k.record["id"].(string))
+			if old.ExpiresAt == nil || *old.ExpiresAt != tc.wantOld || old.RevokedAt != nil {
+				t.Errorf("old key: expires_at %v, revoked_at %v; want expires_at %s", old.ExpiresAt, old.RevokedAt, tc.wantOld)
+			}
+			if tc.oldExpires == tc.wantOld {
+				if !strings.Contains(stderr, "still expires at "+tc.wantOld) {
+					t.Errorf("stderr does not say the old expiry was kept:\n%s", stderr)
+				}
+				if got := string(readKeyDoc(t, path).records[0].raw); got != oldBytes {
+					t.Errorf("the old record, unchanged, was rewritten:\n%s\nwas\n%s", got, oldBytes)
+				}
+			}
+		})
+	}
+
+	t.Run("new key's --expires", func(t *testing.T) {
+		k := newTestKey("svc", nil)
+		path := filepath.Join(t.TempDir(), "keys.json")
+		data, _ := json.Marshal([]any{k.record})
+		writeFile(t, path, string(data))
+		raw, stderr := mustRotate(t, rotateOptions{File: path, Ref: k.record["id"].(string), Expires: "90d"}, cmdNow)
+		nr := newRecordOf(t, path, raw)
+		want := formatTimestamp(cmdNow.Add(90 * 24 * time.Hour))
+		if nr.ExpiresAt == nil || *nr.ExpiresAt != want || !strings.Contains(stderr, "expires: "+want) {
+			t.Errorf("new key expires_at = %v, want %s; stderr:\n%s", nr.ExpiresAt, want, stderr)
+		}
+		if got := memberNames(recordMembers(nr)); !slices.Equal(got, []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "rotated_from"}) {
+			t.Errorf("new record members = %v", got)
+		}
+		if !readKeyDoc(t, path).bare {
+			t.Error("a bare-array key file is no longer one")
+		}
+	})
+}
+
+// --grace 0 revokes the old key at once.
+func TestCommandRotateGraceZero(t *testing.T) {
+	for _, grace := range []string{"0", "0s"} {
+		t.Run(grace, func(t *testing.T) {
+			k := newTestKey("svc", map[string]any{"expires_at": formatTimestamp(cmdNow.Add(time.Hour))})
+			path := writeKeys(t, "", k)
+			raw, stderr := mustRotate(t, rotateOptions{File: path, Ref: k.record["id"].(string), Grace: grace}, cmdNow)
+			old := fileRecord(t, path, k.record["id"].(string))
+			if old.RevokedAt == nil || *old.RevokedAt != formatTimestamp(cmdNow) {
+				t.Errorf("old key revoked_at = %v, want now", old.RevokedAt)
+			}
+			if old.ExpiresAt == nil || *old.ExpiresAt != k.record["expires_at"] {
+				t.Errorf("old key expires_at = %v, want it unchanged", old.ExpiresAt)
+			}
+			if !strings.Contains(stderr, "revoked at "+formatTimestamp(cmdNow)) {
+				t.Errorf("stderr does not say the old key is revoked:\n%s", stderr)
+			}
+			ks, err := readKeySet(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k, _ := ks.lookup(k.Raw); k == nil || keyStatus(k, cmdNow) != "revoked" {
+				t.Error("the old key is not revoked")
+			}
+			if k, _ := ks.lookup(raw); k == nil || keyStatus(k, cmdNow) != "active" {
+				t.Error("the new key is not active")
+			}
+		})
+	}
+}
+
+// Refusals change nothing and print nothing on stdout: names resolved as
+// revoke resolves them, revoked and expired keys, a key already rotated, bad
+// flags.
+func TestCommandRotateRefusals(t *testing.T) {
+	revoked := newTestKey("gone", map[string]any{"id": "eeee5555-0000-4000-8000-000000000005", "revoked_at": "2026-11-02T00:00:00+00:00"})
+	expired := newTestKey("old", map[string]any{"id": "ffff6666-0000-4000-8000-000000000006", "expires_at": formatTimestamp(cmdNow)})
+	replaced := newTestKey("replaced", map[string]any{"id": "abab7777-0000-4000-8000-000000000007"})
+	successor := newTestKey("replaced", map[string]any{"id": "abab8888-0000-4000-8000-000000000008", "key_prefix": "sk_NEXTpref", "rotated_from": "abab7777-0000-4000-8000-000000000007"})
+	for _, tc := range []struct {
+		name string
+		opts rotateOptions
+		want []string
+	}{
+		{"unknown", rotateOptions{Ref: "sk_NoSuchKy"}, []string{"no key", "sk_NoSuchKy"}},
+		{"id prefix too short", rotateOptions{Ref: "ccc"}, []string{"no key", "at least 4 characters"}},
+		{"ambiguous id prefix", rotateOptions{Ref: "aaaa"}, []string{"matches 2 keys", "\n  aaaa1111-0000-4000-8000-000000000001  ", "alpha", "\n  aaaa2222-0000-4000-8000-000000000002  ", "beta"}},
+		{"ambiguous key prefix", rotateOptions{Ref: "sk_SAMEpref"}, []string{"matches 2 keys", "gamma", "delta"}},
+		{"blank", rotateOptions{Ref: " "}, []string{"name the key to rotate"}},
+		{"revoked", rotateOptions{Ref: "eeee5555"}, []string{"eeee5555-0000-4000-8000-000000000005", "revoked at 2026-11-02T00:00:00+00:00", "only an active key", "caddy apikey add"}},
+		{"expired", rotateOptions{Ref: "ffff6666"}, []string{"ffff6666-0000-4000-8000-000000000006", "expired at " + formatTimestamp(cmdNow), "only an active key"}},
+		{"already rotated", rotateOptions{Ref: "abab7777"}, []string{"abab7777-0000-4000-8000-000000000007", "already rotated", "abab8888-0000-4000-8000-000000000008", "sk_NEXTpref", "rotate that one"}},
+		{"grace not a duration", rotateOptions{Ref: "cccc", Grace: "soon"}, []string{`--grace "soon"`, "24h", "0 to revoke"}},
+		{"negative grace", rotateOptions{Ref: "cccc", Grace: "-1h"}, []string{"--grace -1h", "negative"}},
+		{"bad --expires", rotateOptions{Ref: "cccc", Expires: "tomorrow"}, []string{`--expires "tomorrow"`}},
+		{"past --expires", rotateOptions{Ref: "cccc", Expires: "2020-01-01"}, []string{"--expires 2020-01-01", "past"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path, _ := revokeFixture(t)
+			writeKeys(t, path, append(readFixtureKeys(t, path), revoked, expired, replaced, successor)...)
+			before := readFile(t, path)
+			var out, errOut bytes.Buffer
+			tc.opts.File = path
+			err := rotateKey(&out, &errOut, tc.opts, cmdNow)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error does not say %q: %v", want, err)
+				}
+			}
+			if got := readFile(t, path); got != before {
+				t.Errorf("a refused rotate changed the file:\n%s", got)
+			}
+			if out.Len() != 0 || errOut.Len() != 0 {
+				t.Errorf("a refused rotate printed %q and %q", out.String(), errOut.String())
+			}
+		})
+	}
+
+	t.Run("missing file", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "keys.json")
+		err := rotateKey(io.Discard, io.Discard, rotateOptions{File: path, Ref: "sk_AbCdEfGh"}, cmdNow)
+		if want := "key file " + path + ": no such file or directory"; err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != want {
+			t.Errorf("error = %v, want %q", err, want)
+		}
+		for _, p := range []string{path, path + ".lock"} {
+			if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("rotate of a missing key file made %s", p)
+			}
+		}
+		if err := rotateKey(io.Discard, io.Discard, rotateOptions{Ref: "sk_AbCdEfGh"}, cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
+			t.Errorf("without --file: error = %v", err)
+		}
+	})
+}
+
+// readFixtureKeys returns the records of a key file as testKeys without
+// their raw keys, to write them again with more.
+func readFixtureKeys(t *testing.T, path string) []testKey {
+	t.Helper()
+	var top struct {
+		Keys []map[string]any `json:"api_keys"`
+	}
+	if err := json.Unmarshal([]byte(readFile(t, path)), &top); err != nil {
+		t.Fatal(err)
+	}
+	keys := make([]testKey, len(top.Keys))
+	for i, r := range top.Keys {
+		keys[i] = testKey{record: r}
+	}
+	return keys
+}
+
+// Through cobra: flags and the argument reach rotateKey, the key alone is on
+// stdout; through Caddy's real command line, a refusal is plain text on
+// stderr with exit status 1, as revoke's.
+func TestCommandRotateCommandLine(t *testing.T) {
+	k := newTestKey("wired", map[string]any{"scopes": []string{"read"}})
+	path := writeKeys(t, "", k)
+	stdout, stderr, err := apikeyCommand(t, "", "rotate", "--file", path, "--grace", "1h", k.record["key_prefix"].(string))
+	if err != nil {
+		t.Fatalf("rotate: %v (stderr %q)", err, stderr)
+	}
+	raw := strings.TrimSuffix(stdout, "\n")
+	if !rawKeyPattern.MatchString(raw) || strings.Contains(stderr, secretPart(raw)) || !strings.Contains(stderr, "cannot be shown again") {
+		t.Fatalf("rotate: stdout %q, stderr %q", stdout, stderr)
+	}
+	if old := fileRecord(t, path, k.record["id"].(string)); old.ExpiresAt == nil {
+		t.Error("--grace 1h set no expiry on the old key")
+	}
+	stdout, _, err = apikeyCommand(t, "", "list", "--file", path, "--json")
+	if err != nil || !strings.Contains(stdout, `"rotated_from": "`+k.record["id"].(string)+`"`) {
+		t.Errorf("list --json does not show rotated_from: %q, %v", stdout, err)
+	}
+	for _, args := range [][]string{
+		{"rotate", "--file", path},
+		{"rotate", "--file", path, "a", "b"},
+		{"rotate", "--file", path, "--grace", "x", raw[:11]},
+	} {
+		if stdout, _, err := apikeyCommand(t, "", args...); err == nil || stdout != "" {
+			t.Errorf("%v: error %v, stdout %q", args, err, stdout)
+		}
+	}
+
+	fixture, _ := revokeFixture(t)
+	missing := filepath.Join(t.TempDir(), "missing.json")
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"apikey", "rotate", "--file", fixture, "aaaa"}, []string{
+			`caddy apikey rotate: "aaaa" matches 2 keys in ` + fixture + `; give the full id of one of them:`,
+			"  aaaa1111-0000-4000-8000-000000000001  ",
+			"  aaaa2222-0000-4000-8000-000000000002  ",
+		}},
+		{[]string{"apikey", "rotate", "--file", missing, "sk_AbCdEfGh"}, []string{
+			"caddy apikey rotate: key file " + missing + ": no such file or directory",
+		}},
+	} {
+		stdout, stderr, code := runCaddyCommand(t, tc.args...)
+		lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+		ok := code == 1 && stdout == "" && len(lines) == len(tc.want)
+		for i := 0; ok && i < len(lines); i++ {
+			ok = strings.HasPrefix(lines[i], tc.want[i])
+		}
+		if !ok {
+			t.Errorf("%v: exit %d, stdout %q, stderr:\n%s\nwant exit 1 and lines starting:\n%s", tc.args, code, stdout, stderr, strings.Join(tc.want, "\n"))
+		}
+	}
+}
+
+// Against the running Caddy: after a rotation the new key is admitted
+// within the reload interval, the old one still is during the grace, and
+// it is refused once the grace has ended.
+func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
+	old := newTestKey("svc", map[string]any{"scopes": []string{"read"}})
+	path := writeKeys(t, "", old)
+	loadCaddyfile(t, `
+	apikey `+path+` {
+		reload_interval 100ms
+		scope read
+	}
+	respond "{http.auth.user.label} {http.auth.user.id}"
+`)
+	oldID := old.record["id"].(string)
+	expectOK(t, "/", "svc "+oldID, bearer(old))
+
+	const grace = 2 * time.Second
+	rotated := time.Now()
+	var stdout bytes.Buffer
+	if err := rotateKey(&stdout, io.Discard, rotateOptions{File: path, Ref: oldID, Grace: "2s"}, rotated); err != nil {
+		t.Fatal(err)
+	}
+	raw := strings.TrimSpace(stdout.String())
+	newID := newRecordOf(t, path, raw).ID
+	waitFor(t, 2*time.Second, "the new key to be admitted", func() bool {
+		resp, body := do(t, "GET", "/", "Authorization: Bearer "+raw)
+		return resp.StatusCode == http.StatusOK && body == "svc "+newID
+	})
+	t.Logf("new key admitted after %s", time.Since(rotated).Round(time.Millisecond))
+
+	// The new file is in force: the old key is admitted while the grace
+	// lasts (checked only if this machine got here well within it).
+	resp, body := do(t, "GET", "/", bearer(old))
+	if time.Since(rotated) < grace-300*time.Millisecond {
+		if resp.StatusCode != http.StatusOK || body != "svc "+oldID {
+			t.Fatalf("old key during the grace: %d %q, want 200", resp.StatusCode, body)
+		}
+	} else {
+		t.Logf("the grace had nearly ended when the new key was in force: old key during the grace not checked")
+	}
+
+	waitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
+		resp, body := do(t, "GET", "/", bearer(old))
+		if resp.StatusCode != http.StatusForbidden {
+			return false
+		}
+		code, _ := refusalOf(t, body)
+		return code == CodeKeyExpired
+	})
+	if early := time.Since(rotated); early < grace {
+		t.Errorf("the old key was refused after %s, before the %s grace ended", early, grace)
+	}
+	expectOK(t, "/", "svc "+newID, "Authorization: Bearer "+raw)
+}
