@@ -215,7 +215,8 @@ func (k *key) fill(rec *record) ([sha256.Size]byte, error) {
 		}
 	}
 	if len(rec.Scopes) > 0 {
-		k.scopesJoined = strings.Join(rec.Scopes, ",")
+		// Clone: Join returns a lone scope as it is, a view.
+		k.scopesJoined = strings.Clone(strings.Join(rec.Scopes, ","))
 		k.Scopes = strings.Split(k.scopesJoined, ",") // copies, sharing one string
 	}
 	return sum, nil

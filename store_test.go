@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -360,6 +361,31 @@ func TestExpiryAtOddTimes(t *testing.T) {
 		}
 		if got := ks.keys[0].expired(now); got != wantExpired {
 			t.Errorf("expires_at %s: expired = %v, want %v", at, got, wantExpired)
+		}
+	}
+}
+
+// The streamed reader reuses one buffer for every record: what a key keeps
+// must be copies. A lone scope once stayed a view of the buffer, and the
+// next records overwrote it.
+func TestStreamedKeySetKeepsCopies(t *testing.T) {
+	var recs []string
+	for i := 0; i < 50; i++ {
+		recs = append(recs, fmt.Sprintf(`{"id": "id-%02d-xxxxxxxx", "label": "label %d", "key_hash": %q, "key_prefix": "sk_%08d", "scopes": ["scope%02d"]}`,
+			i, i, hashKey(fmt.Sprint("sk_streamed_", i)), i, i))
+	}
+	data := []byte(`{"api_keys": [` + strings.Join(recs, ",\n") + `]}`)
+	ks, err := decodeKeySet(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range ks.keys {
+		k := &ks.keys[i]
+		if want := fmt.Sprintf("scope%02d", i); k.scopesJoined != want || len(k.Scopes) != 1 || k.Scopes[0] != want {
+			t.Errorf("key %d: scopes %q / %q, want %q", i, k.Scopes, k.scopesJoined, want)
+		}
+		if want := fmt.Sprintf("id-%02d-xxxxxxxx", i); k.ID != want || k.Label != fmt.Sprint("label ", i) || k.Prefix != fmt.Sprintf("sk_%08d", i) {
+			t.Errorf("key %d: %q %q %q", i, k.ID, k.Label, k.Prefix)
 		}
 	}
 }
