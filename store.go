@@ -558,9 +558,9 @@ func (s *keyStore) writeUsage(all bool) {
 		delete(s.waiting, d.cell)
 	}
 	if w.written != nil { // nil: nothing left to change (keys deleted meanwhile)
-		s.metrics.usageWritten(nil)
 		s.writes.Add(1)
 		s.lastWrite.Store(&w)
+		s.metrics.usageWritten(nil) // after lastWrite: the watcher need not read what it wrote
 		if w.written.Size() > bigKeyFile {
 			debug.FreeOSMemory() // give back what reading and writing the file took
 		}
