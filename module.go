@@ -10,8 +10,8 @@
 // caddyauth answers every failure with a bare 401.
 //
 // The request path is ServeHTTP in module.go; the key file's format is in
-// keyfile.go, the in-memory key set in keyset.go, and the live store (reload,
-// usage writes) in store.go.
+// keyfile.go, the in-memory key set in keyset.go, the live store (reload,
+// usage writes) in store.go, and the Prometheus metrics in metrics.go.
 package apikey
 
 import (
