@@ -150,7 +150,9 @@ const benchBatch = 1024
 // BenchmarkServeHTTP measures the handler alone. Each request is prepared
 // as Caddy's server prepares it (a fresh caddy.Replacer and the request
 // context caddyhttp.PrepareRequest builds), in batches with the timer
-// stopped, so ns/op and allocs/op are the handler's own cost.
+// stopped, so ns/op and allocs/op are the handler's own cost. Each case
+// runs without and with caddy_apikey_requests_total counting (metrics=off,
+// metrics=on), side by side.
 func BenchmarkServeHTTP(b *testing.B) {
 	for _, n := range []int{1, 10_000, 1_000_000} {
 		valid := benchRawKey(n / 2)
@@ -175,51 +177,63 @@ func BenchmarkServeHTTP(b *testing.B) {
 			{name: "valid-bearer-spread", spread: true, status: 0},
 		}
 		for _, c := range cases {
-			b.Run(fmt.Sprintf("%s/keys=%d", c.name, n), func(b *testing.B) {
-				h := newBenchHandler(benchKeySet(b, n))
-				w := &discardWriter{hdr: make(http.Header)}
-				reqs := make([]*http.Request, benchBatch)
-				prepare := func(offset int) {
-					for j := range reqs {
-						u := &url.URL{Path: "/api/items", RawQuery: c.query}
-						r := &http.Request{Method: "GET", URL: u, Header: make(http.Header), RemoteAddr: "192.0.2.1:51234", RequestURI: u.RequestURI()}
-						r = r.WithContext(b.Context())
-						switch {
-						case c.spread:
-							r.Header["Authorization"] = []string{spread[(offset+j)%len(spread)]}
-						case c.header != "":
-							r.Header["Authorization"] = []string{c.header}
-						}
-						reqs[j] = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+			for _, metricsOn := range []bool{false, true} {
+				b.Run(fmt.Sprintf("%s/keys=%d/metrics=%s", c.name, n, onOff(metricsOn)), func(b *testing.B) {
+					h := newBenchHandler(benchKeySet(b, n))
+					if metricsOn {
+						h.results = requestResults // as Provision sets it
 					}
-				}
-				// Warm up: first uses of the keys (usage cells) are not
-				// the steady state.
-				prepare(0)
-				for _, r := range reqs {
-					_ = h.ServeHTTP(w, r, noopNext)
-				}
-				w.status = 0
-				b.ReportAllocs()
-				b.ResetTimer()
-				for i := 0; i < b.N; i += benchBatch {
+					w := &discardWriter{hdr: make(http.Header)}
+					reqs := make([]*http.Request, benchBatch)
+					prepare := func(offset int) {
+						for j := range reqs {
+							u := &url.URL{Path: "/api/items", RawQuery: c.query}
+							r := &http.Request{Method: "GET", URL: u, Header: make(http.Header), RemoteAddr: "192.0.2.1:51234", RequestURI: u.RequestURI()}
+							r = r.WithContext(b.Context())
+							switch {
+							case c.spread:
+								r.Header["Authorization"] = []string{spread[(offset+j)%len(spread)]}
+							case c.header != "":
+								r.Header["Authorization"] = []string{c.header}
+							}
+							reqs[j] = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+						}
+					}
+					// Warm up: first uses of the keys (usage cells) are not
+					// the steady state.
+					prepare(0)
+					for _, r := range reqs {
+						_ = h.ServeHTTP(w, r, noopNext)
+					}
+					w.status = 0
+					b.ReportAllocs()
+					b.ResetTimer()
+					for i := 0; i < b.N; i += benchBatch {
+						b.StopTimer()
+						prepare(i)
+						b.StartTimer()
+						m := min(benchBatch, b.N-i)
+						for _, r := range reqs[:m] {
+							if err := h.ServeHTTP(w, r, noopNext); err != nil {
+								b.Fatal(err)
+							}
+						}
+					}
 					b.StopTimer()
-					prepare(i)
-					b.StartTimer()
-					m := min(benchBatch, b.N-i)
-					for _, r := range reqs[:m] {
-						if err := h.ServeHTTP(w, r, noopNext); err != nil {
-							b.Fatal(err)
-						}
+					if w.status != c.status {
+						b.Fatalf("status %d, want %d", w.status, c.status)
 					}
-				}
-				b.StopTimer()
-				if w.status != c.status {
-					b.Fatalf("status %d, want %d", w.status, c.status)
-				}
-			})
+				})
+			}
 		}
 	}
+}
+
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
 }
 
 // BenchmarkLoadKeyFile measures parsing and indexing a key file of n keys,

@@ -10,8 +10,8 @@
 // caddyauth answers every failure with a bare 401.
 //
 // The request path is ServeHTTP in module.go; the key file's format is in
-// keyfile.go, the in-memory key set in keyset.go, and the live store (reload,
-// usage writes) in store.go.
+// keyfile.go, the in-memory key set in keyset.go, the live store (reload,
+// usage writes) in store.go, and the Prometheus metrics in metrics.go.
 package apikey
 
 import (
@@ -102,10 +102,12 @@ type Handler struct {
 	sources []credentialSource
 	query   string
 	logger  *zap.Logger
+	results *requestCounters // requests_total by result; nil: not counted
 
 	// Refusals, built once by setup.
 	authRequired  *refusal
 	invalidKey    *refusal
+	revokedKey    *refusal // answered as invalidKey, counted apart
 	keyExpired    *refusal
 	ambiguousKey  *refusal
 	scopeRefusals []*refusal // one for each of Scopes
@@ -162,6 +164,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.lease, h.store = lease, lease.store
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		h.logger.Warn("cannot register the apikey metrics; they will not be on /metrics", zap.Error(err))
+	}
+	h.results = requestResults
 	return nil
 }
 
@@ -198,12 +204,13 @@ func (h *Handler) setup() error {
 			return err
 		}
 		h.scopeRefusals = append(h.scopeRefusals, newRefusal(http.StatusForbidden, CodeInsufficientScope,
-			"API key lacks the required scope "+strconv.Quote(s)+"."))
+			"API key lacks the required scope "+strconv.Quote(s)+".", resultInsufficientScope))
 	}
-	h.authRequired = newRefusal(http.StatusUnauthorized, CodeAuthRequired, "API key is required. Pass via "+h.describeSources()+".")
-	h.invalidKey = newRefusal(http.StatusForbidden, CodeInvalidKey, "Invalid API key.")
-	h.keyExpired = newRefusal(http.StatusForbidden, CodeKeyExpired, "API key has expired.")
-	h.ambiguousKey = newRefusal(http.StatusBadRequest, CodeAmbiguousKey, "More than one API key was sent; send exactly one.")
+	h.authRequired = newRefusal(http.StatusUnauthorized, CodeAuthRequired, "API key is required. Pass via "+h.describeSources()+".", resultMissing)
+	h.invalidKey = newRefusal(http.StatusForbidden, CodeInvalidKey, "Invalid API key.", resultInvalid)
+	h.revokedKey = newRefusal(http.StatusForbidden, CodeInvalidKey, "Invalid API key.", resultRevoked)
+	h.keyExpired = newRefusal(http.StatusForbidden, CodeKeyExpired, "API key has expired.", resultExpired)
+	h.ambiguousKey = newRefusal(http.StatusBadRequest, CodeAmbiguousKey, "More than one API key was sent; send exactly one.", resultAmbiguous)
 	h.challenge = `Bearer realm=` + strconv.Quote(h.Realm)
 	return h.Validate()
 }
@@ -257,15 +264,17 @@ const (
 	CodeAmbiguousKey      = "AMBIGUOUS_KEY"
 )
 
-// refusal is one way of refusing a request, with its JSON body rendered.
+// refusal is one way of refusing a request, with its JSON body rendered
+// and the result it is counted as.
 type refusal struct {
 	status  int
 	code    string
 	message string
 	body    []byte
+	result  result
 }
 
-func newRefusal(status int, code, message string) *refusal {
+func newRefusal(status int, code, message string, res result) *refusal {
 	var envelope struct {
 		Success bool `json:"success"`
 		Error   struct {
@@ -275,7 +284,7 @@ func newRefusal(status int, code, message string) *refusal {
 	}
 	envelope.Error.Code, envelope.Error.Message = code, message
 	body, _ := json.Marshal(envelope) // cannot fail: strings only
-	return &refusal{status: status, code: code, message: message, body: body}
+	return &refusal{status: status, code: code, message: message, body: body, result: res}
 }
 
 // describeSources names the enabled credential sources for the 401 message,
@@ -308,6 +317,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	switch cred.status {
 	case credNone:
 		if h.Optional {
+			h.count(resultAnonymous)
 			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, r, h.authRequired, nil)
@@ -317,8 +327,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	ks := h.store.current()
 	key, sum := ks.lookup(cred.key)
-	if key == nil || key.revoked {
-		return h.refuse(w, r, h.invalidKey, key)
+	if key == nil {
+		return h.refuse(w, r, h.invalidKey, nil)
+	}
+	if key.revoked {
+		return h.refuse(w, r, h.revokedKey, key)
 	}
 	now := time.Now().UnixNano()
 	if key.expired(now) {
@@ -331,6 +344,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	h.store.markUsed(key, sum, now)
+	h.count(resultOK)
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Map(key.placeholder)
 	if h.HideCredentials {
@@ -343,6 +357,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // presented, if it matched a record: it is logged by id, label and prefix;
 // the raw key never is.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *key) error {
+	h.count(why.result)
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
 		fields := []zap.Field{zap.String("code", why.code), zap.String("remote_ip", r.RemoteAddr)}
 		if key != nil {

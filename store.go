@@ -112,6 +112,8 @@ type keyStore struct {
 	now      func() time.Time
 	keys     atomic.Pointer[keySet]
 	settings atomic.Pointer[storeSettings]
+	metrics  *storeMetrics // nil: a store made outside Caddy, not counted
+	unmetric sync.Once     // releases metrics
 
 	// leases are the settings of the handlers that use this file, by
 	// lease id; the effective settings are derived from them.
@@ -129,6 +131,7 @@ type keyStore struct {
 	inForce   atomic.Pointer[fs.FileInfo] // loaded, for the writer
 	broken    fs.FileInfo                 // the last broken version read, not to parse it again
 	brokenErr error
+	statErr   bool   // the file could not be stat'ed last time (counted once)
 	reported  string // the problem last logged
 
 	// The writer's state.
@@ -159,7 +162,9 @@ type storeLease struct {
 func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, error) {
 	val, loaded, err := stores.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		s := newKeyStore(path, nil)
+		s.metrics = acquireStoreMetrics(path)
 		if err := s.load(); err != nil {
+			s.metrics.release()
 			return nil, err
 		}
 		s.start()
@@ -262,6 +267,7 @@ func (s *keyStore) Destruct() error {
 	case <-time.After(stopWait):
 		s.log().Warn("the key file's last usage write is still going on; it goes on in the background", zap.String("keys_file", s.path))
 	}
+	s.unmetric.Do(s.metrics.release)
 	return nil
 }
 
@@ -346,8 +352,13 @@ func (s *keyStore) check() {
 func (s *keyStore) load() error {
 	fi, err := os.Stat(s.path)
 	if err != nil {
+		if !s.statErr {
+			s.statErr = true
+			s.metrics.loadFailed()
+		}
 		return &keyFileError{path: s.path, err: err}
 	}
+	s.statErr = false
 	if s.loaded != nil && sameVersion(s.loaded, fi) {
 		return nil
 	}
@@ -363,6 +374,7 @@ func (s *keyStore) load() error {
 	ks, err := readKeySet(s.path)
 	if err != nil {
 		s.broken, s.brokenErr = fi, err
+		s.metrics.loadFailed()
 		return err
 	}
 	s.broken, s.brokenErr = nil, nil
@@ -372,6 +384,7 @@ func (s *keyStore) load() error {
 	}
 	s.keys.Store(ks)
 	s.setLoaded(fi)
+	s.metrics.loaded(ks, s.now())
 	if fi.Size() > bigKeyFile {
 		debug.FreeOSMemory() // give back the memory the file and the old key set held
 	}
@@ -527,6 +540,7 @@ func (s *keyStore) writeUsage(all bool) {
 		return applyUsage(doc, updates)
 	}})
 	if err != nil {
+		s.metrics.usageWritten(err)
 		if !s.writeFailing {
 			s.writeFailing = true
 			s.log().Error("cannot write last-used times to the key file; authentication goes on, and writing will be retried",
@@ -543,9 +557,10 @@ func (s *keyStore) writeUsage(all bool) {
 		d.cell.persistedAt = now
 		delete(s.waiting, d.cell)
 	}
-	if w.written != nil {
+	if w.written != nil { // nil: nothing left to change (keys deleted meanwhile)
 		s.writes.Add(1)
 		s.lastWrite.Store(&w)
+		s.metrics.usageWritten(nil) // after lastWrite: the watcher need not read what it wrote
 		if w.written.Size() > bigKeyFile {
 			debug.FreeOSMemory() // give back what reading and writing the file took
 		}
