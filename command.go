@@ -228,13 +228,9 @@ func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
 	if label == "" {
 		return errors.New("--label is required: name who or what will use the key")
 	}
-	var expiresAt *time.Time
-	if opts.Expires != "" {
-		t, err := parseExpiry(opts.Expires, now)
-		if err != nil {
-			return err
-		}
-		expiresAt = &t
+	expiresAt, err := expiryFlag(opts.Expires, now)
+	if err != nil {
+		return err
 	}
 	scopes, err := normalizeScopes(opts.Scopes)
 	if err != nil {
@@ -305,6 +301,18 @@ func generateKey() (string, error) {
 		return "", fmt.Errorf("generating key: %w", err)
 	}
 	return "sk_" + base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// expiryFlag reads an optional --expires: nil when it is not given.
+func expiryFlag(s string, now time.Time) (*time.Time, error) {
+	if s == "" {
+		return nil, nil
+	}
+	t, err := parseExpiry(s, now)
+	if err != nil {
+		return nil, err
+	}
+	return &t, nil
 }
 
 // parseExpiry reads --expires: a duration from now (90d, 12h, 30m or any Go
@@ -582,13 +590,9 @@ func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) erro
 	if err != nil {
 		return err
 	}
-	var expiresAt *time.Time
-	if opts.Expires != "" {
-		t, err := parseExpiry(opts.Expires, now)
-		if err != nil {
-			return err
-		}
-		expiresAt = &t
+	expiresAt, err := expiryFlag(opts.Expires, now)
+	if err != nil {
+		return err
 	}
 	raw, err := generateKey()
 	if err != nil {
