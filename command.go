@@ -241,45 +241,65 @@ func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	id := uuid.NewString()
+	var added record
 	_, err = editKeyFile(opts.File, keyFileEdit{create: true, waiting: sayWaiting(stderr, opts.File), edit: func(doc *keyDoc) error {
-		// Check the id against the file as it is now, under the lock: a
-		// collision is next to impossible, but a duplicate id would make
-		// the whole file unloadable.
-		for slices.ContainsFunc(doc.records, func(r docRecord) bool { return r.ID == id }) {
-			id = uuid.NewString()
-		}
-		// The reference application's members, in its order, then the
-		// optional ones only when they are given.
-		created := formatTimestamp(now)
-		rec := record{ID: id, Label: label, KeyHash: hashKey(raw), KeyPrefix: raw[:11], CreatedAt: &created, Scopes: scopes}
-		if expiresAt != nil {
-			expires := formatTimestamp(*expiresAt)
-			rec.ExpiresAt = &expires
-		}
-		r, err := newDocRecord(rec)
+		r, err := newKeyRecord(doc, raw, record{Label: label, Scopes: scopes, ExpiresAt: timestamp(expiresAt)}, now)
 		if err != nil {
 			return err
 		}
+		added = r.record
 		doc.records = append(doc.records, r)
 		return nil
 	}})
 	if err != nil {
 		return err
 	}
+	return printNewKey(stdout, stderr, raw, added, fmt.Sprintf("Created key %q in %s", label, opts.File))
+}
 
+// newKeyRecord makes the record of the new key raw from rec (its label,
+// scopes, expiry, rotated_from): an id that no record of doc has yet (doc is
+// the file as it is now, under the lock: a collision is next to impossible,
+// but a duplicate id would make the whole file unloadable), the key's hash
+// and prefix, and created_at now. The members come in the reference
+// application's order, then the optional ones only when they are given.
+func newKeyRecord(doc *keyDoc, raw string, rec record, now time.Time) (docRecord, error) {
+	rec.ID = uuid.NewString()
+	for slices.ContainsFunc(doc.records, func(r docRecord) bool { return r.ID == rec.ID }) {
+		rec.ID = uuid.NewString()
+	}
+	rec.KeyHash, rec.KeyPrefix, rec.CreatedAt = hashKey(raw), raw[:11], timestamp(&now)
+	return newDocRecord(rec)
+}
+
+// timestamp formats an optional time as the key file holds it.
+func timestamp(t *time.Time) *string {
+	if t == nil {
+		return nil
+	}
+	s := formatTimestamp(*t)
+	return &s
+}
+
+// printNewKey writes a new key alone on stdout, where `KEY=$(...)` takes it,
+// and what to know about it on stderr: heading, its record's details, then
+// more lines if any.
+func printNewKey(stdout, stderr io.Writer, raw string, rec record, heading string, more ...string) error {
 	if _, err := fmt.Fprintln(stdout, raw); err != nil {
 		return err
 	}
 	expiry := "never"
-	if expiresAt != nil {
-		expiry = formatTimestamp(*expiresAt)
+	if rec.ExpiresAt != nil {
+		expiry = *rec.ExpiresAt
 	}
-	fmt.Fprintf(stderr, "Created key %q in %s\n", label, opts.File)
-	fmt.Fprintf(stderr, "  id:      %s\n", id)
-	fmt.Fprintf(stderr, "  prefix:  %s\n", raw[:11])
+	fmt.Fprintln(stderr, heading)
+	fmt.Fprintf(stderr, "  id:      %s\n", rec.ID)
+	fmt.Fprintf(stderr, "  prefix:  %s\n", rec.KeyPrefix)
 	fmt.Fprintf(stderr, "  expires: %s\n", expiry)
-	fmt.Fprintf(stderr, "  scopes:  %s\n", printable(scopeText(scopes)))
+	fmt.Fprintf(stderr, "  scopes:  %s\n", printable(scopeText(rec.Scopes)))
+	for _, line := range more {
+		fmt.Fprintln(stderr, line)
+	}
 	fmt.Fprintln(stderr, "The key is the line written to stdout. Store it now: it cannot be shown again.")
 	return nil
 }
@@ -598,11 +618,10 @@ func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) erro
 	if err != nil {
 		return err
 	}
-	id := uuid.NewString()
 
 	var (
 		old     record // the replaced key, as it was
-		scopes  []string
+		added   record // its replacement
 		oldNote string // what became of the old key
 	)
 	err = editNamedKey(stderr, opts.File, opts.Ref, "rotate", func(doc *keyDoc, i int) error {
@@ -625,22 +644,12 @@ func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) erro
 			next := &doc.records[j]
 			return fmt.Errorf("%s was already rotated: key %s (%s) replaces it; rotate that one instead, or revoke the old one to end its grace", who, printable(next.ID), printable(next.KeyPrefix))
 		}
-		for slices.ContainsFunc(doc.records, func(r docRecord) bool { return r.ID == id }) {
-			id = uuid.NewString()
-		}
-
-		created := formatTimestamp(now)
 		oldID := strings.Clone(rec.ID)
-		scopes = slices.Clone(rec.Scopes)
-		nr := record{ID: id, Label: rec.Label, KeyHash: hashKey(raw), KeyPrefix: raw[:11], CreatedAt: &created, Scopes: scopes, RotatedFrom: &oldID}
-		if expiresAt != nil {
-			expires := formatTimestamp(*expiresAt)
-			nr.ExpiresAt = &expires
-		}
-		next, err := newDocRecord(nr)
+		next, err := newKeyRecord(doc, raw, record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: timestamp(expiresAt), RotatedFrom: &oldID}, now)
 		if err != nil {
 			return err
 		}
+		added = next.record
 		// The members this plugin does not know, as they are, in their
 		// order, after the known ones. (Read from a copy: the old record
 		// stays as its bytes if nothing changes it.)
@@ -656,10 +665,10 @@ func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) erro
 		// never longer than it was.
 		switch end := now.Add(grace); {
 		case grace == 0:
-			if err := rec.set("revoked_at", created); err != nil {
+			if err := rec.set("revoked_at", *added.CreatedAt); err != nil {
 				return err
 			}
-			oldNote = "revoked at " + created
+			oldNote = "revoked at " + *added.CreatedAt
 		case k.expires && k.expiresAt <= unixNanoClamped(end):
 			oldNote = fmt.Sprintf("still expires at %s, before the %s grace ends", printable(*rec.ExpiresAt), strings.TrimSpace(opts.Grace))
 		default:
@@ -677,21 +686,8 @@ func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) erro
 		return err
 	}
 
-	if _, err := fmt.Fprintln(stdout, raw); err != nil {
-		return err
-	}
-	expiry := "never"
-	if expiresAt != nil {
-		expiry = formatTimestamp(*expiresAt)
-	}
-	fmt.Fprintf(stderr, "Rotated key %q in %s\n", printable(old.Label), opts.File)
-	fmt.Fprintf(stderr, "  id:      %s\n", id)
-	fmt.Fprintf(stderr, "  prefix:  %s\n", raw[:11])
-	fmt.Fprintf(stderr, "  expires: %s\n", expiry)
-	fmt.Fprintf(stderr, "  scopes:  %s\n", printable(scopeText(scopes)))
-	fmt.Fprintf(stderr, "  replaces %s (%s), which %s\n", printable(old.ID), printable(old.KeyPrefix), oldNote)
-	fmt.Fprintln(stderr, "The key is the line written to stdout. Store it now: it cannot be shown again.")
-	return nil
+	return printNewKey(stdout, stderr, raw, added, fmt.Sprintf("Rotated key %q in %s", printable(old.Label), opts.File),
+		fmt.Sprintf("  replaces %s (%s), which %s", printable(old.ID), printable(old.KeyPrefix), oldNote))
 }
 
 // parseGrace reads --grace: a duration (24h, 30m, 7d), 0 for none.
