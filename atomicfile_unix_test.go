@@ -93,7 +93,7 @@ func TestStoreSurvivesSpecialFiles(t *testing.T) {
 
 	specialFiles(t, path, func(kind string) {
 		noHang(t, "reloading a "+kind, func() { s.check(); s.check() })
-		if k, _ := s.current().lookup(a.Raw); k == nil {
+		if k, _ := s.KeySet().lookup(a.Raw); k == nil {
 			t.Fatalf("%s: the keys in force were dropped", kind)
 		}
 		use(t, s, clock, a.Raw)
@@ -115,7 +115,7 @@ func TestStoreSurvivesSpecialFiles(t *testing.T) {
 	b := newTestKey("b", nil)
 	writeKeys(t, path, a, b)
 	s.check()
-	if k, _ := s.current().lookup(b.Raw); k == nil {
+	if k, _ := s.KeySet().lookup(b.Raw); k == nil {
 		t.Fatal("the good file that came back is not in force")
 	}
 

@@ -48,7 +48,7 @@ func benchRecords(n int) []docRecord {
 	used := "2026-11-26T08:02:11.654321+00:00"
 	for i := range recs {
 		raw := benchRawKey(i)
-		recs[i].record = record{
+		recs[i].Record = Record{
 			ID:        benchID(i),
 			Label:     "Key " + strconv.Itoa(i),
 			KeyHash:   hashKey(raw),
@@ -106,9 +106,9 @@ func benchKeyFileLabeled(n int, label string) []byte {
 
 // benchKeySets caches the in-memory key sets by size: a million keys take a
 // few seconds to build and are shared by the sub-benchmarks.
-var benchKeySets = map[int]*keySet{}
+var benchKeySets = map[int]*KeySet{}
 
-func benchKeySet(tb testing.TB, n int) *keySet {
+func benchKeySet(tb testing.TB, n int) *KeySet {
 	if ks := benchKeySets[n]; ks != nil {
 		return ks
 	}
@@ -124,7 +124,7 @@ func benchKeySet(tb testing.TB, n int) *keySet {
 // as Provision would, but on the in-memory key set ks instead of a file.
 // Usage tracking is on; nothing flushes it, and nothing needs to: a key is
 // queued for writing once.
-func newBenchHandler(ks *keySet) *Handler {
+func newBenchHandler(ks *KeySet) *Handler {
 	return newMemoryHandler(&Handler{KeysFile: "bench-keys.json"}, ks)
 }
 
@@ -246,7 +246,7 @@ func BenchmarkLoadKeyFile(b *testing.B) {
 	// As the watcher reads a file: streamed, never whole in memory.
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("stream/keys=%d", n), func(b *testing.B) {
-			benchLoad(b, n, benchKeyFile(n), func(data []byte) (*keySet, error) {
+			benchLoad(b, n, benchKeyFile(n), func(data []byte) (*KeySet, error) {
 				return decodeKeySet(bytes.NewReader(data), int64(len(data)))
 			})
 		})
@@ -262,7 +262,7 @@ func BenchmarkLoadKeyFile(b *testing.B) {
 	})
 }
 
-func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*keySet, error)) {
+func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*KeySet, error)) {
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -304,7 +304,7 @@ func BenchmarkUsageWrite(b *testing.B) {
 	if err := s.load(); err != nil {
 		b.Fatal(err)
 	}
-	ks := s.current()
+	ks := s.KeySet()
 	sums := make([][sha256.Size]byte, n)
 	for i := range sums {
 		sums[i] = sha256.Sum256([]byte(benchRawKey(i)))
@@ -318,7 +318,7 @@ func BenchmarkUsageWrite(b *testing.B) {
 		// A usage interval later, every key has been used again.
 		clock = clock.Add(time.Minute)
 		for j := range sums {
-			s.markUsed(ks.find(sums[j]), sums[j], clock.UnixNano())
+			s.MarkUsed(ks.find(sums[j]), sums[j], clock.UnixNano())
 		}
 		b.StartTimer()
 		s.writeUsage(false)

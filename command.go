@@ -241,13 +241,13 @@ func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	var added record
+	var added Record
 	_, err = editKeyFile(opts.File, keyFileEdit{create: true, waiting: sayWaiting(stderr, opts.File), edit: func(doc *keyDoc) error {
-		r, err := newKeyRecord(doc, raw, record{Label: label, Scopes: scopes, ExpiresAt: timestamp(expiresAt)}, now)
+		r, err := newKeyRecord(doc, raw, Record{Label: label, Scopes: scopes, ExpiresAt: timestamp(expiresAt)}, now)
 		if err != nil {
 			return err
 		}
-		added = r.record
+		added = r.Record
 		doc.records = append(doc.records, r)
 		return nil
 	}})
@@ -263,7 +263,7 @@ func addKey(stdout, stderr io.Writer, opts addOptions, now time.Time) error {
 // but a duplicate id would make the whole file unloadable), the key's hash
 // and prefix, and created_at now. The members come in the reference
 // application's order, then the optional ones only when they are given.
-func newKeyRecord(doc *keyDoc, raw string, rec record, now time.Time) (docRecord, error) {
+func newKeyRecord(doc *keyDoc, raw string, rec Record, now time.Time) (docRecord, error) {
 	rec.ID = uuid.NewString()
 	for slices.ContainsFunc(doc.records, func(r docRecord) bool { return r.ID == rec.ID }) {
 		rec.ID = uuid.NewString()
@@ -284,7 +284,7 @@ func timestamp(t *time.Time) *string {
 // printNewKey writes a new key alone on stdout, where `KEY=$(...)` takes it,
 // and what to know about it on stderr: heading, its record's details, then
 // more lines if any.
-func printNewKey(stdout, stderr io.Writer, raw string, rec record, heading string, more ...string) error {
+func printNewKey(stdout, stderr io.Writer, raw string, rec Record, heading string, more ...string) error {
 	if _, err := fmt.Fprintln(stdout, raw); err != nil {
 		return err
 	}
@@ -376,7 +376,7 @@ func normalizeScopes(in []string) ([]string, error) {
 
 // keyStatus is the state of a key at a given time, by the handler's own
 // rules, so that list and the handler never disagree.
-func keyStatus(k *key, now time.Time) string {
+func keyStatus(k *Key, now time.Time) string {
 	switch {
 	case k.revoked:
 		return "revoked"
@@ -407,7 +407,7 @@ type listedKey struct {
 // It validates the file as the handler does, so that a file list shows is
 // one the handler loads, and returns the records with their keys (in the
 // same order).
-func readRecords(path string) ([]docRecord, *keySet, error) {
+func readRecords(path string) ([]docRecord, *KeySet, error) {
 	if path == "" {
 		return nil, nil, errors.New("--file is required")
 	}
@@ -500,12 +500,12 @@ const minIDPrefix = 4
 // key_prefix, or a prefix of its id of at least minIDPrefix characters.
 func revokeKey(w, stderr io.Writer, path, ref string, now time.Time) error {
 	var (
-		revoked        record
+		revoked        Record
 		alreadyRevoked string
 	)
 	err := editNamedKey(stderr, path, ref, "revoke", func(doc *keyDoc, i int) error {
 		rec := &doc.records[i]
-		revoked = rec.record
+		revoked = rec.Record
 		if rec.RevokedAt != nil {
 			// Keep the first revocation time: it is the one that matters
 			// for an audit.
@@ -620,15 +620,15 @@ func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) erro
 	}
 
 	var (
-		old     record // the replaced key, as it was
-		added   record // its replacement
+		old     Record // the replaced key, as it was
+		added   Record // its replacement
 		oldNote string // what became of the old key
 	)
 	err = editNamedKey(stderr, opts.File, opts.Ref, "rotate", func(doc *keyDoc, i int) error {
 		rec := &doc.records[i]
-		old = rec.record
-		var k key
-		if _, err := k.fill(&rec.record); err != nil {
+		old = rec.Record
+		var k Key
+		if _, err := k.fill(&rec.Record); err != nil {
 			return err // cannot happen: the file was checked whole
 		}
 		who := fmt.Sprintf("key %s %q (%s)", printable(rec.ID), printable(rec.Label), printable(rec.KeyPrefix))
@@ -645,11 +645,11 @@ func rotateKey(stdout, stderr io.Writer, opts rotateOptions, now time.Time) erro
 			return fmt.Errorf("%s was already rotated: key %s (%s) replaces it; rotate that one instead, or revoke the old one to end its grace", who, printable(next.ID), printable(next.KeyPrefix))
 		}
 		oldID := strings.Clone(rec.ID)
-		next, err := newKeyRecord(doc, raw, record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: timestamp(expiresAt), RotatedFrom: &oldID}, now)
+		next, err := newKeyRecord(doc, raw, Record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: timestamp(expiresAt), RotatedFrom: &oldID}, now)
 		if err != nil {
 			return err
 		}
-		added = next.record
+		added = next.Record
 		// The members this plugin does not know, as they are, in their
 		// order, after the known ones. (Read from a copy: the old record
 		// stays as its bytes if nothing changes it.)

@@ -782,14 +782,14 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 		start := time.Now().Truncate(time.Second).Add(-time.Hour)
 		for tick := range usageTicks {
 			used := start.Add(time.Duration(tick) * 2 * time.Second)
-			ks := store.current()
+			ks := store.KeySet()
 			for _, k := range base {
 				key, sum := ks.lookup(k.Raw)
 				if key == nil {
 					errs <- fmt.Errorf("tick %d: base key %s vanished from the key set", tick, k.record["label"])
 					return
 				}
-				store.markUsed(key, sum, used.UnixNano())
+				store.MarkUsed(key, sum, used.UnixNano())
 			}
 			store.writeUsage(true)
 			if err := store.load(); err != nil {

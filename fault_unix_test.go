@@ -44,11 +44,11 @@ func runFullDiskChild(arg string) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limited); err != nil {
 		fail("setrlimit: %v", err)
 	}
-	k, sum := s.current().lookup(raw)
+	k, sum := s.KeySet().lookup(raw)
 	if k == nil {
 		fail("key not found")
 	}
-	s.markUsed(k, sum, time.Now().UnixNano())
+	s.MarkUsed(k, sum, time.Now().UnixNano())
 	s.writeUsage(true)
 	if w := s.writes.Load(); w != 0 {
 		fail("the write succeeded past the size limit")
@@ -64,7 +64,7 @@ func runFullDiskChild(arg string) {
 	if len(leftovers) > 0 {
 		fail("temporary files left behind: %v", leftovers)
 	}
-	if k, _ := s.current().lookup(raw); k == nil {
+	if k, _ := s.KeySet().lookup(raw); k == nil {
 		fail("authentication stopped with the disk full")
 	}
 

@@ -72,7 +72,7 @@ func FuzzParseKeySet(f *testing.F) {
 }
 
 // sameKeys checks that two key sets hold the same keys, in the same order.
-func sameKeys(t *testing.T, ks, other *keySet) {
+func sameKeys(t *testing.T, ks, other *KeySet) {
 	t.Helper()
 	if len(other.keys) != len(ks.keys) {
 		t.Fatalf("%d keys, want %d", len(other.keys), len(ks.keys))
@@ -98,12 +98,12 @@ func sameAsEncodingJSON(t *testing.T, data []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var want []record
+	var want []Record
 	if doc.bare {
 		err = json.Unmarshal(data, &want)
 	} else {
 		var top struct {
-			Keys []record `json:"api_keys"`
+			Keys []Record `json:"api_keys"`
 		}
 		err = json.Unmarshal(data, &top)
 		want = top.Keys
@@ -111,9 +111,9 @@ func sameAsEncodingJSON(t *testing.T, data []byte) {
 	if err != nil {
 		t.Fatalf("encoding/json refuses an accepted file: %v", err)
 	}
-	got := make([]record, len(doc.records))
+	got := make([]Record, len(doc.records))
 	for i := range doc.records {
-		got[i] = doc.records[i].record
+		got[i] = doc.records[i].Record
 	}
 	if len(got) != len(want) || (len(got) > 0 && !reflect.DeepEqual(got, want)) {
 		t.Fatalf("parseKeyDoc and encoding/json disagree:\ngot  %#v\nwant %#v", got, want)
@@ -199,11 +199,11 @@ func FuzzCredential(f *testing.F) {
 // fuzzKey is the one valid key of FuzzCredential's key set.
 const fuzzKey = "sk_fuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuz"
 
-var fuzzKeys *keySet
+var fuzzKeys *KeySet
 
-func fuzzKeySet(t *testing.T) *keySet {
+func fuzzKeySet(t *testing.T) *KeySet {
 	if fuzzKeys == nil {
-		fuzzKeys = mustBuildKeySet(t, record{ID: "fuzz", Label: "Fuzz", KeyHash: hashKey(fuzzKey), KeyPrefix: fuzzKey[:11]})
+		fuzzKeys = mustBuildKeySet(t, Record{ID: "fuzz", Label: "Fuzz", KeyHash: hashKey(fuzzKey), KeyPrefix: fuzzKey[:11]})
 	}
 	return fuzzKeys
 }

@@ -198,8 +198,8 @@ func newTestKey(label string, extra map[string]any) testKey {
 }
 
 // rec is the key's record, decoded.
-func (k testKey) rec() record {
-	var r record
+func (k testKey) rec() Record {
+	var r Record
 	data, err := json.Marshal(k.record)
 	if err == nil {
 		err = json.Unmarshal(data, &r)
@@ -475,7 +475,7 @@ func setUsageInterval(s *keyStore, d time.Duration) {
 
 // newMemoryHandler sets h up as Provision does (setup), but on the in-memory
 // key set ks instead of a key file's store, and with no logging.
-func newMemoryHandler(h *Handler, ks *keySet) *Handler {
+func newMemoryHandler(h *Handler, ks *KeySet) *Handler {
 	if err := h.setup(); err != nil {
 		panic(err)
 	}
@@ -488,11 +488,11 @@ func newMemoryHandler(h *Handler, ks *keySet) *Handler {
 }
 
 // mustBuildKeySet builds the key set of records, failing the test on an error.
-func mustBuildKeySet(t testing.TB, records ...record) *keySet {
+func mustBuildKeySet(t testing.TB, records ...Record) *KeySet {
 	t.Helper()
 	docs := make([]docRecord, len(records))
 	for i := range records {
-		docs[i].record = records[i]
+		docs[i].Record = records[i]
 	}
 	ks, err := buildKeySet(docs)
 	if err != nil {

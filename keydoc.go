@@ -28,7 +28,7 @@ type member struct {
 
 // docRecord is one record of a keyDoc: decoded, and as JSON.
 type docRecord struct {
-	record
+	Record
 	raw     []byte   // the record as read, while no edit has touched it
 	members []member // its members, once an edit has split it
 }
@@ -39,12 +39,12 @@ func newKeyDoc() *keyDoc {
 }
 
 // newDocRecord makes the record to add for rec.
-func newDocRecord(rec record) (docRecord, error) {
+func newDocRecord(rec Record) (docRecord, error) {
 	raw, err := json.Marshal(rec)
 	if err != nil {
 		return docRecord{}, err
 	}
-	r := docRecord{record: rec, raw: raw}
+	r := docRecord{Record: rec, raw: raw}
 	r.split()
 	return r, nil
 }

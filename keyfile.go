@@ -23,13 +23,13 @@ import (
 // top-level member lies is noted, so that a writer keeps what it does not
 // change as the bytes it was (see keydoc.go).
 
-// record is one API key as the key file stores it. The members are those of
+// Record is one API key as the key file stores it. The members are those of
 // the reference application's records, plus the optional lifecycle members
 // expires_at, revoked_at and scopes (absent means "no limit"), and
 // rotated_from, the id of the key that `caddy apikey rotate` made this one
 // to replace (for people and scripts: the handler does not use it). Members
 // it does not know stay in the file: keyDoc keeps them.
-type record struct {
+type Record struct {
 	ID          string   `json:"id"`
 	Label       string   `json:"label"`
 	KeyHash     string   `json:"key_hash"`
@@ -115,7 +115,7 @@ func parseKeyDoc(data []byte) (*keyDoc, error) {
 // until its key is made. sizeHint (the file's size) sizes the key set. Its
 // errors name no position: readKeySet reads a refused file again with
 // parseKeyDoc for that.
-func decodeKeySet(r io.Reader, sizeHint int64) (*keySet, error) {
+func decodeKeySet(r io.Reader, sizeHint int64) (*KeySet, error) {
 	d := &keyFileDecoder{dec: jsontext.NewDecoder(r, decoderOptions...)}
 	b := newKeySetBuilder(int(sizeHint / 300))
 	// One decoder for the records, reset for each; their strings are views
@@ -138,7 +138,7 @@ func decodeKeySet(r io.Reader, sizeHint int64) (*keySet, error) {
 			if err := in.record(&rec, n); err != nil {
 				return err
 			}
-			return b.add(&rec.record, n)
+			return b.add(&rec.Record, n)
 		})
 	if err != nil {
 		return nil, err
@@ -367,7 +367,7 @@ func recordError(n int, id string, err error) error {
 }
 
 // setField decodes the raw value v of the known member name into r.
-func (r *record) setField(name string, v jsontext.Value) error {
+func (r *Record) setField(name string, v jsontext.Value) error {
 	var str *string  // a member that is a string (null reads as "")
 	var ptr **string // a member that is a string or null
 	switch name {

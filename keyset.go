@@ -11,9 +11,9 @@ import (
 	"unsafe"
 )
 
-// key is the in-memory form of one usable record: what the request path
+// Key is the in-memory form of one usable record: what the request path
 // needs and nothing more, so that a million keys stay small.
-type key struct {
+type Key struct {
 	ID     string
 	Label  string
 	Prefix string
@@ -32,17 +32,17 @@ type key struct {
 
 // expired reports whether the key is past its expires_at at time now
 // (unix nanoseconds).
-func (k *key) expired(now int64) bool {
+func (k *Key) expired(now int64) bool {
 	return k.expires && now >= k.expiresAt
 }
 
 // hasScope reports whether the key holds scope s.
-func (k *key) hasScope(s string) bool { return slices.Contains(k.Scopes, s) }
+func (k *Key) hasScope(s string) bool { return slices.Contains(k.Scopes, s) }
 
 // placeholder provides the {http.auth.user.*} placeholders of a request
 // authenticated with this key. Registering one provider per request (rather
 // than four replacer.Set calls) keeps the hot path to a single allocation.
-func (k *key) placeholder(name string) (any, bool) {
+func (k *Key) placeholder(name string) (any, bool) {
 	switch name {
 	case "http.auth.user.id":
 		return k.ID, true
@@ -56,24 +56,24 @@ func (k *key) placeholder(name string) (any, bool) {
 	return nil, false
 }
 
-// keySet is an immutable snapshot of a key file. Requests read it through an
+// KeySet is an immutable snapshot of a key file. Requests read it through an
 // atomic pointer, so a reload swaps all keys at once.
-type keySet struct {
+type KeySet struct {
 	byHash map[[sha256.Size]byte]int32 // index in keys: no pointers for the GC to scan
-	keys   []key
+	keys   []Key
 }
 
-// keySource is what the request path needs of a key store: the key set in
+// Store is what the request path needs of a key store: the key set in
 // force, read without I/O, and a place to note a key's use, which must not
 // block. The key file's store (keyStore, store.go) is one.
-type keySource interface {
-	current() *keySet
-	markUsed(k *key, sum [sha256.Size]byte, now int64)
+type Store interface {
+	KeySet() *KeySet
+	MarkUsed(k *Key, sum [sha256.Size]byte, now int64)
 }
 
 // lookup finds the key whose SHA-256 matches the presented raw key: one hash
 // and one map probe, whatever the number of keys.
-func (ks *keySet) lookup(raw string) (*key, [sha256.Size]byte) {
+func (ks *KeySet) lookup(raw string) (*Key, [sha256.Size]byte) {
 	// Hash the string's bytes in place: Sum256 neither keeps nor changes
 	// them, and copying a header-sized key would cost an allocation.
 	sum := sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
@@ -81,7 +81,7 @@ func (ks *keySet) lookup(raw string) (*key, [sha256.Size]byte) {
 }
 
 // find returns the key whose hash is sum, or nil.
-func (ks *keySet) find(sum [sha256.Size]byte) *key {
+func (ks *KeySet) find(sum [sha256.Size]byte) *Key {
 	if i, ok := ks.byHash[sum]; ok {
 		return &ks.keys[i]
 	}
@@ -97,7 +97,7 @@ func hashKey(raw string) string {
 // readKeySet reads and checks a key file, as a stream (see decodeKeySet).
 // A file it refuses is read again whole, for an error that names the place
 // of the problem.
-func readKeySet(path string) (*keySet, error) {
+func readKeySet(path string) (*KeySet, error) {
 	f, fi, err := openKeyFile(path)
 	if err != nil {
 		return nil, &keyFileError{path: path, err: err}
@@ -118,14 +118,14 @@ func readKeySet(path string) (*keySet, error) {
 }
 
 // parseKeySet decodes and checks the contents of a key file.
-func parseKeySet(data []byte) (*keySet, error) {
+func parseKeySet(data []byte) (*KeySet, error) {
 	_, ks, err := parseKeyFile(data)
 	return ks, err
 }
 
 // parseKeyFile decodes and checks the contents of a key file, and returns
 // both its document (for writers) and its key set.
-func parseKeyFile(data []byte) (*keyDoc, *keySet, error) {
+func parseKeyFile(data []byte) (*keyDoc, *KeySet, error) {
 	doc, err := parseKeyDoc(data)
 	if err != nil {
 		return nil, nil, err
@@ -138,10 +138,10 @@ func parseKeyFile(data []byte) (*keyDoc, *keySet, error) {
 }
 
 // buildKeySet checks the records' values and indexes them by hash.
-func buildKeySet(records []docRecord) (*keySet, error) {
+func buildKeySet(records []docRecord) (*KeySet, error) {
 	b := newKeySetBuilder(len(records))
 	for i := range records {
-		if err := b.add(&records[i].record, i+1); err != nil {
+		if err := b.add(&records[i].Record, i+1); err != nil {
 			return nil, err
 		}
 	}
@@ -152,27 +152,27 @@ func buildKeySet(records []docRecord) (*keySet, error) {
 // record has a unique id and a unique, well-formed key_hash, ISO 8601 times
 // and well-formed scopes.
 type keySetBuilder struct {
-	ks  *keySet
+	ks  *KeySet
 	ids map[string]int // record number by id
 }
 
 func newKeySetBuilder(sizeHint int) *keySetBuilder {
 	return &keySetBuilder{
-		ks:  &keySet{byHash: make(map[[sha256.Size]byte]int32, sizeHint), keys: make([]key, 0, sizeHint)},
+		ks:  &KeySet{byHash: make(map[[sha256.Size]byte]int32, sizeHint), keys: make([]Key, 0, sizeHint)},
 		ids: make(map[string]int, sizeHint),
 	}
 }
 
 // add checks the n-th record and adds its key. The record's strings may be
 // views of bytes that change after add returns: the key keeps copies.
-func (b *keySetBuilder) add(rec *record, n int) error {
+func (b *keySetBuilder) add(rec *Record, n int) error {
 	if rec.ID == "" {
 		return fmt.Errorf(`record %d: "id" is missing or empty`, n)
 	}
 	if first, dup := b.ids[rec.ID]; dup {
 		return fmt.Errorf("record %d: id %q is already used by record %d", n, rec.ID, first)
 	}
-	b.ks.keys = append(b.ks.keys, key{})
+	b.ks.keys = append(b.ks.keys, Key{})
 	k := &b.ks.keys[len(b.ks.keys)-1]
 	sum, err := k.fill(rec)
 	if err != nil {
@@ -188,7 +188,7 @@ func (b *keySetBuilder) add(rec *record, n int) error {
 
 // fill checks one record's values and makes k its key; it returns the
 // key's hash.
-func (k *key) fill(rec *record) ([sha256.Size]byte, error) {
+func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 	// The record's strings may be views of the file's bytes (see unquote)
 	// or of a reused buffer: the key keeps copies.
 	k.ID, k.Label, k.Prefix = strings.Clone(rec.ID), strings.Clone(rec.Label), strings.Clone(rec.KeyPrefix)

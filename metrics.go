@@ -186,7 +186,7 @@ func (m *storeMetrics) release() {
 
 // loaded records that the key set ks was put in force at time at: its keys
 // by state, expiry judged at that time.
-func (m *storeMetrics) loaded(ks *keySet, at time.Time) {
+func (m *storeMetrics) loaded(ks *KeySet, at time.Time) {
 	if m == nil {
 		return
 	}

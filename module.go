@@ -97,7 +97,7 @@ type Handler struct {
 	// loads only.
 	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
 
-	store   keySource // the key set and usage tracking; a key file's store
+	store   Store // the key set and usage tracking; a key file's store
 	lease   *storeLease
 	sources []credentialSource
 	query   string
@@ -325,7 +325,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, r, h.ambiguousKey, nil)
 	}
 
-	ks := h.store.current()
+	ks := h.store.KeySet()
 	key, sum := ks.lookup(cred.key)
 	if key == nil {
 		return h.refuse(w, r, h.invalidKey, nil)
@@ -343,7 +343,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
-	h.store.markUsed(key, sum, now)
+	h.store.MarkUsed(key, sum, now)
 	h.count(resultOK)
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Map(key.placeholder)
@@ -356,7 +356,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // refuse answers a request that may not pass. key is the key that was
 // presented, if it matched a record: it is logged by id, label and prefix;
 // the raw key never is.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *key) error {
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *Key) error {
 	h.count(why.result)
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
 		fields := []zap.Field{zap.String("code", why.code), zap.String("remote_ip", r.RemoteAddr)}

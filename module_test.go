@@ -24,10 +24,10 @@ func TestServeHTTP(t *testing.T) {
 	)
 	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
 	ks := mustBuildKeySet(t,
-		record{ID: "id-good", Label: "Good", KeyHash: hashKey(good), KeyPrefix: good[:11], Scopes: []string{"read", "write"}},
-		record{ID: "id-revoked", Label: "Revoked", KeyHash: hashKey(revoked), KeyPrefix: revoked[:11], RevokedAt: &past},
-		record{ID: "id-expired", Label: "Expired", KeyHash: hashKey(expired), KeyPrefix: expired[:11], ExpiresAt: &past},
-		record{ID: "id-reader", Label: "Reader", KeyHash: hashKey(reader), KeyPrefix: reader[:11], Scopes: []string{"read"}},
+		Record{ID: "id-good", Label: "Good", KeyHash: hashKey(good), KeyPrefix: good[:11], Scopes: []string{"read", "write"}},
+		Record{ID: "id-revoked", Label: "Revoked", KeyHash: hashKey(revoked), KeyPrefix: revoked[:11], RevokedAt: &past},
+		Record{ID: "id-expired", Label: "Expired", KeyHash: hashKey(expired), KeyPrefix: expired[:11], ExpiresAt: &past},
+		Record{ID: "id-reader", Label: "Reader", KeyHash: hashKey(reader), KeyPrefix: reader[:11], Scopes: []string{"read"}},
 	)
 	const (
 		authRequired = `{"success":false,"error":{"code":"AUTH_REQUIRED","message":"API key is required. Pass via Authorization: Bearer header, X-API-Key header or ?api_key= query parameter."}}`

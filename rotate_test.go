@@ -42,7 +42,7 @@ func newRecordOf(t testing.TB, path, raw string) docRecord {
 	recs := readKeyDoc(t, path).records
 	last := recs[len(recs)-1]
 	if last.KeyHash != hashKey(raw) {
-		t.Fatalf("the last record is not the new key's: %+v", last.record)
+		t.Fatalf("the last record is not the new key's: %+v", last.Record)
 	}
 	return last
 }
@@ -94,7 +94,7 @@ func TestCommandRotate(t *testing.T) {
 		t.Errorf("new id = %q, want a new UUID", nr.ID)
 	}
 	if nr.Label != "CI deploy" || !slices.Equal(nr.Scopes, []string{"deploy", "read"}) || nr.KeyPrefix != raw[:11] {
-		t.Errorf("new record = %+v", nr.record)
+		t.Errorf("new record = %+v", nr.Record)
 	}
 	if nr.CreatedAt == nil || *nr.CreatedAt != formatTimestamp(cmdNow) || string(members.get("last_used_at")) != "null" {
 		t.Errorf("created_at = %v, last_used_at = %s", nr.CreatedAt, members.get("last_used_at"))

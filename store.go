@@ -110,7 +110,7 @@ type keyStore struct {
 	path     string
 	logger   *zap.Logger // nil: Caddy's current logger (see log)
 	now      func() time.Time
-	keys     atomic.Pointer[keySet]
+	keys     atomic.Pointer[KeySet]
 	settings atomic.Pointer[storeSettings]
 	metrics  *storeMetrics // nil: a store made outside Caddy, not counted
 	unmetric sync.Once     // releases metrics
@@ -417,7 +417,7 @@ func sameVersion(a, b fs.FileInfo) bool {
 
 // carryUsage moves the usage cells of keys that are still the same key (same
 // hash, same id) into the new key set, so their throttle state survives.
-func carryUsage(old, next *keySet) {
+func carryUsage(old, next *KeySet) {
 	for sum, i := range next.byHash {
 		k := &next.keys[i]
 		if prev := old.find(sum); prev != nil && prev.ID == k.ID {
@@ -428,13 +428,13 @@ func carryUsage(old, next *keySet) {
 	}
 }
 
-// current returns the key set in force.
-func (s *keyStore) current() *keySet { return s.keys.Load() }
+// KeySet returns the key set in force.
+func (s *keyStore) KeySet() *KeySet { return s.keys.Load() }
 
-// markUsed records a use of key k (whose hash is sum) at now. It never
+// MarkUsed records a use of key k (whose hash is sum) at now. It never
 // blocks on the disk: at worst it appends to a slice under a short lock,
 // once per key per write cycle.
-func (s *keyStore) markUsed(k *key, sum [sha256.Size]byte, now int64) {
+func (s *keyStore) MarkUsed(k *Key, sum [sha256.Size]byte, now int64) {
 	if s.settings.Load().usage.off {
 		return
 	}

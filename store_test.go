@@ -18,7 +18,7 @@ var (
 )
 
 // mustParse parses a key file's contents, failing the test on an error.
-func mustParse(t *testing.T, data string) *keySet {
+func mustParse(t *testing.T, data string) *KeySet {
 	t.Helper()
 	ks, err := parseKeySet([]byte(data))
 	if err != nil {

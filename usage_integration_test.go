@@ -153,9 +153,9 @@ func runCrashWriter(path string) {
 	now := time.Now().UnixNano()
 	for {
 		now += int64(2 * time.Second)
-		ks := s.current()
+		ks := s.KeySet()
 		for sum := range ks.byHash {
-			s.markUsed(ks.find(sum), sum, now)
+			s.MarkUsed(ks.find(sum), sum, now)
 		}
 		s.writeUsage(true)
 	}

@@ -45,11 +45,11 @@ func newTestStore(t *testing.T, path string, usageInterval time.Duration) (*keyS
 // use records a use of raw at the clock's time, as the handler does.
 func use(t *testing.T, s *keyStore, clock *fakeClock, raw string) {
 	t.Helper()
-	k, sum := s.current().lookup(raw)
+	k, sum := s.KeySet().lookup(raw)
 	if k == nil {
 		t.Fatalf("key %s… not in the key set", raw[:11])
 	}
-	s.markUsed(k, sum, clock.now().UnixNano())
+	s.MarkUsed(k, sum, clock.now().UnixNano())
 }
 
 func TestUsageThrottle(t *testing.T) {
@@ -258,7 +258,7 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 	if n := logs.FilterMessageSnippet("cannot write last-used times").Len(); n != 1 {
 		t.Fatalf("write failure logged %d times over 5 flushes, want once", n)
 	}
-	if lk, _ := s.current().lookup(k.Raw); lk == nil {
+	if lk, _ := s.KeySet().lookup(k.Raw); lk == nil {
 		t.Fatal("authentication stopped working when the file could not be written")
 	}
 	if got := lastUsed(t, path, k.record["id"].(string)); got != "" {
@@ -281,7 +281,7 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 	a, b := newTestKey("a", nil), newTestKey("b", nil)
 	path := writeKeys(t, "", a)
 	s, _, logs := newTestStore(t, path, -1)
-	admits := func(raw string) bool { k, _ := s.current().lookup(raw); return k != nil && !k.revoked }
+	admits := func(raw string) bool { k, _ := s.KeySet().lookup(raw); return k != nil && !k.revoked }
 
 	// A good change is picked up.
 	writeKeys(t, path, a, b)
@@ -379,8 +379,8 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	if got, want := *s.settings.Load(), (storeSettings{usage: interval{every: time.Hour}, reload: interval{every: time.Second}}); got != want {
 		t.Fatalf("effective settings %+v; want %+v", got, want)
 	}
-	key, sum := s.current().lookup(k.Raw)
-	s.markUsed(key, sum, time.Now().UnixNano())
+	key, sum := s.KeySet().lookup(k.Raw)
+	s.MarkUsed(key, sum, time.Now().UnixNano())
 
 	// A config reload releases the old handler: its pending use is
 	// written at once, though the interval is an hour, and its settings
@@ -398,7 +398,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	default:
 	}
 	later := time.Now().Add(2 * time.Second)
-	s.markUsed(key, sum, later.UnixNano())
+	s.MarkUsed(key, sum, later.UnixNano())
 	l2.release()
 	select {
 	case <-s.done:
@@ -449,7 +449,7 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
-	if k, _ := s.current().lookup(b.Raw); k == nil || !k.revoked {
+	if k, _ := s.KeySet().lookup(b.Raw); k == nil || !k.revoked {
 		t.Fatal("the revocation is not in force")
 	}
 }
@@ -490,10 +490,10 @@ func TestReloadFollowsASwappedSymlink(t *testing.T) {
 	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
-	if k, _ := s.current().lookup(b.Raw); k == nil {
+	if k, _ := s.KeySet().lookup(b.Raw); k == nil {
 		t.Fatal("the new version behind the link is not in force")
 	}
-	if k, _ := s.current().lookup(a.Raw); k != nil {
+	if k, _ := s.KeySet().lookup(a.Raw); k != nil {
 		t.Fatal("the old version is still in force")
 	}
 }
