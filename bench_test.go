@@ -324,8 +324,8 @@ func BenchmarkUsageWrite(b *testing.B) {
 		s.writeUsage(false)
 	}
 	b.StopTimer()
-	if s.writeFailing || len(s.waiting) != 0 {
-		b.Fatalf("usage write failed: %d keys still waiting", len(s.waiting))
+	if s.writeFailing || len(s.usage.waiting) != 0 {
+		b.Fatalf("usage write failed: %d keys still waiting", len(s.usage.waiting))
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -35,12 +35,11 @@ var cmdNow = time.Date(2026, 11, 25, 20, 14, 31, 123456000, time.UTC)
 // alone on its line and that stderr never shows it.
 func mustAdd(t testing.TB, path string, opts addOptions) string {
 	t.Helper()
-	opts.File = path
 	if opts.Label == "" {
 		opts.Label = "test key"
 	}
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, opts, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, fileRecords{path}, opts, cmdNow); err != nil {
 		t.Fatalf("add: %v", err)
 	}
 	raw, ok := strings.CutSuffix(stdout.String(), "\n")
@@ -63,7 +62,7 @@ func writeFile(t testing.TB, path, content string) {
 func TestCommandAddCreatesFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, addOptions{File: path, Label: "CI deploy"}, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "CI deploy"}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSuffix(stdout.String(), "\n")
@@ -241,18 +240,21 @@ func TestCommandAddRefusesBadInput(t *testing.T) {
 		opts    addOptions
 		wantErr string
 	}{
-		{"no file", addOptions{Label: "x"}, "--file is required"},
-		{"no label", addOptions{File: path}, "--label is required"},
-		{"blank label", addOptions{File: path, Label: "  "}, "--label is required"},
-		{"bad duration", addOptions{File: path, Label: "x", Expires: "soon"}, "--expires"},
-		{"past time", addOptions{File: path, Label: "x", Expires: "2001-01-01T00:00:00Z"}, "in the past"},
-		{"empty scope", addOptions{File: path, Label: "x", Scopes: []string{"read,"}}, "--scope"},
-		{"scope with space", addOptions{File: path, Label: "x", Scopes: []string{"read write"}}, "--scope"},
-		{"missing folder", addOptions{File: filepath.Join(dir, "nope", "keys.json"), Label: "x"}, "nope"},
+		{"no label", addOptions{}, "label is required (--label)"},
+		{"blank label", addOptions{Label: "  "}, "label is required (--label)"},
+		{"bad duration", addOptions{Label: "x", Expires: "soon"}, "--expires"},
+		{"past time", addOptions{Label: "x", Expires: "2001-01-01T00:00:00Z"}, "in the past"},
+		{"empty scope", addOptions{Label: "x", Scopes: []string{"read,"}}, "--scope"},
+		{"scope with space", addOptions{Label: "x", Scopes: []string{"read write"}}, "--scope"},
+		{"missing folder", addOptions{Label: "x"}, "nope"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			err := addKey(&stdout, &stderr, tc.opts, cmdNow)
+			st := fileRecords{path}
+			if tc.name == "missing folder" {
+				st = fileRecords{filepath.Join(dir, "nope", "keys.json")}
+			}
+			err := addKey(&stdout, &stderr, st, tc.opts, cmdNow)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("error = %v, want one saying %q", err, tc.wantErr)
 			}
@@ -281,7 +283,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			writeFile(t, path, content)
 			var out, errOut bytes.Buffer
 
-			err := addKey(&out, &errOut, addOptions{File: path, Label: "x"}, cmdNow)
+			err := addKey(&out, &errOut, fileRecords{path}, addOptions{Label: "x"}, cmdNow)
 			var kfe *keyFileError
 			if !errors.As(err, &kfe) || !strings.Contains(err.Error(), path) {
 				t.Errorf("add: error = %v, want a keyFileError naming the file", err)
@@ -289,10 +291,10 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			if out.Len() != 0 {
 				t.Errorf("add printed a key for a file it did not write: %q", out.String())
 			}
-			if err := revokeKey(&out, io.Discard, path, k.record["id"].(string), cmdNow); !errors.As(err, &kfe) {
+			if err := revokeKey(&out, io.Discard, fileRecords{path}, k.record["id"].(string), cmdNow); !errors.As(err, &kfe) {
 				t.Errorf("revoke: error = %v, want a keyFileError", err)
 			}
-			if err := listKeys(&out, path, false, cmdNow); !errors.As(err, &kfe) {
+			if err := listKeys(&out, fileRecords{path}, false, cmdNow); !errors.As(err, &kfe) {
 				t.Errorf("list: error = %v, want a keyFileError", err)
 			}
 			if got := readFile(t, path); got != content {
@@ -304,7 +306,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 	t.Run("JSON error position", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
 		writeFile(t, path, "{\"api_keys\": [\n  {\"id\": \"a\",}\n]}\n")
-		err := listKeys(new(bytes.Buffer), path, false, cmdNow)
+		err := listKeys(new(bytes.Buffer), fileRecords{path}, false, cmdNow)
 		if err == nil || !strings.Contains(err.Error(), "line 2") {
 			t.Fatalf("error = %v, want the line of the syntax error", err)
 		}
@@ -316,17 +318,14 @@ func TestCommandsMissingFile(t *testing.T) {
 	var out bytes.Buffer
 	// Worded as every other key-file error, the path said once.
 	wantMsg := "key file " + path + ": no such file or directory"
-	if err := listKeys(&out, path, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
+	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
 		t.Errorf("list: error = %v, want not-exist: %q", err, wantMsg)
 	}
-	if err := listKeys(&out, "", false, cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
-		t.Errorf("list without --file: error = %v", err)
+	if _, err := openRecordStore("", "", ""); err == nil || !strings.Contains(err.Error(), "--file") {
+		t.Errorf("without --file: error = %v", err)
 	}
-	if err := revokeKey(&out, io.Discard, path, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
+	if err := revokeKey(&out, io.Discard, fileRecords{path}, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
 		t.Errorf("revoke: error = %v, want not-exist: %q", err, wantMsg)
-	}
-	if err := revokeKey(&out, io.Discard, "", "sk_AbCdEfGh", cmdNow); err == nil || !strings.Contains(err.Error(), "--file") {
-		t.Errorf("revoke without --file: error = %v", err)
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Error("revoke created the missing key file")
@@ -353,7 +352,7 @@ func listFixture(t *testing.T) (string, []testKey) {
 func TestCommandListTable(t *testing.T) {
 	path, keys := listFixture(t)
 	var out bytes.Buffer
-	if err := listKeys(&out, path, false, cmdNow); err != nil {
+	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	text := out.String()
@@ -390,7 +389,7 @@ func TestCommandListTable(t *testing.T) {
 func TestCommandListJSON(t *testing.T) {
 	path, keys := listFixture(t)
 	var out bytes.Buffer
-	if err := listKeys(&out, path, true, cmdNow); err != nil {
+	if err := listKeys(&out, fileRecords{path}, true, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	var listed []map[string]any
@@ -437,7 +436,7 @@ func TestCommandListJSON(t *testing.T) {
 	// An empty key file lists as an empty array, not null.
 	empty := writeKeys(t, "")
 	out.Reset()
-	if err := listKeys(&out, empty, true, cmdNow); err != nil || strings.TrimSpace(out.String()) != "[]" {
+	if err := listKeys(&out, fileRecords{empty}, true, cmdNow); err != nil || strings.TrimSpace(out.String()) != "[]" {
 		t.Fatalf("empty file: %q, %v", out.String(), err)
 	}
 }
@@ -467,7 +466,7 @@ func TestCommandRevoke(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path, keys := revokeFixture(t)
 			var out bytes.Buffer
-			if err := revokeKey(&out, io.Discard, path, tc.ref, cmdNow); err != nil {
+			if err := revokeKey(&out, io.Discard, fileRecords{path}, tc.ref, cmdNow); err != nil {
 				t.Fatal(err)
 			}
 			for _, k := range keys {
@@ -491,7 +490,7 @@ func TestCommandRevoke(t *testing.T) {
 		first := mustAdd(t, path, addOptions{Label: "one"})
 		second := mustAdd(t, path, addOptions{Label: "two"})
 		var out bytes.Buffer
-		if err := revokeKey(&out, io.Discard, path, second[:11], cmdNow); err != nil {
+		if err := revokeKey(&out, io.Discard, fileRecords{path}, second[:11], cmdNow); err != nil {
 			t.Fatal(err)
 		}
 		ks, err := readKeySet(path)
@@ -526,7 +525,7 @@ func TestCommandRevokeRefusals(t *testing.T) {
 			path, _ := revokeFixture(t)
 			before := readFile(t, path)
 			var out bytes.Buffer
-			err := revokeKey(&out, io.Discard, path, tc.ref, cmdNow)
+			err := revokeKey(&out, io.Discard, fileRecords{path}, tc.ref, cmdNow)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -551,12 +550,12 @@ func TestCommandRevokeTwice(t *testing.T) {
 	path, keys := revokeFixture(t)
 	id := keys[0].record["id"].(string)
 	var out bytes.Buffer
-	if err := revokeKey(&out, io.Discard, path, id, cmdNow); err != nil {
+	if err := revokeKey(&out, io.Discard, fileRecords{path}, id, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	before := readFile(t, path)
 	out.Reset()
-	if err := revokeKey(&out, io.Discard, path, id, cmdNow.Add(time.Hour)); err != nil {
+	if err := revokeKey(&out, io.Discard, fileRecords{path}, id, cmdNow.Add(time.Hour)); err != nil {
 		t.Fatalf("second revoke: %v", err)
 	}
 	if !strings.Contains(out.String(), "already revoked") || !strings.Contains(out.String(), formatTimestamp(cmdNow)) {
@@ -582,7 +581,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`], "meta": {"owner": "platform"}}`)
 
 	raw := mustAdd(t, path, addOptions{Label: "new"})
-	if err := revokeKey(new(bytes.Buffer), io.Discard, path, k.record["id"].(string), cmdNow); err != nil {
+	if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, k.record["id"].(string), cmdNow); err != nil {
 		t.Fatal(err)
 	}
 
@@ -758,7 +757,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 		wg.Go(func() {
 			for i := range addsEach {
 				var stdout, stderr bytes.Buffer
-				if err := addKey(&stdout, &stderr, addOptions{File: path, Label: fmt.Sprintf("added %d/%d", a, i)}, time.Now()); err != nil {
+				if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: fmt.Sprintf("added %d/%d", a, i)}, time.Now()); err != nil {
 					errs <- fmt.Errorf("add: %w", err)
 					continue
 				}
@@ -770,7 +769,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	for i := range revoked {
 		wg.Go(func() {
-			if err := revokeKey(new(bytes.Buffer), io.Discard, path, base[i].record["id"].(string), time.Now()); err != nil {
+			if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, base[i].record["id"].(string), time.Now()); err != nil {
 				errs <- fmt.Errorf("revoke: %w", err)
 			}
 		})

@@ -21,7 +21,6 @@ func provisionTestHandler(t *testing.T, h *Handler) *Handler {
 	if err := h.Provision(ctx); err != nil {
 		t.Fatalf("Provision: %v", err)
 	}
-	t.Cleanup(func() { _ = h.Cleanup() })
 	if err := h.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
@@ -152,7 +151,6 @@ func TestCredentialNoSourceIsInvalid(t *testing.T) {
 	defer cancel()
 	// Refused before the key file is loaded and watched for nothing.
 	err := h.Provision(ctx)
-	defer h.Cleanup()
 	if err == nil || !strings.Contains(err.Error(), "no credential source") {
 		t.Fatalf("a handler that reads no source was provisioned (error %v)", err)
 	}

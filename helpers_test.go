@@ -467,7 +467,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // setUsageInterval sets a store's usage interval as a handler's
 // usage_interval would (negative: off), with reloading off.
 func setUsageInterval(s *keyStore, d time.Duration) {
-	s.settings.Store(&storeSettings{
+	s.leases.settings.Store(&storeSettings{
 		usage:  intervalSetting(caddy.Duration(d), defaultUsageInterval),
 		reload: interval{off: true},
 	})
@@ -483,7 +483,7 @@ func newMemoryHandler(h *Handler, ks *KeySet) *Handler {
 	s := newKeyStore("/nonexistent/keys.json", zap.NewNop())
 	setUsageInterval(s, defaultUsageInterval)
 	s.keys.Store(ks)
-	h.store = s
+	h.store = &FileStore{store: s}
 	return h
 }
 

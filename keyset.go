@@ -63,14 +63,6 @@ type KeySet struct {
 	keys   []Key
 }
 
-// Store is what the request path needs of a key store: the key set in
-// force, read without I/O, and a place to note a key's use, which must not
-// block. The key file's store (keyStore, store.go) is one.
-type Store interface {
-	KeySet() *KeySet
-	MarkUsed(k *Key, sum [sha256.Size]byte, now int64)
-}
-
 // lookup finds the key whose SHA-256 matches the presented raw key: one hash
 // and one map probe, whatever the number of keys.
 func (ks *KeySet) lookup(raw string) (*Key, [sha256.Size]byte) {

@@ -286,7 +286,7 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 	expectOK(t, "/", "hello existing", bearer(existing))
 
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, addOptions{File: path, Label: "live"}, time.Now()); err != nil {
+	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "live"}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSpace(stdout.String())
@@ -297,7 +297,7 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 	})
 	t.Logf("added key admitted after %s", time.Since(start).Round(time.Millisecond))
 
-	if err := revokeKey(new(bytes.Buffer), io.Discard, path, raw[:11], time.Now()); err != nil {
+	if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, raw[:11], time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	start = time.Now()

@@ -219,7 +219,7 @@ func TestCommandWaitsForTheLockAndSaysSo(t *testing.T) {
 	}
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
-	go func() { done <- addKey(&stdout, &stderr, addOptions{File: path, Label: "waited"}, time.Now()) }()
+	go func() { done <- addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "waited"}, time.Now()) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(stderr.String(), "Waiting for the lock on "+path) {
 		if time.Now().After(deadline) {

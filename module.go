@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -28,6 +27,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -50,8 +50,14 @@ func init() {
 // without a config reload. Last-used times are written back to it in the
 // background, at most once per key per usage_interval.
 type Handler struct {
-	// Path to the JSON key file. Required. Relative paths are relative to
-	// Caddy's working directory.
+	// The key store: a module in the http.handlers.apikey.stores
+	// namespace, named by its "backend" member ("file", "redis"). Give
+	// either store or keys_file.
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.apikey.stores inline_key=backend"`
+
+	// Path to a JSON key file: the shorthand for a file store, with the
+	// handler's usage_interval and reload_interval. Relative paths are
+	// relative to Caddy's working directory.
 	KeysFile string `json:"keys_file,omitempty"`
 
 	// Request headers to read the key from, in order; the first one that
@@ -141,8 +147,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets up the handler and takes a lease on the store of its key
-// file (shared with every other handler that uses the same file).
+// Provision sets up the handler and loads its store. Stores are shared:
+// handlers that use the same key file, or the same Redis key set, share
+// one key set in memory and one usage writer.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if err := h.setup(); err != nil {
@@ -152,18 +159,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// context, its header allowlists already set.
 	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	warnDroppedHeaders(h.logger, h.Headers, srv)
-	path, poolKey, err := keyFilePath(h.KeysFile)
-	if err != nil {
-		return err
+	if h.KeysFile != "" {
+		h.StoreRaw = caddyconfig.JSONModuleObject(FileStore{
+			Path:           h.KeysFile,
+			UsageInterval:  h.UsageInterval,
+			ReloadInterval: h.ReloadInterval,
+		}, "backend", "file", nil)
 	}
-	lease, err := acquireStore(path, poolKey, storeSettings{
-		usage:  intervalSetting(h.UsageInterval, defaultUsageInterval),
-		reload: intervalSetting(h.ReloadInterval, defaultReloadInterval),
-	})
+	mod, err := ctx.LoadModule(h, "StoreRaw")
 	if err != nil {
-		return err
+		return fmt.Errorf("loading the key store: %v", err)
 	}
-	h.lease, h.store = lease, lease.store
+	if h.store = mod.(Store); h.KeysFile != "" {
+		h.StoreRaw = nil // it was the shorthand's
+	}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		h.logger.Warn("cannot register the apikey metrics; they will not be on /metrics", zap.Error(err))
 	}
@@ -175,8 +184,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // credential sources and the refusals. It does no I/O and needs no Caddy
 // context, so tests, benchmarks and fuzz targets set a handler up with it.
 func (h *Handler) setup() error {
-	if h.KeysFile == "" {
-		return errors.New("keys_file is required")
+	switch {
+	case h.KeysFile == "" && h.StoreRaw == nil:
+		return errors.New("a key store is required: keys_file, or a store module")
+	case h.KeysFile != "" && h.StoreRaw != nil:
+		return errors.New("keys_file and store are both given; give one (keys_file is the shorthand for the file store)")
+	case h.StoreRaw != nil && (h.UsageInterval != 0 || h.ReloadInterval != 0):
+		return errors.New("usage_interval and reload_interval go in the store module when a store is given")
 	}
 	if h.Headers == nil {
 		h.Headers = defaultHeaders
@@ -215,42 +229,10 @@ func (h *Handler) setup() error {
 	return h.Validate()
 }
 
-// keyFilePath turns the configured keys_file into the path to watch and
-// the key of its store. Global placeholders ({env.*}) are replaced. The path
-// stays as configured (made absolute), so that the watcher follows a
-// symbolic link that is later pointed elsewhere (a Kubernetes ConfigMap, a
-// `ln -sfn` deploy); the store key goes through the links, so that two
-// spellings of one file share one store.
-func keyFilePath(configured string) (path, poolKey string, err error) {
-	replaced := caddy.NewReplacer().ReplaceAll(configured, "")
-	if replaced == "" {
-		return "", "", fmt.Errorf("keys_file %q is empty once its placeholders are replaced", configured)
-	}
-	if path, err = filepath.Abs(replaced); err != nil {
-		return "", "", fmt.Errorf("keys_file: %v", err)
-	}
-	poolKey = path
-	if real, err := filepath.EvalSymlinks(path); err == nil {
-		poolKey = real
-	}
-	return path, poolKey, nil
-}
-
 // Validate checks the handler's configuration.
 func (h *Handler) Validate() error {
 	if len(h.sources) == 0 && h.query == "" {
 		return errors.New("no credential source: configure at least one header or a query parameter")
-	}
-	return nil
-}
-
-// Cleanup writes the pending last-used times and releases the key file.
-// h.store stays set: a request still in flight (past the grace period) goes
-// on authenticating against the last key set instead of crashing.
-func (h *Handler) Cleanup() error {
-	if h.lease != nil {
-		h.lease.release()
-		h.lease = nil
 	}
 	return nil
 }
@@ -389,6 +371,5 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, k
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
-	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

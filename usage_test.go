@@ -376,7 +376,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 		t.Fatal("two handlers of one key file got two stores (two writers)")
 	}
 	// Shared settings: the shortest interval that is on.
-	if got, want := *s.settings.Load(), (storeSettings{usage: interval{every: time.Hour}, reload: interval{every: time.Second}}); got != want {
+	if got, want := *s.leases.current(), (storeSettings{usage: interval{every: time.Hour}, reload: interval{every: time.Second}}); got != want {
 		t.Fatalf("effective settings %+v; want %+v", got, want)
 	}
 	key, sum := s.KeySet().lookup(k.Raw)
@@ -389,7 +389,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	if got := lastUsed(t, path, k.record["id"].(string)); got == "" {
 		t.Fatal("pending use not flushed on release")
 	}
-	if got, want := *s.settings.Load(), (storeSettings{usage: interval{every: 2 * time.Hour}, reload: interval{off: true}}); got != want {
+	if got, want := *s.leases.current(), (storeSettings{usage: interval{every: 2 * time.Hour}, reload: interval{off: true}}); got != want {
 		t.Fatalf("after release, settings %+v; want %+v", got, want)
 	}
 	select {

@@ -2,11 +2,11 @@ package apikey
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -18,88 +18,112 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// stores holds one keyStore per key file (by real absolute path) for the whole
-// process, across config reloads: however many handlers use a file, there
-// is one key set in memory, one watcher and one usage writer for it.
+func init() {
+	caddy.RegisterModule(FileStore{})
+}
+
+// FileStore keeps the keys in a JSON key file (module
+// http.handlers.apikey.stores.file). The handler's keys_file is the
+// shorthand for it. The file is watched: changes take effect within
+// reload_interval, without a config reload. Last-used times are written
+// back to it in the background, at most once per key per usage_interval.
+type FileStore struct {
+	// Path to the JSON key file. Required. Relative paths are relative to
+	// Caddy's working directory; {env.*} placeholders are replaced.
+	Path string `json:"path,omitempty"`
+
+	// How often at most a key's last-used time is written to the key
+	// file. Default: 15m. A negative value turns usage tracking off.
+	UsageInterval caddy.Duration `json:"usage_interval,omitempty"`
+
+	// How often the key file is checked for changes. Default: 1s. A
+	// negative value turns watching off; the file is then read on config
+	// loads only.
+	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
+
+	store *keyStore
+	lease *storeLease
+}
+
+// CaddyModule returns the Caddy module information.
+func (FileStore) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.apikey.stores.file",
+		New: func() caddy.Module { return new(FileStore) },
+	}
+}
+
+// Provision takes a lease on the live store of the key file, shared with
+// every other handler of this process that uses the same file, and loads it
+// if it is the first.
+func (f *FileStore) Provision(ctx caddy.Context) error {
+	if f.Path == "" {
+		return errors.New("file store: path (keys_file) is required")
+	}
+	path, poolKey, err := keyFilePath(f.Path)
+	if err != nil {
+		return err
+	}
+	lease, err := acquireStore(path, poolKey, storeSettings{
+		usage:  intervalSetting(f.UsageInterval, defaultUsageInterval),
+		reload: intervalSetting(f.ReloadInterval, defaultReloadInterval),
+	})
+	if err != nil {
+		return err
+	}
+	f.lease, f.store = lease, lease.store
+	return nil
+}
+
+// Cleanup writes the pending last-used times and releases the key file. The
+// store stays set: a request still in flight (past the grace period) goes
+// on authenticating against the last key set instead of crashing.
+func (f *FileStore) Cleanup() error {
+	if f.lease != nil {
+		f.lease.release()
+		f.lease = nil
+	}
+	return nil
+}
+
+// KeySet returns the key set in force.
+func (f *FileStore) KeySet() *KeySet { return f.store.keys.Load() }
+
+// MarkUsed notes a use of a key, for the usage writer.
+func (f *FileStore) MarkUsed(k *Key, sum [sha256.Size]byte, now int64) {
+	f.store.MarkUsed(k, sum, now)
+}
+
+// keyFilePath turns the configured path into the path to watch and the key
+// of its store. Global placeholders ({env.*}) are replaced. The path stays
+// as configured (made absolute), so that the watcher follows a symbolic
+// link that is later pointed elsewhere (a Kubernetes ConfigMap, a `ln -sfn`
+// deploy); the store key goes through the links, so that two spellings of
+// one file share one store.
+func keyFilePath(configured string) (path, poolKey string, err error) {
+	replaced := caddy.NewReplacer().ReplaceAll(configured, "")
+	if replaced == "" {
+		return "", "", fmt.Errorf("keys_file %q is empty once its placeholders are replaced", configured)
+	}
+	if path, err = filepath.Abs(replaced); err != nil {
+		return "", "", fmt.Errorf("keys_file: %v", err)
+	}
+	poolKey = path
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		poolKey = real
+	}
+	return path, poolKey, nil
+}
+
+// stores holds one keyStore per key file (by real absolute path) for the
+// whole process, across config reloads: however many handlers use a file,
+// there is one key set in memory, one watcher and one usage writer for it.
 var stores = caddy.NewUsagePool()
 
-const (
-	defaultUsageInterval  = 15 * time.Minute
-	defaultReloadInterval = time.Second
-
-	// tickInterval is how often the watcher and the writer wake to see
-	// whether their interval has passed. It bounds how finely
-	// reload_interval and usage_interval are honoured.
-	tickInterval = 250 * time.Millisecond
-
-	// maxFlushPeriod bounds how long a first use waits to be written, and
-	// so how often a busy server rewrites its key file when new keys keep
-	// appearing: all keys that fall due within one period share one write.
-	maxFlushPeriod = 3 * time.Second
-
-	// usageResolution is how stale a key's in-memory last-used time may
-	// get. Updating it at most once a second keeps many cores from all
-	// writing the same cache line on every request.
-	usageResolution = int64(time.Second)
-
-	// stopWait bounds how long a config unload or Caddy's stop waits for
-	// the store's last usage write. A hung disk or a lock held elsewhere
-	// must not hold up Caddy; the write goes on in the background.
-	stopWait = 3 * time.Second
-
-	// reloadWait bounds how long a config load waits for the watcher to
-	// re-read the key file (it may be in the middle of reading a large
-	// one). Past it, the config load fails.
-	reloadWait = 30 * time.Second
-)
-
-// interval is how often a store does a piece of background work.
-type interval struct {
-	every time.Duration
-	off   bool
-}
-
-// intervalSetting reads a handler's configured interval: zero means the
-// default, a negative value means off.
-func intervalSetting(d caddy.Duration, def time.Duration) interval {
-	switch {
-	case d == 0:
-		return interval{every: def}
-	case d < 0:
-		return interval{off: true}
-	}
-	return interval{every: time.Duration(d)}
-}
-
-// shorter returns the shorter of two intervals, off counting as longest.
-func (a interval) shorter(b interval) interval {
-	switch {
-	case a.off:
-		return b
-	case b.off:
-		return a
-	}
-	return interval{every: min(a.every, b.every)}
-}
-
-// storeSettings are the per-file settings a handler asks for.
-type storeSettings struct {
-	usage  interval // how often at most a key's last use is written
-	reload interval // how often the file is checked for changes
-}
-
-// usageCell holds the last-used time of one key. Requests write lastUsed;
-// the writer goroutine owns the rest.
-type usageCell struct {
-	id   string
-	hash [sha256.Size]byte
-
-	lastUsed atomic.Int64 // unix nanoseconds of the latest use seen
-	queued   atomic.Bool  // already handed to the writer
-
-	persistedAt time.Time // when the writer last wrote this key
-	written     int64     // the lastUsed value last written
-}
+// reloadWait bounds how long a config load waits for the watcher to re-read
+// the key file (it may be in the middle of reading a large one). Past it,
+// the config load fails.
+const reloadWait = 30 * time.Second
 
 // keyStore is the live state of one key file: the key set in force, the
 // watcher that reloads it and the writer that persists last-used times.
@@ -111,20 +135,10 @@ type keyStore struct {
 	logger   *zap.Logger // nil: Caddy's current logger (see log)
 	now      func() time.Time
 	keys     atomic.Pointer[KeySet]
-	settings atomic.Pointer[storeSettings]
+	leases   *leaseSet
+	usage    usageTracker
 	metrics  *storeMetrics // nil: a store made outside Caddy, not counted
 	unmetric sync.Once     // releases metrics
-
-	// leases are the settings of the handlers that use this file, by
-	// lease id; the effective settings are derived from them.
-	leasesMu  sync.Mutex
-	leases    map[uint64]storeSettings
-	nextLease uint64
-
-	// incoming collects cells used since the writer last looked; a cell
-	// is appended once, when its queued flag goes up.
-	incomingMu sync.Mutex
-	incoming   []*usageCell
 
 	// The watcher's state.
 	loaded    fs.FileInfo                 // what the key set in force was read from
@@ -135,7 +149,6 @@ type keyStore struct {
 	reported  string // the problem last logged
 
 	// The writer's state.
-	waiting      map[*usageCell]struct{}
 	writeFailing bool
 	lastWrite    atomic.Pointer[keyFileWrite] // the writer's last write, for the watcher
 	writes       atomic.Int64                 // usage writes done, for tests
@@ -147,7 +160,7 @@ type keyStore struct {
 	stopOnce  sync.Once
 }
 
-// storeLease is one handler's use of a key file's store.
+// storeLease is one store module's use of a key file's store.
 type storeLease struct {
 	store   *keyStore
 	poolKey string
@@ -168,6 +181,7 @@ func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, er
 			return nil, err
 		}
 		s.start()
+		registerLive(s)
 		return s, nil
 	})
 	if err != nil {
@@ -180,64 +194,39 @@ func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, er
 			return nil, err
 		}
 	}
-	s.leasesMu.Lock()
-	s.nextLease++
-	lease := &storeLease{store: s, poolKey: poolKey, id: s.nextLease}
-	s.leases[lease.id] = settings
-	s.applyLeases()
-	s.leasesMu.Unlock()
-	return lease, nil
+	return &storeLease{store: s, poolKey: poolKey, id: s.leases.add(settings)}, nil
 }
 
 // release asks for the pending usage times to be written, withdraws the
 // lease's settings and drops its reference to the store; the last reference
-// stops the store. Caddy calls Cleanup for the handlers of a config that
+// stops the store. Caddy calls Cleanup for the modules of a config that
 // failed to load too, so such a config's settings do not stay in force.
 func (l *storeLease) release() {
 	s := l.store
 	if refs, _ := stores.References(l.poolKey); refs > 1 {
 		s.askFlush() // the last lease's Destruct writes them as it stops
 	}
-	s.leasesMu.Lock()
-	delete(s.leases, l.id)
-	s.applyLeases()
-	s.leasesMu.Unlock()
+	s.leases.remove(l.id)
 	_, _ = stores.Delete(l.poolKey)
 }
 
-// applyLeases derives the store's settings from its handlers': for each
-// interval, the shortest one that is not off, or off if all are. The caller
-// holds leasesMu.
-func (s *keyStore) applyLeases() {
-	if len(s.leases) == 0 {
-		return // the store is going away; keep what it had
-	}
-	eff := storeSettings{usage: interval{off: true}, reload: interval{off: true}}
-	for _, l := range s.leases {
-		eff.usage = eff.usage.shorter(l.usage)
-		eff.reload = eff.reload.shorter(l.reload)
-	}
-	s.settings.Store(&eff)
-}
-
 func newKeyStore(path string, logger *zap.Logger) *keyStore {
-	s := &keyStore{
+	return &keyStore{
 		path:      path,
 		logger:    logger,
 		now:       time.Now,
-		leases:    make(map[uint64]storeSettings),
-		waiting:   make(map[*usageCell]struct{}),
+		leases:    newLeaseSet(),
 		reloadNow: make(chan chan error),
 		flushNow:  make(chan chan struct{}),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 	}
-	s.settings.Store(&storeSettings{
-		usage:  interval{every: defaultUsageInterval},
-		reload: interval{every: defaultReloadInterval},
-	})
-	return s
 }
+
+// name, keySet and records make the store a liveStore, for the admin API.
+func (s *keyStore) name() string         { return "file:" + s.path }
+func (s *keyStore) keySet() *KeySet      { return s.keys.Load() }
+func (s *keyStore) records() recordStore { return fileRecords{path: s.path} }
 
 // log is the store's logger. A store outlives the config that created it,
 // so it logs through Caddy's current logging, not that config's.
@@ -262,6 +251,7 @@ func (s *keyStore) start() {
 // most stopWait.
 func (s *keyStore) Destruct() error {
 	s.stopOnce.Do(func() { close(s.stop) })
+	unregisterLive(s)
 	select {
 	case <-s.done:
 	case <-time.After(stopWait):
@@ -319,7 +309,7 @@ func (s *keyStore) watch() {
 		case reply := <-s.reloadNow:
 			reply <- s.load()
 		case <-t.C:
-			if s.due(s.settings.Load().reload, last) {
+			if s.due(s.leases.current().reload, last) {
 				last = s.now()
 				s.check()
 			}
@@ -415,44 +405,16 @@ func sameVersion(a, b fs.FileInfo) bool {
 	return a != nil && b != nil && os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
-// carryUsage moves the usage cells of keys that are still the same key (same
-// hash, same id) into the new key set, so their throttle state survives.
-func carryUsage(old, next *KeySet) {
-	for sum, i := range next.byHash {
-		k := &next.keys[i]
-		if prev := old.find(sum); prev != nil && prev.ID == k.ID {
-			if c := prev.usage.Load(); c != nil {
-				k.usage.Store(c)
-			}
-		}
-	}
-}
-
 // KeySet returns the key set in force.
 func (s *keyStore) KeySet() *KeySet { return s.keys.Load() }
 
 // MarkUsed records a use of key k (whose hash is sum) at now. It never
-// blocks on the disk: at worst it appends to a slice under a short lock,
-// once per key per write cycle.
+// blocks on the disk.
 func (s *keyStore) MarkUsed(k *Key, sum [sha256.Size]byte, now int64) {
-	if s.settings.Load().usage.off {
+	if s.leases.current().usage.off {
 		return
 	}
-	c := k.usage.Load()
-	if c == nil {
-		c = &usageCell{id: k.ID, hash: sum}
-		if !k.usage.CompareAndSwap(nil, c) {
-			c = k.usage.Load()
-		}
-	}
-	if now-c.lastUsed.Load() >= usageResolution {
-		c.lastUsed.Store(now)
-	}
-	if !c.queued.Load() && c.queued.CompareAndSwap(false, true) {
-		s.incomingMu.Lock()
-		s.incoming = append(s.incoming, c)
-		s.incomingMu.Unlock()
-	}
+	s.usage.mark(k, sum, now)
 }
 
 // write is the writer: it writes the last-used times that are due every
@@ -471,7 +433,7 @@ func (s *keyStore) write() {
 			s.writeUsage(true)
 			reply <- struct{}{}
 		case <-t.C:
-			iv := s.settings.Load().usage
+			iv := s.leases.current().usage
 			iv.every = min(iv.every, maxFlushPeriod)
 			if s.due(iv, last) {
 				last = s.now()
@@ -481,52 +443,12 @@ func (s *keyStore) write() {
 	}
 }
 
-// usageKey names one key for the writer: its id and key_hash (lowercase
-// hex). A key whose record now has the same id but another hash was
-// replaced, and its old uses are not the new key's.
-type usageKey struct{ id, hash string }
-
 // writeUsage writes the last-used times that are due: those of keys not
 // written within the usage interval, or all of them. One write covers every
 // due key.
 func (s *keyStore) writeUsage(all bool) {
-	s.incomingMu.Lock()
-	for _, c := range s.incoming {
-		s.waiting[c] = struct{}{}
-	}
-	s.incoming = s.incoming[:0]
-	s.incomingMu.Unlock()
-	if len(s.waiting) == 0 {
-		return
-	}
-
-	iv := s.settings.Load().usage.every
-	now := s.now()
-	updates := make(map[usageKey]time.Time)
-	type dueCell struct {
-		cell *usageCell
-		used int64
-	}
-	var due []dueCell
-	for c := range s.waiting {
-		if !all && !c.persistedAt.IsZero() && now.Sub(c.persistedAt) < iv {
-			continue
-		}
-		// Lower the flag before reading the time, so that a use after
-		// the read queues the cell again instead of being missed.
-		c.queued.Store(false)
-		used := c.lastUsed.Load()
-		if used <= c.written {
-			delete(s.waiting, c)
-			continue
-		}
-		due = append(due, dueCell{c, used})
-		key := usageKey{c.id, hex.EncodeToString(c.hash[:])}
-		if at := time.Unix(0, used); at.After(updates[key]) {
-			updates[key] = at
-		}
-	}
-	if len(due) == 0 {
+	batch := s.usage.collect(all, s.leases.current().usage.every, s.now())
+	if batch == nil {
 		return
 	}
 
@@ -537,7 +459,7 @@ func (s *keyStore) writeUsage(all bool) {
 		checked = *fi
 	}
 	w, err := editKeyFile(s.path, keyFileEdit{checked: checked, edit: func(doc *keyDoc) error {
-		return applyUsage(doc, updates)
+		return applyUsage(doc, batch.updates)
 	}})
 	if err != nil {
 		s.metrics.usageWritten(err)
@@ -552,11 +474,7 @@ func (s *keyStore) writeUsage(all bool) {
 		s.writeFailing = false
 		s.log().Info("writing last-used times to the key file works again", zap.String("keys_file", s.path))
 	}
-	for _, d := range due {
-		d.cell.written = d.used
-		d.cell.persistedAt = now
-		delete(s.waiting, d.cell)
-	}
+	s.usage.done(batch)
 	if w.written != nil { // nil: nothing left to change (keys deleted meanwhile)
 		s.writes.Add(1)
 		s.lastWrite.Store(&w)
