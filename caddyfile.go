@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 )
@@ -34,7 +35,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 	hasMatcher := false
 	switch len(args) {
 	case 1:
-		hasMatcher = strings.HasPrefix(args[0], "@") || args[0] == "*" || blockHas(seg, "keys_file")
+		hasMatcher = strings.HasPrefix(args[0], "@") || args[0] == "*" || blockHas(seg, "keys_file") || blockHas(seg, "redis")
 	case 2:
 		hasMatcher = true
 	}
@@ -77,6 +78,10 @@ func blockHas(seg caddyfile.Segment, name string) bool {
 //
 //	apikey [<matcher>] [<keys_file>] {
 //	    keys_file       <path>
+//	    redis           <url> {
+//	        prefix      <prefix>
+//	        cache_file  <path>
+//	    }
 //	    header          <field> [<scheme>]
 //	    query           <param> | off
 //	    realm           <realm>
@@ -88,7 +93,9 @@ func blockHas(seg caddyfile.Segment, name string) bool {
 //	    reload_interval <duration> | off
 //	}
 //
-// The key file may be given inline or with keys_file, not both. `header` may
+// The key file may be given inline or with keys_file, not both; redis
+// takes the keys from a Redis key set instead (see RedisStore), and then
+// reload_interval does not apply. `header` may
 // be repeated; when it is given, it replaces the default headers
 // (`Authorization` with the `Bearer` scheme, then `X-API-Key`). `query off`
 // reads no query parameter. `scope` may be repeated; the key must hold every
@@ -103,8 +110,36 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 
+	var redis *RedisStore
 	for d.NextBlock(0) {
 		switch d.Val() {
+		case "redis":
+			if redis != nil {
+				return d.Err("redis already given")
+			}
+			redis = new(RedisStore)
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			redis.URL = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			for d.NextBlock(1) {
+				switch d.Val() {
+				case "prefix":
+					if !d.AllArgs(&redis.Prefix) {
+						return d.ArgErr()
+					}
+				case "cache_file":
+					if !d.AllArgs(&redis.CacheFile) {
+						return d.ArgErr()
+					}
+				default:
+					return d.Errf("unrecognized redis option '%s'", d.Val())
+				}
+			}
+
 		case "keys_file":
 			if h.KeysFile != "" {
 				return d.Err("key file already given")
@@ -186,8 +221,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 
-	if h.KeysFile == "" {
-		return d.Err("a key file is required: apikey <keys_file>, or keys_file <path> in the block")
+	switch {
+	case redis != nil && h.KeysFile != "":
+		return d.Err("give a key file or redis, not both")
+	case redis != nil && h.ReloadInterval != 0:
+		return d.Err("reload_interval applies to a key file; a Redis key set is followed as it changes")
+	case redis != nil:
+		redis.UsageInterval, h.UsageInterval = h.UsageInterval, 0
+		h.StoreRaw = caddyconfig.JSONModuleObject(redis, "backend", "redis", nil)
+	case h.KeysFile == "":
+		return d.Err("a key store is required: apikey <keys_file>, keys_file <path> or redis <url> in the block")
 	}
 	return nil
 }

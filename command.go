@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/rueidis"
 	"github.com/spf13/cobra"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
@@ -22,8 +23,8 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "apikey",
-		Usage: "add|list|revoke|rotate|hash [flags]",
-		Short: "Manages the keys of an apikey key file",
+		Usage: "add|list|revoke|rotate|import|export|hash [flags]",
+		Short: "Manages the keys of an apikey key file or Redis key set",
 		Long: `
 Creates, lists, revokes and rotates the API keys of a key file used by the
 apikey handler, and hashes keys for files kept by hand.
@@ -37,6 +38,14 @@ file while they write it, so neither loses the other's updates.
   caddy apikey revoke --file keys.json <id|key_prefix>
   caddy apikey rotate --file keys.json [--grace 24h] <id|key_prefix>
   caddy apikey hash   < raw-key.txt
+
+Every command but hash takes --redis <url> [--prefix apikey:] in place of
+--file, for a key set in Redis shared by a fleet of Caddy servers, which
+pick up its changes within milliseconds. import and export copy keys
+between a key file and Redis:
+
+  caddy apikey import --file keys.json --redis redis://127.0.0.1:6379/0
+  caddy apikey export --redis redis://127.0.0.1:6379/0 [--file backup.json]
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			add := &cobra.Command{
@@ -159,6 +168,85 @@ reload_interval.
 			rotate.Flags().StringP("expires", "e", "", "The new key's expiry: a duration from now (90d, 12h) or an RFC 3339 time")
 			cmd.AddCommand(rotate)
 
+			imp := &cobra.Command{
+				Use:   "import --file <keys.json> --redis <url> [--prefix apikey:]",
+				Short: "Copies the keys of a key file into a Redis key set",
+				Long: `
+Copies every record of a key file into the key set at --prefix in Redis
+(making it if need be), in one atomic change that every Caddy server
+following the key set picks up at once. Records keep every member, those
+this plugin does not know included.
+
+Running it twice adds nothing: a record already there with the same content
+(last_used_at aside) is left as it is. A record whose id or key_hash is
+already there with other content is listed on stderr and not imported, and
+the command then exits 1; the others are imported.
+`,
+				Example: `  caddy apikey import --file /etc/caddy/keys.json --redis redis://127.0.0.1:6379/0`,
+				Args:    cobra.NoArgs,
+				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+					fl := cmd.Flags()
+					file, _ := fl.GetString("file")
+					redis, _ := fl.GetString("redis")
+					prefix, _ := fl.GetString("prefix")
+					if file == "" || redis == "" {
+						return errors.New("--file and --redis are both required")
+					}
+					to, closeStore, err := openRecordStore("", redis, prefix)
+					if err != nil {
+						return err
+					}
+					defer closeStore()
+					res, err := importKeys(fileRecords{path: file}, to, sayWaiting(cmd.ErrOrStderr(), to))
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.added, file, to, res.present)
+					if len(res.conflicts) > 0 {
+						return fmt.Errorf("%d keys not imported:\n  %s", len(res.conflicts), strings.Join(res.conflicts, "\n  "))
+					}
+					return nil
+				}),
+			}
+			imp.Flags().StringP("file", "f", "", "Path to the key file to read (required)")
+			redisFlags(imp)
+			cmd.AddCommand(imp)
+
+			export := &cobra.Command{
+				Use:   "export --redis <url> [--prefix apikey:] [--file <keys.json>]",
+				Short: "Writes a Redis key set as a key file",
+				Long: `
+Writes the key set at --prefix in Redis as a key file in the format the file
+store reads (hashes only; raw keys are never stored anywhere), each record
+with its latest last_used_at: to --file, which must not exist yet (it is
+made with mode 0600), or to stdout.
+`,
+				Example: `  caddy apikey export --redis redis://127.0.0.1:6379/0 --file backup.json`,
+				Args:    cobra.NoArgs,
+				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+					fl := cmd.Flags()
+					file, _ := fl.GetString("file")
+					redis, _ := fl.GetString("redis")
+					prefix, _ := fl.GetString("prefix")
+					if redis == "" {
+						return errors.New("--redis is required")
+					}
+					from, closeStore, err := openRecordStore("", redis, prefix)
+					if err != nil {
+						return err
+					}
+					defer closeStore()
+					n, err := exportKeys(from, file, cmd.OutOrStdout())
+					if err == nil && file != "" {
+						fmt.Fprintf(cmd.ErrOrStderr(), "Exported %d keys from %s to %s.\n", n, from, file)
+					}
+					return err
+				}),
+			}
+			export.Flags().StringP("file", "f", "", "Path of the key file to write (default: stdout)")
+			redisFlags(export)
+			cmd.AddCommand(export)
+
 			hash := &cobra.Command{
 				Use:   "hash",
 				Short: "Prints the key_hash of a key read on stdin",
@@ -179,28 +267,67 @@ process list.
 	})
 }
 
-// storeFlags adds the flags that name the key store a command works on.
+// storeFlags adds the flags that name the key store a command works on: a
+// key file, or a key set in Redis.
 func storeFlags(cmd *cobra.Command) {
-	cmd.Flags().StringP("file", "f", "", "Path to the key file")
+	cmd.Flags().StringP("file", "f", "", "Path to the key file (or give --redis)")
+	redisFlags(cmd)
+}
+
+func redisFlags(cmd *cobra.Command) {
+	cmd.Flags().String("redis", "", "URL of the Redis server that holds the key set, e.g. redis://127.0.0.1:6379/0")
+	cmd.Flags().String("prefix", defaultRedisPrefix, "With --redis: the prefix of the key set's Redis keys")
 }
 
 // withRecordStore runs fn on the key store that the command's flags name.
 func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
 	fl := cmd.Flags()
 	file, _ := fl.GetString("file")
-	st, err := openRecordStore(file, "", "")
+	redis, _ := fl.GetString("redis")
+	prefix, _ := fl.GetString("prefix")
+	st, closeStore, err := openRecordStore(file, redis, prefix)
 	if err != nil {
 		return err
 	}
+	defer closeStore()
 	return fn(st)
 }
 
-// openRecordStore returns the key store that the flags name: a key file.
-func openRecordStore(file, redisURL, prefix string) (recordStore, error) {
-	if file == "" {
-		return nil, errors.New("--file is required")
+// openRecordStore returns the key store that the flags name: the key file
+// at file, or the key set at prefix in the Redis server at redisURL. The
+// caller calls closeStore when done.
+func openRecordStore(file, redisURL, prefix string) (st recordStore, closeStore func(), err error) {
+	switch {
+	case file != "" && redisURL != "":
+		return nil, nil, errors.New("give --file or --redis, not both")
+	case file != "":
+		return fileRecords{path: file}, func() {}, nil
+	case redisURL == "":
+		return nil, nil, errors.New("--file is required (or --redis, for a key set in Redis)")
 	}
-	return fileRecords{path: file}, nil
+	rs, err := dialRedisRecords(redisURL, prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rs, rs.client.Close, nil
+}
+
+// dialRedisRecords connects to the Redis server at url, for the key set at
+// prefix.
+func dialRedisRecords(url, prefix string) (redisRecords, error) {
+	opt, shown, err := redisURL(url)
+	if err != nil {
+		return redisRecords{}, err
+	}
+	keys, err := newRedisKeys(prefix)
+	if err != nil {
+		return redisRecords{}, err
+	}
+	c, err := rueidis.NewClient(opt)
+	if err != nil {
+		return redisRecords{}, fmt.Errorf("redis %s: %v", shown, err)
+	}
+	return redisRecords{client: c, keys: keys, shown: shown}, nil
 }
 
 // runWithExitCode adapts a command to cobra. Unlike

@@ -20,14 +20,24 @@ type Key struct {
 	Scopes []string
 
 	scopesJoined string
-	expires      bool  // the key has an expires_at
 	expiresAt    int64 // unix nanoseconds, clamped to int64 (see unixNanoClamped)
-	revoked      bool
+	revokedAt    int64 // unix nanoseconds, clamped, when revoked
+	expires      bool  // the key has an expires_at
+	revoked      bool  // the key has a revoked_at
 
 	// usage is created on first use, so keys that are never used cost
 	// nothing, and is carried over to the next key set when the file is
 	// reloaded.
 	usage atomic.Pointer[usageCell]
+}
+
+// copyTo makes c, a zero key of another key set, a copy of k that shares
+// its usage cell.
+func (k *Key) copyTo(c *Key) {
+	c.ID, c.Label, c.Prefix, c.Scopes = k.ID, k.Label, k.Prefix, k.Scopes
+	c.scopesJoined, c.expiresAt, c.revokedAt = k.scopesJoined, k.expiresAt, k.revokedAt
+	c.expires, c.revoked = k.expires, k.revoked
+	c.usage.Store(k.usage.Load())
 }
 
 // expired reports whether the key is past its expires_at at time now
@@ -196,10 +206,11 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 		k.expires, k.expiresAt = true, unixNanoClamped(t)
 	}
 	if rec.RevokedAt != nil {
-		if _, err := parseTimestamp(*rec.RevokedAt); err != nil {
+		t, err := parseTimestamp(*rec.RevokedAt)
+		if err != nil {
 			return sum, fmt.Errorf("revoked_at: %v", err)
 		}
-		k.revoked = true
+		k.revoked, k.revokedAt = true, unixNanoClamped(t)
 	}
 	for _, s := range rec.Scopes {
 		if err := checkScope(s); err != nil {
@@ -212,4 +223,39 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 		k.Scopes = strings.Split(k.scopesJoined, ",") // copies, sharing one string
 	}
 	return sum, nil
+}
+
+// with returns a new key set: ks, in which the keys of the records whose ids
+// are in changes are replaced by their new versions, removed when nil. Kept
+// keys are copied, not checked again; a key that stays the same (same id and
+// hash) keeps its usage cell.
+func (ks *KeySet) with(changes map[string]*Record) (*KeySet, error) {
+	b := newKeySetBuilder(len(ks.keys) + len(changes))
+	n := 0
+	for sum, i := range ks.byHash {
+		k := &ks.keys[i]
+		if _, changed := changes[k.ID]; changed {
+			continue
+		}
+		n++
+		b.ks.keys = append(b.ks.keys, Key{})
+		k.copyTo(&b.ks.keys[len(b.ks.keys)-1])
+		b.ks.byHash[sum] = int32(len(b.ks.keys) - 1)
+		b.ids[k.ID] = n
+	}
+	for _, rec := range changes {
+		if rec == nil {
+			continue
+		}
+		n++
+		if err := b.add(rec, n); err != nil {
+			return nil, err
+		}
+		k := &b.ks.keys[len(b.ks.keys)-1]
+		sum, _ := decodeKeyHash(rec.KeyHash) // add checked it
+		if prev := ks.find(sum); prev != nil && prev.ID == k.ID {
+			k.usage.Store(prev.usage.Load())
+		}
+	}
+	return b.ks, nil
 }

@@ -25,6 +25,7 @@ var metrics = struct {
 	reloads     *prometheus.CounterVec
 	usageWrites *prometheus.CounterVec
 	lastLoad    *prometheus.GaugeVec
+	lastSync    *prometheus.GaugeVec
 }{
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "apikey", Name: "requests_total",
@@ -46,6 +47,10 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "apikey", Name: "last_load_timestamp_seconds",
 		Help: "Unix time at which the key set in force was loaded from the store.",
 	}, []string{"store"}),
+	lastSync: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "apikey", Name: "last_sync_timestamp_seconds",
+		Help: "Unix time at which a store that syncs from elsewhere (Redis) last confirmed that its key set in force is the latest; time() minus it is the sync's age.",
+	}, []string{"store"}),
 }
 
 // registerMetrics registers the plugin's collectors with reg, a config's
@@ -57,7 +62,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 		return nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{metrics.requests, metrics.keys, metrics.reloads, metrics.usageWrites, metrics.lastLoad} {
+	for _, c := range []prometheus.Collector{metrics.requests, metrics.keys, metrics.reloads, metrics.usageWrites, metrics.lastLoad, metrics.lastSync} {
 		err := reg.Register(c)
 		var already prometheus.AlreadyRegisteredError
 		if err == nil || errors.As(err, &already) && already.ExistingCollector == c {
@@ -129,6 +134,7 @@ type storeMetrics struct {
 	writeOK     prometheus.Counter
 	writeError  prometheus.Counter
 	lastLoad    prometheus.Gauge
+	lastSync    prometheus.Gauge // made on first use: only a syncing store has it
 }
 
 // storeMetricsByLabel holds the storeMetrics in use. Stores with one label
@@ -182,6 +188,22 @@ func (m *storeMetrics) release() {
 	metrics.reloads.DeletePartialMatch(labels)
 	metrics.usageWrites.DeletePartialMatch(labels)
 	metrics.lastLoad.DeletePartialMatch(labels)
+	metrics.lastSync.DeletePartialMatch(labels)
+}
+
+// synced records that a syncing store confirmed at time at that its key
+// set in force is the latest.
+func (m *storeMetrics) synced(at time.Time) {
+	if m == nil {
+		return
+	}
+	storeMetricsMu.Lock()
+	if m.lastSync == nil {
+		m.lastSync = metrics.lastSync.WithLabelValues(m.label)
+	}
+	g := m.lastSync
+	storeMetricsMu.Unlock()
+	g.Set(float64(at.UnixNano()) / 1e9)
 }
 
 // loaded records that the key set ks was put in force at time at: its keys

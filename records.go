@@ -1,8 +1,13 @@
 package apikey
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"os"
+	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // recordStore is the write side of a key store: what `caddy apikey` and the
@@ -64,4 +69,82 @@ func (f fileRecords) edit(e recordEdit) error {
 		return nil
 	}
 	return err
+}
+
+// redisRecords is a key set in Redis as a record store. Its edits are
+// optimistic: read at a version, written only if the version is still the
+// same (editScript), done again otherwise.
+type redisRecords struct {
+	client rueidis.Client
+	keys   redisKeys
+	shown  string // the URL, without its password
+}
+
+func (r redisRecords) String() string { return r.shown + " (prefix " + r.keys.prefix + ")" }
+func (r redisRecords) flags() string  { return "--redis " + r.shown + " --prefix " + r.keys.prefix }
+
+// redisEditTimeout bounds one read or edit of a key set in Redis, which
+// scans the whole set.
+const redisEditTimeout = 2 * time.Minute
+
+func (r redisRecords) read() ([]docRecord, *KeySet, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), redisEditTimeout)
+	defer cancel()
+	doc, _, _, err := readRedisRecords(ctx, r.client, r.keys)
+	if err != nil {
+		return nil, nil, r.wrap(err)
+	}
+	used, err := usedTimes(ctx, r.client, r.keys)
+	if err != nil {
+		return nil, nil, r.wrap(err)
+	}
+	mergeUsed(doc.records, used)
+	ks, err := buildKeySet(doc.records)
+	if err != nil {
+		return nil, nil, r.wrap(err)
+	}
+	return doc.records, ks, nil
+}
+
+func (r redisRecords) edit(e recordEdit) error {
+	ctx, cancel := context.WithTimeout(context.Background(), redisEditTimeout)
+	defer cancel()
+	for attempt := 1; ; attempt++ {
+		doc, _, version, err := readRedisRecords(ctx, r.client, r.keys)
+		switch {
+		case errors.Is(err, errNoKeySet) && e.create:
+			doc, version = &keyDoc{bare: true}, 0
+		case err != nil:
+			return r.wrap(err)
+		}
+		// Never build on a key set the handler would refuse.
+		if _, err := buildKeySet(doc.records); err != nil {
+			return r.wrap(err)
+		}
+		if err := e.edit(doc); err != nil {
+			if errors.Is(err, errNoChange) {
+				return nil
+			}
+			return err
+		}
+		_, err = writeChanged(ctx, r.client, r.keys, doc, version, e.create)
+		if errors.Is(err, errVersionMoved) && attempt < 10 {
+			if attempt == 1 && e.waiting != nil {
+				e.waiting()
+			}
+			continue
+		}
+		if err != nil {
+			return r.wrap(err)
+		}
+		return nil
+	}
+}
+
+// wrap names the key set in an error.
+func (r redisRecords) wrap(err error) error {
+	if errors.Is(err, errNoKeySet) {
+		return fmt.Errorf("%s holds no key set: make one with caddy apikey add or caddy apikey import %s", r, r.flags())
+	}
+	return fmt.Errorf("key set %s: %w", r, err)
 }

@@ -1,0 +1,389 @@
+package apikey
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
+	"github.com/redis/rueidis"
+)
+
+// A key set in Redis is four Redis keys that share one Cluster hash tag,
+// "{<prefix>}", so that every script touches one slot:
+//
+//	{apikey:}records  hash: record id -> the record, as JSON (the key file's format)
+//	{apikey:}used     hash: "<key_hash>:<id>" -> last use, unix microseconds
+//	{apikey:}version  integer: +1 with every change to the records
+//	{apikey:}log      stream: one entry per change: v (the new version), ids (JSON array of the ids changed)
+//
+// Records change only through editScript, which checks the version the
+// change was made from, writes the records, bumps the version and appends
+// to the log in one atomic step. Last-used times live apart from the
+// records, so that usage never rewrites a record (nor the members this
+// plugin does not know) and never floods the log; list and export show
+// the later of the record's last_used_at and its used entry.
+type redisKeys struct {
+	prefix                      string
+	records, used, version, log string
+}
+
+// defaultRedisPrefix is the prefix of a key set when none is given.
+const defaultRedisPrefix = "apikey:"
+
+// logMaxLen is about how many changes the log keeps. An instance that falls
+// further behind (a long disconnect) reads the whole key set again.
+const logMaxLen = 10000
+
+// redisTimeout bounds every Redis call but the blocking read of the log.
+const redisTimeout = 5 * time.Second
+
+func newRedisKeys(prefix string) (redisKeys, error) {
+	if prefix == "" {
+		prefix = defaultRedisPrefix
+	}
+	if strings.ContainsAny(prefix, "{}") {
+		return redisKeys{}, fmt.Errorf("redis prefix %q: must not hold { or }, which would break its Cluster hash tag", prefix)
+	}
+	tag := "{" + prefix + "}"
+	return redisKeys{prefix: prefix, records: tag + "records", used: tag + "used", version: tag + "version", log: tag + "log"}, nil
+}
+
+// redisURL reads a configured Redis URL into client options. {env.*}
+// placeholders are replaced first.
+func redisURL(configured string) (rueidis.ClientOption, string, error) {
+	raw := strings.TrimSpace(configured)
+	if raw == "" {
+		return rueidis.ClientOption{}, "", errors.New("redis: a URL is required, e.g. redis://127.0.0.1:6379/0")
+	}
+	opt, err := rueidis.ParseURL(raw)
+	shown := redactURL(raw)
+	if err != nil {
+		return opt, shown, fmt.Errorf("redis URL %s: %v", shown, err)
+	}
+	// No client-side caching: every read here is a scan or a script,
+	// and managed servers do not all support it.
+	opt.DisableCache = true
+	opt.ClientName = "caddy-apikey"
+	if opt.ConnWriteTimeout == 0 {
+		opt.ConnWriteTimeout = redisTimeout
+	}
+	return opt, shown, nil
+}
+
+// redactURL is a Redis URL as logs and messages may show it: without its
+// password.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a malformed URL)"
+	}
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		}
+	}
+	return u.String()
+}
+
+// editScript applies one change to a key set: if the version is still the
+// one the change was made from (0: the key set does not exist yet, which
+// only a change that may create it accepts), it writes the records, bumps
+// the version and logs the change. It returns {1, new version}, or {0,
+// version now} when another writer came first.
+var editScript = rueidis.NewLuaScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then
+  if ARGV[2] ~= '1' then return redis.error_reply('NOKEYSET no key set at this prefix') end
+  v = '0'
+end
+if v ~= ARGV[1] then return {0, tonumber(v)} end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1]) end
+local nv = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'v', nv, 'ids', ARGV[4])
+return {1, nv}
+`)
+
+// usageScript records last uses: for each (id, key_hash, unix
+// microseconds), if the record with that id still exists and still has that
+// key_hash, and its used entry is older, the entry is set. A deleted or
+// replaced record is never recreated, and a newer time never overwritten.
+var usageScript = rueidis.NewLuaScript(`
+local n = 0
+for i = 1, #ARGV, 3 do
+  local rec = redis.call('HGET', KEYS[1], ARGV[i])
+  if rec then
+    local ok, d = pcall(cjson.decode, rec)
+    if ok and type(d) == 'table' and type(d.key_hash) == 'string' and string.lower(d.key_hash) == ARGV[i+1] then
+      local f = ARGV[i+1] .. ':' .. ARGV[i]
+      local cur = tonumber(redis.call('HGET', KEYS[2], f) or '0') or 0
+      if tonumber(ARGV[i+2]) > cur then
+        redis.call('HSET', KEYS[2], f, ARGV[i+2])
+        n = n + 1
+      end
+    end
+  end
+end
+return n
+`)
+
+// headScript reads the version and the id of the log's last entry at once.
+var headScript = rueidis.NewLuaScriptReadOnly(`
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local id = '0-0'
+if #last > 0 then id = last[1][1] end
+return {redis.call('GET', KEYS[1]) or '', id}
+`)
+
+// errNoKeySet: the prefix holds no key set (it was never made, or Redis
+// lost it).
+var errNoKeySet = errors.New("no key set")
+
+// redisHead is where a key set stands: its version (0: none) and its log's
+// last entry.
+type redisHead struct {
+	version int64
+	logID   string
+}
+
+func readHead(ctx context.Context, c rueidis.Client, k redisKeys) (redisHead, error) {
+	vals, err := headScript.Exec(ctx, c, []string{k.version, k.log}, nil).AsStrSlice()
+	if err != nil {
+		return redisHead{}, err
+	}
+	if len(vals) != 2 {
+		return redisHead{}, fmt.Errorf("redis: unexpected reply to the head script: %q", vals)
+	}
+	h := redisHead{logID: vals[1]}
+	if vals[0] != "" {
+		if h.version, err = strconv.ParseInt(vals[0], 10, 64); err != nil {
+			return h, fmt.Errorf("redis: %s holds %q, not a version number", k.version, vals[0])
+		}
+	}
+	return h, nil
+}
+
+// readVersion returns the key set's version, 0 if there is none.
+func readVersion(ctx context.Context, c rueidis.Client, k redisKeys) (int64, error) {
+	v, err := c.Do(ctx, c.B().Get().Key(k.version).Build()).AsInt64()
+	if rueidis.IsRedisNil(err) {
+		return 0, nil
+	}
+	return v, err
+}
+
+// scanCount is how many fields one HSCAN asks for.
+const scanCount = 5000
+
+// scanHash reads a whole hash with HSCAN (not HGETALL, which would hold
+// Redis for the whole of a large key set), calling fn for each field once.
+func scanHash(ctx context.Context, c rueidis.Client, key string, fn func(field, value string)) error {
+	seen := make(map[string]struct{})
+	cursor := uint64(0)
+	for {
+		e, err := c.Do(ctx, c.B().Hscan().Key(key).Cursor(cursor).Count(scanCount).Build()).AsScanEntry()
+		if err != nil {
+			return err
+		}
+		for i := 0; i+1 < len(e.Elements); i += 2 {
+			// HSCAN may return a field twice while the hash is rehashed.
+			if _, dup := seen[e.Elements[i]]; dup {
+				continue
+			}
+			seen[e.Elements[i]] = struct{}{}
+			fn(e.Elements[i], e.Elements[i+1])
+		}
+		if cursor = e.Cursor; cursor == 0 {
+			return nil
+		}
+	}
+}
+
+// recordArray gathers records into one JSON array, to be read as a bare
+// key file (parseKeyDoc, decodeKeySet): the same checks, the same errors.
+type recordArray struct {
+	b   bytes.Buffer
+	n   int
+	ids []string // the hash field of each record, to check it matches the id
+}
+
+func (a *recordArray) add(field, value string) {
+	if a.n == 0 {
+		a.b.WriteByte('[')
+	} else {
+		a.b.WriteByte(',')
+	}
+	a.b.WriteString(value)
+	a.ids = append(a.ids, field)
+	a.n++
+}
+
+func (a *recordArray) bytes() []byte {
+	if a.n == 0 {
+		return []byte("[]")
+	}
+	a.b.WriteByte(']')
+	return a.b.Bytes()
+}
+
+// checkFields checks that each record sits under its own id.
+func (a *recordArray) checkFields(records []docRecord) error {
+	for i := range records {
+		if records[i].ID != a.ids[i] {
+			return fmt.Errorf("record %d: its id %q is not the hash field %q it is stored under", i+1, records[i].ID, a.ids[i])
+		}
+	}
+	return nil
+}
+
+// readRedisRecords reads a whole key set as of one version: it scans the
+// records between two reads of the version, and scans again if they differ.
+func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys) (*keyDoc, *recordArray, int64, error) {
+	for attempt := 1; ; attempt++ {
+		before, err := readVersion(ctx, c, k)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if before == 0 {
+			return nil, nil, 0, errNoKeySet
+		}
+		var arr recordArray
+		if err := scanHash(ctx, c, k.records, arr.add); err != nil {
+			return nil, nil, 0, err
+		}
+		after, err := readVersion(ctx, c, k)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if after != before && attempt < 5 {
+			continue
+		}
+		doc, err := parseKeyDoc(arr.bytes())
+		if err == nil {
+			err = arr.checkFields(doc.records)
+		}
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		// Stable order for list and export: oldest first, then by id.
+		slices.SortStableFunc(doc.records, func(a, b docRecord) int {
+			if c := strings.Compare(deref(a.CreatedAt), deref(b.CreatedAt)); c != 0 {
+				return c
+			}
+			return strings.Compare(a.ID, b.ID)
+		})
+		return doc, &arr, after, nil
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// compactRecord is a record's JSON as Redis holds it: on one line, its
+// strings and numbers spelled as they were.
+func compactRecord(r *docRecord) ([]byte, error) {
+	var whole []byte
+	if r.raw != nil {
+		whole = r.raw
+	} else {
+		whole = []byte{'{'}
+		for i, m := range r.members {
+			if i > 0 {
+				whole = append(whole, ',')
+			}
+			whole, _ = jsontext.AppendQuote(whole, m.name)
+			whole = append(append(whole, ':'), m.value...)
+		}
+		whole = append(whole, '}')
+	}
+	return jsontext.AppendFormat(nil, whole, jsontext.PreserveRawStrings(true), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+}
+
+// writeChanged saves the records of doc that an edit made or changed (those
+// no longer held as the bytes they were read as), if the key set is still
+// at version from. It returns the new version, or errVersionMoved.
+func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDoc, from int64, create bool) (int64, error) {
+	args := []string{strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen), ""}
+	if create {
+		args[1] = "1"
+	}
+	var ids []string
+	for i := range doc.records {
+		r := &doc.records[i]
+		if r.raw != nil {
+			continue
+		}
+		js, err := compactRecord(r)
+		if err != nil {
+			return 0, fmt.Errorf("record %q: %v", r.ID, err)
+		}
+		args = append(args, r.ID, string(js))
+		ids = append(ids, r.ID)
+	}
+	if len(ids) == 0 {
+		return from, nil
+	}
+	idList, _ := json.Marshal(ids) // strings only: cannot fail
+	args[3] = string(idList)
+	res, err := editScript.Exec(ctx, c, []string{k.version, k.records, k.log}, args).AsIntSlice()
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "NOKEYSET") {
+			return 0, errNoKeySet
+		}
+		return 0, err
+	}
+	if len(res) != 2 {
+		return 0, fmt.Errorf("redis: unexpected reply to the edit script: %v", res)
+	}
+	if res[0] != 1 {
+		return res[1], errVersionMoved
+	}
+	return res[1], nil
+}
+
+// errVersionMoved: another writer changed the key set between the read
+// and the write; the edit is done again on the new version.
+var errVersionMoved = errors.New("the key set changed meanwhile")
+
+// usedTimes reads the used hash: last use by "<key_hash>:<id>".
+func usedTimes(ctx context.Context, c rueidis.Client, k redisKeys) (map[string]time.Time, error) {
+	out := make(map[string]time.Time)
+	err := scanHash(ctx, c, k.used, func(field, value string) {
+		if us, err := strconv.ParseInt(value, 10, 64); err == nil {
+			out[field] = time.UnixMicro(us)
+		}
+	})
+	return out, err
+}
+
+// mergeUsed gives each record the later of its last_used_at and its used
+// entry (see redisKeys).
+func mergeUsed(records []docRecord, used map[string]time.Time) {
+	for i := range records {
+		r := &records[i]
+		at, ok := used[strings.ToLower(r.KeyHash)+":"+r.ID]
+		if !ok {
+			continue
+		}
+		if r.LastUsedAt != nil {
+			if t, err := parseTimestamp(*r.LastUsedAt); err == nil && !t.Before(at) {
+				continue
+			}
+		}
+		s := formatTimestamp(at)
+		if r.set("last_used_at", s) == nil {
+			r.LastUsedAt = &s
+		}
+	}
+}

@@ -1,0 +1,775 @@
+package apikey
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/redis/rueidis"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(RedisStore{})
+}
+
+// RedisStore keeps the keys in Redis (module
+// http.handlers.apikey.stores.redis), so that a fleet of Caddy servers
+// shares one key set: every server holds the whole key set in memory, as
+// with a key file, and follows the key set's change log, so that an add or
+// a revoke is in force on every server within milliseconds. Requests never
+// wait on Redis: when it is down, the keys in force stay in force.
+type RedisStore struct {
+	// The Redis server: redis://[user:password@]host:port/db, rediss://
+	// for TLS. Sentinel (?master_set=name&addr=host2:port) and Cluster
+	// (several addresses) as github.com/redis/rueidis reads them from the
+	// URL. {env.*} placeholders are replaced. Required.
+	URL string `json:"url,omitempty"`
+
+	// The prefix of the key set's Redis keys. Default: `apikey:`. Each
+	// prefix is a key set of its own.
+	Prefix string `json:"prefix,omitempty"`
+
+	// A file in which the key set in force is saved (atomically) after
+	// each sync, hashes only. If Redis cannot be reached when Caddy starts,
+	// the keys are taken from it, with a warning, until Redis is back.
+	CacheFile string `json:"cache_file,omitempty"`
+
+	// How often at most a key's last-used time is written to Redis, per
+	// server. Default: 15m. A negative value turns usage tracking off.
+	UsageInterval caddy.Duration `json:"usage_interval,omitempty"`
+
+	store   *redisKeyStore
+	poolKey string
+	lease   uint64
+}
+
+// CaddyModule returns the Caddy module information.
+func (RedisStore) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.apikey.stores.redis",
+		New: func() caddy.Module { return new(RedisStore) },
+	}
+}
+
+// redisStores holds one live store per Redis key set (URL and prefix) for
+// the whole process, across config reloads.
+var redisStores = caddy.NewUsagePool()
+
+// Provision connects to Redis and loads the key set, or takes a lease on
+// the live store of this key set if a handler of this process has one.
+func (r *RedisStore) Provision(ctx caddy.Context) error {
+	repl := caddy.NewReplacer()
+	rawURL := repl.ReplaceAll(r.URL, "")
+	opt, shown, err := redisURL(rawURL)
+	if err != nil {
+		return err
+	}
+	keys, err := newRedisKeys(repl.ReplaceAll(r.Prefix, ""))
+	if err != nil {
+		return err
+	}
+	cacheFile := repl.ReplaceAll(r.CacheFile, "")
+	r.poolKey = rawURL + "\x00" + keys.prefix
+	val, _, err := redisStores.LoadOrNew(r.poolKey, func() (caddy.Destructor, error) {
+		s := newRedisKeyStore(opt, shown, keys, cacheFile)
+		if err := s.open(); err != nil {
+			s.metrics.release()
+			return nil, err
+		}
+		s.start()
+		registerLive(s)
+		return s, nil
+	})
+	if err != nil {
+		return err
+	}
+	r.store = val.(*redisKeyStore)
+	r.lease = r.store.leases.add(storeSettings{
+		usage:  intervalSetting(r.UsageInterval, defaultUsageInterval),
+		reload: interval{off: true},
+	})
+	return nil
+}
+
+// Cleanup writes the pending last-used times and releases the key set. The
+// store stays set, for requests still in flight.
+func (r *RedisStore) Cleanup() error {
+	if r.store == nil || r.poolKey == "" {
+		return nil
+	}
+	if refs, _ := redisStores.References(r.poolKey); refs > 1 {
+		r.store.askFlush() // the last one's Destruct writes them as it stops
+	}
+	r.store.leases.remove(r.lease)
+	_, _ = redisStores.Delete(r.poolKey)
+	r.poolKey = ""
+	return nil
+}
+
+// KeySet returns the key set in force.
+func (r *RedisStore) KeySet() *KeySet { return r.store.keys.Load() }
+
+// MarkUsed notes a use of a key, for the usage writer.
+func (r *RedisStore) MarkUsed(k *Key, sum [sha256.Size]byte, now int64) {
+	if r.store.leases.current().usage.off {
+		return
+	}
+	r.store.usage.mark(k, sum, now)
+}
+
+// redisKeyStore is the live state of one Redis key set in this process:
+// the key set in force; the follower, which reads the change log and keeps
+// the key set up to date; the usage writer; and the cache writer.
+type redisKeyStore struct {
+	opt       rueidis.ClientOption
+	shown     string // the URL, without password
+	rk        redisKeys
+	cacheFile string
+	logger    *zap.Logger // nil: Caddy's current logger
+	metrics   *storeMetrics
+
+	client atomic.Pointer[rueidis.Client] // nil until connected
+	keys   atomic.Pointer[KeySet]
+	leases *leaseSet
+	usage  usageTracker
+
+	// The follower's state.
+	version   int64  // the version of the key set in force
+	logID     string // the last log entry applied
+	broken    bool   // the last change could not be applied: resync on the next
+	down      bool   // Redis could not be reached last time (logged once)
+	gone      bool   // the key set vanished from Redis (logged once)
+	lastCheck time.Time
+	syncs     atomic.Int64 // full reads of the key set, for tests
+
+	// The writers' state.
+	writeFailing bool
+	cacheFailing bool
+	cached       *KeySet
+	writes       atomic.Int64 // usage writes done, for tests
+
+	syncNow  chan chan error    // asks the follower for a version check now
+	flushNow chan chan struct{} // asks the usage writer to write all pending uses
+	cacheNow chan struct{}      // tells the cache writer that the key set changed
+	stopCtx  context.Context    // cancelled by Destruct: ends a blocking read
+	stop     context.CancelFunc
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, cacheFile string) *redisKeyStore {
+	s := &redisKeyStore{
+		opt: opt, shown: shown, rk: keys, cacheFile: cacheFile,
+		leases:   newLeaseSet(),
+		syncNow:  make(chan chan error),
+		flushNow: make(chan chan struct{}),
+		cacheNow: make(chan struct{}, 1),
+		done:     make(chan struct{}),
+	}
+	s.stopCtx, s.stop = context.WithCancel(context.Background())
+	s.metrics = acquireStoreMetrics(s.name())
+	return s
+}
+
+// name, keySet and records make the store a liveStore, for the admin API.
+func (s *redisKeyStore) name() string    { return "redis:" + s.shown + "#" + s.rk.prefix }
+func (s *redisKeyStore) keySet() *KeySet { return s.keys.Load() }
+func (s *redisKeyStore) records() recordStore {
+	var c rueidis.Client
+	if p := s.client.Load(); p != nil {
+		c = *p
+	}
+	return redisRecords{client: c, keys: s.rk, shown: s.shown}
+}
+
+func (s *redisKeyStore) log() *zap.Logger {
+	if s.logger != nil {
+		return s.logger
+	}
+	return caddy.Log().Named("http.handlers.apikey")
+}
+
+func (s *redisKeyStore) fields(more ...zap.Field) []zap.Field {
+	return append([]zap.Field{zap.String("redis", s.shown), zap.String("prefix", s.rk.prefix)}, more...)
+}
+
+// open connects and loads the key set. If Redis cannot be reached or holds
+// no key set, the cache file, if there is one, provides the keys until it
+// is back; otherwise the config load fails.
+func (s *redisKeyStore) open() error {
+	c, err := rueidis.NewClient(s.opt)
+	if err == nil {
+		s.client.Store(&c)
+		ctx, cancel := context.WithTimeout(s.stopCtx, reloadWait)
+		err = s.fullSync(ctx, c)
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	if errors.Is(err, errNoKeySet) {
+		err = fmt.Errorf("redis %s holds no key set at prefix %q: make one with caddy apikey add or caddy apikey import --redis %s --prefix %s", s.shown, s.rk.prefix, s.shown, s.rk.prefix)
+	} else {
+		err = fmt.Errorf("redis %s (prefix %q): %v", s.shown, s.rk.prefix, err)
+	}
+	if s.cacheFile == "" {
+		s.closeClient()
+		return err
+	}
+	ks, cerr := readKeySet(s.cacheFile)
+	if cerr != nil {
+		s.closeClient()
+		return fmt.Errorf("%v; and the cache file cannot be used: %v", err, cerr)
+	}
+	s.keys.Store(ks)
+	s.metrics.loaded(ks, time.Now())
+	s.down = true
+	s.log().Warn("Redis key set unavailable: starting from the cache file; will catch up when Redis is back",
+		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", len(ks.keys)), zap.Error(err))...)
+	return nil
+}
+
+func (s *redisKeyStore) closeClient() {
+	if p := s.client.Load(); p != nil {
+		(*p).Close()
+	}
+}
+
+// start runs the follower, the usage writer and the cache writer until
+// Destruct.
+func (s *redisKeyStore) start() {
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); s.follow() }()
+	go func() { defer wg.Done(); s.writeLoop() }()
+	go func() { defer wg.Done(); s.cacheLoop() }()
+	go func() { wg.Wait(); s.closeClient(); close(s.done) }()
+}
+
+// Destruct stops the store once no handler uses it; the usage writer writes
+// the pending times as it stops, for at most stopWait.
+func (s *redisKeyStore) Destruct() error {
+	s.stopOnce.Do(s.stop)
+	unregisterLive(s)
+	select {
+	case <-s.done:
+	case <-time.After(stopWait):
+		s.log().Warn("the last usage write to Redis is still going on; it goes on in the background", s.fields()...)
+	}
+	s.metrics.release()
+	return nil
+}
+
+// askSync has the follower check the key set's version now, and catch up
+// if it is behind; it returns what came of it.
+func (s *redisKeyStore) askSync() error {
+	reply := make(chan error, 1)
+	select {
+	case s.syncNow <- reply:
+		select {
+		case err := <-reply:
+			return err
+		case <-time.After(reloadWait):
+		}
+	case <-time.After(reloadWait):
+	}
+	return errors.New("the Redis follower did not answer")
+}
+
+// refresh is askSync, for the admin API: a change made through it is in
+// force here when it answers.
+func (s *redisKeyStore) refresh() error { return s.askSync() }
+
+// askFlush has the usage writer write every pending time now, and waits for
+// it at most stopWait.
+func (s *redisKeyStore) askFlush() {
+	reply, deadline := make(chan struct{}, 1), time.After(stopWait)
+	select {
+	case s.flushNow <- reply:
+		select {
+		case <-reply:
+		case <-deadline:
+		}
+	case <-deadline:
+	}
+}
+
+// Timing of the follower.
+const (
+	// followBlock is how long one read of the log blocks; when it returns
+	// empty, the version is checked (the safety net). So a quiet key set
+	// costs two Redis calls a second per server.
+	followBlock = time.Second
+	// maxBackoff bounds the wait between attempts while Redis is down.
+	maxBackoff = 5 * time.Second
+)
+
+// follow is the follower: it reads the change log with a blocking read and
+// applies each change as it comes; when the log is quiet it checks the
+// version; when Redis is down it retries with backoff, the keys in force
+// staying in force.
+func (s *redisKeyStore) follow() {
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-s.stopCtx.Done():
+			return
+		case reply := <-s.syncNow:
+			reply <- s.check()
+			continue
+		default:
+		}
+		c, err := s.connected()
+		switch {
+		case err != nil:
+		case s.version == 0: // started from the cache file, or the key set is gone
+			err = s.check()
+		default:
+			err = s.readLog(c, followBlock)
+		}
+		if err == nil && time.Since(s.lastCheck) >= followBlock {
+			err = s.check()
+		}
+		if err == nil || errors.Is(err, errNoKeySet) || s.stopCtx.Err() != nil {
+			backoff = 100 * time.Millisecond
+			if errors.Is(err, errNoKeySet) {
+				s.sleep(followBlock)
+			}
+			continue
+		}
+		s.reportDown(err)
+		s.sleep(backoff)
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// sleep waits d, or less if the store stops or a sync is asked for.
+func (s *redisKeyStore) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-s.stopCtx.Done():
+	case reply := <-s.syncNow:
+		reply <- s.check()
+	case <-t.C:
+	}
+}
+
+// connected returns the client, making it if the store started without
+// Redis.
+func (s *redisKeyStore) connected() (rueidis.Client, error) {
+	if p := s.client.Load(); p != nil {
+		return *p, nil
+	}
+	c, err := rueidis.NewClient(s.opt)
+	if err != nil {
+		return nil, err
+	}
+	s.client.Store(&c)
+	return c, nil
+}
+
+// reportDown logs that Redis cannot be reached, once until it can again.
+func (s *redisKeyStore) reportDown(err error) {
+	if s.down {
+		return
+	}
+	s.down = true
+	s.metrics.loadFailed()
+	s.log().Error("cannot reach Redis; the keys in force stay in force, and it is retried",
+		s.fields(zap.Int64("version", s.version), zap.Error(err))...)
+}
+
+// reportUp logs that Redis is back, if it was down.
+func (s *redisKeyStore) reportUp() {
+	if s.down {
+		s.down = false
+		s.log().Info("Redis is reachable again", s.fields()...)
+	}
+}
+
+// readLog reads the change log from the last entry applied, blocking up to
+// block (0: not at all), and applies what it finds.
+func (s *redisKeyStore) readLog(c rueidis.Client, block time.Duration) error {
+	xread := c.B().Xread().Count(1000)
+	var built rueidis.Completed
+	if block > 0 {
+		built = xread.Block(block.Milliseconds()).Streams().Key(s.rk.log).Id(s.logID).Build()
+	} else {
+		built = xread.Streams().Key(s.rk.log).Id(s.logID).Build()
+	}
+	ctx, cancel := context.WithTimeout(s.stopCtx, block+redisTimeout)
+	defer cancel()
+	streams, err := c.Do(ctx, built).AsXRead()
+	if rueidis.IsRedisNil(err) {
+		s.reportUp()
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	s.reportUp()
+	entries := streams[s.rk.log]
+	if len(entries) == 0 {
+		return nil
+	}
+	return s.apply(ctx, c, entries)
+}
+
+// apply puts the changes of log entries in force: the records they name are
+// read again and replace their keys. A gap in the versions (entries
+// trimmed from the log, a key set made anew) means a full read instead.
+func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []rueidis.XRangeEntry) error {
+	changed := make(map[string]struct{})
+	version := s.version
+	for _, e := range entries {
+		v, err := strconv.ParseInt(e.FieldValues["v"], 10, 64)
+		if err != nil || v != version+1 || s.broken {
+			return s.fullSync(ctx, c)
+		}
+		var ids []string
+		if err := json.Unmarshal([]byte(e.FieldValues["ids"]), &ids); err != nil {
+			return s.fullSync(ctx, c)
+		}
+		for _, id := range ids {
+			changed[id] = struct{}{}
+		}
+		version = v
+	}
+	last := entries[len(entries)-1].ID
+
+	ids := make([]string, 0, len(changed))
+	for id := range changed {
+		ids = append(ids, id)
+	}
+	vals, err := c.Do(ctx, c.B().Hmget().Key(s.rk.records).Field(ids...).Build()).ToArray()
+	if err != nil {
+		return err
+	}
+	changes := make(map[string]*Record, len(ids))
+	var arr recordArray
+	for i, v := range vals {
+		if js, err := v.ToString(); err == nil {
+			arr.add(ids[i], js)
+		} else if rueidis.IsRedisNil(err) {
+			changes[ids[i]] = nil // deleted
+		} else {
+			return err
+		}
+	}
+	ks, err := s.applyRecords(&arr, changes)
+	if err != nil {
+		// Like a broken key file: the keys in force stay, the problem is
+		// logged, and the next change is read whole.
+		s.broken = true
+		s.version, s.logID = version, last
+		s.metrics.loadFailed()
+		s.log().Error("a change to the Redis key set cannot be used; the keys in force stay in force",
+			s.fields(zap.Int64("version", version), zap.Error(err))...)
+		return nil
+	}
+	s.version, s.logID = version, last
+	s.put(ks, false)
+	return nil
+}
+
+// applyRecords checks the changed records and makes the next key set.
+func (s *redisKeyStore) applyRecords(arr *recordArray, changes map[string]*Record) (*KeySet, error) {
+	doc, err := parseKeyDoc(arr.bytes())
+	if err != nil {
+		return nil, err
+	}
+	if err := arr.checkFields(doc.records); err != nil {
+		return nil, err
+	}
+	for i := range doc.records {
+		changes[doc.records[i].ID] = &doc.records[i].Record
+	}
+	return s.keys.Load().with(changes)
+}
+
+// check compares the key set's version with the one in force, and catches
+// up if they differ: from the log if it can, by a full read otherwise.
+func (s *redisKeyStore) check() error {
+	c, err := s.connected()
+	if err != nil {
+		s.reportDown(err)
+		return err
+	}
+	ctx, cancel := context.WithTimeout(s.stopCtx, reloadWait)
+	defer cancel()
+	v, err := readVersion(ctx, c, s.rk)
+	if err != nil {
+		s.reportDown(err)
+		return err
+	}
+	s.reportUp()
+	s.lastCheck = time.Now()
+	switch {
+	case v == 0:
+		if !s.gone {
+			s.gone = true
+			s.metrics.loadFailed()
+			s.log().Error("the key set is gone from Redis (a restart without persistence, a FLUSHALL?); the keys in force stay in force until it is back: restore it with caddy apikey import",
+				s.fields(zap.Int64("version", s.version))...)
+		}
+		return errNoKeySet
+	case s.gone || s.broken || v < s.version || s.version == 0:
+		if s.gone {
+			s.gone = false
+			s.log().Info("the key set is back in Redis", s.fields()...)
+		}
+		return s.fullSync(ctx, c)
+	case v > s.version:
+		if err := s.readLog(c, 0); err != nil {
+			return err
+		}
+		if s.version != v {
+			return s.fullSync(ctx, c)
+		}
+	}
+	s.metrics.synced(s.lastCheck)
+	return nil
+}
+
+// fullSync reads the whole key set and puts it in force, then follows the
+// log from where it stood before the read (changes made during the read are
+// applied again, which changes nothing).
+func (s *redisKeyStore) fullSync(ctx context.Context, c rueidis.Client) error {
+	head, err := readHead(ctx, c, s.rk)
+	if err != nil {
+		return err
+	}
+	if head.version == 0 {
+		return errNoKeySet
+	}
+	doc, _, _, err := readRedisRecords(ctx, c, s.rk)
+	if err == nil {
+		var ks *KeySet
+		if ks, err = buildKeySet(doc.records); err == nil {
+			s.syncs.Add(1)
+			s.version, s.logID, s.broken = head.version, head.logID, false
+			s.put(ks, true)
+			s.lastCheck = time.Now()
+			return nil
+		}
+	}
+	if errors.Is(err, errNoKeySet) {
+		return err
+	}
+	if s.keys.Load() == nil {
+		return err // the first load: the config load fails
+	}
+	s.broken = true
+	s.version, s.logID = head.version, head.logID
+	s.metrics.loadFailed()
+	s.log().Error("the Redis key set cannot be used; the keys in force stay in force", s.fields(zap.Error(err))...)
+	return nil
+}
+
+// put puts ks in force. A key set read whole gets the usage cells of the
+// keys that stay the same (one that KeySet.with made has them already).
+func (s *redisKeyStore) put(ks *KeySet, whole bool) {
+	if old := s.keys.Load(); old != nil && whole {
+		carryUsage(old, ks)
+	}
+	s.keys.Store(ks)
+	now := time.Now()
+	s.metrics.loaded(ks, now)
+	s.metrics.synced(now)
+	select {
+	case s.cacheNow <- struct{}{}:
+	default:
+	}
+}
+
+// writeLoop is the usage writer: it writes the last-used times that are due
+// every min(usage interval, maxFlushPeriod), all of them when asked, and
+// all of them as it stops.
+func (s *redisKeyStore) writeLoop() {
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-s.stopCtx.Done():
+			s.writeUsage(true)
+			return
+		case reply := <-s.flushNow:
+			s.writeUsage(true)
+			reply <- struct{}{}
+		case <-t.C:
+			iv := s.leases.current().usage
+			iv.every = min(iv.every, maxFlushPeriod)
+			if !iv.off && time.Since(last) >= iv.every {
+				last = time.Now()
+				s.writeUsage(false)
+			}
+		}
+	}
+}
+
+// usageBatchSize is how many keys one run of usageScript covers; a flush
+// sends all its runs in one round trip.
+const usageBatchSize = 500
+
+// writeUsage writes the due last-used times to Redis in one round trip.
+func (s *redisKeyStore) writeUsage(all bool) {
+	batch := s.usage.collect(all, s.leases.current().usage.every, time.Now())
+	if batch == nil {
+		return
+	}
+	err := errors.New("not connected")
+	if p := s.client.Load(); p != nil {
+		err = s.sendUsage(*p, batch)
+	}
+	s.metrics.usageWritten(err)
+	if err != nil {
+		if !s.writeFailing {
+			s.writeFailing = true
+			s.log().Error("cannot write last-used times to Redis; authentication goes on, and writing will be retried", s.fields(zap.Error(err))...)
+		}
+		return
+	}
+	if s.writeFailing {
+		s.writeFailing = false
+		s.log().Info("writing last-used times to Redis works again", s.fields()...)
+	}
+	s.usage.done(batch)
+	s.writes.Add(1)
+}
+
+func (s *redisKeyStore) sendUsage(c rueidis.Client, batch *usageBatch) error {
+	var execs []rueidis.LuaExec
+	var args []string
+	for k, at := range batch.updates {
+		args = append(args, k.id, k.hash, strconv.FormatInt(at.UnixMicro(), 10))
+		if len(args) == 3*usageBatchSize {
+			execs = append(execs, rueidis.LuaExec{Keys: []string{s.rk.records, s.rk.used}, Args: args})
+			args = nil
+		}
+	}
+	if len(args) > 0 {
+		execs = append(execs, rueidis.LuaExec{Keys: []string{s.rk.records, s.rk.used}, Args: args})
+	}
+	// Not the stop context: the last write runs as the store stops.
+	ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+	defer cancel()
+	for _, res := range usageScript.ExecMulti(ctx, c, execs...) {
+		if err := res.Error(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cacheLoop is the cache writer: it saves each new key set in force to the
+// cache file. A key set that changes while one is written is saved next.
+func (s *redisKeyStore) cacheLoop() {
+	if s.cacheFile == "" {
+		<-s.stopCtx.Done()
+		return
+	}
+	for {
+		select {
+		case <-s.stopCtx.Done():
+			return
+		case <-s.cacheNow:
+			s.writeCache()
+		}
+	}
+}
+
+func (s *redisKeyStore) writeCache() {
+	ks := s.keys.Load()
+	if ks == nil || ks == s.cached {
+		return
+	}
+	_, err := writeFileAtomic(s.cacheFile, keySetSnapshot{ks: ks, of: s.name()}, nil, nil)
+	if err != nil {
+		if !s.cacheFailing {
+			s.cacheFailing = true
+			s.log().Error("cannot write the cache file", s.fields(zap.String("cache_file", s.cacheFile), zap.Error(err))...)
+		}
+		return
+	}
+	s.cacheFailing = false
+	s.cached = ks
+}
+
+// keySetSnapshot writes a key set as a key file, with what authentication
+// needs of each record (never last-used times, nor members this plugin
+// does not know): the cache file.
+type keySetSnapshot struct {
+	ks *KeySet
+	of string
+}
+
+func (s keySetSnapshot) WriteTo(w io.Writer) (int64, error) {
+	cw := &countWriter{w: w}
+	bw := bufio.NewWriterSize(cw, chunkSize)
+	of, _ := json.Marshal("a snapshot of " + s.of + ", written by caddy-apikey")
+	fmt.Fprintf(bw, "{\n  \"snapshot\": %s,\n  \"api_keys\": [", of)
+	first := true
+	for sum, i := range s.ks.byHash {
+		k := &s.ks.keys[i]
+		rec := Record{ID: k.ID, Label: k.Label, KeyHash: hex.EncodeToString(sum[:]), KeyPrefix: k.Prefix, Scopes: k.Scopes}
+		if k.expires {
+			rec.ExpiresAt = timestamp(ptr(time.Unix(0, k.expiresAt)))
+		}
+		if k.revoked {
+			rec.RevokedAt = timestamp(ptr(time.Unix(0, k.revokedAt)))
+		}
+		js, err := jsonv2.Marshal(rec)
+		if err != nil {
+			return cw.n, err
+		}
+		if !first {
+			bw.WriteByte(',')
+		}
+		first = false
+		bw.WriteString("\n    ")
+		bw.Write(js)
+	}
+	bw.WriteString("\n  ]\n}\n")
+	err := bw.Flush()
+	return cw.n, err
+}
+
+func ptr[T any](v T) *T { return &v }
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Interface guards
+var (
+	_ Store              = (*RedisStore)(nil)
+	_ caddy.Provisioner  = (*RedisStore)(nil)
+	_ caddy.CleanerUpper = (*RedisStore)(nil)
+	_ Store              = (*FileStore)(nil)
+	_ caddy.Provisioner  = (*FileStore)(nil)
+	_ caddy.CleanerUpper = (*FileStore)(nil)
+	_ liveStore          = (*redisKeyStore)(nil)
+	_ liveStore          = (*keyStore)(nil)
+)
