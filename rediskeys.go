@@ -72,6 +72,9 @@ func redisURL(configured string) (rueidis.ClientOption, string, error) {
 	// and managed servers do not all support it.
 	opt.DisableCache = true
 	opt.ClientName = "caddy-apikey"
+	// No retries inside the client: a call to a dead server fails at once,
+	// and the store's own loop retries with backoff, logging once.
+	opt.DisableRetry = true
 	if opt.ConnWriteTimeout == 0 {
 		opt.ConnWriteTimeout = redisTimeout
 	}

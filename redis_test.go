@@ -1,0 +1,431 @@
+package apikey
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+	"go.uber.org/zap"
+)
+
+// testRedis is a real redis-server (the Debian package), started on a free
+// loopback port for one test and stopped when it ends.
+type testRedis struct {
+	t    testing.TB
+	port int
+	dir  string
+	cmd  *exec.Cmd
+	URL  string
+}
+
+// startRedis starts a redis-server without persistence. A test that needs
+// Redis fails, not skips, when it cannot start one: .ci/run installs it.
+func startRedis(t testing.TB) *testRedis {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatalf("redis-server is not installed (apt-get install -y redis-server; .ci/run does it): %v", err)
+	}
+	r := &testRedis{t: t, port: freePort(t), dir: t.TempDir()}
+	r.URL = fmt.Sprintf("redis://127.0.0.1:%d/0", r.port)
+	r.start()
+	t.Cleanup(r.kill)
+	return r
+}
+
+// freePort returns a loopback TCP port that nothing listens on now.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// start runs redis-server on r's port and waits until it answers.
+func (r *testRedis) start() {
+	r.t.Helper()
+	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"))
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatalf("starting redis-server: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", r.port))
+		if err == nil {
+			fmt.Fprintf(c, "PING\r\n")
+			buf := make([]byte, 7)
+			_ = c.SetReadDeadline(time.Now().Add(time.Second))
+			n, _ := io.ReadFull(c, buf)
+			c.Close()
+			if string(buf[:n]) == "+PONG\r\n" {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
+			r.t.Fatalf("redis-server on port %d did not answer within 10s: %v\n%s", r.port, err, log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill stops redis-server at once (SIGKILL), as a crash would.
+func (r *testRedis) kill() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+		r.cmd = nil
+	}
+}
+
+// client is a rueidis client for the test's own calls.
+func (r *testRedis) client() rueidis.Client {
+	r.t.Helper()
+	opt, _, err := redisURL(r.URL)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	c, err := rueidis.NewClient(opt)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(c.Close)
+	return c
+}
+
+// do runs a Redis command for the test.
+func (r *testRedis) do(args ...string) rueidis.RedisResult {
+	r.t.Helper()
+	c := r.client()
+	return c.Do(context.Background(), c.B().Arbitrary(args...).Build())
+}
+
+// records is the test's record store on r at prefix.
+func (r *testRedis) records(prefix string) redisRecords {
+	r.t.Helper()
+	rs, err := dialRedisRecords(r.URL, prefix)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(rs.client.Close)
+	return rs
+}
+
+// addRedisKey adds a key to the key set and returns the raw key and its
+// record.
+func addRedisKey(t testing.TB, st recordStore, label string) (string, Record) {
+	t.Helper()
+	raw, rec, err := createKey(st, addOptions{Label: label}, time.Now(), nil)
+	if err != nil {
+		t.Fatalf("add: %v", err)
+	}
+	return raw, rec
+}
+
+// openRedisStore opens a live store on r's key set at prefix, with the
+// usage interval given, as Provision does; it is stopped when the test
+// ends.
+func openRedisStore(t testing.TB, r *testRedis, prefix, cacheFile string, usage time.Duration) (*redisKeyStore, error) {
+	t.Helper()
+	opt, shown, err := redisURL(r.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := newRedisKeys(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newRedisKeyStore(opt, shown, keys, cacheFile)
+	s.logger = zap.NewNop()
+	s.leases.add(storeSettings{usage: interval{every: usage}, reload: interval{off: true}})
+	if err := s.open(); err != nil {
+		return nil, err
+	}
+	s.start()
+	t.Cleanup(func() { _ = s.Destruct() })
+	return s, nil
+}
+
+func mustOpenRedisStore(t testing.TB, r *testRedis, prefix string) *redisKeyStore {
+	t.Helper()
+	s, err := openRedisStore(t, r, prefix, "", time.Hour)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return s
+}
+
+// admits reports whether the store's key set in force admits raw.
+func admits(s *redisKeyStore, raw string) bool {
+	k, _ := s.keys.Load().lookup(raw)
+	return k != nil && !k.revoked && !k.expired(time.Now().UnixNano())
+}
+
+// eventually polls cond until it holds, failing the test after timeout.
+// Changes reach a store through a blocking read: this waits for delivery,
+// not for an interval.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestRedisStoreFollowsChanges(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("")
+	rawA, _ := addRedisKey(t, rs, "a")
+	s := mustOpenRedisStore(t, r, "")
+	if !admits(s, rawA) {
+		t.Fatal("the key added before the store opened is not in force")
+	}
+
+	rawB, recB := addRedisKey(t, rs, "b")
+	eventually(t, time.Second, "the new key is not in force", func() bool { return admits(s, rawB) })
+
+	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Second, "the revoked key is still admitted", func() bool { return !admits(s, rawB) })
+	if !admits(s, rawA) {
+		t.Fatal("an unrelated key was lost")
+	}
+	if got := s.syncs.Load(); got != 1 {
+		t.Errorf("the store read the whole key set %d times, want 1 (the changes come from the log)", got)
+	}
+	if err := s.askSync(); err != nil {
+		t.Fatalf("version check: %v", err)
+	}
+}
+
+func TestRedisStoreResyncsOnAGap(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("")
+	addRedisKey(t, rs, "a")
+	s := mustOpenRedisStore(t, r, "")
+
+	// The log loses entries (trimmed while the store was away): the
+	// versions jump, and the store reads the whole key set.
+	keys, _ := newRedisKeys("")
+	r.do("INCR", keys.version)
+	r.do("XTRIM", keys.log, "MAXLEN", "0")
+	rawB, _ := addRedisKey(t, rs, "b")
+	eventually(t, 2*time.Second, "the key added after the gap is not in force", func() bool { return admits(s, rawB) })
+	if got := s.syncs.Load(); got != 2 {
+		t.Errorf("full reads = %d, want 2", got)
+	}
+}
+
+func TestRedisStoreKeepsKeysWhenRedisIsDownOrWiped(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("")
+	raw, _ := addRedisKey(t, rs, "a")
+	s := mustOpenRedisStore(t, r, "")
+
+	// Wiped: the key set is gone, as after a restart without persistence.
+	r.do("FLUSHALL")
+	if err := s.askSync(); !errors.Is(err, errNoKeySet) {
+		t.Fatalf("check after FLUSHALL: %v, want errNoKeySet", err)
+	}
+	if !admits(s, raw) {
+		t.Fatal("a wiped key set took the keys in force with it")
+	}
+
+	// Down: kill -9. The keys stay in force.
+	r.kill()
+	if err := s.askSync(); err == nil {
+		t.Fatal("check with Redis down: no error")
+	}
+	if !admits(s, raw) {
+		t.Fatal("Redis down took the keys in force with it")
+	}
+
+	// Back, empty: restore from a key file; the store catches up.
+	r.start()
+	rs2 := r.records("")
+	raw2, _ := addRedisKey(t, rs2, "after")
+	eventually(t, 10*time.Second, "the store did not catch up after Redis came back", func() bool { return admits(s, raw2) })
+	if admits(s, raw) {
+		t.Error("a key of the lost key set is still in force after the new key set was read")
+	}
+}
+
+func TestRedisStoreStartsFromCacheFile(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("")
+	raw, _ := addRedisKey(t, rs, "a")
+	cache := filepath.Join(t.TempDir(), "cache.json")
+	s, err := openRedisStore(t, r, "", cache, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
+	if ks, err := readKeySet(cache); err != nil || len(ks.keys) != 1 {
+		t.Fatalf("cache file: %v", err)
+	}
+	_ = s.Destruct()
+	r.kill()
+
+	// Without a cache file, a start with Redis down fails, naming the URL.
+	if _, err := openRedisStore(t, r, "", "", time.Hour); err == nil || !strings.Contains(err.Error(), r.URL) {
+		t.Fatalf("start with Redis down and no cache: %v, want an error naming %s", err, r.URL)
+	}
+	// With one, it starts from it.
+	s2, err := openRedisStore(t, r, "", cache, time.Hour)
+	if err != nil {
+		t.Fatalf("start with Redis down and a cache file: %v", err)
+	}
+	if !admits(s2, raw) {
+		t.Fatal("the key from the cache file is not in force")
+	}
+	r.start()
+	rs2 := r.records("")
+	if _, err := importKeys(fileRecords{path: cache}, rs2, nil); err != nil {
+		t.Fatal(err)
+	}
+	raw2, _ := addRedisKey(t, rs2, "b")
+	eventually(t, 10*time.Second, "the store did not catch up when Redis came back", func() bool { return admits(s2, raw2) && admits(s2, raw) })
+}
+
+func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("")
+	rawA, recA := addRedisKey(t, rs, "a")
+	rawB, recB := addRedisKey(t, rs, "b")
+	s1 := mustOpenRedisStore(t, r, "")
+	s2 := mustOpenRedisStore(t, r, "")
+
+	use := func(s *redisKeyStore, raw string, at time.Time) {
+		k, sum := s.keys.Load().lookup(raw)
+		s.usage.mark(k, sum, at.UnixNano())
+	}
+	t1 := time.Now().Add(-time.Hour).Truncate(time.Microsecond)
+	t2 := t1.Add(time.Minute)
+	use(s1, rawA, t2)
+	s1.askFlush()
+	use(s2, rawA, t1) // older: must not overwrite
+	s2.askFlush()
+
+	// B is deleted (by hand) before its use is written: never recreated.
+	keys, _ := newRedisKeys("")
+	r.do("HDEL", keys.records, recB.ID)
+	use(s1, rawB, t2)
+	s1.askFlush()
+
+	records, _, err := rs.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(records) != 1 || records[0].ID != recA.ID {
+		t.Fatalf("records after the usage writes: %d, want only A", len(records))
+	}
+	if got := records[0].LastUsedAt; got == nil || *got != formatTimestamp(t2) {
+		t.Errorf("A's last_used_at = %v, want %s (the later use)", got, formatTimestamp(t2))
+	}
+	if n, _ := r.do("HLEN", keys.used).AsInt64(); n != 1 {
+		t.Errorf("used entries = %d, want 1", n)
+	}
+	if s1.writes.Load() == 0 || s2.writes.Load() == 0 {
+		t.Error("a usage write did not happen")
+	}
+}
+
+func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("imp:")
+	a, b := newTestKey("a", nil), newTestKey("b", map[string]any{"x-team": "ops"})
+	path := writeKeys(t, "", a, b)
+
+	res, err := importKeys(fileRecords{path: path}, rs, nil)
+	if err != nil || res.added != 2 || res.present != 0 || len(res.conflicts) != 0 {
+		t.Fatalf("first import: %+v, %v", res, err)
+	}
+	res, err = importKeys(fileRecords{path: path}, rs, nil)
+	if err != nil || res.added != 0 || res.present != 2 {
+		t.Fatalf("second import: %+v, %v", res, err)
+	}
+	// The unknown member came along.
+	keys, _ := newRedisKeys("imp:")
+	js, _ := r.do("HGET", keys.records, b.record["id"].(string)).ToString()
+	if !strings.Contains(js, `"x-team":"ops"`) {
+		t.Errorf("record in Redis: %s; the unknown member was lost", js)
+	}
+
+	// Same id, other label: reported, not overwritten.
+	changed := newTestKey("other", map[string]any{"id": a.record["id"]})
+	res, err = importKeys(fileRecords{path: writeKeys(t, "", changed)}, rs, nil)
+	if err != nil || res.added != 0 || len(res.conflicts) != 1 || !strings.Contains(res.conflicts[0], "other content") {
+		t.Fatalf("conflicting import: %+v, %v", res, err)
+	}
+	records, _, _ := rs.read()
+	for _, rec := range records {
+		if rec.ID == a.record["id"] && rec.Label != "a" {
+			t.Error("a conflicting import overwrote a record")
+		}
+	}
+
+	// Export writes a key file the file store loads, with the same keys.
+	out := filepath.Join(t.TempDir(), "export.json")
+	if n, err := exportKeys(rs, out, nil); err != nil || n != 2 {
+		t.Fatalf("export: %d, %v", n, err)
+	}
+	ks, err := readKeySet(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []testKey{a, b} {
+		if got, _ := ks.lookup(k.Raw); got == nil {
+			t.Errorf("key %s is missing from the export", k.record["id"])
+		}
+	}
+	if _, err := exportKeys(rs, out, nil); err == nil {
+		t.Error("export over an existing file: no error")
+	}
+	var buf bytes.Buffer
+	if _, err := exportKeys(rs, "", &buf); err != nil || !strings.Contains(buf.String(), `"api_keys"`) {
+		t.Errorf("export to stdout: %v\n%s", err, buf.String())
+	}
+}
+
+func TestRedisCommandsRefuseWithoutAKeySet(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("none:")
+	_, _, err := revokeNamedKey(rs, "abcd", time.Now(), nil)
+	if err == nil || !strings.Contains(err.Error(), "holds no key set") || !strings.Contains(err.Error(), "--redis "+r.URL) {
+		t.Fatalf("revoke on an empty prefix: %v", err)
+	}
+	if _, err := openRedisStore(t, r, "none:", "", time.Hour); err == nil || !strings.Contains(err.Error(), "holds no key set") {
+		t.Fatalf("store on an empty prefix: %v", err)
+	}
+}
+
+func TestRedisURLIsRedacted(t *testing.T) {
+	_, shown, err := redisURL("redis://user:s3cret@127.0.0.1:1/0")
+	if err != nil || strings.Contains(shown, "s3cret") || !strings.Contains(shown, "user:xxxxx@") {
+		t.Fatalf("shown = %q, %v", shown, err)
+	}
+	if _, _, err := redisURL("http://127.0.0.1"); err == nil {
+		t.Error("an http:// URL was taken")
+	}
+	if _, err := newRedisKeys("a{b"); err == nil {
+		t.Error("a prefix with { was taken")
+	}
+}
