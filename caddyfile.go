@@ -230,7 +230,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		redis.UsageInterval, h.UsageInterval = h.UsageInterval, 0
 		h.StoreRaw = caddyconfig.JSONModuleObject(redis, "backend", "redis", nil)
 	case h.KeysFile == "":
-		return d.Err("a key store is required: apikey <keys_file>, keys_file <path> or redis <url> in the block")
+		return d.Err("a key file is required: apikey <keys_file> or keys_file <path> in the block; or redis <url> for a Redis key set")
 	}
 	return nil
 }

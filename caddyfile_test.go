@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"context"
 	"encoding/json"
 	"reflect"
 	"strings"
@@ -291,6 +292,55 @@ respond ok`))
 	}
 }
 
+func TestCaddyfileRedis(t *testing.T) {
+	cfg, err := adaptCaddyfile(t, site(`apikey /api/* {
+	redis redis://:{env.REDIS_PASSWORD}@10.0.0.5:6379/2 {
+		prefix     prod:
+		cache_file /var/lib/caddy/apikey-cache.json
+	}
+	scope read
+	usage_interval 30m
+}
+respond ok`))
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	routes := apikeyRoutes(cfg)
+	if len(routes) != 1 {
+		t.Fatalf("found %d apikey handlers, want 1", len(routes))
+	}
+	got, _ := json.Marshal(routes[0].Handler)
+	want := `{"handler":"apikey","scopes":["read"],"store":{"backend":"redis","cache_file":"/var/lib/caddy/apikey-cache.json",` +
+		`"prefix":"prod:","url":"redis://:{env.REDIS_PASSWORD}@10.0.0.5:6379/2","usage_interval":1800000000000}}`
+	if string(got) != want {
+		t.Errorf("handler JSON\n got %s\nwant %s", got, want)
+	}
+	if m, _ := json.Marshal(routes[0].Match); string(m) != `[{"path":["/api/*"]}]` {
+		t.Errorf("match = %s: a lone argument with a redis block is a matcher", m)
+	}
+
+	for _, tt := range []struct {
+		name, body string
+		want       []string
+	}{
+		{"redis and a key file", "apikey k.json {\n\tredis redis://h\n}", []string{"Caddyfile:", "not both"}},
+		{"redis and reload_interval", "apikey {\n\tredis redis://h\n\treload_interval 1s\n}", []string{"Caddyfile:", "reload_interval"}},
+		{"redis without URL", "apikey {\n\tredis\n}", []string{"Caddyfile:3", "wrong argument count"}},
+		{"redis with two URLs", "apikey {\n\tredis redis://a redis://b\n}", []string{"Caddyfile:3", "wrong argument count"}},
+		{"redis twice", "apikey {\n\tredis redis://a\n\tredis redis://b\n}", []string{"Caddyfile:4", "already"}},
+		{"unknown redis option", "apikey {\n\tredis redis://a {\n\t\tdb 2\n\t}\n}", []string{"Caddyfile:4", "db"}},
+		{"prefix without argument", "apikey {\n\tredis redis://a {\n\t\tprefix\n\t}\n}", []string{"Caddyfile:4", "wrong argument count"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := adaptCaddyfile(t, site(tt.body))
+			if err == nil {
+				t.Fatalf("adapt accepted:\n%s", tt.body)
+			}
+			wantContains(t, err.Error(), tt.want...)
+		})
+	}
+}
+
 func TestCaddyfileDirectiveOrder(t *testing.T) {
 	// Written after respond, reverse_proxy and basic_auth, apikey still
 	// runs first: it is ordered before basic_auth.
@@ -347,6 +397,50 @@ func TestCaddyfileAdaptErrors(t *testing.T) {
 			wantContains(t, msg, tt.want...)
 			if strings.Contains(tt.want[0], ":") && !strings.Contains(msg, "Caddyfile:") {
 				t.Errorf("error %q names no file and line", msg)
+			}
+		})
+	}
+}
+
+// The store is a guest module in JSON; keys_file is its shorthand.
+func TestJSONStoreModule(t *testing.T) {
+	k := newTestKey("json", nil)
+	path := writeKeys(t, "", k)
+	provision := func(raw string) (*Handler, error) {
+		var h Handler
+		if err := json.Unmarshal([]byte(raw), &h); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		t.Cleanup(cancel)
+		return &h, h.Provision(ctx)
+	}
+	pathJSON, _ := json.Marshal(path)
+
+	h, err := provision(`{"store": {"backend": "file", "path": ` + string(pathJSON) + `, "reload_interval": -1}}`)
+	if err != nil {
+		t.Fatalf("file store module: %v", err)
+	}
+	if _, ok := h.store.(*FileStore); !ok {
+		t.Fatalf("store is %T, want *FileStore", h.store)
+	}
+	if got, _ := h.store.KeySet().lookup(k.Raw); got == nil {
+		t.Fatal("the key of the file store's file is not in force")
+	}
+
+	for _, tt := range []struct{ name, raw, want string }{
+		{"neither", `{}`, "a key store is required"},
+		{"both", `{"keys_file": ` + string(pathJSON) + `, "store": {"backend": "file", "path": "x"}}`, "both given"},
+		{"intervals beside a store", `{"usage_interval": 60000000000, "store": {"backend": "file", "path": ` + string(pathJSON) + `}}`, "go in the store module"},
+		{"unknown backend", `{"store": {"backend": "etcd"}}`, "etcd"},
+		{"file store without path", `{"store": {"backend": "file"}}`, "path"},
+		{"redis store without URL", `{"store": {"backend": "redis"}}`, "URL is required"},
+		{"redis store, bad prefix", `{"store": {"backend": "redis", "url": "redis://127.0.0.1:1", "prefix": "a{b"}}`, "hash tag"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := provision(tt.raw)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error = %v, want one saying %q", err, tt.want)
 			}
 		})
 	}
