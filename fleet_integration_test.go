@@ -108,6 +108,7 @@ func launchFleetCaddy(t testing.TB, name, redisBlock string) (*fleetCaddy, error
 	c.cmd.Env = append(os.Environ(), "HOME="+c.dir, "XDG_DATA_HOME="+c.dir, "XDG_CONFIG_HOME="+c.dir)
 	w := &lockedWriter{w: c.log, mu: c.logMu}
 	c.cmd.Stdout, c.cmd.Stderr = w, w
+	dieWithTest(c.cmd)
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -155,13 +156,16 @@ func (c *fleetCaddy) url() string { return fmt.Sprintf("http://127.0.0.1:%d/", c
 
 var fleetClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 
-// status sends a request with raw as bearer key and returns the status.
+// status sends a request with raw as bearer key and returns the status,
+// or 0 (the test marked failed) if there is no response. It may be called
+// from any goroutine.
 func (c *fleetCaddy) status(raw string) int {
 	req, _ := http.NewRequest("GET", c.url(), nil)
 	req.Header.Set("Authorization", "Bearer "+raw)
 	resp, err := fleetClient.Do(req)
 	if err != nil {
-		c.t.Fatalf("caddy %s: %v", c.name, err)
+		c.t.Errorf("caddy %s: %v", c.name, err)
+		return 0
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
@@ -213,8 +217,8 @@ func waitAll(t testing.TB, fleet []*fleetCaddy, raw string, want int, start time
 	for _, c := range fleet {
 		wg.Go(func() {
 			deadline := time.Now().Add(5 * time.Second)
-			for c.status(raw) != want {
-				if time.Now().After(deadline) {
+			for st := c.status(raw); st != want; st = c.status(raw) {
+				if st == 0 || time.Now().After(deadline) {
 					t.Errorf("caddy %s: not %d after 5s", c.name, want)
 					return
 				}
