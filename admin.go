@@ -45,9 +45,11 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets the API up on the stores of this process.
+// Provision sets the API up on the stores of this process. Caddy
+// provisions admin routers in the config's context, not a module's: the
+// logger is asked for by module, to be named admin.api.apikey.
 func (a *AdminAPI) Provision(ctx caddy.Context) error {
-	a.logger, a.stores, a.now = ctx.Logger(), liveStores, time.Now
+	a.logger, a.stores, a.now = ctx.Logger(a), liveStores, time.Now
 	return nil
 }
 
