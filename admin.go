@@ -188,6 +188,7 @@ type storeInfo struct {
 	Name   string    `json:"name"`
 	Kind   string    `json:"kind"`             // file, redis
 	Path   string    `json:"path,omitempty"`   // a file store's key file
+	URL    string    `json:"url,omitempty"`    // a Redis store's server, without its password
 	Prefix string    `json:"prefix,omitempty"` // a Redis store's key prefix
 	Keys   keyCounts `json:"keys"`
 }
@@ -200,7 +201,8 @@ type keyCounts struct {
 }
 
 // storeKind splits a store's name ("file:/etc/caddy/keys.json",
-// "redis:apikey:") into its kind and where its keys are.
+// "redis:redis://10.0.0.5:6379/0#apikey:") into its kind and where its
+// keys are.
 func storeKind(s liveStore) (kind, where string) {
 	kind, where, _ = strings.Cut(s.name(), ":")
 	return kind, where
@@ -216,7 +218,8 @@ func (a *AdminAPI) listStores(http.ResponseWriter, *http.Request, string) (int, 
 		case "file":
 			info.Path = where
 		case "redis":
-			info.Prefix = where
+			// The URL holds no "#": it has no fragment.
+			info.URL, info.Prefix, _ = strings.Cut(where, "#")
 		}
 		if ks := s.keySet(); ks != nil {
 			n := countKeys(ks, now)

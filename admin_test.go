@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -257,5 +258,47 @@ func TestAdminRefreshOfAStoppedStore(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("refresh of a stopped store waits")
+	}
+}
+
+// namedStore is a store that is only a name and a key set, for the list
+// of stores.
+type namedStore struct {
+	n  string
+	ks *KeySet
+}
+
+func (s namedStore) name() string         { return s.n }
+func (s namedStore) keySet() *KeySet      { return s.ks }
+func (s namedStore) records() recordStore { return nil }
+func (s namedStore) refresh() error       { return nil }
+
+// The list of stores says where each one's keys are, by its kind, and
+// counts its keys by state now.
+func TestAdminListStores(t *testing.T) {
+	past, future := formatTimestamp(time.Now().Add(-time.Hour)), formatTimestamp(time.Now().Add(time.Hour))
+	ks := mustBuildKeySet(t,
+		newTestKey("active", map[string]any{"expires_at": future}).rec(),
+		newTestKey("expired", map[string]any{"expires_at": past}).rec(),
+		newTestKey("revoked and expired", map[string]any{"expires_at": past, "revoked_at": past}).rec(),
+	)
+	a := testAdmin(
+		namedStore{"file:/etc/caddy/keys.json", ks},
+		namedStore{"redis:redis://10.0.0.5:6379/0#apikey:", ks},
+		namedStore{"redis:redis://10.0.0.5:6379/0#team#a:", nil},
+	)
+	resp, body := call(t, a, "GET", "/apikey/stores", "")
+	var got []storeInfo
+	if err := json.Unmarshal([]byte(body), &got); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%d %s (%v)", resp.StatusCode, body, err)
+	}
+	counts := keyCounts{Active: 1, Expired: 1, Revoked: 1}
+	want := []storeInfo{
+		{Name: "file:/etc/caddy/keys.json", Kind: "file", Path: "/etc/caddy/keys.json", Keys: counts},
+		{Name: "redis:redis://10.0.0.5:6379/0#apikey:", Kind: "redis", URL: "redis://10.0.0.5:6379/0", Prefix: "apikey:", Keys: counts},
+		{Name: "redis:redis://10.0.0.5:6379/0#team#a:", Kind: "redis", URL: "redis://10.0.0.5:6379/0", Prefix: "team#a:"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("stores\n%+v\nwant\n%+v", got, want)
 	}
 }
