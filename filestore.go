@@ -223,10 +223,12 @@ func newKeyStore(path string, logger *zap.Logger) *keyStore {
 	}
 }
 
-// name, keySet and records make the store a liveStore, for the admin API.
+// name, keySet, records and refresh make the store a liveStore, for the
+// admin API.
 func (s *keyStore) name() string         { return "file:" + s.path }
 func (s *keyStore) keySet() *KeySet      { return s.keys.Load() }
 func (s *keyStore) records() recordStore { return fileRecords{path: s.path} }
+func (s *keyStore) refresh() error       { return s.askReload() }
 
 // log is the store's logger. A store outlives the config that created it,
 // so it logs through Caddy's current logging, not that config's.
@@ -262,7 +264,9 @@ func (s *keyStore) Destruct() error {
 }
 
 // askReload has the watcher re-read the key file now, if it changed, and
-// returns what came of it.
+// returns what came of it. A store that has stopped (the admin API may hold
+// one that a config unload just let go) has no key set in force to update:
+// it does not wait for a watcher that is gone.
 func (s *keyStore) askReload() error {
 	reply, deadline := make(chan error, 1), time.After(reloadWait)
 	select {
@@ -272,6 +276,8 @@ func (s *keyStore) askReload() error {
 			return err
 		case <-deadline:
 		}
+	case <-s.stop:
+		return nil
 	case <-deadline:
 	}
 	return fmt.Errorf("key file %s: still being read after %s", s.path, reloadWait)

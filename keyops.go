@@ -156,16 +156,16 @@ func parseExpiry(s string, now time.Time) (time.Time, error) {
 	s = strings.TrimSpace(s)
 	if t, err := parseTimestamp(s); err == nil {
 		if !t.After(now) {
-			return time.Time{}, fmt.Errorf("--expires %s is in the past; give a future time or a duration such as 90d", s)
+			return time.Time{}, inputError(fmt.Sprintf("--expires %s is in the past; give a future time or a duration such as 90d", s))
 		}
 		return t, nil
 	}
 	d, err := caddy.ParseDuration(s)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("--expires %q: want a duration from now such as 90d, 12h or 30m, or a time such as 2027-01-31T00:00:00Z", s)
+		return time.Time{}, inputError(fmt.Sprintf("--expires %q: want a duration from now such as 90d, 12h or 30m, or a time such as 2027-01-31T00:00:00Z", s))
 	}
 	if d <= 0 {
-		return time.Time{}, fmt.Errorf("--expires %s: the duration must be positive", s)
+		return time.Time{}, inputError(fmt.Sprintf("--expires %s: the duration must be positive", s))
 	}
 	return now.Add(d), nil
 }
@@ -178,7 +178,7 @@ func normalizeScopes(in []string) ([]string, error) {
 		for s := range strings.SplitSeq(arg, ",") {
 			s = strings.TrimSpace(s)
 			if err := checkScope(s); err != nil {
-				return nil, fmt.Errorf("--scope %q: %v", arg, err)
+				return nil, inputError(fmt.Sprintf("--scope %q: %v", arg, err))
 			}
 			if !slices.Contains(out, s) {
 				out = append(out, s)
@@ -518,9 +518,9 @@ func parseGrace(s string) (time.Duration, error) {
 	d, err := caddy.ParseDuration(s)
 	switch {
 	case err != nil:
-		return 0, fmt.Errorf("--grace %q: want a duration such as 24h, 30m or 7d, or 0 to revoke the old key at once", s)
+		return 0, inputError(fmt.Sprintf("--grace %q: want a duration such as 24h, 30m or 7d, or 0 to revoke the old key at once", s))
 	case d < 0:
-		return 0, fmt.Errorf("--grace %s: the duration must not be negative; 0 revokes the old key at once", s)
+		return 0, inputError(fmt.Sprintf("--grace %s: the duration must not be negative; 0 revokes the old key at once", s))
 	}
 	return d, nil
 }

@@ -212,6 +212,17 @@ func (m *storeMetrics) loaded(ks *KeySet, at time.Time) {
 	if m == nil {
 		return
 	}
+	n := countKeys(ks, at)
+	for st := range n {
+		m.keys[st].Set(float64(n[st]))
+	}
+	m.reloadOK.Inc()
+	m.lastLoad.Set(float64(at.UnixNano()) / 1e9)
+}
+
+// countKeys counts the keys of ks by state at time at. A revoked key counts
+// as revoked even if it has expired too, as keyStatus says.
+func countKeys(ks *KeySet, at time.Time) [numStates]int {
 	var n [numStates]int
 	now := at.UnixNano()
 	for i := range ks.keys {
@@ -225,11 +236,7 @@ func (m *storeMetrics) loaded(ks *KeySet, at time.Time) {
 			n[stateActive]++
 		}
 	}
-	for st := range n {
-		m.keys[st].Set(float64(n[st]))
-	}
-	m.reloadOK.Inc()
-	m.lastLoad.Set(float64(at.UnixNano()) / 1e9)
+	return n
 }
 
 // loadFailed records a version of the keys that could not be put in force.

@@ -257,6 +257,12 @@ type refusal struct {
 }
 
 func newRefusal(status int, code, message string, res result) *refusal {
+	return &refusal{status: status, code: code, message: message, body: refusalJSON(code, message), result: res}
+}
+
+// refusalJSON is the JSON body of a refusal, the handler's and the admin
+// API's: {"success": false, "error": {"code": ..., "message": ...}}.
+func refusalJSON(code, message string) []byte {
 	var envelope struct {
 		Success bool `json:"success"`
 		Error   struct {
@@ -266,7 +272,7 @@ func newRefusal(status int, code, message string, res result) *refusal {
 	}
 	envelope.Error.Code, envelope.Error.Message = code, message
 	body, _ := json.Marshal(envelope) // cannot fail: strings only
-	return &refusal{status: status, code: code, message: message, body: body, result: res}
+	return body
 }
 
 // describeSources names the enabled credential sources for the 401 message,

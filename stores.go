@@ -284,6 +284,10 @@ type liveStore interface {
 	keySet() *KeySet
 	// records is the write side, shared with `caddy apikey`.
 	records() recordStore
+	// refresh puts the store's records as they are now in force in this
+	// process, so that a change made through records() holds before the
+	// admin API answers, not at the next reload.
+	refresh() error
 }
 
 // live holds the stores in use in this process, by name.
