@@ -231,8 +231,8 @@ func (a *AdminAPI) listStores(http.ResponseWriter, *http.Request, string) (int, 
 }
 
 // pickStore returns the store that the request's ?store= names (its name,
-// or a file store's path, relative to Caddy's working directory as
-// keys_file is), or the one store in use if it names none.
+// a file store's path, relative to Caddy's working directory as keys_file
+// is, or a Redis store's prefix), or the one store in use if it names none.
 func (a *AdminAPI) pickStore(r *http.Request) (liveStore, error) {
 	all := a.stores()
 	if len(all) == 0 {
@@ -254,12 +254,24 @@ func (a *AdminAPI) pickStore(r *http.Request) (liveStore, error) {
 		return nil, &apiError{http.StatusBadRequest, "AMBIGUOUS_STORE", fmt.Sprintf("%d key stores are in use; name one with ?store=, one of: %s", len(all), choices)}
 	}
 	path, _ := filepath.Abs(want[0])
+	var found []liveStore
 	for _, s := range all {
-		if kind, where := storeKind(s); s.name() == want[0] || kind == "file" && where == path {
+		if s.name() == want[0] {
 			return s, nil
 		}
+		switch kind, where := storeKind(s); {
+		case kind == "file" && where == path,
+			kind == "redis" && strings.HasSuffix(where, "#"+want[0]):
+			found = append(found, s)
+		}
 	}
-	return nil, &apiError{http.StatusBadRequest, "STORE_NOT_FOUND", fmt.Sprintf("no key store in use is %q; the stores in use are: %s", want[0], choices)}
+	switch len(found) {
+	case 0:
+		return nil, &apiError{http.StatusBadRequest, "STORE_NOT_FOUND", fmt.Sprintf("no key store in use is %q; the stores in use are: %s", want[0], choices)}
+	case 1:
+		return found[0], nil
+	}
+	return nil, &apiError{http.StatusBadRequest, "AMBIGUOUS_STORE", fmt.Sprintf("%q names %d key stores; give the full name of one of: %s", want[0], len(found), choices)}
 }
 
 // existingRecords is a store's records as the admin API writes them: a key

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -382,4 +383,80 @@ func TestAdminLogsHoldNoKeys(t *testing.T) {
 			t.Errorf("the creation's line does not name the key: %s", line)
 		}
 	}
+}
+
+// The admin API on a Redis store: a created key is in force at once on the
+// server that answered, a revoked one refused at once, a rotated one as
+// rotate says; ?store= may name the store by its prefix.
+func TestAdminRedisStoreAgainstCaddy(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("adm:")
+	first, firstRec := addRedisKey(t, rs, "first")
+	dir := t.TempDir()
+	file := writeKeys(t, filepath.Join(dir, "keys.json"), newTestKey("file", nil))
+	loadCaddyfile(t, `
+	handle /file/* {
+		apikey `+file+` {
+			reload_interval off
+		}
+		respond "file {http.auth.user.label}"
+	}
+	handle {
+		apikey {
+			redis `+r.URL+` {
+				prefix adm:
+			}
+			usage_interval off
+		}
+		respond "{http.auth.user.label} {http.auth.user.id}"
+	}
+`)
+	expectOK(t, "/", "first "+firstRec.ID, "Authorization: Bearer "+first)
+
+	var stores []storeInfo
+	resp, body := adminCall(t, "GET", "/apikey/stores", "")
+	adminAnswer(t, resp, body, 200, &stores)
+	i := slices.IndexFunc(stores, func(s storeInfo) bool { return s.Kind == "redis" })
+	if i < 0 || stores[i].Prefix != "adm:" || stores[i].URL != r.URL || stores[i].Keys != (keyCounts{Active: 1}) {
+		t.Fatalf("stores %s, want the Redis store with 1 active key", body)
+	}
+
+	var created newKeyAnswer
+	resp, body = adminCall(t, "POST", "/apikey/keys?store=adm:", `{"label": "made", "scopes": ["read"]}`)
+	adminAnswer(t, resp, body, 201, &created)
+	expectOK(t, "/", "made "+created.ID, "Authorization: Bearer "+created.Key)
+
+	var keys []listedKey
+	resp, body = adminCall(t, "GET", "/apikey/keys?store=adm:", "")
+	adminAnswer(t, resp, body, 200, &keys)
+	if len(keys) != 2 || strings.Contains(body, "key_hash") {
+		t.Fatalf("keys %s, want 2 without hashes", body)
+	}
+
+	var revoked revokeAnswer
+	resp, body = adminCall(t, "POST", "/apikey/keys/"+firstRec.KeyPrefix+"/revoke?store=adm:", "")
+	adminAnswer(t, resp, body, 200, &revoked)
+	expectRefused(t, "/", 403, CodeInvalidKey, "Authorization: Bearer "+first)
+
+	const grace = 2 * time.Second
+	var rotated newKeyAnswer
+	at := time.Now()
+	resp, body = adminCall(t, "POST", "/apikey/keys/"+created.ID+"/rotate?store=adm:", `{"grace": "2s"}`)
+	adminAnswer(t, resp, body, 201, &rotated)
+	expectOK(t, "/", "made "+rotated.ID, "Authorization: Bearer "+rotated.Key)
+	if resp, _ := do(t, "GET", "/", "Authorization: Bearer "+created.Key); time.Since(at) < grace-300*time.Millisecond && resp.StatusCode != 200 {
+		t.Fatalf("old key during the grace: %d, want 200", resp.StatusCode)
+	}
+	waitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
+		resp, body := do(t, "GET", "/", "Authorization: Bearer "+created.Key)
+		if resp.StatusCode != http.StatusForbidden {
+			return false
+		}
+		code, _ := refusalOf(t, body)
+		return code == CodeKeyExpired
+	})
+
+	// Both stores are in use: a request that names none is ambiguous.
+	resp, body = adminCall(t, "GET", "/apikey/keys", "")
+	assertRefusal(t, resp, body, 400, "AMBIGUOUS_STORE", "")
 }

@@ -3,6 +3,7 @@ package apikey
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -428,5 +429,43 @@ func TestRedisURLIsRedacted(t *testing.T) {
 	}
 	if _, err := newRedisKeys("a{b"); err == nil {
 		t.Error("a prefix with { was taken")
+	}
+}
+
+func TestRedisCommandLine(t *testing.T) {
+	r := startRedis(t)
+	if _, _, err := openRecordStore("keys.json", r.URL, ""); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Fatalf("--file with --redis: %v", err)
+	}
+	st, closeStore, err := openRecordStore("", r.URL, "cli:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeStore()
+	var stdout, stderr bytes.Buffer
+	if err := addKey(&stdout, &stderr, st, addOptions{Label: "cli", Scopes: []string{"read"}}, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	raw := strings.TrimSpace(stdout.String())
+	if !rawKeyPattern.MatchString(raw) || !strings.Contains(stderr.String(), "prefix cli:") {
+		t.Fatalf("add printed %q and %q", stdout.String(), stderr.String())
+	}
+	stdout.Reset()
+	if err := rotateKey(&stdout, &stderr, st, rotateOptions{Ref: raw[:11], Grace: "0"}, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	stdout.Reset()
+	if err := listKeys(&stdout, st, true, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	var listed []listedKey
+	if err := json.Unmarshal(stdout.Bytes(), &listed); err != nil || len(listed) != 2 {
+		t.Fatalf("list --json: %v\n%s", err, stdout.String())
+	}
+	if listed[0].Status != "revoked" || listed[1].Status != "active" || listed[1].RotatedFrom == nil || *listed[1].RotatedFrom != listed[0].ID {
+		t.Errorf("after rotate --grace 0: %+v", listed)
+	}
+	if strings.Contains(stdout.String(), "key_hash") {
+		t.Error("list shows hashes")
 	}
 }

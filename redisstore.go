@@ -384,8 +384,8 @@ func (s *redisKeyStore) connected() (rueidis.Client, error) {
 
 // reportDown logs that Redis cannot be reached, once until it can again.
 func (s *redisKeyStore) reportDown(err error) {
-	if s.down {
-		return
+	if s.down || s.stopCtx.Err() != nil {
+		return // a call cut short by Destruct is no outage
 	}
 	s.down = true
 	s.metrics.loadFailed()
