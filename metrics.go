@@ -17,8 +17,8 @@ import (
 // A request's result is counted through counters looked up once, below: the
 // request path adds one atomic add, and no allocation. The store-side
 // metrics are kept by a store through its storeMetrics (acquireStoreMetrics),
-// under its store label: the key file store's label is the file's path; a
-// store of another kind reports the same metrics under a label of its own.
+// under its store label: the key file store's label is the file's path, a
+// Redis store's its name (redis:<url>#<prefix>).
 var metrics = struct {
 	requests    *prometheus.CounterVec
 	keys        *prometheus.GaugeVec

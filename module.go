@@ -9,9 +9,12 @@
 // AUTH_REQUIRED, 403 INVALID_KEY, KEY_EXPIRED or INSUFFICIENT_SCOPE), where
 // caddyauth answers every failure with a bare 401.
 //
-// The request path is ServeHTTP in module.go; the key file's format is in
-// keyfile.go, the in-memory key set in keyset.go, the live store (reload,
-// usage writes) in store.go, and the Prometheus metrics in metrics.go.
+// The request path is ServeHTTP in module.go. It reads keys from a Store
+// (stores.go), a guest module: the key file's (filestore.go, its format in
+// keyfile.go) or a Redis key set's (redisstore.go), both holding the whole
+// key set in memory (keyset.go). The commands and the admin API edit
+// stores through keyops.go and records.go; the Prometheus metrics are in
+// metrics.go.
 package apikey
 
 import (
