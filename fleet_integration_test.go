@@ -15,6 +15,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // The fleet tests run several Caddy processes, built from ./cmd/caddy, on
@@ -154,7 +157,10 @@ func (c *fleetCaddy) logs() string {
 
 func (c *fleetCaddy) url() string { return fmt.Sprintf("http://127.0.0.1:%d/", c.httpPort) }
 
-var fleetClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+// fleetClient opens a connection per request: the tests reload configs
+// under load, and a reload closes idle keep-alive connections, which a
+// client may be about to reuse (an EOF that is no fault of the server).
+var fleetClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
 // status sends a request with raw as bearer key and returns the status,
 // or 0 (the test marked failed) if there is no response. It may be called
@@ -192,6 +198,31 @@ func (c *fleetCaddy) reload() {
 	if resp.StatusCode != 200 {
 		c.t.Fatalf("reload of caddy %s: %d %s", c.name, resp.StatusCode, body)
 	}
+}
+
+// usageWrites is the server's count of successful usage writes, from its
+// /metrics.
+func (c *fleetCaddy) usageWrites() float64 {
+	c.t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", c.adminPort))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	total := 0.0
+	for _, m := range families["caddy_apikey_usage_writes_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "result" && l.GetValue() == "ok" {
+				total += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return total
 }
 
 // startFleet starts n Caddy servers on r's key set at prefix.
@@ -333,9 +364,12 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 					for _, raw := range used {
 						c.status(raw)
 					}
-					c.reload() // flushes the last-used times
 				}
 			})
+		}
+		writesBefore := make([]float64, len(fleet))
+		for i, c := range fleet {
+			writesBefore[i] = c.usageWrites()
 		}
 		// Deleted by hand while its uses are pending on every server.
 		keys, _ := newRedisKeys("fleet:")
@@ -343,22 +377,34 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 		var added []string
 		var mu sync.Mutex
 		var adders sync.WaitGroup
+		bin := buildCaddy(t)
 		for a := range 3 {
 			adders.Go(func() {
-				other := r.records("fleet:")
 				for i := range 10 {
-					raw, _ := addRedisKey(t, other, fmt.Sprintf("racer %d/%d", a, i))
+					// The command itself, as an operator runs it.
+					out, err := exec.Command(bin, "apikey", "add", "--redis", r.URL, "--prefix", "fleet:", "--label", fmt.Sprintf("racer %d/%d", a, i)).Output()
+					if err != nil {
+						t.Errorf("caddy apikey add: %v", err)
+						return
+					}
 					mu.Lock()
-					added = append(added, raw)
+					added = append(added, strings.TrimSpace(string(out)))
 					mu.Unlock()
 				}
 			})
 		}
 		adders.Wait()
+		// Go on until every server has written last-used times during
+		// the race (usage_interval 1s: a write a second while in use).
+		for i, c := range fleet {
+			eventually(t, 10*time.Second, "caddy "+c.name+" wrote no last-used times during the race", func() bool {
+				return c.usageWrites() > writesBefore[i]
+			})
+		}
 		close(stop)
 		wg.Wait()
 		for _, c := range fleet {
-			c.reload()
+			c.reload() // flushes what is left
 		}
 		lost := 0
 		for _, raw := range added {
@@ -372,8 +418,8 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 		if n, _ := r.do("HEXISTS", keys.records, goneRec.ID).AsInt64(); n != 0 {
 			resurrected++
 		}
-		t.Logf("%d adds racing usage writes from 3 servers: %d lost, %d resurrected", len(added), lost, resurrected)
-		if lost != 0 || resurrected != 0 {
+		t.Logf("%d adds (caddy apikey add, 3 at a time) racing usage writes from 3 servers: %d lost, %d resurrected", len(added), lost, resurrected)
+		if len(added) != 30 || lost != 0 || resurrected != 0 {
 			t.Fatalf("lost %d, resurrected %d", lost, resurrected)
 		}
 	})

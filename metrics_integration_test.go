@@ -309,3 +309,57 @@ func TestMetricsStore(t *testing.T) {
 		}
 	}
 }
+
+// A Redis store's metrics: its keys by state, its loads (the first read and
+// each change from the log), its usage writes, and the time of its last
+// sync, which a quiet log's version check moves on.
+func TestMetricsRedisStore(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("met:")
+	raw, rec := addRedisKey(t, rs, "a")
+	loadCaddyfile(t, `
+	apikey {
+		redis `+r.URL+` {
+			prefix met:
+		}
+		usage_interval 1s
+	}
+	respond "ok"
+`)
+	store := []string{"store", "redis:" + r.URL + "#met:"}
+	keys := func(state string) string { return series("caddy_apikey_keys", append(store, "state", state)...) }
+	reloadsOK := series("caddy_apikey_reloads_total", append(store, "result", "ok")...)
+	writesOK := series("caddy_apikey_usage_writes_total", append(store, "result", "ok")...)
+	lastSync := series("caddy_apikey_last_sync_timestamp_seconds", store...)
+
+	s := scrape(t)
+	if got := s.must(t, keys("active")); got != 1 {
+		t.Errorf("active keys = %g, want 1", got)
+	}
+	loads, synced := s.must(t, reloadsOK), s.must(t, lastSync)
+
+	if _, _, err := revokeNamedKey(rs, rec.ID, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the revocation to reach the server through the log", func() bool {
+		resp, _ := do(t, "GET", "/", "Authorization: Bearer "+raw)
+		return resp.StatusCode == 403
+	})
+	s = scrape(t)
+	if got := s.must(t, keys("revoked")); got != 1 {
+		t.Errorf("revoked keys = %g, want 1", got)
+	}
+	if got := s.must(t, reloadsOK); got != loads+1 {
+		t.Errorf("%s = %g, want %g (one change applied)", reloadsOK, got, loads+1)
+	}
+	if got := s.must(t, lastSync); got <= synced {
+		t.Errorf("%s did not move after a change (%g, was %g)", lastSync, got, synced)
+	}
+
+	raw2, _ := addRedisKey(t, rs, "b")
+	waitFor(t, 5*time.Second, "the new key to reach the server through the log", func() bool {
+		resp, _ := do(t, "GET", "/", "Authorization: Bearer "+raw2)
+		return resp.StatusCode == 200
+	})
+	waitFor(t, 10*time.Second, "the first use to be written to Redis", func() bool { return scrape(t)[writesOK] >= 1 })
+}
