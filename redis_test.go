@@ -469,3 +469,26 @@ func TestRedisCommandLine(t *testing.T) {
 		t.Error("list shows hashes")
 	}
 }
+
+func TestRedisLargeImportInBatches(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("big:")
+	addRedisKey(t, rs, "first")
+	s := mustOpenRedisStore(t, r, "big:")
+	keys := make([]testKey, 2*editBatch+10)
+	for i := range keys {
+		keys[i] = newTestKey(fmt.Sprintf("k%d", i), nil)
+	}
+	res, err := importKeys(fileRecords{path: writeKeys(t, "", keys...)}, rs, nil)
+	if err != nil || res.added != len(keys) {
+		t.Fatalf("import: %+v, %v", res, err)
+	}
+	rk, _ := newRedisKeys("big:")
+	if v, _ := r.do("GET", rk.version).AsInt64(); v != 1+3 {
+		t.Errorf("version %d after an import of %d records, want %d (one per batch of %d)", v, len(keys), 4, editBatch)
+	}
+	eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return len(s.keys.Load().keys) == len(keys)+1 })
+	if !admits(s, keys[len(keys)-1].Raw) {
+		t.Error("the last imported key is not admitted")
+	}
+}

@@ -313,15 +313,20 @@ func compactRecord(r *docRecord) ([]byte, error) {
 	return jsontext.AppendFormat(nil, whole, jsontext.PreserveRawStrings(true), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
 }
 
+// editBatch is how many records one run of editScript writes. A change of
+// more (an import) is written in batches, each atomic and logged, the first
+// checked against the version the change was made from and each next one
+// against the one before: a writer in between makes the rest fail with
+// errVersionMoved, and the change is done again on what is there then.
+// Batches keep any one script (and the log entry, and a follower's read)
+// short, so Redis never stalls on a large import.
+const editBatch = 5000
+
 // writeChanged saves the records of doc that an edit made or changed (those
 // no longer held as the bytes they were read as), if the key set is still
 // at version from. It returns the new version, or errVersionMoved.
 func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDoc, from int64, create bool) (int64, error) {
-	args := []string{strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen), ""}
-	if create {
-		args[1] = "1"
-	}
-	var ids []string
+	var pairs []string // id, JSON, id, JSON...
 	for i := range doc.records {
 		r := &doc.records[i]
 		if r.raw != nil {
@@ -331,14 +336,34 @@ func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDo
 		if err != nil {
 			return 0, fmt.Errorf("record %q: %v", r.ID, err)
 		}
-		args = append(args, r.ID, string(js))
-		ids = append(ids, r.ID)
+		pairs = append(pairs, r.ID, string(js))
 	}
-	if len(ids) == 0 {
-		return from, nil
+	version := from
+	for len(pairs) > 0 {
+		n := min(len(pairs), 2*editBatch)
+		var err error
+		if version, err = writeBatch(ctx, c, k, pairs[:n], version, create); err != nil {
+			return version, err
+		}
+		pairs, create = pairs[n:], false
+	}
+	return version, nil
+}
+
+// writeBatch runs editScript once, for the records in pairs (id, JSON...).
+func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, pairs []string, from int64, create bool) (int64, error) {
+	args := make([]string, 4, 4+len(pairs))
+	args[0], args[1], args[2] = strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen)
+	if create {
+		args[1] = "1"
+	}
+	ids := make([]string, 0, len(pairs)/2)
+	for i := 0; i < len(pairs); i += 2 {
+		ids = append(ids, pairs[i])
 	}
 	idList, _ := json.Marshal(ids) // strings only: cannot fail
 	args[3] = string(idList)
+	args = append(args, pairs...)
 	res, err := editScript.Exec(ctx, c, []string{k.version, k.records, k.log}, args).AsIntSlice()
 	if err != nil {
 		if strings.HasPrefix(err.Error(), "NOKEYSET") {
