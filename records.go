@@ -87,7 +87,14 @@ func (r redisRecords) flags() string  { return "--redis " + r.shown + " --prefix
 // scans the whole set.
 const redisEditTimeout = 2 * time.Minute
 
+// errNotConnected: a store that started from its cache file has not
+// reached Redis yet.
+var errNotConnected = errors.New("not connected to Redis yet (the server started from its cache file)")
+
 func (r redisRecords) read() ([]docRecord, *KeySet, error) {
+	if r.client == nil {
+		return nil, nil, r.wrap(errNotConnected)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), redisEditTimeout)
 	defer cancel()
 	doc, _, _, err := readRedisRecords(ctx, r.client, r.keys)
@@ -107,6 +114,9 @@ func (r redisRecords) read() ([]docRecord, *KeySet, error) {
 }
 
 func (r redisRecords) edit(e recordEdit) error {
+	if r.client == nil {
+		return r.wrap(errNotConnected)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), redisEditTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {

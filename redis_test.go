@@ -492,3 +492,16 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 		t.Error("the last imported key is not admitted")
 	}
 }
+
+func TestRedisRecordsWithoutConnection(t *testing.T) {
+	keys, _ := newRedisKeys("")
+	s := newRedisKeyStore(rueidis.ClientOption{}, "redis://127.0.0.1:1/0", keys, "")
+	defer s.metrics.release()
+	st := s.records()
+	if _, _, err := st.read(); !errors.Is(err, errNotConnected) {
+		t.Errorf("read: %v", err)
+	}
+	if _, _, err := createKey(st, addOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
+		t.Errorf("add: %v", err)
+	}
+}

@@ -278,7 +278,7 @@ func carryUsage(old, next *KeySet) {
 // liveStore is a store in use in this process, as the admin API sees it.
 type liveStore interface {
 	// name says where the keys are: "file:/etc/caddy/keys.json" or
-	// "redis:apikey:".
+	// "redis:redis://10.0.0.5:6379/0#apikey:" (the URL without its password).
 	name() string
 	// keySet is the key set in force.
 	keySet() *KeySet
