@@ -311,7 +311,7 @@ func (s *redisKeyStore) askFlush() {
 const (
 	// followBlock is how long one read of the log blocks; when it returns
 	// empty, the version is checked (the safety net). So a quiet key set
-	// costs two Redis calls a second per server.
+	// costs two Redis calls a second per server (three with the client's ping).
 	followBlock = time.Second
 	// maxBackoff bounds the wait between attempts while Redis is down.
 	maxBackoff = 5 * time.Second
