@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -226,36 +227,97 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 }
 
 // with returns a new key set: ks, in which the keys of the records whose ids
-// are in changes are replaced by their new versions, removed when nil. Kept
-// keys are copied, not checked again; a key that stays the same (same id and
-// hash) keeps its usage cell.
-func (ks *KeySet) with(changes map[string]*Record) (*KeySet, error) {
-	b := newKeySetBuilder(len(ks.keys) + len(changes))
-	n := 0
-	for sum, i := range ks.byHash {
-		k := &ks.keys[i]
-		if _, changed := changes[k.ID]; changed {
-			continue
-		}
-		n++
-		b.ks.keys = append(b.ks.keys, Key{})
-		k.copyTo(&b.ks.keys[len(b.ks.keys)-1])
-		b.ks.byHash[sum] = int32(len(b.ks.keys) - 1)
-		b.ids[k.ID] = n
+// are in changes are replaced by their new versions, removed when nil. A key
+// that stays the same (same id and hash) keeps its usage cell. was says,
+// for each changed id, the key_hash (lowercase hex) its record had before
+// ("" for none); an id it does not name, or names with "?", is searched for.
+//
+// It costs a copy of the hash index and nothing per unchanged key: the new
+// set shares ks's keys and appends the new ones behind them, where ks does
+// not look (its slice ends before them), so a Redis store puts a change in
+// force in tens of milliseconds at a million keys. The keys a change
+// replaces stay behind in the shared array, unreachable through the index,
+// until a full copy (compact) drops them.
+func (ks *KeySet) with(changes map[string]*Record, was map[string]string) (*KeySet, error) {
+	next := &KeySet{byHash: maps.Clone(ks.byHash), keys: ks.keys}
+	if next.byHash == nil {
+		next.byHash = make(map[[sha256.Size]byte]int32)
 	}
+	prev := make(map[string][sha256.Size]byte, len(changes)) // the changed ids' keys now
+	drop := func(id string, sum [sha256.Size]byte) {
+		if i, ok := ks.byHash[sum]; ok && ks.keys[i].ID == id {
+			prev[id] = sum
+			delete(next.byHash, sum)
+		}
+	}
+	search := false
+	for id := range changes {
+		h, known := was[id]
+		switch sum, err := decodeKeyHash(h); {
+		case !known || h == "?":
+			search = true
+		case err == nil:
+			drop(id, sum)
+		}
+	}
+	if search {
+		for sum, i := range ks.byHash {
+			if _, changed := changes[ks.keys[i].ID]; changed {
+				drop(ks.keys[i].ID, sum)
+			}
+		}
+	}
+	added := 0
 	for _, rec := range changes {
+		if rec != nil {
+			added++
+		}
+	}
+	stale := len(ks.keys) - len(ks.byHash)
+	if cap(ks.keys)-len(ks.keys) < added || stale > len(ks.byHash)/4 {
+		next.compact(len(next.byHash) + added)
+	}
+	n := len(next.keys)
+	for id, rec := range changes {
 		if rec == nil {
 			continue
 		}
-		n++
-		if err := b.add(rec, n); err != nil {
-			return nil, err
+		next.keys = next.keys[:len(next.keys)+1] // within the capacity
+		k := &next.keys[len(next.keys)-1]
+		*k = Key{} // a slot a failed attempt may have used
+		sum, err := k.fill(rec)
+		if err != nil {
+			return nil, recordError(len(next.keys)-n, rec.ID, err)
 		}
-		k := &b.ks.keys[len(b.ks.keys)-1]
-		sum, _ := decodeKeyHash(rec.KeyHash) // add checked it
-		if prev := ks.find(sum); prev != nil && prev.ID == k.ID {
-			k.usage.Store(prev.usage.Load())
+		if other := next.find(sum); other != nil {
+			return nil, recordError(len(next.keys)-n, rec.ID, fmt.Errorf("key_hash is the same as that of id %q", other.ID))
+		}
+		next.byHash[sum] = int32(len(next.keys) - 1)
+		if old, ok := prev[id]; ok && old == sum {
+			k.usage.Store(ks.keys[ks.byHash[sum]].usage.Load())
 		}
 	}
-	return b.ks, nil
+	return next, nil
+}
+
+// compact gives ks a keys array of its own holding only the keys its index
+// reaches, with room for more behind them.
+func (ks *KeySet) compact(size int) {
+	keys := make([]Key, 0, size+size/8+64)
+	for sum, i := range ks.byHash {
+		keys = append(keys, Key{})
+		ks.keys[i].copyTo(&keys[len(keys)-1])
+		ks.byHash[sum] = int32(len(keys) - 1)
+	}
+	ks.keys = keys
+}
+
+// size is the number of keys in the set.
+func (ks *KeySet) size() int { return len(ks.byHash) }
+
+// each calls fn for every key of the set.
+func (ks *KeySet) each(fn func(sum [sha256.Size]byte, k *Key)) {
+	for sum, i := range ks.byHash {
+		fn(sum, &ks.keys[i])
+	}
 }

@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"crypto/sha256"
 	"errors"
 	"sync"
 	"time"
@@ -225,8 +226,7 @@ func (m *storeMetrics) loaded(ks *KeySet, at time.Time) {
 func countKeys(ks *KeySet, at time.Time) [numStates]int {
 	var n [numStates]int
 	now := at.UnixNano()
-	for i := range ks.keys {
-		k := &ks.keys[i]
+	ks.each(func(_ [sha256.Size]byte, k *Key) {
 		switch {
 		case k.revoked:
 			n[stateRevoked]++
@@ -235,7 +235,7 @@ func countKeys(ks *KeySet, at time.Time) [numStates]int {
 		default:
 			n[stateActive]++
 		}
-	}
+	})
 	return n
 }
 

@@ -3,10 +3,13 @@ package apikey
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -462,6 +465,9 @@ func TestRedisCommandLine(t *testing.T) {
 	if err := json.Unmarshal(stdout.Bytes(), &listed); err != nil || len(listed) != 2 {
 		t.Fatalf("list --json: %v\n%s", err, stdout.String())
 	}
+	if listed[0].RotatedFrom != nil { // same created_at: ordered by id
+		listed[0], listed[1] = listed[1], listed[0]
+	}
 	if listed[0].Status != "revoked" || listed[1].Status != "active" || listed[1].RotatedFrom == nil || *listed[1].RotatedFrom != listed[0].ID {
 		t.Errorf("after rotate --grace 0: %+v", listed)
 	}
@@ -487,7 +493,7 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	if v, _ := r.do("GET", rk.version).AsInt64(); v != 1+3 {
 		t.Errorf("version %d after an import of %d records, want %d (one per batch of %d)", v, len(keys), 4, editBatch)
 	}
-	eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return len(s.keys.Load().keys) == len(keys)+1 })
+	eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.keys.Load().size() == len(keys)+1 })
 	if !admits(s, keys[len(keys)-1].Raw) {
 		t.Error("the last imported key is not admitted")
 	}
@@ -503,5 +509,87 @@ func TestRedisRecordsWithoutConnection(t *testing.T) {
 	}
 	if _, _, err := createKey(st, addOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
 		t.Errorf("add: %v", err)
+	}
+}
+
+// KeySet.with, as a Redis store applies changes: replaced, removed and new
+// keys; the set it was made from unchanged (they share the keys' array);
+// usage cells kept for a key that stays the same.
+func TestKeySetWith(t *testing.T) {
+	a, b, c := newTestKey("a", nil), newTestKey("b", nil), newTestKey("c", nil)
+	rec := func(k testKey, extra map[string]any) *Record {
+		var r Record
+		m := maps.Clone(k.record)
+		maps.Copy(m, extra)
+		js, _ := json.Marshal(m)
+		if err := json.Unmarshal(js, &r); err != nil {
+			t.Fatal(err)
+		}
+		return &r
+	}
+	base, err := NewKeySet([]Record{*rec(a, nil), *rec(b, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ka, sumA := base.lookup(a.Raw)
+	ka.usage.Store(&usageCell{id: ka.ID})
+	set := base
+	for i := range 300 { // past the spare room: compacts on the way
+		var changes map[string]*Record
+		switch i % 3 {
+		case 0: // revoke b
+			changes = map[string]*Record{b.record["id"].(string): rec(b, map[string]any{"revoked_at": "2026-11-29T00:00:00Z"})}
+		case 1: // add c
+			changes = map[string]*Record{c.record["id"].(string): rec(c, nil), b.record["id"].(string): rec(b, nil)}
+		case 2: // remove c
+			changes = map[string]*Record{c.record["id"].(string): nil}
+		}
+		// Every other step says what the records were, as the log does;
+		// the others leave with to search.
+		var was map[string]string
+		if i%2 == 0 {
+			was = map[string]string{}
+			for id := range changes {
+				was[id] = ""
+				set.each(func(sum [sha256.Size]byte, k *Key) {
+					if k.ID == id {
+						was[id] = hex.EncodeToString(sum[:])
+					}
+				})
+			}
+		}
+		next, err := set.with(changes, was)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kb, _ := next.lookup(b.Raw)
+		kc, _ := next.lookup(c.Raw)
+		switch i % 3 {
+		case 0:
+			if kb == nil || !kb.revoked || kc != nil || next.size() != 2 {
+				t.Fatalf("step %d: b revoked %v, c %v, size %d", i, kb != nil && kb.revoked, kc != nil, next.size())
+			}
+		case 1:
+			if kb == nil || kb.revoked || kc == nil || next.size() != 3 {
+				t.Fatalf("step %d: b %v, c %v, size %d", i, kb, kc, next.size())
+			}
+		case 2:
+			if kc != nil || next.size() != 2 {
+				t.Fatalf("step %d: c still there", i)
+			}
+		}
+		if got := next.find(sumA); got == nil || got.usage.Load() == nil || got.usage.Load() != ka.usage.Load() {
+			t.Fatalf("step %d: a lost its usage cell", i)
+		}
+		if n := countKeys(next, time.Now()); n[stateActive]+n[stateRevoked] != next.size() {
+			t.Fatalf("step %d: counted %v, size %d", i, n, next.size())
+		}
+		set = next
+	}
+	if k, _ := base.lookup(b.Raw); k == nil || k.revoked || base.size() != 2 {
+		t.Fatal("the first set changed")
+	}
+	if _, err := set.with(map[string]*Record{"dup": rec(a, map[string]any{"id": "dup"})}, nil); err == nil {
+		t.Fatal("a change giving a second id the same key_hash was taken")
 	}
 }

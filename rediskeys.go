@@ -22,7 +22,8 @@ import (
 //	{apikey:}records  hash: record id -> the record, as JSON (the key file's format)
 //	{apikey:}used     hash: "<key_hash>:<id>" -> last use, unix microseconds
 //	{apikey:}version  integer: +1 with every change to the records
-//	{apikey:}log      stream: one entry per change: v (the new version), ids (JSON array of the ids changed)
+//	{apikey:}log      stream: one entry per change: v (the new version), ids (JSON array of the ids changed),
+//	                  was (JSON array: each record's key_hash before the change)
 //
 // Records change only through editScript, which checks the version the
 // change was made from, writes the records, bumps the version and appends
@@ -99,7 +100,9 @@ func redactURL(raw string) string {
 // editScript applies one change to a key set: if the version is still the
 // one the change was made from (0: the key set does not exist yet, which
 // only a change that may create it accepts), it writes the records, bumps
-// the version and logs the change. It returns {1, new version}, or {0,
+// the version and logs the change: the ids, and the key_hash each record had
+// before ("" for a new record, "?" if it could not be read), so that a
+// follower drops a replaced key without searching for it. It returns {1, new version}, or {0,
 // version now} when another writer came first.
 var editScript = rueidis.NewLuaScript(`
 local v = redis.call('GET', KEYS[1])
@@ -108,9 +111,20 @@ if not v then
   v = '0'
 end
 if v ~= ARGV[1] then return {0, tonumber(v)} end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1]) end
+local was = {}
+for i = 5, #ARGV, 2 do
+  local h = ''
+  local prev = redis.call('HGET', KEYS[2], ARGV[i])
+  if prev then
+    h = '?'
+    local ok, d = pcall(cjson.decode, prev)
+    if ok and type(d) == 'table' and type(d.key_hash) == 'string' then h = string.lower(d.key_hash) end
+  end
+  was[#was + 1] = h
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1])
+end
 local nv = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'v', nv, 'ids', ARGV[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'v', nv, 'ids', ARGV[4], 'was', cjson.encode(was))
 return {1, nv}
 `)
 

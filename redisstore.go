@@ -238,7 +238,7 @@ func (s *redisKeyStore) open() error {
 	s.metrics.loaded(ks, time.Now())
 	s.down = true
 	s.log().Warn("Redis key set unavailable: starting from the cache file; will catch up when Redis is back",
-		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", len(ks.keys)), zap.Error(err))...)
+		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.size()), zap.Error(err))...)
 	return nil
 }
 
@@ -434,17 +434,24 @@ func (s *redisKeyStore) readLog(c rueidis.Client, block time.Duration) error {
 // trimmed from the log, a key set made anew) means a full read instead.
 func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []rueidis.XRangeEntry) error {
 	changed := make(map[string]struct{})
+	was := make(map[string]string) // the hash each changed record had before the first of these changes
 	version := s.version
 	for _, e := range entries {
 		v, err := strconv.ParseInt(e.FieldValues["v"], 10, 64)
 		if err != nil || v != version+1 || s.broken {
 			return s.fullSync(ctx, c)
 		}
-		var ids []string
+		var ids, hashes []string
 		if err := json.Unmarshal([]byte(e.FieldValues["ids"]), &ids); err != nil {
 			return s.fullSync(ctx, c)
 		}
-		for _, id := range ids {
+		if json.Unmarshal([]byte(e.FieldValues["was"]), &hashes) != nil || len(hashes) != len(ids) {
+			hashes = nil // not said: KeySet.with searches
+		}
+		for i, id := range ids {
+			if _, seen := changed[id]; !seen && hashes != nil {
+				was[id] = hashes[i]
+			}
 			changed[id] = struct{}{}
 		}
 		version = v
@@ -470,7 +477,7 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 			return err
 		}
 	}
-	ks, err := s.applyRecords(&arr, changes)
+	ks, err := s.applyRecords(&arr, changes, was)
 	if err != nil {
 		// Like a broken key file: the keys in force stay, the problem is
 		// logged, and the next change is read whole.
@@ -487,7 +494,7 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 }
 
 // applyRecords checks the changed records and makes the next key set.
-func (s *redisKeyStore) applyRecords(arr *recordArray, changes map[string]*Record) (*KeySet, error) {
+func (s *redisKeyStore) applyRecords(arr *recordArray, changes map[string]*Record, was map[string]string) (*KeySet, error) {
 	doc, err := parseKeyDoc(arr.bytes())
 	if err != nil {
 		return nil, err
@@ -498,7 +505,7 @@ func (s *redisKeyStore) applyRecords(arr *recordArray, changes map[string]*Recor
 	for i := range doc.records {
 		changes[doc.records[i].ID] = &doc.records[i].Record
 	}
-	return s.keys.Load().with(changes)
+	return s.keys.Load().with(changes, was)
 }
 
 // check compares the key set's version with the one in force, and catches
@@ -724,8 +731,11 @@ func (s keySetSnapshot) WriteTo(w io.Writer) (int64, error) {
 	of, _ := json.Marshal("a snapshot of " + s.of + ", written by caddy-apikey")
 	fmt.Fprintf(bw, "{\n  \"snapshot\": %s,\n  \"api_keys\": [", of)
 	first := true
-	for sum, i := range s.ks.byHash {
-		k := &s.ks.keys[i]
+	var err error
+	s.ks.each(func(sum [sha256.Size]byte, k *Key) {
+		if err != nil {
+			return
+		}
 		rec := Record{ID: k.ID, Label: k.Label, KeyHash: hex.EncodeToString(sum[:]), KeyPrefix: k.Prefix, Scopes: k.Scopes}
 		if k.expires {
 			rec.ExpiresAt = timestamp(ptr(time.Unix(0, k.expiresAt)))
@@ -733,9 +743,9 @@ func (s keySetSnapshot) WriteTo(w io.Writer) (int64, error) {
 		if k.revoked {
 			rec.RevokedAt = timestamp(ptr(time.Unix(0, k.revokedAt)))
 		}
-		js, err := jsonv2.Marshal(rec)
-		if err != nil {
-			return cw.n, err
+		var js []byte
+		if js, err = jsonv2.Marshal(rec); err != nil {
+			return
 		}
 		if !first {
 			bw.WriteByte(',')
@@ -743,9 +753,12 @@ func (s keySetSnapshot) WriteTo(w io.Writer) (int64, error) {
 		first = false
 		bw.WriteString("\n    ")
 		bw.Write(js)
+	})
+	if err != nil {
+		return cw.n, err
 	}
 	bw.WriteString("\n  ]\n}\n")
-	err := bw.Flush()
+	err = bw.Flush()
 	return cw.n, err
 }
 
