@@ -400,30 +400,7 @@ func BenchmarkRedisPropagation(b *testing.B) {
 			c := r.client()
 			keys, _ := newRedisKeys("")
 			ctx := b.Context()
-			// The key set: n records, written straight into Redis.
-			records := benchRecords(n)
-			cmds := make(rueidis.Commands, 0, 1000)
-			for i := 0; i < n; i += 1000 {
-				cmds = cmds[:0]
-				for j := i; j < min(i+1000, n); j++ {
-					d, err := newDocRecord(records[j].Record)
-					if err != nil {
-						b.Fatal(err)
-					}
-					js, err := compactRecord(&d)
-					if err != nil {
-						b.Fatal(err)
-					}
-					cmds = append(cmds, c.B().Hset().Key(keys.records).FieldValue().FieldValue(records[j].ID, string(js)).Build())
-				}
-				for _, res := range c.DoMulti(ctx, cmds...) {
-					if err := res.Error(); err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
-			records = nil
-			r.do("SET", keys.version, "1")
+			seedRedis(b, r, n)
 			var fleet []*redisKeyStore
 			for range 3 {
 				s, err := openRedisStore(b, r, "", "", time.Hour)
@@ -464,6 +441,63 @@ func BenchmarkRedisPropagation(b *testing.B) {
 				if got := s.syncs.Load(); got != 1 {
 					b.Errorf("a store read the whole key set %d times; want 1 (changes come from the log)", got)
 				}
+			}
+		})
+	}
+}
+
+// seedRedis writes a key set of n records (benchRecords) straight into
+// r's Redis, at the default prefix, version 1.
+func seedRedis(b *testing.B, r *testRedis, n int) {
+	c := r.client()
+	keys, _ := newRedisKeys("")
+	records := benchRecords(n)
+	cmds := make(rueidis.Commands, 0, 1000)
+	for i := 0; i < n; i += 1000 {
+		cmds = cmds[:0]
+		for j := i; j < min(i+1000, n); j++ {
+			d, err := newDocRecord(records[j].Record)
+			if err != nil {
+				b.Fatal(err)
+			}
+			js, err := compactRecord(&d)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cmds = append(cmds, c.B().Hset().Key(keys.records).FieldValue().FieldValue(records[j].ID, string(js)).Build())
+		}
+		for _, res := range c.DoMulti(b.Context(), cmds...) {
+			if err := res.Error(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	r.do("SET", keys.version, "1")
+}
+
+// BenchmarkRedisLoad measures a Redis store's full read of a key set of n
+// keys (at start, and after a gap in the log): scanning the records,
+// checking them and building the key set.
+func BenchmarkRedisLoad(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			r := startRedis(b)
+			seedRedis(b, r, n)
+			opt, shown, _ := redisURL(r.URL)
+			keys, _ := newRedisKeys("")
+			s := newRedisKeyStore(opt, shown, keys, "")
+			defer s.metrics.release()
+			c := r.client()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if err := s.fullSync(b.Context(), c); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			if got := s.keys.Load().size(); got != n {
+				b.Fatalf("%d keys loaded, want %d", got, n)
 			}
 		})
 	}

@@ -56,7 +56,7 @@ func createKey(st recordStore, opts addOptions, now time.Time, waiting func()) (
 		return "", Record{}, err
 	}
 	var added Record
-	err = st.edit(recordEdit{create: true, waiting: waiting, edit: func(doc *keyDoc) error {
+	err = st.edit(recordEdit{create: true, onlyAdds: true, waiting: waiting, edit: func(doc *keyDoc) error {
 		r, err := newKeyRecord(doc, raw, Record{Label: label, Scopes: scopes, ExpiresAt: timestamp(expiresAt)}, now)
 		if err != nil {
 			return err
@@ -323,7 +323,7 @@ func revokeKey(w, stderr io.Writer, st recordStore, ref string, now time.Time) e
 // revokeNamedKey revokes the one key that ref names. It returns the record
 // as it was and, if it was revoked already (nothing changes then), when.
 func revokeNamedKey(st recordStore, ref string, now time.Time, waiting func()) (revoked Record, alreadyRevoked string, err error) {
-	err = editNamedKey(st, ref, "revoke", waiting, func(doc *keyDoc, i int) error {
+	err = editNamedKey(st, ref, "revoke", true, waiting, func(doc *keyDoc, i int) error {
 		rec := &doc.records[i]
 		revoked = rec.Record
 		if rec.RevokedAt != nil {
@@ -344,18 +344,26 @@ func revokeNamedKey(st recordStore, ref string, now time.Time, waiting func()) (
 // document and the record's index, in one atomic edit. The store must exist.
 // verb names the operation in the messages ("revoke", "rotate"). edit may
 // return errNoChange.
-func editNamedKey(st recordStore, ref, verb string, waiting func(), edit func(doc *keyDoc, i int) error) error {
+//
+// alone says that edit changes the named record and needs no other: a
+// store may then read that record alone when ref is its id.
+func editNamedKey(st recordStore, ref, verb string, alone bool, waiting func(), edit func(doc *keyDoc, i int) error) error {
 	ref = strings.TrimSpace(ref)
 	if ref == "" {
 		return inputError(fmt.Sprintf("name the key to %s by its id or key_prefix", verb))
 	}
-	return st.edit(recordEdit{waiting: waiting, edit: func(doc *keyDoc) error {
+	e := recordEdit{waiting: waiting}
+	if alone {
+		e.onlyID = ref
+	}
+	e.edit = func(doc *keyDoc) error {
 		i, err := findNamedRecord(doc.records, st, ref)
 		if err != nil {
 			return err
 		}
 		return edit(doc, i)
-	}})
+	}
+	return st.edit(e)
 }
 
 // findNamedRecord returns the index of the one record that ref names, or
@@ -450,7 +458,8 @@ func rotateNamedKey(st recordStore, opts rotateOptions, now time.Time, waiting f
 	if r.raw, err = generateKey(); err != nil {
 		return r, err
 	}
-	err = editNamedKey(st, opts.Ref, "rotate", waiting, func(doc *keyDoc, i int) error {
+	// Not alone: a rotation checks that no other record replaces the key.
+	err = editNamedKey(st, opts.Ref, "rotate", false, waiting, func(doc *keyDoc, i int) error {
 		rec := &doc.records[i]
 		r.old = rec.Record
 		var k Key

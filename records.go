@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +35,12 @@ type recordEdit struct {
 	edit    func(*keyDoc) error // the change; errNoChange if there is none to make
 	create  bool                // a store that does not exist yet starts empty
 	waiting func()              // called once if the edit must wait for another writer, to say so
+
+	// Hints that let a store that can read records one by one (Redis)
+	// hand edit less than the whole key set; a key file is read whole
+	// all the same.
+	onlyAdds bool   // edit only appends records with new ids: it may get none of the others
+	onlyID   string // edit changes at most the record with this id, if there is one: it may get that one alone
 }
 
 // fileRecords is a key file as a record store.
@@ -97,7 +104,7 @@ func (r redisRecords) read() ([]docRecord, *KeySet, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), redisEditTimeout)
 	defer cancel()
-	doc, _, _, err := readRedisRecords(ctx, r.client, r.keys)
+	doc, _, err := readRedisRecords(ctx, r.client, r.keys, true)
 	if err != nil {
 		return nil, nil, r.wrap(err)
 	}
@@ -120,15 +127,11 @@ func (r redisRecords) edit(e recordEdit) error {
 	ctx, cancel := context.WithTimeout(context.Background(), redisEditTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
-		doc, _, version, err := readRedisRecords(ctx, r.client, r.keys)
+		doc, version, err := r.readFor(ctx, e)
 		switch {
 		case errors.Is(err, errNoKeySet) && e.create:
 			doc, version = &keyDoc{bare: true}, 0
 		case err != nil:
-			return r.wrap(err)
-		}
-		// Never build on a key set the handler would refuse.
-		if _, err := buildKeySet(doc.records); err != nil {
 			return r.wrap(err)
 		}
 		if err := e.edit(doc); err != nil {
@@ -138,8 +141,8 @@ func (r redisRecords) edit(e recordEdit) error {
 			return err
 		}
 		_, err = writeChanged(ctx, r.client, r.keys, doc, version, e.create)
-		if errors.Is(err, errVersionMoved) && attempt < 10 {
-			if attempt == 1 && e.waiting != nil {
+		if (errors.Is(err, errVersionMoved) || errors.Is(err, errIDTaken)) && attempt < 10 {
+			if attempt == 1 && e.waiting != nil && errors.Is(err, errVersionMoved) {
 				e.waiting()
 			}
 			continue
@@ -149,6 +152,53 @@ func (r redisRecords) edit(e recordEdit) error {
 		}
 		return nil
 	}
+}
+
+// readFor reads what edit e needs, and the version it was read at: for an
+// edit that only adds, nothing (anyVersion); for one of a single record
+// named by its id, that record; otherwise the whole key set, which must
+// be one the handler would load.
+func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64, error) {
+	if e.onlyAdds {
+		if !e.create {
+			if v, err := readVersion(ctx, r.client, r.keys); err != nil || v == 0 {
+				return nil, 0, cmp.Or(err, errNoKeySet)
+			}
+		}
+		return &keyDoc{bare: true}, anyVersion, nil
+	}
+	if e.onlyID != "" {
+		version, err := readVersion(ctx, r.client, r.keys)
+		if err != nil || version == 0 {
+			return nil, 0, cmp.Or(err, errNoKeySet)
+		}
+		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.onlyID).Build()).ToString()
+		if err == nil {
+			var arr recordArray
+			arr.add(e.onlyID, js)
+			doc, err := arr.parse()
+			if err != nil {
+				return nil, 0, err
+			}
+			if _, err := buildKeySet(doc.records); err != nil {
+				return nil, 0, err
+			}
+			return doc, version, nil
+		}
+		if !rueidis.IsRedisNil(err) {
+			return nil, 0, err
+		}
+		// Not an id: a key_prefix, or the start of an id. Read all.
+	}
+	doc, version, err := readRedisRecords(ctx, r.client, r.keys, false)
+	if err != nil {
+		return nil, 0, err
+	}
+	// Never build on a key set the handler would refuse.
+	if _, err := buildKeySet(doc.records); err != nil {
+		return nil, 0, err
+	}
+	return doc, version, nil
 }
 
 // wrap names the key set in an error.

@@ -593,3 +593,36 @@ func TestKeySetWith(t *testing.T) {
 		t.Fatal("a change giving a second id the same key_hash was taken")
 	}
 }
+
+// Revoke reads the one record when named by its id, the whole key set
+// otherwise; both find the same key, and a name that matches none is
+// refused.
+func TestRedisRevokeByIDAndByPrefix(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("rv:")
+	_, a := addRedisKey(t, rs, "a")
+	_, b := addRedisKey(t, rs, "b")
+	if _, _, err := revokeNamedKey(rs, a.ID, time.Now(), nil); err != nil {
+		t.Fatalf("revoke by id: %v", err)
+	}
+	if _, _, err := revokeNamedKey(rs, b.KeyPrefix, time.Now(), nil); err != nil {
+		t.Fatalf("revoke by key_prefix: %v", err)
+	}
+	_, already, err := revokeNamedKey(rs, strings.ToUpper(a.ID), time.Now(), nil)
+	if err != nil || already == "" {
+		t.Fatalf("revoke by id in capitals: already %q, %v", already, err)
+	}
+	var re *refError
+	if _, _, err := revokeNamedKey(rs, "00000000-0000-4000-8000-000000000000", time.Now(), nil); !errors.As(err, &re) || re.code != "KEY_NOT_FOUND" {
+		t.Fatalf("revoke of no key: %v", err)
+	}
+	records, _, err := rs.read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range records {
+		if rec.RevokedAt == nil {
+			t.Errorf("key %s is not revoked", rec.Label)
+		}
+	}
+}

@@ -1,7 +1,6 @@
 package apikey
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -99,20 +98,27 @@ func redactURL(raw string) string {
 
 // editScript applies one change to a key set: if the version is still the
 // one the change was made from (0: the key set does not exist yet, which
-// only a change that may create it accepts), it writes the records, bumps
+// only a change that may create it accepts; "*": any version, for a change
+// that only adds records, whose ids must then be new), it writes the records, bumps
 // the version and logs the change: the ids, and the key_hash each record had
 // before ("" for a new record, "?" if it could not be read), so that a
 // follower drops a replaced key without searching for it. It returns {1, new version}, or {0,
-// version now} when another writer came first.
+// version now} when another writer came first, {2, version} when a record
+// to add is there already.
 var editScript = rueidis.NewLuaScript(`
 local v = redis.call('GET', KEYS[1])
 if not v then
   if ARGV[2] ~= '1' then return redis.error_reply('NOKEYSET no key set at this prefix') end
   v = '0'
 end
-if v ~= ARGV[1] then return {0, tonumber(v)} end
+if ARGV[1] ~= '*' and v ~= ARGV[1] then return {0, tonumber(v)} end
+if ARGV[5] == '1' then
+  for i = 6, #ARGV, 2 do
+    if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then return {2, tonumber(v)} end
+  end
+end
 local was = {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local h = ''
   local prev = redis.call('HGET', KEYS[2], ARGV[i])
   if prev then
@@ -200,22 +206,18 @@ func readVersion(ctx context.Context, c rueidis.Client, k redisKeys) (int64, err
 const scanCount = 5000
 
 // scanHash reads a whole hash with HSCAN (not HGETALL, which would hold
-// Redis for the whole of a large key set), calling fn for each field once.
-func scanHash(ctx context.Context, c rueidis.Client, key string, fn func(field, value string)) error {
-	seen := make(map[string]struct{})
+// Redis for the whole of a large key set), handing fn each page of fields
+// and values (field, value, field, value...). HSCAN may return a field
+// twice (while the hash is rehashed): fn sees it twice.
+func scanHash(ctx context.Context, c rueidis.Client, key string, fn func(page []string) error) error {
 	cursor := uint64(0)
 	for {
 		e, err := c.Do(ctx, c.B().Hscan().Key(key).Cursor(cursor).Count(scanCount).Build()).AsScanEntry()
 		if err != nil {
 			return err
 		}
-		for i := 0; i+1 < len(e.Elements); i += 2 {
-			// HSCAN may return a field twice while the hash is rehashed.
-			if _, dup := seen[e.Elements[i]]; dup {
-				continue
-			}
-			seen[e.Elements[i]] = struct{}{}
-			fn(e.Elements[i], e.Elements[i+1])
+		if err := fn(e.Elements[:len(e.Elements)&^1]); err != nil {
+			return err
 		}
 		if cursor = e.Cursor; cursor == 0 {
 			return nil
@@ -224,30 +226,27 @@ func scanHash(ctx context.Context, c rueidis.Client, key string, fn func(field, 
 }
 
 // recordArray gathers records into one JSON array, to be read as a bare
-// key file (parseKeyDoc, decodeKeySet): the same checks, the same errors.
+// key file (parseKeyDoc): the same checks, the same errors.
 type recordArray struct {
-	b   bytes.Buffer
-	n   int
+	b   []byte
 	ids []string // the hash field of each record, to check it matches the id
 }
 
 func (a *recordArray) add(field, value string) {
-	if a.n == 0 {
-		a.b.WriteByte('[')
+	if len(a.ids) == 0 {
+		a.b = append(a.b, '[')
 	} else {
-		a.b.WriteByte(',')
+		a.b = append(a.b, ',')
 	}
-	a.b.WriteString(value)
+	a.b = append(a.b, value...)
 	a.ids = append(a.ids, field)
-	a.n++
 }
 
 func (a *recordArray) bytes() []byte {
-	if a.n == 0 {
+	if len(a.ids) == 0 {
 		return []byte("[]")
 	}
-	a.b.WriteByte(']')
-	return a.b.Bytes()
+	return append(a.b, ']')
 }
 
 // checkFields checks that each record sits under its own id.
@@ -260,44 +259,114 @@ func (a *recordArray) checkFields(records []docRecord) error {
 	return nil
 }
 
-// readRedisRecords reads a whole key set as of one version: it scans the
-// records between two reads of the version, and scans again if they differ.
-func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys) (*keyDoc, *recordArray, int64, error) {
+// parse reads the gathered records, checking each one's hash field.
+func (a *recordArray) parse() (*keyDoc, error) {
+	doc, err := parseKeyDoc(a.bytes())
+	if err == nil {
+		err = a.checkFields(doc.records)
+	}
+	return doc, err
+}
+
+// pageArray gathers one page of a scan, skipping the fields seen already.
+func pageArray(page []string, seen func(id string) bool) *recordArray {
+	size := 2
+	for i := 1; i < len(page); i += 2 {
+		size += len(page[i]) + 1
+	}
+	a := &recordArray{b: make([]byte, 0, size), ids: make([]string, 0, len(page)/2)}
+	for i := 0; i+1 < len(page); i += 2 {
+		if !seen(page[i]) {
+			a.add(page[i], page[i+1])
+		}
+	}
+	return a
+}
+
+// readRedisRecords reads a whole key set as of one version, as the commands
+// edit it: it scans the records between two reads of the version, and
+// scans again if they differ. sorted orders them for people (oldest first,
+// then by id); the records of a hash have no order of their own.
+func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted bool) (*keyDoc, int64, error) {
 	for attempt := 1; ; attempt++ {
 		before, err := readVersion(ctx, c, k)
 		if err != nil {
-			return nil, nil, 0, err
+			return nil, 0, err
 		}
 		if before == 0 {
-			return nil, nil, 0, errNoKeySet
+			return nil, 0, errNoKeySet
 		}
-		var arr recordArray
-		if err := scanHash(ctx, c, k.records, arr.add); err != nil {
-			return nil, nil, 0, err
+		doc := &keyDoc{bare: true}
+		seen := make(map[string]bool)
+		n := 0
+		err = scanHash(ctx, c, k.records, func(page []string) error {
+			arr := pageArray(page, func(id string) bool { dup := seen[id]; seen[id] = true; return dup })
+			d, err := arr.parse()
+			if err != nil {
+				return renumber(err, n)
+			}
+			n += len(d.records)
+			doc.records = append(doc.records, d.records...)
+			return nil
+		})
+		if err != nil {
+			return nil, 0, err
 		}
 		after, err := readVersion(ctx, c, k)
 		if err != nil {
-			return nil, nil, 0, err
+			return nil, 0, err
 		}
 		if after != before && attempt < 5 {
 			continue
 		}
-		doc, err := parseKeyDoc(arr.bytes())
-		if err == nil {
-			err = arr.checkFields(doc.records)
+		if sorted {
+			slices.SortFunc(doc.records, func(a, b docRecord) int {
+				if c := strings.Compare(deref(a.CreatedAt), deref(b.CreatedAt)); c != 0 {
+					return c
+				}
+				return strings.Compare(a.ID, b.ID)
+			})
 		}
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		// Stable order for list and export: oldest first, then by id.
-		slices.SortStableFunc(doc.records, func(a, b docRecord) int {
-			if c := strings.Compare(deref(a.CreatedAt), deref(b.CreatedAt)); c != 0 {
-				return c
-			}
-			return strings.Compare(a.ID, b.ID)
-		})
-		return doc, &arr, after, nil
+		return doc, after, nil
 	}
+}
+
+// loadRedisKeySet reads a whole key set into a key set, page by page: only
+// the key set and one page are ever in memory.
+func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (*KeySet, error) {
+	size, err := c.Do(ctx, c.B().Hlen().Key(k.records).Build()).AsInt64()
+	if err != nil {
+		return nil, err
+	}
+	b := newKeySetBuilder(int(size))
+	n := 0
+	err = scanHash(ctx, c, k.records, func(page []string) error {
+		arr := pageArray(page, func(id string) bool { _, dup := b.ids[id]; return dup })
+		d, err := arr.parse()
+		if err != nil {
+			return renumber(err, n)
+		}
+		for i := range d.records {
+			n++
+			if err := b.add(&d.records[i].Record, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return b.ks, nil
+}
+
+// renumber makes the record numbers of a page's error count from the
+// records before the page.
+func renumber(err error, before int) error {
+	if before == 0 {
+		return err
+	}
+	return fmt.Errorf("after %d good records, %w", before, err)
 }
 
 func deref(s *string) string {
@@ -339,6 +408,10 @@ const editBatch = 5000
 // writeChanged saves the records of doc that an edit made or changed (those
 // no longer held as the bytes they were read as), if the key set is still
 // at version from. It returns the new version, or errVersionMoved.
+//
+// With from anyVersion, the change only adds records: it is written
+// whatever the version, and refused (errIDTaken) if one of its ids is
+// there already.
 func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDoc, from int64, create bool) (int64, error) {
 	var pairs []string // id, JSON, id, JSON...
 	for i := range doc.records {
@@ -356,8 +429,12 @@ func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDo
 	for len(pairs) > 0 {
 		n := min(len(pairs), 2*editBatch)
 		var err error
-		if version, err = writeBatch(ctx, c, k, pairs[:n], version, create); err != nil {
-			return version, err
+		v, err := writeBatch(ctx, c, k, pairs[:n], version, create)
+		if err != nil {
+			return v, err
+		}
+		if version != anyVersion {
+			version = v
 		}
 		pairs, create = pairs[n:], false
 	}
@@ -366,10 +443,13 @@ func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDo
 
 // writeBatch runs editScript once, for the records in pairs (id, JSON...).
 func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, pairs []string, from int64, create bool) (int64, error) {
-	args := make([]string, 4, 4+len(pairs))
-	args[0], args[1], args[2] = strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen)
+	args := make([]string, 5, 5+len(pairs))
+	args[0], args[1], args[2], args[4] = strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen), "0"
 	if create {
 		args[1] = "1"
+	}
+	if from == anyVersion {
+		args[0], args[4] = "*", "1"
 	}
 	ids := make([]string, 0, len(pairs)/2)
 	for i := 0; i < len(pairs); i += 2 {
@@ -388,11 +468,21 @@ func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, pairs []stri
 	if len(res) != 2 {
 		return 0, fmt.Errorf("redis: unexpected reply to the edit script: %v", res)
 	}
-	if res[0] != 1 {
+	switch res[0] {
+	case 0:
 		return res[1], errVersionMoved
+	case 2:
+		return res[1], errIDTaken
 	}
 	return res[1], nil
 }
+
+// anyVersion, as the version a change was made from, marks a change that
+// only adds records (see writeChanged).
+const anyVersion = -1
+
+// errIDTaken: a record to add has the id of one already there.
+var errIDTaken = errors.New("a record with this id is there already")
 
 // errVersionMoved: another writer changed the key set between the read
 // and the write; the edit is done again on the new version.
@@ -401,10 +491,13 @@ var errVersionMoved = errors.New("the key set changed meanwhile")
 // usedTimes reads the used hash: last use by "<key_hash>:<id>".
 func usedTimes(ctx context.Context, c rueidis.Client, k redisKeys) (map[string]time.Time, error) {
 	out := make(map[string]time.Time)
-	err := scanHash(ctx, c, k.used, func(field, value string) {
-		if us, err := strconv.ParseInt(value, 10, 64); err == nil {
-			out[field] = time.UnixMicro(us)
+	err := scanHash(ctx, c, k.used, func(page []string) error {
+		for i := 0; i < len(page); i += 2 {
+			if us, err := strconv.ParseInt(page[i+1], 10, 64); err == nil {
+				out[page[i]] = time.UnixMicro(us)
+			}
 		}
+		return nil
 	})
 	return out, err
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -495,11 +496,8 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 
 // applyRecords checks the changed records and makes the next key set.
 func (s *redisKeyStore) applyRecords(arr *recordArray, changes map[string]*Record, was map[string]string) (*KeySet, error) {
-	doc, err := parseKeyDoc(arr.bytes())
+	doc, err := arr.parse()
 	if err != nil {
-		return nil, err
-	}
-	if err := arr.checkFields(doc.records); err != nil {
 		return nil, err
 	}
 	for i := range doc.records {
@@ -563,16 +561,16 @@ func (s *redisKeyStore) fullSync(ctx context.Context, c rueidis.Client) error {
 	if head.version == 0 {
 		return errNoKeySet
 	}
-	doc, _, _, err := readRedisRecords(ctx, c, s.rk)
+	ks, err := loadRedisKeySet(ctx, c, s.rk)
 	if err == nil {
-		var ks *KeySet
-		if ks, err = buildKeySet(doc.records); err == nil {
-			s.syncs.Add(1)
-			s.version, s.logID, s.broken = head.version, head.logID, false
-			s.put(ks, true)
-			s.lastCheck = time.Now()
-			return nil
+		s.syncs.Add(1)
+		s.version, s.logID, s.broken = head.version, head.logID, false
+		s.put(ks, true)
+		s.lastCheck = time.Now()
+		if ks.size() >= bigKeySet {
+			debug.FreeOSMemory() // give back what reading it took
 		}
+		return nil
 	}
 	if errors.Is(err, errNoKeySet) {
 		return err
@@ -586,6 +584,11 @@ func (s *redisKeyStore) fullSync(ctx context.Context, c rueidis.Client) error {
 	s.log().Error("the Redis key set cannot be used; the keys in force stay in force", s.fields(zap.Error(err))...)
 	return nil
 }
+
+// bigKeySet is the size from which a full read gives the memory it no
+// longer needs back to the system at once (as the file store does for a
+// big file).
+const bigKeySet = 100_000
 
 // put puts ks in force. A key set read whole gets the usage cells of the
 // keys that stay the same (one that KeySet.with made has them already).
