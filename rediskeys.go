@@ -339,6 +339,9 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (*KeySe
 		return nil, err
 	}
 	b := newKeySetBuilder(int(size))
+	// Room for the keys that changes will add (see KeySet.with), so that
+	// the first ones need not copy the key set.
+	b.ks.keys = make([]Key, 0, size+size/8+64)
 	n := 0
 	err = scanHash(ctx, c, k.records, func(page []string) error {
 		arr := pageArray(page, func(id string) bool { _, dup := b.ids[id]; return dup })

@@ -10,7 +10,8 @@
 #              (VmHWM) over the whole run
 #   add        how long `caddy apikey add` takes, and then how long until
 #              the new key is admitted (a change in force)
-#   revoke     the same for `caddy apikey revoke`, until the key is refused
+#   revoke     the same for `caddy apikey revoke <id>`, until the key is
+#              refused
 #   first use  from a key's first use until its last-used time is written
 #              (in the file, or in Redis)
 #   p99        wrk --latency p99 idle, and while a usage write of USED keys
@@ -170,7 +171,8 @@ wait_for 200 "$new" 60
 figure "added key admitted (after add)" "$(since "$t")"
 
 t=$(now)
-"$caddy" apikey revoke "${store_flags[@]}" "${new:0:11}" >/dev/null 2>"$work/revoke.err" || die "revoke: $(cat "$work/revoke.err")"
+new_id=$(awk '$1 == "id:" { print $2 }' "$work/add.err")
+"$caddy" apikey revoke "${store_flags[@]}" "$new_id" >/dev/null 2>"$work/revoke.err" || die "revoke: $(cat "$work/revoke.err")"
 figure "caddy apikey revoke" "$(since "$t")"
 t=$(now)
 wait_for 403 "$new" 60
