@@ -208,21 +208,41 @@ const scanCount = 5000
 // scanHash reads a whole hash with HSCAN (not HGETALL, which would hold
 // Redis for the whole of a large key set), handing fn each page of fields
 // and values (field, value, field, value...). HSCAN may return a field
-// twice (while the hash is rehashed): fn sees it twice.
+// twice (while the hash is rehashed): fn sees it twice. The next page is
+// fetched while fn works on this one, so that Redis and this process work
+// at once on a large key set.
 func scanHash(ctx context.Context, c rueidis.Client, key string, fn func(page []string) error) error {
-	cursor := uint64(0)
-	for {
-		e, err := c.Do(ctx, c.B().Hscan().Key(key).Cursor(cursor).Count(scanCount).Build()).AsScanEntry()
-		if err != nil {
-			return err
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type page struct {
+		elems []string
+		err   error
+	}
+	pages := make(chan page, 1)
+	go func() {
+		defer close(pages)
+		cursor := uint64(0)
+		for {
+			e, err := c.Do(ctx, c.B().Hscan().Key(key).Cursor(cursor).Count(scanCount).Build()).AsScanEntry()
+			select {
+			case pages <- page{e.Elements[:len(e.Elements)&^1], err}:
+			case <-ctx.Done():
+				return
+			}
+			if cursor = e.Cursor; err != nil || cursor == 0 {
+				return
+			}
 		}
-		if err := fn(e.Elements[:len(e.Elements)&^1]); err != nil {
-			return err
+	}()
+	for p := range pages {
+		if p.err != nil {
+			return p.err
 		}
-		if cursor = e.Cursor; cursor == 0 {
-			return nil
+		if err := fn(p.elems); err != nil {
+			return err
 		}
 	}
+	return ctx.Err()
 }
 
 // recordArray gathers records into one JSON array, to be read as a bare
