@@ -12,6 +12,7 @@
 #              the new key is admitted (a change in force)
 #   revoke     the same for `caddy apikey revoke <id>`, until the key is
 #              refused
+#   rotate     `caddy apikey rotate <key_prefix>` (a name that is not an id)
 #   first use  from a key's first use until its last-used time is written
 #              (in the file, or in Redis)
 #   p99        wrk --latency p99 idle, and while a usage write of USED keys
@@ -177,6 +178,12 @@ figure "caddy apikey revoke" "$(since "$t")"
 t=$(now)
 wait_for 403 "$new" 60
 figure "revoked key refused (after revoke)" "$(since "$t")"
+
+# A rotation named by key_prefix: a command that reads the whole key set
+# on either store.
+t=$(now)
+"$caddy" apikey rotate "${store_flags[@]}" --grace 0 "${key:0:11}" >/dev/null 2>"$work/rotate.err" || die "rotate: $(cat "$work/rotate.err")"
+figure "caddy apikey rotate <key_prefix>" "$(since "$t")"
 
 figure "peak RSS (VmHWM, whole run)" "$(rss VmHWM)"
 
