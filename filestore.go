@@ -268,34 +268,21 @@ func (s *keyStore) Destruct() error {
 // one that a config unload just let go) has no key set in force to update:
 // it does not wait for a watcher that is gone.
 func (s *keyStore) askReload() error {
-	reply, deadline := make(chan error, 1), time.After(reloadWait)
+	err, answered := ask(s.reloadNow, s.stop, reloadWait)
 	select {
-	case s.reloadNow <- reply:
-		select {
-		case err := <-reply:
-			return err
-		case <-deadline:
-		}
 	case <-s.stop:
-		return nil
-	case <-deadline:
+		return nil // stopped: nothing to put in force any more
+	default:
 	}
-	return fmt.Errorf("key file %s: still being read after %s", s.path, reloadWait)
+	if !answered {
+		return fmt.Errorf("key file %s: still being read after %s", s.path, reloadWait)
+	}
+	return err
 }
 
 // askFlush has the writer write every pending last-used time now, and waits
 // for it at most stopWait.
-func (s *keyStore) askFlush() {
-	reply, deadline := make(chan struct{}, 1), time.After(stopWait)
-	select {
-	case s.flushNow <- reply:
-		select {
-		case <-reply:
-		case <-deadline:
-		}
-	case <-deadline:
-	}
-}
+func (s *keyStore) askFlush() { ask(s.flushNow, s.stop, stopWait) }
 
 // due reports whether work that runs every iv and last ran at last is due.
 func (s *keyStore) due(iv interval, last time.Time) bool {
@@ -427,26 +414,7 @@ func (s *keyStore) MarkUsed(k *Key, sum [sha256.Size]byte, now int64) {
 // min(usage interval, maxFlushPeriod), all of them when asked, and all of
 // them as it stops.
 func (s *keyStore) write() {
-	t := time.NewTicker(tickInterval)
-	defer t.Stop()
-	var last time.Time
-	for {
-		select {
-		case <-s.stop:
-			s.writeUsage(true)
-			return
-		case reply := <-s.flushNow:
-			s.writeUsage(true)
-			reply <- struct{}{}
-		case <-t.C:
-			iv := s.leases.current().usage
-			iv.every = min(iv.every, maxFlushPeriod)
-			if s.due(iv, last) {
-				last = s.now()
-				s.writeUsage(false)
-			}
-		}
-	}
+	usageWriter(s.stop, s.flushNow, s.leases, s.now, s.writeUsage)
 }
 
 // writeUsage writes the last-used times that are due: those of keys not

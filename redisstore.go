@@ -277,17 +277,11 @@ func (s *redisKeyStore) Destruct() error {
 // askSync has the follower check the key set's version now, and catch up
 // if it is behind; it returns what came of it.
 func (s *redisKeyStore) askSync() error {
-	reply := make(chan error, 1)
-	select {
-	case s.syncNow <- reply:
-		select {
-		case err := <-reply:
-			return err
-		case <-time.After(reloadWait):
-		}
-	case <-time.After(reloadWait):
+	err, answered := ask(s.syncNow, s.stopCtx.Done(), reloadWait)
+	if !answered {
+		return errors.New("the Redis follower did not answer: it is busy, or stopped")
 	}
-	return errors.New("the Redis follower did not answer")
+	return err
 }
 
 // refresh is askSync, for the admin API: a change made through it is in
@@ -296,17 +290,7 @@ func (s *redisKeyStore) refresh() error { return s.askSync() }
 
 // askFlush has the usage writer write every pending time now, and waits for
 // it at most stopWait.
-func (s *redisKeyStore) askFlush() {
-	reply, deadline := make(chan struct{}, 1), time.After(stopWait)
-	select {
-	case s.flushNow <- reply:
-		select {
-		case <-reply:
-		case <-deadline:
-		}
-	case <-deadline:
-	}
-}
+func (s *redisKeyStore) askFlush() { ask(s.flushNow, s.stopCtx.Done(), stopWait) }
 
 // Timing of the follower.
 const (
@@ -610,26 +594,7 @@ func (s *redisKeyStore) put(ks *KeySet, whole bool) {
 // every min(usage interval, maxFlushPeriod), all of them when asked, and
 // all of them as it stops.
 func (s *redisKeyStore) writeLoop() {
-	t := time.NewTicker(tickInterval)
-	defer t.Stop()
-	var last time.Time
-	for {
-		select {
-		case <-s.stopCtx.Done():
-			s.writeUsage(true)
-			return
-		case reply := <-s.flushNow:
-			s.writeUsage(true)
-			reply <- struct{}{}
-		case <-t.C:
-			iv := s.leases.current().usage
-			iv.every = min(iv.every, maxFlushPeriod)
-			if !iv.off && time.Since(last) >= iv.every {
-				last = time.Now()
-				s.writeUsage(false)
-			}
-		}
-	}
+	usageWriter(s.stopCtx.Done(), s.flushNow, s.leases, time.Now, s.writeUsage)
 }
 
 // usageBatchSize is how many keys one run of usageScript covers; a flush

@@ -321,3 +321,47 @@ func liveStores() []liveStore {
 	sort.Slice(out, func(i, j int) bool { return out[i].name() < out[j].name() })
 	return out
 }
+
+// ask hands a request to one of a store's goroutines on ch and waits for
+// its answer, at most wait in all. answered is false if none came: the
+// goroutine was busy past wait, or the store stopped (stopped closed).
+func ask[T any](ch chan chan T, stopped <-chan struct{}, wait time.Duration) (answer T, answered bool) {
+	reply, deadline := make(chan T, 1), time.After(wait)
+	select {
+	case ch <- reply:
+		select {
+		case answer = <-reply:
+			return answer, true
+		case <-deadline:
+		}
+	case <-stopped:
+	case <-deadline:
+	}
+	return answer, false
+}
+
+// usageWriter runs a store's usage writer until stop is closed: it calls
+// write(false) every min(usage interval, maxFlushPeriod), so that the uses
+// that are due share one write, and write(true), for every pending use,
+// when asked on flushNow and as it stops.
+func usageWriter(stop <-chan struct{}, flushNow chan chan struct{}, leases *leaseSet, now func() time.Time, write func(all bool)) {
+	t := time.NewTicker(tickInterval)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-stop:
+			write(true)
+			return
+		case reply := <-flushNow:
+			write(true)
+			reply <- struct{}{}
+		case <-t.C:
+			iv := leases.current().usage
+			if !iv.off && now().Sub(last) >= min(iv.every, maxFlushPeriod) {
+				last = now()
+				write(false)
+			}
+		}
+	}
+}
