@@ -491,7 +491,7 @@ func BenchmarkRedisLoad(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				if err := s.fullSync(b.Context(), c); err != nil {
+				if err := s.fullSync(c); err != nil {
 					b.Fatal(err)
 				}
 			}

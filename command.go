@@ -82,6 +82,7 @@ those scopes, for routes whose apikey directive requires them.
 			add.Flags().StringP("label", "l", "", "A name for the key, e.g. who or what uses it (required)")
 			add.Flags().StringP("expires", "e", "", "Expiry: a duration from now (90d, 12h) or an RFC 3339 time")
 			add.Flags().StringSliceP("scope", "s", nil, "A scope the key holds (repeatable)")
+			add.Flags().Bool("create", false, "With --redis: make the key set if the prefix holds none (a key file is always made if missing)")
 			cmd.AddCommand(add)
 
 			list := &cobra.Command{
@@ -192,7 +193,7 @@ the command then exits 1; the others are imported.
 					if file == "" || redis == "" {
 						return errors.New("--file and --redis are both required")
 					}
-					to, closeStore, err := openRecordStore("", redis, prefix)
+					to, closeStore, err := openRecordStore("", redis, prefix, true)
 					if err != nil {
 						return err
 					}
@@ -231,7 +232,7 @@ made with mode 0600), or to stdout.
 					if redis == "" {
 						return errors.New("--redis is required")
 					}
-					from, closeStore, err := openRecordStore("", redis, prefix)
+					from, closeStore, err := openRecordStore("", redis, prefix, false)
 					if err != nil {
 						return err
 					}
@@ -285,7 +286,8 @@ func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
 	file, _ := fl.GetString("file")
 	redis, _ := fl.GetString("redis")
 	prefix, _ := fl.GetString("prefix")
-	st, closeStore, err := openRecordStore(file, redis, prefix)
+	create, _ := fl.GetBool("create") // add only
+	st, closeStore, err := openRecordStore(file, redis, prefix, create)
 	if err != nil {
 		return err
 	}
@@ -296,7 +298,9 @@ func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
 // openRecordStore returns the key store that the flags name: the key file
 // at file, or the key set at prefix in the Redis server at redisURL. The
 // caller calls closeStore when done.
-func openRecordStore(file, redisURL, prefix string) (st recordStore, closeStore func(), err error) {
+// create lets a Redis key set be made where there is none (see
+// redisRecords.mayCreate).
+func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore, closeStore func(), err error) {
 	switch {
 	case file != "" && redisURL != "":
 		return nil, nil, errors.New("give --file or --redis, not both")
@@ -309,6 +313,7 @@ func openRecordStore(file, redisURL, prefix string) (st recordStore, closeStore 
 	if err != nil {
 		return nil, nil, err
 	}
+	rs.mayCreate = create
 	return rs, rs.client.Close, nil
 }
 

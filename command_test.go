@@ -321,7 +321,7 @@ func TestCommandsMissingFile(t *testing.T) {
 	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
 		t.Errorf("list: error = %v, want not-exist: %q", err, wantMsg)
 	}
-	if _, _, err := openRecordStore("", "", ""); err == nil || !strings.Contains(err.Error(), "--file") {
+	if _, _, err := openRecordStore("", "", "", false); err == nil || !strings.Contains(err.Error(), "--file") {
 		t.Errorf("without --file: error = %v", err)
 	}
 	if err := revokeKey(&out, io.Discard, fileRecords{path}, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {

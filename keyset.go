@@ -178,11 +178,14 @@ func (b *keySetBuilder) add(rec *Record, n int) error {
 	b.ks.keys = append(b.ks.keys, Key{})
 	k := &b.ks.keys[len(b.ks.keys)-1]
 	sum, err := k.fill(rec)
-	if err != nil {
-		return recordError(n, rec.ID, err)
+	if err == nil {
+		if other := b.ks.find(sum); other != nil {
+			err = fmt.Errorf("key_hash is the same as that of id %q", other.ID)
+		}
 	}
-	if other := b.ks.find(sum); other != nil {
-		return recordError(n, rec.ID, fmt.Errorf("key_hash is the same as that of id %q", other.ID))
+	if err != nil {
+		b.ks.keys = b.ks.keys[:len(b.ks.keys)-1] // a caller may go on without it
+		return recordError(n, rec.ID, err)
 	}
 	b.ids[k.ID] = n
 	b.ks.byHash[sum] = int32(len(b.ks.keys) - 1)
@@ -229,8 +232,13 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 // with returns a new key set: ks, in which the keys of the records whose ids
 // are in changes are replaced by their new versions, removed when nil. A key
 // that stays the same (same id and hash) keeps its usage cell. was says,
-// for each changed id, the key_hash (lowercase hex) its record had before
-// ("" for none); an id it does not name, or names with "?", is searched for.
+// for each changed id, the key_hash (lowercase hex) its record had before;
+// an id whose key is not found there (a new record, a record changed by
+// other means) is searched for, so that no replaced key stays.
+//
+// A changed record that cannot be used (a bad value, the key_hash of
+// another key) leaves its id without a key, refused, and is returned among
+// problems: one bad record never holds up the others' changes.
 //
 // It costs a copy of the hash index and nothing per unchanged key: the new
 // set shares ks's keys and appends the new ones behind them, where ks does
@@ -238,26 +246,25 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 // force in tens of milliseconds at a million keys. The keys a change
 // replaces stay behind in the shared array, unreachable through the index,
 // until a full copy (compact) drops them.
-func (ks *KeySet) with(changes map[string]*Record, was map[string]string) (*KeySet, error) {
-	next := &KeySet{byHash: maps.Clone(ks.byHash), keys: ks.keys}
+func (ks *KeySet) with(changes map[string]*Record, was map[string]string) (next *KeySet, problems []error) {
+	next = &KeySet{byHash: maps.Clone(ks.byHash), keys: ks.keys}
 	if next.byHash == nil {
 		next.byHash = make(map[[sha256.Size]byte]int32)
 	}
 	prev := make(map[string][sha256.Size]byte, len(changes)) // the changed ids' keys now
-	drop := func(id string, sum [sha256.Size]byte) {
+	drop := func(id string, sum [sha256.Size]byte) bool {
 		if i, ok := ks.byHash[sum]; ok && ks.keys[i].ID == id {
 			prev[id] = sum
 			delete(next.byHash, sum)
+			return true
 		}
+		return false
 	}
 	search := false
 	for id := range changes {
-		h, known := was[id]
-		switch sum, err := decodeKeyHash(h); {
-		case !known || h == "?":
+		sum, err := decodeKeyHash(was[id])
+		if err != nil || !drop(id, sum) {
 			search = true
-		case err == nil:
-			drop(id, sum)
 		}
 	}
 	if search {
@@ -277,27 +284,30 @@ func (ks *KeySet) with(changes map[string]*Record, was map[string]string) (*KeyS
 	if cap(ks.keys)-len(ks.keys) < added || stale > len(ks.byHash)/4 {
 		next.compact(len(next.byHash) + added)
 	}
-	n := len(next.keys)
 	for id, rec := range changes {
 		if rec == nil {
 			continue
 		}
 		next.keys = next.keys[:len(next.keys)+1] // within the capacity
 		k := &next.keys[len(next.keys)-1]
-		*k = Key{} // a slot a failed attempt may have used
+		*k = Key{} // a slot a failed record may have used
 		sum, err := k.fill(rec)
-		if err != nil {
-			return nil, recordError(len(next.keys)-n, rec.ID, err)
+		if err == nil {
+			if other := next.find(sum); other != nil {
+				err = fmt.Errorf("key_hash is the same as that of id %q", other.ID)
+			}
 		}
-		if other := next.find(sum); other != nil {
-			return nil, recordError(len(next.keys)-n, rec.ID, fmt.Errorf("key_hash is the same as that of id %q", other.ID))
+		if err != nil {
+			next.keys = next.keys[:len(next.keys)-1]
+			problems = append(problems, fmt.Errorf("record %q: %w", rec.ID, err))
+			continue
 		}
 		next.byHash[sum] = int32(len(next.keys) - 1)
 		if old, ok := prev[id]; ok && old == sum {
 			k.usage.Store(ks.keys[ks.byHash[sum]].usage.Load())
 		}
 	}
-	return next, nil
+	return next, problems
 }
 
 // compact gives ks a keys array of its own holding only the keys its index

@@ -85,6 +85,12 @@ type redisRecords struct {
 	client rueidis.Client
 	keys   redisKeys
 	shown  string // the URL, without its password
+
+	// mayCreate lets an edit that may create a key set (add, import)
+	// create one at a prefix that holds none. Off, such an edit is
+	// refused: after a wipe, an add must not make a one-key set that every
+	// server would put in force, refusing all other keys.
+	mayCreate bool
 }
 
 func (r redisRecords) String() string { return r.shown + " (prefix " + r.keys.prefix + ")" }
@@ -124,6 +130,7 @@ func (r redisRecords) edit(e recordEdit) error {
 	if r.client == nil {
 		return r.wrap(errNotConnected)
 	}
+	e.create = e.create && r.mayCreate
 	ctx, cancel := context.WithTimeout(context.Background(), redisEditTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
@@ -204,7 +211,7 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 // wrap names the key set in an error.
 func (r redisRecords) wrap(err error) error {
 	if errors.Is(err, errNoKeySet) {
-		return fmt.Errorf("%s holds no key set: make one with caddy apikey add or caddy apikey import %s", r, r.flags())
+		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.flags(), r.flags())
 	}
 	return fmt.Errorf("key set %s: %w", r, err)
 }

@@ -127,6 +127,7 @@ func (r *testRedis) records(prefix string) redisRecords {
 		r.t.Fatal(err)
 	}
 	r.t.Cleanup(rs.client.Close)
+	rs.mayCreate = true // the tests make their key sets with add
 	return rs
 }
 
@@ -437,10 +438,10 @@ func TestRedisURLIsRedacted(t *testing.T) {
 
 func TestRedisCommandLine(t *testing.T) {
 	r := startRedis(t)
-	if _, _, err := openRecordStore("keys.json", r.URL, ""); err == nil || !strings.Contains(err.Error(), "not both") {
+	if _, _, err := openRecordStore("keys.json", r.URL, "", false); err == nil || !strings.Contains(err.Error(), "not both") {
 		t.Fatalf("--file with --redis: %v", err)
 	}
-	st, closeStore, err := openRecordStore("", r.URL, "cli:")
+	st, closeStore, err := openRecordStore("", r.URL, "cli:", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -558,9 +559,9 @@ func TestKeySetWith(t *testing.T) {
 				})
 			}
 		}
-		next, err := set.with(changes, was)
-		if err != nil {
-			t.Fatal(err)
+		next, problems := set.with(changes, was)
+		if problems != nil {
+			t.Fatal(problems)
 		}
 		kb, _ := next.lookup(b.Raw)
 		kc, _ := next.lookup(c.Raw)
@@ -589,8 +590,19 @@ func TestKeySetWith(t *testing.T) {
 	if k, _ := base.lookup(b.Raw); k == nil || k.revoked || base.size() != 2 {
 		t.Fatal("the first set changed")
 	}
-	if _, err := set.with(map[string]*Record{"dup": rec(a, map[string]any{"id": "dup"})}, nil); err == nil {
-		t.Fatal("a change giving a second id the same key_hash was taken")
+	next, problems := set.with(map[string]*Record{"dup": rec(a, map[string]any{"id": "dup"})}, nil)
+	if len(problems) != 1 || !strings.Contains(problems[0].Error(), "key_hash is the same") {
+		t.Fatalf("a change giving a second id the same key_hash: problems %v", problems)
+	}
+	if k, _ := next.lookup(a.Raw); k == nil || k.ID != a.record["id"] {
+		t.Fatal("the key whose hash was claimed again is not its own id's any more")
+	}
+	// A key the log says nothing right about (its record changed by other
+	// means) is still found and replaced.
+	stale := map[string]string{a.record["id"].(string): hashKey("not a's key")}
+	next, _ = set.with(map[string]*Record{a.record["id"].(string): rec(a, map[string]any{"revoked_at": "2026-11-29T00:00:00Z"})}, stale)
+	if k, _ := next.lookup(a.Raw); k == nil || !k.revoked || next.size() != set.size() {
+		t.Fatal("a change with a wrong was left the old key in force")
 	}
 }
 
@@ -624,5 +636,89 @@ func TestRedisRevokeByIDAndByPrefix(t *testing.T) {
 		if rec.RevokedAt == nil {
 			t.Errorf("key %s is not revoked", rec.Label)
 		}
+	}
+}
+
+// Records changed by other means than the commands: a broken one leaves
+// its key refused and holds up nothing else; a key_hash changed in place
+// does not leave the old key in force once the record changes again.
+func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("")
+	rawA, recA := addRedisKey(t, rs, "a")
+	rawB, recB := addRedisKey(t, rs, "b")
+	rawC, recC := addRedisKey(t, rs, "c")
+	keys, _ := newRedisKeys("")
+
+	// A broken record written by hand, seen at the start.
+	r.do("HSET", keys.records, recC.ID, `{"id": "`+recC.ID+`", "key_hash": "nope"`)
+	s := mustOpenRedisStore(t, r, "")
+	if admits(s, rawC) {
+		t.Fatal("the key of a broken record is admitted")
+	}
+	if !admits(s, rawA) || !admits(s, rawB) {
+		t.Fatal("a broken record took the other keys with it")
+	}
+
+	// Revocations still reach the store, one by one, past the broken record.
+	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "a revocation did not reach the store while another record is broken", func() bool { return !admits(s, rawB) })
+
+	// key_hash changed by hand (no log entry), then a change through the
+	// script: the key the store held for that id is dropped all the same.
+	other, _ := generateKey()
+	js, _ := r.do("HGET", keys.records, recA.ID).ToString()
+	r.do("HSET", keys.records, recA.ID, strings.Replace(js, recA.KeyHash, hashKey(other), 1))
+	if _, _, err := revokeNamedKey(rs, recA.ID, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "the key of a record re-keyed by hand stayed in force after its revocation", func() bool { return !admits(s, rawA) })
+	if admits(s, other) {
+		t.Error("the revoked record's new key is admitted")
+	}
+	if err := s.askSync(); err != nil {
+		t.Fatalf("version check: %v", err)
+	}
+}
+
+func TestRedisRefusesIDsThatAreNotUTF8(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("")
+	k := newTestKey("bad id", map[string]any{"id": "k\xff1"})
+	path := filepath.Join(t.TempDir(), "keys.json")
+	rec, _ := json.Marshal(k.record) // json.Marshal mangles \xff: write it by hand
+	data := strings.Replace(string(rec), `k\ufffd1`, "k\xff1", 1)
+	if err := os.WriteFile(path, []byte(`{"api_keys": [`+data+`]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := importKeys(fileRecords{path: path}, rs, nil); err == nil || !strings.Contains(err.Error(), "valid UTF-8") {
+		t.Fatalf("import of an id that is not UTF-8: %v", err)
+	}
+}
+
+func TestRedisURLErrorsHideThePassword(t *testing.T) {
+	_, _, err := redisURL("redis://:S3cr%tpass@127.0.0.1:6379/0")
+	if err == nil || strings.Contains(err.Error(), "S3cr") {
+		t.Fatalf("error %v shows the password", err)
+	}
+}
+
+// After a wipe, add does not make a key set of one key unless told to:
+// every server would put it in force and refuse all other keys.
+func TestRedisAddDoesNotCreateUnlessTold(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("wiped:")
+	rs.mayCreate = false
+	if _, _, err := createKey(rs, addOptions{Label: "x"}, time.Now(), nil); err == nil || !strings.Contains(err.Error(), "--create") {
+		t.Fatalf("add on an empty prefix without --create: %v", err)
+	}
+	if n, _ := r.do("EXISTS", "{wiped:}version").AsInt64(); n != 0 {
+		t.Fatal("a refused add made a key set")
+	}
+	rs.mayCreate = true
+	if _, _, err := createKey(rs, addOptions{Label: "x"}, time.Now(), nil); err != nil {
+		t.Fatalf("add --create: %v", err)
 	}
 }

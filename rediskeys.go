@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/redis/rueidis"
@@ -66,6 +67,11 @@ func redisURL(configured string) (rueidis.ClientOption, string, error) {
 	opt, err := rueidis.ParseURL(raw)
 	shown := redactURL(raw)
 	if err != nil {
+		// url.Parse's error quotes the whole URL, password and all.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return opt, shown, fmt.Errorf("redis URL %s: %v", shown, err)
 	}
 	// No client-side caching: every read here is a scan or a script,
@@ -248,8 +254,9 @@ func scanHash(ctx context.Context, c rueidis.Client, key string, fn func(page []
 // recordArray gathers records into one JSON array, to be read as a bare
 // key file (parseKeyDoc): the same checks, the same errors.
 type recordArray struct {
-	b   []byte
-	ids []string // the hash field of each record, to check it matches the id
+	b    []byte
+	ids  []string // the hash field of each record, to check it matches the id
+	vals []string // each record's JSON
 }
 
 func (a *recordArray) add(field, value string) {
@@ -260,6 +267,7 @@ func (a *recordArray) add(field, value string) {
 	}
 	a.b = append(a.b, value...)
 	a.ids = append(a.ids, field)
+	a.vals = append(a.vals, value)
 }
 
 func (a *recordArray) bytes() []byte {
@@ -288,13 +296,32 @@ func (a *recordArray) parse() (*keyDoc, error) {
 	return doc, err
 }
 
+// parseEach reads the gathered records like parse, but leaves out those
+// that cannot be read, each named among problems, rather than refusing all.
+func (a *recordArray) parseEach() (records []docRecord, problems []error) {
+	if doc, err := a.parse(); err == nil {
+		return doc.records, nil
+	}
+	for i := range a.ids {
+		one := recordArray{}
+		one.add(a.ids[i], a.vals[i])
+		doc, err := one.parse()
+		if err != nil {
+			problems = append(problems, fmt.Errorf("record %q: %w", a.ids[i], err))
+			continue
+		}
+		records = append(records, doc.records...)
+	}
+	return records, problems
+}
+
 // pageArray gathers one page of a scan, skipping the fields seen already.
 func pageArray(page []string, seen func(id string) bool) *recordArray {
 	size := 2
 	for i := 1; i < len(page); i += 2 {
 		size += len(page[i]) + 1
 	}
-	a := &recordArray{b: make([]byte, 0, size), ids: make([]string, 0, len(page)/2)}
+	a := &recordArray{b: make([]byte, 0, size), ids: make([]string, 0, len(page)/2), vals: make([]string, 0, len(page)/2)}
 	for i := 0; i+1 < len(page); i += 2 {
 		if !seen(page[i]) {
 			a.add(page[i], page[i+1])
@@ -352,35 +379,36 @@ func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted
 }
 
 // loadRedisKeySet reads a whole key set into a key set, page by page: only
-// the key set and one page are ever in memory.
-func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (*KeySet, error) {
+// the key set and one page are ever in memory. A record that cannot be used
+// is left out (its key refused) and named among problems; err is for Redis
+// itself.
+func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *KeySet, problems []error, err error) {
 	size, err := c.Do(ctx, c.B().Hlen().Key(k.records).Build()).AsInt64()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	b := newKeySetBuilder(int(size))
 	// Room for the keys that changes will add (see KeySet.with), so that
 	// the first ones need not copy the key set.
 	b.ks.keys = make([]Key, 0, size+size/8+64)
 	n := 0
+	seen := make(map[string]bool) // HSCAN may return a field twice
 	err = scanHash(ctx, c, k.records, func(page []string) error {
-		arr := pageArray(page, func(id string) bool { _, dup := b.ids[id]; return dup })
-		d, err := arr.parse()
-		if err != nil {
-			return renumber(err, n)
-		}
-		for i := range d.records {
+		arr := pageArray(page, func(id string) bool { dup := seen[id]; seen[id] = true; return dup })
+		records, bad := arr.parseEach()
+		problems = append(problems, bad...)
+		for i := range records {
 			n++
-			if err := b.add(&d.records[i].Record, n); err != nil {
-				return err
+			if err := b.add(&records[i].Record, n); err != nil {
+				problems = append(problems, err)
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return b.ks, nil
+	return b.ks, problems, nil
 }
 
 // renumber makes the record numbers of a page's error count from the
@@ -441,6 +469,11 @@ func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDo
 		r := &doc.records[i]
 		if r.raw != nil {
 			continue
+		}
+		// The log names ids in JSON, which cannot carry invalid UTF-8:
+		// such an id would reach the servers changed.
+		if !utf8.ValidString(r.ID) {
+			return 0, fmt.Errorf("record %q: a Redis key set needs ids that are valid UTF-8", r.ID)
 		}
 		js, err := compactRecord(r)
 		if err != nil {

@@ -148,11 +148,11 @@ type redisKeyStore struct {
 	usage  usageTracker
 
 	// The follower's state.
-	version   int64  // the version of the key set in force
-	logID     string // the last log entry applied
-	broken    bool   // the last change could not be applied: resync on the next
-	down      bool   // Redis could not be reached last time (logged once)
-	gone      bool   // the key set vanished from Redis (logged once)
+	version   int64           // the version of the key set in force
+	logID     string          // the last log entry applied
+	problems  map[string]bool // the records that cannot be used, as logged
+	down      bool            // Redis could not be reached last time (logged once)
+	gone      bool            // the key set vanished from Redis (logged once)
 	lastCheck time.Time
 	syncs     atomic.Int64 // full reads of the key set, for tests
 
@@ -175,6 +175,7 @@ func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, ca
 	s := &redisKeyStore{
 		opt: opt, shown: shown, rk: keys, cacheFile: cacheFile,
 		leases:   newLeaseSet(),
+		problems: make(map[string]bool),
 		syncNow:  make(chan chan error),
 		flushNow: make(chan chan struct{}),
 		cacheNow: make(chan struct{}, 1),
@@ -214,15 +215,12 @@ func (s *redisKeyStore) open() error {
 	c, err := rueidis.NewClient(s.opt)
 	if err == nil {
 		s.client.Store(&c)
-		ctx, cancel := context.WithTimeout(s.stopCtx, reloadWait)
-		err = s.fullSync(ctx, c)
-		cancel()
-		if err == nil {
+		if err = s.fullSync(c); err == nil {
 			return nil
 		}
 	}
 	if errors.Is(err, errNoKeySet) {
-		err = fmt.Errorf("redis %s holds no key set at prefix %q: make one with caddy apikey add or caddy apikey import --redis %s --prefix %s", s.shown, s.rk.prefix, s.shown, s.rk.prefix)
+		err = fmt.Errorf("redis %s holds no key set at prefix %q: make one with caddy apikey import --redis %s --prefix %s --file <keys.json>, or caddy apikey add --redis %s --prefix %s --create", s.shown, s.rk.prefix, s.shown, s.rk.prefix, s.shown, s.rk.prefix)
 	} else {
 		err = fmt.Errorf("redis %s (prefix %q): %v", s.shown, s.rk.prefix, err)
 	}
@@ -423,12 +421,12 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	version := s.version
 	for _, e := range entries {
 		v, err := strconv.ParseInt(e.FieldValues["v"], 10, 64)
-		if err != nil || v != version+1 || s.broken {
-			return s.fullSync(ctx, c)
+		if err != nil || v != version+1 {
+			return s.fullSync(c)
 		}
 		var ids, hashes []string
 		if err := json.Unmarshal([]byte(e.FieldValues["ids"]), &ids); err != nil {
-			return s.fullSync(ctx, c)
+			return s.fullSync(c)
 		}
 		if json.Unmarshal([]byte(e.FieldValues["was"]), &hashes) != nil || len(hashes) != len(ids) {
 			hashes = nil // not said: KeySet.with searches
@@ -451,43 +449,48 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	if err != nil {
 		return err
 	}
+	// Every changed id loses its key; those whose record can be used get
+	// their new one.
 	changes := make(map[string]*Record, len(ids))
 	var arr recordArray
 	for i, v := range vals {
+		changes[ids[i]] = nil
 		if js, err := v.ToString(); err == nil {
 			arr.add(ids[i], js)
-		} else if rueidis.IsRedisNil(err) {
-			changes[ids[i]] = nil // deleted
-		} else {
+		} else if !rueidis.IsRedisNil(err) { // nil: deleted
 			return err
 		}
 	}
-	ks, err := s.applyRecords(&arr, changes, was)
-	if err != nil {
-		// Like a broken key file: the keys in force stay, the problem is
-		// logged, and the next change is read whole.
-		s.broken = true
-		s.version, s.logID = version, last
-		s.metrics.loadFailed()
-		s.log().Error("a change to the Redis key set cannot be used; the keys in force stay in force",
-			s.fields(zap.Int64("version", version), zap.Error(err))...)
-		return nil
+	records, problems := arr.parseEach()
+	for i := range records {
+		changes[records[i].ID] = &records[i].Record
 	}
+	ks, bad := s.keys.Load().with(changes, was)
 	s.version, s.logID = version, last
 	s.put(ks, false)
+	s.reportProblems(append(problems, bad...))
 	return nil
 }
 
-// applyRecords checks the changed records and makes the next key set.
-func (s *redisKeyStore) applyRecords(arr *recordArray, changes map[string]*Record, was map[string]string) (*KeySet, error) {
-	doc, err := arr.parse()
-	if err != nil {
-		return nil, err
+// reportProblems logs the records that cannot be used, each once while it
+// stays so: their keys are refused (fail closed) and the rest of the key
+// set works.
+func (s *redisKeyStore) reportProblems(problems []error) {
+	if len(problems) == 0 {
+		return
 	}
-	for i := range doc.records {
-		changes[doc.records[i].ID] = &doc.records[i].Record
+	s.metrics.loadFailed()
+	for _, p := range problems {
+		if s.problems[p.Error()] {
+			continue
+		}
+		if len(s.problems) >= 1000 {
+			clear(s.problems) // a flood: forget the old ones rather than grow
+		}
+		s.problems[p.Error()] = true
+		s.log().Error("a record of the Redis key set cannot be used; its key is refused until it is mended (caddy apikey revoke or rotate it, or import it again)",
+			s.fields(zap.Error(p))...)
 	}
-	return s.keys.Load().with(changes, was)
 }
 
 // check compares the key set's version with the one in force, and catches
@@ -516,18 +519,22 @@ func (s *redisKeyStore) check() error {
 				s.fields(zap.Int64("version", s.version))...)
 		}
 		return errNoKeySet
-	case s.gone || s.broken || v < s.version || s.version == 0:
-		if s.gone {
+	case s.gone || v < s.version || s.version == 0:
+		switch {
+		case s.gone:
 			s.gone = false
 			s.log().Info("the key set is back in Redis", s.fields()...)
+		case v < s.version:
+			s.log().Warn("the key set's version went back (Redis restored from an older snapshot?): it is read again, and changes made after that snapshot are lost, revocations included; check them",
+				s.fields(zap.Int64("version_was", s.version), zap.Int64("version", v))...)
 		}
-		return s.fullSync(ctx, c)
+		return s.fullSync(c)
 	case v > s.version:
 		if err := s.readLog(c, 0); err != nil {
 			return err
 		}
 		if s.version != v {
-			return s.fullSync(ctx, c)
+			return s.fullSync(c)
 		}
 	}
 	s.metrics.synced(s.lastCheck)
@@ -535,9 +542,12 @@ func (s *redisKeyStore) check() error {
 }
 
 // fullSync reads the whole key set and puts it in force, then follows the
-// log from where it stood before the read (changes made during the read are
-// applied again, which changes nothing).
-func (s *redisKeyStore) fullSync(ctx context.Context, c rueidis.Client) error {
+// log from where it stood before the read: changes made during the read
+// are applied again, which changes nothing (KeySet.with finds the keys they
+// replace). It has its own deadline, long enough for a million keys.
+func (s *redisKeyStore) fullSync(c rueidis.Client) error {
+	ctx, cancel := context.WithTimeout(s.stopCtx, redisEditTimeout)
+	defer cancel()
 	head, err := readHead(ctx, c, s.rk)
 	if err != nil {
 		return err
@@ -545,27 +555,19 @@ func (s *redisKeyStore) fullSync(ctx context.Context, c rueidis.Client) error {
 	if head.version == 0 {
 		return errNoKeySet
 	}
-	ks, err := loadRedisKeySet(ctx, c, s.rk)
-	if err == nil {
-		s.syncs.Add(1)
-		s.version, s.logID, s.broken = head.version, head.logID, false
-		s.put(ks, true)
-		s.lastCheck = time.Now()
-		if ks.size() >= bigKeySet {
-			debug.FreeOSMemory() // give back what reading it took
-		}
-		return nil
-	}
-	if errors.Is(err, errNoKeySet) {
+	ks, problems, err := loadRedisKeySet(ctx, c, s.rk)
+	if err != nil {
 		return err
 	}
-	if s.keys.Load() == nil {
-		return err // the first load: the config load fails
-	}
-	s.broken = true
+	s.syncs.Add(1)
 	s.version, s.logID = head.version, head.logID
-	s.metrics.loadFailed()
-	s.log().Error("the Redis key set cannot be used; the keys in force stay in force", s.fields(zap.Error(err))...)
+	s.put(ks, true)
+	s.lastCheck = time.Now()
+	clear(s.problems) // what is still wrong is reported again
+	s.reportProblems(problems)
+	if ks.size() >= bigKeySet {
+		debug.FreeOSMemory() // give back what reading it took
+	}
 	return nil
 }
 
