@@ -232,9 +232,9 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 // with returns a new key set: ks, in which the keys of the records whose ids
 // are in changes are replaced by their new versions, removed when nil. A key
 // that stays the same (same id and hash) keeps its usage cell. was says,
-// for each changed id, the key_hash (lowercase hex) its record had before;
-// an id whose key is not found there (a new record, a record changed by
-// other means) is searched for, so that no replaced key stays.
+// for each changed id, the key_hash (lowercase hex) its record had before
+// ("" for a new record); an id whose key is not found there (a record
+// changed by other means) is searched for, so that no replaced key stays.
 //
 // A changed record that cannot be used (a bad value, the key_hash of
 // another key) leaves its id without a key, refused, and is returned among
@@ -262,8 +262,14 @@ func (ks *KeySet) with(changes map[string]*Record, was map[string]string) (next 
 	}
 	search := false
 	for id := range changes {
-		sum, err := decodeKeyHash(was[id])
-		if err != nil || !drop(id, sum) {
+		h, known := was[id]
+		if known && h == "" {
+			// A new record: nothing to drop. Replayed after a full read
+			// that saw it, it finds its own key below, and replaces it.
+			continue
+		}
+		sum, err := decodeKeyHash(h)
+		if !known || err != nil || !drop(id, sum) {
 			search = true
 		}
 	}
@@ -293,7 +299,11 @@ func (ks *KeySet) with(changes map[string]*Record, was map[string]string) (next 
 		*k = Key{} // a slot a failed record may have used
 		sum, err := k.fill(rec)
 		if err == nil {
-			if other := next.find(sum); other != nil {
+			switch other := next.find(sum); {
+			case other == nil:
+			case other.ID == id: // its own key, replayed: replaced below
+				prev[id] = sum
+			default:
 				err = fmt.Errorf("key_hash is the same as that of id %q", other.ID)
 			}
 		}

@@ -597,6 +597,13 @@ func TestKeySetWith(t *testing.T) {
 	if k, _ := next.lookup(a.Raw); k == nil || k.ID != a.record["id"] {
 		t.Fatal("the key whose hash was claimed again is not its own id's any more")
 	}
+	// A new record replayed (a full read saw it already): its own key is
+	// replaced, not refused as a second key with its hash.
+	replay := map[string]string{a.record["id"].(string): ""}
+	next, problems = set.with(map[string]*Record{a.record["id"].(string): rec(a, nil)}, replay)
+	if k, _ := next.lookup(a.Raw); problems != nil || k == nil || next.size() != set.size() {
+		t.Fatalf("a replayed add: problems %v, size %d", problems, next.size())
+	}
 	// A key the log says nothing right about (its record changed by other
 	// means) is still found and replaced.
 	stale := map[string]string{a.record["id"].(string): hashKey("not a's key")}
