@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
 
@@ -727,5 +729,42 @@ func TestRedisAddDoesNotCreateUnlessTold(t *testing.T) {
 	rs.mayCreate = true
 	if _, _, err := createKey(rs, addOptions{Label: "x"}, time.Now(), nil); err != nil {
 		t.Fatalf("add --create: %v", err)
+	}
+}
+
+// The URL from a placeholder, with a password: it works, and a wrong
+// password fails the load with the URL named, the password not.
+func TestRedisStoreURLFromEnvWithPassword(t *testing.T) {
+	r := startRedis(t)
+	r.do("CONFIG", "SET", "requirepass", "s3cret-pass")
+	u := strings.Replace(r.URL, "redis://", "redis://:s3cret-pass@", 1)
+	rs, err := dialRedisRecords(u, "env:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.client.Close()
+	rs.mayCreate = true
+	raw, _ := addRedisKey(t, rs, "from env")
+
+	provision := func(url string) (*Handler, error) {
+		t.Setenv("APIKEY_TEST_REDIS_URL", url)
+		var h Handler
+		if err := json.Unmarshal([]byte(`{"store": {"backend": "redis", "url": "{env.APIKEY_TEST_REDIS_URL}", "prefix": "env:"}}`), &h); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		t.Cleanup(cancel)
+		return &h, h.Provision(ctx)
+	}
+	h, err := provision(u)
+	if err != nil {
+		t.Fatalf("provision with the URL from {env.*}: %v", err)
+	}
+	if k, _ := h.store.KeySet().lookup(raw); k == nil {
+		t.Fatal("the key is not in force")
+	}
+	_, err = provision(strings.Replace(u, "s3cret-pass", "wrong-pass", 1))
+	if err == nil || strings.Contains(err.Error(), "wrong-pass") || !strings.Contains(err.Error(), "127.0.0.1") {
+		t.Fatalf("a wrong password: %v; want an error naming the server, not the password", err)
 	}
 }
