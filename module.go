@@ -49,9 +49,12 @@ func init() {
 // log shows as `user_id`), `{http.auth.user.label}`,
 // `{http.auth.user.key_prefix}` and `{http.auth.user.scopes}` (comma-joined).
 //
-// The key file is watched: changes take effect within reload_interval,
-// without a config reload. Last-used times are written back to it in the
-// background, at most once per key per usage_interval.
+// The keys come from a store: a key file (keys_file), watched so that
+// changes take effect within reload_interval, or a Redis key set shared by
+// a fleet, whose changes take effect within milliseconds. Either way the
+// whole key set is in memory and a request never waits on the store.
+// Last-used times are written back in the background, at most once per key
+// per usage_interval.
 type Handler struct {
 	// The key store: a module in the http.handlers.apikey.stores
 	// namespace, named by its "backend" member ("file", "redis"). Give
