@@ -186,27 +186,21 @@ the command then exits 1; the others are imported.
 				Example: `  caddy apikey import --file /etc/caddy/keys.json --redis redis://127.0.0.1:6379/0`,
 				Args:    cobra.NoArgs,
 				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
-					fl := cmd.Flags()
-					file, _ := fl.GetString("file")
-					redis, _ := fl.GetString("redis")
-					prefix, _ := fl.GetString("prefix")
-					if file == "" || redis == "" {
+					file, _ := cmd.Flags().GetString("file")
+					if file == "" {
 						return errors.New("--file and --redis are both required")
 					}
-					to, closeStore, err := openRecordStore("", redis, prefix, true)
-					if err != nil {
-						return err
-					}
-					defer closeStore()
-					res, err := importKeys(fileRecords{path: file}, to, sayWaiting(cmd.ErrOrStderr(), to))
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.added, file, to, res.present)
-					if len(res.conflicts) > 0 {
-						return fmt.Errorf("%d keys not imported:\n  %s", len(res.conflicts), strings.Join(res.conflicts, "\n  "))
-					}
-					return nil
+					return withRedisStore(cmd, true, func(to recordStore) error {
+						res, err := importKeys(fileRecords{path: file}, to, sayWaiting(cmd.ErrOrStderr(), to))
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.added, file, to, res.present)
+						if len(res.conflicts) > 0 {
+							return fmt.Errorf("%d keys not imported:\n  %s", len(res.conflicts), strings.Join(res.conflicts, "\n  "))
+						}
+						return nil
+					})
 				}),
 			}
 			imp.Flags().StringP("file", "f", "", "Path to the key file to read (required)")
@@ -225,23 +219,14 @@ made with mode 0600), or to stdout.
 				Example: `  caddy apikey export --redis redis://127.0.0.1:6379/0 --file backup.json`,
 				Args:    cobra.NoArgs,
 				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
-					fl := cmd.Flags()
-					file, _ := fl.GetString("file")
-					redis, _ := fl.GetString("redis")
-					prefix, _ := fl.GetString("prefix")
-					if redis == "" {
-						return errors.New("--redis is required")
-					}
-					from, closeStore, err := openRecordStore("", redis, prefix, false)
-					if err != nil {
+					file, _ := cmd.Flags().GetString("file")
+					return withRedisStore(cmd, false, func(from recordStore) error {
+						n, err := exportKeys(from, file, cmd.OutOrStdout())
+						if err == nil && file != "" {
+							fmt.Fprintf(cmd.ErrOrStderr(), "Exported %d keys from %s to %s.\n", n, from, file)
+						}
 						return err
-					}
-					defer closeStore()
-					n, err := exportKeys(from, file, cmd.OutOrStdout())
-					if err == nil && file != "" {
-						fmt.Fprintf(cmd.ErrOrStderr(), "Exported %d keys from %s to %s.\n", n, from, file)
-					}
-					return err
+					})
 				}),
 			}
 			export.Flags().StringP("file", "f", "", "Path of the key file to write (default: stdout)")
@@ -288,6 +273,23 @@ func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
 	prefix, _ := fl.GetString("prefix")
 	create, _ := fl.GetBool("create") // add only
 	st, closeStore, err := openRecordStore(file, redis, prefix, create)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	return fn(st)
+}
+
+// withRedisStore runs fn on the Redis key set that the command's --redis
+// and --prefix name (import and export, whose --file is the other side).
+// create lets fn make the key set (see redisRecords.mayCreate).
+func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) error) error {
+	redis, _ := cmd.Flags().GetString("redis")
+	prefix, _ := cmd.Flags().GetString("prefix")
+	if redis == "" {
+		return errors.New("--redis is required")
+	}
+	st, closeStore, err := openRecordStore("", redis, prefix, create)
 	if err != nil {
 		return err
 	}
