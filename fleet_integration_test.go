@@ -225,6 +225,30 @@ func (c *fleetCaddy) usageWrites() float64 {
 	return total
 }
 
+// underLoad sends requests to every server of fleet, one goroutine each
+// running round in a loop, until the returned stop is called (which waits
+// for them).
+func underLoad(fleet []*fleetCaddy, round func(c *fleetCaddy)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, c := range fleet {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				round(c)
+			}
+		})
+	}
+	return func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
 // startFleet starts n Caddy servers on r's key set at prefix.
 func startFleet(t testing.TB, r *testRedis, n int, extra string) []*fleetCaddy {
 	t.Helper()
@@ -351,22 +375,11 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 		for _, c := range fleet {
 			c.status(gone)
 		}
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for _, c := range fleet {
-			wg.Go(func() {
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					for _, raw := range used {
-						c.status(raw)
-					}
-				}
-			})
-		}
+		stopLoad := underLoad(fleet, func(c *fleetCaddy) {
+			for _, raw := range used {
+				c.status(raw)
+			}
+		})
 		writesBefore := make([]float64, len(fleet))
 		for i, c := range fleet {
 			writesBefore[i] = c.usageWrites()
@@ -401,8 +414,7 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 				return c.usageWrites() > writesBefore[i]
 			})
 		}
-		close(stop)
-		wg.Wait()
+		stopLoad()
 		for _, c := range fleet {
 			c.reload() // flushes what is left
 		}
@@ -439,37 +451,25 @@ func TestFleetSurvivesRedisKill(t *testing.T) {
 
 	bad, _ := generateKey()
 	var ok200, wrong, fivexx, other atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, c := range fleet {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				switch c.status(good) {
-				case 200:
-					ok200.Add(1)
-				case 500, 502, 503, 504:
-					fivexx.Add(1)
-				default:
-					other.Add(1)
-				}
-				if st := c.status(bad); st == 200 {
-					wrong.Add(1)
-				} else if st >= 500 {
-					fivexx.Add(1)
-				}
-			}
-		})
-	}
+	stopLoad := underLoad(fleet, func(c *fleetCaddy) {
+		switch c.status(good) {
+		case 200:
+			ok200.Add(1)
+		case 500, 502, 503, 504:
+			fivexx.Add(1)
+		default:
+			other.Add(1)
+		}
+		if st := c.status(bad); st == 200 {
+			wrong.Add(1)
+		} else if st >= 500 {
+			fivexx.Add(1)
+		}
+	})
 	time.Sleep(300 * time.Millisecond)
 	r.kill()
 	time.Sleep(2 * time.Second) // under load with Redis dead
-	close(stop)
-	wg.Wait()
+	stopLoad()
 	t.Logf("under load with redis-server killed (-9): %d ok, %d 5xx, %d other, %d wrong key admitted", ok200.Load(), fivexx.Load(), other.Load(), wrong.Load())
 	if fivexx.Load() != 0 || wrong.Load() != 0 || other.Load() != 0 {
 		t.Fatalf("5xx %d, wrong key admitted %d, good key refused %d", fivexx.Load(), wrong.Load(), other.Load())
