@@ -162,9 +162,8 @@ type keyStore struct {
 
 // storeLease is one store module's use of a key file's store.
 type storeLease struct {
-	store   *keyStore
-	poolKey string
-	id      uint64
+	poolLease
+	store *keyStore
 }
 
 // acquireStore returns a lease on the store of the key file at path (whose
@@ -194,20 +193,10 @@ func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, er
 			return nil, err
 		}
 	}
-	return &storeLease{store: s, poolKey: poolKey, id: s.leases.add(settings)}, nil
-}
-
-// release asks for the pending usage times to be written, withdraws the
-// lease's settings and drops its reference to the store; the last reference
-// stops the store. Caddy calls Cleanup for the modules of a config that
-// failed to load too, so such a config's settings do not stay in force.
-func (l *storeLease) release() {
-	s := l.store
-	if refs, _ := stores.References(l.poolKey); refs > 1 {
-		s.askFlush() // the last lease's Destruct writes them as it stops
-	}
-	s.leases.remove(l.id)
-	_, _ = stores.Delete(l.poolKey)
+	return &storeLease{
+		poolLease: poolLease{pool: stores, key: poolKey, leases: s.leases, id: s.leases.add(settings), flush: s.askFlush},
+		store:     s,
+	}, nil
 }
 
 func newKeyStore(path string, logger *zap.Logger) *keyStore {

@@ -52,9 +52,8 @@ type RedisStore struct {
 	// server. Default: 15m. A negative value turns usage tracking off.
 	UsageInterval caddy.Duration `json:"usage_interval,omitempty"`
 
-	store   *redisKeyStore
-	poolKey string
-	lease   uint64
+	store *redisKeyStore
+	lease *poolLease
 }
 
 // CaddyModule returns the Caddy module information.
@@ -83,8 +82,8 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 		return err
 	}
 	cacheFile := repl.ReplaceAll(r.CacheFile, "")
-	r.poolKey = rawURL + "\x00" + keys.prefix
-	val, _, err := redisStores.LoadOrNew(r.poolKey, func() (caddy.Destructor, error) {
+	poolKey := rawURL + "\x00" + keys.prefix
+	val, _, err := redisStores.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		s := newRedisKeyStore(opt, shown, keys, cacheFile)
 		if err := s.open(); err != nil {
 			s.metrics.release()
@@ -97,26 +96,22 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	r.store = val.(*redisKeyStore)
-	r.lease = r.store.leases.add(storeSettings{
+	s := val.(*redisKeyStore)
+	r.store = s
+	r.lease = &poolLease{pool: redisStores, key: poolKey, leases: s.leases, flush: s.askFlush, id: s.leases.add(storeSettings{
 		usage:  intervalSetting(r.UsageInterval, defaultUsageInterval),
 		reload: interval{off: true},
-	})
+	})}
 	return nil
 }
 
 // Cleanup writes the pending last-used times and releases the key set. The
 // store stays set, for requests still in flight.
 func (r *RedisStore) Cleanup() error {
-	if r.store == nil || r.poolKey == "" {
-		return nil
+	if r.lease != nil {
+		r.lease.release()
+		r.lease = nil
 	}
-	if refs, _ := redisStores.References(r.poolKey); refs > 1 {
-		r.store.askFlush() // the last one's Destruct writes them as it stops
-	}
-	r.store.leases.remove(r.lease)
-	_, _ = redisStores.Delete(r.poolKey)
-	r.poolKey = ""
 	return nil
 }
 

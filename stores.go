@@ -151,6 +151,29 @@ func (l *leaseSet) apply() {
 // current returns the settings in force.
 func (l *leaseSet) current() *storeSettings { return l.settings.Load() }
 
+// poolLease is one store module's use of a store shared through a
+// caddy.UsagePool (one per key file, one per Redis key set).
+type poolLease struct {
+	pool   *caddy.UsagePool
+	key    string // the store's key in pool
+	leases *leaseSet
+	id     uint64 // the lease's settings in leases
+	flush  func() // writes the store's pending last-used times
+}
+
+// release asks for the pending usage times to be written, withdraws the
+// lease's settings and drops its reference to the store; the last reference
+// stops the store (its Destruct writes them as it stops). Caddy calls
+// Cleanup for the modules of a config that failed to load too, so such a
+// config's settings do not stay in force.
+func (l *poolLease) release() {
+	if refs, _ := l.pool.References(l.key); refs > 1 {
+		l.flush()
+	}
+	l.leases.remove(l.id)
+	_, _ = l.pool.Delete(l.key)
+}
+
 // usageCell holds the last-used time of one key. Requests write lastUsed;
 // the store's writer owns the rest.
 type usageCell struct {
