@@ -109,8 +109,7 @@ type Handler struct {
 	// loads only.
 	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
 
-	store   Store // the key set and usage tracking; a key file's store
-	lease   *storeLease
+	store   Store // the key set and usage tracking: the store module's
 	sources []credentialSource
 	query   string
 	logger  *zap.Logger
