@@ -74,13 +74,13 @@ func logFilterConfig(dir string, filtered bool) (globals, siteLog string) {
 	return "\tdebug\n\t" + withCustom(readmeGlobalLogFilter, "default.log"), withCustom(readmeSiteLogFilter, "access.log")
 }
 
-// TestReadmeShowsTheTestedLogFilters checks that the README's "Keep keys out
-// of logs" shows the filters TestLogsHoldNoKeys tests, as they are.
+// TestReadmeShowsTheTestedLogFilters checks that "Keep keys out of logs"
+// (docs/security.md) shows the filters TestLogsHoldNoKeys tests, as they are.
 func TestReadmeShowsTheTestedLogFilters(t *testing.T) {
-	readme := readFile(t, "README.md")
+	readme := readFile(t, "docs/security.md")
 	for _, f := range []string{readmeGlobalLogFilter, readmeSiteLogFilter} {
 		if !strings.Contains(readme, "\t"+f+"\n") {
-			t.Errorf("README.md does not show this log filter:\n%s", f)
+			t.Errorf("docs/security.md does not show this log filter:\n%s", f)
 		}
 	}
 }
