@@ -1,0 +1,449 @@
+package apikey
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// The documentation's configs are checked against the code: every fenced
+// block of README.md and docs/*.md whose language is caddyfile (or caddy)
+// or json is a complete config that must load as far as it can without
+// running (adapted, decoded strictly module by module), unless its info
+// string marks it as something else. docs/development.md lists the marks.
+
+// docFiles are the documentation files whose blocks and links are checked.
+func docFiles(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob("docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append([]string{"README.md"}, files...)
+	if len(files) < 2 {
+		t.Fatalf("no docs/*.md beside README.md (run in the repository's root)")
+	}
+	return files
+}
+
+// docBlock is a fenced code block of a Markdown file.
+type docBlock struct {
+	file  string
+	line  int    // of the opening fence
+	lang  string // the info string's first word
+	marks []string
+	body  []byte
+}
+
+func (b docBlock) String() string { return fmt.Sprintf("%s:%d (```%s)", b.file, b.line, b.info()) }
+
+func (b docBlock) info() string { return strings.Join(append([]string{b.lang}, b.marks...), " ") }
+
+var fenceRE = regexp.MustCompile("^( *)(```+|~~~+)\\s*([^`]*)$")
+
+// fencedBlocks returns the fenced code blocks of a Markdown text, with
+// the opening fence's indentation taken off their lines (blocks in list
+// items are indented).
+func fencedBlocks(file string, text []byte) ([]docBlock, error) {
+	var blocks []docBlock
+	var cur *docBlock
+	var fence, indent string
+	sc := bufio.NewScanner(bytes.NewReader(text))
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		if cur == nil {
+			m := fenceRE.FindStringSubmatch(line)
+			if m == nil {
+				continue
+			}
+			words := strings.Fields(m[3])
+			cur = &docBlock{file: file, line: n}
+			if len(words) > 0 {
+				cur.lang, cur.marks = strings.ToLower(words[0]), words[1:]
+			}
+			indent, fence = m[1], m[2]
+			continue
+		}
+		if t := strings.TrimLeft(line, " "); strings.HasPrefix(t, fence[:1]) &&
+			strings.Trim(t, fence[:1]) == "" && len(strings.TrimRight(t, " ")) >= len(fence) {
+			blocks = append(blocks, *cur)
+			cur = nil
+			continue
+		}
+		line = strings.TrimPrefix(line, indent)
+		cur.body = append(cur.body, line+"\n"...)
+	}
+	if cur != nil {
+		return nil, fmt.Errorf("%s:%d: a fenced block is never closed", file, cur.line)
+	}
+	return blocks, sc.Err()
+}
+
+// The marks a block's info string may carry after its language.
+const (
+	markFragment      = "fragment"       // part of a config: not checked
+	markSyntax        = "syntax"         // a syntax summary: not checked
+	markExternal      = "external"       // needs a plugin this repository does not build: not checked
+	markApikeyHandler = "apikey-handler" // json: apikey handler objects
+	markKeyFile       = "key-file"       // json: a key file
+	markResponse      = "response"       // json: a response body, valid JSON
+)
+
+// docCheck is what checking the documentation's blocks found.
+type docCheck struct {
+	blocks  map[string]int  // blocks checked, by kind
+	skipped map[string]int  // blocks not checked, by mark
+	modules map[string]bool // module IDs decoded
+}
+
+// checkBlock checks one block. Blocks of other languages are ignored.
+func (c *docCheck) checkBlock(b docBlock) error {
+	var kind string
+	switch b.lang {
+	case "caddyfile", "caddy":
+		kind = "caddyfile"
+	case "json":
+		kind = "json"
+	default:
+		return nil
+	}
+	if len(b.marks) > 1 {
+		return fmt.Errorf("more than one mark in the info string %q", b.info())
+	}
+	mark := ""
+	if len(b.marks) == 1 {
+		mark = b.marks[0]
+	}
+	switch mark {
+	case markFragment, markSyntax, markExternal:
+		c.skipped[mark]++
+		return nil
+	case "":
+		if kind == "caddyfile" {
+			c.blocks["caddyfile"]++
+			return c.checkCaddyfile(b.String(), b.body)
+		}
+		c.blocks["json config"]++
+		return c.checkConfigJSON(b.body)
+	case markApikeyHandler, markKeyFile, markResponse:
+		if kind != "json" {
+			return fmt.Errorf("the mark %q is for json blocks", mark)
+		}
+		c.blocks["json "+mark]++
+		switch mark {
+		case markKeyFile:
+			return checkKeyFileBlock(b.body)
+		case markResponse:
+			if !json.Valid(b.body) {
+				return errors.New("not valid JSON")
+			}
+			return nil
+		}
+		return c.checkHandlers(b.body)
+	}
+	return fmt.Errorf("unknown mark %q in the info string %q (known: %s)", mark, b.info(), strings.Join([]string{
+		markFragment, markSyntax, markExternal, markApikeyHandler, markKeyFile, markResponse}, ", "))
+}
+
+// checkCaddyfile adapts a Caddyfile as `caddy adapt` does, in process: no
+// error and no warning (so it must be formatted as `caddy fmt` formats
+// it), then checks the JSON it adapts to.
+func (c *docCheck) checkCaddyfile(name string, body []byte) error {
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	if adapter == nil {
+		return errors.New("no caddyfile config adapter registered")
+	}
+	out, warnings, err := adapter.Adapt(body, map[string]any{"filename": name})
+	if err != nil {
+		return fmt.Errorf("does not adapt: %v", err)
+	}
+	if len(warnings) > 0 {
+		var msgs []string
+		for _, w := range warnings {
+			msgs = append(msgs, w.String())
+		}
+		return fmt.Errorf("adapts with warnings: %s", strings.Join(msgs, "; "))
+	}
+	if err := c.checkConfigJSON(out); err != nil {
+		return fmt.Errorf("adapts to a config that does not check: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// checkConfigJSON decodes a whole Caddy config as Caddy loads one: the
+// config strictly (an unknown member is an error), then each module it
+// holds, strictly, into the type its registered module makes.
+func (c *docCheck) checkConfigJSON(raw []byte) error {
+	var cfg caddy.Config
+	if err := caddy.StrictUnmarshalJSON(raw, &cfg); err != nil {
+		return fmt.Errorf("not a whole Caddy config (%v); if it is part of one, mark it (```json %s or %s)",
+			err, markApikeyHandler, markFragment)
+	}
+	if cfg.Admin == nil && cfg.Logging == nil && cfg.StorageRaw == nil && len(cfg.AppsRaw) == 0 {
+		return errors.New("an empty Caddy config")
+	}
+	return c.walk(reflect.ValueOf(&cfg), "config")
+}
+
+// checkHandlers checks one or more handler objects, one after another in
+// the block, each with "handler": "apikey".
+func (c *docCheck) checkHandlers(raw []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	n := 0
+	for ; ; n++ {
+		var obj json.RawMessage
+		if err := dec.Decode(&obj); err == io.EOF {
+			break
+		} else if err != nil {
+			return err
+		}
+		var head struct{ Handler string }
+		if err := json.Unmarshal(obj, &head); err != nil || head.Handler != "apikey" {
+			return fmt.Errorf("object %d is not an apikey handler (\"handler\": \"apikey\")", n+1)
+		}
+		mod, err := c.loadInline("http.handlers", "handler", obj, fmt.Sprintf("object %d", n+1))
+		if err != nil {
+			return err
+		}
+		if _, ok := mod.(*Handler); !ok {
+			return fmt.Errorf("object %d decodes into %T, not this package's Handler", n+1, mod)
+		}
+	}
+	if n == 0 {
+		return errors.New("no handler object")
+	}
+	return nil
+}
+
+// checkKeyFileBlock loads a key file as the handler does.
+func checkKeyFileBlock(raw []byte) error {
+	_, err := parseKeySet(raw)
+	return err
+}
+
+// loadInline decodes a module object whose name is its member key, in
+// namespace ns, as Caddy's loadModuleInline does.
+func (c *docCheck) loadInline(ns, key string, raw json.RawMessage, path string) (any, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	var name string
+	if err := json.Unmarshal(obj[key], &name); err != nil || name == "" {
+		return nil, fmt.Errorf("%s: no module name in %q", path, key)
+	}
+	delete(obj, key)
+	rest, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	return c.load(moduleID(ns, name), rest, path)
+}
+
+func moduleID(ns, name string) string {
+	if ns == "" {
+		return name
+	}
+	return ns + "." + name
+}
+
+// load decodes raw strictly into a new value of module id, as Caddy's
+// LoadModuleByID does, then the modules that value holds.
+func (c *docCheck) load(id string, raw json.RawMessage, path string) (any, error) {
+	info, err := caddy.GetModule(id)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
+	val := info.New()
+	if len(raw) > 0 {
+		if err := caddy.StrictUnmarshalJSON(raw, val); err != nil {
+			return nil, fmt.Errorf("%s: module %s: %v", path, id, err)
+		}
+	}
+	c.modules[id] = true
+	return val, c.walk(reflect.ValueOf(val), path+"("+id+")")
+}
+
+var rawMessageType = reflect.TypeFor[json.RawMessage]()
+
+// walk finds the module fields in v, those with a `caddy:"namespace=…"`
+// tag, and loads what they hold, as Caddy's Context.LoadModule does.
+func (c *docCheck) walk(v reflect.Value, path string) error {
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if v.IsNil() {
+			return nil
+		}
+		return c.walk(v.Elem(), path)
+	case reflect.Struct:
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			if !f.IsExported() {
+				continue
+			}
+			name := path + "." + f.Name
+			tag, ok := f.Tag.Lookup("caddy")
+			if !ok {
+				if err := c.walk(v.Field(i), name); err != nil {
+					return err
+				}
+				continue
+			}
+			opts, err := caddy.ParseStructTag(tag)
+			if err != nil {
+				return fmt.Errorf("%s: %v", name, err)
+			}
+			ns, ok := opts["namespace"]
+			if !ok {
+				continue
+			}
+			if err := c.loadField(v.Field(i), ns, opts["inline_key"], name); err != nil {
+				return err
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		if v.Type().Elem().Kind() == reflect.Uint8 {
+			return nil
+		}
+		for i := range v.Len() {
+			if err := c.walk(v.Index(i), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	case reflect.Map:
+		for _, k := range v.MapKeys() {
+			if err := c.walk(v.MapIndex(k), fmt.Sprintf("%s[%v]", path, k)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// loadField loads the modules of one module field: json.RawMessage,
+// []json.RawMessage, [][]json.RawMessage (module name inline), or a map
+// of them: keyed by module name (a caddy.ModuleMap, no inline key) or by
+// something else (module name inline).
+func (c *docCheck) loadField(v reflect.Value, ns, inline, path string) error {
+	t := v.Type()
+	switch {
+	case t == rawMessageType:
+		if v.Len() == 0 {
+			return nil
+		}
+		_, err := c.loadInline(ns, inline, v.Interface().(json.RawMessage), path)
+		return err
+	case t.Kind() == reflect.Slice:
+		for i := range v.Len() {
+			if err := c.loadField(v.Index(i), ns, inline, fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+	case t.Kind() == reflect.Map && t.Elem() == rawMessageType:
+		for _, k := range v.MapKeys() {
+			raw := v.MapIndex(k).Interface().(json.RawMessage)
+			p := fmt.Sprintf("%s[%v]", path, k)
+			var err error
+			if inline == "" {
+				_, err = c.load(moduleID(ns, k.String()), raw, p)
+			} else {
+				_, err = c.loadInline(ns, inline, raw, p)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("%s: a module field of type %s this test does not know", path, t)
+	}
+	return nil
+}
+
+// TestDocConfigs checks every complete config in README.md and docs/*.md.
+func TestDocConfigs(t *testing.T) {
+	c := &docCheck{blocks: map[string]int{}, skipped: map[string]int{}, modules: map[string]bool{}}
+	for _, file := range docFiles(t) {
+		text, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blocks, err := fencedBlocks(file, text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range blocks {
+			if err := c.checkBlock(b); err != nil {
+				t.Errorf("%s: %v", b, err)
+			}
+		}
+	}
+	total := 0
+	for kind, n := range c.blocks {
+		total += n
+		t.Logf("checked %d %s blocks", n, kind)
+	}
+	t.Logf("checked %d blocks in all; not checked, as marked: %v", total, c.skipped)
+	ids := slices.Sorted(maps.Keys(c.modules))
+	t.Logf("modules decoded: %s", strings.Join(ids, " "))
+	// The test must not pass by finding nothing.
+	for _, kind := range []string{"caddyfile", "json config", "json " + markApikeyHandler, "json " + markKeyFile} {
+		if c.blocks[kind] == 0 {
+			t.Errorf("no %s block found to check", kind)
+		}
+	}
+	for _, id := range []string{"http.handlers.apikey", "http.handlers.apikey.stores.file", "http.handlers.apikey.stores.redis"} {
+		if !c.modules[id] {
+			t.Errorf("no config in the docs uses module %s", id)
+		}
+	}
+}
+
+// TestDocCheckRefuses checks that the check refuses what it must, so that
+// TestDocConfigs passing means something.
+func TestDocCheckRefuses(t *testing.T) {
+	site := func(body string) string { return "example.com {\n" + body + "}\n" }
+	for _, tc := range []struct{ name, info, body, want string }{
+		{"caddyfile: unknown subdirective", "caddyfile", site("\tapikey keys.json {\n\t\tnope\n\t}\n"), "unrecognized subdirective"},
+		{"caddyfile: unknown directive", "caddyfile", site("\tnot_a_directive\n"), "unrecognized directive"},
+		{"caddyfile: not formatted", "caddyfile", site("    apikey keys.json\n"), "not formatted"},
+		{"caddyfile: a lone directive", "caddy", "apikey keys.json {\n\toptional\n}\n", "does not adapt"},
+		{"json: unknown handler member", "json apikey-handler", `{"handler": "apikey", "keys_file": "k.json", "keysfile": "k.json"}`, `unknown field "keysfile"`},
+		{"json: unknown store member", "json apikey-handler", `{"handler": "apikey", "store": {"backend": "redis", "url": "redis://h", "prefx": "a:"}}`, `unknown field "prefx"`},
+		{"json: unknown store", "json apikey-handler", `{"handler": "apikey", "store": {"backend": "etcd"}}`, "http.handlers.apikey.stores.etcd"},
+		{"json: another handler", "json apikey-handler", `{"handler": "file_server"}`, "not an apikey handler"},
+		{"json: a handler as a config", "json", `{"handler": "apikey", "keys_file": "k.json"}`, "not a whole Caddy config"},
+		{"json: unknown handler", "json", `{"apps": {"http": {"servers": {"s": {"routes": [{"handle": [{"handler": "nope"}]}]}}}}}`, "http.handlers.nope"},
+		{"json: unknown matcher", "json", `{"apps": {"http": {"servers": {"s": {"routes": [{"match": [{"nope": {}}]}]}}}}}`, "http.matchers.nope"},
+		{"json: unknown member deep down", "json", `{"apps": {"http": {"servers": {"s": {"routes": [{"handle": [{"handler": "subroute", "routes": [{"handle": [{"handler": "apikey", "keys_file": "k.json", "realms": "x"}]}]}]}]}}}}}`, `unknown field "realms"`},
+		{"json: key file", "json key-file", `{"api_keys": [{"id": "a", "key_hash": "abc"}]}`, "key_hash"},
+		{"json: response", "json response", `{"success": false,}`, "not valid JSON"},
+		{"unknown mark", "json apikey-handlers", `{}`, "unknown mark"},
+		{"mark for another language", "caddyfile key-file", "{\n}\n", "for json blocks"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			words := strings.Fields(tc.info)
+			b := docBlock{file: "test.md", line: 1, lang: words[0], marks: words[1:], body: []byte(tc.body)}
+			c := &docCheck{blocks: map[string]int{}, skipped: map[string]int{}, modules: map[string]bool{}}
+			err := c.checkBlock(b)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
