@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -445,5 +446,194 @@ func TestDocCheckRefuses(t *testing.T) {
 				t.Errorf("got error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// Links: [text](target) outside code; a relative target must name a file
+// of the repository, and its #anchor a heading of that Markdown file.
+var (
+	linkRE       = regexp.MustCompile(`!?\[([^\]]*)\]\(([^)\s]+)(?:\s+"[^"]*")?\)`)
+	codeSpanRE   = regexp.MustCompile("`[^`]*`")
+	headingRE    = regexp.MustCompile(`^(#{1,6})\s+(.*?)\s*#*\s*$`)
+	schemeLinkRE = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9+.-]*:`)
+)
+
+// proseOf is a Markdown text without its fenced blocks, each replaced by
+// an empty line, so that line numbers stay.
+func proseOf(text string) []string {
+	lines := strings.Split(text, "\n")
+	fence := ""
+	for i, l := range lines {
+		t := strings.TrimLeft(l, " ")
+		switch {
+		case fence == "" && (strings.HasPrefix(t, "```") || strings.HasPrefix(t, "~~~")):
+			fence = t[:3]
+			lines[i] = ""
+		case fence != "":
+			if strings.HasPrefix(t, fence) && strings.Trim(strings.TrimSpace(t), fence[:1]) == "" {
+				fence = ""
+			}
+			lines[i] = ""
+		}
+	}
+	return lines
+}
+
+// headingAnchors are the anchors GitHub gives a Markdown file's headings:
+// the heading's text in lower case, without punctuation but `-` and `_`,
+// spaces made `-`, and `-1`, `-2`… after a repeated one.
+func headingAnchors(text string) map[string]bool {
+	anchors := map[string]bool{}
+	seen := map[string]int{}
+	for _, l := range proseOf(text) {
+		m := headingRE.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		h := linkRE.ReplaceAllString(m[2], "$1")
+		var b strings.Builder
+		for _, r := range strings.ToLower(h) {
+			switch {
+			case r == ' ':
+				b.WriteRune('-')
+			case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsNumber(r) || unicode.Is(unicode.Mn, r):
+				b.WriteRune(r)
+			}
+		}
+		a := b.String()
+		if n := seen[a]; n > 0 {
+			anchors[fmt.Sprintf("%s-%d", a, n)] = true
+		} else {
+			anchors[a] = true
+		}
+		seen[a]++
+	}
+	return anchors
+}
+
+// checkLinks checks the relative links of the Markdown files (paths
+// relative to root): each must lead to a file under root and, with an
+// #anchor, to a heading of that Markdown file. It returns the problems
+// found and the number of links checked.
+func checkLinks(root string, files []string) (problems []string, checked int) {
+	anchorsOf := map[string]map[string]bool{}
+	anchors := func(file string) (map[string]bool, error) {
+		if a, ok := anchorsOf[file]; ok {
+			return a, nil
+		}
+		text, err := os.ReadFile(filepath.Join(root, file))
+		if err != nil {
+			return nil, err
+		}
+		anchorsOf[file] = headingAnchors(string(text))
+		return anchorsOf[file], nil
+	}
+	for _, file := range files {
+		text, err := os.ReadFile(filepath.Join(root, file))
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
+		}
+		// Code spans go (a link may not start in one), their line breaks
+		// stay, so that a link may wrap and its line is counted right.
+		prose := strings.Join(proseOf(string(text)), "\n")
+		prose = codeSpanRE.ReplaceAllStringFunc(prose, func(s string) string {
+			return strings.Repeat("\n", strings.Count(s, "\n"))
+		})
+		for _, m := range linkRE.FindAllStringSubmatchIndex(prose, -1) {
+			target := prose[m[4]:m[5]]
+			if schemeLinkRE.MatchString(target) {
+				continue
+			}
+			checked++
+			where := fmt.Sprintf("%s:%d: link %s", file, 1+strings.Count(prose[:m[0]], "\n"), target)
+			path, anchor, _ := strings.Cut(target, "#")
+			dest := file
+			if path != "" {
+				dest = filepath.Join(filepath.Dir(file), filepath.FromSlash(path))
+				if !filepath.IsLocal(dest) {
+					problems = append(problems, where+": leads out of the repository")
+					continue
+				}
+				if _, err := os.Stat(filepath.Join(root, dest)); err != nil {
+					problems = append(problems, fmt.Sprintf("%s: no such file: %s", where, dest))
+					continue
+				}
+			}
+			if anchor == "" {
+				continue
+			}
+			if !strings.HasSuffix(dest, ".md") {
+				problems = append(problems, where+": an anchor in a file that is not Markdown")
+				continue
+			}
+			a, err := anchors(dest)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("%s: %v", where, err))
+				continue
+			}
+			if !a[anchor] {
+				known := slices.Sorted(maps.Keys(a))
+				problems = append(problems, fmt.Sprintf("%s: %s has no heading with anchor #%s (it has: %s)",
+					where, dest, anchor, strings.Join(known, ", ")))
+			}
+		}
+	}
+	return problems, checked
+}
+
+// TestDocLinks checks that every relative link of README.md and docs/*.md
+// leads to a file of the repository and, with an #anchor, to a heading.
+func TestDocLinks(t *testing.T) {
+	problems, checked := checkLinks(".", docFiles(t))
+	for _, p := range problems {
+		t.Error(p)
+	}
+	t.Logf("checked %d relative links", checked)
+	if checked == 0 {
+		t.Error("no relative link found to check")
+	}
+}
+
+// TestDocLinksRefuses checks that the link check finds what it must, so
+// that TestDocLinks passing means something.
+func TestDocLinksRefuses(t *testing.T) {
+	root := t.TempDir()
+	write := func(name, text string) {
+		t.Helper()
+		path := filepath.Join(root, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("README.md", "# Top\n\n## Header names with `_` or `.`\n\n"+
+		"[ok](docs/a.md#the-key-store-store), [ok](#header-names-with-_-or-), [ok](#top), [ok](https://example.com/#x),\n"+
+		"`[not a link](nowhere.md)`, [wrapped\nlink](docs/a.md#repeated-1)\n\n"+
+		"```sh\n# [not a link](nowhere.md)\n```\n\n"+
+		"[bad file](docs/b.md) [bad anchor](docs/a.md#the-key-store) [bad here](#nope)\n"+
+		"[outside](../x.md) [anchor in code](LICENSE#x)\n")
+	write("docs/a.md", "# A\n\n## The key store: `store`\n\n## Repeated\n\n## Repeated\n")
+	write("LICENSE", "x\n")
+	problems, checked := checkLinks(root, []string{"README.md", "docs/a.md"})
+	if checked != 9 { // 4 good, 5 bad; not the one with a scheme, nor those in code
+		t.Errorf("checked %d links, want 9", checked)
+	}
+	want := []string{
+		"README.md:13: link docs/b.md: no such file",
+		"README.md:13: link docs/a.md#the-key-store: docs/a.md has no heading with anchor #the-key-store",
+		"README.md:13: link #nope: README.md has no heading",
+		"README.md:14: link ../x.md: leads out of the repository",
+		"README.md:14: link LICENSE#x: an anchor in a file that is not Markdown",
+	}
+	if len(problems) != len(want) {
+		t.Errorf("got %d problems, want %d:\n%s", len(problems), len(want), strings.Join(problems, "\n"))
+	}
+	for _, w := range want {
+		if !slices.ContainsFunc(problems, func(p string) bool { return strings.HasPrefix(p, w) }) {
+			t.Errorf("no problem %q among:\n%s", w, strings.Join(problems, "\n"))
+		}
 	}
 }
