@@ -156,10 +156,23 @@ func (n *redisNode) do(args ...string) rueidis.RedisResult {
 // info returns a section of INFO as a map (field -> value).
 func (n *redisNode) info(section string) map[string]string {
 	n.t.Helper()
-	s, err := n.do("INFO", section).ToString()
+	return n.fields("INFO", section)
+}
+
+// clusterInfo is CLUSTER INFO as a map (field -> value).
+func (n *redisNode) clusterInfo() map[string]string {
+	n.t.Helper()
+	return n.fields("CLUSTER", "INFO")
+}
+
+// fields runs a command whose reply is lines of "field:value".
+func (n *redisNode) fields(args ...string) map[string]string {
+	n.t.Helper()
+	s, err := n.do(args...).ToString()
 	if err != nil {
 		return nil
 	}
+	s = strings.TrimPrefix(s, "txt:") // a RESP3 verbatim string
 	out := make(map[string]string)
 	for line := range strings.SplitSeq(s, "\r\n") {
 		if k, v, ok := strings.Cut(line, ":"); ok {
@@ -321,16 +334,24 @@ func startCluster(t testing.TB, replicas bool) *clusterSetup {
 	needRedisBinaries(t, "redis-server")
 	// cluster-node-timeout 1000: a primary that stops answering is
 	// failed over in two or three seconds.
-	conf := "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\ncluster-announce-ip 127.0.0.1\n"
+	// The bus port is a free one too (port+10000 may be taken, or past
+	// 65535).
+	bus := make(map[*redisNode]int)
+	node := func() *redisNode {
+		port := freePort(t)
+		n := startRedisNode(t, "redis-server", fmt.Sprintf("cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 1000\ncluster-announce-ip 127.0.0.1\ncluster-port %d\n", port))
+		bus[n] = port
+		return n
+	}
 	cl := &clusterSetup{}
 	var all []*redisNode
 	for range 3 {
-		cl.primaries = append(cl.primaries, startRedisNode(t, "redis-server", conf))
+		cl.primaries = append(cl.primaries, node())
 	}
 	all = append(all, cl.primaries...)
 	if replicas {
 		for range 3 {
-			cl.replicas = append(cl.replicas, startRedisNode(t, "redis-server", conf))
+			cl.replicas = append(cl.replicas, node())
 		}
 		all = append(all, cl.replicas...)
 	}
@@ -346,14 +367,21 @@ func startCluster(t testing.TB, replicas bool) *clusterSetup {
 		}
 	}
 	for _, n := range all[1:] {
-		if err := all[0].do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(n.port)).Error(); err != nil {
+		if err := all[0].do("CLUSTER", "MEET", "127.0.0.1", strconv.Itoa(n.port), strconv.Itoa(bus[n])).Error(); err != nil {
 			t.Fatalf("CLUSTER MEET: %v", err)
 		}
 	}
-	clusterLog := func() string { s, err := all[0].do("CLUSTER", "NODES").ToString(); return fmt.Sprint(s, err) }
+	clusterLog := func() string {
+		var b strings.Builder
+		for _, n := range all {
+			s, err := n.do("CLUSTER", "NODES").ToString()
+			fmt.Fprintf(&b, "%s: %v %v %v\n%s\n", n.addr(), n.clusterInfo()["cluster_state"], n.info("replication")["master_link_status"], err, s)
+		}
+		return b.String()
+	}
 	waitUntil(t, 20*time.Second, "the nodes do not all know each other", func() bool {
 		for _, n := range all {
-			if n.info("cluster")["cluster_known_nodes"] != strconv.Itoa(len(all)) {
+			if n.clusterInfo()["cluster_known_nodes"] != strconv.Itoa(len(all)) {
 				return false
 			}
 		}
@@ -370,7 +398,7 @@ func startCluster(t testing.TB, replicas bool) *clusterSetup {
 	}
 	waitUntil(t, 20*time.Second, "the Cluster is not ok on every node", func() bool {
 		for _, n := range all {
-			if n.info("cluster")["cluster_state"] != "ok" {
+			if n.clusterInfo()["cluster_state"] != "ok" {
 				return false
 			}
 			nodes, err := n.do("CLUSTER", "NODES").ToString()
@@ -444,4 +472,11 @@ func redisCLI(t *testing.T, url, prefix string, args ...string) (stdout, stderr 
 		t.Fatalf("caddy apikey %s: %v\n%s", strings.Join(args, " "), err, stderr)
 	}
 	return stdout, stderr
+}
+
+// caughtUp reports whether replica has all that primary wrote: its
+// replication offset is the primary's.
+func caughtUp(primary, replica *redisNode) bool {
+	want := primary.info("replication")["master_repl_offset"]
+	return want != "" && replica.info("replication")["slave_repl_offset"] == want
 }
