@@ -291,8 +291,10 @@ const (
 	// empty, the version is checked (the safety net). So a quiet key set
 	// costs two Redis calls a second per server (three with the client's ping).
 	followBlock = time.Second
-	// maxBackoff bounds the wait between attempts while Redis is down.
-	maxBackoff = 5 * time.Second
+	// maxBackoff bounds the wait between attempts while Redis is down, and
+	// so how long a server lags once Redis answers again (a failover
+	// done, a restart): a try a second is cheap.
+	maxBackoff = time.Second
 )
 
 // follow is the follower: it reads the change log with a blocking read and
