@@ -45,8 +45,9 @@ func clusterPrefixes(t *testing.T, cl *clusterSetup) []string {
 // and a custom one (served by two different primaries): add (which makes
 // the key set only with --create), list, revoke, rotate, import, export,
 // and a revoke through a running store's record store (the admin API's
-// path); two stores follow each key set from its log, and write last-used
-// times; the key set's four Redis keys are in one slot, on its primary.
+// path); two stores and a Caddy server follow each key set from its log,
+// and a store writes last-used times; the key set's four Redis keys are in
+// one slot, on its primary.
 func TestRedisClusterCommandsAndStores(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a Redis Cluster of three primaries")
@@ -71,6 +72,9 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 				}
 			}
 			inForce("the first key is not in force", rawA, true)
+			// And a Caddy server, configured with the Cluster URL in its
+			// Caddyfile.
+			caddy := startFleetCaddy(t, "on the Cluster", "redis "+cl.URL+" {\n\t\t\tprefix "+prefix+"\n\t\t}")
 
 			stdout, _ = cli("add", "--label", "second", "--scope", "read")
 			rawB := strings.TrimSpace(stdout)
@@ -139,6 +143,11 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 				if (k != nil && !k.revoked) != want {
 					t.Errorf("export: key %s admitted = %v, want %v", raw[:11], !want, want)
 				}
+			}
+
+			waitAll(t, []*fleetCaddy{caddy}, rawC, 200, time.Now())
+			for _, raw := range []string{rawA, rawB, k2.Raw} {
+				waitAll(t, []*fleetCaddy{caddy}, raw, 403, time.Now())
 			}
 
 			// The four keys are in one slot, held by its primary.

@@ -158,3 +158,45 @@ func TestRedisSentinelFailoverCanLoseAChange(t *testing.T) {
 	t.Logf("failover took %s; the stores went back to the new primary's key set %s after it (the unreplicated revoke lost); revoked again, in force in %s",
 		failover.Round(time.Millisecond), agreed.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
+
+// The guard Redis itself offers against such losses, as the docs advise
+// it: with min-replicas-to-write 1, a primary that no replica follows
+// refuses writes, so a revoke that could be lost is refused, and the
+// command says why, instead of being acknowledged; once the replica is
+// back, it goes through.
+func TestRedisMinReplicasRefusesUnreplicatedChanges(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Redis primary and a replica")
+	}
+	primary := startRedisNode(t, "redis-server", "user repl on >replpass ~* &* +@all\nmin-replicas-to-write 1\nmin-replicas-max-lag 10\n")
+	replica := startRedisNode(t, "redis-server", fmt.Sprintf("replicaof 127.0.0.1 %d\nmasteruser repl\nmasterauth replpass\n", primary.port))
+	waitUntil(t, 10*time.Second, "the replica is not in sync", func() bool { return caughtUp(primary, replica) }, replica.log)
+	url := "redis://" + primary.addr() + "/0"
+	stdout, _ := redisCLI(t, url, "", "add", "--create", "--label", "a")
+	raw := strings.TrimSpace(stdout)
+	s := mustOpenRedisStore(t, topologyURL(t, url), "")
+
+	if err := primary.do("ACL", "DELUSER", "repl").Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 5*time.Second, "the replica is still connected", func() bool {
+		return primary.info("replication")["connected_slaves"] == "0"
+	}, nil)
+	_, stderr, err := apikeyCommand(t, "", "revoke", raw[:11], "--redis", url)
+	if err == nil || !strings.Contains(stderr, "NOREPLICAS") {
+		t.Fatalf("revoke with no replica following: %v\n%s", err, stderr)
+	}
+	if !admits(s, raw) {
+		t.Fatal("the refused revoke is in force")
+	}
+
+	if err := primary.do("ACL", "SETUSER", "repl", "on", ">replpass", "~*", "&*", "+@all").Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the replica did not come back", func() bool {
+		return primary.info("replication")["min_slaves_good_slaves"] == "1"
+	}, replica.log)
+	redisCLI(t, url, "", "revoke", raw[:11])
+	eventually(t, time.Second, "the revoke is not in force", func() bool { return !admits(s, raw) })
+	t.Logf("with no replica following, the command said: %s", strings.TrimSpace(stderr))
+}
