@@ -200,3 +200,47 @@ func TestRedisMinReplicasRefusesUnreplicatedChanges(t *testing.T) {
 	eventually(t, time.Second, "the revoke is not in force", func() bool { return !admits(s, raw) })
 	t.Logf("with no replica following, the command said: %s", strings.TrimSpace(stderr))
 }
+
+// A switchover (SENTINEL FAILOVER, as for maintenance): the old primary
+// lives on, as a replica. A running store's writes, through the admin
+// API's record store and the usage writer, go to the new primary, and its
+// follower follows the key set there.
+func TestRedisSentinelSwitchover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Redis and three Sentinels, and waits for a switchover")
+	}
+	s := startSentinelSetup(t, "", "")
+	rs := topologyURL(t, s.URL).records("")
+	raw, rec := addRedisKey(t, rs, "a")
+	st := mustOpenRedisStore(t, topologyURL(t, s.URL), "")
+	if err := s.sentinels[0].do("SENTINEL", "FAILOVER", sentinelMasterSet).Error(); err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := newRedisKeys("")
+	version := s.primary.version(keys)
+	switchover := s.waitFailover(t)
+
+	// The old primary may not know yet that it is one no more: a write
+	// that went to it would be lost when it becomes a replica.
+	start := time.Now()
+	if _, _, err := revokeNamedKey(st.records(), rec.ID, time.Now(), nil); err != nil {
+		t.Fatalf("revoke through the store's record store after the switchover: %v", err)
+	}
+	if got := s.replica.version(keys); got != version+1 {
+		t.Fatalf("the new primary is at version %d after the revoke, want %d", got, version+1)
+	}
+	eventually(t, 5*time.Second, "the revoke is not in force", func() bool { return !admits(st, raw) })
+	inForce := time.Since(start)
+
+	k, sum := st.keys.Load().lookup(raw)
+	st.usage.mark(k, sum, time.Now().UnixNano())
+	st.askFlush()
+	if st.writes.Load() != 1 {
+		t.Fatal("the usage write after the switchover failed")
+	}
+	if n, err := s.replica.do("HLEN", keys.used).AsInt64(); err != nil || n != 1 {
+		t.Errorf("the new primary holds %d last-used times (%v), want 1", n, err)
+	}
+	t.Logf("switchover took %s; a revoke through the running store's record store was in force %s after it",
+		switchover.Round(time.Millisecond), inForce.Round(time.Millisecond))
+}
