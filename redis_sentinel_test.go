@@ -13,19 +13,25 @@ import (
 )
 
 // A fleet on a Sentinel-watched Redis: three Caddy servers follow one key
-// set through the Sentinel URL; the primary is killed (-9) under traffic.
+// set through the Sentinel URL (with the password from the environment);
+// the primary is killed (-9) under traffic.
 // Every request is answered from memory meanwhile, and a key revoked by
 // the command after the failover is refused by every server within 5s.
 func TestRedisSentinelFailoverUnderTraffic(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Redis, three Sentinels and three Caddy servers, and waits for a failover")
 	}
-	s := startSentinelSetup(t, "", "")
+	// As in production: Redis requires a password, which the Caddyfile
+	// takes from the environment.
+	const password = "sentinel-test-secret"
+	t.Setenv("APIKEY_TEST_REDIS_PASSWORD", password)
+	s := startSentinelSetup(t, password, "", "")
 	stdout, _ := redisCLI(t, s.URL, "fleet:", "add", "--create", "--label", "good")
 	good := strings.TrimSpace(stdout)
 	stdout, _ = redisCLI(t, s.URL, "fleet:", "add", "--label", "doomed")
 	doomed := strings.TrimSpace(stdout)
-	fleet := startFleet(t, topologyURL(t, s.URL), 3, "")
+	configured := strings.Replace(s.URL, ":"+password+"@", ":{env.APIKEY_TEST_REDIS_PASSWORD}@", 1)
+	fleet := startFleet(t, topologyURL(t, configured), 3, "")
 	waitAll(t, fleet, doomed, 200, time.Now())
 
 	wrong, _ := generateKey()
@@ -84,6 +90,11 @@ func TestRedisSentinelFailoverUnderTraffic(t *testing.T) {
 	if during == 0 {
 		t.Fatal("no request was answered during the failover")
 	}
+	for _, c := range fleet {
+		if logs := c.logs(); strings.Contains(logs, password) {
+			t.Errorf("caddy %s logged the Redis password:\n%s", c.name, logs)
+		}
+	}
 }
 
 // What Redis's asynchronous replication can lose: a revoke acknowledged by
@@ -98,7 +109,7 @@ func TestRedisSentinelFailoverCanLoseAChange(t *testing.T) {
 	}
 	// The replica replicates as the user "repl", which the test deletes
 	// on the primary to cut replication before the change it loses.
-	s := startSentinelSetup(t, "user repl on >replpass ~* &* +@all\n", "masteruser repl\nmasterauth replpass\n")
+	s := startSentinelSetup(t, "", "user repl on >replpass ~* &* +@all\n", "masteruser repl\nmasterauth replpass\n")
 	rs := topologyURL(t, s.URL).records("")
 	rawA, _ := addRedisKey(t, rs, "a")
 	rawB, recB := addRedisKey(t, rs, "b")
@@ -209,7 +220,7 @@ func TestRedisSentinelSwitchover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Redis and three Sentinels, and waits for a switchover")
 	}
-	s := startSentinelSetup(t, "", "")
+	s := startSentinelSetup(t, "", "", "")
 	rs := topologyURL(t, s.URL).records("")
 	raw, rec := addRedisKey(t, rs, "a")
 	st := mustOpenRedisStore(t, topologyURL(t, s.URL), "")

@@ -33,6 +33,9 @@ type redisNode struct {
 	port int
 	dir  string
 	conf string
+	// password is the one the node requires ("": none), for the test's
+	// own calls.
+	password string
 
 	mu    sync.Mutex
 	cmd   *exec.Cmd
@@ -93,8 +96,8 @@ func (n *redisNode) start() {
 			_ = c.SetReadDeadline(time.Now().Add(time.Second))
 			k, _ := io.ReadFull(c, buf)
 			c.Close()
-			if string(buf[:k]) == "+PONG\r\n" {
-				return
+			if reply := string(buf[:k]); reply == "+PONG\r\n" || reply == "-NOAUTH" {
+				return // up (and, for -NOAUTH, requiring a password)
 			}
 		}
 		if time.Now().After(deadline) {
@@ -133,7 +136,7 @@ func (n *redisNode) client() rueidis.Client {
 	defer n.mu.Unlock()
 	if n.admin == nil {
 		c, err := rueidis.NewClient(rueidis.ClientOption{
-			InitAddress: []string{n.addr()}, ForceSingleClient: true,
+			InitAddress: []string{n.addr()}, Password: n.password, ForceSingleClient: true,
 			DisableCache: true, DisableRetry: true, ConnWriteTimeout: 5 * time.Second,
 		})
 		if err != nil {
@@ -226,7 +229,7 @@ type sentinelSetup struct {
 	primary, replica *redisNode
 	sentinels        []*redisNode
 	// URL is the Sentinel URL the plugin and the commands take:
-	// redis://<sentinel 1>?master_set=mymaster&addr=<sentinel 2>&addr=<sentinel 3>
+	// redis://[:<password>@]<sentinel 1>?master_set=mymaster&addr=<sentinel 2>&addr=<sentinel 3>
 	URL string
 }
 
@@ -234,15 +237,25 @@ type sentinelSetup struct {
 const sentinelMasterSet = "mymaster"
 
 // startSentinelSetup starts the primary and the replica (each with the
-// extra config lines given), waits until the replica is in sync, then starts
-// the three Sentinels, and waits until each knows the replica and the two
-// others: a failover can then happen.
-func startSentinelSetup(t testing.TB, primaryConf, replicaConf string) *sentinelSetup {
+// extra config lines given; both requiring password, if not ""), waits
+// until the replica is in sync, then starts the three Sentinels, and waits
+// until each knows the replica and the two others: a failover can then
+// happen.
+func startSentinelSetup(t testing.TB, password, primaryConf, replicaConf string) *sentinelSetup {
 	t.Helper()
 	needRedisBinaries(t, "redis-server", "redis-sentinel")
 	s := &sentinelSetup{}
-	s.primary = startRedisNode(t, "redis-server", primaryConf)
-	s.replica = startRedisNode(t, "redis-server", fmt.Sprintf("replicaof 127.0.0.1 %d\n%s", s.primary.port, replicaConf))
+	auth, sentinelAuth, userinfo := "", "", ""
+	if password != "" {
+		// Each may become the primary: both require the password and
+		// use it with the other; the Sentinels use it with both.
+		auth = fmt.Sprintf("requirepass %[1]s\nmasterauth %[1]s\n", password)
+		sentinelAuth = fmt.Sprintf("sentinel auth-pass %s %s\n", sentinelMasterSet, password)
+		userinfo = ":" + password + "@"
+	}
+	s.primary = startRedisNode(t, "redis-server", auth+primaryConf)
+	s.replica = startRedisNode(t, "redis-server", fmt.Sprintf("replicaof 127.0.0.1 %d\n%s%s", s.primary.port, auth, replicaConf))
+	s.primary.password, s.replica.password = password, password
 	waitUntil(t, 10*time.Second, "the replica is not in sync with the primary", func() bool {
 		return s.replica.info("replication")["master_link_status"] == "up"
 	}, s.replica.log)
@@ -254,14 +267,14 @@ sentinel down-after-milliseconds %[1]s 1000
 sentinel failover-timeout %[1]s 5000
 sentinel parallel-syncs %[1]s 1
 sentinel announce-ip 127.0.0.1
-`, sentinelMasterSet, s.primary.port)
+`, sentinelMasterSet, s.primary.port) + sentinelAuth
 	addrs := make([]string, 3)
 	for i := range 3 {
 		n := startRedisNode(t, "redis-sentinel", conf)
 		s.sentinels = append(s.sentinels, n)
 		addrs[i] = n.addr()
 	}
-	s.URL = fmt.Sprintf("redis://%s?master_set=%s&addr=%s&addr=%s", addrs[0], sentinelMasterSet, addrs[1], addrs[2])
+	s.URL = fmt.Sprintf("redis://%s%s?master_set=%s&addr=%s&addr=%s", userinfo, addrs[0], sentinelMasterSet, addrs[1], addrs[2])
 	for _, sn := range s.sentinels {
 		waitUntil(t, 15*time.Second, "Sentinel "+sn.addr()+" does not know the replica and the two other Sentinels", func() bool {
 			return s.knows(sn)
