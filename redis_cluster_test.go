@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -149,6 +150,26 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			for _, raw := range []string{rawA, rawB, k2.Raw} {
 				waitAll(t, []*fleetCaddy{caddy}, raw, 403, time.Now())
 			}
+
+			// Propagation: adds and revokes through a record store, as
+			// the commands write them, until both stores have them.
+			rs := topologyURL(t, cl.URL).records(prefix)
+			var lat []time.Duration
+			for i := range 50 {
+				start := time.Now()
+				raw, rec := addRedisKey(t, rs, fmt.Sprintf("p%d", i))
+				inForce("an added key is not in force", raw, true)
+				lat = append(lat, time.Since(start))
+				start = time.Now()
+				if _, _, err := revokeNamedKey(rs, rec.ID, time.Now(), nil); err != nil {
+					t.Fatal(err)
+				}
+				inForce("a revoked key is still admitted", raw, false)
+				lat = append(lat, time.Since(start))
+			}
+			slices.Sort(lat)
+			t.Logf("propagation on the Cluster to 2 stores over %d changes (write and in force): p50 %s, p99 %s, max %s",
+				len(lat), percentile(lat, 0.5), percentile(lat, 0.99), lat[len(lat)-1])
 
 			// The four keys are in one slot, held by its primary.
 			keys, _ := newRedisKeys(prefix)
