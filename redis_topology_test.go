@@ -262,7 +262,7 @@ func startSentinelSetup(t testing.TB, password, primaryConf, replicaConf string)
 	// down-after 1s: the primary is deemed down 1s after it stops
 	// answering; the failover then takes a second or two, or is tried
 	// again 4s (twice the failover-timeout) later after a split vote of
-	// the Sentinels, which happens here about once in ten failovers.
+	// the Sentinels (once in the few dozen failovers run here).
 	conf := fmt.Sprintf(`sentinel monitor %[1]s 127.0.0.1 %[2]d 2
 sentinel down-after-milliseconds %[1]s 1000
 sentinel failover-timeout %[1]s 2000
