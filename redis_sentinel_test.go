@@ -61,10 +61,21 @@ func TestRedisSentinelFailoverUnderTraffic(t *testing.T) {
 
 	before := ok200.Load()
 	s.primary.kill()
+	// A command while no primary answers: a prompt error that names the
+	// key set's URL, without its password (or, on a machine slow enough
+	// for the failover to be done already, success).
+	start := time.Now()
+	_, stderr, err := apikeyCommand(t, "", "add", "--label", "during the failover", "--redis", s.URL, "--prefix", "fleet:")
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("a command during the failover took %s", took)
+	}
+	if shown := redactURL(s.URL); err != nil && (!strings.Contains(stderr, shown) || strings.Contains(stderr, password)) {
+		t.Errorf("a command during the failover said %q; want an error naming %s", stderr, shown)
+	}
 	failover := s.waitFailover(t)
 	during := ok200.Load() - before
 
-	start := time.Now()
+	start = time.Now()
 	stdout, _ = redisCLI(t, s.URL, "fleet:", "revoke", doomed[:11])
 	if !strings.Contains(stdout, "Revoked") {
 		t.Fatalf("revoke after the failover: %q", stdout)
@@ -79,6 +90,7 @@ func TestRedisSentinelFailoverUnderTraffic(t *testing.T) {
 
 	stopLoad()
 	stopped = true
+	t.Logf("a command during the failover: %v", strings.TrimSpace(stderr))
 	t.Logf("Sentinel failover (down-after 1s) took %s after kill -9 of the primary; %d requests answered 200 meanwhile; "+
 		"a revoke made after it was in force on all 3 servers in %s, an add in %s; in all %d ok, %d refused, %d 5xx, %d wrong key admitted",
 		failover.Round(time.Millisecond), during, inForce.Round(time.Millisecond), added.Round(time.Millisecond),
