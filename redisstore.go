@@ -291,8 +291,10 @@ const (
 	// empty, the version is checked (the safety net). So a quiet key set
 	// costs two Redis calls a second per server (three with the client's ping).
 	followBlock = time.Second
-	// maxBackoff bounds the wait between attempts while Redis is down.
-	maxBackoff = 5 * time.Second
+	// maxBackoff bounds the wait between attempts while Redis is down, and
+	// so how long a server lags once Redis answers again (a failover
+	// done, a restart): a try a second is cheap.
+	maxBackoff = time.Second
 )
 
 // follow is the follower: it reads the change log with a blocking read and
@@ -498,11 +500,12 @@ func (s *redisKeyStore) check() error {
 	}
 	ctx, cancel := context.WithTimeout(s.stopCtx, reloadWait)
 	defer cancel()
-	v, err := readVersion(ctx, c, s.rk)
+	head, err := readHead(ctx, c, s.rk)
 	if err != nil {
 		s.reportDown(err)
 		return err
 	}
+	v := head.version
 	s.reportUp()
 	s.lastCheck = time.Now()
 	switch {
@@ -520,9 +523,16 @@ func (s *redisKeyStore) check() error {
 			s.gone = false
 			s.log().Info("the key set is back in Redis", s.fields()...)
 		case v < s.version:
-			s.log().Warn("the key set's version went back (Redis restored from an older snapshot?): it is read again, and changes made after that snapshot are lost, revocations included; check them",
+			s.log().Warn("the key set's version went back (Redis restored from an older snapshot, or a failover lost changes?): it is read again, and changes made after that snapshot are lost, revocations included; check them",
 				s.fields(zap.Int64("version_was", s.version), zap.Int64("version", v))...)
 		}
+		return s.fullSync(c)
+	case v == s.version && head.logID != s.logID:
+		// Same version, other history: changes in force here were lost
+		// (a failover) and as many made since, logged under entry ids
+		// that the log read cannot reach (another server's clock).
+		s.log().Warn("the key set's log does not end with the last change in force here (a failover lost changes?): it is read again, and the changes lost are lost here too, revocations included; check them",
+			s.fields(zap.Int64("version", v), zap.String("log_entry_was", s.logID), zap.String("log_entry", head.logID))...)
 		return s.fullSync(c)
 	case v > s.version:
 		if err := s.readLog(c, 0); err != nil {
