@@ -186,12 +186,26 @@ func FuzzCredential(f *testing.F) {
 			t.Fatalf("credential %+v: status %d (passed %v), want %d", cred, w.status, passed, want)
 		}
 
-		// Hiding the credentials leaves no key in any source.
+		// Hiding the credentials leaves no key in any source, and no
+		// query pair an upstream could read as the parameter; the other
+		// pairs stay, in their order, byte for byte.
 		if cred.status != credNone {
 			h.hideCredentials(r)
 			if after := h.credential(r); after.status != credNone {
 				t.Fatalf("after hiding, the request still carries a key: %+v", after)
 			}
+		}
+		split := func(q string) []string {
+			return strings.FieldsFunc(q, func(c rune) bool { return c == '&' || c == ';' })
+		}
+		var kept []string
+		for _, pair := range split(rawQuery) {
+			if k, _, _ := strings.Cut(pair, "="); !queryNameMayBe(k, h.query) {
+				kept = append(kept, pair)
+			}
+		}
+		if got := split(removeQueryParam(rawQuery, h.query)); !slices.Equal(got, kept) {
+			t.Fatalf("removeQueryParam(%q) keeps %q, want %q", rawQuery, got, kept)
 		}
 	})
 }
