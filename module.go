@@ -168,6 +168,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// context, its header allowlists already set.
 	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	warnDroppedHeaders(h.logger, h.Headers, srv)
+	warnShadowedAuth(h.logger, srv)
 	if h.KeysFile != "" {
 		h.StoreRaw = caddyconfig.JSONModuleObject(FileStore{
 			Path:           h.KeysFile,
