@@ -207,50 +207,6 @@ func site(body string) string {
 	return "http://localhost:8080 {\n" + body + "\n}\n"
 }
 
-func TestCaddyfileAdaptMatchers(t *testing.T) {
-	tests := []struct {
-		name      string
-		body      string
-		keysFile  string
-		wantMatch string // JSON of the route's match, "" for none
-	}{
-		{"relative key file", "apikey keys.json", "keys.json", ""},
-		{"lone absolute path is the key file", "apikey /etc/caddy/keys.json", "/etc/caddy/keys.json", ""},
-		{"lone absolute path with a block", "apikey /etc/caddy/keys.json {\n\trealm r\n}", "/etc/caddy/keys.json", ""},
-		{"wildcard matcher", "apikey * keys.json", "keys.json", ""},
-		{"named matcher", "@api path /api/*\napikey @api keys.json", "keys.json", `[{"path":["/api/*"]}]`},
-		{"path matcher and inline file", "apikey /api/* /etc/keys.json", "/etc/keys.json", `[{"path":["/api/*"]}]`},
-		{"path matcher and keys_file", "apikey /api/* {\n\tkeys_file /etc/keys.json\n}", "/etc/keys.json", `[{"path":["/api/*"]}]`},
-		{"named matcher and keys_file", "@api path /api/*\napikey @api {\n\tkeys_file k.json\n}", "k.json", `[{"path":["/api/*"]}]`},
-		{"only keys_file", "apikey {\n\tkeys_file k.json\n}", "k.json", ""},
-		{"argument named like a subdirective", "apikey /etc/keys.json {\n\theader keys_file\n}", "/etc/keys.json", ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := adaptCaddyfile(t, site(tt.body+"\nrespond ok"))
-			if err != nil {
-				t.Fatalf("adapt: %v", err)
-			}
-			routes := apikeyRoutes(cfg)
-			if len(routes) != 1 {
-				t.Fatalf("found %d apikey handlers, want 1", len(routes))
-			}
-			r := routes[0]
-			if r.Handler["keys_file"] != tt.keysFile {
-				t.Errorf("keys_file = %v, want %q (handler %v)", r.Handler["keys_file"], tt.keysFile, r.Handler)
-			}
-			gotMatch := ""
-			if r.Match != nil {
-				b, _ := json.Marshal(r.Match)
-				gotMatch = string(b)
-			}
-			if gotMatch != tt.wantMatch {
-				t.Errorf("match = %s, want %s", gotMatch, tt.wantMatch)
-			}
-		})
-	}
-}
-
 func TestCaddyfileAdaptHandlerJSON(t *testing.T) {
 	cfg, err := adaptCaddyfile(t, site(`apikey /api/* {
 	keys_file /etc/keys.json
@@ -473,6 +429,8 @@ func TestCaddyfileArgumentReadings(t *testing.T) {
 		{name: "wildcard, redis in the block", body: "apikey *" + redisBlock, store: "redis"},
 		{name: "named matcher, redis in the block", body: "@api path /api/*\napikey @api" + redisBlock, store: "redis", match: `[{"path":["/api/*"]}]`},
 		{name: "no argument, redis in the block", body: "apikey" + redisBlock, store: "redis"},
+		{name: "no argument, keys_file in the block", body: "apikey {\n\tkeys_file k.json\n}", store: "k.json"},
+		{name: "named matcher, keys_file in the block", body: "@api path /api/*\napikey @api {\n\tkeys_file k.json\n}", store: "k.json", match: `[{"path":["/api/*"]}]`},
 		// The trap: a site moving from a key file to Redis.
 		{name: "absolute key file and redis", body: "apikey /etc/caddy/keys.json" + redisBlock,
 			err: []string{"Caddyfile:2", "/etc/caddy/keys.json could be a key file or a path matcher", "every other path", "apikey { redis", "@guarded path /etc/caddy/keys.json"}},

@@ -258,3 +258,13 @@ func TestHideCredential(t *testing.T) {
 		t.Errorf("after hiding the only parameter: RawQuery %q RequestURI %q", r.URL.RawQuery, r.RequestURI)
 	}
 }
+
+// Hiding allocates nothing for a query with nothing to hide and plain
+// names, the common case of a request admitted by a header.
+func TestRemoveQueryParamNoAllocs(t *testing.T) {
+	for _, q := range []string{"", "page=2&sort=name;dir=asc", "q=a%20b&x=1+2"} {
+		if n := testing.AllocsPerRun(100, func() { removeQueryParam(q, "api_key") }); n != 0 {
+			t.Errorf("removeQueryParam(%q) allocates %v times", q, n)
+		}
+	}
+}
