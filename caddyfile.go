@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -17,11 +18,11 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("apikey", httpcaddyfile.Before, "basic_auth")
 }
 
-// parseCaddyfile reads the apikey directive. Like Caddy's root directive,
-// it does not let the matcher syntax swallow a lone absolute path: a single
-// argument is the key file, unless it is a named matcher (@name), the
-// wildcard matcher (*) or the block gives keys_file; two arguments are a
-// matcher and the key file.
+// parseCaddyfile reads the apikey directive: apikey [<matcher>]
+// [<keys_file>] {...}. A matcher that is read where a key file was meant
+// leaves every other path of the site served with no key, so the
+// arguments are read as directiveArgs says, refusing what could be read
+// both ways.
 func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
 	if !h.Next() {
 		return nil, h.ArgErr()
@@ -32,16 +33,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 	seg := h.NextSegment()
 	h.Reset()
 	h.Next()
-	hasMatcher := false
-	switch len(args) {
-	case 1:
-		hasMatcher = strings.HasPrefix(args[0], "@") || args[0] == "*" || blockHas(seg, "keys_file") || blockHas(seg, "redis")
-	case 2:
-		hasMatcher = true
+	hasMatcher, err := directiveArgs(args, blockStore(seg))
+	if err != nil {
+		return nil, h.WrapErr(err)
 	}
 	var matcherSet caddy.ModuleMap
 	if hasMatcher {
-		var err error
 		if matcherSet, err = h.ExtractMatcherSet(); err != nil {
 			return nil, err
 		}
@@ -54,8 +51,123 @@ func parseCaddyfile(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error)
 	return h.NewRoute(matcherSet, &handler), nil
 }
 
-// blockHas reports whether the directive's block has subdirective name.
-func blockHas(seg caddyfile.Segment, name string) bool {
+// directiveArgs tells whether the first of the directive's arguments is a
+// matcher, given which subdirective of the block gives the key store
+// ("keys_file", "redis" or ""), or why the arguments are refused.
+//
+// Caddy reads "*", "@name" and anything starting with "/" as a matcher.
+// An absolute path is both a plausible key file and a plausible path
+// matcher, and read as a matcher it protects that one path only. So, like
+// Caddy's root directive:
+//
+//   - a lone "/…" argument is the key file when the block gives no store;
+//   - with a store in the block, a lone "/…" is a matcher only if it holds
+//     a "*" (no key file path may); any other is refused, since it may be
+//     a key file left in place when the store moved to the block;
+//   - two arguments are a matcher then the key file, and the matcher must
+//     look like one: "apikey keys.json /api/*" is refused, saying the
+//     matcher goes first;
+//   - a path matcher ending in "/" matches that path alone, not what is
+//     under it, which is never what a guard on it means: refused, with the
+//     pattern or the named matcher to write instead.
+func directiveArgs(args []string, store string) (bool, error) {
+	switch len(args) {
+	case 0:
+		return false, nil
+	case 1:
+		a := args[0]
+		switch {
+		case a == "*" || strings.HasPrefix(a, "@"):
+			return true, nil
+		case strings.HasPrefix(a, "/"):
+			if strings.HasSuffix(a, "/") {
+				return false, dirMatcherError(a, store == "")
+			}
+			if strings.Contains(a, "*") {
+				if store == "" {
+					return false, fmt.Errorf("%s is a path matcher and there is no key store: write apikey %s <keys_file>, or give keys_file or redis in the block", a, a)
+				}
+				return true, nil
+			}
+			if store != "" {
+				return false, fmt.Errorf("apikey %s with %s in its block: %s could be a key file or a path matcher, and as a path matcher it would leave every other path of the site served with no key, so it is refused. "+
+					"For the %s in the block on the whole site, drop the argument (apikey { %s … }); "+
+					"to guard part of the site, write a path pattern (apikey /api/* { … }) or a named matcher (@guarded path %s, then apikey @guarded { … })",
+					a, store, a, storeName(store), store, a)
+			}
+			return false, nil // the key file, as root's lone argument is its path
+		case strings.Contains(a, "*"):
+			return false, globFileError(a)
+		}
+		return false, nil // a relative key file
+	case 2:
+		m, f := args[0], args[1]
+		if !isMatcherToken(m) {
+			if isMatcherToken(f) {
+				return false, fmt.Errorf("apikey %s %s: the matcher goes first: apikey %s %s", m, f, f, m)
+			}
+			return false, fmt.Errorf("apikey %s %s: two arguments are a matcher then the key file, and %s is not a matcher (a matcher is *, /path or @name); give one key file: apikey [<matcher>] <keys_file>", m, f, m)
+		}
+		if looksLikeMatcher(f) {
+			if !looksLikeMatcher(m) {
+				return false, fmt.Errorf("apikey %s %s: the matcher goes first: apikey %s %s", m, f, f, m)
+			}
+			return false, fmt.Errorf("apikey %s %s: two matchers; give one matcher, then the key file: apikey [<matcher>] <keys_file>", m, f)
+		}
+		if strings.HasPrefix(m, "/") && strings.HasSuffix(m, "/") {
+			return false, dirMatcherError(m, false)
+		}
+		if strings.Contains(f, "*") {
+			return false, globFileError(f)
+		}
+		return true, nil
+	}
+	return false, fmt.Errorf("too many arguments (%d): apikey [<matcher>] [<keys_file>]", len(args))
+}
+
+// isMatcherToken tells whether Caddy reads a as a matcher token.
+func isMatcherToken(a string) bool {
+	return a == "*" || strings.HasPrefix(a, "@") || strings.HasPrefix(a, "/")
+}
+
+// looksLikeMatcher tells whether a can only be a matcher: no key file is
+// "*", "@name" or a path with a "*".
+func looksLikeMatcher(a string) bool {
+	return a == "*" || strings.HasPrefix(a, "@") || strings.HasPrefix(a, "/") && strings.Contains(a, "*")
+}
+
+// dirMatcherError refuses a path matcher ending in "/".
+func dirMatcherError(a string, noStore bool) error {
+	var msg string
+	if a == "/" {
+		msg = "the path matcher / matches the path / alone, so every other path of the site would be served with no key; " +
+			"to guard the whole site give no matcher (apikey <keys_file>), or write a named matcher (@root path /) to guard / alone"
+	} else {
+		msg = fmt.Sprintf("the path matcher %s matches the path %s alone, not what is under it, which would be served with no key; "+
+			"write %s* to guard everything under it, or a named matcher (@guarded path %s) to guard that one path", a, a, a, a)
+	}
+	if noStore {
+		msg = a + " ends in /, so it is not a key file; and " + msg
+	}
+	return fmt.Errorf("%s", msg)
+}
+
+// globFileError refuses a key file argument that holds a "*".
+func globFileError(a string) error {
+	return fmt.Errorf("%s is not a matcher (a path matcher starts with /) and a key file path holds no *: give one key file's path", a)
+}
+
+// storeName names the store that subdirective gives.
+func storeName(subdirective string) string {
+	if subdirective == "redis" {
+		return "Redis key set"
+	}
+	return "key file"
+}
+
+// blockStore returns the subdirective of the directive's block that gives
+// the key store, "keys_file" or "redis", or "" if none does.
+func blockStore(seg caddyfile.Segment) string {
 	depth := 0
 	for i, tok := range seg {
 		switch tok.Text {
@@ -63,15 +175,15 @@ func blockHas(seg caddyfile.Segment, name string) bool {
 			depth++
 		case "}":
 			depth--
-		case name:
+		case "keys_file", "redis":
 			// Only a line's first token is a subdirective; `header
 			// keys_file` is an argument.
 			if depth == 1 && tok.Line != seg[i-1].Line {
-				return true
+				return tok.Text
 			}
 		}
 	}
-	return false
+	return ""
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -103,8 +215,12 @@ func blockHas(seg caddyfile.Segment, name string) bool {
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 
+	inline := false
 	if d.NextArg() {
-		h.KeysFile = d.Val()
+		h.KeysFile, inline = d.Val(), true
+		if strings.Contains(h.KeysFile, "*") {
+			return d.WrapErr(globFileError(h.KeysFile))
+		}
 	}
 	if d.NextArg() {
 		return d.ArgErr()
@@ -117,11 +233,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if redis != nil {
 				return d.Err("redis already given")
 			}
+			if h.KeysFile != "" {
+				return d.WrapErr(bothStores(h.KeysFile, inline))
+			}
 			redis = new(RedisStore)
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
 			redis.URL = d.Val()
+			if err := checkRedisURLSyntax(redis.URL); err != nil {
+				return d.WrapErr(err)
+			}
 			if d.NextArg() {
 				return d.ArgErr()
 			}
@@ -136,7 +258,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 						return d.ArgErr()
 					}
 				default:
-					return d.Errf("unrecognized redis option '%s'", d.Val())
+					return d.WrapErr(unknownOption(d.Val(), "redis option", redisOptions, handlerSubdirectives,
+						"goes in apikey's block, not in the redis block"))
 				}
 			}
 
@@ -146,6 +269,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if !d.AllArgs(&h.KeysFile) {
 				return d.ArgErr()
+			}
+			if redis != nil {
+				return d.WrapErr(bothStores(h.KeysFile, false))
+			}
+			if strings.Contains(h.KeysFile, "*") {
+				return d.WrapErr(globFileError(h.KeysFile))
 			}
 
 		case "header":
@@ -217,13 +346,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.ReloadInterval = dur
 
 		default:
-			return d.Errf("unrecognized subdirective '%s'", d.Val())
+			return d.WrapErr(unknownOption(d.Val(), "subdirective", handlerSubdirectives, redisOptions,
+				"is an option of the redis block: redis <url> { "+d.Val()+" … }"))
 		}
 	}
 
 	switch {
-	case redis != nil && h.KeysFile != "":
-		return d.Err("give a key file or redis, not both")
 	case redis != nil && h.ReloadInterval != 0:
 		return d.Err("reload_interval applies to a key file; a Redis key set is followed as it changes")
 	case redis != nil:
@@ -233,6 +361,114 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Err("a key file is required: apikey <keys_file> or keys_file <path> in the block; or redis <url> for a Redis key set")
 	}
 	return nil
+}
+
+// bothStores refuses a key file beside redis. inline tells whether the key
+// file is the directive's argument.
+func bothStores(keysFile string, inline bool) error {
+	given := "keys_file " + keysFile
+	if inline {
+		given = "the key file " + keysFile + " (the directive's argument; a path matcher starts with /)"
+	}
+	return fmt.Errorf("give a key file or redis, not both: %s and redis are both given; "+
+		"for the Redis key set, drop the key file (to guard part of the site, a matcher goes first: apikey /api/* { redis … })", given)
+}
+
+// The subdirectives of apikey's block, and of its redis block.
+var (
+	handlerSubdirectives = []string{"keys_file", "redis", "header", "query", "realm", "scope", "optional",
+		"hide_credentials", "handle_errors", "usage_interval", "reload_interval"}
+	redisOptions = []string{"prefix", "cache_file"}
+)
+
+// unknownOption is the error for an unrecognized name in a block whose
+// names are known: it says where the name goes when it belongs to the
+// other block (otherBlock, with misplaced saying so), or suggests the known
+// name it is likely a typo of.
+func unknownOption(name, what string, known, otherBlock []string, misplaced string) error {
+	for _, o := range otherBlock {
+		if name == o {
+			return fmt.Errorf("'%s' %s", name, misplaced)
+		}
+	}
+	if s := suggest(name, known); s != "" {
+		return fmt.Errorf("unrecognized %s '%s'; did you mean '%s'?", what, name, s)
+	}
+	return fmt.Errorf("unrecognized %s '%s' (known: %s)", what, name, strings.Join(known, ", "))
+}
+
+// suggest returns the name of known that word is most likely a typo of, or
+// "" if none is close: the same name with "-" for "_" or in another case,
+// one that starts with word, or one at most two edits away (one, for
+// words of up to four letters).
+func suggest(word string, known []string) string {
+	w := strings.ToLower(strings.ReplaceAll(word, "-", "_"))
+	best, bestDist := "", 3
+	if len(w) <= 4 {
+		bestDist = 2
+	}
+	for _, k := range known {
+		if w == k || len(w) >= 4 && strings.HasPrefix(k, w) {
+			return k
+		}
+		if d := editDistance(w, k); d < bestDist {
+			best, bestDist = k, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// checkRedisURLSyntax refuses, when the Caddyfile is read, a Redis URL
+// without one of the schemes the client takes, which its URL parser would
+// only reject later with a message about something else ("first path
+// segment in URL cannot contain colon"). A URL that starts with a
+// placeholder is checked when the store is provisioned. The URL is not
+// echoed when it may hold a password.
+func checkRedisURLSyntax(raw string) error {
+	u := strings.TrimSpace(raw)
+	if strings.HasPrefix(u, "{") {
+		return nil
+	}
+	scheme, _, ok := strings.Cut(u, "://")
+	if ok {
+		switch strings.ToLower(scheme) {
+		case "redis", "rediss", "unix", "valkey", "valkeys":
+			return nil
+		}
+	}
+	msg := "the Redis URL must start with redis:// or rediss:// (TLS), or unix:// for a socket"
+	switch {
+	case strings.Contains(u, "@"):
+		// It may hold a password: not shown.
+	case strings.HasPrefix(u, "/"):
+		msg += fmt.Sprintf(": redis unix://%s", u)
+	case !ok:
+		msg += fmt.Sprintf(": redis redis://%s", u)
+	default:
+		msg += fmt.Sprintf(", not %s://", scheme)
+	}
+	return fmt.Errorf("%s", msg)
 }
 
 // parseIntervalArg reads the one argument of an interval subdirective: a

@@ -207,50 +207,6 @@ func site(body string) string {
 	return "http://localhost:8080 {\n" + body + "\n}\n"
 }
 
-func TestCaddyfileAdaptMatchers(t *testing.T) {
-	tests := []struct {
-		name      string
-		body      string
-		keysFile  string
-		wantMatch string // JSON of the route's match, "" for none
-	}{
-		{"relative key file", "apikey keys.json", "keys.json", ""},
-		{"lone absolute path is the key file", "apikey /etc/caddy/keys.json", "/etc/caddy/keys.json", ""},
-		{"lone absolute path with a block", "apikey /etc/caddy/keys.json {\n\trealm r\n}", "/etc/caddy/keys.json", ""},
-		{"wildcard matcher", "apikey * keys.json", "keys.json", ""},
-		{"named matcher", "@api path /api/*\napikey @api keys.json", "keys.json", `[{"path":["/api/*"]}]`},
-		{"path matcher and inline file", "apikey /api/* /etc/keys.json", "/etc/keys.json", `[{"path":["/api/*"]}]`},
-		{"path matcher and keys_file", "apikey /api/* {\n\tkeys_file /etc/keys.json\n}", "/etc/keys.json", `[{"path":["/api/*"]}]`},
-		{"named matcher and keys_file", "@api path /api/*\napikey @api {\n\tkeys_file k.json\n}", "k.json", `[{"path":["/api/*"]}]`},
-		{"only keys_file", "apikey {\n\tkeys_file k.json\n}", "k.json", ""},
-		{"argument named like a subdirective", "apikey /etc/keys.json {\n\theader keys_file\n}", "/etc/keys.json", ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := adaptCaddyfile(t, site(tt.body+"\nrespond ok"))
-			if err != nil {
-				t.Fatalf("adapt: %v", err)
-			}
-			routes := apikeyRoutes(cfg)
-			if len(routes) != 1 {
-				t.Fatalf("found %d apikey handlers, want 1", len(routes))
-			}
-			r := routes[0]
-			if r.Handler["keys_file"] != tt.keysFile {
-				t.Errorf("keys_file = %v, want %q (handler %v)", r.Handler["keys_file"], tt.keysFile, r.Handler)
-			}
-			gotMatch := ""
-			if r.Match != nil {
-				b, _ := json.Marshal(r.Match)
-				gotMatch = string(b)
-			}
-			if gotMatch != tt.wantMatch {
-				t.Errorf("match = %s, want %s", gotMatch, tt.wantMatch)
-			}
-		})
-	}
-}
-
 func TestCaddyfileAdaptHandlerJSON(t *testing.T) {
 	cfg, err := adaptCaddyfile(t, site(`apikey /api/* {
 	keys_file /etc/keys.json
@@ -382,8 +338,8 @@ func TestCaddyfileAdaptErrors(t *testing.T) {
 		{"missing key file", "apikey", []string{"Caddyfile:2", "key file is required"}},
 		{"wildcard without key file", "apikey *", []string{"Caddyfile:", "key file is required"}},
 		{"named matcher without key file", "@m path /x\napikey @m", []string{"Caddyfile:", "key file is required"}},
-		{"too many arguments", "apikey /api/* k.json extra", []string{"Caddyfile:2", "wrong argument count"}},
-		{"two arguments, first no matcher", "apikey a.json b.json", []string{"Caddyfile:2", "wrong argument count"}},
+		{"too many arguments", "apikey /api/* k.json extra", []string{"Caddyfile:2", "too many arguments", "apikey [<matcher>] [<keys_file>]"}},
+		{"two arguments, first no matcher", "apikey a.json b.json", []string{"Caddyfile:2", "a.json is not a matcher"}},
 		{"matcher, inline file and keys_file", "apikey /api/* a.json {\n\tkeys_file b.json\n}", []string{"Caddyfile:3", "already"}},
 		{"header, too many arguments", "apikey k.json {\n\n\theader A B C\n}", []string{"Caddyfile:4", "wrong argument count"}},
 	}
@@ -443,5 +399,163 @@ func TestJSONStoreModule(t *testing.T) {
 				t.Fatalf("error = %v, want one saying %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestCaddyfileArgumentReadings lists the ways the directive's arguments
+// can be read, through Caddy's adapter: each input either adapts into the
+// route it says (its matcher and its store), or is refused with an error
+// naming file and line that says what was understood and what to write. No
+// input may adapt into a matcher that was meant as a key file.
+func TestCaddyfileArgumentReadings(t *testing.T) {
+	const redisBlock = " {\n\tredis redis://127.0.0.1:6379\n}"
+	tests := []struct {
+		name string
+		body string
+		// What it adapts into: the key file, or "redis"; and the
+		// route's match as JSON ("" for none).
+		store, match string
+		// Or the parts of its error.
+		err []string
+	}{
+		// A lone argument.
+		{name: "relative key file", body: "apikey keys.json", store: "keys.json"},
+		{name: "absolute key file", body: "apikey /etc/caddy/keys.json", store: "/etc/caddy/keys.json"},
+		{name: "absolute key file, block without a store", body: "apikey /etc/caddy/keys.json {\n\trealm r\n}", store: "/etc/caddy/keys.json"},
+		{name: "absolute key file, argument named keys_file", body: "apikey /etc/keys.json {\n\theader keys_file\n}", store: "/etc/keys.json"},
+		{name: "placeholder key file", body: "apikey {env.KEYS_FILE}", store: "{env.KEYS_FILE}"},
+		{name: "path pattern, redis in the block", body: "apikey /api/*" + redisBlock, store: "redis", match: `[{"path":["/api/*"]}]`},
+		{name: "path pattern, keys_file in the block", body: "apikey /api/* {\n\tkeys_file /etc/keys.json\n}", store: "/etc/keys.json", match: `[{"path":["/api/*"]}]`},
+		{name: "wildcard, redis in the block", body: "apikey *" + redisBlock, store: "redis"},
+		{name: "named matcher, redis in the block", body: "@api path /api/*\napikey @api" + redisBlock, store: "redis", match: `[{"path":["/api/*"]}]`},
+		{name: "no argument, redis in the block", body: "apikey" + redisBlock, store: "redis"},
+		{name: "no argument, keys_file in the block", body: "apikey {\n\tkeys_file k.json\n}", store: "k.json"},
+		{name: "named matcher, keys_file in the block", body: "@api path /api/*\napikey @api {\n\tkeys_file k.json\n}", store: "k.json", match: `[{"path":["/api/*"]}]`},
+		// The trap: a site moving from a key file to Redis.
+		{name: "absolute key file and redis", body: "apikey /etc/caddy/keys.json" + redisBlock,
+			err: []string{"Caddyfile:2", "/etc/caddy/keys.json could be a key file or a path matcher", "every other path", "apikey { redis", "@guarded path /etc/caddy/keys.json"}},
+		{name: "absolute key file and keys_file", body: "apikey /etc/caddy/keys.json {\n\tkeys_file /srv/keys.json\n}",
+			err: []string{"Caddyfile:2", "could be a key file or a path matcher", "apikey { keys_file"}},
+		{name: "exact path and redis", body: "apikey /metrics" + redisBlock,
+			err: []string{"Caddyfile:2", "could be a key file or a path matcher", "@guarded path /metrics"}},
+		{name: "relative key file and redis", body: "apikey keys.json" + redisBlock,
+			err: []string{"Caddyfile:3", "not both", "the key file keys.json (the directive's argument", "apikey /api/* { redis"}},
+		{name: "path pattern without a store", body: "apikey /api/*",
+			err: []string{"Caddyfile:2", "/api/* is a path matcher and there is no key store", "apikey /api/* <keys_file>"}},
+		{name: "directory without a store", body: "apikey /api/",
+			err: []string{"Caddyfile:2", "/api/ ends in /, so it is not a key file", "/api/*"}},
+		{name: "directory matcher and redis", body: "apikey /api/" + redisBlock,
+			err: []string{"Caddyfile:2", "matches the path /api/ alone", "write /api/* to guard everything under it", "@guarded path /api/"}},
+		{name: "root matcher and redis", body: "apikey /" + redisBlock,
+			err: []string{"Caddyfile:2", "matches the path / alone", "give no matcher"}},
+		{name: "glob key file", body: "apikey *.json", err: []string{"Caddyfile:2", "*.json is not a matcher", "holds no *"}},
+		{name: "pattern without its slash", body: "apikey api/*" + redisBlock, err: []string{"Caddyfile:2", "api/* is not a matcher (a path matcher starts with /)"}},
+		{name: "glob keys_file", body: "apikey {\n\tkeys_file /srv/*.json\n}", err: []string{"Caddyfile:3", "holds no *"}},
+
+		// Two arguments: a matcher, then the key file.
+		{name: "wildcard and key file", body: "apikey * keys.json", store: "keys.json"},
+		{name: "path pattern and key file", body: "apikey /api/* /etc/keys.json", store: "/etc/keys.json", match: `[{"path":["/api/*"]}]`},
+		{name: "prefix pattern and key file", body: "apikey /api* keys.json", store: "keys.json", match: `[{"path":["/api*"]}]`},
+		{name: "exact path and key file", body: "apikey /admin /etc/keys.json", store: "/etc/keys.json", match: `[{"path":["/admin"]}]`},
+		{name: "named matcher and key file", body: "@api path /api/*\napikey @api keys.json", store: "keys.json", match: `[{"path":["/api/*"]}]`},
+		{name: "key file, then pattern", body: "apikey keys.json /api/*",
+			err: []string{"Caddyfile:2", "the matcher goes first: apikey /api/* keys.json"}},
+		{name: "absolute key file, then pattern", body: "apikey /etc/keys.json /api/*",
+			err: []string{"Caddyfile:2", "the matcher goes first: apikey /api/* /etc/keys.json"}},
+		{name: "key file, then named matcher", body: "@api path /api/*\napikey keys.json @api",
+			err: []string{"Caddyfile:3", "the matcher goes first: apikey @api keys.json"}},
+		{name: "key file, then wildcard", body: "apikey keys.json *",
+			err: []string{"Caddyfile:2", "the matcher goes first: apikey * keys.json"}},
+		{name: "two key files", body: "apikey a.json b.json", err: []string{"Caddyfile:2", "a.json is not a matcher", "apikey [<matcher>] <keys_file>"}},
+		{name: "two matchers", body: "apikey /api/* /v2/*", err: []string{"Caddyfile:2", "two matchers"}},
+		{name: "directory matcher and key file", body: "apikey /api/ keys.json", err: []string{"Caddyfile:2", "matches the path /api/ alone", "/api/*"}},
+		{name: "root matcher and key file", body: "apikey / keys.json", err: []string{"Caddyfile:2", "matches the path / alone"}},
+		{name: "matcher and glob key file", body: "apikey /api/* keys*.json", err: []string{"Caddyfile:2", "holds no *"}},
+		{name: "matcher, key file and redis", body: "apikey /api/* keys.json" + redisBlock, err: []string{"Caddyfile:3", "not both"}},
+		{name: "three arguments", body: "apikey /api/* keys.json extra", err: []string{"Caddyfile:2", "too many arguments"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := adaptCaddyfile(t, site(tt.body+"\nrespond ok"))
+			if tt.err != nil {
+				if err == nil {
+					routes := apikeyRoutes(cfg)
+					t.Fatalf("adapted:\n%s\ninto %+v", tt.body, routes)
+				}
+				wantContains(t, err.Error(), tt.err...)
+				return
+			}
+			if err != nil {
+				t.Fatalf("adapt: %v", err)
+			}
+			routes := apikeyRoutes(cfg)
+			if len(routes) != 1 {
+				t.Fatalf("found %d apikey handlers, want 1", len(routes))
+			}
+			r := routes[0]
+			store := r.Handler["keys_file"]
+			if s, ok := r.Handler["store"].(map[string]any); ok {
+				store = s["backend"]
+			}
+			if store != tt.store {
+				t.Errorf("store %v, want %q (handler %v)", store, tt.store, r.Handler)
+			}
+			gotMatch := ""
+			if r.Match != nil {
+				b, _ := json.Marshal(r.Match)
+				gotMatch = string(b)
+			}
+			if gotMatch != tt.match {
+				t.Errorf("match = %s, want %q", gotMatch, tt.match)
+			}
+		})
+	}
+}
+
+// A typo in a subdirective or a redis option gets the name it is likely a
+// typo of; an option of one block written in the other is told where it
+// goes; a Redis URL without its scheme is refused when the Caddyfile is
+// read, saying which schemes there are.
+func TestCaddyfileTypos(t *testing.T) {
+	for _, tt := range []struct {
+		name, input string
+		want        []string
+	}{
+		{"scopes", "apikey k.json {\n\tscopes read\n}", []string{"Testfile:2", "unrecognized subdirective 'scopes'; did you mean 'scope'?"}},
+		{"hyphen for underscore", "apikey k.json {\n\thide-credentials\n}", []string{"Testfile:2", "did you mean 'hide_credentials'?"}},
+		{"another case", "apikey k.json {\n\tRealm r\n}", []string{"Testfile:2", "did you mean 'realm'?"}},
+		{"a name cut short", "apikey k.json {\n\treload 1s\n}", []string{"Testfile:2", "did you mean 'reload_interval'?"}},
+		{"keyfile", "apikey {\n\tkeyfile k.json\n}", []string{"Testfile:2", "did you mean 'keys_file'?"}},
+		{"nothing close", "apikey k.json {\n\tbogus 1\n}", []string{"Testfile:2", "unrecognized subdirective 'bogus'", "known: keys_file, redis"}},
+		{"redis option in the handler's block", "apikey k.json {\n\tprefix p:\n}", []string{"Testfile:2", "'prefix' is an option of the redis block: redis <url> { prefix"}},
+		{"redis option typo", "apikey {\n\tredis redis://h {\n\t\tprefx p:\n\t}\n}", []string{"Testfile:3", "unrecognized redis option 'prefx'; did you mean 'prefix'?"}},
+		{"cache", "apikey {\n\tredis redis://h {\n\t\tcache /c.json\n\t}\n}", []string{"Testfile:3", "did you mean 'cache_file'?"}},
+		{"handler subdirective in the redis block", "apikey {\n\tredis redis://h {\n\t\tusage_interval 1m\n\t}\n}", []string{"Testfile:3", "'usage_interval' goes in apikey's block, not in the redis block"}},
+		{"redis URL without a scheme", "apikey {\n\tredis 127.0.0.1:6379\n}", []string{"Testfile:2", "must start with redis:// or rediss://", "redis redis://127.0.0.1:6379"}},
+		{"redis host and port", "apikey {\n\tredis localhost:6379\n}", []string{"Testfile:2", "must start with redis:// or rediss://", "redis redis://localhost:6379"}},
+		{"redis URL of another scheme", "apikey {\n\tredis http://h:6379\n}", []string{"Testfile:2", "must start with redis:// or rediss://", "not http://"}},
+		{"redis socket path", "apikey {\n\tredis /run/redis.sock\n}", []string{"Testfile:2", "unix:///run/redis.sock"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := unmarshalDirective(t, tt.input)
+			if err == nil {
+				t.Fatalf("UnmarshalCaddyfile accepted:\n%s", tt.input)
+			}
+			wantContains(t, err.Error(), tt.want...)
+		})
+	}
+
+	// A URL that may hold a password is not echoed.
+	_, err := unmarshalDirective(t, "apikey {\n\tredis :s3cr3t@127.0.0.1:6379\n}")
+	if err == nil || !strings.Contains(err.Error(), "must start with redis://") || strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("error %v: want the scheme named and the password not shown", err)
+	}
+
+	// What the client takes, and placeholders (checked when provisioned).
+	for _, u := range []string{"redis://h", "rediss://h:6380/1", "REDIS://h", "unix:///run/redis.sock", "valkey://h", "{env.REDIS_URL}", "redis://:{env.PW}@h"} {
+		h, err := unmarshalDirective(t, "apikey {\n\tredis "+u+"\n}")
+		if err != nil || h.StoreRaw == nil {
+			t.Errorf("redis %s: %v", u, err)
+		}
 	}
 }

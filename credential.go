@@ -130,9 +130,10 @@ func queryNameIs(k, name string) bool {
 // hideCredentials removes every key the request carries in the enabled
 // sources, so that the handlers after this one (a reverse proxy's upstream
 // above all) never see one: not the key that authenticated the request, nor
-// a copy or another key sent beside it. Header values that carry no key,
-// such as Authorization credentials of another scheme meant for the
-// upstream, stay.
+// a copy or another key sent beside it, nor one in a query pair that the
+// handler does not read but an upstream might (removeQueryParam). Header
+// values that carry no key, such as Authorization credentials of another
+// scheme meant for the upstream, stay.
 func (h *Handler) hideCredentials(r *http.Request) {
 	for i := range h.sources {
 		src := &h.sources[i]
@@ -159,16 +160,160 @@ func (h *Handler) hideCredentials(r *http.Request) {
 	}
 }
 
-// removeQueryParam drops every occurrence of parameter name from a raw query
-// string and keeps the other parameters as they were, in their order.
+// removeQueryParam drops from a raw query string every pair that an
+// upstream could take for parameter name, and keeps everything else byte
+// for byte. Pairs are split on "&" and on ";" (which many servers and
+// frameworks still take as a separator too), and a pair goes when its name
+// reads as name to any common decoder (see queryNameMayBe). Of the pair and
+// the separators around it, the pair and the separator before it go (after
+// it, for the first pair), so the pairs kept keep theirs.
 func removeQueryParam(rawQuery, name string) string {
-	var kept []string
-	for _, pair := range strings.Split(rawQuery, "&") {
-		k, _, _ := strings.Cut(pair, "=")
-		if pair == "" || queryNameIs(k, name) {
-			continue
-		}
-		kept = append(kept, pair)
+	if !queryHasParam(rawQuery, name) {
+		return rawQuery
 	}
-	return strings.Join(kept, "&")
+	var b strings.Builder
+	b.Grow(len(rawQuery))
+	wrote := false
+	sep := "" // the separator before the pair
+	for rest := rawQuery; ; {
+		i := strings.IndexAny(rest, "&;")
+		pair := rest
+		if i >= 0 {
+			pair = rest[:i]
+		}
+		if k, _, _ := strings.Cut(pair, "="); !queryNameMayBe(k, name) {
+			if wrote {
+				b.WriteString(sep)
+			}
+			b.WriteString(pair)
+			wrote = true
+		}
+		if i < 0 {
+			break
+		}
+		sep, rest = rest[i:i+1], rest[i+1:]
+	}
+	return b.String()
+}
+
+// queryHasParam reports whether removeQueryParam would drop a pair of
+// rawQuery, without allocating when the names are plain.
+func queryHasParam(rawQuery, name string) bool {
+	for rest := rawQuery; rest != ""; {
+		pair := rest
+		if i := strings.IndexAny(rest, "&;"); i >= 0 {
+			pair, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
+		}
+		if k, _, _ := strings.Cut(pair, "="); queryNameMayBe(k, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// queryNameMayBe reports whether the raw parameter name k may read as name
+// to some upstream: once it is percent-decoded leniently, as often as it
+// decodes (double encoding, as behind a proxy that decodes once), with "+"
+// as a space, "%uXXXX" as IIS's escape and a malformed escape kept as it is;
+// then compared without regard to ASCII case (ASP.NET's query collection),
+// cut at a NUL, and with PHP's name mangling: leading spaces dropped, an
+// array suffix ("name[]", "name[x]") dropped, and " ", "." and "[" read as
+// "_".
+func queryNameMayBe(k, name string) bool {
+	if k == name {
+		return true
+	}
+	for range 4 { // each decoding shortens it; real double encodings take two
+		if !strings.ContainsAny(k, "%+") {
+			break
+		}
+		d := lenientUnescape(k)
+		if d == k {
+			break
+		}
+		k = d
+	}
+	return looseNameEqual(k, name)
+}
+
+// lenientUnescape decodes a query component as the most lenient decoders
+// do: "+" is a space, "%XX" a byte, "%uXXXX" a UTF-8 encoded character, and
+// any other "%" stays as it is.
+func lenientUnescape(s string) string {
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '+':
+			b.WriteByte(' ')
+		case c == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]):
+			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+		case c == '%' && i+5 < len(s) && (s[i+1] == 'u' || s[i+1] == 'U') &&
+			isHex(s[i+2]) && isHex(s[i+3]) && isHex(s[i+4]) && isHex(s[i+5]):
+			r := rune(unhex(s[i+2]))<<12 | rune(unhex(s[i+3]))<<8 | rune(unhex(s[i+4]))<<4 | rune(unhex(s[i+5]))
+			b.WriteRune(r)
+			i += 5
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+// looseNameEqual compares two decoded parameter names as the loosest
+// common upstream would (see queryNameMayBe), without allocating.
+func looseNameEqual(a, b string) bool {
+	a, b = phpBaseName(a), phpBaseName(b)
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		if phpNameByte(a[i]) != phpNameByte(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// phpBaseName is the part of a decoded parameter name that PHP keys its
+// variable on: from the first byte that is not a space, up to a NUL, and
+// without an array suffix ("[…]" closed by a "]").
+func phpBaseName(s string) string {
+	s = strings.TrimLeft(s, " ")
+	if i := strings.IndexByte(s, 0); i >= 0 {
+		s = s[:i]
+	}
+	if i := strings.IndexByte(s, '['); i > 0 && strings.IndexByte(s[i:], ']') > 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// phpNameByte folds one byte of a name: ASCII letters to lower case, and
+// " ", "." and "[" to "_" as PHP does.
+func phpNameByte(c byte) byte {
+	switch {
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	case c == ' ' || c == '.' || c == '[':
+		return '_'
+	}
+	return c
 }

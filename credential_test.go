@@ -188,8 +188,35 @@ func TestRemoveQueryParam(t *testing.T) {
 		{"api_key=k&api_key=j&api_key=", ""},
 		{"api%5Fkey=k&x=1", "x=1"},
 		{"api_key&x=1", "x=1"},
-		{"x=api_key&api_keys=1&API_KEY=2", "x=api_key&api_keys=1&API_KEY=2"},
+		{"x=api_key&api_keys=1&apikey=2&api-key=3&xapi_key=4", "x=api_key&api_keys=1&apikey=2&api-key=3&xapi_key=4"},
 		{"b=%20x&api_key=k&a=1+2", "b=%20x&a=1+2"},
+		// Nothing to remove: the query stays byte for byte, odd
+		// separators, escapes and all.
+		{"a=1&&b=%zz;c&=d&", "a=1&&b=%zz;c&=d&"},
+		// ";" separates pairs too, for many upstreams.
+		{"x=1;api_key=k", "x=1"},
+		{"api_key=k;x=1", "x=1"},
+		{"a=1;api_key=k&b=2;c=3", "a=1&b=2;c=3"},
+		{"a=1&api_key=k;api_key=j;b=2", "a=1;b=2"},
+		// Every occurrence, however escaped: lower-case hex, double
+		// encoding, IIS's %u, "+" and malformed escapes beside.
+		{"api%5fkey=k&x=1", "x=1"},
+		{"api%255Fkey=k&x=1", "x=1"},
+		{"%2561pi_key=k&x=1", "x=1"},
+		{"api%u005Fkey=k&x=1", "x=1"},
+		{"%61%70%69%5F%6B%65%79=k", ""},
+		{"api_key%=k&api_key%zz=j&x=1", "api_key%=k&api_key%zz=j&x=1"},
+		// In another case (ASP.NET's query collection ignores it).
+		{"API_KEY=k&Api_Key=j&x=1", "x=1"},
+		// As PHP reads names: spaces, dots and "[" for "_", an array
+		// suffix, leading spaces, a NUL.
+		{"api.key=k&api+key=j&api%20key=i&api[key=h&x=1", "x=1"},
+		{"api_key[]=k&api_key[0]=j&api_key%5B%5D=i&x=1", "x=1"},
+		{"+api_key=k&%00=x&api_key%00junk=j&x=1", "%00=x&x=1"},
+		// A value that looks like a pair is part of its pair.
+		{"x=api_key%3Dk&y=1", "x=api_key%3Dk&y=1"},
+		{"api_key=k&", ""},
+		{"a=1&api_key=k&", "a=1&"},
 	}
 	for _, tt := range tests {
 		if got := removeQueryParam(tt.in, "api_key"); got != tt.want {
@@ -229,5 +256,15 @@ func TestHideCredential(t *testing.T) {
 	h.hideCredentials(r)
 	if r.URL.RawQuery != "" || r.RequestURI != "/p" {
 		t.Errorf("after hiding the only parameter: RawQuery %q RequestURI %q", r.URL.RawQuery, r.RequestURI)
+	}
+}
+
+// Hiding allocates nothing for a query with nothing to hide and plain
+// names, the common case of a request admitted by a header.
+func TestRemoveQueryParamNoAllocs(t *testing.T) {
+	for _, q := range []string{"", "page=2&sort=name;dir=asc", "q=a%20b&x=1+2"} {
+		if n := testing.AllocsPerRun(100, func() { removeQueryParam(q, "api_key") }); n != 0 {
+			t.Errorf("removeQueryParam(%q) allocates %v times", q, n)
+		}
 	}
 }

@@ -186,12 +186,26 @@ func FuzzCredential(f *testing.F) {
 			t.Fatalf("credential %+v: status %d (passed %v), want %d", cred, w.status, passed, want)
 		}
 
-		// Hiding the credentials leaves no key in any source.
+		// Hiding the credentials leaves no key in any source, and no
+		// query pair an upstream could read as the parameter; the other
+		// pairs stay, in their order, byte for byte.
 		if cred.status != credNone {
 			h.hideCredentials(r)
 			if after := h.credential(r); after.status != credNone {
 				t.Fatalf("after hiding, the request still carries a key: %+v", after)
 			}
+		}
+		split := func(q string) []string {
+			return strings.FieldsFunc(q, func(c rune) bool { return c == '&' || c == ';' })
+		}
+		var kept []string
+		for _, pair := range split(rawQuery) {
+			if k, _, _ := strings.Cut(pair, "="); !queryNameMayBe(k, h.query) {
+				kept = append(kept, pair)
+			}
+		}
+		if got := split(removeQueryParam(rawQuery, h.query)); !slices.Equal(got, kept) {
+			t.Fatalf("removeQueryParam(%q) keeps %q, want %q", rawQuery, got, kept)
 		}
 	})
 }
@@ -210,24 +224,60 @@ func fuzzKeySet(t *testing.T) *KeySet {
 
 // FuzzCaddyfile feeds arbitrary text to the apikey directive, both to
 // UnmarshalCaddyfile directly and through Caddy's Caddyfile adapter inside a
-// site block: never a panic, and every rejection has a message.
+// site block: never a panic, every rejection has a message, nothing is
+// accepted without a key store, and a lone argument becomes a path matcher
+// only when it holds a "*" (no key file may), so that no key file meant for
+// the whole site is ever read as the one path to guard.
 func FuzzCaddyfile(f *testing.F) {
 	f.Fuzz(func(t *testing.T, text string) {
-		if tokens, err := caddyfile.Tokenize([]byte("apikey "+text), "Caddyfile"); err == nil {
+		tokens, tokErr := caddyfile.Tokenize([]byte("apikey "+text), "Caddyfile")
+		if tokErr == nil {
 			var h Handler
 			if err := h.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
 				if err.Error() == "" {
 					t.Fatal("empty error")
 				}
-			} else if h.KeysFile == "" {
-				t.Fatal("accepted without a key file")
+			} else if h.KeysFile == "" && h.StoreRaw == nil {
+				t.Fatal("accepted without a key store")
 			}
 		}
 
 		adapter := caddyconfig.GetAdapter("caddyfile")
 		body := "http://localhost {\n\tapikey " + text + "\n\trespond ok\n}\n"
-		if _, _, err := adapter.Adapt([]byte(body), nil); err != nil && err.Error() == "" {
-			t.Fatal("empty error")
+		out, _, err := adapter.Adapt([]byte(body), nil)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("empty error")
+			}
+			return
+		}
+		if tokErr != nil {
+			return
+		}
+		var args []string // the directive's arguments, on its own line
+		for _, tok := range tokens[1:] {
+			if tok.Line != tokens[0].Line || tok.Text == "{" {
+				break
+			}
+			args = append(args, tok.Text)
+		}
+		var cfg map[string]any
+		if err := json.Unmarshal(out, &cfg); err != nil {
+			t.Fatalf("adapted config is not JSON: %v", err)
+		}
+		directives := 0
+		for _, tok := range tokens {
+			if tok.Text == "apikey" {
+				directives++
+			}
+		}
+		// (With more than one, which route is this directive's is not
+		// known.)
+		if routes := apikeyRoutes(cfg); len(routes) == 1 && directives == 1 {
+			if r := routes[0]; r.Match != nil && len(args) == 1 && strings.HasPrefix(args[0], "/") && !strings.Contains(args[0], "*") {
+				m, _ := json.Marshal(r.Match)
+				t.Fatalf("the lone argument %q became the matcher %s", args[0], m)
+			}
 		}
 	})
 }

@@ -370,6 +370,20 @@ func TestIntegrationOptionalScopeHide(t *testing.T) {
 	if _, body := do(t, "GET", "/hide/x?a=1&api_key="+plain.Raw+"&b=2"); body != "hide [] [] [/hide/x?a=1&b=2]" {
 		t.Errorf("hidden query: %q", body)
 	}
+	// Query pairs the handler does not read but an upstream might go
+	// too: after a ";", escaped or spelled otherwise; the rest stays as
+	// sent.
+	for _, tt := range []struct{ query, want string }{
+		{"x=1;api_key=" + reader.Raw, "x=1"},
+		{"api%5Fkey=" + reader.Raw + "&API_KEY=" + reader.Raw + "&api.key=" + reader.Raw + "&api_key[]=" + reader.Raw + "&b=%zz", "b=%zz"},
+		{"a=1;api%255Fkey=" + reader.Raw + ";b=2", "a=1;b=2"},
+	} {
+		_, body := do(t, "GET", "/hide/x?"+tt.query, "X-Api-Key: "+plain.Raw)
+		if want := "hide [] [] [/hide/x?" + tt.want + "]"; body != want {
+			hide := func(s string) string { return strings.ReplaceAll(s, reader.Raw, "<key>") }
+			t.Errorf("?%s: the next handler saw %q, want %q", hide(tt.query), hide(body), want)
+		}
+	}
 	// Without hide_credentials, the next handler does see the key.
 	if _, body := do(t, "GET", "/scope/x?api_key="+reader.Raw); !strings.HasPrefix(body, "scope "+readerID) {
 		t.Errorf("query key on /scope: %q", body)

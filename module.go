@@ -89,8 +89,12 @@ type Handler struct {
 
 	// Remove the key from the request before the next handler, so an
 	// upstream never sees it: every value of the enabled headers that
-	// carries a key, and the query parameter. Header values without a key
-	// (e.g. `Authorization: Basic ...`) stay.
+	// carries a key, and every query pair that an upstream could read as
+	// the query parameter (separated by "&" or ";", its name escaped in
+	// any way, in any case, or as PHP mangles names: `api.key`,
+	// `api_key[]`). Header values without a key (e.g. `Authorization:
+	// Basic ...`) and the other query pairs stay as they were. A request
+	// let through without a key (optional) loses those query pairs too.
 	HideCredentials bool `json:"hide_credentials,omitempty"`
 
 	// Instead of writing a JSON error, return the failure to Caddy so the
@@ -164,6 +168,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// context, its header allowlists already set.
 	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	warnDroppedHeaders(h.logger, h.Headers, srv)
+	warnShadowedAuth(h.logger, srv)
 	if h.KeysFile != "" {
 		h.StoreRaw = caddyconfig.JSONModuleObject(FileStore{
 			Path:           h.KeysFile,
@@ -311,6 +316,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case credNone:
 		if h.Optional {
 			h.count(resultAnonymous)
+			if h.HideCredentials {
+				// No source the handler reads carries a key, but
+				// the query may still carry one that an upstream
+				// would read (e.g. after a ";").
+				h.hideCredentials(r)
+			}
 			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, r, h.authRequired, nil)

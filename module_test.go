@@ -123,3 +123,56 @@ func TestServeHTTPHandleErrors(t *testing.T) {
 		t.Errorf("wrote a body: %s", w.Body)
 	}
 }
+
+// With hide_credentials, the next handler gets no query pair that an
+// upstream could read as the key's parameter, whether the request was
+// admitted with a key or let through without one (optional), and every
+// other byte of the query as it came.
+func TestServeHTTPHidesQueryCredentials(t *testing.T) {
+	const good = "sk_module_test_hidden"
+	ks := mustBuildKeySet(t, Record{ID: "id-hidden", Label: "Hidden", KeyHash: hashKey(good), KeyPrefix: good[:11]})
+	for _, tt := range []struct {
+		name     string
+		optional bool
+		rawQuery string
+		headers  []string
+		want     string // RawQuery the next handler sees
+	}{
+		{"admitted, key after a semicolon", false, "x=1;api_key=" + good, []string{"X-API-Key: " + good}, "x=1"},
+		{"admitted, another key after a semicolon", false, "x=1;api_key=sk_other&y=%zz", []string{"X-API-Key: " + good}, "x=1&y=%zz"},
+		{"admitted by the query, copies beside", false, "api_key=" + good + "&API_KEY=" + good + "&api%255Fkey=" + good + "&api.key=" + good + "&z=1", nil, "z=1"},
+		{"anonymous, key after a semicolon", true, "x=1;api_key=" + good, nil, "x=1"},
+		{"anonymous, badly escaped name", true, "api%u005Fkey=" + good + "&api_key[]=" + good + "&p=2", nil, "p=2"},
+		{"anonymous, nothing to hide", true, "a=1;b=%zz&&c", nil, "a=1;b=%zz&&c"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newMemoryHandler(&Handler{KeysFile: "keys.json", Optional: tt.optional, HideCredentials: true}, ks)
+			w := httptest.NewRecorder()
+			r := newRequest("GET", "/p", tt.headers...)
+			r.URL.RawQuery = tt.rawQuery
+			r.RequestURI = "/p?" + tt.rawQuery
+			r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
+			var seen *http.Request
+			next := caddyhttp.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) error { seen = r; return nil })
+			if err := h.ServeHTTP(w, r, next); err != nil {
+				t.Fatalf("ServeHTTP: %v", err)
+			}
+			if seen == nil {
+				t.Fatalf("refused with %d %s", w.Code, w.Body)
+			}
+			if seen.URL.RawQuery != tt.want {
+				t.Errorf("next handler's query %q, want %q", seen.URL.RawQuery, tt.want)
+			}
+			wantURI := "/p"
+			if tt.want != "" {
+				wantURI += "?" + tt.want
+			}
+			if seen.RequestURI != wantURI {
+				t.Errorf("next handler's RequestURI %q, want %q", seen.RequestURI, wantURI)
+			}
+			if seen.Header.Get("X-Api-Key") != "" {
+				t.Error("the X-API-Key header is still there")
+			}
+		})
+	}
+}

@@ -121,8 +121,9 @@ func TestUsageConcurrentUsesMakeOneWrite(t *testing.T) {
 		}()
 	}
 	// The writer runs while the requests go on.
-	done := make(chan struct{})
+	done, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(stopped)
 		for {
 			select {
 			case <-done:
@@ -134,6 +135,7 @@ func TestUsageConcurrentUsesMakeOneWrite(t *testing.T) {
 	}()
 	wg.Wait()
 	close(done)
+	<-stopped // one writer at a time, as the store has
 	s.writeUsage(false)
 	if w := s.writes.Load(); w != 1 {
 		t.Fatalf("16 000 uses of one key within the interval made %d writes, want 1", w)
