@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -33,7 +35,7 @@ A running Caddy picks up the changes within its reload_interval (1s by
 default), without a config reload. The commands and a running Caddy lock the
 file while they write it, so neither loses the other's updates.
 
-  caddy apikey add    --file keys.json --label "CI deploy" [--expires 90d] [--scope read]...
+  caddy apikey add    --file keys.json [--create] --label "CI deploy" [--expires 90d] [--scope read]...
   caddy apikey list   --file keys.json [--json]
   caddy apikey revoke --file keys.json <id|key_prefix>
   caddy apikey rotate --file keys.json [--grace 24h] <id|key_prefix>
@@ -49,14 +51,17 @@ between a key file and Redis:
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			add := &cobra.Command{
-				Use:   "add --file <keys.json> --label <name> [--expires <90d|RFC3339>] [--scope <scope>]...",
+				Use:   "add --file <keys.json> --label <name> [--create] [--expires <90d|RFC3339>] [--scope <scope>]...",
 				Short: "Creates a key and prints it, once",
 				Long: `
 Creates a key (sk_ followed by 32 random bytes in URL-safe base64), stores
 only its SHA-256 hash and metadata in the key file, and prints the key on
 stdout, alone on its line, so that scripts can capture it. It cannot be shown
-again. Details go to stderr. The file is created (mode 0600) if it does not
-exist.
+again. Details go to stderr, with the absolute path of the file written.
+
+The key file must exist: a missing one is an error, so that a typo or the
+wrong working folder does not make a key file that no Caddy reads. Give
+--create to make it (mode 0600), as for a new key set in Redis.
 
 --expires takes a duration from now (90d, 12h, 30m, 1h30m) or a time
 (2027-01-31T00:00:00Z, 2027-01-31). Without it the key never expires.
@@ -64,8 +69,9 @@ exist.
 --scope may be repeated, or given a comma-separated list; the key then holds
 those scopes, for routes whose apikey directive requires them.
 `,
-				Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)`,
-				Args:    cobra.NoArgs,
+				Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)
+  KEY=$(caddy apikey add --file /etc/caddy/keys.json --create --label "first key")`,
+				Args: cobra.NoArgs,
 				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
 					fl := cmd.Flags()
 					label, _ := fl.GetString("label")
@@ -82,7 +88,7 @@ those scopes, for routes whose apikey directive requires them.
 			add.Flags().StringP("label", "l", "", "A name for the key, e.g. who or what uses it (required)")
 			add.Flags().StringP("expires", "e", "", "Expiry: a duration from now (90d, 12h) or an RFC 3339 time")
 			add.Flags().StringSliceP("scope", "s", nil, "A scope the key holds (repeatable)")
-			add.Flags().Bool("create", false, "With --redis: make the key set if the prefix holds none (a key file is always made if missing)")
+			add.Flags().Bool("create", false, "Make the key file if it does not exist (or, with --redis, the key set if the prefix holds none)")
 			cmd.AddCommand(add)
 
 			list := &cobra.Command{
@@ -300,14 +306,18 @@ func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) err
 // openRecordStore returns the key store that the flags name: the key file
 // at file, or the key set at prefix in the Redis server at redisURL. The
 // caller calls closeStore when done.
-// create lets a Redis key set be made where there is none (see
-// redisRecords.mayCreate).
+// create lets a key file or a Redis key set be made where there is none
+// (see cliFileRecords and redisRecords.mayCreate).
 func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore, closeStore func(), err error) {
 	switch {
 	case file != "" && redisURL != "":
 		return nil, nil, errors.New("give --file or --redis, not both")
 	case file != "":
-		return fileRecords{path: file}, func() {}, nil
+		abs, err := filepath.Abs(file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--file %s: %v", file, err)
+		}
+		return cliFileRecords{fileRecords: fileRecords{path: abs}, mayCreate: create}, func() {}, nil
 	case redisURL == "":
 		return nil, nil, errors.New("--file is required (or --redis, for a key set in Redis)")
 	}
@@ -317,6 +327,27 @@ func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore
 	}
 	rs.mayCreate = create
 	return rs, rs.client.Close, nil
+}
+
+// cliFileRecords is a key file as the commands open it: named by its
+// absolute path in every message, and made, if it is missing, only when
+// the command was given --create. A typo (keys.jsn) or the wrong working
+// folder must not make a new key file that no Caddy reads.
+type cliFileRecords struct {
+	fileRecords
+	mayCreate bool
+}
+
+func (f cliFileRecords) edit(e recordEdit) error {
+	if !e.create || f.mayCreate {
+		return f.fileRecords.edit(e)
+	}
+	e.create = false
+	err := f.fileRecords.edit(e)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("key file %s does not exist; check the path (a relative one is taken from the folder the command runs in), or give --create to make a new key file there", f.path)
+	}
+	return err
 }
 
 // dialRedisRecords connects to the Redis server at url, for the key set at

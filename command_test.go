@@ -670,11 +670,59 @@ func apikeyCommand(t *testing.T, stdin string, args ...string) (stdout, stderr s
 	return out.String(), errOut.String(), err
 }
 
+// caddy apikey add makes a missing key file only with --create: a typo
+// (keys.jsn) or the wrong working folder is an error that names the file's
+// absolute path and suggests --create, and leaves nothing behind. Success
+// names the absolute path of the file written.
+func TestCommandAddMissingFileNeedsCreate(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	abs := filepath.Join(dir, "keys.jsn")
+	stdout, stderr, err := apikeyCommand(t, "", "add", "--file", "keys.jsn", "--label", "typo")
+	if err == nil {
+		t.Fatalf("add on a missing file without --create succeeded: stdout %q, stderr %q", stdout, stderr)
+	}
+	for _, want := range []string{abs, "does not exist", "--create"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr %q does not say %q", stderr, want)
+		}
+	}
+	if stdout != "" {
+		t.Errorf("stdout = %q: a key was printed though none was stored", stdout)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("add without --create left %v behind", entries)
+	}
+
+	stdout, stderr, err = apikeyCommand(t, "", "add", "--file", "keys.jsn", "--create", "--label", "made")
+	if err != nil {
+		t.Fatalf("add --create: %v (stderr %q)", err, stderr)
+	}
+	if !strings.Contains(stderr, `Created key "made" in `+abs+"\n") {
+		t.Errorf("add --create: stderr %q does not name the absolute path %s", stderr, abs)
+	}
+	if fi, err := os.Stat(abs); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("add --create made no key file of mode 0600: %v", err)
+	}
+	raw := strings.TrimSuffix(stdout, "\n")
+	if ks, err := readKeySet(abs); err != nil {
+		t.Fatal(err)
+	} else if k, _ := ks.lookup(raw); k == nil {
+		t.Error("the printed key is not in the file made")
+	}
+
+	// An existing file, named relative: the absolute path is printed.
+	_, stderr, err = apikeyCommand(t, "", "add", "--file", "./keys.jsn", "--label", "second")
+	if err != nil || !strings.Contains(stderr, `Created key "second" in `+abs+"\n") {
+		t.Errorf("add to an existing file: %v, stderr %q", err, stderr)
+	}
+}
+
 // The cobra wiring: flags reach the command functions, and failures are
 // errors (so the process exits non-zero).
 func TestCommandCobraWiring(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
-	stdout, stderr, err := apikeyCommand(t, "", "add", "--file", path, "--label", "wired", "--expires", "30d", "--scope", "read", "-s", "write,admin")
+	stdout, stderr, err := apikeyCommand(t, "", "add", "--file", path, "--create", "--label", "wired", "--expires", "30d", "--scope", "read", "-s", "write,admin")
 	if err != nil {
 		t.Fatalf("add: %v (stderr %q)", err, stderr)
 	}

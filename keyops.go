@@ -23,8 +23,10 @@ type addOptions struct {
 	Scopes  []string // may hold comma-separated lists
 }
 
-// addKey creates a key, adds its record to the store (creating a key file
-// if need be) and writes the raw key, alone on its line, to stdout.
+// addKey creates a key, adds its record to the store (which may make a
+// missing key file or key set only if it was opened with --create: see
+// cliFileRecords and redisRecords.mayCreate) and writes the raw key, alone
+// on its line, to stdout.
 // Everything else goes to stderr, so that `KEY=$(caddy apikey add ...)`
 // captures the key and nothing more.
 func addKey(stdout, stderr io.Writer, st recordStore, opts addOptions, now time.Time) error {
