@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/redis/rueidis"
 	"github.com/spf13/cobra"
 
+	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 )
 
@@ -48,6 +50,12 @@ between a key file and Redis:
 
   caddy apikey import --file keys.json --redis redis://127.0.0.1:6379/0
   caddy apikey export --redis redis://127.0.0.1:6379/0 [--file backup.json]
+
+A password written in --redis is visible to every local user (ps,
+/proc/<pid>/cmdline). Give it instead in the environment variable
+` + redisPasswordEnv + `, in a file (--redis-password-file <file>: its
+first line), or through an {env.*} placeholder in the URL, as in the
+Caddyfile: --redis 'redis://:{env.REDIS_PASSWORD}@127.0.0.1:6379/0'.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			add := &cobra.Command{
@@ -267,18 +275,41 @@ func storeFlags(cmd *cobra.Command) {
 }
 
 func redisFlags(cmd *cobra.Command) {
-	cmd.Flags().String("redis", "", "URL of the Redis server that holds the key set, e.g. redis://127.0.0.1:6379/0")
+	cmd.Flags().String("redis", "", "URL of the Redis server that holds the key set, e.g. redis://127.0.0.1:6379/0; {env.*} placeholders are replaced")
 	cmd.Flags().String("prefix", defaultRedisPrefix, "With --redis: the prefix of the key set's Redis keys")
+	cmd.Flags().String("redis-password-file", "", "With --redis: read the Redis password from this file (its first line); else "+redisPasswordEnv+" holds it, if set and the URL has none")
+}
+
+// redisPasswordEnv is the environment variable from which the commands
+// take the Redis password when neither the URL nor --redis-password-file
+// gives one: a password on the command line is visible to every local user
+// (in /proc/<pid>/cmdline, in ps), the environment and a file are not.
+const redisPasswordEnv = "CADDY_APIKEY_REDIS_PASSWORD"
+
+// maxPasswordFile bounds what is read of --redis-password-file.
+const maxPasswordFile = 64 << 10
+
+// redisTarget is a Redis key set as the commands' flags name it.
+type redisTarget struct {
+	url, prefix  string // --redis, --prefix; {env.*} placeholders not replaced yet
+	passwordFile string // --redis-password-file
+}
+
+// redisTargetOf reads the Redis flags of cmd.
+func redisTargetOf(cmd *cobra.Command) redisTarget {
+	fl := cmd.Flags()
+	var t redisTarget
+	t.url, _ = fl.GetString("redis")
+	t.prefix, _ = fl.GetString("prefix")
+	t.passwordFile, _ = fl.GetString("redis-password-file")
+	return t
 }
 
 // withRecordStore runs fn on the key store that the command's flags name.
 func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
-	fl := cmd.Flags()
-	file, _ := fl.GetString("file")
-	redis, _ := fl.GetString("redis")
-	prefix, _ := fl.GetString("prefix")
-	create, _ := fl.GetBool("create") // add only
-	st, closeStore, err := openRecordStore(file, redis, prefix, create)
+	file, _ := cmd.Flags().GetString("file")
+	create, _ := cmd.Flags().GetBool("create") // add only
+	st, closeStore, err := openStore(file, redisTargetOf(cmd), create)
 	if err != nil {
 		return err
 	}
@@ -290,12 +321,11 @@ func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
 // and --prefix name (import and export, whose --file is the other side).
 // create lets fn make the key set (see redisRecords.mayCreate).
 func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) error) error {
-	redis, _ := cmd.Flags().GetString("redis")
-	prefix, _ := cmd.Flags().GetString("prefix")
-	if redis == "" {
+	target := redisTargetOf(cmd)
+	if target.url == "" {
 		return errors.New("--redis is required")
 	}
-	st, closeStore, err := openRecordStore("", redis, prefix, create)
+	st, closeStore, err := openStore("", target, create)
 	if err != nil {
 		return err
 	}
@@ -304,24 +334,33 @@ func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) err
 }
 
 // openRecordStore returns the key store that the flags name: the key file
-// at file, or the key set at prefix in the Redis server at redisURL. The
-// caller calls closeStore when done.
-// create lets a key file or a Redis key set be made where there is none
-// (see cliFileRecords and redisRecords.mayCreate).
+// at file, or the key set at prefix in the Redis server at redisURL (see
+// openStore).
 func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore, closeStore func(), err error) {
+	return openStore(file, redisTarget{url: redisURL, prefix: prefix}, create)
+}
+
+// openStore returns the key store that the flags name: the key file at
+// file, or the Redis key set redis names. The caller calls closeStore when
+// done. create lets a key file or a Redis key set be made where there is
+// none (see cliFileRecords and redisRecords.mayCreate).
+func openStore(file string, redis redisTarget, create bool) (st recordStore, closeStore func(), err error) {
 	switch {
-	case file != "" && redisURL != "":
+	case file != "" && redis.url != "":
 		return nil, nil, errors.New("give --file or --redis, not both")
 	case file != "":
+		if redis.passwordFile != "" {
+			return nil, nil, errors.New("--redis-password-file goes with --redis, not with --file")
+		}
 		abs, err := filepath.Abs(file)
 		if err != nil {
 			return nil, nil, fmt.Errorf("--file %s: %v", file, err)
 		}
 		return cliFileRecords{fileRecords: fileRecords{path: abs}, mayCreate: create}, func() {}, nil
-	case redisURL == "":
+	case redis.url == "":
 		return nil, nil, errors.New("--file is required (or --redis, for a key set in Redis)")
 	}
-	rs, err := dialRedisRecords(redisURL, prefix)
+	rs, err := redis.dial()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -353,11 +392,32 @@ func (f cliFileRecords) edit(e recordEdit) error {
 // dialRedisRecords connects to the Redis server at url, for the key set at
 // prefix.
 func dialRedisRecords(url, prefix string) (redisRecords, error) {
-	opt, shown, err := redisURL(url)
+	return redisTarget{url: url, prefix: prefix}.dial()
+}
+
+// dial connects to the Redis server that t names, for its key set. The
+// URL's and the prefix's {env.*} placeholders are replaced first, as the
+// Caddyfile's are. The password is, in this order: read from
+// --redis-password-file (then the URL must hold none), the URL's, or
+// the environment's redisPasswordEnv. No message ever shows it.
+func (t redisTarget) dial() (redisRecords, error) {
+	repl := caddy.NewReplacer()
+	opt, shown, err := redisURL(repl.ReplaceAll(t.url, ""))
 	if err != nil {
 		return redisRecords{}, err
 	}
-	keys, err := newRedisKeys(prefix)
+	switch {
+	case t.passwordFile != "":
+		if opt.Password != "" {
+			return redisRecords{}, fmt.Errorf("redis %s: the URL holds a password and --redis-password-file gives one too; give it once", shown)
+		}
+		if opt.Password, err = readPasswordFile(t.passwordFile); err != nil {
+			return redisRecords{}, err
+		}
+	case opt.Password == "":
+		opt.Password = os.Getenv(redisPasswordEnv)
+	}
+	keys, err := newRedisKeys(repl.ReplaceAll(t.prefix, ""))
 	if err != nil {
 		return redisRecords{}, err
 	}
@@ -366,6 +426,30 @@ func dialRedisRecords(url, prefix string) (redisRecords, error) {
 		return redisRecords{}, fmt.Errorf("redis %s: %v", shown, err)
 	}
 	return redisRecords{client: c, keys: keys, shown: shown}, nil
+}
+
+// readPasswordFile reads a password from the first line of the file at
+// path (a pipe such as <(pass show redis) will do). The line's end is not
+// part of it.
+func readPasswordFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("--redis-password-file: %v", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("--redis-password-file %s: %v", path, err)
+	case len(data) > maxPasswordFile:
+		return "", fmt.Errorf("--redis-password-file %s: more than 64 KiB; want the password alone on one line", path)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	password := strings.TrimSuffix(line, "\r")
+	if password == "" {
+		return "", fmt.Errorf("--redis-password-file %s: the first line is empty; want the password on it", path)
+	}
+	return password, nil
 }
 
 // runWithExitCode adapts a command to cobra. Unlike

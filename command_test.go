@@ -1004,3 +1004,72 @@ func TestCommandErrorsArePlainText(t *testing.T) {
 		t.Errorf("list: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
+
+// The commands take the Redis password from an {env.*} placeholder in
+// --redis, from --redis-password-file or from CADDY_APIKEY_REDIS_PASSWORD,
+// and never show it in a message.
+func TestCommandRedisPasswordSources(t *testing.T) {
+	r := startRedis(t)
+	const password = "s3cret-pass"
+	r.do("CONFIG", "SET", "requirepass", password)
+	t.Setenv(redisPasswordEnv, "")
+	host := strings.TrimPrefix(r.URL, "redis://")
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "redis-password")
+	writeFile(t, pwFile, password+"\n")
+	wrongFile := filepath.Join(dir, "wrong-password")
+	writeFile(t, wrongFile, "wrong-pass\r\n")
+	emptyFile := filepath.Join(dir, "empty")
+	writeFile(t, emptyFile, "\n")
+
+	// A placeholder in the URL, as in the Caddyfile.
+	t.Setenv("APIKEY_TEST_REDIS_PASSWORD", password)
+	_, stderr, err := apikeyCommand(t, "", "add", "--redis", "redis://:{env.APIKEY_TEST_REDIS_PASSWORD}@"+host, "--prefix", "pw:", "--create", "--label", "placeholder")
+	if err != nil {
+		t.Fatalf("add with {env.*} in --redis: %v (stderr %q)", err, stderr)
+	}
+	list := func(env string, args ...string) (string, string, error) {
+		t.Helper()
+		t.Setenv(redisPasswordEnv, env)
+		return apikeyCommand(t, "", append([]string{"list", "--prefix", "pw:", "--json"}, args...)...)
+	}
+	// From a file, its line end dropped.
+	if stdout, stderr, err := list("", "--redis", r.URL, "--redis-password-file", pwFile); err != nil || !strings.Contains(stdout, `"label": "placeholder"`) {
+		t.Errorf("list --redis-password-file: %v, stdout %q, stderr %q", err, stdout, stderr)
+	}
+	// From the environment.
+	if stdout, stderr, err := list(password, "--redis", r.URL); err != nil || !strings.Contains(stdout, `"label": "placeholder"`) {
+		t.Errorf("list with %s: %v, stdout %q, stderr %q", redisPasswordEnv, err, stdout, stderr)
+	}
+	// The URL's password comes before the environment's.
+	if _, stderr, err := list("wrong-pass", "--redis", "redis://:"+password+"@"+host); err != nil {
+		t.Errorf("a password in the URL with a wrong one in %s: %v (stderr %q)", redisPasswordEnv, err, stderr)
+	}
+
+	for _, tc := range []struct {
+		name string
+		env  string
+		args []string
+		want string
+	}{
+		{"no password", "", []string{"--redis", r.URL}, "127.0.0.1"},
+		{"wrong password in the file", "", []string{"--redis", r.URL, "--redis-password-file", wrongFile}, "127.0.0.1"},
+		{"wrong password in the environment", "wrong-pass", []string{"--redis", r.URL}, "127.0.0.1"},
+		{"password in the URL and in a file", "", []string{"--redis", "redis://:wrong-pass@" + host, "--redis-password-file", pwFile}, "give it once"},
+		{"empty file", "", []string{"--redis", r.URL, "--redis-password-file", emptyFile}, "empty"},
+		{"missing file", "", []string{"--redis", r.URL, "--redis-password-file", filepath.Join(dir, "missing")}, "no such file"},
+		{"with --file", "", []string{"--file", filepath.Join(dir, "keys.json"), "--redis-password-file", pwFile}, "goes with --redis"},
+	} {
+		stdout, stderr, err := list(tc.env, tc.args...)
+		if err == nil {
+			t.Errorf("%s: list succeeded: %q", tc.name, stdout)
+			continue
+		}
+		if !strings.Contains(stderr, tc.want) {
+			t.Errorf("%s: stderr %q does not say %q", tc.name, stderr, tc.want)
+		}
+		if strings.Contains(stderr, password) || strings.Contains(stderr, "wrong-pass") || strings.Contains(err.Error(), "wrong-pass") {
+			t.Errorf("%s: the error shows a password: %q", tc.name, stderr)
+		}
+	}
+}
