@@ -1073,3 +1073,39 @@ func TestCommandRedisPasswordSources(t *testing.T) {
 		}
 	}
 }
+
+// Labels and scopes with bidirectional overrides, isolates, marks or
+// zero-width characters are shown by list and add with '?' in their place:
+// U+202E must not make a label read backwards, nor reorder the row.
+func TestCommandOutputNeutralisesInvisibleCharacters(t *testing.T) {
+	invisible := []rune{'\u202A', '\u202B', '\u202C', '\u202D', '\u202E', '\u2066', '\u2067', '\u2068', '\u2069',
+		'\u200E', '\u200F', '\u061C', '\u200B', '\u200C', '\u200D', '\u2060', '\uFEFF', '\u2028', '\u2029'}
+	label := "admin" + string(invisible) + "\u202Egnp.exe"
+	path := writeKeys(t, "", newTestKey(label, map[string]any{"scopes": []string{"read\u202Eetirw"}}))
+
+	var out bytes.Buffer
+	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "new\u202Ekey", Scopes: []string{"x\u2066y"}}, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	for what, text := range map[string]string{"list": out.String(), "add": stderr.String()} {
+		for _, r := range invisible {
+			if strings.ContainsRune(text, r) {
+				t.Errorf("%s shows U+%04X as it is:\n%q", what, r, text)
+			}
+		}
+	}
+	for _, want := range []string{"admin" + strings.Repeat("?", len(invisible)) + "?gnp.exe", "read?etirw"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("list does not show %q:\n%s", want, out.String())
+		}
+	}
+	for _, want := range []string{`"new?key"`, "x?y"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("add does not show %q:\n%s", want, stderr.String())
+		}
+	}
+}
