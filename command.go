@@ -184,7 +184,7 @@ reload_interval.
 			cmd.AddCommand(rotate)
 
 			imp := &cobra.Command{
-				Use:   "import --file <keys.json> --redis <url> [--prefix apikey:]",
+				Use:   "import --file <keys.json> --redis <url> [--prefix apikey:] [--reactivate]",
 				Short: "Copies the keys of a key file into a Redis key set",
 				Long: `
 Copies every record of a key file into the key set at --prefix in Redis
@@ -196,6 +196,19 @@ Running it twice adds nothing: a record already there with the same content
 (last_used_at aside) is left as it is. A record whose id or key_hash is
 already there with other content is listed on stderr and not imported, and
 the command then exits 1; the others are imported.
+
+A key revoked in the key set whose copy in the file is active (an older
+export, made before the revoke) stays revoked: import lists such keys on
+stderr, and makes them active again only with --reactivate. Import cannot
+tell this for a key set that holds no keys (it did not exist, or Redis lost
+it): then every key is taken as the file has it, and import says so; revoke
+again any key revoked after the file was written. Import from an export
+(caddy apikey export), not from a server's cache_file, which lacks
+created_at, last_used_at and unknown members: import warns if given one.
+
+On a terminal, import shows its progress on stderr (reading the file,
+reading the key set, writing it): a file of a million keys takes some
+seconds.
 `,
 				Example: `  caddy apikey import --file /etc/caddy/keys.json --redis redis://127.0.0.1:6379/0`,
 				Args:    cobra.NoArgs,
@@ -204,20 +217,23 @@ the command then exits 1; the others are imported.
 					if file == "" {
 						return errors.New("--file and --redis are both required")
 					}
+					reactivate, _ := cmd.Flags().GetBool("reactivate")
 					return withRedisStore(cmd, true, func(to recordStore) error {
-						res, err := importKeys(fileRecords{path: file}, to, sayWaiting(cmd.ErrOrStderr(), to))
+						res, err := importKeysWith(fileRecords{path: file}, to, importOptions{
+							reactivate: reactivate,
+							waiting:    sayWaiting(cmd.ErrOrStderr(), to),
+							progress:   newProgress(cmd.ErrOrStderr()),
+						})
 						if err != nil {
 							return err
 						}
 						fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.added, file, to, res.present)
-						if len(res.conflicts) > 0 {
-							return fmt.Errorf("%d keys not imported:\n  %s", len(res.conflicts), strings.Join(res.conflicts, "\n  "))
-						}
-						return nil
+						return reportImport(cmd.OutOrStdout(), cmd.ErrOrStderr(), res, file, to)
 					})
 				}),
 			}
 			imp.Flags().StringP("file", "f", "", "Path to the key file to read (required)")
+			imp.Flags().Bool("reactivate", false, "Make the keys revoked in the key set but active in the file active again (an older export's copies)")
 			redisFlags(imp)
 			cmd.AddCommand(imp)
 

@@ -1109,3 +1109,92 @@ func TestCommandOutputNeutralisesInvisibleCharacters(t *testing.T) {
 		}
 	}
 }
+
+// Importing an older export after a revoke: the key revoked in Redis stays
+// revoked, and import says so, naming it; --reactivate makes it active
+// again. Into an empty key set, import says that it cannot tell which keys
+// were revoked since. A cache_file as the source gets a warning. Without a
+// terminal, import shows no progress.
+func TestCommandImportDoesNotReactivateRevokedKeys(t *testing.T) {
+	r := startRedis(t)
+	a, b := newTestKey("a", nil), newTestKey("b", nil)
+	export := writeKeys(t, "", a, b)
+	redis := []string{"--redis", r.URL, "--prefix", "re:"}
+	run := func(args ...string) (string, string, error) {
+		t.Helper()
+		return apikeyCommand(t, "", append(args, redis...)...)
+	}
+
+	// Into an empty key set: all taken as they are, and said so.
+	stdout, stderr, err := run("import", "--file", export)
+	if err != nil || !strings.Contains(stdout, "Imported 2 keys") {
+		t.Fatalf("first import: %v, stdout %q, stderr %q", err, stdout, stderr)
+	}
+	for _, want := range []string{"held no keys", "cannot tell which keys were revoked", "2 active keys"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("import into an empty key set: stderr %q does not say %q", stderr, want)
+		}
+	}
+	if strings.ContainsAny(stderr, "\r\x1b") || strings.Contains(stderr, "Reading") {
+		t.Errorf("import showed progress on a stderr that is no terminal: %q", stderr)
+	}
+
+	// a is revoked; the older export is imported again.
+	id := a.record["id"].(string)
+	if _, stderr, err := run("revoke", id); err != nil {
+		t.Fatalf("revoke: %v (%s)", err, stderr)
+	}
+	status := func() string {
+		t.Helper()
+		out, _, err := run("list", "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var listed []listedKey
+		if err := json.Unmarshal([]byte(out), &listed); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range listed {
+			if k.ID == id {
+				return k.Status
+			}
+		}
+		t.Fatalf("key %s is gone", id)
+		return ""
+	}
+	stdout, stderr, err = run("import", "--file", export)
+	if err != nil {
+		t.Fatalf("import of the older export: %v (stderr %q)", err, stderr)
+	}
+	if got := status(); got != "revoked" {
+		t.Fatalf("import of an older export made the revoked key %s", got)
+	}
+	for _, want := range []string{"1 keys revoked in", "stay revoked", "--reactivate", id, a.record["key_prefix"].(string)} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("import of the older export: stderr %q does not say %q", stderr, want)
+		}
+	}
+	if strings.Contains(stderr, "held no keys") || strings.Contains(stdout, "Re-activated") {
+		t.Errorf("import of the older export: stdout %q, stderr %q", stdout, stderr)
+	}
+
+	// Asked to: re-activated, and said so.
+	stdout, stderr, err = run("import", "--file", export, "--reactivate")
+	if err != nil {
+		t.Fatalf("import --reactivate: %v (stderr %q)", err, stderr)
+	}
+	if got := status(); got != "active" {
+		t.Fatalf("import --reactivate left the key %s", got)
+	}
+	if !strings.Contains(stdout, "Re-activated 1 keys") || !strings.Contains(stdout, id) {
+		t.Errorf("import --reactivate: stdout %q does not name the key it re-activated", stdout)
+	}
+
+	// A cache_file as the source.
+	snap := filepath.Join(t.TempDir(), "cache.json")
+	writeFile(t, snap, `{"snapshot": "a snapshot of redis:x, written by caddy-apikey", "api_keys": []}`)
+	_, stderr, err = run("import", "--file", snap)
+	if err != nil || !strings.Contains(stderr, "cache_file") || !strings.Contains(stderr, "Prefer an export") {
+		t.Errorf("import of a cache_file: %v, stderr %q, want a warning", err, stderr)
+	}
+}
