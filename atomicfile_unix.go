@@ -60,8 +60,9 @@ const lockOpenFlags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_
 // and refused, with a message saying to remove it, when it is not a
 // regular file or has more than one hard link (a link to another file).
 // Only a lock file made here and now is given an owner (the key file's, so
-// that the user Caddy runs as can take it later); an existing one is never
-// chowned, written or truncated: flock needs it open for reading only.
+// that the user Caddy runs as can take it later, as far as lockOwner
+// allows); an existing one is never chowned, written or truncated: flock
+// needs it open for reading only.
 func openLockFile(dir *os.Root, name string) (int, error) {
 	lockName := name + ".lock"
 	lockPath := filepath.Join(dir.Name(), lockName)
@@ -89,7 +90,15 @@ func openLockFile(dir *os.Root, name string) (int, error) {
 			// Made here and now: ours to give away. A lock file made by
 			// root must stay usable by the user Caddy runs as.
 			if keyIsFile && os.Geteuid() == 0 {
-				_ = unix.Fchown(fd, int(key.Uid), int(key.Gid))
+				uid, gid := lockOwner(dirfd, &key)
+				if uid >= 0 || gid >= 0 {
+					_ = unix.Fchown(fd, uid, gid)
+				}
+				if uid < 0 && gid >= 0 {
+					// The group's members (the user Caddy runs as) must
+					// be able to open it to take the lock.
+					_ = unix.Fchmod(fd, perm|0o040)
+				}
 			}
 			return fd, nil
 		}
@@ -111,6 +120,30 @@ func openLockFile(dir *os.Root, name string) (int, error) {
 		}
 		return fd, nil
 	}
+}
+
+// lockOwner returns the owner and group (-1: unchanged) that a lock file
+// made by root in the folder dirfd gets: the key file's (key), so that the
+// user Caddy runs as can take the lock later, but only as far as that user
+// or group could have made the lock file there itself. The key file's owner
+// must own the folder; its group must be the folder's, and the folder
+// writable by it (the lock file is then made readable by the group, which
+// is all flock needs). So a key file reached through a link planted in another
+// folder (keys.json -> a file of the attacker's in a folder only root may
+// write) never has root hand its owner a file where it could not make one.
+func lockOwner(dirfd int, key *unix.Stat_t) (uid, gid int) {
+	var dir unix.Stat_t
+	if unix.Fstat(dirfd, &dir) != nil {
+		return -1, -1
+	}
+	uid, gid = -1, -1
+	if key.Uid == dir.Uid {
+		uid, gid = int(key.Uid), int(key.Gid)
+	}
+	if key.Gid == dir.Gid && uint32(dir.Mode)&0o020 != 0 {
+		gid = int(key.Gid)
+	}
+	return uid, gid
 }
 
 // checkLockFile refuses an existing lock file that no writer of the key

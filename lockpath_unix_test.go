@@ -403,3 +403,61 @@ func TestExistingLockFileKeepsItsOwner(t *testing.T) {
 		t.Errorf("the key file is now owned by %d, want %d as it was", uid, keyOwner)
 	}
 }
+
+// A lock file made by root gets the key file's owner only where that user
+// could have made it: in a folder it owns. A key file reached through a link
+// into a folder only root may write (a file of the user's there) gets a
+// lock file owned by root; a folder shared through its group gets the group.
+func TestNewLockFileOwnerOnlyWhereItCouldHaveMadeIt(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not root: only root can give files away")
+	}
+	const user, group = 65534, 4242
+	root := t.TempDir()
+
+	// keys.json, in the user's folder, links to a file of the user's in a
+	// folder only root may write.
+	rootOnly := filepath.Join(root, "root-only")
+	mkdir(t, rootOnly)
+	target := writeKeys(t, filepath.Join(rootOnly, "file"), newTestKey("k", nil))
+	if err := os.Chown(target, user, user); err != nil {
+		t.Fatal(err)
+	}
+	own := filepath.Join(root, "own")
+	mkdir(t, own)
+	if err := os.Chown(own, user, user); err != nil {
+		t.Fatal(err)
+	}
+	symlink(t, target, filepath.Join(own, "keys.json"))
+	if err := addKey(io.Discard, io.Discard, fileRecords{filepath.Join(own, "keys.json")}, addOptions{Label: "x"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if uid, gid := ownerOf(t, target+".lock"); uid != 0 || gid != 0 {
+		t.Errorf("root made a lock file owned by %d:%d in a folder only root may write", uid, gid)
+	}
+
+	// A folder root:group 0770, the key file user:group: the group.
+	shared := filepath.Join(root, "shared")
+	mkdir(t, shared)
+	if err := os.Chown(shared, 0, group); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o770); err != nil {
+		t.Fatal(err)
+	}
+	path := writeKeys(t, filepath.Join(shared, "keys.json"), newTestKey("k", nil))
+	if err := os.Chown(path, user, group); err != nil {
+		t.Fatal(err)
+	}
+	if err := addKey(io.Discard, io.Discard, fileRecords{path}, addOptions{Label: "x"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if uid, gid := ownerOf(t, path+".lock"); uid != 0 || gid != group {
+		t.Errorf("the lock file in a folder shared by group %d is owned by %d:%d, want 0:%d", group, uid, gid, group)
+	}
+	if fi, err := os.Stat(path + ".lock"); err != nil {
+		t.Error(err)
+	} else if fi.Mode().Perm()&0o040 == 0 {
+		t.Errorf("the lock file's mode is %v: its group cannot open it to take the lock", fi.Mode().Perm())
+	}
+}
