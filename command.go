@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
 	"github.com/spf13/cobra"
 
+	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 )
 
@@ -33,7 +37,7 @@ A running Caddy picks up the changes within its reload_interval (1s by
 default), without a config reload. The commands and a running Caddy lock the
 file while they write it, so neither loses the other's updates.
 
-  caddy apikey add    --file keys.json --label "CI deploy" [--expires 90d] [--scope read]...
+  caddy apikey add    --file keys.json [--create] --label "CI deploy" [--expires 90d] [--scope read]...
   caddy apikey list   --file keys.json [--json]
   caddy apikey revoke --file keys.json <id|key_prefix>
   caddy apikey rotate --file keys.json [--grace 24h] <id|key_prefix>
@@ -46,17 +50,26 @@ between a key file and Redis:
 
   caddy apikey import --file keys.json --redis redis://127.0.0.1:6379/0
   caddy apikey export --redis redis://127.0.0.1:6379/0 [--file backup.json]
+
+A password written in --redis is visible to every local user (ps,
+/proc/<pid>/cmdline). Give it instead in the environment variable
+` + redisPasswordEnv + `, in a file (--redis-password-file <file>: its
+first line), or through an {env.*} placeholder in the URL, as in the
+Caddyfile: --redis 'redis://:{env.REDIS_PASSWORD}@127.0.0.1:6379/0'.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			add := &cobra.Command{
-				Use:   "add --file <keys.json> --label <name> [--expires <90d|RFC3339>] [--scope <scope>]...",
+				Use:   "add --file <keys.json> --label <name> [--create] [--expires <90d|RFC3339>] [--scope <scope>]...",
 				Short: "Creates a key and prints it, once",
 				Long: `
 Creates a key (sk_ followed by 32 random bytes in URL-safe base64), stores
 only its SHA-256 hash and metadata in the key file, and prints the key on
 stdout, alone on its line, so that scripts can capture it. It cannot be shown
-again. Details go to stderr. The file is created (mode 0600) if it does not
-exist.
+again. Details go to stderr, with the absolute path of the file written.
+
+The key file must exist: a missing one is an error, so that a typo or the
+wrong working folder does not make a key file that no Caddy reads. Give
+--create to make it (mode 0600), as for a new key set in Redis.
 
 --expires takes a duration from now (90d, 12h, 30m, 1h30m) or a time
 (2027-01-31T00:00:00Z, 2027-01-31). Without it the key never expires.
@@ -64,8 +77,9 @@ exist.
 --scope may be repeated, or given a comma-separated list; the key then holds
 those scopes, for routes whose apikey directive requires them.
 `,
-				Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)`,
-				Args:    cobra.NoArgs,
+				Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)
+  KEY=$(caddy apikey add --file /etc/caddy/keys.json --create --label "first key")`,
+				Args: cobra.NoArgs,
 				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
 					fl := cmd.Flags()
 					label, _ := fl.GetString("label")
@@ -82,7 +96,7 @@ those scopes, for routes whose apikey directive requires them.
 			add.Flags().StringP("label", "l", "", "A name for the key, e.g. who or what uses it (required)")
 			add.Flags().StringP("expires", "e", "", "Expiry: a duration from now (90d, 12h) or an RFC 3339 time")
 			add.Flags().StringSliceP("scope", "s", nil, "A scope the key holds (repeatable)")
-			add.Flags().Bool("create", false, "With --redis: make the key set if the prefix holds none (a key file is always made if missing)")
+			add.Flags().Bool("create", false, "Make the key file if it does not exist (or, with --redis, the key set if the prefix holds none)")
 			cmd.AddCommand(add)
 
 			list := &cobra.Command{
@@ -170,7 +184,7 @@ reload_interval.
 			cmd.AddCommand(rotate)
 
 			imp := &cobra.Command{
-				Use:   "import --file <keys.json> --redis <url> [--prefix apikey:]",
+				Use:   "import --file <keys.json> --redis <url> [--prefix apikey:] [--reactivate]",
 				Short: "Copies the keys of a key file into a Redis key set",
 				Long: `
 Copies every record of a key file into the key set at --prefix in Redis
@@ -182,6 +196,19 @@ Running it twice adds nothing: a record already there with the same content
 (last_used_at aside) is left as it is. A record whose id or key_hash is
 already there with other content is listed on stderr and not imported, and
 the command then exits 1; the others are imported.
+
+A key revoked in the key set whose copy in the file is active (an older
+export, made before the revoke) stays revoked: import lists such keys on
+stderr, and makes them active again only with --reactivate. Import cannot
+tell this for a key set that holds no keys (it did not exist, or Redis lost
+it): then every key is taken as the file has it, and import says so; revoke
+again any key revoked after the file was written. Import from an export
+(caddy apikey export), not from a server's cache_file, which lacks
+created_at, last_used_at and unknown members: import warns if given one.
+
+On a terminal, import shows its progress on stderr (reading the file,
+reading the key set, writing it): a file of a million keys takes some
+seconds.
 `,
 				Example: `  caddy apikey import --file /etc/caddy/keys.json --redis redis://127.0.0.1:6379/0`,
 				Args:    cobra.NoArgs,
@@ -190,20 +217,23 @@ the command then exits 1; the others are imported.
 					if file == "" {
 						return errors.New("--file and --redis are both required")
 					}
+					reactivate, _ := cmd.Flags().GetBool("reactivate")
 					return withRedisStore(cmd, true, func(to recordStore) error {
-						res, err := importKeys(fileRecords{path: file}, to, sayWaiting(cmd.ErrOrStderr(), to))
+						res, err := importKeysWith(fileRecords{path: file}, to, importOptions{
+							reactivate: reactivate,
+							waiting:    sayWaiting(cmd.ErrOrStderr(), to),
+							progress:   newProgress(cmd.ErrOrStderr()),
+						})
 						if err != nil {
 							return err
 						}
 						fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.added, file, to, res.present)
-						if len(res.conflicts) > 0 {
-							return fmt.Errorf("%d keys not imported:\n  %s", len(res.conflicts), strings.Join(res.conflicts, "\n  "))
-						}
-						return nil
+						return reportImport(cmd.OutOrStdout(), cmd.ErrOrStderr(), res, file, to)
 					})
 				}),
 			}
 			imp.Flags().StringP("file", "f", "", "Path to the key file to read (required)")
+			imp.Flags().Bool("reactivate", false, "Make the keys revoked in the key set but active in the file active again (an older export's copies)")
 			redisFlags(imp)
 			cmd.AddCommand(imp)
 
@@ -261,18 +291,41 @@ func storeFlags(cmd *cobra.Command) {
 }
 
 func redisFlags(cmd *cobra.Command) {
-	cmd.Flags().String("redis", "", "URL of the Redis server that holds the key set, e.g. redis://127.0.0.1:6379/0")
+	cmd.Flags().String("redis", "", "URL of the Redis server that holds the key set, e.g. redis://127.0.0.1:6379/0; {env.*} placeholders are replaced")
 	cmd.Flags().String("prefix", defaultRedisPrefix, "With --redis: the prefix of the key set's Redis keys")
+	cmd.Flags().String("redis-password-file", "", "With --redis: read the Redis password from this file (its first line); else "+redisPasswordEnv+" holds it, if set and the URL has none")
+}
+
+// redisPasswordEnv is the environment variable from which the commands
+// take the Redis password when neither the URL nor --redis-password-file
+// gives one: a password on the command line is visible to every local user
+// (in /proc/<pid>/cmdline, in ps), the environment and a file are not.
+const redisPasswordEnv = "CADDY_APIKEY_REDIS_PASSWORD"
+
+// maxPasswordFile bounds what is read of --redis-password-file.
+const maxPasswordFile = 64 << 10
+
+// redisTarget is a Redis key set as the commands' flags name it.
+type redisTarget struct {
+	url, prefix  string // --redis, --prefix; {env.*} placeholders not replaced yet
+	passwordFile string // --redis-password-file
+}
+
+// redisTargetOf reads the Redis flags of cmd.
+func redisTargetOf(cmd *cobra.Command) redisTarget {
+	fl := cmd.Flags()
+	var t redisTarget
+	t.url, _ = fl.GetString("redis")
+	t.prefix, _ = fl.GetString("prefix")
+	t.passwordFile, _ = fl.GetString("redis-password-file")
+	return t
 }
 
 // withRecordStore runs fn on the key store that the command's flags name.
 func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
-	fl := cmd.Flags()
-	file, _ := fl.GetString("file")
-	redis, _ := fl.GetString("redis")
-	prefix, _ := fl.GetString("prefix")
-	create, _ := fl.GetBool("create") // add only
-	st, closeStore, err := openRecordStore(file, redis, prefix, create)
+	file, _ := cmd.Flags().GetString("file")
+	create, _ := cmd.Flags().GetBool("create") // add only
+	st, closeStore, err := openStore(file, redisTargetOf(cmd), create)
 	if err != nil {
 		return err
 	}
@@ -284,12 +337,11 @@ func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
 // and --prefix name (import and export, whose --file is the other side).
 // create lets fn make the key set (see redisRecords.mayCreate).
 func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) error) error {
-	redis, _ := cmd.Flags().GetString("redis")
-	prefix, _ := cmd.Flags().GetString("prefix")
-	if redis == "" {
+	target := redisTargetOf(cmd)
+	if target.url == "" {
 		return errors.New("--redis is required")
 	}
-	st, closeStore, err := openRecordStore("", redis, prefix, create)
+	st, closeStore, err := openStore("", target, create)
 	if err != nil {
 		return err
 	}
@@ -298,20 +350,33 @@ func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) err
 }
 
 // openRecordStore returns the key store that the flags name: the key file
-// at file, or the key set at prefix in the Redis server at redisURL. The
-// caller calls closeStore when done.
-// create lets a Redis key set be made where there is none (see
-// redisRecords.mayCreate).
+// at file, or the key set at prefix in the Redis server at redisURL (see
+// openStore).
 func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore, closeStore func(), err error) {
+	return openStore(file, redisTarget{url: redisURL, prefix: prefix}, create)
+}
+
+// openStore returns the key store that the flags name: the key file at
+// file, or the Redis key set redis names. The caller calls closeStore when
+// done. create lets a key file or a Redis key set be made where there is
+// none (see cliFileRecords and redisRecords.mayCreate).
+func openStore(file string, redis redisTarget, create bool) (st recordStore, closeStore func(), err error) {
 	switch {
-	case file != "" && redisURL != "":
+	case file != "" && redis.url != "":
 		return nil, nil, errors.New("give --file or --redis, not both")
 	case file != "":
-		return fileRecords{path: file}, func() {}, nil
-	case redisURL == "":
+		if redis.passwordFile != "" {
+			return nil, nil, errors.New("--redis-password-file goes with --redis, not with --file")
+		}
+		abs, err := filepath.Abs(file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--file %s: %v", file, err)
+		}
+		return cliFileRecords{fileRecords: fileRecords{path: abs}, mayCreate: create}, func() {}, nil
+	case redis.url == "":
 		return nil, nil, errors.New("--file is required (or --redis, for a key set in Redis)")
 	}
-	rs, err := dialRedisRecords(redisURL, prefix)
+	rs, err := redis.dial()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -319,14 +384,56 @@ func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore
 	return rs, rs.client.Close, nil
 }
 
+// cliFileRecords is a key file as the commands open it: named by its
+// absolute path in every message, and made, if it is missing, only when
+// the command was given --create. A typo (keys.jsn) or the wrong working
+// folder must not make a new key file that no Caddy reads.
+type cliFileRecords struct {
+	fileRecords
+	mayCreate bool
+}
+
+func (f cliFileRecords) edit(e recordEdit) error {
+	if !e.create || f.mayCreate {
+		return f.fileRecords.edit(e)
+	}
+	e.create = false
+	err := f.fileRecords.edit(e)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("key file %s does not exist; check the path (a relative one is taken from the folder the command runs in), or give --create to make a new key file there", f.path)
+	}
+	return err
+}
+
 // dialRedisRecords connects to the Redis server at url, for the key set at
 // prefix.
 func dialRedisRecords(url, prefix string) (redisRecords, error) {
-	opt, shown, err := redisURL(url)
+	return redisTarget{url: url, prefix: prefix}.dial()
+}
+
+// dial connects to the Redis server that t names, for its key set. The
+// URL's and the prefix's {env.*} placeholders are replaced first, as the
+// Caddyfile's are. The password is, in this order: read from
+// --redis-password-file (then the URL must hold none), the URL's, or
+// the environment's redisPasswordEnv. No message ever shows it.
+func (t redisTarget) dial() (redisRecords, error) {
+	repl := caddy.NewReplacer()
+	opt, shown, err := redisURL(repl.ReplaceAll(t.url, ""))
 	if err != nil {
 		return redisRecords{}, err
 	}
-	keys, err := newRedisKeys(prefix)
+	switch {
+	case t.passwordFile != "":
+		if opt.Password != "" {
+			return redisRecords{}, fmt.Errorf("redis %s: the URL holds a password and --redis-password-file gives one too; give it once", shown)
+		}
+		if opt.Password, err = readPasswordFile(t.passwordFile); err != nil {
+			return redisRecords{}, err
+		}
+	case opt.Password == "":
+		opt.Password = os.Getenv(redisPasswordEnv)
+	}
+	keys, err := newRedisKeys(repl.ReplaceAll(t.prefix, ""))
 	if err != nil {
 		return redisRecords{}, err
 	}
@@ -335,6 +442,30 @@ func dialRedisRecords(url, prefix string) (redisRecords, error) {
 		return redisRecords{}, fmt.Errorf("redis %s: %v", shown, err)
 	}
 	return redisRecords{client: c, keys: keys, shown: shown}, nil
+}
+
+// readPasswordFile reads a password from the first line of the file at
+// path (a pipe such as <(pass show redis) will do). The line's end is not
+// part of it.
+func readPasswordFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("--redis-password-file: %v", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("--redis-password-file %s: %v", path, err)
+	case len(data) > maxPasswordFile:
+		return "", fmt.Errorf("--redis-password-file %s: more than 64 KiB; want the password alone on one line", path)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	password := strings.TrimSuffix(line, "\r")
+	if password == "" {
+		return "", fmt.Errorf("--redis-password-file %s: the first line is empty; want the password on it", path)
+	}
+	return password, nil
 }
 
 // runWithExitCode adapts a command to cobra. Unlike

@@ -670,11 +670,59 @@ func apikeyCommand(t *testing.T, stdin string, args ...string) (stdout, stderr s
 	return out.String(), errOut.String(), err
 }
 
+// caddy apikey add makes a missing key file only with --create: a typo
+// (keys.jsn) or the wrong working folder is an error that names the file's
+// absolute path and suggests --create, and leaves nothing behind. Success
+// names the absolute path of the file written.
+func TestCommandAddMissingFileNeedsCreate(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	abs := filepath.Join(dir, "keys.jsn")
+	stdout, stderr, err := apikeyCommand(t, "", "add", "--file", "keys.jsn", "--label", "typo")
+	if err == nil {
+		t.Fatalf("add on a missing file without --create succeeded: stdout %q, stderr %q", stdout, stderr)
+	}
+	for _, want := range []string{abs, "does not exist", "--create"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr %q does not say %q", stderr, want)
+		}
+	}
+	if stdout != "" {
+		t.Errorf("stdout = %q: a key was printed though none was stored", stdout)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("add without --create left %v behind", entries)
+	}
+
+	stdout, stderr, err = apikeyCommand(t, "", "add", "--file", "keys.jsn", "--create", "--label", "made")
+	if err != nil {
+		t.Fatalf("add --create: %v (stderr %q)", err, stderr)
+	}
+	if !strings.Contains(stderr, `Created key "made" in `+abs+"\n") {
+		t.Errorf("add --create: stderr %q does not name the absolute path %s", stderr, abs)
+	}
+	if fi, err := os.Stat(abs); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("add --create made no key file of mode 0600: %v", err)
+	}
+	raw := strings.TrimSuffix(stdout, "\n")
+	if ks, err := readKeySet(abs); err != nil {
+		t.Fatal(err)
+	} else if k, _ := ks.lookup(raw); k == nil {
+		t.Error("the printed key is not in the file made")
+	}
+
+	// An existing file, named relative: the absolute path is printed.
+	_, stderr, err = apikeyCommand(t, "", "add", "--file", "./keys.jsn", "--label", "second")
+	if err != nil || !strings.Contains(stderr, `Created key "second" in `+abs+"\n") {
+		t.Errorf("add to an existing file: %v, stderr %q", err, stderr)
+	}
+}
+
 // The cobra wiring: flags reach the command functions, and failures are
 // errors (so the process exits non-zero).
 func TestCommandCobraWiring(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
-	stdout, stderr, err := apikeyCommand(t, "", "add", "--file", path, "--label", "wired", "--expires", "30d", "--scope", "read", "-s", "write,admin")
+	stdout, stderr, err := apikeyCommand(t, "", "add", "--file", path, "--create", "--label", "wired", "--expires", "30d", "--scope", "read", "-s", "write,admin")
 	if err != nil {
 		t.Fatalf("add: %v (stderr %q)", err, stderr)
 	}
@@ -954,5 +1002,199 @@ func TestCommandErrorsArePlainText(t *testing.T) {
 	stdout, stderr, code := runCaddyCommand(t, "apikey", "list", "--file", path)
 	if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "ID ") {
 		t.Errorf("list: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+// The commands take the Redis password from an {env.*} placeholder in
+// --redis, from --redis-password-file or from CADDY_APIKEY_REDIS_PASSWORD,
+// and never show it in a message.
+func TestCommandRedisPasswordSources(t *testing.T) {
+	r := startRedis(t)
+	const password = "s3cret-pass"
+	r.do("CONFIG", "SET", "requirepass", password)
+	t.Setenv(redisPasswordEnv, "")
+	host := strings.TrimPrefix(r.URL, "redis://")
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "redis-password")
+	writeFile(t, pwFile, password+"\n")
+	wrongFile := filepath.Join(dir, "wrong-password")
+	writeFile(t, wrongFile, "wrong-pass\r\n")
+	emptyFile := filepath.Join(dir, "empty")
+	writeFile(t, emptyFile, "\n")
+
+	// A placeholder in the URL, as in the Caddyfile.
+	t.Setenv("APIKEY_TEST_REDIS_PASSWORD", password)
+	_, stderr, err := apikeyCommand(t, "", "add", "--redis", "redis://:{env.APIKEY_TEST_REDIS_PASSWORD}@"+host, "--prefix", "pw:", "--create", "--label", "placeholder")
+	if err != nil {
+		t.Fatalf("add with {env.*} in --redis: %v (stderr %q)", err, stderr)
+	}
+	list := func(env string, args ...string) (string, string, error) {
+		t.Helper()
+		t.Setenv(redisPasswordEnv, env)
+		return apikeyCommand(t, "", append([]string{"list", "--prefix", "pw:", "--json"}, args...)...)
+	}
+	// From a file, its line end dropped.
+	if stdout, stderr, err := list("", "--redis", r.URL, "--redis-password-file", pwFile); err != nil || !strings.Contains(stdout, `"label": "placeholder"`) {
+		t.Errorf("list --redis-password-file: %v, stdout %q, stderr %q", err, stdout, stderr)
+	}
+	// From the environment.
+	if stdout, stderr, err := list(password, "--redis", r.URL); err != nil || !strings.Contains(stdout, `"label": "placeholder"`) {
+		t.Errorf("list with %s: %v, stdout %q, stderr %q", redisPasswordEnv, err, stdout, stderr)
+	}
+	// The URL's password comes before the environment's.
+	if _, stderr, err := list("wrong-pass", "--redis", "redis://:"+password+"@"+host); err != nil {
+		t.Errorf("a password in the URL with a wrong one in %s: %v (stderr %q)", redisPasswordEnv, err, stderr)
+	}
+
+	for _, tc := range []struct {
+		name string
+		env  string
+		args []string
+		want string
+	}{
+		{"no password", "", []string{"--redis", r.URL}, "127.0.0.1"},
+		{"wrong password in the file", "", []string{"--redis", r.URL, "--redis-password-file", wrongFile}, "127.0.0.1"},
+		{"wrong password in the environment", "wrong-pass", []string{"--redis", r.URL}, "127.0.0.1"},
+		{"password in the URL and in a file", "", []string{"--redis", "redis://:wrong-pass@" + host, "--redis-password-file", pwFile}, "give it once"},
+		{"empty file", "", []string{"--redis", r.URL, "--redis-password-file", emptyFile}, "empty"},
+		{"missing file", "", []string{"--redis", r.URL, "--redis-password-file", filepath.Join(dir, "missing")}, "no such file"},
+		{"with --file", "", []string{"--file", filepath.Join(dir, "keys.json"), "--redis-password-file", pwFile}, "goes with --redis"},
+	} {
+		stdout, stderr, err := list(tc.env, tc.args...)
+		if err == nil {
+			t.Errorf("%s: list succeeded: %q", tc.name, stdout)
+			continue
+		}
+		if !strings.Contains(stderr, tc.want) {
+			t.Errorf("%s: stderr %q does not say %q", tc.name, stderr, tc.want)
+		}
+		if strings.Contains(stderr, password) || strings.Contains(stderr, "wrong-pass") || strings.Contains(err.Error(), "wrong-pass") {
+			t.Errorf("%s: the error shows a password: %q", tc.name, stderr)
+		}
+	}
+}
+
+// Labels and scopes with bidirectional overrides, isolates, marks or
+// zero-width characters are shown by list and add with '?' in their place:
+// U+202E must not make a label read backwards, nor reorder the row.
+func TestCommandOutputNeutralisesInvisibleCharacters(t *testing.T) {
+	invisible := []rune{'\u202A', '\u202B', '\u202C', '\u202D', '\u202E', '\u2066', '\u2067', '\u2068', '\u2069',
+		'\u200E', '\u200F', '\u061C', '\u200B', '\u200C', '\u200D', '\u2060', '\uFEFF', '\u2028', '\u2029'}
+	label := "admin" + string(invisible) + "\u202Egnp.exe"
+	path := writeKeys(t, "", newTestKey(label, map[string]any{"scopes": []string{"read\u202Eetirw"}}))
+
+	var out bytes.Buffer
+	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "new\u202Ekey", Scopes: []string{"x\u2066y"}}, cmdNow); err != nil {
+		t.Fatal(err)
+	}
+	for what, text := range map[string]string{"list": out.String(), "add": stderr.String()} {
+		for _, r := range invisible {
+			if strings.ContainsRune(text, r) {
+				t.Errorf("%s shows U+%04X as it is:\n%q", what, r, text)
+			}
+		}
+	}
+	for _, want := range []string{"admin" + strings.Repeat("?", len(invisible)) + "?gnp.exe", "read?etirw"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("list does not show %q:\n%s", want, out.String())
+		}
+	}
+	for _, want := range []string{`"new?key"`, "x?y"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("add does not show %q:\n%s", want, stderr.String())
+		}
+	}
+}
+
+// Importing an older export after a revoke: the key revoked in Redis stays
+// revoked, and import says so, naming it; --reactivate makes it active
+// again. Into an empty key set, import says that it cannot tell which keys
+// were revoked since. A cache_file as the source gets a warning. Without a
+// terminal, import shows no progress.
+func TestCommandImportDoesNotReactivateRevokedKeys(t *testing.T) {
+	r := startRedis(t)
+	a, b := newTestKey("a", nil), newTestKey("b", nil)
+	export := writeKeys(t, "", a, b)
+	redis := []string{"--redis", r.URL, "--prefix", "re:"}
+	run := func(args ...string) (string, string, error) {
+		t.Helper()
+		return apikeyCommand(t, "", append(args, redis...)...)
+	}
+
+	// Into an empty key set: all taken as they are, and said so.
+	stdout, stderr, err := run("import", "--file", export)
+	if err != nil || !strings.Contains(stdout, "Imported 2 keys") {
+		t.Fatalf("first import: %v, stdout %q, stderr %q", err, stdout, stderr)
+	}
+	for _, want := range []string{"held no keys", "cannot tell which keys were revoked", "2 active keys"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("import into an empty key set: stderr %q does not say %q", stderr, want)
+		}
+	}
+	if strings.ContainsAny(stderr, "\r\x1b") || strings.Contains(stderr, "Reading") {
+		t.Errorf("import showed progress on a stderr that is no terminal: %q", stderr)
+	}
+
+	// a is revoked; the older export is imported again.
+	id := a.record["id"].(string)
+	if _, stderr, err := run("revoke", id); err != nil {
+		t.Fatalf("revoke: %v (%s)", err, stderr)
+	}
+	status := func() string {
+		t.Helper()
+		out, _, err := run("list", "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var listed []listedKey
+		if err := json.Unmarshal([]byte(out), &listed); err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range listed {
+			if k.ID == id {
+				return k.Status
+			}
+		}
+		t.Fatalf("key %s is gone", id)
+		return ""
+	}
+	stdout, stderr, err = run("import", "--file", export)
+	if err != nil {
+		t.Fatalf("import of the older export: %v (stderr %q)", err, stderr)
+	}
+	if got := status(); got != "revoked" {
+		t.Fatalf("import of an older export made the revoked key %s", got)
+	}
+	for _, want := range []string{"1 keys revoked in", "stay revoked", "--reactivate", id, a.record["key_prefix"].(string)} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("import of the older export: stderr %q does not say %q", stderr, want)
+		}
+	}
+	if strings.Contains(stderr, "held no keys") || strings.Contains(stdout, "Re-activated") {
+		t.Errorf("import of the older export: stdout %q, stderr %q", stdout, stderr)
+	}
+
+	// Asked to: re-activated, and said so.
+	stdout, stderr, err = run("import", "--file", export, "--reactivate")
+	if err != nil {
+		t.Fatalf("import --reactivate: %v (stderr %q)", err, stderr)
+	}
+	if got := status(); got != "active" {
+		t.Fatalf("import --reactivate left the key %s", got)
+	}
+	if !strings.Contains(stdout, "Re-activated 1 keys") || !strings.Contains(stdout, id) {
+		t.Errorf("import --reactivate: stdout %q does not name the key it re-activated", stdout)
+	}
+
+	// A cache_file as the source.
+	snap := filepath.Join(t.TempDir(), "cache.json")
+	writeFile(t, snap, `{"snapshot": "a snapshot of redis:x, written by caddy-apikey", "api_keys": []}`)
+	_, stderr, err = run("import", "--file", snap)
+	if err != nil || !strings.Contains(stderr, "cache_file") || !strings.Contains(stderr, "Prefer an export") {
+		t.Errorf("import of a cache_file: %v, stderr %q, want a warning", err, stderr)
 	}
 }

@@ -320,10 +320,15 @@ func (s *keyStore) check() {
 
 // load re-reads the key file if it changed since the key set in force was
 // read, and puts the new key set in force. A missing or broken file keeps
-// the key set in force; a broken version is parsed once.
-func (s *keyStore) load() error {
+// the key set in force; a broken version is parsed once. Each load sets
+// the source_broken gauge: 1 while the file on disk cannot be put in force
+// (set before reloads_total counts, so that a scrape that sees the count
+// sees the gauge too).
+func (s *keyStore) load() (err error) {
+	defer func() { s.metrics.sourceBroken(err != nil) }()
 	fi, err := os.Stat(s.path)
 	if err != nil {
+		s.metrics.sourceBroken(true)
 		if !s.statErr {
 			s.statErr = true
 			s.metrics.loadFailed()
@@ -346,6 +351,7 @@ func (s *keyStore) load() error {
 	ks, err := readKeySet(s.path)
 	if err != nil {
 		s.broken, s.brokenErr = fi, err
+		s.metrics.sourceBroken(true)
 		s.metrics.loadFailed()
 		return err
 	}
@@ -356,13 +362,17 @@ func (s *keyStore) load() error {
 	}
 	s.keys.Store(ks)
 	s.setLoaded(fi)
+	s.metrics.sourceBroken(false)
 	s.metrics.loaded(ks, s.now())
 	if fi.Size() > bigKeyFile {
 		debug.FreeOSMemory() // give back the memory the file and the old key set held
 	}
 	if old != nil {
 		s.log().Info("key file reloaded", zap.String("keys_file", s.path), zap.Int("keys", len(ks.keys)))
-	} else if len(ks.keys) == 0 {
+		return nil
+	}
+	logFirstLoad(s.log(), s.name(), ks, s.now(), zap.String("keys_file", s.path))
+	if len(ks.keys) == 0 {
 		s.log().Warn("key file holds no keys: every request with a key will be refused", zap.String("keys_file", s.path))
 	}
 	return nil
@@ -426,6 +436,9 @@ func (s *keyStore) writeUsage(all bool) {
 	}})
 	if err != nil {
 		s.metrics.usageWritten(err)
+		if s.watcherReports(err) {
+			return // the uses stay pending: written once the file is good again
+		}
 		if !s.writeFailing {
 			s.writeFailing = true
 			s.log().Error("cannot write last-used times to the key file; authentication goes on, and writing will be retried",
@@ -446,6 +459,16 @@ func (s *keyStore) writeUsage(all bool) {
 			debug.FreeOSMemory() // give back what reading and writing the file took
 		}
 	}
+}
+
+// watcherReports reports whether err, a usage write's failure, is one that
+// the watcher reports itself, once: the key file missing, unreadable or
+// broken (a keyFileError), while the watcher checks the file. The writer
+// then says nothing, so that a broken edit is logged once, not once by
+// each. With watching off, the writer is the one to log it.
+func (s *keyStore) watcherReports(err error) bool {
+	var kfe *keyFileError
+	return errors.As(err, &kfe) && !s.leases.current().reload.off
 }
 
 // applyUsage sets last_used_at on the records that are still in the file with

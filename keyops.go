@@ -23,8 +23,10 @@ type addOptions struct {
 	Scopes  []string // may hold comma-separated lists
 }
 
-// addKey creates a key, adds its record to the store (creating a key file
-// if need be) and writes the raw key, alone on its line, to stdout.
+// addKey creates a key, adds its record to the store (which may make a
+// missing key file or key set only if it was opened with --create: see
+// cliFileRecords and redisRecords.mayCreate) and writes the raw key, alone
+// on its line, to stdout.
 // Everything else goes to stderr, so that `KEY=$(caddy apikey add ...)`
 // captures the key and nothing more.
 func addKey(stdout, stderr io.Writer, st recordStore, opts addOptions, now time.Time) error {
@@ -289,10 +291,15 @@ func displayTime(s *string, none string) string {
 }
 
 // printable keeps a table cell on its line and in its column: a label with a
-// tab or a newline (or a terminal escape) must not forge other rows.
+// tab or a newline (or a terminal escape) must not forge other rows. It
+// also shows as '?' the invisible format characters (Unicode's Cf: the
+// bidirectional overrides, embeddings and isolates U+202A-U+202E and
+// U+2066-U+2069, the marks U+200E, U+200F and U+061C, the zero-width
+// characters, U+FEFF) and the line and paragraph separators, which can
+// make a label read as another one or reorder the cells after it.
 func printable(s string) string {
 	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
+		if unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
 			return '?'
 		}
 		return r

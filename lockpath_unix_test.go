@@ -4,11 +4,14 @@ package apikey
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -255,4 +258,206 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// ownerOf returns the owner and group of the file at path, not following a
+// link.
+func ownerOf(t *testing.T, path string) (uid, gid uint32) {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	return st.Uid, st.Gid
+}
+
+// A lock file planted by whoever can write the key file's folder (a
+// symbolic link to a root-owned file, a link to a missing file in a
+// root-only folder, a hard link, a FIFO, a lock file of another owner) is
+// never chowned, followed or created through by a writer running as root:
+// the lock, caddy apikey add and a usage write refuse it, saying what to do.
+func TestPlantedLockFileIsRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not root: the attack is on a writer running as root")
+	}
+	const attacker = 65534 // nobody: owns the key file and its folder
+	type planted struct {
+		name  string
+		plant func(t *testing.T, lockPath, victim, secretDir string)
+		want  string // in the error
+	}
+	cases := []planted{
+		{"symbolic link to a root-owned file", func(t *testing.T, lockPath, victim, _ string) {
+			symlink(t, victim, lockPath)
+		}, "symbolic link"},
+		{"symbolic link to a missing file in a root-only folder", func(t *testing.T, lockPath, _, secretDir string) {
+			symlink(t, filepath.Join(secretDir, "made-by-root"), lockPath)
+		}, "symbolic link"},
+		{"hard link to a root-owned file", func(t *testing.T, lockPath, victim, _ string) {
+			if err := os.Link(victim, lockPath); err != nil {
+				t.Skip("cannot make a hard link here:", err)
+			}
+		}, "hard links"},
+		{"FIFO", func(t *testing.T, lockPath, _, _ string) {
+			if err := unix.Mkfifo(lockPath, 0o666); err != nil {
+				t.Fatal(err)
+			}
+		}, "not a regular file"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			victim := filepath.Join(root, "victim")
+			writeFile(t, victim, "root:secret\n")
+			secretDir := filepath.Join(root, "secret")
+			mkdir(t, secretDir)
+			dir := filepath.Join(root, "caddy")
+			mkdir(t, dir)
+			k := newTestKey("k", nil)
+			path := writeKeys(t, filepath.Join(dir, "keys.json"), k)
+			for _, p := range []string{dir, path} {
+				if err := os.Chown(p, attacker, attacker); err != nil {
+					t.Fatal(err)
+				}
+			}
+			lockPath := path + ".lock"
+			c.plant(t, lockPath, victim, secretDir)
+			keyBefore := readFile(t, path)
+
+			check := func(what string, err error) {
+				t.Helper()
+				if err == nil {
+					t.Fatalf("%s: took a planted lock file (%s)", what, c.name)
+				}
+				for _, want := range []string{lockPath, c.want, "remove it"} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("%s: error %q does not say %q", what, err, want)
+					}
+				}
+			}
+			var err error
+			noHang(t, "lockKeyFile", func() {
+				var unlock func()
+				if unlock, err = lockKeyFile(path, time.Second, nil); err == nil {
+					unlock()
+				}
+			})
+			check("lockKeyFile", err)
+			noHang(t, "add", func() {
+				err = addKey(io.Discard, io.Discard, fileRecords{path}, addOptions{Label: "x"}, time.Now())
+			})
+			check("add", err)
+
+			s, clock, logs := newTestStore(t, path, time.Minute)
+			use(t, s, clock, k.Raw)
+			noHang(t, "a usage write", func() { s.writeUsage(true) })
+			if s.writes.Load() != 0 {
+				t.Error("the usage writer wrote through a planted lock file")
+			}
+			if logged := logs.FilterMessageSnippet("cannot write last-used times").All(); len(logged) != 1 {
+				t.Errorf("the usage writer logged %d errors, want 1", len(logged))
+			} else {
+				check("usage write", errors.New(fmt.Sprint(logged[0].ContextMap()["error"])))
+			}
+
+			if uid, gid := ownerOf(t, victim); uid != 0 || gid != 0 {
+				t.Errorf("the root-owned file the lock file leads to is now owned by %d:%d", uid, gid)
+			}
+			if got := readFile(t, victim); got != "root:secret\n" {
+				t.Errorf("the root-owned file was changed to %q", got)
+			}
+			if _, err := os.Lstat(filepath.Join(secretDir, "made-by-root")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("a file was made in the root-only folder: %v", err)
+			}
+			if got := readFile(t, path); got != keyBefore {
+				t.Error("the key file was written through a planted lock file")
+			}
+		})
+	}
+}
+
+// An existing lock file is taken as it is: a writer running as root never
+// gives it (or anything) another owner. Only a lock file it has just made
+// gets the key file's owner.
+func TestExistingLockFileKeepsItsOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not root: only root can give files away")
+	}
+	const keyOwner, lockOwner = 65534, 4242
+	path := writeKeys(t, "", newTestKey("k", nil))
+	if err := os.Chown(path, keyOwner, keyOwner); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path+".lock", "")
+	if err := os.Chown(path+".lock", lockOwner, lockOwner); err != nil {
+		t.Fatal(err)
+	}
+	if err := addKey(io.Discard, io.Discard, fileRecords{path}, addOptions{Label: "x"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if uid, gid := ownerOf(t, path+".lock"); uid != lockOwner || gid != lockOwner {
+		t.Errorf("the existing lock file is now owned by %d:%d, want %d:%d as it was", uid, gid, lockOwner, lockOwner)
+	}
+	if uid, _ := ownerOf(t, path); uid != keyOwner {
+		t.Errorf("the key file is now owned by %d, want %d as it was", uid, keyOwner)
+	}
+}
+
+// A lock file made by root gets the key file's owner only where that user
+// could have made it: in a folder it owns. A key file reached through a link
+// into a folder only root may write (a file of the user's there) gets a
+// lock file owned by root; a folder shared through its group gets the group.
+func TestNewLockFileOwnerOnlyWhereItCouldHaveMadeIt(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not root: only root can give files away")
+	}
+	const user, group = 65534, 4242
+	root := t.TempDir()
+
+	// keys.json, in the user's folder, links to a file of the user's in a
+	// folder only root may write.
+	rootOnly := filepath.Join(root, "root-only")
+	mkdir(t, rootOnly)
+	target := writeKeys(t, filepath.Join(rootOnly, "file"), newTestKey("k", nil))
+	if err := os.Chown(target, user, user); err != nil {
+		t.Fatal(err)
+	}
+	own := filepath.Join(root, "own")
+	mkdir(t, own)
+	if err := os.Chown(own, user, user); err != nil {
+		t.Fatal(err)
+	}
+	symlink(t, target, filepath.Join(own, "keys.json"))
+	if err := addKey(io.Discard, io.Discard, fileRecords{filepath.Join(own, "keys.json")}, addOptions{Label: "x"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if uid, gid := ownerOf(t, target+".lock"); uid != 0 || gid != 0 {
+		t.Errorf("root made a lock file owned by %d:%d in a folder only root may write", uid, gid)
+	}
+
+	// A folder root:group 0770, the key file user:group: the group.
+	shared := filepath.Join(root, "shared")
+	mkdir(t, shared)
+	if err := os.Chown(shared, 0, group); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o770); err != nil {
+		t.Fatal(err)
+	}
+	path := writeKeys(t, filepath.Join(shared, "keys.json"), newTestKey("k", nil))
+	if err := os.Chown(path, user, group); err != nil {
+		t.Fatal(err)
+	}
+	if err := addKey(io.Discard, io.Discard, fileRecords{path}, addOptions{Label: "x"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if uid, gid := ownerOf(t, path+".lock"); uid != 0 || gid != group {
+		t.Errorf("the lock file in a folder shared by group %d is owned by %d:%d, want 0:%d", group, uid, gid, group)
+	}
+	if fi, err := os.Stat(path + ".lock"); err != nil {
+		t.Error(err)
+	} else if fi.Mode().Perm()&0o040 == 0 {
+		t.Errorf("the lock file's mode is %v: its group cannot open it to take the lock", fi.Mode().Perm())
+	}
 }

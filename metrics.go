@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 )
 
 // The plugin's Prometheus metrics. The collectors are made once per process
@@ -27,6 +28,7 @@ var metrics = struct {
 	usageWrites *prometheus.CounterVec
 	lastLoad    *prometheus.GaugeVec
 	lastSync    *prometheus.GaugeVec
+	broken      *prometheus.GaugeVec
 }{
 	requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "apikey", Name: "requests_total",
@@ -52,6 +54,10 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "apikey", Name: "last_sync_timestamp_seconds",
 		Help: "Unix time at which a store that syncs from elsewhere (Redis) last confirmed that its key set in force is the latest; time() minus it is the sync's age.",
 	}, []string{"store"}),
+	broken: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "apikey", Name: "source_broken",
+		Help: "1 while a store's source cannot be loaded (a key file missing, unreadable or broken; the keys loaded before stay in force), 0 once a good version is in force. Alert on it rather than on reloads_total{result=\"error\"}, which counts each broken version once.",
+	}, []string{"store"}),
 }
 
 // registerMetrics registers the plugin's collectors with reg, a config's
@@ -63,7 +69,7 @@ func registerMetrics(reg prometheus.Registerer) error {
 		return nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{metrics.requests, metrics.keys, metrics.reloads, metrics.usageWrites, metrics.lastLoad, metrics.lastSync} {
+	for _, c := range []prometheus.Collector{metrics.requests, metrics.keys, metrics.reloads, metrics.usageWrites, metrics.lastLoad, metrics.lastSync, metrics.broken} {
 		err := reg.Register(c)
 		var already prometheus.AlreadyRegisteredError
 		if err == nil || errors.As(err, &already) && already.ExistingCollector == c {
@@ -136,6 +142,7 @@ type storeMetrics struct {
 	writeError  prometheus.Counter
 	lastLoad    prometheus.Gauge
 	lastSync    prometheus.Gauge // made on first use: only a syncing store has it
+	broken      prometheus.Gauge // made on first use: by a store that reports it
 }
 
 // storeMetricsByLabel holds the storeMetrics in use. Stores with one label
@@ -190,6 +197,28 @@ func (m *storeMetrics) release() {
 	metrics.usageWrites.DeletePartialMatch(labels)
 	metrics.lastLoad.DeletePartialMatch(labels)
 	metrics.lastSync.DeletePartialMatch(labels)
+	metrics.broken.DeletePartialMatch(labels)
+}
+
+// sourceBroken records whether the store's source can be loaded: broken
+// (1) from the first version that cannot (a key file missing, unreadable
+// or broken; a Redis key set that cannot be read), until a good version is
+// in force (0). A store calls it on each load, the first one included.
+func (m *storeMetrics) sourceBroken(broken bool) {
+	if m == nil {
+		return
+	}
+	storeMetricsMu.Lock()
+	if m.broken == nil {
+		m.broken = metrics.broken.WithLabelValues(m.label)
+	}
+	g := m.broken
+	storeMetricsMu.Unlock()
+	if broken {
+		g.Set(1)
+	} else {
+		g.Set(0)
+	}
 }
 
 // synced records that a syncing store confirmed at time at that its key
@@ -219,6 +248,21 @@ func (m *storeMetrics) loaded(ks *KeySet, at time.Time) {
 	}
 	m.reloadOK.Inc()
 	m.lastLoad.Set(float64(at.UnixNano()) / 1e9)
+}
+
+// logFirstLoad logs, at info level, that a store put its first key set in
+// force, with the store's name and its keys by state at time at, so that an
+// operator sees that the keys loaded. Every store calls it once, for its
+// first load; fields are added to the line (the file store's keys_file).
+func logFirstLoad(log *zap.Logger, store string, ks *KeySet, at time.Time, fields ...zap.Field) {
+	n := countKeys(ks, at)
+	log.Info("key store loaded", append([]zap.Field{
+		zap.String("store", store),
+		zap.Int("keys", n[stateActive]+n[stateExpired]+n[stateRevoked]),
+		zap.Int("active", n[stateActive]),
+		zap.Int("expired", n[stateExpired]),
+		zap.Int("revoked", n[stateRevoked]),
+	}, fields...)...)
 }
 
 // countKeys counts the keys of ks by state at time at. A revoked key counts

@@ -221,6 +221,7 @@ func TestMetricsStore(t *testing.T) {
 		return series("caddy_apikey_usage_writes_total", append(store, "result", result)...)
 	}
 	lastLoad := series("caddy_apikey_last_load_timestamp_seconds", store...)
+	sourceBroken := series("caddy_apikey_source_broken", store...)
 	checkKeys := func(s samples, active, expired, revoked float64) {
 		t.Helper()
 		for state, want := range map[string]float64{"active": active, "expired": expired, "revoked": revoked} {
@@ -251,6 +252,9 @@ func TestMetricsStore(t *testing.T) {
 	}
 	if got := s.must(t, writesSeries("ok")) + s.must(t, writesSeries("error")); got != 0 {
 		t.Errorf("usage writes before any use: %g", got)
+	}
+	if got := s.must(t, sourceBroken); got != 0 {
+		t.Errorf("%s = %g after a good first load, want 0", sourceBroken, got)
 	}
 
 	// A first use: one usage write, within maxFlushPeriod.
@@ -293,6 +297,10 @@ func TestMetricsStore(t *testing.T) {
 		t.Errorf("%s moved on a broken edit: %g", reloadsSeries("ok"), got)
 	}
 	checkKeys(broken, 1, 1, 0)
+	// The gauge says it is broken for as long as it is.
+	if got := broken.must(t, sourceBroken); got != 1 {
+		t.Errorf("%s = %g with the key file broken, want 1", sourceBroken, got)
+	}
 
 	// Repair it, then unload the config: the store goes, and so do its
 	// series.
@@ -300,6 +308,9 @@ func TestMetricsStore(t *testing.T) {
 	waitFor(t, 10*time.Second, "the repaired file to be loaded", func() bool {
 		return scrape(t)[reloadsSeries("ok")] == s[reloadsSeries("ok")]+1
 	})
+	if got := scrape(t).must(t, sourceBroken); got != 0 {
+		t.Errorf("%s = %g once the key file is repaired, want 0", sourceBroken, got)
+	}
 	if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n}\n", adminPort)); msg != "" {
 		t.Fatalf("unloading the config: %s", msg)
 	}

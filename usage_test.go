@@ -509,3 +509,55 @@ func TestKeyFilePathPlaceholders(t *testing.T) {
 		t.Fatalf("an unset variable as the whole path gave %v, want an error saying it is empty", err)
 	}
 }
+
+// A broken edit of the key file is logged once, whether the watcher or the
+// usage writer meets it first: the watcher reports it, the writer keeps its
+// uses pending and says nothing. With watching off, the writer reports it,
+// once.
+func TestBrokenKeyFileEditLogsOneError(t *testing.T) {
+	for _, order := range []string{"writer first", "watcher first", "watching off"} {
+		t.Run(order, func(t *testing.T) {
+			k := newTestKey("k", nil)
+			path := writeKeys(t, "", k)
+			s, clock, logs := newTestStore(t, path, time.Minute)
+			if order != "watching off" {
+				s.leases.settings.Store(&storeSettings{usage: interval{every: time.Minute}, reload: interval{every: time.Second}})
+			}
+			use(t, s, clock, k.Raw)
+			if err := os.WriteFile(path, []byte(`{"api_keys": [`), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for range 3 {
+				switch order {
+				case "writer first":
+					s.writeUsage(true)
+					s.check()
+				case "watcher first":
+					s.check()
+					s.writeUsage(true)
+				case "watching off":
+					s.writeUsage(true)
+				}
+			}
+			errs := logs.FilterLevelExact(zapcore.ErrorLevel).All()
+			if len(errs) != 1 {
+				var msgs []string
+				for _, e := range errs {
+					msgs = append(msgs, e.Message)
+				}
+				t.Fatalf("%d errors logged for one broken edit, want 1: %q", len(errs), msgs)
+			}
+			// Repaired: the pending use is written, and nothing claims
+			// that writing works again (nothing said it did not).
+			writeKeys(t, path, k)
+			s.check()
+			s.writeUsage(true)
+			if lastUsed(t, path, k.record["id"].(string)) == "" {
+				t.Error("the use made while the file was broken was not written once it was repaired")
+			}
+			if order != "watching off" && logs.FilterMessageSnippet("works again").Len() != 0 {
+				t.Error("the writer said writing works again, though it never said it did not")
+			}
+		})
+	}
+}
