@@ -389,3 +389,25 @@ func TestStreamedKeySetKeepsCopies(t *testing.T) {
 		}
 	}
 }
+
+// A key file that holds something other than records (a link pointed at
+// another JSON file, say) is refused without its content in the error,
+// which goes to the logs.
+func TestParseKeySetErrorQuotesNoContent(t *testing.T) {
+	for _, data := range []string{
+		`["the content of another file"]`,
+		`{"api_keys": ["the content of another file"]}`,
+		`[{"id": "a", "label": "x", "key_hash": "` + strings.Repeat("ab", 32) + `", "key_prefix": "sk_"}, "the content of another file"]`,
+	} {
+		_, err := parseKeySet([]byte(data))
+		if err == nil {
+			t.Fatalf("%s: accepted", data)
+		}
+		if strings.Contains(err.Error(), "content") {
+			t.Errorf("%s: the error quotes the file: %v", data, err)
+		}
+		if !strings.Contains(err.Error(), "want a JSON object, got a JSON string") {
+			t.Errorf("%s: error %q does not say what was found", data, err)
+		}
+	}
+}
