@@ -181,10 +181,9 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 		}
 		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.onlyID).Build()).ToString()
 		if err == nil {
-			var arr recordArray
-			arr.add(e.onlyID, js)
-			doc, err := arr.parse()
-			if err != nil {
+			doc := &keyDoc{bare: true, records: make([]docRecord, 1)}
+			var rd recordReader
+			if err := rd.read(e.onlyID, js, &doc.records[0]); err != nil {
 				return nil, 0, err
 			}
 			if _, err := buildKeySet(doc.records); err != nil {

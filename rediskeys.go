@@ -1,16 +1,19 @@
 package apikey
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/redis/rueidis"
@@ -251,83 +254,73 @@ func scanHash(ctx context.Context, c rueidis.Client, key string, fn func(page []
 	return ctx.Err()
 }
 
-// recordArray gathers records into one JSON array, to be read as a bare
-// key file (parseKeyDoc): the same checks, the same errors.
-type recordArray struct {
-	b    []byte
-	ids  []string // the hash field of each record, to check it matches the id
-	vals []string // each record's JSON
+// recordReader reads the values of a key set's records hash, each on its
+// own: a value must be exactly one JSON object, the record of the id (the
+// hash field) it is stored under, checked as a key file's record is. So a
+// value that holds something else (two records, an array, null, half a
+// record) is that one record's problem, and never shifts or swallows
+// another. One reader serves many values: its decoder is reset for each,
+// and reads the value's bytes in place.
+type recordReader struct {
+	d  keyFileDecoder
+	in bytes.Buffer
 }
 
-func (a *recordArray) add(field, value string) {
-	if len(a.ids) == 0 {
-		a.b = append(a.b, '[')
+// read reads value, stored under field, into r, which is zero. r's strings
+// and raw JSON are views of value (Redis replies are never changed, and
+// raw is the whole value, white space included). The error names field.
+func (p *recordReader) read(field, value string, r *docRecord) error {
+	data := unsafe.Slice(unsafe.StringData(value), len(value))
+	p.in = *bytes.NewBuffer(data)
+	if p.d.dec == nil {
+		p.d.dec = jsontext.NewDecoder(&p.in, decoderOptions...)
 	} else {
-		a.b = append(a.b, ',')
+		p.d.dec.Reset(&p.in, decoderOptions...)
 	}
-	a.b = append(a.b, value...)
-	a.ids = append(a.ids, field)
-	a.vals = append(a.vals, value)
-}
-
-func (a *recordArray) bytes() []byte {
-	if len(a.ids) == 0 {
-		return []byte("[]")
-	}
-	return append(a.b, ']')
-}
-
-// checkFields checks that each record sits under its own id.
-func (a *recordArray) checkFields(records []docRecord) error {
-	for i := range records {
-		if records[i].ID != a.ids[i] {
-			return fmt.Errorf("record %d: its id %q is not the hash field %q it is stored under", i+1, records[i].ID, a.ids[i])
+	p.d.data = data
+	err := p.readOne(r)
+	switch {
+	case err != nil:
+		// The key file's "record 1 (id ...)" says less than the field.
+		if inner := errors.Unwrap(err); inner != nil {
+			err = inner
 		}
+	case r.ID != field:
+		err = fmt.Errorf("its id %q is not the hash field it is stored under", r.ID)
+	default:
+		r.raw = data[:len(data):len(data)]
+		return nil
+	}
+	*r = docRecord{} // nothing of a value that cannot be read is kept
+	return fmt.Errorf("record %q: %w", field, err)
+}
+
+func (p *recordReader) readOne(r *docRecord) error {
+	switch k := p.d.dec.PeekKind(); k {
+	case '{':
+	case 0: // empty, or not JSON: the decoder says which
+		_, err := p.d.dec.ReadValue()
+		if errors.Is(err, io.EOF) {
+			return errors.New("the value is empty; want a JSON object")
+		}
+		return p.d.syntaxError(err)
+	default:
+		v, err := p.d.value()
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("want a JSON object, got %.40s", v)
+	}
+	if err := p.d.record(r, 1); err != nil {
+		return err
+	}
+	if _, err := p.d.dec.ReadToken(); !errors.Is(err, io.EOF) {
+		if err == nil {
+			return errors.New("the value holds more than one JSON value; want one record")
+		}
+		return p.d.syntaxError(err)
 	}
 	return nil
-}
-
-// parse reads the gathered records, checking each one's hash field.
-func (a *recordArray) parse() (*keyDoc, error) {
-	doc, err := parseKeyDoc(a.bytes())
-	if err == nil {
-		err = a.checkFields(doc.records)
-	}
-	return doc, err
-}
-
-// parseEach reads the gathered records like parse, but leaves out those
-// that cannot be read, each named among problems, rather than refusing all.
-func (a *recordArray) parseEach() (records []docRecord, problems []error) {
-	if doc, err := a.parse(); err == nil {
-		return doc.records, nil
-	}
-	for i := range a.ids {
-		one := recordArray{}
-		one.add(a.ids[i], a.vals[i])
-		doc, err := one.parse()
-		if err != nil {
-			problems = append(problems, fmt.Errorf("record %q: %w", a.ids[i], err))
-			continue
-		}
-		records = append(records, doc.records...)
-	}
-	return records, problems
-}
-
-// pageArray gathers one page of a scan, skipping the fields seen already.
-func pageArray(page []string, seen func(id string) bool) *recordArray {
-	size := 2
-	for i := 1; i < len(page); i += 2 {
-		size += len(page[i]) + 1
-	}
-	a := &recordArray{b: make([]byte, 0, size), ids: make([]string, 0, len(page)/2), vals: make([]string, 0, len(page)/2)}
-	for i := 0; i+1 < len(page); i += 2 {
-		if !seen(page[i]) {
-			a.add(page[i], page[i+1])
-		}
-	}
-	return a
 }
 
 // readRedisRecords reads a whole key set as of one version, as the commands
@@ -345,15 +338,18 @@ func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted
 		}
 		doc := &keyDoc{bare: true}
 		seen := make(map[string]bool)
-		n := 0
+		var rd recordReader
 		err = scanHash(ctx, c, k.records, func(page []string) error {
-			arr := pageArray(page, func(id string) bool { dup := seen[id]; seen[id] = true; return dup })
-			d, err := arr.parse()
-			if err != nil {
-				return renumber(err, n)
+			for i := 0; i < len(page); i += 2 {
+				if seen[page[i]] {
+					continue
+				}
+				seen[page[i]] = true
+				doc.records = append(doc.records, docRecord{})
+				if err := rd.read(page[i], page[i+1], &doc.records[len(doc.records)-1]); err != nil {
+					return err
+				}
 			}
-			n += len(d.records)
-			doc.records = append(doc.records, d.records...)
 			return nil
 		})
 		if err != nil {
@@ -393,13 +389,21 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *Ke
 	b.ks.keys = make([]Key, 0, size+size/8+64)
 	n := 0
 	seen := make(map[string]bool) // HSCAN may return a field twice
+	var rd recordReader
+	var rec docRecord
 	err = scanHash(ctx, c, k.records, func(page []string) error {
-		arr := pageArray(page, func(id string) bool { dup := seen[id]; seen[id] = true; return dup })
-		records, bad := arr.parseEach()
-		problems = append(problems, bad...)
-		for i := range records {
+		for i := 0; i < len(page); i += 2 {
+			if seen[page[i]] {
+				continue
+			}
+			seen[page[i]] = true
+			rec = docRecord{}
+			if err := rd.read(page[i], page[i+1], &rec); err != nil {
+				problems = append(problems, err)
+				continue
+			}
 			n++
-			if err := b.add(&records[i].Record, n); err != nil {
+			if err := b.add(&rec.Record, n); err != nil {
 				problems = append(problems, err)
 			}
 		}
@@ -409,15 +413,6 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *Ke
 		return nil, nil, err
 	}
 	return b.ks, problems, nil
-}
-
-// renumber makes the record numbers of a page's error count from the
-// records before the page.
-func renumber(err error, before int) error {
-	if before == 0 {
-		return err
-	}
-	return fmt.Errorf("after %d good records, %w", before, err)
 }
 
 func deref(s *string) string {

@@ -440,25 +440,36 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	for id := range changed {
 		ids = append(ids, id)
 	}
-	vals, err := c.Do(ctx, c.B().Hmget().Key(s.rk.records).Field(ids...).Build()).ToArray()
-	if err != nil {
-		return err
+	var vals []rueidis.RedisMessage
+	if len(ids) > 0 { // an entry may name none (not one of ours)
+		var err error
+		if vals, err = c.Do(ctx, c.B().Hmget().Key(s.rk.records).Field(ids...).Build()).ToArray(); err != nil {
+			return err
+		}
+		if len(vals) != len(ids) {
+			return fmt.Errorf("redis: HMGET of %d fields answered %d values", len(ids), len(vals))
+		}
 	}
 	// Every changed id loses its key; those whose record can be used get
 	// their new one.
 	changes := make(map[string]*Record, len(ids))
-	var arr recordArray
+	records := make([]docRecord, len(ids))
+	var problems []error
+	var rd recordReader
 	for i, v := range vals {
 		changes[ids[i]] = nil
-		if js, err := v.ToString(); err == nil {
-			arr.add(ids[i], js)
-		} else if !rueidis.IsRedisNil(err) { // nil: deleted
+		js, err := v.ToString()
+		switch {
+		case rueidis.IsRedisNil(err): // deleted
+		case err != nil:
 			return err
+		default:
+			if err := rd.read(ids[i], js, &records[i]); err != nil {
+				problems = append(problems, err)
+				continue
+			}
+			changes[ids[i]] = &records[i].Record
 		}
-	}
-	records, problems := arr.parseEach()
-	for i := range records {
-		changes[records[i].ID] = &records[i].Record
 	}
 	ks, bad := s.keys.Load().with(changes, was)
 	s.version, s.logID = version, last
