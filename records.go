@@ -1,7 +1,6 @@
 package apikey
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -137,7 +136,9 @@ func (r redisRecords) edit(e recordEdit) error {
 		doc, version, err := r.readFor(ctx, e)
 		switch {
 		case errors.Is(err, errNoKeySet) && e.create:
-			doc, version = &keyDoc{bare: true}, 0
+			// version is 0, or the version of a key set whose records
+			// are gone, which this edit may make anew.
+			doc = &keyDoc{bare: true}
 		case err != nil:
 			return r.wrap(err)
 		}
@@ -168,16 +169,16 @@ func (r redisRecords) edit(e recordEdit) error {
 func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64, error) {
 	if e.onlyAdds {
 		if !e.create {
-			if v, err := readVersion(ctx, r.client, r.keys); err != nil || v == 0 {
-				return nil, 0, cmp.Or(err, errNoKeySet)
+			if _, err := readState(ctx, r.client, r.keys); err != nil {
+				return nil, 0, err
 			}
 		}
 		return &keyDoc{bare: true}, anyVersion, nil
 	}
 	if e.onlyID != "" {
-		version, err := readVersion(ctx, r.client, r.keys)
-		if err != nil || version == 0 {
-			return nil, 0, cmp.Or(err, errNoKeySet)
+		version, err := readState(ctx, r.client, r.keys)
+		if err != nil {
+			return nil, version, err
 		}
 		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.onlyID).Build()).ToString()
 		if err == nil {
@@ -198,7 +199,7 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 	}
 	doc, version, err := readRedisRecords(ctx, r.client, r.keys, false)
 	if err != nil {
-		return nil, 0, err
+		return nil, version, err
 	}
 	// Never build on a key set the handler would refuse.
 	if _, err := buildKeySet(doc.records); err != nil {
@@ -209,6 +210,9 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 
 // wrap names the key set in an error.
 func (r redisRecords) wrap(err error) error {
+	if errors.Is(err, errRecordsGone) {
+		return fmt.Errorf("key set %s: %w. The servers keep the keys they hold. Restore it with caddy apikey import %s --file <keys.json>, from an export or a server's cache_file (then, on Redis, set maxmemory-policy to noeviction or a volatile-* policy); caddy apikey add %s --create would start it anew with that one key", r, err, r.flags(), r.flags())
+	}
 	if errors.Is(err, errNoKeySet) {
 		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.flags(), r.flags())
 	}

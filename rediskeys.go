@@ -107,7 +107,8 @@ func redactURL(raw string) string {
 
 // editScript applies one change to a key set: if the version is still the
 // one the change was made from (0: the key set does not exist yet, which
-// only a change that may create it accepts; "*": any version, for a change
+// only a change that may create it accepts, as it alone may write into a
+// key set whose records are gone while its version remains; "*": any version, for a change
 // that only adds records, whose ids must then be new), it writes the records, bumps
 // the version and logs the change: the ids, and the key_hash each record had
 // before ("" for a new record, "?" if it could not be read), so that a
@@ -119,6 +120,8 @@ local v = redis.call('GET', KEYS[1])
 if not v then
   if ARGV[2] ~= '1' then return redis.error_reply('NOKEYSET no key set at this prefix') end
   v = '0'
+elseif ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('NORECORDS the key set has a version but no records')
 end
 if ARGV[1] ~= '*' and v ~= ARGV[1] then return {0, tonumber(v)} end
 if ARGV[5] == '1' then
@@ -166,34 +169,48 @@ end
 return n
 `)
 
-// headScript reads the version and the id of the log's last entry at once.
+// headScript reads the version, the id of the log's last entry and whether
+// the records hash exists, at once.
 var headScript = rueidis.NewLuaScriptReadOnly(`
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local id = '0-0'
 if #last > 0 then id = last[1][1] end
-return {redis.call('GET', KEYS[1]) or '', id}
+return {redis.call('GET', KEYS[1]) or '', id, tostring(redis.call('EXISTS', KEYS[3]))}
 `)
 
 // errNoKeySet: the prefix holds no key set (it was never made, or Redis
 // lost it).
 var errNoKeySet = errors.New("no key set")
 
-// redisHead is where a key set stands: its version (0: none) and its log's
-// last entry.
+// errRecordsGone: the key set's records hash is gone while its version
+// remains. No change removes every record (revoke keeps them), so Redis
+// lost them: it is the key set gone (errors.Is errNoKeySet).
+var errRecordsGone error = recordsGone{}
+
+type recordsGone struct{}
+
+func (recordsGone) Error() string {
+	return "the key set's records are gone from Redis while its version and change log remain (evicted under a maxmemory-policy allkeys-*, or deleted by hand)"
+}
+func (recordsGone) Is(target error) bool { return target == errNoKeySet }
+
+// redisHead is where a key set stands: its version (0: none), its log's
+// last entry, and whether its records hash exists.
 type redisHead struct {
 	version int64
 	logID   string
+	records bool
 }
 
 func readHead(ctx context.Context, c rueidis.Client, k redisKeys) (redisHead, error) {
-	vals, err := headScript.Exec(ctx, c, []string{k.version, k.log}, nil).AsStrSlice()
+	vals, err := headScript.Exec(ctx, c, []string{k.version, k.log, k.records}, nil).AsStrSlice()
 	if err != nil {
 		return redisHead{}, err
 	}
-	if len(vals) != 2 {
+	if len(vals) != 3 {
 		return redisHead{}, fmt.Errorf("redis: unexpected reply to the head script: %q", vals)
 	}
-	h := redisHead{logID: vals[1]}
+	h := redisHead{logID: vals[1], records: vals[2] != "0"}
 	if vals[0] != "" {
 		if h.version, err = strconv.ParseInt(vals[0], 10, 64); err != nil {
 			return h, fmt.Errorf("redis: %s holds %q, not a version number", k.version, vals[0])
@@ -209,6 +226,29 @@ func readVersion(ctx context.Context, c rueidis.Client, k redisKeys) (int64, err
 		return 0, nil
 	}
 	return v, err
+}
+
+// readState returns the key set's version and, in the same round trip,
+// errNoKeySet if there is none or errRecordsGone if its records are gone.
+func readState(ctx context.Context, c rueidis.Client, k redisKeys) (int64, error) {
+	res := c.DoMulti(ctx, c.B().Get().Key(k.version).Build(), c.B().Exists().Key(k.records).Build())
+	v, err := res[0].AsInt64()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return 0, errNoKeySet
+	case err != nil:
+		return 0, err
+	case v == 0:
+		return 0, errNoKeySet
+	}
+	n, err := res[1].AsInt64()
+	switch {
+	case err != nil:
+		return v, err
+	case n == 0:
+		return v, errRecordsGone
+	}
+	return v, nil
 }
 
 // scanCount is how many fields one HSCAN asks for.
@@ -329,12 +369,9 @@ func (p *recordReader) readOne(r *docRecord) error {
 // then by id); the records of a hash have no order of their own.
 func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted bool) (*keyDoc, int64, error) {
 	for attempt := 1; ; attempt++ {
-		before, err := readVersion(ctx, c, k)
+		before, err := readState(ctx, c, k)
 		if err != nil {
-			return nil, 0, err
-		}
-		if before == 0 {
-			return nil, 0, errNoKeySet
+			return nil, before, err
 		}
 		doc := &keyDoc{bare: true}
 		seen := make(map[string]bool)
@@ -354,6 +391,9 @@ func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted
 		})
 		if err != nil {
 			return nil, 0, err
+		}
+		if len(seen) == 0 { // gone while read
+			return nil, before, errRecordsGone
 		}
 		after, err := readVersion(ctx, c, k)
 		if err != nil {
@@ -411,6 +451,9 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *Ke
 	})
 	if err != nil {
 		return nil, nil, err
+	}
+	if len(seen) == 0 { // its caller saw a version: the records are gone
+		return nil, nil, errRecordsGone
 	}
 	return b.ks, problems, nil
 }
@@ -511,8 +554,11 @@ func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, pairs []stri
 	args = append(args, pairs...)
 	res, err := editScript.Exec(ctx, c, []string{k.version, k.records, k.log}, args).AsIntSlice()
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "NOKEYSET") {
+		switch msg := err.Error(); {
+		case strings.HasPrefix(msg, "NOKEYSET"):
 			return 0, errNoKeySet
+		case strings.HasPrefix(msg, "NORECORDS"):
+			return 0, errRecordsGone
 		}
 		return 0, err
 	}

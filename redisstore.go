@@ -11,6 +11,7 @@ import (
 	"io"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,13 +144,14 @@ type redisKeyStore struct {
 	usage  usageTracker
 
 	// The follower's state.
-	version   int64           // the version of the key set in force
-	logID     string          // the last log entry applied
-	problems  map[string]bool // the records that cannot be used, as logged
-	down      bool            // Redis could not be reached last time (logged once)
-	gone      bool            // the key set vanished from Redis (logged once)
-	lastCheck time.Time
-	syncs     atomic.Int64 // full reads of the key set, for tests
+	version       int64           // the version of the key set in force
+	logID         string          // the last log entry applied
+	problems      map[string]bool // the records that cannot be used, as logged
+	down          bool            // Redis could not be reached last time (logged once)
+	gone          bool            // the key set vanished from Redis, or its records did (logged once)
+	policyChecked bool            // maxmemory-policy was looked at (see warnEviction)
+	lastCheck     time.Time
+	syncs         atomic.Int64 // full reads of the key set, for tests
 
 	// The writers' state.
 	writeFailing bool
@@ -214,9 +216,12 @@ func (s *redisKeyStore) open() error {
 			return nil
 		}
 	}
-	if errors.Is(err, errNoKeySet) {
+	switch {
+	case errors.Is(err, errRecordsGone):
+		err = fmt.Errorf("redis %s, prefix %q: %w; restore it with caddy apikey import --redis %s --prefix %s --file <keys.json>, from an export or a server's cache_file", s.shown, s.rk.prefix, err, s.shown, s.rk.prefix)
+	case errors.Is(err, errNoKeySet):
 		err = fmt.Errorf("redis %s holds no key set at prefix %q: make one with caddy apikey import --redis %s --prefix %s --file <keys.json>, or caddy apikey add --redis %s --prefix %s --create", s.shown, s.rk.prefix, s.shown, s.rk.prefix, s.shown, s.rk.prefix)
-	} else {
+	default:
 		err = fmt.Errorf("redis %s (prefix %q): %v", s.shown, s.rk.prefix, err)
 	}
 	if s.cacheFile == "" {
@@ -229,8 +234,11 @@ func (s *redisKeyStore) open() error {
 		return fmt.Errorf("%v; and the cache file cannot be used: %v", err, cerr)
 	}
 	s.keys.Store(ks)
+	s.cached = ks // what the cache file holds
 	s.metrics.loaded(ks, time.Now())
-	s.down = true
+	// Said here, once: the follower does not say it again.
+	s.down = !errors.Is(err, errNoKeySet)
+	s.gone = !s.down
 	s.log().Warn("Redis key set unavailable: starting from the cache file; will catch up when Redis is back",
 		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.size()), zap.Error(err))...)
 	return nil
@@ -417,11 +425,11 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	for _, e := range entries {
 		v, err := strconv.ParseInt(e.FieldValues["v"], 10, 64)
 		if err != nil || v != version+1 {
-			return s.fullSync(c)
+			return s.resync(c)
 		}
 		var ids, hashes []string
 		if err := json.Unmarshal([]byte(e.FieldValues["ids"]), &ids); err != nil {
-			return s.fullSync(c)
+			return s.resync(c)
 		}
 		if json.Unmarshal([]byte(e.FieldValues["was"]), &hashes) != nil || len(hashes) != len(ids) {
 			hashes = nil // not said: KeySet.with searches
@@ -509,22 +517,17 @@ func (s *redisKeyStore) check() error {
 	}
 	ctx, cancel := context.WithTimeout(s.stopCtx, reloadWait)
 	defer cancel()
-	v, err := readVersion(ctx, c, s.rk)
-	if err != nil {
+	v, err := readState(ctx, c, s.rk)
+	if err != nil && !errors.Is(err, errNoKeySet) {
 		s.reportDown(err)
 		return err
 	}
 	s.reportUp()
 	s.lastCheck = time.Now()
 	switch {
-	case v == 0:
-		if !s.gone {
-			s.gone = true
-			s.metrics.loadFailed()
-			s.log().Error("the key set is gone from Redis (a restart without persistence, a FLUSHALL?); the keys in force stay in force until it is back: restore it with caddy apikey import",
-				s.fields(zap.Int64("version", s.version))...)
-		}
-		return errNoKeySet
+	case err != nil:
+		s.reportGone(err)
+		return err
 	case s.gone || v < s.version || s.version == 0:
 		switch {
 		case s.gone:
@@ -534,17 +537,44 @@ func (s *redisKeyStore) check() error {
 			s.log().Warn("the key set's version went back (Redis restored from an older snapshot?): it is read again, and changes made after that snapshot are lost, revocations included; check them",
 				s.fields(zap.Int64("version_was", s.version), zap.Int64("version", v))...)
 		}
-		return s.fullSync(c)
+		return s.resync(c)
 	case v > s.version:
 		if err := s.readLog(c, 0); err != nil {
 			return err
 		}
 		if s.version != v {
-			return s.fullSync(c)
+			return s.resync(c)
 		}
 	}
 	s.metrics.synced(s.lastCheck)
 	return nil
+}
+
+// reportGone logs that the key set is gone from Redis (errNoKeySet) or its
+// records are (errRecordsGone), once until it is back.
+func (s *redisKeyStore) reportGone(err error) {
+	if s.gone {
+		return
+	}
+	s.gone = true
+	s.metrics.loadFailed()
+	if errors.Is(err, errRecordsGone) {
+		s.log().Error("the key set's records are gone from Redis while its version and change log remain (evicted under a maxmemory-policy allkeys-*, or deleted by hand); the keys in force stay in force, and the cache file is kept, until it is back: restore it with caddy apikey import, from an export or a cache_file",
+			s.fields(zap.Int64("version", s.version))...)
+		return
+	}
+	s.log().Error("the key set is gone from Redis (a restart without persistence, a FLUSHALL?); the keys in force stay in force until it is back: restore it with caddy apikey import",
+		s.fields(zap.Int64("version", s.version))...)
+}
+
+// resync is fullSync for the follower, which says once that the key set
+// is gone if it is.
+func (s *redisKeyStore) resync(c rueidis.Client) error {
+	err := s.fullSync(c)
+	if errors.Is(err, errNoKeySet) {
+		s.reportGone(err)
+	}
+	return err
 }
 
 // fullSync reads the whole key set and puts it in force, then follows the
@@ -558,8 +588,12 @@ func (s *redisKeyStore) fullSync(c rueidis.Client) error {
 	if err != nil {
 		return err
 	}
-	if head.version == 0 {
+	s.warnEviction(ctx, c)
+	switch {
+	case head.version == 0:
 		return errNoKeySet
+	case !head.records:
+		return errRecordsGone
 	}
 	ks, problems, err := loadRedisKeySet(ctx, c, s.rk)
 	if err != nil {
@@ -575,6 +609,27 @@ func (s *redisKeyStore) fullSync(c rueidis.Client) error {
 		debug.FreeOSMemory() // give back what reading it took
 	}
 	return nil
+}
+
+// warnEviction warns, once per store, if Redis may evict the key set: its
+// maxmemory-policy is one of the allkeys-* policies, which evict keys that
+// have no time to live, as the key set's keys have none, when Redis is out
+// of memory. A Redis that does not let this user ask (an ACL, a managed
+// Redis without CONFIG) says nothing.
+func (s *redisKeyStore) warnEviction(ctx context.Context, c rueidis.Client) {
+	if s.policyChecked {
+		return
+	}
+	s.policyChecked = true
+	conf, err := c.Do(ctx, c.B().ConfigGet().Parameter("maxmemory*").Build()).AsStrMap()
+	if err != nil {
+		s.log().Debug("cannot read Redis's maxmemory-policy (CONFIG GET refused?); not checked whether Redis may evict the key set", s.fields(zap.Error(err))...)
+		return
+	}
+	if policy := conf["maxmemory-policy"]; strings.HasPrefix(policy, "allkeys-") {
+		s.log().Warn("Redis may evict the key set: its maxmemory-policy evicts any key when memory runs out, and a key set whose records are evicted refuses every change until it is restored; set maxmemory-policy to noeviction (or a volatile-* policy)",
+			s.fields(zap.String("maxmemory_policy", policy), zap.String("maxmemory", conf["maxmemory"]))...)
+	}
 }
 
 // bigKeySet is the size from which a full read gives the memory it no
@@ -679,6 +734,11 @@ func (s *redisKeyStore) cacheLoop() {
 func (s *redisKeyStore) writeCache() {
 	ks := s.keys.Load()
 	if ks == nil || ks == s.cached {
+		return
+	}
+	if ks.size() == 0 {
+		// An empty key set (every record unusable) is never written: a
+		// server that starts from its cache would refuse every key.
 		return
 	}
 	_, err := writeFileAtomic(s.cacheFile, keySetSnapshot{ks: ks, of: s.name()}, nil, nil)
