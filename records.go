@@ -142,24 +142,75 @@ func (r redisRecords) edit(e recordEdit) error {
 		case err != nil:
 			return r.wrap(err)
 		}
+		// An edit of one named record conflicts only with changes of the
+		// records it changes: it is checked against their values as read,
+		// not against the version, which every add moves.
+		var before []readValue
+		if e.onlyID != "" {
+			before = readValues(doc)
+		}
 		if err := e.edit(doc); err != nil {
 			if errors.Is(err, errNoChange) {
 				return nil
 			}
 			return err
 		}
-		_, err = writeChanged(ctx, r.client, r.keys, doc, version, e.create)
-		if (errors.Is(err, errVersionMoved) || errors.Is(err, errIDTaken)) && attempt < 10 {
-			if attempt == 1 && e.waiting != nil && errors.Is(err, errVersionMoved) {
+		var read map[string]string
+		if e.onlyID != "" {
+			read = changedValues(doc, before)
+		}
+		_, err = writeRecords(ctx, r.client, r.keys, doc, version, e.create, read)
+		conflict := errors.Is(err, errVersionMoved) || errors.Is(err, errRecordMoved) || errors.Is(err, errIDTaken)
+		switch {
+		case conflict && attempt < maxEditTries:
+			if attempt == 1 && e.waiting != nil && !errors.Is(err, errIDTaken) {
 				e.waiting()
 			}
 			continue
-		}
-		if err != nil {
+		case conflict:
+			return r.wrap(fmt.Errorf("%w (%v, %d times); nothing was changed: try again", errConflict, err, attempt))
+		case err != nil:
 			return r.wrap(err)
 		}
 		return nil
 	}
+}
+
+// maxEditTries is how many times an edit is done again on what another
+// writer left, before it gives up (errConflict).
+const maxEditTries = 10
+
+// readValue is a record's id and value as an edit read them.
+type readValue struct {
+	id  string
+	raw []byte
+}
+
+// readValues notes the values of doc's records, before an edit.
+func readValues(doc *keyDoc) []readValue {
+	out := make([]readValue, len(doc.records))
+	for i := range doc.records {
+		out[i] = readValue{doc.records[i].ID, doc.records[i].raw}
+	}
+	return out
+}
+
+// changedValues returns the values read (before) of the records that the
+// edit of doc changed, by id: what the write expects to replace.
+func changedValues(doc *keyDoc, before []readValue) map[string]string {
+	read := make(map[string]string)
+	changed := make(map[string]bool)
+	for i := range doc.records {
+		if doc.records[i].raw == nil {
+			changed[doc.records[i].ID] = true
+		}
+	}
+	for _, v := range before {
+		if changed[v.id] && v.raw != nil {
+			read[v.id] = string(v.raw)
+		}
+	}
+	return read
 }
 
 // readFor reads what edit e needs, and the version it was read at: for an

@@ -105,16 +105,23 @@ func redactURL(raw string) string {
 	return u.String()
 }
 
-// editScript applies one change to a key set: if the version is still the
-// one the change was made from (0: the key set does not exist yet, which
-// only a change that may create it accepts, as it alone may write into a
-// key set whose records are gone while its version remains; "*": any version, for a change
-// that only adds records, whose ids must then be new), it writes the records, bumps
-// the version and logs the change: the ids, and the key_hash each record had
-// before ("" for a new record, "?" if it could not be read), so that a
-// follower drops a replaced key without searching for it. It returns {1, new version}, or {0,
-// version now} when another writer came first, {2, version} when a record
-// to add is there already.
+// editScript applies one change to a key set. It checks, first, the
+// version the change was made from (ARGV[1]): the key set must still be at
+// it (0: the key set does not exist yet, which only a change that may
+// create it accepts, ARGV[2], as it alone may write into a key set whose
+// records are gone while its version remains; "*": any version). Then,
+// for each record (ARGV[5...]: id, expected, JSON), what the change
+// expects to replace: nothing is checked (""), there must be no record
+// with that id ("-": a new record), or the record must still be the value
+// read ("=" and the value: a change of named records, which conflicts
+// only with changes of the same records). It then writes the records,
+// bumps the version and logs the change (ARGV[3]: the log's length): the
+// ids (ARGV[4]), and the key_hash each record had before ("" for a new
+// record, "?" if it could not be read), so that a follower drops a
+// replaced key without searching for it. It returns {1, new version}, or
+// {0, version now} when another writer changed the version, {2, version}
+// when a record to add is there already, {3, version} when a record to
+// change is no longer the one read.
 var editScript = rueidis.NewLuaScript(`
 local v = redis.call('GET', KEYS[1])
 if not v then
@@ -124,13 +131,16 @@ elseif ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 0 then
   return redis.error_reply('NORECORDS the key set has a version but no records')
 end
 if ARGV[1] ~= '*' and v ~= ARGV[1] then return {0, tonumber(v)} end
-if ARGV[5] == '1' then
-  for i = 6, #ARGV, 2 do
+for i = 5, #ARGV, 3 do
+  local want = ARGV[i+1]
+  if want == '-' then
     if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then return {2, tonumber(v)} end
+  elseif want ~= '' then
+    if redis.call('HGET', KEYS[2], ARGV[i]) ~= string.sub(want, 2) then return {3, tonumber(v)} end
   end
 end
 local was = {}
-for i = 6, #ARGV, 2 do
+for i = 5, #ARGV, 3 do
   local h = ''
   local prev = redis.call('HGET', KEYS[2], ARGV[i])
   if prev then
@@ -139,7 +149,7 @@ for i = 6, #ARGV, 2 do
     if ok and type(d) == 'table' and type(d.key_hash) == 'string' then h = string.lower(d.key_hash) end
   end
   was[#was + 1] = h
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+2])
 end
 local nv = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'v', nv, 'ids', ARGV[4], 'was', cjson.encode(was))
@@ -502,7 +512,19 @@ const editBatch = 5000
 // whatever the version, and refused (errIDTaken) if one of its ids is
 // there already.
 func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDoc, from int64, create bool) (int64, error) {
-	var pairs []string // id, JSON, id, JSON...
+	return writeRecords(ctx, c, k, doc, from, create, nil)
+}
+
+// writeRecords is writeChanged, but for read not nil: the change is one of
+// named records, written whatever the version if each record it changes is
+// still the value it was read as (read[id]; none if read has no value for
+// it), and refused otherwise (errRecordMoved, or errIDTaken for a record
+// that was not there). Changes of other records do not hold it up.
+func writeRecords(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDoc, from int64, create bool, read map[string]string) (int64, error) {
+	if read != nil {
+		from = anyVersion
+	}
+	var writes []string // id, expected, JSON, id, expected, JSON...
 	for i := range doc.records {
 		r := &doc.records[i]
 		if r.raw != nil {
@@ -517,41 +539,48 @@ func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDo
 		if err != nil {
 			return 0, fmt.Errorf("record %q: %v", r.ID, err)
 		}
-		pairs = append(pairs, r.ID, string(js))
+		expect := ""
+		switch was, ok := read[r.ID]; {
+		case ok:
+			expect = "=" + was
+		case from == anyVersion:
+			expect = "-"
+		}
+		writes = append(writes, r.ID, expect, string(js))
 	}
 	version := from
-	for len(pairs) > 0 {
-		n := min(len(pairs), 2*editBatch)
-		var err error
-		v, err := writeBatch(ctx, c, k, pairs[:n], version, create)
+	for len(writes) > 0 {
+		n := min(len(writes), 3*editBatch)
+		v, err := writeBatch(ctx, c, k, writes[:n], version, create)
 		if err != nil {
 			return v, err
 		}
 		if version != anyVersion {
 			version = v
 		}
-		pairs, create = pairs[n:], false
+		writes, create = writes[n:], false
 	}
 	return version, nil
 }
 
-// writeBatch runs editScript once, for the records in pairs (id, JSON...).
-func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, pairs []string, from int64, create bool) (int64, error) {
-	args := make([]string, 5, 5+len(pairs))
-	args[0], args[1], args[2], args[4] = strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen), "0"
+// writeBatch runs editScript once, for the records in writes (id,
+// expected, JSON...).
+func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, writes []string, from int64, create bool) (int64, error) {
+	args := make([]string, 4, 4+len(writes))
+	args[0], args[1], args[2] = strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen)
 	if create {
 		args[1] = "1"
 	}
 	if from == anyVersion {
-		args[0], args[4] = "*", "1"
+		args[0] = "*"
 	}
-	ids := make([]string, 0, len(pairs)/2)
-	for i := 0; i < len(pairs); i += 2 {
-		ids = append(ids, pairs[i])
+	ids := make([]string, 0, len(writes)/3)
+	for i := 0; i < len(writes); i += 3 {
+		ids = append(ids, writes[i])
 	}
 	idList, _ := json.Marshal(ids) // strings only: cannot fail
 	args[3] = string(idList)
-	args = append(args, pairs...)
+	args = append(args, writes...)
 	res, err := editScript.Exec(ctx, c, []string{k.version, k.records, k.log}, args).AsIntSlice()
 	if err != nil {
 		switch msg := err.Error(); {
@@ -570,6 +599,8 @@ func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, pairs []stri
 		return res[1], errVersionMoved
 	case 2:
 		return res[1], errIDTaken
+	case 3:
+		return res[1], errRecordMoved
 	}
 	return res[1], nil
 }
@@ -584,6 +615,14 @@ var errIDTaken = errors.New("a record with this id is there already")
 // errVersionMoved: another writer changed the key set between the read
 // and the write; the edit is done again on the new version.
 var errVersionMoved = errors.New("the key set changed meanwhile")
+
+// errRecordMoved: another writer changed a record that a change of named
+// records changes, between the read and the write; the edit is done again.
+var errRecordMoved = errors.New("the record changed meanwhile")
+
+// errConflict: an edit that found its records changed by another writer
+// at each of its tries; nothing was written. Trying again may work.
+var errConflict = errors.New("another writer changed the key set at each try")
 
 // usedTimes reads the used hash: last use by "<key_hash>:<id>".
 func usedTimes(ctx context.Context, c rueidis.Client, k redisKeys) (map[string]time.Time, error) {
