@@ -17,6 +17,7 @@ import (
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 
@@ -228,7 +229,7 @@ func (s *redisKeyStore) open() error {
 		s.closeClient()
 		return err
 	}
-	ks, cerr := readKeySet(s.cacheFile)
+	ks, cerr := s.readCache()
 	if cerr != nil {
 		s.closeClient()
 		return fmt.Errorf("%v; and the cache file cannot be used: %v", err, cerr)
@@ -753,6 +754,55 @@ func (s *redisKeyStore) writeCache() {
 	s.cached = ks
 }
 
+// readCache reads the cache file, if it is a snapshot of this store's key
+// set: a cache file of another key set (another prefix, another Redis, a
+// file copied from another server) is refused, never put in force. A key
+// file that names no key set (an export put there by hand) is taken.
+func (s *redisKeyStore) readCache() (*KeySet, error) {
+	of, err := snapshotOf(s.cacheFile)
+	if err != nil {
+		return nil, &keyFileError{path: s.cacheFile, err: err}
+	}
+	if of != "" && of != s.name() {
+		return nil, fmt.Errorf("cache file %s is a snapshot of %s, not of this store's key set %s", s.cacheFile, of, s.name())
+	}
+	return readKeySet(s.cacheFile)
+}
+
+// snapshotOf returns the key set that the cache file at path names in its
+// first member, "snapshot" (see keySetSnapshot), or "" if it names none.
+// It reads no further than that member.
+func snapshotOf(path string) (string, error) {
+	f, _, err := openKeyFile(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	dec := jsontext.NewDecoder(bufio.NewReaderSize(io.LimitReader(f, 64<<10), 4096), decoderOptions...)
+	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
+		return "", nil // not a key file object: readKeySet says what it is
+	}
+	if name, err := dec.ReadToken(); err != nil || name.Kind() != '"' || name.String() != "snapshot" {
+		return "", nil
+	}
+	v, err := dec.ReadToken()
+	if err != nil || v.Kind() != '"' {
+		return "", nil
+	}
+	of := strings.TrimSuffix(strings.TrimPrefix(v.String(), snapshotLead), snapshotTail)
+	if of == "" {
+		of = v.String()
+	}
+	return of, nil
+}
+
+// How a cache file names its key set: snapshotLead + the store's name +
+// snapshotTail.
+const (
+	snapshotLead = "a snapshot of "
+	snapshotTail = ", written by caddy-apikey"
+)
+
 // keySetSnapshot writes a key set as a key file, with what authentication
 // needs of each record (never last-used times, nor members this plugin
 // does not know): the cache file.
@@ -764,7 +814,7 @@ type keySetSnapshot struct {
 func (s keySetSnapshot) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: w}
 	bw := bufio.NewWriterSize(cw, chunkSize)
-	of, _ := json.Marshal("a snapshot of " + s.of + ", written by caddy-apikey")
+	of, _ := json.Marshal(snapshotLead + s.of + snapshotTail)
 	fmt.Fprintf(bw, "{\n  \"snapshot\": %s,\n  \"api_keys\": [", of)
 	first := true
 	var err error
