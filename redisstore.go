@@ -804,8 +804,10 @@ const (
 )
 
 // keySetSnapshot writes a key set as a key file, with what authentication
-// needs of each record (never last-used times, nor members this plugin
-// does not know): the cache file.
+// needs of each record, and its created_at, so that a key set restored
+// from it keeps them (never last-used times, rotated_from, nor members
+// this plugin does not know, which the key set does not hold): the cache
+// file.
 type keySetSnapshot struct {
 	ks *KeySet
 	of string
@@ -828,6 +830,9 @@ func (s keySetSnapshot) WriteTo(w io.Writer) (int64, error) {
 		}
 		if k.revoked {
 			rec.RevokedAt = timestamp(ptr(time.Unix(0, k.revokedAt)))
+		}
+		if k.created {
+			rec.CreatedAt = timestamp(ptr(time.Unix(0, k.createdAt)))
 		}
 		var js []byte
 		if js, err = jsonv2.Marshal(rec); err != nil {
