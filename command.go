@@ -332,9 +332,9 @@ func dialRedisRecords(url, prefix string) (redisRecords, error) {
 	}
 	c, err := rueidis.NewClient(opt)
 	if err != nil {
-		return redisRecords{}, fmt.Errorf("redis %s: %v", shown, err)
+		return redisRecords{}, fmt.Errorf("redis %s: %v", shown, explainTimeout(nil, err, answerTimeout(opt), 0))
 	}
-	return redisRecords{client: c, keys: keys, shown: shown}, nil
+	return redisRecords{client: c, keys: keys, shown: shown, timeout: answerTimeout(opt)}, nil
 }
 
 // runWithExitCode adapts a command to cobra. Unlike

@@ -1,6 +1,7 @@
 package apikey
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -84,6 +85,9 @@ type redisRecords struct {
 	client rueidis.Client
 	keys   redisKeys
 	shown  string // the URL, without its password
+	// timeout is how long the client waits for Redis to answer
+	// (answerTimeout), for messages; 0: redisTimeout.
+	timeout time.Duration
 
 	// mayCreate lets an edit that may create a key set (add, import)
 	// create one at a prefix that holds none. Off, such an edit is
@@ -111,11 +115,11 @@ func (r redisRecords) read() ([]docRecord, *KeySet, error) {
 	defer cancel()
 	doc, _, err := readRedisRecords(ctx, r.client, r.keys, true)
 	if err != nil {
-		return nil, nil, r.wrap(err)
+		return nil, nil, r.fail(ctx, err)
 	}
 	used, err := usedTimes(ctx, r.client, r.keys)
 	if err != nil {
-		return nil, nil, r.wrap(err)
+		return nil, nil, r.fail(ctx, err)
 	}
 	mergeUsed(doc.records, used)
 	ks, err := buildKeySet(doc.records)
@@ -140,7 +144,7 @@ func (r redisRecords) edit(e recordEdit) error {
 			// are gone, which this edit may make anew.
 			doc = &keyDoc{bare: true}
 		case err != nil:
-			return r.wrap(err)
+			return r.fail(ctx, err)
 		}
 		// An edit of one named record conflicts only with changes of the
 		// records it changes: it is checked against their values as read,
@@ -170,7 +174,7 @@ func (r redisRecords) edit(e recordEdit) error {
 		case conflict:
 			return r.wrap(fmt.Errorf("%w (%v, %d times); nothing was changed: try again", errConflict, err, attempt))
 		case err != nil:
-			return r.wrap(err)
+			return r.fail(ctx, err)
 		}
 		return nil
 	}
@@ -257,6 +261,12 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 		return nil, 0, err
 	}
 	return doc, version, nil
+}
+
+// fail is wrap, for an error of a Redis call made with ctx: a time-out
+// says what gave up after how long.
+func (r redisRecords) fail(ctx context.Context, err error) error {
+	return r.wrap(explainTimeout(ctx, err, cmp.Or(r.timeout, redisTimeout), redisEditTimeout))
 }
 
 // wrap names the key set in an error.

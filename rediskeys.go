@@ -2,11 +2,13 @@ package apikey
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"slices"
 	"strconv"
@@ -88,6 +90,30 @@ func redisURL(configured string) (rueidis.ClientOption, string, error) {
 		opt.ConnWriteTimeout = redisTimeout
 	}
 	return opt, shown, nil
+}
+
+// answerTimeout is how long a connection made with opt waits for Redis to
+// answer before it gives up: its dial time-out (dial_timeout in the URL)
+// for a new connection, its write time-out (write_timeout) for one in use,
+// whichever is longer.
+func answerTimeout(opt rueidis.ClientOption) time.Duration {
+	return max(cmp.Or(opt.Dialer.Timeout, rueidis.DefaultDialTimeout), cmp.Or(opt.ConnWriteTimeout, redisTimeout))
+}
+
+// explainTimeout says what gave up after how long, for an error of a Redis
+// call that timed out, which "context deadline exceeded" or "i/o timeout"
+// alone does not: Redis not answering within answer (answerTimeout), or,
+// if ctx's own deadline passed, the whole operation not done within
+// budget. Other errors are returned as they are.
+func explainTimeout(ctx context.Context, err error, answer, budget time.Duration) error {
+	var ne net.Error
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
+		return err
+	}
+	if ctx != nil && ctx.Err() != nil {
+		return fmt.Errorf("Redis did not finish within %s, the time allowed: %w", budget, err)
+	}
+	return fmt.Errorf("Redis did not answer within %s: %w", answer, err)
 }
 
 // redactURL is a Redis URL as logs and messages may show it: without its

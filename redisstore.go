@@ -192,7 +192,7 @@ func (s *redisKeyStore) records() recordStore {
 	if p := s.client.Load(); p != nil {
 		c = *p
 	}
-	return redisRecords{client: c, keys: s.rk, shown: s.shown}
+	return redisRecords{client: c, keys: s.rk, shown: s.shown, timeout: answerTimeout(s.opt)}
 }
 
 func (s *redisKeyStore) log() *zap.Logger {
@@ -211,6 +211,7 @@ func (s *redisKeyStore) fields(more ...zap.Field) []zap.Field {
 // is back; otherwise the config load fails.
 func (s *redisKeyStore) open() error {
 	c, err := rueidis.NewClient(s.opt)
+	err = explainTimeout(nil, err, answerTimeout(s.opt), 0)
 	if err == nil {
 		s.client.Store(&c)
 		if err = s.fullSync(c); err == nil {
@@ -587,7 +588,7 @@ func (s *redisKeyStore) fullSync(c rueidis.Client) error {
 	defer cancel()
 	head, err := readHead(ctx, c, s.rk)
 	if err != nil {
-		return err
+		return explainTimeout(ctx, err, answerTimeout(s.opt), redisEditTimeout)
 	}
 	s.warnEviction(ctx, c)
 	switch {
@@ -598,7 +599,7 @@ func (s *redisKeyStore) fullSync(c rueidis.Client) error {
 	}
 	ks, problems, err := loadRedisKeySet(ctx, c, s.rk)
 	if err != nil {
-		return err
+		return explainTimeout(ctx, err, answerTimeout(s.opt), redisEditTimeout)
 	}
 	s.syncs.Add(1)
 	s.version, s.logID = head.version, head.logID
