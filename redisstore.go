@@ -218,6 +218,7 @@ func (s *redisKeyStore) open() error {
 			return nil
 		}
 	}
+	gone := errors.Is(err, errNoKeySet) // Redis answers, without the key set
 	switch {
 	case errors.Is(err, errRecordsGone):
 		err = fmt.Errorf("redis %s, prefix %q: %w; restore it with caddy apikey import --redis %s --prefix %s --file <keys.json>, from an export or a server's cache_file", s.shown, s.rk.prefix, err, s.shown, s.rk.prefix)
@@ -239,8 +240,7 @@ func (s *redisKeyStore) open() error {
 	s.cached = ks // what the cache file holds
 	s.metrics.loaded(ks, time.Now())
 	// Said here, once: the follower does not say it again.
-	s.down = !errors.Is(err, errNoKeySet)
-	s.gone = !s.down
+	s.down, s.gone = !gone, gone
 	s.log().Warn("Redis key set unavailable: starting from the cache file; will catch up when Redis is back",
 		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.size()), zap.Error(err))...)
 	return nil
