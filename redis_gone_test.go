@@ -111,7 +111,12 @@ func TestRedisRecordsGone(t *testing.T) {
 			return admits(st, rawA) && admits(st, rawB) && admits(st, rawC)
 		})
 	}
-	if n := logs.FilterMessageSnippet("back").Len(); n != 1 {
+	for _, st := range []*redisKeyStore{s, s2} {
+		if err := st.askSync(); err != nil {
+			t.Fatalf("check after the restore: %v", err)
+		}
+	}
+	if n := logs.FilterMessageSnippet("is back in Redis").Len(); n != 1 {
 		t.Errorf("the restore was logged %d times, want once", n)
 	}
 }
@@ -169,3 +174,45 @@ var (
 )
 
 func zapString(k, v string) zapcore.Field { return zap.String(k, v) }
+
+// A server that starts from its cache file because Redis holds no key set
+// (wiped) says so once: the follower does not log the loss again, nor that
+// Redis is "reachable again"; the key set back, it says that once.
+func TestRedisStartWithoutKeySetSaysSoOnce(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("")
+	raw, _ := addRedisKey(t, rs, "a")
+	cache := filepath.Join(t.TempDir(), "cache.json")
+	s, err := openRedisStore(t, r, "", cache, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
+	_ = s.Destruct()
+
+	r.do("FLUSHALL")
+	s2, logs, err := openLoggedRedisStore(t, r, "", cache)
+	if err != nil || !admits(s2, raw) {
+		t.Fatalf("start from the cache file: %v", err)
+	}
+	for range 2 {
+		if err := s2.askSync(); !errors.Is(err, errNoKeySet) {
+			t.Fatalf("check: %v", err)
+		}
+	}
+	if n := logs.FilterLevelExact(zapError).Len() + logs.FilterMessageSnippet("reachable again").Len(); n != 0 {
+		t.Errorf("%d more lines about the start: %v", n, logs.All())
+	}
+	if n := logs.FilterMessageSnippet("cache file").Len(); n != 1 {
+		t.Errorf("the start from the cache file was logged %d times, want once", n)
+	}
+	if _, err := importKeys(fileRecords{path: cache}, rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.askSync(); err != nil {
+		t.Fatal(err)
+	}
+	if n := logs.FilterMessageSnippet("is back in Redis").Len(); n != 1 {
+		t.Errorf("the key set's return was logged %d times, want once", n)
+	}
+}
