@@ -23,8 +23,10 @@ type Key struct {
 	scopesJoined string
 	expiresAt    int64 // unix nanoseconds, clamped to int64 (see unixNanoClamped)
 	revokedAt    int64 // unix nanoseconds, clamped, when revoked
+	createdAt    int64 // unix nanoseconds, clamped: for a Redis store's cache file, which a restore reads
 	expires      bool  // the key has an expires_at
 	revoked      bool  // the key has a revoked_at
+	created      bool  // the key has a created_at that reads as a time
 
 	// usage is created on first use, so keys that are never used cost
 	// nothing, and is carried over to the next key set when the file is
@@ -36,8 +38,8 @@ type Key struct {
 // its usage cell.
 func (k *Key) copyTo(c *Key) {
 	c.ID, c.Label, c.Prefix, c.Scopes = k.ID, k.Label, k.Prefix, k.Scopes
-	c.scopesJoined, c.expiresAt, c.revokedAt = k.scopesJoined, k.expiresAt, k.revokedAt
-	c.expires, c.revoked = k.expires, k.revoked
+	c.scopesJoined, c.expiresAt, c.revokedAt, c.createdAt = k.scopesJoined, k.expiresAt, k.revokedAt, k.createdAt
+	c.expires, c.revoked, c.created = k.expires, k.revoked, k.created
 	c.usage.Store(k.usage.Load())
 }
 
@@ -215,6 +217,12 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 			return sum, fmt.Errorf("revoked_at: %v", err)
 		}
 		k.revoked, k.revokedAt = true, unixNanoClamped(t)
+	}
+	if rec.CreatedAt != nil {
+		// Kept, not checked: a created_at that is no time is left out.
+		if t, err := parseTimestamp(*rec.CreatedAt); err == nil {
+			k.created, k.createdAt = true, unixNanoClamped(t)
+		}
 	}
 	for _, s := range rec.Scopes {
 		if err := checkScope(s); err != nil {

@@ -85,6 +85,9 @@ type redisRecords struct {
 	client rueidis.Client
 	keys   redisKeys
 	shown  string // the URL, without its password
+	// timeout is how long the client waits for Redis to answer
+	// (answerTimeout), for messages; 0: redisTimeout.
+	timeout time.Duration
 
 	// mayCreate lets an edit that may create a key set (add, import)
 	// create one at a prefix that holds none. Off, such an edit is
@@ -112,11 +115,11 @@ func (r redisRecords) read() ([]docRecord, *KeySet, error) {
 	defer cancel()
 	doc, _, err := readRedisRecords(ctx, r.client, r.keys, true)
 	if err != nil {
-		return nil, nil, r.wrap(err)
+		return nil, nil, r.fail(ctx, err)
 	}
 	used, err := usedTimes(ctx, r.client, r.keys)
 	if err != nil {
-		return nil, nil, r.wrap(err)
+		return nil, nil, r.fail(ctx, err)
 	}
 	mergeUsed(doc.records, used)
 	ks, err := buildKeySet(doc.records)
@@ -137,9 +140,18 @@ func (r redisRecords) edit(e recordEdit) error {
 		doc, version, err := r.readFor(ctx, e)
 		switch {
 		case errors.Is(err, errNoKeySet) && e.create:
-			doc, version = &keyDoc{bare: true}, 0
+			// version is 0, or the version of a key set whose records
+			// are gone, which this edit may make anew.
+			doc = &keyDoc{bare: true}
 		case err != nil:
-			return r.wrap(err)
+			return r.fail(ctx, err)
+		}
+		// An edit of one named record conflicts only with changes of the
+		// records it changes: it is checked against their values as read,
+		// not against the version, which every add moves.
+		var before []readValue
+		if e.onlyID != "" {
+			before = readValues(doc)
 		}
 		if err := e.edit(doc); err != nil {
 			if errors.Is(err, errNoChange) {
@@ -147,18 +159,62 @@ func (r redisRecords) edit(e recordEdit) error {
 			}
 			return err
 		}
-		_, err = writeChanged(ctx, r.client, r.keys, doc, version, e.create)
-		if (errors.Is(err, errVersionMoved) || errors.Is(err, errIDTaken)) && attempt < 10 {
-			if attempt == 1 && e.waiting != nil && errors.Is(err, errVersionMoved) {
+		var read map[string]string
+		if e.onlyID != "" {
+			read = changedValues(doc, before)
+		}
+		_, err = writeRecords(ctx, r.client, r.keys, doc, version, e.create, read)
+		conflict := errors.Is(err, errVersionMoved) || errors.Is(err, errRecordMoved) || errors.Is(err, errIDTaken)
+		switch {
+		case conflict && attempt < maxEditTries:
+			if attempt == 1 && e.waiting != nil && !errors.Is(err, errIDTaken) {
 				e.waiting()
 			}
 			continue
-		}
-		if err != nil {
-			return r.wrap(err)
+		case conflict:
+			return r.wrap(fmt.Errorf("%w (%v, %d times); nothing was changed: try again", errConflict, err, attempt))
+		case err != nil:
+			return r.fail(ctx, err)
 		}
 		return nil
 	}
+}
+
+// maxEditTries is how many times an edit is done again on what another
+// writer left, before it gives up (errConflict).
+const maxEditTries = 10
+
+// readValue is a record's id and value as an edit read them.
+type readValue struct {
+	id  string
+	raw []byte
+}
+
+// readValues notes the values of doc's records, before an edit.
+func readValues(doc *keyDoc) []readValue {
+	out := make([]readValue, len(doc.records))
+	for i := range doc.records {
+		out[i] = readValue{doc.records[i].ID, doc.records[i].raw}
+	}
+	return out
+}
+
+// changedValues returns the values read (before) of the records that the
+// edit of doc changed, by id: what the write expects to replace.
+func changedValues(doc *keyDoc, before []readValue) map[string]string {
+	read := make(map[string]string)
+	changed := make(map[string]bool)
+	for i := range doc.records {
+		if doc.records[i].raw == nil {
+			changed[doc.records[i].ID] = true
+		}
+	}
+	for _, v := range before {
+		if changed[v.id] && v.raw != nil {
+			read[v.id] = string(v.raw)
+		}
+	}
+	return read
 }
 
 // readFor reads what edit e needs, and the version it was read at: for an
@@ -168,23 +224,22 @@ func (r redisRecords) edit(e recordEdit) error {
 func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64, error) {
 	if e.onlyAdds {
 		if !e.create {
-			if v, err := readVersion(ctx, r.client, r.keys); err != nil || v == 0 {
-				return nil, 0, cmp.Or(err, errNoKeySet)
+			if _, err := readState(ctx, r.client, r.keys); err != nil {
+				return nil, 0, err
 			}
 		}
 		return &keyDoc{bare: true}, anyVersion, nil
 	}
 	if e.onlyID != "" {
-		version, err := readVersion(ctx, r.client, r.keys)
-		if err != nil || version == 0 {
-			return nil, 0, cmp.Or(err, errNoKeySet)
+		version, err := readState(ctx, r.client, r.keys)
+		if err != nil {
+			return nil, version, err
 		}
 		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.onlyID).Build()).ToString()
 		if err == nil {
-			var arr recordArray
-			arr.add(e.onlyID, js)
-			doc, err := arr.parse()
-			if err != nil {
+			doc := &keyDoc{bare: true, records: make([]docRecord, 1)}
+			var rd recordReader
+			if err := rd.read(e.onlyID, js, &doc.records[0]); err != nil {
 				return nil, 0, err
 			}
 			if _, err := buildKeySet(doc.records); err != nil {
@@ -199,7 +254,7 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 	}
 	doc, version, err := readRedisRecords(ctx, r.client, r.keys, false)
 	if err != nil {
-		return nil, 0, err
+		return nil, version, err
 	}
 	// Never build on a key set the handler would refuse.
 	if _, err := buildKeySet(doc.records); err != nil {
@@ -208,8 +263,17 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 	return doc, version, nil
 }
 
+// fail is wrap, for an error of a Redis call made with ctx: a time-out
+// says what gave up after how long.
+func (r redisRecords) fail(ctx context.Context, err error) error {
+	return r.wrap(explainTimeout(ctx, err, cmp.Or(r.timeout, redisTimeout), redisEditTimeout))
+}
+
 // wrap names the key set in an error.
 func (r redisRecords) wrap(err error) error {
+	if errors.Is(err, errRecordsGone) {
+		return fmt.Errorf("key set %s: %w. The servers keep the keys they hold. Restore it with caddy apikey import %s --file <keys.json>, from an export or a server's cache_file (then, on Redis, set maxmemory-policy to noeviction or a volatile-* policy); caddy apikey add %s --create would start it anew with that one key", r, err, r.flags(), r.flags())
+	}
 	if errors.Is(err, errNoKeySet) {
 		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.flags(), r.flags())
 	}

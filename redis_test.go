@@ -149,6 +149,12 @@ func addRedisKey(t testing.TB, st recordStore, label string) (string, Record) {
 // ends.
 func openRedisStore(t testing.TB, r *testRedis, prefix, cacheFile string, usage time.Duration) (*redisKeyStore, error) {
 	t.Helper()
+	return openRedisStoreWith(t, r, prefix, cacheFile, usage, zap.NewNop())
+}
+
+// openRedisStoreWith is openRedisStore, the store logging to logger.
+func openRedisStoreWith(t testing.TB, r *testRedis, prefix, cacheFile string, usage time.Duration, logger *zap.Logger) (*redisKeyStore, error) {
+	t.Helper()
 	opt, shown, err := redisURL(r.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +164,7 @@ func openRedisStore(t testing.TB, r *testRedis, prefix, cacheFile string, usage 
 		t.Fatal(err)
 	}
 	s := newRedisKeyStore(opt, shown, keys, cacheFile)
-	s.logger = zap.NewNop()
+	s.logger = logger
 	s.leases.add(storeSettings{usage: interval{every: usage}, reload: interval{off: true}})
 	if err := s.open(); err != nil {
 		return nil, err
