@@ -1,0 +1,73 @@
+package keyfile
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
+
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+)
+
+// Snapshot writes a key set as a key file, with what authentication needs
+// of each record (never last-used times, nor members this plugin does not
+// know): a store's cache of keys it takes from elsewhere. Of names where
+// the keys come from, in the file's "snapshot" member.
+type Snapshot struct {
+	KeySet *keyset.KeySet
+	Of     string
+}
+
+// WriteTo writes the snapshot.
+func (s Snapshot) WriteTo(w io.Writer) (int64, error) {
+	cw := &countWriter{w: w}
+	bw := bufio.NewWriterSize(cw, chunkSize)
+	of, _ := json.Marshal("a snapshot of " + s.Of + ", written by caddy-apikey")
+	fmt.Fprintf(bw, "{\n  \"snapshot\": %s,\n  \"api_keys\": [", of)
+	first := true
+	var err error
+	s.KeySet.Each(func(sum [sha256.Size]byte, k *keyset.Key) {
+		if err != nil {
+			return
+		}
+		rec := keyset.Record{ID: k.ID, Label: k.Label, KeyHash: hex.EncodeToString(sum[:]), KeyPrefix: k.Prefix, Scopes: k.Scopes}
+		if at, ok := k.ExpiresAt(); ok {
+			rec.ExpiresAt = keyset.Timestamp(new(time.Unix(0, at)))
+		}
+		if at, ok := k.RevokedAt(); ok {
+			rec.RevokedAt = keyset.Timestamp(new(time.Unix(0, at)))
+		}
+		var js []byte
+		if js, err = jsonv2.Marshal(rec); err != nil {
+			return
+		}
+		if !first {
+			bw.WriteByte(',')
+		}
+		first = false
+		bw.WriteString("\n    ")
+		bw.Write(js)
+	})
+	if err != nil {
+		return cw.n, err
+	}
+	bw.WriteString("\n  ]\n}\n")
+	err = bw.Flush()
+	return cw.n, err
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
