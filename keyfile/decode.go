@@ -273,12 +273,13 @@ func (d *keyFileDecoder) recordList(record func(n int) error) error {
 		return err
 	}
 	for n := 1; d.dec.PeekKind() != ']'; n++ {
-		if d.dec.PeekKind() != '{' {
-			v, err := d.value()
-			if err != nil {
+		if k := d.dec.PeekKind(); k != '{' {
+			if _, err := d.value(); err != nil {
 				return err
 			}
-			return fmt.Errorf("record %d: want a JSON object, got %.40s", n, v)
+			// The kind, not the value: a key file replaced by a link to
+			// another JSON file must not have its content quoted in logs.
+			return fmt.Errorf("record %d: want a JSON object, got a JSON %s", n, kindName(k))
 		}
 		if err := record(n); err != nil {
 			return err

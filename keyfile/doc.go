@@ -3,6 +3,7 @@ package keyfile
 import (
 	"bytes"
 	"io"
+	"slices"
 
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
@@ -57,7 +58,51 @@ func NewRecord(rec keyset.Record) (Record, error) {
 	return r, nil
 }
 
-// split turns the record's raw JSON into members, to be edited.
+// Edited reports whether an edit touched the record (or made it): it is no
+// longer held as the bytes it was read as.
+func (r *Record) Edited() bool { return r.raw == nil }
+
+// UnknownMembers returns the members this plugin does not read, in their
+// order, their values as found.
+func (r *Record) UnknownMembers() []Member {
+	from := *r
+	from.Split() // a copy: r stays as its bytes
+	var out []Member
+	for _, m := range from.members {
+		if !IsKnownMember(m.Name) {
+			out = append(out, Member{Name: m.Name, Value: slices.Clone(m.Value)})
+		}
+	}
+	return out
+}
+
+// AddMembers appends members to the record, after those it has.
+func (r *Record) AddMembers(ms ...Member) {
+	r.Split()
+	r.members = append(r.members, ms...)
+}
+
+// Compact is the record's JSON on one line, its strings and numbers
+// spelled as they were (as a Redis key set holds it).
+func (r *Record) Compact() ([]byte, error) {
+	var whole []byte
+	if r.raw != nil {
+		whole = r.raw
+	} else {
+		whole = []byte{'{'}
+		for i, m := range r.members {
+			if i > 0 {
+				whole = append(whole, ',')
+			}
+			whole, _ = jsontext.AppendQuote(whole, m.Name)
+			whole = append(append(whole, ':'), m.Value...)
+		}
+		whole = append(whole, '}')
+	}
+	return jsontext.AppendFormat(nil, whole, jsontext.PreserveRawStrings(true), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+}
+
+// Split turns the record's raw JSON into members, to be edited.
 func (r *Record) Split() {
 	if r.raw == nil {
 		return

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -30,6 +33,11 @@ func ReadFile(path string) ([]byte, fs.FileInfo, error) {
 		return nil, nil, err
 	}
 	defer f.Close()
+	return readOpenKeyFile(f, fi)
+}
+
+// readOpenKeyFile reads the key file f, whose stat is fi.
+func readOpenKeyFile(f *os.File, fi fs.FileInfo) ([]byte, fs.FileInfo, error) {
 	data := make([]byte, 0, fi.Size()+512)
 	for {
 		n, err := f.Read(data[len(data):cap(data)])
@@ -51,7 +59,23 @@ func ReadFile(path string) ([]byte, fs.FileInfo, error) {
 
 // openKeyFile opens a key file for reading (see readKeyFile).
 func openKeyFile(path string) (*os.File, fs.FileInfo, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|openNonBlocking, 0)
+	return checkKeyFile(os.OpenFile(path, os.O_RDONLY|openNonBlocking, 0))
+}
+
+// readKeyFileIn reads the key file name in the folder dir, as readKeyFile
+// does.
+func readKeyFileIn(dir *os.Root, name string) ([]byte, fs.FileInfo, error) {
+	f, fi, err := checkKeyFile(dir.OpenFile(name, os.O_RDONLY|openNonBlocking, 0))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	return readOpenKeyFile(f, fi)
+}
+
+// checkKeyFile checks a key file just opened: a regular file, not too
+// large. It closes the file if it refuses it.
+func checkKeyFile(f *os.File, err error) (*os.File, fs.FileInfo, error) {
 	if err != nil {
 		return nil, nil, err
 	}
@@ -124,7 +148,7 @@ type EditOptions struct {
 // few times, then it gives up with ErrChangedMeanwhile).
 func Edit(path string, e EditOptions) (Write, error) {
 	for attempt := 1; ; attempt++ {
-		w, err := editKeyFileLocked(path, e)
+		w, err := EditLocked(path, e)
 		switch {
 		case !errors.Is(err, ErrChangedMeanwhile):
 			return w, err
@@ -134,22 +158,101 @@ func Edit(path string, e EditOptions) (Write, error) {
 	}
 }
 
-// editKeyFileLocked takes the lock of the file path names and edits it once.
+// EditLocked takes the lock of the file path names and edits it once.
 // It writes through a symbolic link to its target rather than replace the
 // link; a link pointed elsewhere while it waited for the lock (an `ln -sfn`
 // deploy) is ErrChangedMeanwhile, as is a file replaced during the edit.
-func editKeyFileLocked(path string, e EditOptions) (Write, error) {
+//
+// Every step works in the target's folder opened once (an os.Root): the
+// lock file, the key file, the temporary file and the rename are names in
+// that very folder, so that a folder on the way that is replaced by a link
+// meanwhile cannot send one of them elsewhere, and a link in the folder is
+// followed only within it.
+func EditLocked(path string, e EditOptions) (Write, error) {
 	target := resolveLinks(path)
-	unlock, err := lockKeyFile(target, lockTimeout, e.Waiting)
+	dir, err := openKeyDir(target)
+	if err != nil {
+		return Write{}, err
+	}
+	defer dir.Close()
+	name := filepath.Base(target)
+	unlock, err := lockKeyFileIn(dir, name, lockTimeout, e.Waiting)
 	if err != nil {
 		return Write{}, err
 	}
 	defer unlock()
-	if resolveLinks(path) != target {
+	if resolveLinks(path) != target || !isFolder(dir, filepath.Dir(target)) {
 		return Write{}, ErrChangedMeanwhile
 	}
-	removeStaleTemporaries(target)
-	return editKeyFileOnce(target, e)
+	removeStaleTemporaries(dir, name)
+	return EditOnce(dir, name, e)
+}
+
+// openKeyDir opens the folder of the key file at path, for the steps of one
+// edit.
+func openKeyDir(path string) (*os.Root, error) {
+	dir, err := os.OpenRoot(filepath.Dir(path))
+	if err != nil {
+		return nil, &Error{Path: path, Err: fmt.Errorf("opening its folder: %w", err)}
+	}
+	return dir, nil
+}
+
+// isFolder reports whether dir, opened earlier, is still the folder at
+// path.
+func isFolder(dir *os.Root, path string) bool {
+	opened, err := dir.Stat(".")
+	if err != nil {
+		return false
+	}
+	now, err := os.Stat(path)
+	return err == nil && os.SameFile(opened, now)
+}
+
+// lockKeyFile takes the lock of the key file at path (see lockKeyFileIn),
+// for a caller that does not edit it through Edit.
+func lockKeyFile(path string, timeout time.Duration, waiting func()) (unlock func(), err error) {
+	dir, err := openKeyDir(path)
+	if err != nil {
+		return nil, err
+	}
+	unlockFile, err := lockKeyFileIn(dir, filepath.Base(path), timeout, waiting)
+	if err != nil {
+		_ = dir.Close()
+		return nil, err
+	}
+	return func() { unlockFile(); _ = dir.Close() }, nil
+}
+
+// errLockBusy is what a lock attempt returns while another writer holds
+// the lock.
+var errLockBusy = errors.New("lock held by another writer")
+
+// pollLock calls try until it takes the lock (nil) or fails otherwise,
+// every few milliseconds, for at most timeout; waiting, if not nil, is
+// called once if the lock is held. lockPath names the lock file in errors.
+//
+// The lock file itself is opened by the caller, not by a library such as
+// github.com/gofrs/flock, which opens the path it is given following links
+// and never checks what it opened: see openLockFile in atomicfile_unix.go.
+func pollLock(lockPath string, timeout time.Duration, waiting func(), try func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := try()
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, errLockBusy):
+			return fmt.Errorf("locking %s: %w", lockPath, err)
+		case time.Now().After(deadline):
+			return fmt.Errorf("locking %s: still held by another writer after %s", lockPath, timeout)
+		}
+		if waiting != nil {
+			waiting()
+			waiting = nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // resolveLinks returns path through its symbolic links, or path itself if
@@ -161,12 +264,13 @@ func resolveLinks(path string) string {
 	return path
 }
 
-// editKeyFileOnce reads, edits and replaces the key file once; the caller
-// holds the lock.
-func editKeyFileOnce(path string, e EditOptions) (Write, error) {
+// EditOnce reads, edits and replaces the key file name in dir once;
+// the caller holds the lock.
+func EditOnce(dir *os.Root, name string, e EditOptions) (Write, error) {
+	path := filepath.Join(dir.Name(), name)
 	var w Write
 	var doc *Doc
-	data, fi, err := ReadFile(path)
+	data, fi, err := readKeyFileIn(dir, name)
 	switch {
 	case err == nil && SameVersion(fi, e.Checked):
 		w.Read = fi
@@ -188,7 +292,7 @@ func editKeyFileOnce(path string, e EditOptions) (Write, error) {
 		return w, err
 	}
 	unchanged := func() error {
-		now, err := os.Stat(path)
+		now, err := dir.Stat(name)
 		switch {
 		case w.Read == nil && errors.Is(err, fs.ErrNotExist):
 			return nil
@@ -197,44 +301,72 @@ func editKeyFileOnce(path string, e EditOptions) (Write, error) {
 		}
 		return nil
 	}
-	w.Written, err = WriteAtomic(path, doc, w.Read, unchanged)
+	w.Written, err = writeFileAtomicIn(dir, name, doc, w.Read, unchanged)
 	return w, err
 }
 
 // tempPattern is the name pattern of writeFileAtomic's temporary files.
 func tempPattern(path string) string {
 	dir, base := filepath.Split(path)
-	return filepath.Join(dir, "."+base+".tmp-*")
+	return filepath.Join(dir, tempPrefix(base)+"*")
 }
 
-// removeStaleTemporaries removes the temporary files that a writer killed in
-// the middle of a write left behind. It must be called with the lock held:
-// every writer makes its temporary file only while holding it, so any that
-// exists then belongs to no live writer.
-func removeStaleTemporaries(path string) {
-	stale, _ := filepath.Glob(tempPattern(path))
-	for _, name := range stale {
-		_ = os.Remove(name)
+// tempPrefix is how the names of the temporary files of the file name start.
+func tempPrefix(name string) string { return "." + name + ".tmp-" }
+
+// removeStaleTemporaries removes the temporary files of the file name in dir
+// that a writer killed in the middle of a write left behind. It must be
+// called with the lock held: every writer makes its temporary file only
+// while holding it, so any that exists then belongs to no live writer.
+// Names are removed in dir, never through a link (a link named like a
+// temporary file is removed itself, not what it points to).
+func removeStaleTemporaries(dir *os.Root, name string) {
+	d, err := dir.Open(".")
+	if err != nil {
+		return
+	}
+	names, _ := d.Readdirnames(-1)
+	_ = d.Close()
+	for _, n := range names {
+		if strings.HasPrefix(n, tempPrefix(name)) {
+			_ = dir.Remove(n)
+		}
 	}
 }
 
-// writeFileAtomic replaces path with content so that a reader, or a crash at any
-// moment, sees either the old file or the new one whole: write a temporary
-// file in the same folder, flush it to disk, rename it over path, then flush
-// the folder so that the rename itself survives a power cut. The new file
-// gets the mode and, where it can, the owner of like (the file it replaces;
-// nil for a new file: mode 0600, owned by this process). beforeRename, if
-// not nil, may still cancel the write. It returns the stat of the new file.
-func WriteAtomic(path string, content io.WriterTo, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(tempPattern(path)))
+// writeFileAtomic replaces path with content (see writeFileAtomicIn).
+func WriteAtomic(path string, content io.WriterTo, like fs.FileInfo, beforeRename func() error) (fs.FileInfo, error) {
+	dir, err := os.OpenRoot(filepath.Dir(path))
 	if err != nil {
-		return nil, fmt.Errorf("writing key file: %w", err)
+		return nil, fmt.Errorf("writing key file %s: %w", path, err)
+	}
+	defer dir.Close()
+	return writeFileAtomicIn(dir, filepath.Base(path), content, like, beforeRename)
+}
+
+// writeFileAtomicIn replaces the file name in dir with content so that a
+// reader, or a crash at any moment, sees either the old file or the new one
+// whole: write a temporary file in the same folder, flush it to disk,
+// rename it over name, then flush the folder so that the rename itself
+// survives a power cut. The new file gets the mode and, where it can, the
+// owner of like (the file it replaces; nil for a new file: mode 0600, owned
+// by this process). beforeRename, if not nil, may still cancel the write.
+// It returns the stat of the new file.
+//
+// The temporary file is made new (O_EXCL: never an existing file, nor
+// through a link), so only a file this process made is ever given an owner;
+// the rename replaces the name itself, a link included, never what a link
+// points to.
+func writeFileAtomicIn(dir *os.Root, name string, content io.WriterTo, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
+	path := filepath.Join(dir.Name(), name)
+	tmp, tmpName, err := createTemp(dir, tempPrefix(name))
+	if err != nil {
+		return nil, fmt.Errorf("writing key file %s: %w", path, err)
 	}
 	defer func() {
 		if err != nil {
 			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
+			_ = dir.Remove(tmpName)
 			if !errors.Is(err, ErrChangedMeanwhile) {
 				err = fmt.Errorf("writing key file %s: %w", path, err)
 			}
@@ -267,14 +399,27 @@ func WriteAtomic(path string, content io.WriterTo, like fs.FileInfo, beforeRenam
 			return nil, err
 		}
 	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
+	if err = dir.Rename(tmpName, name); err != nil {
 		return nil, err
 	}
-	if d, derr := os.Open(dir); derr == nil {
+	if d, derr := dir.Open("."); derr == nil {
 		_ = d.Sync() // not supported everywhere; the rename is done either way
 		_ = d.Close()
 	}
 	return written, nil
+}
+
+// createTemp makes a new file in dir whose name is prefix and a random
+// number, as os.CreateTemp does, with mode 0600.
+func createTemp(dir *os.Root, prefix string) (*os.File, string, error) {
+	for try := 0; ; try++ {
+		name := prefix + strconv.FormatUint(uint64(rand.Uint32()), 10)
+		f, err := dir.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) && try < 100 {
+			continue
+		}
+		return f, name, err
+	}
 }
 
 // keepOwner gives f, the new version of a key file, the owner and group of

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/windows"
@@ -15,31 +16,28 @@ import (
 // device by a file's path does not wait.
 const openNonBlocking = 0
 
-// lockKeyFile takes an exclusive lock that every writer of the key file at
-// path holds while it reads, edits and replaces the file. See atomicfile_unix.go.
-func lockKeyFile(path string, timeout time.Duration, waiting func()) (unlock func(), err error) {
-	lockPath := path + ".lock"
-	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+// lockKeyFileIn takes an exclusive lock that every writer of the key file
+// name in dir holds while it reads, edits and replaces the file. See
+// atomicfile_unix.go. Windows gives no file away (see fileOwner), so a lock
+// file put in place by another user cannot make this process hand anything
+// over.
+func lockKeyFileIn(dir *os.Root, name string, timeout time.Duration, waiting func()) (unlock func(), err error) {
+	lockPath := filepath.Join(dir.Name(), name+".lock")
+	f, err := dir.OpenFile(name+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("opening lock file: %w", err)
+		return nil, fmt.Errorf("opening lock file %s: %w", lockPath, err)
 	}
 	h := windows.Handle(f.Fd())
-	deadline := time.Now().Add(timeout)
-	for {
+	err = pollLock(lockPath, timeout, waiting, func() error {
 		ol := new(windows.Overlapped)
-		err = windows.LockFileEx(h, windows.LOCKFILE_EXCLUSIVE_LOCK|windows.LOCKFILE_FAIL_IMMEDIATELY, 0, 1, 0, ol)
-		if err == nil {
-			break
+		if windows.LockFileEx(h, windows.LOCKFILE_EXCLUSIVE_LOCK|windows.LOCKFILE_FAIL_IMMEDIATELY, 0, 1, 0, ol) != nil {
+			return errLockBusy
 		}
-		if time.Now().After(deadline) {
-			_ = f.Close()
-			return nil, fmt.Errorf("locking %s: still held by another writer after %s", lockPath, timeout)
-		}
-		if waiting != nil {
-			waiting()
-			waiting = nil
-		}
-		time.Sleep(5 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		_ = f.Close()
+		return nil, err
 	}
 	return func() {
 		_ = windows.UnlockFileEx(h, 0, 1, 0, new(windows.Overlapped))
