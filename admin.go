@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 	"go.uber.org/zap"
@@ -222,8 +223,8 @@ func (a *AdminAPI) listStores(http.ResponseWriter, *http.Request, string) (int, 
 			info.URL, info.Prefix, _ = strings.Cut(where, "#")
 		}
 		if ks := s.keySet(); ks != nil {
-			n := countKeys(ks, now)
-			info.Keys = keyCounts{n[stateActive], n[stateExpired], n[stateRevoked]}
+			n := ks.Counts(now)
+			info.Keys = keyCounts{n[keyset.Active], n[keyset.Expired], n[keyset.Revoked]}
 		}
 		out = append(out, info)
 	}
@@ -305,10 +306,9 @@ func (a *AdminAPI) refresh(st liveStore) string {
 }
 
 // listed is rec as `caddy apikey list --json` shows it, its status at now.
-func listed(rec Record, now time.Time) listedKey {
-	var k Key
-	_, _ = k.fill(&rec) // cannot fail: the record was checked as it was written
-	return newListedKey(&rec, &k, now)
+func listed(rec keyset.Record, now time.Time) listedKey {
+	k, _, _ := keyset.FromRecord(&rec) // cannot fail: the record was checked as it was written
+	return newListedKey(&rec, k, now)
 }
 
 func (a *AdminAPI) listKeys(_ http.ResponseWriter, r *http.Request, _ string) (int, any, error) {
@@ -383,7 +383,7 @@ func (a *AdminAPI) revokeKey(w http.ResponseWriter, r *http.Request, ref string)
 	answer := revokeAnswer{AlreadyRevoked: already != ""}
 	if !answer.AlreadyRevoked {
 		// rec is the record as it was, before the revocation set this.
-		at := formatTimestamp(now)
+		at := keyset.FormatTimestamp(now)
 		rec.RevokedAt = &at
 		answer.Warning = a.refresh(st)
 		a.logger.Info("key revoked", zap.String("store", st.name()),
@@ -469,7 +469,7 @@ func jsonProblem(err error, members string) string {
 		return fmt.Sprintf("unknown member %q: %s", sem.JSONPointer.LastToken(), members)
 	case errors.As(err, &sem):
 		name, _, _ := strings.Cut(strings.TrimPrefix(string(sem.JSONPointer), "/"), "/")
-		return fmt.Sprintf("%q must be %s, not a JSON %s", name, memberTypes[name], kindName(sem.JSONKind))
+		return fmt.Sprintf("%q must be %s, not a JSON %s", name, memberTypes[name], jsonKindName(sem.JSONKind))
 	}
 	return err.Error()
 }
@@ -479,3 +479,16 @@ var (
 	_ caddy.AdminRouter = (*AdminAPI)(nil)
 	_ caddy.Provisioner = (*AdminAPI)(nil)
 )
+
+// jsonKindName names a JSON kind in a refusal.
+func jsonKindName(k jsontext.Kind) string {
+	switch k {
+	case 't', 'f':
+		return "bool"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	}
+	return k.String()
+}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
 // The admin API over HTTP, on the test Caddy's admin endpoint, against the
@@ -126,13 +128,13 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		resp, body := adminCall(t, "POST", "/apikey/keys", `{"label": "new", "scopes": ["read", "write"], "expires": "90d"}`)
 		adminAnswer(t, resp, body, 201, &got)
 		rec := fileRecord(t, path, got.ID)
-		if !rawKeyPattern.MatchString(got.Key) || rec.KeyHash != hashKey(got.Key) || got.KeyPrefix != got.Key[:11] || !uuidV4Pattern.MatchString(got.ID) {
+		if !rawKeyPattern.MatchString(got.Key) || rec.KeyHash != keyset.HashKey(got.Key) || got.KeyPrefix != got.Key[:11] || !uuidV4Pattern.MatchString(got.ID) {
 			t.Fatalf("the answer is not the key that was made: %s", body)
 		}
 		if got.Label != "new" || !reflect.DeepEqual(got.Scopes, []string{"read", "write"}) || got.Status != "active" || got.Replaced != nil || got.Warning != "" {
 			t.Errorf("answer %s", body)
 		}
-		if exp, err := parseTimestamp(*got.ExpiresAt); err != nil || exp.Before(before.Add(90*24*time.Hour)) || exp.After(time.Now().Add(90*24*time.Hour)) {
+		if exp, err := keyset.ParseTimestamp(*got.ExpiresAt); err != nil || exp.Before(before.Add(90*24*time.Hour)) || exp.After(time.Now().Add(90*24*time.Hour)) {
 			t.Errorf("expires_at %s, want 90 days from now", *got.ExpiresAt)
 		}
 		expectOK(t, "/", "new "+got.ID, "Authorization: Bearer "+got.Key)
@@ -140,7 +142,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		at := time.Now().Add(48 * time.Hour).UTC().Truncate(time.Second)
 		resp, body = adminCall(t, "POST", "/apikey/keys", `{"label": "dated", "expires": "`+at.Format(time.RFC3339)+`"}`)
 		adminAnswer(t, resp, body, 201, &got)
-		if exp, err := parseTimestamp(*got.ExpiresAt); err != nil || !exp.Equal(at) || len(got.Scopes) != 0 {
+		if exp, err := keyset.ParseTimestamp(*got.ExpiresAt); err != nil || !exp.Equal(at) || len(got.Scopes) != 0 {
 			t.Errorf("expires_at %s, scopes %v; want %s and none", *got.ExpiresAt, got.Scopes, at)
 		}
 		expectOK(t, "/", "dated "+got.ID, "Authorization: Bearer "+got.Key)
@@ -174,7 +176,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		rotated := time.Now()
 		resp, body := adminCall(t, "POST", "/apikey/keys/"+oldID[:8]+"/rotate", `{"grace": "2s"}`)
 		adminAnswer(t, resp, body, 201, &got)
-		if !rawKeyPattern.MatchString(got.Key) || fileRecord(t, path, got.ID).KeyHash != hashKey(got.Key) {
+		if !rawKeyPattern.MatchString(got.Key) || fileRecord(t, path, got.ID).KeyHash != keyset.HashKey(got.Key) {
 			t.Fatalf("the answer is not the key that was made: %s", body)
 		}
 		if got.Label != "rotating" || !reflect.DeepEqual(got.Scopes, []string{"read", "write"}) || got.RotatedFrom == nil || *got.RotatedFrom != oldID || got.ExpiresAt != nil || got.Status != "active" {
@@ -184,7 +186,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		if old == nil || old.ID != oldID || old.Status != "active" || old.RevokedAt != nil || old.ExpiresAt == nil {
 			t.Fatalf("replaced %s, want the old key, active until the grace ends", body)
 		}
-		if end, err := parseTimestamp(*old.ExpiresAt); err != nil || end.Before(rotated.Add(grace)) || end.After(time.Now().Add(grace)) {
+		if end, err := keyset.ParseTimestamp(*old.ExpiresAt); err != nil || end.Before(rotated.Add(grace)) || end.After(time.Now().Add(grace)) {
 			t.Errorf("the old key expires at %s, want at the end of the 2s grace", *old.ExpiresAt)
 		}
 		expectOK(t, "/", "rotating "+got.ID, "Authorization: Bearer "+got.Key)

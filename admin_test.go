@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
 )
 
@@ -234,7 +235,7 @@ func TestAdminRefreshFailureIsAWarning(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &got); err != nil || resp.StatusCode != 201 {
 		t.Fatalf("create: %d %s (%v)", resp.StatusCode, body, err)
 	}
-	if !rawKeyPattern.MatchString(got.Key) || fileRecord(t, path, got.ID).KeyHash != hashKey(got.Key) {
+	if !rawKeyPattern.MatchString(got.Key) || fileRecord(t, path, got.ID).KeyHash != keyset.HashKey(got.Key) {
 		t.Errorf("the key was not made as shown: %s", body)
 	}
 	if want := "the change is saved but not yet in force on this server: the watcher is stuck"; got.Warning != want {
@@ -265,18 +266,18 @@ func TestAdminRefreshOfAStoppedStore(t *testing.T) {
 // of stores.
 type namedStore struct {
 	n  string
-	ks *KeySet
+	ks *keyset.KeySet
 }
 
-func (s namedStore) name() string         { return s.n }
-func (s namedStore) keySet() *KeySet      { return s.ks }
-func (s namedStore) records() recordStore { return nil }
-func (s namedStore) refresh() error       { return nil }
+func (s namedStore) name() string           { return s.n }
+func (s namedStore) keySet() *keyset.KeySet { return s.ks }
+func (s namedStore) records() recordStore   { return nil }
+func (s namedStore) refresh() error         { return nil }
 
 // The list of stores says where each one's keys are, by its kind, and
 // counts its keys by state now.
 func TestAdminListStores(t *testing.T) {
-	past, future := formatTimestamp(time.Now().Add(-time.Hour)), formatTimestamp(time.Now().Add(time.Hour))
+	past, future := keyset.FormatTimestamp(time.Now().Add(-time.Hour)), keyset.FormatTimestamp(time.Now().Add(time.Hour))
 	ks := mustBuildKeySet(t,
 		newTestKey("active", map[string]any{"expires_at": future}).rec(),
 		newTestKey("expired", map[string]any{"expires_at": past}).rec(),

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,7 +59,7 @@ func TestReadKeyFileRefusesSpecialFilesWithoutBlocking(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	specialFiles(t, path, func(kind string) {
 		var err error
-		noHang(t, "reading a "+kind, func() { _, _, err = readKeyFile(path) })
+		noHang(t, "reading a "+kind, func() { _, _, err = keyfile.ReadFile(path) })
 		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
 			t.Errorf("%s: error %v, want one saying it is not a regular file", kind, err)
 		}
@@ -72,11 +73,11 @@ func TestReadKeyFileRefusesAFileTooLarge(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Sparse: no disk is used.
-	if err := f.Truncate(maxKeyFileSize + 1); err != nil {
+	if err := f.Truncate(keyfile.MaxSize + 1); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
-	_, _, err = readKeyFile(path)
+	_, _, err = keyfile.ReadFile(path)
 	if err == nil || !strings.Contains(err.Error(), "512 MiB") {
 		t.Fatalf("error %v, want one naming the size limit", err)
 	}
@@ -93,7 +94,7 @@ func TestStoreSurvivesSpecialFiles(t *testing.T) {
 
 	specialFiles(t, path, func(kind string) {
 		noHang(t, "reloading a "+kind, func() { s.check(); s.check() })
-		if k, _ := s.KeySet().lookup(a.Raw); k == nil {
+		if k, _ := s.KeySet().Lookup(a.Raw); k == nil {
 			t.Fatalf("%s: the keys in force were dropped", kind)
 		}
 		use(t, s, clock, a.Raw)
@@ -115,7 +116,7 @@ func TestStoreSurvivesSpecialFiles(t *testing.T) {
 	b := newTestKey("b", nil)
 	writeKeys(t, path, a, b)
 	s.check()
-	if k, _ := s.KeySet().lookup(b.Raw); k == nil {
+	if k, _ := s.KeySet().Lookup(b.Raw); k == nil {
 		t.Fatal("the good file that came back is not in force")
 	}
 

@@ -1,6 +1,8 @@
 package apikey
 
 import (
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
 
 	"bytes"
@@ -21,9 +23,10 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 	"go.uber.org/zap"
 
+	"slices"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"slices"
 )
 
 // Benchmarks of the request path and of the key file's scale. Run them with
@@ -45,16 +48,16 @@ func benchRawKey(i int) string {
 
 // benchRecords returns n records in the reference application's shape
 // (every fourth one already used, none with lifecycle members).
-func benchRecords(n int) []docRecord {
-	recs := make([]docRecord, n)
+func benchRecords(n int) []keyfile.Record {
+	recs := make([]keyfile.Record, n)
 	created := "2026-11-25T20:14:31.123456+00:00"
 	used := "2026-11-26T08:02:11.654321+00:00"
 	for i := range recs {
 		raw := benchRawKey(i)
-		recs[i].Record = Record{
+		recs[i].Record = keyset.Record{
 			ID:        benchID(i),
 			Label:     "Key " + strconv.Itoa(i),
-			KeyHash:   hashKey(raw),
+			KeyHash:   keyset.HashKey(raw),
 			KeyPrefix: raw[:11],
 			CreatedAt: &created,
 		}
@@ -101,7 +104,7 @@ func benchKeyFileLabeled(n int, label string) []byte {
       "key_prefix": "%s",
       "created_at": "2026-11-25T20:14:31.123456+00:00",
       "last_used_at": %s
-    }`, benchID(i), i, hashKey(raw), raw[:11], lastUsed)
+    }`, benchID(i), i, keyset.HashKey(raw), raw[:11], lastUsed)
 	}
 	buf.WriteString("\n  ]\n}\n")
 	return buf.Bytes()
@@ -109,13 +112,13 @@ func benchKeyFileLabeled(n int, label string) []byte {
 
 // benchKeySets caches the in-memory key sets by size: a million keys take a
 // few seconds to build and are shared by the sub-benchmarks.
-var benchKeySets = map[int]*KeySet{}
+var benchKeySets = map[int]*keyset.KeySet{}
 
-func benchKeySet(tb testing.TB, n int) *KeySet {
+func benchKeySet(tb testing.TB, n int) *keyset.KeySet {
 	if ks := benchKeySets[n]; ks != nil {
 		return ks
 	}
-	ks, err := buildKeySet(benchRecords(n))
+	ks, err := keyfile.BuildKeySet(benchRecords(n))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -127,7 +130,7 @@ func benchKeySet(tb testing.TB, n int) *KeySet {
 // as Provision would, but on the in-memory key set ks instead of a file.
 // Usage tracking is on; nothing flushes it, and nothing needs to: a key is
 // queued for writing once.
-func newBenchHandler(ks *KeySet) *Handler {
+func newBenchHandler(ks *keyset.KeySet) *Handler {
 	return newMemoryHandler(&Handler{KeysFile: "bench-keys.json"}, ks)
 }
 
@@ -241,7 +244,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 
 // newMemoryRedisStore is a Redis store module over the key set ks, as if
 // it had been read from Redis, with usage tracking on; nothing connects.
-func newMemoryRedisStore(ks *KeySet) *RedisStore {
+func newMemoryRedisStore(ks *keyset.KeySet) *RedisStore {
 	keys, _ := newRedisKeys("")
 	s := newRedisKeyStore(rueidis.ClientOption{}, "redis://bench", keys, "")
 	s.keys.Store(ks)
@@ -260,13 +263,13 @@ func onOff(on bool) string {
 // the heap the loaded key set keeps per key.
 func BenchmarkLoadKeyFile(b *testing.B) {
 	for _, n := range []int{10_000, 100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) { benchLoad(b, n, benchKeyFile(n), parseKeySet) })
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) { benchLoad(b, n, benchKeyFile(n), keyfile.ParseKeySet) })
 	}
 	// As the watcher reads a file: streamed, never whole in memory.
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("stream/keys=%d", n), func(b *testing.B) {
-			benchLoad(b, n, benchKeyFile(n), func(data []byte) (*KeySet, error) {
-				return decodeKeySet(bytes.NewReader(data), int64(len(data)))
+			benchLoad(b, n, benchKeyFile(n), func(data []byte) (*keyset.KeySet, error) {
+				return keyfile.DecodeKeySet(bytes.NewReader(data), int64(len(data)))
 			})
 		})
 	}
@@ -274,14 +277,14 @@ func BenchmarkLoadKeyFile(b *testing.B) {
 	// text (as Python's json.dump writes it): no slower than plain ones.
 	const n = 100_000
 	b.Run(fmt.Sprintf("escaped/keys=%d", n), func(b *testing.B) {
-		benchLoad(b, n, benchKeyFileLabeled(n, `R\u0026D K\u00e4se \"%d\"`), parseKeySet)
+		benchLoad(b, n, benchKeyFileLabeled(n, `R\u0026D K\u00e4se \"%d\"`), keyfile.ParseKeySet)
 	})
 	b.Run(fmt.Sprintf("non-ascii/keys=%d", n), func(b *testing.B) {
-		benchLoad(b, n, benchKeyFileLabeled(n, "Käse für Ünïcødé %d"), parseKeySet)
+		benchLoad(b, n, benchKeyFileLabeled(n, "Käse für Ünïcødé %d"), keyfile.ParseKeySet)
 	})
 }
 
-func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*KeySet, error)) {
+func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*keyset.KeySet, error)) {
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -300,8 +303,8 @@ func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*KeySet, err
 		var after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		if len(ks.keys) != n {
-			b.Fatalf("%d keys loaded, want %d", len(ks.keys), n)
+		if ks.Len() != n {
+			b.Fatalf("%d keys loaded, want %d", ks.Len(), n)
 		}
 		perKey = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
 		runtime.KeepAlive(ks)
@@ -337,20 +340,20 @@ func BenchmarkUsageWrite(b *testing.B) {
 		// A usage interval later, every key has been used again.
 		clock = clock.Add(time.Minute)
 		for j := range sums {
-			s.MarkUsed(ks.find(sums[j]), sums[j], clock.UnixNano())
+			s.MarkUsed(ks.Find(sums[j]), sums[j], clock.UnixNano())
 		}
 		b.StartTimer()
 		s.writeUsage(false)
 	}
 	b.StopTimer()
-	if s.writeFailing || len(s.usage.waiting) != 0 {
-		b.Fatalf("usage write failed: %d keys still waiting", len(s.usage.waiting))
+	if s.writeFailing || s.usage.Pending() != 0 {
+		b.Fatalf("usage write failed: %d keys still waiting", s.usage.Pending())
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if want := formatTimestamp(clock); bytes.Count(data, []byte(want)) != n {
+	if want := keyset.FormatTimestamp(clock); bytes.Count(data, []byte(want)) != n {
 		b.Fatalf("the file does not hold %s for all %d keys", want, n)
 	}
 }
@@ -414,18 +417,18 @@ func BenchmarkRedisPropagation(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				raw := benchRawKey(n + i)
-				rec, err := newDocRecord(Record{ID: benchID(n + i), Label: "new", KeyHash: hashKey(raw), KeyPrefix: raw[:11]})
+				rec, err := keyfile.NewRecord(keyset.Record{ID: benchID(n + i), Label: "new", KeyHash: keyset.HashKey(raw), KeyPrefix: raw[:11]})
 				if err != nil {
 					b.Fatal(err)
 				}
-				doc := &keyDoc{bare: true, records: []docRecord{rec}}
+				doc := keyfile.NewList(rec)
 				if version, err = writeChanged(ctx, c, keys, doc, version, false); err != nil {
 					b.Fatal(err)
 				}
 				acked := time.Now()
 				for _, s := range fleet {
 					for {
-						if k, _ := s.keys.Load().lookup(raw); k != nil {
+						if k, _ := s.keys.Load().Lookup(raw); k != nil {
 							break
 						}
 						time.Sleep(50 * time.Microsecond) // not a spin: the followers need the CPU
@@ -456,11 +459,11 @@ func seedRedis(b *testing.B, r *testRedis, n int) {
 	for i := 0; i < n; i += 1000 {
 		cmds = cmds[:0]
 		for j := i; j < min(i+1000, n); j++ {
-			d, err := newDocRecord(records[j].Record)
+			d, err := keyfile.NewRecord(records[j].Record)
 			if err != nil {
 				b.Fatal(err)
 			}
-			js, err := compactRecord(&d)
+			js, err := d.Compact()
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -496,7 +499,7 @@ func BenchmarkRedisLoad(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			if got := s.keys.Load().size(); got != n {
+			if got := s.keys.Load().Len(); got != n {
 				b.Fatalf("%d keys loaded, want %d", got, n)
 			}
 		})

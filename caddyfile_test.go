@@ -380,7 +380,7 @@ func TestJSONStoreModule(t *testing.T) {
 	if _, ok := h.store.(*FileStore); !ok {
 		t.Fatalf("store is %T, want *FileStore", h.store)
 	}
-	if got, _ := h.store.KeySet().lookup(k.Raw); got == nil {
+	if got, _ := h.store.KeySet().Lookup(k.Raw); got == nil {
 		t.Fatal("the key of the file store's file is not in force")
 	}
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
 	"github.com/spf13/cobra"
 
@@ -512,6 +513,6 @@ func hashFromReader(r io.Reader, w io.Writer) error {
 	case strings.ContainsAny(key, "\r\n"):
 		return errors.New("stdin holds more than one line; want one key")
 	}
-	_, err = fmt.Fprintln(w, hashKey(key))
+	_, err = fmt.Fprintln(w, keyset.HashKey(key))
 	return err
 }

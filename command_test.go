@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -78,13 +80,13 @@ func TestCommandAddCreatesFile(t *testing.T) {
 		t.Errorf("new key file has mode %v, want 0600", fi.Mode().Perm())
 	}
 	doc := readKeyDoc(t, path)
-	if got := memberNames(doc.top); !slices.Equal(got, []string{"api_keys"}) {
+	if got := memberNames(doc.TopMembers()); !slices.Equal(got, []string{"api_keys"}) {
 		t.Errorf("top-level members = %v, want [api_keys]", got)
 	}
-	if len(doc.records) != 1 {
-		t.Fatalf("%d records, want 1", len(doc.records))
+	if len(doc.Records) != 1 {
+		t.Fatalf("%d records, want 1", len(doc.Records))
 	}
-	rec := recordMembers(doc.records[0])
+	rec := recordMembers(doc.Records[0])
 	wantOrder := []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at"}
 	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
 		t.Errorf("record members = %v, want %v", got, wantOrder)
@@ -96,8 +98,8 @@ func TestCommandAddCreatesFile(t *testing.T) {
 	if got := rec.getString("label"); got != "CI deploy" {
 		t.Errorf("label = %q", got)
 	}
-	if got := rec.getString("key_hash"); got != hashKey(raw) {
-		t.Errorf("key_hash = %q, want the SHA-256 of the printed key %q", got, hashKey(raw))
+	if got := rec.getString("key_hash"); got != keyset.HashKey(raw) {
+		t.Errorf("key_hash = %q, want the SHA-256 of the printed key %q", got, keyset.HashKey(raw))
 	}
 	if got := rec.getString("key_prefix"); got != raw[:11] {
 		t.Errorf("key_prefix = %q, want %q", got, raw[:11])
@@ -119,11 +121,11 @@ func TestCommandAddCreatesFile(t *testing.T) {
 	}
 
 	// The handler admits the printed key.
-	ks, err := readKeySet(path)
+	ks, err := keyfile.ReadKeySet(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k, _ := ks.lookup(raw); k == nil || k.ID != id || k.Label != "CI deploy" {
+	if k, _ := ks.Lookup(raw); k == nil || k.ID != id || k.Label != "CI deploy" {
 		t.Fatalf("lookup of the printed key = %+v", k)
 	}
 }
@@ -131,40 +133,40 @@ func TestCommandAddCreatesFile(t *testing.T) {
 func TestCommandAddAppends(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	first := mustAdd(t, path, addOptions{Label: "first"})
-	before := recordMembers(readKeyDoc(t, path).records[0])
+	before := recordMembers(readKeyDoc(t, path).Records[0])
 	second := mustAdd(t, path, addOptions{Label: "second", Expires: "90d", Scopes: []string{"read", "write,admin", "read"}})
 	if first == second {
 		t.Fatal("two adds printed the same key")
 	}
 
 	doc := readKeyDoc(t, path)
-	if len(doc.records) != 2 {
-		t.Fatalf("%d records, want 2", len(doc.records))
+	if len(doc.Records) != 2 {
+		t.Fatalf("%d records, want 2", len(doc.Records))
 	}
-	if a, b := mustJSON(t, before), mustJSON(t, recordMembers(doc.records[0])); a != b {
+	if a, b := mustJSON(t, before), mustJSON(t, recordMembers(doc.Records[0])); a != b {
 		t.Errorf("the first record changed:\n%s\n%s", a, b)
 	}
-	rec := recordMembers(doc.records[1])
+	rec := recordMembers(doc.Records[1])
 	wantOrder := []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "scopes"}
 	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
 		t.Errorf("record members = %v, want %v", got, wantOrder)
 	}
-	if got, want := rec.getString("expires_at"), formatTimestamp(cmdNow.Add(90*24*time.Hour)); got != want {
+	if got, want := rec.getString("expires_at"), keyset.FormatTimestamp(cmdNow.Add(90*24*time.Hour)); got != want {
 		t.Errorf("expires_at = %q, want %q", got, want)
 	}
 	if got := mustJSON(t, rec.get("scopes")); got != `["read","write","admin"]` {
 		t.Errorf("scopes = %s, want [\"read\",\"write\",\"admin\"]", got)
 	}
-	if rec.getString("id") == doc.records[0].ID {
+	if rec.getString("id") == doc.Records[0].ID {
 		t.Error("two keys got the same id")
 	}
 
-	ks, err := readKeySet(path)
+	ks, err := keyfile.ReadKeySet(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, raw := range []string{first, second} {
-		if k, _ := ks.lookup(raw); k == nil {
+		if k, _ := ks.Lookup(raw); k == nil {
 			t.Errorf("key %s... is not in the file", raw[:11])
 		}
 	}
@@ -188,8 +190,8 @@ func TestCommandAddBareArrayFile(t *testing.T) {
 	if !strings.HasPrefix(strings.TrimSpace(data), "[") {
 		t.Fatalf("a bare-array key file was turned into another shape:\n%s", data)
 	}
-	recs := readKeyDoc(t, path).records
-	if len(recs) != 2 || recs[0].ID != k.record["id"] || recs[1].KeyHash != hashKey(raw) {
+	recs := readKeyDoc(t, path).Records
+	if len(recs) != 2 || recs[0].ID != k.record["id"] || recs[1].KeyHash != keyset.HashKey(raw) {
 		t.Fatalf("records not the old one and the added one:\n%s", readFile(t, path))
 	}
 }
@@ -284,18 +286,18 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			var out, errOut bytes.Buffer
 
 			err := addKey(&out, &errOut, fileRecords{path}, addOptions{Label: "x"}, cmdNow)
-			var kfe *keyFileError
+			var kfe *keyfile.Error
 			if !errors.As(err, &kfe) || !strings.Contains(err.Error(), path) {
-				t.Errorf("add: error = %v, want a keyFileError naming the file", err)
+				t.Errorf("add: error = %v, want a keyfile.Error naming the file", err)
 			}
 			if out.Len() != 0 {
 				t.Errorf("add printed a key for a file it did not write: %q", out.String())
 			}
 			if err := revokeKey(&out, io.Discard, fileRecords{path}, k.record["id"].(string), cmdNow); !errors.As(err, &kfe) {
-				t.Errorf("revoke: error = %v, want a keyFileError", err)
+				t.Errorf("revoke: error = %v, want a keyfile.Error", err)
 			}
 			if err := listKeys(&out, fileRecords{path}, false, cmdNow); !errors.As(err, &kfe) {
-				t.Errorf("list: error = %v, want a keyFileError", err)
+				t.Errorf("list: error = %v, want a keyfile.Error", err)
 			}
 			if got := readFile(t, path); got != content {
 				t.Errorf("the broken file was changed to:\n%s", got)
@@ -472,8 +474,8 @@ func TestCommandRevoke(t *testing.T) {
 			for _, k := range keys {
 				got := fileRecord(t, path, k.record["id"].(string)).RevokedAt
 				if k.record["id"] == tc.wantID {
-					if got == nil || *got != formatTimestamp(cmdNow) {
-						t.Errorf("revoked_at = %v, want %s", got, formatTimestamp(cmdNow))
+					if got == nil || *got != keyset.FormatTimestamp(cmdNow) {
+						t.Errorf("revoked_at = %v, want %s", got, keyset.FormatTimestamp(cmdNow))
 					}
 				} else if got != nil {
 					t.Errorf("key %s was revoked too", k.record["label"])
@@ -493,14 +495,14 @@ func TestCommandRevoke(t *testing.T) {
 		if err := revokeKey(&out, io.Discard, fileRecords{path}, second[:11], cmdNow); err != nil {
 			t.Fatal(err)
 		}
-		ks, err := readKeySet(path)
+		ks, err := keyfile.ReadKeySet(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if k, _ := ks.lookup(second); k == nil || !k.revoked {
+		if k, _ := ks.Lookup(second); k == nil || !k.Revoked() {
 			t.Error("the key named by its prefix is not revoked")
 		}
-		if k, _ := ks.lookup(first); k == nil || k.revoked {
+		if k, _ := ks.Lookup(first); k == nil || k.Revoked() {
 			t.Error("the other key is revoked")
 		}
 		if strings.Contains(out.String(), second) {
@@ -558,7 +560,7 @@ func TestCommandRevokeTwice(t *testing.T) {
 	if err := revokeKey(&out, io.Discard, fileRecords{path}, id, cmdNow.Add(time.Hour)); err != nil {
 		t.Fatalf("second revoke: %v", err)
 	}
-	if !strings.Contains(out.String(), "already revoked") || !strings.Contains(out.String(), formatTimestamp(cmdNow)) {
+	if !strings.Contains(out.String(), "already revoked") || !strings.Contains(out.String(), keyset.FormatTimestamp(cmdNow)) {
 		t.Errorf("output = %q, want it to say the key was already revoked, and when", out.String())
 	}
 	if readFile(t, path) != before {
@@ -586,7 +588,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	}
 
 	doc := readKeyDoc(t, path)
-	top := object(doc.top)
+	top := object(doc.TopMembers())
 	if got := memberNames(top); !slices.Equal(got, []string{"version", "api_keys", "meta"}) {
 		t.Errorf("top-level members = %v", got)
 	}
@@ -596,10 +598,10 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	if got := mustJSON(t, top.get("meta")); got != `{"owner":"platform"}` {
 		t.Errorf("meta = %s", got)
 	}
-	if len(doc.records) != 2 {
-		t.Fatalf("%d records", len(doc.records))
+	if len(doc.Records) != 2 {
+		t.Fatalf("%d records", len(doc.Records))
 	}
-	old := recordMembers(doc.records[0])
+	old := recordMembers(doc.Records[0])
 	wantOrder := []string{"team", "created_at", "id", "key_hash", "key_prefix", "label", "last_used_at", "notes", "revoked_at"}
 	if got := memberNames(old); !slices.Equal(got, wantOrder) {
 		t.Errorf("old record members = %v, want %v", got, wantOrder)
@@ -607,7 +609,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	if got := mustJSON(t, old.get("notes")); got != `{"ticket":42,"big":12345678901234567890}` {
 		t.Errorf("notes = %s (numbers must be kept as written)", got)
 	}
-	if doc.records[1].KeyHash != hashKey(raw) {
+	if doc.Records[1].KeyHash != keyset.HashKey(raw) {
 		t.Error("the added key is not the second record")
 	}
 }
@@ -619,8 +621,8 @@ func TestCommandHash(t *testing.T) {
 		if err := hashFromReader(strings.NewReader(in), &out); err != nil {
 			t.Fatalf("%q: %v", in, err)
 		}
-		if got := out.String(); got != hashKey(key)+"\n" {
-			t.Errorf("hash of %q = %q, want %q", in, got, hashKey(key))
+		if got := out.String(); got != keyset.HashKey(key)+"\n" {
+			t.Errorf("hash of %q = %q, want %q", in, got, keyset.HashKey(key))
 		}
 	}
 	for _, tc := range []struct{ in, wantErr string }{
@@ -646,7 +648,7 @@ func TestCommandHash(t *testing.T) {
 	if err := hashFromReader(strings.NewReader(raw+"\n"), &out); err != nil {
 		t.Fatal(err)
 	}
-	if got, stored := strings.TrimSpace(out.String()), readKeyDoc(t, path).records[0].KeyHash; got != stored {
+	if got, stored := strings.TrimSpace(out.String()), readKeyDoc(t, path).Records[0].KeyHash; got != stored {
 		t.Errorf("hash = %s, stored key_hash = %s", got, stored)
 	}
 }
@@ -705,9 +707,9 @@ func TestCommandAddMissingFileNeedsCreate(t *testing.T) {
 		t.Fatalf("add --create made no key file of mode 0600: %v", err)
 	}
 	raw := strings.TrimSuffix(stdout, "\n")
-	if ks, err := readKeySet(abs); err != nil {
+	if ks, err := keyfile.ReadKeySet(abs); err != nil {
 		t.Fatal(err)
-	} else if k, _ := ks.lookup(raw); k == nil {
+	} else if k, _ := ks.Lookup(raw); k == nil {
 		t.Error("the printed key is not in the file made")
 	}
 
@@ -734,9 +736,9 @@ func TestCommandCobraWiring(t *testing.T) {
 	if !strings.Contains(stderr, "  scopes:  read,write,admin\n") {
 		t.Errorf("add: stderr does not show the scopes as read,write,admin: %q", stderr)
 	}
-	recs := readKeyDoc(t, path).records
+	recs := readKeyDoc(t, path).Records
 	if len(recs) != 1 || recs[0].Label != "wired" || !slices.Equal(recs[0].Scopes, []string{"read", "write", "admin"}) ||
-		recs[0].ExpiresAt == nil || recs[0].KeyHash != hashKey(raw) {
+		recs[0].ExpiresAt == nil || recs[0].KeyHash != keyset.HashKey(raw) {
 		t.Fatalf("record = %+v", recs[0])
 	}
 
@@ -749,7 +751,7 @@ func TestCommandCobraWiring(t *testing.T) {
 		t.Fatalf("list: %q, %v", stdout, err)
 	}
 	stdout, _, err = apikeyCommand(t, raw+"\n", "hash")
-	if err != nil || stdout != hashKey(raw)+"\n" {
+	if err != nil || stdout != keyset.HashKey(raw)+"\n" {
 		t.Fatalf("hash: %q, %v", stdout, err)
 	}
 	stdout, _, err = apikeyCommand(t, "", "revoke", "--file", path, raw[:11])
@@ -831,7 +833,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 			used := start.Add(time.Duration(tick) * 2 * time.Second)
 			ks := store.KeySet()
 			for _, k := range base {
-				key, sum := ks.lookup(k.Raw)
+				key, sum := ks.Lookup(k.Raw)
 				if key == nil {
 					errs <- fmt.Errorf("tick %d: base key %s vanished from the key set", tick, k.record["label"])
 					return
@@ -855,16 +857,16 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 		t.FailNow()
 	}
 
-	recs := readKeyDoc(t, path).records
+	recs := readKeyDoc(t, path).Records
 	if want := baseKeys + adders*addsEach; len(recs) != want {
 		t.Fatalf("%d records in the file, want %d", len(recs), want)
 	}
-	byHash := make(map[string]docRecord, len(recs))
+	byHash := make(map[string]keyfile.Record, len(recs))
 	for _, rec := range recs {
 		byHash[rec.KeyHash] = rec
 	}
 	for _, raw := range added {
-		rec, ok := byHash[hashKey(raw)]
+		rec, ok := byHash[keyset.HashKey(raw)]
 		if !ok {
 			t.Errorf("added key %s is lost", raw[:11])
 			continue
@@ -876,7 +878,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	if len(added) != adders*addsEach {
 		t.Errorf("%d keys added, want %d", len(added), adders*addsEach)
 	}
-	wantUsed := formatTimestamp(lastUsed)
+	wantUsed := keyset.FormatTimestamp(lastUsed)
 	for i, k := range base {
 		rec := byHash[k.record["key_hash"].(string)]
 		if (rec.RevokedAt != nil) != (i < revoked) {

@@ -14,6 +14,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
 // keyTimeline records, for one key, when it became valid or invalid, so a
@@ -141,9 +144,9 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		timeline[added.Raw] = &keyTimeline{}
 		pool = append(pool, added)
 		keysMu.Unlock()
-		_, err := updateKeyFile(path, func(doc *keyDoc) error {
-			rec, err := newDocRecord(added.rec())
-			doc.records = append(doc.records, rec)
+		_, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+			rec, err := keyfile.NewRecord(added.rec())
+			doc.Records = append(doc.Records, rec)
 			return err
 		})
 		if err != nil {
@@ -156,10 +159,10 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		if len(live) > 1 {
 			victim := live[0]
 			live = live[1:]
-			_, err := updateKeyFile(path, func(doc *keyDoc) error {
-				for i := range doc.records {
-					if doc.records[i].ID == victim.record["id"] {
-						return doc.records[i].set("revoked_at", formatTimestamp(time.Now()))
+			_, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+				for i := range doc.Records {
+					if doc.Records[i].ID == victim.record["id"] {
+						return doc.Records[i].Set("revoked_at", keyset.FormatTimestamp(time.Now()))
 					}
 				}
 				return fmt.Errorf("victim not found")
@@ -176,13 +179,13 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 			// and the times the writer has put in it, under the lock, as
 			// the README's recipe does: a replacement that drops
 			// last_used_at, or races the writer, may lose a use.
-			unlock, err := lockKeyFile(path, lockTimeout, nil)
+			unlock, err := keyfile.Lock(path, keyfile.LockTimeout, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			all := append([]testKey{stable}, live...)
 			onDisk := map[string]*string{}
-			for _, rec := range readKeyDoc(t, path).records {
+			for _, rec := range readKeyDoc(t, path).Records {
 				onDisk[rec.ID] = rec.LastUsedAt
 			}
 			for i, k := range all {
@@ -220,12 +223,12 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		used[id.(string)] = true
 		return true
 	})
-	for _, rec := range readKeyDoc(t, path).records {
+	for _, rec := range readKeyDoc(t, path).Records {
 		if used[rec.ID] && rec.LastUsedAt == nil {
 			t.Errorf("key %v was used but its last_used_at is not in the file", rec.Label)
 		}
 	}
-	if _, err := readKeySet(path); err != nil {
+	if _, err := keyfile.ReadKeySet(path); err != nil {
 		t.Fatalf("key file left broken: %v", err)
 	}
 }
@@ -385,7 +388,7 @@ func TestUsageWriteOnFullDisk(t *testing.T) {
 	if !strings.Contains(string(out), "full-disk child: ok") {
 		t.Fatalf("child did not finish its checks:\n%s", out)
 	}
-	if recs := readKeyDoc(t, path).records; len(recs) != len(keys) {
+	if recs := readKeyDoc(t, path).Records; len(recs) != len(keys) {
 		t.Fatalf("%d keys in the file, want %d", len(recs), len(keys))
 	}
 	if lastUsed(t, path, keys[7].record["id"].(string)) == "" {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
 )
 
@@ -44,7 +46,7 @@ func runFullDiskChild(arg string) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limited); err != nil {
 		fail("setrlimit: %v", err)
 	}
-	k, sum := s.KeySet().lookup(raw)
+	k, sum := s.KeySet().Lookup(raw)
 	if k == nil {
 		fail("key not found")
 	}
@@ -64,7 +66,7 @@ func runFullDiskChild(arg string) {
 	if len(leftovers) > 0 {
 		fail("temporary files left behind: %v", leftovers)
 	}
-	if k, _ := s.KeySet().lookup(raw); k == nil {
+	if k, _ := s.KeySet().Lookup(raw); k == nil {
 		fail("authentication stopped with the disk full")
 	}
 
@@ -94,8 +96,8 @@ func TestWritesKeepTheOwner(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := updateKeyFile(path, func(doc *keyDoc) error {
-		return doc.records[0].set("revoked_at", formatTimestamp(time.Now()))
+	if _, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+		return doc.Records[0].Set("revoked_at", keyset.FormatTimestamp(time.Now()))
 	}); err != nil {
 		t.Fatal(err)
 	}

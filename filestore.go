@@ -15,6 +15,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -87,10 +89,10 @@ func (f *FileStore) Cleanup() error {
 }
 
 // KeySet returns the key set in force.
-func (f *FileStore) KeySet() *KeySet { return f.store.keys.Load() }
+func (f *FileStore) KeySet() *keyset.KeySet { return f.store.keys.Load() }
 
 // MarkUsed notes a use of a key, for the usage writer.
-func (f *FileStore) MarkUsed(k *Key, sum [sha256.Size]byte, now int64) {
+func (f *FileStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 	f.store.MarkUsed(k, sum, now)
 }
 
@@ -134,9 +136,9 @@ type keyStore struct {
 	path     string
 	logger   *zap.Logger // nil: Caddy's current logger (see log)
 	now      func() time.Time
-	keys     atomic.Pointer[KeySet]
+	keys     atomic.Pointer[keyset.KeySet]
 	leases   *leaseSet
-	usage    usageTracker
+	usage    keyset.UsageTracker
 	metrics  *storeMetrics // nil: a store made outside Caddy, not counted
 	unmetric sync.Once     // releases metrics
 
@@ -150,8 +152,8 @@ type keyStore struct {
 
 	// The writer's state.
 	writeFailing bool
-	lastWrite    atomic.Pointer[keyFileWrite] // the writer's last write, for the watcher
-	writes       atomic.Int64                 // usage writes done, for tests
+	lastWrite    atomic.Pointer[keyfile.Write] // the writer's last write, for the watcher
+	writes       atomic.Int64                  // usage writes done, for tests
 
 	reloadNow chan chan error    // asks the watcher for a reload
 	flushNow  chan chan struct{} // asks the writer to write all pending uses
@@ -214,10 +216,10 @@ func newKeyStore(path string, logger *zap.Logger) *keyStore {
 
 // name, keySet, records and refresh make the store a liveStore, for the
 // admin API.
-func (s *keyStore) name() string         { return "file:" + s.path }
-func (s *keyStore) keySet() *KeySet      { return s.keys.Load() }
-func (s *keyStore) records() recordStore { return fileRecords{path: s.path} }
-func (s *keyStore) refresh() error       { return s.askReload() }
+func (s *keyStore) name() string           { return "file:" + s.path }
+func (s *keyStore) keySet() *keyset.KeySet { return s.keys.Load() }
+func (s *keyStore) records() recordStore   { return fileRecords{path: s.path} }
+func (s *keyStore) refresh() error         { return s.askReload() }
 
 // log is the store's logger. A store outlives the config that created it,
 // so it logs through Caddy's current logging, not that config's.
@@ -333,22 +335,22 @@ func (s *keyStore) load() (err error) {
 			s.statErr = true
 			s.metrics.loadFailed()
 		}
-		return &keyFileError{path: s.path, err: err}
+		return &keyfile.Error{Path: s.path, Err: err}
 	}
 	s.statErr = false
-	if s.loaded != nil && sameVersion(s.loaded, fi) {
+	if s.loaded != nil && keyfile.SameVersion(s.loaded, fi) {
 		return nil
 	}
-	if s.broken != nil && sameVersion(s.broken, fi) {
+	if s.broken != nil && keyfile.SameVersion(s.broken, fi) {
 		return s.brokenErr
 	}
 	// A usage write changes only last_used_at, which the key set does not
 	// hold: the version it wrote from the one in force need not be read.
-	if w := s.lastWrite.Load(); w != nil && s.loaded != nil && sameVersion(w.read, s.loaded) && sameVersion(w.written, fi) {
+	if w := s.lastWrite.Load(); w != nil && s.loaded != nil && keyfile.SameVersion(w.Read, s.loaded) && keyfile.SameVersion(w.Written, fi) {
 		s.setLoaded(fi)
 		return nil
 	}
-	ks, err := readKeySet(s.path)
+	ks, err := keyfile.ReadKeySet(s.path)
 	if err != nil {
 		s.broken, s.brokenErr = fi, err
 		s.metrics.sourceBroken(true)
@@ -358,7 +360,7 @@ func (s *keyStore) load() (err error) {
 	s.broken, s.brokenErr = nil, nil
 	old := s.keys.Load()
 	if old != nil {
-		carryUsage(old, ks)
+		keyset.CarryUsage(old, ks)
 	}
 	s.keys.Store(ks)
 	s.setLoaded(fi)
@@ -368,11 +370,11 @@ func (s *keyStore) load() (err error) {
 		debug.FreeOSMemory() // give back the memory the file and the old key set held
 	}
 	if old != nil {
-		s.log().Info("key file reloaded", zap.String("keys_file", s.path), zap.Int("keys", len(ks.keys)))
+		s.log().Info("key file reloaded", zap.String("keys_file", s.path), zap.Int("keys", ks.Len()))
 		return nil
 	}
 	logFirstLoad(s.log(), s.name(), ks, s.now(), zap.String("keys_file", s.path))
-	if len(ks.keys) == 0 {
+	if ks.Len() == 0 {
 		s.log().Warn("key file holds no keys: every request with a key will be refused", zap.String("keys_file", s.path))
 	}
 	return nil
@@ -390,23 +392,16 @@ func (s *keyStore) setLoaded(fi fs.FileInfo) {
 // next minutes.
 const bigKeyFile = 32 << 20
 
-// sameVersion reports whether two stats of the key file show the same
-// version of it: same file (a rename over it makes a new one), size and
-// modification time.
-func sameVersion(a, b fs.FileInfo) bool {
-	return a != nil && b != nil && os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
-}
-
 // KeySet returns the key set in force.
-func (s *keyStore) KeySet() *KeySet { return s.keys.Load() }
+func (s *keyStore) KeySet() *keyset.KeySet { return s.keys.Load() }
 
 // MarkUsed records a use of key k (whose hash is sum) at now. It never
 // blocks on the disk.
-func (s *keyStore) MarkUsed(k *Key, sum [sha256.Size]byte, now int64) {
+func (s *keyStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 	if s.leases.current().usage.off {
 		return
 	}
-	s.usage.mark(k, sum, now)
+	s.usage.Mark(k, sum, now)
 }
 
 // write is the writer: it writes the last-used times that are due every
@@ -420,7 +415,7 @@ func (s *keyStore) write() {
 // written within the usage interval, or all of them. One write covers every
 // due key.
 func (s *keyStore) writeUsage(all bool) {
-	batch := s.usage.collect(all, s.leases.current().usage.every, s.now())
+	batch := s.usage.Collect(all, s.leases.current().usage.every, s.now())
 	if batch == nil {
 		return
 	}
@@ -431,8 +426,8 @@ func (s *keyStore) writeUsage(all bool) {
 	if fi := s.inForce.Load(); fi != nil {
 		checked = *fi
 	}
-	w, err := editKeyFile(s.path, keyFileEdit{checked: checked, edit: func(doc *keyDoc) error {
-		return applyUsage(doc, batch.updates)
+	w, err := keyfile.Edit(s.path, keyfile.EditOptions{Checked: checked, Edit: func(doc *keyfile.Doc) error {
+		return applyUsage(doc, batch.Updates)
 	}})
 	if err != nil {
 		s.metrics.usageWritten(err)
@@ -450,12 +445,12 @@ func (s *keyStore) writeUsage(all bool) {
 		s.writeFailing = false
 		s.log().Info("writing last-used times to the key file works again", zap.String("keys_file", s.path))
 	}
-	s.usage.done(batch)
-	if w.written != nil { // nil: nothing left to change (keys deleted meanwhile)
+	s.usage.Done(batch)
+	if w.Written != nil { // nil: nothing left to change (keys deleted meanwhile)
 		s.writes.Add(1)
 		s.lastWrite.Store(&w)
 		s.metrics.usageWritten(nil) // after lastWrite: the watcher need not read what it wrote
-		if w.written.Size() > bigKeyFile {
+		if w.Written.Size() > bigKeyFile {
 			debug.FreeOSMemory() // give back what reading and writing the file took
 		}
 	}
@@ -467,33 +462,33 @@ func (s *keyStore) writeUsage(all bool) {
 // then says nothing, so that a broken edit is logged once, not once by
 // each. With watching off, the writer is the one to log it.
 func (s *keyStore) watcherReports(err error) bool {
-	var kfe *keyFileError
+	var kfe *keyfile.Error
 	return errors.As(err, &kfe) && !s.leases.current().reload.off
 }
 
 // applyUsage sets last_used_at on the records that are still in the file with
 // the same id and key_hash. A record whose last_used_at on disk is newer (set
 // by another process) keeps it.
-func applyUsage(doc *keyDoc, updates map[usageKey]time.Time) error {
+func applyUsage(doc *keyfile.Doc, updates map[keyset.UsageKey]time.Time) error {
 	changed := false
-	for i := range doc.records {
-		rec := &doc.records[i]
-		at, ok := updates[usageKey{rec.ID, strings.ToLower(rec.KeyHash)}]
+	for i := range doc.Records {
+		rec := &doc.Records[i]
+		at, ok := updates[keyset.UsageKey{ID: rec.ID, Hash: strings.ToLower(rec.KeyHash)}]
 		if !ok {
 			continue
 		}
 		if rec.LastUsedAt != nil {
-			if t, err := parseTimestamp(*rec.LastUsedAt); err == nil && !t.Before(at.Truncate(time.Microsecond)) {
+			if t, err := keyset.ParseTimestamp(*rec.LastUsedAt); err == nil && !t.Before(at.Truncate(time.Microsecond)) {
 				continue
 			}
 		}
-		if err := rec.set("last_used_at", formatTimestamp(at)); err != nil {
+		if err := rec.Set("last_used_at", keyset.FormatTimestamp(at)); err != nil {
 			return err
 		}
 		changed = true
 	}
 	if !changed {
-		return errNoChange
+		return keyfile.ErrNoChange
 	}
 	return nil
 }

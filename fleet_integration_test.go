@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -354,11 +356,11 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		i := slices.IndexFunc(records, func(d docRecord) bool { return d.ID == rec.ID })
+		i := slices.IndexFunc(records, func(d keyfile.Record) bool { return d.ID == rec.ID })
 		if i < 0 || records[i].LastUsedAt == nil {
 			t.Fatalf("no last_used_at for the used key")
 		}
-		at, _ := parseTimestamp(*records[i].LastUsedAt)
+		at, _ := keyset.ParseTimestamp(*records[i].LastUsedAt)
 		if at.Before(before.Add(-time.Second)) {
 			t.Errorf("last_used_at = %s, want the second server's later use (after %s)", at, before)
 		}

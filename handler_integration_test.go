@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
@@ -27,7 +28,7 @@ const defaultAuthMessage = "API key is required. Pass via Authorization: Bearer 
 func keyWithRaw(raw, label string, extra map[string]any) testKey {
 	k := newTestKey(label, extra)
 	k.Raw = raw
-	k.record["key_hash"] = hashKey(raw)
+	k.record["key_hash"] = keyset.HashKey(raw)
 	k.record["key_prefix"] = raw[:11]
 	return k
 }

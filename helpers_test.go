@@ -15,6 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 
@@ -186,7 +190,7 @@ func newTestKey(label string, extra map[string]any) testKey {
 	rec := map[string]any{
 		"id":           uuid.NewString(),
 		"label":        label,
-		"key_hash":     hashKey(raw),
+		"key_hash":     keyset.HashKey(raw),
 		"key_prefix":   raw[:11],
 		"created_at":   "2026-11-25T20:14:31.123456+00:00",
 		"last_used_at": nil,
@@ -198,8 +202,8 @@ func newTestKey(label string, extra map[string]any) testKey {
 }
 
 // rec is the key's record, decoded.
-func (k testKey) rec() Record {
-	var r Record
+func (k testKey) rec() keyset.Record {
+	var r keyset.Record
 	data, err := json.Marshal(k.record)
 	if err == nil {
 		err = json.Unmarshal(data, &r)
@@ -214,13 +218,13 @@ func (k testKey) rec() Record {
 // the test if it does not parse or if the handler would refuse it. It is the
 // tests' one reader of a key file; fileRecord, lastUsed and recordMembers
 // look into what it returns.
-func readKeyDoc(t testing.TB, path string) *keyDoc {
+func readKeyDoc(t testing.TB, path string) *keyfile.Doc {
 	t.Helper()
-	doc, err := parseKeyDoc([]byte(readFile(t, path)))
+	doc, err := keyfile.ParseDoc([]byte(readFile(t, path)))
 	if err != nil {
 		t.Fatalf("key file %s does not parse: %v", path, err)
 	}
-	if _, err := buildKeySet(doc.records); err != nil {
+	if _, err := keyfile.BuildKeySet(doc.Records); err != nil {
 		t.Fatalf("key file %s no longer loads: %v", path, err)
 	}
 	return doc
@@ -228,15 +232,15 @@ func readKeyDoc(t testing.TB, path string) *keyDoc {
 
 // fileRecord returns the record with id in the key file at path, failing
 // the test if there is none.
-func fileRecord(t testing.TB, path, id string) docRecord {
+func fileRecord(t testing.TB, path, id string) keyfile.Record {
 	t.Helper()
-	for _, r := range readKeyDoc(t, path).records {
+	for _, r := range readKeyDoc(t, path).Records {
 		if r.ID == id {
 			return r
 		}
 	}
 	t.Fatalf("record %s is not in the key file %s", id, path)
-	return docRecord{}
+	return keyfile.Record{}
 }
 
 // lastUsed returns last_used_at of the record with id in the key file at
@@ -250,16 +254,15 @@ func lastUsed(t testing.TB, path, id string) string {
 }
 
 // recordMembers returns the members of a key file's record in their order.
-func recordMembers(r docRecord) object {
-	r.split()
-	return r.members
+func recordMembers(r keyfile.Record) object {
+	return r.Members()
 }
 
 // memberNames returns the names of o's members, in their order.
 func memberNames(o object) []string {
 	names := make([]string, len(o))
 	for i, m := range o {
-		names[i] = m.name
+		names[i] = m.Name
 	}
 	return names
 }
@@ -276,13 +279,13 @@ func readFile(t testing.TB, path string) string {
 
 // object is the members of a JSON object in their order, for tests to look
 // into.
-type object []member
+type object []keyfile.Member
 
 // get returns member name's raw value, or nil.
 func (o object) get(name string) json.RawMessage {
 	for _, m := range o {
-		if m.name == name {
-			return m.value
+		if m.Name == name {
+			return m.Value
 		}
 	}
 	return nil
@@ -302,8 +305,8 @@ func (o object) MarshalJSON() ([]byte, error) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendName(b, m.name)
-		b = append(b, m.value...)
+		b, _ = jsontext.AppendQuote(b, m.Name)
+		b = append(append(b, ':'), m.Value...)
 	}
 	var out bytes.Buffer
 	err := json.Compact(&out, append(b, '}'))
@@ -325,7 +328,7 @@ func writeKeys(t testing.TB, path string, keys ...testKey) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := writeFileAtomic(path, bytes.NewReader(data), nil, nil); err != nil {
+	if _, err := keyfile.WriteAtomic(path, bytes.NewReader(data), nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -475,7 +478,7 @@ func setUsageInterval(s *keyStore, d time.Duration) {
 
 // newMemoryHandler sets h up as Provision does (setup), but on the in-memory
 // key set ks instead of a key file's store, and with no logging.
-func newMemoryHandler(h *Handler, ks *KeySet) *Handler {
+func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
 	if err := h.setup(); err != nil {
 		panic(err)
 	}
@@ -488,15 +491,40 @@ func newMemoryHandler(h *Handler, ks *KeySet) *Handler {
 }
 
 // mustBuildKeySet builds the key set of records, failing the test on an error.
-func mustBuildKeySet(t testing.TB, records ...Record) *KeySet {
+func mustBuildKeySet(t testing.TB, records ...keyset.Record) *keyset.KeySet {
 	t.Helper()
-	docs := make([]docRecord, len(records))
+	docs := make([]keyfile.Record, len(records))
 	for i := range records {
 		docs[i].Record = records[i]
 	}
-	ks, err := buildKeySet(docs)
+	ks, err := keyfile.BuildKeySet(docs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ks
+}
+
+// expiresAt is when key k expires (unix nanoseconds), 0 if it does not.
+func expiresAt(k *keyset.Key) int64 {
+	at, _ := k.ExpiresAt()
+	return at
+}
+
+// scopesJoined is key k's scopes as {http.auth.user.scopes} gives them.
+func scopesJoined(k *keyset.Key) string {
+	v, _ := k.Placeholder("http.auth.user.scopes")
+	return v.(string)
+}
+
+// marshalDoc renders a key file's document as its writers write it.
+func marshalDoc(d *keyfile.Doc) []byte {
+	var b bytes.Buffer
+	_, _ = d.WriteTo(&b) // a bytes.Buffer takes every write
+	return b.Bytes()
+}
+
+// updateKeyFile applies edit to the key file at path, which must exist, as
+// every writer does (under its lock, atomically).
+func updateKeyFile(path string, edit func(*keyfile.Doc) error) (keyfile.Write, error) {
+	return keyfile.Edit(path, keyfile.EditOptions{Edit: edit})
 }

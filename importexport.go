@@ -6,11 +6,12 @@ import (
 	"io"
 	"os"
 	"reflect"
-	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"golang.org/x/term"
 )
 
@@ -63,20 +64,20 @@ func importKeysWith(from fileRecords, to recordStore, opts importOptions) (impor
 	if fi, err := os.Stat(from.path); err == nil {
 		p.step("Reading %s (%d MiB)", from.path, fi.Size()>>20)
 	}
-	data, _, err := readKeyFile(from.path)
+	data, _, err := keyfile.ReadFile(from.path)
 	if err != nil {
 		p.end("")
-		return importResult{}, &keyFileError{path: from.path, err: err}
+		return importResult{}, &keyfile.Error{Path: from.path, Err: err}
 	}
-	file, _, err := parseKeyFile(data)
+	file, _, err := keyfile.Parse(data)
 	data = nil
 	if err != nil {
 		p.end("")
-		return importResult{}, &keyFileError{path: from.path, err: err}
+		return importResult{}, &keyfile.Error{Path: from.path, Err: err}
 	}
-	records := file.records
+	records := file.Records
 	p.end(fmt.Sprintf("%d keys", len(records)))
-	snapshot := slices.ContainsFunc(file.top, func(m member) bool { return m.name == "snapshot" })
+	snapshot := file.HasMember("snapshot")
 
 	var res importResult
 	waiting := opts.waiting
@@ -84,17 +85,17 @@ func importKeysWith(from fileRecords, to recordStore, opts importOptions) (impor
 		waiting = func() { p.interrupt(opts.waiting) }
 	}
 	p.step("Reading the key set %s", to)
-	err = to.edit(recordEdit{create: true, waiting: waiting, edit: func(doc *keyDoc) error {
-		p.end(fmt.Sprintf("%d keys", len(doc.records)))
-		res = importResult{snapshot: snapshot, targetEmpty: len(doc.records) == 0}
-		byID := make(map[string]*docRecord, len(doc.records))
-		byHash := make(map[string]*docRecord, len(doc.records))
-		for i := range doc.records {
-			r := &doc.records[i]
+	err = to.edit(recordEdit{create: true, waiting: waiting, edit: func(doc *keyfile.Doc) error {
+		p.end(fmt.Sprintf("%d keys", len(doc.Records)))
+		res = importResult{snapshot: snapshot, targetEmpty: len(doc.Records) == 0}
+		byID := make(map[string]*keyfile.Record, len(doc.Records))
+		byHash := make(map[string]*keyfile.Record, len(doc.Records))
+		for i := range doc.Records {
+			r := &doc.Records[i]
 			byID[r.ID] = r
 			byHash[strings.ToLower(r.KeyHash)] = r
 		}
-		var add []docRecord
+		var add []keyfile.Record
 		for i := range records {
 			r := &records[i]
 			there := byID[r.ID]
@@ -104,7 +105,7 @@ func importKeysWith(from fileRecords, to recordStore, opts importOptions) (impor
 			switch {
 			case there == nil:
 				n := *r
-				n.split() // a new record: written, not taken as read
+				n.Split() // a new record: written, not taken as read
 				add = append(add, n)
 				res.added++
 				if r.RevokedAt == nil {
@@ -119,7 +120,7 @@ func importKeysWith(from fileRecords, to recordStore, opts importOptions) (impor
 					continue
 				}
 				n := *r
-				n.split() // the file's copy, active: written in its place
+				n.Split() // the file's copy, active: written in its place
 				*there = n
 				res.reactivated = append(res.reactivated, line)
 			case there.ID == r.ID:
@@ -129,9 +130,9 @@ func importKeysWith(from fileRecords, to recordStore, opts importOptions) (impor
 			}
 		}
 		if len(add) == 0 && len(res.reactivated) == 0 {
-			return errNoChange
+			return keyfile.ErrNoChange
 		}
-		doc.records = append(doc.records, add...)
+		doc.Records = append(doc.Records, add...)
 		p.step("Writing %d keys to %s", len(add)+len(res.reactivated), to)
 		return nil
 	}})
@@ -142,7 +143,7 @@ func importKeysWith(from fileRecords, to recordStore, opts importOptions) (impor
 // revokedOnlyThere reports whether there, a record in the key set, is
 // revoked and file, its copy in the file, is not, and they are otherwise
 // the same record (last_used_at aside).
-func revokedOnlyThere(there, file *Record) bool {
+func revokedOnlyThere(there, file *keyset.Record) bool {
 	if there.RevokedAt == nil || file.RevokedAt != nil {
 		return false
 	}
@@ -176,7 +177,7 @@ func reportImport(stdout, stderr io.Writer, res importResult, file string, to re
 
 // sameRecord reports whether two records hold the same key, the same way:
 // every known member equal but last_used_at, which usage changes.
-func sameRecord(a, b *Record) bool {
+func sameRecord(a, b *keyset.Record) bool {
 	x, y := *a, *b
 	x.LastUsedAt, y.LastUsedAt = nil, nil
 	x.KeyHash, y.KeyHash = strings.ToLower(x.KeyHash), strings.ToLower(y.KeyHash)
@@ -192,9 +193,9 @@ func exportKeys(from recordStore, path string, w io.Writer) (int, error) {
 		return 0, err
 	}
 	for i := range records {
-		records[i].split() // written indented, one member a line
+		records[i].Split() // written indented, one member a line
 	}
-	doc := &keyDoc{top: []member{{name: "api_keys"}}, records: records}
+	doc := keyfile.NewDoc(records...)
 	if path == "" {
 		_, err = doc.WriteTo(w)
 		return len(records), err
@@ -204,7 +205,7 @@ func exportKeys(from recordStore, path string, w io.Writer) (int, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return 0, err
 	}
-	_, err = writeFileAtomic(path, doc, nil, func() error {
+	_, err = keyfile.WriteAtomic(path, doc, nil, func() error {
 		if _, err := os.Lstat(path); err == nil {
 			return fmt.Errorf("%s was made while the export was written; it was left as it is", path)
 		}

@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/google/uuid"
 )
@@ -40,35 +42,35 @@ func addKey(stdout, stderr io.Writer, st recordStore, opts addOptions, now time.
 // createKey makes a new key as opts say and adds its record to the store;
 // it returns the raw key and the record. waiting, if not nil, is called if
 // the store's lock is held by another writer.
-func createKey(st recordStore, opts addOptions, now time.Time, waiting func()) (string, Record, error) {
+func createKey(st recordStore, opts addOptions, now time.Time, waiting func()) (string, keyset.Record, error) {
 	label := strings.TrimSpace(opts.Label)
 	if label == "" {
-		return "", Record{}, inputError("a label is required (--label): name who or what will use the key")
+		return "", keyset.Record{}, inputError("a label is required (--label): name who or what will use the key")
 	}
 	expiresAt, err := expiryFlag(opts.Expires, now)
 	if err != nil {
-		return "", Record{}, err
+		return "", keyset.Record{}, err
 	}
 	scopes, err := normalizeScopes(opts.Scopes)
 	if err != nil {
-		return "", Record{}, err
+		return "", keyset.Record{}, err
 	}
 	raw, err := generateKey()
 	if err != nil {
-		return "", Record{}, err
+		return "", keyset.Record{}, err
 	}
-	var added Record
-	err = st.edit(recordEdit{create: true, onlyAdds: true, waiting: waiting, edit: func(doc *keyDoc) error {
-		r, err := newKeyRecord(doc, raw, Record{Label: label, Scopes: scopes, ExpiresAt: timestamp(expiresAt)}, now)
+	var added keyset.Record
+	err = st.edit(recordEdit{create: true, onlyAdds: true, waiting: waiting, edit: func(doc *keyfile.Doc) error {
+		r, err := newKeyRecord(doc, raw, keyset.Record{Label: label, Scopes: scopes, ExpiresAt: keyset.Timestamp(expiresAt)}, now)
 		if err != nil {
 			return err
 		}
 		added = r.Record
-		doc.records = append(doc.records, r)
+		doc.Records = append(doc.Records, r)
 		return nil
 	}})
 	if err != nil {
-		return "", Record{}, err
+		return "", keyset.Record{}, err
 	}
 	return raw, added, nil
 }
@@ -79,28 +81,19 @@ func createKey(st recordStore, opts addOptions, now time.Time, waiting func()) (
 // but a duplicate id would make the whole file unloadable), the key's hash
 // and prefix, and created_at now. The members come in the reference
 // application's order, then the optional ones only when they are given.
-func newKeyRecord(doc *keyDoc, raw string, rec Record, now time.Time) (docRecord, error) {
+func newKeyRecord(doc *keyfile.Doc, raw string, rec keyset.Record, now time.Time) (keyfile.Record, error) {
 	rec.ID = uuid.NewString()
-	for slices.ContainsFunc(doc.records, func(r docRecord) bool { return r.ID == rec.ID }) {
+	for slices.ContainsFunc(doc.Records, func(r keyfile.Record) bool { return r.ID == rec.ID }) {
 		rec.ID = uuid.NewString()
 	}
-	rec.KeyHash, rec.KeyPrefix, rec.CreatedAt = hashKey(raw), raw[:11], timestamp(&now)
-	return newDocRecord(rec)
-}
-
-// timestamp formats an optional time as the key file holds it.
-func timestamp(t *time.Time) *string {
-	if t == nil {
-		return nil
-	}
-	s := formatTimestamp(*t)
-	return &s
+	rec.KeyHash, rec.KeyPrefix, rec.CreatedAt = keyset.HashKey(raw), raw[:11], keyset.Timestamp(&now)
+	return keyfile.NewRecord(rec)
 }
 
 // printNewKey writes a new key alone on stdout, where `KEY=$(...)` takes it,
 // and what to know about it on stderr: heading, its record's details, then
 // more lines if any.
-func printNewKey(stdout, stderr io.Writer, raw string, rec Record, heading string, more ...string) error {
+func printNewKey(stdout, stderr io.Writer, raw string, rec keyset.Record, heading string, more ...string) error {
 	if _, err := fmt.Fprintln(stdout, raw); err != nil {
 		return err
 	}
@@ -156,7 +149,7 @@ func expiryFlag(s string, now time.Time) (*time.Time, error) {
 // a date). The result must lie in the future.
 func parseExpiry(s string, now time.Time) (time.Time, error) {
 	s = strings.TrimSpace(s)
-	if t, err := parseTimestamp(s); err == nil {
+	if t, err := keyset.ParseTimestamp(s); err == nil {
 		if !t.After(now) {
 			return time.Time{}, inputError(fmt.Sprintf("--expires %s is in the past; give a future time or a duration such as 90d", s))
 		}
@@ -179,7 +172,7 @@ func normalizeScopes(in []string) ([]string, error) {
 	for _, arg := range in {
 		for s := range strings.SplitSeq(arg, ",") {
 			s = strings.TrimSpace(s)
-			if err := checkScope(s); err != nil {
+			if err := keyset.CheckScope(s); err != nil {
 				return nil, inputError(fmt.Sprintf("--scope %q: %v", arg, err))
 			}
 			if !slices.Contains(out, s) {
@@ -192,11 +185,11 @@ func normalizeScopes(in []string) ([]string, error) {
 
 // keyStatus is the state of a key at a given time, by the handler's own
 // rules, so that list and the handler never disagree.
-func keyStatus(k *Key, now time.Time) string {
+func keyStatus(k *keyset.Key, now time.Time) string {
 	switch {
-	case k.revoked:
+	case k.Revoked():
 		return "revoked"
-	case k.expired(now.UnixNano()):
+	case k.Expired(now.UnixNano()):
 		return "expired"
 	}
 	return "active"
@@ -227,18 +220,18 @@ func listedKeys(st recordStore, now time.Time) ([]listedKey, error) {
 	}
 	out := make([]listedKey, len(records))
 	for i := range records {
-		out[i] = newListedKey(&records[i].Record, &ks.keys[i], now)
+		out[i] = newListedKey(&records[i].Record, ks.At(i), now)
 	}
 	return out, nil
 }
 
 // newListedKey is rec, whose key is k, as list --json shows it.
-func newListedKey(rec *Record, k *Key, now time.Time) listedKey {
+func newListedKey(rec *keyset.Record, k *keyset.Key, now time.Time) listedKey {
 	l := listedKey{
 		ID: rec.ID, Label: rec.Label, KeyPrefix: rec.KeyPrefix,
 		CreatedAt: rec.CreatedAt, LastUsedAt: rec.LastUsedAt,
 		ExpiresAt: rec.ExpiresAt, RevokedAt: rec.RevokedAt,
-		Scopes: rec.Scopes, RotatedFrom: rec.RotatedFrom, Status: keyStatus(k, now),
+		Scopes: rec.Scopes, RotatedFrom: rec.RotatedFrom, Status: k.State(now).String(),
 	}
 	if l.Scopes == nil {
 		l.Scopes = []string{}
@@ -283,7 +276,7 @@ func displayTime(s *string, none string) string {
 	if s == nil || *s == "" {
 		return none
 	}
-	t, err := parseTimestamp(*s)
+	t, err := keyset.ParseTimestamp(*s)
 	if err != nil {
 		return printable(*s)
 	}
@@ -323,23 +316,23 @@ func revokeKey(w, stderr io.Writer, st recordStore, ref string, now time.Time) e
 		_, err = fmt.Fprintf(w, "Key %s %q (%s) was already revoked at %s; nothing changed.\n", id, label, prefix, alreadyRevoked)
 		return err
 	}
-	_, err = fmt.Fprintf(w, "Revoked key %s %q (%s) at %s.\n", id, label, prefix, formatTimestamp(now))
+	_, err = fmt.Fprintf(w, "Revoked key %s %q (%s) at %s.\n", id, label, prefix, keyset.FormatTimestamp(now))
 	return err
 }
 
 // revokeNamedKey revokes the one key that ref names. It returns the record
 // as it was and, if it was revoked already (nothing changes then), when.
-func revokeNamedKey(st recordStore, ref string, now time.Time, waiting func()) (revoked Record, alreadyRevoked string, err error) {
-	err = editNamedKey(st, ref, "revoke", true, waiting, func(doc *keyDoc, i int) error {
-		rec := &doc.records[i]
+func revokeNamedKey(st recordStore, ref string, now time.Time, waiting func()) (revoked keyset.Record, alreadyRevoked string, err error) {
+	err = editNamedKey(st, ref, "revoke", true, waiting, func(doc *keyfile.Doc, i int) error {
+		rec := &doc.Records[i]
 		revoked = rec.Record
 		if rec.RevokedAt != nil {
 			// Keep the first revocation time: it is the one that matters
 			// for an audit.
 			alreadyRevoked = *rec.RevokedAt
-			return errNoChange
+			return keyfile.ErrNoChange
 		}
-		return rec.set("revoked_at", formatTimestamp(now))
+		return rec.Set("revoked_at", keyset.FormatTimestamp(now))
 	})
 	return revoked, alreadyRevoked, err
 }
@@ -354,7 +347,7 @@ func revokeNamedKey(st recordStore, ref string, now time.Time, waiting func()) (
 //
 // alone says that edit changes the named record and needs no other: a
 // store may then read that record alone when ref is its id.
-func editNamedKey(st recordStore, ref, verb string, alone bool, waiting func(), edit func(doc *keyDoc, i int) error) error {
+func editNamedKey(st recordStore, ref, verb string, alone bool, waiting func(), edit func(doc *keyfile.Doc, i int) error) error {
 	ref = strings.TrimSpace(ref)
 	if ref == "" {
 		return inputError(fmt.Sprintf("name the key to %s by its id or key_prefix", verb))
@@ -363,8 +356,8 @@ func editNamedKey(st recordStore, ref, verb string, alone bool, waiting func(), 
 	if alone {
 		e.onlyID = ref
 	}
-	e.edit = func(doc *keyDoc) error {
-		i, err := findNamedRecord(doc.records, st, ref)
+	e.edit = func(doc *keyfile.Doc) error {
+		i, err := findNamedRecord(doc.Records, st, ref)
 		if err != nil {
 			return err
 		}
@@ -376,7 +369,7 @@ func editNamedKey(st recordStore, ref, verb string, alone bool, waiting func(), 
 // findNamedRecord returns the index of the one record that ref names, or
 // an error that says why there is none: no match, or several (listed one
 // per line, for the user to pick the full id of one).
-func findNamedRecord(records []docRecord, st recordStore, ref string) (int, error) {
+func findNamedRecord(records []keyfile.Record, st recordStore, ref string) (int, error) {
 	matches := matchRecords(records, ref)
 	switch len(matches) {
 	case 0:
@@ -441,7 +434,7 @@ func rotateKey(stdout, stderr io.Writer, st recordStore, opts rotateOptions, now
 // one as it was, and what became of it.
 type rotation struct {
 	raw          string
-	added, old   Record
+	added, old   keyset.Record
 	oldNote      string
 	oldExpiresAt *string // the old key's expires_at after the rotation
 	oldRevokedAt *string // its revoked_at after the rotation
@@ -466,63 +459,56 @@ func rotateNamedKey(st recordStore, opts rotateOptions, now time.Time, waiting f
 		return r, err
 	}
 	// Not alone: a rotation checks that no other record replaces the key.
-	err = editNamedKey(st, opts.Ref, "rotate", false, waiting, func(doc *keyDoc, i int) error {
-		rec := &doc.records[i]
+	err = editNamedKey(st, opts.Ref, "rotate", false, waiting, func(doc *keyfile.Doc, i int) error {
+		rec := &doc.Records[i]
 		r.old = rec.Record
-		var k Key
-		if _, err := k.fill(&rec.Record); err != nil {
+		k, _, err := keyset.FromRecord(&rec.Record)
+		if err != nil {
 			return err // cannot happen: the file was checked whole
 		}
 		who := fmt.Sprintf("key %s %q (%s)", printable(rec.ID), printable(rec.Label), printable(rec.KeyPrefix))
-		switch keyStatus(&k, now) {
-		case "revoked":
+		switch k.State(now) {
+		case keyset.Revoked:
 			return &refError{code: "KEY_NOT_ACTIVE", msg: fmt.Sprintf("%s was revoked at %s; only an active key can be rotated (make a new one with caddy apikey add)", who, printable(*rec.RevokedAt))}
-		case "expired":
+		case keyset.Expired:
 			return &refError{code: "KEY_NOT_ACTIVE", msg: fmt.Sprintf("%s expired at %s; only an active key can be rotated (make a new one with caddy apikey add)", who, printable(*rec.ExpiresAt))}
 		}
 		// A second rotation of one key would leave two replacements in
 		// force: the one to rotate now is the replacement.
-		if j := slices.IndexFunc(doc.records, func(r docRecord) bool { return r.RotatedFrom != nil && *r.RotatedFrom == rec.ID }); j >= 0 {
-			next := &doc.records[j]
+		if j := slices.IndexFunc(doc.Records, func(r keyfile.Record) bool { return r.RotatedFrom != nil && *r.RotatedFrom == rec.ID }); j >= 0 {
+			next := &doc.Records[j]
 			return &refError{code: "ALREADY_ROTATED", msg: fmt.Sprintf("%s was already rotated: key %s (%s) replaces it; rotate that one instead, or revoke the old one to end its grace", who, printable(next.ID), printable(next.KeyPrefix))}
 		}
 		oldID := strings.Clone(rec.ID)
-		next, err := newKeyRecord(doc, r.raw, Record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: timestamp(expiresAt), RotatedFrom: &oldID}, now)
+		next, err := newKeyRecord(doc, r.raw, keyset.Record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: keyset.Timestamp(expiresAt), RotatedFrom: &oldID}, now)
 		if err != nil {
 			return err
 		}
 		r.added = next.Record
 		// The members this plugin does not know, as they are, in their
-		// order, after the known ones. (Read from a copy: the old record
-		// stays as its bytes if nothing changes it.)
-		from := *rec
-		from.split()
-		for _, m := range from.members {
-			if !slices.Contains(recordFields[:], m.name) {
-				next.members = append(next.members, member{name: m.name, value: slices.Clone(m.value)})
-			}
-		}
+		// order, after the known ones.
+		next.AddMembers(rec.UnknownMembers()...)
 
 		// The old key: revoked now, or valid until the grace ends but
 		// never longer than it was.
 		switch end := now.Add(grace); {
 		case grace == 0:
-			if err := rec.set("revoked_at", *r.added.CreatedAt); err != nil {
+			if err := rec.Set("revoked_at", *r.added.CreatedAt); err != nil {
 				return err
 			}
 			r.oldNote = "revoked at " + *r.added.CreatedAt
-		case k.expires && k.expiresAt <= unixNanoClamped(end):
+		case expiresBefore(k, keyset.UnixNanoClamped(end)):
 			r.oldNote = fmt.Sprintf("still expires at %s, before the %s grace ends", printable(*rec.ExpiresAt), strings.TrimSpace(opts.Grace))
 		default:
-			until := formatTimestamp(end)
-			if err := rec.set("expires_at", until); err != nil {
+			until := keyset.FormatTimestamp(end)
+			if err := rec.Set("expires_at", until); err != nil {
 				return err
 			}
 			r.oldNote = fmt.Sprintf("expires at %s (%s grace)", until, strings.TrimSpace(opts.Grace))
 		}
 		r.oldExpiresAt, r.oldRevokedAt = rec.ExpiresAt, rec.RevokedAt
 		// Last: appending may move the records, and rec with them.
-		doc.records = append(doc.records, next)
+		doc.Records = append(doc.Records, next)
 		return nil
 	})
 	return r, err
@@ -543,7 +529,7 @@ func parseGrace(s string) (time.Duration, error) {
 
 // matchRecords returns the indexes of the records that ref names. A full
 // id names its record alone, even if it is also a prefix of another id.
-func matchRecords(records []docRecord, ref string) []int {
+func matchRecords(records []keyfile.Record, ref string) []int {
 	var exact, partial []int
 	for i := range records {
 		rec := &records[i]
@@ -559,4 +545,11 @@ func matchRecords(records []docRecord, ref string) []int {
 		return exact
 	}
 	return partial
+}
+
+// expiresBefore reports whether key k expires at or before t (unix
+// nanoseconds).
+func expiresBefore(k *keyset.Key, t int64) bool {
+	at, ok := k.ExpiresAt()
+	return ok && at <= t
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
 // expectRefusal sends a GET and checks that it is refused with status and
@@ -33,10 +35,10 @@ func expectOK(t *testing.T, path, want string, headers ...string) {
 func bearer(k testKey) string { return "Authorization: Bearer " + k.Raw }
 
 func TestLifecycleExpiredAndRevokedKeys(t *testing.T) {
-	active := newTestKey("active", map[string]any{"expires_at": formatTimestamp(time.Now().Add(24 * time.Hour))})
+	active := newTestKey("active", map[string]any{"expires_at": keyset.FormatTimestamp(time.Now().Add(24 * time.Hour))})
 	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
 	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00.000000+00:00"})
-	expiresSoon := newTestKey("soon", map[string]any{"expires_at": formatTimestamp(time.Now().Add(1500 * time.Millisecond))})
+	expiresSoon := newTestKey("soon", map[string]any{"expires_at": keyset.FormatTimestamp(time.Now().Add(1500 * time.Millisecond))})
 	path := writeKeys(t, "", active, expired, revoked, expiresSoon)
 	loadCaddyfile(t, `
 	apikey `+path+`

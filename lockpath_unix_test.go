@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -98,7 +99,7 @@ func TestWriterAndREADMERecipeShareOneLock(t *testing.T) {
 					}
 					done := make(chan error, 1)
 					go func() {
-						_, err := updateKeyFile(writer, func(*keyDoc) error { return errNoChange })
+						_, err := updateKeyFile(writer, func(*keyfile.Doc) error { return keyfile.ErrNoChange })
 						done <- err
 					}()
 					select {
@@ -118,7 +119,7 @@ func TestWriterAndREADMERecipeShareOneLock(t *testing.T) {
 
 					// The writer holds the lock: the recipe, run as the
 					// README writes it, cannot take it.
-					_, err = updateKeyFile(writer, func(*keyDoc) error {
+					_, err = updateKeyFile(writer, func(*keyfile.Doc) error {
 						if flockErr == nil {
 							cmd := exec.Command("sh", "-c", `flock -n "$(realpath "$1").lock" true`, "sh", recipe)
 							var exit *exec.ExitError
@@ -134,7 +135,7 @@ func TestWriterAndREADMERecipeShareOneLock(t *testing.T) {
 						if err := unix.Flock(int(g.Fd()), unix.LOCK_EX|unix.LOCK_NB); !errors.Is(err, unix.EWOULDBLOCK) {
 							t.Errorf("%s could be locked while a writer of %s held the key file's lock: %v", lockPath, writer, err)
 						}
-						return errNoChange
+						return keyfile.ErrNoChange
 					})
 					if err != nil {
 						t.Fatal(err)
@@ -161,7 +162,7 @@ func TestWriterGivesUpOnTheRecipesLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = lockKeyFile(real, 50*time.Millisecond, nil)
+	_, err = keyfile.Lock(real, 50*time.Millisecond, nil)
 	if err == nil || !strings.Contains(err.Error(), "still held by another writer") {
 		t.Fatalf("lockKeyFile = %v, want it still held by another writer", err)
 	}
@@ -179,16 +180,16 @@ func TestWriterFollowsALinkSwappedWhileItWaits(t *testing.T) {
 	if err := os.Symlink(oldFile, link); err != nil {
 		t.Fatal(err)
 	}
-	unlock, err := lockKeyFile(oldFile, time.Second, nil)
+	unlock, err := keyfile.Lock(oldFile, time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waiting := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		_, err := editKeyFile(link, keyFileEdit{
-			waiting: func() { close(waiting) },
-			edit:    func(doc *keyDoc) error { return doc.records[0].set("note", "edited") },
+		_, err := keyfile.Edit(link, keyfile.EditOptions{
+			Waiting: func() { close(waiting) },
+			Edit:    func(doc *keyfile.Doc) error { return doc.Records[0].Set("note", "edited") },
 		})
 		done <- err
 	}()
@@ -216,7 +217,7 @@ func TestWriterFollowsALinkSwappedWhileItWaits(t *testing.T) {
 // writing usage), says so once on stderr, and then succeeds.
 func TestCommandWaitsForTheLockAndSaysSo(t *testing.T) {
 	path := writeKeys(t, "", newTestKey("k", nil))
-	unlock, err := lockKeyFile(path, time.Second, nil)
+	unlock, err := keyfile.Lock(path, time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +238,7 @@ func TestCommandWaitsForTheLockAndSaysSo(t *testing.T) {
 	if n := strings.Count(stderr.String(), "Waiting for the lock"); n != 1 {
 		t.Errorf("said it waits %d times, want once", n)
 	}
-	if len(readKeyDoc(t, path).records) != 2 {
+	if len(readKeyDoc(t, path).Records) != 2 {
 		t.Error("the key was not added")
 	}
 }
@@ -339,7 +340,7 @@ func TestPlantedLockFileIsRefused(t *testing.T) {
 			var err error
 			noHang(t, "lockKeyFile", func() {
 				var unlock func()
-				if unlock, err = lockKeyFile(path, time.Second, nil); err == nil {
+				if unlock, err = keyfile.Lock(path, time.Second, nil); err == nil {
 					unlock()
 				}
 			})

@@ -1,11 +1,11 @@
 package apikey
 
 import (
-	"crypto/sha256"
 	"errors"
 	"sync"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -119,23 +119,13 @@ func (h *Handler) count(r result) {
 	}
 }
 
-// Key states, label values of caddy_apikey_keys.
-const (
-	stateActive = iota
-	stateExpired
-	stateRevoked
-	numStates
-)
-
-var stateNames = [numStates]string{"active", "expired", "revoked"}
-
 // storeMetrics are the metrics of one store, under its store label, with
 // their series looked up once. Its methods do nothing on a nil
 // *storeMetrics, a store made outside Caddy (tests).
 type storeMetrics struct {
 	label       string
 	refs        int // stores using the label; under storeMetricsMu
-	keys        [numStates]prometheus.Gauge
+	keys        [keyset.NumStates]prometheus.Gauge
 	reloadOK    prometheus.Counter
 	reloadError prometheus.Counter
 	writeOK     prometheus.Counter
@@ -169,8 +159,8 @@ func acquireStoreMetrics(label string) *storeMetrics {
 			writeError:  metrics.usageWrites.WithLabelValues(label, "error"),
 			lastLoad:    metrics.lastLoad.WithLabelValues(label),
 		}
-		for st, name := range stateNames {
-			m.keys[st] = metrics.keys.WithLabelValues(label, name)
+		for st := range keyset.NumStates {
+			m.keys[st] = metrics.keys.WithLabelValues(label, st.String())
 		}
 		storeMetricsByLabel[label] = m
 	}
@@ -238,11 +228,11 @@ func (m *storeMetrics) synced(at time.Time) {
 
 // loaded records that the key set ks was put in force at time at: its keys
 // by state, expiry judged at that time.
-func (m *storeMetrics) loaded(ks *KeySet, at time.Time) {
+func (m *storeMetrics) loaded(ks *keyset.KeySet, at time.Time) {
 	if m == nil {
 		return
 	}
-	n := countKeys(ks, at)
+	n := ks.Counts(at)
 	for st := range n {
 		m.keys[st].Set(float64(n[st]))
 	}
@@ -254,33 +244,15 @@ func (m *storeMetrics) loaded(ks *KeySet, at time.Time) {
 // force, with the store's name and its keys by state at time at, so that an
 // operator sees that the keys loaded. Every store calls it once, for its
 // first load; fields are added to the line (the file store's keys_file).
-func logFirstLoad(log *zap.Logger, store string, ks *KeySet, at time.Time, fields ...zap.Field) {
-	n := countKeys(ks, at)
+func logFirstLoad(log *zap.Logger, store string, ks *keyset.KeySet, at time.Time, fields ...zap.Field) {
+	n := ks.Counts(at)
 	log.Info("key store loaded", append([]zap.Field{
 		zap.String("store", store),
-		zap.Int("keys", n[stateActive]+n[stateExpired]+n[stateRevoked]),
-		zap.Int("active", n[stateActive]),
-		zap.Int("expired", n[stateExpired]),
-		zap.Int("revoked", n[stateRevoked]),
+		zap.Int("keys", n[keyset.Active]+n[keyset.Expired]+n[keyset.Revoked]),
+		zap.Int("active", n[keyset.Active]),
+		zap.Int("expired", n[keyset.Expired]),
+		zap.Int("revoked", n[keyset.Revoked]),
 	}, fields...)...)
-}
-
-// countKeys counts the keys of ks by state at time at. A revoked key counts
-// as revoked even if it has expired too, as keyStatus says.
-func countKeys(ks *KeySet, at time.Time) [numStates]int {
-	var n [numStates]int
-	now := at.UnixNano()
-	ks.each(func(_ [sha256.Size]byte, k *Key) {
-		switch {
-		case k.revoked:
-			n[stateRevoked]++
-		case k.expired(now):
-			n[stateExpired]++
-		default:
-			n[stateActive]++
-		}
-	})
-	return n
 }
 
 // loadFailed records a version of the keys that could not be put in force.

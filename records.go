@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
 )
 
@@ -24,7 +26,7 @@ type recordStore interface {
 	flags() string
 	// read returns the records and their key set (in the same order),
 	// checked as the handler checks them.
-	read() ([]docRecord, *KeySet, error)
+	read() ([]keyfile.Record, *keyset.KeySet, error)
 	// edit applies e.edit to the records and saves what it changed, in one
 	// atomic step. Without e.create, the store must exist.
 	edit(e recordEdit) error
@@ -32,9 +34,9 @@ type recordStore interface {
 
 // recordEdit is one change to a record store.
 type recordEdit struct {
-	edit    func(*keyDoc) error // the change; errNoChange if there is none to make
-	create  bool                // a store that does not exist yet starts empty
-	waiting func()              // called once if the edit must wait for another writer, to say so
+	edit    func(*keyfile.Doc) error // the change; keyfile.ErrNoChange if there is none to make
+	create  bool                     // a store that does not exist yet starts empty
+	waiting func()                   // called once if the edit must wait for another writer, to say so
 
 	// Hints that let a store that can read records one by one (Redis)
 	// hand edit less than the whole key set; a key file is read whole
@@ -51,16 +53,16 @@ func (f fileRecords) flags() string  { return "--file " + f.path }
 
 // read reads and validates a key file without taking its lock: the file is
 // always replaced whole, so a reader sees one version or another.
-func (f fileRecords) read() ([]docRecord, *KeySet, error) {
-	data, _, err := readKeyFile(f.path)
+func (f fileRecords) read() ([]keyfile.Record, *keyset.KeySet, error) {
+	data, _, err := keyfile.ReadFile(f.path)
 	if err != nil {
-		return nil, nil, &keyFileError{path: f.path, err: err}
+		return nil, nil, &keyfile.Error{Path: f.path, Err: err}
 	}
-	doc, ks, err := parseKeyFile(data)
+	doc, ks, err := keyfile.Parse(data)
 	if err != nil {
-		return nil, nil, &keyFileError{path: f.path, err: err}
+		return nil, nil, &keyfile.Error{Path: f.path, Err: err}
 	}
-	return doc.records, ks, nil
+	return doc.Records, ks, nil
 }
 
 func (f fileRecords) edit(e recordEdit) error {
@@ -68,11 +70,11 @@ func (f fileRecords) edit(e recordEdit) error {
 		// Say the file is missing before taking its lock (which would
 		// leave a lock file behind).
 		if _, err := os.Stat(f.path); err != nil {
-			return &keyFileError{path: f.path, err: err}
+			return &keyfile.Error{Path: f.path, Err: err}
 		}
 	}
-	_, err := editKeyFile(f.path, keyFileEdit{edit: e.edit, create: e.create, waiting: e.waiting})
-	if errors.Is(err, errNoChange) {
+	_, err := keyfile.Edit(f.path, keyfile.EditOptions{Edit: e.edit, Create: e.create, Waiting: e.waiting})
+	if errors.Is(err, keyfile.ErrNoChange) {
 		return nil
 	}
 	return err
@@ -104,7 +106,7 @@ const redisEditTimeout = 2 * time.Minute
 // reached Redis yet.
 var errNotConnected = errors.New("not connected to Redis yet (the server started from its cache file)")
 
-func (r redisRecords) read() ([]docRecord, *KeySet, error) {
+func (r redisRecords) read() ([]keyfile.Record, *keyset.KeySet, error) {
 	if r.client == nil {
 		return nil, nil, r.wrap(errNotConnected)
 	}
@@ -118,12 +120,12 @@ func (r redisRecords) read() ([]docRecord, *KeySet, error) {
 	if err != nil {
 		return nil, nil, r.wrap(err)
 	}
-	mergeUsed(doc.records, used)
-	ks, err := buildKeySet(doc.records)
+	mergeUsed(doc.Records, used)
+	ks, err := keyfile.BuildKeySet(doc.Records)
 	if err != nil {
 		return nil, nil, r.wrap(err)
 	}
-	return doc.records, ks, nil
+	return doc.Records, ks, nil
 }
 
 func (r redisRecords) edit(e recordEdit) error {
@@ -137,12 +139,12 @@ func (r redisRecords) edit(e recordEdit) error {
 		doc, version, err := r.readFor(ctx, e)
 		switch {
 		case errors.Is(err, errNoKeySet) && e.create:
-			doc, version = &keyDoc{bare: true}, 0
+			doc, version = keyfile.NewList(), 0
 		case err != nil:
 			return r.wrap(err)
 		}
 		if err := e.edit(doc); err != nil {
-			if errors.Is(err, errNoChange) {
+			if errors.Is(err, keyfile.ErrNoChange) {
 				return nil
 			}
 			return err
@@ -165,14 +167,14 @@ func (r redisRecords) edit(e recordEdit) error {
 // edit that only adds, nothing (anyVersion); for one of a single record
 // named by its id, that record; otherwise the whole key set, which must
 // be one the handler would load.
-func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64, error) {
+func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyfile.Doc, int64, error) {
 	if e.onlyAdds {
 		if !e.create {
 			if v, err := readVersion(ctx, r.client, r.keys); err != nil || v == 0 {
 				return nil, 0, cmp.Or(err, errNoKeySet)
 			}
 		}
-		return &keyDoc{bare: true}, anyVersion, nil
+		return keyfile.NewList(), anyVersion, nil
 	}
 	if e.onlyID != "" {
 		version, err := readVersion(ctx, r.client, r.keys)
@@ -187,7 +189,7 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 			if err != nil {
 				return nil, 0, err
 			}
-			if _, err := buildKeySet(doc.records); err != nil {
+			if _, err := keyfile.BuildKeySet(doc.Records); err != nil {
 				return nil, 0, err
 			}
 			return doc, version, nil
@@ -202,7 +204,7 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 		return nil, 0, err
 	}
 	// Never build on a key set the handler would refuse.
-	if _, err := buildKeySet(doc.records); err != nil {
+	if _, err := keyfile.BuildKeySet(doc.Records); err != nil {
 		return nil, 0, err
 	}
 	return doc, version, nil

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
 )
 
 // clusterPrefixes are the default prefix and a custom one whose key set
@@ -111,8 +113,8 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			inForce("the key revoked through a store is still admitted", k2.Raw, false)
 
 			// Last-used times, written by a store, read by list.
-			k, sum := stores[0].keys.Load().lookup(rawC)
-			stores[0].usage.mark(k, sum, time.Now().UnixNano())
+			k, sum := stores[0].keys.Load().Lookup(rawC)
+			stores[0].usage.Mark(k, sum, time.Now().UnixNano())
 			stores[0].askFlush()
 			if stores[0].writes.Load() == 0 {
 				t.Fatal("no usage write")
@@ -132,16 +134,16 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 
 			out := filepath.Join(t.TempDir(), "export.json")
 			cli("export", "--file", out)
-			ks, err := readKeySet(out)
+			ks, err := keyfile.ReadKeySet(out)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ks.size() != 5 {
-				t.Errorf("export: %d keys, want 5", ks.size())
+			if ks.Len() != 5 {
+				t.Errorf("export: %d keys, want 5", ks.Len())
 			}
 			for raw, want := range map[string]bool{rawA: false, rawB: false, rawC: true, k1.Raw: true, k2.Raw: false} {
-				k, _ := ks.lookup(raw)
-				if (k != nil && !k.revoked) != want {
+				k, _ := ks.Lookup(raw)
+				if (k != nil && !k.Revoked()) != want {
 					t.Errorf("export: key %s admitted = %v, want %v", raw[:11], !want, want)
 				}
 			}

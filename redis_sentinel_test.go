@@ -255,8 +255,8 @@ func TestRedisSentinelSwitchover(t *testing.T) {
 	eventually(t, 5*time.Second, "the revoke is not in force", func() bool { return !admits(st, raw) })
 	inForce := time.Since(start)
 
-	k, sum := st.keys.Load().lookup(raw)
-	st.usage.mark(k, sum, time.Now().UnixNano())
+	k, sum := st.keys.Load().Lookup(raw)
+	st.usage.Mark(k, sum, time.Now().UnixNano())
 	st.askFlush()
 	if st.writes.Load() != 1 {
 		t.Fatal("the usage write after the switchover failed")

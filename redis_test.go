@@ -3,13 +3,10 @@ package apikey
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
 
 	"github.com/caddyserver/caddy/v2"
@@ -135,7 +134,7 @@ func (r *testRedis) records(prefix string) redisRecords {
 
 // addRedisKey adds a key to the key set and returns the raw key and its
 // record.
-func addRedisKey(t testing.TB, st recordStore, label string) (string, Record) {
+func addRedisKey(t testing.TB, st recordStore, label string) (string, keyset.Record) {
 	t.Helper()
 	raw, rec, err := createKey(st, addOptions{Label: label}, time.Now(), nil)
 	if err != nil {
@@ -179,8 +178,8 @@ func mustOpenRedisStore(t testing.TB, r *testRedis, prefix string) *redisKeyStor
 
 // admits reports whether the store's key set in force admits raw.
 func admits(s *redisKeyStore, raw string) bool {
-	k, _ := s.keys.Load().lookup(raw)
-	return k != nil && !k.revoked && !k.expired(time.Now().UnixNano())
+	k, _ := s.keys.Load().Lookup(raw)
+	return k != nil && !k.Revoked() && !k.Expired(time.Now().UnixNano())
 }
 
 // eventually polls cond until it holds, failing the test after timeout.
@@ -286,7 +285,7 @@ func TestRedisStoreStartsFromCacheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
-	if ks, err := readKeySet(cache); err != nil || len(ks.keys) != 1 {
+	if ks, err := keyfile.ReadKeySet(cache); err != nil || ks.Len() != 1 {
 		t.Fatalf("cache file: %v", err)
 	}
 	_ = s.Destruct()
@@ -322,8 +321,8 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	s2 := mustOpenRedisStore(t, r, "")
 
 	use := func(s *redisKeyStore, raw string, at time.Time) {
-		k, sum := s.keys.Load().lookup(raw)
-		s.usage.mark(k, sum, at.UnixNano())
+		k, sum := s.keys.Load().Lookup(raw)
+		s.usage.Mark(k, sum, at.UnixNano())
 	}
 	t1 := time.Now().Add(-time.Hour).Truncate(time.Microsecond)
 	t2 := t1.Add(time.Minute)
@@ -345,8 +344,8 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	if len(records) != 1 || records[0].ID != recA.ID {
 		t.Fatalf("records after the usage writes: %d, want only A", len(records))
 	}
-	if got := records[0].LastUsedAt; got == nil || *got != formatTimestamp(t2) {
-		t.Errorf("A's last_used_at = %v, want %s (the later use)", got, formatTimestamp(t2))
+	if got := records[0].LastUsedAt; got == nil || *got != keyset.FormatTimestamp(t2) {
+		t.Errorf("A's last_used_at = %v, want %s (the later use)", got, keyset.FormatTimestamp(t2))
 	}
 	if n, _ := r.do("HLEN", keys.used).AsInt64(); n != 1 {
 		t.Errorf("used entries = %d, want 1", n)
@@ -395,12 +394,12 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 	if n, err := exportKeys(rs, out, nil); err != nil || n != 2 {
 		t.Fatalf("export: %d, %v", n, err)
 	}
-	ks, err := readKeySet(out)
+	ks, err := keyfile.ReadKeySet(out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range []testKey{a, b} {
-		if got, _ := ks.lookup(k.Raw); got == nil {
+		if got, _ := ks.Lookup(k.Raw); got == nil {
 			t.Errorf("key %s is missing from the export", k.record["id"])
 		}
 	}
@@ -496,7 +495,7 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	if v, _ := r.do("GET", rk.version).AsInt64(); v != 1+3 {
 		t.Errorf("version %d after an import of %d records, want %d (one per batch of %d)", v, len(keys), 4, editBatch)
 	}
-	eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.keys.Load().size() == len(keys)+1 })
+	eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.keys.Load().Len() == len(keys)+1 })
 	if !admits(s, keys[len(keys)-1].Raw) {
 		t.Error("the last imported key is not admitted")
 	}
@@ -512,106 +511,6 @@ func TestRedisRecordsWithoutConnection(t *testing.T) {
 	}
 	if _, _, err := createKey(st, addOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
 		t.Errorf("add: %v", err)
-	}
-}
-
-// KeySet.with, as a Redis store applies changes: replaced, removed and new
-// keys; the set it was made from unchanged (they share the keys' array);
-// usage cells kept for a key that stays the same.
-func TestKeySetWith(t *testing.T) {
-	a, b, c := newTestKey("a", nil), newTestKey("b", nil), newTestKey("c", nil)
-	rec := func(k testKey, extra map[string]any) *Record {
-		var r Record
-		m := maps.Clone(k.record)
-		maps.Copy(m, extra)
-		js, _ := json.Marshal(m)
-		if err := json.Unmarshal(js, &r); err != nil {
-			t.Fatal(err)
-		}
-		return &r
-	}
-	base, err := NewKeySet([]Record{*rec(a, nil), *rec(b, nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ka, sumA := base.lookup(a.Raw)
-	ka.usage.Store(&usageCell{id: ka.ID})
-	set := base
-	for i := range 300 { // past the spare room: compacts on the way
-		var changes map[string]*Record
-		switch i % 3 {
-		case 0: // revoke b
-			changes = map[string]*Record{b.record["id"].(string): rec(b, map[string]any{"revoked_at": "2026-11-29T00:00:00Z"})}
-		case 1: // add c
-			changes = map[string]*Record{c.record["id"].(string): rec(c, nil), b.record["id"].(string): rec(b, nil)}
-		case 2: // remove c
-			changes = map[string]*Record{c.record["id"].(string): nil}
-		}
-		// Every other step says what the records were, as the log does;
-		// the others leave with to search.
-		var was map[string]string
-		if i%2 == 0 {
-			was = map[string]string{}
-			for id := range changes {
-				was[id] = ""
-				set.each(func(sum [sha256.Size]byte, k *Key) {
-					if k.ID == id {
-						was[id] = hex.EncodeToString(sum[:])
-					}
-				})
-			}
-		}
-		next, problems := set.with(changes, was)
-		if problems != nil {
-			t.Fatal(problems)
-		}
-		kb, _ := next.lookup(b.Raw)
-		kc, _ := next.lookup(c.Raw)
-		switch i % 3 {
-		case 0:
-			if kb == nil || !kb.revoked || kc != nil || next.size() != 2 {
-				t.Fatalf("step %d: b revoked %v, c %v, size %d", i, kb != nil && kb.revoked, kc != nil, next.size())
-			}
-		case 1:
-			if kb == nil || kb.revoked || kc == nil || next.size() != 3 {
-				t.Fatalf("step %d: b %v, c %v, size %d", i, kb, kc, next.size())
-			}
-		case 2:
-			if kc != nil || next.size() != 2 {
-				t.Fatalf("step %d: c still there", i)
-			}
-		}
-		if got := next.find(sumA); got == nil || got.usage.Load() == nil || got.usage.Load() != ka.usage.Load() {
-			t.Fatalf("step %d: a lost its usage cell", i)
-		}
-		if n := countKeys(next, time.Now()); n[stateActive]+n[stateRevoked] != next.size() {
-			t.Fatalf("step %d: counted %v, size %d", i, n, next.size())
-		}
-		set = next
-	}
-	if k, _ := base.lookup(b.Raw); k == nil || k.revoked || base.size() != 2 {
-		t.Fatal("the first set changed")
-	}
-	next, problems := set.with(map[string]*Record{"dup": rec(a, map[string]any{"id": "dup"})}, nil)
-	if len(problems) != 1 || !strings.Contains(problems[0].Error(), "key_hash is the same") {
-		t.Fatalf("a change giving a second id the same key_hash: problems %v", problems)
-	}
-	if k, _ := next.lookup(a.Raw); k == nil || k.ID != a.record["id"] {
-		t.Fatal("the key whose hash was claimed again is not its own id's any more")
-	}
-	// A new record replayed (a full read saw it already): its own key is
-	// replaced, not refused as a second key with its hash.
-	replay := map[string]string{a.record["id"].(string): ""}
-	next, problems = set.with(map[string]*Record{a.record["id"].(string): rec(a, nil)}, replay)
-	if k, _ := next.lookup(a.Raw); problems != nil || k == nil || next.size() != set.size() {
-		t.Fatalf("a replayed add: problems %v, size %d", problems, next.size())
-	}
-	// A key the log says nothing right about (its record changed by other
-	// means) is still found and replaced.
-	stale := map[string]string{a.record["id"].(string): hashKey("not a's key")}
-	next, _ = set.with(map[string]*Record{a.record["id"].(string): rec(a, map[string]any{"revoked_at": "2026-11-29T00:00:00Z"})}, stale)
-	if k, _ := next.lookup(a.Raw); k == nil || !k.revoked || next.size() != set.size() {
-		t.Fatal("a change with a wrong was left the old key in force")
 	}
 }
 
@@ -679,7 +578,7 @@ func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
 	// script: the key the store held for that id is dropped all the same.
 	other, _ := generateKey()
 	js, _ := r.do("HGET", keys.records, recA.ID).ToString()
-	r.do("HSET", keys.records, recA.ID, strings.Replace(js, recA.KeyHash, hashKey(other), 1))
+	r.do("HSET", keys.records, recA.ID, strings.Replace(js, recA.KeyHash, keyset.HashKey(other), 1))
 	if _, _, err := revokeNamedKey(rs, recA.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -760,7 +659,7 @@ func TestRedisStoreURLFromEnvWithPassword(t *testing.T) {
 	if err != nil {
 		t.Fatalf("provision with the URL from {env.*}: %v", err)
 	}
-	if k, _ := h.store.KeySet().lookup(raw); k == nil {
+	if k, _ := h.store.KeySet().Lookup(raw); k == nil {
 		t.Fatal("the key is not in force")
 	}
 	_, err = provision(strings.Replace(u, "s3cret-pass", "wrong-pass", 1))

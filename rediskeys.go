@@ -12,7 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/go-json-experiment/json/jsontext"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
 )
 
@@ -278,7 +279,7 @@ func (a *recordArray) bytes() []byte {
 }
 
 // checkFields checks that each record sits under its own id.
-func (a *recordArray) checkFields(records []docRecord) error {
+func (a *recordArray) checkFields(records []keyfile.Record) error {
 	for i := range records {
 		if records[i].ID != a.ids[i] {
 			return fmt.Errorf("record %d: its id %q is not the hash field %q it is stored under", i+1, records[i].ID, a.ids[i])
@@ -288,19 +289,19 @@ func (a *recordArray) checkFields(records []docRecord) error {
 }
 
 // parse reads the gathered records, checking each one's hash field.
-func (a *recordArray) parse() (*keyDoc, error) {
-	doc, err := parseKeyDoc(a.bytes())
+func (a *recordArray) parse() (*keyfile.Doc, error) {
+	doc, err := keyfile.ParseDoc(a.bytes())
 	if err == nil {
-		err = a.checkFields(doc.records)
+		err = a.checkFields(doc.Records)
 	}
 	return doc, err
 }
 
 // parseEach reads the gathered records like parse, but leaves out those
 // that cannot be read, each named among problems, rather than refusing all.
-func (a *recordArray) parseEach() (records []docRecord, problems []error) {
+func (a *recordArray) parseEach() (records []keyfile.Record, problems []error) {
 	if doc, err := a.parse(); err == nil {
-		return doc.records, nil
+		return doc.Records, nil
 	}
 	for i := range a.ids {
 		one := recordArray{}
@@ -310,7 +311,7 @@ func (a *recordArray) parseEach() (records []docRecord, problems []error) {
 			problems = append(problems, fmt.Errorf("record %q: %w", a.ids[i], err))
 			continue
 		}
-		records = append(records, doc.records...)
+		records = append(records, doc.Records...)
 	}
 	return records, problems
 }
@@ -334,7 +335,7 @@ func pageArray(page []string, seen func(id string) bool) *recordArray {
 // edit it: it scans the records between two reads of the version, and
 // scans again if they differ. sorted orders them for people (oldest first,
 // then by id); the records of a hash have no order of their own.
-func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted bool) (*keyDoc, int64, error) {
+func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted bool) (*keyfile.Doc, int64, error) {
 	for attempt := 1; ; attempt++ {
 		before, err := readVersion(ctx, c, k)
 		if err != nil {
@@ -343,7 +344,7 @@ func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted
 		if before == 0 {
 			return nil, 0, errNoKeySet
 		}
-		doc := &keyDoc{bare: true}
+		doc := keyfile.NewList()
 		seen := make(map[string]bool)
 		n := 0
 		err = scanHash(ctx, c, k.records, func(page []string) error {
@@ -352,8 +353,8 @@ func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted
 			if err != nil {
 				return renumber(err, n)
 			}
-			n += len(d.records)
-			doc.records = append(doc.records, d.records...)
+			n += len(d.Records)
+			doc.Records = append(doc.Records, d.Records...)
 			return nil
 		})
 		if err != nil {
@@ -367,7 +368,7 @@ func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted
 			continue
 		}
 		if sorted {
-			slices.SortFunc(doc.records, func(a, b docRecord) int {
+			slices.SortFunc(doc.Records, func(a, b keyfile.Record) int {
 				if c := strings.Compare(deref(a.CreatedAt), deref(b.CreatedAt)); c != 0 {
 					return c
 				}
@@ -382,15 +383,15 @@ func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted
 // the key set and one page are ever in memory. A record that cannot be used
 // is left out (its key refused) and named among problems; err is for Redis
 // itself.
-func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *KeySet, problems []error, err error) {
+func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *keyset.KeySet, problems []error, err error) {
 	size, err := c.Do(ctx, c.B().Hlen().Key(k.records).Build()).AsInt64()
 	if err != nil {
 		return nil, nil, err
 	}
-	b := newKeySetBuilder(int(size))
-	// Room for the keys that changes will add (see KeySet.with), so that
+	b := keyset.NewBuilder(int(size))
+	// Room for the keys that changes will add (see KeySet.With), so that
 	// the first ones need not copy the key set.
-	b.ks.keys = make([]Key, 0, size+size/8+64)
+	b.Reserve(int(size/8 + 64))
 	n := 0
 	seen := make(map[string]bool) // HSCAN may return a field twice
 	err = scanHash(ctx, c, k.records, func(page []string) error {
@@ -399,7 +400,7 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *Ke
 		problems = append(problems, bad...)
 		for i := range records {
 			n++
-			if err := b.add(&records[i].Record, n); err != nil {
+			if err := b.Add(&records[i].Record, n); err != nil {
 				problems = append(problems, err)
 			}
 		}
@@ -408,7 +409,7 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *Ke
 	if err != nil {
 		return nil, nil, err
 	}
-	return b.ks, problems, nil
+	return b.KeySet(), problems, nil
 }
 
 // renumber makes the record numbers of a page's error count from the
@@ -427,26 +428,6 @@ func deref(s *string) string {
 	return *s
 }
 
-// compactRecord is a record's JSON as Redis holds it: on one line, its
-// strings and numbers spelled as they were.
-func compactRecord(r *docRecord) ([]byte, error) {
-	var whole []byte
-	if r.raw != nil {
-		whole = r.raw
-	} else {
-		whole = []byte{'{'}
-		for i, m := range r.members {
-			if i > 0 {
-				whole = append(whole, ',')
-			}
-			whole, _ = jsontext.AppendQuote(whole, m.name)
-			whole = append(append(whole, ':'), m.value...)
-		}
-		whole = append(whole, '}')
-	}
-	return jsontext.AppendFormat(nil, whole, jsontext.PreserveRawStrings(true), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
-}
-
 // editBatch is how many records one run of editScript writes. A change of
 // more (an import) is written in batches, each atomic and logged, the first
 // checked against the version the change was made from and each next one
@@ -463,11 +444,11 @@ const editBatch = 5000
 // With from anyVersion, the change only adds records: it is written
 // whatever the version, and refused (errIDTaken) if one of its ids is
 // there already.
-func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDoc, from int64, create bool) (int64, error) {
+func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyfile.Doc, from int64, create bool) (int64, error) {
 	var pairs []string // id, JSON, id, JSON...
-	for i := range doc.records {
-		r := &doc.records[i]
-		if r.raw != nil {
+	for i := range doc.Records {
+		r := &doc.Records[i]
+		if !r.Edited() {
 			continue
 		}
 		// The log names ids in JSON, which cannot carry invalid UTF-8:
@@ -475,7 +456,7 @@ func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDo
 		if !utf8.ValidString(r.ID) {
 			return 0, fmt.Errorf("record %q: a Redis key set needs ids that are valid UTF-8", r.ID)
 		}
-		js, err := compactRecord(r)
+		js, err := r.Compact()
 		if err != nil {
 			return 0, fmt.Errorf("record %q: %v", r.ID, err)
 		}
@@ -560,7 +541,7 @@ func usedTimes(ctx context.Context, c rueidis.Client, k redisKeys) (map[string]t
 
 // mergeUsed gives each record the later of its last_used_at and its used
 // entry (see redisKeys).
-func mergeUsed(records []docRecord, used map[string]time.Time) {
+func mergeUsed(records []keyfile.Record, used map[string]time.Time) {
 	for i := range records {
 		r := &records[i]
 		at, ok := used[strings.ToLower(r.KeyHash)+":"+r.ID]
@@ -568,12 +549,12 @@ func mergeUsed(records []docRecord, used map[string]time.Time) {
 			continue
 		}
 		if r.LastUsedAt != nil {
-			if t, err := parseTimestamp(*r.LastUsedAt); err == nil && !t.Before(at) {
+			if t, err := keyset.ParseTimestamp(*r.LastUsedAt); err == nil && !t.Before(at) {
 				continue
 			}
 		}
-		s := formatTimestamp(at)
-		if r.set("last_used_at", s) == nil {
+		s := keyset.FormatTimestamp(at)
+		if r.Set("last_used_at", s) == nil {
 			r.LastUsedAt = &s
 		}
 	}

@@ -1,21 +1,19 @@
 package apikey
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 
@@ -116,14 +114,14 @@ func (r *RedisStore) Cleanup() error {
 }
 
 // KeySet returns the key set in force.
-func (r *RedisStore) KeySet() *KeySet { return r.store.keys.Load() }
+func (r *RedisStore) KeySet() *keyset.KeySet { return r.store.keys.Load() }
 
 // MarkUsed notes a use of a key, for the usage writer.
-func (r *RedisStore) MarkUsed(k *Key, sum [sha256.Size]byte, now int64) {
+func (r *RedisStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 	if r.store.leases.current().usage.off {
 		return
 	}
-	r.store.usage.mark(k, sum, now)
+	r.store.usage.Mark(k, sum, now)
 }
 
 // redisKeyStore is the live state of one Redis key set in this process:
@@ -138,9 +136,9 @@ type redisKeyStore struct {
 	metrics   *storeMetrics
 
 	client atomic.Pointer[rueidis.Client] // nil until connected
-	keys   atomic.Pointer[KeySet]
+	keys   atomic.Pointer[keyset.KeySet]
 	leases *leaseSet
-	usage  usageTracker
+	usage  keyset.UsageTracker
 
 	// The follower's state.
 	version   int64           // the version of the key set in force
@@ -154,7 +152,7 @@ type redisKeyStore struct {
 	// The writers' state.
 	writeFailing bool
 	cacheFailing bool
-	cached       *KeySet
+	cached       *keyset.KeySet
 	writes       atomic.Int64 // usage writes done, for tests
 
 	syncNow  chan chan error    // asks the follower for a version check now
@@ -182,8 +180,8 @@ func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, ca
 }
 
 // name, keySet and records make the store a liveStore, for the admin API.
-func (s *redisKeyStore) name() string    { return "redis:" + s.shown + "#" + s.rk.prefix }
-func (s *redisKeyStore) keySet() *KeySet { return s.keys.Load() }
+func (s *redisKeyStore) name() string           { return "redis:" + s.shown + "#" + s.rk.prefix }
+func (s *redisKeyStore) keySet() *keyset.KeySet { return s.keys.Load() }
 func (s *redisKeyStore) records() recordStore {
 	var c rueidis.Client
 	if p := s.client.Load(); p != nil {
@@ -223,7 +221,7 @@ func (s *redisKeyStore) open() error {
 		s.closeClient()
 		return err
 	}
-	ks, cerr := readKeySet(s.cacheFile)
+	ks, cerr := keyfile.ReadKeySet(s.cacheFile)
 	if cerr != nil {
 		s.closeClient()
 		return fmt.Errorf("%v; and the cache file cannot be used: %v", err, cerr)
@@ -232,7 +230,7 @@ func (s *redisKeyStore) open() error {
 	s.metrics.loaded(ks, time.Now())
 	s.down = true
 	s.log().Warn("Redis key set unavailable: starting from the cache file; will catch up when Redis is back",
-		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.size()), zap.Error(err))...)
+		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.Len()), zap.Error(err))...)
 	return nil
 }
 
@@ -448,7 +446,7 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	}
 	// Every changed id loses its key; those whose record can be used get
 	// their new one.
-	changes := make(map[string]*Record, len(ids))
+	changes := make(map[string]*keyset.Record, len(ids))
 	var arr recordArray
 	for i, v := range vals {
 		changes[ids[i]] = nil
@@ -462,7 +460,7 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	for i := range records {
 		changes[records[i].ID] = &records[i].Record
 	}
-	ks, bad := s.keys.Load().with(changes, was)
+	ks, bad := s.keys.Load().With(changes, was)
 	s.version, s.logID = version, last
 	s.put(ks, false)
 	s.reportProblems(append(problems, bad...))
@@ -570,7 +568,7 @@ func (s *redisKeyStore) fullSync(c rueidis.Client) error {
 	s.lastCheck = time.Now()
 	clear(s.problems) // what is still wrong is reported again
 	s.reportProblems(problems)
-	if ks.size() >= bigKeySet {
+	if ks.Len() >= bigKeySet {
 		debug.FreeOSMemory() // give back what reading it took
 	}
 	return nil
@@ -583,9 +581,9 @@ const bigKeySet = 100_000
 
 // put puts ks in force. A key set read whole gets the usage cells of the
 // keys that stay the same (one that KeySet.with made has them already).
-func (s *redisKeyStore) put(ks *KeySet, whole bool) {
+func (s *redisKeyStore) put(ks *keyset.KeySet, whole bool) {
 	if old := s.keys.Load(); old != nil && whole {
-		carryUsage(old, ks)
+		keyset.CarryUsage(old, ks)
 	}
 	s.keys.Store(ks)
 	now := time.Now()
@@ -610,7 +608,7 @@ const usageBatchSize = 500
 
 // writeUsage writes the due last-used times to Redis in one round trip.
 func (s *redisKeyStore) writeUsage(all bool) {
-	batch := s.usage.collect(all, s.leases.current().usage.every, time.Now())
+	batch := s.usage.Collect(all, s.leases.current().usage.every, time.Now())
 	if batch == nil {
 		return
 	}
@@ -630,15 +628,15 @@ func (s *redisKeyStore) writeUsage(all bool) {
 		s.writeFailing = false
 		s.log().Info("writing last-used times to Redis works again", s.fields()...)
 	}
-	s.usage.done(batch)
+	s.usage.Done(batch)
 	s.writes.Add(1)
 }
 
-func (s *redisKeyStore) sendUsage(c rueidis.Client, batch *usageBatch) error {
+func (s *redisKeyStore) sendUsage(c rueidis.Client, batch *keyset.UsageBatch) error {
 	var execs []rueidis.LuaExec
 	var args []string
-	for k, at := range batch.updates {
-		args = append(args, k.id, k.hash, strconv.FormatInt(at.UnixMicro(), 10))
+	for k, at := range batch.Updates {
+		args = append(args, k.ID, k.Hash, strconv.FormatInt(at.UnixMicro(), 10))
 		if len(args) == 3*usageBatchSize {
 			execs = append(execs, rueidis.LuaExec{Keys: []string{s.rk.records, s.rk.used}, Args: args})
 			args = nil
@@ -680,7 +678,7 @@ func (s *redisKeyStore) writeCache() {
 	if ks == nil || ks == s.cached {
 		return
 	}
-	_, err := writeFileAtomic(s.cacheFile, keySetSnapshot{ks: ks, of: s.name()}, nil, nil)
+	_, err := keyfile.WriteAtomic(s.cacheFile, keyfile.Snapshot{KeySet: ks, Of: s.name()}, nil, nil)
 	if err != nil {
 		if !s.cacheFailing {
 			s.cacheFailing = true
@@ -690,64 +688,6 @@ func (s *redisKeyStore) writeCache() {
 	}
 	s.cacheFailing = false
 	s.cached = ks
-}
-
-// keySetSnapshot writes a key set as a key file, with what authentication
-// needs of each record (never last-used times, nor members this plugin
-// does not know): the cache file.
-type keySetSnapshot struct {
-	ks *KeySet
-	of string
-}
-
-func (s keySetSnapshot) WriteTo(w io.Writer) (int64, error) {
-	cw := &countWriter{w: w}
-	bw := bufio.NewWriterSize(cw, chunkSize)
-	of, _ := json.Marshal("a snapshot of " + s.of + ", written by caddy-apikey")
-	fmt.Fprintf(bw, "{\n  \"snapshot\": %s,\n  \"api_keys\": [", of)
-	first := true
-	var err error
-	s.ks.each(func(sum [sha256.Size]byte, k *Key) {
-		if err != nil {
-			return
-		}
-		rec := Record{ID: k.ID, Label: k.Label, KeyHash: hex.EncodeToString(sum[:]), KeyPrefix: k.Prefix, Scopes: k.Scopes}
-		if k.expires {
-			rec.ExpiresAt = timestamp(ptr(time.Unix(0, k.expiresAt)))
-		}
-		if k.revoked {
-			rec.RevokedAt = timestamp(ptr(time.Unix(0, k.revokedAt)))
-		}
-		var js []byte
-		if js, err = jsonv2.Marshal(rec); err != nil {
-			return
-		}
-		if !first {
-			bw.WriteByte(',')
-		}
-		first = false
-		bw.WriteString("\n    ")
-		bw.Write(js)
-	})
-	if err != nil {
-		return cw.n, err
-	}
-	bw.WriteString("\n  ]\n}\n")
-	err = bw.Flush()
-	return cw.n, err
-}
-
-func ptr[T any](v T) *T { return &v }
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // Interface guards

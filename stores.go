@@ -2,12 +2,12 @@ package apikey
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -19,22 +19,10 @@ import (
 // must not do I/O or block.
 type Store interface {
 	// KeySet returns the key set in force. Build one with NewKeySet.
-	KeySet() *KeySet
+	KeySet() *keyset.KeySet
 	// MarkUsed notes that key k, whose SHA-256 is sum, admitted a request
 	// at now (unix nanoseconds).
-	MarkUsed(k *Key, sum [sha256.Size]byte, now int64)
-}
-
-// NewKeySet checks records as a key file's are checked (unique ids and
-// key hashes, well-formed times and scopes) and builds their key set.
-func NewKeySet(records []Record) (*KeySet, error) {
-	b := newKeySetBuilder(len(records))
-	for i := range records {
-		if err := b.add(&records[i], i+1); err != nil {
-			return nil, err
-		}
-	}
-	return b.ks, nil
+	MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64)
 }
 
 const (
@@ -174,137 +162,13 @@ func (l *poolLease) release() {
 	_, _ = l.pool.Delete(l.key)
 }
 
-// usageCell holds the last-used time of one key. Requests write lastUsed;
-// the store's writer owns the rest.
-type usageCell struct {
-	id   string
-	hash [sha256.Size]byte
-
-	lastUsed atomic.Int64 // unix nanoseconds of the latest use seen
-	queued   atomic.Bool  // already handed to the writer
-
-	persistedAt time.Time // when the writer last wrote this key
-	written     int64     // the lastUsed value last written
-}
-
-// usageKey names one key for a usage write: its id and key_hash (lowercase
-// hex). A key whose record now has the same id but another hash was
-// replaced, and its old uses are not the new key's.
-type usageKey struct{ id, hash string }
-
-// usageTracker notes uses on the request path and hands the due ones to a
-// store's writer, which is the only goroutine to call collect and done.
-type usageTracker struct {
-	// incoming collects cells used since the writer last looked; a cell
-	// is appended once, when its queued flag goes up.
-	incomingMu sync.Mutex
-	incoming   []*usageCell
-
-	waiting map[*usageCell]struct{} // the writer's
-}
-
-// mark records a use of key k (whose hash is sum) at now. At worst it
-// appends to a slice under a short lock, once per key per write cycle.
-func (u *usageTracker) mark(k *Key, sum [sha256.Size]byte, now int64) {
-	c := k.usage.Load()
-	if c == nil {
-		c = &usageCell{id: k.ID, hash: sum}
-		if !k.usage.CompareAndSwap(nil, c) {
-			c = k.usage.Load()
-		}
-	}
-	if now-c.lastUsed.Load() >= usageResolution {
-		c.lastUsed.Store(now)
-	}
-	if !c.queued.Load() && c.queued.CompareAndSwap(false, true) {
-		u.incomingMu.Lock()
-		u.incoming = append(u.incoming, c)
-		u.incomingMu.Unlock()
-	}
-}
-
-// usageBatch is one usage write: the latest use of each due key.
-type usageBatch struct {
-	updates map[usageKey]time.Time
-	due     []dueCell
-	at      time.Time
-}
-
-type dueCell struct {
-	cell *usageCell
-	used int64
-}
-
-// collect returns the uses due for writing at now: those of keys not
-// written within iv, or all of them; nil when none is due.
-func (u *usageTracker) collect(all bool, iv time.Duration, now time.Time) *usageBatch {
-	u.incomingMu.Lock()
-	if u.waiting == nil {
-		u.waiting = make(map[*usageCell]struct{})
-	}
-	for _, c := range u.incoming {
-		u.waiting[c] = struct{}{}
-	}
-	u.incoming = u.incoming[:0]
-	u.incomingMu.Unlock()
-	if len(u.waiting) == 0 {
-		return nil
-	}
-	b := &usageBatch{updates: make(map[usageKey]time.Time), at: now}
-	for c := range u.waiting {
-		if !all && !c.persistedAt.IsZero() && now.Sub(c.persistedAt) < iv {
-			continue
-		}
-		// Lower the flag before reading the time, so that a use after
-		// the read queues the cell again instead of being missed.
-		c.queued.Store(false)
-		used := c.lastUsed.Load()
-		if used <= c.written {
-			delete(u.waiting, c)
-			continue
-		}
-		b.due = append(b.due, dueCell{c, used})
-		key := usageKey{c.id, hex.EncodeToString(c.hash[:])}
-		if at := time.Unix(0, used); at.After(b.updates[key]) {
-			b.updates[key] = at
-		}
-	}
-	if len(b.due) == 0 {
-		return nil
-	}
-	return b
-}
-
-// done marks a batch written.
-func (u *usageTracker) done(b *usageBatch) {
-	for _, d := range b.due {
-		d.cell.written = d.used
-		d.cell.persistedAt = b.at
-		delete(u.waiting, d.cell)
-	}
-}
-
-// carryUsage moves the usage cells of keys that are still the same key (same
-// hash, same id) into the new key set, so their throttle state survives a
-// reload.
-func carryUsage(old, next *KeySet) {
-	for sum, i := range next.byHash {
-		k := &next.keys[i]
-		if prev := old.find(sum); prev != nil && prev.ID == k.ID {
-			if c := prev.usage.Load(); c != nil {
-				k.usage.Store(c)
-			}
-		}
-	}
-}
-
 // liveStore is a store in use in this process, as the admin API sees it.
 type liveStore interface {
 	// name says where the keys are: "file:/etc/caddy/keys.json" or
 	// "redis:redis://10.0.0.5:6379/0#apikey:" (the URL without its password).
 	name() string
 	// keySet is the key set in force.
-	keySet() *KeySet
+	keySet() *keyset.KeySet
 	// records is the write side, shared with `caddy apikey`.
 	records() recordStore
 	// refresh puts the store's records as they are now in force in this

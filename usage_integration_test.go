@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
 )
 
@@ -98,7 +100,7 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 		if v == "" {
 			return time.Time{}
 		}
-		ts, err := parseTimestamp(v)
+		ts, err := keyset.ParseTimestamp(v)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,8 +156,8 @@ func runCrashWriter(path string) {
 	for {
 		now += int64(2 * time.Second)
 		ks := s.KeySet()
-		for sum := range ks.byHash {
-			s.MarkUsed(ks.find(sum), sum, now)
+		for sum := range ks.All() {
+			s.MarkUsed(ks.Find(sum), sum, now)
 		}
 		s.writeUsage(true)
 	}
@@ -200,15 +202,15 @@ func TestUsageWriteSurvivesKill(t *testing.T) {
 			t.Fatalf("round %d: the child could not load the key file", round)
 		}
 
-		ks, err := readKeySet(path)
+		ks, err := keyfile.ReadKeySet(path)
 		if err != nil {
 			t.Fatalf("round %d: key file broken after SIGKILL: %v", round, err)
 		}
-		if len(ks.keys) != len(keys) {
-			t.Fatalf("round %d: %d keys after SIGKILL, want %d", round, len(ks.keys), len(keys))
+		if ks.Len() != len(keys) {
+			t.Fatalf("round %d: %d keys after SIGKILL, want %d", round, ks.Len(), len(keys))
 		}
 		for _, k := range keys {
-			if got, _ := ks.lookup(k.Raw); got == nil {
+			if got, _ := ks.Lookup(k.Raw); got == nil {
 				t.Fatalf("round %d: key %s lost", round, k.record["id"])
 			}
 		}
@@ -220,12 +222,12 @@ func TestUsageWriteSurvivesKill(t *testing.T) {
 		t.Fatal("the child never got a write done: the test proves nothing")
 	}
 	// The next write clears what the killed writers left behind.
-	if _, err := updateKeyFile(path, func(doc *keyDoc) error {
-		return doc.records[0].set("note", "after the kills")
+	if _, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+		return doc.Records[0].Set("note", "after the kills")
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := filepath.Glob(tempPattern(path)); len(left) != 0 {
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")); len(left) != 0 {
 		t.Fatalf("temporary files left behind: %v", left)
 	}
 	t.Logf("%d of %d rounds saw usage writes land", written, rounds)

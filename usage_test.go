@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -45,7 +47,7 @@ func newTestStore(t *testing.T, path string, usageInterval time.Duration) (*keyS
 // use records a use of raw at the clock's time, as the handler does.
 func use(t *testing.T, s *keyStore, clock *fakeClock, raw string) {
 	t.Helper()
-	k, sum := s.KeySet().lookup(raw)
+	k, sum := s.KeySet().Lookup(raw)
 	if k == nil {
 		t.Fatalf("key %s… not in the key set", raw[:11])
 	}
@@ -62,7 +64,7 @@ func TestUsageThrottle(t *testing.T) {
 	// First use is written at the next flush.
 	use(t, s, clock, a.Raw)
 	s.writeUsage(false)
-	if got, want := lastUsed(t, path, idA), formatTimestamp(t0); got != want {
+	if got, want := lastUsed(t, path, idA), keyset.FormatTimestamp(t0); got != want {
 		t.Fatalf("after first use: last_used_at = %q, want %q", got, want)
 	}
 	if got := lastUsed(t, path, idB); got != "" {
@@ -73,24 +75,24 @@ func TestUsageThrottle(t *testing.T) {
 	clock.advance(time.Minute)
 	use(t, s, clock, a.Raw)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, idA); got != formatTimestamp(t0) {
+	if got := lastUsed(t, path, idA); got != keyset.FormatTimestamp(t0) {
 		t.Fatalf("second use within the interval was written: %q", got)
 	}
 
 	// ...but another key is independent: its first use is written now.
 	use(t, s, clock, b.Raw)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, idB); got != formatTimestamp(t0.Add(time.Minute)) {
+	if got := lastUsed(t, path, idB); got != keyset.FormatTimestamp(t0.Add(time.Minute)) {
 		t.Fatalf("key b: last_used_at = %q", got)
 	}
-	if got := lastUsed(t, path, idA); got != formatTimestamp(t0) {
+	if got := lastUsed(t, path, idA); got != keyset.FormatTimestamp(t0) {
 		t.Fatalf("key a written early, with key b: %q", got)
 	}
 
 	// Once the interval has passed, a's latest use is written.
 	clock.advance(15 * time.Minute)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, idA); got != formatTimestamp(t0.Add(time.Minute)) {
+	if got := lastUsed(t, path, idA); got != keyset.FormatTimestamp(t0.Add(time.Minute)) {
 		t.Fatalf("after the interval: last_used_at = %q, want the second use", got)
 	}
 	if w := s.writes.Load(); w != 3 {
@@ -140,7 +142,7 @@ func TestUsageConcurrentUsesMakeOneWrite(t *testing.T) {
 	if w := s.writes.Load(); w != 1 {
 		t.Fatalf("16 000 uses of one key within the interval made %d writes, want 1", w)
 	}
-	if got := lastUsed(t, path, k.record["id"].(string)); got != formatTimestamp(clock.now()) {
+	if got := lastUsed(t, path, k.record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
 		t.Fatalf("last_used_at = %q", got)
 	}
 }
@@ -174,10 +176,10 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 	s.writeUsage(false)
 
 	doc := readKeyDoc(t, path)
-	if len(doc.records) != 3 {
-		t.Fatalf("file holds %d records, want 3 (kept, edited, added):\n%s", len(doc.records), readFile(t, path))
+	if len(doc.Records) != 3 {
+		t.Fatalf("file holds %d records, want 3 (kept, edited, added):\n%s", len(doc.Records), readFile(t, path))
 	}
-	for _, r := range doc.records {
+	for _, r := range doc.Records {
 		if r.ID == removed.record["id"] {
 			t.Fatal("the removed key was brought back by the usage write")
 		}
@@ -185,7 +187,7 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 	if got := fileRecord(t, path, edited.record["id"].(string)); got.Label != "edited by hand" {
 		t.Fatalf("edited label lost: %v", got.Label)
 	}
-	if got := lastUsed(t, path, edited.record["id"].(string)); got != formatTimestamp(clock.now()) {
+	if got := lastUsed(t, path, edited.record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
 		t.Fatalf("edited key's use not written: %q", got)
 	}
 	if got := fileRecord(t, path, added.record["id"].(string)); got.Label != "added" || got.LastUsedAt != nil || len(got.Scopes) == 0 || got.Scopes[0] != "read" {
@@ -196,7 +198,7 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 	if err := json.Unmarshal(keptRec.get("owner"), &owner); err != nil || owner["team"] != "payments" {
 		t.Fatalf("unknown record member lost: %s", mustJSON(t, keptRec))
 	}
-	if top := object(doc.top); top.getString("app_name") != "soulsync" || top.get("zz_settings") == nil || string(top.get("zz_settings")) == "null" {
+	if top := object(doc.TopMembers()); top.getString("app_name") != "soulsync" || top.get("zz_settings") == nil || string(top.get("zz_settings")) == "null" {
 		t.Fatalf("top-level members lost: %s", mustJSON(t, top))
 	}
 	// Order of top-level members and of record members is kept.
@@ -260,7 +262,7 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 	if n := logs.FilterMessageSnippet("cannot write last-used times").Len(); n != 1 {
 		t.Fatalf("write failure logged %d times over 5 flushes, want once", n)
 	}
-	if lk, _ := s.KeySet().lookup(k.Raw); lk == nil {
+	if lk, _ := s.KeySet().Lookup(k.Raw); lk == nil {
 		t.Fatal("authentication stopped working when the file could not be written")
 	}
 	if got := lastUsed(t, path, k.record["id"].(string)); got != "" {
@@ -283,7 +285,7 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 	a, b := newTestKey("a", nil), newTestKey("b", nil)
 	path := writeKeys(t, "", a)
 	s, _, logs := newTestStore(t, path, -1)
-	admits := func(raw string) bool { k, _ := s.KeySet().lookup(raw); return k != nil && !k.revoked }
+	admits := func(raw string) bool { k, _ := s.KeySet().Lookup(raw); return k != nil && !k.Revoked() }
 
 	// A good change is picked up.
 	writeKeys(t, path, a, b)
@@ -381,7 +383,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	if got, want := *s.leases.current(), (storeSettings{usage: interval{every: time.Hour}, reload: interval{every: time.Second}}); got != want {
 		t.Fatalf("effective settings %+v; want %+v", got, want)
 	}
-	key, sum := s.KeySet().lookup(k.Raw)
+	key, sum := s.KeySet().Lookup(k.Raw)
 	s.MarkUsed(key, sum, time.Now().UnixNano())
 
 	// A config reload releases the old handler: its pending use is
@@ -407,7 +409,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("store not stopped after its last handler went")
 	}
-	if got := lastUsed(t, path, k.record["id"].(string)); got != formatTimestamp(later) {
+	if got := lastUsed(t, path, k.record["id"].(string)); got != keyset.FormatTimestamp(later) {
 		t.Fatalf("pending use not flushed on stop: %q", got)
 	}
 }
@@ -423,7 +425,7 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 	// Between the writer's read and its rename, b is revoked by an mv.
 	replaced := false
 	staged := filepath.Join(filepath.Dir(path), "staged.json")
-	w, err := updateKeyFile(path, func(doc *keyDoc) error {
+	w, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
 		if !replaced {
 			replaced = true
 			b.record["revoked_at"] = "2026-11-25T20:00:00+00:00"
@@ -432,12 +434,12 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		return applyUsage(doc, map[usageKey]time.Time{{a.record["id"].(string), a.record["key_hash"].(string)}: clock.now()})
+		return applyUsage(doc, map[keyset.UsageKey]time.Time{{ID: a.record["id"].(string), Hash: a.record["key_hash"].(string)}: clock.now()})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w.written == nil {
+	if w.Written == nil {
 		t.Fatal("nothing written")
 	}
 	if fileRecord(t, path, b.record["id"].(string)).RevokedAt == nil {
@@ -451,7 +453,7 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
-	if k, _ := s.KeySet().lookup(b.Raw); k == nil || !k.revoked {
+	if k, _ := s.KeySet().Lookup(b.Raw); k == nil || !k.Revoked() {
 		t.Fatal("the revocation is not in force")
 	}
 }
@@ -492,10 +494,10 @@ func TestReloadFollowsASwappedSymlink(t *testing.T) {
 	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
-	if k, _ := s.KeySet().lookup(b.Raw); k == nil {
+	if k, _ := s.KeySet().Lookup(b.Raw); k == nil {
 		t.Fatal("the new version behind the link is not in force")
 	}
-	if k, _ := s.KeySet().lookup(a.Raw); k != nil {
+	if k, _ := s.KeySet().Lookup(a.Raw); k != nil {
 		t.Fatal("the old version is still in force")
 	}
 }

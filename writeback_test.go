@@ -3,6 +3,8 @@ package apikey
 import (
 	"strings"
 	"testing"
+
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
 )
 
 // A key file written back is the file read, re-indented: members in their
@@ -43,34 +45,34 @@ func TestKeyDocRoundTrip(t *testing.T) {
   "zz": true
 }
 `
-	doc, err := parseKeyDoc([]byte(in))
+	doc, err := keyfile.ParseDoc([]byte(in))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := doc.records[0].set("last_used_at", "2026-11-25T20:14:31.000000+00:00"); err != nil {
+	if err := doc.Records[0].Set("last_used_at", "2026-11-25T20:14:31.000000+00:00"); err != nil {
 		t.Fatal(err)
 	}
-	if out := doc.marshal(); string(out) != want {
+	if out := marshalDoc(doc); string(out) != want {
 		t.Fatalf("written back as\n%s\nwant\n%s", out, want)
 	}
 
 	// A bare array stays one; an empty list is written as [].
-	doc, err = parseKeyDoc([]byte(` [ ] `))
+	doc, err = keyfile.ParseDoc([]byte(` [ ] `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out := doc.marshal(); string(out) != "[]\n" {
+	if out := marshalDoc(doc); string(out) != "[]\n" {
 		t.Fatalf("empty array written as %q", out)
 	}
-	doc, err = parseKeyDoc([]byte(`{"api_keys": null, "other": "x"}`))
+	doc, err = keyfile.ParseDoc([]byte(`{"api_keys": null, "other": "x"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out := doc.marshal(); !strings.Contains(string(out), `"api_keys": []`) || !strings.Contains(string(out), `"other": "x"`) {
+	if out := marshalDoc(doc); !strings.Contains(string(out), `"api_keys": []`) || !strings.Contains(string(out), `"other": "x"`) {
 		t.Fatalf("null list written as %q", out)
 	}
 	// A new file gets the object form.
-	if out := newKeyDoc().marshal(); string(out) != "{\n  \"api_keys\": []\n}\n" {
+	if out := marshalDoc(keyfile.NewDoc()); string(out) != "{\n  \"api_keys\": []\n}\n" {
 		t.Fatalf("new file written as %q", out)
 	}
 }

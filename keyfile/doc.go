@@ -41,6 +41,20 @@ func NewDoc(records ...Record) *Doc {
 	return &Doc{top: []Member{{Name: "api_keys"}}, Records: records}
 }
 
+// IsList reports whether the document is a bare JSON array of records
+// rather than an object with an "api_keys" member.
+func (d *Doc) IsList() bool { return d.bare }
+
+// TopMembers returns the top-level object's members in their order, their
+// values as found; "api_keys" has no value there (the records are Records).
+func (d *Doc) TopMembers() []Member { return slices.Clone(d.top) }
+
+// HasMember reports whether the document is a JSON object with the
+// top-level member name.
+func (d *Doc) HasMember(name string) bool {
+	return slices.ContainsFunc(d.top, func(m Member) bool { return m.Name == name })
+}
+
 // NewList is a bare list of records: a JSON array, as a store that is no
 // key file (Redis) hands its records to an edit.
 func NewList(records ...Record) *Doc {
@@ -58,6 +72,9 @@ func NewRecord(rec keyset.Record) (Record, error) {
 	return r, nil
 }
 
+// Raw is the record's JSON as it was read, or nil once an edit touched it.
+func (r *Record) Raw() []byte { return r.raw }
+
 // Edited reports whether an edit touched the record (or made it): it is no
 // longer held as the bytes it was read as.
 func (r *Record) Edited() bool { return r.raw == nil }
@@ -74,6 +91,14 @@ func (r *Record) UnknownMembers() []Member {
 		}
 	}
 	return out
+}
+
+// Members returns the record's members in their order, their values as
+// found.
+func (r *Record) Members() []Member {
+	from := *r
+	from.Split() // a copy: r stays as its bytes
+	return from.members
 }
 
 // AddMembers appends members to the record, after those it has.

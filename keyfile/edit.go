@@ -113,9 +113,9 @@ func describeMode(m fs.FileMode) string {
 // nothing to write.
 var ErrNoChange = errors.New("no change")
 
-// lockTimeout bounds how long a writer waits for another writer's lock.
+// LockTimeout bounds how long a writer waits for another writer's lock.
 // A usage write of a large key file can hold it for seconds.
-const lockTimeout = 60 * time.Second
+const LockTimeout = 60 * time.Second
 
 // Write tells what an edit of the key file read and wrote.
 type Write struct {
@@ -176,7 +176,7 @@ func EditLocked(path string, e EditOptions) (Write, error) {
 	}
 	defer dir.Close()
 	name := filepath.Base(target)
-	unlock, err := lockKeyFileIn(dir, name, lockTimeout, e.Waiting)
+	unlock, err := lockKeyFileIn(dir, name, LockTimeout, e.Waiting)
 	if err != nil {
 		return Write{}, err
 	}
@@ -209,9 +209,9 @@ func isFolder(dir *os.Root, path string) bool {
 	return err == nil && os.SameFile(opened, now)
 }
 
-// lockKeyFile takes the lock of the key file at path (see lockKeyFileIn),
+// Lock takes the lock of the key file at path (see lockKeyFileIn),
 // for a caller that does not edit it through Edit.
-func lockKeyFile(path string, timeout time.Duration, waiting func()) (unlock func(), err error) {
+func Lock(path string, timeout time.Duration, waiting func()) (unlock func(), err error) {
 	dir, err := openKeyDir(path)
 	if err != nil {
 		return nil, err

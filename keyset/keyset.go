@@ -3,6 +3,7 @@ package keyset
 import (
 	"crypto/sha256"
 	"fmt"
+	"iter"
 	"maps"
 	"time"
 	"unsafe"
@@ -216,6 +217,17 @@ func (ks *KeySet) compact(size int) {
 
 // Len is the number of keys in the set.
 func (ks *KeySet) Len() int { return len(ks.byHash) }
+
+// All yields every key of the set and its hash, in no order.
+func (ks *KeySet) All() iter.Seq2[[sha256.Size]byte, *Key] {
+	return func(yield func([sha256.Size]byte, *Key) bool) {
+		for sum, i := range ks.byHash {
+			if !yield(sum, &ks.keys[i]) {
+				return
+			}
+		}
+	}
+}
 
 // Each calls fn for every key of the set, in no order.
 func (ks *KeySet) Each(fn func(sum [sha256.Size]byte, k *Key)) {

@@ -114,6 +114,10 @@ func (u *UsageTracker) Collect(all bool, iv time.Duration, now time.Time) *Usage
 	return b
 }
 
+// Pending is how many keys have uses the writer has not written yet, as
+// of its last Collect.
+func (u *UsageTracker) Pending() int { return len(u.waiting) }
+
 // Done marks a batch written.
 func (u *UsageTracker) Done(b *UsageBatch) {
 	for _, d := range b.due {
