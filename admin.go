@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 	"go.uber.org/zap"
@@ -34,7 +35,7 @@ func init() {
 // this server before the answer.
 type AdminAPI struct {
 	logger *zap.Logger
-	stores func() []liveStore // the stores in use: liveStores
+	stores func() []stores.Live // the stores in use: stores.InUse
 	now    func() time.Time
 }
 
@@ -50,7 +51,7 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 // provisions admin routers in the config's context, not a module's: the
 // logger is asked for by module, to be named admin.api.apikey.
 func (a *AdminAPI) Provision(ctx caddy.Context) error {
-	a.logger, a.stores, a.now = ctx.Logger(a), liveStores, time.Now
+	a.logger, a.stores, a.now = ctx.Logger(a), stores.InUse, time.Now
 	return nil
 }
 
@@ -175,13 +176,13 @@ func (a *AdminAPI) refuse(w http.ResponseWriter, err error) {
 // storeFailure names the store in an error that is its failure (a key file
 // that cannot be read or written, say), and lets a refusal of the request
 // pass as it is.
-func storeFailure(st liveStore, err error) error {
+func storeFailure(st stores.Live, err error) error {
 	var re *refError
 	var ie inputError
 	if errors.As(err, &re) || errors.As(err, &ie) {
 		return err
 	}
-	return fmt.Errorf("key store %s: %w", st.name(), err)
+	return fmt.Errorf("key store %s: %w", st.Name(), err)
 }
 
 // storeInfo is a store in use as GET /apikey/stores shows it.
@@ -204,8 +205,8 @@ type keyCounts struct {
 // storeKind splits a store's name ("file:/etc/caddy/keys.json",
 // "redis:redis://10.0.0.5:6379/0#apikey:") into its kind and where its
 // keys are.
-func storeKind(s liveStore) (kind, where string) {
-	kind, where, _ = strings.Cut(s.name(), ":")
+func storeKind(s stores.Live) (kind, where string) {
+	kind, where, _ = strings.Cut(s.Name(), ":")
 	return kind, where
 }
 
@@ -213,7 +214,7 @@ func (a *AdminAPI) listStores(http.ResponseWriter, *http.Request, string) (int, 
 	now := a.now()
 	out := []storeInfo{}
 	for _, s := range a.stores() {
-		info := storeInfo{Name: s.name()}
+		info := storeInfo{Name: s.Name()}
 		var where string
 		switch info.Kind, where = storeKind(s); info.Kind {
 		case "file":
@@ -222,7 +223,7 @@ func (a *AdminAPI) listStores(http.ResponseWriter, *http.Request, string) (int, 
 			// The URL holds no "#": it has no fragment.
 			info.URL, info.Prefix, _ = strings.Cut(where, "#")
 		}
-		if ks := s.keySet(); ks != nil {
+		if ks := s.KeySet(); ks != nil {
 			n := ks.Counts(now)
 			info.Keys = keyCounts{n[keyset.Active], n[keyset.Expired], n[keyset.Revoked]}
 		}
@@ -234,14 +235,14 @@ func (a *AdminAPI) listStores(http.ResponseWriter, *http.Request, string) (int, 
 // pickStore returns the store that the request's ?store= names (its name,
 // a file store's path, relative to Caddy's working directory as keys_file
 // is, or a Redis store's prefix), or the one store in use if it names none.
-func (a *AdminAPI) pickStore(r *http.Request) (liveStore, error) {
+func (a *AdminAPI) pickStore(r *http.Request) (stores.Live, error) {
 	all := a.stores()
 	if len(all) == 0 {
 		return nil, &apiError{http.StatusNotFound, "NO_STORE", "no key store is in use: the config in force has no apikey handler"}
 	}
 	names := make([]string, len(all))
 	for i, s := range all {
-		names[i] = s.name()
+		names[i] = s.Name()
 	}
 	choices := strings.Join(names, ", ")
 	want := r.URL.Query()["store"]
@@ -255,9 +256,9 @@ func (a *AdminAPI) pickStore(r *http.Request) (liveStore, error) {
 		return nil, &apiError{http.StatusBadRequest, "AMBIGUOUS_STORE", fmt.Sprintf("%d key stores are in use; name one with ?store=, one of: %s", len(all), choices)}
 	}
 	path, _ := filepath.Abs(want[0])
-	var found []liveStore
+	var found []stores.Live
 	for _, s := range all {
-		if s.name() == want[0] {
+		if s.Name() == want[0] {
 			return s, nil
 		}
 		switch kind, where := storeKind(s); {
@@ -278,28 +279,28 @@ func (a *AdminAPI) pickStore(r *http.Request) (liveStore, error) {
 // existingRecords is a store's records as the admin API writes them: a key
 // file that has gone is not made anew. Its server keeps the last keys in
 // force; a new file holding one key would replace them all.
-type existingRecords struct{ recordStore }
+type existingRecords struct{ stores.RecordStore }
 
-func (s existingRecords) edit(e recordEdit) error {
-	e.create = false
-	return s.recordStore.edit(e)
+func (s existingRecords) Edit(e stores.Edit) error {
+	e.Create = false
+	return s.RecordStore.Edit(e)
 }
 
 // waiting logs that a write waits for another writer of st (a usage write
 // of a large key file, or a `caddy apikey` command).
-func (a *AdminAPI) waiting(st liveStore) func() {
+func (a *AdminAPI) waiting(st stores.Live) func() {
 	return func() {
-		a.logger.Info("waiting for another writer of the key store", zap.String("store", st.name()))
+		a.logger.Info("waiting for another writer of the key store", zap.String("store", st.Name()))
 	}
 }
 
 // refresh puts a change to st in force on this server. The change is made
 // whatever comes of it: a failure is said in the answer ("warning") and
 // logged, not answered as an error that would have the client try again.
-func (a *AdminAPI) refresh(st liveStore) string {
-	if err := st.refresh(); err != nil {
+func (a *AdminAPI) refresh(st stores.Live) string {
+	if err := st.Refresh(); err != nil {
 		a.logger.Warn("a change made through the admin API is saved but not yet in force on this server",
-			zap.String("store", st.name()), zap.Error(err))
+			zap.String("store", st.Name()), zap.Error(err))
 		return "the change is saved but not yet in force on this server: " + err.Error()
 	}
 	return ""
@@ -316,7 +317,7 @@ func (a *AdminAPI) listKeys(_ http.ResponseWriter, r *http.Request, _ string) (i
 	if err != nil {
 		return 0, nil, err
 	}
-	keys, err := listedKeys(st.records(), a.now())
+	keys, err := listedKeys(st.Records(), a.now())
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
@@ -350,11 +351,11 @@ func (a *AdminAPI) createKey(w http.ResponseWriter, r *http.Request, _ string) (
 		return 0, nil, err
 	}
 	now := a.now()
-	raw, rec, err := createKey(existingRecords{st.records()}, addOptions{Label: req.Label, Scopes: req.Scopes, Expires: req.Expires}, now, a.waiting(st))
+	raw, rec, err := createKey(existingRecords{st.Records()}, addOptions{Label: req.Label, Scopes: req.Scopes, Expires: req.Expires}, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
-	a.logger.Info("key created", zap.String("store", st.name()),
+	a.logger.Info("key created", zap.String("store", st.Name()),
 		zap.String("key_id", rec.ID), zap.String("key_label", rec.Label), zap.String("key_prefix", rec.KeyPrefix))
 	return http.StatusCreated, newKeyAnswer{Key: raw, listedKey: listed(rec, now), Warning: a.refresh(st)}, nil
 }
@@ -376,7 +377,7 @@ func (a *AdminAPI) revokeKey(w http.ResponseWriter, r *http.Request, ref string)
 		return 0, nil, err
 	}
 	now := a.now()
-	rec, already, err := revokeNamedKey(existingRecords{st.records()}, ref, now, a.waiting(st))
+	rec, already, err := revokeNamedKey(existingRecords{st.Records()}, ref, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
@@ -386,7 +387,7 @@ func (a *AdminAPI) revokeKey(w http.ResponseWriter, r *http.Request, ref string)
 		at := keyset.FormatTimestamp(now)
 		rec.RevokedAt = &at
 		answer.Warning = a.refresh(st)
-		a.logger.Info("key revoked", zap.String("store", st.name()),
+		a.logger.Info("key revoked", zap.String("store", st.Name()),
 			zap.String("key_id", rec.ID), zap.String("key_label", rec.Label), zap.String("key_prefix", rec.KeyPrefix))
 	}
 	answer.listedKey = listed(rec, now)
@@ -410,11 +411,11 @@ func (a *AdminAPI) rotateKey(w http.ResponseWriter, r *http.Request, ref string)
 		return 0, nil, err
 	}
 	now := a.now()
-	rot, err := rotateNamedKey(existingRecords{st.records()}, rotateOptions{Ref: ref, Grace: req.Grace, Expires: req.Expires}, now, a.waiting(st))
+	rot, err := rotateNamedKey(existingRecords{st.Records()}, rotateOptions{Ref: ref, Grace: req.Grace, Expires: req.Expires}, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
-	a.logger.Info("key rotated", zap.String("store", st.name()),
+	a.logger.Info("key rotated", zap.String("store", st.Name()),
 		zap.String("key_id", rot.added.ID), zap.String("key_label", rot.added.Label), zap.String("key_prefix", rot.added.KeyPrefix),
 		zap.String("old_key_id", rot.old.ID), zap.String("old_key_prefix", rot.old.KeyPrefix), zap.String("old_key_outcome", rot.oldNote))
 	old := rot.old

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"go.uber.org/zap"
 )
 
@@ -34,8 +35,8 @@ func startTestStore(t *testing.T, path string) *keyStore {
 }
 
 // testAdmin is the admin API on stores.
-func testAdmin(stores ...liveStore) *AdminAPI {
-	return &AdminAPI{logger: zap.NewNop(), stores: func() []liveStore { return stores }, now: time.Now}
+func testAdmin(live ...stores.Live) *AdminAPI {
+	return &AdminAPI{logger: zap.NewNop(), stores: func() []stores.Live { return live }, now: time.Now}
 }
 
 // call sends method target with body (none if "") to a, and returns the
@@ -220,9 +221,9 @@ func TestAdminStoreFailure(t *testing.T) {
 }
 
 // failingRefresh is a store whose changes cannot be put in force.
-type failingRefresh struct{ liveStore }
+type failingRefresh struct{ stores.Live }
 
-func (failingRefresh) refresh() error { return errors.New("the watcher is stuck") }
+func (failingRefresh) Refresh() error { return errors.New("the watcher is stuck") }
 
 // A change that is saved but not in force is answered as made (the new key
 // is shown: it exists), with a warning; not as an error, which would have
@@ -251,7 +252,7 @@ func TestAdminRefreshOfAStoppedStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- s.refresh() }()
+	go func() { done <- s.Refresh() }()
 	select {
 	case err := <-done:
 		if err != nil {
@@ -269,10 +270,10 @@ type namedStore struct {
 	ks *keyset.KeySet
 }
 
-func (s namedStore) name() string           { return s.n }
-func (s namedStore) keySet() *keyset.KeySet { return s.ks }
-func (s namedStore) records() recordStore   { return nil }
-func (s namedStore) refresh() error         { return nil }
+func (s namedStore) Name() string                { return s.n }
+func (s namedStore) KeySet() *keyset.KeySet      { return s.ks }
+func (s namedStore) Records() stores.RecordStore { return nil }
+func (s namedStore) Refresh() error              { return nil }
 
 // The list of stores says where each one's keys are, by its kind, and
 // counts its keys by state now.

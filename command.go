@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 	"github.com/spf13/cobra"
 
@@ -86,7 +87,7 @@ those scopes, for routes whose apikey directive requires them.
 					label, _ := fl.GetString("label")
 					expires, _ := fl.GetString("expires")
 					scopes, _ := fl.GetStringSlice("scope")
-					return withRecordStore(cmd, func(st recordStore) error {
+					return withRecordStore(cmd, func(st stores.RecordStore) error {
 						return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, addOptions{
 							Label: label, Expires: expires, Scopes: scopes,
 						}, time.Now())
@@ -111,7 +112,7 @@ scopes and status (active, expired or revoked). Hashes are never shown.
 				Args: cobra.NoArgs,
 				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
 					asJSON, _ := cmd.Flags().GetBool("json")
-					return withRecordStore(cmd, func(st recordStore) error {
+					return withRecordStore(cmd, func(st stores.RecordStore) error {
 						return listKeys(cmd.OutOrStdout(), st, asJSON, time.Now())
 					})
 				}),
@@ -132,7 +133,7 @@ its first revoked_at.
 `,
 				Args: cobra.ExactArgs(1),
 				RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
-					return withRecordStore(cmd, func(st recordStore) error {
+					return withRecordStore(cmd, func(st stores.RecordStore) error {
 						return revokeKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, args[0], time.Now())
 					})
 				}),
@@ -172,7 +173,7 @@ reload_interval.
 					fl := cmd.Flags()
 					grace, _ := fl.GetString("grace")
 					expires, _ := fl.GetString("expires")
-					return withRecordStore(cmd, func(st recordStore) error {
+					return withRecordStore(cmd, func(st stores.RecordStore) error {
 						return rotateKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, rotateOptions{
 							Ref: args[0], Grace: grace, Expires: expires,
 						}, time.Now())
@@ -219,7 +220,7 @@ seconds.
 						return errors.New("--file and --redis are both required")
 					}
 					reactivate, _ := cmd.Flags().GetBool("reactivate")
-					return withRedisStore(cmd, true, func(to recordStore) error {
+					return withRedisStore(cmd, true, func(to stores.RecordStore) error {
 						res, err := importKeysWith(fileRecords{path: file}, to, importOptions{
 							reactivate: reactivate,
 							waiting:    sayWaiting(cmd.ErrOrStderr(), to),
@@ -251,7 +252,7 @@ made with mode 0600), or to stdout.
 				Args:    cobra.NoArgs,
 				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
 					file, _ := cmd.Flags().GetString("file")
-					return withRedisStore(cmd, false, func(from recordStore) error {
+					return withRedisStore(cmd, false, func(from stores.RecordStore) error {
 						n, err := exportKeys(from, file, cmd.OutOrStdout())
 						if err == nil && file != "" {
 							fmt.Fprintf(cmd.ErrOrStderr(), "Exported %d keys from %s to %s.\n", n, from, file)
@@ -323,7 +324,7 @@ func redisTargetOf(cmd *cobra.Command) redisTarget {
 }
 
 // withRecordStore runs fn on the key store that the command's flags name.
-func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
+func withRecordStore(cmd *cobra.Command, fn func(st stores.RecordStore) error) error {
 	file, _ := cmd.Flags().GetString("file")
 	create, _ := cmd.Flags().GetBool("create") // add only
 	st, closeStore, err := openStore(file, redisTargetOf(cmd), create)
@@ -337,7 +338,7 @@ func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
 // withRedisStore runs fn on the Redis key set that the command's --redis
 // and --prefix name (import and export, whose --file is the other side).
 // create lets fn make the key set (see redisRecords.mayCreate).
-func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) error) error {
+func withRedisStore(cmd *cobra.Command, create bool, fn func(st stores.RecordStore) error) error {
 	target := redisTargetOf(cmd)
 	if target.url == "" {
 		return errors.New("--redis is required")
@@ -353,7 +354,7 @@ func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) err
 // openRecordStore returns the key store that the flags name: the key file
 // at file, or the key set at prefix in the Redis server at redisURL (see
 // openStore).
-func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore, closeStore func(), err error) {
+func openRecordStore(file, redisURL, prefix string, create bool) (st stores.RecordStore, closeStore func(), err error) {
 	return openStore(file, redisTarget{url: redisURL, prefix: prefix}, create)
 }
 
@@ -361,7 +362,7 @@ func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore
 // file, or the Redis key set redis names. The caller calls closeStore when
 // done. create lets a key file or a Redis key set be made where there is
 // none (see cliFileRecords and redisRecords.mayCreate).
-func openStore(file string, redis redisTarget, create bool) (st recordStore, closeStore func(), err error) {
+func openStore(file string, redis redisTarget, create bool) (st stores.RecordStore, closeStore func(), err error) {
 	switch {
 	case file != "" && redis.url != "":
 		return nil, nil, errors.New("give --file or --redis, not both")
@@ -394,12 +395,12 @@ type cliFileRecords struct {
 	mayCreate bool
 }
 
-func (f cliFileRecords) edit(e recordEdit) error {
-	if !e.create || f.mayCreate {
-		return f.fileRecords.edit(e)
+func (f cliFileRecords) Edit(e stores.Edit) error {
+	if !e.Create || f.mayCreate {
+		return f.fileRecords.Edit(e)
 	}
-	e.create = false
-	err := f.fileRecords.edit(e)
+	e.Create = false
+	err := f.fileRecords.Edit(e)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("key file %s does not exist; check the path (a relative one is taken from the folder the command runs in), or give --create to make a new key file there", f.path)
 	}

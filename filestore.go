@@ -15,8 +15,10 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -66,9 +68,9 @@ func (f *FileStore) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	lease, err := acquireStore(path, poolKey, storeSettings{
-		usage:  intervalSetting(f.UsageInterval, defaultUsageInterval),
-		reload: intervalSetting(f.ReloadInterval, defaultReloadInterval),
+	lease, err := acquireStore(path, poolKey, storecore.Settings{
+		Usage:  storecore.IntervalSetting(f.UsageInterval, storecore.DefaultUsageInterval),
+		Reload: storecore.IntervalSetting(f.ReloadInterval, storecore.DefaultReloadInterval),
 	})
 	if err != nil {
 		return err
@@ -82,7 +84,7 @@ func (f *FileStore) Provision(ctx caddy.Context) error {
 // on authenticating against the last key set instead of crashing.
 func (f *FileStore) Cleanup() error {
 	if f.lease != nil {
-		f.lease.release()
+		f.lease.Release()
 		f.lease = nil
 	}
 	return nil
@@ -117,10 +119,10 @@ func keyFilePath(configured string) (path, poolKey string, err error) {
 	return path, poolKey, nil
 }
 
-// stores holds one keyStore per key file (by real absolute path) for the
+// keyFiles holds one keyStore per key file (by real absolute path) for the
 // whole process, across config reloads: however many handlers use a file,
 // there is one key set in memory, one watcher and one usage writer for it.
-var stores = caddy.NewUsagePool()
+var keyFiles = caddy.NewUsagePool()
 
 // reloadWait bounds how long a config load waits for the watcher to re-read
 // the key file (it may be in the middle of reading a large one). Past it,
@@ -137,7 +139,7 @@ type keyStore struct {
 	logger   *zap.Logger // nil: Caddy's current logger (see log)
 	now      func() time.Time
 	keys     atomic.Pointer[keyset.KeySet]
-	leases   *leaseSet
+	leases   *storecore.Leases
 	usage    keyset.UsageTracker
 	metrics  *storeMetrics // nil: a store made outside Caddy, not counted
 	unmetric sync.Once     // releases metrics
@@ -164,7 +166,7 @@ type keyStore struct {
 
 // storeLease is one store module's use of a key file's store.
 type storeLease struct {
-	poolLease
+	storecore.PoolLease
 	store *keyStore
 }
 
@@ -173,8 +175,8 @@ type storeLease struct {
 // store if no handler in this process uses that file yet. A store already
 // in use re-reads a changed file at once, and a broken one fails the config
 // load, as the first load does. The caller releases the lease in Cleanup.
-func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, error) {
-	val, loaded, err := stores.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
+func acquireStore(path, poolKey string, settings storecore.Settings) (*storeLease, error) {
+	val, loaded, err := keyFiles.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		s := newKeyStore(path, nil)
 		s.metrics = acquireStoreMetrics(path)
 		if err := s.load(); err != nil {
@@ -182,7 +184,7 @@ func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, er
 			return nil, err
 		}
 		s.start()
-		registerLive(s)
+		stores.Register(s)
 		return s, nil
 	})
 	if err != nil {
@@ -191,12 +193,12 @@ func acquireStore(path, poolKey string, settings storeSettings) (*storeLease, er
 	s := val.(*keyStore)
 	if loaded {
 		if err := s.askReload(); err != nil {
-			_, _ = stores.Delete(poolKey)
+			_, _ = keyFiles.Delete(poolKey)
 			return nil, err
 		}
 	}
 	return &storeLease{
-		poolLease: poolLease{pool: stores, key: poolKey, leases: s.leases, id: s.leases.add(settings), flush: s.askFlush},
+		PoolLease: storecore.PoolLease{Pool: keyFiles, Key: poolKey, Leases: s.leases, ID: s.leases.Add(settings), Flush: s.askFlush},
 		store:     s,
 	}, nil
 }
@@ -206,7 +208,7 @@ func newKeyStore(path string, logger *zap.Logger) *keyStore {
 		path:      path,
 		logger:    logger,
 		now:       time.Now,
-		leases:    newLeaseSet(),
+		leases:    storecore.NewLeases(),
 		reloadNow: make(chan chan error),
 		flushNow:  make(chan chan struct{}),
 		stop:      make(chan struct{}),
@@ -214,12 +216,11 @@ func newKeyStore(path string, logger *zap.Logger) *keyStore {
 	}
 }
 
-// name, keySet, records and refresh make the store a liveStore, for the
-// admin API.
-func (s *keyStore) name() string           { return "file:" + s.path }
-func (s *keyStore) keySet() *keyset.KeySet { return s.keys.Load() }
-func (s *keyStore) records() recordStore   { return fileRecords{path: s.path} }
-func (s *keyStore) refresh() error         { return s.askReload() }
+// Name, Records and Refresh (with KeySet) make the store a stores.Live,
+// for the admin API.
+func (s *keyStore) Name() string                { return "file:" + s.path }
+func (s *keyStore) Records() stores.RecordStore { return fileRecords{path: s.path} }
+func (s *keyStore) Refresh() error              { return s.askReload() }
 
 // log is the store's logger. A store outlives the config that created it,
 // so it logs through Caddy's current logging, not that config's.
@@ -244,10 +245,10 @@ func (s *keyStore) start() {
 // most stopWait.
 func (s *keyStore) Destruct() error {
 	s.stopOnce.Do(func() { close(s.stop) })
-	unregisterLive(s)
+	stores.Unregister(s)
 	select {
 	case <-s.done:
-	case <-time.After(stopWait):
+	case <-time.After(storecore.StopWait):
 		s.log().Warn("the key file's last usage write is still going on; it goes on in the background", zap.String("keys_file", s.path))
 	}
 	s.unmetric.Do(s.metrics.release)
@@ -259,7 +260,7 @@ func (s *keyStore) Destruct() error {
 // one that a config unload just let go) has no key set in force to update:
 // it does not wait for a watcher that is gone.
 func (s *keyStore) askReload() error {
-	err, answered := ask(s.reloadNow, s.stop, reloadWait)
+	err, answered := storecore.Ask(s.reloadNow, s.stop, reloadWait)
 	select {
 	case <-s.stop:
 		return nil // stopped: nothing to put in force any more
@@ -273,17 +274,17 @@ func (s *keyStore) askReload() error {
 
 // askFlush has the writer write every pending last-used time now, and waits
 // for it at most stopWait.
-func (s *keyStore) askFlush() { ask(s.flushNow, s.stop, stopWait) }
+func (s *keyStore) askFlush() { storecore.Ask(s.flushNow, s.stop, storecore.StopWait) }
 
 // due reports whether work that runs every iv and last ran at last is due.
-func (s *keyStore) due(iv interval, last time.Time) bool {
-	return !iv.off && s.now().Sub(last) >= iv.every
+func (s *keyStore) due(iv storecore.Interval, last time.Time) bool {
+	return !iv.Off && s.now().Sub(last) >= iv.Every
 }
 
 // watch is the watcher: it reloads the key file every reload interval and
 // when asked.
 func (s *keyStore) watch() {
-	t := time.NewTicker(tickInterval)
+	t := time.NewTicker(storecore.TickInterval)
 	defer t.Stop()
 	var last time.Time
 	for {
@@ -293,7 +294,7 @@ func (s *keyStore) watch() {
 		case reply := <-s.reloadNow:
 			reply <- s.load()
 		case <-t.C:
-			if s.due(s.leases.current().reload, last) {
+			if s.due(s.leases.Current().Reload, last) {
 				last = s.now()
 				s.check()
 			}
@@ -373,7 +374,7 @@ func (s *keyStore) load() (err error) {
 		s.log().Info("key file reloaded", zap.String("keys_file", s.path), zap.Int("keys", ks.Len()))
 		return nil
 	}
-	logFirstLoad(s.log(), s.name(), ks, s.now(), zap.String("keys_file", s.path))
+	logFirstLoad(s.log(), s.Name(), ks, s.now(), zap.String("keys_file", s.path))
 	if ks.Len() == 0 {
 		s.log().Warn("key file holds no keys: every request with a key will be refused", zap.String("keys_file", s.path))
 	}
@@ -398,7 +399,7 @@ func (s *keyStore) KeySet() *keyset.KeySet { return s.keys.Load() }
 // MarkUsed records a use of key k (whose hash is sum) at now. It never
 // blocks on the disk.
 func (s *keyStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
-	if s.leases.current().usage.off {
+	if s.leases.Current().Usage.Off {
 		return
 	}
 	s.usage.Mark(k, sum, now)
@@ -408,14 +409,14 @@ func (s *keyStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 // min(usage interval, maxFlushPeriod), all of them when asked, and all of
 // them as it stops.
 func (s *keyStore) write() {
-	usageWriter(s.stop, s.flushNow, s.leases, s.now, s.writeUsage)
+	storecore.UsageWriter(s.stop, s.flushNow, s.leases, s.now, s.writeUsage)
 }
 
 // writeUsage writes the last-used times that are due: those of keys not
 // written within the usage interval, or all of them. One write covers every
 // due key.
 func (s *keyStore) writeUsage(all bool) {
-	batch := s.usage.Collect(all, s.leases.current().usage.every, s.now())
+	batch := s.usage.Collect(all, s.leases.Current().Usage.Every, s.now())
 	if batch == nil {
 		return
 	}
@@ -463,7 +464,7 @@ func (s *keyStore) writeUsage(all bool) {
 // each. With watching off, the writer is the one to log it.
 func (s *keyStore) watcherReports(err error) bool {
 	var kfe *keyfile.Error
-	return errors.As(err, &kfe) && !s.leases.current().reload.off
+	return errors.As(err, &kfe) && !s.leases.Current().Reload.Off
 }
 
 // applyUsage sets last_used_at on the records that are still in the file with

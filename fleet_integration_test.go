@@ -352,7 +352,7 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 		before := time.Now()
 		fleet[1].status(raw)
 		fleet[1].reload()
-		records, _, err := rs.read()
+		records, _, err := rs.Read()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,11 +12,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/google/uuid"
@@ -470,10 +472,22 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // setUsageInterval sets a store's usage interval as a handler's
 // usage_interval would (negative: off), with reloading off.
 func setUsageInterval(s *keyStore, d time.Duration) {
-	s.leases.settings.Store(&storeSettings{
-		usage:  intervalSetting(caddy.Duration(d), defaultUsageInterval),
-		reload: interval{off: true},
+	setLease(s.leases, storecore.Settings{
+		Usage:  storecore.IntervalSetting(caddy.Duration(d), storecore.DefaultUsageInterval),
+		Reload: storecore.Interval{Off: true},
 	})
+}
+
+// testLeases holds the lease setLease took on each lease set.
+var testLeases sync.Map // *storecore.Leases -> uint64
+
+// setLease puts settings in force on a store's leases, as one handler
+// using it alone would: a lease the test took before is withdrawn.
+func setLease(l *storecore.Leases, settings storecore.Settings) {
+	id := l.Add(settings)
+	if old, ok := testLeases.Swap(l, id); ok {
+		l.Remove(old.(uint64))
+	}
 }
 
 // newMemoryHandler sets h up as Provision does (setup), but on the in-memory
@@ -484,7 +498,7 @@ func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
 	}
 	h.logger = zap.NewNop()
 	s := newKeyStore("/nonexistent/keys.json", zap.NewNop())
-	setUsageInterval(s, defaultUsageInterval)
+	setUsageInterval(s, storecore.DefaultUsageInterval)
 	s.keys.Store(ks)
 	h.store = &FileStore{store: s}
 	return h

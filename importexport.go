@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"golang.org/x/term"
 )
 
@@ -47,7 +48,7 @@ type importOptions struct {
 
 // importKeys copies the records of a key file into a record store (a Redis
 // key set), in one atomic edit (see importKeysWith).
-func importKeys(from fileRecords, to recordStore, waiting func()) (importResult, error) {
+func importKeys(from fileRecords, to stores.RecordStore, waiting func()) (importResult, error) {
 	return importKeysWith(from, to, importOptions{waiting: waiting})
 }
 
@@ -59,7 +60,7 @@ func importKeys(from fileRecords, to recordStore, waiting func()) (importResult,
 // that is revoked in the key set and active in the file, all else the same
 // (an older export imported after a revoke): it stays revoked and is
 // reported, unless opts.reactivate, which puts the file's copy in its place.
-func importKeysWith(from fileRecords, to recordStore, opts importOptions) (importResult, error) {
+func importKeysWith(from fileRecords, to stores.RecordStore, opts importOptions) (importResult, error) {
 	p := opts.progress
 	if fi, err := os.Stat(from.path); err == nil {
 		p.step("Reading %s (%d MiB)", from.path, fi.Size()>>20)
@@ -85,7 +86,7 @@ func importKeysWith(from fileRecords, to recordStore, opts importOptions) (impor
 		waiting = func() { p.interrupt(opts.waiting) }
 	}
 	p.step("Reading the key set %s", to)
-	err = to.edit(recordEdit{create: true, waiting: waiting, edit: func(doc *keyfile.Doc) error {
+	err = to.Edit(stores.Edit{Create: true, Waiting: waiting, Change: func(doc *keyfile.Doc) error {
 		p.end(fmt.Sprintf("%d keys", len(doc.Records)))
 		res = importResult{snapshot: snapshot, targetEmpty: len(doc.Records) == 0}
 		byID := make(map[string]*keyfile.Record, len(doc.Records))
@@ -156,7 +157,7 @@ func revokedOnlyThere(there, file *keyset.Record) bool {
 // keys it re-activated, to stderr the revoked keys it left revoked, what it
 // cannot know when the key set was empty, and a warning for a cache file as
 // its source. It returns the error for the records it could not import.
-func reportImport(stdout, stderr io.Writer, res importResult, file string, to recordStore) error {
+func reportImport(stdout, stderr io.Writer, res importResult, file string, to stores.RecordStore) error {
 	if res.snapshot {
 		fmt.Fprintf(stderr, "Warning: %s is a server's cache_file (it has a \"snapshot\" member), not an export: its records lack created_at, last_used_at and the members this plugin does not know, and their times may be spelled otherwise than in the key set (then reported as conflicts below). Prefer an export (caddy apikey export); use a cache_file only when nothing else is left.\n", file)
 	}
@@ -167,7 +168,7 @@ func reportImport(stdout, stderr io.Writer, res importResult, file string, to re
 		fmt.Fprintf(stderr, "%d keys revoked in %s are active in %s (an older export?); they stay revoked. To make them active again, run import again with --reactivate:\n  %s\n", len(res.keptRevoked), to, file, strings.Join(res.keptRevoked, "\n  "))
 	}
 	if res.targetEmpty && res.activeAdded > 0 {
-		fmt.Fprintf(stderr, "Note: %s held no keys, so import cannot tell which keys were revoked since %s was written: its %d active keys are all active now. If it is an older export or backup, revoke again every key revoked after it was made (caddy apikey revoke %s <id>).\n", to, file, res.activeAdded, to.flags())
+		fmt.Fprintf(stderr, "Note: %s held no keys, so import cannot tell which keys were revoked since %s was written: its %d active keys are all active now. If it is an older export or backup, revoke again every key revoked after it was made (caddy apikey revoke %s <id>).\n", to, file, res.activeAdded, to.Flags())
 	}
 	if len(res.conflicts) > 0 {
 		return fmt.Errorf("%d keys not imported:\n  %s", len(res.conflicts), strings.Join(res.conflicts, "\n  "))
@@ -187,8 +188,8 @@ func sameRecord(a, b *keyset.Record) bool {
 // exportKeys writes the records of a store as a key file in today's format
 // (hashes only, as always), each with its latest last_used_at: to the file
 // at path, which must not exist yet, or to w if path is "".
-func exportKeys(from recordStore, path string, w io.Writer) (int, error) {
-	records, _, err := from.read()
+func exportKeys(from stores.RecordStore, path string, w io.Writer) (int, error) {
+	records, _, err := from.Read()
 	if err != nil {
 		return 0, err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/google/uuid"
 )
@@ -31,7 +32,7 @@ type addOptions struct {
 // on its line, to stdout.
 // Everything else goes to stderr, so that `KEY=$(caddy apikey add ...)`
 // captures the key and nothing more.
-func addKey(stdout, stderr io.Writer, st recordStore, opts addOptions, now time.Time) error {
+func addKey(stdout, stderr io.Writer, st stores.RecordStore, opts addOptions, now time.Time) error {
 	raw, added, err := createKey(st, opts, now, sayWaiting(stderr, st))
 	if err != nil {
 		return err
@@ -42,7 +43,7 @@ func addKey(stdout, stderr io.Writer, st recordStore, opts addOptions, now time.
 // createKey makes a new key as opts say and adds its record to the store;
 // it returns the raw key and the record. waiting, if not nil, is called if
 // the store's lock is held by another writer.
-func createKey(st recordStore, opts addOptions, now time.Time, waiting func()) (string, keyset.Record, error) {
+func createKey(st stores.RecordStore, opts addOptions, now time.Time, waiting func()) (string, keyset.Record, error) {
 	label := strings.TrimSpace(opts.Label)
 	if label == "" {
 		return "", keyset.Record{}, inputError("a label is required (--label): name who or what will use the key")
@@ -60,7 +61,7 @@ func createKey(st recordStore, opts addOptions, now time.Time, waiting func()) (
 		return "", keyset.Record{}, err
 	}
 	var added keyset.Record
-	err = st.edit(recordEdit{create: true, onlyAdds: true, waiting: waiting, edit: func(doc *keyfile.Doc) error {
+	err = st.Edit(stores.Edit{Create: true, OnlyAdds: true, Waiting: waiting, Change: func(doc *keyfile.Doc) error {
 		r, err := newKeyRecord(doc, raw, keyset.Record{Label: label, Scopes: scopes, ExpiresAt: keyset.Timestamp(expiresAt)}, now)
 		if err != nil {
 			return err
@@ -115,7 +116,7 @@ func printNewKey(stdout, stderr io.Writer, raw string, rec keyset.Record, headin
 
 // sayWaiting tells the user, on w, that the key file's lock is held by
 // another writer and the command waits for it.
-func sayWaiting(w io.Writer, st recordStore) func() {
+func sayWaiting(w io.Writer, st stores.RecordStore) func() {
 	return func() {
 		fmt.Fprintf(w, "Waiting for the lock on %s: another writer holds it (a running Caddy writing last-used times, or another caddy apikey command)...\n", st)
 	}
@@ -213,8 +214,8 @@ type listedKey struct {
 
 // listedKeys returns the store's records as list --json and the admin API
 // show them: without hashes, with their status.
-func listedKeys(st recordStore, now time.Time) ([]listedKey, error) {
-	records, ks, err := st.read()
+func listedKeys(st stores.RecordStore, now time.Time) ([]listedKey, error) {
+	records, ks, err := st.Read()
 	if err != nil {
 		return nil, err
 	}
@@ -240,7 +241,7 @@ func newListedKey(rec *keyset.Record, k *keyset.Key, now time.Time) listedKey {
 }
 
 // listKeys writes the keys of a store to w, as a table or as JSON.
-func listKeys(w io.Writer, st recordStore, asJSON bool, now time.Time) error {
+func listKeys(w io.Writer, st stores.RecordStore, asJSON bool, now time.Time) error {
 	keys, err := listedKeys(st, now)
 	if err != nil {
 		return err
@@ -306,7 +307,7 @@ const minIDPrefix = 4
 
 // revokeKey sets revoked_at on the one key that ref names: its full id, its
 // key_prefix, or a prefix of its id of at least minIDPrefix characters.
-func revokeKey(w, stderr io.Writer, st recordStore, ref string, now time.Time) error {
+func revokeKey(w, stderr io.Writer, st stores.RecordStore, ref string, now time.Time) error {
 	revoked, alreadyRevoked, err := revokeNamedKey(st, ref, now, sayWaiting(stderr, st))
 	if err != nil {
 		return err
@@ -322,7 +323,7 @@ func revokeKey(w, stderr io.Writer, st recordStore, ref string, now time.Time) e
 
 // revokeNamedKey revokes the one key that ref names. It returns the record
 // as it was and, if it was revoked already (nothing changes then), when.
-func revokeNamedKey(st recordStore, ref string, now time.Time, waiting func()) (revoked keyset.Record, alreadyRevoked string, err error) {
+func revokeNamedKey(st stores.RecordStore, ref string, now time.Time, waiting func()) (revoked keyset.Record, alreadyRevoked string, err error) {
 	err = editNamedKey(st, ref, "revoke", true, waiting, func(doc *keyfile.Doc, i int) error {
 		rec := &doc.Records[i]
 		revoked = rec.Record
@@ -347,36 +348,36 @@ func revokeNamedKey(st recordStore, ref string, now time.Time, waiting func()) (
 //
 // alone says that edit changes the named record and needs no other: a
 // store may then read that record alone when ref is its id.
-func editNamedKey(st recordStore, ref, verb string, alone bool, waiting func(), edit func(doc *keyfile.Doc, i int) error) error {
+func editNamedKey(st stores.RecordStore, ref, verb string, alone bool, waiting func(), edit func(doc *keyfile.Doc, i int) error) error {
 	ref = strings.TrimSpace(ref)
 	if ref == "" {
 		return inputError(fmt.Sprintf("name the key to %s by its id or key_prefix", verb))
 	}
-	e := recordEdit{waiting: waiting}
+	e := stores.Edit{Waiting: waiting}
 	if alone {
-		e.onlyID = ref
+		e.OnlyID = ref
 	}
-	e.edit = func(doc *keyfile.Doc) error {
+	e.Change = func(doc *keyfile.Doc) error {
 		i, err := findNamedRecord(doc.Records, st, ref)
 		if err != nil {
 			return err
 		}
 		return edit(doc, i)
 	}
-	return st.edit(e)
+	return st.Edit(e)
 }
 
 // findNamedRecord returns the index of the one record that ref names, or
 // an error that says why there is none: no match, or several (listed one
 // per line, for the user to pick the full id of one).
-func findNamedRecord(records []keyfile.Record, st recordStore, ref string) (int, error) {
+func findNamedRecord(records []keyfile.Record, st stores.RecordStore, ref string) (int, error) {
 	matches := matchRecords(records, ref)
 	switch len(matches) {
 	case 0:
 		if len(ref) < minIDPrefix {
-			return -1, &refError{code: "KEY_NOT_FOUND", msg: fmt.Sprintf("no key in %s has the id or key_prefix %q; the start of an id must be at least %d characters long (see caddy apikey list %s)", st, ref, minIDPrefix, st.flags())}
+			return -1, &refError{code: "KEY_NOT_FOUND", msg: fmt.Sprintf("no key in %s has the id or key_prefix %q; the start of an id must be at least %d characters long (see caddy apikey list %s)", st, ref, minIDPrefix, st.Flags())}
 		}
-		return -1, &refError{code: "KEY_NOT_FOUND", msg: fmt.Sprintf("no key in %s has the id or key_prefix %q (see caddy apikey list %s)", st, ref, st.flags())}
+		return -1, &refError{code: "KEY_NOT_FOUND", msg: fmt.Sprintf("no key in %s has the id or key_prefix %q (see caddy apikey list %s)", st, ref, st.Flags())}
 	case 1:
 		return matches[0], nil
 	}
@@ -421,7 +422,7 @@ type rotateOptions struct {
 // earlier, or with a grace of 0 its revoked_at to now. It writes the new
 // raw key, alone on its line, to stdout, and everything else to stderr, as
 // add does.
-func rotateKey(stdout, stderr io.Writer, st recordStore, opts rotateOptions, now time.Time) error {
+func rotateKey(stdout, stderr io.Writer, st stores.RecordStore, opts rotateOptions, now time.Time) error {
 	r, err := rotateNamedKey(st, opts, now, sayWaiting(stderr, st))
 	if err != nil {
 		return err
@@ -442,7 +443,7 @@ type rotation struct {
 
 // rotateNamedKey replaces the key that opts.Ref names with a new one (see
 // rotateKey).
-func rotateNamedKey(st recordStore, opts rotateOptions, now time.Time, waiting func()) (rotation, error) {
+func rotateNamedKey(st stores.RecordStore, opts rotateOptions, now time.Time, waiting func()) (rotation, error) {
 	var r rotation
 	if strings.TrimSpace(opts.Grace) == "" {
 		opts.Grace = defaultGrace

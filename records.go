@@ -10,50 +10,19 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 )
-
-// recordStore is the write side of a key store: what `caddy apikey` and the
-// admin API read and change. Its edits are safe against every other writer
-// (a running Caddy's usage writes, other commands, other servers): a key
-// file's under its lock, a Redis key set's by a version check.
-type recordStore interface {
-	// String names the store in messages: a key file's path, or a Redis
-	// key set's URL (without its password) and prefix.
-	String() string
-	// flags are the command-line flags that name the store, for hints
-	// such as "see caddy apikey list --file keys.json".
-	flags() string
-	// read returns the records and their key set (in the same order),
-	// checked as the handler checks them.
-	read() ([]keyfile.Record, *keyset.KeySet, error)
-	// edit applies e.edit to the records and saves what it changed, in one
-	// atomic step. Without e.create, the store must exist.
-	edit(e recordEdit) error
-}
-
-// recordEdit is one change to a record store.
-type recordEdit struct {
-	edit    func(*keyfile.Doc) error // the change; keyfile.ErrNoChange if there is none to make
-	create  bool                     // a store that does not exist yet starts empty
-	waiting func()                   // called once if the edit must wait for another writer, to say so
-
-	// Hints that let a store that can read records one by one (Redis)
-	// hand edit less than the whole key set; a key file is read whole
-	// all the same.
-	onlyAdds bool   // edit only appends records with new ids: it may get none of the others
-	onlyID   string // edit changes at most the record with this id, if there is one: it may get that one alone
-}
 
 // fileRecords is a key file as a record store.
 type fileRecords struct{ path string }
 
 func (f fileRecords) String() string { return f.path }
-func (f fileRecords) flags() string  { return "--file " + f.path }
+func (f fileRecords) Flags() string  { return "--file " + f.path }
 
 // read reads and validates a key file without taking its lock: the file is
 // always replaced whole, so a reader sees one version or another.
-func (f fileRecords) read() ([]keyfile.Record, *keyset.KeySet, error) {
+func (f fileRecords) Read() ([]keyfile.Record, *keyset.KeySet, error) {
 	data, _, err := keyfile.ReadFile(f.path)
 	if err != nil {
 		return nil, nil, &keyfile.Error{Path: f.path, Err: err}
@@ -65,15 +34,15 @@ func (f fileRecords) read() ([]keyfile.Record, *keyset.KeySet, error) {
 	return doc.Records, ks, nil
 }
 
-func (f fileRecords) edit(e recordEdit) error {
-	if !e.create {
+func (f fileRecords) Edit(e stores.Edit) error {
+	if !e.Create {
 		// Say the file is missing before taking its lock (which would
 		// leave a lock file behind).
 		if _, err := os.Stat(f.path); err != nil {
 			return &keyfile.Error{Path: f.path, Err: err}
 		}
 	}
-	_, err := keyfile.Edit(f.path, keyfile.EditOptions{Edit: e.edit, Create: e.create, Waiting: e.waiting})
+	_, err := keyfile.Edit(f.path, keyfile.EditOptions{Edit: e.Change, Create: e.Create, Waiting: e.Waiting})
 	if errors.Is(err, keyfile.ErrNoChange) {
 		return nil
 	}
@@ -96,7 +65,7 @@ type redisRecords struct {
 }
 
 func (r redisRecords) String() string { return r.shown + " (prefix " + r.keys.prefix + ")" }
-func (r redisRecords) flags() string  { return "--redis " + r.shown + " --prefix " + r.keys.prefix }
+func (r redisRecords) Flags() string  { return "--redis " + r.shown + " --prefix " + r.keys.prefix }
 
 // redisEditTimeout bounds one read or edit of a key set in Redis, which
 // scans the whole set.
@@ -106,7 +75,7 @@ const redisEditTimeout = 2 * time.Minute
 // reached Redis yet.
 var errNotConnected = errors.New("not connected to Redis yet (the server started from its cache file)")
 
-func (r redisRecords) read() ([]keyfile.Record, *keyset.KeySet, error) {
+func (r redisRecords) Read() ([]keyfile.Record, *keyset.KeySet, error) {
 	if r.client == nil {
 		return nil, nil, r.wrap(errNotConnected)
 	}
@@ -128,31 +97,31 @@ func (r redisRecords) read() ([]keyfile.Record, *keyset.KeySet, error) {
 	return doc.Records, ks, nil
 }
 
-func (r redisRecords) edit(e recordEdit) error {
+func (r redisRecords) Edit(e stores.Edit) error {
 	if r.client == nil {
 		return r.wrap(errNotConnected)
 	}
-	e.create = e.create && r.mayCreate
+	e.Create = e.Create && r.mayCreate
 	ctx, cancel := context.WithTimeout(context.Background(), redisEditTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
 		doc, version, err := r.readFor(ctx, e)
 		switch {
-		case errors.Is(err, errNoKeySet) && e.create:
+		case errors.Is(err, errNoKeySet) && e.Create:
 			doc, version = keyfile.NewList(), 0
 		case err != nil:
 			return r.wrap(err)
 		}
-		if err := e.edit(doc); err != nil {
+		if err := e.Change(doc); err != nil {
 			if errors.Is(err, keyfile.ErrNoChange) {
 				return nil
 			}
 			return err
 		}
-		_, err = writeChanged(ctx, r.client, r.keys, doc, version, e.create)
+		_, err = writeChanged(ctx, r.client, r.keys, doc, version, e.Create)
 		if (errors.Is(err, errVersionMoved) || errors.Is(err, errIDTaken)) && attempt < 10 {
-			if attempt == 1 && e.waiting != nil && errors.Is(err, errVersionMoved) {
-				e.waiting()
+			if attempt == 1 && e.Waiting != nil && errors.Is(err, errVersionMoved) {
+				e.Waiting()
 			}
 			continue
 		}
@@ -167,24 +136,24 @@ func (r redisRecords) edit(e recordEdit) error {
 // edit that only adds, nothing (anyVersion); for one of a single record
 // named by its id, that record; otherwise the whole key set, which must
 // be one the handler would load.
-func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyfile.Doc, int64, error) {
-	if e.onlyAdds {
-		if !e.create {
+func (r redisRecords) readFor(ctx context.Context, e stores.Edit) (*keyfile.Doc, int64, error) {
+	if e.OnlyAdds {
+		if !e.Create {
 			if v, err := readVersion(ctx, r.client, r.keys); err != nil || v == 0 {
 				return nil, 0, cmp.Or(err, errNoKeySet)
 			}
 		}
 		return keyfile.NewList(), anyVersion, nil
 	}
-	if e.onlyID != "" {
+	if e.OnlyID != "" {
 		version, err := readVersion(ctx, r.client, r.keys)
 		if err != nil || version == 0 {
 			return nil, 0, cmp.Or(err, errNoKeySet)
 		}
-		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.onlyID).Build()).ToString()
+		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.OnlyID).Build()).ToString()
 		if err == nil {
 			var arr recordArray
-			arr.add(e.onlyID, js)
+			arr.add(e.OnlyID, js)
 			doc, err := arr.parse()
 			if err != nil {
 				return nil, 0, err
@@ -213,7 +182,7 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyfile.Doc, 
 // wrap names the key set in an error.
 func (r redisRecords) wrap(err error) error {
 	if errors.Is(err, errNoKeySet) {
-		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.flags(), r.flags())
+		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.Flags(), r.Flags())
 	}
 	return fmt.Errorf("key set %s: %w", r, err)
 }

@@ -246,7 +246,7 @@ func TestRedisSentinelSwitchover(t *testing.T) {
 	// The old primary may not know yet that it is one no more: a write
 	// that went to it would be lost when it becomes a replica.
 	start := time.Now()
-	if _, _, err := revokeNamedKey(st.records(), rec.ID, time.Now(), nil); err != nil {
+	if _, _, err := revokeNamedKey(st.Records(), rec.ID, time.Now(), nil); err != nil {
 		t.Fatalf("revoke through the store's record store after the switchover: %v", err)
 	}
 	if got := s.replica.version(keys); got != version+1 {

@@ -16,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 
 	"github.com/caddyserver/caddy/v2"
@@ -134,7 +136,7 @@ func (r *testRedis) records(prefix string) redisRecords {
 
 // addRedisKey adds a key to the key set and returns the raw key and its
 // record.
-func addRedisKey(t testing.TB, st recordStore, label string) (string, keyset.Record) {
+func addRedisKey(t testing.TB, st stores.RecordStore, label string) (string, keyset.Record) {
 	t.Helper()
 	raw, rec, err := createKey(st, addOptions{Label: label}, time.Now(), nil)
 	if err != nil {
@@ -158,7 +160,7 @@ func openRedisStore(t testing.TB, r *testRedis, prefix, cacheFile string, usage 
 	}
 	s := newRedisKeyStore(opt, shown, keys, cacheFile)
 	s.logger = zap.NewNop()
-	s.leases.add(storeSettings{usage: interval{every: usage}, reload: interval{off: true}})
+	s.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: usage}, Reload: storecore.Interval{Off: true}})
 	if err := s.open(); err != nil {
 		return nil, err
 	}
@@ -337,7 +339,7 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	use(s1, rawB, t2)
 	s1.askFlush()
 
-	records, _, err := rs.read()
+	records, _, err := rs.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +384,7 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 	if err != nil || res.added != 0 || len(res.conflicts) != 1 || !strings.Contains(res.conflicts[0], "other content") {
 		t.Fatalf("conflicting import: %+v, %v", res, err)
 	}
-	records, _, _ := rs.read()
+	records, _, _ := rs.Read()
 	for _, rec := range records {
 		if rec.ID == a.record["id"] && rec.Label != "a" {
 			t.Error("a conflicting import overwrote a record")
@@ -505,8 +507,8 @@ func TestRedisRecordsWithoutConnection(t *testing.T) {
 	keys, _ := newRedisKeys("")
 	s := newRedisKeyStore(rueidis.ClientOption{}, "redis://127.0.0.1:1/0", keys, "")
 	defer s.metrics.release()
-	st := s.records()
-	if _, _, err := st.read(); !errors.Is(err, errNotConnected) {
+	st := s.Records()
+	if _, _, err := st.Read(); !errors.Is(err, errNotConnected) {
 		t.Errorf("read: %v", err)
 	}
 	if _, _, err := createKey(st, addOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
@@ -536,7 +538,7 @@ func TestRedisRevokeByIDAndByPrefix(t *testing.T) {
 	if _, _, err := revokeNamedKey(rs, "00000000-0000-4000-8000-000000000000", time.Now(), nil); !errors.As(err, &re) || re.code != "KEY_NOT_FOUND" {
 		t.Fatalf("revoke of no key: %v", err)
 	}
-	records, _, err := rs.read()
+	records, _, err := rs.Read()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 
@@ -51,7 +53,7 @@ type RedisStore struct {
 	UsageInterval caddy.Duration `json:"usage_interval,omitempty"`
 
 	store *redisKeyStore
-	lease *poolLease
+	lease *storecore.PoolLease
 }
 
 // CaddyModule returns the Caddy module information.
@@ -88,7 +90,7 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 			return nil, err
 		}
 		s.start()
-		registerLive(s)
+		stores.Register(s)
 		return s, nil
 	})
 	if err != nil {
@@ -96,9 +98,9 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	}
 	s := val.(*redisKeyStore)
 	r.store = s
-	r.lease = &poolLease{pool: redisStores, key: poolKey, leases: s.leases, flush: s.askFlush, id: s.leases.add(storeSettings{
-		usage:  intervalSetting(r.UsageInterval, defaultUsageInterval),
-		reload: interval{off: true},
+	r.lease = &storecore.PoolLease{Pool: redisStores, Key: poolKey, Leases: s.leases, Flush: s.askFlush, ID: s.leases.Add(storecore.Settings{
+		Usage:  storecore.IntervalSetting(r.UsageInterval, storecore.DefaultUsageInterval),
+		Reload: storecore.Interval{Off: true},
 	})}
 	return nil
 }
@@ -107,7 +109,7 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 // store stays set, for requests still in flight.
 func (r *RedisStore) Cleanup() error {
 	if r.lease != nil {
-		r.lease.release()
+		r.lease.Release()
 		r.lease = nil
 	}
 	return nil
@@ -118,7 +120,7 @@ func (r *RedisStore) KeySet() *keyset.KeySet { return r.store.keys.Load() }
 
 // MarkUsed notes a use of a key, for the usage writer.
 func (r *RedisStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
-	if r.store.leases.current().usage.off {
+	if r.store.leases.Current().Usage.Off {
 		return
 	}
 	r.store.usage.Mark(k, sum, now)
@@ -137,7 +139,7 @@ type redisKeyStore struct {
 
 	client atomic.Pointer[rueidis.Client] // nil until connected
 	keys   atomic.Pointer[keyset.KeySet]
-	leases *leaseSet
+	leases *storecore.Leases
 	usage  keyset.UsageTracker
 
 	// The follower's state.
@@ -167,7 +169,7 @@ type redisKeyStore struct {
 func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, cacheFile string) *redisKeyStore {
 	s := &redisKeyStore{
 		opt: opt, shown: shown, rk: keys, cacheFile: cacheFile,
-		leases:   newLeaseSet(),
+		leases:   storecore.NewLeases(),
 		problems: make(map[string]bool),
 		syncNow:  make(chan chan error),
 		flushNow: make(chan chan struct{}),
@@ -175,14 +177,15 @@ func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, ca
 		done:     make(chan struct{}),
 	}
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
-	s.metrics = acquireStoreMetrics(s.name())
+	s.metrics = acquireStoreMetrics(s.Name())
 	return s
 }
 
-// name, keySet and records make the store a liveStore, for the admin API.
-func (s *redisKeyStore) name() string           { return "redis:" + s.shown + "#" + s.rk.prefix }
-func (s *redisKeyStore) keySet() *keyset.KeySet { return s.keys.Load() }
-func (s *redisKeyStore) records() recordStore {
+// Name, KeySet, Records and Refresh make the store a stores.Live, for the
+// admin API.
+func (s *redisKeyStore) Name() string           { return "redis:" + s.shown + "#" + s.rk.prefix }
+func (s *redisKeyStore) KeySet() *keyset.KeySet { return s.keys.Load() }
+func (s *redisKeyStore) Records() stores.RecordStore {
 	var c rueidis.Client
 	if p := s.client.Load(); p != nil {
 		c = *p
@@ -255,10 +258,10 @@ func (s *redisKeyStore) start() {
 // the pending times as it stops, for at most stopWait.
 func (s *redisKeyStore) Destruct() error {
 	s.stopOnce.Do(s.stop)
-	unregisterLive(s)
+	stores.Unregister(s)
 	select {
 	case <-s.done:
-	case <-time.After(stopWait):
+	case <-time.After(storecore.StopWait):
 		s.log().Warn("the last usage write to Redis is still going on; it goes on in the background", s.fields()...)
 	}
 	s.metrics.release()
@@ -268,7 +271,7 @@ func (s *redisKeyStore) Destruct() error {
 // askSync has the follower check the key set's version now, and catch up
 // if it is behind; it returns what came of it.
 func (s *redisKeyStore) askSync() error {
-	err, answered := ask(s.syncNow, s.stopCtx.Done(), reloadWait)
+	err, answered := storecore.Ask(s.syncNow, s.stopCtx.Done(), reloadWait)
 	if !answered {
 		return errors.New("the Redis follower did not answer: it is busy, or stopped")
 	}
@@ -277,11 +280,11 @@ func (s *redisKeyStore) askSync() error {
 
 // refresh is askSync, for the admin API: a change made through it is in
 // force here when it answers.
-func (s *redisKeyStore) refresh() error { return s.askSync() }
+func (s *redisKeyStore) Refresh() error { return s.askSync() }
 
 // askFlush has the usage writer write every pending time now, and waits for
 // it at most stopWait.
-func (s *redisKeyStore) askFlush() { ask(s.flushNow, s.stopCtx.Done(), stopWait) }
+func (s *redisKeyStore) askFlush() { storecore.Ask(s.flushNow, s.stopCtx.Done(), storecore.StopWait) }
 
 // Timing of the follower.
 const (
@@ -599,7 +602,7 @@ func (s *redisKeyStore) put(ks *keyset.KeySet, whole bool) {
 // every min(usage interval, maxFlushPeriod), all of them when asked, and
 // all of them as it stops.
 func (s *redisKeyStore) writeLoop() {
-	usageWriter(s.stopCtx.Done(), s.flushNow, s.leases, time.Now, s.writeUsage)
+	storecore.UsageWriter(s.stopCtx.Done(), s.flushNow, s.leases, time.Now, s.writeUsage)
 }
 
 // usageBatchSize is how many keys one run of usageScript covers; a flush
@@ -608,7 +611,7 @@ const usageBatchSize = 500
 
 // writeUsage writes the due last-used times to Redis in one round trip.
 func (s *redisKeyStore) writeUsage(all bool) {
-	batch := s.usage.Collect(all, s.leases.current().usage.every, time.Now())
+	batch := s.usage.Collect(all, s.leases.Current().Usage.Every, time.Now())
 	if batch == nil {
 		return
 	}
@@ -678,7 +681,7 @@ func (s *redisKeyStore) writeCache() {
 	if ks == nil || ks == s.cached {
 		return
 	}
-	_, err := keyfile.WriteAtomic(s.cacheFile, keyfile.Snapshot{KeySet: ks, Of: s.name()}, nil, nil)
+	_, err := keyfile.WriteAtomic(s.cacheFile, keyfile.Snapshot{KeySet: ks, Of: s.Name()}, nil, nil)
 	if err != nil {
 		if !s.cacheFailing {
 			s.cacheFailing = true
@@ -698,6 +701,6 @@ var (
 	_ Store              = (*FileStore)(nil)
 	_ caddy.Provisioner  = (*FileStore)(nil)
 	_ caddy.CleanerUpper = (*FileStore)(nil)
-	_ liveStore          = (*redisKeyStore)(nil)
-	_ liveStore          = (*keyStore)(nil)
+	_ stores.Live        = (*redisKeyStore)(nil)
+	_ stores.Live        = (*keyStore)(nil)
 )

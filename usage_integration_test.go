@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
@@ -111,7 +112,7 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 	if got := statusWith(t, k.Raw); got != 200 {
 		t.Fatalf("status %d", got)
 	}
-	waitFor(t, maxFlushPeriod+2*time.Second, "the first use to be written", func() bool { return !lastUsedTime().IsZero() })
+	waitFor(t, storecore.MaxFlushPeriod+2*time.Second, "the first use to be written", func() bool { return !lastUsedTime().IsZero() })
 	first := lastUsedTime()
 
 	// A later use is held back by the interval (1h)...
@@ -119,7 +120,7 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 	if got := statusWith(t, k.Raw); got != 200 {
 		t.Fatalf("status %d", got)
 	}
-	time.Sleep(maxFlushPeriod + time.Second)
+	time.Sleep(storecore.MaxFlushPeriod + time.Second)
 	if !lastUsedTime().Equal(first) {
 		t.Fatal("a use within the usage interval was written")
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
@@ -367,11 +368,11 @@ func TestReloadCarriesUsageAcrossKeySets(t *testing.T) {
 func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	k := newTestKey("k", nil)
 	path := writeKeys(t, "", k)
-	l1, err := acquireStore(path, path, storeSettings{usage: interval{every: time.Hour}, reload: interval{every: time.Second}})
+	l1, err := acquireStore(path, path, storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Every: time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l2, err := acquireStore(path, path, storeSettings{usage: interval{every: 2 * time.Hour}, reload: interval{off: true}})
+	l2, err := acquireStore(path, path, storecore.Settings{Usage: storecore.Interval{Every: 2 * time.Hour}, Reload: storecore.Interval{Off: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +381,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 		t.Fatal("two handlers of one key file got two stores (two writers)")
 	}
 	// Shared settings: the shortest interval that is on.
-	if got, want := *s.leases.current(), (storeSettings{usage: interval{every: time.Hour}, reload: interval{every: time.Second}}); got != want {
+	if got, want := *s.leases.Current(), (storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Every: time.Second}}); got != want {
 		t.Fatalf("effective settings %+v; want %+v", got, want)
 	}
 	key, sum := s.KeySet().Lookup(k.Raw)
@@ -389,11 +390,11 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	// A config reload releases the old handler: its pending use is
 	// written at once, though the interval is an hour, and its settings
 	// go with it.
-	l1.release()
+	l1.Release()
 	if got := lastUsed(t, path, k.record["id"].(string)); got == "" {
 		t.Fatal("pending use not flushed on release")
 	}
-	if got, want := *s.leases.current(), (storeSettings{usage: interval{every: 2 * time.Hour}, reload: interval{off: true}}); got != want {
+	if got, want := *s.leases.Current(), (storecore.Settings{Usage: storecore.Interval{Every: 2 * time.Hour}, Reload: storecore.Interval{Off: true}}); got != want {
 		t.Fatalf("after release, settings %+v; want %+v", got, want)
 	}
 	select {
@@ -403,7 +404,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	}
 	later := time.Now().Add(2 * time.Second)
 	s.MarkUsed(key, sum, later.UnixNano())
-	l2.release()
+	l2.Release()
 	select {
 	case <-s.done:
 	case <-time.After(5 * time.Second):
@@ -523,7 +524,7 @@ func TestBrokenKeyFileEditLogsOneError(t *testing.T) {
 			path := writeKeys(t, "", k)
 			s, clock, logs := newTestStore(t, path, time.Minute)
 			if order != "watching off" {
-				s.leases.settings.Store(&storeSettings{usage: interval{every: time.Minute}, reload: interval{every: time.Second}})
+				setLease(s.leases, storecore.Settings{Usage: storecore.Interval{Every: time.Minute}, Reload: storecore.Interval{Every: time.Second}})
 			}
 			use(t, s, clock, k.Raw)
 			if err := os.WriteFile(path, []byte(`{"api_keys": [`), 0o600); err != nil {
