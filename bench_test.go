@@ -489,7 +489,7 @@ func BenchmarkRedisLoad(b *testing.B) {
 			opt, shown, _ := redisURL(r.URL)
 			keys, _ := newRedisKeys("")
 			s := newRedisKeyStore(opt, shown, keys, "")
-			defer s.metrics.release()
+			defer s.metrics.Release()
 			c := r.client()
 			b.ReportAllocs()
 			b.ResetTimer()

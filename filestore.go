@@ -141,8 +141,8 @@ type keyStore struct {
 	keys     atomic.Pointer[keyset.KeySet]
 	leases   *storecore.Leases
 	usage    keyset.UsageTracker
-	metrics  *storeMetrics // nil: a store made outside Caddy, not counted
-	unmetric sync.Once     // releases metrics
+	metrics  *stores.Metrics // nil: a store made outside Caddy, not counted
+	unmetric sync.Once       // releases metrics
 
 	// The watcher's state.
 	loaded    fs.FileInfo                 // what the key set in force was read from
@@ -178,9 +178,9 @@ type storeLease struct {
 func acquireStore(path, poolKey string, settings storecore.Settings) (*storeLease, error) {
 	val, loaded, err := keyFiles.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		s := newKeyStore(path, nil)
-		s.metrics = acquireStoreMetrics(path)
+		s.metrics = stores.AcquireMetrics(path)
 		if err := s.load(); err != nil {
-			s.metrics.release()
+			s.metrics.Release()
 			return nil, err
 		}
 		s.start()
@@ -251,7 +251,7 @@ func (s *keyStore) Destruct() error {
 	case <-time.After(storecore.StopWait):
 		s.log().Warn("the key file's last usage write is still going on; it goes on in the background", zap.String("keys_file", s.path))
 	}
-	s.unmetric.Do(s.metrics.release)
+	s.unmetric.Do(s.metrics.Release)
 	return nil
 }
 
@@ -328,13 +328,13 @@ func (s *keyStore) check() {
 // (set before reloads_total counts, so that a scrape that sees the count
 // sees the gauge too).
 func (s *keyStore) load() (err error) {
-	defer func() { s.metrics.sourceBroken(err != nil) }()
+	defer func() { s.metrics.SourceBroken(err != nil) }()
 	fi, err := os.Stat(s.path)
 	if err != nil {
-		s.metrics.sourceBroken(true)
+		s.metrics.SourceBroken(true)
 		if !s.statErr {
 			s.statErr = true
-			s.metrics.loadFailed()
+			s.metrics.LoadFailed()
 		}
 		return &keyfile.Error{Path: s.path, Err: err}
 	}
@@ -354,8 +354,8 @@ func (s *keyStore) load() (err error) {
 	ks, err := keyfile.ReadKeySet(s.path)
 	if err != nil {
 		s.broken, s.brokenErr = fi, err
-		s.metrics.sourceBroken(true)
-		s.metrics.loadFailed()
+		s.metrics.SourceBroken(true)
+		s.metrics.LoadFailed()
 		return err
 	}
 	s.broken, s.brokenErr = nil, nil
@@ -365,8 +365,8 @@ func (s *keyStore) load() (err error) {
 	}
 	s.keys.Store(ks)
 	s.setLoaded(fi)
-	s.metrics.sourceBroken(false)
-	s.metrics.loaded(ks, s.now())
+	s.metrics.SourceBroken(false)
+	s.metrics.Loaded(ks, s.now())
 	if fi.Size() > bigKeyFile {
 		debug.FreeOSMemory() // give back the memory the file and the old key set held
 	}
@@ -374,7 +374,7 @@ func (s *keyStore) load() (err error) {
 		s.log().Info("key file reloaded", zap.String("keys_file", s.path), zap.Int("keys", ks.Len()))
 		return nil
 	}
-	logFirstLoad(s.log(), s.Name(), ks, s.now(), zap.String("keys_file", s.path))
+	stores.LogFirstLoad(s.log(), s.Name(), ks, s.now(), zap.String("keys_file", s.path))
 	if ks.Len() == 0 {
 		s.log().Warn("key file holds no keys: every request with a key will be refused", zap.String("keys_file", s.path))
 	}
@@ -431,7 +431,7 @@ func (s *keyStore) writeUsage(all bool) {
 		return applyUsage(doc, batch.Updates)
 	}})
 	if err != nil {
-		s.metrics.usageWritten(err)
+		s.metrics.UsageWritten(err)
 		if s.watcherReports(err) {
 			return // the uses stay pending: written once the file is good again
 		}
@@ -450,7 +450,7 @@ func (s *keyStore) writeUsage(all bool) {
 	if w.Written != nil { // nil: nothing left to change (keys deleted meanwhile)
 		s.writes.Add(1)
 		s.lastWrite.Store(&w)
-		s.metrics.usageWritten(nil) // after lastWrite: the watcher need not read what it wrote
+		s.metrics.UsageWritten(nil) // after lastWrite: the watcher need not read what it wrote
 		if w.Written.Size() > bigKeyFile {
 			debug.FreeOSMemory() // give back what reading and writing the file took
 		}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zapcore"
 )
@@ -42,14 +43,14 @@ func TestRegisterMetricsTwice(t *testing.T) {
 // Stores with one label share its series; they go with the last one.
 func TestStoreMetricsShared(t *testing.T) {
 	const label = "/test/shared/keys.json"
-	a, b := acquireStoreMetrics(label), acquireStoreMetrics(label)
-	a.loadFailed()
-	b.loadFailed()
-	a.release()
+	a, b := stores.AcquireMetrics(label), stores.AcquireMetrics(label)
+	a.LoadFailed()
+	b.LoadFailed()
+	a.Release()
 	if got := countSeries(t, label); got == 0 {
 		t.Fatal("the series went while a store still uses the label")
 	}
-	b.release()
+	b.Release()
 	if got := countSeries(t, label); got != 0 {
 		t.Fatalf("%d series left once no store uses the label", got)
 	}
@@ -112,7 +113,7 @@ func TestSourceBrokenGauge(t *testing.T) {
 	a := newTestKey("a", nil)
 	path := writeKeys(t, "", a)
 	s, _, _ := newTestStore(t, path, time.Minute)
-	s.metrics = acquireStoreMetrics(path)
+	s.metrics = stores.AcquireMetrics(path)
 	broken := func() float64 {
 		t.Helper()
 		v, ok := gaugeValue(t, "caddy_apikey_source_broken", path)
@@ -146,7 +147,7 @@ func TestSourceBrokenGauge(t *testing.T) {
 	if got := broken(); got != 0 {
 		t.Fatalf("source_broken = %g once the file is good again, want 0", got)
 	}
-	s.metrics.release()
+	s.metrics.Release()
 	if _, ok := gaugeValue(t, "caddy_apikey_source_broken", path); ok {
 		t.Error("the series stayed once no store uses it")
 	}

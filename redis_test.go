@@ -506,7 +506,7 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 func TestRedisRecordsWithoutConnection(t *testing.T) {
 	keys, _ := newRedisKeys("")
 	s := newRedisKeyStore(rueidis.ClientOption{}, "redis://127.0.0.1:1/0", keys, "")
-	defer s.metrics.release()
+	defer s.metrics.Release()
 	st := s.Records()
 	if _, _, err := st.Read(); !errors.Is(err, errNotConnected) {
 		t.Errorf("read: %v", err)

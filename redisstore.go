@@ -86,7 +86,7 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	val, _, err := redisStores.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		s := newRedisKeyStore(opt, shown, keys, cacheFile)
 		if err := s.open(); err != nil {
-			s.metrics.release()
+			s.metrics.Release()
 			return nil, err
 		}
 		s.start()
@@ -135,7 +135,7 @@ type redisKeyStore struct {
 	rk        redisKeys
 	cacheFile string
 	logger    *zap.Logger // nil: Caddy's current logger
-	metrics   *storeMetrics
+	metrics   *stores.Metrics
 
 	client atomic.Pointer[rueidis.Client] // nil until connected
 	keys   atomic.Pointer[keyset.KeySet]
@@ -177,7 +177,7 @@ func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, ca
 		done:     make(chan struct{}),
 	}
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
-	s.metrics = acquireStoreMetrics(s.Name())
+	s.metrics = stores.AcquireMetrics(s.Name())
 	return s
 }
 
@@ -230,7 +230,7 @@ func (s *redisKeyStore) open() error {
 		return fmt.Errorf("%v; and the cache file cannot be used: %v", err, cerr)
 	}
 	s.keys.Store(ks)
-	s.metrics.loaded(ks, time.Now())
+	s.metrics.Loaded(ks, time.Now())
 	s.down = true
 	s.log().Warn("Redis key set unavailable: starting from the cache file; will catch up when Redis is back",
 		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.Len()), zap.Error(err))...)
@@ -264,7 +264,7 @@ func (s *redisKeyStore) Destruct() error {
 	case <-time.After(storecore.StopWait):
 		s.log().Warn("the last usage write to Redis is still going on; it goes on in the background", s.fields()...)
 	}
-	s.metrics.release()
+	s.metrics.Release()
 	return nil
 }
 
@@ -369,7 +369,7 @@ func (s *redisKeyStore) reportDown(err error) {
 		return // a call cut short by Destruct is no outage
 	}
 	s.down = true
-	s.metrics.loadFailed()
+	s.metrics.LoadFailed()
 	s.log().Error("cannot reach Redis; the keys in force stay in force, and it is retried",
 		s.fields(zap.Int64("version", s.version), zap.Error(err))...)
 }
@@ -477,7 +477,7 @@ func (s *redisKeyStore) reportProblems(problems []error) {
 	if len(problems) == 0 {
 		return
 	}
-	s.metrics.loadFailed()
+	s.metrics.LoadFailed()
 	for _, p := range problems {
 		if s.problems[p.Error()] {
 			continue
@@ -513,7 +513,7 @@ func (s *redisKeyStore) check() error {
 	case v == 0:
 		if !s.gone {
 			s.gone = true
-			s.metrics.loadFailed()
+			s.metrics.LoadFailed()
 			s.log().Error("the key set is gone from Redis (a restart without persistence, a FLUSHALL?); the keys in force stay in force until it is back: restore it with caddy apikey import",
 				s.fields(zap.Int64("version", s.version))...)
 		}
@@ -543,7 +543,7 @@ func (s *redisKeyStore) check() error {
 			return s.fullSync(c)
 		}
 	}
-	s.metrics.synced(s.lastCheck)
+	s.metrics.Synced(s.lastCheck)
 	return nil
 }
 
@@ -590,8 +590,8 @@ func (s *redisKeyStore) put(ks *keyset.KeySet, whole bool) {
 	}
 	s.keys.Store(ks)
 	now := time.Now()
-	s.metrics.loaded(ks, now)
-	s.metrics.synced(now)
+	s.metrics.Loaded(ks, now)
+	s.metrics.Synced(now)
 	select {
 	case s.cacheNow <- struct{}{}:
 	default:
@@ -619,7 +619,7 @@ func (s *redisKeyStore) writeUsage(all bool) {
 	if p := s.client.Load(); p != nil {
 		err = s.sendUsage(*p, batch)
 	}
-	s.metrics.usageWritten(err)
+	s.metrics.UsageWritten(err)
 	if err != nil {
 		if !s.writeFailing {
 			s.writeFailing = true
