@@ -117,7 +117,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		if !reflect.DeepEqual(keys, cli) {
 			t.Errorf("GET /apikey/keys:\n%s\nwant what list --json prints:\n%s", body, out.String())
 		}
-		if strings.Contains(body, "key_hash") || strings.Contains(body, svc.record["key_hash"].(string)) {
+		if strings.Contains(body, "key_hash") || strings.Contains(body, svc.Record["key_hash"].(string)) {
 			t.Errorf("the list shows hashes: %s", body)
 		}
 	})
@@ -149,11 +149,11 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 	})
 
 	t.Run("revoke", func(t *testing.T) {
-		expectOK(t, "/", "victim "+victim.record["id"].(string), bearer(victim))
+		expectOK(t, "/", "victim "+victim.Record["id"].(string), bearer(victim))
 		var got, again revokeAnswer
-		resp, body := adminCall(t, "POST", "/apikey/keys/"+victim.record["key_prefix"].(string)+"/revoke", "")
+		resp, body := adminCall(t, "POST", "/apikey/keys/"+victim.Record["key_prefix"].(string)+"/revoke", "")
 		adminAnswer(t, resp, body, 200, &got)
-		if got.ID != victim.record["id"] || got.Status != "revoked" || got.RevokedAt == nil || got.AlreadyRevoked || got.Warning != "" {
+		if got.ID != victim.Record["id"] || got.Status != "revoked" || got.RevokedAt == nil || got.AlreadyRevoked || got.Warning != "" {
 			t.Fatalf("answer %s", body)
 		}
 		if rec := fileRecord(t, path, got.ID); rec.RevokedAt == nil || *rec.RevokedAt != *got.RevokedAt {
@@ -169,7 +169,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 	})
 
 	t.Run("rotate", func(t *testing.T) {
-		oldID := rotating.record["id"].(string)
+		oldID := rotating.Record["id"].(string)
 		expectOK(t, "/", "rotating "+oldID, bearer(rotating))
 		const grace = 2 * time.Second
 		var got newKeyAnswer
@@ -318,9 +318,9 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 	for _, tc := range []struct{ method, target, body, code string }{
 		{"GET", "/apikey/keys", "", "AMBIGUOUS_STORE"},
 		{"POST", "/apikey/keys", `{"label": "x"}`, "AMBIGUOUS_STORE"},
-		{"POST", "/apikey/keys/" + a.record["id"].(string) + "/revoke", "", "AMBIGUOUS_STORE"},
+		{"POST", "/apikey/keys/" + a.Record["id"].(string) + "/revoke", "", "AMBIGUOUS_STORE"},
 		{"GET", "/apikey/keys?store=" + url.QueryEscape(filepath.Join(dir, "three.json")), "", "STORE_NOT_FOUND"},
-		{"POST", "/apikey/keys/" + a.record["id"].(string) + "/rotate?store=file:three.json", "", "STORE_NOT_FOUND"},
+		{"POST", "/apikey/keys/" + a.Record["id"].(string) + "/rotate?store=file:three.json", "", "STORE_NOT_FOUND"},
 	} {
 		resp, body := adminCall(t, tc.method, tc.target, tc.body)
 		msg := assertRefusal(t, resp, body, 400, tc.code, "")
@@ -336,7 +336,7 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 	expectRefused(t, "/one/", 403, CodeInvalidKey, "Authorization: Bearer "+created.Key)
 
 	var revoked revokeAnswer
-	resp, body = adminCall(t, "POST", "/apikey/keys/"+a.record["key_prefix"].(string)+"/revoke?store="+url.QueryEscape("file:"+one), "")
+	resp, body = adminCall(t, "POST", "/apikey/keys/"+a.Record["key_prefix"].(string)+"/revoke?store="+url.QueryEscape("file:"+one), "")
 	adminAnswer(t, resp, body, 200, &revoked)
 	expectRefused(t, "/one/", 403, CodeInvalidKey, bearer(a))
 	expectOK(t, "/two/", "two b", bearer(b))
@@ -367,7 +367,7 @@ func TestAdminLogsHoldNoKeys(t *testing.T) {
 	var created, rotated newKeyAnswer
 	resp, body := adminCall(t, "POST", "/apikey/keys", `{"label": "fresh"}`)
 	adminAnswer(t, resp, body, 201, &created)
-	resp, body = adminCall(t, "POST", "/apikey/keys/"+old.record["id"].(string)+"/rotate", `{"grace": "0"}`)
+	resp, body = adminCall(t, "POST", "/apikey/keys/"+old.Record["id"].(string)+"/rotate", `{"grace": "0"}`)
 	adminAnswer(t, resp, body, 201, &rotated)
 
 	var text string

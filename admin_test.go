@@ -207,8 +207,8 @@ func TestAdminStoreFailure(t *testing.T) {
 	for _, tc := range []struct{ method, target, body string }{
 		{"GET", "/apikey/keys", ""},
 		{"POST", "/apikey/keys", `{"label": "new"}`},
-		{"POST", "/apikey/keys/" + k.record["id"].(string) + "/revoke", ""},
-		{"POST", "/apikey/keys/" + k.record["id"].(string) + "/rotate", ""},
+		{"POST", "/apikey/keys/" + k.Record["id"].(string) + "/revoke", ""},
+		{"POST", "/apikey/keys/" + k.Record["id"].(string) + "/rotate", ""},
 	} {
 		resp, body := call(t, a, tc.method, tc.target, tc.body)
 		wantRefusal(t, resp, body, 500, "INTERNAL_ERROR", "key store file:"+path, "no such file")
@@ -280,9 +280,9 @@ func (s namedStore) Refresh() error              { return nil }
 func TestAdminListStores(t *testing.T) {
 	past, future := keyset.FormatTimestamp(time.Now().Add(-time.Hour)), keyset.FormatTimestamp(time.Now().Add(time.Hour))
 	ks := mustBuildKeySet(t,
-		newTestKey("active", map[string]any{"expires_at": future}).rec(),
-		newTestKey("expired", map[string]any{"expires_at": past}).rec(),
-		newTestKey("revoked and expired", map[string]any{"expires_at": past, "revoked_at": past}).rec(),
+		newTestKey("active", map[string]any{"expires_at": future}).Rec(),
+		newTestKey("expired", map[string]any{"expires_at": past}).Rec(),
+		newTestKey("revoked and expired", map[string]any{"expires_at": past, "revoked_at": past}).Rec(),
 	)
 	a := testAdmin(
 		namedStore{"file:/etc/caddy/keys.json", ks},

@@ -100,7 +100,7 @@ func TestStoreSurvivesSpecialFiles(t *testing.T) {
 		use(t, s, clock, a.Raw)
 		noHang(t, "writing usage into a "+kind, func() { s.writeUsage(true) })
 		var err error
-		noHang(t, "caddy apikey revoke on a "+kind, func() { err = revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, a.rec().ID, clock.now()) })
+		noHang(t, "caddy apikey revoke on a "+kind, func() { err = revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, a.Rec().ID, clock.now()) })
 		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
 			t.Errorf("%s: revoke error %v", kind, err)
 		}

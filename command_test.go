@@ -91,23 +91,23 @@ func TestCommandAddCreatesFile(t *testing.T) {
 	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
 		t.Errorf("record members = %v, want %v", got, wantOrder)
 	}
-	id := rec.getString("id")
+	id := rec.GetString("id")
 	if !uuidV4Pattern.MatchString(id) {
 		t.Errorf("id %q is not a random UUID", id)
 	}
-	if got := rec.getString("label"); got != "CI deploy" {
+	if got := rec.GetString("label"); got != "CI deploy" {
 		t.Errorf("label = %q", got)
 	}
-	if got := rec.getString("key_hash"); got != keyset.HashKey(raw) {
+	if got := rec.GetString("key_hash"); got != keyset.HashKey(raw) {
 		t.Errorf("key_hash = %q, want the SHA-256 of the printed key %q", got, keyset.HashKey(raw))
 	}
-	if got := rec.getString("key_prefix"); got != raw[:11] {
+	if got := rec.GetString("key_prefix"); got != raw[:11] {
 		t.Errorf("key_prefix = %q, want %q", got, raw[:11])
 	}
-	if got := rec.getString("created_at"); got != "2026-11-25T20:14:31.123456+00:00" {
+	if got := rec.GetString("created_at"); got != "2026-11-25T20:14:31.123456+00:00" {
 		t.Errorf("created_at = %q", got)
 	}
-	if got := string(rec.get("last_used_at")); got != "null" {
+	if got := string(rec.Get("last_used_at")); got != "null" {
 		t.Errorf("last_used_at = %s, want null", got)
 	}
 	if strings.Contains(readFile(t, path), raw) {
@@ -151,13 +151,13 @@ func TestCommandAddAppends(t *testing.T) {
 	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
 		t.Errorf("record members = %v, want %v", got, wantOrder)
 	}
-	if got, want := rec.getString("expires_at"), keyset.FormatTimestamp(cmdNow.Add(90*24*time.Hour)); got != want {
+	if got, want := rec.GetString("expires_at"), keyset.FormatTimestamp(cmdNow.Add(90*24*time.Hour)); got != want {
 		t.Errorf("expires_at = %q, want %q", got, want)
 	}
-	if got := mustJSON(t, rec.get("scopes")); got != `["read","write","admin"]` {
+	if got := mustJSON(t, rec.Get("scopes")); got != `["read","write","admin"]` {
 		t.Errorf("scopes = %s, want [\"read\",\"write\",\"admin\"]", got)
 	}
-	if rec.getString("id") == doc.Records[0].ID {
+	if rec.GetString("id") == doc.Records[0].ID {
 		t.Error("two keys got the same id")
 	}
 
@@ -184,14 +184,14 @@ func mustJSON(t testing.TB, v any) string {
 func TestCommandAddBareArrayFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	k := newTestKey("old", nil)
-	writeFile(t, path, "["+mustJSON(t, k.record)+"]")
+	writeFile(t, path, "["+mustJSON(t, k.Record)+"]")
 	raw := mustAdd(t, path, addOptions{Label: "new"})
 	data := readFile(t, path)
 	if !strings.HasPrefix(strings.TrimSpace(data), "[") {
 		t.Fatalf("a bare-array key file was turned into another shape:\n%s", data)
 	}
 	recs := readKeyDoc(t, path).Records
-	if len(recs) != 2 || recs[0].ID != k.record["id"] || recs[1].KeyHash != keyset.HashKey(raw) {
+	if len(recs) != 2 || recs[0].ID != k.Record["id"] || recs[1].KeyHash != keyset.HashKey(raw) {
 		t.Fatalf("records not the old one and the added one:\n%s", readFile(t, path))
 	}
 }
@@ -277,7 +277,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 	for name, content := range map[string]string{
 		"bad JSON":     "{\"api_keys\": [\n  {\"id\": \"a\",}\n]}\n",
 		"bad hash":     `{"api_keys": [{"id": "a", "label": "x", "key_hash": "abc", "key_prefix": "sk_x"}]}`,
-		"duplicate id": `{"api_keys": [` + mustJSON(t, k.record) + `,` + mustJSON(t, newTestKey("b", map[string]any{"id": k.record["id"]}).record) + `]}`,
+		"duplicate id": `{"api_keys": [` + mustJSON(t, k.Record) + `,` + mustJSON(t, newTestKey("b", map[string]any{"id": k.Record["id"]}).Record) + `]}`,
 		"empty":        "",
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -293,7 +293,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			if out.Len() != 0 {
 				t.Errorf("add printed a key for a file it did not write: %q", out.String())
 			}
-			if err := revokeKey(&out, io.Discard, fileRecords{path}, k.record["id"].(string), cmdNow); !errors.As(err, &kfe) {
+			if err := revokeKey(&out, io.Discard, fileRecords{path}, k.Record["id"].(string), cmdNow); !errors.As(err, &kfe) {
 				t.Errorf("revoke: error = %v, want a keyfile.Error", err)
 			}
 			if err := listKeys(&out, fileRecords{path}, false, cmdNow); !errors.As(err, &kfe) {
@@ -369,7 +369,7 @@ func TestCommandListTable(t *testing.T) {
 	wantStatus := []string{"active", "expired", "revoked", "active"}
 	for i, k := range keys {
 		row := lines[i+1]
-		for _, want := range []string{k.record["id"].(string), k.record["key_prefix"].(string), "2026-11-25T20:14:31Z"} {
+		for _, want := range []string{k.Record["id"].(string), k.Record["key_prefix"].(string), "2026-11-25T20:14:31Z"} {
 			if !strings.Contains(row, want) {
 				t.Errorf("row %d does not show %q: %q", i+1, want, row)
 			}
@@ -377,7 +377,7 @@ func TestCommandListTable(t *testing.T) {
 		if !strings.HasSuffix(row, wantStatus[i]) {
 			t.Errorf("row %d: want status %s: %q", i+1, wantStatus[i], row)
 		}
-		if strings.Contains(text, k.record["key_hash"].(string)) || strings.Contains(text, k.Raw) {
+		if strings.Contains(text, k.Record["key_hash"].(string)) || strings.Contains(text, k.Raw) {
 			t.Error("list shows a key hash or a raw key")
 		}
 	}
@@ -407,13 +407,13 @@ func TestCommandListJSON(t *testing.T) {
 		if _, ok := got["key_hash"]; ok {
 			t.Errorf("entry %d shows key_hash", i)
 		}
-		if got["id"] != k.record["id"] || got["label"] != k.record["label"] || got["key_prefix"] != k.record["key_prefix"] {
+		if got["id"] != k.Record["id"] || got["label"] != k.Record["label"] || got["key_prefix"] != k.Record["key_prefix"] {
 			t.Errorf("entry %d = %v, want the record's id, label and prefix", i, got)
 		}
 		if got["status"] != wantStatus[i] {
 			t.Errorf("entry %d status = %v, want %s", i, got["status"], wantStatus[i])
 		}
-		if got["created_at"] != k.record["created_at"] {
+		if got["created_at"] != k.Record["created_at"] {
 			t.Errorf("entry %d created_at = %v, want the stored value", i, got["created_at"])
 		}
 		for _, member := range []string{"last_used_at", "expires_at", "revoked_at", "scopes", "rotated_from"} {
@@ -472,13 +472,13 @@ func TestCommandRevoke(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, k := range keys {
-				got := fileRecord(t, path, k.record["id"].(string)).RevokedAt
-				if k.record["id"] == tc.wantID {
+				got := fileRecord(t, path, k.Record["id"].(string)).RevokedAt
+				if k.Record["id"] == tc.wantID {
 					if got == nil || *got != keyset.FormatTimestamp(cmdNow) {
 						t.Errorf("revoked_at = %v, want %s", got, keyset.FormatTimestamp(cmdNow))
 					}
 				} else if got != nil {
-					t.Errorf("key %s was revoked too", k.record["label"])
+					t.Errorf("key %s was revoked too", k.Record["label"])
 				}
 			}
 			if !strings.Contains(out.String(), tc.wantID) {
@@ -550,7 +550,7 @@ func TestCommandRevokeRefusals(t *testing.T) {
 // an audit needs.
 func TestCommandRevokeTwice(t *testing.T) {
 	path, keys := revokeFixture(t)
-	id := keys[0].record["id"].(string)
+	id := keys[0].Record["id"].(string)
 	var out bytes.Buffer
 	if err := revokeKey(&out, io.Discard, fileRecords{path}, id, cmdNow); err != nil {
 		t.Fatal(err)
@@ -573,7 +573,7 @@ func TestCommandRevokeTwice(t *testing.T) {
 func TestCommandsKeepUnknownMembers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	k := newTestKey("old", nil)
-	rec, err := json.Marshal(k.record)
+	rec, err := json.Marshal(k.Record)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -583,7 +583,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`], "meta": {"owner": "platform"}}`)
 
 	raw := mustAdd(t, path, addOptions{Label: "new"})
-	if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, k.record["id"].(string), cmdNow); err != nil {
+	if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, k.Record["id"].(string), cmdNow); err != nil {
 		t.Fatal(err)
 	}
 
@@ -592,10 +592,10 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	if got := memberNames(top); !slices.Equal(got, []string{"version", "api_keys", "meta"}) {
 		t.Errorf("top-level members = %v", got)
 	}
-	if got := string(top.get("version")); got != "3" {
+	if got := string(top.Get("version")); got != "3" {
 		t.Errorf("version = %s", got)
 	}
-	if got := mustJSON(t, top.get("meta")); got != `{"owner":"platform"}` {
+	if got := mustJSON(t, top.Get("meta")); got != `{"owner":"platform"}` {
 		t.Errorf("meta = %s", got)
 	}
 	if len(doc.Records) != 2 {
@@ -606,7 +606,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	if got := memberNames(old); !slices.Equal(got, wantOrder) {
 		t.Errorf("old record members = %v, want %v", got, wantOrder)
 	}
-	if got := mustJSON(t, old.get("notes")); got != `{"ticket":42,"big":12345678901234567890}` {
+	if got := mustJSON(t, old.Get("notes")); got != `{"ticket":42,"big":12345678901234567890}` {
 		t.Errorf("notes = %s (numbers must be kept as written)", got)
 	}
 	if doc.Records[1].KeyHash != keyset.HashKey(raw) {
@@ -819,7 +819,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	for i := range revoked {
 		wg.Go(func() {
-			if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, base[i].record["id"].(string), time.Now()); err != nil {
+			if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, base[i].Record["id"].(string), time.Now()); err != nil {
 				errs <- fmt.Errorf("revoke: %w", err)
 			}
 		})
@@ -835,7 +835,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 			for _, k := range base {
 				key, sum := ks.Lookup(k.Raw)
 				if key == nil {
-					errs <- fmt.Errorf("tick %d: base key %s vanished from the key set", tick, k.record["label"])
+					errs <- fmt.Errorf("tick %d: base key %s vanished from the key set", tick, k.Record["label"])
 					return
 				}
 				store.MarkUsed(key, sum, used.UnixNano())
@@ -880,7 +880,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	wantUsed := keyset.FormatTimestamp(lastUsed)
 	for i, k := range base {
-		rec := byHash[k.record["key_hash"].(string)]
+		rec := byHash[k.Record["key_hash"].(string)]
 		if (rec.RevokedAt != nil) != (i < revoked) {
 			t.Errorf("base key %d: revoked_at = %v, want revoked: %v", i, rec.RevokedAt, i < revoked)
 		}
@@ -1142,7 +1142,7 @@ func TestCommandImportDoesNotReactivateRevokedKeys(t *testing.T) {
 	}
 
 	// a is revoked; the older export is imported again.
-	id := a.record["id"].(string)
+	id := a.Record["id"].(string)
 	if _, stderr, err := run("revoke", id); err != nil {
 		t.Fatalf("revoke: %v (%s)", err, stderr)
 	}
@@ -1171,7 +1171,7 @@ func TestCommandImportDoesNotReactivateRevokedKeys(t *testing.T) {
 	if got := status(); got != "revoked" {
 		t.Fatalf("import of an older export made the revoked key %s", got)
 	}
-	for _, want := range []string{"1 keys revoked in", "stay revoked", "--reactivate", id, a.record["key_prefix"].(string)} {
+	for _, want := range []string{"1 keys revoked in", "stay revoked", "--reactivate", id, a.Record["key_prefix"].(string)} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("import of the older export: stderr %q does not say %q", stderr, want)
 		}

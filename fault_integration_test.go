@@ -124,11 +124,11 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 					fiveXX.Add(1)
 				}
 				if resp.StatusCode == http.StatusOK {
-					okByKey.Store(k.Raw, k.record["id"])
+					okByKey.Store(k.Raw, k.Record["id"])
 				}
 				if want := tl.expect(start, end); want != 0 && resp.StatusCode != want {
 					wrong.Add(1)
-					report(fmt.Sprintf("key %q: got %d, want %d", k.record["label"], resp.StatusCode, want))
+					report(fmt.Sprintf("key %q: got %d, want %d", k.Record["label"], resp.StatusCode, want))
 				}
 			}
 		}()
@@ -145,7 +145,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		pool = append(pool, added)
 		keysMu.Unlock()
 		_, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
-			rec, err := keyfile.NewRecord(added.rec())
+			rec, err := keyfile.NewRecord(added.Rec())
 			doc.Records = append(doc.Records, rec)
 			return err
 		})
@@ -161,7 +161,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 			live = live[1:]
 			_, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
 				for i := range doc.Records {
-					if doc.Records[i].ID == victim.record["id"] {
+					if doc.Records[i].ID == victim.Record["id"] {
 						return doc.Records[i].Set("revoked_at", keyset.FormatTimestamp(time.Now()))
 					}
 				}
@@ -190,9 +190,9 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 			}
 			for i, k := range all {
 				// Copies: the load's workers read the records.
-				all[i].record = maps.Clone(k.record)
-				if at := onDisk[k.record["id"].(string)]; at != nil {
-					all[i].record["last_used_at"] = *at
+				all[i].Record = maps.Clone(k.Record)
+				if at := onDisk[k.Record["id"].(string)]; at != nil {
+					all[i].Record["last_used_at"] = *at
 				}
 			}
 			writeKeys(t, path, all...)
@@ -391,7 +391,7 @@ func TestUsageWriteOnFullDisk(t *testing.T) {
 	if recs := readKeyDoc(t, path).Records; len(recs) != len(keys) {
 		t.Fatalf("%d keys in the file, want %d", len(recs), len(keys))
 	}
-	if lastUsed(t, path, keys[7].record["id"].(string)) == "" {
+	if lastUsed(t, path, keys[7].Record["id"].(string)) == "" {
 		t.Fatal("the use pending while the disk was full was not written afterwards")
 	}
 	if len(before) == 0 {

@@ -1,7 +1,6 @@
 package apikey
 
 import (
-	"bytes"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -9,19 +8,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/go-json-experiment/json/jsontext"
-
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
-	"github.com/google/uuid"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -175,167 +171,6 @@ func siteURL(path string) string {
 	return fmt.Sprintf("http://localhost:%d%s", httpPort, path)
 }
 
-// testKey is a key made for a test: its raw value and its record.
-type testKey struct {
-	Raw    string
-	record map[string]any
-}
-
-// newTestKey makes a key in the reference application's format, its raw
-// value made as `caddy apikey add` makes one. extra members are added to (or
-// replace members of) its record.
-func newTestKey(label string, extra map[string]any) testKey {
-	raw, err := generateKey()
-	if err != nil {
-		panic(err)
-	}
-	rec := map[string]any{
-		"id":           uuid.NewString(),
-		"label":        label,
-		"key_hash":     keyset.HashKey(raw),
-		"key_prefix":   raw[:11],
-		"created_at":   "2026-11-25T20:14:31.123456+00:00",
-		"last_used_at": nil,
-	}
-	for k, v := range extra {
-		rec[k] = v
-	}
-	return testKey{Raw: raw, record: rec}
-}
-
-// rec is the key's record, decoded.
-func (k testKey) rec() keyset.Record {
-	var r keyset.Record
-	data, err := json.Marshal(k.record)
-	if err == nil {
-		err = json.Unmarshal(data, &r)
-	}
-	if err != nil {
-		panic(err)
-	}
-	return r
-}
-
-// readKeyDoc reads the key file at path as writers do (parseKeyDoc), failing
-// the test if it does not parse or if the handler would refuse it. It is the
-// tests' one reader of a key file; fileRecord, lastUsed and recordMembers
-// look into what it returns.
-func readKeyDoc(t testing.TB, path string) *keyfile.Doc {
-	t.Helper()
-	doc, err := keyfile.ParseDoc([]byte(readFile(t, path)))
-	if err != nil {
-		t.Fatalf("key file %s does not parse: %v", path, err)
-	}
-	if _, err := keyfile.BuildKeySet(doc.Records); err != nil {
-		t.Fatalf("key file %s no longer loads: %v", path, err)
-	}
-	return doc
-}
-
-// fileRecord returns the record with id in the key file at path, failing
-// the test if there is none.
-func fileRecord(t testing.TB, path, id string) keyfile.Record {
-	t.Helper()
-	for _, r := range readKeyDoc(t, path).Records {
-		if r.ID == id {
-			return r
-		}
-	}
-	t.Fatalf("record %s is not in the key file %s", id, path)
-	return keyfile.Record{}
-}
-
-// lastUsed returns last_used_at of the record with id in the key file at
-// path: "" when it is null or absent.
-func lastUsed(t testing.TB, path, id string) string {
-	t.Helper()
-	if p := fileRecord(t, path, id).LastUsedAt; p != nil {
-		return *p
-	}
-	return ""
-}
-
-// recordMembers returns the members of a key file's record in their order.
-func recordMembers(r keyfile.Record) object {
-	return r.Members()
-}
-
-// memberNames returns the names of o's members, in their order.
-func memberNames(o object) []string {
-	names := make([]string, len(o))
-	for i, m := range o {
-		names[i] = m.Name
-	}
-	return names
-}
-
-// readFile returns the text of the file at path, for checks on its bytes.
-func readFile(t testing.TB, path string) string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
-}
-
-// object is the members of a JSON object in their order, for tests to look
-// into.
-type object []keyfile.Member
-
-// get returns member name's raw value, or nil.
-func (o object) get(name string) json.RawMessage {
-	for _, m := range o {
-		if m.Name == name {
-			return m.Value
-		}
-	}
-	return nil
-}
-
-// getString returns member name as a string; "" if absent, null or no string.
-func (o object) getString(name string) string {
-	var s string
-	_ = json.Unmarshal(o.get(name), &s)
-	return s
-}
-
-// MarshalJSON renders the object compactly, members in order.
-func (o object) MarshalJSON() ([]byte, error) {
-	b := []byte{'{'}
-	for i, m := range o {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b, _ = jsontext.AppendQuote(b, m.Name)
-		b = append(append(b, ':'), m.Value...)
-	}
-	var out bytes.Buffer
-	err := json.Compact(&out, append(b, '}'))
-	return out.Bytes(), err
-}
-
-// writeKeys writes a key file holding keys, as {"api_keys": [...]}, into a
-// new temporary folder unless path is given, and returns its path.
-func writeKeys(t testing.TB, path string, keys ...testKey) string {
-	t.Helper()
-	if path == "" {
-		path = filepath.Join(t.TempDir(), "keys.json")
-	}
-	recs := make([]map[string]any, len(keys))
-	for i, k := range keys {
-		recs[i] = k.record
-	}
-	data, err := json.MarshalIndent(map[string]any{"api_keys": recs}, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := keyfile.WriteAtomic(path, bytes.NewReader(data), nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // newRequest builds a request, as a server receives it, for method and
 // target (a path or a URL). headers are "Name: value" lines: the name is
 // added with Header.Add (so canonicalised), the value after ": " is kept
@@ -457,18 +292,6 @@ func truncate(s string) string {
 	return s
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // setUsageInterval sets a store's usage interval as a handler's
 // usage_interval would (negative: off), with reloading off.
 func setUsageInterval(s *keyStore, d time.Duration) {
@@ -504,41 +327,41 @@ func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
 	return h
 }
 
-// mustBuildKeySet builds the key set of records, failing the test on an error.
+// The tests' keys and key files (see the testkeys package), by the names
+// the tests of this package use.
+type (
+	testKey = testkeys.Key
+	object  = testkeys.Object
+)
+
+func newTestKey(label string, extra map[string]any) testKey { return testkeys.New(label, extra) }
+func writeKeys(t testing.TB, path string, keys ...testKey) string {
+	t.Helper()
+	return testkeys.WriteKeys(t, path, keys...)
+}
+func readKeyDoc(t testing.TB, path string) *keyfile.Doc { t.Helper(); return testkeys.ReadDoc(t, path) }
+func fileRecord(t testing.TB, path, id string) keyfile.Record {
+	t.Helper()
+	return testkeys.FileRecord(t, path, id)
+}
+func lastUsed(t testing.TB, path, id string) string {
+	t.Helper()
+	return testkeys.LastUsed(t, path, id)
+}
+func readFile(t testing.TB, path string) string { t.Helper(); return testkeys.ReadFile(t, path) }
+func recordMembers(r keyfile.Record) object     { return testkeys.Members(r) }
+func memberNames(o object) []string             { return o.Names() }
+func marshalDoc(d *keyfile.Doc) []byte          { return testkeys.MarshalDoc(d) }
+func expiresAt(k *keyset.Key) int64             { return testkeys.ExpiresAt(k) }
+func scopesJoined(k *keyset.Key) string         { return testkeys.ScopesJoined(k) }
+func updateKeyFile(path string, edit func(*keyfile.Doc) error) (keyfile.Write, error) {
+	return testkeys.Update(path, edit)
+}
 func mustBuildKeySet(t testing.TB, records ...keyset.Record) *keyset.KeySet {
 	t.Helper()
-	docs := make([]keyfile.Record, len(records))
-	for i := range records {
-		docs[i].Record = records[i]
-	}
-	ks, err := keyfile.BuildKeySet(docs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ks
+	return testkeys.KeySet(t, records...)
 }
-
-// expiresAt is when key k expires (unix nanoseconds), 0 if it does not.
-func expiresAt(k *keyset.Key) int64 {
-	at, _ := k.ExpiresAt()
-	return at
-}
-
-// scopesJoined is key k's scopes as {http.auth.user.scopes} gives them.
-func scopesJoined(k *keyset.Key) string {
-	v, _ := k.Placeholder("http.auth.user.scopes")
-	return v.(string)
-}
-
-// marshalDoc renders a key file's document as its writers write it.
-func marshalDoc(d *keyfile.Doc) []byte {
-	var b bytes.Buffer
-	_, _ = d.WriteTo(&b) // a bytes.Buffer takes every write
-	return b.Bytes()
-}
-
-// updateKeyFile applies edit to the key file at path, which must exist, as
-// every writer does (under its lock, atomically).
-func updateKeyFile(path string, edit func(*keyfile.Doc) error) (keyfile.Write, error) {
-	return keyfile.Edit(path, keyfile.EditOptions{Edit: edit})
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	testkeys.WaitFor(t, timeout, what, cond)
 }

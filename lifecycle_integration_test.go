@@ -111,7 +111,7 @@ func TestLifecycleScopesPerRoute(t *testing.T) {
 	} {
 		msg := expectRefusal(t, tc.path, http.StatusForbidden, CodeInsufficientScope, bearer(tc.key))
 		if !strings.Contains(msg, `"`+tc.missing+`"`) {
-			t.Errorf("%s with key %s: message %q does not name the missing scope %q", tc.path, tc.key.record["label"], msg, tc.missing)
+			t.Errorf("%s with key %s: message %q does not name the missing scope %q", tc.path, tc.key.Record["label"], msg, tc.missing)
 		}
 	}
 }
@@ -141,8 +141,8 @@ func TestLifecycleOptional(t *testing.T) {
 		t.Error("no key: a WWW-Authenticate challenge was sent")
 	}
 
-	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.record["id"]), bearer(member))
-	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.record["id"]), "X-API-Key: "+member.Raw)
+	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.Record["id"]), bearer(member))
+	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.Record["id"]), "X-API-Key: "+member.Raw)
 
 	// A key that is sent must be good.
 	expectRefusal(t, "/", http.StatusForbidden, CodeInvalidKey, "Authorization: Bearer sk_wrongwrongwrongwrongwrongwrongwrongwrongwro")
@@ -202,7 +202,7 @@ func TestLifecycleHideCredentialsSeenFromUpstream(t *testing.T) {
 		}
 	}
 `)
-	id := k.record["id"].(string)
+	id := k.Record["id"].(string)
 
 	for _, tc := range []struct {
 		name    string
@@ -368,7 +368,7 @@ func TestLifecycleOptionalIdentityHeaders(t *testing.T) {
 		t.Errorf("anonymous: upstream got X-Consumer-Id %q, want none", v)
 	}
 	got = viaProxy(t, "/x", "X-Consumer-Id: forged", bearer(k))
-	if v := got.Headers.Get("X-Consumer-Id"); v != k.record["id"] {
-		t.Errorf("authenticated: upstream got X-Consumer-Id %q, want %q", v, k.record["id"])
+	if v := got.Headers.Get("X-Consumer-Id"); v != k.Record["id"] {
+		t.Errorf("authenticated: upstream got X-Consumer-Id %q, want %q", v, k.Record["id"])
 	}
 }

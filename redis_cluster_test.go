@@ -107,7 +107,7 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			inForce("an imported key is not in force", k2.Raw, true)
 
 			// The admin API's write path: the record store of a running store.
-			if _, _, err := revokeNamedKey(stores[0].Records(), k2.record["id"].(string), time.Now(), nil); err != nil {
+			if _, _, err := revokeNamedKey(stores[0].Records(), k2.Record["id"].(string), time.Now(), nil); err != nil {
 				t.Fatalf("revoke through the store's record store: %v", err)
 			}
 			inForce("the key revoked through a store is still admitted", k2.Raw, false)

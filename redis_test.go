@@ -373,20 +373,20 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 	}
 	// The unknown member came along.
 	keys, _ := newRedisKeys("imp:")
-	js, _ := r.do("HGET", keys.records, b.record["id"].(string)).ToString()
+	js, _ := r.do("HGET", keys.records, b.Record["id"].(string)).ToString()
 	if !strings.Contains(js, `"x-team":"ops"`) {
 		t.Errorf("record in Redis: %s; the unknown member was lost", js)
 	}
 
 	// Same id, other label: reported, not overwritten.
-	changed := newTestKey("other", map[string]any{"id": a.record["id"]})
+	changed := newTestKey("other", map[string]any{"id": a.Record["id"]})
 	res, err = importKeys(fileRecords{path: writeKeys(t, "", changed)}, rs, nil)
 	if err != nil || res.added != 0 || len(res.conflicts) != 1 || !strings.Contains(res.conflicts[0], "other content") {
 		t.Fatalf("conflicting import: %+v, %v", res, err)
 	}
 	records, _, _ := rs.Read()
 	for _, rec := range records {
-		if rec.ID == a.record["id"] && rec.Label != "a" {
+		if rec.ID == a.Record["id"] && rec.Label != "a" {
 			t.Error("a conflicting import overwrote a record")
 		}
 	}
@@ -402,7 +402,7 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 	}
 	for _, k := range []testKey{a, b} {
 		if got, _ := ks.Lookup(k.Raw); got == nil {
-			t.Errorf("key %s is missing from the export", k.record["id"])
+			t.Errorf("key %s is missing from the export", k.Record["id"])
 		}
 	}
 	if _, err := exportKeys(rs, out, nil); err == nil {
@@ -598,7 +598,7 @@ func TestRedisRefusesIDsThatAreNotUTF8(t *testing.T) {
 	rs := r.records("")
 	k := newTestKey("bad id", map[string]any{"id": "k\xff1"})
 	path := filepath.Join(t.TempDir(), "keys.json")
-	rec, _ := json.Marshal(k.record) // json.Marshal mangles \xff: write it by hand
+	rec, _ := json.Marshal(k.Record) // json.Marshal mangles \xff: write it by hand
 	data := strings.Replace(string(rec), `k\ufffd1`, "k\xff1", 1)
 	if err := os.WriteFile(path, []byte(`{"api_keys": [`+data+`]}`), 0o600); err != nil {
 		t.Fatal(err)

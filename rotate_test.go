@@ -63,11 +63,11 @@ func TestCommandRotate(t *testing.T) {
 		"last_used_at": "2026-11-20T08:00:00.5+00:00",
 		"rotated_from": "99999999-0000-4000-8000-000000000009",
 	})
-	oldRec, err := json.Marshal(oldKey.record)
+	oldRec, err := json.Marshal(oldKey.Record)
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherRec, err := json.Marshal(other.record)
+	otherRec, err := json.Marshal(other.Record)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,14 +92,14 @@ func TestCommandRotate(t *testing.T) {
 	if got := memberNames(members); !slices.Equal(got, wantOrder) {
 		t.Errorf("new record members = %v, want %v", got, wantOrder)
 	}
-	if !uuidV4Pattern.MatchString(nr.ID) || nr.ID == oldKey.record["id"] {
+	if !uuidV4Pattern.MatchString(nr.ID) || nr.ID == oldKey.Record["id"] {
 		t.Errorf("new id = %q, want a new UUID", nr.ID)
 	}
 	if nr.Label != "CI deploy" || !slices.Equal(nr.Scopes, []string{"deploy", "read"}) || nr.KeyPrefix != raw[:11] {
 		t.Errorf("new record = %+v", nr.Record)
 	}
-	if nr.CreatedAt == nil || *nr.CreatedAt != keyset.FormatTimestamp(cmdNow) || string(members.get("last_used_at")) != "null" {
-		t.Errorf("created_at = %v, last_used_at = %s", nr.CreatedAt, members.get("last_used_at"))
+	if nr.CreatedAt == nil || *nr.CreatedAt != keyset.FormatTimestamp(cmdNow) || string(members.Get("last_used_at")) != "null" {
+		t.Errorf("created_at = %v, last_used_at = %s", nr.CreatedAt, members.Get("last_used_at"))
 	}
 	if nr.ExpiresAt != nil || nr.RevokedAt != nil {
 		t.Errorf("the new key has expires_at %v, revoked_at %v", nr.ExpiresAt, nr.RevokedAt)
@@ -107,10 +107,10 @@ func TestCommandRotate(t *testing.T) {
 	if nr.RotatedFrom == nil || *nr.RotatedFrom != "aaaa1111-0000-4000-8000-000000000001" {
 		t.Errorf("rotated_from = %v, want the old id", nr.RotatedFrom)
 	}
-	if got := string(members.get("notes")); !strings.Contains(got, "12345678901234567890") || members.getString("team") != "ops" {
-		t.Errorf("unknown members not copied as they were: team %s, notes %s", members.get("team"), got)
+	if got := string(members.Get("notes")); !strings.Contains(got, "12345678901234567890") || members.GetString("team") != "ops" {
+		t.Errorf("unknown members not copied as they were: team %s, notes %s", members.Get("team"), got)
 	}
-	if got := string(members.get("owner")); got != `"\u00e9quipe"` {
+	if got := string(members.Get("owner")); got != `"\u00e9quipe"` {
 		t.Errorf("owner = %s, want the escape kept as written", got)
 	}
 
@@ -172,14 +172,14 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 			k := newTestKey("svc", extra)
 			// Compact, as no writer of this plugin would render it.
 			path := filepath.Join(t.TempDir(), "keys.json")
-			data, err := json.Marshal(map[string]any{"api_keys": []any{k.record}})
+			data, err := json.Marshal(map[string]any{"api_keys": []any{k.Record}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			writeFile(t, path, string(data))
 			oldBytes := string(readKeyDoc(t, path).Records[0].Raw())
-			_, stderr := mustRotate(t, path, rotateOptions{Ref: k.record["key_prefix"].(string), Grace: tc.grace}, cmdNow)
-			old := fileRecord(t, path, k.record["id"].(string))
+			_, stderr := mustRotate(t, path, rotateOptions{Ref: k.Record["key_prefix"].(string), Grace: tc.grace}, cmdNow)
+			old := fileRecord(t, path, k.Record["id"].(string))
 			if old.ExpiresAt == nil || *old.ExpiresAt != tc.wantOld || old.RevokedAt != nil {
 				t.Errorf("old key: expires_at %v, revoked_at %v; want expires_at %s", old.ExpiresAt, old.RevokedAt, tc.wantOld)
 			}
@@ -197,9 +197,9 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 	t.Run("new key's --expires", func(t *testing.T) {
 		k := newTestKey("svc", nil)
 		path := filepath.Join(t.TempDir(), "keys.json")
-		data, _ := json.Marshal([]any{k.record})
+		data, _ := json.Marshal([]any{k.Record})
 		writeFile(t, path, string(data))
-		raw, stderr := mustRotate(t, path, rotateOptions{Ref: k.record["id"].(string), Expires: "90d"}, cmdNow)
+		raw, stderr := mustRotate(t, path, rotateOptions{Ref: k.Record["id"].(string), Expires: "90d"}, cmdNow)
 		nr := newRecordOf(t, path, raw)
 		want := keyset.FormatTimestamp(cmdNow.Add(90 * 24 * time.Hour))
 		if nr.ExpiresAt == nil || *nr.ExpiresAt != want || !strings.Contains(stderr, "expires: "+want) {
@@ -220,12 +220,12 @@ func TestCommandRotateGraceZero(t *testing.T) {
 		t.Run(grace, func(t *testing.T) {
 			k := newTestKey("svc", map[string]any{"expires_at": keyset.FormatTimestamp(cmdNow.Add(time.Hour))})
 			path := writeKeys(t, "", k)
-			raw, stderr := mustRotate(t, path, rotateOptions{Ref: k.record["id"].(string), Grace: grace}, cmdNow)
-			old := fileRecord(t, path, k.record["id"].(string))
+			raw, stderr := mustRotate(t, path, rotateOptions{Ref: k.Record["id"].(string), Grace: grace}, cmdNow)
+			old := fileRecord(t, path, k.Record["id"].(string))
 			if old.RevokedAt == nil || *old.RevokedAt != keyset.FormatTimestamp(cmdNow) {
 				t.Errorf("old key revoked_at = %v, want now", old.RevokedAt)
 			}
-			if old.ExpiresAt == nil || *old.ExpiresAt != k.record["expires_at"] {
+			if old.ExpiresAt == nil || *old.ExpiresAt != k.Record["expires_at"] {
 				t.Errorf("old key expires_at = %v, want it unchanged", old.ExpiresAt)
 			}
 			if !strings.Contains(stderr, "revoked at "+keyset.FormatTimestamp(cmdNow)) {
@@ -320,7 +320,7 @@ func readFixtureKeys(t *testing.T, path string) []testKey {
 	}
 	keys := make([]testKey, len(top.Keys))
 	for i, r := range top.Keys {
-		keys[i] = testKey{record: r}
+		keys[i] = testKey{Record: r}
 	}
 	return keys
 }
@@ -331,7 +331,7 @@ func readFixtureKeys(t *testing.T, path string) []testKey {
 func TestCommandRotateCommandLine(t *testing.T) {
 	k := newTestKey("wired", map[string]any{"scopes": []string{"read"}})
 	path := writeKeys(t, "", k)
-	stdout, stderr, err := apikeyCommand(t, "", "rotate", "--file", path, "--grace", "1h", k.record["key_prefix"].(string))
+	stdout, stderr, err := apikeyCommand(t, "", "rotate", "--file", path, "--grace", "1h", k.Record["key_prefix"].(string))
 	if err != nil {
 		t.Fatalf("rotate: %v (stderr %q)", err, stderr)
 	}
@@ -339,11 +339,11 @@ func TestCommandRotateCommandLine(t *testing.T) {
 	if !rawKeyPattern.MatchString(raw) || strings.Contains(stderr, secretPart(raw)) || !strings.Contains(stderr, "cannot be shown again") {
 		t.Fatalf("rotate: stdout %q, stderr %q", stdout, stderr)
 	}
-	if old := fileRecord(t, path, k.record["id"].(string)); old.ExpiresAt == nil {
+	if old := fileRecord(t, path, k.Record["id"].(string)); old.ExpiresAt == nil {
 		t.Error("--grace 1h set no expiry on the old key")
 	}
 	stdout, _, err = apikeyCommand(t, "", "list", "--file", path, "--json")
-	if err != nil || !strings.Contains(stdout, `"rotated_from": "`+k.record["id"].(string)+`"`) {
+	if err != nil || !strings.Contains(stdout, `"rotated_from": "`+k.Record["id"].(string)+`"`) {
 		t.Errorf("list --json does not show rotated_from: %q, %v", stdout, err)
 	}
 	for _, args := range [][]string{
@@ -396,7 +396,7 @@ func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
 	}
 	respond "{http.auth.user.label} {http.auth.user.id}"
 `)
-	oldID := old.record["id"].(string)
+	oldID := old.Record["id"].(string)
 	expectOK(t, "/", "svc "+oldID, bearer(old))
 
 	const grace = 2 * time.Second

@@ -87,7 +87,7 @@ func TestLiveReloadThroughCaddy(t *testing.T) {
 
 func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 	k := newTestKey("k", nil)
-	id := k.record["id"].(string)
+	id := k.Record["id"].(string)
 	path := writeKeys(t, "", k)
 	site := `
 	apikey ` + path + ` {
@@ -212,7 +212,7 @@ func TestUsageWriteSurvivesKill(t *testing.T) {
 		}
 		for _, k := range keys {
 			if got, _ := ks.Lookup(k.Raw); got == nil {
-				t.Fatalf("round %d: key %s lost", round, k.record["id"])
+				t.Fatalf("round %d: key %s lost", round, k.Record["id"])
 			}
 		}
 		if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {

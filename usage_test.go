@@ -59,7 +59,7 @@ func TestUsageThrottle(t *testing.T) {
 	a, b := newTestKey("a", nil), newTestKey("b", nil)
 	path := writeKeys(t, "", a, b)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
-	idA, idB := a.record["id"].(string), b.record["id"].(string)
+	idA, idB := a.Record["id"].(string), b.Record["id"].(string)
 	t0 := clock.now()
 
 	// First use is written at the next flush.
@@ -143,7 +143,7 @@ func TestUsageConcurrentUsesMakeOneWrite(t *testing.T) {
 	if w := s.writes.Load(); w != 1 {
 		t.Fatalf("16 000 uses of one key within the interval made %d writes, want 1", w)
 	}
-	if got := lastUsed(t, path, k.record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
 		t.Fatalf("last_used_at = %q", got)
 	}
 }
@@ -153,7 +153,7 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	// A file as another program might keep it: other top-level members
 	// around the list, unknown members inside records.
-	kept.record["owner"] = map[string]any{"team": "payments", "tags": []any{"x", 1.5}}
+	kept.Record["owner"] = map[string]any{"team": "payments", "tags": []any{"x", 1.5}}
 	writeRaw := func(recs ...map[string]any) {
 		doc := map[string]any{"app_name": "soulsync", "api_keys": recs, "zz_settings": map[string]any{"debug": true}}
 		data, _ := json.MarshalIndent(doc, "", "    ")
@@ -161,7 +161,7 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	writeRaw(kept.record, edited.record, removed.record)
+	writeRaw(kept.Record, edited.Record, removed.Record)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 
 	for _, k := range []testKey{kept, edited, removed} {
@@ -171,8 +171,8 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 	// Between the uses and the write, someone edits the file: a label
 	// changed, a key removed, a key added.
 	added := newTestKey("added", map[string]any{"scopes": []any{"read"}})
-	edited.record["label"] = "edited by hand"
-	writeRaw(kept.record, edited.record, added.record)
+	edited.Record["label"] = "edited by hand"
+	writeRaw(kept.Record, edited.Record, added.Record)
 
 	s.writeUsage(false)
 
@@ -181,25 +181,25 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 		t.Fatalf("file holds %d records, want 3 (kept, edited, added):\n%s", len(doc.Records), readFile(t, path))
 	}
 	for _, r := range doc.Records {
-		if r.ID == removed.record["id"] {
+		if r.ID == removed.Record["id"] {
 			t.Fatal("the removed key was brought back by the usage write")
 		}
 	}
-	if got := fileRecord(t, path, edited.record["id"].(string)); got.Label != "edited by hand" {
+	if got := fileRecord(t, path, edited.Record["id"].(string)); got.Label != "edited by hand" {
 		t.Fatalf("edited label lost: %v", got.Label)
 	}
-	if got := lastUsed(t, path, edited.record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
+	if got := lastUsed(t, path, edited.Record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
 		t.Fatalf("edited key's use not written: %q", got)
 	}
-	if got := fileRecord(t, path, added.record["id"].(string)); got.Label != "added" || got.LastUsedAt != nil || len(got.Scopes) == 0 || got.Scopes[0] != "read" {
+	if got := fileRecord(t, path, added.Record["id"].(string)); got.Label != "added" || got.LastUsedAt != nil || len(got.Scopes) == 0 || got.Scopes[0] != "read" {
 		t.Fatalf("added key changed by the usage write: %s", mustJSON(t, recordMembers(got)))
 	}
-	keptRec := recordMembers(fileRecord(t, path, kept.record["id"].(string)))
+	keptRec := recordMembers(fileRecord(t, path, kept.Record["id"].(string)))
 	var owner map[string]any
-	if err := json.Unmarshal(keptRec.get("owner"), &owner); err != nil || owner["team"] != "payments" {
+	if err := json.Unmarshal(keptRec.Get("owner"), &owner); err != nil || owner["team"] != "payments" {
 		t.Fatalf("unknown record member lost: %s", mustJSON(t, keptRec))
 	}
-	if top := object(doc.TopMembers()); top.getString("app_name") != "soulsync" || top.get("zz_settings") == nil || string(top.get("zz_settings")) == "null" {
+	if top := object(doc.TopMembers()); top.GetString("app_name") != "soulsync" || top.Get("zz_settings") == nil || string(top.Get("zz_settings")) == "null" {
 		t.Fatalf("top-level members lost: %s", mustJSON(t, top))
 	}
 	// Order of top-level members and of record members is kept.
@@ -224,7 +224,7 @@ func TestUsageWriteKeepsNewerTimeOnDisk(t *testing.T) {
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	use(t, s, clock, k.Raw)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, k.record["id"].(string)); got != later {
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != later {
 		t.Fatalf("a newer last_used_at on disk was moved back to %q", got)
 	}
 }
@@ -236,10 +236,10 @@ func TestUsageWriteSkipsRotatedKey(t *testing.T) {
 	path := writeKeys(t, "", k)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	use(t, s, clock, k.Raw)
-	rotated := newTestKey("k", map[string]any{"id": k.record["id"]})
+	rotated := newTestKey("k", map[string]any{"id": k.Record["id"]})
 	writeKeys(t, path, rotated)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, k.record["id"].(string)); got != "" {
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != "" {
 		t.Fatalf("the old key's use was written on the new key: %q", got)
 	}
 }
@@ -266,7 +266,7 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 	if lk, _ := s.KeySet().Lookup(k.Raw); lk == nil {
 		t.Fatal("authentication stopped working when the file could not be written")
 	}
-	if got := lastUsed(t, path, k.record["id"].(string)); got != "" {
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != "" {
 		t.Fatalf("file written despite the failure: %q", got)
 	}
 
@@ -274,7 +274,7 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.writeUsage(false)
-	if got := lastUsed(t, path, k.record["id"].(string)); got == "" {
+	if got := lastUsed(t, path, k.Record["id"].(string)); got == "" {
 		t.Fatal("writing did not resume, or the pending use was lost")
 	}
 	if n := logs.FilterMessageSnippet("works again").Len(); n != 1 {
@@ -391,7 +391,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	// written at once, though the interval is an hour, and its settings
 	// go with it.
 	l1.Release()
-	if got := lastUsed(t, path, k.record["id"].(string)); got == "" {
+	if got := lastUsed(t, path, k.Record["id"].(string)); got == "" {
 		t.Fatal("pending use not flushed on release")
 	}
 	if got, want := *s.leases.Current(), (storecore.Settings{Usage: storecore.Interval{Every: 2 * time.Hour}, Reload: storecore.Interval{Off: true}}); got != want {
@@ -410,7 +410,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("store not stopped after its last handler went")
 	}
-	if got := lastUsed(t, path, k.record["id"].(string)); got != keyset.FormatTimestamp(later) {
+	if got := lastUsed(t, path, k.Record["id"].(string)); got != keyset.FormatTimestamp(later) {
 		t.Fatalf("pending use not flushed on stop: %q", got)
 	}
 }
@@ -429,13 +429,13 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 	w, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
 		if !replaced {
 			replaced = true
-			b.record["revoked_at"] = "2026-11-25T20:00:00+00:00"
+			b.Record["revoked_at"] = "2026-11-25T20:00:00+00:00"
 			writeKeys(t, staged, a, b)
 			if err := os.Rename(staged, path); err != nil {
 				t.Fatal(err)
 			}
 		}
-		return applyUsage(doc, map[keyset.UsageKey]time.Time{{ID: a.record["id"].(string), Hash: a.record["key_hash"].(string)}: clock.now()})
+		return applyUsage(doc, map[keyset.UsageKey]time.Time{{ID: a.Record["id"].(string), Hash: a.Record["key_hash"].(string)}: clock.now()})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -443,10 +443,10 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 	if w.Written == nil {
 		t.Fatal("nothing written")
 	}
-	if fileRecord(t, path, b.record["id"].(string)).RevokedAt == nil {
+	if fileRecord(t, path, b.Record["id"].(string)).RevokedAt == nil {
 		t.Fatal("the usage write undid a revocation made while it ran")
 	}
-	if lastUsed(t, path, a.record["id"].(string)) == "" {
+	if lastUsed(t, path, a.Record["id"].(string)) == "" {
 		t.Fatal("the usage was not written on the new version")
 	}
 	// And the watcher picks the new version up: it is not taken for the
@@ -555,7 +555,7 @@ func TestBrokenKeyFileEditLogsOneError(t *testing.T) {
 			writeKeys(t, path, k)
 			s.check()
 			s.writeUsage(true)
-			if lastUsed(t, path, k.record["id"].(string)) == "" {
+			if lastUsed(t, path, k.Record["id"].(string)) == "" {
 				t.Error("the use made while the file was broken was not written once it was repaired")
 			}
 			if order != "watching off" && logs.FilterMessageSnippet("works again").Len() != 0 {
