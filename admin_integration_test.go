@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The admin API over HTTP, on the test Caddy's admin endpoint, against the
@@ -108,7 +110,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		resp, body := adminCall(t, "GET", "/apikey/keys", "")
 		adminAnswer(t, resp, body, 200, &keys)
 		var out bytes.Buffer
-		if err := listKeys(&out, fileRecords{path}, true, time.Now()); err != nil {
+		if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, true, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 		if err := json.Unmarshal(out.Bytes(), &cli); err != nil {

@@ -22,16 +22,10 @@ import (
 
 // startTestStore loads the key file at path into a running store (watcher
 // and writer, reloading and usage writes off), stopped when the test ends.
-func startTestStore(t *testing.T, path string) *keyStore {
+func startTestStore(t *testing.T, path string) stores.Live {
 	t.Helper()
-	s := newKeyStore(path, zap.NewNop())
-	if err := s.load(); err != nil {
-		t.Fatal(err)
-	}
-	setUsageInterval(s, -1)
-	s.start()
-	t.Cleanup(func() { _ = s.Destruct() })
-	return s
+	startFileStore(t, path, -1, -1)
+	return liveStore(t, "file:"+path)
 }
 
 // testAdmin is the admin API on stores.
@@ -247,8 +241,10 @@ func TestAdminRefreshFailureIsAWarning(t *testing.T) {
 // A stopped store has no watcher to wait for: the admin API may hold a
 // store that a config unload let go, and must not hang on it.
 func TestAdminRefreshOfAStoppedStore(t *testing.T) {
-	s := startTestStore(t, writeKeys(t, "", newTestKey("svc", nil)))
-	if err := s.Destruct(); err != nil {
+	path := writeKeys(t, "", newTestKey("svc", nil))
+	fs := startFileStore(t, path, -1, -1)
+	s := liveStore(t, "file:"+path)
+	if err := fs.Cleanup(); err != nil { // its last user: the store stops
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)

@@ -11,6 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // unmarshalDirective parses one apikey directive with UnmarshalCaddyfile.
@@ -377,8 +379,8 @@ func TestJSONStoreModule(t *testing.T) {
 	if err != nil {
 		t.Fatalf("file store module: %v", err)
 	}
-	if _, ok := h.store.(*FileStore); !ok {
-		t.Fatalf("store is %T, want *FileStore", h.store)
+	if _, ok := h.store.(*filestore.Store); !ok {
+		t.Fatalf("store is %T, want *filestore.Store", h.store)
 	}
 	if got, _ := h.store.KeySet().Lookup(k.Raw); got == nil {
 		t.Fatal("the key of the file store's file is not in force")

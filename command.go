@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The `caddy apikey` commands manage a key file so that operators never edit
@@ -221,7 +222,7 @@ seconds.
 					}
 					reactivate, _ := cmd.Flags().GetBool("reactivate")
 					return withRedisStore(cmd, true, func(to stores.RecordStore) error {
-						res, err := importKeysWith(fileRecords{path: file}, to, importOptions{
+						res, err := importKeysWith(filestore.Records{Path: file}, to, importOptions{
 							reactivate: reactivate,
 							waiting:    sayWaiting(cmd.ErrOrStderr(), to),
 							progress:   newProgress(cmd.ErrOrStderr()),
@@ -374,7 +375,7 @@ func openStore(file string, redis redisTarget, create bool) (st stores.RecordSto
 		if err != nil {
 			return nil, nil, fmt.Errorf("--file %s: %v", file, err)
 		}
-		return cliFileRecords{fileRecords: fileRecords{path: abs}, mayCreate: create}, func() {}, nil
+		return filestore.Records{Path: abs, MayCreate: create}, func() {}, nil
 	case redis.url == "":
 		return nil, nil, errors.New("--file is required (or --redis, for a key set in Redis)")
 	}
@@ -384,27 +385,6 @@ func openStore(file string, redis redisTarget, create bool) (st stores.RecordSto
 	}
 	rs.mayCreate = create
 	return rs, rs.client.Close, nil
-}
-
-// cliFileRecords is a key file as the commands open it: named by its
-// absolute path in every message, and made, if it is missing, only when
-// the command was given --create. A typo (keys.jsn) or the wrong working
-// folder must not make a new key file that no Caddy reads.
-type cliFileRecords struct {
-	fileRecords
-	mayCreate bool
-}
-
-func (f cliFileRecords) Edit(e stores.Edit) error {
-	if !e.Create || f.mayCreate {
-		return f.fileRecords.Edit(e)
-	}
-	e.Create = false
-	err := f.fileRecords.Edit(e)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("key file %s does not exist; check the path (a relative one is taken from the folder the command runs in), or give --create to make a new key file there", f.path)
-	}
-	return err
 }
 
 // dialRedisRecords connects to the Redis server at url, for the key set at

@@ -19,9 +19,10 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/spf13/cobra"
-	"go.uber.org/zap"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 var (
@@ -41,7 +42,7 @@ func mustAdd(t testing.TB, path string, opts addOptions) string {
 		opts.Label = "test key"
 	}
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, fileRecords{path}, opts, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, opts, cmdNow); err != nil {
 		t.Fatalf("add: %v", err)
 	}
 	raw, ok := strings.CutSuffix(stdout.String(), "\n")
@@ -64,7 +65,7 @@ func writeFile(t testing.TB, path, content string) {
 func TestCommandAddCreatesFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "CI deploy"}, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: "CI deploy"}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSuffix(stdout.String(), "\n")
@@ -252,9 +253,9 @@ func TestCommandAddRefusesBadInput(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			st := fileRecords{path}
+			st := filestore.Records{Path: path, MayCreate: true}
 			if tc.name == "missing folder" {
-				st = fileRecords{filepath.Join(dir, "nope", "keys.json")}
+				st = filestore.Records{Path: filepath.Join(dir, "nope", "keys.json"), MayCreate: true}
 			}
 			err := addKey(&stdout, &stderr, st, tc.opts, cmdNow)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -285,7 +286,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			writeFile(t, path, content)
 			var out, errOut bytes.Buffer
 
-			err := addKey(&out, &errOut, fileRecords{path}, addOptions{Label: "x"}, cmdNow)
+			err := addKey(&out, &errOut, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: "x"}, cmdNow)
 			var kfe *keyfile.Error
 			if !errors.As(err, &kfe) || !strings.Contains(err.Error(), path) {
 				t.Errorf("add: error = %v, want a keyfile.Error naming the file", err)
@@ -293,10 +294,10 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			if out.Len() != 0 {
 				t.Errorf("add printed a key for a file it did not write: %q", out.String())
 			}
-			if err := revokeKey(&out, io.Discard, fileRecords{path}, k.Record["id"].(string), cmdNow); !errors.As(err, &kfe) {
+			if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, k.Record["id"].(string), cmdNow); !errors.As(err, &kfe) {
 				t.Errorf("revoke: error = %v, want a keyfile.Error", err)
 			}
-			if err := listKeys(&out, fileRecords{path}, false, cmdNow); !errors.As(err, &kfe) {
+			if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); !errors.As(err, &kfe) {
 				t.Errorf("list: error = %v, want a keyfile.Error", err)
 			}
 			if got := readFile(t, path); got != content {
@@ -308,7 +309,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 	t.Run("JSON error position", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
 		writeFile(t, path, "{\"api_keys\": [\n  {\"id\": \"a\",}\n]}\n")
-		err := listKeys(new(bytes.Buffer), fileRecords{path}, false, cmdNow)
+		err := listKeys(new(bytes.Buffer), filestore.Records{Path: path, MayCreate: true}, false, cmdNow)
 		if err == nil || !strings.Contains(err.Error(), "line 2") {
 			t.Fatalf("error = %v, want the line of the syntax error", err)
 		}
@@ -320,13 +321,13 @@ func TestCommandsMissingFile(t *testing.T) {
 	var out bytes.Buffer
 	// Worded as every other key-file error, the path said once.
 	wantMsg := "key file " + path + ": no such file or directory"
-	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
+	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
 		t.Errorf("list: error = %v, want not-exist: %q", err, wantMsg)
 	}
 	if _, _, err := openRecordStore("", "", "", false); err == nil || !strings.Contains(err.Error(), "--file") {
 		t.Errorf("without --file: error = %v", err)
 	}
-	if err := revokeKey(&out, io.Discard, fileRecords{path}, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
+	if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
 		t.Errorf("revoke: error = %v, want not-exist: %q", err, wantMsg)
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
@@ -354,7 +355,7 @@ func listFixture(t *testing.T) (string, []testKey) {
 func TestCommandListTable(t *testing.T) {
 	path, keys := listFixture(t)
 	var out bytes.Buffer
-	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err != nil {
+	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	text := out.String()
@@ -391,7 +392,7 @@ func TestCommandListTable(t *testing.T) {
 func TestCommandListJSON(t *testing.T) {
 	path, keys := listFixture(t)
 	var out bytes.Buffer
-	if err := listKeys(&out, fileRecords{path}, true, cmdNow); err != nil {
+	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, true, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	var listed []map[string]any
@@ -438,7 +439,7 @@ func TestCommandListJSON(t *testing.T) {
 	// An empty key file lists as an empty array, not null.
 	empty := writeKeys(t, "")
 	out.Reset()
-	if err := listKeys(&out, fileRecords{empty}, true, cmdNow); err != nil || strings.TrimSpace(out.String()) != "[]" {
+	if err := listKeys(&out, filestore.Records{Path: empty, MayCreate: true}, true, cmdNow); err != nil || strings.TrimSpace(out.String()) != "[]" {
 		t.Fatalf("empty file: %q, %v", out.String(), err)
 	}
 }
@@ -468,7 +469,7 @@ func TestCommandRevoke(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path, keys := revokeFixture(t)
 			var out bytes.Buffer
-			if err := revokeKey(&out, io.Discard, fileRecords{path}, tc.ref, cmdNow); err != nil {
+			if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, tc.ref, cmdNow); err != nil {
 				t.Fatal(err)
 			}
 			for _, k := range keys {
@@ -492,7 +493,7 @@ func TestCommandRevoke(t *testing.T) {
 		first := mustAdd(t, path, addOptions{Label: "one"})
 		second := mustAdd(t, path, addOptions{Label: "two"})
 		var out bytes.Buffer
-		if err := revokeKey(&out, io.Discard, fileRecords{path}, second[:11], cmdNow); err != nil {
+		if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, second[:11], cmdNow); err != nil {
 			t.Fatal(err)
 		}
 		ks, err := keyfile.ReadKeySet(path)
@@ -527,7 +528,7 @@ func TestCommandRevokeRefusals(t *testing.T) {
 			path, _ := revokeFixture(t)
 			before := readFile(t, path)
 			var out bytes.Buffer
-			err := revokeKey(&out, io.Discard, fileRecords{path}, tc.ref, cmdNow)
+			err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, tc.ref, cmdNow)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -552,12 +553,12 @@ func TestCommandRevokeTwice(t *testing.T) {
 	path, keys := revokeFixture(t)
 	id := keys[0].Record["id"].(string)
 	var out bytes.Buffer
-	if err := revokeKey(&out, io.Discard, fileRecords{path}, id, cmdNow); err != nil {
+	if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, id, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	before := readFile(t, path)
 	out.Reset()
-	if err := revokeKey(&out, io.Discard, fileRecords{path}, id, cmdNow.Add(time.Hour)); err != nil {
+	if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, id, cmdNow.Add(time.Hour)); err != nil {
 		t.Fatalf("second revoke: %v", err)
 	}
 	if !strings.Contains(out.String(), "already revoked") || !strings.Contains(out.String(), keyset.FormatTimestamp(cmdNow)) {
@@ -583,7 +584,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`], "meta": {"owner": "platform"}}`)
 
 	raw := mustAdd(t, path, addOptions{Label: "new"})
-	if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, k.Record["id"].(string), cmdNow); err != nil {
+	if err := revokeKey(new(bytes.Buffer), io.Discard, filestore.Records{Path: path, MayCreate: true}, k.Record["id"].(string), cmdNow); err != nil {
 		t.Fatal(err)
 	}
 
@@ -791,10 +792,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	path := writeKeys(t, "", base...)
 
-	store := newKeyStore(path, zap.NewNop())
-	if err := store.load(); err != nil {
-		t.Fatal(err)
-	}
+	store := startFileStore(t, path, 0, -1)
 
 	var (
 		wg       sync.WaitGroup
@@ -807,7 +805,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 		wg.Go(func() {
 			for i := range addsEach {
 				var stdout, stderr bytes.Buffer
-				if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: fmt.Sprintf("added %d/%d", a, i)}, time.Now()); err != nil {
+				if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: fmt.Sprintf("added %d/%d", a, i)}, time.Now()); err != nil {
 					errs <- fmt.Errorf("add: %w", err)
 					continue
 				}
@@ -819,7 +817,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	for i := range revoked {
 		wg.Go(func() {
-			if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, base[i].Record["id"].(string), time.Now()); err != nil {
+			if err := revokeKey(new(bytes.Buffer), io.Discard, filestore.Records{Path: path, MayCreate: true}, base[i].Record["id"].(string), time.Now()); err != nil {
 				errs <- fmt.Errorf("revoke: %w", err)
 			}
 		})
@@ -840,8 +838,8 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 				}
 				store.MarkUsed(key, sum, used.UnixNano())
 			}
-			store.writeUsage(true)
-			if err := store.load(); err != nil {
+			store.Flush()
+			if err := store.Refresh(); err != nil {
 				errs <- fmt.Errorf("tick %d: the key file does not load: %w", tick, err)
 				return
 			}
@@ -1086,11 +1084,11 @@ func TestCommandOutputNeutralisesInvisibleCharacters(t *testing.T) {
 	path := writeKeys(t, "", newTestKey(label, map[string]any{"scopes": []string{"read\u202Eetirw"}}))
 
 	var out bytes.Buffer
-	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err != nil {
+	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "new\u202Ekey", Scopes: []string{"x\u2066y"}}, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: "new\u202Ekey", Scopes: []string{"x\u2066y"}}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	for what, text := range map[string]string{"list": out.String(), "add": stderr.String()} {

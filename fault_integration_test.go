@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -355,46 +354,4 @@ func rawRequest(t *testing.T, target, headers string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-// fullDiskEnv names the key file that a child test process tries to write
-// under a file size limit, as if the disk were full.
-const fullDiskEnv = "APIKEY_TEST_FULL_DISK"
-
-// TestUsageWriteOnFullDisk runs a usage write in a child process whose file
-// size limit (RLIMIT_FSIZE) is below the key file's size: the write fails,
-// the key file stays whole, keys keep working, and once the limit is lifted
-// the pending use is written.
-func TestUsageWriteOnFullDisk(t *testing.T) {
-	if !canLimitFileSize {
-		t.Skip("no file size limit on this platform; nothing to test")
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []testKey
-	for i := 0; i < 50; i++ {
-		keys = append(keys, newTestKey(fmt.Sprintf("key %d", i), nil))
-	}
-	path := writeKeys(t, "", keys...)
-	before, _ := os.ReadFile(path)
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), fullDiskEnv+"="+path+"|"+keys[7].Raw)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child failed: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "full-disk child: ok") {
-		t.Fatalf("child did not finish its checks:\n%s", out)
-	}
-	if recs := readKeyDoc(t, path).Records; len(recs) != len(keys) {
-		t.Fatalf("%d keys in the file, want %d", len(recs), len(keys))
-	}
-	if lastUsed(t, path, keys[7].Record["id"].(string)) == "" {
-		t.Fatal("the use pending while the disk was full was not written afterwards")
-	}
-	if len(before) == 0 {
-		t.Fatal("empty key file")
-	}
 }

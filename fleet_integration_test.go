@@ -20,6 +20,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The fleet tests run several Caddy processes, built from ./cmd/caddy, on
@@ -500,7 +502,7 @@ func TestFleetSurvivesRedisKill(t *testing.T) {
 	// do as well), and every server catches up.
 	r.start()
 	rs = r.records("fleet:")
-	if _, err := importKeys(fileRecords{path: cache}, rs, nil); err != nil {
+	if _, err := importKeys(filestore.Records{Path: cache}, rs, nil); err != nil {
 		t.Fatal(err)
 	}
 	fresh, _ := addRedisKey(t, rs, "after the restart")

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
@@ -30,7 +31,7 @@ import (
 // decodes alike, and an accepted file survives the writer's round trip (parseKeyDoc,
 // marshal, parse again) with the same keys.
 func FuzzParseKeySet(f *testing.F) {
-	f.Add([]byte(benchKeyFile(3)))
+	f.Add([]byte(testkeys.BenchKeyFile(3)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		ks, err := keyfile.ParseKeySet(data)
 

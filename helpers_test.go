@@ -1,6 +1,8 @@
 package apikey
 
 import (
+	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -10,14 +12,13 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -25,6 +26,8 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The integration tests share one Caddy, started by TestMain in this test
@@ -48,14 +51,6 @@ func envPort(name string, def int) int {
 // TestMain starts the in-process Caddy before any test, and fails the run
 // (instead of letting caddytest skip the integration tests) if it cannot.
 func TestMain(m *testing.M) {
-	if path := os.Getenv(crashWriterEnv); path != "" {
-		runCrashWriter(path) // a child process of TestUsageWriteSurvivesKill
-		os.Exit(0)
-	}
-	if arg := os.Getenv(fullDiskEnv); arg != "" {
-		runFullDiskChild(arg) // a child process of TestUsageWriteOnFullDisk
-		os.Exit(0)
-	}
 	flag.Parse()
 	if testing.Short() {
 		fmt.Fprintln(os.Stderr, "apikey: -short given: integration tests against a real Caddy will be SKIPPED")
@@ -292,27 +287,6 @@ func truncate(s string) string {
 	return s
 }
 
-// setUsageInterval sets a store's usage interval as a handler's
-// usage_interval would (negative: off), with reloading off.
-func setUsageInterval(s *keyStore, d time.Duration) {
-	setLease(s.leases, storecore.Settings{
-		Usage:  storecore.IntervalSetting(caddy.Duration(d), storecore.DefaultUsageInterval),
-		Reload: storecore.Interval{Off: true},
-	})
-}
-
-// testLeases holds the lease setLease took on each lease set.
-var testLeases sync.Map // *storecore.Leases -> uint64
-
-// setLease puts settings in force on a store's leases, as one handler
-// using it alone would: a lease the test took before is withdrawn.
-func setLease(l *storecore.Leases, settings storecore.Settings) {
-	id := l.Add(settings)
-	if old, ok := testLeases.Swap(l, id); ok {
-		l.Remove(old.(uint64))
-	}
-}
-
 // newMemoryHandler sets h up as Provision does (setup), but on the in-memory
 // key set ks instead of a key file's store, and with no logging.
 func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
@@ -320,11 +294,49 @@ func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
 		panic(err)
 	}
 	h.logger = zap.NewNop()
-	s := newKeyStore("/nonexistent/keys.json", zap.NewNop())
-	setUsageInterval(s, storecore.DefaultUsageInterval)
-	s.keys.Store(ks)
-	h.store = &FileStore{store: s}
+	h.store = &memoryStore{keys: ks}
 	return h
+}
+
+// memoryStore is a store that holds a key set in memory and notes uses in
+// a usage tracker, as the stores of this repository do on the request
+// path, with nothing behind it.
+type memoryStore struct {
+	keys  *keyset.KeySet
+	usage keyset.UsageTracker
+}
+
+func (m *memoryStore) KeySet() *keyset.KeySet { return m.keys }
+func (m *memoryStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
+	m.usage.Mark(k, sum, now)
+}
+
+// startFileStore provisions a file store on the key file at path, as a
+// handler's config does (usage_interval and reload_interval as given:
+// 0 for the default, negative for off), released when the test ends.
+func startFileStore(t testing.TB, path string, usage, reload time.Duration) *filestore.Store {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	s := &filestore.Store{Path: path, UsageInterval: caddy.Duration(usage), ReloadInterval: caddy.Duration(reload)}
+	if err := s.Provision(ctx); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Cleanup(); cancel() })
+	return s
+}
+
+// liveStore returns the store in use whose name is name, as the admin API
+// finds it.
+func liveStore(t testing.TB, name string) stores.Live {
+	t.Helper()
+	for _, s := range stores.InUse() {
+		if s.Name() == name {
+			return s
+		}
+	}
+	t.Fatalf("no store %s in use", name)
+	return nil
 }
 
 // The tests' keys and key files (see the testkeys package), by the names

@@ -14,6 +14,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	"golang.org/x/term"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // importResult is what an import did.
@@ -48,7 +50,7 @@ type importOptions struct {
 
 // importKeys copies the records of a key file into a record store (a Redis
 // key set), in one atomic edit (see importKeysWith).
-func importKeys(from fileRecords, to stores.RecordStore, waiting func()) (importResult, error) {
+func importKeys(from filestore.Records, to stores.RecordStore, waiting func()) (importResult, error) {
 	return importKeysWith(from, to, importOptions{waiting: waiting})
 }
 
@@ -60,21 +62,21 @@ func importKeys(from fileRecords, to stores.RecordStore, waiting func()) (import
 // that is revoked in the key set and active in the file, all else the same
 // (an older export imported after a revoke): it stays revoked and is
 // reported, unless opts.reactivate, which puts the file's copy in its place.
-func importKeysWith(from fileRecords, to stores.RecordStore, opts importOptions) (importResult, error) {
+func importKeysWith(from filestore.Records, to stores.RecordStore, opts importOptions) (importResult, error) {
 	p := opts.progress
-	if fi, err := os.Stat(from.path); err == nil {
-		p.step("Reading %s (%d MiB)", from.path, fi.Size()>>20)
+	if fi, err := os.Stat(from.Path); err == nil {
+		p.step("Reading %s (%d MiB)", from.Path, fi.Size()>>20)
 	}
-	data, _, err := keyfile.ReadFile(from.path)
+	data, _, err := keyfile.ReadFile(from.Path)
 	if err != nil {
 		p.end("")
-		return importResult{}, &keyfile.Error{Path: from.path, Err: err}
+		return importResult{}, &keyfile.Error{Path: from.Path, Err: err}
 	}
 	file, _, err := keyfile.Parse(data)
 	data = nil
 	if err != nil {
 		p.end("")
-		return importResult{}, &keyfile.Error{Path: from.path, Err: err}
+		return importResult{}, &keyfile.Error{Path: from.Path, Err: err}
 	}
 	records := file.Records
 	p.end(fmt.Sprintf("%d keys", len(records)))

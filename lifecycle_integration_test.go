@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // expectRefusal sends a GET and checks that it is refused with status and
@@ -288,7 +290,7 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 	expectOK(t, "/", "hello existing", bearer(existing))
 
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "live"}, time.Now()); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: "live"}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSpace(stdout.String())
@@ -299,7 +301,7 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 	})
 	t.Logf("added key admitted after %s", time.Since(start).Round(time.Millisecond))
 
-	if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, raw[:11], time.Now()); err != nil {
+	if err := revokeKey(new(bytes.Buffer), io.Discard, filestore.Records{Path: path, MayCreate: true}, raw[:11], time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	start = time.Now()

@@ -33,6 +33,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 func init() {
@@ -171,7 +173,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	warnDroppedHeaders(h.logger, h.Headers, srv)
 	warnShadowedAuth(h.logger, srv)
 	if h.KeysFile != "" {
-		h.StoreRaw = caddyconfig.JSONModuleObject(FileStore{
+		h.StoreRaw = caddyconfig.JSONModuleObject(filestore.Store{
 			Path:           h.KeysFile,
 			UsageInterval:  h.UsageInterval,
 			ReloadInterval: h.ReloadInterval,

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
@@ -13,41 +12,6 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 )
-
-// fileRecords is a key file as a record store.
-type fileRecords struct{ path string }
-
-func (f fileRecords) String() string { return f.path }
-func (f fileRecords) Flags() string  { return "--file " + f.path }
-
-// read reads and validates a key file without taking its lock: the file is
-// always replaced whole, so a reader sees one version or another.
-func (f fileRecords) Read() ([]keyfile.Record, *keyset.KeySet, error) {
-	data, _, err := keyfile.ReadFile(f.path)
-	if err != nil {
-		return nil, nil, &keyfile.Error{Path: f.path, Err: err}
-	}
-	doc, ks, err := keyfile.Parse(data)
-	if err != nil {
-		return nil, nil, &keyfile.Error{Path: f.path, Err: err}
-	}
-	return doc.Records, ks, nil
-}
-
-func (f fileRecords) Edit(e stores.Edit) error {
-	if !e.Create {
-		// Say the file is missing before taking its lock (which would
-		// leave a lock file behind).
-		if _, err := os.Stat(f.path); err != nil {
-			return &keyfile.Error{Path: f.path, Err: err}
-		}
-	}
-	_, err := keyfile.Edit(f.path, keyfile.EditOptions{Edit: e.Change, Create: e.Create, Waiting: e.Waiting})
-	if errors.Is(err, keyfile.ErrNoChange) {
-		return nil
-	}
-	return err
-}
 
 // redisRecords is a key set in Redis as a record store. Its edits are
 // optimistic: read at a version, written only if the version is still the

@@ -24,6 +24,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // testRedis is a real redis-server (the Debian package), started on a free
@@ -307,7 +309,7 @@ func TestRedisStoreStartsFromCacheFile(t *testing.T) {
 	}
 	r.start()
 	rs2 := r.records("")
-	if _, err := importKeys(fileRecords{path: cache}, rs2, nil); err != nil {
+	if _, err := importKeys(filestore.Records{Path: cache}, rs2, nil); err != nil {
 		t.Fatal(err)
 	}
 	raw2, _ := addRedisKey(t, rs2, "b")
@@ -363,11 +365,11 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 	a, b := newTestKey("a", nil), newTestKey("b", map[string]any{"x-team": "ops"})
 	path := writeKeys(t, "", a, b)
 
-	res, err := importKeys(fileRecords{path: path}, rs, nil)
+	res, err := importKeys(filestore.Records{Path: path}, rs, nil)
 	if err != nil || res.added != 2 || res.present != 0 || len(res.conflicts) != 0 {
 		t.Fatalf("first import: %+v, %v", res, err)
 	}
-	res, err = importKeys(fileRecords{path: path}, rs, nil)
+	res, err = importKeys(filestore.Records{Path: path}, rs, nil)
 	if err != nil || res.added != 0 || res.present != 2 {
 		t.Fatalf("second import: %+v, %v", res, err)
 	}
@@ -380,7 +382,7 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 
 	// Same id, other label: reported, not overwritten.
 	changed := newTestKey("other", map[string]any{"id": a.Record["id"]})
-	res, err = importKeys(fileRecords{path: writeKeys(t, "", changed)}, rs, nil)
+	res, err = importKeys(filestore.Records{Path: writeKeys(t, "", changed)}, rs, nil)
 	if err != nil || res.added != 0 || len(res.conflicts) != 1 || !strings.Contains(res.conflicts[0], "other content") {
 		t.Fatalf("conflicting import: %+v, %v", res, err)
 	}
@@ -489,7 +491,7 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	for i := range keys {
 		keys[i] = newTestKey(fmt.Sprintf("k%d", i), nil)
 	}
-	res, err := importKeys(fileRecords{path: writeKeys(t, "", keys...)}, rs, nil)
+	res, err := importKeys(filestore.Records{Path: writeKeys(t, "", keys...)}, rs, nil)
 	if err != nil || res.added != len(keys) {
 		t.Fatalf("import: %+v, %v", res, err)
 	}
@@ -603,7 +605,7 @@ func TestRedisRefusesIDsThatAreNotUTF8(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`{"api_keys": [`+data+`]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := importKeys(fileRecords{path: path}, rs, nil); err == nil || !strings.Contains(err.Error(), "valid UTF-8") {
+	if _, err := importKeys(filestore.Records{Path: path}, rs, nil); err == nil || !strings.Contains(err.Error(), "valid UTF-8") {
 		t.Fatalf("import of an id that is not UTF-8: %v", err)
 	}
 }

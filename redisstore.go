@@ -271,7 +271,7 @@ func (s *redisKeyStore) Destruct() error {
 // askSync has the follower check the key set's version now, and catch up
 // if it is behind; it returns what came of it.
 func (s *redisKeyStore) askSync() error {
-	err, answered := storecore.Ask(s.syncNow, s.stopCtx.Done(), reloadWait)
+	err, answered := storecore.Ask(s.syncNow, s.stopCtx.Done(), storecore.RefreshWait)
 	if !answered {
 		return errors.New("the Redis follower did not answer: it is busy, or stopped")
 	}
@@ -499,7 +499,7 @@ func (s *redisKeyStore) check() error {
 		s.reportDown(err)
 		return err
 	}
-	ctx, cancel := context.WithTimeout(s.stopCtx, reloadWait)
+	ctx, cancel := context.WithTimeout(s.stopCtx, storecore.RefreshWait)
 	defer cancel()
 	head, err := readHead(ctx, c, s.rk)
 	if err != nil {
@@ -698,9 +698,5 @@ var (
 	_ Store              = (*RedisStore)(nil)
 	_ caddy.Provisioner  = (*RedisStore)(nil)
 	_ caddy.CleanerUpper = (*RedisStore)(nil)
-	_ Store              = (*FileStore)(nil)
-	_ caddy.Provisioner  = (*FileStore)(nil)
-	_ caddy.CleanerUpper = (*FileStore)(nil)
 	_ stores.Live        = (*redisKeyStore)(nil)
-	_ stores.Live        = (*keyStore)(nil)
 )

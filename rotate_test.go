@@ -15,6 +15,8 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // mustRotate runs rotate and returns the new raw key, checking that stdout
@@ -23,7 +25,7 @@ import (
 func mustRotate(t testing.TB, path string, opts rotateOptions, now time.Time) (raw, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	if err := rotateKey(&out, &errOut, fileRecords{path}, opts, now); err != nil {
+	if err := rotateKey(&out, &errOut, filestore.Records{Path: path, MayCreate: true}, opts, now); err != nil {
 		t.Fatalf("rotate: %v", err)
 	}
 	raw, ok := strings.CutSuffix(out.String(), "\n")
@@ -276,7 +278,7 @@ func TestCommandRotateRefusals(t *testing.T) {
 			writeKeys(t, path, append(readFixtureKeys(t, path), revoked, expired, replaced, successor)...)
 			before := readFile(t, path)
 			var out, errOut bytes.Buffer
-			err := rotateKey(&out, &errOut, fileRecords{path}, tc.opts, cmdNow)
+			err := rotateKey(&out, &errOut, filestore.Records{Path: path, MayCreate: true}, tc.opts, cmdNow)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -296,7 +298,7 @@ func TestCommandRotateRefusals(t *testing.T) {
 
 	t.Run("missing file", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
-		err := rotateKey(io.Discard, io.Discard, fileRecords{path}, rotateOptions{Ref: "sk_AbCdEfGh"}, cmdNow)
+		err := rotateKey(io.Discard, io.Discard, filestore.Records{Path: path, MayCreate: true}, rotateOptions{Ref: "sk_AbCdEfGh"}, cmdNow)
 		if want := "key file " + path + ": no such file or directory"; err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != want {
 			t.Errorf("error = %v, want %q", err, want)
 		}
@@ -402,7 +404,7 @@ func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
 	const grace = 2 * time.Second
 	rotated := time.Now()
 	var stdout bytes.Buffer
-	if err := rotateKey(&stdout, io.Discard, fileRecords{path}, rotateOptions{Ref: oldID, Grace: "2s"}, rotated); err != nil {
+	if err := rotateKey(&stdout, io.Discard, filestore.Records{Path: path, MayCreate: true}, rotateOptions{Ref: oldID, Grace: "2s"}, rotated); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSpace(stdout.String())

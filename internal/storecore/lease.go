@@ -31,6 +31,11 @@ const (
 	// a store's last usage write. A hung disk or a lock held elsewhere
 	// must not hold up Caddy; the write goes on in the background.
 	StopWait = 3 * time.Second
+
+	// RefreshWait bounds how long a config load or the admin API waits for
+	// a store's goroutine to put its source in force (it may be in the
+	// middle of reading a large key file). Past it, the config load fails.
+	RefreshWait = 30 * time.Second
 )
 
 // Interval is how often a store does a piece of background work.

@@ -189,6 +189,16 @@ func (o Object) MarshalJSON() ([]byte, error) {
 	return out.Bytes(), err
 }
 
+// MustJSON is v as JSON, failing the test if it cannot be.
+func MustJSON(t testing.TB, v any) string {
+	t.Helper()
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
 // MarshalDoc renders a key file's document as its writers write it.
 func MarshalDoc(d *keyfile.Doc) []byte {
 	var b bytes.Buffer

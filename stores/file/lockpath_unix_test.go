@@ -1,20 +1,19 @@
 //go:build unix
 
-package apikey
+package file
 
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"golang.org/x/sys/unix"
 )
@@ -42,12 +41,12 @@ func recipeLockPath(t *testing.T, path string) string {
 // the spellings by which Caddy or `caddy apikey` may be pointed at it.
 var keyFileLayouts = map[string]func(t *testing.T, dir string) []string{
 	"plain file": func(t *testing.T, dir string) []string {
-		return []string{writeKeys(t, filepath.Join(dir, "keys.json"), newTestKey("k", nil))}
+		return []string{testkeys.WriteKeys(t, filepath.Join(dir, "keys.json"), testkeys.New("k", nil))}
 	},
 	// Two links to one file, and the file itself.
 	"symbolic links": func(t *testing.T, dir string) []string {
 		mkdir(t, filepath.Join(dir, "real"))
-		target := writeKeys(t, filepath.Join(dir, "real", "keys.json"), newTestKey("k", nil))
+		target := testkeys.WriteKeys(t, filepath.Join(dir, "real", "keys.json"), testkeys.New("k", nil))
 		symlink(t, "real/keys.json", filepath.Join(dir, "keys.json"))
 		symlink(t, "keys.json", filepath.Join(dir, "link-to-link.json"))
 		return []string{filepath.Join(dir, "keys.json"), filepath.Join(dir, "link-to-link.json"), target}
@@ -56,7 +55,7 @@ var keyFileLayouts = map[string]func(t *testing.T, dir string) []string{
 	// ..data/keys.json, ..data -> a versioned folder.
 	"ConfigMap": func(t *testing.T, dir string) []string {
 		mkdir(t, filepath.Join(dir, "..2026_11_25"))
-		target := writeKeys(t, filepath.Join(dir, "..2026_11_25", "keys.json"), newTestKey("k", nil))
+		target := testkeys.WriteKeys(t, filepath.Join(dir, "..2026_11_25", "keys.json"), testkeys.New("k", nil))
 		symlink(t, "..2026_11_25", filepath.Join(dir, "..data"))
 		symlink(t, "..data/keys.json", filepath.Join(dir, "keys.json"))
 		return []string{filepath.Join(dir, "keys.json"), target}
@@ -99,7 +98,7 @@ func TestWriterAndREADMERecipeShareOneLock(t *testing.T) {
 					}
 					done := make(chan error, 1)
 					go func() {
-						_, err := updateKeyFile(writer, func(*keyfile.Doc) error { return keyfile.ErrNoChange })
+						_, err := testkeys.Update(writer, func(*keyfile.Doc) error { return keyfile.ErrNoChange })
 						done <- err
 					}()
 					select {
@@ -119,7 +118,7 @@ func TestWriterAndREADMERecipeShareOneLock(t *testing.T) {
 
 					// The writer holds the lock: the recipe, run as the
 					// README writes it, cannot take it.
-					_, err = updateKeyFile(writer, func(*keyfile.Doc) error {
+					_, err = testkeys.Update(writer, func(*keyfile.Doc) error {
 						if flockErr == nil {
 							cmd := exec.Command("sh", "-c", `flock -n "$(realpath "$1").lock" true`, "sh", recipe)
 							var exit *exec.ExitError
@@ -173,9 +172,9 @@ func TestWriterGivesUpOnTheRecipesLock(t *testing.T) {
 // force, not in the old one.
 func TestWriterFollowsALinkSwappedWhileItWaits(t *testing.T) {
 	dir := t.TempDir()
-	k := newTestKey("k", nil)
-	oldFile := writeKeys(t, filepath.Join(dir, "old.json"), k)
-	newFile := writeKeys(t, filepath.Join(dir, "new.json"), k)
+	k := testkeys.New("k", nil)
+	oldFile := testkeys.WriteKeys(t, filepath.Join(dir, "old.json"), k)
+	newFile := testkeys.WriteKeys(t, filepath.Join(dir, "new.json"), k)
 	link := filepath.Join(dir, "keys.json")
 	if err := os.Symlink(oldFile, link); err != nil {
 		t.Fatal(err)
@@ -205,60 +204,12 @@ func TestWriterFollowsALinkSwappedWhileItWaits(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(readFile(t, newFile), `"note": "edited"`) {
+	if !strings.Contains(testkeys.ReadFile(t, newFile), `"note": "edited"`) {
 		t.Error("the edit is not in the file the link points to now")
 	}
-	if strings.Contains(readFile(t, oldFile), "edited") {
+	if strings.Contains(testkeys.ReadFile(t, oldFile), "edited") {
 		t.Error("the edit went to the file the link pointed to before")
 	}
-}
-
-// caddy apikey add waits for a lock held by another writer (a server
-// writing usage), says so once on stderr, and then succeeds.
-func TestCommandWaitsForTheLockAndSaysSo(t *testing.T) {
-	path := writeKeys(t, "", newTestKey("k", nil))
-	unlock, err := keyfile.Lock(path, time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stdout, stderr syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "waited"}, time.Now()) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(stderr.String(), "Waiting for the lock on "+path) {
-		if time.Now().After(deadline) {
-			t.Fatalf("add did not say it waits; stderr %q", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	unlock()
-	if err := <-done; err != nil {
-		t.Fatalf("add after the wait: %v", err)
-	}
-	if n := strings.Count(stderr.String(), "Waiting for the lock"); n != 1 {
-		t.Errorf("said it waits %d times, want once", n)
-	}
-	if len(readKeyDoc(t, path).Records) != 2 {
-		t.Error("the key was not added")
-	}
-}
-
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // ownerOf returns the owner and group of the file at path, not following a
@@ -310,13 +261,13 @@ func TestPlantedLockFileIsRefused(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			root := t.TempDir()
 			victim := filepath.Join(root, "victim")
-			writeFile(t, victim, "root:secret\n")
+			testkeys.WriteFile(t, victim, "root:secret\n")
 			secretDir := filepath.Join(root, "secret")
 			mkdir(t, secretDir)
 			dir := filepath.Join(root, "caddy")
 			mkdir(t, dir)
-			k := newTestKey("k", nil)
-			path := writeKeys(t, filepath.Join(dir, "keys.json"), k)
+			k := testkeys.New("k", nil)
+			path := testkeys.WriteKeys(t, filepath.Join(dir, "keys.json"), k)
 			for _, p := range []string{dir, path} {
 				if err := os.Chown(p, attacker, attacker); err != nil {
 					t.Fatal(err)
@@ -324,7 +275,7 @@ func TestPlantedLockFileIsRefused(t *testing.T) {
 			}
 			lockPath := path + ".lock"
 			c.plant(t, lockPath, victim, secretDir)
-			keyBefore := readFile(t, path)
+			keyBefore := testkeys.ReadFile(t, path)
 
 			check := func(what string, err error) {
 				t.Helper()
@@ -346,7 +297,7 @@ func TestPlantedLockFileIsRefused(t *testing.T) {
 			})
 			check("lockKeyFile", err)
 			noHang(t, "add", func() {
-				err = addKey(io.Discard, io.Discard, fileRecords{path}, addOptions{Label: "x"}, time.Now())
+				err = addRecord(path)
 			})
 			check("add", err)
 
@@ -365,13 +316,13 @@ func TestPlantedLockFileIsRefused(t *testing.T) {
 			if uid, gid := ownerOf(t, victim); uid != 0 || gid != 0 {
 				t.Errorf("the root-owned file the lock file leads to is now owned by %d:%d", uid, gid)
 			}
-			if got := readFile(t, victim); got != "root:secret\n" {
+			if got := testkeys.ReadFile(t, victim); got != "root:secret\n" {
 				t.Errorf("the root-owned file was changed to %q", got)
 			}
 			if _, err := os.Lstat(filepath.Join(secretDir, "made-by-root")); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("a file was made in the root-only folder: %v", err)
 			}
-			if got := readFile(t, path); got != keyBefore {
+			if got := testkeys.ReadFile(t, path); got != keyBefore {
 				t.Error("the key file was written through a planted lock file")
 			}
 		})
@@ -386,15 +337,15 @@ func TestExistingLockFileKeepsItsOwner(t *testing.T) {
 		t.Skip("not root: only root can give files away")
 	}
 	const keyOwner, lockOwner = 65534, 4242
-	path := writeKeys(t, "", newTestKey("k", nil))
+	path := testkeys.WriteKeys(t, "", testkeys.New("k", nil))
 	if err := os.Chown(path, keyOwner, keyOwner); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, path+".lock", "")
+	testkeys.WriteFile(t, path+".lock", "")
 	if err := os.Chown(path+".lock", lockOwner, lockOwner); err != nil {
 		t.Fatal(err)
 	}
-	if err := addKey(io.Discard, io.Discard, fileRecords{path}, addOptions{Label: "x"}, time.Now()); err != nil {
+	if err := addRecord(path); err != nil {
 		t.Fatal(err)
 	}
 	if uid, gid := ownerOf(t, path+".lock"); uid != lockOwner || gid != lockOwner {
@@ -420,7 +371,7 @@ func TestNewLockFileOwnerOnlyWhereItCouldHaveMadeIt(t *testing.T) {
 	// folder only root may write.
 	rootOnly := filepath.Join(root, "root-only")
 	mkdir(t, rootOnly)
-	target := writeKeys(t, filepath.Join(rootOnly, "file"), newTestKey("k", nil))
+	target := testkeys.WriteKeys(t, filepath.Join(rootOnly, "file"), testkeys.New("k", nil))
 	if err := os.Chown(target, user, user); err != nil {
 		t.Fatal(err)
 	}
@@ -430,7 +381,7 @@ func TestNewLockFileOwnerOnlyWhereItCouldHaveMadeIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	symlink(t, target, filepath.Join(own, "keys.json"))
-	if err := addKey(io.Discard, io.Discard, fileRecords{filepath.Join(own, "keys.json")}, addOptions{Label: "x"}, time.Now()); err != nil {
+	if err := addRecord(filepath.Join(own, "keys.json")); err != nil {
 		t.Fatal(err)
 	}
 	if uid, gid := ownerOf(t, target+".lock"); uid != 0 || gid != 0 {
@@ -446,11 +397,11 @@ func TestNewLockFileOwnerOnlyWhereItCouldHaveMadeIt(t *testing.T) {
 	if err := os.Chmod(shared, 0o770); err != nil {
 		t.Fatal(err)
 	}
-	path := writeKeys(t, filepath.Join(shared, "keys.json"), newTestKey("k", nil))
+	path := testkeys.WriteKeys(t, filepath.Join(shared, "keys.json"), testkeys.New("k", nil))
 	if err := os.Chown(path, user, group); err != nil {
 		t.Fatal(err)
 	}
-	if err := addKey(io.Discard, io.Discard, fileRecords{path}, addOptions{Label: "x"}, time.Now()); err != nil {
+	if err := addRecord(path); err != nil {
 		t.Fatal(err)
 	}
 	if uid, gid := ownerOf(t, path+".lock"); uid != 0 || gid != group {

@@ -1,6 +1,6 @@
 //go:build unix
 
-package apikey
+package file
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
@@ -32,7 +33,7 @@ func runFullDiskChild(arg string) {
 	if err != nil {
 		fail("%v", err)
 	}
-	s := newKeyStore(path, zap.NewNop())
+	s := newKeyFile(path, zap.NewNop())
 	if err := s.load(); err != nil {
 		fail("%v", err)
 	}
@@ -88,15 +89,15 @@ func TestWritesKeepTheOwner(t *testing.T) {
 		t.Skip("not root: only root can give files away; keepOwner then refuses other users' files")
 	}
 	const uid, gid = 65534, 65534 // nobody, nogroup
-	k := newTestKey("k", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("k", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	// The user Caddy runs as owns the key file and its folder.
 	for _, p := range []string{path, filepath.Dir(path)} {
 		if err := os.Chown(p, uid, gid); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+	if _, err := testkeys.Update(path, func(doc *keyfile.Doc) error {
 		return doc.Records[0].Set("revoked_at", keyset.FormatTimestamp(time.Now()))
 	}); err != nil {
 		t.Fatal(err)

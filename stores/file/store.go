@@ -1,4 +1,4 @@
-package apikey
+package file
 
 import (
 	"crypto/sha256"
@@ -23,15 +23,15 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(FileStore{})
+	caddy.RegisterModule(Store{})
 }
 
-// FileStore keeps the keys in a JSON key file (module
+// Store keeps the keys in a JSON key file (module
 // http.handlers.apikey.stores.file). The handler's keys_file is the
 // shorthand for it. The file is watched: changes take effect within
 // reload_interval, without a config reload. Last-used times are written
 // back to it in the background, at most once per key per usage_interval.
-type FileStore struct {
+type Store struct {
 	// Path to the JSON key file. Required. Relative paths are relative to
 	// Caddy's working directory; {env.*} placeholders are replaced.
 	Path string `json:"path,omitempty"`
@@ -45,22 +45,22 @@ type FileStore struct {
 	// loads only.
 	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
 
-	store *keyStore
+	store *keyFile
 	lease *storeLease
 }
 
 // CaddyModule returns the Caddy module information.
-func (FileStore) CaddyModule() caddy.ModuleInfo {
+func (Store) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.handlers.apikey.stores.file",
-		New: func() caddy.Module { return new(FileStore) },
+		New: func() caddy.Module { return new(Store) },
 	}
 }
 
 // Provision takes a lease on the live store of the key file, shared with
 // every other handler of this process that uses the same file, and loads it
 // if it is the first.
-func (f *FileStore) Provision(ctx caddy.Context) error {
+func (f *Store) Provision(ctx caddy.Context) error {
 	if f.Path == "" {
 		return errors.New("file store: path (keys_file) is required")
 	}
@@ -82,7 +82,7 @@ func (f *FileStore) Provision(ctx caddy.Context) error {
 // Cleanup writes the pending last-used times and releases the key file. The
 // store stays set: a request still in flight (past the grace period) goes
 // on authenticating against the last key set instead of crashing.
-func (f *FileStore) Cleanup() error {
+func (f *Store) Cleanup() error {
 	if f.lease != nil {
 		f.lease.Release()
 		f.lease = nil
@@ -90,11 +90,18 @@ func (f *FileStore) Cleanup() error {
 	return nil
 }
 
+// Flush writes the pending last-used times now, as a config unload does,
+// and waits for that at most storecore.StopWait.
+func (f *Store) Flush() { f.store.askFlush() }
+
+// Refresh re-reads the key file now, if it changed, and puts it in force.
+func (f *Store) Refresh() error { return f.store.askReload() }
+
 // KeySet returns the key set in force.
-func (f *FileStore) KeySet() *keyset.KeySet { return f.store.keys.Load() }
+func (f *Store) KeySet() *keyset.KeySet { return f.store.keys.Load() }
 
 // MarkUsed notes a use of a key, for the usage writer.
-func (f *FileStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
+func (f *Store) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 	f.store.MarkUsed(k, sum, now)
 }
 
@@ -119,22 +126,17 @@ func keyFilePath(configured string) (path, poolKey string, err error) {
 	return path, poolKey, nil
 }
 
-// keyFiles holds one keyStore per key file (by real absolute path) for the
+// keyFiles holds one keyFile per key file (by real absolute path) for the
 // whole process, across config reloads: however many handlers use a file,
 // there is one key set in memory, one watcher and one usage writer for it.
 var keyFiles = caddy.NewUsagePool()
 
-// reloadWait bounds how long a config load waits for the watcher to re-read
-// the key file (it may be in the middle of reading a large one). Past it,
-// the config load fails.
-const reloadWait = 30 * time.Second
-
-// keyStore is the live state of one key file: the key set in force, the
+// keyFile is the live state of one key file: the key set in force, the
 // watcher that reloads it and the writer that persists last-used times.
 // Each runs in a goroutine of its own, so that a long write never delays a
 // reload, and each is the only one to do its work: a config load asks the
 // watcher for a reload, a config unload asks the writer for a write.
-type keyStore struct {
+type keyFile struct {
 	path     string
 	logger   *zap.Logger // nil: Caddy's current logger (see log)
 	now      func() time.Time
@@ -167,7 +169,7 @@ type keyStore struct {
 // storeLease is one store module's use of a key file's store.
 type storeLease struct {
 	storecore.PoolLease
-	store *keyStore
+	store *keyFile
 }
 
 // acquireStore returns a lease on the store of the key file at path (whose
@@ -177,7 +179,7 @@ type storeLease struct {
 // load, as the first load does. The caller releases the lease in Cleanup.
 func acquireStore(path, poolKey string, settings storecore.Settings) (*storeLease, error) {
 	val, loaded, err := keyFiles.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
-		s := newKeyStore(path, nil)
+		s := newKeyFile(path, nil)
 		s.metrics = stores.AcquireMetrics(path)
 		if err := s.load(); err != nil {
 			s.metrics.Release()
@@ -190,7 +192,7 @@ func acquireStore(path, poolKey string, settings storecore.Settings) (*storeLeas
 	if err != nil {
 		return nil, err
 	}
-	s := val.(*keyStore)
+	s := val.(*keyFile)
 	if loaded {
 		if err := s.askReload(); err != nil {
 			_, _ = keyFiles.Delete(poolKey)
@@ -203,8 +205,8 @@ func acquireStore(path, poolKey string, settings storecore.Settings) (*storeLeas
 	}, nil
 }
 
-func newKeyStore(path string, logger *zap.Logger) *keyStore {
-	return &keyStore{
+func newKeyFile(path string, logger *zap.Logger) *keyFile {
+	return &keyFile{
 		path:      path,
 		logger:    logger,
 		now:       time.Now,
@@ -218,13 +220,13 @@ func newKeyStore(path string, logger *zap.Logger) *keyStore {
 
 // Name, Records and Refresh (with KeySet) make the store a stores.Live,
 // for the admin API.
-func (s *keyStore) Name() string                { return "file:" + s.path }
-func (s *keyStore) Records() stores.RecordStore { return fileRecords{path: s.path} }
-func (s *keyStore) Refresh() error              { return s.askReload() }
+func (s *keyFile) Name() string                { return "file:" + s.path }
+func (s *keyFile) Records() stores.RecordStore { return Records{Path: s.path} }
+func (s *keyFile) Refresh() error              { return s.askReload() }
 
 // log is the store's logger. A store outlives the config that created it,
 // so it logs through Caddy's current logging, not that config's.
-func (s *keyStore) log() *zap.Logger {
+func (s *keyFile) log() *zap.Logger {
 	if s.logger != nil {
 		return s.logger
 	}
@@ -232,7 +234,7 @@ func (s *keyStore) log() *zap.Logger {
 }
 
 // start runs the watcher and the writer until Destruct.
-func (s *keyStore) start() {
+func (s *keyFile) start() {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); s.watch() }()
@@ -243,7 +245,7 @@ func (s *keyStore) start() {
 // Destruct stops the background work once no handler uses the file; the
 // writer writes the pending usage times as it stops. It waits for that at
 // most stopWait.
-func (s *keyStore) Destruct() error {
+func (s *keyFile) Destruct() error {
 	s.stopOnce.Do(func() { close(s.stop) })
 	stores.Unregister(s)
 	select {
@@ -259,31 +261,31 @@ func (s *keyStore) Destruct() error {
 // returns what came of it. A store that has stopped (the admin API may hold
 // one that a config unload just let go) has no key set in force to update:
 // it does not wait for a watcher that is gone.
-func (s *keyStore) askReload() error {
-	err, answered := storecore.Ask(s.reloadNow, s.stop, reloadWait)
+func (s *keyFile) askReload() error {
+	err, answered := storecore.Ask(s.reloadNow, s.stop, storecore.RefreshWait)
 	select {
 	case <-s.stop:
 		return nil // stopped: nothing to put in force any more
 	default:
 	}
 	if !answered {
-		return fmt.Errorf("key file %s: still being read after %s", s.path, reloadWait)
+		return fmt.Errorf("key file %s: still being read after %s", s.path, storecore.RefreshWait)
 	}
 	return err
 }
 
 // askFlush has the writer write every pending last-used time now, and waits
 // for it at most stopWait.
-func (s *keyStore) askFlush() { storecore.Ask(s.flushNow, s.stop, storecore.StopWait) }
+func (s *keyFile) askFlush() { storecore.Ask(s.flushNow, s.stop, storecore.StopWait) }
 
 // due reports whether work that runs every iv and last ran at last is due.
-func (s *keyStore) due(iv storecore.Interval, last time.Time) bool {
+func (s *keyFile) due(iv storecore.Interval, last time.Time) bool {
 	return !iv.Off && s.now().Sub(last) >= iv.Every
 }
 
 // watch is the watcher: it reloads the key file every reload interval and
 // when asked.
-func (s *keyStore) watch() {
+func (s *keyFile) watch() {
 	t := time.NewTicker(storecore.TickInterval)
 	defer t.Stop()
 	var last time.Time
@@ -304,7 +306,7 @@ func (s *keyStore) watch() {
 
 // check reloads the key file if it changed, and logs each new problem with
 // it once: a broken or missing file is not one error a second.
-func (s *keyStore) check() {
+func (s *keyFile) check() {
 	err := s.load()
 	switch {
 	case err == nil:
@@ -327,7 +329,7 @@ func (s *keyStore) check() {
 // the source_broken gauge: 1 while the file on disk cannot be put in force
 // (set before reloads_total counts, so that a scrape that sees the count
 // sees the gauge too).
-func (s *keyStore) load() (err error) {
+func (s *keyFile) load() (err error) {
 	defer func() { s.metrics.SourceBroken(err != nil) }()
 	fi, err := os.Stat(s.path)
 	if err != nil {
@@ -383,7 +385,7 @@ func (s *keyStore) load() (err error) {
 
 // setLoaded notes the version of the key file that the key set in force
 // holds.
-func (s *keyStore) setLoaded(fi fs.FileInfo) {
+func (s *keyFile) setLoaded(fi fs.FileInfo) {
 	s.loaded = fi
 	s.inForce.Store(&fi)
 }
@@ -394,11 +396,11 @@ func (s *keyStore) setLoaded(fi fs.FileInfo) {
 const bigKeyFile = 32 << 20
 
 // KeySet returns the key set in force.
-func (s *keyStore) KeySet() *keyset.KeySet { return s.keys.Load() }
+func (s *keyFile) KeySet() *keyset.KeySet { return s.keys.Load() }
 
 // MarkUsed records a use of key k (whose hash is sum) at now. It never
 // blocks on the disk.
-func (s *keyStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
+func (s *keyFile) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 	if s.leases.Current().Usage.Off {
 		return
 	}
@@ -408,14 +410,14 @@ func (s *keyStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 // write is the writer: it writes the last-used times that are due every
 // min(usage interval, maxFlushPeriod), all of them when asked, and all of
 // them as it stops.
-func (s *keyStore) write() {
+func (s *keyFile) write() {
 	storecore.UsageWriter(s.stop, s.flushNow, s.leases, s.now, s.writeUsage)
 }
 
 // writeUsage writes the last-used times that are due: those of keys not
 // written within the usage interval, or all of them. One write covers every
 // due key.
-func (s *keyStore) writeUsage(all bool) {
+func (s *keyFile) writeUsage(all bool) {
 	batch := s.usage.Collect(all, s.leases.Current().Usage.Every, s.now())
 	if batch == nil {
 		return
@@ -462,7 +464,7 @@ func (s *keyStore) writeUsage(all bool) {
 // broken (a keyFileError), while the watcher checks the file. The writer
 // then says nothing, so that a broken edit is logged once, not once by
 // each. With watching off, the writer is the one to log it.
-func (s *keyStore) watcherReports(err error) bool {
+func (s *keyFile) watcherReports(err error) bool {
 	var kfe *keyfile.Error
 	return errors.As(err, &kfe) && !s.leases.Current().Reload.Off
 }

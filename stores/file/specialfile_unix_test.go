@@ -1,16 +1,15 @@
 //go:build unix
 
-package apikey
+package file
 
 import (
-	"bytes"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"golang.org/x/sys/unix"
 )
@@ -88,8 +87,8 @@ func TestReadKeyFileRefusesAFileTooLarge(t *testing.T) {
 // refuse at once, the store stops promptly, and the next good file is
 // picked up.
 func TestStoreSurvivesSpecialFiles(t *testing.T) {
-	a := newTestKey("a", nil)
-	path := writeKeys(t, "", a)
+	a := testkeys.New("a", nil)
+	path := testkeys.WriteKeys(t, "", a)
 	s, clock, logs := newTestStore(t, path, time.Minute)
 
 	specialFiles(t, path, func(kind string) {
@@ -100,11 +99,11 @@ func TestStoreSurvivesSpecialFiles(t *testing.T) {
 		use(t, s, clock, a.Raw)
 		noHang(t, "writing usage into a "+kind, func() { s.writeUsage(true) })
 		var err error
-		noHang(t, "caddy apikey revoke on a "+kind, func() { err = revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, a.Rec().ID, clock.now()) })
+		noHang(t, "caddy apikey revoke on a "+kind, func() { err = revokeRecord(path, a.Rec().ID) })
 		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
 			t.Errorf("%s: revoke error %v", kind, err)
 		}
-		noHang(t, "caddy apikey list on a "+kind, func() { err = listKeys(new(bytes.Buffer), fileRecords{path}, false, clock.now()) })
+		noHang(t, "caddy apikey list on a "+kind, func() { err = readRecords(path) })
 		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
 			t.Errorf("%s: list error %v", kind, err)
 		}
@@ -113,8 +112,8 @@ func TestStoreSurvivesSpecialFiles(t *testing.T) {
 		t.Errorf("%d errors logged for 3 special files, want 3 (one each)", n)
 	}
 
-	b := newTestKey("b", nil)
-	writeKeys(t, path, a, b)
+	b := testkeys.New("b", nil)
+	testkeys.WriteKeys(t, path, a, b)
 	s.check()
 	if k, _ := s.KeySet().Lookup(b.Raw); k == nil {
 		t.Fatal("the good file that came back is not in force")

@@ -1,9 +1,10 @@
-package apikey
+package file
 
 import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 )
 
@@ -52,7 +53,7 @@ func TestKeyDocRoundTrip(t *testing.T) {
 	if err := doc.Records[0].Set("last_used_at", "2026-11-25T20:14:31.000000+00:00"); err != nil {
 		t.Fatal(err)
 	}
-	if out := marshalDoc(doc); string(out) != want {
+	if out := testkeys.MarshalDoc(doc); string(out) != want {
 		t.Fatalf("written back as\n%s\nwant\n%s", out, want)
 	}
 
@@ -61,18 +62,18 @@ func TestKeyDocRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out := marshalDoc(doc); string(out) != "[]\n" {
+	if out := testkeys.MarshalDoc(doc); string(out) != "[]\n" {
 		t.Fatalf("empty array written as %q", out)
 	}
 	doc, err = keyfile.ParseDoc([]byte(`{"api_keys": null, "other": "x"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out := marshalDoc(doc); !strings.Contains(string(out), `"api_keys": []`) || !strings.Contains(string(out), `"other": "x"`) {
+	if out := testkeys.MarshalDoc(doc); !strings.Contains(string(out), `"api_keys": []`) || !strings.Contains(string(out), `"other": "x"`) {
 		t.Fatalf("null list written as %q", out)
 	}
-	// A new file gets the object form.
-	if out := marshalDoc(keyfile.NewDoc()); string(out) != "{\n  \"api_keys\": []\n}\n" {
+	// A new file gets the testkeys.Object form.
+	if out := testkeys.MarshalDoc(keyfile.NewDoc()); string(out) != "{\n  \"api_keys\": []\n}\n" {
 		t.Fatalf("new file written as %q", out)
 	}
 }

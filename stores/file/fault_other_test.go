@@ -1,6 +1,6 @@
 //go:build !unix
 
-package apikey
+package file
 
 const canLimitFileSize = false
 

@@ -1,4 +1,4 @@
-package apikey
+package file
 
 import (
 	"encoding/json"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
@@ -32,10 +33,10 @@ func (c *fakeClock) advance(d time.Duration) {
 
 // newTestStore loads the key file at path into a store whose writer runs on
 // a fake clock and is driven by hand (no background goroutine).
-func newTestStore(t *testing.T, path string, usageInterval time.Duration) (*keyStore, *fakeClock, *observer.ObservedLogs) {
+func newTestStore(t *testing.T, path string, usageInterval time.Duration) (*keyFile, *fakeClock, *observer.ObservedLogs) {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
-	s := newKeyStore(path, zap.New(core))
+	s := newKeyFile(path, zap.New(core))
 	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	s.now = clock.now
 	if err := s.load(); err != nil {
@@ -46,7 +47,7 @@ func newTestStore(t *testing.T, path string, usageInterval time.Duration) (*keyS
 }
 
 // use records a use of raw at the clock's time, as the handler does.
-func use(t *testing.T, s *keyStore, clock *fakeClock, raw string) {
+func use(t *testing.T, s *keyFile, clock *fakeClock, raw string) {
 	t.Helper()
 	k, sum := s.KeySet().Lookup(raw)
 	if k == nil {
@@ -56,8 +57,8 @@ func use(t *testing.T, s *keyStore, clock *fakeClock, raw string) {
 }
 
 func TestUsageThrottle(t *testing.T) {
-	a, b := newTestKey("a", nil), newTestKey("b", nil)
-	path := writeKeys(t, "", a, b)
+	a, b := testkeys.New("a", nil), testkeys.New("b", nil)
+	path := testkeys.WriteKeys(t, "", a, b)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	idA, idB := a.Record["id"].(string), b.Record["id"].(string)
 	t0 := clock.now()
@@ -65,10 +66,10 @@ func TestUsageThrottle(t *testing.T) {
 	// First use is written at the next flush.
 	use(t, s, clock, a.Raw)
 	s.writeUsage(false)
-	if got, want := lastUsed(t, path, idA), keyset.FormatTimestamp(t0); got != want {
+	if got, want := testkeys.LastUsed(t, path, idA), keyset.FormatTimestamp(t0); got != want {
 		t.Fatalf("after first use: last_used_at = %q, want %q", got, want)
 	}
-	if got := lastUsed(t, path, idB); got != "" {
+	if got := testkeys.LastUsed(t, path, idB); got != "" {
 		t.Fatalf("unused key b got last_used_at %q", got)
 	}
 
@@ -76,24 +77,24 @@ func TestUsageThrottle(t *testing.T) {
 	clock.advance(time.Minute)
 	use(t, s, clock, a.Raw)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, idA); got != keyset.FormatTimestamp(t0) {
+	if got := testkeys.LastUsed(t, path, idA); got != keyset.FormatTimestamp(t0) {
 		t.Fatalf("second use within the interval was written: %q", got)
 	}
 
 	// ...but another key is independent: its first use is written now.
 	use(t, s, clock, b.Raw)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, idB); got != keyset.FormatTimestamp(t0.Add(time.Minute)) {
+	if got := testkeys.LastUsed(t, path, idB); got != keyset.FormatTimestamp(t0.Add(time.Minute)) {
 		t.Fatalf("key b: last_used_at = %q", got)
 	}
-	if got := lastUsed(t, path, idA); got != keyset.FormatTimestamp(t0) {
+	if got := testkeys.LastUsed(t, path, idA); got != keyset.FormatTimestamp(t0) {
 		t.Fatalf("key a written early, with key b: %q", got)
 	}
 
 	// Once the interval has passed, a's latest use is written.
 	clock.advance(15 * time.Minute)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, idA); got != keyset.FormatTimestamp(t0.Add(time.Minute)) {
+	if got := testkeys.LastUsed(t, path, idA); got != keyset.FormatTimestamp(t0.Add(time.Minute)) {
 		t.Fatalf("after the interval: last_used_at = %q, want the second use", got)
 	}
 	if w := s.writes.Load(); w != 3 {
@@ -109,8 +110,8 @@ func TestUsageThrottle(t *testing.T) {
 }
 
 func TestUsageConcurrentUsesMakeOneWrite(t *testing.T) {
-	k := newTestKey("busy", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("busy", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 
 	var wg sync.WaitGroup
@@ -143,13 +144,13 @@ func TestUsageConcurrentUsesMakeOneWrite(t *testing.T) {
 	if w := s.writes.Load(); w != 1 {
 		t.Fatalf("16 000 uses of one key within the interval made %d writes, want 1", w)
 	}
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
+	if got := testkeys.LastUsed(t, path, k.Record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
 		t.Fatalf("last_used_at = %q", got)
 	}
 }
 
 func TestUsageWriteMergesWithDisk(t *testing.T) {
-	kept, edited, removed := newTestKey("kept", nil), newTestKey("edited", nil), newTestKey("removed", nil)
+	kept, edited, removed := testkeys.New("kept", nil), testkeys.New("edited", nil), testkeys.New("removed", nil)
 	path := filepath.Join(t.TempDir(), "keys.json")
 	// A file as another program might keep it: other top-level members
 	// around the list, unknown members inside records.
@@ -164,43 +165,43 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 	writeRaw(kept.Record, edited.Record, removed.Record)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 
-	for _, k := range []testKey{kept, edited, removed} {
+	for _, k := range []testkeys.Key{kept, edited, removed} {
 		use(t, s, clock, k.Raw)
 	}
 
 	// Between the uses and the write, someone edits the file: a label
 	// changed, a key removed, a key added.
-	added := newTestKey("added", map[string]any{"scopes": []any{"read"}})
+	added := testkeys.New("added", map[string]any{"scopes": []any{"read"}})
 	edited.Record["label"] = "edited by hand"
 	writeRaw(kept.Record, edited.Record, added.Record)
 
 	s.writeUsage(false)
 
-	doc := readKeyDoc(t, path)
+	doc := testkeys.ReadDoc(t, path)
 	if len(doc.Records) != 3 {
-		t.Fatalf("file holds %d records, want 3 (kept, edited, added):\n%s", len(doc.Records), readFile(t, path))
+		t.Fatalf("file holds %d records, want 3 (kept, edited, added):\n%s", len(doc.Records), testkeys.ReadFile(t, path))
 	}
 	for _, r := range doc.Records {
 		if r.ID == removed.Record["id"] {
 			t.Fatal("the removed key was brought back by the usage write")
 		}
 	}
-	if got := fileRecord(t, path, edited.Record["id"].(string)); got.Label != "edited by hand" {
+	if got := testkeys.FileRecord(t, path, edited.Record["id"].(string)); got.Label != "edited by hand" {
 		t.Fatalf("edited label lost: %v", got.Label)
 	}
-	if got := lastUsed(t, path, edited.Record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
+	if got := testkeys.LastUsed(t, path, edited.Record["id"].(string)); got != keyset.FormatTimestamp(clock.now()) {
 		t.Fatalf("edited key's use not written: %q", got)
 	}
-	if got := fileRecord(t, path, added.Record["id"].(string)); got.Label != "added" || got.LastUsedAt != nil || len(got.Scopes) == 0 || got.Scopes[0] != "read" {
-		t.Fatalf("added key changed by the usage write: %s", mustJSON(t, recordMembers(got)))
+	if got := testkeys.FileRecord(t, path, added.Record["id"].(string)); got.Label != "added" || got.LastUsedAt != nil || len(got.Scopes) == 0 || got.Scopes[0] != "read" {
+		t.Fatalf("added key changed by the usage write: %s", testkeys.MustJSON(t, testkeys.Members(got)))
 	}
-	keptRec := recordMembers(fileRecord(t, path, kept.Record["id"].(string)))
+	keptRec := testkeys.Members(testkeys.FileRecord(t, path, kept.Record["id"].(string)))
 	var owner map[string]any
 	if err := json.Unmarshal(keptRec.Get("owner"), &owner); err != nil || owner["team"] != "payments" {
-		t.Fatalf("unknown record member lost: %s", mustJSON(t, keptRec))
+		t.Fatalf("unknown record member lost: %s", testkeys.MustJSON(t, keptRec))
 	}
-	if top := object(doc.TopMembers()); top.GetString("app_name") != "soulsync" || top.Get("zz_settings") == nil || string(top.Get("zz_settings")) == "null" {
-		t.Fatalf("top-level members lost: %s", mustJSON(t, top))
+	if top := testkeys.Object(doc.TopMembers()); top.GetString("app_name") != "soulsync" || top.Get("zz_settings") == nil || string(top.Get("zz_settings")) == "null" {
+		t.Fatalf("top-level members lost: %s", testkeys.MustJSON(t, top))
 	}
 	// Order of top-level members and of record members is kept.
 	data, _ := os.ReadFile(path)
@@ -219,12 +220,12 @@ func TestUsageWriteMergesWithDisk(t *testing.T) {
 
 func TestUsageWriteKeepsNewerTimeOnDisk(t *testing.T) {
 	later := "2030-01-01T00:00:00.000000+00:00"
-	k := newTestKey("k", map[string]any{"last_used_at": later})
-	path := writeKeys(t, "", k)
+	k := testkeys.New("k", map[string]any{"last_used_at": later})
+	path := testkeys.WriteKeys(t, "", k)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	use(t, s, clock, k.Raw)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != later {
+	if got := testkeys.LastUsed(t, path, k.Record["id"].(string)); got != later {
 		t.Fatalf("a newer last_used_at on disk was moved back to %q", got)
 	}
 }
@@ -232,21 +233,21 @@ func TestUsageWriteKeepsNewerTimeOnDisk(t *testing.T) {
 func TestUsageWriteSkipsRotatedKey(t *testing.T) {
 	// Same id, new hash: the key was replaced; the old key's use is not
 	// the new key's.
-	k := newTestKey("k", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("k", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	use(t, s, clock, k.Raw)
-	rotated := newTestKey("k", map[string]any{"id": k.Record["id"]})
-	writeKeys(t, path, rotated)
+	rotated := testkeys.New("k", map[string]any{"id": k.Record["id"]})
+	testkeys.WriteKeys(t, path, rotated)
 	s.writeUsage(false)
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != "" {
+	if got := testkeys.LastUsed(t, path, k.Record["id"].(string)); got != "" {
 		t.Fatalf("the old key's use was written on the new key: %q", got)
 	}
 }
 
 func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
-	k := newTestKey("k", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("k", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	s, clock, logs := newTestStore(t, path, time.Minute)
 
 	// Make writing impossible: the lock file's place is taken by a folder
@@ -266,7 +267,7 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 	if lk, _ := s.KeySet().Lookup(k.Raw); lk == nil {
 		t.Fatal("authentication stopped working when the file could not be written")
 	}
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != "" {
+	if got := testkeys.LastUsed(t, path, k.Record["id"].(string)); got != "" {
 		t.Fatalf("file written despite the failure: %q", got)
 	}
 
@@ -274,7 +275,7 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.writeUsage(false)
-	if got := lastUsed(t, path, k.Record["id"].(string)); got == "" {
+	if got := testkeys.LastUsed(t, path, k.Record["id"].(string)); got == "" {
 		t.Fatal("writing did not resume, or the pending use was lost")
 	}
 	if n := logs.FilterMessageSnippet("works again").Len(); n != 1 {
@@ -283,13 +284,13 @@ func TestUsageUnwritableIsLoggedOnceAndResumes(t *testing.T) {
 }
 
 func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
-	a, b := newTestKey("a", nil), newTestKey("b", nil)
-	path := writeKeys(t, "", a)
+	a, b := testkeys.New("a", nil), testkeys.New("b", nil)
+	path := testkeys.WriteKeys(t, "", a)
 	s, _, logs := newTestStore(t, path, -1)
 	admits := func(raw string) bool { k, _ := s.KeySet().Lookup(raw); return k != nil && !k.Revoked() }
 
 	// A good change is picked up.
-	writeKeys(t, path, a, b)
+	testkeys.WriteKeys(t, path, a, b)
 	if err := s.load(); err != nil || !admits(b.Raw) {
 		t.Fatalf("added key not admitted after reload (err %v)", err)
 	}
@@ -314,8 +315,8 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 	}
 
 	// A validation failure is a new broken version: logged once more.
-	bad := newTestKey("bad", map[string]any{"key_hash": "abc"})
-	writeKeys(t, path, a, bad)
+	bad := testkeys.New("bad", map[string]any{"key_hash": "abc"})
+	testkeys.WriteKeys(t, path, a, bad)
 	s.check()
 	s.check()
 	if n := logs.FilterMessageSnippet("key file is broken").Len(); n != 2 {
@@ -336,7 +337,7 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 	}
 
 	// Repaired: the new version is in force, a removed key is refused.
-	writeKeys(t, path, b)
+	testkeys.WriteKeys(t, path, b)
 	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
@@ -346,12 +347,12 @@ func TestReloadKeepsLastGoodKeysAndLogsOnce(t *testing.T) {
 }
 
 func TestReloadCarriesUsageAcrossKeySets(t *testing.T) {
-	a, b := newTestKey("a", nil), newTestKey("b", nil)
-	path := writeKeys(t, "", a)
+	a, b := testkeys.New("a", nil), testkeys.New("b", nil)
+	path := testkeys.WriteKeys(t, "", a)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	use(t, s, clock, a.Raw)
 	s.writeUsage(false)
-	writeKeys(t, path, a, b)
+	testkeys.WriteKeys(t, path, a, b)
 	if err := s.load(); err != nil {
 		t.Fatal(err)
 	}
@@ -366,8 +367,8 @@ func TestReloadCarriesUsageAcrossKeySets(t *testing.T) {
 }
 
 func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
-	k := newTestKey("k", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("k", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	l1, err := acquireStore(path, path, storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Every: time.Second}})
 	if err != nil {
 		t.Fatal(err)
@@ -391,7 +392,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	// written at once, though the interval is an hour, and its settings
 	// go with it.
 	l1.Release()
-	if got := lastUsed(t, path, k.Record["id"].(string)); got == "" {
+	if got := testkeys.LastUsed(t, path, k.Record["id"].(string)); got == "" {
 		t.Fatal("pending use not flushed on release")
 	}
 	if got, want := *s.leases.Current(), (storecore.Settings{Usage: storecore.Interval{Every: 2 * time.Hour}, Reload: storecore.Interval{Off: true}}); got != want {
@@ -410,7 +411,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("store not stopped after its last handler went")
 	}
-	if got := lastUsed(t, path, k.Record["id"].(string)); got != keyset.FormatTimestamp(later) {
+	if got := testkeys.LastUsed(t, path, k.Record["id"].(string)); got != keyset.FormatTimestamp(later) {
 		t.Fatalf("pending use not flushed on stop: %q", got)
 	}
 }
@@ -418,19 +419,19 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 // A key file replaced by a program that does not take the lock, while a
 // usage write is under way, is not undone by that write.
 func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
-	a, b := newTestKey("a", nil), newTestKey("b", nil)
-	path := writeKeys(t, "", a, b)
+	a, b := testkeys.New("a", nil), testkeys.New("b", nil)
+	path := testkeys.WriteKeys(t, "", a, b)
 	s, clock, _ := newTestStore(t, path, 15*time.Minute)
 	use(t, s, clock, a.Raw)
 
 	// Between the writer's read and its rename, b is revoked by an mv.
 	replaced := false
 	staged := filepath.Join(filepath.Dir(path), "staged.json")
-	w, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+	w, err := testkeys.Update(path, func(doc *keyfile.Doc) error {
 		if !replaced {
 			replaced = true
 			b.Record["revoked_at"] = "2026-11-25T20:00:00+00:00"
-			writeKeys(t, staged, a, b)
+			testkeys.WriteKeys(t, staged, a, b)
 			if err := os.Rename(staged, path); err != nil {
 				t.Fatal(err)
 			}
@@ -443,10 +444,10 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 	if w.Written == nil {
 		t.Fatal("nothing written")
 	}
-	if fileRecord(t, path, b.Record["id"].(string)).RevokedAt == nil {
+	if testkeys.FileRecord(t, path, b.Record["id"].(string)).RevokedAt == nil {
 		t.Fatal("the usage write undid a revocation made while it ran")
 	}
-	if lastUsed(t, path, a.Record["id"].(string)) == "" {
+	if testkeys.LastUsed(t, path, a.Record["id"].(string)) == "" {
 		t.Fatal("the usage was not written on the new version")
 	}
 	// And the watcher picks the new version up: it is not taken for the
@@ -463,12 +464,12 @@ func TestUsageWriteDoesNotUndoReplacement(t *testing.T) {
 // new folder (a Kubernetes ConfigMap, an `ln -sfn` deploy) is followed.
 func TestReloadFollowsASwappedSymlink(t *testing.T) {
 	dir := t.TempDir()
-	a, b := newTestKey("a", nil), newTestKey("b", nil)
-	for name, key := range map[string]testKey{"v1": a, "v2": b} {
+	a, b := testkeys.New("a", nil), testkeys.New("b", nil)
+	for name, key := range map[string]testkeys.Key{"v1": a, "v2": b} {
 		if err := os.Mkdir(filepath.Join(dir, name), 0o700); err != nil {
 			t.Fatal(err)
 		}
-		writeKeys(t, filepath.Join(dir, name, "keys.json"), key)
+		testkeys.WriteKeys(t, filepath.Join(dir, name, "keys.json"), key)
 	}
 	if err := os.Symlink("v1", filepath.Join(dir, "current")); err != nil {
 		t.Fatal(err)
@@ -520,8 +521,8 @@ func TestKeyFilePathPlaceholders(t *testing.T) {
 func TestBrokenKeyFileEditLogsOneError(t *testing.T) {
 	for _, order := range []string{"writer first", "watcher first", "watching off"} {
 		t.Run(order, func(t *testing.T) {
-			k := newTestKey("k", nil)
-			path := writeKeys(t, "", k)
+			k := testkeys.New("k", nil)
+			path := testkeys.WriteKeys(t, "", k)
 			s, clock, logs := newTestStore(t, path, time.Minute)
 			if order != "watching off" {
 				setLease(s.leases, storecore.Settings{Usage: storecore.Interval{Every: time.Minute}, Reload: storecore.Interval{Every: time.Second}})
@@ -552,10 +553,10 @@ func TestBrokenKeyFileEditLogsOneError(t *testing.T) {
 			}
 			// Repaired: the pending use is written, and nothing claims
 			// that writing works again (nothing said it did not).
-			writeKeys(t, path, k)
+			testkeys.WriteKeys(t, path, k)
 			s.check()
 			s.writeUsage(true)
-			if lastUsed(t, path, k.Record["id"].(string)) == "" {
+			if testkeys.LastUsed(t, path, k.Record["id"].(string)) == "" {
 				t.Error("the use made while the file was broken was not written once it was repaired")
 			}
 			if order != "watching off" && logs.FilterMessageSnippet("works again").Len() != 0 {
