@@ -152,8 +152,9 @@ func writeBody(w http.ResponseWriter, status int, data []byte) {
 
 // refuse writes the refusal that err calls for, in the handler's JSON
 // envelope: a refusal of what the request names or asks (refError,
-// inputError, apiError) as its code says, anything else as the server's
-// failure, logged.
+// inputError, apiError) as its code says, an edit that other writers kept
+// beating (errConflict) as 409 CONFLICT, to be tried again, anything else
+// as the server's failure, logged.
 func (a *AdminAPI) refuse(w http.ResponseWriter, err error) {
 	var ae *apiError
 	var re *refError
@@ -166,6 +167,8 @@ func (a *AdminAPI) refuse(w http.ResponseWriter, err error) {
 		ae = &apiError{http.StatusConflict, re.code, re.msg}
 	case errors.As(err, &ie):
 		ae = badRequest("%s", ie)
+	case errors.Is(err, errConflict):
+		ae = &apiError{http.StatusConflict, "CONFLICT", err.Error()}
 	default:
 		a.logger.Error("admin request failed", zap.Error(err))
 		ae = &apiError{http.StatusInternalServerError, "INTERNAL_ERROR", err.Error()}

@@ -421,9 +421,9 @@ func (t redisTarget) dial() (redisRecords, error) {
 	}
 	c, err := rueidis.NewClient(opt)
 	if err != nil {
-		return redisRecords{}, fmt.Errorf("redis %s: %v", shown, err)
+		return redisRecords{}, fmt.Errorf("redis %s: %v", shown, explainTimeout(nil, err, answerTimeout(opt), 0))
 	}
-	return redisRecords{client: c, keys: keys, shown: shown}, nil
+	return redisRecords{client: c, keys: keys, shown: shown, timeout: answerTimeout(opt)}, nil
 }
 
 // readPasswordFile reads a password from the first line of the file at

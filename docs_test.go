@@ -21,14 +21,17 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
 // The documentation's configs are checked against the code: every fenced
 // block of README.md and docs/*.md whose language is caddyfile (or caddy)
 // or json is a complete config that must load as far as it can without
-// running (adapted, decoded strictly module by module), unless its info
-// string marks it as something else. docs/development.md lists the marks.
+// running (adapted, decoded strictly module by module), and in which no
+// apikey handler is kept from running by a handler before it (the check
+// of routeorder.go), unless its info string marks it as something else.
+// docs/development.md lists the marks.
 
 // docFiles are the documentation files whose blocks and links are checked.
 func docFiles(t *testing.T) []string {
@@ -105,6 +108,7 @@ const (
 	markApikeyHandler = "apikey-handler" // json: apikey handler objects
 	markKeyFile       = "key-file"       // json: a key file
 	markResponse      = "response"       // json: a response body, valid JSON
+	markShadowed      = "shadowed"       // a whole config shown as a mistake: an apikey handler in it never runs
 )
 
 // docCheck is what checking the documentation's blocks found.
@@ -136,13 +140,19 @@ func (c *docCheck) checkBlock(b docBlock) error {
 	case markFragment, markSyntax, markExternal:
 		c.skipped[mark]++
 		return nil
-	case "":
-		if kind == "caddyfile" {
+	case "", markShadowed:
+		shadowed := mark == markShadowed
+		if shadowed {
+			c.blocks[kind+" "+mark]++
+		} else if kind == "caddyfile" {
 			c.blocks["caddyfile"]++
-			return c.checkCaddyfile(b.String(), b.body)
+		} else {
+			c.blocks["json config"]++
 		}
-		c.blocks["json config"]++
-		return c.checkConfigJSON(b.body)
+		if kind == "caddyfile" {
+			return c.checkCaddyfile(b.String(), b.body, shadowed)
+		}
+		return c.checkConfigJSON(b.body, shadowed)
 	case markApikeyHandler, markKeyFile, markResponse:
 		if kind != "json" {
 			return fmt.Errorf("the mark %q is for json blocks", mark)
@@ -160,13 +170,13 @@ func (c *docCheck) checkBlock(b docBlock) error {
 		return c.checkHandlers(b.body)
 	}
 	return fmt.Errorf("unknown mark %q in the info string %q (known: %s)", mark, b.info(), strings.Join([]string{
-		markFragment, markSyntax, markExternal, markApikeyHandler, markKeyFile, markResponse}, ", "))
+		markFragment, markSyntax, markExternal, markApikeyHandler, markKeyFile, markResponse, markShadowed}, ", "))
 }
 
 // checkCaddyfile adapts a Caddyfile as `caddy adapt` does, in process: no
 // error and no warning (so it must be formatted as `caddy fmt` formats
-// it), then checks the JSON it adapts to.
-func (c *docCheck) checkCaddyfile(name string, body []byte) error {
+// it), then checks the JSON it adapts to; shadowed as for checkConfigJSON.
+func (c *docCheck) checkCaddyfile(name string, body []byte, shadowed bool) error {
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	if adapter == nil {
 		return errors.New("no caddyfile config adapter registered")
@@ -182,7 +192,7 @@ func (c *docCheck) checkCaddyfile(name string, body []byte) error {
 		}
 		return fmt.Errorf("adapts with warnings: %s", strings.Join(msgs, "; "))
 	}
-	if err := c.checkConfigJSON(out); err != nil {
+	if err := c.checkConfigJSON(out, shadowed); err != nil {
 		return fmt.Errorf("adapts to a config that does not check: %v\n%s", err, out)
 	}
 	return nil
@@ -190,8 +200,10 @@ func (c *docCheck) checkCaddyfile(name string, body []byte) error {
 
 // checkConfigJSON decodes a whole Caddy config as Caddy loads one: the
 // config strictly (an unknown member is an error), then each module it
-// holds, strictly, into the type its registered module makes.
-func (c *docCheck) checkConfigJSON(raw []byte) error {
+// holds, strictly, into the type its registered module makes; then runs
+// the route-order check on its servers, which must find an apikey handler
+// that never runs if shadowed is set, and none otherwise.
+func (c *docCheck) checkConfigJSON(raw []byte, shadowed bool) error {
 	var cfg caddy.Config
 	if err := caddy.StrictUnmarshalJSON(raw, &cfg); err != nil {
 		return fmt.Errorf("not a whole Caddy config (%v); if it is part of one, mark it (```json %s or %s)",
@@ -200,7 +212,43 @@ func (c *docCheck) checkConfigJSON(raw []byte) error {
 	if cfg.Admin == nil && cfg.Logging == nil && cfg.StorageRaw == nil && len(cfg.AppsRaw) == 0 {
 		return errors.New("an empty Caddy config")
 	}
-	return c.walk(reflect.ValueOf(&cfg), "config")
+	if err := c.walk(reflect.ValueOf(&cfg), "config"); err != nil {
+		return err
+	}
+	return checkRouteOrder(raw, shadowed)
+}
+
+// checkRouteOrder runs the check that warns, when a config loads, about an
+// apikey handler that never runs because a handler before it in the same
+// route answers every request first (routeorder.go), on each server of a
+// whole config. A config that shows this mistake on purpose is marked
+// shadowed, and must show it; any other must not.
+func checkRouteOrder(raw []byte, shadowed bool) error {
+	var cfg struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]*caddyhttp.Server `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return fmt.Errorf("reading its servers' routes: %v", err)
+	}
+	var found []string
+	for _, name := range slices.Sorted(maps.Keys(cfg.Apps.HTTP.Servers)) {
+		for _, s := range shadowedAuths(cfg.Apps.HTTP.Servers[name]) {
+			found = append(found, fmt.Sprintf("server %s: %s at %s answers before the apikey handler at %s",
+				name, s.answerer, s.answererAt, s.apikeyAt))
+		}
+	}
+	switch {
+	case shadowed && len(found) == 0:
+		return fmt.Errorf("marked %s, but no apikey handler in it is kept from running", markShadowed)
+	case !shadowed && len(found) > 0:
+		return fmt.Errorf("an apikey handler never runs (%s); if the block shows this mistake on purpose, mark it (```caddyfile %s)",
+			strings.Join(found, "; "), markShadowed)
+	}
+	return nil
 }
 
 // checkHandlers checks one or more handler objects, one after another in
@@ -437,6 +485,10 @@ func TestDocCheckRefuses(t *testing.T) {
 		{"json: response", "json response", `{"success": false,}`, "not valid JSON"},
 		{"unknown mark", "json apikey-handlers", `{}`, "unknown mark"},
 		{"mark for another language", "caddyfile key-file", "{\n}\n", "for json blocks"},
+		{"caddyfile: apikey after respond in a route", "caddyfile", site("\troute {\n\t\trespond \"secret\"\n\t\tapikey keys.json\n\t}\n"), "an apikey handler never runs"},
+		{"caddyfile: shadowed, but apikey runs", "caddyfile shadowed", site("\troute {\n\t\tapikey keys.json\n\t\trespond \"secret\"\n\t}\n"), "no apikey handler in it is kept from running"},
+		{"json: apikey after static_response", "json", `{"apps": {"http": {"servers": {"s": {"routes": [{"handle": [{"handler": "static_response", "body": "secret"}, {"handler": "apikey", "keys_file": "k.json"}]}]}}}}}`, "an apikey handler never runs"},
+		{"shadowed on a handler", "json shadowed", `{"handler": "apikey", "keys_file": "k.json"}`, "not a whole Caddy config"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			words := strings.Fields(tc.info)

@@ -513,3 +513,47 @@ func TestFleetSurvivesRedisKill(t *testing.T) {
 		}
 	}
 }
+
+// The key set's records evicted (here deleted, as allkeys-lru would) while
+// its version and log remain: a running server keeps admitting its keys; a
+// server restarted with a cache file serves from it, one without refuses to
+// start, naming the cause; the key set restored from the cache file, every
+// server takes a change again.
+func TestFleetRecordsGone(t *testing.T) {
+	r := startRedis(t)
+	rs := r.records("fleet:")
+	good, _ := addRedisKey(t, rs, "good")
+	cache := filepath.Join(t.TempDir(), "cache.json")
+	block := "redis " + r.URL + " {\n\t\t\tprefix fleet:\n\t\t\tcache_file " + cache + "\n\t\t}"
+	running := startFleetCaddy(t, "running", block)
+	eventually(t, 10*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
+
+	keys, _ := newRedisKeys("fleet:")
+	r.do("DEL", keys.records)
+	if got := running.status(good); got != 200 {
+		t.Fatalf("the running server: the good key got %d", got)
+	}
+
+	restarted := startFleetCaddy(t, "restarted", block)
+	if got := restarted.status(good); got != 200 {
+		t.Fatalf("the server restarted with a cache file: the good key got %d", got)
+	}
+	_, err := launchFleetCaddy(t, "no cache", "redis "+r.URL+" {\n\t\t\tprefix fleet:\n\t\t}")
+	if err == nil || !strings.Contains(err.Error(), "records are gone") {
+		t.Fatalf("a server restarted without a cache file: %v, want a refusal naming the cause", err)
+	}
+	// Within the follower's next version check (about a second).
+	eventually(t, 10*time.Second, "the running server did not say that the records are gone", func() bool {
+		return strings.Contains(running.logs(), "records are gone")
+	})
+	if got := running.status(good); got != 200 {
+		t.Fatalf("the running server, once it saw the loss: the good key got %d", got)
+	}
+
+	if _, err := importKeys(filestore.Records{Path: cache}, rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	fresh, _ := addRedisKey(t, rs, "after the restore")
+	waitAll(t, []*fleetCaddy{running, restarted}, fresh, 200, time.Now())
+	waitAll(t, []*fleetCaddy{running, restarted}, good, 200, time.Now())
+}

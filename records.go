@@ -20,6 +20,9 @@ type redisRecords struct {
 	client rueidis.Client
 	keys   redisKeys
 	shown  string // the URL, without its password
+	// timeout is how long the client waits for Redis to answer
+	// (answerTimeout), for messages; 0: redisTimeout.
+	timeout time.Duration
 
 	// mayCreate lets an edit that may create a key set (add, import)
 	// create one at a prefix that holds none. Off, such an edit is
@@ -47,11 +50,11 @@ func (r redisRecords) Read() ([]keyfile.Record, *keyset.KeySet, error) {
 	defer cancel()
 	doc, _, err := readRedisRecords(ctx, r.client, r.keys, true)
 	if err != nil {
-		return nil, nil, r.wrap(err)
+		return nil, nil, r.fail(ctx, err)
 	}
 	used, err := usedTimes(ctx, r.client, r.keys)
 	if err != nil {
-		return nil, nil, r.wrap(err)
+		return nil, nil, r.fail(ctx, err)
 	}
 	mergeUsed(doc.Records, used)
 	ks, err := keyfile.BuildKeySet(doc.Records)
@@ -72,9 +75,18 @@ func (r redisRecords) Edit(e stores.Edit) error {
 		doc, version, err := r.readFor(ctx, e)
 		switch {
 		case errors.Is(err, errNoKeySet) && e.Create:
-			doc, version = keyfile.NewList(), 0
+			// version is 0, or the version of a key set whose records
+			// are gone, which this edit may make anew.
+			doc = keyfile.NewList()
 		case err != nil:
-			return r.wrap(err)
+			return r.fail(ctx, err)
+		}
+		// An edit of one named record conflicts only with changes of the
+		// records it changes: it is checked against their values as read,
+		// not against the version, which every add moves.
+		var before []readValue
+		if e.OnlyID != "" {
+			before = readValues(doc)
 		}
 		if err := e.Change(doc); err != nil {
 			if errors.Is(err, keyfile.ErrNoChange) {
@@ -82,18 +94,62 @@ func (r redisRecords) Edit(e stores.Edit) error {
 			}
 			return err
 		}
-		_, err = writeChanged(ctx, r.client, r.keys, doc, version, e.Create)
-		if (errors.Is(err, errVersionMoved) || errors.Is(err, errIDTaken)) && attempt < 10 {
-			if attempt == 1 && e.Waiting != nil && errors.Is(err, errVersionMoved) {
+		var read map[string]string
+		if e.OnlyID != "" {
+			read = changedValues(doc, before)
+		}
+		_, err = writeRecords(ctx, r.client, r.keys, doc, version, e.Create, read)
+		conflict := errors.Is(err, errVersionMoved) || errors.Is(err, errRecordMoved) || errors.Is(err, errIDTaken)
+		switch {
+		case conflict && attempt < maxEditTries:
+			if attempt == 1 && e.Waiting != nil && !errors.Is(err, errIDTaken) {
 				e.Waiting()
 			}
 			continue
-		}
-		if err != nil {
-			return r.wrap(err)
+		case conflict:
+			return r.wrap(fmt.Errorf("%w (%v, %d times); nothing was changed: try again", errConflict, err, attempt))
+		case err != nil:
+			return r.fail(ctx, err)
 		}
 		return nil
 	}
+}
+
+// maxEditTries is how many times an edit is done again on what another
+// writer left, before it gives up (errConflict).
+const maxEditTries = 10
+
+// readValue is a record's id and value as an edit read them.
+type readValue struct {
+	id  string
+	raw []byte
+}
+
+// readValues notes the values of doc's records, before an edit.
+func readValues(doc *keyfile.Doc) []readValue {
+	out := make([]readValue, len(doc.Records))
+	for i := range doc.Records {
+		out[i] = readValue{doc.Records[i].ID, doc.Records[i].Raw()}
+	}
+	return out
+}
+
+// changedValues returns the values read (before) of the records that the
+// edit of doc changed, by id: what the write expects to replace.
+func changedValues(doc *keyfile.Doc, before []readValue) map[string]string {
+	read := make(map[string]string)
+	changed := make(map[string]bool)
+	for i := range doc.Records {
+		if doc.Records[i].Edited() {
+			changed[doc.Records[i].ID] = true
+		}
+	}
+	for _, v := range before {
+		if changed[v.id] && v.raw != nil {
+			read[v.id] = string(v.raw)
+		}
+	}
+	return read
 }
 
 // readFor reads what edit e needs, and the version it was read at: for an
@@ -103,23 +159,22 @@ func (r redisRecords) Edit(e stores.Edit) error {
 func (r redisRecords) readFor(ctx context.Context, e stores.Edit) (*keyfile.Doc, int64, error) {
 	if e.OnlyAdds {
 		if !e.Create {
-			if v, err := readVersion(ctx, r.client, r.keys); err != nil || v == 0 {
-				return nil, 0, cmp.Or(err, errNoKeySet)
+			if _, err := readState(ctx, r.client, r.keys); err != nil {
+				return nil, 0, err
 			}
 		}
 		return keyfile.NewList(), anyVersion, nil
 	}
 	if e.OnlyID != "" {
-		version, err := readVersion(ctx, r.client, r.keys)
-		if err != nil || version == 0 {
-			return nil, 0, cmp.Or(err, errNoKeySet)
+		version, err := readState(ctx, r.client, r.keys)
+		if err != nil {
+			return nil, version, err
 		}
 		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.OnlyID).Build()).ToString()
 		if err == nil {
-			var arr recordArray
-			arr.add(e.OnlyID, js)
-			doc, err := arr.parse()
-			if err != nil {
+			doc := keyfile.NewList(keyfile.Record{})
+			var rd keyfile.RecordReader
+			if err := rd.Read(e.OnlyID, js, &doc.Records[0]); err != nil {
 				return nil, 0, err
 			}
 			if _, err := keyfile.BuildKeySet(doc.Records); err != nil {
@@ -134,7 +189,7 @@ func (r redisRecords) readFor(ctx context.Context, e stores.Edit) (*keyfile.Doc,
 	}
 	doc, version, err := readRedisRecords(ctx, r.client, r.keys, false)
 	if err != nil {
-		return nil, 0, err
+		return nil, version, err
 	}
 	// Never build on a key set the handler would refuse.
 	if _, err := keyfile.BuildKeySet(doc.Records); err != nil {
@@ -143,8 +198,17 @@ func (r redisRecords) readFor(ctx context.Context, e stores.Edit) (*keyfile.Doc,
 	return doc, version, nil
 }
 
+// fail is wrap, for an error of a Redis call made with ctx: a time-out
+// says what gave up after how long.
+func (r redisRecords) fail(ctx context.Context, err error) error {
+	return r.wrap(explainTimeout(ctx, err, cmp.Or(r.timeout, redisTimeout), redisEditTimeout))
+}
+
 // wrap names the key set in an error.
 func (r redisRecords) wrap(err error) error {
+	if errors.Is(err, errRecordsGone) {
+		return fmt.Errorf("key set %s: %w. The servers keep the keys they hold. Restore it with caddy apikey import %s --file <keys.json>, from an export or a server's cache_file (then, on Redis, set maxmemory-policy to noeviction or a volatile-* policy); caddy apikey add %s --create would start it anew with that one key", r, err, r.Flags(), r.Flags())
+	}
 	if errors.Is(err, errNoKeySet) {
 		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.Flags(), r.Flags())
 	}

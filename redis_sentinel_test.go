@@ -128,8 +128,8 @@ func TestRedisSentinelFailoverCanLoseAChange(t *testing.T) {
 
 	core, logs := observer.New(zapcore.InfoLevel)
 	stores := []*redisKeyStore{
-		openLoggedRedisStore(t, s.URL, "", zap.New(core)),
-		openLoggedRedisStore(t, s.URL, "", zap.New(core)),
+		openTopologyStore(t, s.URL, "", zap.New(core)),
+		openTopologyStore(t, s.URL, "", zap.New(core)),
 	}
 	keys, _ := newRedisKeys("")
 	replicated := s.primary.version(keys)
@@ -284,7 +284,7 @@ func TestRedisSentinelFailoverWithClockSkew(t *testing.T) {
 	rawA, _ := addRedisKey(t, rs, "a")
 	rawB, recB := addRedisKey(t, rs, "b")
 	core, logs := observer.New(zapcore.InfoLevel)
-	st := openLoggedRedisStore(t, s.URL, "", zap.New(core))
+	st := openTopologyStore(t, s.URL, "", zap.New(core))
 	waitUntil(t, 5*time.Second, "the replica did not catch up", func() bool { return caughtUp(s.primary, s.replica) }, nil)
 
 	if err := s.primary.do("ACL", "DELUSER", "repl").Error(); err != nil {

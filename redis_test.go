@@ -152,6 +152,12 @@ func addRedisKey(t testing.TB, st stores.RecordStore, label string) (string, key
 // ends.
 func openRedisStore(t testing.TB, r *testRedis, prefix, cacheFile string, usage time.Duration) (*redisKeyStore, error) {
 	t.Helper()
+	return openRedisStoreWith(t, r, prefix, cacheFile, usage, zap.NewNop())
+}
+
+// openRedisStoreWith is openRedisStore, the store logging to logger.
+func openRedisStoreWith(t testing.TB, r *testRedis, prefix, cacheFile string, usage time.Duration, logger *zap.Logger) (*redisKeyStore, error) {
+	t.Helper()
 	opt, shown, err := redisURL(r.URL)
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +167,7 @@ func openRedisStore(t testing.TB, r *testRedis, prefix, cacheFile string, usage 
 		t.Fatal(err)
 	}
 	s := newRedisKeyStore(opt, shown, keys, cacheFile)
-	s.logger = zap.NewNop()
+	s.logger = logger
 	s.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: usage}, Reload: storecore.Interval{Off: true}})
 	if err := s.open(); err != nil {
 		return nil, err

@@ -456,7 +456,7 @@ func (cl *clusterSetup) owner(slot int) int {
 // openLoggedRedisStore opens a live store on the key set at prefix of the
 // Redis at url, as openRedisStore does, logging to logger; it is stopped
 // when the test ends.
-func openLoggedRedisStore(t testing.TB, url, prefix string, logger *zap.Logger) *redisKeyStore {
+func openTopologyStore(t testing.TB, url, prefix string, logger *zap.Logger) *redisKeyStore {
 	t.Helper()
 	opt, shown, err := redisURL(url)
 	if err != nil {

@@ -1,10 +1,12 @@
 package apikey
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"strconv"
@@ -88,6 +90,30 @@ func redisURL(configured string) (rueidis.ClientOption, string, error) {
 	return opt, shown, nil
 }
 
+// answerTimeout is how long a connection made with opt waits for Redis to
+// answer before it gives up: its dial time-out (dial_timeout in the URL)
+// for a new connection, its write time-out (write_timeout) for one in use,
+// whichever is longer.
+func answerTimeout(opt rueidis.ClientOption) time.Duration {
+	return max(cmp.Or(opt.Dialer.Timeout, rueidis.DefaultDialTimeout), cmp.Or(opt.ConnWriteTimeout, redisTimeout))
+}
+
+// explainTimeout says what gave up after how long, for an error of a Redis
+// call that timed out, which "context deadline exceeded" or "i/o timeout"
+// alone does not: Redis not answering within answer (answerTimeout), or,
+// if ctx's own deadline passed, the whole operation not done within
+// budget. Other errors are returned as they are.
+func explainTimeout(ctx context.Context, err error, answer, budget time.Duration) error {
+	var ne net.Error
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
+		return err
+	}
+	if ctx != nil && ctx.Err() != nil {
+		return fmt.Errorf("Redis did not finish within %s, the time allowed: %w", budget, err)
+	}
+	return fmt.Errorf("Redis did not answer within %s: %w", answer, err)
+}
+
 // redactURL is a Redis URL as logs and messages may show it: without its
 // password.
 func redactURL(raw string) string {
@@ -103,29 +129,42 @@ func redactURL(raw string) string {
 	return u.String()
 }
 
-// editScript applies one change to a key set: if the version is still the
-// one the change was made from (0: the key set does not exist yet, which
-// only a change that may create it accepts; "*": any version, for a change
-// that only adds records, whose ids must then be new), it writes the records, bumps
-// the version and logs the change: the ids, and the key_hash each record had
-// before ("" for a new record, "?" if it could not be read), so that a
-// follower drops a replaced key without searching for it. It returns {1, new version}, or {0,
-// version now} when another writer came first, {2, version} when a record
-// to add is there already.
+// editScript applies one change to a key set. It checks, first, the
+// version the change was made from (ARGV[1]): the key set must still be at
+// it (0: the key set does not exist yet, which only a change that may
+// create it accepts, ARGV[2], as it alone may write into a key set whose
+// records are gone while its version remains; "*": any version). Then,
+// for each record (ARGV[5...]: id, expected, JSON), what the change
+// expects to replace: nothing is checked (""), there must be no record
+// with that id ("-": a new record), or the record must still be the value
+// read ("=" and the value: a change of named records, which conflicts
+// only with changes of the same records). It then writes the records,
+// bumps the version and logs the change (ARGV[3]: the log's length): the
+// ids (ARGV[4]), and the key_hash each record had before ("" for a new
+// record, "?" if it could not be read), so that a follower drops a
+// replaced key without searching for it. It returns {1, new version}, or
+// {0, version now} when another writer changed the version, {2, version}
+// when a record to add is there already, {3, version} when a record to
+// change is no longer the one read.
 var editScript = rueidis.NewLuaScript(`
 local v = redis.call('GET', KEYS[1])
 if not v then
   if ARGV[2] ~= '1' then return redis.error_reply('NOKEYSET no key set at this prefix') end
   v = '0'
+elseif ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.error_reply('NORECORDS the key set has a version but no records')
 end
 if ARGV[1] ~= '*' and v ~= ARGV[1] then return {0, tonumber(v)} end
-if ARGV[5] == '1' then
-  for i = 6, #ARGV, 2 do
+for i = 5, #ARGV, 3 do
+  local want = ARGV[i+1]
+  if want == '-' then
     if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then return {2, tonumber(v)} end
+  elseif want ~= '' then
+    if redis.call('HGET', KEYS[2], ARGV[i]) ~= string.sub(want, 2) then return {3, tonumber(v)} end
   end
 end
 local was = {}
-for i = 6, #ARGV, 2 do
+for i = 5, #ARGV, 3 do
   local h = ''
   local prev = redis.call('HGET', KEYS[2], ARGV[i])
   if prev then
@@ -134,7 +173,7 @@ for i = 6, #ARGV, 2 do
     if ok and type(d) == 'table' and type(d.key_hash) == 'string' then h = string.lower(d.key_hash) end
   end
   was[#was + 1] = h
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+1])
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+2])
 end
 local nv = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'v', nv, 'ids', ARGV[4], 'was', cjson.encode(was))
@@ -164,34 +203,48 @@ end
 return n
 `)
 
-// headScript reads the version and the id of the log's last entry at once.
+// headScript reads the version, the id of the log's last entry and whether
+// the records hash exists, at once.
 var headScript = rueidis.NewLuaScriptReadOnly(`
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local id = '0-0'
 if #last > 0 then id = last[1][1] end
-return {redis.call('GET', KEYS[1]) or '', id}
+return {redis.call('GET', KEYS[1]) or '', id, tostring(redis.call('EXISTS', KEYS[3]))}
 `)
 
 // errNoKeySet: the prefix holds no key set (it was never made, or Redis
 // lost it).
 var errNoKeySet = errors.New("no key set")
 
-// redisHead is where a key set stands: its version (0: none) and its log's
-// last entry.
+// errRecordsGone: the key set's records hash is gone while its version
+// remains. No change removes every record (revoke keeps them), so Redis
+// lost them: it is the key set gone (errors.Is errNoKeySet).
+var errRecordsGone error = recordsGone{}
+
+type recordsGone struct{}
+
+func (recordsGone) Error() string {
+	return "the key set's records are gone from Redis while its version and change log remain (evicted under a maxmemory-policy allkeys-*, or deleted by hand)"
+}
+func (recordsGone) Is(target error) bool { return target == errNoKeySet }
+
+// redisHead is where a key set stands: its version (0: none), its log's
+// last entry, and whether its records hash exists.
 type redisHead struct {
 	version int64
 	logID   string
+	records bool
 }
 
 func readHead(ctx context.Context, c rueidis.Client, k redisKeys) (redisHead, error) {
-	vals, err := headScript.Exec(ctx, c, []string{k.version, k.log}, nil).AsStrSlice()
+	vals, err := headScript.Exec(ctx, c, []string{k.version, k.log, k.records}, nil).AsStrSlice()
 	if err != nil {
 		return redisHead{}, err
 	}
-	if len(vals) != 2 {
+	if len(vals) != 3 {
 		return redisHead{}, fmt.Errorf("redis: unexpected reply to the head script: %q", vals)
 	}
-	h := redisHead{logID: vals[1]}
+	h := redisHead{logID: vals[1], records: vals[2] != "0"}
 	if vals[0] != "" {
 		if h.version, err = strconv.ParseInt(vals[0], 10, 64); err != nil {
 			return h, fmt.Errorf("redis: %s holds %q, not a version number", k.version, vals[0])
@@ -207,6 +260,29 @@ func readVersion(ctx context.Context, c rueidis.Client, k redisKeys) (int64, err
 		return 0, nil
 	}
 	return v, err
+}
+
+// readState returns the key set's version and, in the same round trip,
+// errNoKeySet if there is none or errRecordsGone if its records are gone.
+func readState(ctx context.Context, c rueidis.Client, k redisKeys) (int64, error) {
+	res := c.DoMulti(ctx, c.B().Get().Key(k.version).Build(), c.B().Exists().Key(k.records).Build())
+	v, err := res[0].AsInt64()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return 0, errNoKeySet
+	case err != nil:
+		return 0, err
+	case v == 0:
+		return 0, errNoKeySet
+	}
+	n, err := res[1].AsInt64()
+	switch {
+	case err != nil:
+		return v, err
+	case n == 0:
+		return v, errRecordsGone
+	}
+	return v, nil
 }
 
 // scanCount is how many fields one HSCAN asks for.
@@ -252,113 +328,37 @@ func scanHash(ctx context.Context, c rueidis.Client, key string, fn func(page []
 	return ctx.Err()
 }
 
-// recordArray gathers records into one JSON array, to be read as a bare
-// key file (parseKeyDoc): the same checks, the same errors.
-type recordArray struct {
-	b    []byte
-	ids  []string // the hash field of each record, to check it matches the id
-	vals []string // each record's JSON
-}
-
-func (a *recordArray) add(field, value string) {
-	if len(a.ids) == 0 {
-		a.b = append(a.b, '[')
-	} else {
-		a.b = append(a.b, ',')
-	}
-	a.b = append(a.b, value...)
-	a.ids = append(a.ids, field)
-	a.vals = append(a.vals, value)
-}
-
-func (a *recordArray) bytes() []byte {
-	if len(a.ids) == 0 {
-		return []byte("[]")
-	}
-	return append(a.b, ']')
-}
-
-// checkFields checks that each record sits under its own id.
-func (a *recordArray) checkFields(records []keyfile.Record) error {
-	for i := range records {
-		if records[i].ID != a.ids[i] {
-			return fmt.Errorf("record %d: its id %q is not the hash field %q it is stored under", i+1, records[i].ID, a.ids[i])
-		}
-	}
-	return nil
-}
-
-// parse reads the gathered records, checking each one's hash field.
-func (a *recordArray) parse() (*keyfile.Doc, error) {
-	doc, err := keyfile.ParseDoc(a.bytes())
-	if err == nil {
-		err = a.checkFields(doc.Records)
-	}
-	return doc, err
-}
-
-// parseEach reads the gathered records like parse, but leaves out those
-// that cannot be read, each named among problems, rather than refusing all.
-func (a *recordArray) parseEach() (records []keyfile.Record, problems []error) {
-	if doc, err := a.parse(); err == nil {
-		return doc.Records, nil
-	}
-	for i := range a.ids {
-		one := recordArray{}
-		one.add(a.ids[i], a.vals[i])
-		doc, err := one.parse()
-		if err != nil {
-			problems = append(problems, fmt.Errorf("record %q: %w", a.ids[i], err))
-			continue
-		}
-		records = append(records, doc.Records...)
-	}
-	return records, problems
-}
-
-// pageArray gathers one page of a scan, skipping the fields seen already.
-func pageArray(page []string, seen func(id string) bool) *recordArray {
-	size := 2
-	for i := 1; i < len(page); i += 2 {
-		size += len(page[i]) + 1
-	}
-	a := &recordArray{b: make([]byte, 0, size), ids: make([]string, 0, len(page)/2), vals: make([]string, 0, len(page)/2)}
-	for i := 0; i+1 < len(page); i += 2 {
-		if !seen(page[i]) {
-			a.add(page[i], page[i+1])
-		}
-	}
-	return a
-}
-
 // readRedisRecords reads a whole key set as of one version, as the commands
 // edit it: it scans the records between two reads of the version, and
 // scans again if they differ. sorted orders them for people (oldest first,
 // then by id); the records of a hash have no order of their own.
 func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted bool) (*keyfile.Doc, int64, error) {
 	for attempt := 1; ; attempt++ {
-		before, err := readVersion(ctx, c, k)
+		before, err := readState(ctx, c, k)
 		if err != nil {
-			return nil, 0, err
-		}
-		if before == 0 {
-			return nil, 0, errNoKeySet
+			return nil, before, err
 		}
 		doc := keyfile.NewList()
 		seen := make(map[string]bool)
-		n := 0
+		var rd keyfile.RecordReader
 		err = scanHash(ctx, c, k.records, func(page []string) error {
-			arr := pageArray(page, func(id string) bool { dup := seen[id]; seen[id] = true; return dup })
-			d, err := arr.parse()
-			if err != nil {
-				return renumber(err, n)
+			for i := 0; i < len(page); i += 2 {
+				if seen[page[i]] {
+					continue
+				}
+				seen[page[i]] = true
+				doc.Records = append(doc.Records, keyfile.Record{})
+				if err := rd.Read(page[i], page[i+1], &doc.Records[len(doc.Records)-1]); err != nil {
+					return err
+				}
 			}
-			n += len(d.Records)
-			doc.Records = append(doc.Records, d.Records...)
 			return nil
 		})
 		if err != nil {
 			return nil, 0, err
+		}
+		if len(seen) == 0 { // gone while read
+			return nil, before, errRecordsGone
 		}
 		after, err := readVersion(ctx, c, k)
 		if err != nil {
@@ -394,13 +394,21 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *ke
 	b.Reserve(int(size/8 + 64))
 	n := 0
 	seen := make(map[string]bool) // HSCAN may return a field twice
+	var rd keyfile.RecordReader
+	var rec keyfile.Record
 	err = scanHash(ctx, c, k.records, func(page []string) error {
-		arr := pageArray(page, func(id string) bool { dup := seen[id]; seen[id] = true; return dup })
-		records, bad := arr.parseEach()
-		problems = append(problems, bad...)
-		for i := range records {
+		for i := 0; i < len(page); i += 2 {
+			if seen[page[i]] {
+				continue
+			}
+			seen[page[i]] = true
+			rec = keyfile.Record{}
+			if err := rd.Read(page[i], page[i+1], &rec); err != nil {
+				problems = append(problems, err)
+				continue
+			}
 			n++
-			if err := b.Add(&records[i].Record, n); err != nil {
+			if err := b.Add(&rec.Record, n); err != nil {
 				problems = append(problems, err)
 			}
 		}
@@ -409,16 +417,10 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *ke
 	if err != nil {
 		return nil, nil, err
 	}
-	return b.KeySet(), problems, nil
-}
-
-// renumber makes the record numbers of a page's error count from the
-// records before the page.
-func renumber(err error, before int) error {
-	if before == 0 {
-		return err
+	if len(seen) == 0 { // its caller saw a version: the records are gone
+		return nil, nil, errRecordsGone
 	}
-	return fmt.Errorf("after %d good records, %w", before, err)
+	return b.KeySet(), problems, nil
 }
 
 func deref(s *string) string {
@@ -445,7 +447,19 @@ const editBatch = 5000
 // whatever the version, and refused (errIDTaken) if one of its ids is
 // there already.
 func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyfile.Doc, from int64, create bool) (int64, error) {
-	var pairs []string // id, JSON, id, JSON...
+	return writeRecords(ctx, c, k, doc, from, create, nil)
+}
+
+// writeRecords is writeChanged, but for read not nil: the change is one of
+// named records, written whatever the version if each record it changes is
+// still the value it was read as (read[id]; none if read has no value for
+// it), and refused otherwise (errRecordMoved, or errIDTaken for a record
+// that was not there). Changes of other records do not hold it up.
+func writeRecords(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyfile.Doc, from int64, create bool, read map[string]string) (int64, error) {
+	if read != nil {
+		from = anyVersion
+	}
+	var writes []string // id, expected, JSON, id, expected, JSON...
 	for i := range doc.Records {
 		r := &doc.Records[i]
 		if !r.Edited() {
@@ -460,45 +474,55 @@ func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyfi
 		if err != nil {
 			return 0, fmt.Errorf("record %q: %v", r.ID, err)
 		}
-		pairs = append(pairs, r.ID, string(js))
+		expect := ""
+		switch was, ok := read[r.ID]; {
+		case ok:
+			expect = "=" + was
+		case from == anyVersion:
+			expect = "-"
+		}
+		writes = append(writes, r.ID, expect, string(js))
 	}
 	version := from
-	for len(pairs) > 0 {
-		n := min(len(pairs), 2*editBatch)
-		var err error
-		v, err := writeBatch(ctx, c, k, pairs[:n], version, create)
+	for len(writes) > 0 {
+		n := min(len(writes), 3*editBatch)
+		v, err := writeBatch(ctx, c, k, writes[:n], version, create)
 		if err != nil {
 			return v, err
 		}
 		if version != anyVersion {
 			version = v
 		}
-		pairs, create = pairs[n:], false
+		writes, create = writes[n:], false
 	}
 	return version, nil
 }
 
-// writeBatch runs editScript once, for the records in pairs (id, JSON...).
-func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, pairs []string, from int64, create bool) (int64, error) {
-	args := make([]string, 5, 5+len(pairs))
-	args[0], args[1], args[2], args[4] = strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen), "0"
+// writeBatch runs editScript once, for the records in writes (id,
+// expected, JSON...).
+func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, writes []string, from int64, create bool) (int64, error) {
+	args := make([]string, 4, 4+len(writes))
+	args[0], args[1], args[2] = strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen)
 	if create {
 		args[1] = "1"
 	}
 	if from == anyVersion {
-		args[0], args[4] = "*", "1"
+		args[0] = "*"
 	}
-	ids := make([]string, 0, len(pairs)/2)
-	for i := 0; i < len(pairs); i += 2 {
-		ids = append(ids, pairs[i])
+	ids := make([]string, 0, len(writes)/3)
+	for i := 0; i < len(writes); i += 3 {
+		ids = append(ids, writes[i])
 	}
 	idList, _ := json.Marshal(ids) // strings only: cannot fail
 	args[3] = string(idList)
-	args = append(args, pairs...)
+	args = append(args, writes...)
 	res, err := editScript.Exec(ctx, c, []string{k.version, k.records, k.log}, args).AsIntSlice()
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "NOKEYSET") {
+		switch msg := err.Error(); {
+		case strings.HasPrefix(msg, "NOKEYSET"):
 			return 0, errNoKeySet
+		case strings.HasPrefix(msg, "NORECORDS"):
+			return 0, errRecordsGone
 		}
 		return 0, err
 	}
@@ -510,6 +534,8 @@ func writeBatch(ctx context.Context, c rueidis.Client, k redisKeys, pairs []stri
 		return res[1], errVersionMoved
 	case 2:
 		return res[1], errIDTaken
+	case 3:
+		return res[1], errRecordMoved
 	}
 	return res[1], nil
 }
@@ -524,6 +550,14 @@ var errIDTaken = errors.New("a record with this id is there already")
 // errVersionMoved: another writer changed the key set between the read
 // and the write; the edit is done again on the new version.
 var errVersionMoved = errors.New("the key set changed meanwhile")
+
+// errRecordMoved: another writer changed a record that a change of named
+// records changes, between the read and the write; the edit is done again.
+var errRecordMoved = errors.New("the record changed meanwhile")
+
+// errConflict: an edit that found its records changed by another writer
+// at each of its tries; nothing was written. Trying again may work.
+var errConflict = errors.New("another writer changed the key set at each try")
 
 // usedTimes reads the used hash: last use by "<key_hash>:<id>".
 func usedTimes(ctx context.Context, c rueidis.Client, k redisKeys) (map[string]time.Time, error) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -143,13 +144,14 @@ type redisKeyStore struct {
 	usage  keyset.UsageTracker
 
 	// The follower's state.
-	version   int64           // the version of the key set in force
-	logID     string          // the last log entry applied
-	problems  map[string]bool // the records that cannot be used, as logged
-	down      bool            // Redis could not be reached last time (logged once)
-	gone      bool            // the key set vanished from Redis (logged once)
-	lastCheck time.Time
-	syncs     atomic.Int64 // full reads of the key set, for tests
+	version       int64           // the version of the key set in force
+	logID         string          // the last log entry applied
+	problems      map[string]bool // the records that cannot be used, as logged
+	down          bool            // Redis could not be reached last time (logged once)
+	gone          bool            // the key set vanished from Redis, or its records did (logged once)
+	policyChecked bool            // maxmemory-policy was looked at (see warnEviction)
+	lastCheck     time.Time
+	syncs         atomic.Int64 // full reads of the key set, for tests
 
 	// The writers' state.
 	writeFailing bool
@@ -181,8 +183,7 @@ func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, ca
 	return s
 }
 
-// Name, KeySet, Records and Refresh make the store a stores.Live, for the
-// admin API.
+// name, keySet and records make the store a liveStore, for the admin API.
 func (s *redisKeyStore) Name() string           { return "redis:" + s.shown + "#" + s.rk.prefix }
 func (s *redisKeyStore) KeySet() *keyset.KeySet { return s.keys.Load() }
 func (s *redisKeyStore) Records() stores.RecordStore {
@@ -190,7 +191,7 @@ func (s *redisKeyStore) Records() stores.RecordStore {
 	if p := s.client.Load(); p != nil {
 		c = *p
 	}
-	return redisRecords{client: c, keys: s.rk, shown: s.shown}
+	return redisRecords{client: c, keys: s.rk, shown: s.shown, timeout: answerTimeout(s.opt)}
 }
 
 func (s *redisKeyStore) log() *zap.Logger {
@@ -209,29 +210,36 @@ func (s *redisKeyStore) fields(more ...zap.Field) []zap.Field {
 // is back; otherwise the config load fails.
 func (s *redisKeyStore) open() error {
 	c, err := rueidis.NewClient(s.opt)
+	err = explainTimeout(nil, err, answerTimeout(s.opt), 0)
 	if err == nil {
 		s.client.Store(&c)
 		if err = s.fullSync(c); err == nil {
 			return nil
 		}
 	}
-	if errors.Is(err, errNoKeySet) {
+	gone := errors.Is(err, errNoKeySet) // Redis answers, without the key set
+	switch {
+	case errors.Is(err, errRecordsGone):
+		err = fmt.Errorf("redis %s, prefix %q: %w; restore it with caddy apikey import --redis %s --prefix %s --file <keys.json>, from an export or a server's cache_file", s.shown, s.rk.prefix, err, s.shown, s.rk.prefix)
+	case errors.Is(err, errNoKeySet):
 		err = fmt.Errorf("redis %s holds no key set at prefix %q: make one with caddy apikey import --redis %s --prefix %s --file <keys.json>, or caddy apikey add --redis %s --prefix %s --create", s.shown, s.rk.prefix, s.shown, s.rk.prefix, s.shown, s.rk.prefix)
-	} else {
+	default:
 		err = fmt.Errorf("redis %s (prefix %q): %v", s.shown, s.rk.prefix, err)
 	}
 	if s.cacheFile == "" {
 		s.closeClient()
 		return err
 	}
-	ks, cerr := keyfile.ReadKeySet(s.cacheFile)
+	ks, cerr := s.readCache()
 	if cerr != nil {
 		s.closeClient()
 		return fmt.Errorf("%v; and the cache file cannot be used: %v", err, cerr)
 	}
 	s.keys.Store(ks)
+	s.cached = ks // what the cache file holds
 	s.metrics.Loaded(ks, time.Now())
-	s.down = true
+	// Said here, once: the follower does not say it again.
+	s.down, s.gone = !gone, gone
 	s.log().Warn("Redis key set unavailable: starting from the cache file; will catch up when Redis is back",
 		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.Len()), zap.Error(err))...)
 	return nil
@@ -420,11 +428,11 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	for _, e := range entries {
 		v, err := strconv.ParseInt(e.FieldValues["v"], 10, 64)
 		if err != nil || v != version+1 {
-			return s.fullSync(c)
+			return s.resync(c)
 		}
 		var ids, hashes []string
 		if err := json.Unmarshal([]byte(e.FieldValues["ids"]), &ids); err != nil {
-			return s.fullSync(c)
+			return s.resync(c)
 		}
 		if json.Unmarshal([]byte(e.FieldValues["was"]), &hashes) != nil || len(hashes) != len(ids) {
 			hashes = nil // not said: KeySet.with searches
@@ -443,25 +451,36 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	for id := range changed {
 		ids = append(ids, id)
 	}
-	vals, err := c.Do(ctx, c.B().Hmget().Key(s.rk.records).Field(ids...).Build()).ToArray()
-	if err != nil {
-		return err
+	var vals []rueidis.RedisMessage
+	if len(ids) > 0 { // an entry may name none (not one of ours)
+		var err error
+		if vals, err = c.Do(ctx, c.B().Hmget().Key(s.rk.records).Field(ids...).Build()).ToArray(); err != nil {
+			return err
+		}
+		if len(vals) != len(ids) {
+			return fmt.Errorf("redis: HMGET of %d fields answered %d values", len(ids), len(vals))
+		}
 	}
 	// Every changed id loses its key; those whose record can be used get
 	// their new one.
 	changes := make(map[string]*keyset.Record, len(ids))
-	var arr recordArray
+	records := make([]keyfile.Record, len(ids))
+	var problems []error
+	var rd keyfile.RecordReader
 	for i, v := range vals {
 		changes[ids[i]] = nil
-		if js, err := v.ToString(); err == nil {
-			arr.add(ids[i], js)
-		} else if !rueidis.IsRedisNil(err) { // nil: deleted
+		js, err := v.ToString()
+		switch {
+		case rueidis.IsRedisNil(err): // deleted
+		case err != nil:
 			return err
+		default:
+			if err := rd.Read(ids[i], js, &records[i]); err != nil {
+				problems = append(problems, err)
+				continue
+			}
+			changes[ids[i]] = &records[i].Record
 		}
-	}
-	records, problems := arr.parseEach()
-	for i := range records {
-		changes[records[i].ID] = &records[i].Record
 	}
 	ks, bad := s.keys.Load().With(changes, was)
 	s.version, s.logID = version, last
@@ -507,17 +526,18 @@ func (s *redisKeyStore) check() error {
 		return err
 	}
 	v := head.version
+	switch {
+	case v == 0:
+		err = errNoKeySet
+	case !head.records:
+		err = errRecordsGone
+	}
 	s.reportUp()
 	s.lastCheck = time.Now()
 	switch {
-	case v == 0:
-		if !s.gone {
-			s.gone = true
-			s.metrics.LoadFailed()
-			s.log().Error("the key set is gone from Redis (a restart without persistence, a FLUSHALL?); the keys in force stay in force until it is back: restore it with caddy apikey import",
-				s.fields(zap.Int64("version", s.version))...)
-		}
-		return errNoKeySet
+	case err != nil:
+		s.reportGone(err)
+		return err
 	case s.gone || v < s.version || s.version == 0:
 		switch {
 		case s.gone:
@@ -527,24 +547,51 @@ func (s *redisKeyStore) check() error {
 			s.log().Warn("the key set's version went back (Redis restored from an older snapshot, or a failover lost changes?): it is read again, and changes made after that snapshot are lost, revocations included; check them",
 				s.fields(zap.Int64("version_was", s.version), zap.Int64("version", v))...)
 		}
-		return s.fullSync(c)
+		return s.resync(c)
 	case v == s.version && head.logID != s.logID:
 		// Same version, other history: changes in force here were lost
 		// (a failover) and as many made since, logged under entry ids
 		// that the log read cannot reach (another server's clock).
 		s.log().Warn("the key set's log does not end with the last change in force here (a failover lost changes?): it is read again, and the changes lost are lost here too, revocations included; check them",
 			s.fields(zap.Int64("version", v), zap.String("log_entry_was", s.logID), zap.String("log_entry", head.logID))...)
-		return s.fullSync(c)
+		return s.resync(c)
 	case v > s.version:
 		if err := s.readLog(c, 0); err != nil {
 			return err
 		}
 		if s.version != v {
-			return s.fullSync(c)
+			return s.resync(c)
 		}
 	}
 	s.metrics.Synced(s.lastCheck)
 	return nil
+}
+
+// reportGone logs that the key set is gone from Redis (errNoKeySet) or its
+// records are (errRecordsGone), once until it is back.
+func (s *redisKeyStore) reportGone(err error) {
+	if s.gone {
+		return
+	}
+	s.gone = true
+	s.metrics.LoadFailed()
+	if errors.Is(err, errRecordsGone) {
+		s.log().Error("the key set's records are gone from Redis while its version and change log remain (evicted under a maxmemory-policy allkeys-*, or deleted by hand); the keys in force stay in force, and the cache file is kept, until it is back: restore it with caddy apikey import, from an export or a cache_file",
+			s.fields(zap.Int64("version", s.version))...)
+		return
+	}
+	s.log().Error("the key set is gone from Redis (a restart without persistence, a FLUSHALL?); the keys in force stay in force until it is back: restore it with caddy apikey import",
+		s.fields(zap.Int64("version", s.version))...)
+}
+
+// resync is fullSync for the follower, which says once that the key set
+// is gone if it is.
+func (s *redisKeyStore) resync(c rueidis.Client) error {
+	err := s.fullSync(c)
+	if errors.Is(err, errNoKeySet) {
+		s.reportGone(err)
+	}
+	return err
 }
 
 // fullSync reads the whole key set and puts it in force, then follows the
@@ -556,14 +603,18 @@ func (s *redisKeyStore) fullSync(c rueidis.Client) error {
 	defer cancel()
 	head, err := readHead(ctx, c, s.rk)
 	if err != nil {
-		return err
+		return explainTimeout(ctx, err, answerTimeout(s.opt), redisEditTimeout)
 	}
-	if head.version == 0 {
+	s.warnEviction(ctx, c)
+	switch {
+	case head.version == 0:
 		return errNoKeySet
+	case !head.records:
+		return errRecordsGone
 	}
 	ks, problems, err := loadRedisKeySet(ctx, c, s.rk)
 	if err != nil {
-		return err
+		return explainTimeout(ctx, err, answerTimeout(s.opt), redisEditTimeout)
 	}
 	s.syncs.Add(1)
 	s.version, s.logID = head.version, head.logID
@@ -575,6 +626,27 @@ func (s *redisKeyStore) fullSync(c rueidis.Client) error {
 		debug.FreeOSMemory() // give back what reading it took
 	}
 	return nil
+}
+
+// warnEviction warns, once per store, if Redis may evict the key set: its
+// maxmemory-policy is one of the allkeys-* policies, which evict keys that
+// have no time to live, as the key set's keys have none, when Redis is out
+// of memory. A Redis that does not let this user ask (an ACL, a managed
+// Redis without CONFIG) says nothing.
+func (s *redisKeyStore) warnEviction(ctx context.Context, c rueidis.Client) {
+	if s.policyChecked {
+		return
+	}
+	s.policyChecked = true
+	conf, err := c.Do(ctx, c.B().ConfigGet().Parameter("maxmemory*").Build()).AsStrMap()
+	if err != nil {
+		s.log().Debug("cannot read Redis's maxmemory-policy (CONFIG GET refused?); not checked whether Redis may evict the key set", s.fields(zap.Error(err))...)
+		return
+	}
+	if policy := conf["maxmemory-policy"]; strings.HasPrefix(policy, "allkeys-") {
+		s.log().Warn("Redis may evict the key set: its maxmemory-policy evicts any key when memory runs out, and a key set whose records are evicted refuses every change until it is restored; set maxmemory-policy to noeviction (or a volatile-* policy)",
+			s.fields(zap.String("maxmemory_policy", policy), zap.String("maxmemory", conf["maxmemory"]))...)
+	}
 }
 
 // bigKeySet is the size from which a full read gives the memory it no
@@ -681,6 +753,11 @@ func (s *redisKeyStore) writeCache() {
 	if ks == nil || ks == s.cached {
 		return
 	}
+	if ks.Len() == 0 {
+		// An empty key set (every record unusable) is never written: a
+		// server that starts from its cache would refuse every key.
+		return
+	}
 	_, err := keyfile.WriteAtomic(s.cacheFile, keyfile.Snapshot{KeySet: ks, Of: s.Name()}, nil, nil)
 	if err != nil {
 		if !s.cacheFailing {
@@ -691,6 +768,21 @@ func (s *redisKeyStore) writeCache() {
 	}
 	s.cacheFailing = false
 	s.cached = ks
+}
+
+// readCache reads the cache file, if it is a snapshot of this store's key
+// set: a cache file of another key set (another prefix, another Redis, a
+// file copied from another server) is refused, never put in force. A key
+// file that names no key set (an export put there by hand) is taken.
+func (s *redisKeyStore) readCache() (*keyset.KeySet, error) {
+	of, err := keyfile.SnapshotOf(s.cacheFile)
+	if err != nil {
+		return nil, &keyfile.Error{Path: s.cacheFile, Err: err}
+	}
+	if of != "" && of != s.Name() {
+		return nil, fmt.Errorf("cache file %s is a snapshot of %s, not of this store's key set %s", s.cacheFile, of, s.Name())
+	}
+	return keyfile.ReadKeySet(s.cacheFile)
 }
 
 // Interface guards

@@ -20,8 +20,10 @@ type Key struct {
 	scopesJoined string
 	expiresAt    int64 // unix nanoseconds, clamped to int64 (see UnixNanoClamped)
 	revokedAt    int64 // unix nanoseconds, clamped, when revoked
+	createdAt    int64 // unix nanoseconds, clamped: for a store's snapshot of the key set, which a restore reads
 	expires      bool  // the key has an expires_at
 	revoked      bool  // the key has a revoked_at
+	created      bool  // the key has a created_at that reads as a time
 
 	// usage is created on first use, so keys that are never used cost
 	// nothing, and is carried over to the next key set when the store is
@@ -69,6 +71,10 @@ func (k *Key) Revoked() bool { return k.revoked }
 // ExpiresAt returns when the key expires (unix nanoseconds, clamped), if it
 // does.
 func (k *Key) ExpiresAt() (int64, bool) { return k.expiresAt, k.expires }
+
+// CreatedAt returns when the key was made (unix nanoseconds, clamped), if
+// its record says so in a form that reads as a time.
+func (k *Key) CreatedAt() (int64, bool) { return k.createdAt, k.created }
 
 // RevokedAt returns when the key was revoked (unix nanoseconds, clamped),
 // if it was.
@@ -127,6 +133,12 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 		}
 		k.revoked, k.revokedAt = true, UnixNanoClamped(t)
 	}
+	if rec.CreatedAt != nil {
+		// Kept, not checked: a created_at that is no time is left out.
+		if t, err := ParseTimestamp(*rec.CreatedAt); err == nil {
+			k.created, k.createdAt = true, UnixNanoClamped(t)
+		}
+	}
 	for _, s := range rec.Scopes {
 		if err := CheckScope(s); err != nil {
 			return sum, err
@@ -144,7 +156,7 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 // its usage cell.
 func (k *Key) copyTo(c *Key) {
 	c.ID, c.Label, c.Prefix, c.Scopes = k.ID, k.Label, k.Prefix, k.Scopes
-	c.scopesJoined, c.expiresAt, c.revokedAt = k.scopesJoined, k.expiresAt, k.revokedAt
-	c.expires, c.revoked = k.expires, k.revoked
+	c.scopesJoined, c.expiresAt, c.revokedAt, c.createdAt = k.scopesJoined, k.expiresAt, k.revokedAt, k.createdAt
+	c.expires, c.revoked, c.created = k.expires, k.revoked, k.created
 	c.usage.Store(k.usage.Load())
 }
