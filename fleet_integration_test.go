@@ -304,6 +304,7 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 }
 
 func TestFleetSharesOneKeySet(t *testing.T) {
+	slowTest(t, "several Caddy processes")
 	r := startRedis(t)
 	rs := r.records("fleet:")
 	first, _ := addRedisKey(t, rs, "first")
@@ -442,6 +443,7 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 }
 
 func TestFleetSurvivesRedisKill(t *testing.T) {
+	slowTest(t, "several Caddy processes")
 	r := startRedis(t)
 	rs := r.records("fleet:")
 	good, _ := addRedisKey(t, rs, "good")
@@ -520,6 +522,7 @@ func TestFleetSurvivesRedisKill(t *testing.T) {
 // start, naming the cause; the key set restored from the cache file, every
 // server takes a change again.
 func TestFleetRecordsGone(t *testing.T) {
+	slowTest(t, "several Caddy processes")
 	r := startRedis(t)
 	rs := r.records("fleet:")
 	good, _ := addRedisKey(t, rs, "good")

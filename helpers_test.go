@@ -377,3 +377,13 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	t.Helper()
 	testkeys.WaitFor(t, timeout, what, cond)
 }
+
+// slowTest skips a test that takes seconds (why says what it runs) when
+// -short is given, for a quick inner loop; the README's test command runs
+// it.
+func slowTest(t *testing.T, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: a slow test (" + why + "); the full test command runs it")
+	}
+}

@@ -47,6 +47,7 @@ func seedKeys(t testing.TB, rs stores.RecordStore, n int) []testKey {
 // API and through the record store (as caddy apikey does), every revoke
 // succeeds, by id as by key_prefix, and is in force when it answers.
 func TestRedisRevokesUnderAdds(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	rs := r.records("busy:")
 	keys := seedKeys(t, rs, 5000)

@@ -24,6 +24,7 @@ import (
 // the cause and the way back; and the edit script refuses to write into it,
 // so that no add races a restore into a one-key set.
 func TestRedisRecordsGone(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	rs := r.records("ev:")
 	k, _ := newRedisKeys("ev:")
@@ -138,6 +139,7 @@ func mustDocRecord(t testing.TB, k testKey) keyfile.Record {
 // (maxmemory-policy allkeys-*), and says nothing when it may not, or when
 // it may not ask (CONFIG refused by an ACL).
 func TestRedisWarnsOfEviction(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	addRedisKey(t, r.records(""), "a")
 	for _, tc := range []struct {

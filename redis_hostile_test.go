@@ -133,6 +133,7 @@ func TestRedisValueHoldingTwoRecords(t *testing.T) {
 // panic; the good key stays in force and the follower alive; the value's
 // key is refused, or admitted if the value is one good record after all.
 func TestRedisHostileValues(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	for i, tc := range []struct {
 		name  string
@@ -208,6 +209,7 @@ func TestRedisHostileValues(t *testing.T) {
 // Log entries that no writer of this plugin makes: the follower neither
 // panics nor sticks on them; the next change is in force.
 func TestRedisHostileLogEntries(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	rs := r.records("log:")
 	k, _ := newRedisKeys("log:")
@@ -243,6 +245,7 @@ func TestRedisHostileLogEntries(t *testing.T) {
 // panic, in the store (at start and running) or in the commands; a running
 // store keeps its keys.
 func TestRedisWrongTypes(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	for i, which := range []string{"records", "used", "version", "log"} {
 		for _, as := range []string{"string", "hash", "bad number"} {

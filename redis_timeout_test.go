@@ -12,6 +12,7 @@ import (
 // after the connection's time-out, and say so, where they said "context
 // deadline exceeded" or "i/o timeout" alone.
 func TestRedisTimeoutsSayWhatGaveUp(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	slow := &testRedis{t: t, port: r.port, URL: r.URL + "?dial_timeout=1s&write_timeout=1s"}
 	rs := slow.records("")

@@ -101,6 +101,9 @@ func runCrashWriter(path string) {
 // writing usage times, many times over: the key file must always be valid
 // and hold every key.
 func TestUsageWriteSurvivesKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a slow test (a child process killed many times); the full test command runs it")
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

@@ -80,6 +80,9 @@ func symlink(t *testing.T, target, link string) {
 // one and the same file, whichever spelling of the key file each is given:
 // each waits for the other.
 func TestWriterAndREADMERecipeShareOneLock(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a slow test (writers racing the flock(1) recipe); the full test command runs it")
+	}
 	_, flockErr := exec.LookPath("flock")
 	for name, layout := range keyFileLayouts {
 		t.Run(name, func(t *testing.T) {
