@@ -207,7 +207,7 @@ tell this for a key set that holds no keys (it did not exist, or Redis lost
 it): then every key is taken as the file has it, and import says so; revoke
 again any key revoked after the file was written. Import from an export
 (caddy apikey export), not from a server's cache_file, which lacks
-created_at, last_used_at and unknown members: import warns if given one.
+last_used_at, rotated_from and unknown members: import warns if given one.
 
 On a terminal, import shows its progress on stderr (reading the file,
 reading the key set, writing it): a file of a million keys takes some

@@ -161,7 +161,7 @@ func revokedOnlyThere(there, file *keyset.Record) bool {
 // its source. It returns the error for the records it could not import.
 func reportImport(stdout, stderr io.Writer, res importResult, file string, to stores.RecordStore) error {
 	if res.snapshot {
-		fmt.Fprintf(stderr, "Warning: %s is a server's cache_file (it has a \"snapshot\" member), not an export: its records lack created_at, last_used_at and the members this plugin does not know, and their times may be spelled otherwise than in the key set (then reported as conflicts below). Prefer an export (caddy apikey export); use a cache_file only when nothing else is left.\n", file)
+		fmt.Fprintf(stderr, "Warning: %s is a server's cache_file (it has a \"snapshot\" member), not an export: its records lack last_used_at, rotated_from and the members this plugin does not know, and their times may be spelled otherwise than in the key set (then reported as conflicts below). Prefer an export (caddy apikey export); use a cache_file only when nothing else is left.\n", file)
 	}
 	if len(res.reactivated) > 0 {
 		fmt.Fprintf(stdout, "Re-activated %d keys revoked in %s, as --reactivate asked (their copies in %s are active):\n  %s\n", len(res.reactivated), to, file, strings.Join(res.reactivated, "\n  "))
