@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	jsonv2 "github.com/go-json-experiment/json"
@@ -151,20 +152,20 @@ func writeBody(w http.ResponseWriter, status int, data []byte) {
 }
 
 // refuse writes the refusal that err calls for, in the handler's JSON
-// envelope: a refusal of what the request names or asks (refError,
-// inputError, apiError) as its code says, an edit that other writers kept
+// envelope: a refusal of what the request names or asks (keyops.RefError,
+// keyops.InputError, apiError) as its code says, an edit that other writers kept
 // beating (errConflict) as 409 CONFLICT, to be tried again, anything else
 // as the server's failure, logged.
 func (a *AdminAPI) refuse(w http.ResponseWriter, err error) {
 	var ae *apiError
-	var re *refError
-	var ie inputError
+	var re *keyops.RefError
+	var ie keyops.InputError
 	switch {
 	case errors.As(err, &ae):
-	case errors.As(err, &re) && re.code == "KEY_NOT_FOUND":
-		ae = &apiError{http.StatusNotFound, re.code, re.msg}
+	case errors.As(err, &re) && re.Code == "KEY_NOT_FOUND":
+		ae = &apiError{http.StatusNotFound, re.Code, re.Msg}
 	case errors.As(err, &re):
-		ae = &apiError{http.StatusConflict, re.code, re.msg}
+		ae = &apiError{http.StatusConflict, re.Code, re.Msg}
 	case errors.As(err, &ie):
 		ae = badRequest("%s", ie)
 	case errors.Is(err, errConflict):
@@ -173,15 +174,15 @@ func (a *AdminAPI) refuse(w http.ResponseWriter, err error) {
 		a.logger.Error("admin request failed", zap.Error(err))
 		ae = &apiError{http.StatusInternalServerError, "INTERNAL_ERROR", err.Error()}
 	}
-	writeBody(w, ae.status, refusalJSON(ae.code, ae.message))
+	writeBody(w, ae.status, keyops.ErrorBody(ae.code, ae.message))
 }
 
 // storeFailure names the store in an error that is its failure (a key file
 // that cannot be read or written, say), and lets a refusal of the request
 // pass as it is.
 func storeFailure(st stores.Live, err error) error {
-	var re *refError
-	var ie inputError
+	var re *keyops.RefError
+	var ie keyops.InputError
 	if errors.As(err, &re) || errors.As(err, &ie) {
 		return err
 	}
@@ -310,9 +311,9 @@ func (a *AdminAPI) refresh(st stores.Live) string {
 }
 
 // listed is rec as `caddy apikey list --json` shows it, its status at now.
-func listed(rec keyset.Record, now time.Time) listedKey {
+func listed(rec keyset.Record, now time.Time) keyops.Listed {
 	k, _, _ := keyset.FromRecord(&rec) // cannot fail: the record was checked as it was written
-	return newListedKey(&rec, k, now)
+	return keyops.NewListed(&rec, k, now)
 }
 
 func (a *AdminAPI) listKeys(_ http.ResponseWriter, r *http.Request, _ string) (int, any, error) {
@@ -320,7 +321,7 @@ func (a *AdminAPI) listKeys(_ http.ResponseWriter, r *http.Request, _ string) (i
 	if err != nil {
 		return 0, nil, err
 	}
-	keys, err := listedKeys(st.Records(), a.now())
+	keys, err := keyops.List(st.Records(), a.now())
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
@@ -336,12 +337,12 @@ type createRequest struct {
 
 // newKeyAnswer is the answer to a create or a rotate: the raw key, shown
 // this once, and its record as listed; for a rotate, the old key's record
-// after the rotation.
+// after the keyops.Rotation.
 type newKeyAnswer struct {
 	Key string `json:"key"`
-	listedKey
-	Replaced *listedKey `json:"replaced,omitempty"`
-	Warning  string     `json:"warning,omitempty"`
+	keyops.Listed
+	Replaced *keyops.Listed `json:"replaced,omitempty"`
+	Warning  string         `json:"warning,omitempty"`
 }
 
 func (a *AdminAPI) createKey(w http.ResponseWriter, r *http.Request, _ string) (int, any, error) {
@@ -354,19 +355,19 @@ func (a *AdminAPI) createKey(w http.ResponseWriter, r *http.Request, _ string) (
 		return 0, nil, err
 	}
 	now := a.now()
-	raw, rec, err := createKey(existingRecords{st.Records()}, addOptions{Label: req.Label, Scopes: req.Scopes, Expires: req.Expires}, now, a.waiting(st))
+	raw, rec, err := keyops.Create(existingRecords{st.Records()}, keyops.AddOptions{Label: req.Label, Scopes: req.Scopes, Expires: req.Expires}, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
 	a.logger.Info("key created", zap.String("store", st.Name()),
 		zap.String("key_id", rec.ID), zap.String("key_label", rec.Label), zap.String("key_prefix", rec.KeyPrefix))
-	return http.StatusCreated, newKeyAnswer{Key: raw, listedKey: listed(rec, now), Warning: a.refresh(st)}, nil
+	return http.StatusCreated, newKeyAnswer{Key: raw, Listed: listed(rec, now), Warning: a.refresh(st)}, nil
 }
 
 // revokeAnswer is the answer to a revoke: the key's record as listed after
 // it, and whether it was revoked before (then nothing changed).
 type revokeAnswer struct {
-	listedKey
+	keyops.Listed
 	AlreadyRevoked bool   `json:"already_revoked"`
 	Warning        string `json:"warning,omitempty"`
 }
@@ -380,7 +381,7 @@ func (a *AdminAPI) revokeKey(w http.ResponseWriter, r *http.Request, ref string)
 		return 0, nil, err
 	}
 	now := a.now()
-	rec, already, err := revokeNamedKey(existingRecords{st.Records()}, ref, now, a.waiting(st))
+	rec, already, err := keyops.Revoke(existingRecords{st.Records()}, ref, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
@@ -393,14 +394,14 @@ func (a *AdminAPI) revokeKey(w http.ResponseWriter, r *http.Request, ref string)
 		a.logger.Info("key revoked", zap.String("store", st.Name()),
 			zap.String("key_id", rec.ID), zap.String("key_label", rec.Label), zap.String("key_prefix", rec.KeyPrefix))
 	}
-	answer.listedKey = listed(rec, now)
+	answer.Listed = listed(rec, now)
 	return http.StatusOK, answer, nil
 }
 
 // rotateRequest is the body of POST /apikey/keys/{id}/rotate, which may be
 // empty.
 type rotateRequest struct {
-	Grace   string `json:"grace"`   // how long the old key stays valid; "" for defaultGrace
+	Grace   string `json:"grace"`   // how long the old key stays valid; "" for keyops.DefaultGrace
 	Expires string `json:"expires"` // the new key's expiry; "" for never
 }
 
@@ -414,17 +415,17 @@ func (a *AdminAPI) rotateKey(w http.ResponseWriter, r *http.Request, ref string)
 		return 0, nil, err
 	}
 	now := a.now()
-	rot, err := rotateNamedKey(existingRecords{st.Records()}, rotateOptions{Ref: ref, Grace: req.Grace, Expires: req.Expires}, now, a.waiting(st))
+	rot, err := keyops.Rotate(existingRecords{st.Records()}, keyops.RotateOptions{Ref: ref, Grace: req.Grace, Expires: req.Expires}, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
 	a.logger.Info("key rotated", zap.String("store", st.Name()),
-		zap.String("key_id", rot.added.ID), zap.String("key_label", rot.added.Label), zap.String("key_prefix", rot.added.KeyPrefix),
-		zap.String("old_key_id", rot.old.ID), zap.String("old_key_prefix", rot.old.KeyPrefix), zap.String("old_key_outcome", rot.oldNote))
-	old := rot.old
-	old.ExpiresAt, old.RevokedAt = rot.oldExpiresAt, rot.oldRevokedAt
+		zap.String("key_id", rot.Added.ID), zap.String("key_label", rot.Added.Label), zap.String("key_prefix", rot.Added.KeyPrefix),
+		zap.String("old_key_id", rot.Old.ID), zap.String("old_key_prefix", rot.Old.KeyPrefix), zap.String("old_key_outcome", rot.OldNote))
+	old := rot.Old
+	old.ExpiresAt, old.RevokedAt = rot.OldExpiresAt, rot.OldRevokedAt
 	replaced := listed(old, now)
-	return http.StatusCreated, newKeyAnswer{Key: rot.raw, listedKey: listed(rot.added, now), Replaced: &replaced, Warning: a.refresh(st)}, nil
+	return http.StatusCreated, newKeyAnswer{Key: rot.Raw, Listed: listed(rot.Added, now), Replaced: &replaced, Warning: a.refresh(st)}, nil
 }
 
 // readBody decodes the request's body, a JSON object, into v: only the

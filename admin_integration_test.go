@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 
 	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
@@ -106,7 +107,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 	})
 
 	t.Run("list", func(t *testing.T) {
-		var keys, cli []listedKey
+		var keys, cli []keyops.Listed
 		resp, body := adminCall(t, "GET", "/apikey/keys", "")
 		adminAnswer(t, resp, body, 200, &keys)
 		var out bytes.Buffer
@@ -201,7 +202,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 				t.Fatalf("old key during the grace: %d %q, want 200", resp.StatusCode, body)
 			}
 		} else {
-			t.Logf("the grace had nearly ended when the rotation was answered: old key during the grace not checked")
+			t.Logf("the grace had nearly ended when the keyops.Rotation was answered: old key during the grace not checked")
 		}
 		waitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
 			resp, body := do(t, "GET", "/", bearer(rotating))
@@ -430,7 +431,7 @@ func TestAdminRedisStoreAgainstCaddy(t *testing.T) {
 	adminAnswer(t, resp, body, 201, &created)
 	expectOK(t, "/", "made "+created.ID, "Authorization: Bearer "+created.Key)
 
-	var keys []listedKey
+	var keys []keyops.Listed
 	resp, body = adminCall(t, "GET", "/apikey/keys?store=adm:", "")
 	adminAnswer(t, resp, body, 200, &keys)
 	if len(keys) != 2 || strings.Contains(body, "key_hash") {

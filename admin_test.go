@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	"go.uber.org/zap"
@@ -151,7 +152,7 @@ func TestAdminPickStore(t *testing.T) {
 	one, two := writeKeys(t, filepath.Join(dir, "one.json"), newTestKey("one", nil)), writeKeys(t, filepath.Join(dir, "two.json"), newTestKey("two", nil))
 	s1, s2 := startTestStore(t, one), startTestStore(t, two)
 	labels := func(body string) string {
-		var keys []listedKey
+		var keys []keyops.Listed
 		if err := json.Unmarshal([]byte(body), &keys); err != nil || len(keys) != 1 {
 			t.Fatalf("body %q: %v", body, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
@@ -89,7 +90,7 @@ those scopes, for routes whose apikey directive requires them.
 					expires, _ := fl.GetString("expires")
 					scopes, _ := fl.GetStringSlice("scope")
 					return withRecordStore(cmd, func(st stores.RecordStore) error {
-						return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, addOptions{
+						return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.AddOptions{
 							Label: label, Expires: expires, Scopes: scopes,
 						}, time.Now())
 					})
@@ -175,14 +176,14 @@ reload_interval.
 					grace, _ := fl.GetString("grace")
 					expires, _ := fl.GetString("expires")
 					return withRecordStore(cmd, func(st stores.RecordStore) error {
-						return rotateKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, rotateOptions{
+						return rotateKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.RotateOptions{
 							Ref: args[0], Grace: grace, Expires: expires,
 						}, time.Now())
 					})
 				}),
 			}
 			storeFlags(rotate)
-			rotate.Flags().StringP("grace", "g", defaultGrace, "How long the old key stays valid (e.g. 24h, 7d, 30m); 0 revokes it at once")
+			rotate.Flags().StringP("grace", "g", keyops.DefaultGrace, "How long the old key stays valid (e.g. 24h, 7d, 30m); 0 revokes it at once")
 			rotate.Flags().StringP("expires", "e", "", "The new key's expiry: a duration from now (90d, 12h) or an RFC 3339 time")
 			cmd.AddCommand(rotate)
 
@@ -222,15 +223,15 @@ seconds.
 					}
 					reactivate, _ := cmd.Flags().GetBool("reactivate")
 					return withRedisStore(cmd, true, func(to stores.RecordStore) error {
-						res, err := importKeysWith(filestore.Records{Path: file}, to, importOptions{
-							reactivate: reactivate,
-							waiting:    sayWaiting(cmd.ErrOrStderr(), to),
-							progress:   newProgress(cmd.ErrOrStderr()),
+						res, err := keyops.Import(file, to, keyops.ImportOptions{
+							Reactivate: reactivate,
+							Waiting:    sayWaiting(cmd.ErrOrStderr(), to),
+							Progress:   newProgress(cmd.ErrOrStderr()),
 						})
 						if err != nil {
 							return err
 						}
-						fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.added, file, to, res.present)
+						fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.Added, file, to, res.Present)
 						return reportImport(cmd.OutOrStdout(), cmd.ErrOrStderr(), res, file, to)
 					})
 				}),
@@ -254,7 +255,7 @@ made with mode 0600), or to stdout.
 				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
 					file, _ := cmd.Flags().GetString("file")
 					return withRedisStore(cmd, false, func(from stores.RecordStore) error {
-						n, err := exportKeys(from, file, cmd.OutOrStdout())
+						n, err := keyops.Export(from, file, cmd.OutOrStdout())
 						if err == nil && file != "" {
 							fmt.Fprintf(cmd.ErrOrStderr(), "Exported %d keys from %s to %s.\n", n, from, file)
 						}

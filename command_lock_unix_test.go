@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 
 	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
@@ -24,7 +25,7 @@ func TestCommandWaitsForTheLockAndSaysSo(t *testing.T) {
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: "waited"}, time.Now())
+		done <- addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "waited"}, time.Now())
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(stderr.String(), "Waiting for the lock on "+path) {

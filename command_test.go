@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/spf13/cobra"
 
@@ -36,7 +37,7 @@ var cmdNow = time.Date(2026, 11, 25, 20, 14, 31, 123456000, time.UTC)
 
 // mustAdd runs add and returns the raw key, checking that stdout holds it
 // alone on its line and that stderr never shows it.
-func mustAdd(t testing.TB, path string, opts addOptions) string {
+func mustAdd(t testing.TB, path string, opts keyops.AddOptions) string {
 	t.Helper()
 	if opts.Label == "" {
 		opts.Label = "test key"
@@ -65,7 +66,7 @@ func writeFile(t testing.TB, path, content string) {
 func TestCommandAddCreatesFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: "CI deploy"}, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "CI deploy"}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSuffix(stdout.String(), "\n")
@@ -133,9 +134,9 @@ func TestCommandAddCreatesFile(t *testing.T) {
 
 func TestCommandAddAppends(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
-	first := mustAdd(t, path, addOptions{Label: "first"})
+	first := mustAdd(t, path, keyops.AddOptions{Label: "first"})
 	before := recordMembers(readKeyDoc(t, path).Records[0])
-	second := mustAdd(t, path, addOptions{Label: "second", Expires: "90d", Scopes: []string{"read", "write,admin", "read"}})
+	second := mustAdd(t, path, keyops.AddOptions{Label: "second", Expires: "90d", Scopes: []string{"read", "write,admin", "read"}})
 	if first == second {
 		t.Fatal("two adds printed the same key")
 	}
@@ -186,7 +187,7 @@ func TestCommandAddBareArrayFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	k := newTestKey("old", nil)
 	writeFile(t, path, "["+mustJSON(t, k.Record)+"]")
-	raw := mustAdd(t, path, addOptions{Label: "new"})
+	raw := mustAdd(t, path, keyops.AddOptions{Label: "new"})
 	data := readFile(t, path)
 	if !strings.HasPrefix(strings.TrimSpace(data), "[") {
 		t.Fatalf("a bare-array key file was turned into another shape:\n%s", data)
@@ -197,59 +198,21 @@ func TestCommandAddBareArrayFile(t *testing.T) {
 	}
 }
 
-func TestCommandParseExpiry(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want time.Time
-	}{
-		{"90d", cmdNow.Add(90 * 24 * time.Hour)},
-		{"1d", cmdNow.Add(24 * time.Hour)},
-		{"12h", cmdNow.Add(12 * time.Hour)},
-		{"30m", cmdNow.Add(30 * time.Minute)},
-		{"1h30m", cmdNow.Add(90 * time.Minute)},
-		{" 7d ", cmdNow.Add(7 * 24 * time.Hour)},
-		{"2027-01-31T00:00:00Z", time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)},
-		{"2027-01-31T02:00:00+02:00", time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)},
-		{"2027-01-31", time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)},
-	} {
-		got, err := parseExpiry(tc.in, cmdNow)
-		if err != nil || !got.Equal(tc.want) {
-			t.Errorf("parseExpiry(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
-		}
-	}
-	for _, tc := range []struct{ in, wantErr string }{
-		{"junk", "want a duration"},
-		{"90", "want a duration"},
-		{"90x", "want a duration"},
-		{"d", "want a duration"},
-		{"-5d", "positive"},
-		{"0s", "positive"},
-		{"2020-01-01T00:00:00Z", "in the past"},
-		{"2026-11-25T20:14:31.123456Z", "in the past"}, // exactly now
-		{"2026-11-25", "in the past"},
-	} {
-		_, err := parseExpiry(tc.in, cmdNow)
-		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-			t.Errorf("parseExpiry(%q) error = %v, want one saying %q", tc.in, err, tc.wantErr)
-		}
-	}
-}
-
 func TestCommandAddRefusesBadInput(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "keys.json")
 	for _, tc := range []struct {
 		name    string
-		opts    addOptions
+		opts    keyops.AddOptions
 		wantErr string
 	}{
-		{"no label", addOptions{}, "label is required (--label)"},
-		{"blank label", addOptions{Label: "  "}, "label is required (--label)"},
-		{"bad duration", addOptions{Label: "x", Expires: "soon"}, "--expires"},
-		{"past time", addOptions{Label: "x", Expires: "2001-01-01T00:00:00Z"}, "in the past"},
-		{"empty scope", addOptions{Label: "x", Scopes: []string{"read,"}}, "--scope"},
-		{"scope with space", addOptions{Label: "x", Scopes: []string{"read write"}}, "--scope"},
-		{"missing folder", addOptions{Label: "x"}, "nope"},
+		{"no label", keyops.AddOptions{}, "label is required (--label)"},
+		{"blank label", keyops.AddOptions{Label: "  "}, "label is required (--label)"},
+		{"bad duration", keyops.AddOptions{Label: "x", Expires: "soon"}, "--expires"},
+		{"past time", keyops.AddOptions{Label: "x", Expires: "2001-01-01T00:00:00Z"}, "in the past"},
+		{"empty scope", keyops.AddOptions{Label: "x", Scopes: []string{"read,"}}, "--scope"},
+		{"scope with space", keyops.AddOptions{Label: "x", Scopes: []string{"read write"}}, "--scope"},
+		{"missing folder", keyops.AddOptions{Label: "x"}, "nope"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -286,7 +249,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			writeFile(t, path, content)
 			var out, errOut bytes.Buffer
 
-			err := addKey(&out, &errOut, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: "x"}, cmdNow)
+			err := addKey(&out, &errOut, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "x"}, cmdNow)
 			var kfe *keyfile.Error
 			if !errors.As(err, &kfe) || !strings.Contains(err.Error(), path) {
 				t.Errorf("add: error = %v, want a keyfile.Error naming the file", err)
@@ -490,8 +453,8 @@ func TestCommandRevoke(t *testing.T) {
 
 	t.Run("key prefix", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
-		first := mustAdd(t, path, addOptions{Label: "one"})
-		second := mustAdd(t, path, addOptions{Label: "two"})
+		first := mustAdd(t, path, keyops.AddOptions{Label: "one"})
+		second := mustAdd(t, path, keyops.AddOptions{Label: "two"})
 		var out bytes.Buffer
 		if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, second[:11], cmdNow); err != nil {
 			t.Fatal(err)
@@ -583,7 +546,7 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	recText = strings.TrimSuffix(recText, "}") + `, "notes": {"ticket": 42, "big": 12345678901234567890}}`
 	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`], "meta": {"owner": "platform"}}`)
 
-	raw := mustAdd(t, path, addOptions{Label: "new"})
+	raw := mustAdd(t, path, keyops.AddOptions{Label: "new"})
 	if err := revokeKey(new(bytes.Buffer), io.Discard, filestore.Records{Path: path, MayCreate: true}, k.Record["id"].(string), cmdNow); err != nil {
 		t.Fatal(err)
 	}
@@ -644,7 +607,7 @@ func TestCommandHash(t *testing.T) {
 
 	// A key made by add hashes to the key_hash add stored.
 	path := filepath.Join(t.TempDir(), "keys.json")
-	raw := mustAdd(t, path, addOptions{})
+	raw := mustAdd(t, path, keyops.AddOptions{})
 	var out bytes.Buffer
 	if err := hashFromReader(strings.NewReader(raw+"\n"), &out); err != nil {
 		t.Fatal(err)
@@ -805,7 +768,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 		wg.Go(func() {
 			for i := range addsEach {
 				var stdout, stderr bytes.Buffer
-				if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: fmt.Sprintf("added %d/%d", a, i)}, time.Now()); err != nil {
+				if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: fmt.Sprintf("added %d/%d", a, i)}, time.Now()); err != nil {
 					errs <- fmt.Errorf("add: %w", err)
 					continue
 				}
@@ -1088,7 +1051,7 @@ func TestCommandOutputNeutralisesInvisibleCharacters(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: "new\u202Ekey", Scopes: []string{"x\u2066y"}}, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "new\u202Ekey", Scopes: []string{"x\u2066y"}}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	for what, text := range map[string]string{"list": out.String(), "add": stderr.String()} {
@@ -1150,7 +1113,7 @@ func TestCommandImportDoesNotReactivateRevokedKeys(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var listed []listedKey
+		var listed []keyops.Listed
 		if err := json.Unmarshal([]byte(out), &listed); err != nil {
 			t.Fatal(err)
 		}

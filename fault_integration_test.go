@@ -203,7 +203,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 	for msg := range failures {
 		t.Error(msg)
 	}
-	t.Logf("%d requests, %d rotation rounds", min(sent.Load(), maxRequests), rounds)
+	t.Logf("%d requests, %d keyops.Rotation rounds", min(sent.Load(), maxRequests), rounds)
 	if fiveXX.Load() != 0 {
 		t.Errorf("%d responses were 5xx", fiveXX.Load())
 	}
@@ -211,7 +211,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		t.Errorf("%d responses did not match the key set in force", wrong.Load())
 	}
 	if rounds < 2 {
-		t.Fatalf("only %d rotation rounds: the test proves little", rounds)
+		t.Fatalf("only %d keyops.Rotation rounds: the test proves little", rounds)
 	}
 
 	// The last-used times of the keys that were used and are still in the

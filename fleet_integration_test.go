@@ -17,11 +17,10 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-
-	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The fleet tests run several Caddy processes, built from ./cmd/caddy, on
@@ -319,7 +318,7 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 	t.Run("add and revoke reach every server", func(t *testing.T) {
 		raw, rec := addRedisKey(t, rs, "added")
 		waitAll(t, fleet, raw, 200, time.Now())
-		if _, _, err := revokeNamedKey(rs, rec.ID, time.Now(), nil); err != nil {
+		if _, _, err := keyops.Revoke(rs, rec.ID, time.Now(), nil); err != nil {
 			t.Fatal(err)
 		}
 		waitAll(t, fleet, raw, 403, time.Now())
@@ -336,7 +335,7 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 			raw, rec := addRedisKey(t, rs, fmt.Sprintf("p%d", i))
 			waitAll(t, fleet, raw, 200, time.Now())
 			start := time.Now()
-			if _, _, err := revokeNamedKey(rs, rec.ID, time.Now(), nil); err != nil {
+			if _, _, err := keyops.Revoke(rs, rec.ID, time.Now(), nil); err != nil {
 				t.Fatal(err)
 			}
 			lat = append(lat, waitAll(t, fleet, raw, 403, start))
@@ -455,7 +454,7 @@ func TestFleetSurvivesRedisKill(t *testing.T) {
 	eventually(t, 10*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
 	fleet = append(fleet, cached)
 
-	bad, _ := generateKey()
+	bad, _ := keyops.GenerateKey()
 	var ok200, wrong, fivexx, other atomic.Int64
 	stopLoad := underLoad(fleet, func(c *fleetCaddy) {
 		switch c.status(good) {
@@ -504,7 +503,7 @@ func TestFleetSurvivesRedisKill(t *testing.T) {
 	// do as well), and every server catches up.
 	r.start()
 	rs = r.records("fleet:")
-	if _, err := importKeys(filestore.Records{Path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	fresh, _ := addRedisKey(t, rs, "after the restart")
@@ -553,7 +552,7 @@ func TestFleetRecordsGone(t *testing.T) {
 		t.Fatalf("the running server, once it saw the loss: the good key got %d", got)
 	}
 
-	if _, err := importKeys(filestore.Records{Path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	fresh, _ := addRedisKey(t, rs, "after the restore")

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 
 	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
@@ -290,7 +291,7 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 	expectOK(t, "/", "hello existing", bearer(existing))
 
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, addOptions{Label: "live"}, time.Now()); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "live"}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSpace(stdout.String())

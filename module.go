@@ -29,6 +29,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -270,22 +271,7 @@ type refusal struct {
 }
 
 func newRefusal(status int, code, message string, res result) *refusal {
-	return &refusal{status: status, code: code, message: message, body: refusalJSON(code, message), result: res}
-}
-
-// refusalJSON is the JSON body of a refusal, the handler's and the admin
-// API's: {"success": false, "error": {"code": ..., "message": ...}}.
-func refusalJSON(code, message string) []byte {
-	var envelope struct {
-		Success bool `json:"success"`
-		Error   struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	envelope.Error.Code, envelope.Error.Message = code, message
-	body, _ := json.Marshal(envelope) // cannot fail: strings only
-	return body
+	return &refusal{status: status, code: code, message: message, body: keyops.ErrorBody(code, message), result: res}
 }
 
 // describeSources names the enabled credential sources for the 401 message,

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 )
 
 // A cache file names the key set it is a snapshot of; a store that starts
@@ -69,7 +69,7 @@ func TestRedisRestoreFromCacheFileKeepsCreatedAt(t *testing.T) {
 	_, added := addRedisKey(t, rs, "added")
 	spelled := newTestKey("spelled", map[string]any{"created_at": "2026-11-25T21:14:31+01:00"})
 	none := newTestKey("none", map[string]any{"created_at": nil})
-	if _, err := importKeys(filestore.Records{Path: writeKeys(t, "", spelled, none)}, rs, nil); err != nil {
+	if _, err := keyops.Import(writeKeys(t, "", spelled, none), rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	cache := filepath.Join(t.TempDir(), "cache.json")
@@ -79,7 +79,7 @@ func TestRedisRestoreFromCacheFileKeepsCreatedAt(t *testing.T) {
 	eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
 
 	r.do("FLUSHALL")
-	if _, err := importKeys(filestore.Records{Path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	records, _, err := rs.Read()

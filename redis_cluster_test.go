@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 )
 
 // clusterPrefixes are the default prefix and a custom one whose key set
@@ -84,7 +85,7 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			inForce("the added key is not in force", rawB, true)
 
 			stdout, _ = cli("list", "--json")
-			var listed []listedKey
+			var listed []keyops.Listed
 			if err := json.Unmarshal([]byte(stdout), &listed); err != nil || len(listed) != 2 || listed[1].Label != "second" || len(listed[1].Scopes) != 1 {
 				t.Fatalf("list --json: %v\n%s", err, stdout)
 			}
@@ -107,7 +108,7 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			inForce("an imported key is not in force", k2.Raw, true)
 
 			// The admin API's write path: the record store of a running store.
-			if _, _, err := revokeNamedKey(stores[0].Records(), k2.Record["id"].(string), time.Now(), nil); err != nil {
+			if _, _, err := keyops.Revoke(stores[0].Records(), k2.Record["id"].(string), time.Now(), nil); err != nil {
 				t.Fatalf("revoke through the store's record store: %v", err)
 			}
 			inForce("the key revoked through a store is still admitted", k2.Raw, false)
@@ -163,7 +164,7 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 				inForce("an added key is not in force", raw, true)
 				lat = append(lat, time.Since(start))
 				start = time.Now()
-				if _, _, err := revokeNamedKey(rs, rec.ID, time.Now(), nil); err != nil {
+				if _, _, err := keyops.Revoke(rs, rec.ID, time.Now(), nil); err != nil {
 					t.Fatal(err)
 				}
 				inForce("a revoked key is still admitted", raw, false)

@@ -13,9 +13,8 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/stores"
-
-	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // Changes conflict only when they touch the same records: a revoke is
@@ -37,7 +36,7 @@ func seedKeys(t testing.TB, rs stores.RecordStore, n int) []testKey {
 	for i := range keys {
 		keys[i] = newTestKey(fmt.Sprintf("k%d", i), nil)
 	}
-	if res, err := importKeys(filestore.Records{Path: writeKeys(t, "", keys...)}, rs, nil); err != nil || res.added != n {
+	if res, err := keyops.Import(writeKeys(t, "", keys...), rs, keyops.ImportOptions{Waiting: nil}); err != nil || res.Added != n {
 		t.Fatalf("import: %+v, %v", res, err)
 	}
 	return keys
@@ -74,7 +73,7 @@ func TestRedisRevokesUnderAdds(t *testing.T) {
 						t.Errorf("admin add: %d %s", code, body)
 						return
 					}
-				} else if _, _, err := createKey(rs, addOptions{Label: fmt.Sprintf("adder %d/%d", i, n)}, time.Now(), nil); err != nil {
+				} else if _, _, err := keyops.Create(rs, keyops.AddOptions{Label: fmt.Sprintf("adder %d/%d", i, n)}, time.Now(), nil); err != nil {
 					t.Errorf("add: %v", err)
 					return
 				}
@@ -97,7 +96,7 @@ func TestRedisRevokesUnderAdds(t *testing.T) {
 			} else if admits(s, k.Raw) {
 				t.Errorf("admin revoke %d: answered, but the key is still admitted", i)
 			}
-		} else if _, _, err := revokeNamedKey(rs, ref, time.Now(), nil); err != nil {
+		} else if _, _, err := keyops.Revoke(rs, ref, time.Now(), nil); err != nil {
 			t.Errorf("revoke %d of %s: %v", i, ref, err)
 		}
 	}
@@ -188,7 +187,7 @@ func TestRedisConflictIs409(t *testing.T) {
 	}
 
 	var stdout, stderr bytes.Buffer
-	err := rotateKey(&stdout, &stderr, m.Records(), rotateOptions{Ref: recB.ID}, time.Now())
+	err := rotateKey(&stdout, &stderr, m.Records(), keyops.RotateOptions{Ref: recB.ID}, time.Now())
 	if !errors.Is(err, errConflict) || !strings.Contains(err.Error(), "try again") || stdout.Len() != 0 {
 		t.Errorf("rotate from the command: %v; printed %q", err, stdout.String())
 	}

@@ -9,10 +9,9 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-
-	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The key set's records alone gone (evicted under maxmemory-policy
@@ -86,15 +85,15 @@ func TestRedisRecordsGone(t *testing.T) {
 			t.Errorf("%s: %v, want an error naming the cause and how to restore", what, err)
 		}
 	}
-	_, _, err = revokeNamedKey(rs, recA.ID, time.Now(), nil)
+	_, _, err = keyops.Revoke(rs, recA.ID, time.Now(), nil)
 	saysHow("revoke by id", err)
-	_, _, err = revokeNamedKey(rs, recA.KeyPrefix, time.Now(), nil)
+	_, _, err = keyops.Revoke(rs, recA.KeyPrefix, time.Now(), nil)
 	saysHow("revoke by key_prefix", err)
 	_, _, err = rs.Read()
 	saysHow("list", err)
 	noCreate := rs
 	noCreate.mayCreate = false
-	_, _, err = createKey(noCreate, addOptions{Label: "x"}, time.Now(), nil)
+	_, _, err = keyops.Create(noCreate, keyops.AddOptions{Label: "x"}, time.Now(), nil)
 	saysHow("add without --create", err)
 	// Nor does the script write into it, whatever a writer read before.
 	doc := keyfile.NewList(mustDocRecord(t, newTestKey("racer", nil)))
@@ -106,7 +105,7 @@ func TestRedisRecordsGone(t *testing.T) {
 	}
 
 	// Restored from the cache file: every server catches up, once.
-	if _, err := importKeys(filestore.Records{Path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatalf("import of the cache file: %v", err)
 	}
 	rawC, _ := addRedisKey(t, noCreate, "after the restore")
@@ -211,7 +210,7 @@ func TestRedisStartWithoutKeySetSaysSoOnce(t *testing.T) {
 	if n := logs.FilterMessageSnippet("cache file").Len(); n != 1 {
 		t.Errorf("the start from the cache file was logged %d times, want once", n)
 	}
-	if _, err := importKeys(filestore.Records{Path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s2.askSync(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -112,13 +113,13 @@ func TestRedisValueHoldingTwoRecords(t *testing.T) {
 	}
 
 	// The commands: revoke by id reads that one record; list reads all.
-	if _, _, err := revokeNamedKey(rs, id, time.Now(), nil); err == nil || !strings.Contains(err.Error(), id) {
+	if _, _, err := keyops.Revoke(rs, id, time.Now(), nil); err == nil || !strings.Contains(err.Error(), id) {
 		t.Errorf("revoke of the bad record: %v, want an error naming it", err)
 	}
 	if _, _, err := rs.Read(); err == nil || !strings.Contains(err.Error(), id) && !strings.Contains(err.Error(), id2) {
 		t.Errorf("list: %v, want an error naming a bad record", err)
 	}
-	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {
 		t.Errorf("revoke of a good record by id: %v", err)
 	}
 
@@ -193,12 +194,12 @@ func TestRedisHostileValues(t *testing.T) {
 			}
 
 			// The commands answer with errors, not panics.
-			_, _, _ = revokeNamedKey(rs, id, time.Now(), nil)
-			_, _, _ = revokeNamedKey(rs, id2, time.Now(), nil)
+			_, _, _ = keyops.Revoke(rs, id, time.Now(), nil)
+			_, _, _ = keyops.Revoke(rs, id2, time.Now(), nil)
 			if _, _, err := rs.Read(); (err == nil) != tc.ok {
 				t.Errorf("list: %v", err)
 			}
-			if _, _, err := revokeNamedKey(rs, recA.ID, time.Now(), nil); err != nil {
+			if _, _, err := keyops.Revoke(rs, recA.ID, time.Now(), nil); err != nil {
 				t.Errorf("revoke of the good key by id: %v", err)
 			}
 			eventually(t, 5*time.Second, "the revoke did not reach the store", func() bool { return !admits(s, rawA) })
@@ -274,9 +275,9 @@ func TestRedisWrongTypes(t *testing.T) {
 				}
 				_, _ = openRedisStore(t, r, prefix, "", time.Hour)
 				_, _, _ = rs.Read()
-				_, _, _ = createKey(rs, addOptions{Label: "b"}, time.Now(), nil)
-				_, _, _ = revokeNamedKey(rs, rec.ID, time.Now(), nil)
-				_, _, _ = revokeNamedKey(rs, rec.KeyPrefix, time.Now(), nil)
+				_, _, _ = keyops.Create(rs, keyops.AddOptions{Label: "b"}, time.Now(), nil)
+				_, _, _ = keyops.Revoke(rs, rec.ID, time.Now(), nil)
+				_, _, _ = keyops.Revoke(rs, rec.KeyPrefix, time.Now(), nil)
 				_, _ = usedTimes(t.Context(), r.client(), k)
 				if key, sum := running.keys.Load().Lookup(raw); key != nil {
 					running.usage.Mark(key, sum, time.Now().UnixNano())

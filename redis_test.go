@@ -18,14 +18,13 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
-
-	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // testRedis is a real redis-server (the Debian package), started on a free
@@ -140,7 +139,7 @@ func (r *testRedis) records(prefix string) redisRecords {
 // record.
 func addRedisKey(t testing.TB, st stores.RecordStore, label string) (string, keyset.Record) {
 	t.Helper()
-	raw, rec, err := createKey(st, addOptions{Label: label}, time.Now(), nil)
+	raw, rec, err := keyops.Create(st, keyops.AddOptions{Label: label}, time.Now(), nil)
 	if err != nil {
 		t.Fatalf("add: %v", err)
 	}
@@ -218,7 +217,7 @@ func TestRedisStoreFollowsChanges(t *testing.T) {
 	rawB, recB := addRedisKey(t, rs, "b")
 	eventually(t, time.Second, "the new key is not in force", func() bool { return admits(s, rawB) })
 
-	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, time.Second, "the revoked key is still admitted", func() bool { return !admits(s, rawB) })
@@ -315,7 +314,7 @@ func TestRedisStoreStartsFromCacheFile(t *testing.T) {
 	}
 	r.start()
 	rs2 := r.records("")
-	if _, err := importKeys(filestore.Records{Path: cache}, rs2, nil); err != nil {
+	if _, err := keyops.Import(cache, rs2, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	raw2, _ := addRedisKey(t, rs2, "b")
@@ -371,12 +370,12 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 	a, b := newTestKey("a", nil), newTestKey("b", map[string]any{"x-team": "ops"})
 	path := writeKeys(t, "", a, b)
 
-	res, err := importKeys(filestore.Records{Path: path}, rs, nil)
-	if err != nil || res.added != 2 || res.present != 0 || len(res.conflicts) != 0 {
+	res, err := keyops.Import(path, rs, keyops.ImportOptions{Waiting: nil})
+	if err != nil || res.Added != 2 || res.Present != 0 || len(res.Conflicts) != 0 {
 		t.Fatalf("first import: %+v, %v", res, err)
 	}
-	res, err = importKeys(filestore.Records{Path: path}, rs, nil)
-	if err != nil || res.added != 0 || res.present != 2 {
+	res, err = keyops.Import(path, rs, keyops.ImportOptions{Waiting: nil})
+	if err != nil || res.Added != 0 || res.Present != 2 {
 		t.Fatalf("second import: %+v, %v", res, err)
 	}
 	// The unknown member came along.
@@ -388,8 +387,8 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 
 	// Same id, other label: reported, not overwritten.
 	changed := newTestKey("other", map[string]any{"id": a.Record["id"]})
-	res, err = importKeys(filestore.Records{Path: writeKeys(t, "", changed)}, rs, nil)
-	if err != nil || res.added != 0 || len(res.conflicts) != 1 || !strings.Contains(res.conflicts[0], "other content") {
+	res, err = keyops.Import(writeKeys(t, "", changed), rs, keyops.ImportOptions{Waiting: nil})
+	if err != nil || res.Added != 0 || len(res.Conflicts) != 1 || !strings.Contains(res.Conflicts[0], "other content") {
 		t.Fatalf("conflicting import: %+v, %v", res, err)
 	}
 	records, _, _ := rs.Read()
@@ -401,7 +400,7 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 
 	// Export writes a key file the file store loads, with the same keys.
 	out := filepath.Join(t.TempDir(), "export.json")
-	if n, err := exportKeys(rs, out, nil); err != nil || n != 2 {
+	if n, err := keyops.Export(rs, out, nil); err != nil || n != 2 {
 		t.Fatalf("export: %d, %v", n, err)
 	}
 	ks, err := keyfile.ReadKeySet(out)
@@ -413,11 +412,11 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 			t.Errorf("key %s is missing from the export", k.Record["id"])
 		}
 	}
-	if _, err := exportKeys(rs, out, nil); err == nil {
+	if _, err := keyops.Export(rs, out, nil); err == nil {
 		t.Error("export over an existing file: no error")
 	}
 	var buf bytes.Buffer
-	if _, err := exportKeys(rs, "", &buf); err != nil || !strings.Contains(buf.String(), `"api_keys"`) {
+	if _, err := keyops.Export(rs, "", &buf); err != nil || !strings.Contains(buf.String(), `"api_keys"`) {
 		t.Errorf("export to stdout: %v\n%s", err, buf.String())
 	}
 }
@@ -425,7 +424,7 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 func TestRedisCommandsRefuseWithoutAKeySet(t *testing.T) {
 	r := startRedis(t)
 	rs := r.records("none:")
-	_, _, err := revokeNamedKey(rs, "abcd", time.Now(), nil)
+	_, _, err := keyops.Revoke(rs, "abcd", time.Now(), nil)
 	if err == nil || !strings.Contains(err.Error(), "holds no key set") || !strings.Contains(err.Error(), "--redis "+r.URL) {
 		t.Fatalf("revoke on an empty prefix: %v", err)
 	}
@@ -458,7 +457,7 @@ func TestRedisCommandLine(t *testing.T) {
 	}
 	defer closeStore()
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, st, addOptions{Label: "cli", Scopes: []string{"read"}}, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, st, keyops.AddOptions{Label: "cli", Scopes: []string{"read"}}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSpace(stdout.String())
@@ -466,14 +465,14 @@ func TestRedisCommandLine(t *testing.T) {
 		t.Fatalf("add printed %q and %q", stdout.String(), stderr.String())
 	}
 	stdout.Reset()
-	if err := rotateKey(&stdout, &stderr, st, rotateOptions{Ref: raw[:11], Grace: "0"}, cmdNow); err != nil {
+	if err := rotateKey(&stdout, &stderr, st, keyops.RotateOptions{Ref: raw[:11], Grace: "0"}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	stdout.Reset()
 	if err := listKeys(&stdout, st, true, cmdNow); err != nil {
 		t.Fatal(err)
 	}
-	var listed []listedKey
+	var listed []keyops.Listed
 	if err := json.Unmarshal(stdout.Bytes(), &listed); err != nil || len(listed) != 2 {
 		t.Fatalf("list --json: %v\n%s", err, stdout.String())
 	}
@@ -497,8 +496,8 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	for i := range keys {
 		keys[i] = newTestKey(fmt.Sprintf("k%d", i), nil)
 	}
-	res, err := importKeys(filestore.Records{Path: writeKeys(t, "", keys...)}, rs, nil)
-	if err != nil || res.added != len(keys) {
+	res, err := keyops.Import(writeKeys(t, "", keys...), rs, keyops.ImportOptions{Waiting: nil})
+	if err != nil || res.Added != len(keys) {
 		t.Fatalf("import: %+v, %v", res, err)
 	}
 	rk, _ := newRedisKeys("big:")
@@ -519,7 +518,7 @@ func TestRedisRecordsWithoutConnection(t *testing.T) {
 	if _, _, err := st.Read(); !errors.Is(err, errNotConnected) {
 		t.Errorf("read: %v", err)
 	}
-	if _, _, err := createKey(st, addOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
+	if _, _, err := keyops.Create(st, keyops.AddOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
 		t.Errorf("add: %v", err)
 	}
 }
@@ -532,18 +531,18 @@ func TestRedisRevokeByIDAndByPrefix(t *testing.T) {
 	rs := r.records("rv:")
 	_, a := addRedisKey(t, rs, "a")
 	_, b := addRedisKey(t, rs, "b")
-	if _, _, err := revokeNamedKey(rs, a.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, a.ID, time.Now(), nil); err != nil {
 		t.Fatalf("revoke by id: %v", err)
 	}
-	if _, _, err := revokeNamedKey(rs, b.KeyPrefix, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, b.KeyPrefix, time.Now(), nil); err != nil {
 		t.Fatalf("revoke by key_prefix: %v", err)
 	}
-	_, already, err := revokeNamedKey(rs, strings.ToUpper(a.ID), time.Now(), nil)
+	_, already, err := keyops.Revoke(rs, strings.ToUpper(a.ID), time.Now(), nil)
 	if err != nil || already == "" {
 		t.Fatalf("revoke by id in capitals: already %q, %v", already, err)
 	}
-	var re *refError
-	if _, _, err := revokeNamedKey(rs, "00000000-0000-4000-8000-000000000000", time.Now(), nil); !errors.As(err, &re) || re.code != "KEY_NOT_FOUND" {
+	var re *keyops.RefError
+	if _, _, err := keyops.Revoke(rs, "00000000-0000-4000-8000-000000000000", time.Now(), nil); !errors.As(err, &re) || re.Code != "KEY_NOT_FOUND" {
 		t.Fatalf("revoke of no key: %v", err)
 	}
 	records, _, err := rs.Read()
@@ -579,17 +578,17 @@ func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
 	}
 
 	// Revocations still reach the store, one by one, past the broken record.
-	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Second, "a revocation did not reach the store while another record is broken", func() bool { return !admits(s, rawB) })
 
 	// key_hash changed by hand (no log entry), then a change through the
 	// script: the key the store held for that id is dropped all the same.
-	other, _ := generateKey()
+	other, _ := keyops.GenerateKey()
 	js, _ := r.do("HGET", keys.records, recA.ID).ToString()
 	r.do("HSET", keys.records, recA.ID, strings.Replace(js, recA.KeyHash, keyset.HashKey(other), 1))
-	if _, _, err := revokeNamedKey(rs, recA.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recA.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Second, "the key of a record re-keyed by hand stayed in force after its revocation", func() bool { return !admits(s, rawA) })
@@ -611,7 +610,7 @@ func TestRedisRefusesIDsThatAreNotUTF8(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`{"api_keys": [`+data+`]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := importKeys(filestore.Records{Path: path}, rs, nil); err == nil || !strings.Contains(err.Error(), "valid UTF-8") {
+	if _, err := keyops.Import(path, rs, keyops.ImportOptions{Waiting: nil}); err == nil || !strings.Contains(err.Error(), "valid UTF-8") {
 		t.Fatalf("import of an id that is not UTF-8: %v", err)
 	}
 }
@@ -629,14 +628,14 @@ func TestRedisAddDoesNotCreateUnlessTold(t *testing.T) {
 	r := startRedis(t)
 	rs := r.records("wiped:")
 	rs.mayCreate = false
-	if _, _, err := createKey(rs, addOptions{Label: "x"}, time.Now(), nil); err == nil || !strings.Contains(err.Error(), "--create") {
+	if _, _, err := keyops.Create(rs, keyops.AddOptions{Label: "x"}, time.Now(), nil); err == nil || !strings.Contains(err.Error(), "--create") {
 		t.Fatalf("add on an empty prefix without --create: %v", err)
 	}
 	if n, _ := r.do("EXISTS", "{wiped:}version").AsInt64(); n != 0 {
 		t.Fatal("a refused add made a key set")
 	}
 	rs.mayCreate = true
-	if _, _, err := createKey(rs, addOptions{Label: "x"}, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Create(rs, keyops.AddOptions{Label: "x"}, time.Now(), nil); err != nil {
 		t.Fatalf("add --create: %v", err)
 	}
 }

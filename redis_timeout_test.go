@@ -5,6 +5,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 )
 
 // A Redis that takes the connection but does not answer (frozen, SIGSTOP):
@@ -34,7 +36,7 @@ func TestRedisTimeoutsSayWhatGaveUp(t *testing.T) {
 	}
 	_, _, err = rs.Read()
 	says("list", err)
-	_, _, err = revokeNamedKey(rs, rec.ID, time.Now(), nil)
+	_, _, err = keyops.Revoke(rs, rec.ID, time.Now(), nil)
 	says("revoke", err)
 	_, _, err = s.Records().Read()
 	says("the admin API's list", err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 
 	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
@@ -22,7 +23,7 @@ import (
 // mustRotate runs rotate and returns the new raw key, checking that stdout
 // holds it alone on its line, that stderr never shows it and says it
 // cannot be shown again.
-func mustRotate(t testing.TB, path string, opts rotateOptions, now time.Time) (raw, stderr string) {
+func mustRotate(t testing.TB, path string, opts keyops.RotateOptions, now time.Time) (raw, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	if err := rotateKey(&out, &errOut, filestore.Records{Path: path, MayCreate: true}, opts, now); err != nil {
@@ -79,7 +80,7 @@ func TestCommandRotate(t *testing.T) {
 	recText = strings.TrimSuffix(recText, "}") + `, "notes": {"ticket": 42, "big": 12345678901234567890}, "owner": "\u00e9quipe"}`
 	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`, `+string(otherRec)+`]}`)
 
-	raw, stderr := mustRotate(t, path, rotateOptions{Ref: "aaaa1111", Grace: "2h"}, cmdNow)
+	raw, stderr := mustRotate(t, path, keyops.RotateOptions{Ref: "aaaa1111", Grace: "2h"}, cmdNow)
 
 	doc := readKeyDoc(t, path)
 	if len(doc.Records) != 3 {
@@ -144,13 +145,13 @@ func TestCommandRotate(t *testing.T) {
 	if newK == nil || oldK == nil {
 		t.Fatalf("lookup: new %v, old %v", newK, oldK)
 	}
-	if newK.ID != nr.ID || !newK.HasScope("deploy") || keyStatus(newK, cmdNow.Add(365*24*time.Hour)) != "active" {
+	if newK.ID != nr.ID || !newK.HasScope("deploy") || newK.State(cmdNow.Add(365*24*time.Hour)).String() != "active" {
 		t.Errorf("new key: %+v", newK)
 	}
 	end := cmdNow.Add(2 * time.Hour)
-	if oldK.State(cmdNow).String() != "active" || keyStatus(oldK, end.Add(-time.Nanosecond)) != "active" || oldK.State(end).String() != "expired" {
+	if oldK.State(cmdNow).String() != "active" || oldK.State(end.Add(-time.Nanosecond)).String() != "active" || oldK.State(end).String() != "expired" {
 		t.Errorf("old key status at now, just before and at the end of the grace: %s, %s, %s",
-			oldK.State(cmdNow).String(), keyStatus(oldK, end.Add(-time.Nanosecond)), oldK.State(end).String())
+			oldK.State(cmdNow).String(), oldK.State(end.Add(-time.Nanosecond)).String(), oldK.State(end).String())
 	}
 }
 
@@ -180,7 +181,7 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 			}
 			writeFile(t, path, string(data))
 			oldBytes := string(readKeyDoc(t, path).Records[0].Raw())
-			_, stderr := mustRotate(t, path, rotateOptions{Ref: k.Record["key_prefix"].(string), Grace: tc.grace}, cmdNow)
+			_, stderr := mustRotate(t, path, keyops.RotateOptions{Ref: k.Record["key_prefix"].(string), Grace: tc.grace}, cmdNow)
 			old := fileRecord(t, path, k.Record["id"].(string))
 			if old.ExpiresAt == nil || *old.ExpiresAt != tc.wantOld || old.RevokedAt != nil {
 				t.Errorf("old key: expires_at %v, revoked_at %v; want expires_at %s", old.ExpiresAt, old.RevokedAt, tc.wantOld)
@@ -201,7 +202,7 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
 		data, _ := json.Marshal([]any{k.Record})
 		writeFile(t, path, string(data))
-		raw, stderr := mustRotate(t, path, rotateOptions{Ref: k.Record["id"].(string), Expires: "90d"}, cmdNow)
+		raw, stderr := mustRotate(t, path, keyops.RotateOptions{Ref: k.Record["id"].(string), Expires: "90d"}, cmdNow)
 		nr := newRecordOf(t, path, raw)
 		want := keyset.FormatTimestamp(cmdNow.Add(90 * 24 * time.Hour))
 		if nr.ExpiresAt == nil || *nr.ExpiresAt != want || !strings.Contains(stderr, "expires: "+want) {
@@ -222,7 +223,7 @@ func TestCommandRotateGraceZero(t *testing.T) {
 		t.Run(grace, func(t *testing.T) {
 			k := newTestKey("svc", map[string]any{"expires_at": keyset.FormatTimestamp(cmdNow.Add(time.Hour))})
 			path := writeKeys(t, "", k)
-			raw, stderr := mustRotate(t, path, rotateOptions{Ref: k.Record["id"].(string), Grace: grace}, cmdNow)
+			raw, stderr := mustRotate(t, path, keyops.RotateOptions{Ref: k.Record["id"].(string), Grace: grace}, cmdNow)
 			old := fileRecord(t, path, k.Record["id"].(string))
 			if old.RevokedAt == nil || *old.RevokedAt != keyset.FormatTimestamp(cmdNow) {
 				t.Errorf("old key revoked_at = %v, want now", old.RevokedAt)
@@ -257,21 +258,21 @@ func TestCommandRotateRefusals(t *testing.T) {
 	successor := newTestKey("replaced", map[string]any{"id": "abab8888-0000-4000-8000-000000000008", "key_prefix": "sk_NEXTpref", "rotated_from": "abab7777-0000-4000-8000-000000000007"})
 	for _, tc := range []struct {
 		name string
-		opts rotateOptions
+		opts keyops.RotateOptions
 		want []string
 	}{
-		{"unknown", rotateOptions{Ref: "sk_NoSuchKy"}, []string{"no key", "sk_NoSuchKy"}},
-		{"id prefix too short", rotateOptions{Ref: "ccc"}, []string{"no key", "at least 4 characters"}},
-		{"ambiguous id prefix", rotateOptions{Ref: "aaaa"}, []string{"matches 2 keys", "\n  aaaa1111-0000-4000-8000-000000000001  ", "alpha", "\n  aaaa2222-0000-4000-8000-000000000002  ", "beta"}},
-		{"ambiguous key prefix", rotateOptions{Ref: "sk_SAMEpref"}, []string{"matches 2 keys", "gamma", "delta"}},
-		{"blank", rotateOptions{Ref: " "}, []string{"name the key to rotate"}},
-		{"revoked", rotateOptions{Ref: "eeee5555"}, []string{"eeee5555-0000-4000-8000-000000000005", "revoked at 2026-11-02T00:00:00+00:00", "only an active key", "caddy apikey add"}},
-		{"expired", rotateOptions{Ref: "ffff6666"}, []string{"ffff6666-0000-4000-8000-000000000006", "expired at " + keyset.FormatTimestamp(cmdNow), "only an active key"}},
-		{"already rotated", rotateOptions{Ref: "abab7777"}, []string{"abab7777-0000-4000-8000-000000000007", "already rotated", "abab8888-0000-4000-8000-000000000008", "sk_NEXTpref", "rotate that one"}},
-		{"grace not a duration", rotateOptions{Ref: "cccc", Grace: "soon"}, []string{`--grace "soon"`, "24h", "0 to revoke"}},
-		{"negative grace", rotateOptions{Ref: "cccc", Grace: "-1h"}, []string{"--grace -1h", "negative"}},
-		{"bad --expires", rotateOptions{Ref: "cccc", Expires: "tomorrow"}, []string{`--expires "tomorrow"`}},
-		{"past --expires", rotateOptions{Ref: "cccc", Expires: "2020-01-01"}, []string{"--expires 2020-01-01", "past"}},
+		{"unknown", keyops.RotateOptions{Ref: "sk_NoSuchKy"}, []string{"no key", "sk_NoSuchKy"}},
+		{"id prefix too short", keyops.RotateOptions{Ref: "ccc"}, []string{"no key", "at least 4 characters"}},
+		{"ambiguous id prefix", keyops.RotateOptions{Ref: "aaaa"}, []string{"matches 2 keys", "\n  aaaa1111-0000-4000-8000-000000000001  ", "alpha", "\n  aaaa2222-0000-4000-8000-000000000002  ", "beta"}},
+		{"ambiguous key prefix", keyops.RotateOptions{Ref: "sk_SAMEpref"}, []string{"matches 2 keys", "gamma", "delta"}},
+		{"blank", keyops.RotateOptions{Ref: " "}, []string{"name the key to rotate"}},
+		{"revoked", keyops.RotateOptions{Ref: "eeee5555"}, []string{"eeee5555-0000-4000-8000-000000000005", "revoked at 2026-11-02T00:00:00+00:00", "only an active key", "caddy apikey add"}},
+		{"expired", keyops.RotateOptions{Ref: "ffff6666"}, []string{"ffff6666-0000-4000-8000-000000000006", "expired at " + keyset.FormatTimestamp(cmdNow), "only an active key"}},
+		{"already rotated", keyops.RotateOptions{Ref: "abab7777"}, []string{"abab7777-0000-4000-8000-000000000007", "already rotated", "abab8888-0000-4000-8000-000000000008", "sk_NEXTpref", "rotate that one"}},
+		{"grace not a duration", keyops.RotateOptions{Ref: "cccc", Grace: "soon"}, []string{`--grace "soon"`, "24h", "0 to revoke"}},
+		{"negative grace", keyops.RotateOptions{Ref: "cccc", Grace: "-1h"}, []string{"--grace -1h", "negative"}},
+		{"bad --expires", keyops.RotateOptions{Ref: "cccc", Expires: "tomorrow"}, []string{`--expires "tomorrow"`}},
+		{"past --expires", keyops.RotateOptions{Ref: "cccc", Expires: "2020-01-01"}, []string{"--expires 2020-01-01", "past"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path, _ := revokeFixture(t)
@@ -298,7 +299,7 @@ func TestCommandRotateRefusals(t *testing.T) {
 
 	t.Run("missing file", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
-		err := rotateKey(io.Discard, io.Discard, filestore.Records{Path: path, MayCreate: true}, rotateOptions{Ref: "sk_AbCdEfGh"}, cmdNow)
+		err := rotateKey(io.Discard, io.Discard, filestore.Records{Path: path, MayCreate: true}, keyops.RotateOptions{Ref: "sk_AbCdEfGh"}, cmdNow)
 		if want := "key file " + path + ": no such file or directory"; err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != want {
 			t.Errorf("error = %v, want %q", err, want)
 		}
@@ -385,7 +386,7 @@ func TestCommandRotateCommandLine(t *testing.T) {
 	}
 }
 
-// Against the running Caddy: after a rotation the new key is admitted
+// Against the running Caddy: after a keyops.Rotation the new key is admitted
 // within the reload interval, the old one still is during the grace, and
 // it is refused once the grace has ended.
 func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
@@ -404,7 +405,7 @@ func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
 	const grace = 2 * time.Second
 	rotated := time.Now()
 	var stdout bytes.Buffer
-	if err := rotateKey(&stdout, io.Discard, filestore.Records{Path: path, MayCreate: true}, rotateOptions{Ref: oldID, Grace: "2s"}, rotated); err != nil {
+	if err := rotateKey(&stdout, io.Discard, filestore.Records{Path: path, MayCreate: true}, keyops.RotateOptions{Ref: oldID, Grace: "2s"}, rotated); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSpace(stdout.String())
