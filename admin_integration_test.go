@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/admin"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 
@@ -97,10 +98,10 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 	loadCaddyfile(t, adminKeySite(path))
 
 	t.Run("stores", func(t *testing.T) {
-		var stores []storeInfo
+		var stores []admin.StoreInfo
 		resp, body := adminCall(t, "GET", "/apikey/stores", "")
 		adminAnswer(t, resp, body, 200, &stores)
-		want := []storeInfo{{Name: "file:" + path, Kind: "file", Path: path, Keys: keyCounts{Active: 3, Expired: 1, Revoked: 1}}}
+		want := []admin.StoreInfo{{Name: "file:" + path, Kind: "file", Path: path, Keys: admin.KeyCounts{Active: 3, Expired: 1, Revoked: 1}}}
 		if !reflect.DeepEqual(stores, want) {
 			t.Errorf("stores %+v, want %+v", stores, want)
 		}
@@ -126,7 +127,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 	})
 
 	t.Run("create", func(t *testing.T) {
-		var got newKeyAnswer
+		var got admin.NewKeyAnswer
 		before := time.Now()
 		resp, body := adminCall(t, "POST", "/apikey/keys", `{"label": "new", "scopes": ["read", "write"], "expires": "90d"}`)
 		adminAnswer(t, resp, body, 201, &got)
@@ -153,7 +154,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 
 	t.Run("revoke", func(t *testing.T) {
 		expectOK(t, "/", "victim "+victim.Record["id"].(string), bearer(victim))
-		var got, again revokeAnswer
+		var got, again admin.RevokeAnswer
 		resp, body := adminCall(t, "POST", "/apikey/keys/"+victim.Record["key_prefix"].(string)+"/revoke", "")
 		adminAnswer(t, resp, body, 200, &got)
 		if got.ID != victim.Record["id"] || got.Status != "revoked" || got.RevokedAt == nil || got.AlreadyRevoked || got.Warning != "" {
@@ -175,7 +176,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		oldID := rotating.Record["id"].(string)
 		expectOK(t, "/", "rotating "+oldID, bearer(rotating))
 		const grace = 2 * time.Second
-		var got newKeyAnswer
+		var got admin.NewKeyAnswer
 		rotated := time.Now()
 		resp, body := adminCall(t, "POST", "/apikey/keys/"+oldID[:8]+"/rotate", `{"grace": "2s"}`)
 		adminAnswer(t, resp, body, 201, &got)
@@ -219,13 +220,13 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 	})
 
 	t.Run("stores after", func(t *testing.T) {
-		var stores []storeInfo
+		var stores []admin.StoreInfo
 		resp, body := adminCall(t, "GET", "/apikey/stores", "")
 		adminAnswer(t, resp, body, 200, &stores)
 		// svc, new, dated and the rotated key active; expired and the
 		// rotated-from key (its grace over) expired; revoked and victim
 		// revoked.
-		if want := (keyCounts{Active: 4, Expired: 2, Revoked: 2}); len(stores) != 1 || stores[0].Keys != want {
+		if want := (admin.KeyCounts{Active: 4, Expired: 2, Revoked: 2}); len(stores) != 1 || stores[0].Keys != want {
 			t.Errorf("stores %s, want keys %+v", body, want)
 		}
 	})
@@ -311,7 +312,7 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 `)
 	names := []string{"file:" + one, "file:" + two}
 
-	var stores []storeInfo
+	var stores []admin.StoreInfo
 	resp, body := adminCall(t, "GET", "/apikey/stores", "")
 	adminAnswer(t, resp, body, 200, &stores)
 	if len(stores) != 2 || stores[0].Name != names[0] || stores[1].Name != names[1] {
@@ -332,13 +333,13 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 		}
 	}
 
-	var created newKeyAnswer
+	var created admin.NewKeyAnswer
 	resp, body = adminCall(t, "POST", "/apikey/keys?store="+url.QueryEscape(two), `{"label": "made"}`)
 	adminAnswer(t, resp, body, 201, &created)
 	expectOK(t, "/two/", "two made", "Authorization: Bearer "+created.Key)
 	expectRefused(t, "/one/", 403, CodeInvalidKey, "Authorization: Bearer "+created.Key)
 
-	var revoked revokeAnswer
+	var revoked admin.RevokeAnswer
 	resp, body = adminCall(t, "POST", "/apikey/keys/"+a.Record["key_prefix"].(string)+"/revoke?store="+url.QueryEscape("file:"+one), "")
 	adminAnswer(t, resp, body, 200, &revoked)
 	expectRefused(t, "/one/", 403, CodeInvalidKey, bearer(a))
@@ -348,7 +349,7 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 // With no apikey handler loaded, there is no store to act on.
 func TestAdminNoStoreAgainstCaddy(t *testing.T) {
 	loadCaddyfile(t, `respond "no keys here"`)
-	var stores []storeInfo
+	var stores []admin.StoreInfo
 	resp, body := adminCall(t, "GET", "/apikey/stores", "")
 	adminAnswer(t, resp, body, 200, &stores)
 	if len(stores) != 0 {
@@ -367,7 +368,7 @@ func TestAdminLogsHoldNoKeys(t *testing.T) {
 	logFile := filepath.Join(t.TempDir(), "default.log")
 	loadCaddyfileWithGlobals(t, "\tdebug\n\tlog default {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t}", adminKeySite(path))
 
-	var created, rotated newKeyAnswer
+	var created, rotated admin.NewKeyAnswer
 	resp, body := adminCall(t, "POST", "/apikey/keys", `{"label": "fresh"}`)
 	adminAnswer(t, resp, body, 201, &created)
 	resp, body = adminCall(t, "POST", "/apikey/keys/"+old.Record["id"].(string)+"/rotate", `{"grace": "0"}`)
@@ -418,15 +419,15 @@ func TestAdminRedisStoreAgainstCaddy(t *testing.T) {
 `)
 	expectOK(t, "/", "first "+firstRec.ID, "Authorization: Bearer "+first)
 
-	var stores []storeInfo
+	var stores []admin.StoreInfo
 	resp, body := adminCall(t, "GET", "/apikey/stores", "")
 	adminAnswer(t, resp, body, 200, &stores)
-	i := slices.IndexFunc(stores, func(s storeInfo) bool { return s.Kind == "redis" })
-	if i < 0 || stores[i].Prefix != "adm:" || stores[i].URL != r.URL || stores[i].Keys != (keyCounts{Active: 1}) {
+	i := slices.IndexFunc(stores, func(s admin.StoreInfo) bool { return s.Kind == "redis" })
+	if i < 0 || stores[i].Prefix != "adm:" || stores[i].URL != r.URL || stores[i].Keys != (admin.KeyCounts{Active: 1}) {
 		t.Fatalf("stores %s, want the Redis store with 1 active key", body)
 	}
 
-	var created newKeyAnswer
+	var created admin.NewKeyAnswer
 	resp, body = adminCall(t, "POST", "/apikey/keys?store=adm:", `{"label": "made", "scopes": ["read"]}`)
 	adminAnswer(t, resp, body, 201, &created)
 	expectOK(t, "/", "made "+created.ID, "Authorization: Bearer "+created.Key)
@@ -438,13 +439,13 @@ func TestAdminRedisStoreAgainstCaddy(t *testing.T) {
 		t.Fatalf("keys %s, want 2 without hashes", body)
 	}
 
-	var revoked revokeAnswer
+	var revoked admin.RevokeAnswer
 	resp, body = adminCall(t, "POST", "/apikey/keys/"+firstRec.KeyPrefix+"/revoke?store=adm:", "")
 	adminAnswer(t, resp, body, 200, &revoked)
 	expectRefused(t, "/", 403, CodeInvalidKey, "Authorization: Bearer "+first)
 
 	const grace = 2 * time.Second
-	var rotated newKeyAnswer
+	var rotated admin.NewKeyAnswer
 	at := time.Now()
 	resp, body = adminCall(t, "POST", "/apikey/keys/"+created.ID+"/rotate?store=adm:", `{"grace": "2s"}`)
 	adminAnswer(t, resp, body, 201, &rotated)

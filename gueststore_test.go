@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-apikey/caddy-apikey/admin"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -162,19 +163,19 @@ func TestGuestStore(t *testing.T) {
 	expectRefused(t, "/", http.StatusForbidden, CodeInvalidKey, "Authorization: Bearer sk_not_a_guest_key_at_all_xxxxxxxxxxxxxxxxxx")
 
 	// The admin API lists it and changes its keys.
-	var listed []storeInfo
+	var listed []admin.StoreInfo
 	resp, body := adminCall(t, "GET", "/apikey/stores", "")
 	adminAnswer(t, resp, body, http.StatusOK, &listed)
 	if len(listed) != 1 || listed[0].Name != "guest:visitors" || listed[0].Kind != "guest" || listed[0].Keys.Active != 1 {
 		t.Fatalf("stores listed: %+v", listed)
 	}
-	var made newKeyAnswer
+	var made admin.NewKeyAnswer
 	resp, body = adminCall(t, "POST", "/apikey/keys", `{"label": "made through the admin API"}`)
 	adminAnswer(t, resp, body, http.StatusCreated, &made)
 	if resp, _ := do(t, "GET", "/", "X-API-Key: "+made.Key); resp.StatusCode != 200 {
 		t.Fatalf("a key made in the guest store through the admin API: %d", resp.StatusCode)
 	}
-	var revoked revokeAnswer
+	var revoked admin.RevokeAnswer
 	resp, body = adminCall(t, "POST", "/apikey/keys/guest-0/revoke", "")
 	adminAnswer(t, resp, body, http.StatusOK, &revoked)
 	expectRefused(t, "/", http.StatusForbidden, CodeInvalidKey, "Authorization: Bearer "+k.Raw)

@@ -3,7 +3,6 @@ package apikey
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/admin"
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -204,89 +204,6 @@ func roundTrip(t *testing.T, req *http.Request) (*http.Response, string) {
 	return resp, string(body)
 }
 
-// refusalBody is the JSON body of a refused request; pointers tell a
-// missing member from an empty one.
-type refusalBody struct {
-	Success *bool `json:"success"`
-	Error   *struct {
-		Code    *string `json:"code"`
-		Message *string `json:"message"`
-	} `json:"error"`
-}
-
-// refusalOf returns the code and message of a JSON refusal body, failing
-// the test if the body is not exactly the envelope: no other members, no
-// missing ones, nothing after it.
-func refusalOf(t testing.TB, body string) (code, message string) {
-	t.Helper()
-	var env refusalBody
-	dec := json.NewDecoder(strings.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&env); err != nil {
-		t.Fatalf("body is not the JSON envelope: %v: %q", err, truncate(body))
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		t.Fatalf("body has more after the JSON envelope: %q", truncate(body))
-	}
-	if env.Success == nil || *env.Success || env.Error == nil || env.Error.Code == nil || env.Error.Message == nil {
-		t.Fatalf("body is not a refusal ({\"success\": false, \"error\": {\"code\", \"message\"}}): %q", truncate(body))
-	}
-	return *env.Error.Code, *env.Error.Message
-}
-
-// assertRefusal checks a JSON refusal: status, headers and body (as
-// refusalOf), and that no secret appears in it. It returns the message.
-// realm is the challenge a 401 must carry; other statuses must carry none.
-func assertRefusal(t *testing.T, resp *http.Response, body string, status int, code, realm string, secrets ...string) string {
-	t.Helper()
-	if resp.StatusCode != status {
-		t.Fatalf("status %d, want %d; body %q", resp.StatusCode, status, truncate(body))
-	}
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("Content-Type %q, want application/json", ct)
-	}
-	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
-		t.Errorf("Cache-Control %q, want no-store", cc)
-	}
-	challenge := resp.Header.Values("WWW-Authenticate")
-	if status == http.StatusUnauthorized {
-		if want := `Bearer realm="` + realm + `"`; len(challenge) != 1 || challenge[0] != want {
-			t.Errorf("WWW-Authenticate %q, want %q", challenge, want)
-		}
-	} else if len(challenge) != 0 {
-		t.Errorf("WWW-Authenticate %q on a %d", challenge, status)
-	}
-	gotCode, message := refusalOf(t, body)
-	if gotCode != code {
-		t.Errorf("error code %q, want %q", gotCode, code)
-	}
-	if message == "" {
-		t.Error("empty error message")
-	}
-	for _, s := range secrets {
-		if s != "" && strings.Contains(body, secretPart(s)) {
-			t.Errorf("the refusal echoes the key: %q", truncate(body))
-		}
-	}
-	return message
-}
-
-// secretPart is the part of a raw key that must never be shown: all of it
-// after the public prefix.
-func secretPart(raw string) string {
-	if len(raw) > 11 {
-		return raw[11:]
-	}
-	return raw
-}
-
-func truncate(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "..."
-	}
-	return s
-}
-
 // newMemoryHandler sets h up as Provision does (setup), but on the in-memory
 // key set ks instead of a key file's store, and with no logging.
 func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
@@ -387,3 +304,52 @@ func slowTest(t *testing.T, why string) {
 		t.Skip("-short: a slow test (" + why + "); the full test command runs it")
 	}
 }
+
+// The refusal checks (see the testkeys package), by the names the tests of
+// this package use.
+func refusalOf(t testing.TB, body string) (code, message string) {
+	t.Helper()
+	return testkeys.RefusalOf(t, body)
+}
+func assertRefusal(t *testing.T, resp *http.Response, body string, status int, code, realm string, secrets ...string) string {
+	t.Helper()
+	return testkeys.AssertRefusal(t, resp, body, status, code, realm, secrets...)
+}
+func truncate(s string) string { return testkeys.Truncate(s) }
+
+// adminOver is the admin API over the stores live, alone.
+func adminOver(live ...stores.Live) *admin.API {
+	return admin.New(zap.NewNop(), func() []stores.Live { return live }, time.Now)
+}
+
+// call sends method target with body (none if "") to a, and returns the
+// response and its body.
+func call(t *testing.T, a *admin.API, method, target, body string) (*http.Response, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	r := httptest.NewRequest(method, target, rd)
+	w := httptest.NewRecorder()
+	if err := a.Routes()[0].Handler.ServeHTTP(w, r); err != nil {
+		t.Fatal(err)
+	}
+	resp := w.Result()
+	return resp, w.Body.String()
+}
+
+// wantRefusal checks an admin API refusal: its status, code, and that its
+// message says each of want.
+func wantRefusal(t *testing.T, resp *http.Response, body string, status int, code string, want ...string) string {
+	t.Helper()
+	msg := assertRefusal(t, resp, body, status, code, "")
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("message does not say %q: %q", w, msg)
+		}
+	}
+	return msg
+}
+
+func secretPart(raw string) string { return testkeys.SecretPart(raw) }

@@ -107,7 +107,7 @@ func (r redisRecords) Edit(e stores.Edit) error {
 			}
 			continue
 		case conflict:
-			return r.wrap(fmt.Errorf("%w (%v, %d times); nothing was changed: try again", errConflict, err, attempt))
+			return r.wrap(fmt.Errorf("%w (%v, %d times); nothing was changed: try again", stores.ErrConflict, err, attempt))
 		case err != nil:
 			return r.fail(ctx, err)
 		}
@@ -116,7 +116,7 @@ func (r redisRecords) Edit(e stores.Edit) error {
 }
 
 // maxEditTries is how many times an edit is done again on what another
-// writer left, before it gives up (errConflict).
+// writer left, before it gives up (stores.ErrConflict).
 const maxEditTries = 10
 
 // readValue is a record's id and value as an edit read them.

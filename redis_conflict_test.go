@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/admin"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -22,10 +23,10 @@ import (
 // 409 with a clear message, never a 500.
 
 // adminDo is call, safe from any goroutine: it reports, it does not stop.
-func adminDo(a *AdminAPI, method, target, body string) (int, string) {
+func adminDo(a *admin.API, method, target, body string) (int, string) {
 	r := httptest.NewRequest(method, target, strings.NewReader(body))
 	w := httptest.NewRecorder()
-	_ = a.serve(w, r)
+	_ = a.Routes()[0].Handler.ServeHTTP(w, r)
 	return w.Code, w.Body.String()
 }
 
@@ -51,7 +52,7 @@ func TestRedisRevokesUnderAdds(t *testing.T) {
 	rs := r.records("busy:")
 	keys := seedKeys(t, rs, 5000)
 	s := mustOpenRedisStore(t, r, "busy:")
-	a := testAdmin(s)
+	a := adminOver(s)
 
 	stop := make(chan struct{})
 	var adders sync.WaitGroup
@@ -90,7 +91,7 @@ func TestRedisRevokesUnderAdds(t *testing.T) {
 		}
 		if i%2 == 0 {
 			code, body := adminDo(a, "POST", "/apikey/keys/"+ref+"/revoke", "")
-			var got revokeAnswer
+			var got admin.RevokeAnswer
 			if code != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Warning != "" {
 				t.Errorf("admin revoke %d of %s: %d %s", i, ref, code, body)
 			} else if admits(s, k.Raw) {
@@ -166,7 +167,7 @@ func TestRedisConflictIs409(t *testing.T) {
 		meddles++
 		addRedisKey(t, meddler, "meddler")
 	}}
-	a := testAdmin(m)
+	a := adminOver(m)
 
 	resp, body := call(t, a, "POST", "/apikey/keys/"+recA.ID+"/revoke", "")
 	if resp.StatusCode != 200 {
@@ -188,7 +189,7 @@ func TestRedisConflictIs409(t *testing.T) {
 
 	var stdout, stderr bytes.Buffer
 	err := rotateKey(&stdout, &stderr, m.Records(), keyops.RotateOptions{Ref: recB.ID}, time.Now())
-	if !errors.Is(err, errConflict) || !strings.Contains(err.Error(), "try again") || stdout.Len() != 0 {
+	if !errors.Is(err, stores.ErrConflict) || !strings.Contains(err.Error(), "try again") || stdout.Len() != 0 {
 		t.Errorf("rotate from the command: %v; printed %q", err, stdout.String())
 	}
 }

@@ -555,10 +555,6 @@ var errVersionMoved = errors.New("the key set changed meanwhile")
 // records changes, between the read and the write; the edit is done again.
 var errRecordMoved = errors.New("the record changed meanwhile")
 
-// errConflict: an edit that found its records changed by another writer
-// at each of its tries; nothing was written. Trying again may work.
-var errConflict = errors.New("another writer changed the key set at each try")
-
 // usedTimes reads the used hash: last use by "<key_hash>:<id>".
 func usedTimes(ctx context.Context, c rueidis.Client, k redisKeys) (map[string]time.Time, error) {
 	out := make(map[string]time.Time)

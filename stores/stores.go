@@ -12,6 +12,7 @@
 package stores
 
 import (
+	"errors"
 	"sort"
 	"sync"
 
@@ -39,6 +40,12 @@ type RecordStore interface {
 	// one atomic step. Without e.Create, the store must exist.
 	Edit(e Edit) error
 }
+
+// ErrConflict is what a record store's Edit returns, wrapped, when other
+// writers changed the records it meant to change at each of its tries:
+// nothing was changed, and the change can be tried again. The admin API
+// answers it with 409 CONFLICT.
+var ErrConflict = errors.New("another writer changed the key set at each try")
 
 // Edit is one change to a record store.
 type Edit struct {

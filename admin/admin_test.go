@@ -1,6 +1,7 @@
-package apikey
+package admin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -8,14 +9,19 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The admin API's own logic, without Caddy: the API is called directly, on
@@ -25,18 +31,44 @@ import (
 // and writer, reloading and usage writes off), stopped when the test ends.
 func startTestStore(t *testing.T, path string) stores.Live {
 	t.Helper()
-	startFileStore(t, path, -1, -1)
+	startFileStore(t, path)
 	return liveStore(t, "file:"+path)
 }
 
+// startFileStore provisions a file store on the key file at path, with
+// reloading and usage writes off, released when the test ends.
+func startFileStore(t testing.TB, path string) *filestore.Store {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	s := &filestore.Store{Path: path, UsageInterval: -1, ReloadInterval: -1}
+	if err := s.Provision(ctx); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Cleanup(); cancel() })
+	return s
+}
+
+// liveStore returns the store in use whose name is name.
+func liveStore(t testing.TB, name string) stores.Live {
+	t.Helper()
+	for _, s := range stores.InUse() {
+		if s.Name() == name {
+			return s
+		}
+	}
+	t.Fatalf("no store %s in use", name)
+	return nil
+}
+
 // testAdmin is the admin API on stores.
-func testAdmin(live ...stores.Live) *AdminAPI {
-	return &AdminAPI{logger: zap.NewNop(), stores: func() []stores.Live { return live }, now: time.Now}
+func testAdmin(live ...stores.Live) *API {
+	return &API{logger: zap.NewNop(), stores: func() []stores.Live { return live }, now: time.Now}
 }
 
 // call sends method target with body (none if "") to a, and returns the
 // response and its body.
-func call(t *testing.T, a *AdminAPI, method, target, body string) (*http.Response, string) {
+func call(t *testing.T, a *API, method, target, body string) (*http.Response, string) {
 	t.Helper()
 	r := httptest.NewRequest(method, target, strings.NewReader(body))
 	w := httptest.NewRecorder()
@@ -50,7 +82,7 @@ func call(t *testing.T, a *AdminAPI, method, target, body string) (*http.Respons
 // message holding each of want, and returns the message.
 func wantRefusal(t *testing.T, resp *http.Response, body string, status int, code string, want ...string) string {
 	t.Helper()
-	msg := assertRefusal(t, resp, body, status, code, "")
+	msg := testkeys.AssertRefusal(t, resp, body, status, code, "")
 	for _, w := range want {
 		if !strings.Contains(msg, w) {
 			t.Errorf("message does not say %q: %q", w, msg)
@@ -64,10 +96,10 @@ func wantRefusal(t *testing.T, resp *http.Response, body string, status int, cod
 // values are checked as the commands check them. A refused body changes
 // nothing.
 func TestAdminRequestBodies(t *testing.T) {
-	k := newTestKey("svc", map[string]any{"id": "aaaa1111-0000-4000-8000-000000000001"})
-	path := writeKeys(t, "", k)
+	k := testkeys.New("svc", map[string]any{"id": "aaaa1111-0000-4000-8000-000000000001"})
+	path := testkeys.WriteKeys(t, "", k)
 	a := testAdmin(startTestStore(t, path))
-	before := readFile(t, path)
+	before := testkeys.ReadFile(t, path)
 	const create, rotate, revoke = "/apikey/keys", "/apikey/keys/aaaa1111/rotate", "/apikey/keys/aaaa1111/revoke"
 	for _, tc := range []struct {
 		name, target, body string
@@ -102,7 +134,7 @@ func TestAdminRequestBodies(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := call(t, a, "POST", tc.target, tc.body)
 			wantRefusal(t, resp, body, tc.status, tc.code, tc.want...)
-			if got := readFile(t, path); got != before {
+			if got := testkeys.ReadFile(t, path); got != before {
 				t.Fatalf("a refused request changed the key file:\n%s", got)
 			}
 		})
@@ -134,8 +166,8 @@ func TestAdminRouting(t *testing.T) {
 
 // An id with a slash is named escaped (%2F), and found.
 func TestAdminEscapedID(t *testing.T) {
-	k := newTestKey("odd", map[string]any{"id": "team/ci"})
-	path := writeKeys(t, "", k)
+	k := testkeys.New("odd", map[string]any{"id": "team/ci"})
+	path := testkeys.WriteKeys(t, "", k)
 	a := testAdmin(startTestStore(t, path))
 	resp, body := call(t, a, "POST", "/apikey/keys/team%2Fci/revoke", "")
 	if resp.StatusCode != 200 || !strings.Contains(body, `"id":"team/ci"`) {
@@ -149,7 +181,7 @@ func TestAdminEscapedID(t *testing.T) {
 // refused with the choices.
 func TestAdminPickStore(t *testing.T) {
 	dir := t.TempDir()
-	one, two := writeKeys(t, filepath.Join(dir, "one.json"), newTestKey("one", nil)), writeKeys(t, filepath.Join(dir, "two.json"), newTestKey("two", nil))
+	one, two := testkeys.WriteKeys(t, filepath.Join(dir, "one.json"), testkeys.New("one", nil)), testkeys.WriteKeys(t, filepath.Join(dir, "two.json"), testkeys.New("two", nil))
 	s1, s2 := startTestStore(t, one), startTestStore(t, two)
 	labels := func(body string) string {
 		var keys []keyops.Listed
@@ -193,8 +225,8 @@ func TestAdminPickStore(t *testing.T) {
 // the store; the API never makes a key file anew, which would put one key
 // in force in place of all the others.
 func TestAdminStoreFailure(t *testing.T) {
-	k := newTestKey("svc", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("svc", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	a := testAdmin(startTestStore(t, path))
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
@@ -224,14 +256,14 @@ func (failingRefresh) Refresh() error { return errors.New("the watcher is stuck"
 // is shown: it exists), with a warning; not as an error, which would have
 // the client try again and make a second key.
 func TestAdminRefreshFailureIsAWarning(t *testing.T) {
-	path := writeKeys(t, "", newTestKey("svc", nil))
+	path := testkeys.WriteKeys(t, "", testkeys.New("svc", nil))
 	a := testAdmin(failingRefresh{startTestStore(t, path)})
 	resp, body := call(t, a, "POST", "/apikey/keys", `{"label": "new"}`)
-	var got newKeyAnswer
+	var got NewKeyAnswer
 	if err := json.Unmarshal([]byte(body), &got); err != nil || resp.StatusCode != 201 {
 		t.Fatalf("create: %d %s (%v)", resp.StatusCode, body, err)
 	}
-	if !rawKeyPattern.MatchString(got.Key) || fileRecord(t, path, got.ID).KeyHash != keyset.HashKey(got.Key) {
+	if !regexp.MustCompile(`^sk_[A-Za-z0-9_-]{43}$`).MatchString(got.Key) || testkeys.FileRecord(t, path, got.ID).KeyHash != keyset.HashKey(got.Key) {
 		t.Errorf("the key was not made as shown: %s", body)
 	}
 	if want := "the change is saved but not yet in force on this server: the watcher is stuck"; got.Warning != want {
@@ -242,8 +274,8 @@ func TestAdminRefreshFailureIsAWarning(t *testing.T) {
 // A stopped store has no watcher to wait for: the admin API may hold a
 // store that a config unload let go, and must not hang on it.
 func TestAdminRefreshOfAStoppedStore(t *testing.T) {
-	path := writeKeys(t, "", newTestKey("svc", nil))
-	fs := startFileStore(t, path, -1, -1)
+	path := testkeys.WriteKeys(t, "", testkeys.New("svc", nil))
+	fs := startFileStore(t, path)
 	s := liveStore(t, "file:"+path)
 	if err := fs.Cleanup(); err != nil { // its last user: the store stops
 		t.Fatal(err)
@@ -276,10 +308,10 @@ func (s namedStore) Refresh() error              { return nil }
 // counts its keys by state now.
 func TestAdminListStores(t *testing.T) {
 	past, future := keyset.FormatTimestamp(time.Now().Add(-time.Hour)), keyset.FormatTimestamp(time.Now().Add(time.Hour))
-	ks := mustBuildKeySet(t,
-		newTestKey("active", map[string]any{"expires_at": future}).Rec(),
-		newTestKey("expired", map[string]any{"expires_at": past}).Rec(),
-		newTestKey("revoked and expired", map[string]any{"expires_at": past, "revoked_at": past}).Rec(),
+	ks := testkeys.KeySet(t,
+		testkeys.New("active", map[string]any{"expires_at": future}).Rec(),
+		testkeys.New("expired", map[string]any{"expires_at": past}).Rec(),
+		testkeys.New("revoked and expired", map[string]any{"expires_at": past, "revoked_at": past}).Rec(),
 	)
 	a := testAdmin(
 		namedStore{"file:/etc/caddy/keys.json", ks},
@@ -287,12 +319,12 @@ func TestAdminListStores(t *testing.T) {
 		namedStore{"redis:redis://10.0.0.5:6379/0#team#a:", nil},
 	)
 	resp, body := call(t, a, "GET", "/apikey/stores", "")
-	var got []storeInfo
+	var got []StoreInfo
 	if err := json.Unmarshal([]byte(body), &got); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("%d %s (%v)", resp.StatusCode, body, err)
 	}
-	counts := keyCounts{Active: 1, Expired: 1, Revoked: 1}
-	want := []storeInfo{
+	counts := KeyCounts{Active: 1, Expired: 1, Revoked: 1}
+	want := []StoreInfo{
 		{Name: "file:/etc/caddy/keys.json", Kind: "file", Path: "/etc/caddy/keys.json", Keys: counts},
 		{Name: "redis:redis://10.0.0.5:6379/0#apikey:", Kind: "redis", URL: "redis://10.0.0.5:6379/0", Prefix: "apikey:", Keys: counts},
 		{Name: "redis:redis://10.0.0.5:6379/0#team#a:", Kind: "redis", URL: "redis://10.0.0.5:6379/0", Prefix: "team#a:"},

@@ -1,4 +1,4 @@
-package apikey
+package admin
 
 import (
 	"encoding/json"
@@ -25,33 +25,40 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(AdminAPI{})
+	caddy.RegisterModule(API{})
 }
 
-// AdminAPI is the admin API of the key stores in use (module
+// API is the admin API of the key stores in use (module
 // admin.api.apikey): routes under /apikey/ on Caddy's admin endpoint that
 // list the stores and their keys, and create, revoke and rotate keys while
 // Caddy runs. Its writes take the path of `caddy apikey` (the recordStore:
 // locked, merged with every other writer), and each change is in force on
 // this server before the answer.
-type AdminAPI struct {
+type API struct {
 	logger *zap.Logger
 	stores func() []stores.Live // the stores in use: stores.InUse
 	now    func() time.Time
 }
 
+// New returns the API over the stores that inUse returns, as Provision
+// makes it over the stores in use in this process, for a host other than
+// Caddy's admin endpoint.
+func New(logger *zap.Logger, inUse func() []stores.Live, now func() time.Time) *API {
+	return &API{logger: logger, stores: inUse, now: now}
+}
+
 // CaddyModule returns the Caddy module information.
-func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+func (API) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "admin.api.apikey",
-		New: func() caddy.Module { return new(AdminAPI) },
+		New: func() caddy.Module { return new(API) },
 	}
 }
 
 // Provision sets the API up on the stores of this process. Caddy
 // provisions admin routers in the config's context, not a module's: the
 // logger is asked for by module, to be named admin.api.apikey.
-func (a *AdminAPI) Provision(ctx caddy.Context) error {
+func (a *API) Provision(ctx caddy.Context) error {
 	a.logger, a.stores, a.now = ctx.Logger(a), stores.InUse, time.Now
 	return nil
 }
@@ -59,7 +66,7 @@ func (a *AdminAPI) Provision(ctx caddy.Context) error {
 // Routes returns one route for everything under /apikey/: the API routes
 // by itself, so that every refusal, a wrong path or method included, is
 // its JSON envelope rather than the mux's plain text.
-func (a *AdminAPI) Routes() []caddy.AdminRoute {
+func (a *API) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{Pattern: "/apikey/", Handler: caddy.AdminHandlerFunc(a.serve)}}
 }
 
@@ -86,7 +93,7 @@ func badRequest(format string, args ...any) *apiError {
 
 // serve answers one request. It returns no error to Caddy, whose error
 // body would be {"error": ...}: it writes every answer itself.
-func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+func (a *API) serve(w http.ResponseWriter, r *http.Request) error {
 	status, body, err := a.answer(w, r)
 	if err != nil {
 		a.refuse(w, err)
@@ -102,7 +109,7 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 }
 
 // answer runs the operation that the request's path and method name.
-func (a *AdminAPI) answer(w http.ResponseWriter, r *http.Request) (int, any, error) {
+func (a *API) answer(w http.ResponseWriter, r *http.Request) (int, any, error) {
 	ops, ref, err := a.route(r.URL.EscapedPath())
 	if err != nil {
 		return 0, nil, err
@@ -122,7 +129,7 @@ const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/k
 // route returns the operations of a path by method, and the path's {id}.
 // The path is taken escaped, so that an id holding a slash can be named
 // (as %2F).
-func (a *AdminAPI) route(path string) (map[string]operation, string, error) {
+func (a *API) route(path string) (map[string]operation, string, error) {
 	rest := strings.TrimPrefix(path, "/apikey/")
 	switch seg := strings.Split(rest, "/"); {
 	case rest == "stores":
@@ -154,9 +161,9 @@ func writeBody(w http.ResponseWriter, status int, data []byte) {
 // refuse writes the refusal that err calls for, in the handler's JSON
 // envelope: a refusal of what the request names or asks (keyops.RefError,
 // keyops.InputError, apiError) as its code says, an edit that other writers kept
-// beating (errConflict) as 409 CONFLICT, to be tried again, anything else
+// beating (stores.ErrConflict) as 409 CONFLICT, to be tried again, anything else
 // as the server's failure, logged.
-func (a *AdminAPI) refuse(w http.ResponseWriter, err error) {
+func (a *API) refuse(w http.ResponseWriter, err error) {
 	var ae *apiError
 	var re *keyops.RefError
 	var ie keyops.InputError
@@ -168,7 +175,7 @@ func (a *AdminAPI) refuse(w http.ResponseWriter, err error) {
 		ae = &apiError{http.StatusConflict, re.Code, re.Msg}
 	case errors.As(err, &ie):
 		ae = badRequest("%s", ie)
-	case errors.Is(err, errConflict):
+	case errors.Is(err, stores.ErrConflict):
 		ae = &apiError{http.StatusConflict, "CONFLICT", err.Error()}
 	default:
 		a.logger.Error("admin request failed", zap.Error(err))
@@ -189,18 +196,18 @@ func storeFailure(st stores.Live, err error) error {
 	return fmt.Errorf("key store %s: %w", st.Name(), err)
 }
 
-// storeInfo is a store in use as GET /apikey/stores shows it.
-type storeInfo struct {
+// StoreInfo is a store in use as GET /apikey/stores shows it.
+type StoreInfo struct {
 	Name   string    `json:"name"`
 	Kind   string    `json:"kind"`             // file, redis
 	Path   string    `json:"path,omitempty"`   // a file store's key file
 	URL    string    `json:"url,omitempty"`    // a Redis store's server, without its password
 	Prefix string    `json:"prefix,omitempty"` // a Redis store's key prefix
-	Keys   keyCounts `json:"keys"`
+	Keys   KeyCounts `json:"keys"`
 }
 
-// keyCounts are the keys in force by state, expiry judged now.
-type keyCounts struct {
+// KeyCounts are the keys in force by state, expiry judged now.
+type KeyCounts struct {
 	Active  int `json:"active"`
 	Expired int `json:"expired"`
 	Revoked int `json:"revoked"`
@@ -214,11 +221,11 @@ func storeKind(s stores.Live) (kind, where string) {
 	return kind, where
 }
 
-func (a *AdminAPI) listStores(http.ResponseWriter, *http.Request, string) (int, any, error) {
+func (a *API) listStores(http.ResponseWriter, *http.Request, string) (int, any, error) {
 	now := a.now()
-	out := []storeInfo{}
+	out := []StoreInfo{}
 	for _, s := range a.stores() {
-		info := storeInfo{Name: s.Name()}
+		info := StoreInfo{Name: s.Name()}
 		var where string
 		switch info.Kind, where = storeKind(s); info.Kind {
 		case "file":
@@ -229,7 +236,7 @@ func (a *AdminAPI) listStores(http.ResponseWriter, *http.Request, string) (int, 
 		}
 		if ks := s.KeySet(); ks != nil {
 			n := ks.Counts(now)
-			info.Keys = keyCounts{n[keyset.Active], n[keyset.Expired], n[keyset.Revoked]}
+			info.Keys = KeyCounts{n[keyset.Active], n[keyset.Expired], n[keyset.Revoked]}
 		}
 		out = append(out, info)
 	}
@@ -239,7 +246,7 @@ func (a *AdminAPI) listStores(http.ResponseWriter, *http.Request, string) (int, 
 // pickStore returns the store that the request's ?store= names (its name,
 // a file store's path, relative to Caddy's working directory as keys_file
 // is, or a Redis store's prefix), or the one store in use if it names none.
-func (a *AdminAPI) pickStore(r *http.Request) (stores.Live, error) {
+func (a *API) pickStore(r *http.Request) (stores.Live, error) {
 	all := a.stores()
 	if len(all) == 0 {
 		return nil, &apiError{http.StatusNotFound, "NO_STORE", "no key store is in use: the config in force has no apikey handler"}
@@ -292,7 +299,7 @@ func (s existingRecords) Edit(e stores.Edit) error {
 
 // waiting logs that a write waits for another writer of st (a usage write
 // of a large key file, or a `caddy apikey` command).
-func (a *AdminAPI) waiting(st stores.Live) func() {
+func (a *API) waiting(st stores.Live) func() {
 	return func() {
 		a.logger.Info("waiting for another writer of the key store", zap.String("store", st.Name()))
 	}
@@ -301,7 +308,7 @@ func (a *AdminAPI) waiting(st stores.Live) func() {
 // refresh puts a change to st in force on this server. The change is made
 // whatever comes of it: a failure is said in the answer ("warning") and
 // logged, not answered as an error that would have the client try again.
-func (a *AdminAPI) refresh(st stores.Live) string {
+func (a *API) refresh(st stores.Live) string {
 	if err := st.Refresh(); err != nil {
 		a.logger.Warn("a change made through the admin API is saved but not yet in force on this server",
 			zap.String("store", st.Name()), zap.Error(err))
@@ -316,7 +323,7 @@ func listed(rec keyset.Record, now time.Time) keyops.Listed {
 	return keyops.NewListed(&rec, k, now)
 }
 
-func (a *AdminAPI) listKeys(_ http.ResponseWriter, r *http.Request, _ string) (int, any, error) {
+func (a *API) listKeys(_ http.ResponseWriter, r *http.Request, _ string) (int, any, error) {
 	st, err := a.pickStore(r)
 	if err != nil {
 		return 0, nil, err
@@ -328,25 +335,25 @@ func (a *AdminAPI) listKeys(_ http.ResponseWriter, r *http.Request, _ string) (i
 	return http.StatusOK, keys, nil
 }
 
-// createRequest is the body of POST /apikey/keys.
-type createRequest struct {
+// CreateRequest is the body of POST /apikey/keys.
+type CreateRequest struct {
 	Label   string   `json:"label"`
 	Scopes  []string `json:"scopes"`
 	Expires string   `json:"expires"` // a duration from now or a time; "" for never
 }
 
-// newKeyAnswer is the answer to a create or a rotate: the raw key, shown
+// NewKeyAnswer is the answer to a create or a rotate: the raw key, shown
 // this once, and its record as listed; for a rotate, the old key's record
 // after the keyops.Rotation.
-type newKeyAnswer struct {
+type NewKeyAnswer struct {
 	Key string `json:"key"`
 	keyops.Listed
 	Replaced *keyops.Listed `json:"replaced,omitempty"`
 	Warning  string         `json:"warning,omitempty"`
 }
 
-func (a *AdminAPI) createKey(w http.ResponseWriter, r *http.Request, _ string) (int, any, error) {
-	var req createRequest
+func (a *API) createKey(w http.ResponseWriter, r *http.Request, _ string) (int, any, error) {
+	var req CreateRequest
 	if err := readBody(w, r, &req, "the members are label, scopes and expires"); err != nil {
 		return 0, nil, err
 	}
@@ -361,18 +368,18 @@ func (a *AdminAPI) createKey(w http.ResponseWriter, r *http.Request, _ string) (
 	}
 	a.logger.Info("key created", zap.String("store", st.Name()),
 		zap.String("key_id", rec.ID), zap.String("key_label", rec.Label), zap.String("key_prefix", rec.KeyPrefix))
-	return http.StatusCreated, newKeyAnswer{Key: raw, Listed: listed(rec, now), Warning: a.refresh(st)}, nil
+	return http.StatusCreated, NewKeyAnswer{Key: raw, Listed: listed(rec, now), Warning: a.refresh(st)}, nil
 }
 
-// revokeAnswer is the answer to a revoke: the key's record as listed after
+// RevokeAnswer is the answer to a revoke: the key's record as listed after
 // it, and whether it was revoked before (then nothing changed).
-type revokeAnswer struct {
+type RevokeAnswer struct {
 	keyops.Listed
 	AlreadyRevoked bool   `json:"already_revoked"`
 	Warning        string `json:"warning,omitempty"`
 }
 
-func (a *AdminAPI) revokeKey(w http.ResponseWriter, r *http.Request, ref string) (int, any, error) {
+func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, ref string) (int, any, error) {
 	if err := readBody(w, r, &struct{}{}, "revoke takes none; send no body, or {}"); err != nil {
 		return 0, nil, err
 	}
@@ -385,7 +392,7 @@ func (a *AdminAPI) revokeKey(w http.ResponseWriter, r *http.Request, ref string)
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
-	answer := revokeAnswer{AlreadyRevoked: already != ""}
+	answer := RevokeAnswer{AlreadyRevoked: already != ""}
 	if !answer.AlreadyRevoked {
 		// rec is the record as it was, before the revocation set this.
 		at := keyset.FormatTimestamp(now)
@@ -398,15 +405,15 @@ func (a *AdminAPI) revokeKey(w http.ResponseWriter, r *http.Request, ref string)
 	return http.StatusOK, answer, nil
 }
 
-// rotateRequest is the body of POST /apikey/keys/{id}/rotate, which may be
+// RotateRequest is the body of POST /apikey/keys/{id}/rotate, which may be
 // empty.
-type rotateRequest struct {
+type RotateRequest struct {
 	Grace   string `json:"grace"`   // how long the old key stays valid; "" for keyops.DefaultGrace
 	Expires string `json:"expires"` // the new key's expiry; "" for never
 }
 
-func (a *AdminAPI) rotateKey(w http.ResponseWriter, r *http.Request, ref string) (int, any, error) {
-	var req rotateRequest
+func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, ref string) (int, any, error) {
+	var req RotateRequest
 	if err := readBody(w, r, &req, "the members are grace and expires"); err != nil {
 		return 0, nil, err
 	}
@@ -425,7 +432,7 @@ func (a *AdminAPI) rotateKey(w http.ResponseWriter, r *http.Request, ref string)
 	old := rot.Old
 	old.ExpiresAt, old.RevokedAt = rot.OldExpiresAt, rot.OldRevokedAt
 	replaced := listed(old, now)
-	return http.StatusCreated, newKeyAnswer{Key: rot.Raw, Listed: listed(rot.Added, now), Replaced: &replaced, Warning: a.refresh(st)}, nil
+	return http.StatusCreated, NewKeyAnswer{Key: rot.Raw, Listed: listed(rot.Added, now), Replaced: &replaced, Warning: a.refresh(st)}, nil
 }
 
 // readBody decodes the request's body, a JSON object, into v: only the
@@ -481,8 +488,8 @@ func jsonProblem(err error, members string) string {
 
 // Interface guards
 var (
-	_ caddy.AdminRouter = (*AdminAPI)(nil)
-	_ caddy.Provisioner = (*AdminAPI)(nil)
+	_ caddy.AdminRouter = (*API)(nil)
+	_ caddy.Provisioner = (*API)(nil)
 )
 
 // jsonKindName names a JSON kind in a refusal.
