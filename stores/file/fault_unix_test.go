@@ -56,7 +56,7 @@ func runFullDiskChild(arg string) {
 	if w := s.writes.Load(); w != 0 {
 		fail("the write succeeded past the size limit")
 	}
-	if !s.writeFailing {
+	if !s.writeFailing.On() {
 		fail("the failed write was not noticed")
 	}
 	after, _ := os.ReadFile(path)

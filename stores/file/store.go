@@ -151,11 +151,11 @@ type keyFile struct {
 	inForce   atomic.Pointer[fs.FileInfo] // loaded, for the writer
 	broken    fs.FileInfo                 // the last broken version read, not to parse it again
 	brokenErr error
-	statErr   bool   // the file could not be stat'ed last time (counted once)
-	reported  string // the problem last logged
+	statErr   storecore.Trouble // the file cannot be stat'ed (counted once)
+	problem   storecore.Trouble // the file cannot be put in force (logged once a problem)
 
 	// The writer's state.
-	writeFailing bool
+	writeFailing storecore.Trouble             // usage writes fail (logged once)
 	lastWrite    atomic.Pointer[keyfile.Write] // the writer's last write, for the watcher
 	writes       atomic.Int64                  // usage writes done, for tests
 
@@ -310,14 +310,12 @@ func (s *keyFile) check() {
 	err := s.load()
 	switch {
 	case err == nil:
-		s.reported = ""
-	case err.Error() == s.reported:
+		s.problem.End()
+	case !s.problem.Meet(err):
 	case errors.As(err, new(*fs.PathError)):
-		s.reported = err.Error()
 		s.log().Error("key file cannot be read; the keys loaded before stay in force",
 			zap.String("keys_file", s.path), zap.Error(err))
 	default:
-		s.reported = err.Error()
 		s.log().Error("key file is broken; the keys loaded before stay in force",
 			zap.String("keys_file", s.path), zap.Error(err))
 	}
@@ -334,13 +332,12 @@ func (s *keyFile) load() (err error) {
 	fi, err := os.Stat(s.path)
 	if err != nil {
 		s.metrics.SourceBroken(true)
-		if !s.statErr {
-			s.statErr = true
+		if s.statErr.Start() {
 			s.metrics.LoadFailed()
 		}
 		return &keyfile.Error{Path: s.path, Err: err}
 	}
-	s.statErr = false
+	s.statErr.End()
 	if s.loaded != nil && keyfile.SameVersion(s.loaded, fi) {
 		return nil
 	}
@@ -437,15 +434,13 @@ func (s *keyFile) writeUsage(all bool) {
 		if s.watcherReports(err) {
 			return // the uses stay pending: written once the file is good again
 		}
-		if !s.writeFailing {
-			s.writeFailing = true
+		if s.writeFailing.Start() {
 			s.log().Error("cannot write last-used times to the key file; authentication goes on, and writing will be retried",
 				zap.String("keys_file", s.path), zap.Error(err))
 		}
 		return
 	}
-	if s.writeFailing {
-		s.writeFailing = false
+	if s.writeFailing.End() {
 		s.log().Info("writing last-used times to the key file works again", zap.String("keys_file", s.path))
 	}
 	s.usage.Done(batch)

@@ -46,7 +46,7 @@ func BenchmarkUsageWrite(b *testing.B) {
 		s.writeUsage(false)
 	}
 	b.StopTimer()
-	if s.writeFailing || s.usage.Pending() != 0 {
+	if s.writeFailing.On() || s.usage.Pending() != 0 {
 		b.Fatalf("usage write failed: %d keys still waiting", s.usage.Pending())
 	}
 	data, err := os.ReadFile(path)
