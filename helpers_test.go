@@ -56,11 +56,24 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "apikey: -short given: integration tests against a real Caddy will be SKIPPED")
 		os.Exit(m.Run())
 	}
+	// The test Caddy writes nothing outside a folder of its own: its
+	// configs say persist_config off, and its config and data folders
+	// (autosave.json, certificates, locks) are in a temporary one.
+	home, err := os.MkdirTemp("", "apikey-caddy-home-*")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "apikey:", err)
+		os.Exit(1)
+	}
+	for _, v := range []string{"HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"} {
+		_ = os.Setenv(v, home)
+	}
 	if err := startCaddy(); err != nil {
 		fmt.Fprintln(os.Stderr, "apikey: cannot start Caddy for the integration tests:", err)
 		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	_ = os.RemoveAll(home)
+	os.Exit(code)
 }
 
 func startCaddy() error {
@@ -71,7 +84,7 @@ func startCaddy() error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(f, "{\n\tadmin localhost:%d\n}\n", adminPort)
+	fmt.Fprintf(f, "{\n\tadmin localhost:%d\n\tpersist_config off\n}\n", adminPort)
 	f.Close()
 	os.Args = []string{"caddy", "run", "--config", f.Name(), "--adapter", "caddyfile"}
 	go caddycmd.Main()
@@ -109,7 +122,7 @@ func loadCaddyfileWithGlobals(t *testing.T, globals, site string) *caddytest.Tes
 	// Unload the test's config when it ends (after caddytest has shown it
 	// on failure), so its key files are released while they still exist.
 	t.Cleanup(func() {
-		if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n}\n", adminPort)); msg != "" {
+		if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n}\n", adminPort)); msg != "" {
 			t.Logf("unloading the test config: %s", msg)
 		}
 	})
@@ -125,7 +138,9 @@ func loadCaddyfileWithGlobals(t *testing.T, globals, site string) *caddytest.Tes
 // the error it answers with, or "" if the config loaded.
 func loadConfigError(t *testing.T, caddyfile string) string {
 	t.Helper()
-	c := http.Client{Timeout: 30 * time.Second}
+	// A connection of its own: the admin server restarts with each load,
+	// and a kept-alive connection to the one before would read EOF.
+	c := http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), "text/caddyfile", strings.NewReader(caddyfile))
 	if err != nil {
 		t.Fatal(err)
@@ -150,6 +165,7 @@ func caddyfileFor(site string) string { return caddyfileWithGlobals("", site) }
 func caddyfileWithGlobals(globals, site string) string {
 	return fmt.Sprintf(`{
 	admin localhost:%d
+	persist_config off
 	http_port %d
 	https_port %d
 	grace_period 1s

@@ -312,7 +312,7 @@ func TestMetricsStore(t *testing.T) {
 	if got := scrape(t).must(t, sourceBroken); got != 0 {
 		t.Errorf("%s = %g once the key file is repaired, want 0", sourceBroken, got)
 	}
-	if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n}\n", adminPort)); msg != "" {
+	if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n}\n", adminPort)); msg != "" {
 		t.Fatalf("unloading the config: %s", msg)
 	}
 	for k := range scrape(t) {
