@@ -13,6 +13,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/admin"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The admin API over HTTP, on the test Caddy's admin endpoint, against the
@@ -92,21 +98,21 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 	loadCaddyfile(t, adminKeySite(path))
 
 	t.Run("stores", func(t *testing.T) {
-		var stores []storeInfo
+		var stores []admin.StoreInfo
 		resp, body := adminCall(t, "GET", "/apikey/stores", "")
 		adminAnswer(t, resp, body, 200, &stores)
-		want := []storeInfo{{Name: "file:" + path, Kind: "file", Path: path, Keys: keyCounts{Active: 3, Expired: 1, Revoked: 1}}}
+		want := []admin.StoreInfo{{Name: "file:" + path, Kind: "file", Path: path, Keys: admin.KeyCounts{Active: 3, Expired: 1, Revoked: 1}}}
 		if !reflect.DeepEqual(stores, want) {
 			t.Errorf("stores %+v, want %+v", stores, want)
 		}
 	})
 
 	t.Run("list", func(t *testing.T) {
-		var keys, cli []listedKey
+		var keys, cli []keyops.Listed
 		resp, body := adminCall(t, "GET", "/apikey/keys", "")
 		adminAnswer(t, resp, body, 200, &keys)
 		var out bytes.Buffer
-		if err := listKeys(&out, fileRecords{path}, true, time.Now()); err != nil {
+		if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, true, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 		if err := json.Unmarshal(out.Bytes(), &cli); err != nil {
@@ -115,24 +121,24 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		if !reflect.DeepEqual(keys, cli) {
 			t.Errorf("GET /apikey/keys:\n%s\nwant what list --json prints:\n%s", body, out.String())
 		}
-		if strings.Contains(body, "key_hash") || strings.Contains(body, svc.record["key_hash"].(string)) {
+		if strings.Contains(body, "key_hash") || strings.Contains(body, svc.Record["key_hash"].(string)) {
 			t.Errorf("the list shows hashes: %s", body)
 		}
 	})
 
 	t.Run("create", func(t *testing.T) {
-		var got newKeyAnswer
+		var got admin.NewKeyAnswer
 		before := time.Now()
 		resp, body := adminCall(t, "POST", "/apikey/keys", `{"label": "new", "scopes": ["read", "write"], "expires": "90d"}`)
 		adminAnswer(t, resp, body, 201, &got)
 		rec := fileRecord(t, path, got.ID)
-		if !rawKeyPattern.MatchString(got.Key) || rec.KeyHash != hashKey(got.Key) || got.KeyPrefix != got.Key[:11] || !uuidV4Pattern.MatchString(got.ID) {
+		if !rawKeyPattern.MatchString(got.Key) || rec.KeyHash != keyset.HashKey(got.Key) || got.KeyPrefix != got.Key[:11] || !uuidV4Pattern.MatchString(got.ID) {
 			t.Fatalf("the answer is not the key that was made: %s", body)
 		}
 		if got.Label != "new" || !reflect.DeepEqual(got.Scopes, []string{"read", "write"}) || got.Status != "active" || got.Replaced != nil || got.Warning != "" {
 			t.Errorf("answer %s", body)
 		}
-		if exp, err := parseTimestamp(*got.ExpiresAt); err != nil || exp.Before(before.Add(90*24*time.Hour)) || exp.After(time.Now().Add(90*24*time.Hour)) {
+		if exp, err := keyset.ParseTimestamp(*got.ExpiresAt); err != nil || exp.Before(before.Add(90*24*time.Hour)) || exp.After(time.Now().Add(90*24*time.Hour)) {
 			t.Errorf("expires_at %s, want 90 days from now", *got.ExpiresAt)
 		}
 		expectOK(t, "/", "new "+got.ID, "Authorization: Bearer "+got.Key)
@@ -140,18 +146,18 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		at := time.Now().Add(48 * time.Hour).UTC().Truncate(time.Second)
 		resp, body = adminCall(t, "POST", "/apikey/keys", `{"label": "dated", "expires": "`+at.Format(time.RFC3339)+`"}`)
 		adminAnswer(t, resp, body, 201, &got)
-		if exp, err := parseTimestamp(*got.ExpiresAt); err != nil || !exp.Equal(at) || len(got.Scopes) != 0 {
+		if exp, err := keyset.ParseTimestamp(*got.ExpiresAt); err != nil || !exp.Equal(at) || len(got.Scopes) != 0 {
 			t.Errorf("expires_at %s, scopes %v; want %s and none", *got.ExpiresAt, got.Scopes, at)
 		}
 		expectOK(t, "/", "dated "+got.ID, "Authorization: Bearer "+got.Key)
 	})
 
 	t.Run("revoke", func(t *testing.T) {
-		expectOK(t, "/", "victim "+victim.record["id"].(string), bearer(victim))
-		var got, again revokeAnswer
-		resp, body := adminCall(t, "POST", "/apikey/keys/"+victim.record["key_prefix"].(string)+"/revoke", "")
+		expectOK(t, "/", "victim "+victim.Record["id"].(string), bearer(victim))
+		var got, again admin.RevokeAnswer
+		resp, body := adminCall(t, "POST", "/apikey/keys/"+victim.Record["key_prefix"].(string)+"/revoke", "")
 		adminAnswer(t, resp, body, 200, &got)
-		if got.ID != victim.record["id"] || got.Status != "revoked" || got.RevokedAt == nil || got.AlreadyRevoked || got.Warning != "" {
+		if got.ID != victim.Record["id"] || got.Status != "revoked" || got.RevokedAt == nil || got.AlreadyRevoked || got.Warning != "" {
 			t.Fatalf("answer %s", body)
 		}
 		if rec := fileRecord(t, path, got.ID); rec.RevokedAt == nil || *rec.RevokedAt != *got.RevokedAt {
@@ -167,14 +173,14 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 	})
 
 	t.Run("rotate", func(t *testing.T) {
-		oldID := rotating.record["id"].(string)
+		oldID := rotating.Record["id"].(string)
 		expectOK(t, "/", "rotating "+oldID, bearer(rotating))
 		const grace = 2 * time.Second
-		var got newKeyAnswer
+		var got admin.NewKeyAnswer
 		rotated := time.Now()
 		resp, body := adminCall(t, "POST", "/apikey/keys/"+oldID[:8]+"/rotate", `{"grace": "2s"}`)
 		adminAnswer(t, resp, body, 201, &got)
-		if !rawKeyPattern.MatchString(got.Key) || fileRecord(t, path, got.ID).KeyHash != hashKey(got.Key) {
+		if !rawKeyPattern.MatchString(got.Key) || fileRecord(t, path, got.ID).KeyHash != keyset.HashKey(got.Key) {
 			t.Fatalf("the answer is not the key that was made: %s", body)
 		}
 		if got.Label != "rotating" || !reflect.DeepEqual(got.Scopes, []string{"read", "write"}) || got.RotatedFrom == nil || *got.RotatedFrom != oldID || got.ExpiresAt != nil || got.Status != "active" {
@@ -184,7 +190,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		if old == nil || old.ID != oldID || old.Status != "active" || old.RevokedAt != nil || old.ExpiresAt == nil {
 			t.Fatalf("replaced %s, want the old key, active until the grace ends", body)
 		}
-		if end, err := parseTimestamp(*old.ExpiresAt); err != nil || end.Before(rotated.Add(grace)) || end.After(time.Now().Add(grace)) {
+		if end, err := keyset.ParseTimestamp(*old.ExpiresAt); err != nil || end.Before(rotated.Add(grace)) || end.After(time.Now().Add(grace)) {
 			t.Errorf("the old key expires at %s, want at the end of the 2s grace", *old.ExpiresAt)
 		}
 		expectOK(t, "/", "rotating "+got.ID, "Authorization: Bearer "+got.Key)
@@ -197,7 +203,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 				t.Fatalf("old key during the grace: %d %q, want 200", resp.StatusCode, body)
 			}
 		} else {
-			t.Logf("the grace had nearly ended when the rotation was answered: old key during the grace not checked")
+			t.Logf("the grace had nearly ended when the keyops.Rotation was answered: old key during the grace not checked")
 		}
 		waitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
 			resp, body := do(t, "GET", "/", bearer(rotating))
@@ -214,13 +220,13 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 	})
 
 	t.Run("stores after", func(t *testing.T) {
-		var stores []storeInfo
+		var stores []admin.StoreInfo
 		resp, body := adminCall(t, "GET", "/apikey/stores", "")
 		adminAnswer(t, resp, body, 200, &stores)
 		// svc, new, dated and the rotated key active; expired and the
 		// rotated-from key (its grace over) expired; revoked and victim
 		// revoked.
-		if want := (keyCounts{Active: 4, Expired: 2, Revoked: 2}); len(stores) != 1 || stores[0].Keys != want {
+		if want := (admin.KeyCounts{Active: 4, Expired: 2, Revoked: 2}); len(stores) != 1 || stores[0].Keys != want {
 			t.Errorf("stores %s, want keys %+v", body, want)
 		}
 	})
@@ -306,7 +312,7 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 `)
 	names := []string{"file:" + one, "file:" + two}
 
-	var stores []storeInfo
+	var stores []admin.StoreInfo
 	resp, body := adminCall(t, "GET", "/apikey/stores", "")
 	adminAnswer(t, resp, body, 200, &stores)
 	if len(stores) != 2 || stores[0].Name != names[0] || stores[1].Name != names[1] {
@@ -316,9 +322,9 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 	for _, tc := range []struct{ method, target, body, code string }{
 		{"GET", "/apikey/keys", "", "AMBIGUOUS_STORE"},
 		{"POST", "/apikey/keys", `{"label": "x"}`, "AMBIGUOUS_STORE"},
-		{"POST", "/apikey/keys/" + a.record["id"].(string) + "/revoke", "", "AMBIGUOUS_STORE"},
+		{"POST", "/apikey/keys/" + a.Record["id"].(string) + "/revoke", "", "AMBIGUOUS_STORE"},
 		{"GET", "/apikey/keys?store=" + url.QueryEscape(filepath.Join(dir, "three.json")), "", "STORE_NOT_FOUND"},
-		{"POST", "/apikey/keys/" + a.record["id"].(string) + "/rotate?store=file:three.json", "", "STORE_NOT_FOUND"},
+		{"POST", "/apikey/keys/" + a.Record["id"].(string) + "/rotate?store=file:three.json", "", "STORE_NOT_FOUND"},
 	} {
 		resp, body := adminCall(t, tc.method, tc.target, tc.body)
 		msg := assertRefusal(t, resp, body, 400, tc.code, "")
@@ -327,14 +333,14 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 		}
 	}
 
-	var created newKeyAnswer
+	var created admin.NewKeyAnswer
 	resp, body = adminCall(t, "POST", "/apikey/keys?store="+url.QueryEscape(two), `{"label": "made"}`)
 	adminAnswer(t, resp, body, 201, &created)
 	expectOK(t, "/two/", "two made", "Authorization: Bearer "+created.Key)
 	expectRefused(t, "/one/", 403, CodeInvalidKey, "Authorization: Bearer "+created.Key)
 
-	var revoked revokeAnswer
-	resp, body = adminCall(t, "POST", "/apikey/keys/"+a.record["key_prefix"].(string)+"/revoke?store="+url.QueryEscape("file:"+one), "")
+	var revoked admin.RevokeAnswer
+	resp, body = adminCall(t, "POST", "/apikey/keys/"+a.Record["key_prefix"].(string)+"/revoke?store="+url.QueryEscape("file:"+one), "")
 	adminAnswer(t, resp, body, 200, &revoked)
 	expectRefused(t, "/one/", 403, CodeInvalidKey, bearer(a))
 	expectOK(t, "/two/", "two b", bearer(b))
@@ -343,7 +349,7 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 // With no apikey handler loaded, there is no store to act on.
 func TestAdminNoStoreAgainstCaddy(t *testing.T) {
 	loadCaddyfile(t, `respond "no keys here"`)
-	var stores []storeInfo
+	var stores []admin.StoreInfo
 	resp, body := adminCall(t, "GET", "/apikey/stores", "")
 	adminAnswer(t, resp, body, 200, &stores)
 	if len(stores) != 0 {
@@ -362,10 +368,10 @@ func TestAdminLogsHoldNoKeys(t *testing.T) {
 	logFile := filepath.Join(t.TempDir(), "default.log")
 	loadCaddyfileWithGlobals(t, "\tdebug\n\tlog default {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t}", adminKeySite(path))
 
-	var created, rotated newKeyAnswer
+	var created, rotated admin.NewKeyAnswer
 	resp, body := adminCall(t, "POST", "/apikey/keys", `{"label": "fresh"}`)
 	adminAnswer(t, resp, body, 201, &created)
-	resp, body = adminCall(t, "POST", "/apikey/keys/"+old.record["id"].(string)+"/rotate", `{"grace": "0"}`)
+	resp, body = adminCall(t, "POST", "/apikey/keys/"+old.Record["id"].(string)+"/rotate", `{"grace": "0"}`)
 	adminAnswer(t, resp, body, 201, &rotated)
 
 	var text string
@@ -413,33 +419,33 @@ func TestAdminRedisStoreAgainstCaddy(t *testing.T) {
 `)
 	expectOK(t, "/", "first "+firstRec.ID, "Authorization: Bearer "+first)
 
-	var stores []storeInfo
+	var stores []admin.StoreInfo
 	resp, body := adminCall(t, "GET", "/apikey/stores", "")
 	adminAnswer(t, resp, body, 200, &stores)
-	i := slices.IndexFunc(stores, func(s storeInfo) bool { return s.Kind == "redis" })
-	if i < 0 || stores[i].Prefix != "adm:" || stores[i].URL != r.URL || stores[i].Keys != (keyCounts{Active: 1}) {
+	i := slices.IndexFunc(stores, func(s admin.StoreInfo) bool { return s.Kind == "redis" })
+	if i < 0 || stores[i].Prefix != "adm:" || stores[i].URL != r.URL || stores[i].Keys != (admin.KeyCounts{Active: 1}) {
 		t.Fatalf("stores %s, want the Redis store with 1 active key", body)
 	}
 
-	var created newKeyAnswer
+	var created admin.NewKeyAnswer
 	resp, body = adminCall(t, "POST", "/apikey/keys?store=adm:", `{"label": "made", "scopes": ["read"]}`)
 	adminAnswer(t, resp, body, 201, &created)
 	expectOK(t, "/", "made "+created.ID, "Authorization: Bearer "+created.Key)
 
-	var keys []listedKey
+	var keys []keyops.Listed
 	resp, body = adminCall(t, "GET", "/apikey/keys?store=adm:", "")
 	adminAnswer(t, resp, body, 200, &keys)
 	if len(keys) != 2 || strings.Contains(body, "key_hash") {
 		t.Fatalf("keys %s, want 2 without hashes", body)
 	}
 
-	var revoked revokeAnswer
+	var revoked admin.RevokeAnswer
 	resp, body = adminCall(t, "POST", "/apikey/keys/"+firstRec.KeyPrefix+"/revoke?store=adm:", "")
 	adminAnswer(t, resp, body, 200, &revoked)
 	expectRefused(t, "/", 403, CodeInvalidKey, "Authorization: Bearer "+first)
 
 	const grace = 2 * time.Second
-	var rotated newKeyAnswer
+	var rotated admin.NewKeyAnswer
 	at := time.Now()
 	resp, body = adminCall(t, "POST", "/apikey/keys/"+created.ID+"/rotate?store=adm:", `{"grace": "2s"}`)
 	adminAnswer(t, resp, body, 201, &rotated)

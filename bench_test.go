@@ -1,29 +1,27 @@
 package apikey
 
 import (
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
 
 	"bytes"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
-	"go.uber.org/zap"
+
+	"slices"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"slices"
 )
 
 // Benchmarks of the request path and of the key file's scale. Run them with
@@ -33,28 +31,18 @@ import (
 // (-short keeps TestMain from starting the integration tests' Caddy, which
 // no benchmark needs.)
 
-// benchRawKey returns the i-th raw key of a generated key set: "sk_" and 43
-// base64url characters, as the reference application makes them, but
-// derived from i so that a million of them are quick to make.
-func benchRawKey(i int) string {
-	var seed [8]byte
-	binary.LittleEndian.PutUint64(seed[:], uint64(i))
-	sum := sha256.Sum256(seed[:])
-	return "sk_" + base64.RawURLEncoding.EncodeToString(sum[:])
-}
-
 // benchRecords returns n records in the reference application's shape
 // (every fourth one already used, none with lifecycle members).
-func benchRecords(n int) []docRecord {
-	recs := make([]docRecord, n)
+func benchRecords(n int) []keyfile.Record {
+	recs := make([]keyfile.Record, n)
 	created := "2026-11-25T20:14:31.123456+00:00"
 	used := "2026-11-26T08:02:11.654321+00:00"
 	for i := range recs {
-		raw := benchRawKey(i)
-		recs[i].Record = Record{
-			ID:        benchID(i),
+		raw := testkeys.BenchRawKey(i)
+		recs[i].Record = keyset.Record{
+			ID:        testkeys.BenchID(i),
 			Label:     "Key " + strconv.Itoa(i),
-			KeyHash:   hashKey(raw),
+			KeyHash:   keyset.HashKey(raw),
 			KeyPrefix: raw[:11],
 			CreatedAt: &created,
 		}
@@ -65,57 +53,15 @@ func benchRecords(n int) []docRecord {
 	return recs
 }
 
-// benchID is a UUID-shaped id derived from i.
-func benchID(i int) string {
-	var b [16]byte
-	binary.BigEndian.PutUint64(b[8:], uint64(i))
-	b[0], b[6] = 0xb3, 0x40
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-}
-
-// benchKeyFile renders n records as the reference application writes its
-// key file: {"api_keys": [...]} indented by two spaces. It appends by hand
-// because json.MarshalIndent of a million records is slow to set up.
-func benchKeyFile(n int) []byte { return benchKeyFileLabeled(n, "Key %d") }
-
-// benchKeyFileLabeled is benchKeyFile with labels made by the format
-// label (a JSON string's contents, escapes allowed) from the key's number.
-func benchKeyFileLabeled(n int, label string) []byte {
-	var buf bytes.Buffer
-	buf.Grow(n * 290)
-	buf.WriteString("{\n  \"api_keys\": [")
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			buf.WriteByte(',')
-		}
-		raw := benchRawKey(i)
-		lastUsed := "null"
-		if i%4 == 0 {
-			lastUsed = `"2026-11-26T08:02:11.654321+00:00"`
-		}
-		fmt.Fprintf(&buf, `
-    {
-      "id": "%s",
-      "label": "`+label+`",
-      "key_hash": "%s",
-      "key_prefix": "%s",
-      "created_at": "2026-11-25T20:14:31.123456+00:00",
-      "last_used_at": %s
-    }`, benchID(i), i, hashKey(raw), raw[:11], lastUsed)
-	}
-	buf.WriteString("\n  ]\n}\n")
-	return buf.Bytes()
-}
-
 // benchKeySets caches the in-memory key sets by size: a million keys take a
 // few seconds to build and are shared by the sub-benchmarks.
-var benchKeySets = map[int]*KeySet{}
+var benchKeySets = map[int]*keyset.KeySet{}
 
-func benchKeySet(tb testing.TB, n int) *KeySet {
+func benchKeySet(tb testing.TB, n int) *keyset.KeySet {
 	if ks := benchKeySets[n]; ks != nil {
 		return ks
 	}
-	ks, err := buildKeySet(benchRecords(n))
+	ks, err := keyfile.BuildKeySet(benchRecords(n))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -127,7 +73,7 @@ func benchKeySet(tb testing.TB, n int) *KeySet {
 // as Provision would, but on the in-memory key set ks instead of a file.
 // Usage tracking is on; nothing flushes it, and nothing needs to: a key is
 // queued for writing once.
-func newBenchHandler(ks *KeySet) *Handler {
+func newBenchHandler(ks *keyset.KeySet) *Handler {
 	return newMemoryHandler(&Handler{KeysFile: "bench-keys.json"}, ks)
 }
 
@@ -158,10 +104,10 @@ const benchBatch = 1024
 // metrics=on), side by side.
 func BenchmarkServeHTTP(b *testing.B) {
 	for _, n := range []int{1, 10_000, 1_000_000} {
-		valid := benchRawKey(n / 2)
+		valid := testkeys.BenchRawKey(n / 2)
 		spread := make([]string, 4096)
 		for i := range spread {
-			spread[i] = "Bearer " + benchRawKey(i*n/len(spread))
+			spread[i] = "Bearer " + testkeys.BenchRawKey(i*n/len(spread))
 		}
 		cases := []struct {
 			name   string
@@ -241,7 +187,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 
 // newMemoryRedisStore is a Redis store module over the key set ks, as if
 // it had been read from Redis, with usage tracking on; nothing connects.
-func newMemoryRedisStore(ks *KeySet) *RedisStore {
+func newMemoryRedisStore(ks *keyset.KeySet) *RedisStore {
 	keys, _ := newRedisKeys("")
 	s := newRedisKeyStore(rueidis.ClientOption{}, "redis://bench", keys, "")
 	s.keys.Store(ks)
@@ -260,13 +206,13 @@ func onOff(on bool) string {
 // the heap the loaded key set keeps per key.
 func BenchmarkLoadKeyFile(b *testing.B) {
 	for _, n := range []int{10_000, 100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) { benchLoad(b, n, benchKeyFile(n), parseKeySet) })
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) { benchLoad(b, n, testkeys.BenchKeyFile(n), keyfile.ParseKeySet) })
 	}
 	// As the watcher reads a file: streamed, never whole in memory.
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("stream/keys=%d", n), func(b *testing.B) {
-			benchLoad(b, n, benchKeyFile(n), func(data []byte) (*KeySet, error) {
-				return decodeKeySet(bytes.NewReader(data), int64(len(data)))
+			benchLoad(b, n, testkeys.BenchKeyFile(n), func(data []byte) (*keyset.KeySet, error) {
+				return keyfile.DecodeKeySet(bytes.NewReader(data), int64(len(data)))
 			})
 		})
 	}
@@ -274,14 +220,14 @@ func BenchmarkLoadKeyFile(b *testing.B) {
 	// text (as Python's json.dump writes it): no slower than plain ones.
 	const n = 100_000
 	b.Run(fmt.Sprintf("escaped/keys=%d", n), func(b *testing.B) {
-		benchLoad(b, n, benchKeyFileLabeled(n, `R\u0026D K\u00e4se \"%d\"`), parseKeySet)
+		benchLoad(b, n, testkeys.BenchKeyFileLabeled(n, `R\u0026D K\u00e4se \"%d\"`), keyfile.ParseKeySet)
 	})
 	b.Run(fmt.Sprintf("non-ascii/keys=%d", n), func(b *testing.B) {
-		benchLoad(b, n, benchKeyFileLabeled(n, "Käse für Ünïcødé %d"), parseKeySet)
+		benchLoad(b, n, testkeys.BenchKeyFileLabeled(n, "Käse für Ünïcødé %d"), keyfile.ParseKeySet)
 	})
 }
 
-func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*KeySet, error)) {
+func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*keyset.KeySet, error)) {
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -300,8 +246,8 @@ func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*KeySet, err
 		var after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		if len(ks.keys) != n {
-			b.Fatalf("%d keys loaded, want %d", len(ks.keys), n)
+		if ks.Len() != n {
+			b.Fatalf("%d keys loaded, want %d", ks.Len(), n)
 		}
 		perKey = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
 		runtime.KeepAlive(ks)
@@ -310,57 +256,12 @@ func benchLoad(b *testing.B, n int, data []byte, load func([]byte) (*KeySet, err
 	b.ReportMetric(perKey, "B/key")
 }
 
-// BenchmarkUsageWrite measures one usage write of a 10 000-key file (a real
-// file in a temporary folder) in which all 10 000 keys are due.
-func BenchmarkUsageWrite(b *testing.B) {
-	const n = 10_000
-	path := filepath.Join(b.TempDir(), "keys.json")
-	if err := os.WriteFile(path, benchKeyFile(n), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	s := newKeyStore(path, zap.NewNop())
-	setUsageInterval(s, time.Minute)
-	if err := s.load(); err != nil {
-		b.Fatal(err)
-	}
-	ks := s.KeySet()
-	sums := make([][sha256.Size]byte, n)
-	for i := range sums {
-		sums[i] = sha256.Sum256([]byte(benchRawKey(i)))
-	}
-	clock := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-	s.now = func() time.Time { return clock }
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		b.StopTimer()
-		// A usage interval later, every key has been used again.
-		clock = clock.Add(time.Minute)
-		for j := range sums {
-			s.MarkUsed(ks.find(sums[j]), sums[j], clock.UnixNano())
-		}
-		b.StartTimer()
-		s.writeUsage(false)
-	}
-	b.StopTimer()
-	if s.writeFailing || len(s.usage.waiting) != 0 {
-		b.Fatalf("usage write failed: %d keys still waiting", len(s.usage.waiting))
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if want := formatTimestamp(clock); bytes.Count(data, []byte(want)) != n {
-		b.Fatalf("the file does not hold %s for all %d keys", want, n)
-	}
-}
-
 // BenchmarkTokenize compares the two JSON readers this package could build
 // on, by the cost of only reading every token of a 100 000-key file: the
 // standard library's encoding/json Decoder.Token and jsontext (the code of
 // Go's encoding/json/v2), which parseKeyDoc uses.
 func BenchmarkTokenize(b *testing.B) {
-	data := benchKeyFile(100_000)
+	data := testkeys.BenchKeyFile(100_000)
 	b.Run("encoding-json", func(b *testing.B) {
 		b.SetBytes(int64(len(data)))
 		b.ReportAllocs()
@@ -413,19 +314,19 @@ func BenchmarkRedisPropagation(b *testing.B) {
 			lat := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
 			for i := range b.N {
-				raw := benchRawKey(n + i)
-				rec, err := newDocRecord(Record{ID: benchID(n + i), Label: "new", KeyHash: hashKey(raw), KeyPrefix: raw[:11]})
+				raw := testkeys.BenchRawKey(n + i)
+				rec, err := keyfile.NewRecord(keyset.Record{ID: testkeys.BenchID(n + i), Label: "new", KeyHash: keyset.HashKey(raw), KeyPrefix: raw[:11]})
 				if err != nil {
 					b.Fatal(err)
 				}
-				doc := &keyDoc{bare: true, records: []docRecord{rec}}
+				doc := keyfile.NewList(rec)
 				if version, err = writeChanged(ctx, c, keys, doc, version, false); err != nil {
 					b.Fatal(err)
 				}
 				acked := time.Now()
 				for _, s := range fleet {
 					for {
-						if k, _ := s.keys.Load().lookup(raw); k != nil {
+						if k, _ := s.keys.Load().Lookup(raw); k != nil {
 							break
 						}
 						time.Sleep(50 * time.Microsecond) // not a spin: the followers need the CPU
@@ -456,11 +357,11 @@ func seedRedis(b *testing.B, r *testRedis, n int) {
 	for i := 0; i < n; i += 1000 {
 		cmds = cmds[:0]
 		for j := i; j < min(i+1000, n); j++ {
-			d, err := newDocRecord(records[j].Record)
+			d, err := keyfile.NewRecord(records[j].Record)
 			if err != nil {
 				b.Fatal(err)
 			}
-			js, err := compactRecord(&d)
+			js, err := d.Compact()
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -486,7 +387,7 @@ func BenchmarkRedisLoad(b *testing.B) {
 			opt, shown, _ := redisURL(r.URL)
 			keys, _ := newRedisKeys("")
 			s := newRedisKeyStore(opt, shown, keys, "")
-			defer s.metrics.release()
+			defer s.metrics.Release()
 			c := r.client()
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -496,7 +397,7 @@ func BenchmarkRedisLoad(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			if got := s.keys.Load().size(); got != n {
+			if got := s.keys.Load().Len(); got != n {
 				b.Fatalf("%d keys loaded, want %d", got, n)
 			}
 		})

@@ -3,8 +3,8 @@ package apikey
 import (
 	"fmt"
 	"strings"
-	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -175,7 +175,7 @@ func blockStore(seg caddyfile.Segment) string {
 			depth++
 		case "}":
 			depth--
-		case "keys_file", "redis":
+		case "keys_file", "redis", "store":
 			// Only a line's first token is a subdirective; `header
 			// keys_file` is an argument.
 			if depth == 1 && tok.Line != seg[i-1].Line {
@@ -194,6 +194,7 @@ func blockStore(seg caddyfile.Segment) string {
 //	        prefix      <prefix>
 //	        cache_file  <path>
 //	    }
+//	    store           <name> ...
 //	    header          <field> [<scheme>]
 //	    query           <param> | off
 //	    realm           <realm>
@@ -207,7 +208,10 @@ func blockStore(seg caddyfile.Segment) string {
 //
 // The key file may be given inline or with keys_file, not both; redis
 // takes the keys from a Redis key set instead (see RedisStore), and then
-// reload_interval does not apply. `header` may
+// reload_interval does not apply. `store <name> …` names any store module
+// (http.handlers.apikey.stores.<name>, this plugin's or another's), which
+// reads the rest of the line and its block itself: `store file <path>` and
+// `store redis <url> { … }` are the long forms of the key file and redis. `header` may
 // be repeated; when it is given, it replaces the default headers
 // (`Authorization` with the `Bearer` scheme, then `X-API-Key`). `query off`
 // reads no query parameter. `scope` may be repeated; the key must hold every
@@ -227,41 +231,36 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 
 	var redis *RedisStore
+	var store caddyfile.Unmarshaler
+	storeName := ""
 	for d.NextBlock(0) {
 		switch d.Val() {
+		case "store":
+			if store != nil || redis != nil || h.KeysFile != "" {
+				return d.Err("a key store is already given; give one: a key file, redis or store")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			storeName = d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, "http.handlers.apikey.stores."+storeName)
+			if err != nil {
+				return err
+			}
+			store = unm
+
 		case "redis":
-			if redis != nil {
-				return d.Err("redis already given")
+			if redis != nil || store != nil {
+				return d.Err("a key store is already given; give one: a key file, redis or store")
 			}
 			if h.KeysFile != "" {
 				return d.WrapErr(bothStores(h.KeysFile, inline))
 			}
-			redis = new(RedisStore)
-			if !d.NextArg() {
-				return d.ArgErr()
+			unm, err := caddyfile.UnmarshalModule(d, "http.handlers.apikey.stores.redis")
+			if err != nil {
+				return err
 			}
-			redis.URL = d.Val()
-			if err := checkRedisURLSyntax(redis.URL); err != nil {
-				return d.WrapErr(err)
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			for d.NextBlock(1) {
-				switch d.Val() {
-				case "prefix":
-					if !d.AllArgs(&redis.Prefix) {
-						return d.ArgErr()
-					}
-				case "cache_file":
-					if !d.AllArgs(&redis.CacheFile) {
-						return d.ArgErr()
-					}
-				default:
-					return d.WrapErr(unknownOption(d.Val(), "redis option", redisOptions, handlerSubdirectives,
-						"goes in apikey's block, not in the redis block"))
-				}
-			}
+			redis = unm.(*RedisStore)
 
 		case "keys_file":
 			if h.KeysFile != "" {
@@ -332,14 +331,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.HandleErrors = true
 
 		case "usage_interval":
-			dur, err := parseIntervalArg(d)
+			dur, err := storecore.ParseIntervalArg(d)
 			if err != nil {
 				return err
 			}
 			h.UsageInterval = dur
 
 		case "reload_interval":
-			dur, err := parseIntervalArg(d)
+			dur, err := storecore.ParseIntervalArg(d)
 			if err != nil {
 				return err
 			}
@@ -352,10 +351,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 
 	switch {
+	case store != nil && (h.UsageInterval != 0 || h.ReloadInterval != 0):
+		return d.Err("usage_interval and reload_interval go in the store's block when a store is given: store " + storeName + " { … }")
+	case store != nil:
+		h.StoreRaw = caddyconfig.JSONModuleObject(store, "backend", storeName, nil)
 	case redis != nil && h.ReloadInterval != 0:
 		return d.Err("reload_interval applies to a key file; a Redis key set is followed as it changes")
+	case redis != nil && redis.UsageInterval != 0 && h.UsageInterval != 0:
+		return d.Err("usage_interval is given twice: in apikey's block and in the redis block")
 	case redis != nil:
-		redis.UsageInterval, h.UsageInterval = h.UsageInterval, 0
+		if h.UsageInterval != 0 {
+			redis.UsageInterval, h.UsageInterval = h.UsageInterval, 0
+		}
 		h.StoreRaw = caddyconfig.JSONModuleObject(redis, "backend", "redis", nil)
 	case h.KeysFile == "":
 		return d.Err("a key file is required: apikey <keys_file> or keys_file <path> in the block; or redis <url> for a Redis key set")
@@ -376,9 +383,9 @@ func bothStores(keysFile string, inline bool) error {
 
 // The subdirectives of apikey's block, and of its redis block.
 var (
-	handlerSubdirectives = []string{"keys_file", "redis", "header", "query", "realm", "scope", "optional",
+	handlerSubdirectives = []string{"keys_file", "redis", "store", "header", "query", "realm", "scope", "optional",
 		"hide_credentials", "handle_errors", "usage_interval", "reload_interval"}
-	redisOptions = []string{"prefix", "cache_file"}
+	redisOptions = []string{"prefix", "cache_file", "usage_interval"}
 )
 
 // unknownOption is the error for an unrecognized name in a block whose
@@ -469,30 +476,6 @@ func checkRedisURLSyntax(raw string) error {
 		msg += fmt.Sprintf(", not %s://", scheme)
 	}
 	return fmt.Errorf("%s", msg)
-}
-
-// parseIntervalArg reads the one argument of an interval subdirective: a
-// positive duration, or "off" (stored as a negative duration).
-func parseIntervalArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
-	name := d.Val()
-	var arg string
-	if !d.AllArgs(&arg) {
-		return 0, d.ArgErr()
-	}
-	if arg == "off" {
-		return caddy.Duration(-1), nil
-	}
-	dur, err := caddy.ParseDuration(arg)
-	if err != nil {
-		return 0, d.Errf("%s: %v", name, err)
-	}
-	if dur <= 0 {
-		return 0, d.Errf("%s must be a positive duration or off, got %s", name, arg)
-	}
-	if dur < time.Millisecond {
-		return 0, d.Errf("%s %s is too short", name, arg)
-	}
-	return caddy.Duration(dur), nil
 }
 
 // Interface guard

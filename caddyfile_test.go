@@ -11,6 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // unmarshalDirective parses one apikey directive with UnmarshalCaddyfile.
@@ -377,10 +379,10 @@ func TestJSONStoreModule(t *testing.T) {
 	if err != nil {
 		t.Fatalf("file store module: %v", err)
 	}
-	if _, ok := h.store.(*FileStore); !ok {
-		t.Fatalf("store is %T, want *FileStore", h.store)
+	if _, ok := h.store.(*filestore.Store); !ok {
+		t.Fatalf("store is %T, want *filestore.Store", h.store)
 	}
-	if got, _ := h.store.KeySet().lookup(k.Raw); got == nil {
+	if got, _ := h.store.KeySet().Lookup(k.Raw); got == nil {
 		t.Fatal("the key of the file store's file is not in force")
 	}
 
@@ -530,7 +532,7 @@ func TestCaddyfileTypos(t *testing.T) {
 		{"redis option in the handler's block", "apikey k.json {\n\tprefix p:\n}", []string{"Testfile:2", "'prefix' is an option of the redis block: redis <url> { prefix"}},
 		{"redis option typo", "apikey {\n\tredis redis://h {\n\t\tprefx p:\n\t}\n}", []string{"Testfile:3", "unrecognized redis option 'prefx'; did you mean 'prefix'?"}},
 		{"cache", "apikey {\n\tredis redis://h {\n\t\tcache /c.json\n\t}\n}", []string{"Testfile:3", "did you mean 'cache_file'?"}},
-		{"handler subdirective in the redis block", "apikey {\n\tredis redis://h {\n\t\tusage_interval 1m\n\t}\n}", []string{"Testfile:3", "'usage_interval' goes in apikey's block, not in the redis block"}},
+		{"handler subdirective in the redis block", "apikey {\n\tredis redis://h {\n\t\tscope read\n\t}\n}", []string{"Testfile:3", "'scope' goes in apikey's block, not in the redis block"}},
 		{"redis URL without a scheme", "apikey {\n\tredis 127.0.0.1:6379\n}", []string{"Testfile:2", "must start with redis:// or rediss://", "redis redis://127.0.0.1:6379"}},
 		{"redis host and port", "apikey {\n\tredis localhost:6379\n}", []string{"Testfile:2", "must start with redis:// or rediss://", "redis redis://localhost:6379"}},
 		{"redis URL of another scheme", "apikey {\n\tredis http://h:6379\n}", []string{"Testfile:2", "must start with redis:// or rediss://", "not http://"}},
@@ -557,5 +559,52 @@ func TestCaddyfileTypos(t *testing.T) {
 		if err != nil || h.StoreRaw == nil {
 			t.Errorf("redis %s: %v", u, err)
 		}
+	}
+}
+
+// `store <name>` names any store module, which reads its own line and
+// block; `store file` and `store redis` give what the shorthands give.
+func TestCaddyfileStoreSubdirective(t *testing.T) {
+	parse := func(t *testing.T, input string) (*Handler, error) {
+		t.Helper()
+		var h Handler
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		return &h, err
+	}
+	for _, tc := range []struct{ name, long, short string }{
+		{"file", "apikey {\n\tstore file /k.json {\n\t\treload_interval off\n\t}\n}", ""},
+		{"redis", "apikey {\n\tstore redis redis://h:6379 {\n\t\tprefix p:\n\t\tusage_interval 1m\n\t}\n}", "apikey {\n\tredis redis://h:6379 {\n\t\tprefix p:\n\t}\n\tusage_interval 1m\n}"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := parse(t, tc.long)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := string(h.StoreRaw); !strings.Contains(got, `"backend":"`+tc.name+`"`) {
+				t.Fatalf("store %s: %s", tc.name, got)
+			}
+			if tc.short != "" {
+				s, err := parse(t, tc.short)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(s.StoreRaw) != string(h.StoreRaw) {
+					t.Errorf("the long form gives %s, the shorthand %s", h.StoreRaw, s.StoreRaw)
+				}
+			}
+		})
+	}
+	for _, tc := range []struct{ name, input, want string }{
+		{"unknown store", "apikey {\n\tstore nosuch x\n}", "http.handlers.apikey.stores.nosuch"},
+		{"two stores", "apikey {\n\tstore file /a.json\n\tredis redis://h\n}", "a key store is already given"},
+		{"store and a key file", "apikey /k.json {\n\tstore file /a.json\n}", "a key store is already given"},
+		{"interval beside a store", "apikey {\n\tstore file /a.json\n\treload_interval 1s\n}", "go in the store's block"},
+		{"file store without a path", "apikey {\n\tstore file\n}", "path is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := parse(t, tc.input); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one saying %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -5,17 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 	"github.com/spf13/cobra"
 
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The `caddy apikey` commands manage a key file so that operators never edit
@@ -58,227 +62,7 @@ first line), or through an {env.*} placeholder in the URL, as in the
 Caddyfile: --redis 'redis://:{env.REDIS_PASSWORD}@127.0.0.1:6379/0'.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			add := &cobra.Command{
-				Use:   "add --file <keys.json> --label <name> [--create] [--expires <90d|RFC3339>] [--scope <scope>]...",
-				Short: "Creates a key and prints it, once",
-				Long: `
-Creates a key (sk_ followed by 32 random bytes in URL-safe base64), stores
-only its SHA-256 hash and metadata in the key file, and prints the key on
-stdout, alone on its line, so that scripts can capture it. It cannot be shown
-again. Details go to stderr, with the absolute path of the file written.
-
-The key file must exist: a missing one is an error, so that a typo or the
-wrong working folder does not make a key file that no Caddy reads. Give
---create to make it (mode 0600), as for a new key set in Redis.
-
---expires takes a duration from now (90d, 12h, 30m, 1h30m) or a time
-(2027-01-31T00:00:00Z, 2027-01-31). Without it the key never expires.
-
---scope may be repeated, or given a comma-separated list; the key then holds
-those scopes, for routes whose apikey directive requires them.
-`,
-				Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)
-  KEY=$(caddy apikey add --file /etc/caddy/keys.json --create --label "first key")`,
-				Args: cobra.NoArgs,
-				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
-					fl := cmd.Flags()
-					label, _ := fl.GetString("label")
-					expires, _ := fl.GetString("expires")
-					scopes, _ := fl.GetStringSlice("scope")
-					return withRecordStore(cmd, func(st recordStore) error {
-						return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, addOptions{
-							Label: label, Expires: expires, Scopes: scopes,
-						}, time.Now())
-					})
-				}),
-			}
-			storeFlags(add)
-			add.Flags().StringP("label", "l", "", "A name for the key, e.g. who or what uses it (required)")
-			add.Flags().StringP("expires", "e", "", "Expiry: a duration from now (90d, 12h) or an RFC 3339 time")
-			add.Flags().StringSliceP("scope", "s", nil, "A scope the key holds (repeatable)")
-			add.Flags().Bool("create", false, "Make the key file if it does not exist (or, with --redis, the key set if the prefix holds none)")
-			cmd.AddCommand(add)
-
-			list := &cobra.Command{
-				Use:   "list --file <keys.json> [--json]",
-				Short: "Lists the keys of a key file",
-				Long: `
-Lists the keys of a key file: id, label, prefix, created, last used, expires,
-scopes and status (active, expired or revoked). Hashes are never shown.
---json prints a JSON array for scripts. The file is only read.
-`,
-				Args: cobra.NoArgs,
-				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
-					asJSON, _ := cmd.Flags().GetBool("json")
-					return withRecordStore(cmd, func(st recordStore) error {
-						return listKeys(cmd.OutOrStdout(), st, asJSON, time.Now())
-					})
-				}),
-			}
-			storeFlags(list)
-			list.Flags().Bool("json", false, "Print a JSON array instead of a table")
-			cmd.AddCommand(list)
-
-			revoke := &cobra.Command{
-				Use:   "revoke --file <keys.json> <id|key_prefix>",
-				Short: "Revokes a key",
-				Long: `
-Sets revoked_at on one key; the record stays in the file for audit. The key is
-named by its id, its key_prefix (e.g. sk_AbCdEfGh) or the first characters of
-its id (at least 4). A name that matches more than one key is an error that
-lists them. Revoking a key that is already revoked changes nothing and keeps
-its first revoked_at.
-`,
-				Args: cobra.ExactArgs(1),
-				RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
-					return withRecordStore(cmd, func(st recordStore) error {
-						return revokeKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, args[0], time.Now())
-					})
-				}),
-			}
-			storeFlags(revoke)
-			cmd.AddCommand(revoke)
-
-			rotate := &cobra.Command{
-				Use:   "rotate --file <keys.json> [--grace <24h>] [--expires <90d|RFC3339>] <id|key_prefix>",
-				Short: "Replaces a key with a new one, the old one kept for a grace period",
-				Long: `
-Makes a new key to replace the one named (by its id, its key_prefix or the
-first 4 or more characters of its id, as for revoke), and prints the new key
-on stdout, alone on its line, as add does. It cannot be shown again. Details
-go to stderr.
-
-The new record has the old one's label and scopes, and its members that this
-plugin does not know, copied as they are; a new id and key, created_at now,
-last_used_at null, and "rotated_from": the old key's id.
-
-The old key stays valid for the grace period, so that its users can switch
-to the new one: its expires_at becomes now + --grace (24h by default), or
-stays as it is if it is earlier. --grace 0 revokes the old key at once.
-A revoked or expired key cannot be rotated (make a new one with add), nor
-one already rotated (rotate its replacement).
-
---expires sets the new key's expiry as for add; without it the new key never
-expires.
-
-Both changes are one atomic write of the key file: the new key and the old
-key's expiry take effect together, within the running Caddy's
-reload_interval.
-`,
-				Example: `  KEY=$(caddy apikey rotate --file keys.json --grace 24h sk_AbCdEfGh)`,
-				Args:    cobra.ExactArgs(1),
-				RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
-					fl := cmd.Flags()
-					grace, _ := fl.GetString("grace")
-					expires, _ := fl.GetString("expires")
-					return withRecordStore(cmd, func(st recordStore) error {
-						return rotateKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, rotateOptions{
-							Ref: args[0], Grace: grace, Expires: expires,
-						}, time.Now())
-					})
-				}),
-			}
-			storeFlags(rotate)
-			rotate.Flags().StringP("grace", "g", defaultGrace, "How long the old key stays valid (e.g. 24h, 7d, 30m); 0 revokes it at once")
-			rotate.Flags().StringP("expires", "e", "", "The new key's expiry: a duration from now (90d, 12h) or an RFC 3339 time")
-			cmd.AddCommand(rotate)
-
-			imp := &cobra.Command{
-				Use:   "import --file <keys.json> --redis <url> [--prefix apikey:] [--reactivate]",
-				Short: "Copies the keys of a key file into a Redis key set",
-				Long: `
-Copies every record of a key file into the key set at --prefix in Redis
-(making it if need be), in one atomic change that every Caddy server
-following the key set picks up at once. Records keep every member, those
-this plugin does not know included.
-
-Running it twice adds nothing: a record already there with the same content
-(last_used_at aside) is left as it is. A record whose id or key_hash is
-already there with other content is listed on stderr and not imported, and
-the command then exits 1; the others are imported.
-
-A key revoked in the key set whose copy in the file is active (an older
-export, made before the revoke) stays revoked: import lists such keys on
-stderr, and makes them active again only with --reactivate. Import cannot
-tell this for a key set that holds no keys (it did not exist, or Redis lost
-it): then every key is taken as the file has it, and import says so; revoke
-again any key revoked after the file was written. Import from an export
-(caddy apikey export), not from a server's cache_file, which lacks
-created_at, last_used_at and unknown members: import warns if given one.
-
-On a terminal, import shows its progress on stderr (reading the file,
-reading the key set, writing it): a file of a million keys takes some
-seconds.
-`,
-				Example: `  caddy apikey import --file /etc/caddy/keys.json --redis redis://127.0.0.1:6379/0`,
-				Args:    cobra.NoArgs,
-				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
-					file, _ := cmd.Flags().GetString("file")
-					if file == "" {
-						return errors.New("--file and --redis are both required")
-					}
-					reactivate, _ := cmd.Flags().GetBool("reactivate")
-					return withRedisStore(cmd, true, func(to recordStore) error {
-						res, err := importKeysWith(fileRecords{path: file}, to, importOptions{
-							reactivate: reactivate,
-							waiting:    sayWaiting(cmd.ErrOrStderr(), to),
-							progress:   newProgress(cmd.ErrOrStderr()),
-						})
-						if err != nil {
-							return err
-						}
-						fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.added, file, to, res.present)
-						return reportImport(cmd.OutOrStdout(), cmd.ErrOrStderr(), res, file, to)
-					})
-				}),
-			}
-			imp.Flags().StringP("file", "f", "", "Path to the key file to read (required)")
-			imp.Flags().Bool("reactivate", false, "Make the keys revoked in the key set but active in the file active again (an older export's copies)")
-			redisFlags(imp)
-			cmd.AddCommand(imp)
-
-			export := &cobra.Command{
-				Use:   "export --redis <url> [--prefix apikey:] [--file <keys.json>]",
-				Short: "Writes a Redis key set as a key file",
-				Long: `
-Writes the key set at --prefix in Redis as a key file in the format the file
-store reads (hashes only; raw keys are never stored anywhere), each record
-with its latest last_used_at: to --file, which must not exist yet (it is
-made with mode 0600), or to stdout.
-`,
-				Example: `  caddy apikey export --redis redis://127.0.0.1:6379/0 --file backup.json`,
-				Args:    cobra.NoArgs,
-				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
-					file, _ := cmd.Flags().GetString("file")
-					return withRedisStore(cmd, false, func(from recordStore) error {
-						n, err := exportKeys(from, file, cmd.OutOrStdout())
-						if err == nil && file != "" {
-							fmt.Fprintf(cmd.ErrOrStderr(), "Exported %d keys from %s to %s.\n", n, from, file)
-						}
-						return err
-					})
-				}),
-			}
-			export.Flags().StringP("file", "f", "", "Path of the key file to write (default: stdout)")
-			redisFlags(export)
-			cmd.AddCommand(export)
-
-			hash := &cobra.Command{
-				Use:   "hash",
-				Short: "Prints the key_hash of a key read on stdin",
-				Long: `
-Reads a raw key on stdin and prints its key_hash (SHA-256, lowercase hex), for
-key files kept by hand. Surrounding white space and the final newline are
-ignored. Reading from stdin keeps the key out of the shell history and the
-process list.
-`,
-				Example: `  printf '%s' "$KEY" | caddy apikey hash`,
-				Args:    cobra.NoArgs,
-				RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
-					return hashFromReader(cmd.InOrStdin(), cmd.OutOrStdout())
-				}),
-			}
-			cmd.AddCommand(hash)
+			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand())
 		},
 	})
 }
@@ -322,7 +106,7 @@ func redisTargetOf(cmd *cobra.Command) redisTarget {
 }
 
 // withRecordStore runs fn on the key store that the command's flags name.
-func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
+func withRecordStore(cmd *cobra.Command, fn func(st stores.RecordStore) error) error {
 	file, _ := cmd.Flags().GetString("file")
 	create, _ := cmd.Flags().GetBool("create") // add only
 	st, closeStore, err := openStore(file, redisTargetOf(cmd), create)
@@ -336,7 +120,7 @@ func withRecordStore(cmd *cobra.Command, fn func(st recordStore) error) error {
 // withRedisStore runs fn on the Redis key set that the command's --redis
 // and --prefix name (import and export, whose --file is the other side).
 // create lets fn make the key set (see redisRecords.mayCreate).
-func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) error) error {
+func withRedisStore(cmd *cobra.Command, create bool, fn func(st stores.RecordStore) error) error {
 	target := redisTargetOf(cmd)
 	if target.url == "" {
 		return errors.New("--redis is required")
@@ -352,7 +136,7 @@ func withRedisStore(cmd *cobra.Command, create bool, fn func(st recordStore) err
 // openRecordStore returns the key store that the flags name: the key file
 // at file, or the key set at prefix in the Redis server at redisURL (see
 // openStore).
-func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore, closeStore func(), err error) {
+func openRecordStore(file, redisURL, prefix string, create bool) (st stores.RecordStore, closeStore func(), err error) {
 	return openStore(file, redisTarget{url: redisURL, prefix: prefix}, create)
 }
 
@@ -360,7 +144,7 @@ func openRecordStore(file, redisURL, prefix string, create bool) (st recordStore
 // file, or the Redis key set redis names. The caller calls closeStore when
 // done. create lets a key file or a Redis key set be made where there is
 // none (see cliFileRecords and redisRecords.mayCreate).
-func openStore(file string, redis redisTarget, create bool) (st recordStore, closeStore func(), err error) {
+func openStore(file string, redis redisTarget, create bool) (st stores.RecordStore, closeStore func(), err error) {
 	switch {
 	case file != "" && redis.url != "":
 		return nil, nil, errors.New("give --file or --redis, not both")
@@ -372,7 +156,7 @@ func openStore(file string, redis redisTarget, create bool) (st recordStore, clo
 		if err != nil {
 			return nil, nil, fmt.Errorf("--file %s: %v", file, err)
 		}
-		return cliFileRecords{fileRecords: fileRecords{path: abs}, mayCreate: create}, func() {}, nil
+		return filestore.Records{Path: abs, MayCreate: create}, func() {}, nil
 	case redis.url == "":
 		return nil, nil, errors.New("--file is required (or --redis, for a key set in Redis)")
 	}
@@ -382,27 +166,6 @@ func openStore(file string, redis redisTarget, create bool) (st recordStore, clo
 	}
 	rs.mayCreate = create
 	return rs, rs.client.Close, nil
-}
-
-// cliFileRecords is a key file as the commands open it: named by its
-// absolute path in every message, and made, if it is missing, only when
-// the command was given --create. A typo (keys.jsn) or the wrong working
-// folder must not make a new key file that no Caddy reads.
-type cliFileRecords struct {
-	fileRecords
-	mayCreate bool
-}
-
-func (f cliFileRecords) edit(e recordEdit) error {
-	if !e.create || f.mayCreate {
-		return f.fileRecords.edit(e)
-	}
-	e.create = false
-	err := f.fileRecords.edit(e)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("key file %s does not exist; check the path (a relative one is taken from the folder the command runs in), or give --create to make a new key file there", f.path)
-	}
-	return err
 }
 
 // dialRedisRecords connects to the Redis server at url, for the key set at
@@ -512,6 +275,249 @@ func hashFromReader(r io.Reader, w io.Writer) error {
 	case strings.ContainsAny(key, "\r\n"):
 		return errors.New("stdin holds more than one line; want one key")
 	}
-	_, err = fmt.Fprintln(w, hashKey(key))
+	_, err = fmt.Fprintln(w, keyset.HashKey(key))
 	return err
+}
+
+// addCommand is `caddy apikey add`.
+func addCommand() *cobra.Command {
+	add := &cobra.Command{
+		Use:   "add (--file <keys.json> | --redis <url> [--prefix <p>]) --label <name> [--create] [--expires <90d|RFC3339>] [--scope <scope>]...",
+		Short: "Creates a key and prints it, once",
+		Long: `
+Creates a key (sk_ followed by 32 random bytes in URL-safe base64), stores
+only its SHA-256 hash and metadata in the key file, and prints the key on
+stdout, alone on its line, so that scripts can capture it. It cannot be shown
+again. Details go to stderr, with the absolute path of the file written.
+
+The key file must exist: a missing one is an error, so that a typo or the
+wrong working folder does not make a key file that no Caddy reads. Give
+--create to make it (mode 0600), as for a new key set in Redis.
+
+--expires takes a duration from now (90d, 12h, 30m, 1h30m) or a time
+(2027-01-31T00:00:00Z, 2027-01-31). Without it the key never expires.
+
+--scope may be repeated, or given a comma-separated list; the key then holds
+those scopes, for routes whose apikey directive requires them.
+`,
+		Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)
+  KEY=$(caddy apikey add --file /etc/caddy/keys.json --create --label "first key")`,
+		Args: cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			fl := cmd.Flags()
+			label, _ := fl.GetString("label")
+			expires, _ := fl.GetString("expires")
+			scopes, _ := fl.GetStringSlice("scope")
+			return withRecordStore(cmd, func(st stores.RecordStore) error {
+				return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.AddOptions{
+					Label: label, Expires: expires, Scopes: scopes,
+				}, time.Now())
+			})
+		}),
+	}
+	storeFlags(add)
+	add.Flags().StringP("label", "l", "", "A name for the key, e.g. who or what uses it (required)")
+	add.Flags().StringP("expires", "e", "", "Expiry: a duration from now (90d, 12h) or an RFC 3339 time")
+	add.Flags().StringSliceP("scope", "s", nil, "A scope the key holds (repeatable)")
+	add.Flags().Bool("create", false, "Make the key file if it does not exist (or, with --redis, the key set if the prefix holds none)")
+	return add
+}
+
+// listCommand is `caddy apikey list`.
+func listCommand() *cobra.Command {
+	list := &cobra.Command{
+		Use:   "list (--file <keys.json> | --redis <url> [--prefix <p>]) [--json]",
+		Short: "Lists the keys of a key file",
+		Long: `
+Lists the keys of a key file: id, label, prefix, created, last used, expires,
+scopes and status (active, expired or revoked). Hashes are never shown.
+--json prints a JSON array for scripts. The file is only read.
+`,
+		Args: cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			asJSON, _ := cmd.Flags().GetBool("json")
+			return withRecordStore(cmd, func(st stores.RecordStore) error {
+				return listKeys(cmd.OutOrStdout(), st, asJSON, time.Now())
+			})
+		}),
+	}
+	storeFlags(list)
+	list.Flags().Bool("json", false, "Print a JSON array instead of a table")
+	return list
+}
+
+// revokeCommand is `caddy apikey revoke`.
+func revokeCommand() *cobra.Command {
+	revoke := &cobra.Command{
+		Use:   "revoke (--file <keys.json> | --redis <url> [--prefix <p>]) <id|key_prefix>",
+		Short: "Revokes a key",
+		Long: `
+Sets revoked_at on one key; the record stays in the file for audit. The key is
+named by its id, its key_prefix (e.g. sk_AbCdEfGh) or the first characters of
+its id (at least 4). A name that matches more than one key is an error that
+lists them. Revoking a key that is already revoked changes nothing and keeps
+its first revoked_at.
+`,
+		Args: cobra.ExactArgs(1),
+		RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
+			return withRecordStore(cmd, func(st stores.RecordStore) error {
+				return revokeKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, args[0], time.Now())
+			})
+		}),
+	}
+	storeFlags(revoke)
+	return revoke
+}
+
+// rotateCommand is `caddy apikey rotate`.
+func rotateCommand() *cobra.Command {
+	rotate := &cobra.Command{
+		Use:   "rotate (--file <keys.json> | --redis <url> [--prefix <p>]) [--grace <24h>] [--expires <90d|RFC3339>] <id|key_prefix>",
+		Short: "Replaces a key with a new one, the old one kept for a grace period",
+		Long: `
+Makes a new key to replace the one named (by its id, its key_prefix or the
+first 4 or more characters of its id, as for revoke), and prints the new key
+on stdout, alone on its line, as add does. It cannot be shown again. Details
+go to stderr.
+
+The new record has the old one's label and scopes, and its members that this
+plugin does not know, copied as they are; a new id and key, created_at now,
+last_used_at null, and "rotated_from": the old key's id.
+
+The old key stays valid for the grace period, so that its users can switch
+to the new one: its expires_at becomes now + --grace (24h by default), or
+stays as it is if it is earlier. --grace 0 revokes the old key at once.
+A revoked or expired key cannot be rotated (make a new one with add), nor
+one already rotated (rotate its replacement).
+
+--expires sets the new key's expiry as for add; without it the new key never
+expires.
+
+Both changes are one atomic write of the key file: the new key and the old
+key's expiry take effect together, within the running Caddy's
+reload_interval.
+`,
+		Example: `  KEY=$(caddy apikey rotate --file keys.json --grace 24h sk_AbCdEfGh)`,
+		Args:    cobra.ExactArgs(1),
+		RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
+			fl := cmd.Flags()
+			grace, _ := fl.GetString("grace")
+			expires, _ := fl.GetString("expires")
+			return withRecordStore(cmd, func(st stores.RecordStore) error {
+				return rotateKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.RotateOptions{
+					Ref: args[0], Grace: grace, Expires: expires,
+				}, time.Now())
+			})
+		}),
+	}
+	storeFlags(rotate)
+	rotate.Flags().StringP("grace", "g", keyops.DefaultGrace, "How long the old key stays valid (e.g. 24h, 7d, 30m); 0 revokes it at once")
+	rotate.Flags().StringP("expires", "e", "", "The new key's expiry: a duration from now (90d, 12h) or an RFC 3339 time")
+	return rotate
+}
+
+// importCommand is `caddy apikey import`.
+func importCommand() *cobra.Command {
+	imp := &cobra.Command{
+		Use:   "import --file <keys.json> --redis <url> [--prefix apikey:] [--reactivate]",
+		Short: "Copies the keys of a key file into a Redis key set",
+		Long: `
+Copies every record of a key file into the key set at --prefix in Redis
+(making it if need be), in one atomic change that every Caddy server
+following the key set picks up at once. Records keep every member, those
+this plugin does not know included.
+
+Running it twice adds nothing: a record already there with the same content
+(last_used_at aside) is left as it is. A record whose id or key_hash is
+already there with other content is listed on stderr and not imported, and
+the command then exits 1; the others are imported.
+
+A key revoked in the key set whose copy in the file is active (an older
+export, made before the revoke) stays revoked: import lists such keys on
+stderr, and makes them active again only with --reactivate. Import cannot
+tell this for a key set that holds no keys (it did not exist, or Redis lost
+it): then every key is taken as the file has it, and import says so; revoke
+again any key revoked after the file was written. Import from an export
+(caddy apikey export), not from a server's cache_file, which lacks
+last_used_at, rotated_from and unknown members: import warns if given one.
+
+On a terminal, import shows its progress on stderr (reading the file,
+reading the key set, writing it): a file of a million keys takes some
+seconds.
+`,
+		Example: `  caddy apikey import --file /etc/caddy/keys.json --redis redis://127.0.0.1:6379/0`,
+		Args:    cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			file, _ := cmd.Flags().GetString("file")
+			if file == "" {
+				return errors.New("--file and --redis are both required")
+			}
+			reactivate, _ := cmd.Flags().GetBool("reactivate")
+			return withRedisStore(cmd, true, func(to stores.RecordStore) error {
+				res, err := keyops.Import(file, to, keyops.ImportOptions{
+					Reactivate: reactivate,
+					Waiting:    sayWaiting(cmd.ErrOrStderr(), to),
+					Progress:   newProgress(cmd.ErrOrStderr()),
+				})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.Added, file, to, res.Present)
+				return reportImport(cmd.OutOrStdout(), cmd.ErrOrStderr(), res, file, to)
+			})
+		}),
+	}
+	imp.Flags().StringP("file", "f", "", "Path to the key file to read (required)")
+	imp.Flags().Bool("reactivate", false, "Make the keys revoked in the key set but active in the file active again (an older export's copies)")
+	redisFlags(imp)
+	return imp
+}
+
+// exportCommand is `caddy apikey export`.
+func exportCommand() *cobra.Command {
+	export := &cobra.Command{
+		Use:   "export --redis <url> [--prefix apikey:] [--file <keys.json>]",
+		Short: "Writes a Redis key set as a key file",
+		Long: `
+Writes the key set at --prefix in Redis as a key file in the format the file
+store reads (hashes only; raw keys are never stored anywhere), each record
+with its latest last_used_at: to --file, which must not exist yet (it is
+made with mode 0600), or to stdout.
+`,
+		Example: `  caddy apikey export --redis redis://127.0.0.1:6379/0 --file backup.json`,
+		Args:    cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			file, _ := cmd.Flags().GetString("file")
+			return withRedisStore(cmd, false, func(from stores.RecordStore) error {
+				n, err := keyops.Export(from, file, cmd.OutOrStdout())
+				if err == nil && file != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "Exported %d keys from %s to %s.\n", n, from, file)
+				}
+				return err
+			})
+		}),
+	}
+	export.Flags().StringP("file", "f", "", "Path of the key file to write (default: stdout)")
+	redisFlags(export)
+	return export
+}
+
+// hashCommand is `caddy apikey hash`.
+func hashCommand() *cobra.Command {
+	hash := &cobra.Command{
+		Use:   "hash",
+		Short: "Prints the key_hash of a key read on stdin",
+		Long: `
+Reads a raw key on stdin and prints its key_hash (SHA-256, lowercase hex), for
+key files kept by hand. Surrounding white space and the final newline are
+ignored. Reading from stdin keeps the key out of the shell history and the
+process list.
+`,
+		Example: `  printf '%s' "$KEY" | caddy apikey hash`,
+		Args:    cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			return hashFromReader(cmd.InOrStdin(), cmd.OutOrStdout())
+		}),
+	}
+	return hash
 }

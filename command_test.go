@@ -16,10 +16,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/spf13/cobra"
-	"go.uber.org/zap"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 var (
@@ -33,13 +37,13 @@ var cmdNow = time.Date(2026, 11, 25, 20, 14, 31, 123456000, time.UTC)
 
 // mustAdd runs add and returns the raw key, checking that stdout holds it
 // alone on its line and that stderr never shows it.
-func mustAdd(t testing.TB, path string, opts addOptions) string {
+func mustAdd(t testing.TB, path string, opts keyops.AddOptions) string {
 	t.Helper()
 	if opts.Label == "" {
 		opts.Label = "test key"
 	}
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, fileRecords{path}, opts, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, opts, cmdNow); err != nil {
 		t.Fatalf("add: %v", err)
 	}
 	raw, ok := strings.CutSuffix(stdout.String(), "\n")
@@ -62,7 +66,7 @@ func writeFile(t testing.TB, path, content string) {
 func TestCommandAddCreatesFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "CI deploy"}, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "CI deploy"}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSuffix(stdout.String(), "\n")
@@ -78,34 +82,34 @@ func TestCommandAddCreatesFile(t *testing.T) {
 		t.Errorf("new key file has mode %v, want 0600", fi.Mode().Perm())
 	}
 	doc := readKeyDoc(t, path)
-	if got := memberNames(doc.top); !slices.Equal(got, []string{"api_keys"}) {
+	if got := memberNames(doc.TopMembers()); !slices.Equal(got, []string{"api_keys"}) {
 		t.Errorf("top-level members = %v, want [api_keys]", got)
 	}
-	if len(doc.records) != 1 {
-		t.Fatalf("%d records, want 1", len(doc.records))
+	if len(doc.Records) != 1 {
+		t.Fatalf("%d records, want 1", len(doc.Records))
 	}
-	rec := recordMembers(doc.records[0])
+	rec := recordMembers(doc.Records[0])
 	wantOrder := []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at"}
 	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
 		t.Errorf("record members = %v, want %v", got, wantOrder)
 	}
-	id := rec.getString("id")
+	id := rec.GetString("id")
 	if !uuidV4Pattern.MatchString(id) {
 		t.Errorf("id %q is not a random UUID", id)
 	}
-	if got := rec.getString("label"); got != "CI deploy" {
+	if got := rec.GetString("label"); got != "CI deploy" {
 		t.Errorf("label = %q", got)
 	}
-	if got := rec.getString("key_hash"); got != hashKey(raw) {
-		t.Errorf("key_hash = %q, want the SHA-256 of the printed key %q", got, hashKey(raw))
+	if got := rec.GetString("key_hash"); got != keyset.HashKey(raw) {
+		t.Errorf("key_hash = %q, want the SHA-256 of the printed key %q", got, keyset.HashKey(raw))
 	}
-	if got := rec.getString("key_prefix"); got != raw[:11] {
+	if got := rec.GetString("key_prefix"); got != raw[:11] {
 		t.Errorf("key_prefix = %q, want %q", got, raw[:11])
 	}
-	if got := rec.getString("created_at"); got != "2026-11-25T20:14:31.123456+00:00" {
+	if got := rec.GetString("created_at"); got != "2026-11-25T20:14:31.123456+00:00" {
 		t.Errorf("created_at = %q", got)
 	}
-	if got := string(rec.get("last_used_at")); got != "null" {
+	if got := string(rec.Get("last_used_at")); got != "null" {
 		t.Errorf("last_used_at = %s, want null", got)
 	}
 	if strings.Contains(readFile(t, path), raw) {
@@ -119,52 +123,52 @@ func TestCommandAddCreatesFile(t *testing.T) {
 	}
 
 	// The handler admits the printed key.
-	ks, err := readKeySet(path)
+	ks, err := keyfile.ReadKeySet(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k, _ := ks.lookup(raw); k == nil || k.ID != id || k.Label != "CI deploy" {
+	if k, _ := ks.Lookup(raw); k == nil || k.ID != id || k.Label != "CI deploy" {
 		t.Fatalf("lookup of the printed key = %+v", k)
 	}
 }
 
 func TestCommandAddAppends(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
-	first := mustAdd(t, path, addOptions{Label: "first"})
-	before := recordMembers(readKeyDoc(t, path).records[0])
-	second := mustAdd(t, path, addOptions{Label: "second", Expires: "90d", Scopes: []string{"read", "write,admin", "read"}})
+	first := mustAdd(t, path, keyops.AddOptions{Label: "first"})
+	before := recordMembers(readKeyDoc(t, path).Records[0])
+	second := mustAdd(t, path, keyops.AddOptions{Label: "second", Expires: "90d", Scopes: []string{"read", "write,admin", "read"}})
 	if first == second {
 		t.Fatal("two adds printed the same key")
 	}
 
 	doc := readKeyDoc(t, path)
-	if len(doc.records) != 2 {
-		t.Fatalf("%d records, want 2", len(doc.records))
+	if len(doc.Records) != 2 {
+		t.Fatalf("%d records, want 2", len(doc.Records))
 	}
-	if a, b := mustJSON(t, before), mustJSON(t, recordMembers(doc.records[0])); a != b {
+	if a, b := mustJSON(t, before), mustJSON(t, recordMembers(doc.Records[0])); a != b {
 		t.Errorf("the first record changed:\n%s\n%s", a, b)
 	}
-	rec := recordMembers(doc.records[1])
+	rec := recordMembers(doc.Records[1])
 	wantOrder := []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "scopes"}
 	if got := memberNames(rec); !slices.Equal(got, wantOrder) {
 		t.Errorf("record members = %v, want %v", got, wantOrder)
 	}
-	if got, want := rec.getString("expires_at"), formatTimestamp(cmdNow.Add(90*24*time.Hour)); got != want {
+	if got, want := rec.GetString("expires_at"), keyset.FormatTimestamp(cmdNow.Add(90*24*time.Hour)); got != want {
 		t.Errorf("expires_at = %q, want %q", got, want)
 	}
-	if got := mustJSON(t, rec.get("scopes")); got != `["read","write","admin"]` {
+	if got := mustJSON(t, rec.Get("scopes")); got != `["read","write","admin"]` {
 		t.Errorf("scopes = %s, want [\"read\",\"write\",\"admin\"]", got)
 	}
-	if rec.getString("id") == doc.records[0].ID {
+	if rec.GetString("id") == doc.Records[0].ID {
 		t.Error("two keys got the same id")
 	}
 
-	ks, err := readKeySet(path)
+	ks, err := keyfile.ReadKeySet(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, raw := range []string{first, second} {
-		if k, _ := ks.lookup(raw); k == nil {
+		if k, _ := ks.Lookup(raw); k == nil {
 			t.Errorf("key %s... is not in the file", raw[:11])
 		}
 	}
@@ -182,53 +186,15 @@ func mustJSON(t testing.TB, v any) string {
 func TestCommandAddBareArrayFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	k := newTestKey("old", nil)
-	writeFile(t, path, "["+mustJSON(t, k.record)+"]")
-	raw := mustAdd(t, path, addOptions{Label: "new"})
+	writeFile(t, path, "["+mustJSON(t, k.Record)+"]")
+	raw := mustAdd(t, path, keyops.AddOptions{Label: "new"})
 	data := readFile(t, path)
 	if !strings.HasPrefix(strings.TrimSpace(data), "[") {
 		t.Fatalf("a bare-array key file was turned into another shape:\n%s", data)
 	}
-	recs := readKeyDoc(t, path).records
-	if len(recs) != 2 || recs[0].ID != k.record["id"] || recs[1].KeyHash != hashKey(raw) {
+	recs := readKeyDoc(t, path).Records
+	if len(recs) != 2 || recs[0].ID != k.Record["id"] || recs[1].KeyHash != keyset.HashKey(raw) {
 		t.Fatalf("records not the old one and the added one:\n%s", readFile(t, path))
-	}
-}
-
-func TestCommandParseExpiry(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want time.Time
-	}{
-		{"90d", cmdNow.Add(90 * 24 * time.Hour)},
-		{"1d", cmdNow.Add(24 * time.Hour)},
-		{"12h", cmdNow.Add(12 * time.Hour)},
-		{"30m", cmdNow.Add(30 * time.Minute)},
-		{"1h30m", cmdNow.Add(90 * time.Minute)},
-		{" 7d ", cmdNow.Add(7 * 24 * time.Hour)},
-		{"2027-01-31T00:00:00Z", time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)},
-		{"2027-01-31T02:00:00+02:00", time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)},
-		{"2027-01-31", time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC)},
-	} {
-		got, err := parseExpiry(tc.in, cmdNow)
-		if err != nil || !got.Equal(tc.want) {
-			t.Errorf("parseExpiry(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
-		}
-	}
-	for _, tc := range []struct{ in, wantErr string }{
-		{"junk", "want a duration"},
-		{"90", "want a duration"},
-		{"90x", "want a duration"},
-		{"d", "want a duration"},
-		{"-5d", "positive"},
-		{"0s", "positive"},
-		{"2020-01-01T00:00:00Z", "in the past"},
-		{"2026-11-25T20:14:31.123456Z", "in the past"}, // exactly now
-		{"2026-11-25", "in the past"},
-	} {
-		_, err := parseExpiry(tc.in, cmdNow)
-		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-			t.Errorf("parseExpiry(%q) error = %v, want one saying %q", tc.in, err, tc.wantErr)
-		}
 	}
 }
 
@@ -237,22 +203,22 @@ func TestCommandAddRefusesBadInput(t *testing.T) {
 	path := filepath.Join(dir, "keys.json")
 	for _, tc := range []struct {
 		name    string
-		opts    addOptions
+		opts    keyops.AddOptions
 		wantErr string
 	}{
-		{"no label", addOptions{}, "label is required (--label)"},
-		{"blank label", addOptions{Label: "  "}, "label is required (--label)"},
-		{"bad duration", addOptions{Label: "x", Expires: "soon"}, "--expires"},
-		{"past time", addOptions{Label: "x", Expires: "2001-01-01T00:00:00Z"}, "in the past"},
-		{"empty scope", addOptions{Label: "x", Scopes: []string{"read,"}}, "--scope"},
-		{"scope with space", addOptions{Label: "x", Scopes: []string{"read write"}}, "--scope"},
-		{"missing folder", addOptions{Label: "x"}, "nope"},
+		{"no label", keyops.AddOptions{}, "label is required (--label)"},
+		{"blank label", keyops.AddOptions{Label: "  "}, "label is required (--label)"},
+		{"bad duration", keyops.AddOptions{Label: "x", Expires: "soon"}, "--expires"},
+		{"past time", keyops.AddOptions{Label: "x", Expires: "2001-01-01T00:00:00Z"}, "in the past"},
+		{"empty scope", keyops.AddOptions{Label: "x", Scopes: []string{"read,"}}, "--scope"},
+		{"scope with space", keyops.AddOptions{Label: "x", Scopes: []string{"read write"}}, "--scope"},
+		{"missing folder", keyops.AddOptions{Label: "x"}, "nope"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			st := fileRecords{path}
+			st := filestore.Records{Path: path, MayCreate: true}
 			if tc.name == "missing folder" {
-				st = fileRecords{filepath.Join(dir, "nope", "keys.json")}
+				st = filestore.Records{Path: filepath.Join(dir, "nope", "keys.json"), MayCreate: true}
 			}
 			err := addKey(&stdout, &stderr, st, tc.opts, cmdNow)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -275,7 +241,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 	for name, content := range map[string]string{
 		"bad JSON":     "{\"api_keys\": [\n  {\"id\": \"a\",}\n]}\n",
 		"bad hash":     `{"api_keys": [{"id": "a", "label": "x", "key_hash": "abc", "key_prefix": "sk_x"}]}`,
-		"duplicate id": `{"api_keys": [` + mustJSON(t, k.record) + `,` + mustJSON(t, newTestKey("b", map[string]any{"id": k.record["id"]}).record) + `]}`,
+		"duplicate id": `{"api_keys": [` + mustJSON(t, k.Record) + `,` + mustJSON(t, newTestKey("b", map[string]any{"id": k.Record["id"]}).Record) + `]}`,
 		"empty":        "",
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -283,19 +249,19 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			writeFile(t, path, content)
 			var out, errOut bytes.Buffer
 
-			err := addKey(&out, &errOut, fileRecords{path}, addOptions{Label: "x"}, cmdNow)
-			var kfe *keyFileError
+			err := addKey(&out, &errOut, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "x"}, cmdNow)
+			var kfe *keyfile.Error
 			if !errors.As(err, &kfe) || !strings.Contains(err.Error(), path) {
-				t.Errorf("add: error = %v, want a keyFileError naming the file", err)
+				t.Errorf("add: error = %v, want a keyfile.Error naming the file", err)
 			}
 			if out.Len() != 0 {
 				t.Errorf("add printed a key for a file it did not write: %q", out.String())
 			}
-			if err := revokeKey(&out, io.Discard, fileRecords{path}, k.record["id"].(string), cmdNow); !errors.As(err, &kfe) {
-				t.Errorf("revoke: error = %v, want a keyFileError", err)
+			if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, k.Record["id"].(string), cmdNow); !errors.As(err, &kfe) {
+				t.Errorf("revoke: error = %v, want a keyfile.Error", err)
 			}
-			if err := listKeys(&out, fileRecords{path}, false, cmdNow); !errors.As(err, &kfe) {
-				t.Errorf("list: error = %v, want a keyFileError", err)
+			if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); !errors.As(err, &kfe) {
+				t.Errorf("list: error = %v, want a keyfile.Error", err)
 			}
 			if got := readFile(t, path); got != content {
 				t.Errorf("the broken file was changed to:\n%s", got)
@@ -306,7 +272,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 	t.Run("JSON error position", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
 		writeFile(t, path, "{\"api_keys\": [\n  {\"id\": \"a\",}\n]}\n")
-		err := listKeys(new(bytes.Buffer), fileRecords{path}, false, cmdNow)
+		err := listKeys(new(bytes.Buffer), filestore.Records{Path: path, MayCreate: true}, false, cmdNow)
 		if err == nil || !strings.Contains(err.Error(), "line 2") {
 			t.Fatalf("error = %v, want the line of the syntax error", err)
 		}
@@ -318,13 +284,13 @@ func TestCommandsMissingFile(t *testing.T) {
 	var out bytes.Buffer
 	// Worded as every other key-file error, the path said once.
 	wantMsg := "key file " + path + ": no such file or directory"
-	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
+	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
 		t.Errorf("list: error = %v, want not-exist: %q", err, wantMsg)
 	}
 	if _, _, err := openRecordStore("", "", "", false); err == nil || !strings.Contains(err.Error(), "--file") {
 		t.Errorf("without --file: error = %v", err)
 	}
-	if err := revokeKey(&out, io.Discard, fileRecords{path}, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
+	if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, "sk_AbCdEfGh", cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
 		t.Errorf("revoke: error = %v, want not-exist: %q", err, wantMsg)
 	}
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
@@ -352,7 +318,7 @@ func listFixture(t *testing.T) (string, []testKey) {
 func TestCommandListTable(t *testing.T) {
 	path, keys := listFixture(t)
 	var out bytes.Buffer
-	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err != nil {
+	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	text := out.String()
@@ -367,7 +333,7 @@ func TestCommandListTable(t *testing.T) {
 	wantStatus := []string{"active", "expired", "revoked", "active"}
 	for i, k := range keys {
 		row := lines[i+1]
-		for _, want := range []string{k.record["id"].(string), k.record["key_prefix"].(string), "2026-11-25T20:14:31Z"} {
+		for _, want := range []string{k.Record["id"].(string), k.Record["key_prefix"].(string), "2026-11-25T20:14:31Z"} {
 			if !strings.Contains(row, want) {
 				t.Errorf("row %d does not show %q: %q", i+1, want, row)
 			}
@@ -375,7 +341,7 @@ func TestCommandListTable(t *testing.T) {
 		if !strings.HasSuffix(row, wantStatus[i]) {
 			t.Errorf("row %d: want status %s: %q", i+1, wantStatus[i], row)
 		}
-		if strings.Contains(text, k.record["key_hash"].(string)) || strings.Contains(text, k.Raw) {
+		if strings.Contains(text, k.Record["key_hash"].(string)) || strings.Contains(text, k.Raw) {
 			t.Error("list shows a key hash or a raw key")
 		}
 	}
@@ -389,7 +355,7 @@ func TestCommandListTable(t *testing.T) {
 func TestCommandListJSON(t *testing.T) {
 	path, keys := listFixture(t)
 	var out bytes.Buffer
-	if err := listKeys(&out, fileRecords{path}, true, cmdNow); err != nil {
+	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, true, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	var listed []map[string]any
@@ -405,13 +371,13 @@ func TestCommandListJSON(t *testing.T) {
 		if _, ok := got["key_hash"]; ok {
 			t.Errorf("entry %d shows key_hash", i)
 		}
-		if got["id"] != k.record["id"] || got["label"] != k.record["label"] || got["key_prefix"] != k.record["key_prefix"] {
+		if got["id"] != k.Record["id"] || got["label"] != k.Record["label"] || got["key_prefix"] != k.Record["key_prefix"] {
 			t.Errorf("entry %d = %v, want the record's id, label and prefix", i, got)
 		}
 		if got["status"] != wantStatus[i] {
 			t.Errorf("entry %d status = %v, want %s", i, got["status"], wantStatus[i])
 		}
-		if got["created_at"] != k.record["created_at"] {
+		if got["created_at"] != k.Record["created_at"] {
 			t.Errorf("entry %d created_at = %v, want the stored value", i, got["created_at"])
 		}
 		for _, member := range []string{"last_used_at", "expires_at", "revoked_at", "scopes", "rotated_from"} {
@@ -436,7 +402,7 @@ func TestCommandListJSON(t *testing.T) {
 	// An empty key file lists as an empty array, not null.
 	empty := writeKeys(t, "")
 	out.Reset()
-	if err := listKeys(&out, fileRecords{empty}, true, cmdNow); err != nil || strings.TrimSpace(out.String()) != "[]" {
+	if err := listKeys(&out, filestore.Records{Path: empty, MayCreate: true}, true, cmdNow); err != nil || strings.TrimSpace(out.String()) != "[]" {
 		t.Fatalf("empty file: %q, %v", out.String(), err)
 	}
 }
@@ -466,17 +432,17 @@ func TestCommandRevoke(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path, keys := revokeFixture(t)
 			var out bytes.Buffer
-			if err := revokeKey(&out, io.Discard, fileRecords{path}, tc.ref, cmdNow); err != nil {
+			if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, tc.ref, cmdNow); err != nil {
 				t.Fatal(err)
 			}
 			for _, k := range keys {
-				got := fileRecord(t, path, k.record["id"].(string)).RevokedAt
-				if k.record["id"] == tc.wantID {
-					if got == nil || *got != formatTimestamp(cmdNow) {
-						t.Errorf("revoked_at = %v, want %s", got, formatTimestamp(cmdNow))
+				got := fileRecord(t, path, k.Record["id"].(string)).RevokedAt
+				if k.Record["id"] == tc.wantID {
+					if got == nil || *got != keyset.FormatTimestamp(cmdNow) {
+						t.Errorf("revoked_at = %v, want %s", got, keyset.FormatTimestamp(cmdNow))
 					}
 				} else if got != nil {
-					t.Errorf("key %s was revoked too", k.record["label"])
+					t.Errorf("key %s was revoked too", k.Record["label"])
 				}
 			}
 			if !strings.Contains(out.String(), tc.wantID) {
@@ -487,20 +453,20 @@ func TestCommandRevoke(t *testing.T) {
 
 	t.Run("key prefix", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
-		first := mustAdd(t, path, addOptions{Label: "one"})
-		second := mustAdd(t, path, addOptions{Label: "two"})
+		first := mustAdd(t, path, keyops.AddOptions{Label: "one"})
+		second := mustAdd(t, path, keyops.AddOptions{Label: "two"})
 		var out bytes.Buffer
-		if err := revokeKey(&out, io.Discard, fileRecords{path}, second[:11], cmdNow); err != nil {
+		if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, second[:11], cmdNow); err != nil {
 			t.Fatal(err)
 		}
-		ks, err := readKeySet(path)
+		ks, err := keyfile.ReadKeySet(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if k, _ := ks.lookup(second); k == nil || !k.revoked {
+		if k, _ := ks.Lookup(second); k == nil || !k.Revoked() {
 			t.Error("the key named by its prefix is not revoked")
 		}
-		if k, _ := ks.lookup(first); k == nil || k.revoked {
+		if k, _ := ks.Lookup(first); k == nil || k.Revoked() {
 			t.Error("the other key is revoked")
 		}
 		if strings.Contains(out.String(), second) {
@@ -525,7 +491,7 @@ func TestCommandRevokeRefusals(t *testing.T) {
 			path, _ := revokeFixture(t)
 			before := readFile(t, path)
 			var out bytes.Buffer
-			err := revokeKey(&out, io.Discard, fileRecords{path}, tc.ref, cmdNow)
+			err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, tc.ref, cmdNow)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -548,17 +514,17 @@ func TestCommandRevokeRefusals(t *testing.T) {
 // an audit needs.
 func TestCommandRevokeTwice(t *testing.T) {
 	path, keys := revokeFixture(t)
-	id := keys[0].record["id"].(string)
+	id := keys[0].Record["id"].(string)
 	var out bytes.Buffer
-	if err := revokeKey(&out, io.Discard, fileRecords{path}, id, cmdNow); err != nil {
+	if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, id, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	before := readFile(t, path)
 	out.Reset()
-	if err := revokeKey(&out, io.Discard, fileRecords{path}, id, cmdNow.Add(time.Hour)); err != nil {
+	if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, id, cmdNow.Add(time.Hour)); err != nil {
 		t.Fatalf("second revoke: %v", err)
 	}
-	if !strings.Contains(out.String(), "already revoked") || !strings.Contains(out.String(), formatTimestamp(cmdNow)) {
+	if !strings.Contains(out.String(), "already revoked") || !strings.Contains(out.String(), keyset.FormatTimestamp(cmdNow)) {
 		t.Errorf("output = %q, want it to say the key was already revoked, and when", out.String())
 	}
 	if readFile(t, path) != before {
@@ -571,7 +537,7 @@ func TestCommandRevokeTwice(t *testing.T) {
 func TestCommandsKeepUnknownMembers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	k := newTestKey("old", nil)
-	rec, err := json.Marshal(k.record)
+	rec, err := json.Marshal(k.Record)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -580,34 +546,34 @@ func TestCommandsKeepUnknownMembers(t *testing.T) {
 	recText = strings.TrimSuffix(recText, "}") + `, "notes": {"ticket": 42, "big": 12345678901234567890}}`
 	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`], "meta": {"owner": "platform"}}`)
 
-	raw := mustAdd(t, path, addOptions{Label: "new"})
-	if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, k.record["id"].(string), cmdNow); err != nil {
+	raw := mustAdd(t, path, keyops.AddOptions{Label: "new"})
+	if err := revokeKey(new(bytes.Buffer), io.Discard, filestore.Records{Path: path, MayCreate: true}, k.Record["id"].(string), cmdNow); err != nil {
 		t.Fatal(err)
 	}
 
 	doc := readKeyDoc(t, path)
-	top := object(doc.top)
+	top := object(doc.TopMembers())
 	if got := memberNames(top); !slices.Equal(got, []string{"version", "api_keys", "meta"}) {
 		t.Errorf("top-level members = %v", got)
 	}
-	if got := string(top.get("version")); got != "3" {
+	if got := string(top.Get("version")); got != "3" {
 		t.Errorf("version = %s", got)
 	}
-	if got := mustJSON(t, top.get("meta")); got != `{"owner":"platform"}` {
+	if got := mustJSON(t, top.Get("meta")); got != `{"owner":"platform"}` {
 		t.Errorf("meta = %s", got)
 	}
-	if len(doc.records) != 2 {
-		t.Fatalf("%d records", len(doc.records))
+	if len(doc.Records) != 2 {
+		t.Fatalf("%d records", len(doc.Records))
 	}
-	old := recordMembers(doc.records[0])
+	old := recordMembers(doc.Records[0])
 	wantOrder := []string{"team", "created_at", "id", "key_hash", "key_prefix", "label", "last_used_at", "notes", "revoked_at"}
 	if got := memberNames(old); !slices.Equal(got, wantOrder) {
 		t.Errorf("old record members = %v, want %v", got, wantOrder)
 	}
-	if got := mustJSON(t, old.get("notes")); got != `{"ticket":42,"big":12345678901234567890}` {
+	if got := mustJSON(t, old.Get("notes")); got != `{"ticket":42,"big":12345678901234567890}` {
 		t.Errorf("notes = %s (numbers must be kept as written)", got)
 	}
-	if doc.records[1].KeyHash != hashKey(raw) {
+	if doc.Records[1].KeyHash != keyset.HashKey(raw) {
 		t.Error("the added key is not the second record")
 	}
 }
@@ -619,8 +585,8 @@ func TestCommandHash(t *testing.T) {
 		if err := hashFromReader(strings.NewReader(in), &out); err != nil {
 			t.Fatalf("%q: %v", in, err)
 		}
-		if got := out.String(); got != hashKey(key)+"\n" {
-			t.Errorf("hash of %q = %q, want %q", in, got, hashKey(key))
+		if got := out.String(); got != keyset.HashKey(key)+"\n" {
+			t.Errorf("hash of %q = %q, want %q", in, got, keyset.HashKey(key))
 		}
 	}
 	for _, tc := range []struct{ in, wantErr string }{
@@ -641,12 +607,12 @@ func TestCommandHash(t *testing.T) {
 
 	// A key made by add hashes to the key_hash add stored.
 	path := filepath.Join(t.TempDir(), "keys.json")
-	raw := mustAdd(t, path, addOptions{})
+	raw := mustAdd(t, path, keyops.AddOptions{})
 	var out bytes.Buffer
 	if err := hashFromReader(strings.NewReader(raw+"\n"), &out); err != nil {
 		t.Fatal(err)
 	}
-	if got, stored := strings.TrimSpace(out.String()), readKeyDoc(t, path).records[0].KeyHash; got != stored {
+	if got, stored := strings.TrimSpace(out.String()), readKeyDoc(t, path).Records[0].KeyHash; got != stored {
 		t.Errorf("hash = %s, stored key_hash = %s", got, stored)
 	}
 }
@@ -705,9 +671,9 @@ func TestCommandAddMissingFileNeedsCreate(t *testing.T) {
 		t.Fatalf("add --create made no key file of mode 0600: %v", err)
 	}
 	raw := strings.TrimSuffix(stdout, "\n")
-	if ks, err := readKeySet(abs); err != nil {
+	if ks, err := keyfile.ReadKeySet(abs); err != nil {
 		t.Fatal(err)
-	} else if k, _ := ks.lookup(raw); k == nil {
+	} else if k, _ := ks.Lookup(raw); k == nil {
 		t.Error("the printed key is not in the file made")
 	}
 
@@ -734,9 +700,9 @@ func TestCommandCobraWiring(t *testing.T) {
 	if !strings.Contains(stderr, "  scopes:  read,write,admin\n") {
 		t.Errorf("add: stderr does not show the scopes as read,write,admin: %q", stderr)
 	}
-	recs := readKeyDoc(t, path).records
+	recs := readKeyDoc(t, path).Records
 	if len(recs) != 1 || recs[0].Label != "wired" || !slices.Equal(recs[0].Scopes, []string{"read", "write", "admin"}) ||
-		recs[0].ExpiresAt == nil || recs[0].KeyHash != hashKey(raw) {
+		recs[0].ExpiresAt == nil || recs[0].KeyHash != keyset.HashKey(raw) {
 		t.Fatalf("record = %+v", recs[0])
 	}
 
@@ -749,7 +715,7 @@ func TestCommandCobraWiring(t *testing.T) {
 		t.Fatalf("list: %q, %v", stdout, err)
 	}
 	stdout, _, err = apikeyCommand(t, raw+"\n", "hash")
-	if err != nil || stdout != hashKey(raw)+"\n" {
+	if err != nil || stdout != keyset.HashKey(raw)+"\n" {
 		t.Fatalf("hash: %q, %v", stdout, err)
 	}
 	stdout, _, err = apikeyCommand(t, "", "revoke", "--file", path, raw[:11])
@@ -789,10 +755,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	path := writeKeys(t, "", base...)
 
-	store := newKeyStore(path, zap.NewNop())
-	if err := store.load(); err != nil {
-		t.Fatal(err)
-	}
+	store := startFileStore(t, path, 0, -1)
 
 	var (
 		wg       sync.WaitGroup
@@ -805,7 +768,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 		wg.Go(func() {
 			for i := range addsEach {
 				var stdout, stderr bytes.Buffer
-				if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: fmt.Sprintf("added %d/%d", a, i)}, time.Now()); err != nil {
+				if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: fmt.Sprintf("added %d/%d", a, i)}, time.Now()); err != nil {
 					errs <- fmt.Errorf("add: %w", err)
 					continue
 				}
@@ -817,7 +780,7 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	}
 	for i := range revoked {
 		wg.Go(func() {
-			if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, base[i].record["id"].(string), time.Now()); err != nil {
+			if err := revokeKey(new(bytes.Buffer), io.Discard, filestore.Records{Path: path, MayCreate: true}, base[i].Record["id"].(string), time.Now()); err != nil {
 				errs <- fmt.Errorf("revoke: %w", err)
 			}
 		})
@@ -831,15 +794,15 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 			used := start.Add(time.Duration(tick) * 2 * time.Second)
 			ks := store.KeySet()
 			for _, k := range base {
-				key, sum := ks.lookup(k.Raw)
+				key, sum := ks.Lookup(k.Raw)
 				if key == nil {
-					errs <- fmt.Errorf("tick %d: base key %s vanished from the key set", tick, k.record["label"])
+					errs <- fmt.Errorf("tick %d: base key %s vanished from the key set", tick, k.Record["label"])
 					return
 				}
 				store.MarkUsed(key, sum, used.UnixNano())
 			}
-			store.writeUsage(true)
-			if err := store.load(); err != nil {
+			store.Flush()
+			if err := store.Refresh(); err != nil {
 				errs <- fmt.Errorf("tick %d: the key file does not load: %w", tick, err)
 				return
 			}
@@ -855,16 +818,16 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 		t.FailNow()
 	}
 
-	recs := readKeyDoc(t, path).records
+	recs := readKeyDoc(t, path).Records
 	if want := baseKeys + adders*addsEach; len(recs) != want {
 		t.Fatalf("%d records in the file, want %d", len(recs), want)
 	}
-	byHash := make(map[string]docRecord, len(recs))
+	byHash := make(map[string]keyfile.Record, len(recs))
 	for _, rec := range recs {
 		byHash[rec.KeyHash] = rec
 	}
 	for _, raw := range added {
-		rec, ok := byHash[hashKey(raw)]
+		rec, ok := byHash[keyset.HashKey(raw)]
 		if !ok {
 			t.Errorf("added key %s is lost", raw[:11])
 			continue
@@ -876,9 +839,9 @@ func TestCommandsConcurrentWithUsageWriter(t *testing.T) {
 	if len(added) != adders*addsEach {
 		t.Errorf("%d keys added, want %d", len(added), adders*addsEach)
 	}
-	wantUsed := formatTimestamp(lastUsed)
+	wantUsed := keyset.FormatTimestamp(lastUsed)
 	for i, k := range base {
-		rec := byHash[k.record["key_hash"].(string)]
+		rec := byHash[k.Record["key_hash"].(string)]
 		if (rec.RevokedAt != nil) != (i < revoked) {
 			t.Errorf("base key %d: revoked_at = %v, want revoked: %v", i, rec.RevokedAt, i < revoked)
 		}
@@ -1084,11 +1047,11 @@ func TestCommandOutputNeutralisesInvisibleCharacters(t *testing.T) {
 	path := writeKeys(t, "", newTestKey(label, map[string]any{"scopes": []string{"read\u202Eetirw"}}))
 
 	var out bytes.Buffer
-	if err := listKeys(&out, fileRecords{path}, false, cmdNow); err != nil {
+	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "new\u202Ekey", Scopes: []string{"x\u2066y"}}, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "new\u202Ekey", Scopes: []string{"x\u2066y"}}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	for what, text := range map[string]string{"list": out.String(), "add": stderr.String()} {
@@ -1140,7 +1103,7 @@ func TestCommandImportDoesNotReactivateRevokedKeys(t *testing.T) {
 	}
 
 	// a is revoked; the older export is imported again.
-	id := a.record["id"].(string)
+	id := a.Record["id"].(string)
 	if _, stderr, err := run("revoke", id); err != nil {
 		t.Fatalf("revoke: %v (%s)", err, stderr)
 	}
@@ -1150,7 +1113,7 @@ func TestCommandImportDoesNotReactivateRevokedKeys(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var listed []listedKey
+		var listed []keyops.Listed
 		if err := json.Unmarshal([]byte(out), &listed); err != nil {
 			t.Fatal(err)
 		}
@@ -1169,7 +1132,7 @@ func TestCommandImportDoesNotReactivateRevokedKeys(t *testing.T) {
 	if got := status(); got != "revoked" {
 		t.Fatalf("import of an older export made the revoked key %s", got)
 	}
-	for _, want := range []string{"1 keys revoked in", "stay revoked", "--reactivate", id, a.record["key_prefix"].(string)} {
+	for _, want := range []string{"1 keys revoked in", "stay revoked", "--reactivate", id, a.Record["key_prefix"].(string)} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("import of the older export: stderr %q does not say %q", stderr, want)
 		}

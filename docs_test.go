@@ -17,6 +17,7 @@ import (
 	"testing"
 	"unicode"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -282,7 +283,7 @@ func (c *docCheck) checkHandlers(raw []byte) error {
 
 // checkKeyFileBlock loads a key file as the handler does.
 func checkKeyFileBlock(raw []byte) error {
-	_, err := parseKeySet(raw)
+	_, err := keyfile.ParseKeySet(raw)
 	return err
 }
 

@@ -112,7 +112,7 @@ func TestIntegrationUnderscoreHeader(t *testing.T) {
 
 		resp, body := do(t, http.MethodGet, "/", "api_key: "+k.Raw)
 		if listed {
-			if resp.StatusCode != http.StatusOK || body != k.record["id"] {
+			if resp.StatusCode != http.StatusOK || body != k.Record["id"] {
 				t.Fatalf("listed in expected_underscore_headers: %d %q, want 200 and the key's id", resp.StatusCode, body)
 			}
 		} else {

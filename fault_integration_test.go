@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
 // keyTimeline records, for one key, when it became valid or invalid, so a
@@ -121,11 +123,11 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 					fiveXX.Add(1)
 				}
 				if resp.StatusCode == http.StatusOK {
-					okByKey.Store(k.Raw, k.record["id"])
+					okByKey.Store(k.Raw, k.Record["id"])
 				}
 				if want := tl.expect(start, end); want != 0 && resp.StatusCode != want {
 					wrong.Add(1)
-					report(fmt.Sprintf("key %q: got %d, want %d", k.record["label"], resp.StatusCode, want))
+					report(fmt.Sprintf("key %q: got %d, want %d", k.Record["label"], resp.StatusCode, want))
 				}
 			}
 		}()
@@ -141,9 +143,9 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		timeline[added.Raw] = &keyTimeline{}
 		pool = append(pool, added)
 		keysMu.Unlock()
-		_, err := updateKeyFile(path, func(doc *keyDoc) error {
-			rec, err := newDocRecord(added.rec())
-			doc.records = append(doc.records, rec)
+		_, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+			rec, err := keyfile.NewRecord(added.Rec())
+			doc.Records = append(doc.Records, rec)
 			return err
 		})
 		if err != nil {
@@ -156,10 +158,10 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		if len(live) > 1 {
 			victim := live[0]
 			live = live[1:]
-			_, err := updateKeyFile(path, func(doc *keyDoc) error {
-				for i := range doc.records {
-					if doc.records[i].ID == victim.record["id"] {
-						return doc.records[i].set("revoked_at", formatTimestamp(time.Now()))
+			_, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+				for i := range doc.Records {
+					if doc.Records[i].ID == victim.Record["id"] {
+						return doc.Records[i].Set("revoked_at", keyset.FormatTimestamp(time.Now()))
 					}
 				}
 				return fmt.Errorf("victim not found")
@@ -176,20 +178,20 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 			// and the times the writer has put in it, under the lock, as
 			// the README's recipe does: a replacement that drops
 			// last_used_at, or races the writer, may lose a use.
-			unlock, err := lockKeyFile(path, lockTimeout, nil)
+			unlock, err := keyfile.Lock(path, keyfile.LockTimeout, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			all := append([]testKey{stable}, live...)
 			onDisk := map[string]*string{}
-			for _, rec := range readKeyDoc(t, path).records {
+			for _, rec := range readKeyDoc(t, path).Records {
 				onDisk[rec.ID] = rec.LastUsedAt
 			}
 			for i, k := range all {
 				// Copies: the load's workers read the records.
-				all[i].record = maps.Clone(k.record)
-				if at := onDisk[k.record["id"].(string)]; at != nil {
-					all[i].record["last_used_at"] = *at
+				all[i].Record = maps.Clone(k.Record)
+				if at := onDisk[k.Record["id"].(string)]; at != nil {
+					all[i].Record["last_used_at"] = *at
 				}
 			}
 			writeKeys(t, path, all...)
@@ -201,7 +203,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 	for msg := range failures {
 		t.Error(msg)
 	}
-	t.Logf("%d requests, %d rotation rounds", min(sent.Load(), maxRequests), rounds)
+	t.Logf("%d requests, %d keyops.Rotation rounds", min(sent.Load(), maxRequests), rounds)
 	if fiveXX.Load() != 0 {
 		t.Errorf("%d responses were 5xx", fiveXX.Load())
 	}
@@ -209,7 +211,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		t.Errorf("%d responses did not match the key set in force", wrong.Load())
 	}
 	if rounds < 2 {
-		t.Fatalf("only %d rotation rounds: the test proves little", rounds)
+		t.Fatalf("only %d keyops.Rotation rounds: the test proves little", rounds)
 	}
 
 	// The last-used times of the keys that were used and are still in the
@@ -220,12 +222,12 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		used[id.(string)] = true
 		return true
 	})
-	for _, rec := range readKeyDoc(t, path).records {
+	for _, rec := range readKeyDoc(t, path).Records {
 		if used[rec.ID] && rec.LastUsedAt == nil {
 			t.Errorf("key %v was used but its last_used_at is not in the file", rec.Label)
 		}
 	}
-	if _, err := readKeySet(path); err != nil {
+	if _, err := keyfile.ReadKeySet(path); err != nil {
 		t.Fatalf("key file left broken: %v", err)
 	}
 }
@@ -352,46 +354,4 @@ func rawRequest(t *testing.T, target, headers string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-// fullDiskEnv names the key file that a child test process tries to write
-// under a file size limit, as if the disk were full.
-const fullDiskEnv = "APIKEY_TEST_FULL_DISK"
-
-// TestUsageWriteOnFullDisk runs a usage write in a child process whose file
-// size limit (RLIMIT_FSIZE) is below the key file's size: the write fails,
-// the key file stays whole, keys keep working, and once the limit is lifted
-// the pending use is written.
-func TestUsageWriteOnFullDisk(t *testing.T) {
-	if !canLimitFileSize {
-		t.Skip("no file size limit on this platform; nothing to test")
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []testKey
-	for i := 0; i < 50; i++ {
-		keys = append(keys, newTestKey(fmt.Sprintf("key %d", i), nil))
-	}
-	path := writeKeys(t, "", keys...)
-	before, _ := os.ReadFile(path)
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), fullDiskEnv+"="+path+"|"+keys[7].Raw)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child failed: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "full-disk child: ok") {
-		t.Fatalf("child did not finish its checks:\n%s", out)
-	}
-	if recs := readKeyDoc(t, path).records; len(recs) != len(keys) {
-		t.Fatalf("%d keys in the file, want %d", len(recs), len(keys))
-	}
-	if lastUsed(t, path, keys[7].record["id"].(string)) == "" {
-		t.Fatal("the use pending while the disk was full was not written afterwards")
-	}
-	if len(before) == 0 {
-		t.Fatal("empty key file")
-	}
 }

@@ -9,20 +9,23 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
 // Hashes of made-up keys for the validation tests.
 var (
-	hashA = hashKey("sk_store_test_key_a")
-	hashB = hashKey("sk_store_test_key_b")
+	hashA = keyset.HashKey("sk_store_test_key_a")
+	hashB = keyset.HashKey("sk_store_test_key_b")
 )
 
 // mustParse parses a key file's contents, failing the test on an error.
-func mustParse(t *testing.T, data string) *KeySet {
+func mustParse(t *testing.T, data string) *keyset.KeySet {
 	t.Helper()
-	ks, err := parseKeySet([]byte(data))
+	ks, err := keyfile.ParseKeySet([]byte(data))
 	if err != nil {
-		t.Fatalf("parseKeySet: %v\nfile:\n%s", err, data)
+		t.Fatalf("keyfile.ParseKeySet: %v\nfile:\n%s", err, data)
 	}
 	return ks
 }
@@ -31,9 +34,9 @@ func mustParse(t *testing.T, data string) *KeySet {
 // the error's message.
 func parseErr(t *testing.T, data string) string {
 	t.Helper()
-	ks, err := parseKeySet([]byte(data))
+	ks, err := keyfile.ParseKeySet([]byte(data))
 	if err == nil {
-		t.Fatalf("parseKeySet accepted a bad file (%d keys):\n%s", len(ks.keys), data)
+		t.Fatalf("keyfile.ParseKeySet accepted a bad file (%d keys):\n%s", ks.Len(), data)
 	}
 	return err.Error()
 }
@@ -60,22 +63,22 @@ func TestStoreObjectShapeKeepsOtherMembers(t *testing.T) {
   "trailing_member": [1, 2, 3]
 }`, hashA, hashB)
 	ks := mustParse(t, data)
-	if len(ks.keys) != 2 || len(ks.byHash) != 2 {
-		t.Fatalf("got %d keys, %d hashes; want 2, 2", len(ks.keys), len(ks.byHash))
+	if ks.Len() != 2 {
+		t.Fatalf("got %d keys; want 2", ks.Len())
 	}
 	for raw, id := range map[string]string{"sk_store_test_key_a": "a", "sk_store_test_key_b": "b"} {
-		k, sum := ks.lookup(raw)
+		k, sum := ks.Lookup(raw)
 		if k == nil || k.ID != id {
 			t.Fatalf("lookup(%s) = %+v, want id %s", raw[:11], k, id)
 		}
-		if hashKey(raw) != fmt.Sprintf("%x", sum) {
-			t.Errorf("lookup returned sum %x, want %s", sum, hashKey(raw))
+		if keyset.HashKey(raw) != fmt.Sprintf("%x", sum) {
+			t.Errorf("lookup returned sum %x, want %s", sum, keyset.HashKey(raw))
 		}
 	}
-	if k, _ := ks.lookup("sk_store_test_key_a"); k.Label != "first" || k.Prefix != "sk_store_t" {
+	if k, _ := ks.Lookup("sk_store_test_key_a"); k.Label != "first" || k.Prefix != "sk_store_t" {
 		t.Errorf("key a: label %q prefix %q", k.Label, k.Prefix)
 	}
-	if k, _ := ks.lookup("sk_not_a_key"); k != nil {
+	if k, _ := ks.Lookup("sk_not_a_key"); k != nil {
 		t.Errorf("an unknown key was found: %+v", k)
 	}
 }
@@ -85,7 +88,7 @@ func TestStoreBareArrayShape(t *testing.T) {
   {"id": "a", "label": "", "key_hash": %q, "key_prefix": "", "created_at": null, "last_used_at": null}
 ]`, hashA)
 	ks := mustParse(t, data)
-	if k, _ := ks.lookup("sk_store_test_key_a"); k == nil || k.ID != "a" {
+	if k, _ := ks.Lookup("sk_store_test_key_a"); k == nil || k.ID != "a" {
 		t.Fatalf("bare array: lookup = %+v", k)
 	}
 }
@@ -93,8 +96,8 @@ func TestStoreBareArrayShape(t *testing.T) {
 func TestStoreEmptyListsAreValid(t *testing.T) {
 	for _, data := range []string{`[]`, `{"api_keys": []}`, ` {"other": 1} `} {
 		ks := mustParse(t, data)
-		if len(ks.keys) != 0 {
-			t.Errorf("%s: got %d keys", data, len(ks.keys))
+		if ks.Len() != 0 {
+			t.Errorf("%s: got %d keys", data, ks.Len())
 		}
 	}
 }
@@ -130,26 +133,26 @@ func TestStoreReferenceAppFile(t *testing.T) {
     }
   ],
   "webhooks": []
-}`, hashKey(rawCI), rawCI[:11], hashKey(rawBot), rawBot[:11])
+}`, keyset.HashKey(rawCI), rawCI[:11], keyset.HashKey(rawBot), rawBot[:11])
 	path := filepath.Join(t.TempDir(), "config.json")
 	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ks, err := readKeySet(path)
+	ks, err := keyfile.ReadKeySet(path)
 	if err != nil {
 		t.Fatalf("the reference application's file does not load: %v", err)
 	}
-	k, _ := ks.lookup(rawCI)
+	k, _ := ks.Lookup(rawCI)
 	if k == nil {
 		t.Fatal("the CI key is not found")
 	}
 	if k.ID != "3f1c2a9e-5b7d-4e2a-9c1f-0a8b7c6d5e4f" || k.Label != "Café — CI deploy" || k.Prefix != rawCI[:11] {
 		t.Errorf("CI key = id %q label %q prefix %q", k.ID, k.Label, k.Prefix)
 	}
-	if k.revoked || k.expiresAt != 0 || len(k.Scopes) != 0 {
+	if k.Revoked() || expiresAt(k) != 0 || len(k.Scopes) != 0 {
 		t.Errorf("CI key has lifecycle state it was not given: %+v", k)
 	}
-	if k, _ := ks.lookup(rawBot); k == nil || k.ID != "b2d4f6a8-1c3e-4a5b-8d7f-9e0a1b2c3d4e" {
+	if k, _ := ks.Lookup(rawBot); k == nil || k.ID != "b2d4f6a8-1c3e-4a5b-8d7f-9e0a1b2c3d4e" {
 		t.Errorf("bot key = %+v", k)
 	}
 	// The file on disk is untouched by reading it.
@@ -162,7 +165,7 @@ func TestStoreReferenceAppFile(t *testing.T) {
 func TestStoreLookupAcceptsUppercaseHash(t *testing.T) {
 	data := fmt.Sprintf(`[{"id": "up", "key_hash": %q}]`, strings.ToUpper(hashA))
 	ks := mustParse(t, data)
-	if k, _ := ks.lookup("sk_store_test_key_a"); k == nil || k.ID != "up" {
+	if k, _ := ks.Lookup("sk_store_test_key_a"); k == nil || k.ID != "up" {
 		t.Fatalf("uppercase key_hash: lookup = %+v", k)
 	}
 	// Mixed case too, and the uppercase form collides with the lowercase.
@@ -177,19 +180,19 @@ func TestStoreLifecycleMembers(t *testing.T) {
   {"id": "b", "key_hash": %q, "revoked_at": "2026-11-25T20:14:31+00:00", "expires_at": null}
 ]`, hashA, hashB)
 	ks := mustParse(t, data)
-	a, _ := ks.lookup("sk_store_test_key_a")
+	a, _ := ks.Lookup("sk_store_test_key_a")
 	want := time.Date(2030, 1, 2, 2, 4, 5, 500_000_000, time.UTC).UnixNano()
-	if a.expiresAt != want {
-		t.Errorf("expiresAt = %d, want %d", a.expiresAt, want)
+	if expiresAt(a) != want {
+		t.Errorf("expiresAt = %d, want %d", expiresAt(a), want)
 	}
-	if a.revoked || !a.hasScope("read") || !a.hasScope("write") || a.hasScope("admin") || a.scopesJoined != "read,write" {
+	if a.Revoked() || !a.HasScope("read") || !a.HasScope("write") || a.HasScope("admin") || scopesJoined(a) != "read,write" {
 		t.Errorf("key a: %+v", a)
 	}
-	if a.expired(want-1) || !a.expired(want) {
+	if a.Expired(want-1) || !a.Expired(want) {
 		t.Error("expired() is wrong around expires_at")
 	}
-	b, _ := ks.lookup("sk_store_test_key_b")
-	if !b.revoked || b.expiresAt != 0 || b.expired(time.Now().UnixNano()) {
+	b, _ := ks.Lookup("sk_store_test_key_b")
+	if !b.Revoked() || expiresAt(b) != 0 || b.Expired(time.Now().UnixNano()) {
 		t.Errorf("key b: %+v", b)
 	}
 }
@@ -275,21 +278,21 @@ func TestReadKeySetNamesTheFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`[{"id": "x", "key_hash": "nothex"}]`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := readKeySet(path)
+	_, err := keyfile.ReadKeySet(path)
 	if err == nil {
 		t.Fatal("a broken file loaded")
 	}
 	wantContains(t, err.Error(), path, "record 1", `"x"`, "key_hash")
-	var kfe *keyFileError
-	if !errors.As(err, &kfe) || kfe.path != path {
-		t.Errorf("error %v is not a *keyFileError for %s", err, path)
+	var kfe *keyfile.Error
+	if !errors.As(err, &kfe) || kfe.Path != path {
+		t.Errorf("error %v is not a *keyfile.Error for %s", err, path)
 	}
 
 	// Syntax errors name the file as well as the position.
 	if err := os.WriteFile(path, []byte("{\n  \"api_keys\": [,]\n}"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = readKeySet(path)
+	_, err = keyfile.ReadKeySet(path)
 	if err == nil {
 		t.Fatal("a file with a syntax error loaded")
 	}
@@ -297,7 +300,7 @@ func TestReadKeySetNamesTheFile(t *testing.T) {
 
 	// A missing file is an error that names it.
 	missing := filepath.Join(dir, "no-such-keys.json")
-	_, err = readKeySet(missing)
+	_, err = keyfile.ReadKeySet(missing)
 	if err == nil {
 		t.Fatal("a missing key file loaded")
 	}
@@ -310,8 +313,8 @@ func TestReadKeySetNamesTheFile(t *testing.T) {
 func TestHashKey(t *testing.T) {
 	// SHA-256 of "abc", as hashlib.sha256(b"abc").hexdigest() gives it.
 	const want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-	if got := hashKey("abc"); got != want {
-		t.Fatalf("hashKey(abc) = %s, want %s", got, want)
+	if got := keyset.HashKey("abc"); got != want {
+		t.Fatalf("keyset.HashKey(abc) = %s, want %s", got, want)
 	}
 }
 
@@ -331,13 +334,13 @@ func TestMemberNamesAreStrict(t *testing.T) {
 		"escaped variants": {`[{"id": "a\u0062", "key_hash": "` + hash + `", "Label": "x"}]`, `member "Label" must be spelled "label"`},
 	}
 	for name, c := range cases {
-		_, err := parseKeySet([]byte(c.file))
+		_, err := keyfile.ParseKeySet([]byte(c.file))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one containing %q", name, err, c.want)
 		}
 	}
 	// Unknown members may repeat and may be spelled any way.
-	if _, err := parseKeySet([]byte(`[{"id": "a", "key_hash": "` + hash + `", "note": 1, "note": 2, "Notes": 3}]`)); err != nil {
+	if _, err := keyfile.ParseKeySet([]byte(`[{"id": "a", "key_hash": "` + hash + `", "note": 1, "note": 2, "Notes": 3}]`)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -355,11 +358,11 @@ func TestExpiryAtOddTimes(t *testing.T) {
 		"9999-12-31T23:59:59Z":      false,
 	} {
 		file := `[{"id": "a", "key_hash": "` + strings.Repeat("ab", 32) + `", "expires_at": "` + at + `"}]`
-		ks, err := parseKeySet([]byte(file))
+		ks, err := keyfile.ParseKeySet([]byte(file))
 		if err != nil {
 			t.Fatalf("%s: %v", at, err)
 		}
-		if got := ks.keys[0].expired(now); got != wantExpired {
+		if got := ks.At(0).Expired(now); got != wantExpired {
 			t.Errorf("expires_at %s: expired = %v, want %v", at, got, wantExpired)
 		}
 	}
@@ -372,17 +375,17 @@ func TestStreamedKeySetKeepsCopies(t *testing.T) {
 	var recs []string
 	for i := 0; i < 50; i++ {
 		recs = append(recs, fmt.Sprintf(`{"id": "id-%02d-xxxxxxxx", "label": "label %d", "key_hash": %q, "key_prefix": "sk_%08d", "scopes": ["scope%02d"]}`,
-			i, i, hashKey(fmt.Sprint("sk_streamed_", i)), i, i))
+			i, i, keyset.HashKey(fmt.Sprint("sk_streamed_", i)), i, i))
 	}
 	data := []byte(`{"api_keys": [` + strings.Join(recs, ",\n") + `]}`)
-	ks, err := decodeKeySet(bytes.NewReader(data), int64(len(data)))
+	ks, err := keyfile.DecodeKeySet(bytes.NewReader(data), int64(len(data)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range ks.keys {
-		k := &ks.keys[i]
-		if want := fmt.Sprintf("scope%02d", i); k.scopesJoined != want || len(k.Scopes) != 1 || k.Scopes[0] != want {
-			t.Errorf("key %d: scopes %q / %q, want %q", i, k.Scopes, k.scopesJoined, want)
+	for i := range ks.Len() {
+		k := ks.At(i)
+		if want := fmt.Sprintf("scope%02d", i); scopesJoined(k) != want || len(k.Scopes) != 1 || k.Scopes[0] != want {
+			t.Errorf("key %d: scopes %q / %q, want %q", i, k.Scopes, scopesJoined(k), want)
 		}
 		if want := fmt.Sprintf("id-%02d-xxxxxxxx", i); k.ID != want || k.Label != fmt.Sprint("label ", i) || k.Prefix != fmt.Sprintf("sk_%08d", i) {
 			t.Errorf("key %d: %q %q %q", i, k.ID, k.Label, k.Prefix)
@@ -399,7 +402,7 @@ func TestParseKeySetErrorQuotesNoContent(t *testing.T) {
 		`{"api_keys": ["the content of another file"]}`,
 		`[{"id": "a", "label": "x", "key_hash": "` + strings.Repeat("ab", 32) + `", "key_prefix": "sk_"}, "the content of another file"]`,
 	} {
-		_, err := parseKeySet([]byte(data))
+		_, err := keyfile.ParseKeySet([]byte(data))
 		if err == nil {
 			t.Fatalf("%s: accepted", data)
 		}

@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -300,6 +303,7 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 }
 
 func TestFleetSharesOneKeySet(t *testing.T) {
+	slowTest(t, "several Caddy processes")
 	r := startRedis(t)
 	rs := r.records("fleet:")
 	first, _ := addRedisKey(t, rs, "first")
@@ -314,7 +318,7 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 	t.Run("add and revoke reach every server", func(t *testing.T) {
 		raw, rec := addRedisKey(t, rs, "added")
 		waitAll(t, fleet, raw, 200, time.Now())
-		if _, _, err := revokeNamedKey(rs, rec.ID, time.Now(), nil); err != nil {
+		if _, _, err := keyops.Revoke(rs, rec.ID, time.Now(), nil); err != nil {
 			t.Fatal(err)
 		}
 		waitAll(t, fleet, raw, 403, time.Now())
@@ -331,7 +335,7 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 			raw, rec := addRedisKey(t, rs, fmt.Sprintf("p%d", i))
 			waitAll(t, fleet, raw, 200, time.Now())
 			start := time.Now()
-			if _, _, err := revokeNamedKey(rs, rec.ID, time.Now(), nil); err != nil {
+			if _, _, err := keyops.Revoke(rs, rec.ID, time.Now(), nil); err != nil {
 				t.Fatal(err)
 			}
 			lat = append(lat, waitAll(t, fleet, raw, 403, start))
@@ -350,15 +354,15 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 		before := time.Now()
 		fleet[1].status(raw)
 		fleet[1].reload()
-		records, _, err := rs.read()
+		records, _, err := rs.Read()
 		if err != nil {
 			t.Fatal(err)
 		}
-		i := slices.IndexFunc(records, func(d docRecord) bool { return d.ID == rec.ID })
+		i := slices.IndexFunc(records, func(d keyfile.Record) bool { return d.ID == rec.ID })
 		if i < 0 || records[i].LastUsedAt == nil {
 			t.Fatalf("no last_used_at for the used key")
 		}
-		at, _ := parseTimestamp(*records[i].LastUsedAt)
+		at, _ := keyset.ParseTimestamp(*records[i].LastUsedAt)
 		if at.Before(before.Add(-time.Second)) {
 			t.Errorf("last_used_at = %s, want the second server's later use (after %s)", at, before)
 		}
@@ -438,6 +442,7 @@ func TestFleetSharesOneKeySet(t *testing.T) {
 }
 
 func TestFleetSurvivesRedisKill(t *testing.T) {
+	slowTest(t, "several Caddy processes")
 	r := startRedis(t)
 	rs := r.records("fleet:")
 	good, _ := addRedisKey(t, rs, "good")
@@ -449,7 +454,7 @@ func TestFleetSurvivesRedisKill(t *testing.T) {
 	eventually(t, 10*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
 	fleet = append(fleet, cached)
 
-	bad, _ := generateKey()
+	bad, _ := keyops.GenerateKey()
 	var ok200, wrong, fivexx, other atomic.Int64
 	stopLoad := underLoad(fleet, func(c *fleetCaddy) {
 		switch c.status(good) {
@@ -498,7 +503,7 @@ func TestFleetSurvivesRedisKill(t *testing.T) {
 	// do as well), and every server catches up.
 	r.start()
 	rs = r.records("fleet:")
-	if _, err := importKeys(fileRecords{path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	fresh, _ := addRedisKey(t, rs, "after the restart")
@@ -516,6 +521,7 @@ func TestFleetSurvivesRedisKill(t *testing.T) {
 // start, naming the cause; the key set restored from the cache file, every
 // server takes a change again.
 func TestFleetRecordsGone(t *testing.T) {
+	slowTest(t, "several Caddy processes")
 	r := startRedis(t)
 	rs := r.records("fleet:")
 	good, _ := addRedisKey(t, rs, "good")
@@ -546,7 +552,7 @@ func TestFleetRecordsGone(t *testing.T) {
 		t.Fatalf("the running server, once it saw the loss: the good key got %d", got)
 	}
 
-	if _, err := importKeys(fileRecords{path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	fresh, _ := addRedisKey(t, rs, "after the restore")

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -28,15 +31,15 @@ import (
 // decodes alike, and an accepted file survives the writer's round trip (parseKeyDoc,
 // marshal, parse again) with the same keys.
 func FuzzParseKeySet(f *testing.F) {
-	f.Add([]byte(benchKeyFile(3)))
+	f.Add([]byte(testkeys.BenchKeyFile(3)))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ks, err := parseKeySet(data)
+		ks, err := keyfile.ParseKeySet(data)
 
 		if err == nil && utf8.Valid(data) {
 			sameAsEncodingJSON(t, data)
 		}
 		// The streaming reader (the watcher's) agrees with the whole-file one.
-		streamed, serr := decodeKeySet(bytes.NewReader(data), int64(len(data)))
+		streamed, serr := keyfile.DecodeKeySet(bytes.NewReader(data), int64(len(data)))
 		if (serr == nil) != (err == nil) {
 			t.Fatalf("streaming decode error %v, whole-file error %v", serr, err)
 		}
@@ -55,37 +58,37 @@ func FuzzParseKeySet(f *testing.F) {
 			return
 		}
 
-		doc, err := parseKeyDoc(data)
+		doc, err := keyfile.ParseDoc(data)
 		if err != nil {
-			t.Fatalf("parseKeyDoc refuses a file that parseKeySet accepts: %v", err)
+			t.Fatalf("parseKeyDoc refuses a file that keyfile.ParseKeySet accepts: %v", err)
 		}
-		out := doc.marshal()
-		again, err := parseKeySet(out)
+		out := marshalDoc(doc)
+		again, err := keyfile.ParseKeySet(out)
 		if err != nil {
 			t.Fatalf("the written file is refused: %v\n%s", err, out)
 		}
-		if len(again.keys) != len(ks.keys) {
-			t.Fatalf("%d keys after the round trip, want %d", len(again.keys), len(ks.keys))
+		if again.Len() != ks.Len() {
+			t.Fatalf("%d keys after the round trip, want %d", again.Len(), ks.Len())
 		}
 		sameKeys(t, ks, again)
 	})
 }
 
 // sameKeys checks that two key sets hold the same keys, in the same order.
-func sameKeys(t *testing.T, ks, other *KeySet) {
+func sameKeys(t *testing.T, ks, other *keyset.KeySet) {
 	t.Helper()
-	if len(other.keys) != len(ks.keys) {
-		t.Fatalf("%d keys, want %d", len(other.keys), len(ks.keys))
+	if other.Len() != ks.Len() {
+		t.Fatalf("%d keys, want %d", other.Len(), ks.Len())
 	}
-	for i := range ks.keys {
-		a, b := &ks.keys[i], &other.keys[i]
-		if a.ID != b.ID || a.Label != b.Label || a.Prefix != b.Prefix || a.expiresAt != b.expiresAt ||
-			a.revoked != b.revoked || a.scopesJoined != b.scopesJoined {
+	for i := range ks.Len() {
+		a, b := ks.At(i), other.At(i)
+		if a.ID != b.ID || a.Label != b.Label || a.Prefix != b.Prefix || expiresAt(a) != expiresAt(b) ||
+			a.Revoked() != b.Revoked() || scopesJoined(a) != scopesJoined(b) {
 			t.Fatalf("key %d differs:\n%+v\n%+v", i, a, b)
 		}
 	}
-	for sum := range ks.byHash {
-		if k, k2 := ks.find(sum), other.find(sum); k2 == nil || k2.ID != k.ID {
+	for sum := range ks.All() {
+		if k, k2 := ks.Find(sum), other.Find(sum); k2 == nil || k2.ID != k.ID {
 			t.Fatalf("key %q is not found by its hash", k.ID)
 		}
 	}
@@ -94,16 +97,16 @@ func sameKeys(t *testing.T, ks, other *KeySet) {
 // sameAsEncodingJSON checks that the records parseKeyDoc decodes from an
 // accepted file are those encoding/json decodes from it.
 func sameAsEncodingJSON(t *testing.T, data []byte) {
-	doc, err := parseKeyDoc(data)
+	doc, err := keyfile.ParseDoc(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var want []Record
-	if doc.bare {
+	var want []keyset.Record
+	if doc.IsList() {
 		err = json.Unmarshal(data, &want)
 	} else {
 		var top struct {
-			Keys []Record `json:"api_keys"`
+			Keys []keyset.Record `json:"api_keys"`
 		}
 		err = json.Unmarshal(data, &top)
 		want = top.Keys
@@ -111,9 +114,9 @@ func sameAsEncodingJSON(t *testing.T, data []byte) {
 	if err != nil {
 		t.Fatalf("encoding/json refuses an accepted file: %v", err)
 	}
-	got := make([]Record, len(doc.records))
-	for i := range doc.records {
-		got[i] = doc.records[i].Record
+	got := make([]keyset.Record, len(doc.Records))
+	for i := range doc.Records {
+		got[i] = doc.Records[i].Record
 	}
 	if len(got) != len(want) || (len(got) > 0 && !reflect.DeepEqual(got, want)) {
 		t.Fatalf("parseKeyDoc and encoding/json disagree:\ngot  %#v\nwant %#v", got, want)
@@ -213,11 +216,11 @@ func FuzzCredential(f *testing.F) {
 // fuzzKey is the one valid key of FuzzCredential's key set.
 const fuzzKey = "sk_fuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuzzfuz"
 
-var fuzzKeys *KeySet
+var fuzzKeys *keyset.KeySet
 
-func fuzzKeySet(t *testing.T) *KeySet {
+func fuzzKeySet(t *testing.T) *keyset.KeySet {
 	if fuzzKeys == nil {
-		fuzzKeys = mustBuildKeySet(t, Record{ID: "fuzz", Label: "Fuzz", KeyHash: hashKey(fuzzKey), KeyPrefix: fuzzKey[:11]})
+		fuzzKeys = mustBuildKeySet(t, keyset.Record{ID: "fuzz", Label: "Fuzz", KeyHash: keyset.HashKey(fuzzKey), KeyPrefix: fuzzKey[:11]})
 	}
 	return fuzzKeys
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
@@ -27,8 +28,8 @@ const defaultAuthMessage = "API key is required. Pass via Authorization: Bearer 
 func keyWithRaw(raw, label string, extra map[string]any) testKey {
 	k := newTestKey(label, extra)
 	k.Raw = raw
-	k.record["key_hash"] = hashKey(raw)
-	k.record["key_prefix"] = raw[:11]
+	k.Record["key_hash"] = keyset.HashKey(raw)
+	k.Record["key_prefix"] = raw[:11]
 	return k
 }
 
@@ -107,7 +108,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 	respond "{http.auth.user.id}|{http.auth.user.label}|{http.auth.user.key_prefix}"
 `)
 
-	ok := func(k testKey) string { return k.record["id"].(string) }
+	ok := func(k testKey) string { return k.Record["id"].(string) }
 	tests := []struct {
 		name    string
 		query   string
@@ -194,7 +195,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 				t.Fatalf("status %d, want 200; body %q", resp.StatusCode, truncate(body))
 			}
 			k := labels[tt.id]
-			want := tt.id + "|" + k.record["label"].(string) + "|" + k.Raw[:11]
+			want := tt.id + "|" + k.Record["label"].(string) + "|" + k.Raw[:11]
 			if body != want {
 				t.Errorf("body %q, want %q", body, want)
 			}
@@ -255,7 +256,7 @@ func TestIntegrationCustomSources(t *testing.T) {
 	}
 	respond "{http.auth.user.id}"
 `)
-	id := k.record["id"].(string)
+	id := k.Record["id"].(string)
 	const msg = "API key is required. Pass via X-Token header, authorization: Token header or ?token= query parameter."
 	for _, tt := range []struct {
 		name    string
@@ -333,7 +334,7 @@ func TestIntegrationOptionalScopeHide(t *testing.T) {
 		respond "hide [{http.request.header.X-Api-Key}] [{http.request.header.Authorization}] [{http.request.uri}]"
 	}
 `)
-	readerID, plainID := reader.record["id"].(string), plain.record["id"].(string)
+	readerID, plainID := reader.Record["id"].(string), plain.Record["id"].(string)
 
 	// optional: no key passes without a user (the placeholder is not
 	// set); a bad key is still refused.
@@ -414,7 +415,7 @@ func TestIntegrationHandleErrors(t *testing.T) {
 		{"unknown key", []string{"X-Api-Key: sk_unknown_key_here"}, 403, "403 INVALID_KEY|Invalid API key."},
 		{"expired key", []string{"X-Api-Key: " + expired.Raw}, 403, "403 KEY_EXPIRED|API key has expired."},
 		{"two keys", []string{"X-Api-Key: sk_a", "X-Api-Key: sk_b"}, 400, "400 AMBIGUOUS_KEY|More than one API key was sent; send exactly one."},
-		{"good key", []string{"X-Api-Key: " + k.Raw}, 200, "ok " + k.record["id"].(string)},
+		{"good key", []string{"X-Api-Key: " + k.Raw}, 200, "ok " + k.Record["id"].(string)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, body := do(t, "GET", "/", tt.headers...)
@@ -481,7 +482,7 @@ func TestIntegrationBrokenKeyFileFailsLoad(t *testing.T) {
 	respond "{http.auth.user.id}"
 `
 	loadCaddyfile(t, site)
-	id := good.record["id"].(string)
+	id := good.Record["id"].(string)
 
 	broken := filepath.Join(dir, "broken.json")
 	for _, tt := range []struct {

@@ -1,21 +1,24 @@
 package apikey
 
 import (
-	"bytes"
-	"encoding/json"
+	"context"
+	"crypto/sha256"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/caddy-apikey/caddy-apikey/admin"
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
@@ -23,6 +26,8 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The integration tests share one Caddy, started by TestMain in this test
@@ -46,24 +51,29 @@ func envPort(name string, def int) int {
 // TestMain starts the in-process Caddy before any test, and fails the run
 // (instead of letting caddytest skip the integration tests) if it cannot.
 func TestMain(m *testing.M) {
-	if path := os.Getenv(crashWriterEnv); path != "" {
-		runCrashWriter(path) // a child process of TestUsageWriteSurvivesKill
-		os.Exit(0)
-	}
-	if arg := os.Getenv(fullDiskEnv); arg != "" {
-		runFullDiskChild(arg) // a child process of TestUsageWriteOnFullDisk
-		os.Exit(0)
-	}
 	flag.Parse()
 	if testing.Short() {
 		fmt.Fprintln(os.Stderr, "apikey: -short given: integration tests against a real Caddy will be SKIPPED")
 		os.Exit(m.Run())
 	}
+	// The test Caddy writes nothing outside a folder of its own: its
+	// configs say persist_config off, and its config and data folders
+	// (autosave.json, certificates, locks) are in a temporary one.
+	home, err := os.MkdirTemp("", "apikey-caddy-home-*")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "apikey:", err)
+		os.Exit(1)
+	}
+	for _, v := range []string{"HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"} {
+		_ = os.Setenv(v, home)
+	}
 	if err := startCaddy(); err != nil {
 		fmt.Fprintln(os.Stderr, "apikey: cannot start Caddy for the integration tests:", err)
 		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	_ = os.RemoveAll(home)
+	os.Exit(code)
 }
 
 func startCaddy() error {
@@ -74,7 +84,7 @@ func startCaddy() error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(f, "{\n\tadmin localhost:%d\n}\n", adminPort)
+	fmt.Fprintf(f, "{\n\tadmin localhost:%d\n\tpersist_config off\n}\n", adminPort)
 	f.Close()
 	os.Args = []string{"caddy", "run", "--config", f.Name(), "--adapter", "caddyfile"}
 	go caddycmd.Main()
@@ -112,7 +122,7 @@ func loadCaddyfileWithGlobals(t *testing.T, globals, site string) *caddytest.Tes
 	// Unload the test's config when it ends (after caddytest has shown it
 	// on failure), so its key files are released while they still exist.
 	t.Cleanup(func() {
-		if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n}\n", adminPort)); msg != "" {
+		if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n}\n", adminPort)); msg != "" {
 			t.Logf("unloading the test config: %s", msg)
 		}
 	})
@@ -128,7 +138,9 @@ func loadCaddyfileWithGlobals(t *testing.T, globals, site string) *caddytest.Tes
 // the error it answers with, or "" if the config loaded.
 func loadConfigError(t *testing.T, caddyfile string) string {
 	t.Helper()
-	c := http.Client{Timeout: 30 * time.Second}
+	// A connection of its own: the admin server restarts with each load,
+	// and a kept-alive connection to the one before would read EOF.
+	c := http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), "text/caddyfile", strings.NewReader(caddyfile))
 	if err != nil {
 		t.Fatal(err)
@@ -153,6 +165,7 @@ func caddyfileFor(site string) string { return caddyfileWithGlobals("", site) }
 func caddyfileWithGlobals(globals, site string) string {
 	return fmt.Sprintf(`{
 	admin localhost:%d
+	persist_config off
 	http_port %d
 	https_port %d
 	grace_period 1s
@@ -167,168 +180,6 @@ http://localhost:%d {
 // siteURL is the URL of path on the test site.
 func siteURL(path string) string {
 	return fmt.Sprintf("http://localhost:%d%s", httpPort, path)
-}
-
-// testKey is a key made for a test: its raw value and its record.
-type testKey struct {
-	Raw    string
-	record map[string]any
-}
-
-// newTestKey makes a key in the reference application's format, its raw
-// value made as `caddy apikey add` makes one. extra members are added to (or
-// replace members of) its record.
-func newTestKey(label string, extra map[string]any) testKey {
-	raw, err := generateKey()
-	if err != nil {
-		panic(err)
-	}
-	rec := map[string]any{
-		"id":           uuid.NewString(),
-		"label":        label,
-		"key_hash":     hashKey(raw),
-		"key_prefix":   raw[:11],
-		"created_at":   "2026-11-25T20:14:31.123456+00:00",
-		"last_used_at": nil,
-	}
-	for k, v := range extra {
-		rec[k] = v
-	}
-	return testKey{Raw: raw, record: rec}
-}
-
-// rec is the key's record, decoded.
-func (k testKey) rec() Record {
-	var r Record
-	data, err := json.Marshal(k.record)
-	if err == nil {
-		err = json.Unmarshal(data, &r)
-	}
-	if err != nil {
-		panic(err)
-	}
-	return r
-}
-
-// readKeyDoc reads the key file at path as writers do (parseKeyDoc), failing
-// the test if it does not parse or if the handler would refuse it. It is the
-// tests' one reader of a key file; fileRecord, lastUsed and recordMembers
-// look into what it returns.
-func readKeyDoc(t testing.TB, path string) *keyDoc {
-	t.Helper()
-	doc, err := parseKeyDoc([]byte(readFile(t, path)))
-	if err != nil {
-		t.Fatalf("key file %s does not parse: %v", path, err)
-	}
-	if _, err := buildKeySet(doc.records); err != nil {
-		t.Fatalf("key file %s no longer loads: %v", path, err)
-	}
-	return doc
-}
-
-// fileRecord returns the record with id in the key file at path, failing
-// the test if there is none.
-func fileRecord(t testing.TB, path, id string) docRecord {
-	t.Helper()
-	for _, r := range readKeyDoc(t, path).records {
-		if r.ID == id {
-			return r
-		}
-	}
-	t.Fatalf("record %s is not in the key file %s", id, path)
-	return docRecord{}
-}
-
-// lastUsed returns last_used_at of the record with id in the key file at
-// path: "" when it is null or absent.
-func lastUsed(t testing.TB, path, id string) string {
-	t.Helper()
-	if p := fileRecord(t, path, id).LastUsedAt; p != nil {
-		return *p
-	}
-	return ""
-}
-
-// recordMembers returns the members of a key file's record in their order.
-func recordMembers(r docRecord) object {
-	r.split()
-	return r.members
-}
-
-// memberNames returns the names of o's members, in their order.
-func memberNames(o object) []string {
-	names := make([]string, len(o))
-	for i, m := range o {
-		names[i] = m.name
-	}
-	return names
-}
-
-// readFile returns the text of the file at path, for checks on its bytes.
-func readFile(t testing.TB, path string) string {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(data)
-}
-
-// object is the members of a JSON object in their order, for tests to look
-// into.
-type object []member
-
-// get returns member name's raw value, or nil.
-func (o object) get(name string) json.RawMessage {
-	for _, m := range o {
-		if m.name == name {
-			return m.value
-		}
-	}
-	return nil
-}
-
-// getString returns member name as a string; "" if absent, null or no string.
-func (o object) getString(name string) string {
-	var s string
-	_ = json.Unmarshal(o.get(name), &s)
-	return s
-}
-
-// MarshalJSON renders the object compactly, members in order.
-func (o object) MarshalJSON() ([]byte, error) {
-	b := []byte{'{'}
-	for i, m := range o {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendName(b, m.name)
-		b = append(b, m.value...)
-	}
-	var out bytes.Buffer
-	err := json.Compact(&out, append(b, '}'))
-	return out.Bytes(), err
-}
-
-// writeKeys writes a key file holding keys, as {"api_keys": [...]}, into a
-// new temporary folder unless path is given, and returns its path.
-func writeKeys(t testing.TB, path string, keys ...testKey) string {
-	t.Helper()
-	if path == "" {
-		path = filepath.Join(t.TempDir(), "keys.json")
-	}
-	recs := make([]map[string]any, len(keys))
-	for i, k := range keys {
-		recs[i] = k.record
-	}
-	data, err := json.MarshalIndent(map[string]any{"api_keys": recs}, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := writeFileAtomic(path, bytes.NewReader(data), nil, nil); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // newRequest builds a request, as a server receives it, for method and
@@ -369,134 +220,152 @@ func roundTrip(t *testing.T, req *http.Request) (*http.Response, string) {
 	return resp, string(body)
 }
 
-// refusalBody is the JSON body of a refused request; pointers tell a
-// missing member from an empty one.
-type refusalBody struct {
-	Success *bool `json:"success"`
-	Error   *struct {
-		Code    *string `json:"code"`
-		Message *string `json:"message"`
-	} `json:"error"`
-}
-
-// refusalOf returns the code and message of a JSON refusal body, failing
-// the test if the body is not exactly the envelope: no other members, no
-// missing ones, nothing after it.
-func refusalOf(t testing.TB, body string) (code, message string) {
-	t.Helper()
-	var env refusalBody
-	dec := json.NewDecoder(strings.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&env); err != nil {
-		t.Fatalf("body is not the JSON envelope: %v: %q", err, truncate(body))
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		t.Fatalf("body has more after the JSON envelope: %q", truncate(body))
-	}
-	if env.Success == nil || *env.Success || env.Error == nil || env.Error.Code == nil || env.Error.Message == nil {
-		t.Fatalf("body is not a refusal ({\"success\": false, \"error\": {\"code\", \"message\"}}): %q", truncate(body))
-	}
-	return *env.Error.Code, *env.Error.Message
-}
-
-// assertRefusal checks a JSON refusal: status, headers and body (as
-// refusalOf), and that no secret appears in it. It returns the message.
-// realm is the challenge a 401 must carry; other statuses must carry none.
-func assertRefusal(t *testing.T, resp *http.Response, body string, status int, code, realm string, secrets ...string) string {
-	t.Helper()
-	if resp.StatusCode != status {
-		t.Fatalf("status %d, want %d; body %q", resp.StatusCode, status, truncate(body))
-	}
-	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("Content-Type %q, want application/json", ct)
-	}
-	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
-		t.Errorf("Cache-Control %q, want no-store", cc)
-	}
-	challenge := resp.Header.Values("WWW-Authenticate")
-	if status == http.StatusUnauthorized {
-		if want := `Bearer realm="` + realm + `"`; len(challenge) != 1 || challenge[0] != want {
-			t.Errorf("WWW-Authenticate %q, want %q", challenge, want)
-		}
-	} else if len(challenge) != 0 {
-		t.Errorf("WWW-Authenticate %q on a %d", challenge, status)
-	}
-	gotCode, message := refusalOf(t, body)
-	if gotCode != code {
-		t.Errorf("error code %q, want %q", gotCode, code)
-	}
-	if message == "" {
-		t.Error("empty error message")
-	}
-	for _, s := range secrets {
-		if s != "" && strings.Contains(body, secretPart(s)) {
-			t.Errorf("the refusal echoes the key: %q", truncate(body))
-		}
-	}
-	return message
-}
-
-// secretPart is the part of a raw key that must never be shown: all of it
-// after the public prefix.
-func secretPart(raw string) string {
-	if len(raw) > 11 {
-		return raw[11:]
-	}
-	return raw
-}
-
-func truncate(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "..."
-	}
-	return s
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// setUsageInterval sets a store's usage interval as a handler's
-// usage_interval would (negative: off), with reloading off.
-func setUsageInterval(s *keyStore, d time.Duration) {
-	s.leases.settings.Store(&storeSettings{
-		usage:  intervalSetting(caddy.Duration(d), defaultUsageInterval),
-		reload: interval{off: true},
-	})
-}
-
 // newMemoryHandler sets h up as Provision does (setup), but on the in-memory
 // key set ks instead of a key file's store, and with no logging.
-func newMemoryHandler(h *Handler, ks *KeySet) *Handler {
+func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
 	if err := h.setup(); err != nil {
 		panic(err)
 	}
 	h.logger = zap.NewNop()
-	s := newKeyStore("/nonexistent/keys.json", zap.NewNop())
-	setUsageInterval(s, defaultUsageInterval)
-	s.keys.Store(ks)
-	h.store = &FileStore{store: s}
+	h.store = &memoryStore{keys: ks}
 	return h
 }
 
-// mustBuildKeySet builds the key set of records, failing the test on an error.
-func mustBuildKeySet(t testing.TB, records ...Record) *KeySet {
+// memoryStore is a store that holds a key set in memory and notes uses in
+// a usage tracker, as the stores of this repository do on the request
+// path, with nothing behind it.
+type memoryStore struct {
+	keys  *keyset.KeySet
+	usage keyset.UsageTracker
+}
+
+func (m *memoryStore) KeySet() *keyset.KeySet { return m.keys }
+func (m *memoryStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
+	m.usage.Mark(k, sum, now)
+}
+
+// startFileStore provisions a file store on the key file at path, as a
+// handler's config does (usage_interval and reload_interval as given:
+// 0 for the default, negative for off), released when the test ends.
+func startFileStore(t testing.TB, path string, usage, reload time.Duration) *filestore.Store {
 	t.Helper()
-	docs := make([]docRecord, len(records))
-	for i := range records {
-		docs[i].Record = records[i]
-	}
-	ks, err := buildKeySet(docs)
-	if err != nil {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	s := &filestore.Store{Path: path, UsageInterval: caddy.Duration(usage), ReloadInterval: caddy.Duration(reload)}
+	if err := s.Provision(ctx); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	return ks
+	t.Cleanup(func() { _ = s.Cleanup(); cancel() })
+	return s
 }
+
+// liveStore returns the store in use whose name is name, as the admin API
+// finds it.
+func liveStore(t testing.TB, name string) stores.Live {
+	t.Helper()
+	for _, s := range stores.InUse() {
+		if s.Name() == name {
+			return s
+		}
+	}
+	t.Fatalf("no store %s in use", name)
+	return nil
+}
+
+// The tests' keys and key files (see the testkeys package), by the names
+// the tests of this package use.
+type (
+	testKey = testkeys.Key
+	object  = testkeys.Object
+)
+
+func newTestKey(label string, extra map[string]any) testKey { return testkeys.New(label, extra) }
+func writeKeys(t testing.TB, path string, keys ...testKey) string {
+	t.Helper()
+	return testkeys.WriteKeys(t, path, keys...)
+}
+func readKeyDoc(t testing.TB, path string) *keyfile.Doc { t.Helper(); return testkeys.ReadDoc(t, path) }
+func fileRecord(t testing.TB, path, id string) keyfile.Record {
+	t.Helper()
+	return testkeys.FileRecord(t, path, id)
+}
+func lastUsed(t testing.TB, path, id string) string {
+	t.Helper()
+	return testkeys.LastUsed(t, path, id)
+}
+func readFile(t testing.TB, path string) string { t.Helper(); return testkeys.ReadFile(t, path) }
+func recordMembers(r keyfile.Record) object     { return testkeys.Members(r) }
+func memberNames(o object) []string             { return o.Names() }
+func marshalDoc(d *keyfile.Doc) []byte          { return testkeys.MarshalDoc(d) }
+func expiresAt(k *keyset.Key) int64             { return testkeys.ExpiresAt(k) }
+func scopesJoined(k *keyset.Key) string         { return testkeys.ScopesJoined(k) }
+func updateKeyFile(path string, edit func(*keyfile.Doc) error) (keyfile.Write, error) {
+	return testkeys.Update(path, edit)
+}
+func mustBuildKeySet(t testing.TB, records ...keyset.Record) *keyset.KeySet {
+	t.Helper()
+	return testkeys.KeySet(t, records...)
+}
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	testkeys.WaitFor(t, timeout, what, cond)
+}
+
+// slowTest skips a test that takes seconds (why says what it runs) when
+// -short is given, for a quick inner loop; the README's test command runs
+// it.
+func slowTest(t *testing.T, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: a slow test (" + why + "); the full test command runs it")
+	}
+}
+
+// The refusal checks (see the testkeys package), by the names the tests of
+// this package use.
+func refusalOf(t testing.TB, body string) (code, message string) {
+	t.Helper()
+	return testkeys.RefusalOf(t, body)
+}
+func assertRefusal(t *testing.T, resp *http.Response, body string, status int, code, realm string, secrets ...string) string {
+	t.Helper()
+	return testkeys.AssertRefusal(t, resp, body, status, code, realm, secrets...)
+}
+func truncate(s string) string { return testkeys.Truncate(s) }
+
+// adminOver is the admin API over the stores live, alone.
+func adminOver(live ...stores.Live) *admin.API {
+	return admin.New(zap.NewNop(), func() []stores.Live { return live }, time.Now)
+}
+
+// call sends method target with body (none if "") to a, and returns the
+// response and its body.
+func call(t *testing.T, a *admin.API, method, target, body string) (*http.Response, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	r := httptest.NewRequest(method, target, rd)
+	w := httptest.NewRecorder()
+	if err := a.Routes()[0].Handler.ServeHTTP(w, r); err != nil {
+		t.Fatal(err)
+	}
+	resp := w.Result()
+	return resp, w.Body.String()
+}
+
+// wantRefusal checks an admin API refusal: its status, code, and that its
+// message says each of want.
+func wantRefusal(t *testing.T, resp *http.Response, body string, status int, code string, want ...string) string {
+	t.Helper()
+	msg := assertRefusal(t, resp, body, status, code, "")
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("message does not say %q: %q", w, msg)
+		}
+	}
+	return msg
+}
+
+func secretPart(raw string) string { return testkeys.SecretPart(raw) }

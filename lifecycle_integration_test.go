@@ -10,6 +10,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // expectRefusal sends a GET and checks that it is refused with status and
@@ -33,10 +38,10 @@ func expectOK(t *testing.T, path, want string, headers ...string) {
 func bearer(k testKey) string { return "Authorization: Bearer " + k.Raw }
 
 func TestLifecycleExpiredAndRevokedKeys(t *testing.T) {
-	active := newTestKey("active", map[string]any{"expires_at": formatTimestamp(time.Now().Add(24 * time.Hour))})
+	active := newTestKey("active", map[string]any{"expires_at": keyset.FormatTimestamp(time.Now().Add(24 * time.Hour))})
 	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
 	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00.000000+00:00"})
-	expiresSoon := newTestKey("soon", map[string]any{"expires_at": formatTimestamp(time.Now().Add(1500 * time.Millisecond))})
+	expiresSoon := newTestKey("soon", map[string]any{"expires_at": keyset.FormatTimestamp(time.Now().Add(1500 * time.Millisecond))})
 	path := writeKeys(t, "", active, expired, revoked, expiresSoon)
 	loadCaddyfile(t, `
 	apikey `+path+`
@@ -109,7 +114,7 @@ func TestLifecycleScopesPerRoute(t *testing.T) {
 	} {
 		msg := expectRefusal(t, tc.path, http.StatusForbidden, CodeInsufficientScope, bearer(tc.key))
 		if !strings.Contains(msg, `"`+tc.missing+`"`) {
-			t.Errorf("%s with key %s: message %q does not name the missing scope %q", tc.path, tc.key.record["label"], msg, tc.missing)
+			t.Errorf("%s with key %s: message %q does not name the missing scope %q", tc.path, tc.key.Record["label"], msg, tc.missing)
 		}
 	}
 }
@@ -139,8 +144,8 @@ func TestLifecycleOptional(t *testing.T) {
 		t.Error("no key: a WWW-Authenticate challenge was sent")
 	}
 
-	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.record["id"]), bearer(member))
-	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.record["id"]), "X-API-Key: "+member.Raw)
+	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.Record["id"]), bearer(member))
+	expectOK(t, "/", fmt.Sprintf("id=[%s] label=[member]", member.Record["id"]), "X-API-Key: "+member.Raw)
 
 	// A key that is sent must be good.
 	expectRefusal(t, "/", http.StatusForbidden, CodeInvalidKey, "Authorization: Bearer sk_wrongwrongwrongwrongwrongwrongwrongwrongwro")
@@ -200,7 +205,7 @@ func TestLifecycleHideCredentialsSeenFromUpstream(t *testing.T) {
 		}
 	}
 `)
-	id := k.record["id"].(string)
+	id := k.Record["id"].(string)
 
 	for _, tc := range []struct {
 		name    string
@@ -286,7 +291,7 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 	expectOK(t, "/", "hello existing", bearer(existing))
 
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, fileRecords{path}, addOptions{Label: "live"}, time.Now()); err != nil {
+	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "live"}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSpace(stdout.String())
@@ -297,7 +302,7 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 	})
 	t.Logf("added key admitted after %s", time.Since(start).Round(time.Millisecond))
 
-	if err := revokeKey(new(bytes.Buffer), io.Discard, fileRecords{path}, raw[:11], time.Now()); err != nil {
+	if err := revokeKey(new(bytes.Buffer), io.Discard, filestore.Records{Path: path, MayCreate: true}, raw[:11], time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	start = time.Now()
@@ -366,7 +371,7 @@ func TestLifecycleOptionalIdentityHeaders(t *testing.T) {
 		t.Errorf("anonymous: upstream got X-Consumer-Id %q, want none", v)
 	}
 	got = viaProxy(t, "/x", "X-Consumer-Id: forged", bearer(k))
-	if v := got.Headers.Get("X-Consumer-Id"); v != k.record["id"] {
-		t.Errorf("authenticated: upstream got X-Consumer-Id %q, want %q", v, k.record["id"])
+	if v := got.Headers.Get("X-Consumer-Id"); v != k.Record["id"] {
+		t.Errorf("authenticated: upstream got X-Consumer-Id %q, want %q", v, k.Record["id"])
 	}
 }

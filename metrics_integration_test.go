@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 )
@@ -311,7 +312,7 @@ func TestMetricsStore(t *testing.T) {
 	if got := scrape(t).must(t, sourceBroken); got != 0 {
 		t.Errorf("%s = %g once the key file is repaired, want 0", sourceBroken, got)
 	}
-	if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n}\n", adminPort)); msg != "" {
+	if msg := loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n}\n", adminPort)); msg != "" {
 		t.Fatalf("unloading the config: %s", msg)
 	}
 	for k := range scrape(t) {
@@ -349,7 +350,7 @@ func TestMetricsRedisStore(t *testing.T) {
 	}
 	loads, synced := s.must(t, reloadsOK), s.must(t, lastSync)
 
-	if _, _, err := revokeNamedKey(rs, rec.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, rec.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the revocation to reach the server through the log", func() bool {

@@ -1,12 +1,10 @@
 package apikey
 
 import (
-	"os"
 	"testing"
-	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap/zapcore"
 )
 
 // A second handler of a config, and every config reload, registers the
@@ -42,14 +40,14 @@ func TestRegisterMetricsTwice(t *testing.T) {
 // Stores with one label share its series; they go with the last one.
 func TestStoreMetricsShared(t *testing.T) {
 	const label = "/test/shared/keys.json"
-	a, b := acquireStoreMetrics(label), acquireStoreMetrics(label)
-	a.loadFailed()
-	b.loadFailed()
-	a.release()
+	a, b := stores.AcquireMetrics(label), stores.AcquireMetrics(label)
+	a.LoadFailed()
+	b.LoadFailed()
+	a.Release()
 	if got := countSeries(t, label); got == 0 {
 		t.Fatal("the series went while a store still uses the label")
 	}
-	b.release()
+	b.Release()
 	if got := countSeries(t, label); got != 0 {
 		t.Fatalf("%d series left once no store uses the label", got)
 	}
@@ -103,80 +101,4 @@ func gaugeValue(t *testing.T, name, store string) (float64, bool) {
 		}
 	}
 	return 0, false
-}
-
-// caddy_apikey_source_broken is 1 for as long as the key file cannot be
-// put in force (broken, then missing), however often it is checked, and 0
-// once a good version is; its series goes with the store.
-func TestSourceBrokenGauge(t *testing.T) {
-	a := newTestKey("a", nil)
-	path := writeKeys(t, "", a)
-	s, _, _ := newTestStore(t, path, time.Minute)
-	s.metrics = acquireStoreMetrics(path)
-	broken := func() float64 {
-		t.Helper()
-		v, ok := gaugeValue(t, "caddy_apikey_source_broken", path)
-		if !ok {
-			t.Fatal("no caddy_apikey_source_broken series for the store")
-		}
-		return v
-	}
-	s.check()
-	if got := broken(); got != 0 {
-		t.Fatalf("source_broken = %g with a good file in force, want 0", got)
-	}
-	if err := os.WriteFile(path, []byte(`{"api_keys": [`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for range 3 {
-		s.check()
-		if got := broken(); got != 1 {
-			t.Fatalf("source_broken = %g with the file broken, want 1", got)
-		}
-	}
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	s.check()
-	if got := broken(); got != 1 {
-		t.Fatalf("source_broken = %g with the file missing, want 1", got)
-	}
-	writeKeys(t, path, a)
-	s.check()
-	if got := broken(); got != 0 {
-		t.Fatalf("source_broken = %g once the file is good again, want 0", got)
-	}
-	s.metrics.release()
-	if _, ok := gaugeValue(t, "caddy_apikey_source_broken", path); ok {
-		t.Error("the series stayed once no store uses it")
-	}
-}
-
-// A store's first load logs one info line naming the store and its keys by
-// state; a later reload does not log it again.
-func TestFirstLoadLogsKeysByState(t *testing.T) {
-	path := writeKeys(t, "",
-		newTestKey("a", nil), newTestKey("b", nil),
-		newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00Z"}),
-		newTestKey("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00Z"}))
-	s, _, logs := newTestStore(t, path, time.Minute)
-	entries := logs.FilterMessage("key store loaded").All()
-	if len(entries) != 1 {
-		t.Fatalf("%d \"key store loaded\" lines at the first load, want 1", len(entries))
-	}
-	if entries[0].Level != zapcore.InfoLevel {
-		t.Errorf("logged at %s, want info", entries[0].Level)
-	}
-	fields := entries[0].ContextMap()
-	want := map[string]any{"store": "file:" + path, "keys_file": path, "keys": int64(4), "active": int64(2), "expired": int64(1), "revoked": int64(1)}
-	for k, v := range want {
-		if fields[k] != v {
-			t.Errorf("%s = %v, want %v (all: %v)", k, fields[k], v, fields)
-		}
-	}
-	writeKeys(t, path, newTestKey("c", nil))
-	s.check()
-	if n := logs.FilterMessage("key store loaded").Len(); n != 1 {
-		t.Errorf("%d \"key store loaded\" lines after a reload, want still 1", n)
-	}
 }

@@ -29,9 +29,13 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 func init() {
@@ -170,7 +174,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	warnDroppedHeaders(h.logger, h.Headers, srv)
 	warnShadowedAuth(h.logger, srv)
 	if h.KeysFile != "" {
-		h.StoreRaw = caddyconfig.JSONModuleObject(FileStore{
+		h.StoreRaw = caddyconfig.JSONModuleObject(filestore.Store{
 			Path:           h.KeysFile,
 			UsageInterval:  h.UsageInterval,
 			ReloadInterval: h.ReloadInterval,
@@ -224,7 +228,7 @@ func (h *Handler) setup() error {
 	}
 	h.scopeRefusals = h.scopeRefusals[:0]
 	for _, s := range h.Scopes {
-		if err := checkScope(s); err != nil {
+		if err := keyset.CheckScope(s); err != nil {
 			return err
 		}
 		h.scopeRefusals = append(h.scopeRefusals, newRefusal(http.StatusForbidden, CodeInsufficientScope,
@@ -267,22 +271,7 @@ type refusal struct {
 }
 
 func newRefusal(status int, code, message string, res result) *refusal {
-	return &refusal{status: status, code: code, message: message, body: refusalJSON(code, message), result: res}
-}
-
-// refusalJSON is the JSON body of a refusal, the handler's and the admin
-// API's: {"success": false, "error": {"code": ..., "message": ...}}.
-func refusalJSON(code, message string) []byte {
-	var envelope struct {
-		Success bool `json:"success"`
-		Error   struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	envelope.Error.Code, envelope.Error.Message = code, message
-	body, _ := json.Marshal(envelope) // cannot fail: strings only
-	return body
+	return &refusal{status: status, code: code, message: message, body: keyops.ErrorBody(code, message), result: res}
 }
 
 // describeSources names the enabled credential sources for the 401 message,
@@ -330,19 +319,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	ks := h.store.KeySet()
-	key, sum := ks.lookup(cred.key)
+	key, sum := ks.Lookup(cred.key)
 	if key == nil {
 		return h.refuse(w, r, h.invalidKey, nil)
 	}
-	if key.revoked {
+	if key.Revoked() {
 		return h.refuse(w, r, h.revokedKey, key)
 	}
 	now := time.Now().UnixNano()
-	if key.expired(now) {
+	if key.Expired(now) {
 		return h.refuse(w, r, h.keyExpired, key)
 	}
 	for i, scope := range h.Scopes {
-		if !key.hasScope(scope) {
+		if !key.HasScope(scope) {
 			return h.refuse(w, r, h.scopeRefusals[i], key)
 		}
 	}
@@ -350,7 +339,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.store.MarkUsed(key, sum, now)
 	h.count(resultOK)
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Map(key.placeholder)
+	repl.Map(key.Placeholder)
 	if h.HideCredentials {
 		h.hideCredentials(r)
 	}
@@ -360,7 +349,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // refuse answers a request that may not pass. key is the key that was
 // presented, if it matched a record: it is logged by id, label and prefix;
 // the raw key never is.
-func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *Key) error {
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *keyset.Key) error {
 	h.count(why.result)
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
 		fields := []zap.Field{zap.String("code", why.code), zap.String("remote_ip", r.RemoteAddr)}

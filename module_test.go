@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -24,10 +25,10 @@ func TestServeHTTP(t *testing.T) {
 	)
 	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
 	ks := mustBuildKeySet(t,
-		Record{ID: "id-good", Label: "Good", KeyHash: hashKey(good), KeyPrefix: good[:11], Scopes: []string{"read", "write"}},
-		Record{ID: "id-revoked", Label: "Revoked", KeyHash: hashKey(revoked), KeyPrefix: revoked[:11], RevokedAt: &past},
-		Record{ID: "id-expired", Label: "Expired", KeyHash: hashKey(expired), KeyPrefix: expired[:11], ExpiresAt: &past},
-		Record{ID: "id-reader", Label: "Reader", KeyHash: hashKey(reader), KeyPrefix: reader[:11], Scopes: []string{"read"}},
+		keyset.Record{ID: "id-good", Label: "Good", KeyHash: keyset.HashKey(good), KeyPrefix: good[:11], Scopes: []string{"read", "write"}},
+		keyset.Record{ID: "id-revoked", Label: "Revoked", KeyHash: keyset.HashKey(revoked), KeyPrefix: revoked[:11], RevokedAt: &past},
+		keyset.Record{ID: "id-expired", Label: "Expired", KeyHash: keyset.HashKey(expired), KeyPrefix: expired[:11], ExpiresAt: &past},
+		keyset.Record{ID: "id-reader", Label: "Reader", KeyHash: keyset.HashKey(reader), KeyPrefix: reader[:11], Scopes: []string{"read"}},
 	)
 	const (
 		authRequired = `{"success":false,"error":{"code":"AUTH_REQUIRED","message":"API key is required. Pass via Authorization: Bearer header, X-API-Key header or ?api_key= query parameter."}}`
@@ -130,7 +131,7 @@ func TestServeHTTPHandleErrors(t *testing.T) {
 // other byte of the query as it came.
 func TestServeHTTPHidesQueryCredentials(t *testing.T) {
 	const good = "sk_module_test_hidden"
-	ks := mustBuildKeySet(t, Record{ID: "id-hidden", Label: "Hidden", KeyHash: hashKey(good), KeyPrefix: good[:11]})
+	ks := mustBuildKeySet(t, keyset.Record{ID: "id-hidden", Label: "Hidden", KeyHash: keyset.HashKey(good), KeyPrefix: good[:11]})
 	for _, tt := range []struct {
 		name     string
 		optional bool

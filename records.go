@@ -5,78 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 )
-
-// recordStore is the write side of a key store: what `caddy apikey` and the
-// admin API read and change. Its edits are safe against every other writer
-// (a running Caddy's usage writes, other commands, other servers): a key
-// file's under its lock, a Redis key set's by a version check.
-type recordStore interface {
-	// String names the store in messages: a key file's path, or a Redis
-	// key set's URL (without its password) and prefix.
-	String() string
-	// flags are the command-line flags that name the store, for hints
-	// such as "see caddy apikey list --file keys.json".
-	flags() string
-	// read returns the records and their key set (in the same order),
-	// checked as the handler checks them.
-	read() ([]docRecord, *KeySet, error)
-	// edit applies e.edit to the records and saves what it changed, in one
-	// atomic step. Without e.create, the store must exist.
-	edit(e recordEdit) error
-}
-
-// recordEdit is one change to a record store.
-type recordEdit struct {
-	edit    func(*keyDoc) error // the change; errNoChange if there is none to make
-	create  bool                // a store that does not exist yet starts empty
-	waiting func()              // called once if the edit must wait for another writer, to say so
-
-	// Hints that let a store that can read records one by one (Redis)
-	// hand edit less than the whole key set; a key file is read whole
-	// all the same.
-	onlyAdds bool   // edit only appends records with new ids: it may get none of the others
-	onlyID   string // edit changes at most the record with this id, if there is one: it may get that one alone
-}
-
-// fileRecords is a key file as a record store.
-type fileRecords struct{ path string }
-
-func (f fileRecords) String() string { return f.path }
-func (f fileRecords) flags() string  { return "--file " + f.path }
-
-// read reads and validates a key file without taking its lock: the file is
-// always replaced whole, so a reader sees one version or another.
-func (f fileRecords) read() ([]docRecord, *KeySet, error) {
-	data, _, err := readKeyFile(f.path)
-	if err != nil {
-		return nil, nil, &keyFileError{path: f.path, err: err}
-	}
-	doc, ks, err := parseKeyFile(data)
-	if err != nil {
-		return nil, nil, &keyFileError{path: f.path, err: err}
-	}
-	return doc.records, ks, nil
-}
-
-func (f fileRecords) edit(e recordEdit) error {
-	if !e.create {
-		// Say the file is missing before taking its lock (which would
-		// leave a lock file behind).
-		if _, err := os.Stat(f.path); err != nil {
-			return &keyFileError{path: f.path, err: err}
-		}
-	}
-	_, err := editKeyFile(f.path, keyFileEdit{edit: e.edit, create: e.create, waiting: e.waiting})
-	if errors.Is(err, errNoChange) {
-		return nil
-	}
-	return err
-}
 
 // redisRecords is a key set in Redis as a record store. Its edits are
 // optimistic: read at a version, written only if the version is still the
@@ -97,7 +32,7 @@ type redisRecords struct {
 }
 
 func (r redisRecords) String() string { return r.shown + " (prefix " + r.keys.prefix + ")" }
-func (r redisRecords) flags() string  { return "--redis " + r.shown + " --prefix " + r.keys.prefix }
+func (r redisRecords) Flags() string  { return "--redis " + r.shown + " --prefix " + r.keys.prefix }
 
 // redisEditTimeout bounds one read or edit of a key set in Redis, which
 // scans the whole set.
@@ -107,7 +42,7 @@ const redisEditTimeout = 2 * time.Minute
 // reached Redis yet.
 var errNotConnected = errors.New("not connected to Redis yet (the server started from its cache file)")
 
-func (r redisRecords) read() ([]docRecord, *KeySet, error) {
+func (r redisRecords) Read() ([]keyfile.Record, *keyset.KeySet, error) {
 	if r.client == nil {
 		return nil, nil, r.wrap(errNotConnected)
 	}
@@ -121,28 +56,28 @@ func (r redisRecords) read() ([]docRecord, *KeySet, error) {
 	if err != nil {
 		return nil, nil, r.fail(ctx, err)
 	}
-	mergeUsed(doc.records, used)
-	ks, err := buildKeySet(doc.records)
+	mergeUsed(doc.Records, used)
+	ks, err := keyfile.BuildKeySet(doc.Records)
 	if err != nil {
 		return nil, nil, r.wrap(err)
 	}
-	return doc.records, ks, nil
+	return doc.Records, ks, nil
 }
 
-func (r redisRecords) edit(e recordEdit) error {
+func (r redisRecords) Edit(e stores.Edit) error {
 	if r.client == nil {
 		return r.wrap(errNotConnected)
 	}
-	e.create = e.create && r.mayCreate
+	e.Create = e.Create && r.mayCreate
 	ctx, cancel := context.WithTimeout(context.Background(), redisEditTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
 		doc, version, err := r.readFor(ctx, e)
 		switch {
-		case errors.Is(err, errNoKeySet) && e.create:
+		case errors.Is(err, errNoKeySet) && e.Create:
 			// version is 0, or the version of a key set whose records
 			// are gone, which this edit may make anew.
-			doc = &keyDoc{bare: true}
+			doc = keyfile.NewList()
 		case err != nil:
 			return r.fail(ctx, err)
 		}
@@ -150,29 +85,29 @@ func (r redisRecords) edit(e recordEdit) error {
 		// records it changes: it is checked against their values as read,
 		// not against the version, which every add moves.
 		var before []readValue
-		if e.onlyID != "" {
+		if e.OnlyID != "" {
 			before = readValues(doc)
 		}
-		if err := e.edit(doc); err != nil {
-			if errors.Is(err, errNoChange) {
+		if err := e.Change(doc); err != nil {
+			if errors.Is(err, keyfile.ErrNoChange) {
 				return nil
 			}
 			return err
 		}
 		var read map[string]string
-		if e.onlyID != "" {
+		if e.OnlyID != "" {
 			read = changedValues(doc, before)
 		}
-		_, err = writeRecords(ctx, r.client, r.keys, doc, version, e.create, read)
+		_, err = writeRecords(ctx, r.client, r.keys, doc, version, e.Create, read)
 		conflict := errors.Is(err, errVersionMoved) || errors.Is(err, errRecordMoved) || errors.Is(err, errIDTaken)
 		switch {
 		case conflict && attempt < maxEditTries:
-			if attempt == 1 && e.waiting != nil && !errors.Is(err, errIDTaken) {
-				e.waiting()
+			if attempt == 1 && e.Waiting != nil && !errors.Is(err, errIDTaken) {
+				e.Waiting()
 			}
 			continue
 		case conflict:
-			return r.wrap(fmt.Errorf("%w (%v, %d times); nothing was changed: try again", errConflict, err, attempt))
+			return r.wrap(fmt.Errorf("%w (%v, %d times); nothing was changed: try again", stores.ErrConflict, err, attempt))
 		case err != nil:
 			return r.fail(ctx, err)
 		}
@@ -181,7 +116,7 @@ func (r redisRecords) edit(e recordEdit) error {
 }
 
 // maxEditTries is how many times an edit is done again on what another
-// writer left, before it gives up (errConflict).
+// writer left, before it gives up (stores.ErrConflict).
 const maxEditTries = 10
 
 // readValue is a record's id and value as an edit read them.
@@ -191,22 +126,22 @@ type readValue struct {
 }
 
 // readValues notes the values of doc's records, before an edit.
-func readValues(doc *keyDoc) []readValue {
-	out := make([]readValue, len(doc.records))
-	for i := range doc.records {
-		out[i] = readValue{doc.records[i].ID, doc.records[i].raw}
+func readValues(doc *keyfile.Doc) []readValue {
+	out := make([]readValue, len(doc.Records))
+	for i := range doc.Records {
+		out[i] = readValue{doc.Records[i].ID, doc.Records[i].Raw()}
 	}
 	return out
 }
 
 // changedValues returns the values read (before) of the records that the
 // edit of doc changed, by id: what the write expects to replace.
-func changedValues(doc *keyDoc, before []readValue) map[string]string {
+func changedValues(doc *keyfile.Doc, before []readValue) map[string]string {
 	read := make(map[string]string)
 	changed := make(map[string]bool)
-	for i := range doc.records {
-		if doc.records[i].raw == nil {
-			changed[doc.records[i].ID] = true
+	for i := range doc.Records {
+		if doc.Records[i].Edited() {
+			changed[doc.Records[i].ID] = true
 		}
 	}
 	for _, v := range before {
@@ -221,28 +156,28 @@ func changedValues(doc *keyDoc, before []readValue) map[string]string {
 // edit that only adds, nothing (anyVersion); for one of a single record
 // named by its id, that record; otherwise the whole key set, which must
 // be one the handler would load.
-func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64, error) {
-	if e.onlyAdds {
-		if !e.create {
+func (r redisRecords) readFor(ctx context.Context, e stores.Edit) (*keyfile.Doc, int64, error) {
+	if e.OnlyAdds {
+		if !e.Create {
 			if _, err := readState(ctx, r.client, r.keys); err != nil {
 				return nil, 0, err
 			}
 		}
-		return &keyDoc{bare: true}, anyVersion, nil
+		return keyfile.NewList(), anyVersion, nil
 	}
-	if e.onlyID != "" {
+	if e.OnlyID != "" {
 		version, err := readState(ctx, r.client, r.keys)
 		if err != nil {
 			return nil, version, err
 		}
-		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.onlyID).Build()).ToString()
+		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.OnlyID).Build()).ToString()
 		if err == nil {
-			doc := &keyDoc{bare: true, records: make([]docRecord, 1)}
-			var rd recordReader
-			if err := rd.read(e.onlyID, js, &doc.records[0]); err != nil {
+			doc := keyfile.NewList(keyfile.Record{})
+			var rd keyfile.RecordReader
+			if err := rd.Read(e.OnlyID, js, &doc.Records[0]); err != nil {
 				return nil, 0, err
 			}
-			if _, err := buildKeySet(doc.records); err != nil {
+			if _, err := keyfile.BuildKeySet(doc.Records); err != nil {
 				return nil, 0, err
 			}
 			return doc, version, nil
@@ -257,7 +192,7 @@ func (r redisRecords) readFor(ctx context.Context, e recordEdit) (*keyDoc, int64
 		return nil, version, err
 	}
 	// Never build on a key set the handler would refuse.
-	if _, err := buildKeySet(doc.records); err != nil {
+	if _, err := keyfile.BuildKeySet(doc.Records); err != nil {
 		return nil, 0, err
 	}
 	return doc, version, nil
@@ -272,10 +207,10 @@ func (r redisRecords) fail(ctx context.Context, err error) error {
 // wrap names the key set in an error.
 func (r redisRecords) wrap(err error) error {
 	if errors.Is(err, errRecordsGone) {
-		return fmt.Errorf("key set %s: %w. The servers keep the keys they hold. Restore it with caddy apikey import %s --file <keys.json>, from an export or a server's cache_file (then, on Redis, set maxmemory-policy to noeviction or a volatile-* policy); caddy apikey add %s --create would start it anew with that one key", r, err, r.flags(), r.flags())
+		return fmt.Errorf("key set %s: %w. The servers keep the keys they hold. Restore it with caddy apikey import %s --file <keys.json>, from an export or a server's cache_file (then, on Redis, set maxmemory-policy to noeviction or a volatile-* policy); caddy apikey add %s --create would start it anew with that one key", r, err, r.Flags(), r.Flags())
 	}
 	if errors.Is(err, errNoKeySet) {
-		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.flags(), r.flags())
+		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.Flags(), r.Flags())
 	}
 	return fmt.Errorf("key set %s: %w", r, err)
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 )
 
 // A cache file names the key set it is a snapshot of; a store that starts
@@ -22,7 +24,7 @@ func TestRedisCacheFileOfAnotherKeySet(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
-	ours := s.name()
+	ours := s.Name()
 	_ = s.Destruct()
 	r.kill()
 
@@ -67,7 +69,7 @@ func TestRedisRestoreFromCacheFileKeepsCreatedAt(t *testing.T) {
 	_, added := addRedisKey(t, rs, "added")
 	spelled := newTestKey("spelled", map[string]any{"created_at": "2026-11-25T21:14:31+01:00"})
 	none := newTestKey("none", map[string]any{"created_at": nil})
-	if _, err := importKeys(fileRecords{path: writeKeys(t, "", spelled, none)}, rs, nil); err != nil {
+	if _, err := keyops.Import(writeKeys(t, "", spelled, none), rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	cache := filepath.Join(t.TempDir(), "cache.json")
@@ -77,17 +79,17 @@ func TestRedisRestoreFromCacheFileKeepsCreatedAt(t *testing.T) {
 	eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
 
 	r.do("FLUSHALL")
-	if _, err := importKeys(fileRecords{path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
-	records, _, err := rs.read()
+	records, _, err := rs.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]string{
 		added.ID:                      *added.CreatedAt,
-		spelled.record["id"].(string): "2026-11-25T20:14:31.000000+00:00",
-		none.record["id"].(string):    "",
+		spelled.Record["id"].(string): "2026-11-25T20:14:31.000000+00:00",
+		none.Record["id"].(string):    "",
 	}
 	for _, rec := range records {
 		if got := deref(rec.CreatedAt); got != want[rec.ID] {

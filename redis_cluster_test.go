@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 )
 
 // clusterPrefixes are the default prefix and a custom one whose key set
@@ -82,7 +85,7 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			inForce("the added key is not in force", rawB, true)
 
 			stdout, _ = cli("list", "--json")
-			var listed []listedKey
+			var listed []keyops.Listed
 			if err := json.Unmarshal([]byte(stdout), &listed); err != nil || len(listed) != 2 || listed[1].Label != "second" || len(listed[1].Scopes) != 1 {
 				t.Fatalf("list --json: %v\n%s", err, stdout)
 			}
@@ -105,14 +108,14 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			inForce("an imported key is not in force", k2.Raw, true)
 
 			// The admin API's write path: the record store of a running store.
-			if _, _, err := revokeNamedKey(stores[0].records(), k2.record["id"].(string), time.Now(), nil); err != nil {
+			if _, _, err := keyops.Revoke(stores[0].Records(), k2.Record["id"].(string), time.Now(), nil); err != nil {
 				t.Fatalf("revoke through the store's record store: %v", err)
 			}
 			inForce("the key revoked through a store is still admitted", k2.Raw, false)
 
 			// Last-used times, written by a store, read by list.
-			k, sum := stores[0].keys.Load().lookup(rawC)
-			stores[0].usage.mark(k, sum, time.Now().UnixNano())
+			k, sum := stores[0].keys.Load().Lookup(rawC)
+			stores[0].usage.Mark(k, sum, time.Now().UnixNano())
 			stores[0].askFlush()
 			if stores[0].writes.Load() == 0 {
 				t.Fatal("no usage write")
@@ -132,16 +135,16 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 
 			out := filepath.Join(t.TempDir(), "export.json")
 			cli("export", "--file", out)
-			ks, err := readKeySet(out)
+			ks, err := keyfile.ReadKeySet(out)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ks.size() != 5 {
-				t.Errorf("export: %d keys, want 5", ks.size())
+			if ks.Len() != 5 {
+				t.Errorf("export: %d keys, want 5", ks.Len())
 			}
 			for raw, want := range map[string]bool{rawA: false, rawB: false, rawC: true, k1.Raw: true, k2.Raw: false} {
-				k, _ := ks.lookup(raw)
-				if (k != nil && !k.revoked) != want {
+				k, _ := ks.Lookup(raw)
+				if (k != nil && !k.Revoked()) != want {
 					t.Errorf("export: key %s admitted = %v, want %v", raw[:11], !want, want)
 				}
 			}
@@ -161,7 +164,7 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 				inForce("an added key is not in force", raw, true)
 				lat = append(lat, time.Since(start))
 				start = time.Now()
-				if _, _, err := revokeNamedKey(rs, rec.ID, time.Now(), nil); err != nil {
+				if _, _, err := keyops.Revoke(rs, rec.ID, time.Now(), nil); err != nil {
 					t.Fatal(err)
 				}
 				inForce("a revoked key is still admitted", raw, false)

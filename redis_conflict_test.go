@@ -11,6 +11,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/admin"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 )
 
 // Changes conflict only when they touch the same records: a revoke is
@@ -18,21 +23,21 @@ import (
 // 409 with a clear message, never a 500.
 
 // adminDo is call, safe from any goroutine: it reports, it does not stop.
-func adminDo(a *AdminAPI, method, target, body string) (int, string) {
+func adminDo(a *admin.API, method, target, body string) (int, string) {
 	r := httptest.NewRequest(method, target, strings.NewReader(body))
 	w := httptest.NewRecorder()
-	_ = a.serve(w, r)
+	_ = a.Routes()[0].Handler.ServeHTTP(w, r)
 	return w.Code, w.Body.String()
 }
 
 // seedKeys imports n keys into rs at once, and returns them.
-func seedKeys(t testing.TB, rs recordStore, n int) []testKey {
+func seedKeys(t testing.TB, rs stores.RecordStore, n int) []testKey {
 	t.Helper()
 	keys := make([]testKey, n)
 	for i := range keys {
 		keys[i] = newTestKey(fmt.Sprintf("k%d", i), nil)
 	}
-	if res, err := importKeys(fileRecords{path: writeKeys(t, "", keys...)}, rs, nil); err != nil || res.added != n {
+	if res, err := keyops.Import(writeKeys(t, "", keys...), rs, keyops.ImportOptions{Waiting: nil}); err != nil || res.Added != n {
 		t.Fatalf("import: %+v, %v", res, err)
 	}
 	return keys
@@ -42,11 +47,12 @@ func seedKeys(t testing.TB, rs recordStore, n int) []testKey {
 // API and through the record store (as caddy apikey does), every revoke
 // succeeds, by id as by key_prefix, and is in force when it answers.
 func TestRedisRevokesUnderAdds(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	rs := r.records("busy:")
 	keys := seedKeys(t, rs, 5000)
 	s := mustOpenRedisStore(t, r, "busy:")
-	a := testAdmin(s)
+	a := adminOver(s)
 
 	stop := make(chan struct{})
 	var adders sync.WaitGroup
@@ -68,7 +74,7 @@ func TestRedisRevokesUnderAdds(t *testing.T) {
 						t.Errorf("admin add: %d %s", code, body)
 						return
 					}
-				} else if _, _, err := createKey(rs, addOptions{Label: fmt.Sprintf("adder %d/%d", i, n)}, time.Now(), nil); err != nil {
+				} else if _, _, err := keyops.Create(rs, keyops.AddOptions{Label: fmt.Sprintf("adder %d/%d", i, n)}, time.Now(), nil); err != nil {
 					t.Errorf("add: %v", err)
 					return
 				}
@@ -78,20 +84,20 @@ func TestRedisRevokesUnderAdds(t *testing.T) {
 	}
 	start := time.Now()
 	for i, k := range keys[:30] {
-		rec := k.rec()
+		rec := k.Rec()
 		ref := rec.ID
 		if i%3 == 1 {
 			ref = rec.KeyPrefix
 		}
 		if i%2 == 0 {
 			code, body := adminDo(a, "POST", "/apikey/keys/"+ref+"/revoke", "")
-			var got revokeAnswer
+			var got admin.RevokeAnswer
 			if code != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Warning != "" {
 				t.Errorf("admin revoke %d of %s: %d %s", i, ref, code, body)
 			} else if admits(s, k.Raw) {
 				t.Errorf("admin revoke %d: answered, but the key is still admitted", i)
 			}
-		} else if _, _, err := revokeNamedKey(rs, ref, time.Now(), nil); err != nil {
+		} else if _, _, err := keyops.Revoke(rs, ref, time.Now(), nil); err != nil {
 			t.Errorf("revoke %d of %s: %v", i, ref, err)
 		}
 	}
@@ -110,7 +116,7 @@ func TestRedisRevokesUnderAdds(t *testing.T) {
 	if !admits(s, keys[30].Raw) {
 		t.Error("a key that was not revoked is refused")
 	}
-	records, _, err := rs.read()
+	records, _, err := rs.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,22 +132,22 @@ type meddlingStore struct {
 	meddle func()
 }
 
-func (m meddlingStore) records() recordStore {
-	return meddlingRecords{m.redisKeyStore.records(), m.meddle}
+func (m meddlingStore) Records() stores.RecordStore {
+	return meddlingRecords{m.redisKeyStore.Records(), m.meddle}
 }
 
 type meddlingRecords struct {
-	recordStore
+	stores.RecordStore
 	meddle func()
 }
 
-func (m meddlingRecords) edit(e recordEdit) error {
-	edit := e.edit
-	e.edit = func(doc *keyDoc) error {
+func (m meddlingRecords) Edit(e stores.Edit) error {
+	edit := e.Change
+	e.Change = func(doc *keyfile.Doc) error {
 		m.meddle()
 		return edit(doc)
 	}
-	return m.recordStore.edit(e)
+	return m.RecordStore.Edit(e)
 }
 
 // An add between every read and write: a revoke does not care (it touches
@@ -161,7 +167,7 @@ func TestRedisConflictIs409(t *testing.T) {
 		meddles++
 		addRedisKey(t, meddler, "meddler")
 	}}
-	a := testAdmin(m)
+	a := adminOver(m)
 
 	resp, body := call(t, a, "POST", "/apikey/keys/"+recA.ID+"/revoke", "")
 	if resp.StatusCode != 200 {
@@ -182,8 +188,8 @@ func TestRedisConflictIs409(t *testing.T) {
 	}
 
 	var stdout, stderr bytes.Buffer
-	err := rotateKey(&stdout, &stderr, m.records(), rotateOptions{Ref: recB.ID}, time.Now())
-	if !errors.Is(err, errConflict) || !strings.Contains(err.Error(), "try again") || stdout.Len() != 0 {
+	err := rotateKey(&stdout, &stderr, m.Records(), keyops.RotateOptions{Ref: recB.ID}, time.Now())
+	if !errors.Is(err, stores.ErrConflict) || !strings.Contains(err.Error(), "try again") || stdout.Len() != 0 {
 		t.Errorf("rotate from the command: %v; printed %q", err, stdout.String())
 	}
 }

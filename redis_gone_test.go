@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -21,6 +23,7 @@ import (
 // the cause and the way back; and the edit script refuses to write into it,
 // so that no add races a restore into a one-key set.
 func TestRedisRecordsGone(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	rs := r.records("ev:")
 	k, _ := newRedisKeys("ev:")
@@ -82,18 +85,18 @@ func TestRedisRecordsGone(t *testing.T) {
 			t.Errorf("%s: %v, want an error naming the cause and how to restore", what, err)
 		}
 	}
-	_, _, err = revokeNamedKey(rs, recA.ID, time.Now(), nil)
+	_, _, err = keyops.Revoke(rs, recA.ID, time.Now(), nil)
 	saysHow("revoke by id", err)
-	_, _, err = revokeNamedKey(rs, recA.KeyPrefix, time.Now(), nil)
+	_, _, err = keyops.Revoke(rs, recA.KeyPrefix, time.Now(), nil)
 	saysHow("revoke by key_prefix", err)
-	_, _, err = rs.read()
+	_, _, err = rs.Read()
 	saysHow("list", err)
 	noCreate := rs
 	noCreate.mayCreate = false
-	_, _, err = createKey(noCreate, addOptions{Label: "x"}, time.Now(), nil)
+	_, _, err = keyops.Create(noCreate, keyops.AddOptions{Label: "x"}, time.Now(), nil)
 	saysHow("add without --create", err)
 	// Nor does the script write into it, whatever a writer read before.
-	doc := &keyDoc{bare: true, records: []docRecord{mustDocRecord(t, newTestKey("racer", nil))}}
+	doc := keyfile.NewList(mustDocRecord(t, newTestKey("racer", nil)))
 	if _, err := writeChanged(t.Context(), rs.client, k, doc, anyVersion, false); !errors.Is(err, errRecordsGone) {
 		t.Errorf("the edit script into a key set without records: %v", err)
 	}
@@ -102,7 +105,7 @@ func TestRedisRecordsGone(t *testing.T) {
 	}
 
 	// Restored from the cache file: every server catches up, once.
-	if _, err := importKeys(fileRecords{path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatalf("import of the cache file: %v", err)
 	}
 	rawC, _ := addRedisKey(t, noCreate, "after the restore")
@@ -122,9 +125,9 @@ func TestRedisRecordsGone(t *testing.T) {
 }
 
 // mustDocRecord is a test key's record as a new record to write.
-func mustDocRecord(t testing.TB, k testKey) docRecord {
+func mustDocRecord(t testing.TB, k testKey) keyfile.Record {
 	t.Helper()
-	d, err := newDocRecord(k.rec())
+	d, err := keyfile.NewRecord(k.Rec())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +138,7 @@ func mustDocRecord(t testing.TB, k testKey) docRecord {
 // (maxmemory-policy allkeys-*), and says nothing when it may not, or when
 // it may not ask (CONFIG refused by an ACL).
 func TestRedisWarnsOfEviction(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	addRedisKey(t, r.records(""), "a")
 	for _, tc := range []struct {
@@ -206,7 +210,7 @@ func TestRedisStartWithoutKeySetSaysSoOnce(t *testing.T) {
 	if n := logs.FilterMessageSnippet("cache file").Len(); n != 1 {
 		t.Errorf("the start from the cache file was logged %d times, want once", n)
 	}
-	if _, err := importKeys(fileRecords{path: cache}, rs, nil); err != nil {
+	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s2.askSync(); err != nil {

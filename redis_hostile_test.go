@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -43,7 +46,7 @@ func logEntry(r *testRedis, k redisKeys, ids, was string) {
 // recordJSON is a record as the commands write it into Redis.
 func recordJSON(t testing.TB, k testKey) string {
 	t.Helper()
-	js, err := json.Marshal(k.record)
+	js, err := json.Marshal(k.Record)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +77,7 @@ func TestRedisValueHoldingTwoRecords(t *testing.T) {
 	rawA, _ := addRedisKey(t, rs, "a")
 	_, recB := addRedisKey(t, rs, "b")
 	victim, other := newTestKey("victim", nil), newTestKey("smuggled", nil)
-	id := victim.record["id"].(string)
+	id := victim.Record["id"].(string)
 	r.do("HSET", k.records, id, recordJSON(t, victim)+","+recordJSON(t, other))
 
 	// At start (the full read).
@@ -94,7 +97,7 @@ func TestRedisValueHoldingTwoRecords(t *testing.T) {
 
 	// In the follower: a change to a record that holds two.
 	second, third := newTestKey("second", nil), newTestKey("third", nil)
-	id2 := second.record["id"].(string)
+	id2 := second.Record["id"].(string)
 	r.do("HSET", k.records, id2, recordJSON(t, second)+","+recordJSON(t, third))
 	logEntry(r, k, `["`+id2+`"]`, `[""]`)
 	rawC, _ := addRedisKey(t, rs, "after")
@@ -110,13 +113,13 @@ func TestRedisValueHoldingTwoRecords(t *testing.T) {
 	}
 
 	// The commands: revoke by id reads that one record; list reads all.
-	if _, _, err := revokeNamedKey(rs, id, time.Now(), nil); err == nil || !strings.Contains(err.Error(), id) {
+	if _, _, err := keyops.Revoke(rs, id, time.Now(), nil); err == nil || !strings.Contains(err.Error(), id) {
 		t.Errorf("revoke of the bad record: %v, want an error naming it", err)
 	}
-	if _, _, err := rs.read(); err == nil || !strings.Contains(err.Error(), id) && !strings.Contains(err.Error(), id2) {
+	if _, _, err := rs.Read(); err == nil || !strings.Contains(err.Error(), id) && !strings.Contains(err.Error(), id2) {
 		t.Errorf("list: %v, want an error naming a bad record", err)
 	}
-	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {
 		t.Errorf("revoke of a good record by id: %v", err)
 	}
 
@@ -131,6 +134,7 @@ func TestRedisValueHoldingTwoRecords(t *testing.T) {
 // panic; the good key stays in force and the follower alive; the value's
 // key is refused, or admitted if the value is one good record after all.
 func TestRedisHostileValues(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	for i, tc := range []struct {
 		name  string
@@ -166,7 +170,7 @@ func TestRedisHostileValues(t *testing.T) {
 			rs := r.records(prefix)
 			rawA, recA := addRedisKey(t, rs, "a")
 			victim := newTestKey("victim", nil)
-			id := victim.record["id"].(string)
+			id := victim.Record["id"].(string)
 			r.do("HSET", k.records, id, tc.value(victim))
 
 			s, _, err := openLoggedRedisStore(t, r, prefix, "")
@@ -179,7 +183,7 @@ func TestRedisHostileValues(t *testing.T) {
 
 			// The follower reads it as a change, then goes on.
 			victim2 := newTestKey("victim 2", nil)
-			id2 := victim2.record["id"].(string)
+			id2 := victim2.Record["id"].(string)
 			r.do("HSET", k.records, id2, tc.value(victim2))
 			logEntry(r, k, `["`+id2+`"]`, `[""]`)
 			_ = s.askSync() // the follower reads the entry alone
@@ -190,12 +194,12 @@ func TestRedisHostileValues(t *testing.T) {
 			}
 
 			// The commands answer with errors, not panics.
-			_, _, _ = revokeNamedKey(rs, id, time.Now(), nil)
-			_, _, _ = revokeNamedKey(rs, id2, time.Now(), nil)
-			if _, _, err := rs.read(); (err == nil) != tc.ok {
+			_, _, _ = keyops.Revoke(rs, id, time.Now(), nil)
+			_, _, _ = keyops.Revoke(rs, id2, time.Now(), nil)
+			if _, _, err := rs.Read(); (err == nil) != tc.ok {
 				t.Errorf("list: %v", err)
 			}
-			if _, _, err := revokeNamedKey(rs, recA.ID, time.Now(), nil); err != nil {
+			if _, _, err := keyops.Revoke(rs, recA.ID, time.Now(), nil); err != nil {
 				t.Errorf("revoke of the good key by id: %v", err)
 			}
 			eventually(t, 5*time.Second, "the revoke did not reach the store", func() bool { return !admits(s, rawA) })
@@ -206,6 +210,7 @@ func TestRedisHostileValues(t *testing.T) {
 // Log entries that no writer of this plugin makes: the follower neither
 // panics nor sticks on them; the next change is in force.
 func TestRedisHostileLogEntries(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	rs := r.records("log:")
 	k, _ := newRedisKeys("log:")
@@ -241,6 +246,7 @@ func TestRedisHostileLogEntries(t *testing.T) {
 // panic, in the store (at start and running) or in the commands; a running
 // store keeps its keys.
 func TestRedisWrongTypes(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	for i, which := range []string{"records", "used", "version", "log"} {
 		for _, as := range []string{"string", "hash", "bad number"} {
@@ -268,13 +274,13 @@ func TestRedisWrongTypes(t *testing.T) {
 					t.Error("the running store lost its key")
 				}
 				_, _ = openRedisStore(t, r, prefix, "", time.Hour)
-				_, _, _ = rs.read()
-				_, _, _ = createKey(rs, addOptions{Label: "b"}, time.Now(), nil)
-				_, _, _ = revokeNamedKey(rs, rec.ID, time.Now(), nil)
-				_, _, _ = revokeNamedKey(rs, rec.KeyPrefix, time.Now(), nil)
+				_, _, _ = rs.Read()
+				_, _, _ = keyops.Create(rs, keyops.AddOptions{Label: "b"}, time.Now(), nil)
+				_, _, _ = keyops.Revoke(rs, rec.ID, time.Now(), nil)
+				_, _, _ = keyops.Revoke(rs, rec.KeyPrefix, time.Now(), nil)
 				_, _ = usedTimes(t.Context(), r.client(), k)
-				if key, sum := running.keys.Load().lookup(raw); key != nil {
-					running.usage.mark(key, sum, time.Now().UnixNano())
+				if key, sum := running.keys.Load().Lookup(raw); key != nil {
+					running.usage.Mark(key, sum, time.Now().UnixNano())
 					running.askFlush()
 				}
 			})
@@ -287,19 +293,19 @@ func TestRedisWrongTypes(t *testing.T) {
 // one JSON object whose id is its field, decoded as a key file's record
 // is; a refusal names the field.
 func FuzzRedisRecord(f *testing.F) {
-	one := `{"id":"a","label":"A","key_hash":"` + hashKey("k") + `","key_prefix":"sk_kkkkkkkk","created_at":null,"last_used_at":null}`
+	one := `{"id":"a","label":"A","key_hash":"` + keyset.HashKey("k") + `","key_prefix":"sk_kkkkkkkk","created_at":null,"last_used_at":null}`
 	for _, v := range []string{one, one + "," + one, "[" + one + "]", "null", "", " " + one + " ", one + "]", `{"id":"a"`, "{\"id\":\"a\xff\"}"} {
 		f.Add("a", v)
 	}
 	f.Fuzz(func(t *testing.T, field, value string) {
-		var rd recordReader
-		var rec docRecord
-		err := rd.read(field, value, &rec)
+		var rd keyfile.RecordReader
+		var rec keyfile.Record
+		err := rd.Read(field, value, &rec)
 		if err != nil {
 			if want := fmt.Sprintf("record %q: ", field); !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), "%!") {
 				t.Fatalf("error %q does not start with %q", err, want)
 			}
-			if !reflect.DeepEqual(rec, docRecord{}) {
+			if !reflect.DeepEqual(rec, keyfile.Record{}) {
 				t.Fatalf("a refused value left %+v", rec)
 			}
 			return
@@ -307,12 +313,12 @@ func FuzzRedisRecord(f *testing.F) {
 		if rec.ID != field {
 			t.Fatalf("id %q taken under field %q", rec.ID, field)
 		}
-		if string(rec.raw) != value {
-			t.Fatalf("raw %q, want the whole value %q", rec.raw, value)
+		if string(rec.Raw()) != value {
+			t.Fatalf("raw %q, want the whole value %q", rec.Raw(), value)
 		}
-		doc, err := parseKeyDoc([]byte("[" + value + "]"))
-		if err != nil || len(doc.records) != 1 || !reflect.DeepEqual(doc.records[0].Record, rec.Record) {
-			t.Fatalf("as a key file: %v, %d records", err, len(doc.records))
+		doc, err := keyfile.ParseDoc([]byte("[" + value + "]"))
+		if err != nil || len(doc.Records) != 1 || !reflect.DeepEqual(doc.Records[0].Record, rec.Record) {
+			t.Fatalf("as a key file: %v, %d records", err, len(doc.Records))
 		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -34,7 +35,7 @@ func TestRedisSentinelFailoverUnderTraffic(t *testing.T) {
 	fleet := startFleet(t, topologyURL(t, configured), 3, "")
 	waitAll(t, fleet, doomed, 200, time.Now())
 
-	wrong, _ := generateKey()
+	wrong, _ := keyops.GenerateKey()
 	var ok200, refused, fivexx, admittedWrong atomic.Int64
 	stopLoad := underLoad(fleet, func(c *fleetCaddy) {
 		switch st := c.status(good); {
@@ -142,7 +143,7 @@ func TestRedisSentinelFailoverCanLoseAChange(t *testing.T) {
 	waitUntil(t, 5*time.Second, "the replica is still connected", func() bool {
 		return s.primary.info("replication")["connected_slaves"] == "0"
 	}, nil)
-	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
 	for i, st := range stores {
@@ -172,7 +173,7 @@ func TestRedisSentinelFailoverCanLoseAChange(t *testing.T) {
 
 	// The operator re-checks the revocations made before the failover.
 	start = time.Now()
-	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {
 		t.Fatalf("revoke again: %v", err)
 	}
 	for i, st := range stores {
@@ -246,7 +247,7 @@ func TestRedisSentinelSwitchover(t *testing.T) {
 	// The old primary may not know yet that it is one no more: a write
 	// that went to it would be lost when it becomes a replica.
 	start := time.Now()
-	if _, _, err := revokeNamedKey(st.records(), rec.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(st.Records(), rec.ID, time.Now(), nil); err != nil {
 		t.Fatalf("revoke through the store's record store after the switchover: %v", err)
 	}
 	if got := s.replica.version(keys); got != version+1 {
@@ -255,8 +256,8 @@ func TestRedisSentinelSwitchover(t *testing.T) {
 	eventually(t, 5*time.Second, "the revoke is not in force", func() bool { return !admits(st, raw) })
 	inForce := time.Since(start)
 
-	k, sum := st.keys.Load().lookup(raw)
-	st.usage.mark(k, sum, time.Now().UnixNano())
+	k, sum := st.keys.Load().Lookup(raw)
+	st.usage.Mark(k, sum, time.Now().UnixNano())
 	st.askFlush()
 	if st.writes.Load() != 1 {
 		t.Fatal("the usage write after the switchover failed")
@@ -302,7 +303,7 @@ func TestRedisSentinelFailoverWithClockSkew(t *testing.T) {
 	if err := s.primary.do("XADD", keys.log, fmt.Sprintf("%d-0", ahead), "v", fmt.Sprint(s.primary.version(keys)), "ids", "[]").Error(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {
 		t.Fatalf("revoke: %v", err)
 	}
 	eventually(t, 2*time.Second, "the revoke is not in force", func() bool { return !admits(st, rawB) })

@@ -3,13 +3,10 @@ package apikey
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -19,6 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 
 	"github.com/caddyserver/caddy/v2"
@@ -135,9 +137,9 @@ func (r *testRedis) records(prefix string) redisRecords {
 
 // addRedisKey adds a key to the key set and returns the raw key and its
 // record.
-func addRedisKey(t testing.TB, st recordStore, label string) (string, Record) {
+func addRedisKey(t testing.TB, st stores.RecordStore, label string) (string, keyset.Record) {
 	t.Helper()
-	raw, rec, err := createKey(st, addOptions{Label: label}, time.Now(), nil)
+	raw, rec, err := keyops.Create(st, keyops.AddOptions{Label: label}, time.Now(), nil)
 	if err != nil {
 		t.Fatalf("add: %v", err)
 	}
@@ -165,7 +167,7 @@ func openRedisStoreWith(t testing.TB, r *testRedis, prefix, cacheFile string, us
 	}
 	s := newRedisKeyStore(opt, shown, keys, cacheFile)
 	s.logger = logger
-	s.leases.add(storeSettings{usage: interval{every: usage}, reload: interval{off: true}})
+	s.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: usage}, Reload: storecore.Interval{Off: true}})
 	if err := s.open(); err != nil {
 		return nil, err
 	}
@@ -185,8 +187,8 @@ func mustOpenRedisStore(t testing.TB, r *testRedis, prefix string) *redisKeyStor
 
 // admits reports whether the store's key set in force admits raw.
 func admits(s *redisKeyStore, raw string) bool {
-	k, _ := s.keys.Load().lookup(raw)
-	return k != nil && !k.revoked && !k.expired(time.Now().UnixNano())
+	k, _ := s.keys.Load().Lookup(raw)
+	return k != nil && !k.Revoked() && !k.Expired(time.Now().UnixNano())
 }
 
 // eventually polls cond until it holds, failing the test after timeout.
@@ -215,7 +217,7 @@ func TestRedisStoreFollowsChanges(t *testing.T) {
 	rawB, recB := addRedisKey(t, rs, "b")
 	eventually(t, time.Second, "the new key is not in force", func() bool { return admits(s, rawB) })
 
-	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, time.Second, "the revoked key is still admitted", func() bool { return !admits(s, rawB) })
@@ -292,7 +294,7 @@ func TestRedisStoreStartsFromCacheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
-	if ks, err := readKeySet(cache); err != nil || len(ks.keys) != 1 {
+	if ks, err := keyfile.ReadKeySet(cache); err != nil || ks.Len() != 1 {
 		t.Fatalf("cache file: %v", err)
 	}
 	_ = s.Destruct()
@@ -312,7 +314,7 @@ func TestRedisStoreStartsFromCacheFile(t *testing.T) {
 	}
 	r.start()
 	rs2 := r.records("")
-	if _, err := importKeys(fileRecords{path: cache}, rs2, nil); err != nil {
+	if _, err := keyops.Import(cache, rs2, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
 	raw2, _ := addRedisKey(t, rs2, "b")
@@ -328,8 +330,8 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	s2 := mustOpenRedisStore(t, r, "")
 
 	use := func(s *redisKeyStore, raw string, at time.Time) {
-		k, sum := s.keys.Load().lookup(raw)
-		s.usage.mark(k, sum, at.UnixNano())
+		k, sum := s.keys.Load().Lookup(raw)
+		s.usage.Mark(k, sum, at.UnixNano())
 	}
 	t1 := time.Now().Add(-time.Hour).Truncate(time.Microsecond)
 	t2 := t1.Add(time.Minute)
@@ -344,15 +346,15 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	use(s1, rawB, t2)
 	s1.askFlush()
 
-	records, _, err := rs.read()
+	records, _, err := rs.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(records) != 1 || records[0].ID != recA.ID {
 		t.Fatalf("records after the usage writes: %d, want only A", len(records))
 	}
-	if got := records[0].LastUsedAt; got == nil || *got != formatTimestamp(t2) {
-		t.Errorf("A's last_used_at = %v, want %s (the later use)", got, formatTimestamp(t2))
+	if got := records[0].LastUsedAt; got == nil || *got != keyset.FormatTimestamp(t2) {
+		t.Errorf("A's last_used_at = %v, want %s (the later use)", got, keyset.FormatTimestamp(t2))
 	}
 	if n, _ := r.do("HLEN", keys.used).AsInt64(); n != 1 {
 		t.Errorf("used entries = %d, want 1", n)
@@ -368,53 +370,53 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 	a, b := newTestKey("a", nil), newTestKey("b", map[string]any{"x-team": "ops"})
 	path := writeKeys(t, "", a, b)
 
-	res, err := importKeys(fileRecords{path: path}, rs, nil)
-	if err != nil || res.added != 2 || res.present != 0 || len(res.conflicts) != 0 {
+	res, err := keyops.Import(path, rs, keyops.ImportOptions{Waiting: nil})
+	if err != nil || res.Added != 2 || res.Present != 0 || len(res.Conflicts) != 0 {
 		t.Fatalf("first import: %+v, %v", res, err)
 	}
-	res, err = importKeys(fileRecords{path: path}, rs, nil)
-	if err != nil || res.added != 0 || res.present != 2 {
+	res, err = keyops.Import(path, rs, keyops.ImportOptions{Waiting: nil})
+	if err != nil || res.Added != 0 || res.Present != 2 {
 		t.Fatalf("second import: %+v, %v", res, err)
 	}
 	// The unknown member came along.
 	keys, _ := newRedisKeys("imp:")
-	js, _ := r.do("HGET", keys.records, b.record["id"].(string)).ToString()
+	js, _ := r.do("HGET", keys.records, b.Record["id"].(string)).ToString()
 	if !strings.Contains(js, `"x-team":"ops"`) {
 		t.Errorf("record in Redis: %s; the unknown member was lost", js)
 	}
 
 	// Same id, other label: reported, not overwritten.
-	changed := newTestKey("other", map[string]any{"id": a.record["id"]})
-	res, err = importKeys(fileRecords{path: writeKeys(t, "", changed)}, rs, nil)
-	if err != nil || res.added != 0 || len(res.conflicts) != 1 || !strings.Contains(res.conflicts[0], "other content") {
+	changed := newTestKey("other", map[string]any{"id": a.Record["id"]})
+	res, err = keyops.Import(writeKeys(t, "", changed), rs, keyops.ImportOptions{Waiting: nil})
+	if err != nil || res.Added != 0 || len(res.Conflicts) != 1 || !strings.Contains(res.Conflicts[0], "other content") {
 		t.Fatalf("conflicting import: %+v, %v", res, err)
 	}
-	records, _, _ := rs.read()
+	records, _, _ := rs.Read()
 	for _, rec := range records {
-		if rec.ID == a.record["id"] && rec.Label != "a" {
+		if rec.ID == a.Record["id"] && rec.Label != "a" {
 			t.Error("a conflicting import overwrote a record")
 		}
 	}
 
 	// Export writes a key file the file store loads, with the same keys.
 	out := filepath.Join(t.TempDir(), "export.json")
-	if n, err := exportKeys(rs, out, nil); err != nil || n != 2 {
+	if n, err := keyops.Export(rs, out, nil); err != nil || n != 2 {
 		t.Fatalf("export: %d, %v", n, err)
 	}
-	ks, err := readKeySet(out)
+	ks, err := keyfile.ReadKeySet(out)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range []testKey{a, b} {
-		if got, _ := ks.lookup(k.Raw); got == nil {
-			t.Errorf("key %s is missing from the export", k.record["id"])
+		if got, _ := ks.Lookup(k.Raw); got == nil {
+			t.Errorf("key %s is missing from the export", k.Record["id"])
 		}
 	}
-	if _, err := exportKeys(rs, out, nil); err == nil {
+	if _, err := keyops.Export(rs, out, nil); err == nil {
 		t.Error("export over an existing file: no error")
 	}
 	var buf bytes.Buffer
-	if _, err := exportKeys(rs, "", &buf); err != nil || !strings.Contains(buf.String(), `"api_keys"`) {
+	if _, err := keyops.Export(rs, "", &buf); err != nil || !strings.Contains(buf.String(), `"api_keys"`) {
 		t.Errorf("export to stdout: %v\n%s", err, buf.String())
 	}
 }
@@ -422,7 +424,7 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 func TestRedisCommandsRefuseWithoutAKeySet(t *testing.T) {
 	r := startRedis(t)
 	rs := r.records("none:")
-	_, _, err := revokeNamedKey(rs, "abcd", time.Now(), nil)
+	_, _, err := keyops.Revoke(rs, "abcd", time.Now(), nil)
 	if err == nil || !strings.Contains(err.Error(), "holds no key set") || !strings.Contains(err.Error(), "--redis "+r.URL) {
 		t.Fatalf("revoke on an empty prefix: %v", err)
 	}
@@ -455,7 +457,7 @@ func TestRedisCommandLine(t *testing.T) {
 	}
 	defer closeStore()
 	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, st, addOptions{Label: "cli", Scopes: []string{"read"}}, cmdNow); err != nil {
+	if err := addKey(&stdout, &stderr, st, keyops.AddOptions{Label: "cli", Scopes: []string{"read"}}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSpace(stdout.String())
@@ -463,14 +465,14 @@ func TestRedisCommandLine(t *testing.T) {
 		t.Fatalf("add printed %q and %q", stdout.String(), stderr.String())
 	}
 	stdout.Reset()
-	if err := rotateKey(&stdout, &stderr, st, rotateOptions{Ref: raw[:11], Grace: "0"}, cmdNow); err != nil {
+	if err := rotateKey(&stdout, &stderr, st, keyops.RotateOptions{Ref: raw[:11], Grace: "0"}, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	stdout.Reset()
 	if err := listKeys(&stdout, st, true, cmdNow); err != nil {
 		t.Fatal(err)
 	}
-	var listed []listedKey
+	var listed []keyops.Listed
 	if err := json.Unmarshal(stdout.Bytes(), &listed); err != nil || len(listed) != 2 {
 		t.Fatalf("list --json: %v\n%s", err, stdout.String())
 	}
@@ -494,15 +496,15 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	for i := range keys {
 		keys[i] = newTestKey(fmt.Sprintf("k%d", i), nil)
 	}
-	res, err := importKeys(fileRecords{path: writeKeys(t, "", keys...)}, rs, nil)
-	if err != nil || res.added != len(keys) {
+	res, err := keyops.Import(writeKeys(t, "", keys...), rs, keyops.ImportOptions{Waiting: nil})
+	if err != nil || res.Added != len(keys) {
 		t.Fatalf("import: %+v, %v", res, err)
 	}
 	rk, _ := newRedisKeys("big:")
 	if v, _ := r.do("GET", rk.version).AsInt64(); v != 1+3 {
 		t.Errorf("version %d after an import of %d records, want %d (one per batch of %d)", v, len(keys), 4, editBatch)
 	}
-	eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.keys.Load().size() == len(keys)+1 })
+	eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.keys.Load().Len() == len(keys)+1 })
 	if !admits(s, keys[len(keys)-1].Raw) {
 		t.Error("the last imported key is not admitted")
 	}
@@ -511,113 +513,13 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 func TestRedisRecordsWithoutConnection(t *testing.T) {
 	keys, _ := newRedisKeys("")
 	s := newRedisKeyStore(rueidis.ClientOption{}, "redis://127.0.0.1:1/0", keys, "")
-	defer s.metrics.release()
-	st := s.records()
-	if _, _, err := st.read(); !errors.Is(err, errNotConnected) {
+	defer s.metrics.Release()
+	st := s.Records()
+	if _, _, err := st.Read(); !errors.Is(err, errNotConnected) {
 		t.Errorf("read: %v", err)
 	}
-	if _, _, err := createKey(st, addOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
+	if _, _, err := keyops.Create(st, keyops.AddOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
 		t.Errorf("add: %v", err)
-	}
-}
-
-// KeySet.with, as a Redis store applies changes: replaced, removed and new
-// keys; the set it was made from unchanged (they share the keys' array);
-// usage cells kept for a key that stays the same.
-func TestKeySetWith(t *testing.T) {
-	a, b, c := newTestKey("a", nil), newTestKey("b", nil), newTestKey("c", nil)
-	rec := func(k testKey, extra map[string]any) *Record {
-		var r Record
-		m := maps.Clone(k.record)
-		maps.Copy(m, extra)
-		js, _ := json.Marshal(m)
-		if err := json.Unmarshal(js, &r); err != nil {
-			t.Fatal(err)
-		}
-		return &r
-	}
-	base, err := NewKeySet([]Record{*rec(a, nil), *rec(b, nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ka, sumA := base.lookup(a.Raw)
-	ka.usage.Store(&usageCell{id: ka.ID})
-	set := base
-	for i := range 300 { // past the spare room: compacts on the way
-		var changes map[string]*Record
-		switch i % 3 {
-		case 0: // revoke b
-			changes = map[string]*Record{b.record["id"].(string): rec(b, map[string]any{"revoked_at": "2026-11-29T00:00:00Z"})}
-		case 1: // add c
-			changes = map[string]*Record{c.record["id"].(string): rec(c, nil), b.record["id"].(string): rec(b, nil)}
-		case 2: // remove c
-			changes = map[string]*Record{c.record["id"].(string): nil}
-		}
-		// Every other step says what the records were, as the log does;
-		// the others leave with to search.
-		var was map[string]string
-		if i%2 == 0 {
-			was = map[string]string{}
-			for id := range changes {
-				was[id] = ""
-				set.each(func(sum [sha256.Size]byte, k *Key) {
-					if k.ID == id {
-						was[id] = hex.EncodeToString(sum[:])
-					}
-				})
-			}
-		}
-		next, problems := set.with(changes, was)
-		if problems != nil {
-			t.Fatal(problems)
-		}
-		kb, _ := next.lookup(b.Raw)
-		kc, _ := next.lookup(c.Raw)
-		switch i % 3 {
-		case 0:
-			if kb == nil || !kb.revoked || kc != nil || next.size() != 2 {
-				t.Fatalf("step %d: b revoked %v, c %v, size %d", i, kb != nil && kb.revoked, kc != nil, next.size())
-			}
-		case 1:
-			if kb == nil || kb.revoked || kc == nil || next.size() != 3 {
-				t.Fatalf("step %d: b %v, c %v, size %d", i, kb, kc, next.size())
-			}
-		case 2:
-			if kc != nil || next.size() != 2 {
-				t.Fatalf("step %d: c still there", i)
-			}
-		}
-		if got := next.find(sumA); got == nil || got.usage.Load() == nil || got.usage.Load() != ka.usage.Load() {
-			t.Fatalf("step %d: a lost its usage cell", i)
-		}
-		if n := countKeys(next, time.Now()); n[stateActive]+n[stateRevoked] != next.size() {
-			t.Fatalf("step %d: counted %v, size %d", i, n, next.size())
-		}
-		set = next
-	}
-	if k, _ := base.lookup(b.Raw); k == nil || k.revoked || base.size() != 2 {
-		t.Fatal("the first set changed")
-	}
-	next, problems := set.with(map[string]*Record{"dup": rec(a, map[string]any{"id": "dup"})}, nil)
-	if len(problems) != 1 || !strings.Contains(problems[0].Error(), "key_hash is the same") {
-		t.Fatalf("a change giving a second id the same key_hash: problems %v", problems)
-	}
-	if k, _ := next.lookup(a.Raw); k == nil || k.ID != a.record["id"] {
-		t.Fatal("the key whose hash was claimed again is not its own id's any more")
-	}
-	// A new record replayed (a full read saw it already): its own key is
-	// replaced, not refused as a second key with its hash.
-	replay := map[string]string{a.record["id"].(string): ""}
-	next, problems = set.with(map[string]*Record{a.record["id"].(string): rec(a, nil)}, replay)
-	if k, _ := next.lookup(a.Raw); problems != nil || k == nil || next.size() != set.size() {
-		t.Fatalf("a replayed add: problems %v, size %d", problems, next.size())
-	}
-	// A key the log says nothing right about (its record changed by other
-	// means) is still found and replaced.
-	stale := map[string]string{a.record["id"].(string): hashKey("not a's key")}
-	next, _ = set.with(map[string]*Record{a.record["id"].(string): rec(a, map[string]any{"revoked_at": "2026-11-29T00:00:00Z"})}, stale)
-	if k, _ := next.lookup(a.Raw); k == nil || !k.revoked || next.size() != set.size() {
-		t.Fatal("a change with a wrong was left the old key in force")
 	}
 }
 
@@ -629,21 +531,21 @@ func TestRedisRevokeByIDAndByPrefix(t *testing.T) {
 	rs := r.records("rv:")
 	_, a := addRedisKey(t, rs, "a")
 	_, b := addRedisKey(t, rs, "b")
-	if _, _, err := revokeNamedKey(rs, a.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, a.ID, time.Now(), nil); err != nil {
 		t.Fatalf("revoke by id: %v", err)
 	}
-	if _, _, err := revokeNamedKey(rs, b.KeyPrefix, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, b.KeyPrefix, time.Now(), nil); err != nil {
 		t.Fatalf("revoke by key_prefix: %v", err)
 	}
-	_, already, err := revokeNamedKey(rs, strings.ToUpper(a.ID), time.Now(), nil)
+	_, already, err := keyops.Revoke(rs, strings.ToUpper(a.ID), time.Now(), nil)
 	if err != nil || already == "" {
 		t.Fatalf("revoke by id in capitals: already %q, %v", already, err)
 	}
-	var re *refError
-	if _, _, err := revokeNamedKey(rs, "00000000-0000-4000-8000-000000000000", time.Now(), nil); !errors.As(err, &re) || re.code != "KEY_NOT_FOUND" {
+	var re *keyops.RefError
+	if _, _, err := keyops.Revoke(rs, "00000000-0000-4000-8000-000000000000", time.Now(), nil); !errors.As(err, &re) || re.Code != "KEY_NOT_FOUND" {
 		t.Fatalf("revoke of no key: %v", err)
 	}
-	records, _, err := rs.read()
+	records, _, err := rs.Read()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -676,17 +578,17 @@ func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
 	}
 
 	// Revocations still reach the store, one by one, past the broken record.
-	if _, _, err := revokeNamedKey(rs, recB.ID, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Second, "a revocation did not reach the store while another record is broken", func() bool { return !admits(s, rawB) })
 
 	// key_hash changed by hand (no log entry), then a change through the
 	// script: the key the store held for that id is dropped all the same.
-	other, _ := generateKey()
+	other, _ := keyops.GenerateKey()
 	js, _ := r.do("HGET", keys.records, recA.ID).ToString()
-	r.do("HSET", keys.records, recA.ID, strings.Replace(js, recA.KeyHash, hashKey(other), 1))
-	if _, _, err := revokeNamedKey(rs, recA.ID, time.Now(), nil); err != nil {
+	r.do("HSET", keys.records, recA.ID, strings.Replace(js, recA.KeyHash, keyset.HashKey(other), 1))
+	if _, _, err := keyops.Revoke(rs, recA.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 2*time.Second, "the key of a record re-keyed by hand stayed in force after its revocation", func() bool { return !admits(s, rawA) })
@@ -703,12 +605,12 @@ func TestRedisRefusesIDsThatAreNotUTF8(t *testing.T) {
 	rs := r.records("")
 	k := newTestKey("bad id", map[string]any{"id": "k\xff1"})
 	path := filepath.Join(t.TempDir(), "keys.json")
-	rec, _ := json.Marshal(k.record) // json.Marshal mangles \xff: write it by hand
+	rec, _ := json.Marshal(k.Record) // json.Marshal mangles \xff: write it by hand
 	data := strings.Replace(string(rec), `k\ufffd1`, "k\xff1", 1)
 	if err := os.WriteFile(path, []byte(`{"api_keys": [`+data+`]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := importKeys(fileRecords{path: path}, rs, nil); err == nil || !strings.Contains(err.Error(), "valid UTF-8") {
+	if _, err := keyops.Import(path, rs, keyops.ImportOptions{Waiting: nil}); err == nil || !strings.Contains(err.Error(), "valid UTF-8") {
 		t.Fatalf("import of an id that is not UTF-8: %v", err)
 	}
 }
@@ -726,14 +628,14 @@ func TestRedisAddDoesNotCreateUnlessTold(t *testing.T) {
 	r := startRedis(t)
 	rs := r.records("wiped:")
 	rs.mayCreate = false
-	if _, _, err := createKey(rs, addOptions{Label: "x"}, time.Now(), nil); err == nil || !strings.Contains(err.Error(), "--create") {
+	if _, _, err := keyops.Create(rs, keyops.AddOptions{Label: "x"}, time.Now(), nil); err == nil || !strings.Contains(err.Error(), "--create") {
 		t.Fatalf("add on an empty prefix without --create: %v", err)
 	}
 	if n, _ := r.do("EXISTS", "{wiped:}version").AsInt64(); n != 0 {
 		t.Fatal("a refused add made a key set")
 	}
 	rs.mayCreate = true
-	if _, _, err := createKey(rs, addOptions{Label: "x"}, time.Now(), nil); err != nil {
+	if _, _, err := keyops.Create(rs, keyops.AddOptions{Label: "x"}, time.Now(), nil); err != nil {
 		t.Fatalf("add --create: %v", err)
 	}
 }
@@ -766,7 +668,7 @@ func TestRedisStoreURLFromEnvWithPassword(t *testing.T) {
 	if err != nil {
 		t.Fatalf("provision with the URL from {env.*}: %v", err)
 	}
-	if k, _ := h.store.KeySet().lookup(raw); k == nil {
+	if k, _ := h.store.KeySet().Lookup(raw); k == nil {
 		t.Fatal("the key is not in force")
 	}
 	_, err = provision(strings.Replace(u, "s3cret-pass", "wrong-pass", 1))

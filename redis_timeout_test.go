@@ -5,6 +5,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyops"
 )
 
 // A Redis that takes the connection but does not answer (frozen, SIGSTOP):
@@ -12,6 +14,7 @@ import (
 // after the connection's time-out, and say so, where they said "context
 // deadline exceeded" or "i/o timeout" alone.
 func TestRedisTimeoutsSayWhatGaveUp(t *testing.T) {
+	slowTest(t, "seconds of Redis round trips")
 	r := startRedis(t)
 	slow := &testRedis{t: t, port: r.port, URL: r.URL + "?dial_timeout=1s&write_timeout=1s"}
 	rs := slow.records("")
@@ -31,11 +34,11 @@ func TestRedisTimeoutsSayWhatGaveUp(t *testing.T) {
 			t.Errorf("%s: %v, want it to say that Redis did not answer within 1s", what, err)
 		}
 	}
-	_, _, err = rs.read()
+	_, _, err = rs.Read()
 	says("list", err)
-	_, _, err = revokeNamedKey(rs, rec.ID, time.Now(), nil)
+	_, _, err = keyops.Revoke(rs, rec.ID, time.Now(), nil)
 	says("revoke", err)
-	_, _, err = s.records().read()
+	_, _, err = s.Records().Read()
 	says("the admin API's list", err)
 	_, err = dialRedisRecords(slow.URL, "")
 	says("a command's connection", err)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 )
@@ -467,7 +468,7 @@ func openTopologyStore(t testing.TB, url, prefix string, logger *zap.Logger) *re
 	}
 	s := newRedisKeyStore(opt, shown, keys, "")
 	s.logger = logger
-	s.leases.add(storeSettings{usage: interval{every: time.Hour}, reload: interval{off: true}})
+	s.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
 	if err := s.open(); err != nil {
 		t.Fatalf("open: %v", err)
 	}

@@ -1,13 +1,11 @@
 package apikey
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"slices"
@@ -15,9 +13,9 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
-	"unsafe"
 
-	"github.com/go-json-experiment/json/jsontext"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
 )
 
@@ -330,96 +328,27 @@ func scanHash(ctx context.Context, c rueidis.Client, key string, fn func(page []
 	return ctx.Err()
 }
 
-// recordReader reads the values of a key set's records hash, each on its
-// own: a value must be exactly one JSON object, the record of the id (the
-// hash field) it is stored under, checked as a key file's record is. So a
-// value that holds something else (two records, an array, null, half a
-// record) is that one record's problem, and never shifts or swallows
-// another. One reader serves many values: its decoder is reset for each,
-// and reads the value's bytes in place.
-type recordReader struct {
-	d  keyFileDecoder
-	in bytes.Buffer
-}
-
-// read reads value, stored under field, into r, which is zero. r's strings
-// and raw JSON are views of value (Redis replies are never changed, and
-// raw is the whole value, white space included). The error names field.
-func (p *recordReader) read(field, value string, r *docRecord) error {
-	data := unsafe.Slice(unsafe.StringData(value), len(value))
-	p.in = *bytes.NewBuffer(data)
-	if p.d.dec == nil {
-		p.d.dec = jsontext.NewDecoder(&p.in, decoderOptions...)
-	} else {
-		p.d.dec.Reset(&p.in, decoderOptions...)
-	}
-	p.d.data = data
-	err := p.readOne(r)
-	switch {
-	case err != nil:
-		// The key file's "record 1 (id ...)" says less than the field.
-		if inner := errors.Unwrap(err); inner != nil {
-			err = inner
-		}
-	case r.ID != field:
-		err = fmt.Errorf("its id %q is not the hash field it is stored under", r.ID)
-	default:
-		r.raw = data[:len(data):len(data)]
-		return nil
-	}
-	*r = docRecord{} // nothing of a value that cannot be read is kept
-	return fmt.Errorf("record %q: %w", field, err)
-}
-
-func (p *recordReader) readOne(r *docRecord) error {
-	switch k := p.d.dec.PeekKind(); k {
-	case '{':
-	case 0: // empty, or not JSON: the decoder says which
-		_, err := p.d.dec.ReadValue()
-		if errors.Is(err, io.EOF) {
-			return errors.New("the value is empty; want a JSON object")
-		}
-		return p.d.syntaxError(err)
-	default:
-		v, err := p.d.value()
-		if err != nil {
-			return err
-		}
-		return fmt.Errorf("want a JSON object, got %.40s", v)
-	}
-	if err := p.d.record(r, 1); err != nil {
-		return err
-	}
-	if _, err := p.d.dec.ReadToken(); !errors.Is(err, io.EOF) {
-		if err == nil {
-			return errors.New("the value holds more than one JSON value; want one record")
-		}
-		return p.d.syntaxError(err)
-	}
-	return nil
-}
-
 // readRedisRecords reads a whole key set as of one version, as the commands
 // edit it: it scans the records between two reads of the version, and
 // scans again if they differ. sorted orders them for people (oldest first,
 // then by id); the records of a hash have no order of their own.
-func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted bool) (*keyDoc, int64, error) {
+func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted bool) (*keyfile.Doc, int64, error) {
 	for attempt := 1; ; attempt++ {
 		before, err := readState(ctx, c, k)
 		if err != nil {
 			return nil, before, err
 		}
-		doc := &keyDoc{bare: true}
+		doc := keyfile.NewList()
 		seen := make(map[string]bool)
-		var rd recordReader
+		var rd keyfile.RecordReader
 		err = scanHash(ctx, c, k.records, func(page []string) error {
 			for i := 0; i < len(page); i += 2 {
 				if seen[page[i]] {
 					continue
 				}
 				seen[page[i]] = true
-				doc.records = append(doc.records, docRecord{})
-				if err := rd.read(page[i], page[i+1], &doc.records[len(doc.records)-1]); err != nil {
+				doc.Records = append(doc.Records, keyfile.Record{})
+				if err := rd.Read(page[i], page[i+1], &doc.Records[len(doc.Records)-1]); err != nil {
 					return err
 				}
 			}
@@ -439,7 +368,7 @@ func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted
 			continue
 		}
 		if sorted {
-			slices.SortFunc(doc.records, func(a, b docRecord) int {
+			slices.SortFunc(doc.Records, func(a, b keyfile.Record) int {
 				if c := strings.Compare(deref(a.CreatedAt), deref(b.CreatedAt)); c != 0 {
 					return c
 				}
@@ -454,32 +383,32 @@ func readRedisRecords(ctx context.Context, c rueidis.Client, k redisKeys, sorted
 // the key set and one page are ever in memory. A record that cannot be used
 // is left out (its key refused) and named among problems; err is for Redis
 // itself.
-func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *KeySet, problems []error, err error) {
+func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *keyset.KeySet, problems []error, err error) {
 	size, err := c.Do(ctx, c.B().Hlen().Key(k.records).Build()).AsInt64()
 	if err != nil {
 		return nil, nil, err
 	}
-	b := newKeySetBuilder(int(size))
-	// Room for the keys that changes will add (see KeySet.with), so that
+	b := keyset.NewBuilder(int(size))
+	// Room for the keys that changes will add (see KeySet.With), so that
 	// the first ones need not copy the key set.
-	b.ks.keys = make([]Key, 0, size+size/8+64)
+	b.Reserve(int(size/8 + 64))
 	n := 0
 	seen := make(map[string]bool) // HSCAN may return a field twice
-	var rd recordReader
-	var rec docRecord
+	var rd keyfile.RecordReader
+	var rec keyfile.Record
 	err = scanHash(ctx, c, k.records, func(page []string) error {
 		for i := 0; i < len(page); i += 2 {
 			if seen[page[i]] {
 				continue
 			}
 			seen[page[i]] = true
-			rec = docRecord{}
-			if err := rd.read(page[i], page[i+1], &rec); err != nil {
+			rec = keyfile.Record{}
+			if err := rd.Read(page[i], page[i+1], &rec); err != nil {
 				problems = append(problems, err)
 				continue
 			}
 			n++
-			if err := b.add(&rec.Record, n); err != nil {
+			if err := b.Add(&rec.Record, n); err != nil {
 				problems = append(problems, err)
 			}
 		}
@@ -491,7 +420,7 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *Ke
 	if len(seen) == 0 { // its caller saw a version: the records are gone
 		return nil, nil, errRecordsGone
 	}
-	return b.ks, problems, nil
+	return b.KeySet(), problems, nil
 }
 
 func deref(s *string) string {
@@ -499,26 +428,6 @@ func deref(s *string) string {
 		return ""
 	}
 	return *s
-}
-
-// compactRecord is a record's JSON as Redis holds it: on one line, its
-// strings and numbers spelled as they were.
-func compactRecord(r *docRecord) ([]byte, error) {
-	var whole []byte
-	if r.raw != nil {
-		whole = r.raw
-	} else {
-		whole = []byte{'{'}
-		for i, m := range r.members {
-			if i > 0 {
-				whole = append(whole, ',')
-			}
-			whole, _ = jsontext.AppendQuote(whole, m.name)
-			whole = append(append(whole, ':'), m.value...)
-		}
-		whole = append(whole, '}')
-	}
-	return jsontext.AppendFormat(nil, whole, jsontext.PreserveRawStrings(true), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
 }
 
 // editBatch is how many records one run of editScript writes. A change of
@@ -537,7 +446,7 @@ const editBatch = 5000
 // With from anyVersion, the change only adds records: it is written
 // whatever the version, and refused (errIDTaken) if one of its ids is
 // there already.
-func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDoc, from int64, create bool) (int64, error) {
+func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyfile.Doc, from int64, create bool) (int64, error) {
 	return writeRecords(ctx, c, k, doc, from, create, nil)
 }
 
@@ -546,14 +455,14 @@ func writeChanged(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDo
 // still the value it was read as (read[id]; none if read has no value for
 // it), and refused otherwise (errRecordMoved, or errIDTaken for a record
 // that was not there). Changes of other records do not hold it up.
-func writeRecords(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDoc, from int64, create bool, read map[string]string) (int64, error) {
+func writeRecords(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyfile.Doc, from int64, create bool, read map[string]string) (int64, error) {
 	if read != nil {
 		from = anyVersion
 	}
 	var writes []string // id, expected, JSON, id, expected, JSON...
-	for i := range doc.records {
-		r := &doc.records[i]
-		if r.raw != nil {
+	for i := range doc.Records {
+		r := &doc.Records[i]
+		if !r.Edited() {
 			continue
 		}
 		// The log names ids in JSON, which cannot carry invalid UTF-8:
@@ -561,7 +470,7 @@ func writeRecords(ctx context.Context, c rueidis.Client, k redisKeys, doc *keyDo
 		if !utf8.ValidString(r.ID) {
 			return 0, fmt.Errorf("record %q: a Redis key set needs ids that are valid UTF-8", r.ID)
 		}
-		js, err := compactRecord(r)
+		js, err := r.Compact()
 		if err != nil {
 			return 0, fmt.Errorf("record %q: %v", r.ID, err)
 		}
@@ -646,10 +555,6 @@ var errVersionMoved = errors.New("the key set changed meanwhile")
 // records changes, between the read and the write; the edit is done again.
 var errRecordMoved = errors.New("the record changed meanwhile")
 
-// errConflict: an edit that found its records changed by another writer
-// at each of its tries; nothing was written. Trying again may work.
-var errConflict = errors.New("another writer changed the key set at each try")
-
 // usedTimes reads the used hash: last use by "<key_hash>:<id>".
 func usedTimes(ctx context.Context, c rueidis.Client, k redisKeys) (map[string]time.Time, error) {
 	out := make(map[string]time.Time)
@@ -666,7 +571,7 @@ func usedTimes(ctx context.Context, c rueidis.Client, k redisKeys) (map[string]t
 
 // mergeUsed gives each record the later of its last_used_at and its used
 // entry (see redisKeys).
-func mergeUsed(records []docRecord, used map[string]time.Time) {
+func mergeUsed(records []keyfile.Record, used map[string]time.Time) {
 	for i := range records {
 		r := &records[i]
 		at, ok := used[strings.ToLower(r.KeyHash)+":"+r.ID]
@@ -674,12 +579,12 @@ func mergeUsed(records []docRecord, used map[string]time.Time) {
 			continue
 		}
 		if r.LastUsedAt != nil {
-			if t, err := parseTimestamp(*r.LastUsedAt); err == nil && !t.Before(at) {
+			if t, err := keyset.ParseTimestamp(*r.LastUsedAt); err == nil && !t.Before(at) {
 				continue
 			}
 		}
-		s := formatTimestamp(at)
-		if r.set("last_used_at", s) == nil {
+		s := keyset.FormatTimestamp(at)
+		if r.Set("last_used_at", s) == nil {
 			r.LastUsedAt = &s
 		}
 	}

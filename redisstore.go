@@ -1,14 +1,11 @@
 package apikey
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -16,8 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	jsonv2 "github.com/go-json-experiment/json"
-	"github.com/go-json-experiment/json/jsontext"
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 
@@ -55,7 +54,7 @@ type RedisStore struct {
 	UsageInterval caddy.Duration `json:"usage_interval,omitempty"`
 
 	store *redisKeyStore
-	lease *poolLease
+	lease *storecore.PoolLease
 }
 
 // CaddyModule returns the Caddy module information.
@@ -88,11 +87,11 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	val, _, err := redisStores.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		s := newRedisKeyStore(opt, shown, keys, cacheFile)
 		if err := s.open(); err != nil {
-			s.metrics.release()
+			s.metrics.Release()
 			return nil, err
 		}
 		s.start()
-		registerLive(s)
+		stores.Register(s)
 		return s, nil
 	})
 	if err != nil {
@@ -100,9 +99,9 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	}
 	s := val.(*redisKeyStore)
 	r.store = s
-	r.lease = &poolLease{pool: redisStores, key: poolKey, leases: s.leases, flush: s.askFlush, id: s.leases.add(storeSettings{
-		usage:  intervalSetting(r.UsageInterval, defaultUsageInterval),
-		reload: interval{off: true},
+	r.lease = &storecore.PoolLease{Pool: redisStores, Key: poolKey, Leases: s.leases, Flush: s.askFlush, ID: s.leases.Add(storecore.Settings{
+		Usage:  storecore.IntervalSetting(r.UsageInterval, storecore.DefaultUsageInterval),
+		Reload: storecore.Interval{Off: true},
 	})}
 	return nil
 }
@@ -111,21 +110,21 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 // store stays set, for requests still in flight.
 func (r *RedisStore) Cleanup() error {
 	if r.lease != nil {
-		r.lease.release()
+		r.lease.Release()
 		r.lease = nil
 	}
 	return nil
 }
 
 // KeySet returns the key set in force.
-func (r *RedisStore) KeySet() *KeySet { return r.store.keys.Load() }
+func (r *RedisStore) KeySet() *keyset.KeySet { return r.store.keys.Load() }
 
 // MarkUsed notes a use of a key, for the usage writer.
-func (r *RedisStore) MarkUsed(k *Key, sum [sha256.Size]byte, now int64) {
-	if r.store.leases.current().usage.off {
+func (r *RedisStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
+	if r.store.leases.Current().Usage.Off {
 		return
 	}
-	r.store.usage.mark(k, sum, now)
+	r.store.usage.Mark(k, sum, now)
 }
 
 // redisKeyStore is the live state of one Redis key set in this process:
@@ -137,12 +136,12 @@ type redisKeyStore struct {
 	rk        redisKeys
 	cacheFile string
 	logger    *zap.Logger // nil: Caddy's current logger
-	metrics   *storeMetrics
+	metrics   *stores.Metrics
 
 	client atomic.Pointer[rueidis.Client] // nil until connected
-	keys   atomic.Pointer[KeySet]
-	leases *leaseSet
-	usage  usageTracker
+	keys   atomic.Pointer[keyset.KeySet]
+	leases *storecore.Leases
+	usage  keyset.UsageTracker
 
 	// The follower's state.
 	version       int64           // the version of the key set in force
@@ -157,7 +156,7 @@ type redisKeyStore struct {
 	// The writers' state.
 	writeFailing bool
 	cacheFailing bool
-	cached       *KeySet
+	cached       *keyset.KeySet
 	writes       atomic.Int64 // usage writes done, for tests
 
 	syncNow  chan chan error    // asks the follower for a version check now
@@ -172,7 +171,7 @@ type redisKeyStore struct {
 func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, cacheFile string) *redisKeyStore {
 	s := &redisKeyStore{
 		opt: opt, shown: shown, rk: keys, cacheFile: cacheFile,
-		leases:   newLeaseSet(),
+		leases:   storecore.NewLeases(),
 		problems: make(map[string]bool),
 		syncNow:  make(chan chan error),
 		flushNow: make(chan chan struct{}),
@@ -180,14 +179,14 @@ func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, ca
 		done:     make(chan struct{}),
 	}
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
-	s.metrics = acquireStoreMetrics(s.name())
+	s.metrics = stores.AcquireMetrics(s.Name())
 	return s
 }
 
 // name, keySet and records make the store a liveStore, for the admin API.
-func (s *redisKeyStore) name() string    { return "redis:" + s.shown + "#" + s.rk.prefix }
-func (s *redisKeyStore) keySet() *KeySet { return s.keys.Load() }
-func (s *redisKeyStore) records() recordStore {
+func (s *redisKeyStore) Name() string           { return "redis:" + s.shown + "#" + s.rk.prefix }
+func (s *redisKeyStore) KeySet() *keyset.KeySet { return s.keys.Load() }
+func (s *redisKeyStore) Records() stores.RecordStore {
 	var c rueidis.Client
 	if p := s.client.Load(); p != nil {
 		c = *p
@@ -238,11 +237,11 @@ func (s *redisKeyStore) open() error {
 	}
 	s.keys.Store(ks)
 	s.cached = ks // what the cache file holds
-	s.metrics.loaded(ks, time.Now())
+	s.metrics.Loaded(ks, time.Now())
 	// Said here, once: the follower does not say it again.
 	s.down, s.gone = !gone, gone
 	s.log().Warn("Redis key set unavailable: starting from the cache file; will catch up when Redis is back",
-		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.size()), zap.Error(err))...)
+		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.Len()), zap.Error(err))...)
 	return nil
 }
 
@@ -267,20 +266,20 @@ func (s *redisKeyStore) start() {
 // the pending times as it stops, for at most stopWait.
 func (s *redisKeyStore) Destruct() error {
 	s.stopOnce.Do(s.stop)
-	unregisterLive(s)
+	stores.Unregister(s)
 	select {
 	case <-s.done:
-	case <-time.After(stopWait):
+	case <-time.After(storecore.StopWait):
 		s.log().Warn("the last usage write to Redis is still going on; it goes on in the background", s.fields()...)
 	}
-	s.metrics.release()
+	s.metrics.Release()
 	return nil
 }
 
 // askSync has the follower check the key set's version now, and catch up
 // if it is behind; it returns what came of it.
 func (s *redisKeyStore) askSync() error {
-	err, answered := ask(s.syncNow, s.stopCtx.Done(), reloadWait)
+	err, answered := storecore.Ask(s.syncNow, s.stopCtx.Done(), storecore.RefreshWait)
 	if !answered {
 		return errors.New("the Redis follower did not answer: it is busy, or stopped")
 	}
@@ -289,11 +288,11 @@ func (s *redisKeyStore) askSync() error {
 
 // refresh is askSync, for the admin API: a change made through it is in
 // force here when it answers.
-func (s *redisKeyStore) refresh() error { return s.askSync() }
+func (s *redisKeyStore) Refresh() error { return s.askSync() }
 
 // askFlush has the usage writer write every pending time now, and waits for
 // it at most stopWait.
-func (s *redisKeyStore) askFlush() { ask(s.flushNow, s.stopCtx.Done(), stopWait) }
+func (s *redisKeyStore) askFlush() { storecore.Ask(s.flushNow, s.stopCtx.Done(), storecore.StopWait) }
 
 // Timing of the follower.
 const (
@@ -378,7 +377,7 @@ func (s *redisKeyStore) reportDown(err error) {
 		return // a call cut short by Destruct is no outage
 	}
 	s.down = true
-	s.metrics.loadFailed()
+	s.metrics.LoadFailed()
 	s.log().Error("cannot reach Redis; the keys in force stay in force, and it is retried",
 		s.fields(zap.Int64("version", s.version), zap.Error(err))...)
 }
@@ -464,10 +463,10 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	}
 	// Every changed id loses its key; those whose record can be used get
 	// their new one.
-	changes := make(map[string]*Record, len(ids))
-	records := make([]docRecord, len(ids))
+	changes := make(map[string]*keyset.Record, len(ids))
+	records := make([]keyfile.Record, len(ids))
 	var problems []error
-	var rd recordReader
+	var rd keyfile.RecordReader
 	for i, v := range vals {
 		changes[ids[i]] = nil
 		js, err := v.ToString()
@@ -476,14 +475,14 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 		case err != nil:
 			return err
 		default:
-			if err := rd.read(ids[i], js, &records[i]); err != nil {
+			if err := rd.Read(ids[i], js, &records[i]); err != nil {
 				problems = append(problems, err)
 				continue
 			}
 			changes[ids[i]] = &records[i].Record
 		}
 	}
-	ks, bad := s.keys.Load().with(changes, was)
+	ks, bad := s.keys.Load().With(changes, was)
 	s.version, s.logID = version, last
 	s.put(ks, false)
 	s.reportProblems(append(problems, bad...))
@@ -497,7 +496,7 @@ func (s *redisKeyStore) reportProblems(problems []error) {
 	if len(problems) == 0 {
 		return
 	}
-	s.metrics.loadFailed()
+	s.metrics.LoadFailed()
 	for _, p := range problems {
 		if s.problems[p.Error()] {
 			continue
@@ -519,7 +518,7 @@ func (s *redisKeyStore) check() error {
 		s.reportDown(err)
 		return err
 	}
-	ctx, cancel := context.WithTimeout(s.stopCtx, reloadWait)
+	ctx, cancel := context.WithTimeout(s.stopCtx, storecore.RefreshWait)
 	defer cancel()
 	head, err := readHead(ctx, c, s.rk)
 	if err != nil {
@@ -564,7 +563,7 @@ func (s *redisKeyStore) check() error {
 			return s.resync(c)
 		}
 	}
-	s.metrics.synced(s.lastCheck)
+	s.metrics.Synced(s.lastCheck)
 	return nil
 }
 
@@ -575,7 +574,7 @@ func (s *redisKeyStore) reportGone(err error) {
 		return
 	}
 	s.gone = true
-	s.metrics.loadFailed()
+	s.metrics.LoadFailed()
 	if errors.Is(err, errRecordsGone) {
 		s.log().Error("the key set's records are gone from Redis while its version and change log remain (evicted under a maxmemory-policy allkeys-*, or deleted by hand); the keys in force stay in force, and the cache file is kept, until it is back: restore it with caddy apikey import, from an export or a cache_file",
 			s.fields(zap.Int64("version", s.version))...)
@@ -623,7 +622,7 @@ func (s *redisKeyStore) fullSync(c rueidis.Client) error {
 	s.lastCheck = time.Now()
 	clear(s.problems) // what is still wrong is reported again
 	s.reportProblems(problems)
-	if ks.size() >= bigKeySet {
+	if ks.Len() >= bigKeySet {
 		debug.FreeOSMemory() // give back what reading it took
 	}
 	return nil
@@ -657,14 +656,14 @@ const bigKeySet = 100_000
 
 // put puts ks in force. A key set read whole gets the usage cells of the
 // keys that stay the same (one that KeySet.with made has them already).
-func (s *redisKeyStore) put(ks *KeySet, whole bool) {
+func (s *redisKeyStore) put(ks *keyset.KeySet, whole bool) {
 	if old := s.keys.Load(); old != nil && whole {
-		carryUsage(old, ks)
+		keyset.CarryUsage(old, ks)
 	}
 	s.keys.Store(ks)
 	now := time.Now()
-	s.metrics.loaded(ks, now)
-	s.metrics.synced(now)
+	s.metrics.Loaded(ks, now)
+	s.metrics.Synced(now)
 	select {
 	case s.cacheNow <- struct{}{}:
 	default:
@@ -675,7 +674,7 @@ func (s *redisKeyStore) put(ks *KeySet, whole bool) {
 // every min(usage interval, maxFlushPeriod), all of them when asked, and
 // all of them as it stops.
 func (s *redisKeyStore) writeLoop() {
-	usageWriter(s.stopCtx.Done(), s.flushNow, s.leases, time.Now, s.writeUsage)
+	storecore.UsageWriter(s.stopCtx.Done(), s.flushNow, s.leases, time.Now, s.writeUsage)
 }
 
 // usageBatchSize is how many keys one run of usageScript covers; a flush
@@ -684,7 +683,7 @@ const usageBatchSize = 500
 
 // writeUsage writes the due last-used times to Redis in one round trip.
 func (s *redisKeyStore) writeUsage(all bool) {
-	batch := s.usage.collect(all, s.leases.current().usage.every, time.Now())
+	batch := s.usage.Collect(all, s.leases.Current().Usage.Every, time.Now())
 	if batch == nil {
 		return
 	}
@@ -692,7 +691,7 @@ func (s *redisKeyStore) writeUsage(all bool) {
 	if p := s.client.Load(); p != nil {
 		err = s.sendUsage(*p, batch)
 	}
-	s.metrics.usageWritten(err)
+	s.metrics.UsageWritten(err)
 	if err != nil {
 		if !s.writeFailing {
 			s.writeFailing = true
@@ -704,15 +703,15 @@ func (s *redisKeyStore) writeUsage(all bool) {
 		s.writeFailing = false
 		s.log().Info("writing last-used times to Redis works again", s.fields()...)
 	}
-	s.usage.done(batch)
+	s.usage.Done(batch)
 	s.writes.Add(1)
 }
 
-func (s *redisKeyStore) sendUsage(c rueidis.Client, batch *usageBatch) error {
+func (s *redisKeyStore) sendUsage(c rueidis.Client, batch *keyset.UsageBatch) error {
 	var execs []rueidis.LuaExec
 	var args []string
-	for k, at := range batch.updates {
-		args = append(args, k.id, k.hash, strconv.FormatInt(at.UnixMicro(), 10))
+	for k, at := range batch.Updates {
+		args = append(args, k.ID, k.Hash, strconv.FormatInt(at.UnixMicro(), 10))
 		if len(args) == 3*usageBatchSize {
 			execs = append(execs, rueidis.LuaExec{Keys: []string{s.rk.records, s.rk.used}, Args: args})
 			args = nil
@@ -754,12 +753,12 @@ func (s *redisKeyStore) writeCache() {
 	if ks == nil || ks == s.cached {
 		return
 	}
-	if ks.size() == 0 {
+	if ks.Len() == 0 {
 		// An empty key set (every record unusable) is never written: a
 		// server that starts from its cache would refuse every key.
 		return
 	}
-	_, err := writeFileAtomic(s.cacheFile, keySetSnapshot{ks: ks, of: s.name()}, nil, nil)
+	_, err := keyfile.WriteAtomic(s.cacheFile, keyfile.Snapshot{KeySet: ks, Of: s.Name()}, nil, nil)
 	if err != nil {
 		if !s.cacheFailing {
 			s.cacheFailing = true
@@ -775,112 +774,15 @@ func (s *redisKeyStore) writeCache() {
 // set: a cache file of another key set (another prefix, another Redis, a
 // file copied from another server) is refused, never put in force. A key
 // file that names no key set (an export put there by hand) is taken.
-func (s *redisKeyStore) readCache() (*KeySet, error) {
-	of, err := snapshotOf(s.cacheFile)
+func (s *redisKeyStore) readCache() (*keyset.KeySet, error) {
+	of, err := keyfile.SnapshotOf(s.cacheFile)
 	if err != nil {
-		return nil, &keyFileError{path: s.cacheFile, err: err}
+		return nil, &keyfile.Error{Path: s.cacheFile, Err: err}
 	}
-	if of != "" && of != s.name() {
-		return nil, fmt.Errorf("cache file %s is a snapshot of %s, not of this store's key set %s", s.cacheFile, of, s.name())
+	if of != "" && of != s.Name() {
+		return nil, fmt.Errorf("cache file %s is a snapshot of %s, not of this store's key set %s", s.cacheFile, of, s.Name())
 	}
-	return readKeySet(s.cacheFile)
-}
-
-// snapshotOf returns the key set that the cache file at path names in its
-// first member, "snapshot" (see keySetSnapshot), or "" if it names none.
-// It reads no further than that member.
-func snapshotOf(path string) (string, error) {
-	f, _, err := openKeyFile(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	dec := jsontext.NewDecoder(bufio.NewReaderSize(io.LimitReader(f, 64<<10), 4096), decoderOptions...)
-	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
-		return "", nil // not a key file object: readKeySet says what it is
-	}
-	if name, err := dec.ReadToken(); err != nil || name.Kind() != '"' || name.String() != "snapshot" {
-		return "", nil
-	}
-	v, err := dec.ReadToken()
-	if err != nil || v.Kind() != '"' {
-		return "", nil
-	}
-	of := strings.TrimSuffix(strings.TrimPrefix(v.String(), snapshotLead), snapshotTail)
-	if of == "" {
-		of = v.String()
-	}
-	return of, nil
-}
-
-// How a cache file names its key set: snapshotLead + the store's name +
-// snapshotTail.
-const (
-	snapshotLead = "a snapshot of "
-	snapshotTail = ", written by caddy-apikey"
-)
-
-// keySetSnapshot writes a key set as a key file, with what authentication
-// needs of each record, and its created_at, so that a key set restored
-// from it keeps them (never last-used times, rotated_from, nor members
-// this plugin does not know, which the key set does not hold): the cache
-// file.
-type keySetSnapshot struct {
-	ks *KeySet
-	of string
-}
-
-func (s keySetSnapshot) WriteTo(w io.Writer) (int64, error) {
-	cw := &countWriter{w: w}
-	bw := bufio.NewWriterSize(cw, chunkSize)
-	of, _ := json.Marshal(snapshotLead + s.of + snapshotTail)
-	fmt.Fprintf(bw, "{\n  \"snapshot\": %s,\n  \"api_keys\": [", of)
-	first := true
-	var err error
-	s.ks.each(func(sum [sha256.Size]byte, k *Key) {
-		if err != nil {
-			return
-		}
-		rec := Record{ID: k.ID, Label: k.Label, KeyHash: hex.EncodeToString(sum[:]), KeyPrefix: k.Prefix, Scopes: k.Scopes}
-		if k.expires {
-			rec.ExpiresAt = timestamp(ptr(time.Unix(0, k.expiresAt)))
-		}
-		if k.revoked {
-			rec.RevokedAt = timestamp(ptr(time.Unix(0, k.revokedAt)))
-		}
-		if k.created {
-			rec.CreatedAt = timestamp(ptr(time.Unix(0, k.createdAt)))
-		}
-		var js []byte
-		if js, err = jsonv2.Marshal(rec); err != nil {
-			return
-		}
-		if !first {
-			bw.WriteByte(',')
-		}
-		first = false
-		bw.WriteString("\n    ")
-		bw.Write(js)
-	})
-	if err != nil {
-		return cw.n, err
-	}
-	bw.WriteString("\n  ]\n}\n")
-	err = bw.Flush()
-	return cw.n, err
-}
-
-func ptr[T any](v T) *T { return &v }
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+	return keyfile.ReadKeySet(s.cacheFile)
 }
 
 // Interface guards
@@ -888,9 +790,5 @@ var (
 	_ Store              = (*RedisStore)(nil)
 	_ caddy.Provisioner  = (*RedisStore)(nil)
 	_ caddy.CleanerUpper = (*RedisStore)(nil)
-	_ Store              = (*FileStore)(nil)
-	_ caddy.Provisioner  = (*FileStore)(nil)
-	_ caddy.CleanerUpper = (*FileStore)(nil)
-	_ liveStore          = (*redisKeyStore)(nil)
-	_ liveStore          = (*keyStore)(nil)
+	_ stores.Live        = (*redisKeyStore)(nil)
 )

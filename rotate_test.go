@@ -12,15 +12,21 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // mustRotate runs rotate and returns the new raw key, checking that stdout
 // holds it alone on its line, that stderr never shows it and says it
 // cannot be shown again.
-func mustRotate(t testing.TB, path string, opts rotateOptions, now time.Time) (raw, stderr string) {
+func mustRotate(t testing.TB, path string, opts keyops.RotateOptions, now time.Time) (raw, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	if err := rotateKey(&out, &errOut, fileRecords{path}, opts, now); err != nil {
+	if err := rotateKey(&out, &errOut, filestore.Records{Path: path, MayCreate: true}, opts, now); err != nil {
 		t.Fatalf("rotate: %v", err)
 	}
 	raw, ok := strings.CutSuffix(out.String(), "\n")
@@ -37,11 +43,11 @@ func mustRotate(t testing.TB, path string, opts rotateOptions, now time.Time) (r
 }
 
 // newRecordOf returns the record that rotate added for raw, the last one.
-func newRecordOf(t testing.TB, path, raw string) docRecord {
+func newRecordOf(t testing.TB, path, raw string) keyfile.Record {
 	t.Helper()
-	recs := readKeyDoc(t, path).records
+	recs := readKeyDoc(t, path).Records
 	last := recs[len(recs)-1]
-	if last.KeyHash != hashKey(raw) {
+	if last.KeyHash != keyset.HashKey(raw) {
 		t.Fatalf("the last record is not the new key's: %+v", last.Record)
 	}
 	return last
@@ -60,11 +66,11 @@ func TestCommandRotate(t *testing.T) {
 		"last_used_at": "2026-11-20T08:00:00.5+00:00",
 		"rotated_from": "99999999-0000-4000-8000-000000000009",
 	})
-	oldRec, err := json.Marshal(oldKey.record)
+	oldRec, err := json.Marshal(oldKey.Record)
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherRec, err := json.Marshal(other.record)
+	otherRec, err := json.Marshal(other.Record)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,16 +79,15 @@ func TestCommandRotate(t *testing.T) {
 	recText := `{"team": "ops", ` + strings.TrimPrefix(string(oldRec), "{")
 	recText = strings.TrimSuffix(recText, "}") + `, "notes": {"ticket": 42, "big": 12345678901234567890}, "owner": "\u00e9quipe"}`
 	writeFile(t, path, `{"version": 3, "api_keys": [`+recText+`, `+string(otherRec)+`]}`)
-	otherBefore := string(readKeyDoc(t, path).records[1].raw)
 
-	raw, stderr := mustRotate(t, path, rotateOptions{Ref: "aaaa1111", Grace: "2h"}, cmdNow)
+	raw, stderr := mustRotate(t, path, keyops.RotateOptions{Ref: "aaaa1111", Grace: "2h"}, cmdNow)
 
 	doc := readKeyDoc(t, path)
-	if len(doc.records) != 3 {
-		t.Fatalf("%d records, want 3 (the new one appended)", len(doc.records))
+	if len(doc.Records) != 3 {
+		t.Fatalf("%d records, want 3 (the new one appended)", len(doc.Records))
 	}
-	if got := string(doc.records[1].raw); got != otherBefore {
-		t.Errorf("the other record changed:\n%s\nwas\n%s", got, otherBefore)
+	if text := readFile(t, path); !strings.Contains(text, string(otherRec)) {
+		t.Errorf("the other record changed: %s is no longer in\n%s", otherRec, text)
 	}
 	nr := newRecordOf(t, path, raw)
 	members := recordMembers(nr)
@@ -90,14 +95,14 @@ func TestCommandRotate(t *testing.T) {
 	if got := memberNames(members); !slices.Equal(got, wantOrder) {
 		t.Errorf("new record members = %v, want %v", got, wantOrder)
 	}
-	if !uuidV4Pattern.MatchString(nr.ID) || nr.ID == oldKey.record["id"] {
+	if !uuidV4Pattern.MatchString(nr.ID) || nr.ID == oldKey.Record["id"] {
 		t.Errorf("new id = %q, want a new UUID", nr.ID)
 	}
 	if nr.Label != "CI deploy" || !slices.Equal(nr.Scopes, []string{"deploy", "read"}) || nr.KeyPrefix != raw[:11] {
 		t.Errorf("new record = %+v", nr.Record)
 	}
-	if nr.CreatedAt == nil || *nr.CreatedAt != formatTimestamp(cmdNow) || string(members.get("last_used_at")) != "null" {
-		t.Errorf("created_at = %v, last_used_at = %s", nr.CreatedAt, members.get("last_used_at"))
+	if nr.CreatedAt == nil || *nr.CreatedAt != keyset.FormatTimestamp(cmdNow) || string(members.Get("last_used_at")) != "null" {
+		t.Errorf("created_at = %v, last_used_at = %s", nr.CreatedAt, members.Get("last_used_at"))
 	}
 	if nr.ExpiresAt != nil || nr.RevokedAt != nil {
 		t.Errorf("the new key has expires_at %v, revoked_at %v", nr.ExpiresAt, nr.RevokedAt)
@@ -105,15 +110,15 @@ func TestCommandRotate(t *testing.T) {
 	if nr.RotatedFrom == nil || *nr.RotatedFrom != "aaaa1111-0000-4000-8000-000000000001" {
 		t.Errorf("rotated_from = %v, want the old id", nr.RotatedFrom)
 	}
-	if got := string(members.get("notes")); !strings.Contains(got, "12345678901234567890") || members.getString("team") != "ops" {
-		t.Errorf("unknown members not copied as they were: team %s, notes %s", members.get("team"), got)
+	if got := string(members.Get("notes")); !strings.Contains(got, "12345678901234567890") || members.GetString("team") != "ops" {
+		t.Errorf("unknown members not copied as they were: team %s, notes %s", members.Get("team"), got)
 	}
-	if got := string(members.get("owner")); got != `"\u00e9quipe"` {
+	if got := string(members.Get("owner")); got != `"\u00e9quipe"` {
 		t.Errorf("owner = %s, want the escape kept as written", got)
 	}
 
 	old := fileRecord(t, path, "aaaa1111-0000-4000-8000-000000000001")
-	if old.ExpiresAt == nil || *old.ExpiresAt != formatTimestamp(cmdNow.Add(2*time.Hour)) || old.RevokedAt != nil {
+	if old.ExpiresAt == nil || *old.ExpiresAt != keyset.FormatTimestamp(cmdNow.Add(2*time.Hour)) || old.RevokedAt != nil {
 		t.Errorf("old key: expires_at %v, revoked_at %v; want expires_at now + 2h", old.ExpiresAt, old.RevokedAt)
 	}
 	if old.RotatedFrom == nil || *old.RotatedFrom != "99999999-0000-4000-8000-000000000009" {
@@ -124,29 +129,29 @@ func TestCommandRotate(t *testing.T) {
 	if got := memberNames(recordMembers(old)); !slices.Equal(got, []string{"team", "created_at", "id", "key_hash", "key_prefix", "label", "last_used_at", "rotated_from", "scopes", "notes", "owner", "expires_at"}) {
 		t.Errorf("old record members = %v", got)
 	}
-	for _, want := range []string{`Rotated key "CI deploy"`, nr.ID, raw[:11], "aaaa1111-0000-4000-8000-000000000001", formatTimestamp(cmdNow.Add(2 * time.Hour)), "2h grace", "deploy,read"} {
+	for _, want := range []string{`Rotated key "CI deploy"`, nr.ID, raw[:11], "aaaa1111-0000-4000-8000-000000000001", keyset.FormatTimestamp(cmdNow.Add(2 * time.Hour)), "2h grace", "deploy,read"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr does not say %q:\n%s", want, stderr)
 		}
 	}
 
 	// The handler admits the new key, and the old one until the grace ends.
-	ks, err := readKeySet(path)
+	ks, err := keyfile.ReadKeySet(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	newK, _ := ks.lookup(raw)
-	oldK, _ := ks.lookup(oldKey.Raw)
+	newK, _ := ks.Lookup(raw)
+	oldK, _ := ks.Lookup(oldKey.Raw)
 	if newK == nil || oldK == nil {
 		t.Fatalf("lookup: new %v, old %v", newK, oldK)
 	}
-	if newK.ID != nr.ID || !newK.hasScope("deploy") || keyStatus(newK, cmdNow.Add(365*24*time.Hour)) != "active" {
+	if newK.ID != nr.ID || !newK.HasScope("deploy") || newK.State(cmdNow.Add(365*24*time.Hour)).String() != "active" {
 		t.Errorf("new key: %+v", newK)
 	}
 	end := cmdNow.Add(2 * time.Hour)
-	if keyStatus(oldK, cmdNow) != "active" || keyStatus(oldK, end.Add(-time.Nanosecond)) != "active" || keyStatus(oldK, end) != "expired" {
+	if oldK.State(cmdNow).String() != "active" || oldK.State(end.Add(-time.Nanosecond)).String() != "active" || oldK.State(end).String() != "expired" {
 		t.Errorf("old key status at now, just before and at the end of the grace: %s, %s, %s",
-			keyStatus(oldK, cmdNow), keyStatus(oldK, end.Add(-time.Nanosecond)), keyStatus(oldK, end))
+			oldK.State(cmdNow).String(), oldK.State(end.Add(-time.Nanosecond)).String(), oldK.State(end).String())
 	}
 }
 
@@ -156,11 +161,11 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 	for _, tc := range []struct {
 		name, grace, oldExpires, wantOld string
 	}{
-		{"no expiry, default grace", "", "", formatTimestamp(cmdNow.Add(24 * time.Hour))},
-		{"later expiry brought forward", "24h", formatTimestamp(cmdNow.Add(48 * time.Hour)), formatTimestamp(cmdNow.Add(24 * time.Hour))},
+		{"no expiry, default grace", "", "", keyset.FormatTimestamp(cmdNow.Add(24 * time.Hour))},
+		{"later expiry brought forward", "24h", keyset.FormatTimestamp(cmdNow.Add(48 * time.Hour)), keyset.FormatTimestamp(cmdNow.Add(24 * time.Hour))},
 		{"earlier expiry kept as written", "24h", "2026-11-25T21:14:31+00:00", "2026-11-25T21:14:31+00:00"},
-		{"grace in days", "7d", "", formatTimestamp(cmdNow.Add(7 * 24 * time.Hour))},
-		{"short grace", "1500ms", "", formatTimestamp(cmdNow.Add(1500 * time.Millisecond))},
+		{"grace in days", "7d", "", keyset.FormatTimestamp(cmdNow.Add(7 * 24 * time.Hour))},
+		{"short grace", "1500ms", "", keyset.FormatTimestamp(cmdNow.Add(1500 * time.Millisecond))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			extra := map[string]any{}
@@ -170,14 +175,14 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 			k := newTestKey("svc", extra)
 			// Compact, as no writer of this plugin would render it.
 			path := filepath.Join(t.TempDir(), "keys.json")
-			data, err := json.Marshal(map[string]any{"api_keys": []any{k.record}})
+			data, err := json.Marshal(map[string]any{"api_keys": []any{k.Record}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			writeFile(t, path, string(data))
-			oldBytes := string(readKeyDoc(t, path).records[0].raw)
-			_, stderr := mustRotate(t, path, rotateOptions{Ref: k.record["key_prefix"].(string), Grace: tc.grace}, cmdNow)
-			old := fileRecord(t, path, k.record["id"].(string))
+			oldBytes := string(readKeyDoc(t, path).Records[0].Raw())
+			_, stderr := mustRotate(t, path, keyops.RotateOptions{Ref: k.Record["key_prefix"].(string), Grace: tc.grace}, cmdNow)
+			old := fileRecord(t, path, k.Record["id"].(string))
 			if old.ExpiresAt == nil || *old.ExpiresAt != tc.wantOld || old.RevokedAt != nil {
 				t.Errorf("old key: expires_at %v, revoked_at %v; want expires_at %s", old.ExpiresAt, old.RevokedAt, tc.wantOld)
 			}
@@ -185,7 +190,7 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 				if !strings.Contains(stderr, "still expires at "+tc.wantOld) {
 					t.Errorf("stderr does not say the old expiry was kept:\n%s", stderr)
 				}
-				if got := string(readKeyDoc(t, path).records[0].raw); got != oldBytes {
+				if got := string(readKeyDoc(t, path).Records[0].Raw()); got != oldBytes {
 					t.Errorf("the old record, unchanged, was rewritten:\n%s\nwas\n%s", got, oldBytes)
 				}
 			}
@@ -195,18 +200,18 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 	t.Run("new key's --expires", func(t *testing.T) {
 		k := newTestKey("svc", nil)
 		path := filepath.Join(t.TempDir(), "keys.json")
-		data, _ := json.Marshal([]any{k.record})
+		data, _ := json.Marshal([]any{k.Record})
 		writeFile(t, path, string(data))
-		raw, stderr := mustRotate(t, path, rotateOptions{Ref: k.record["id"].(string), Expires: "90d"}, cmdNow)
+		raw, stderr := mustRotate(t, path, keyops.RotateOptions{Ref: k.Record["id"].(string), Expires: "90d"}, cmdNow)
 		nr := newRecordOf(t, path, raw)
-		want := formatTimestamp(cmdNow.Add(90 * 24 * time.Hour))
+		want := keyset.FormatTimestamp(cmdNow.Add(90 * 24 * time.Hour))
 		if nr.ExpiresAt == nil || *nr.ExpiresAt != want || !strings.Contains(stderr, "expires: "+want) {
 			t.Errorf("new key expires_at = %v, want %s; stderr:\n%s", nr.ExpiresAt, want, stderr)
 		}
 		if got := memberNames(recordMembers(nr)); !slices.Equal(got, []string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "rotated_from"}) {
 			t.Errorf("new record members = %v", got)
 		}
-		if !readKeyDoc(t, path).bare {
+		if !readKeyDoc(t, path).IsList() {
 			t.Error("a bare-array key file is no longer one")
 		}
 	})
@@ -216,27 +221,27 @@ func TestCommandRotateOldExpiry(t *testing.T) {
 func TestCommandRotateGraceZero(t *testing.T) {
 	for _, grace := range []string{"0", "0s"} {
 		t.Run(grace, func(t *testing.T) {
-			k := newTestKey("svc", map[string]any{"expires_at": formatTimestamp(cmdNow.Add(time.Hour))})
+			k := newTestKey("svc", map[string]any{"expires_at": keyset.FormatTimestamp(cmdNow.Add(time.Hour))})
 			path := writeKeys(t, "", k)
-			raw, stderr := mustRotate(t, path, rotateOptions{Ref: k.record["id"].(string), Grace: grace}, cmdNow)
-			old := fileRecord(t, path, k.record["id"].(string))
-			if old.RevokedAt == nil || *old.RevokedAt != formatTimestamp(cmdNow) {
+			raw, stderr := mustRotate(t, path, keyops.RotateOptions{Ref: k.Record["id"].(string), Grace: grace}, cmdNow)
+			old := fileRecord(t, path, k.Record["id"].(string))
+			if old.RevokedAt == nil || *old.RevokedAt != keyset.FormatTimestamp(cmdNow) {
 				t.Errorf("old key revoked_at = %v, want now", old.RevokedAt)
 			}
-			if old.ExpiresAt == nil || *old.ExpiresAt != k.record["expires_at"] {
+			if old.ExpiresAt == nil || *old.ExpiresAt != k.Record["expires_at"] {
 				t.Errorf("old key expires_at = %v, want it unchanged", old.ExpiresAt)
 			}
-			if !strings.Contains(stderr, "revoked at "+formatTimestamp(cmdNow)) {
+			if !strings.Contains(stderr, "revoked at "+keyset.FormatTimestamp(cmdNow)) {
 				t.Errorf("stderr does not say the old key is revoked:\n%s", stderr)
 			}
-			ks, err := readKeySet(path)
+			ks, err := keyfile.ReadKeySet(path)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if k, _ := ks.lookup(k.Raw); k == nil || keyStatus(k, cmdNow) != "revoked" {
+			if k, _ := ks.Lookup(k.Raw); k == nil || k.State(cmdNow).String() != "revoked" {
 				t.Error("the old key is not revoked")
 			}
-			if k, _ := ks.lookup(raw); k == nil || keyStatus(k, cmdNow) != "active" {
+			if k, _ := ks.Lookup(raw); k == nil || k.State(cmdNow).String() != "active" {
 				t.Error("the new key is not active")
 			}
 		})
@@ -248,33 +253,33 @@ func TestCommandRotateGraceZero(t *testing.T) {
 // flags.
 func TestCommandRotateRefusals(t *testing.T) {
 	revoked := newTestKey("gone", map[string]any{"id": "eeee5555-0000-4000-8000-000000000005", "revoked_at": "2026-11-02T00:00:00+00:00"})
-	expired := newTestKey("old", map[string]any{"id": "ffff6666-0000-4000-8000-000000000006", "expires_at": formatTimestamp(cmdNow)})
+	expired := newTestKey("old", map[string]any{"id": "ffff6666-0000-4000-8000-000000000006", "expires_at": keyset.FormatTimestamp(cmdNow)})
 	replaced := newTestKey("replaced", map[string]any{"id": "abab7777-0000-4000-8000-000000000007"})
 	successor := newTestKey("replaced", map[string]any{"id": "abab8888-0000-4000-8000-000000000008", "key_prefix": "sk_NEXTpref", "rotated_from": "abab7777-0000-4000-8000-000000000007"})
 	for _, tc := range []struct {
 		name string
-		opts rotateOptions
+		opts keyops.RotateOptions
 		want []string
 	}{
-		{"unknown", rotateOptions{Ref: "sk_NoSuchKy"}, []string{"no key", "sk_NoSuchKy"}},
-		{"id prefix too short", rotateOptions{Ref: "ccc"}, []string{"no key", "at least 4 characters"}},
-		{"ambiguous id prefix", rotateOptions{Ref: "aaaa"}, []string{"matches 2 keys", "\n  aaaa1111-0000-4000-8000-000000000001  ", "alpha", "\n  aaaa2222-0000-4000-8000-000000000002  ", "beta"}},
-		{"ambiguous key prefix", rotateOptions{Ref: "sk_SAMEpref"}, []string{"matches 2 keys", "gamma", "delta"}},
-		{"blank", rotateOptions{Ref: " "}, []string{"name the key to rotate"}},
-		{"revoked", rotateOptions{Ref: "eeee5555"}, []string{"eeee5555-0000-4000-8000-000000000005", "revoked at 2026-11-02T00:00:00+00:00", "only an active key", "caddy apikey add"}},
-		{"expired", rotateOptions{Ref: "ffff6666"}, []string{"ffff6666-0000-4000-8000-000000000006", "expired at " + formatTimestamp(cmdNow), "only an active key"}},
-		{"already rotated", rotateOptions{Ref: "abab7777"}, []string{"abab7777-0000-4000-8000-000000000007", "already rotated", "abab8888-0000-4000-8000-000000000008", "sk_NEXTpref", "rotate that one"}},
-		{"grace not a duration", rotateOptions{Ref: "cccc", Grace: "soon"}, []string{`--grace "soon"`, "24h", "0 to revoke"}},
-		{"negative grace", rotateOptions{Ref: "cccc", Grace: "-1h"}, []string{"--grace -1h", "negative"}},
-		{"bad --expires", rotateOptions{Ref: "cccc", Expires: "tomorrow"}, []string{`--expires "tomorrow"`}},
-		{"past --expires", rotateOptions{Ref: "cccc", Expires: "2020-01-01"}, []string{"--expires 2020-01-01", "past"}},
+		{"unknown", keyops.RotateOptions{Ref: "sk_NoSuchKy"}, []string{"no key", "sk_NoSuchKy"}},
+		{"id prefix too short", keyops.RotateOptions{Ref: "ccc"}, []string{"no key", "at least 4 characters"}},
+		{"ambiguous id prefix", keyops.RotateOptions{Ref: "aaaa"}, []string{"matches 2 keys", "\n  aaaa1111-0000-4000-8000-000000000001  ", "alpha", "\n  aaaa2222-0000-4000-8000-000000000002  ", "beta"}},
+		{"ambiguous key prefix", keyops.RotateOptions{Ref: "sk_SAMEpref"}, []string{"matches 2 keys", "gamma", "delta"}},
+		{"blank", keyops.RotateOptions{Ref: " "}, []string{"name the key to rotate"}},
+		{"revoked", keyops.RotateOptions{Ref: "eeee5555"}, []string{"eeee5555-0000-4000-8000-000000000005", "revoked at 2026-11-02T00:00:00+00:00", "only an active key", "caddy apikey add"}},
+		{"expired", keyops.RotateOptions{Ref: "ffff6666"}, []string{"ffff6666-0000-4000-8000-000000000006", "expired at " + keyset.FormatTimestamp(cmdNow), "only an active key"}},
+		{"already rotated", keyops.RotateOptions{Ref: "abab7777"}, []string{"abab7777-0000-4000-8000-000000000007", "already rotated", "abab8888-0000-4000-8000-000000000008", "sk_NEXTpref", "rotate that one"}},
+		{"grace not a duration", keyops.RotateOptions{Ref: "cccc", Grace: "soon"}, []string{`--grace "soon"`, "24h", "0 to revoke"}},
+		{"negative grace", keyops.RotateOptions{Ref: "cccc", Grace: "-1h"}, []string{"--grace -1h", "negative"}},
+		{"bad --expires", keyops.RotateOptions{Ref: "cccc", Expires: "tomorrow"}, []string{`--expires "tomorrow"`}},
+		{"past --expires", keyops.RotateOptions{Ref: "cccc", Expires: "2020-01-01"}, []string{"--expires 2020-01-01", "past"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path, _ := revokeFixture(t)
 			writeKeys(t, path, append(readFixtureKeys(t, path), revoked, expired, replaced, successor)...)
 			before := readFile(t, path)
 			var out, errOut bytes.Buffer
-			err := rotateKey(&out, &errOut, fileRecords{path}, tc.opts, cmdNow)
+			err := rotateKey(&out, &errOut, filestore.Records{Path: path, MayCreate: true}, tc.opts, cmdNow)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -294,7 +299,7 @@ func TestCommandRotateRefusals(t *testing.T) {
 
 	t.Run("missing file", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
-		err := rotateKey(io.Discard, io.Discard, fileRecords{path}, rotateOptions{Ref: "sk_AbCdEfGh"}, cmdNow)
+		err := rotateKey(io.Discard, io.Discard, filestore.Records{Path: path, MayCreate: true}, keyops.RotateOptions{Ref: "sk_AbCdEfGh"}, cmdNow)
 		if want := "key file " + path + ": no such file or directory"; err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != want {
 			t.Errorf("error = %v, want %q", err, want)
 		}
@@ -318,7 +323,7 @@ func readFixtureKeys(t *testing.T, path string) []testKey {
 	}
 	keys := make([]testKey, len(top.Keys))
 	for i, r := range top.Keys {
-		keys[i] = testKey{record: r}
+		keys[i] = testKey{Record: r}
 	}
 	return keys
 }
@@ -329,7 +334,7 @@ func readFixtureKeys(t *testing.T, path string) []testKey {
 func TestCommandRotateCommandLine(t *testing.T) {
 	k := newTestKey("wired", map[string]any{"scopes": []string{"read"}})
 	path := writeKeys(t, "", k)
-	stdout, stderr, err := apikeyCommand(t, "", "rotate", "--file", path, "--grace", "1h", k.record["key_prefix"].(string))
+	stdout, stderr, err := apikeyCommand(t, "", "rotate", "--file", path, "--grace", "1h", k.Record["key_prefix"].(string))
 	if err != nil {
 		t.Fatalf("rotate: %v (stderr %q)", err, stderr)
 	}
@@ -337,11 +342,11 @@ func TestCommandRotateCommandLine(t *testing.T) {
 	if !rawKeyPattern.MatchString(raw) || strings.Contains(stderr, secretPart(raw)) || !strings.Contains(stderr, "cannot be shown again") {
 		t.Fatalf("rotate: stdout %q, stderr %q", stdout, stderr)
 	}
-	if old := fileRecord(t, path, k.record["id"].(string)); old.ExpiresAt == nil {
+	if old := fileRecord(t, path, k.Record["id"].(string)); old.ExpiresAt == nil {
 		t.Error("--grace 1h set no expiry on the old key")
 	}
 	stdout, _, err = apikeyCommand(t, "", "list", "--file", path, "--json")
-	if err != nil || !strings.Contains(stdout, `"rotated_from": "`+k.record["id"].(string)+`"`) {
+	if err != nil || !strings.Contains(stdout, `"rotated_from": "`+k.Record["id"].(string)+`"`) {
 		t.Errorf("list --json does not show rotated_from: %q, %v", stdout, err)
 	}
 	for _, args := range [][]string{
@@ -381,7 +386,7 @@ func TestCommandRotateCommandLine(t *testing.T) {
 	}
 }
 
-// Against the running Caddy: after a rotation the new key is admitted
+// Against the running Caddy: after a keyops.Rotation the new key is admitted
 // within the reload interval, the old one still is during the grace, and
 // it is refused once the grace has ended.
 func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
@@ -394,13 +399,13 @@ func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
 	}
 	respond "{http.auth.user.label} {http.auth.user.id}"
 `)
-	oldID := old.record["id"].(string)
+	oldID := old.Record["id"].(string)
 	expectOK(t, "/", "svc "+oldID, bearer(old))
 
 	const grace = 2 * time.Second
 	rotated := time.Now()
 	var stdout bytes.Buffer
-	if err := rotateKey(&stdout, io.Discard, fileRecords{path}, rotateOptions{Ref: oldID, Grace: "2s"}, rotated); err != nil {
+	if err := rotateKey(&stdout, io.Discard, filestore.Records{Path: path, MayCreate: true}, keyops.RotateOptions{Ref: oldID, Grace: "2s"}, rotated); err != nil {
 		t.Fatal(err)
 	}
 	raw := strings.TrimSpace(stdout.String())

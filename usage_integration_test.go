@@ -1,17 +1,12 @@
 package apikey
 
 import (
-	"bufio"
-	"bytes"
-	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
 // liveReloadDeadline is the documented bound for a key file change to take
@@ -84,7 +79,7 @@ func TestLiveReloadThroughCaddy(t *testing.T) {
 
 func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 	k := newTestKey("k", nil)
-	id := k.record["id"].(string)
+	id := k.Record["id"].(string)
 	path := writeKeys(t, "", k)
 	site := `
 	apikey ` + path + ` {
@@ -98,7 +93,7 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 		if v == "" {
 			return time.Time{}
 		}
-		ts, err := parseTimestamp(v)
+		ts, err := keyset.ParseTimestamp(v)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,7 +104,7 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 	if got := statusWith(t, k.Raw); got != 200 {
 		t.Fatalf("status %d", got)
 	}
-	waitFor(t, maxFlushPeriod+2*time.Second, "the first use to be written", func() bool { return !lastUsedTime().IsZero() })
+	waitFor(t, storecore.MaxFlushPeriod+2*time.Second, "the first use to be written", func() bool { return !lastUsedTime().IsZero() })
 	first := lastUsedTime()
 
 	// A later use is held back by the interval (1h)...
@@ -117,7 +112,7 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 	if got := statusWith(t, k.Raw); got != 200 {
 		t.Fatalf("status %d", got)
 	}
-	time.Sleep(maxFlushPeriod + time.Second)
+	time.Sleep(storecore.MaxFlushPeriod + time.Second)
 	if !lastUsedTime().Equal(first) {
 		t.Fatal("a use within the usage interval was written")
 	}
@@ -137,96 +132,4 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 	if third := lastUsedTime(); !third.After(second) {
 		t.Fatalf("stopping did not flush the pending use: %v, before %v", third, second)
 	}
-}
-
-// crashWriterEnv names the key file that a child test process writes usage
-// times to, in a loop, until it is killed.
-const crashWriterEnv = "APIKEY_TEST_CRASH_WRITER"
-
-func runCrashWriter(path string) {
-	s := newKeyStore(path, zap.NewNop())
-	if err := s.load(); err != nil {
-		os.Exit(3)
-	}
-	setUsageInterval(s, time.Nanosecond)
-	os.Stdout.WriteString("ready\n")
-	now := time.Now().UnixNano()
-	for {
-		now += int64(2 * time.Second)
-		ks := s.KeySet()
-		for sum := range ks.byHash {
-			s.MarkUsed(ks.find(sum), sum, now)
-		}
-		s.writeUsage(true)
-	}
-}
-
-// TestUsageWriteSurvivesKill kills a process with SIGKILL while it keeps
-// writing usage times, many times over: the key file must always be valid
-// and hold every key.
-func TestUsageWriteSurvivesKill(t *testing.T) {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var keys []testKey
-	for i := 0; i < 200; i++ {
-		keys = append(keys, newTestKey("k", map[string]any{"extra": strings.Repeat("x", i)}))
-	}
-	path := writeKeys(t, "", keys...)
-	written := 0
-	const rounds = 30
-	for round := 0; round < rounds; round++ {
-		before, _ := os.ReadFile(path)
-		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashWriterEnv+"="+path)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		// Kill it at a random moment once it writes.
-		if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-			t.Fatalf("round %d: child did not start: %v", round, err)
-		}
-		time.Sleep(time.Duration(rand.IntN(400)) * time.Millisecond)
-		if err := cmd.Process.Kill(); err != nil { // SIGKILL on Unix
-			t.Fatal(err)
-		}
-		_ = cmd.Wait()
-		if code := cmd.ProcessState.ExitCode(); code == 3 {
-			t.Fatalf("round %d: the child could not load the key file", round)
-		}
-
-		ks, err := readKeySet(path)
-		if err != nil {
-			t.Fatalf("round %d: key file broken after SIGKILL: %v", round, err)
-		}
-		if len(ks.keys) != len(keys) {
-			t.Fatalf("round %d: %d keys after SIGKILL, want %d", round, len(ks.keys), len(keys))
-		}
-		for _, k := range keys {
-			if got, _ := ks.lookup(k.Raw); got == nil {
-				t.Fatalf("round %d: key %s lost", round, k.record["id"])
-			}
-		}
-		if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
-			written++
-		}
-	}
-	if written == 0 {
-		t.Fatal("the child never got a write done: the test proves nothing")
-	}
-	// The next write clears what the killed writers left behind.
-	if _, err := updateKeyFile(path, func(doc *keyDoc) error {
-		return doc.records[0].set("note", "after the kills")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if left, _ := filepath.Glob(tempPattern(path)); len(left) != 0 {
-		t.Fatalf("temporary files left behind: %v", left)
-	}
-	t.Logf("%d of %d rounds saw usage writes land", written, rounds)
 }

@@ -1,7 +1,0 @@
-//go:build !unix
-
-package apikey
-
-const canLimitFileSize = false
-
-func runFullDiskChild(string) {}

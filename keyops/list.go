@@ -1,0 +1,52 @@
+package keyops
+
+import (
+	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
+)
+
+// Listed is one key as `caddy apikey list --json` prints it: the record
+// without its hash, plus its status. rotated_from is null but for a key
+// that rotate made.
+type Listed struct {
+	ID          string   `json:"id"`
+	Label       string   `json:"label"`
+	KeyPrefix   string   `json:"key_prefix"`
+	CreatedAt   *string  `json:"created_at"`
+	LastUsedAt  *string  `json:"last_used_at"`
+	ExpiresAt   *string  `json:"expires_at"`
+	RevokedAt   *string  `json:"revoked_at"`
+	Scopes      []string `json:"scopes"`
+	RotatedFrom *string  `json:"rotated_from"`
+	Status      string   `json:"status"`
+}
+
+// List returns the store's records as list --json and the admin API
+// show them: without hashes, with their status.
+func List(st stores.RecordStore, now time.Time) ([]Listed, error) {
+	records, ks, err := st.Read()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Listed, len(records))
+	for i := range records {
+		out[i] = NewListed(&records[i].Record, ks.At(i), now)
+	}
+	return out, nil
+}
+
+// NewListed is rec, whose key is k, as list --json shows it.
+func NewListed(rec *keyset.Record, k *keyset.Key, now time.Time) Listed {
+	l := Listed{
+		ID: rec.ID, Label: rec.Label, KeyPrefix: rec.KeyPrefix,
+		CreatedAt: rec.CreatedAt, LastUsedAt: rec.LastUsedAt,
+		ExpiresAt: rec.ExpiresAt, RevokedAt: rec.RevokedAt,
+		Scopes: rec.Scopes, RotatedFrom: rec.RotatedFrom, Status: k.State(now).String(),
+	}
+	if l.Scopes == nil {
+		l.Scopes = []string{}
+	}
+	return l
+}

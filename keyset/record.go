@@ -1,0 +1,112 @@
+package keyset
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+)
+
+// Record is one API key as the key file stores it. The members are those of
+// the reference application's records, plus the optional lifecycle members
+// expires_at, revoked_at and scopes (absent means "no limit"), and
+// rotated_from, the id of the key that `caddy apikey rotate` made this one
+// to replace (for people and scripts: the handler does not use it). Members
+// it does not know stay in the file: the keyfile package keeps them.
+type Record struct {
+	ID          string   `json:"id"`
+	Label       string   `json:"label"`
+	KeyHash     string   `json:"key_hash"`
+	KeyPrefix   string   `json:"key_prefix"`
+	CreatedAt   *string  `json:"created_at"`
+	LastUsedAt  *string  `json:"last_used_at"`
+	ExpiresAt   *string  `json:"expires_at,omitempty"`
+	RevokedAt   *string  `json:"revoked_at,omitempty"`
+	Scopes      []string `json:"scopes,omitempty"`
+	RotatedFrom *string  `json:"rotated_from,omitempty"`
+}
+
+// RecordError is a problem with the n-th record, whose id is id ("" when
+// not known).
+func RecordError(n int, id string, err error) error {
+	if id != "" {
+		return fmt.Errorf("record %d (id %q): %w", n, id, err)
+	}
+	return fmt.Errorf("record %d: %w", n, err)
+}
+
+// CheckScope rejects a scope that could not be told apart in
+// {http.auth.user.scopes} (comma-joined) or in the Caddyfile: empty, or with
+// a comma or white space.
+func CheckScope(s string) error {
+	if s == "" || strings.ContainsAny(s, ", \t\r\n") {
+		return fmt.Errorf("scope %q must be non-empty, without spaces or commas", s)
+	}
+	return nil
+}
+
+// HashKey returns the key_hash of a raw key: lowercase SHA-256 hex.
+func HashKey(raw string) string {
+	sum := sha256.Sum256([]byte(raw))
+	return hex.EncodeToString(sum[:])
+}
+
+// DecodeKeyHash parses a key_hash: 64 hexadecimal digits.
+func DecodeKeyHash(s string) ([sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
+	if s == "" {
+		return sum, errors.New(`"key_hash" is missing or empty`)
+	}
+	if len(s) != hex.EncodedLen(sha256.Size) {
+		return sum, fmt.Errorf("key_hash must be 64 hexadecimal digits (a SHA-256), got %d characters", len(s))
+	}
+	if _, err := hex.Decode(sum[:], []byte(s)); err != nil {
+		return sum, errors.New("key_hash must be 64 hexadecimal digits (a SHA-256)")
+	}
+	return sum, nil
+}
+
+// timestampLayout is how this plugin writes times: ISO 8601 with a numeric
+// offset and microseconds, as Python's datetime.isoformat() writes them, so
+// both programs read each other's files.
+const timestampLayout = "2006-01-02T15:04:05.000000-07:00"
+
+// FormatTimestamp writes a time as records hold it.
+func FormatTimestamp(t time.Time) string { return t.UTC().Format(timestampLayout) }
+
+// Timestamp formats an optional time as records hold it.
+func Timestamp(t *time.Time) *string {
+	if t == nil {
+		return nil
+	}
+	s := FormatTimestamp(*t)
+	return &s
+}
+
+// ParseTimestamp reads an ISO 8601 time as written by this plugin, by Python's
+// isoformat() (with or without fraction, with or without offset; a time
+// without an offset is taken as UTC) or as RFC 3339.
+func ParseTimestamp(s string) (time.Time, error) {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999", "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q is not an ISO 8601 time such as 2026-11-25T20:14:31+00:00", s)
+}
+
+// UnixNanoClamped is t in unix nanoseconds, clamped to what an int64 holds
+// (years 1678 to 2262), where t.UnixNano would overflow: a time before the
+// range is long past, one after it is as good as never.
+func UnixNanoClamped(t time.Time) int64 {
+	switch {
+	case t.Before(time.Unix(0, math.MinInt64)):
+		return math.MinInt64
+	case t.After(time.Unix(0, math.MaxInt64)):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}

@@ -1,0 +1,7 @@
+//go:build !unix
+
+package file
+
+const canLimitFileSize = false
+
+func runFullDiskChild(string) {}

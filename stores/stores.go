@@ -1,0 +1,119 @@
+// Package stores is what a key store module offers beyond serving
+// requests, for the rest of caddy-apikey to use: its records, to read and
+// change (RecordStore: the `caddy apikey` commands and the admin API), its
+// place among the stores in use in this process (Register: the admin API),
+// and its metrics (AcquireMetrics: Caddy's /metrics).
+//
+// A store module (in the http.handlers.apikey.stores namespace) serves
+// requests by implementing the handler's Store interface; each of these is
+// an opt-in. The file store (stores/file) and the Redis store
+// (stores/redis) use all three; a store written elsewhere uses them the
+// same way, with no special case for it anywhere.
+package stores
+
+import (
+	"errors"
+	"sort"
+	"sync"
+
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+)
+
+// RecordStore is the write side of a key store: what `caddy apikey` and the
+// admin API read and change. Its edits must be safe against every other
+// writer (a running Caddy's usage writes, other commands, other servers):
+// a key file's are made under its lock, a Redis key set's by a version
+// check.
+type RecordStore interface {
+	// String names the store in messages: a key file's path, or a Redis
+	// key set's URL (without its password) and prefix.
+	String() string
+	// Flags are the command-line flags that name the store, for hints
+	// such as "see caddy apikey list --file keys.json".
+	Flags() string
+	// Read returns the records and their key set (its keys in the
+	// records' order, see keyset.KeySet.At), checked as the handler
+	// checks them.
+	Read() ([]keyfile.Record, *keyset.KeySet, error)
+	// Edit applies e.Change to the records and saves what it changed, in
+	// one atomic step. Without e.Create, the store must exist.
+	Edit(e Edit) error
+}
+
+// ErrConflict is what a record store's Edit returns, wrapped, when other
+// writers changed the records it meant to change at each of its tries:
+// nothing was changed, and the change can be tried again. The admin API
+// answers it with 409 CONFLICT.
+var ErrConflict = errors.New("another writer changed the key set at each try")
+
+// Edit is one change to a record store.
+type Edit struct {
+	// Change makes the change on the records, held as a key file's
+	// document; it returns keyfile.ErrNoChange if there is none to make.
+	// The store saves the records that Change added or edited (see
+	// keyfile.Record.Edited).
+	Change func(*keyfile.Doc) error
+	// Create lets a store that does not exist yet start empty.
+	Create bool
+	// Waiting, if set, is called once if the edit must wait for another
+	// writer, to say so.
+	Waiting func()
+
+	// Hints that let a store that can read records one by one (Redis)
+	// hand Change less than the whole key set; a key file is read whole
+	// all the same.
+	OnlyAdds bool   // Change only appends records with new ids: it may get none of the others
+	OnlyID   string // Change changes at most the record with this id, if there is one: it may get that one alone
+}
+
+// Live is a store in use in this process, as the admin API sees it.
+type Live interface {
+	// Name says where the keys are, with the kind of store first:
+	// "file:/etc/caddy/keys.json", "redis:redis://10.0.0.5:6379/0#apikey:".
+	Name() string
+	// KeySet is the key set in force.
+	KeySet() *keyset.KeySet
+	// Records is the write side, shared with `caddy apikey`.
+	Records() RecordStore
+	// Refresh puts the store's records as they are now in force in this
+	// process, so that a change made through Records holds before the
+	// admin API answers, not at the next reload.
+	Refresh() error
+}
+
+// live holds the stores in use in this process, by name.
+var live = struct {
+	sync.Mutex
+	byName map[string]Live
+}{byName: make(map[string]Live)}
+
+// Register adds a store to those in use, for the admin API. A store calls
+// it once it has loaded its keys, and Unregister when it stops.
+func Register(s Live) {
+	live.Lock()
+	live.byName[s.Name()] = s
+	live.Unlock()
+}
+
+// Unregister removes a store from those in use, if it is still the one
+// registered under its name.
+func Unregister(s Live) {
+	live.Lock()
+	if live.byName[s.Name()] == s {
+		delete(live.byName, s.Name())
+	}
+	live.Unlock()
+}
+
+// InUse returns the stores in use, sorted by name.
+func InUse() []Live {
+	live.Lock()
+	defer live.Unlock()
+	out := make([]Live, 0, len(live.byName))
+	for _, s := range live.byName {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
+	return out
+}
