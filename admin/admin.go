@@ -7,7 +7,6 @@ import (
 	"io"
 	"maps"
 	"net/http"
-	"net/url"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -36,6 +35,7 @@ func init() {
 // this server before the answer.
 type API struct {
 	logger *zap.Logger
+	routes *http.ServeMux       // the API's routes (newMux)
 	stores func() []stores.Live // the stores in use: stores.InUse
 	now    func() time.Time
 }
@@ -44,7 +44,9 @@ type API struct {
 // makes it over the stores in use in this process, for a host other than
 // Caddy's admin endpoint.
 func New(logger *zap.Logger, inUse func() []stores.Live, now func() time.Time) *API {
-	return &API{logger: logger, stores: inUse, now: now}
+	a := &API{logger: logger, stores: inUse, now: now}
+	a.routes = a.newMux()
+	return a
 }
 
 // CaddyModule returns the Caddy module information.
@@ -60,6 +62,7 @@ func (API) CaddyModule() caddy.ModuleInfo {
 // logger is asked for by module, to be named admin.api.apikey.
 func (a *API) Provision(ctx caddy.Context) error {
 	a.logger, a.stores, a.now = ctx.Logger(a), stores.InUse, time.Now
+	a.routes = a.newMux()
 	return nil
 }
 
@@ -94,25 +97,53 @@ func badRequest(format string, args ...any) *apiError {
 // serve answers one request. It returns no error to Caddy, whose error
 // body would be {"error": ...}: it writes every answer itself.
 func (a *API) serve(w http.ResponseWriter, r *http.Request) error {
-	status, body, err := a.answer(w, r)
+	a.routes.ServeHTTP(w, r)
+	return nil
+}
+
+// routeList names the routes, for the refusal of any other path.
+const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/keys/{id}/revoke, POST /apikey/keys/{id}/rotate"
+
+// newMux routes the API's paths to their operations by method. ServeMux
+// matches a path segment by segment, each unescaped, so that an id holding
+// a slash can be named (as %2F). The methods are matched here rather than
+// in the patterns, and any other path is answered here too, so that every
+// refusal is the API's JSON envelope rather than the mux's plain text.
+func (a *API) newMux() *http.ServeMux {
+	m := http.NewServeMux()
+	for pattern, ops := range map[string]map[string]operation{
+		"/apikey/stores":           {http.MethodGet: a.listStores},
+		"/apikey/keys":             {http.MethodGet: a.listKeys, http.MethodPost: a.createKey},
+		"/apikey/keys/{id}/revoke": {http.MethodPost: a.revokeKey},
+		"/apikey/keys/{id}/rotate": {http.MethodPost: a.rotateKey},
+		"/":                        nil,
+	} {
+		m.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			a.answer(w, r, ops)
+		})
+	}
+	return m
+}
+
+// answer runs the operation of ops that the request's method names, and
+// writes its answer or its refusal.
+func (a *API) answer(w http.ResponseWriter, r *http.Request, ops map[string]operation) {
+	status, body, err := a.run(w, r, ops)
 	if err != nil {
 		a.refuse(w, err)
-		return nil
+		return
 	}
 	data, err := json.Marshal(body)
 	if err != nil { // cannot happen: the answers are plain data
 		a.refuse(w, err)
-		return nil
+		return
 	}
 	writeBody(w, status, data)
-	return nil
 }
 
-// answer runs the operation that the request's path and method name.
-func (a *API) answer(w http.ResponseWriter, r *http.Request) (int, any, error) {
-	ops, ref, err := a.route(r.URL.EscapedPath())
-	if err != nil {
-		return 0, nil, err
+func (a *API) run(w http.ResponseWriter, r *http.Request, ops map[string]operation) (int, any, error) {
+	if ops == nil {
+		return 0, nil, &apiError{http.StatusNotFound, "NOT_FOUND", "no such route; the routes are " + routeList}
 	}
 	op := ops[r.Method]
 	if op == nil {
@@ -120,30 +151,7 @@ func (a *API) answer(w http.ResponseWriter, r *http.Request) (int, any, error) {
 		w.Header().Set("Allow", allow)
 		return 0, nil, &apiError{http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", fmt.Sprintf("%s %s is not allowed; use %s", r.Method, r.URL.Path, allow)}
 	}
-	return op(w, r, ref)
-}
-
-// routeList names the routes, for the refusal of any other path.
-const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/keys/{id}/revoke, POST /apikey/keys/{id}/rotate"
-
-// route returns the operations of a path by method, and the path's {id}.
-// The path is taken escaped, so that an id holding a slash can be named
-// (as %2F).
-func (a *API) route(path string) (map[string]operation, string, error) {
-	rest := strings.TrimPrefix(path, "/apikey/")
-	switch seg := strings.Split(rest, "/"); {
-	case rest == "stores":
-		return map[string]operation{http.MethodGet: a.listStores}, "", nil
-	case rest == "keys":
-		return map[string]operation{http.MethodGet: a.listKeys, http.MethodPost: a.createKey}, "", nil
-	case len(seg) == 3 && seg[0] == "keys" && (seg[2] == "revoke" || seg[2] == "rotate"):
-		ref, _ := url.PathUnescape(seg[1]) // cannot fail: the server parsed the path
-		if seg[2] == "revoke" {
-			return map[string]operation{http.MethodPost: a.revokeKey}, ref, nil
-		}
-		return map[string]operation{http.MethodPost: a.rotateKey}, ref, nil
-	}
-	return nil, "", &apiError{http.StatusNotFound, "NOT_FOUND", "no such route; the routes are " + routeList}
+	return op(w, r, r.PathValue("id"))
 }
 
 // writeBody writes an answer whose JSON body is data. Answers are never

@@ -63,7 +63,7 @@ func liveStore(t testing.TB, name string) stores.Live {
 
 // testAdmin is the admin API on stores.
 func testAdmin(live ...stores.Live) *API {
-	return &API{logger: zap.NewNop(), stores: func() []stores.Live { return live }, now: time.Now}
+	return New(zap.NewNop(), func() []stores.Live { return live }, time.Now)
 }
 
 // call sends method target with body (none if "") to a, and returns the
