@@ -241,7 +241,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			redis.URL = d.Val()
-			if err := checkRedisURLSyntax(redis.URL); err != nil {
+			// Checked here too, to name the file and line; a URL that
+			// starts with a placeholder is checked once replaced.
+			if err := checkRedisScheme(redis.URL, "redis %s"); err != nil {
 				return d.WrapErr(err)
 			}
 			if d.NextArg() {
@@ -437,38 +439,6 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
-}
-
-// checkRedisURLSyntax refuses, when the Caddyfile is read, a Redis URL
-// without one of the schemes the client takes, which its URL parser would
-// only reject later with a message about something else ("first path
-// segment in URL cannot contain colon"). A URL that starts with a
-// placeholder is checked when the store is provisioned. The URL is not
-// echoed when it may hold a password.
-func checkRedisURLSyntax(raw string) error {
-	u := strings.TrimSpace(raw)
-	if strings.HasPrefix(u, "{") {
-		return nil
-	}
-	scheme, _, ok := strings.Cut(u, "://")
-	if ok {
-		switch strings.ToLower(scheme) {
-		case "redis", "rediss", "unix", "valkey", "valkeys":
-			return nil
-		}
-	}
-	msg := "the Redis URL must start with redis:// or rediss:// (TLS), or unix:// for a socket"
-	switch {
-	case strings.Contains(u, "@"):
-		// It may hold a password: not shown.
-	case strings.HasPrefix(u, "/"):
-		msg += fmt.Sprintf(": redis unix://%s", u)
-	case !ok:
-		msg += fmt.Sprintf(": redis redis://%s", u)
-	default:
-		msg += fmt.Sprintf(", not %s://", scheme)
-	}
-	return fmt.Errorf("%s", msg)
 }
 
 // parseIntervalArg reads the one argument of an interval subdirective: a

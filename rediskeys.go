@@ -69,6 +69,9 @@ func redisURL(configured string) (rueidis.ClientOption, string, error) {
 	if raw == "" {
 		return rueidis.ClientOption{}, "", errors.New("redis: a URL is required, e.g. redis://127.0.0.1:6379/0")
 	}
+	if err := checkRedisScheme(raw, "%s"); err != nil {
+		return rueidis.ClientOption{}, "", err
+	}
 	opt, err := rueidis.ParseURL(raw)
 	shown := redactURL(raw)
 	if err != nil {
@@ -90,6 +93,40 @@ func redisURL(configured string) (rueidis.ClientOption, string, error) {
 		opt.ConnWriteTimeout = redisTimeout
 	}
 	return opt, shown, nil
+}
+
+// checkRedisScheme refuses a Redis URL that does not start with one of the
+// schemes the client takes (redis, rediss, unix, valkey, valkeys), which
+// the URL parser would only reject with a message about something else
+// ("first path segment in URL cannot contain colon" for 127.0.0.1:6379).
+// A URL that starts with a placeholder is left to be checked once it is
+// replaced. The error shows the URL as it was likely meant, written as
+// form says (a fmt format of one %s: "%s", or "redis %s" for the
+// Caddyfile's directive), unless it may hold a password.
+func checkRedisScheme(raw, form string) error {
+	u := strings.TrimSpace(raw)
+	if strings.HasPrefix(u, "{") {
+		return nil
+	}
+	scheme, _, ok := strings.Cut(u, "://")
+	if ok {
+		switch strings.ToLower(scheme) {
+		case "redis", "rediss", "unix", "valkey", "valkeys":
+			return nil
+		}
+	}
+	msg := "the Redis URL must start with redis:// or rediss:// (TLS), or unix:// for a socket"
+	switch {
+	case strings.Contains(u, "@"):
+		// It may hold a password: not shown.
+	case strings.HasPrefix(u, "/"):
+		msg += ": " + fmt.Sprintf(form, "unix://"+u)
+	case !ok:
+		msg += ": " + fmt.Sprintf(form, "redis://"+u)
+	default:
+		msg += fmt.Sprintf(", not %s://", scheme)
+	}
+	return errors.New(msg)
 }
 
 // answerTimeout is how long a connection made with opt waits for Redis to
