@@ -3,8 +3,10 @@ package apikey
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -53,5 +55,22 @@ func TestRedisURLNeedsAScheme(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "must start with redis:// or rediss://") || !strings.Contains(err.Error(), "redis://127.0.0.1:6379") {
 			t.Errorf(`"url": %q: %v, want it to say the URL must start with redis://`, url, err)
 		}
+	}
+}
+
+// Redis down when a config is loaded, without a cache_file: the load
+// fails, saying that a cache_file would let the server start.
+func TestRedisDownAtStartNamesCacheFile(t *testing.T) {
+	dead := &testRedis{t: t, URL: fmt.Sprintf("redis://127.0.0.1:%d/0", freePort(t))}
+	_, err := openRedisStore(t, dead, "", "", time.Hour)
+	if err == nil || !strings.Contains(err.Error(), "cache_file") || !strings.Contains(err.Error(), "127.0.0.1") {
+		t.Fatalf("start with Redis down and no cache file: %v, want an error naming cache_file", err)
+	}
+
+	// A key set that is not there: what helps is making it, not a cache_file.
+	r := startRedis(t)
+	_, err = openRedisStore(t, r, "none:", "", time.Hour)
+	if err == nil || strings.Contains(err.Error(), "cache_file") || !strings.Contains(err.Error(), "--create") {
+		t.Fatalf("start without a key set: %v, want an error saying how to make one", err)
 	}
 }

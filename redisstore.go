@@ -229,6 +229,9 @@ func (s *redisKeyStore) open() error {
 	}
 	if s.cacheFile == "" {
 		s.closeClient()
+		if !gone {
+			err = fmt.Errorf("%v; with a cache_file (redis <url> { cache_file <path> }), a server starts without Redis, from the keys it saved there while it last ran with Redis", err)
+		}
 		return err
 	}
 	ks, cerr := s.readCache()
