@@ -92,8 +92,23 @@ func redisURL(configured string) (rueidis.ClientOption, string, error) {
 	if opt.ConnWriteTimeout == 0 {
 		opt.ConnWriteTimeout = redisTimeout
 	}
+	if opt.Sentinel.MasterSet != "" {
+		// rueidis follows a failover on the Sentinels' +switch-master
+		// event alone, unless told to ask them again now and then: a
+		// client that misses the event (its Sentinel connection down at
+		// that moment, as when the Sentinel beside the old primary went
+		// with it) stays on the old primary, a replica by then, until it
+		// is restarted. rueidis recommends asking, every few seconds.
+		opt.Sentinel.TopologyRefreshInterval = sentinelRefresh
+	}
 	return opt, shown, nil
 }
+
+// sentinelRefresh is how often a client on Sentinels asks them where the
+// primary is, besides following their events (see redisURL): rueidis's
+// advice, a few seconds. Each time costs a server four commands on its
+// Sentinel connection and a ROLE to the primary.
+const sentinelRefresh = 5 * time.Second
 
 // checkRedisScheme refuses a Redis URL that does not start with one of the
 // schemes the client takes (redis, rediss, unix, valkey, valkeys), which
