@@ -158,14 +158,20 @@ func answerTimeout(opt rueidis.ClientOption) time.Duration {
 // if ctx's own deadline passed, the whole operation not done within
 // budget. Other errors are returned as they are.
 func explainTimeout(ctx context.Context, err error, answer, budget time.Duration) error {
-	var ne net.Error
-	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
+	if !isTimeout(err) {
 		return err
 	}
 	if ctx != nil && ctx.Err() != nil {
 		return fmt.Errorf("Redis did not finish within %s, the time allowed: %w", budget, err)
 	}
 	return fmt.Errorf("Redis did not answer within %s: %w", answer, err)
+}
+
+// isTimeout reports whether err is a Redis call's time-out: its context's
+// deadline, or its connection's.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err != nil && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout())
 }
 
 // redactURL is a Redis URL as logs and messages may show it: without its
@@ -282,6 +288,12 @@ func (recordsGone) Error() string {
 }
 func (recordsGone) Is(target error) bool { return target == errNoKeySet }
 
+// unusableReply is a reply of Redis that cannot be used: Redis answered,
+// with what the key set's keys should not hold.
+type unusableReply string
+
+func (e unusableReply) Error() string { return string(e) }
+
 // redisHead is where a key set stands: its version (0: none), its log's
 // last entry, and whether its records hash exists.
 type redisHead struct {
@@ -296,12 +308,12 @@ func readHead(ctx context.Context, c rueidis.Client, k redisKeys) (redisHead, er
 		return redisHead{}, err
 	}
 	if len(vals) != 3 {
-		return redisHead{}, fmt.Errorf("redis: unexpected reply to the head script: %q", vals)
+		return redisHead{}, unusableReply(fmt.Sprintf("redis: unexpected reply to the head script: %q", vals))
 	}
 	h := redisHead{logID: vals[1], records: vals[2] != "0"}
 	if vals[0] != "" {
 		if h.version, err = strconv.ParseInt(vals[0], 10, 64); err != nil {
-			return h, fmt.Errorf("redis: %s holds %q, not a version number", k.version, vals[0])
+			return h, unusableReply(fmt.Sprintf("redis: %s holds %.40q, not a version number", k.version, vals[0]))
 		}
 	}
 	return h, nil
