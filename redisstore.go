@@ -315,11 +315,12 @@ const (
 	followBlock = time.Second
 	// minBackoff and maxBackoff bound the wait between attempts while
 	// Redis cannot be reached or used: the wait starts at minBackoff and
-	// doubles up to maxBackoff. maxBackoff bounds how long a server lags
-	// once Redis answers again (a failover done, a restart): a try a
-	// second is cheap.
+	// doubles up to maxBackoff. maxBackoff bounds how long a server takes
+	// to notice that Redis answers again (a restart, a failover done): its
+	// first attempt then checks the version at once, without blocking, so
+	// that a change is in force within a second of Redis answering.
 	minBackoff = 100 * time.Millisecond
-	maxBackoff = time.Second
+	maxBackoff = 250 * time.Millisecond
 	// stallSlack is how late a Redis call may time out after its deadline
 	// before the lateness says that this process stood still meanwhile (see
 	// late).
@@ -356,14 +357,15 @@ func (s *redisKeyStore) follow() {
 }
 
 // round is one round of the follower: a blocking read of the log, and the
-// version check when it is due. Until the key set is in force, and while
-// Redis answers with what cannot be used, the round is the check alone.
+// version check when it is due. After a failure, and until the key set is
+// in force, the round is the check alone, which does not block: a Redis
+// that answers again is caught up with at once.
 func (s *redisKeyStore) round() error {
 	c, err := s.connected()
 	if err != nil {
 		return err
 	}
-	if s.version == 0 || s.unusable || s.gone {
+	if s.version == 0 || s.fails > 0 || s.down || s.unusable || s.gone {
 		return s.check()
 	}
 	if err := s.readLog(c, followBlock); err != nil {
