@@ -446,37 +446,6 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// checkRedisURLSyntax refuses, when the Caddyfile is read, a Redis URL
-// without one of the schemes the client takes, which its URL parser would
-// only reject later with a message about something else ("first path
-// segment in URL cannot contain colon"). A URL that starts with a
-// placeholder is checked when the store is provisioned. The URL is not
-// echoed when it may hold a password.
-func checkRedisURLSyntax(raw string) error {
-	u := strings.TrimSpace(raw)
-	if strings.HasPrefix(u, "{") {
-		return nil
-	}
-	scheme, _, ok := strings.Cut(u, "://")
-	if ok {
-		switch strings.ToLower(scheme) {
-		case "redis", "rediss", "unix", "valkey", "valkeys":
-			return nil
-		}
-	}
-	msg := "the Redis URL must start with redis:// or rediss:// (TLS), or unix:// for a socket"
-	switch {
-	case strings.Contains(u, "@"):
-		// It may hold a password: not shown.
-	case strings.HasPrefix(u, "/"):
-		msg += fmt.Sprintf(": redis unix://%s", u)
-	case !ok:
-		msg += fmt.Sprintf(": redis redis://%s", u)
-	default:
-		msg += fmt.Sprintf(", not %s://", scheme)
-	}
-	return fmt.Errorf("%s", msg)
-}
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)

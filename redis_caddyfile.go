@@ -20,7 +20,9 @@ func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	r.URL = d.Val()
-	if err := checkRedisURLSyntax(r.URL); err != nil {
+	// Checked here too, to name the file and line; a URL that starts
+	// with a placeholder is checked once replaced.
+	if err := checkRedisScheme(r.URL, "redis %s"); err != nil {
 		return d.WrapErr(err)
 	}
 	if d.NextArg() {

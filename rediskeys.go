@@ -67,6 +67,9 @@ func redisURL(configured string) (rueidis.ClientOption, string, error) {
 	if raw == "" {
 		return rueidis.ClientOption{}, "", errors.New("redis: a URL is required, e.g. redis://127.0.0.1:6379/0")
 	}
+	if err := checkRedisScheme(raw, "%s"); err != nil {
+		return rueidis.ClientOption{}, "", err
+	}
 	opt, err := rueidis.ParseURL(raw)
 	shown := redactURL(raw)
 	if err != nil {
@@ -87,7 +90,56 @@ func redisURL(configured string) (rueidis.ClientOption, string, error) {
 	if opt.ConnWriteTimeout == 0 {
 		opt.ConnWriteTimeout = redisTimeout
 	}
+	if opt.Sentinel.MasterSet != "" {
+		// rueidis follows a failover on the Sentinels' +switch-master
+		// event alone, unless told to ask them again now and then: a
+		// client that misses the event (its Sentinel connection down at
+		// that moment, as when the Sentinel beside the old primary went
+		// with it) stays on the old primary, a replica by then, until it
+		// is restarted. rueidis recommends asking, every few seconds.
+		opt.Sentinel.TopologyRefreshInterval = sentinelRefresh
+	}
 	return opt, shown, nil
+}
+
+// sentinelRefresh is how often a client on Sentinels asks them where the
+// primary is, besides following their events (see redisURL): rueidis's
+// advice, a few seconds. Each time costs a server four commands on its
+// Sentinel connection and a ROLE to the primary.
+const sentinelRefresh = 5 * time.Second
+
+// checkRedisScheme refuses a Redis URL that does not start with one of the
+// schemes the client takes (redis, rediss, unix, valkey, valkeys), which
+// the URL parser would only reject with a message about something else
+// ("first path segment in URL cannot contain colon" for 127.0.0.1:6379).
+// A URL that starts with a placeholder is left to be checked once it is
+// replaced. The error shows the URL as it was likely meant, written as
+// form says (a fmt format of one %s: "%s", or "redis %s" for the
+// Caddyfile's directive), unless it may hold a password.
+func checkRedisScheme(raw, form string) error {
+	u := strings.TrimSpace(raw)
+	if strings.HasPrefix(u, "{") {
+		return nil
+	}
+	scheme, _, ok := strings.Cut(u, "://")
+	if ok {
+		switch strings.ToLower(scheme) {
+		case "redis", "rediss", "unix", "valkey", "valkeys":
+			return nil
+		}
+	}
+	msg := "the Redis URL must start with redis:// or rediss:// (TLS), or unix:// for a socket"
+	switch {
+	case strings.Contains(u, "@"):
+		// It may hold a password: not shown.
+	case strings.HasPrefix(u, "/"):
+		msg += ": " + fmt.Sprintf(form, "unix://"+u)
+	case !ok:
+		msg += ": " + fmt.Sprintf(form, "redis://"+u)
+	default:
+		msg += fmt.Sprintf(", not %s://", scheme)
+	}
+	return errors.New(msg)
 }
 
 // answerTimeout is how long a connection made with opt waits for Redis to
@@ -104,14 +156,20 @@ func answerTimeout(opt rueidis.ClientOption) time.Duration {
 // if ctx's own deadline passed, the whole operation not done within
 // budget. Other errors are returned as they are.
 func explainTimeout(ctx context.Context, err error, answer, budget time.Duration) error {
-	var ne net.Error
-	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !(errors.As(err, &ne) && ne.Timeout()) {
+	if !isTimeout(err) {
 		return err
 	}
 	if ctx != nil && ctx.Err() != nil {
 		return fmt.Errorf("Redis did not finish within %s, the time allowed: %w", budget, err)
 	}
 	return fmt.Errorf("Redis did not answer within %s: %w", answer, err)
+}
+
+// isTimeout reports whether err is a Redis call's time-out: its context's
+// deadline, or its connection's.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err != nil && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout())
 }
 
 // redactURL is a Redis URL as logs and messages may show it: without its
@@ -228,6 +286,12 @@ func (recordsGone) Error() string {
 }
 func (recordsGone) Is(target error) bool { return target == errNoKeySet }
 
+// unusableReply is a reply of Redis that cannot be used: Redis answered,
+// with what the key set's keys should not hold.
+type unusableReply string
+
+func (e unusableReply) Error() string { return string(e) }
+
 // redisHead is where a key set stands: its version (0: none), its log's
 // last entry, and whether its records hash exists.
 type redisHead struct {
@@ -242,12 +306,12 @@ func readHead(ctx context.Context, c rueidis.Client, k redisKeys) (redisHead, er
 		return redisHead{}, err
 	}
 	if len(vals) != 3 {
-		return redisHead{}, fmt.Errorf("redis: unexpected reply to the head script: %q", vals)
+		return redisHead{}, unusableReply(fmt.Sprintf("redis: unexpected reply to the head script: %q", vals))
 	}
 	h := redisHead{logID: vals[1], records: vals[2] != "0"}
 	if vals[0] != "" {
 		if h.version, err = strconv.ParseInt(vals[0], 10, 64); err != nil {
-			return h, fmt.Errorf("redis: %s holds %q, not a version number", k.version, vals[0])
+			return h, unusableReply(fmt.Sprintf("redis: %s holds %.40q, not a version number", k.version, vals[0]))
 		}
 	}
 	return h, nil

@@ -147,11 +147,18 @@ type redisKeyStore struct {
 	version       int64           // the version of the key set in force
 	logID         string          // the last log entry applied
 	problems      map[string]bool // the records that cannot be used, as logged
-	down          bool            // Redis could not be reached last time (logged once)
+	down          bool            // Redis cannot be reached (logged once)
+	unusable      bool            // Redis answers with what cannot be used (logged once)
+	fails         int             // failures to reach Redis in a row (see settle)
+	stalled       bool            // one of them came after a stall of this process
 	gone          bool            // the key set vanished from Redis, or its records did (logged once)
 	policyChecked bool            // maxmemory-policy was looked at (see warnEviction)
 	lastCheck     time.Time
 	syncs         atomic.Int64 // full reads of the key set, for tests
+	// withTimeout makes the context of a Redis call of the follower:
+	// context.WithTimeout; tests replace it (before start) to play a stall
+	// of this process, a call whose deadline passed while it stood still.
+	withTimeout func(context.Context, time.Duration) (context.Context, context.CancelFunc)
 
 	// The writers' state.
 	writeFailing bool
@@ -177,6 +184,8 @@ func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, ca
 		flushNow: make(chan chan struct{}),
 		cacheNow: make(chan struct{}, 1),
 		done:     make(chan struct{}),
+
+		withTimeout: context.WithTimeout,
 	}
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	s.metrics = stores.AcquireMetrics(s.Name())
@@ -228,6 +237,9 @@ func (s *redisKeyStore) open() error {
 	}
 	if s.cacheFile == "" {
 		s.closeClient()
+		if !gone {
+			err = fmt.Errorf("%v; with a cache_file (redis <url> { cache_file <path> }), a server starts without Redis, from the keys it saved there while it last ran with Redis", err)
+		}
 		return err
 	}
 	ks, cerr := s.readCache()
@@ -300,49 +312,125 @@ const (
 	// empty, the version is checked (the safety net). So a quiet key set
 	// costs two Redis calls a second per server (three with the client's ping).
 	followBlock = time.Second
-	// maxBackoff bounds the wait between attempts while Redis is down, and
-	// so how long a server lags once Redis answers again (a failover
-	// done, a restart): a try a second is cheap.
-	maxBackoff = time.Second
+	// minBackoff and maxBackoff bound the wait between attempts while
+	// Redis cannot be reached or used: the wait starts at minBackoff and
+	// doubles up to maxBackoff. maxBackoff bounds how long a server takes
+	// to notice that Redis answers again (a restart, a failover done): its
+	// first attempt then checks the version at once, without blocking, so
+	// that a change is in force within a second of Redis answering.
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 250 * time.Millisecond
+	// stallSlack is how late a Redis call may time out after its deadline
+	// before the lateness says that this process stood still meanwhile (see
+	// late).
+	stallSlack = time.Second
 )
 
 // follow is the follower: it reads the change log with a blocking read and
 // applies each change as it comes; when the log is quiet it checks the
-// version; when Redis is down it retries with backoff, the keys in force
-// staying in force.
+// version; when Redis cannot be reached or used it retries with backoff,
+// the keys in force staying in force.
 func (s *redisKeyStore) follow() {
-	backoff := 100 * time.Millisecond
+	backoff := minBackoff
 	for {
 		select {
 		case <-s.stopCtx.Done():
 			return
 		case reply := <-s.syncNow:
-			reply <- s.check()
+			reply <- s.syncRound()
 			continue
 		default:
 		}
-		c, err := s.connected()
+		err := s.round()
 		switch {
-		case err != nil:
-		case s.version == 0: // started from the cache file, or the key set is gone
-			err = s.check()
+		case err == nil:
+			backoff = minBackoff
+			s.settle(nil)
+		case s.settle(err):
+			// Tried again at once.
 		default:
-			err = s.readLog(c, followBlock)
+			s.sleep(backoff)
+			backoff = min(2*backoff, maxBackoff)
 		}
-		if err == nil && time.Since(s.lastCheck) >= followBlock {
-			err = s.check()
-		}
-		if err == nil || errors.Is(err, errNoKeySet) || s.stopCtx.Err() != nil {
-			backoff = 100 * time.Millisecond
-			if errors.Is(err, errNoKeySet) {
-				s.sleep(followBlock)
-			}
-			continue
-		}
-		s.reportDown(err)
-		s.sleep(backoff)
-		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+// round is one round of the follower: a blocking read of the log, and the
+// version check when it is due. After a failure, and until the key set is
+// in force, the round is the check alone, which does not block: a Redis
+// that answers again is caught up with at once.
+func (s *redisKeyStore) round() error {
+	c, err := s.connected()
+	if err != nil {
+		return err
+	}
+	if s.version == 0 || s.fails > 0 || s.down || s.unusable || s.gone {
+		return s.check()
+	}
+	if err := s.readLog(c, followBlock); err != nil {
+		return err
+	}
+	if time.Since(s.lastCheck) >= followBlock {
+		return s.check()
+	}
+	return nil
+}
+
+// syncRound is the version check that askSync asks for, tried again at
+// once when the follower's own rounds would be: it answers with what a
+// failure turned out to be.
+func (s *redisKeyStore) syncRound() error {
+	for {
+		err := s.check()
+		if !s.settle(err) {
+			return err
+		}
+	}
+}
+
+// settle says what came of a round (err nil: it went through), once per
+// change of state, and whether to try again at once. A failure to reach
+// Redis is said at the second in a row (the third, if one came after a
+// stall of this process), and tried again at once until then: a single
+// one is most often a connection that a stall or an idle time-out broke,
+// and the next attempt, on a new connection, goes through. An answer of
+// Redis that cannot be used (a key of the wrong type, a version that is
+// not a number) is no outage: it is said once as its own problem, and
+// never as Redis unreachable, nor its end as Redis reachable again.
+func (s *redisKeyStore) settle(err error) (again bool) {
+	switch {
+	case err == nil:
+		s.fails, s.stalled = 0, false
+		s.reportUp()
+		s.reportUsable()
+		return false
+	case s.stopCtx.Err() != nil:
+		return false // a call cut short by Destruct is no outage
+	case errors.Is(err, errNoKeySet):
+		// Redis answers, without the key set (said by reportGone).
+		s.fails, s.stalled = 0, false
+		s.reportUp()
+		s.unusable = false
+		return false
+	case redisAnswered(err):
+		s.fails, s.stalled = 0, false
+		s.reportUp()
+		s.reportUnusable(err)
+		return false
+	}
+	s.fails++
+	if errors.As(err, new(stallError)) {
+		s.stalled = true
+	}
+	limit := 2
+	if s.stalled {
+		limit = 3
+	}
+	if s.fails < limit {
+		return true
+	}
+	s.reportDown(err)
+	return false
 }
 
 // sleep waits d, or less if the store stops or a sync is asked for.
@@ -352,7 +440,7 @@ func (s *redisKeyStore) sleep(d time.Duration) {
 	select {
 	case <-s.stopCtx.Done():
 	case reply := <-s.syncNow:
-		reply <- s.check()
+		reply <- s.syncRound()
 	case <-t.C:
 	}
 }
@@ -390,6 +478,74 @@ func (s *redisKeyStore) reportUp() {
 	}
 }
 
+// reportUnusable logs that Redis answers with what cannot be used, once
+// until a round goes through.
+func (s *redisKeyStore) reportUnusable(err error) {
+	if s.unusable {
+		return
+	}
+	s.unusable = true
+	s.metrics.LoadFailed()
+	s.log().Error("Redis answers, but with an error or with what the key set's keys should not hold (a key of the wrong type, a version that is not a number?); the keys in force stay in force, and it is read again until it can be",
+		s.fields(zap.Int64("version", s.version), zap.Error(err))...)
+}
+
+// reportUsable logs that the key set in Redis can be read again, if it
+// could not.
+func (s *redisKeyStore) reportUsable() {
+	if s.unusable {
+		s.unusable = false
+		s.log().Info("the key set in Redis can be read again", s.fields(zap.Int64("version", s.version))...)
+	}
+}
+
+// redisAnswered reports whether err is an answer of Redis, rather than a
+// failure to reach it: an error reply, a reply of another type than the
+// one asked for, or one that cannot be used (unusableReply). Replies that
+// say that the server cannot serve now (loading its data, busy with a
+// script, cut from its primary or its Cluster) or that it changed under a
+// blocking read (a primary made a replica, the log deleted: UNBLOCKED)
+// are not: they are the server's state, not what it holds, and are tried
+// again as a failure to reach it is.
+func redisAnswered(err error) bool {
+	var re *rueidis.RedisError
+	if errors.As(err, &re) && !re.IsNil() {
+		if re.IsLoading() || re.IsClusterDown() || re.IsTryAgain() {
+			return false
+		}
+		code, _, _ := strings.Cut(re.Error(), " ")
+		switch code {
+		case "BUSY", "MASTERDOWN", "UNBLOCKED":
+			return false
+		}
+		return true
+	}
+	return rueidis.IsParseErr(err) || errors.As(err, new(unusableReply))
+}
+
+// stallError is a Redis call's time-out that came well after its
+// deadline: this process (or its machine) stood still meanwhile (SIGSTOP,
+// a suspended VM), and the deadline passed while it did, not while Redis
+// was slow.
+type stallError struct{ err error }
+
+func (e stallError) Error() string {
+	return "this process stood still past the call's deadline (stopped, or its machine suspended): " + e.err.Error()
+}
+func (e stallError) Unwrap() error { return e.err }
+
+// late returns err, the error of a Redis call made with ctx, as a
+// stallError if it is a time-out that came more than stallSlack after
+// ctx's deadline, by the wall clock (which, unlike the monotonic one, goes
+// on while the machine is suspended).
+func late(ctx context.Context, err error) error {
+	dl, ok := ctx.Deadline()
+	if ok && isTimeout(err) && time.Now().Round(0).After(dl.Round(0).Add(stallSlack)) {
+		return stallError{err}
+	}
+	return err
+}
+
 // readLog reads the change log from the last entry applied, blocking up to
 // block (0: not at all), and applies what it finds.
 func (s *redisKeyStore) readLog(c rueidis.Client, block time.Duration) error {
@@ -400,17 +556,15 @@ func (s *redisKeyStore) readLog(c rueidis.Client, block time.Duration) error {
 	} else {
 		built = xread.Streams().Key(s.rk.log).Id(s.logID).Build()
 	}
-	ctx, cancel := context.WithTimeout(s.stopCtx, block+redisTimeout)
+	ctx, cancel := s.withTimeout(s.stopCtx, block+answerTimeout(s.opt))
 	defer cancel()
 	streams, err := c.Do(ctx, built).AsXRead()
 	if rueidis.IsRedisNil(err) {
-		s.reportUp()
 		return nil
 	}
 	if err != nil {
-		return err
+		return late(ctx, err)
 	}
-	s.reportUp()
 	entries := streams[s.rk.log]
 	if len(entries) == 0 {
 		return nil
@@ -455,10 +609,10 @@ func (s *redisKeyStore) apply(ctx context.Context, c rueidis.Client, entries []r
 	if len(ids) > 0 { // an entry may name none (not one of ours)
 		var err error
 		if vals, err = c.Do(ctx, c.B().Hmget().Key(s.rk.records).Field(ids...).Build()).ToArray(); err != nil {
-			return err
+			return late(ctx, err)
 		}
 		if len(vals) != len(ids) {
-			return fmt.Errorf("redis: HMGET of %d fields answered %d values", len(ids), len(vals))
+			return unusableReply(fmt.Sprintf("redis: HMGET of %d fields answered %d values", len(ids), len(vals)))
 		}
 	}
 	// Every changed id loses its key; those whose record can be used get
@@ -515,15 +669,13 @@ func (s *redisKeyStore) reportProblems(problems []error) {
 func (s *redisKeyStore) check() error {
 	c, err := s.connected()
 	if err != nil {
-		s.reportDown(err)
 		return err
 	}
-	ctx, cancel := context.WithTimeout(s.stopCtx, storecore.RefreshWait)
+	ctx, cancel := s.withTimeout(s.stopCtx, answerTimeout(s.opt))
 	defer cancel()
 	head, err := readHead(ctx, c, s.rk)
 	if err != nil {
-		s.reportDown(err)
-		return err
+		return late(ctx, err)
 	}
 	v := head.version
 	switch {
@@ -532,7 +684,6 @@ func (s *redisKeyStore) check() error {
 	case !head.records:
 		err = errRecordsGone
 	}
-	s.reportUp()
 	s.lastCheck = time.Now()
 	switch {
 	case err != nil:
