@@ -466,6 +466,7 @@ func (s *redisKeyStore) reportDown(err error) {
 	}
 	s.down = true
 	s.metrics.LoadFailed()
+	s.metrics.SourceBroken(true)
 	s.log().Error("cannot reach Redis; the keys in force stay in force, and it is retried",
 		s.fields(zap.Int64("version", s.version), zap.Error(err))...)
 }
@@ -474,6 +475,7 @@ func (s *redisKeyStore) reportDown(err error) {
 func (s *redisKeyStore) reportUp() {
 	if s.down {
 		s.down = false
+		s.metrics.SourceBroken(s.unusable || s.gone)
 		s.log().Info("Redis is reachable again", s.fields()...)
 	}
 }
@@ -486,6 +488,7 @@ func (s *redisKeyStore) reportUnusable(err error) {
 	}
 	s.unusable = true
 	s.metrics.LoadFailed()
+	s.metrics.SourceBroken(true)
 	s.log().Error("Redis answers, but with an error or with what the key set's keys should not hold (a key of the wrong type, a version that is not a number?); the keys in force stay in force, and it is read again until it can be",
 		s.fields(zap.Int64("version", s.version), zap.Error(err))...)
 }
@@ -495,6 +498,7 @@ func (s *redisKeyStore) reportUnusable(err error) {
 func (s *redisKeyStore) reportUsable() {
 	if s.unusable {
 		s.unusable = false
+		s.metrics.SourceBroken(s.down || s.gone)
 		s.log().Info("the key set in Redis can be read again", s.fields(zap.Int64("version", s.version))...)
 	}
 }
@@ -659,7 +663,7 @@ func (s *redisKeyStore) reportProblems(problems []error) {
 			clear(s.problems) // a flood: forget the old ones rather than grow
 		}
 		s.problems[p.Error()] = true
-		s.log().Error("a record of the Redis key set cannot be used; its key is refused until it is mended (caddy apikey revoke or rotate it, or import it again)",
+		s.log().Error("a record of the Redis key set cannot be used; its key is refused until the record is mended: write it back as it should be (HSET, from an export) or delete it (HDEL); the commands refuse to edit it",
 			s.fields(zap.Error(p))...)
 	}
 }
@@ -726,6 +730,7 @@ func (s *redisKeyStore) reportGone(err error) {
 	}
 	s.gone = true
 	s.metrics.LoadFailed()
+	s.metrics.SourceBroken(true)
 	if errors.Is(err, errRecordsGone) {
 		s.log().Error("the key set's records are gone from Redis while its version and change log remain (evicted under a maxmemory-policy allkeys-*, or deleted by hand); the keys in force stay in force, and the cache file is kept, until it is back: restore it with caddy apikey import, from an export or a cache_file",
 			s.fields(zap.Int64("version", s.version))...)
@@ -808,13 +813,18 @@ const bigKeySet = 100_000
 // put puts ks in force. A key set read whole gets the usage cells of the
 // keys that stay the same (one that KeySet.with made has them already).
 func (s *redisKeyStore) put(ks *keyset.KeySet, whole bool) {
-	if old := s.keys.Load(); old != nil && whole {
+	old := s.keys.Load()
+	if old != nil && whole {
 		keyset.CarryUsage(old, ks)
 	}
 	s.keys.Store(ks)
 	now := time.Now()
 	s.metrics.Loaded(ks, now)
 	s.metrics.Synced(now)
+	s.metrics.SourceBroken(false)
+	if old == nil {
+		stores.LogFirstLoad(s.log(), s.Name(), ks, now)
+	}
 	select {
 	case s.cacheNow <- struct{}{}:
 	default:
