@@ -446,6 +446,5 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
