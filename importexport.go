@@ -32,8 +32,8 @@ type importResult struct {
 	targetEmpty bool
 	activeAdded int
 
-	// The file is a server's cache_file (its top-level "snapshot"
-	// member), not an export.
+	// The file is a server's cache_file (a snapshot, or a key file with
+	// a top-level "snapshot" member), not an export.
 	snapshot bool
 }
 
@@ -68,7 +68,13 @@ func importKeysWith(from fileRecords, to recordStore, opts importOptions) (impor
 		p.end("")
 		return importResult{}, &keyFileError{path: from.path, err: err}
 	}
-	file, _, err := parseKeyFile(data)
+	var file *keyDoc
+	snapshot := isSnapshot(data) // a server's cache_file
+	if snapshot {
+		file, err = snapshotDoc(data)
+	} else {
+		file, _, err = parseKeyFile(data)
+	}
 	data = nil
 	if err != nil {
 		p.end("")
@@ -76,7 +82,8 @@ func importKeysWith(from fileRecords, to recordStore, opts importOptions) (impor
 	}
 	records := file.records
 	p.end(fmt.Sprintf("%d keys", len(records)))
-	snapshot := slices.ContainsFunc(file.top, func(m member) bool { return m.name == "snapshot" })
+	// A cache_file as versions before its binary form wrote it.
+	snapshot = snapshot || slices.ContainsFunc(file.top, func(m member) bool { return m.name == "snapshot" })
 
 	var res importResult
 	waiting := opts.waiting
@@ -157,7 +164,7 @@ func revokedOnlyThere(there, file *Record) bool {
 // its source. It returns the error for the records it could not import.
 func reportImport(stdout, stderr io.Writer, res importResult, file string, to recordStore) error {
 	if res.snapshot {
-		fmt.Fprintf(stderr, "Warning: %s is a server's cache_file (it has a \"snapshot\" member), not an export: its records lack created_at, last_used_at and the members this plugin does not know, and their times may be spelled otherwise than in the key set (then reported as conflicts below). Prefer an export (caddy apikey export); use a cache_file only when nothing else is left.\n", file)
+		fmt.Fprintf(stderr, "Warning: %s is a server's cache_file, not an export: its records lack last_used_at, rotated_from and the members this plugin does not know, and their times may be spelled otherwise than in the key set (then reported as conflicts below). Prefer an export (caddy apikey export); use a cache_file only when nothing else is left.\n", file)
 	}
 	if len(res.reactivated) > 0 {
 		fmt.Fprintf(stdout, "Re-activated %d keys revoked in %s, as --reactivate asked (their copies in %s are active):\n  %s\n", len(res.reactivated), to, file, strings.Join(res.reactivated, "\n  "))

@@ -292,7 +292,7 @@ func TestRedisStoreStartsFromCacheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
-	if ks, err := readKeySet(cache); err != nil || len(ks.keys) != 1 {
+	if snap, err := readSnapshot(cache); err != nil || snap.ks.size() != 1 {
 		t.Fatalf("cache file: %v", err)
 	}
 	_ = s.Destruct()

@@ -1,0 +1,421 @@
+package apikey
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"strings"
+	"time"
+	"unsafe"
+)
+
+// A Redis store's cache file is a snapshot of the key set in force, in a
+// binary form of this plugin's own that a store reads in one pass (a
+// million keys in a few hundred milliseconds, where the key file's JSON
+// takes seconds), and the place in the key set's history it stands at: the
+// version and the log's last entry. A store that starts reads it first,
+// puts it in force, and catches up from the log (see redisKeyStore.open).
+// `caddy apikey import --file <cache_file>` restores a key set from it.
+//
+// The form (integers little-endian; "uvarint" and "varint" as
+// encoding/binary writes them; each string a uvarint length and its bytes):
+//
+//	magic     snapshotMagic (32 bytes)
+//	of        string: the key set, as redisKeyStore.name spells it
+//	version   varint: the key set's version in force
+//	log       string: the id of the log's last entry applied
+//	written   varint: when the file was written, unix nanoseconds
+//	keys      uvarint: how many keys follow
+//	text      uvarint: the length of all the keys' strings together
+//	each key  32 bytes: its SHA-256 (key_hash)
+//	          1 byte: flags, 1 expires_at, 2 revoked_at, 4 created_at
+//	          8 bytes (int64, unix nanoseconds) for each flag set, in that order
+//	          strings: id, label, key_prefix, scopes (comma-joined)
+//	checksum  4 bytes: CRC-32C of every byte before it
+//
+// A file that is cut short, or whose checksum does not match, is refused
+// whole: none of its keys is put in force.
+
+// snapshotMagic opens a cache file; its last digit is the form's version.
+const snapshotMagic = "caddy-apikey key set snapshot 1\n"
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Flags of a key in a snapshot.
+const (
+	snapExpires = 1 << iota
+	snapRevoked
+	snapCreated
+)
+
+// snapshotMinKey is the fewest bytes a key takes in a snapshot: its hash,
+// its flags and four empty strings.
+const snapshotMinKey = sha256.Size + 1 + 4
+
+// keySetSnapshot is a key set as a cache file (see above), for
+// writeFileAtomic.
+type keySetSnapshot struct {
+	ks      *KeySet
+	of      string // the key set's name
+	version int64
+	logID   string
+	written time.Time
+}
+
+func (s keySetSnapshot) WriteTo(w io.Writer) (int64, error) {
+	cw := &countWriter{w: w}
+	crc := crc32.New(castagnoli)
+	bw := bufio.NewWriterSize(io.MultiWriter(cw, crc), chunkSize)
+	text := 0
+	s.ks.each(func(_ [sha256.Size]byte, k *Key) {
+		text += len(k.ID) + len(k.Label) + len(k.Prefix) + len(k.scopesJoined)
+	})
+	buf := make([]byte, 0, 256)
+	buf = append(buf, snapshotMagic...)
+	buf = appendString(buf, s.of)
+	buf = binary.AppendVarint(buf, s.version)
+	buf = appendString(buf, s.logID)
+	buf = binary.AppendVarint(buf, s.written.UnixNano())
+	buf = binary.AppendUvarint(buf, uint64(s.ks.size()))
+	buf = binary.AppendUvarint(buf, uint64(text))
+	bw.Write(buf)
+	s.ks.each(func(sum [sha256.Size]byte, k *Key) {
+		buf = append(buf[:0], sum[:]...)
+		flags := byte(0)
+		if k.expires {
+			flags |= snapExpires
+		}
+		if k.revoked {
+			flags |= snapRevoked
+		}
+		if k.created {
+			flags |= snapCreated
+		}
+		buf = append(buf, flags)
+		if k.expires {
+			buf = binary.LittleEndian.AppendUint64(buf, uint64(k.expiresAt))
+		}
+		if k.revoked {
+			buf = binary.LittleEndian.AppendUint64(buf, uint64(k.revokedAt))
+		}
+		if k.created {
+			buf = binary.LittleEndian.AppendUint64(buf, uint64(k.createdAt))
+		}
+		buf = appendString(buf, k.ID)
+		buf = appendString(buf, k.Label)
+		buf = appendString(buf, k.Prefix)
+		buf = appendString(buf, k.scopesJoined)
+		bw.Write(buf)
+	})
+	if err := bw.Flush(); err != nil {
+		return cw.n, err
+	}
+	_, err := cw.Write(binary.LittleEndian.AppendUint32(nil, crc.Sum32()))
+	return cw.n, err
+}
+
+func appendString(buf []byte, s string) []byte {
+	return append(binary.AppendUvarint(buf, uint64(len(s))), s...)
+}
+
+// snapshot is a cache file as read: the key set and where it stood.
+type snapshot struct {
+	of      string
+	version int64
+	logID   string
+	written time.Time
+	ks      *KeySet
+}
+
+// isSnapshot reports whether data, the start of a file, is that of a
+// snapshot (and not of a key file).
+func isSnapshot(data []byte) bool {
+	return bytes.HasPrefix(data, []byte(snapshotMagic[:len(snapshotMagic)-2]))
+}
+
+// readSnapshot reads the cache file at path, which is a snapshot (see
+// isSnapshot), with every check. Its errors do not name the file.
+func readSnapshot(path string) (*snapshot, error) {
+	f, fi, err := openKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return decodeSnapshot(f, fi.Size())
+}
+
+// errSnapshotShort: a snapshot that ends before its end (a cut copy, a full
+// disk).
+var errSnapshotShort = errors.New("the file is cut short (it ends before its last key)")
+
+// decodeSnapshot reads a snapshot of size bytes from r, in one pass,
+// straight into a key set: every key's strings share one block of memory,
+// and the file is never whole in memory. Each key is checked as a key
+// file's record is (a unique hash, an id, well-formed scopes; not that its
+// id is unique: the snapshot was written from a key set, whose ids are, and
+// a damaged one fails its checksum), and the checksum last: a snapshot is
+// used whole or not at all.
+func decodeSnapshot(r io.Reader, size int64) (*snapshot, error) {
+	if size < int64(len(snapshotMagic))+4 {
+		return nil, errSnapshotShort
+	}
+	crc := crc32.New(castagnoli)
+	d := &snapDecoder{r: io.TeeReader(io.LimitReader(r, size-4), crc), buf: make([]byte, snapBuffer)}
+	if magic := d.fixed(len(snapshotMagic)); d.err == nil && string(magic) != snapshotMagic {
+		if isSnapshot(magic) {
+			return nil, fmt.Errorf("a snapshot in a form this version does not read (%q; written by a newer version?)", magic[len(magic)-2:])
+		}
+		return nil, errors.New("not a snapshot of a key set")
+	}
+	snap := &snapshot{}
+	snap.of = string(d.header())
+	snap.version = d.varint()
+	snap.logID = string(d.header())
+	snap.written = time.Unix(0, d.varint())
+	n, text := d.uvarint(), d.uvarint()
+	if d.err != nil {
+		return nil, d.err
+	}
+	// Bounded by the file's size before anything is made that large: a
+	// damaged count must not ask for the memory of a billion keys.
+	if n > uint64(size)/snapshotMinKey || text > uint64(size) {
+		return nil, errors.New("damaged: it counts more keys than it can hold")
+	}
+	d.arena = make([]byte, text)
+	ks := &KeySet{
+		byHash: make(map[[sha256.Size]byte]int32, n),
+		keys:   make([]Key, n, n+n/8+64), // room for changes, as loadRedisKeySet leaves
+	}
+	for i := range ks.keys {
+		k := &ks.keys[i]
+		// The fixed part of a key and its strings' lengths, at most.
+		d.ensure(sha256.Size + 1 + 3*8 + 4*binary.MaxVarintLen64)
+		sum := [sha256.Size]byte(d.fixed(sha256.Size))
+		f := d.fixed(1)[0]
+		if f&^(snapExpires|snapRevoked|snapCreated) != 0 {
+			d.damaged("key %d has unknown flags", i+1)
+		}
+		if f&snapExpires != 0 {
+			k.expires, k.expiresAt = true, d.int64()
+		}
+		if f&snapRevoked != 0 {
+			k.revoked, k.revokedAt = true, d.int64()
+		}
+		if f&snapCreated != 0 {
+			k.created, k.createdAt = true, d.int64()
+		}
+		k.ID, k.Label, k.Prefix, k.scopesJoined = d.str(), d.str(), d.str(), d.str()
+		if d.err != nil {
+			return nil, d.err
+		}
+		if k.ID == "" {
+			return nil, fmt.Errorf("damaged: key %d has no id", i+1)
+		}
+		if k.scopesJoined != "" {
+			k.Scopes = strings.Split(k.scopesJoined, ",")
+			for _, s := range k.Scopes {
+				if err := checkScope(s); err != nil {
+					return nil, fmt.Errorf("damaged: key %d (id %q): %v", i+1, k.ID, err)
+				}
+			}
+		}
+		ks.byHash[sum] = int32(i)
+		if len(ks.byHash) != i+1 {
+			return nil, fmt.Errorf("damaged: key %d (id %q) has the hash of another", i+1, k.ID)
+		}
+	}
+	if d.ensure(1); d.err != nil {
+		return nil, d.err
+	}
+	if d.p < d.n || d.used != len(d.arena) {
+		return nil, errors.New("damaged: it holds more than its keys")
+	}
+	var tail [4]byte
+	if _, err := io.ReadFull(r, tail[:]); err != nil {
+		return nil, errSnapshotShort
+	}
+	if binary.LittleEndian.Uint32(tail[:]) != crc.Sum32() {
+		return nil, errors.New("damaged: its checksum does not match its contents")
+	}
+	snap.ks = ks
+	return snap, nil
+}
+
+// snapBuffer is how much of a snapshot is read at a time.
+const snapBuffer = 256 << 10
+
+// snapDecoder reads the parts of a snapshot from a buffer it refills; the
+// first problem stops it (err), and every later read returns zero.
+type snapDecoder struct {
+	r    io.Reader
+	buf  []byte
+	p, n int  // buf[p:n] is read and not yet taken
+	eof  bool // r is at its end
+	err  error
+
+	arena []byte // the keys' strings
+	used  int    // arena[:used] holds strings
+}
+
+// ensure reads on until k bytes (at most len(buf)) are buffered, or r ends.
+func (d *snapDecoder) ensure(k int) {
+	if d.n-d.p >= k || d.eof || d.err != nil {
+		return
+	}
+	d.n = copy(d.buf, d.buf[d.p:d.n])
+	d.p = 0
+	for d.n < k && !d.eof {
+		m, err := d.r.Read(d.buf[d.n:])
+		d.n += m
+		switch {
+		case err == io.EOF:
+			d.eof = true
+		case err != nil:
+			d.err = err
+			return
+		}
+	}
+}
+
+func (d *snapDecoder) short() {
+	if d.err == nil {
+		d.err = errSnapshotShort
+	}
+}
+
+func (d *snapDecoder) damaged(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("damaged: "+format, args...)
+	}
+}
+
+var zeros [len(snapshotMagic)]byte
+
+// fixed takes the next k bytes (k at most len(zeros)), valid until the next
+// call.
+func (d *snapDecoder) fixed(k int) []byte {
+	if d.ensure(k); d.err != nil || d.n-d.p < k {
+		d.short()
+		return zeros[:k]
+	}
+	b := d.buf[d.p : d.p+k]
+	d.p += k
+	return b
+}
+
+func (d *snapDecoder) int64() int64 { return int64(binary.LittleEndian.Uint64(d.fixed(8))) }
+
+func (d *snapDecoder) uvarint() uint64 {
+	if d.ensure(binary.MaxVarintLen64); d.err != nil {
+		return 0
+	}
+	v, k := binary.Uvarint(d.buf[d.p:d.n])
+	if k <= 0 {
+		if k == 0 && d.eof {
+			d.short()
+		} else {
+			d.damaged("a number is out of range")
+		}
+		return 0
+	}
+	d.p += k
+	return v
+}
+
+func (d *snapDecoder) varint() int64 {
+	u := d.uvarint()
+	return int64(u>>1) ^ -int64(u&1)
+}
+
+// header reads a string of the header (at most 64 KiB).
+func (d *snapDecoder) header() []byte {
+	l := d.uvarint()
+	if d.err == nil && l > 64<<10 {
+		d.damaged("its header is too long")
+	}
+	if d.err != nil {
+		return nil
+	}
+	b := make([]byte, l)
+	d.take(b)
+	return b
+}
+
+// take fills b with the next len(b) bytes.
+func (d *snapDecoder) take(b []byte) {
+	c := copy(b, d.buf[d.p:d.n])
+	d.p += c
+	if c == len(b) {
+		return
+	}
+	// Longer than what is buffered: the rest straight from r.
+	if _, err := io.ReadFull(d.r, b[c:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			d.short()
+		} else if d.err == nil {
+			d.err = err
+		}
+	}
+}
+
+// str reads a key's string into the arena and returns it: a view of bytes
+// that are never written again, as the keys share the one block.
+func (d *snapDecoder) str() string {
+	l := d.uvarint()
+	if d.err == nil && l > uint64(len(d.arena)-d.used) {
+		d.damaged("its keys hold more text than it says")
+	}
+	if d.err != nil || l == 0 {
+		return ""
+	}
+	b := d.arena[d.used : d.used+int(l)]
+	d.take(b)
+	d.used += int(l)
+	return unsafe.String(&b[0], len(b))
+}
+
+// record is k, whose hash is sum, as a key file's record: what a
+// snapshot holds of it (never last_used_at, rotated_from, nor members this
+// plugin does not know), its times written as the commands write them.
+func (k *Key) record(sum [sha256.Size]byte) Record {
+	rec := Record{ID: k.ID, Label: k.Label, KeyHash: hex.EncodeToString(sum[:]), KeyPrefix: k.Prefix, Scopes: k.Scopes}
+	if k.expires {
+		rec.ExpiresAt = timestamp(ptr(time.Unix(0, k.expiresAt)))
+	}
+	if k.revoked {
+		rec.RevokedAt = timestamp(ptr(time.Unix(0, k.revokedAt)))
+	}
+	if k.created {
+		rec.CreatedAt = timestamp(ptr(time.Unix(0, k.createdAt)))
+	}
+	return rec
+}
+
+// snapshotDoc makes the records of a snapshot (data, a whole cache file) a
+// key file's document, for `caddy apikey import`.
+func snapshotDoc(data []byte) (*keyDoc, error) {
+	snap, err := decodeSnapshot(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		return nil, err
+	}
+	doc := &keyDoc{bare: true, records: make([]docRecord, 0, snap.ks.size())}
+	snap.ks.each(func(sum [sha256.Size]byte, k *Key) {
+		if err != nil {
+			return
+		}
+		var r docRecord
+		if r, err = newDocRecord(k.record(sum)); err == nil {
+			doc.records = append(doc.records, r)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return doc, nil
+}
