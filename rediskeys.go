@@ -4,15 +4,18 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 	"unsafe"
@@ -459,27 +462,41 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *Ke
 	if err != nil {
 		return nil, nil, err
 	}
-	b := newKeySetBuilder(int(size))
+	if size >= bigKeySet {
+		defer collectOftener()()
+	}
 	// Room for the keys that changes will add (see KeySet.with), so that
 	// the first ones need not copy the key set.
-	b.ks.keys = make([]Key, 0, size+size/8+64)
-	n := 0
-	seen := make(map[string]bool) // HSCAN may return a field twice
+	b := &keySetBuilder{
+		ks:  &KeySet{byHash: make(map[[sha256.Size]byte]int32, size), keys: make([]Key, 0, size+size/8+64)},
+		ids: make(map[string]int, size),
+	}
+	n, read := 0, false
+	// HSCAN may return a field twice: a field seen is one whose key was
+	// added (b.ids holds them; not a second map of a million ids) or one
+	// that could not be used (few).
+	failed := make(map[string]bool)
+	seen := func(field string) bool {
+		_, added := b.ids[field]
+		return added || failed[field]
+	}
 	var rd recordReader
 	var rec docRecord
 	err = scanHash(ctx, c, k.records, func(page []string) error {
 		for i := 0; i < len(page); i += 2 {
-			if seen[page[i]] {
+			if seen(page[i]) {
 				continue
 			}
-			seen[page[i]] = true
+			read = true
 			rec = docRecord{}
 			if err := rd.read(page[i], page[i+1], &rec); err != nil {
+				failed[strings.Clone(page[i])] = true
 				problems = append(problems, err)
 				continue
 			}
 			n++
 			if err := b.add(&rec.Record, n); err != nil {
+				failed[strings.Clone(page[i])] = true
 				problems = append(problems, err)
 			}
 		}
@@ -488,7 +505,7 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *Ke
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(seen) == 0 { // its caller saw a version: the records are gone
+	if !read { // its caller saw a version: the records are gone
 		return nil, nil, errRecordsGone
 	}
 	return b.ks, problems, nil
@@ -681,6 +698,43 @@ func mergeUsed(records []docRecord, used map[string]time.Time) {
 		s := formatTimestamp(at)
 		if r.set("last_used_at", s) == nil {
 			r.LastUsedAt = &s
+		}
+	}
+}
+
+// loadGCPercent is the garbage collector's target (GOGC) while a large key
+// set is read whole: the read makes about as much garbage (Redis's replies)
+// as the key set takes, and at Go's default of 100 the heap grows to twice
+// the key set before it is collected. Set lower, the peak stays within
+// 1.5 times the key set in force after the read, for a few more
+// collections: the key set, allocated first, is most of the heap from the
+// start.
+const loadGCPercent = 25
+
+var oftener struct {
+	sync.Mutex
+	n   int // reads under way
+	was int // GOGC before the first of them
+}
+
+// collectOftener sets GOGC to loadGCPercent, unless it is lower (or off),
+// until the function it returns is called; reads that overlap share one
+// setting.
+func collectOftener() (restore func()) {
+	oftener.Lock()
+	defer oftener.Unlock()
+	if oftener.n == 0 {
+		oftener.was = debug.SetGCPercent(loadGCPercent)
+		if oftener.was < loadGCPercent { // lower already, or off (-1)
+			debug.SetGCPercent(oftener.was)
+		}
+	}
+	oftener.n++
+	return func() {
+		oftener.Lock()
+		defer oftener.Unlock()
+		if oftener.n--; oftener.n == 0 {
+			debug.SetGCPercent(oftener.was)
 		}
 	}
 }
