@@ -347,6 +347,12 @@ func (s *redisKeyStore) startFrom(c rueidis.Client, snap *snapshot) (current boo
 		if err := s.apply(actx, c, entries); err != nil {
 			return false, explainTimeout(actx, err, answerTimeout(s.opt), redisTimeout)
 		}
+		// The snapshot's index is garbage now (the cache file is written
+		// anew): given back in the background, not to hold up the start.
+		s.cached = nil
+		if snap.ks.size() >= bigKeySet {
+			go debug.FreeOSMemory()
+		}
 	} else {
 		s.metrics.loaded(snap.ks, time.Now())
 	}
