@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -126,6 +128,45 @@ func TestSnapshotDamagedIsRefused(t *testing.T) {
 	newer[len(snapshotMagic)-2] = '2'
 	if _, err := decodeSnapshot(bytes.NewReader(newer), int64(len(newer))); err == nil || !strings.Contains(err.Error(), "newer") {
 		t.Errorf("a snapshot of a later form: %v, want it to say so", err)
+	}
+}
+
+// A snapshot whose checksum holds but whose keys could not be a key set's
+// (two with one hash, one without an id, a scope with a space) is refused
+// as a key file with them would be.
+func TestSnapshotOfAnImpossibleKeySetIsRefused(t *testing.T) {
+	sumA, sumB := sha256.Sum256([]byte("a")), sha256.Sum256([]byte("b"))
+	reseal := func(data []byte) []byte {
+		body := data[:len(data)-4]
+		return binary.LittleEndian.AppendUint32(bytes.Clone(body), crc32.Checksum(body, castagnoli))
+	}
+	for _, tc := range []struct {
+		name  string
+		b     Key
+		patch func([]byte) []byte
+		says  string
+	}{
+		{"one hash twice", Key{ID: "b"}, func(data []byte) []byte {
+			i := bytes.Index(data, sumB[:])
+			copy(data[i:], sumA[:])
+			return data
+		}, "the hash of another"},
+		{"no id", Key{}, nil, "has no id"},
+		{"a scope with a space", Key{ID: "b", scopesJoined: "read,a b"}, nil, "scope"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ks := &KeySet{byHash: map[[sha256.Size]byte]int32{sumA: 0, sumB: 1}, keys: make([]Key, 2)}
+			ks.keys[0].ID = "a"
+			tc.b.copyTo(&ks.keys[1])
+			data := encodeSnapshot(t, keySetSnapshot{ks: ks, of: "redis:x#apikey:", version: 1, logID: "1-0", written: time.Now()})
+			if tc.patch != nil {
+				data = tc.patch(data)
+			}
+			_, err := decodeSnapshot(bytes.NewReader(reseal(data)), int64(len(data)))
+			if err == nil || !strings.Contains(err.Error(), tc.says) {
+				t.Errorf("%v, want an error saying %q", err, tc.says)
+			}
+		})
 	}
 }
 
