@@ -142,22 +142,22 @@ func TestSnapshotOfAnImpossibleKeySetIsRefused(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name  string
-		b     Key
+		b     func(k *Key)
 		patch func([]byte) []byte
 		says  string
 	}{
-		{"one hash twice", Key{ID: "b"}, func(data []byte) []byte {
+		{"one hash twice", func(k *Key) { k.ID = "b" }, func(data []byte) []byte {
 			i := bytes.Index(data, sumB[:])
 			copy(data[i:], sumA[:])
 			return data
 		}, "the hash of another"},
-		{"no id", Key{}, nil, "has no id"},
-		{"a scope with a space", Key{ID: "b", scopesJoined: "read,a b"}, nil, "scope"},
+		{"no id", func(k *Key) {}, nil, "has no id"},
+		{"a scope with a space", func(k *Key) { k.ID, k.scopesJoined = "b", "read,a b" }, nil, "scope"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ks := &KeySet{byHash: map[[sha256.Size]byte]int32{sumA: 0, sumB: 1}, keys: make([]Key, 2)}
 			ks.keys[0].ID = "a"
-			tc.b.copyTo(&ks.keys[1])
+			tc.b(&ks.keys[1])
 			data := encodeSnapshot(t, keySetSnapshot{ks: ks, of: "redis:x#apikey:", version: 1, logID: "1-0", written: time.Now()})
 			if tc.patch != nil {
 				data = tc.patch(data)
@@ -225,6 +225,11 @@ func TestRedisRestartCatchesUpFromTheLog(t *testing.T) {
 	}
 	if snap.logID != head.logID || snap.of != s.name() || snap.ks.size() != 2 {
 		t.Errorf("the cache file names log entry %q of %s with %d keys; want %q of %s with 2", snap.logID, snap.of, snap.ks.size(), head.logID, s.name())
+	}
+	if fi, err := os.Stat(cache); err != nil {
+		t.Error(err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Errorf("the cache file's mode is %v, want 0600", fi.Mode())
 	}
 	_ = s.Destruct()
 
