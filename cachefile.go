@@ -130,7 +130,8 @@ type snapshot struct {
 	version int64
 	logID   string
 	written time.Time
-	ks      *KeySet
+	size    int     // how many keys it holds
+	ks      *KeySet // nil when only its head was read
 }
 
 // isSnapshot reports whether data, the start of a file, is that of a
@@ -162,11 +163,31 @@ var errSnapshotShort = errors.New("the file is cut short (it ends before its las
 // a damaged one fails its checksum), and the checksum last: a snapshot is
 // used whole or not at all.
 func decodeSnapshot(r io.Reader, size int64) (*snapshot, error) {
+	return decodeSnapshotPart(r, size, true)
+}
+
+// readSnapshotHead reads what the snapshot at path says of itself (the key
+// set it is of, its version and log entry, when it was written), not its
+// keys, and so without the checksum, which covers the whole file.
+func readSnapshotHead(path string) (*snapshot, error) {
+	f, fi, err := openKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return decodeSnapshotPart(f, fi.Size(), false)
+}
+
+// decodeSnapshotPart is decodeSnapshot, or, if not keys, the head alone.
+func decodeSnapshotPart(r io.Reader, size int64, keys bool) (*snapshot, error) {
 	if size < int64(len(snapshotMagic))+4 {
 		return nil, errSnapshotShort
 	}
 	crc := crc32.New(castagnoli)
 	d := &snapDecoder{r: io.TeeReader(io.LimitReader(r, size-4), crc), buf: make([]byte, snapBuffer)}
+	if !keys {
+		d.buf = make([]byte, 4<<10)
+	}
 	if magic := d.fixed(len(snapshotMagic)); d.err == nil && string(magic) != snapshotMagic {
 		if isSnapshot(magic) {
 			return nil, fmt.Errorf("a snapshot in a form this version does not read (%q; written by a newer version?)", magic[len(magic)-2:])
@@ -186,6 +207,10 @@ func decodeSnapshot(r io.Reader, size int64) (*snapshot, error) {
 	// damaged count must not ask for the memory of a billion keys.
 	if n > uint64(size)/snapshotMinKey || text > uint64(size) {
 		return nil, errors.New("damaged: it counts more keys than it can hold")
+	}
+	snap.size = int(n)
+	if !keys {
+		return snap, nil
 	}
 	d.arena = make([]byte, text)
 	ks := &KeySet{

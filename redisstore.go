@@ -221,7 +221,9 @@ func (s *redisKeyStore) fields(more ...zap.Field) []zap.Field {
 // reached or holds no key set, the cache file, if there is one, provides
 // the keys until it is back; otherwise the config load fails.
 func (s *redisKeyStore) open() error {
-	snap, snapErr := s.readSnapshot()
+	// Its head first: its keys are read only if the log can bring them up
+	// to date, or if Redis cannot be reached.
+	snap, snapErr := s.readSnapshot(false)
 	c, err := rueidis.NewClient(s.opt)
 	err = explainTimeout(nil, err, answerTimeout(s.opt), 0)
 	if err == nil {
@@ -234,12 +236,6 @@ func (s *redisKeyStore) open() error {
 			var current bool
 			if current, err = s.startFrom(c, snap); current {
 				return nil
-			}
-			if err == nil {
-				// Read whole, without the snapshot: the two are never in
-				// memory at once. Should the read fail, the cache file is
-				// read again below.
-				snap = nil
 			}
 		}
 		if err == nil {
@@ -261,15 +257,13 @@ func (s *redisKeyStore) open() error {
 		s.closeClient()
 		return err
 	}
-	if snap == nil {
-		cerr := snapErr
-		if cerr == nil {
-			snap, cerr = s.readCache()
-		}
-		if cerr != nil {
-			s.closeClient()
-			return fmt.Errorf("%v; and the cache file cannot be used: %v", err, cerr)
-		}
+	cerr := snapErr
+	if cerr == nil {
+		snap, cerr = s.readCache()
+	}
+	if cerr != nil {
+		s.closeClient()
+		return fmt.Errorf("%v; and the cache file cannot be used: %v", err, cerr)
 	}
 	ks := snap.ks
 	s.keys.Store(ks)
@@ -291,13 +285,15 @@ func (s *redisKeyStore) open() error {
 // as when Redis is down, and the follower catches up when Redis answers.
 const catchUpWait = time.Second
 
-// startFrom puts the snapshot in force, caught up from the key set's log:
-// the changes made since it was written are applied as a follower applies
-// them. It returns current false and no error when the log cannot bring
-// the snapshot up to date (trimmed past it, the version gone back, another
-// history, or more changes than a catch-up should read): the key set is
-// then to be read whole, and nothing has been put in force. An error is
-// Redis's, or errNoKeySet.
+// startFrom puts the cache file's snapshot, whose head is snap, in force,
+// caught up from the key set's log: the changes made since it was written
+// are applied as a follower applies them. Its keys are read only once the
+// log is known to cover the gap. It returns current false and no error when
+// the log cannot bring the snapshot up to date (trimmed past it, the
+// version gone back, another history, or more changes than a catch-up
+// should read) or the snapshot cannot be read: the key set is then to be
+// read whole, and nothing has been put in force. An error is Redis's, or
+// errNoKeySet.
 func (s *redisKeyStore) startFrom(c rueidis.Client, snap *snapshot) (current bool, err error) {
 	ctx, cancel := context.WithTimeout(s.stopCtx, catchUpWait)
 	defer cancel()
@@ -336,6 +332,15 @@ func (s *redisKeyStore) startFrom(c rueidis.Client, snap *snapshot) (current boo
 			return false, nil
 		}
 	}
+	head0 := snap
+	if snap, err = s.readSnapshot(true); err != nil {
+		s.log().Warn("the cache file cannot be used; the key set is read whole from Redis, and the cache file written anew",
+			s.fields(zap.String("cache_file", s.cacheFile), zap.Error(err))...)
+		return false, nil
+	}
+	if snap.version != head0.version || snap.logID != head0.logID {
+		return false, nil // replaced meanwhile: by another server sharing it?
+	}
 	s.keys.Store(snap.ks)
 	s.cached = snap.ks
 	s.version, s.logID = snap.version, snap.logID
@@ -373,7 +378,7 @@ func (s *redisKeyStore) startFrom(c rueidis.Client, snap *snapshot) (current boo
 func (s *redisKeyStore) logSince(ctx context.Context, c rueidis.Client, snap *snapshot, want int64) (entries []rueidis.XRangeEntry, why string, err error) {
 	const page = 1000
 	id, v := snap.logID, snap.version
-	named, most := 0, max(1000, snap.ks.size()/10)
+	named, most := 0, max(1000, snap.size/10)
 	for {
 		streams, err := c.Do(ctx, c.B().Xread().Count(page).Streams().Key(s.rk.log).Id(id).Build()).AsXRead()
 		if rueidis.IsRedisNil(err) {
@@ -937,13 +942,14 @@ func (s *redisKeyStore) writeCache() {
 }
 
 // readSnapshot reads the cache file, if it is a snapshot of this store's
-// key set (see cachefile.go). It returns nil and no error if there is no
-// cache file, or if it is a key file (one of an older version, or an
-// export put there by hand), which readCache reads only when Redis cannot
-// be reached. A snapshot of another key set (another prefix, another
-// Redis, a file copied from another server) is refused, never put in
-// force, as is one that is damaged or cut short.
-func (s *redisKeyStore) readSnapshot() (*snapshot, error) {
+// key set (see cachefile.go): its keys too if keys, its head alone
+// otherwise. It returns nil and no error if there is no cache file, or if
+// it is a key file (one of an older version, or an export put there by
+// hand), which readCache reads only when Redis cannot be reached. A
+// snapshot of another key set (another prefix, another Redis, a file
+// copied from another server) is refused, never put in force, as is one
+// that is damaged or cut short.
+func (s *redisKeyStore) readSnapshot(keys bool) (*snapshot, error) {
 	if s.cacheFile == "" {
 		return nil, nil
 	}
@@ -962,7 +968,7 @@ func (s *redisKeyStore) readSnapshot() (*snapshot, error) {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, &keyFileError{path: s.cacheFile, err: err}
 	}
-	snap, err := decodeSnapshot(f, fi.Size())
+	snap, err := decodeSnapshotPart(f, fi.Size(), keys)
 	if err != nil {
 		return nil, fmt.Errorf("cache file %s: %w", s.cacheFile, err)
 	}
@@ -977,7 +983,7 @@ func (s *redisKeyStore) readSnapshot() (*snapshot, error) {
 // file that names no key set (an export put there by hand) is taken; it
 // says nothing of where the key set stood (version 0).
 func (s *redisKeyStore) readCache() (*snapshot, error) {
-	snap, err := s.readSnapshot()
+	snap, err := s.readSnapshot(true)
 	if snap != nil || err != nil {
 		return snap, err
 	}
