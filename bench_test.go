@@ -1,10 +1,14 @@
 package apikey
 
 import (
+	"os"
+	"path/filepath"
+
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
+	"go.uber.org/zap"
 
 	"bytes"
 	"encoding/json"
@@ -401,5 +405,110 @@ func BenchmarkRedisLoad(b *testing.B) {
 				b.Fatalf("%d keys loaded, want %d", got, n)
 			}
 		})
+	}
+}
+
+// BenchmarkLoadCacheFile measures what a Redis store that restarts reads
+// first: its cache file, a snapshot of n keys (keyset/snapshot.go), from a file
+// (in the page cache, as after a restart), checked and indexed; beside it,
+// the key file's JSON form of the same keys streamed as readKeySet reads
+// it (the cache file's form before), and the cache writer's write of the
+// snapshot. It reports the heap the loaded key set keeps per key.
+func BenchmarkLoadCacheFile(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		ks := benchKeySet(b, n)
+		snap := keyset.Snapshot{KeySet: ks, Of: "redis:redis://bench#apikey:", Version: 7, LogID: "1-0", Written: time.Now()}
+		path := filepath.Join(b.TempDir(), "cache")
+		if _, err := keyfile.WriteAtomic(path, snap, nil, nil); err != nil {
+			b.Fatal(err)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("snapshot/keys=%d", n), func(b *testing.B) {
+			benchLoad(b, n, data, func([]byte) (*keyset.KeySet, error) {
+				f, err := os.Open(path)
+				if err != nil {
+					return nil, err
+				}
+				defer f.Close()
+				s, err := keyset.DecodeSnapshot(f, int64(len(data)))
+				if err != nil {
+					return nil, err
+				}
+				return s.KeySet, nil
+			})
+		})
+		b.Run(fmt.Sprintf("json-stream/keys=%d", n), func(b *testing.B) {
+			benchLoad(b, n, testkeys.BenchKeyFile(n), func(data []byte) (*keyset.KeySet, error) {
+				return keyfile.DecodeKeySet(bytes.NewReader(data), int64(len(data)))
+			})
+		})
+		b.Run(fmt.Sprintf("write/keys=%d", n), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for range b.N {
+				if _, err := keyfile.WriteAtomic(path, snap, nil, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkRedisRestart measures a Redis store's start from its cache file
+// (what a config load waits for when a server restarts): reading the
+// snapshot of n keys, connecting, and catching up from the log with the
+// changes made since it was written, each adding a key, one log entry
+// each. Every op starts a new store from the same cache file.
+func BenchmarkRedisRestart(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		r := startRedis(b)
+		seedRedis(b, r, n)
+		cache := filepath.Join(b.TempDir(), "cache")
+		opt, shown, _ := redisURL(r.URL)
+		keys, _ := newRedisKeys("")
+		first := newRedisKeyStore(opt, shown, keys, cache)
+		if err := first.open(); err != nil {
+			b.Fatal(err)
+		}
+		first.writeCache()
+		first.closeClient()
+		first.metrics.Release()
+		c := r.client()
+		version := int64(1)
+		made := 0
+		for _, changes := range []int{0, 100, 10_000} {
+			for ; made < changes; made++ {
+				raw := testkeys.BenchRawKey(n + made)
+				rec, err := keyfile.NewRecord(keyset.Record{ID: testkeys.BenchID(n + made), Label: "new", KeyHash: keyset.HashKey(raw), KeyPrefix: raw[:11]})
+				if err != nil {
+					b.Fatal(err)
+				}
+				var werr error
+				if version, werr = writeChanged(b.Context(), c, keys, keyfile.NewList(rec), version, false); werr != nil {
+					b.Fatal(werr)
+				}
+			}
+			b.Run(fmt.Sprintf("keys=%d/changes=%d", n, changes), func(b *testing.B) {
+				b.ReportAllocs()
+				for range b.N {
+					s := newRedisKeyStore(opt, shown, keys, cache)
+					s.logger = zap.NewNop()
+					if err := s.open(); err != nil {
+						b.Fatal(err)
+					}
+					b.StopTimer()
+					if s.syncs.Load() != 0 || s.keys.Load().Len() != n+changes {
+						b.Fatalf("%d full reads, %d keys; want none, %d", s.syncs.Load(), s.keys.Load().Len(), n+changes)
+					}
+					s.closeClient()
+					s.metrics.Release()
+					runtime.GC()
+					b.StartTimer()
+				}
+			})
+		}
 	}
 }

@@ -19,7 +19,7 @@ import (
 // its source. It returns the error for the records it could not import.
 func reportImport(stdout, stderr io.Writer, res keyops.ImportResult, file string, to stores.RecordStore) error {
 	if res.Snapshot {
-		fmt.Fprintf(stderr, "Warning: %s is a server's cache_file (it has a \"snapshot\" member), not an export: its records lack last_used_at, rotated_from and the members this plugin does not know, and their times may be spelled otherwise than in the key set (then reported as conflicts below). Prefer an export (caddy apikey export); use a cache_file only when nothing else is left.\n", file)
+		fmt.Fprintf(stderr, "Warning: %s is a server's cache_file, not an export: its records lack last_used_at, rotated_from and the members this plugin does not know, and their times may be spelled otherwise than in the key set (then reported as conflicts below). Prefer an export (caddy apikey export); use a cache_file only when nothing else is left.\n", file)
 	}
 	if len(res.Reactivated) > 0 {
 		fmt.Fprintf(stdout, "Re-activated %d keys revoked in %s, as --reactivate asked (their copies in %s are active):\n  %s\n", len(res.Reactivated), to, file, strings.Join(res.Reactivated, "\n  "))

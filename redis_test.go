@@ -294,7 +294,7 @@ func TestRedisStoreStartsFromCacheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
-	if ks, err := keyfile.ReadKeySet(cache); err != nil || ks.Len() != 1 {
+	if snap, err := keyfile.ReadSnapshot(cache); err != nil || snap.KeySet.Len() != 1 {
 		t.Fatalf("cache file: %v", err)
 	}
 	_ = s.Destruct()

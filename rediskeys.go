@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -452,27 +454,35 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *ke
 	if err != nil {
 		return nil, nil, err
 	}
-	b := keyset.NewBuilder(int(size))
+	if size >= bigKeySet {
+		defer collectOftener()()
+	}
 	// Room for the keys that changes will add (see KeySet.With), so that
 	// the first ones need not copy the key set.
-	b.Reserve(int(size/8 + 64))
-	n := 0
-	seen := make(map[string]bool) // HSCAN may return a field twice
+	b := keyset.NewBuilderWithRoom(int(size), int(size/8+64))
+	n, read := 0, false
+	// HSCAN may return a field twice: a field seen is one whose key was
+	// added (the builder holds them; not a second map of a million ids) or
+	// one that could not be used (few).
+	failed := make(map[string]bool)
+	seen := func(field string) bool { return b.Has(field) || failed[field] }
 	var rd keyfile.RecordReader
 	var rec keyfile.Record
 	err = scanHash(ctx, c, k.records, func(page []string) error {
 		for i := 0; i < len(page); i += 2 {
-			if seen[page[i]] {
+			if seen(page[i]) {
 				continue
 			}
-			seen[page[i]] = true
+			read = true
 			rec = keyfile.Record{}
 			if err := rd.Read(page[i], page[i+1], &rec); err != nil {
+				failed[strings.Clone(page[i])] = true
 				problems = append(problems, err)
 				continue
 			}
 			n++
 			if err := b.Add(&rec.Record, n); err != nil {
+				failed[strings.Clone(page[i])] = true
 				problems = append(problems, err)
 			}
 		}
@@ -481,7 +491,7 @@ func loadRedisKeySet(ctx context.Context, c rueidis.Client, k redisKeys) (ks *ke
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(seen) == 0 { // its caller saw a version: the records are gone
+	if !read { // its caller saw a version: the records are gone
 		return nil, nil, errRecordsGone
 	}
 	return b.KeySet(), problems, nil
@@ -650,6 +660,43 @@ func mergeUsed(records []keyfile.Record, used map[string]time.Time) {
 		s := keyset.FormatTimestamp(at)
 		if r.Set("last_used_at", s) == nil {
 			r.LastUsedAt = &s
+		}
+	}
+}
+
+// loadGCPercent is the garbage collector's target (GOGC) while a large key
+// set is read whole: the read makes about as much garbage (Redis's replies)
+// as the key set takes, and at Go's default of 100 the heap grows to twice
+// the key set before it is collected. Set lower, the peak stays within
+// 1.5 times the key set in force after the read, for a few more
+// collections: the key set, allocated first, is most of the heap from the
+// start.
+const loadGCPercent = 25
+
+var oftener struct {
+	sync.Mutex
+	n   int // reads under way
+	was int // GOGC before the first of them
+}
+
+// collectOftener sets GOGC to loadGCPercent, unless it is lower (or off),
+// until the function it returns is called; reads that overlap share one
+// setting.
+func collectOftener() (restore func()) {
+	oftener.Lock()
+	defer oftener.Unlock()
+	if oftener.n == 0 {
+		oftener.was = debug.SetGCPercent(loadGCPercent)
+		if oftener.was < loadGCPercent { // lower already, or off (-1)
+			debug.SetGCPercent(oftener.was)
+		}
+	}
+	oftener.n++
+	return func() {
+		oftener.Lock()
+		defer oftener.Unlock()
+		if oftener.n--; oftener.n == 0 {
+			debug.SetGCPercent(oftener.was)
 		}
 	}
 }

@@ -164,7 +164,8 @@ type redisKeyStore struct {
 	writeFailing bool
 	cacheFailing bool
 	cached       *keyset.KeySet
-	writes       atomic.Int64 // usage writes done, for tests
+	inForce      atomic.Pointer[keySetPoint] // set by put: what the cache writer writes
+	writes       atomic.Int64                // usage writes done, for tests
 
 	syncNow  chan chan error    // asks the follower for a version check now
 	flushNow chan chan struct{} // asks the usage writer to write all pending uses
@@ -173,6 +174,14 @@ type redisKeyStore struct {
 	stop     context.CancelFunc
 	done     chan struct{}
 	stopOnce sync.Once
+}
+
+// keySetPoint is a key set put in force and where the key set stood in
+// Redis then: the version and the log's last entry applied.
+type keySetPoint struct {
+	ks      *keyset.KeySet
+	version int64
+	logID   string
 }
 
 func newRedisKeyStore(opt rueidis.ClientOption, shown string, keys redisKeys, cacheFile string) *redisKeyStore {
@@ -214,16 +223,34 @@ func (s *redisKeyStore) fields(more ...zap.Field) []zap.Field {
 	return append([]zap.Field{zap.String("redis", s.shown), zap.String("prefix", s.rk.prefix)}, more...)
 }
 
-// open connects and loads the key set. If Redis cannot be reached or holds
-// no key set, the cache file, if there is one, provides the keys until it
-// is back; otherwise the config load fails.
+// open loads the key set. A store with a cache file that holds a snapshot
+// of its key set puts the snapshot in force and catches up from the key
+// set's log (startFrom); one without, or whose snapshot the log cannot
+// bring up to date, reads the key set whole from Redis. If Redis cannot be
+// reached or holds no key set, the cache file, if there is one, provides
+// the keys until it is back; otherwise the config load fails.
 func (s *redisKeyStore) open() error {
+	// Its head first: its keys are read only if the log can bring them up
+	// to date, or if Redis cannot be reached.
+	snap, snapErr := s.readSnapshot(false)
 	c, err := rueidis.NewClient(s.opt)
 	err = explainTimeout(nil, err, answerTimeout(s.opt), 0)
 	if err == nil {
 		s.client.Store(&c)
-		if err = s.fullSync(c); err == nil {
-			return nil
+		if snapErr != nil {
+			s.log().Warn("the cache file cannot be used; the key set is read whole from Redis, and the cache file written anew",
+				s.fields(zap.String("cache_file", s.cacheFile), zap.Error(snapErr))...)
+		}
+		if snap != nil {
+			var current bool
+			if current, err = s.startFrom(c, snap); current {
+				return nil
+			}
+		}
+		if err == nil {
+			if err = s.fullSync(c); err == nil {
+				return nil
+			}
 		}
 	}
 	gone := errors.Is(err, errNoKeySet) // Redis answers, without the key set
@@ -242,19 +269,161 @@ func (s *redisKeyStore) open() error {
 		}
 		return err
 	}
-	ks, cerr := s.readCache()
+	cerr := snapErr
+	if cerr == nil {
+		snap, cerr = s.readCache()
+	}
 	if cerr != nil {
 		s.closeClient()
 		return fmt.Errorf("%v; and the cache file cannot be used: %v", err, cerr)
 	}
+	ks := snap.KeySet
 	s.keys.Store(ks)
 	s.cached = ks // what the cache file holds
+	// The follower takes the log up from where the snapshot stands (a key
+	// file put there by hand says nothing: it reads the key set whole).
+	s.version, s.logID = snap.Version, snap.LogID
 	s.metrics.Loaded(ks, time.Now())
 	// Said here, once: the follower does not say it again.
 	s.down, s.gone = !gone, gone
 	s.log().Warn("Redis key set unavailable: starting from the cache file; will catch up when Redis is back",
 		s.fields(zap.String("cache_file", s.cacheFile), zap.Int("keys", ks.Len()), zap.Error(err))...)
 	return nil
+}
+
+// catchUpWait bounds how long a store that starts from its cache file
+// waits for Redis to say where the key set stands and for the log's
+// entries since the snapshot; past it, the store starts from the snapshot
+// as when Redis is down, and the follower catches up when Redis answers.
+const catchUpWait = time.Second
+
+// startFrom puts the cache file's snapshot, whose head is snap, in force,
+// caught up from the key set's log: the changes made since it was written
+// are applied as a follower applies them. Its keys are read only once the
+// log is known to cover the gap. It returns current false and no error when
+// the log cannot bring the snapshot up to date (trimmed past it, the
+// version gone back, another history, or more changes than a catch-up
+// should read) or the snapshot cannot be read: the key set is then to be
+// read whole, and nothing has been put in force. An error is Redis's, or
+// errNoKeySet.
+func (s *redisKeyStore) startFrom(c rueidis.Client, snap *keyset.Snapshot) (current bool, err error) {
+	ctx, cancel := context.WithTimeout(s.stopCtx, catchUpWait)
+	defer cancel()
+	head, err := readHead(ctx, c, s.rk)
+	if err != nil {
+		return false, explainTimeout(ctx, err, answerTimeout(s.opt), catchUpWait)
+	}
+	s.warnEviction(ctx, c)
+	fields := func(more ...zap.Field) []zap.Field {
+		return s.fields(append([]zap.Field{zap.String("cache_file", s.cacheFile),
+			zap.Int64("cache_version", snap.Version), zap.Int64("version", head.version)}, more...)...)
+	}
+	switch {
+	case head.version == 0:
+		return false, errNoKeySet
+	case !head.records:
+		return false, errRecordsGone
+	case snap.Version == 0:
+		return false, nil
+	case head.version < snap.Version:
+		s.log().Warn("the key set's version is older than the cache file's (Redis restored from an older snapshot, or a failover lost changes?): it is read whole, and changes made after that snapshot are lost, revocations included; check them", fields()...)
+		return false, nil
+	case head.version == snap.Version && head.logID != snap.LogID:
+		s.log().Warn("the key set's log does not end with the cache file's last change (a failover lost changes?): it is read whole, and the changes lost are lost here too, revocations included; check them",
+			fields(zap.String("cache_log_entry", snap.LogID), zap.String("log_entry", head.logID))...)
+		return false, nil
+	}
+	var entries []rueidis.XRangeEntry
+	if head.version > snap.Version {
+		var why string
+		if entries, why, err = s.logSince(ctx, c, snap, head.version); err != nil {
+			return false, explainTimeout(ctx, err, answerTimeout(s.opt), catchUpWait)
+		}
+		if why != "" {
+			s.log().Info("the cache file is too old to catch up from the key set's log ("+why+"): the key set is read whole", fields()...)
+			return false, nil
+		}
+	}
+	head0 := snap
+	if snap, err = s.readSnapshot(true); err != nil {
+		s.log().Warn("the cache file cannot be used; the key set is read whole from Redis, and the cache file written anew",
+			s.fields(zap.String("cache_file", s.cacheFile), zap.Error(err))...)
+		return false, nil
+	}
+	if snap.Version != head0.Version || snap.LogID != head0.LogID {
+		return false, nil // replaced meanwhile: by another server sharing it?
+	}
+	s.keys.Store(snap.KeySet)
+	s.cached = snap.KeySet
+	s.version, s.logID = snap.Version, snap.LogID
+	if len(entries) > 0 {
+		// The records the changes name, in one call that has a call's
+		// time-out: Redis has answered, and there may be many.
+		actx, cancel := context.WithTimeout(s.stopCtx, redisTimeout)
+		defer cancel()
+		if err := s.apply(actx, c, entries); err != nil {
+			return false, explainTimeout(actx, err, answerTimeout(s.opt), redisTimeout)
+		}
+		// The snapshot's index is garbage now (the cache file is written
+		// anew): given back in the background, not to hold up the start.
+		s.cached = nil
+		if snap.KeySet.Len() >= bigKeySet {
+			go debug.FreeOSMemory()
+		}
+	} else {
+		s.metrics.Loaded(snap.KeySet, time.Now())
+	}
+	s.lastCheck = time.Now()
+	s.metrics.Synced(s.lastCheck)
+	s.log().Info("started from the cache file, caught up from the key set's log",
+		fields(zap.Int("keys", s.keys.Load().Len()), zap.Int("changes", len(entries)), zap.Time("cache_written", snap.Written))...)
+	return true, nil
+}
+
+// logSince reads the key set's log from the snapshot's last entry to its
+// end, want being the version there. It returns why not ("" if it can)
+// when the log cannot bring the snapshot up to date: it no longer reaches
+// back to the snapshot (trimmed, or another history), it ends short of
+// want, or it names more records than a catch-up should read (a tenth of
+// the key set, at least 1 000: beyond, the records the changes name and
+// the copy of the key set they make take memory a full read does not).
+func (s *redisKeyStore) logSince(ctx context.Context, c rueidis.Client, snap *keyset.Snapshot, want int64) (entries []rueidis.XRangeEntry, why string, err error) {
+	const page = 1000
+	id, v := snap.LogID, snap.Version
+	named, most := 0, max(1000, snap.Size/10)
+	for {
+		streams, err := c.Do(ctx, c.B().Xread().Count(page).Streams().Key(s.rk.log).Id(id).Build()).AsXRead()
+		if rueidis.IsRedisNil(err) {
+			break
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		got := streams[s.rk.log]
+		for _, e := range got {
+			n, err := strconv.ParseInt(e.FieldValues["v"], 10, 64)
+			if err != nil || n != v+1 {
+				return nil, "the log no longer reaches back to it", nil
+			}
+			var ids []string
+			if json.Unmarshal([]byte(e.FieldValues["ids"]), &ids) != nil {
+				return nil, "an entry of the log cannot be read", nil
+			}
+			if named += len(ids); named > most {
+				return nil, "more changes since than a catch-up reads", nil
+			}
+			v = n
+		}
+		entries = append(entries, got...)
+		if len(got) < page {
+			break
+		}
+		id = got[len(got)-1].ID
+	}
+	if v < want {
+		return nil, "the log no longer reaches back to it", nil
+	}
+	return entries, "", nil
 }
 
 func (s *redisKeyStore) closeClient() {
@@ -818,6 +987,7 @@ func (s *redisKeyStore) put(ks *keyset.KeySet, whole bool) {
 		keyset.CarryUsage(old, ks)
 	}
 	s.keys.Store(ks)
+	s.inForce.Store(&keySetPoint{ks: ks, version: s.version, logID: s.logID})
 	now := time.Now()
 	s.metrics.Loaded(ks, now)
 	s.metrics.Synced(now)
@@ -910,16 +1080,17 @@ func (s *redisKeyStore) cacheLoop() {
 }
 
 func (s *redisKeyStore) writeCache() {
-	ks := s.keys.Load()
-	if ks == nil || ks == s.cached {
+	p := s.inForce.Load()
+	if p == nil || p.ks == s.cached {
 		return
 	}
+	ks := p.ks
 	if ks.Len() == 0 {
 		// An empty key set (every record unusable) is never written: a
 		// server that starts from its cache would refuse every key.
 		return
 	}
-	_, err := keyfile.WriteAtomic(s.cacheFile, keyfile.Snapshot{KeySet: ks, Of: s.Name()}, nil, nil)
+	_, err := keyfile.WriteAtomic(s.cacheFile, keyset.Snapshot{KeySet: ks, Of: s.Name(), Version: p.version, LogID: p.logID, Written: time.Now()}, nil, nil)
 	if err != nil {
 		if !s.cacheFailing {
 			s.cacheFailing = true
@@ -931,11 +1102,36 @@ func (s *redisKeyStore) writeCache() {
 	s.cached = ks
 }
 
-// readCache reads the cache file, if it is a snapshot of this store's key
-// set: a cache file of another key set (another prefix, another Redis, a
-// file copied from another server) is refused, never put in force. A key
-// file that names no key set (an export put there by hand) is taken.
-func (s *redisKeyStore) readCache() (*keyset.KeySet, error) {
+// readSnapshot reads the cache file, if it is a snapshot of this store's
+// key set: its keys too if keys, its head alone otherwise. It returns nil
+// and no error if there is no cache file, or if it is a key file (one of an
+// older version, or an export put there by hand), which readCache reads
+// only when Redis cannot be reached. A snapshot of another key set
+// (another prefix, another Redis, a file copied from another server) is
+// refused, never put in force, as is one that is damaged or cut short.
+func (s *redisKeyStore) readSnapshot(keys bool) (*keyset.Snapshot, error) {
+	if s.cacheFile == "" {
+		return nil, nil
+	}
+	snap, err := keyfile.ReadSnapshotIf(s.cacheFile, keys)
+	if err != nil {
+		return nil, fmt.Errorf("cache file %s: %w", s.cacheFile, err)
+	}
+	if snap != nil && snap.Of != s.Name() {
+		return nil, fmt.Errorf("cache file %s is a snapshot of %s, not of this store's key set %s", s.cacheFile, snap.Of, s.Name())
+	}
+	return snap, nil
+}
+
+// readCache reads the cache file, of either form, if it is a snapshot of
+// this store's key set: a cache file of another key set is refused. A key
+// file that names no key set (an export put there by hand) is taken; it
+// says nothing of where the key set stood (version 0).
+func (s *redisKeyStore) readCache() (*keyset.Snapshot, error) {
+	snap, err := s.readSnapshot(true)
+	if snap != nil || err != nil {
+		return snap, err
+	}
 	of, err := keyfile.SnapshotOf(s.cacheFile)
 	if err != nil {
 		return nil, &keyfile.Error{Path: s.cacheFile, Err: err}
@@ -943,7 +1139,11 @@ func (s *redisKeyStore) readCache() (*keyset.KeySet, error) {
 	if of != "" && of != s.Name() {
 		return nil, fmt.Errorf("cache file %s is a snapshot of %s, not of this store's key set %s", s.cacheFile, of, s.Name())
 	}
-	return keyfile.ReadKeySet(s.cacheFile)
+	ks, err := keyfile.ReadKeySet(s.cacheFile)
+	if err != nil {
+		return nil, err
+	}
+	return &keyset.Snapshot{KeySet: ks, Size: ks.Len()}, nil
 }
 
 // Interface guards

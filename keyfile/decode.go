@@ -76,6 +76,9 @@ const wantShape = `want a JSON object with an "api_keys" list or a JSON array of
 // with each record decoded. It refuses what is not JSON or not a key file;
 // BuildKeySet checks the records' values.
 func ParseDoc(data []byte) (*Doc, error) {
+	if keyset.IsSnapshot(data) {
+		return nil, errors.New("a Redis store's cache_file (a binary snapshot of a key set), not a key file; to restore a key set from it, use caddy apikey import --file")
+	}
 	d := newKeyFileDecoder(data)
 	// Records take about 250 bytes of a file: guess their count, to save
 	// most of the slice's regrowth.

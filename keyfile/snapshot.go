@@ -2,85 +2,20 @@ package keyfile
 
 import (
 	"bufio"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-	"fmt"
+	"bytes"
+	"errors"
 	"io"
+	"io/fs"
 	"strings"
-	"time"
 
-	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
-// Snapshot writes a key set as a key file, with what authentication needs
-// of each record, and its created_at, so that a key set restored from it
-// keeps them (never last-used times, rotated_from, nor members this plugin
-// does not know, which the key set does not hold): a store's cache of keys
-// it takes from elsewhere. Of names where
-// the keys come from, in the file's "snapshot" member.
-type Snapshot struct {
-	KeySet *keyset.KeySet
-	Of     string
-}
-
-// WriteTo writes the snapshot.
-func (s Snapshot) WriteTo(w io.Writer) (int64, error) {
-	cw := &countWriter{w: w}
-	bw := bufio.NewWriterSize(cw, chunkSize)
-	of, _ := json.Marshal(snapshotLead + s.Of + snapshotTail)
-	fmt.Fprintf(bw, "{\n  \"snapshot\": %s,\n  \"api_keys\": [", of)
-	first := true
-	var err error
-	s.KeySet.Each(func(sum [sha256.Size]byte, k *keyset.Key) {
-		if err != nil {
-			return
-		}
-		rec := keyset.Record{ID: k.ID, Label: k.Label, KeyHash: hex.EncodeToString(sum[:]), KeyPrefix: k.Prefix, Scopes: k.Scopes}
-		if at, ok := k.ExpiresAt(); ok {
-			rec.ExpiresAt = keyset.Timestamp(new(time.Unix(0, at)))
-		}
-		if at, ok := k.RevokedAt(); ok {
-			rec.RevokedAt = keyset.Timestamp(new(time.Unix(0, at)))
-		}
-		if at, ok := k.CreatedAt(); ok {
-			rec.CreatedAt = keyset.Timestamp(new(time.Unix(0, at)))
-		}
-		var js []byte
-		if js, err = jsonv2.Marshal(rec); err != nil {
-			return
-		}
-		if !first {
-			bw.WriteByte(',')
-		}
-		first = false
-		bw.WriteString("\n    ")
-		bw.Write(js)
-	})
-	if err != nil {
-		return cw.n, err
-	}
-	bw.WriteString("\n  ]\n}\n")
-	err = bw.Flush()
-	return cw.n, err
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// SnapshotOf returns the key set that the cache file at path names in its
-// first member, "snapshot" (see Snapshot), or "" if it names none.
+// SnapshotOf returns the key set that a cache file in the key file's form
+// (as versions before the binary snapshot wrote it) names in its first
+// member, "snapshot", or "" if it names none.
 // It reads no further than that member.
 func SnapshotOf(path string) (string, error) {
 	f, _, err := openKeyFile(path)
@@ -112,3 +47,71 @@ const (
 	snapshotLead = "a snapshot of "
 	snapshotTail = ", written by caddy-apikey"
 )
+
+// ReadSnapshot reads the cache file at path, which is a snapshot of a key
+// set (see keyset.IsSnapshot), with every check. Its errors do not name the
+// file.
+func ReadSnapshot(path string) (*keyset.Snapshot, error) {
+	f, fi, err := openKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return keyset.DecodeSnapshot(f, fi.Size())
+}
+
+// ReadSnapshotHead reads what the snapshot at path says of itself (the key
+// set it is of, its version and log entry, when it was written), not its
+// keys.
+func ReadSnapshotHead(path string) (*keyset.Snapshot, error) {
+	f, fi, err := openKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return keyset.DecodeSnapshotHead(f, fi.Size())
+}
+
+// SnapshotDoc makes the records of a snapshot (data, a whole cache file) a
+// key file's document, for `caddy apikey import`.
+func SnapshotDoc(data []byte) (*Doc, error) {
+	snap, err := keyset.DecodeSnapshot(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		return nil, err
+	}
+	doc := NewList(make([]Record, 0, snap.KeySet.Len())...)
+	for sum, k := range snap.KeySet.All() {
+		r, err := NewRecord(k.Record(sum))
+		if err != nil {
+			return nil, err
+		}
+		doc.Records = append(doc.Records, r)
+	}
+	return doc, nil
+}
+
+// ReadSnapshotIf reads the file at path if it is a snapshot of a key set:
+// its keys too if keys, its head alone otherwise. It returns nil and no
+// error if there is no file at path, or if it is no snapshot (a key file).
+// Its errors do not name the file.
+func ReadSnapshotIf(path string, keys bool) (*keyset.Snapshot, error) {
+	f, fi, err := openKeyFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	magic := make([]byte, keyset.SnapshotMagicLen)
+	if n, _ := io.ReadFull(f, magic); !keyset.IsSnapshot(magic[:n]) {
+		return nil, nil
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	if keys {
+		return keyset.DecodeSnapshot(f, fi.Size())
+	}
+	return keyset.DecodeSnapshotHead(f, fi.Size())
+}

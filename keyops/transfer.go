@@ -31,8 +31,8 @@ type ImportResult struct {
 	TargetEmpty bool
 	ActiveAdded int
 
-	// The file is a server's cache_file (its top-level "snapshot"
-	// member), not an export.
+	// The file is a server's cache_file (a snapshot, or a key file with
+	// a top-level "snapshot" member), not an export.
 	Snapshot bool
 }
 
@@ -82,7 +82,13 @@ func Import(path string, to stores.RecordStore, opts ImportOptions) (ImportResul
 		p.End("")
 		return ImportResult{}, &keyfile.Error{Path: path, Err: err}
 	}
-	file, _, err := keyfile.Parse(data)
+	var file *keyfile.Doc
+	snapshot := keyset.IsSnapshot(data) // a server's cache_file
+	if snapshot {
+		file, err = keyfile.SnapshotDoc(data)
+	} else {
+		file, _, err = keyfile.Parse(data)
+	}
 	data = nil
 	if err != nil {
 		p.End("")
@@ -90,7 +96,8 @@ func Import(path string, to stores.RecordStore, opts ImportOptions) (ImportResul
 	}
 	records := file.Records
 	p.End(fmt.Sprintf("%d keys", len(records)))
-	snapshot := file.HasMember("snapshot")
+	// A cache_file as versions before its binary form wrote it.
+	snapshot = snapshot || file.HasMember("snapshot")
 
 	var res ImportResult
 	waiting := opts.Waiting

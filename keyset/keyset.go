@@ -101,12 +101,21 @@ func (b *Builder) Add(rec *Record, n int) error {
 	return nil
 }
 
-// Reserve makes room for extra keys beyond the size hint, so that the
-// first changes a store applies with With need not copy the key set.
-func (b *Builder) Reserve(extra int) {
-	keys := make([]Key, len(b.ks.keys), cap(b.ks.keys)+extra)
-	copy(keys, b.ks.keys)
-	b.ks.keys = keys
+// NewBuilderWithRoom returns a builder for about sizeHint keys, with room
+// for extra keys more, so that the first changes a store applies with With
+// need not copy the key set.
+func NewBuilderWithRoom(sizeHint, extra int) *Builder {
+	b := NewBuilder(0)
+	b.ks.byHash = make(map[[sha256.Size]byte]int32, sizeHint)
+	b.ks.keys = make([]Key, 0, sizeHint+extra)
+	b.ids = make(map[string]int, sizeHint)
+	return b
+}
+
+// Has reports whether a record with this id was added.
+func (b *Builder) Has(id string) bool {
+	_, ok := b.ids[id]
+	return ok
 }
 
 // KeySet returns the key set built so far.
