@@ -19,8 +19,9 @@ import (
 // binary form of this plugin's own that a store reads in one pass (a
 // million keys in a few hundred milliseconds, where the key file's JSON
 // takes seconds), and the place in the key set's history it stands at: the
-// version and the log's last entry. A store that starts reads it first,
-// puts it in force, and catches up from the log (see the Redis store's open).
+// version and the log's last entry. A store that starts reads its head
+// first and, if the log can bring it up to date, its keys, which it puts
+// in force and catches up from the log (see the Redis store's open).
 // `caddy apikey import --file <cache_file>` restores a key set from it.
 //
 // The form (integers little-endian; "uvarint" and "varint" as
