@@ -3,6 +3,7 @@ package apikey
 import (
 	"cmp"
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -181,12 +182,7 @@ func redactURL(raw string) string {
 	if err != nil {
 		return "(a malformed URL)"
 	}
-	if u.User != nil {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-		}
-	}
-	return u.String()
+	return u.Redacted()
 }
 
 // editScript applies one change to a key set. It checks, first, the
@@ -206,71 +202,26 @@ func redactURL(raw string) string {
 // {0, version now} when another writer changed the version, {2, version}
 // when a record to add is there already, {3, version} when a record to
 // change is no longer the one read.
-var editScript = rueidis.NewLuaScript(`
-local v = redis.call('GET', KEYS[1])
-if not v then
-  if ARGV[2] ~= '1' then return redis.error_reply('NOKEYSET no key set at this prefix') end
-  v = '0'
-elseif ARGV[2] ~= '1' and redis.call('EXISTS', KEYS[2]) == 0 then
-  return redis.error_reply('NORECORDS the key set has a version but no records')
-end
-if ARGV[1] ~= '*' and v ~= ARGV[1] then return {0, tonumber(v)} end
-for i = 5, #ARGV, 3 do
-  local want = ARGV[i+1]
-  if want == '-' then
-    if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then return {2, tonumber(v)} end
-  elseif want ~= '' then
-    if redis.call('HGET', KEYS[2], ARGV[i]) ~= string.sub(want, 2) then return {3, tonumber(v)} end
-  end
-end
-local was = {}
-for i = 5, #ARGV, 3 do
-  local h = ''
-  local prev = redis.call('HGET', KEYS[2], ARGV[i])
-  if prev then
-    h = '?'
-    local ok, d = pcall(cjson.decode, prev)
-    if ok and type(d) == 'table' and type(d.key_hash) == 'string' then h = string.lower(d.key_hash) end
-  end
-  was[#was + 1] = h
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i+2])
-end
-local nv = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'v', nv, 'ids', ARGV[4], 'was', cjson.encode(was))
-return {1, nv}
-`)
+var editScript = rueidis.NewLuaScript(editLua)
+
+//go:embed lua/edit.lua
+var editLua string
 
 // usageScript records last uses: for each (id, key_hash, unix
 // microseconds), if the record with that id still exists and still has that
 // key_hash, and its used entry is older, the entry is set. A deleted or
 // replaced record is never recreated, and a newer time never overwritten.
-var usageScript = rueidis.NewLuaScript(`
-local n = 0
-for i = 1, #ARGV, 3 do
-  local rec = redis.call('HGET', KEYS[1], ARGV[i])
-  if rec then
-    local ok, d = pcall(cjson.decode, rec)
-    if ok and type(d) == 'table' and type(d.key_hash) == 'string' and string.lower(d.key_hash) == ARGV[i+1] then
-      local f = ARGV[i+1] .. ':' .. ARGV[i]
-      local cur = tonumber(redis.call('HGET', KEYS[2], f) or '0') or 0
-      if tonumber(ARGV[i+2]) > cur then
-        redis.call('HSET', KEYS[2], f, ARGV[i+2])
-        n = n + 1
-      end
-    end
-  end
-end
-return n
-`)
+var usageScript = rueidis.NewLuaScript(usageLua)
+
+//go:embed lua/usage.lua
+var usageLua string
 
 // headScript reads the version, the id of the log's last entry and whether
 // the records hash exists, at once.
-var headScript = rueidis.NewLuaScriptReadOnly(`
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-local id = '0-0'
-if #last > 0 then id = last[1][1] end
-return {redis.call('GET', KEYS[1]) or '', id, tostring(redis.call('EXISTS', KEYS[3]))}
-`)
+var headScript = rueidis.NewLuaScriptReadOnly(headLua)
+
+//go:embed lua/head.lua
+var headLua string
 
 // errNoKeySet: the prefix holds no key set (it was never made, or Redis
 // lost it).
