@@ -60,18 +60,6 @@ func ReadSnapshot(path string) (*keyset.Snapshot, error) {
 	return keyset.DecodeSnapshot(f, fi.Size())
 }
 
-// ReadSnapshotHead reads what the snapshot at path says of itself (the key
-// set it is of, its version and log entry, when it was written), not its
-// keys.
-func ReadSnapshotHead(path string) (*keyset.Snapshot, error) {
-	f, fi, err := openKeyFile(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return keyset.DecodeSnapshotHead(f, fi.Size())
-}
-
 // SnapshotDoc makes the records of a snapshot (data, a whole cache file) a
 // key file's document, for `caddy apikey import`.
 func SnapshotDoc(data []byte) (*Doc, error) {

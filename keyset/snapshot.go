@@ -136,9 +136,9 @@ func IsSnapshot(data []byte) bool {
 	return bytes.HasPrefix(data, []byte(snapshotMagic[:len(snapshotMagic)-2]))
 }
 
-// ErrSnapshotShort: a snapshot that ends before its end (a cut copy, a full
+// errSnapshotShort: a snapshot that ends before its end (a cut copy, a full
 // disk).
-var ErrSnapshotShort = errors.New("the file is cut short (it ends before its last key)")
+var errSnapshotShort = errors.New("the file is cut short (it ends before its last key)")
 
 // DecodeSnapshot reads a snapshot of size bytes from r, in one pass,
 // straight into a key set: every key's strings share one block of memory,
@@ -162,7 +162,7 @@ func DecodeSnapshotHead(r io.Reader, size int64) (*Snapshot, error) {
 // decodeSnapshotPart is DecodeSnapshot, or, if not keys, the head alone.
 func decodeSnapshotPart(r io.Reader, size int64, keys bool) (*Snapshot, error) {
 	if size < int64(len(snapshotMagic))+4 {
-		return nil, ErrSnapshotShort
+		return nil, errSnapshotShort
 	}
 	crc := crc32.New(castagnoli)
 	d := &snapDecoder{r: io.TeeReader(io.LimitReader(r, size-4), crc), buf: make([]byte, snapBuffer)}
@@ -249,7 +249,7 @@ func decodeSnapshotPart(r io.Reader, size int64, keys bool) (*Snapshot, error) {
 	}
 	var tail [4]byte
 	if _, err := io.ReadFull(r, tail[:]); err != nil {
-		return nil, ErrSnapshotShort
+		return nil, errSnapshotShort
 	}
 	if binary.LittleEndian.Uint32(tail[:]) != crc.Sum32() {
 		return nil, errors.New("damaged: its checksum does not match its contents")
@@ -371,7 +371,7 @@ func (d *snapDecoder) ensure(k int) {
 
 func (d *snapDecoder) short() {
 	if d.err == nil {
-		d.err = ErrSnapshotShort
+		d.err = errSnapshotShort
 	}
 }
 
