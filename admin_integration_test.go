@@ -1,7 +1,6 @@
 package apikey
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,10 +14,11 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/admin"
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
+	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
-
-	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The admin API over HTTP, on the test Caddy's admin endpoint, against the
@@ -49,7 +49,7 @@ func adminCall(t *testing.T, method, path, body string) (*http.Response, string)
 func adminAnswer(t *testing.T, resp *http.Response, body string, status int, v any) {
 	t.Helper()
 	if resp.StatusCode != status {
-		t.Fatalf("status %d, want %d; body %s", resp.StatusCode, status, truncate(body))
+		t.Fatalf("status %d, want %d; body %s", resp.StatusCode, status, testkeys.Truncate(body))
 	}
 	if ct, cc := resp.Header.Get("Content-Type"), resp.Header.Get("Cache-Control"); ct != "application/json" || cc != "no-store" {
 		t.Errorf("Content-Type %q, Cache-Control %q; want application/json, no-store", ct, cc)
@@ -57,7 +57,7 @@ func adminAnswer(t *testing.T, resp *http.Response, body string, status int, v a
 	dec := json.NewDecoder(strings.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		t.Fatalf("answer %s: %v", truncate(body), err)
+		t.Fatalf("answer %s: %v", testkeys.Truncate(body), err)
 	}
 }
 
@@ -80,7 +80,7 @@ func expectRefused(t *testing.T, path string, status int, code string, headers .
 	if resp.StatusCode != status {
 		t.Fatalf("GET %s: %d %q, want %d %s", path, resp.StatusCode, body, status, code)
 	}
-	if got, _ := refusalOf(t, body); got != code {
+	if got, _ := testkeys.RefusalOf(t, body); got != code {
 		t.Fatalf("GET %s: code %s, want %s", path, got, code)
 	}
 }
@@ -89,12 +89,12 @@ func expectRefused(t *testing.T, path string, status int, code string, headers .
 // keys as list --json prints them, and a created, a revoked and a rotated
 // key in force at once.
 func TestAdminRoutesAgainstCaddy(t *testing.T) {
-	svc := newTestKey("svc", map[string]any{"scopes": []string{"read"}})
-	victim := newTestKey("victim", nil)
-	rotating := newTestKey("rotating", map[string]any{"scopes": []string{"read", "write"}})
-	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
-	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00+00:00"})
-	path := writeKeys(t, "", svc, victim, rotating, expired, revoked)
+	svc := testkeys.New("svc", map[string]any{"scopes": []string{"read"}})
+	victim := testkeys.New("victim", nil)
+	rotating := testkeys.New("rotating", map[string]any{"scopes": []string{"read", "write"}})
+	expired := testkeys.New("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
+	revoked := testkeys.New("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00+00:00"})
+	path := testkeys.WriteKeys(t, "", svc, victim, rotating, expired, revoked)
 	loadCaddyfile(t, adminKeySite(path))
 
 	t.Run("stores", func(t *testing.T) {
@@ -111,15 +111,15 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		var keys, cli []keyops.Listed
 		resp, body := adminCall(t, "GET", "/apikey/keys", "")
 		adminAnswer(t, resp, body, 200, &keys)
-		var out bytes.Buffer
-		if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, true, time.Now()); err != nil {
+		out, _, err := testkeys.RunCommand(t, "", "list", "--file", path, "--json")
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := json.Unmarshal(out.Bytes(), &cli); err != nil {
+		if err := json.Unmarshal([]byte(out), &cli); err != nil {
 			t.Fatal(err)
 		}
 		if !reflect.DeepEqual(keys, cli) {
-			t.Errorf("GET /apikey/keys:\n%s\nwant what list --json prints:\n%s", body, out.String())
+			t.Errorf("GET /apikey/keys:\n%s\nwant what list --json prints:\n%s", body, out)
 		}
 		if strings.Contains(body, "key_hash") || strings.Contains(body, svc.Record["key_hash"].(string)) {
 			t.Errorf("the list shows hashes: %s", body)
@@ -131,8 +131,8 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		before := time.Now()
 		resp, body := adminCall(t, "POST", "/apikey/keys", `{"label": "new", "scopes": ["read", "write"], "expires": "90d"}`)
 		adminAnswer(t, resp, body, 201, &got)
-		rec := fileRecord(t, path, got.ID)
-		if !rawKeyPattern.MatchString(got.Key) || rec.KeyHash != keyset.HashKey(got.Key) || got.KeyPrefix != got.Key[:11] || !uuidV4Pattern.MatchString(got.ID) {
+		rec := testkeys.FileRecord(t, path, got.ID)
+		if !testkeys.RawKeyPattern.MatchString(got.Key) || rec.KeyHash != keyset.HashKey(got.Key) || got.KeyPrefix != got.Key[:11] || !testkeys.UUIDv4Pattern.MatchString(got.ID) {
 			t.Fatalf("the answer is not the key that was made: %s", body)
 		}
 		if got.Label != "new" || !reflect.DeepEqual(got.Scopes, []string{"read", "write"}) || got.Status != "active" || got.Replaced != nil || got.Warning != "" {
@@ -160,7 +160,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		if got.ID != victim.Record["id"] || got.Status != "revoked" || got.RevokedAt == nil || got.AlreadyRevoked || got.Warning != "" {
 			t.Fatalf("answer %s", body)
 		}
-		if rec := fileRecord(t, path, got.ID); rec.RevokedAt == nil || *rec.RevokedAt != *got.RevokedAt {
+		if rec := testkeys.FileRecord(t, path, got.ID); rec.RevokedAt == nil || *rec.RevokedAt != *got.RevokedAt {
 			t.Errorf("revoked_at in the file %v, answered %s", rec.RevokedAt, *got.RevokedAt)
 		}
 		expectRefused(t, "/", 403, CodeInvalidKey, bearer(victim))
@@ -180,7 +180,7 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		rotated := time.Now()
 		resp, body := adminCall(t, "POST", "/apikey/keys/"+oldID[:8]+"/rotate", `{"grace": "2s"}`)
 		adminAnswer(t, resp, body, 201, &got)
-		if !rawKeyPattern.MatchString(got.Key) || fileRecord(t, path, got.ID).KeyHash != keyset.HashKey(got.Key) {
+		if !testkeys.RawKeyPattern.MatchString(got.Key) || testkeys.FileRecord(t, path, got.ID).KeyHash != keyset.HashKey(got.Key) {
 			t.Fatalf("the answer is not the key that was made: %s", body)
 		}
 		if got.Label != "rotating" || !reflect.DeepEqual(got.Scopes, []string{"read", "write"}) || got.RotatedFrom == nil || *got.RotatedFrom != oldID || got.ExpiresAt != nil || got.Status != "active" {
@@ -205,12 +205,12 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		} else {
 			t.Logf("the grace had nearly ended when the keyops.Rotation was answered: old key during the grace not checked")
 		}
-		waitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
+		testkeys.WaitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
 			resp, body := do(t, "GET", "/", bearer(rotating))
 			if resp.StatusCode != http.StatusForbidden {
 				return false
 			}
-			code, _ := refusalOf(t, body)
+			code, _ := testkeys.RefusalOf(t, body)
 			return code == CodeKeyExpired
 		})
 		if early := time.Since(rotated); early < grace {
@@ -235,16 +235,16 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 // Refusals over HTTP, with their exact statuses and codes; none changes the
 // key file.
 func TestAdminRefusalsAgainstCaddy(t *testing.T) {
-	keys := []testKey{
-		newTestKey("alpha", map[string]any{"id": "aaaa1111-0000-4000-8000-000000000001"}),
-		newTestKey("beta", map[string]any{"id": "aaaa2222-0000-4000-8000-000000000002"}),
-		newTestKey("gone", map[string]any{"id": "eeee5555-0000-4000-8000-000000000005", "revoked_at": "2026-11-02T00:00:00+00:00"}),
-		newTestKey("replaced", map[string]any{"id": "abab7777-0000-4000-8000-000000000007"}),
-		newTestKey("replaced", map[string]any{"id": "abab8888-0000-4000-8000-000000000008", "rotated_from": "abab7777-0000-4000-8000-000000000007"}),
+	keys := []testkeys.Key{
+		testkeys.New("alpha", map[string]any{"id": "aaaa1111-0000-4000-8000-000000000001"}),
+		testkeys.New("beta", map[string]any{"id": "aaaa2222-0000-4000-8000-000000000002"}),
+		testkeys.New("gone", map[string]any{"id": "eeee5555-0000-4000-8000-000000000005", "revoked_at": "2026-11-02T00:00:00+00:00"}),
+		testkeys.New("replaced", map[string]any{"id": "abab7777-0000-4000-8000-000000000007"}),
+		testkeys.New("replaced", map[string]any{"id": "abab8888-0000-4000-8000-000000000008", "rotated_from": "abab7777-0000-4000-8000-000000000007"}),
 	}
-	path := writeKeys(t, "", keys...)
+	path := testkeys.WriteKeys(t, "", keys...)
 	loadCaddyfile(t, adminKeySite(path))
-	before := readFile(t, path)
+	before := testkeys.ReadFile(t, path)
 
 	for _, tc := range []struct {
 		name, method, target, body string
@@ -272,7 +272,7 @@ func TestAdminRefusalsAgainstCaddy(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := adminCall(t, tc.method, tc.target, tc.body)
-			msg := assertRefusal(t, resp, body, tc.status, tc.code, "")
+			msg := testkeys.AssertRefusal(t, resp, body, tc.status, tc.code, "")
 			for _, w := range tc.want {
 				if !strings.Contains(msg, w) {
 					t.Errorf("message does not say %q: %q", w, msg)
@@ -285,7 +285,7 @@ func TestAdminRefusalsAgainstCaddy(t *testing.T) {
 			}
 		})
 	}
-	if got := readFile(t, path); got != before {
+	if got := testkeys.ReadFile(t, path); got != before {
 		t.Errorf("refused requests changed the key file:\n%s", got)
 	}
 }
@@ -294,8 +294,8 @@ func TestAdminRefusalsAgainstCaddy(t *testing.T) {
 // request is refused with both names; with one, it acts on that store only.
 func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 	dir := t.TempDir()
-	a, b := newTestKey("a", nil), newTestKey("b", nil)
-	one, two := writeKeys(t, filepath.Join(dir, "one.json"), a), writeKeys(t, filepath.Join(dir, "two.json"), b)
+	a, b := testkeys.New("a", nil), testkeys.New("b", nil)
+	one, two := testkeys.WriteKeys(t, filepath.Join(dir, "one.json"), a), testkeys.WriteKeys(t, filepath.Join(dir, "two.json"), b)
 	loadCaddyfile(t, `
 	handle /one/* {
 		apikey `+one+` {
@@ -327,7 +327,7 @@ func TestAdminTwoStoresAgainstCaddy(t *testing.T) {
 		{"POST", "/apikey/keys/" + a.Record["id"].(string) + "/rotate?store=file:three.json", "", "STORE_NOT_FOUND"},
 	} {
 		resp, body := adminCall(t, tc.method, tc.target, tc.body)
-		msg := assertRefusal(t, resp, body, 400, tc.code, "")
+		msg := testkeys.AssertRefusal(t, resp, body, 400, tc.code, "")
 		if !strings.Contains(msg, names[0]) || !strings.Contains(msg, names[1]) {
 			t.Errorf("%s %s: the message does not name both stores: %q", tc.method, tc.target, msg)
 		}
@@ -356,15 +356,15 @@ func TestAdminNoStoreAgainstCaddy(t *testing.T) {
 		t.Errorf("stores %s, want none", body)
 	}
 	resp, body = adminCall(t, "POST", "/apikey/keys", `{"label": "x"}`)
-	assertRefusal(t, resp, body, 404, "NO_STORE", "")
+	testkeys.AssertRefusal(t, resp, body, 404, "NO_STORE", "")
 }
 
 // The raw keys that create and rotate answer with reach no log line, at
 // DEBUG; the API's own lines, under its module's name, name the keys by id,
 // label and prefix.
 func TestAdminLogsHoldNoKeys(t *testing.T) {
-	old := newTestKey("logged", nil)
-	path := writeKeys(t, "", old)
+	old := testkeys.New("logged", nil)
+	path := testkeys.WriteKeys(t, "", old)
 	logFile := filepath.Join(t.TempDir(), "default.log")
 	loadCaddyfileWithGlobals(t, "\tdebug\n\tlog default {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t}", adminKeySite(path))
 
@@ -375,12 +375,12 @@ func TestAdminLogsHoldNoKeys(t *testing.T) {
 	adminAnswer(t, resp, body, 201, &rotated)
 
 	var text string
-	waitFor(t, 5*time.Second, "the admin API's log lines", func() bool {
-		text = readFile(t, logFile)
+	testkeys.WaitFor(t, 5*time.Second, "the admin API's log lines", func() bool {
+		text = testkeys.ReadFile(t, logFile)
 		return strings.Contains(text, `"key created"`) && strings.Contains(text, `"key rotated"`)
 	})
 	for _, raw := range []string{created.Key, rotated.Key} {
-		if strings.Contains(text, secretPart(raw)) {
+		if strings.Contains(text, testkeys.SecretPart(raw)) {
 			t.Errorf("a log line holds the key %s…", raw[:11])
 		}
 	}
@@ -395,11 +395,11 @@ func TestAdminLogsHoldNoKeys(t *testing.T) {
 // server that answered, a revoked one refused at once, a rotated one as
 // rotate says; ?store= may name the store by its prefix.
 func TestAdminRedisStoreAgainstCaddy(t *testing.T) {
-	r := startRedis(t)
-	rs := r.records("adm:")
-	first, firstRec := addRedisKey(t, rs, "first")
+	r := testredis.Start(t)
+	rs := redisRecords(t, r, "adm:")
+	first, firstRec := teststores.AddKey(t, rs, "first")
 	dir := t.TempDir()
-	file := writeKeys(t, filepath.Join(dir, "keys.json"), newTestKey("file", nil))
+	file := testkeys.WriteKeys(t, filepath.Join(dir, "keys.json"), testkeys.New("file", nil))
 	loadCaddyfile(t, `
 	handle /file/* {
 		apikey `+file+` {
@@ -453,16 +453,16 @@ func TestAdminRedisStoreAgainstCaddy(t *testing.T) {
 	if resp, _ := do(t, "GET", "/", "Authorization: Bearer "+created.Key); time.Since(at) < grace-300*time.Millisecond && resp.StatusCode != 200 {
 		t.Fatalf("old key during the grace: %d, want 200", resp.StatusCode)
 	}
-	waitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
+	testkeys.WaitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
 		resp, body := do(t, "GET", "/", "Authorization: Bearer "+created.Key)
 		if resp.StatusCode != http.StatusForbidden {
 			return false
 		}
-		code, _ := refusalOf(t, body)
+		code, _ := testkeys.RefusalOf(t, body)
 		return code == CodeKeyExpired
 	})
 
 	// Both stores are in use: a request that names none is ambiguous.
 	resp, body = adminCall(t, "GET", "/apikey/keys", "")
-	assertRefusal(t, resp, body, 400, "AMBIGUOUS_STORE", "")
+	testkeys.AssertRefusal(t, resp, body, 400, "AMBIGUOUS_STORE", "")
 }

@@ -7,8 +7,6 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
-	"github.com/redis/rueidis"
-	"go.uber.org/zap"
 
 	"bytes"
 	"encoding/json"
@@ -16,13 +14,10 @@ import (
 	"net/http"
 	"net/url"
 	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
-
-	"slices"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -34,44 +29,6 @@ import (
 //
 // (-short keeps TestMain from starting the integration tests' Caddy, which
 // no benchmark needs.)
-
-// benchRecords returns n records in the reference application's shape
-// (every fourth one already used, none with lifecycle members).
-func benchRecords(n int) []keyfile.Record {
-	recs := make([]keyfile.Record, n)
-	created := "2026-11-25T20:14:31.123456+00:00"
-	used := "2026-11-26T08:02:11.654321+00:00"
-	for i := range recs {
-		raw := testkeys.BenchRawKey(i)
-		recs[i].Record = keyset.Record{
-			ID:        testkeys.BenchID(i),
-			Label:     "Key " + strconv.Itoa(i),
-			KeyHash:   keyset.HashKey(raw),
-			KeyPrefix: raw[:11],
-			CreatedAt: &created,
-		}
-		if i%4 == 0 {
-			recs[i].LastUsedAt = &used
-		}
-	}
-	return recs
-}
-
-// benchKeySets caches the in-memory key sets by size: a million keys take a
-// few seconds to build and are shared by the sub-benchmarks.
-var benchKeySets = map[int]*keyset.KeySet{}
-
-func benchKeySet(tb testing.TB, n int) *keyset.KeySet {
-	if ks := benchKeySets[n]; ks != nil {
-		return ks
-	}
-	ks, err := keyfile.BuildKeySet(benchRecords(n))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	benchKeySets[n] = ks
-	return ks
-}
 
 // newBenchHandler sets up a Handler with the default credential sources,
 // as Provision would, but on the in-memory key set ks instead of a file.
@@ -118,13 +75,9 @@ func BenchmarkServeHTTP(b *testing.B) {
 			header string // Authorization value
 			query  string
 			spread bool
-			redis  bool // the Redis store's key set instead of the file store's
 			status int
 		}{
 			{name: "valid-bearer", header: "Bearer " + valid, status: 0},
-			// The same request on a Redis store: its request path is the
-			// file store's (the key set in memory, no network call).
-			{name: "valid-bearer-redis-store", header: "Bearer " + valid, redis: true, status: 0},
 			{name: "valid-query", query: "page=2&api_key=" + valid, status: 0},
 			{name: "missing", query: "page=2", status: http.StatusUnauthorized},
 			{name: "invalid", header: "Bearer sk_notakeyatallnotakeyatallnotakeyatallnota", status: http.StatusForbidden},
@@ -136,10 +89,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 		for _, c := range cases {
 			for _, metricsOn := range []bool{false, true} {
 				b.Run(fmt.Sprintf("%s/keys=%d/metrics=%s", c.name, n, onOff(metricsOn)), func(b *testing.B) {
-					h := newBenchHandler(benchKeySet(b, n))
-					if c.redis {
-						h.store = newMemoryRedisStore(benchKeySet(b, n))
-					}
+					h := newBenchHandler(testkeys.BenchKeySet(b, n))
 					if metricsOn {
 						h.results = requestResults // as Provision sets it
 					}
@@ -187,15 +137,6 @@ func BenchmarkServeHTTP(b *testing.B) {
 			}
 		}
 	}
-}
-
-// newMemoryRedisStore is a Redis store module over the key set ks, as if
-// it had been read from Redis, with usage tracking on; nothing connects.
-func newMemoryRedisStore(ks *keyset.KeySet) *RedisStore {
-	keys, _ := newRedisKeys("")
-	s := newRedisKeyStore(rueidis.ClientOption{}, "redis://bench", keys, "")
-	s.keys.Store(ks)
-	return &RedisStore{store: s}
 }
 
 func onOff(on bool) string {
@@ -292,122 +233,6 @@ func BenchmarkTokenize(b *testing.B) {
 	})
 }
 
-// BenchmarkRedisPropagation measures how long a change takes to be in force
-// on three servers following one key set in a real redis-server: from the
-// change being acknowledged by Redis to the new key set being in force on
-// all three (each store here is a server's, in one process; the request
-// path reads the same pointer). Each op adds one key. It reports p50 and
-// p99 over the ops, in milliseconds.
-func BenchmarkRedisPropagation(b *testing.B) {
-	for _, n := range []int{1000, 1_000_000} {
-		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
-			r := startRedis(b)
-			c := r.client()
-			keys, _ := newRedisKeys("")
-			ctx := b.Context()
-			seedRedis(b, r, n)
-			var fleet []*redisKeyStore
-			for range 3 {
-				s, err := openRedisStore(b, r, "", "", time.Hour)
-				if err != nil {
-					b.Fatal(err)
-				}
-				fleet = append(fleet, s)
-			}
-			version := int64(1)
-			lat := make([]time.Duration, 0, b.N)
-			b.ResetTimer()
-			for i := range b.N {
-				raw := testkeys.BenchRawKey(n + i)
-				rec, err := keyfile.NewRecord(keyset.Record{ID: testkeys.BenchID(n + i), Label: "new", KeyHash: keyset.HashKey(raw), KeyPrefix: raw[:11]})
-				if err != nil {
-					b.Fatal(err)
-				}
-				doc := keyfile.NewList(rec)
-				if version, err = writeChanged(ctx, c, keys, doc, version, false); err != nil {
-					b.Fatal(err)
-				}
-				acked := time.Now()
-				for _, s := range fleet {
-					for {
-						if k, _ := s.keys.Load().Lookup(raw); k != nil {
-							break
-						}
-						time.Sleep(50 * time.Microsecond) // not a spin: the followers need the CPU
-					}
-				}
-				lat = append(lat, time.Since(acked))
-			}
-			b.StopTimer()
-			slices.Sort(lat)
-			b.ReportMetric(float64(percentile(lat, 0.5))/1e6, "p50-ms")
-			b.ReportMetric(float64(percentile(lat, 0.99))/1e6, "p99-ms")
-			for _, s := range fleet {
-				if got := s.syncs.Load(); got != 1 {
-					b.Errorf("a store read the whole key set %d times; want 1 (changes come from the log)", got)
-				}
-			}
-		})
-	}
-}
-
-// seedRedis writes a key set of n records (benchRecords) straight into
-// r's Redis, at the default prefix, version 1.
-func seedRedis(b *testing.B, r *testRedis, n int) {
-	c := r.client()
-	keys, _ := newRedisKeys("")
-	records := benchRecords(n)
-	cmds := make(rueidis.Commands, 0, 1000)
-	for i := 0; i < n; i += 1000 {
-		cmds = cmds[:0]
-		for j := i; j < min(i+1000, n); j++ {
-			d, err := keyfile.NewRecord(records[j].Record)
-			if err != nil {
-				b.Fatal(err)
-			}
-			js, err := d.Compact()
-			if err != nil {
-				b.Fatal(err)
-			}
-			cmds = append(cmds, c.B().Hset().Key(keys.records).FieldValue().FieldValue(records[j].ID, string(js)).Build())
-		}
-		for _, res := range c.DoMulti(b.Context(), cmds...) {
-			if err := res.Error(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	r.do("SET", keys.version, "1")
-}
-
-// BenchmarkRedisLoad measures a Redis store's full read of a key set of n
-// keys (at start, and after a gap in the log): scanning the records,
-// checking them and building the key set.
-func BenchmarkRedisLoad(b *testing.B) {
-	for _, n := range []int{100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
-			r := startRedis(b)
-			seedRedis(b, r, n)
-			opt, shown, _ := redisURL(r.URL)
-			keys, _ := newRedisKeys("")
-			s := newRedisKeyStore(opt, shown, keys, "")
-			defer s.metrics.Release()
-			c := r.client()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for range b.N {
-				if err := s.fullSync(c); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
-			if got := s.keys.Load().Len(); got != n {
-				b.Fatalf("%d keys loaded, want %d", got, n)
-			}
-		})
-	}
-}
-
 // BenchmarkLoadCacheFile measures what a Redis store that restarts reads
 // first: its cache file, a snapshot of n keys (keyset/snapshot.go), from a file
 // (in the page cache, as after a restart), checked and indexed; beside it,
@@ -416,7 +241,7 @@ func BenchmarkRedisLoad(b *testing.B) {
 // snapshot. It reports the heap the loaded key set keeps per key.
 func BenchmarkLoadCacheFile(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
-		ks := benchKeySet(b, n)
+		ks := testkeys.BenchKeySet(b, n)
 		snap := keyset.Snapshot{KeySet: ks, Of: "redis:redis://bench#apikey:", Version: 7, LogID: "1-0", Written: time.Now()}
 		path := filepath.Join(b.TempDir(), "cache")
 		if _, err := keyfile.WriteAtomic(path, snap, nil, nil); err != nil {
@@ -454,61 +279,5 @@ func BenchmarkLoadCacheFile(b *testing.B) {
 				}
 			}
 		})
-	}
-}
-
-// BenchmarkRedisRestart measures a Redis store's start from its cache file
-// (what a config load waits for when a server restarts): reading the
-// snapshot of n keys, connecting, and catching up from the log with the
-// changes made since it was written, each adding a key, one log entry
-// each. Every op starts a new store from the same cache file.
-func BenchmarkRedisRestart(b *testing.B) {
-	for _, n := range []int{100_000, 1_000_000} {
-		r := startRedis(b)
-		seedRedis(b, r, n)
-		cache := filepath.Join(b.TempDir(), "cache")
-		opt, shown, _ := redisURL(r.URL)
-		keys, _ := newRedisKeys("")
-		first := newRedisKeyStore(opt, shown, keys, cache)
-		if err := first.open(); err != nil {
-			b.Fatal(err)
-		}
-		first.writeCache()
-		first.closeClient()
-		first.metrics.Release()
-		c := r.client()
-		version := int64(1)
-		made := 0
-		for _, changes := range []int{0, 100, 10_000} {
-			for ; made < changes; made++ {
-				raw := testkeys.BenchRawKey(n + made)
-				rec, err := keyfile.NewRecord(keyset.Record{ID: testkeys.BenchID(n + made), Label: "new", KeyHash: keyset.HashKey(raw), KeyPrefix: raw[:11]})
-				if err != nil {
-					b.Fatal(err)
-				}
-				var werr error
-				if version, werr = writeChanged(b.Context(), c, keys, keyfile.NewList(rec), version, false); werr != nil {
-					b.Fatal(werr)
-				}
-			}
-			b.Run(fmt.Sprintf("keys=%d/changes=%d", n, changes), func(b *testing.B) {
-				b.ReportAllocs()
-				for range b.N {
-					s := newRedisKeyStore(opt, shown, keys, cache)
-					s.logger = zap.NewNop()
-					if err := s.open(); err != nil {
-						b.Fatal(err)
-					}
-					b.StopTimer()
-					if s.syncs.Load() != 0 || s.keys.Load().Len() != n+changes {
-						b.Fatalf("%d full reads, %d keys; want none, %d", s.syncs.Load(), s.keys.Load().Len(), n+changes)
-					}
-					s.closeClient()
-					s.metrics.Release()
-					runtime.GC()
-					b.StartTimer()
-				}
-			})
-		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
+	redisstore "github.com/caddy-apikey/caddy-apikey/stores/redis"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -207,7 +208,7 @@ func blockStore(seg caddyfile.Segment) string {
 //	}
 //
 // The key file may be given inline or with keys_file, not both; redis
-// takes the keys from a Redis key set instead (see RedisStore), and then
+// takes the keys from a Redis key set instead (see the stores/redis package), and then
 // reload_interval does not apply. `store <name> …` names any store module
 // (http.handlers.apikey.stores.<name>, this plugin's or another's), which
 // reads the rest of the line and its block itself: `store file <path>` and
@@ -230,7 +231,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 
-	var redis *RedisStore
+	var redis *redisstore.Store
 	var store caddyfile.Unmarshaler
 	storeName := ""
 	for d.NextBlock(0) {
@@ -260,7 +261,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			redis = unm.(*RedisStore)
+			redis = unm.(*redisstore.Store)
 
 		case "keys_file":
 			if h.KeysFile != "" {
@@ -345,7 +346,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.ReloadInterval = dur
 
 		default:
-			return d.WrapErr(unknownOption(d.Val(), "subdirective", handlerSubdirectives, redisOptions,
+			return d.WrapErr(storecore.UnknownOption(d.Val(), "subdirective", storecore.HandlerSubdirectives, redisstore.Options,
 				"is an option of the redis block: redis <url> { "+d.Val()+" … }"))
 		}
 	}
@@ -379,71 +380,6 @@ func bothStores(keysFile string, inline bool) error {
 	}
 	return fmt.Errorf("give a key file or redis, not both: %s and redis are both given; "+
 		"for the Redis key set, drop the key file (to guard part of the site, a matcher goes first: apikey /api/* { redis … })", given)
-}
-
-// The subdirectives of apikey's block, and of its redis block.
-var (
-	handlerSubdirectives = []string{"keys_file", "redis", "store", "header", "query", "realm", "scope", "optional",
-		"hide_credentials", "handle_errors", "usage_interval", "reload_interval"}
-	redisOptions = []string{"prefix", "cache_file", "usage_interval"}
-)
-
-// unknownOption is the error for an unrecognized name in a block whose
-// names are known: it says where the name goes when it belongs to the
-// other block (otherBlock, with misplaced saying so), or suggests the known
-// name it is likely a typo of.
-func unknownOption(name, what string, known, otherBlock []string, misplaced string) error {
-	for _, o := range otherBlock {
-		if name == o {
-			return fmt.Errorf("'%s' %s", name, misplaced)
-		}
-	}
-	if s := suggest(name, known); s != "" {
-		return fmt.Errorf("unrecognized %s '%s'; did you mean '%s'?", what, name, s)
-	}
-	return fmt.Errorf("unrecognized %s '%s' (known: %s)", what, name, strings.Join(known, ", "))
-}
-
-// suggest returns the name of known that word is most likely a typo of, or
-// "" if none is close: the same name with "-" for "_" or in another case,
-// one that starts with word, or one at most two edits away (one, for
-// words of up to four letters).
-func suggest(word string, known []string) string {
-	w := strings.ToLower(strings.ReplaceAll(word, "-", "_"))
-	best, bestDist := "", 3
-	if len(w) <= 4 {
-		bestDist = 2
-	}
-	for _, k := range known {
-		if w == k || len(w) >= 4 && strings.HasPrefix(k, w) {
-			return k
-		}
-		if d := editDistance(w, k); d < bestDist {
-			best, bestDist = k, d
-		}
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance between a and b, in bytes.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // Interface guard

@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
@@ -362,8 +363,8 @@ func TestCaddyfileAdaptErrors(t *testing.T) {
 
 // The store is a guest module in JSON; keys_file is its shorthand.
 func TestJSONStoreModule(t *testing.T) {
-	k := newTestKey("json", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("json", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	provision := func(raw string) (*Handler, error) {
 		var h Handler
 		if err := json.Unmarshal([]byte(raw), &h); err != nil {

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -13,7 +14,7 @@ import (
 func provisionTestHandler(t *testing.T, h *Handler) *Handler {
 	t.Helper()
 	if h.KeysFile == "" {
-		h.KeysFile = writeKeys(t, "", newTestKey("unit", nil))
+		h.KeysFile = testkeys.WriteKeys(t, "", testkeys.New("unit", nil))
 	}
 	h.UsageInterval, h.ReloadInterval = -1, -1
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -146,7 +147,7 @@ func TestCredentialCustomSources(t *testing.T) {
 }
 
 func TestCredentialNoSourceIsInvalid(t *testing.T) {
-	h := Handler{Headers: []HeaderSource{}, Query: strPtr(""), KeysFile: writeKeys(t, "")}
+	h := Handler{Headers: []HeaderSource{}, Query: strPtr(""), KeysFile: testkeys.WriteKeys(t, "")}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	// Refused before the key file is loaded and watched for nothing.
@@ -172,7 +173,7 @@ func TestRefusalMessages(t *testing.T) {
 	for _, tt := range tests {
 		h := tt.handler
 		provisionTestHandler(t, &h)
-		if code, msg := refusalOf(t, string(h.authRequired.body)); code != "AUTH_REQUIRED" || msg != tt.want {
+		if code, msg := testkeys.RefusalOf(t, string(h.authRequired.body)); code != "AUTH_REQUIRED" || msg != tt.want {
 			t.Errorf("401 body %s, want message %q", h.authRequired.body, tt.want)
 		}
 	}

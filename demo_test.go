@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 )
 
 // example/demo.sh runs the demo on a copy: the usage writer's last_used_at
@@ -34,7 +36,7 @@ func TestDemoLeavesTheTrackedKeyFileAlone(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(repo, "example", "site"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	tracked := readFile(t, filepath.Join(repo, "example", "keys.json"))
+	tracked := testkeys.ReadFile(t, filepath.Join(repo, "example", "keys.json"))
 
 	// go build -o bin/caddy ...: a stub Caddy that, on run, marks the key
 	// file example/keys.json of the folder it runs in as used, and says
@@ -67,11 +69,11 @@ esac
 	if err != nil {
 		t.Fatalf("the demo's Caddy did not run: %v\n%s", err, out)
 	}
-	if got := readFile(t, filepath.Join(repo, "example", "keys.json")); got != tracked {
+	if got := testkeys.ReadFile(t, filepath.Join(repo, "example", "keys.json")); got != tracked {
 		t.Errorf("the demo changed the tracked example/keys.json:\n%s\noutput:\n%s", got, out)
 	}
 	copyDir := strings.TrimSpace(string(where))
-	if !strings.Contains(readFile(t, filepath.Join(copyDir, "example", "keys.json")), `"last_used_at": "2026-12-01`) {
+	if !strings.Contains(testkeys.ReadFile(t, filepath.Join(copyDir, "example", "keys.json")), `"last_used_at": "2026-12-01`) {
 		t.Errorf("the demo's copy in %s did not get the use", copyDir)
 	}
 	if !strings.Contains(string(out), "bin/demo") {

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -97,8 +98,8 @@ func TestDroppedHeaderWarnings(t *testing.T) {
 // the server lists it in expected_underscore_headers, and the warning is
 // logged exactly when it does not.
 func TestIntegrationUnderscoreHeader(t *testing.T) {
-	k := newTestKey("k", nil)
-	keys := writeKeys(t, "", k)
+	k := testkeys.New("k", nil)
+	keys := testkeys.WriteKeys(t, "", k)
 	site := "\tapikey " + keys + " {\n\t\theader api_key\n\t}\n\trespond \"{http.auth.user.id}\"\n"
 	const warning = "a configured header never reaches this handler"
 
@@ -116,7 +117,7 @@ func TestIntegrationUnderscoreHeader(t *testing.T) {
 				t.Fatalf("listed in expected_underscore_headers: %d %q, want 200 and the key's id", resp.StatusCode, body)
 			}
 		} else {
-			assertRefusal(t, resp, body, http.StatusUnauthorized, CodeAuthRequired, "restricted", k.Raw)
+			testkeys.AssertRefusal(t, resp, body, http.StatusUnauthorized, CodeAuthRequired, "restricted", k.Raw)
 		}
 
 		var log string
@@ -125,7 +126,7 @@ func TestIntegrationUnderscoreHeader(t *testing.T) {
 			time.Sleep(200 * time.Millisecond) // give a wrong warning time to show
 			log = readLog()
 		} else {
-			waitFor(t, 5*time.Second, "the warning in Caddy's log", func() bool {
+			testkeys.WaitFor(t, 5*time.Second, "the warning in Caddy's log", func() bool {
 				log = readLog()
 				return strings.Contains(log, warning)
 			})
@@ -133,7 +134,7 @@ func TestIntegrationUnderscoreHeader(t *testing.T) {
 		if got := strings.Count(log, warning); got != map[bool]int{false: 1, true: 0}[listed] {
 			t.Fatalf("listed=%v: the warning is logged %d times:\n%s", listed, got, log)
 		}
-		if strings.Contains(log, secretPart(k.Raw)) {
+		if strings.Contains(log, testkeys.SecretPart(k.Raw)) {
 			t.Fatal("Caddy's log holds the raw key")
 		}
 	}

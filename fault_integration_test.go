@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
@@ -66,16 +67,16 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		maxRequests  = 200_000
 		workers      = 8
 	)
-	stable := newTestKey("stable", nil)
+	stable := testkeys.New("stable", nil)
 	var (
 		keysMu   sync.Mutex
-		pool     = []testKey{stable}
+		pool     = []testkeys.Key{stable}
 		timeline = map[string]*keyTimeline{}
 	)
-	path := writeKeys(t, "", stable)
+	path := testkeys.WriteKeys(t, "", stable)
 	timeline[stable.Raw] = &keyTimeline{}
 	timeline[stable.Raw].set(true)
-	unknown := newTestKey("never stored", nil)
+	unknown := testkeys.New("never stored", nil)
 	timeline[unknown.Raw] = &keyTimeline{}
 	pool = append(pool, unknown)
 
@@ -134,16 +135,16 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 	}
 
 	// Rotate while the load runs: add a key, revoke one, replace the file.
-	var live []testKey // keys in the file besides stable
+	var live []testkeys.Key // keys in the file besides stable
 	rounds := 0
 	for time.Now().Add(liveReloadDeadline + time.Second).Before(deadline) {
 		rounds++
-		added := newTestKey(fmt.Sprintf("added %d", rounds), nil)
+		added := testkeys.New(fmt.Sprintf("added %d", rounds), nil)
 		keysMu.Lock()
 		timeline[added.Raw] = &keyTimeline{}
 		pool = append(pool, added)
 		keysMu.Unlock()
-		_, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+		_, err := testkeys.Update(path, func(doc *keyfile.Doc) error {
 			rec, err := keyfile.NewRecord(added.Rec())
 			doc.Records = append(doc.Records, rec)
 			return err
@@ -158,7 +159,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		if len(live) > 1 {
 			victim := live[0]
 			live = live[1:]
-			_, err := updateKeyFile(path, func(doc *keyfile.Doc) error {
+			_, err := testkeys.Update(path, func(doc *keyfile.Doc) error {
 				for i := range doc.Records {
 					if doc.Records[i].ID == victim.Record["id"] {
 						return doc.Records[i].Set("revoked_at", keyset.FormatTimestamp(time.Now()))
@@ -182,9 +183,9 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			all := append([]testKey{stable}, live...)
+			all := append([]testkeys.Key{stable}, live...)
 			onDisk := map[string]*string{}
-			for _, rec := range readKeyDoc(t, path).Records {
+			for _, rec := range testkeys.ReadDoc(t, path).Records {
 				onDisk[rec.ID] = rec.LastUsedAt
 			}
 			for i, k := range all {
@@ -194,7 +195,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 					all[i].Record["last_used_at"] = *at
 				}
 			}
-			writeKeys(t, path, all...)
+			testkeys.WriteKeys(t, path, all...)
 			unlock()
 		}
 	}
@@ -222,7 +223,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 		used[id.(string)] = true
 		return true
 	})
-	for _, rec := range readKeyDoc(t, path).Records {
+	for _, rec := range testkeys.ReadDoc(t, path).Records {
 		if used[rec.ID] && rec.LastUsedAt == nil {
 			t.Errorf("key %v was used but its last_used_at is not in the file", rec.Label)
 		}
@@ -236,7 +237,7 @@ func TestKeyRotationUnderLoad(t *testing.T) {
 // empty, unreadable or invalid: each load fails with an error naming the
 // file, and the config before it (which admits nobody) stays in force.
 func TestBadKeyFileAtStartFailsClosed(t *testing.T) {
-	k := newTestKey("k", nil)
+	k := testkeys.New("k", nil)
 	loadCaddyfile(t, `respond "no auth here" 418`)
 
 	dir := t.TempDir()
@@ -247,7 +248,9 @@ func TestBadKeyFileAtStartFailsClosed(t *testing.T) {
 		// place is unreadable as a file for everyone.
 		"unreadable": func(path string) { os.Mkdir(path, 0o700) },
 		"bad JSON":   func(path string) { os.WriteFile(path, []byte(`{"api_keys": [}`), 0o600) },
-		"invalid":    func(path string) { writeKeys(t, path, newTestKey("x", map[string]any{"key_hash": "nothex"})) },
+		"invalid": func(path string) {
+			testkeys.WriteKeys(t, path, testkeys.New("x", map[string]any{"key_hash": "nothex"}))
+		},
 	}
 	for name, prepare := range cases {
 		path := dir + "/" + strings.ReplaceAll(name, " ", "_") + ".json"
@@ -274,8 +277,8 @@ func TestBadKeyFileAtStartFailsClosed(t *testing.T) {
 // refuses headers over 16 KiB by default (431) before any handler runs; the
 // limit is raised here so that the handler itself meets them.
 func TestHostileRequests(t *testing.T) {
-	k := newTestKey("k", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("k", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	loadCaddyfileWithGlobals(t, "\tservers {\n\t\tmax_header_size 4MB\n\t}", `
 	apikey `+path+`
 	respond "admitted"

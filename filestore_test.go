@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
@@ -149,7 +150,7 @@ func TestStoreReferenceAppFile(t *testing.T) {
 	if k.ID != "3f1c2a9e-5b7d-4e2a-9c1f-0a8b7c6d5e4f" || k.Label != "Café — CI deploy" || k.Prefix != rawCI[:11] {
 		t.Errorf("CI key = id %q label %q prefix %q", k.ID, k.Label, k.Prefix)
 	}
-	if k.Revoked() || expiresAt(k) != 0 || len(k.Scopes) != 0 {
+	if k.Revoked() || testkeys.ExpiresAt(k) != 0 || len(k.Scopes) != 0 {
 		t.Errorf("CI key has lifecycle state it was not given: %+v", k)
 	}
 	if k, _ := ks.Lookup(rawBot); k == nil || k.ID != "b2d4f6a8-1c3e-4a5b-8d7f-9e0a1b2c3d4e" {
@@ -182,17 +183,17 @@ func TestStoreLifecycleMembers(t *testing.T) {
 	ks := mustParse(t, data)
 	a, _ := ks.Lookup("sk_store_test_key_a")
 	want := time.Date(2030, 1, 2, 2, 4, 5, 500_000_000, time.UTC).UnixNano()
-	if expiresAt(a) != want {
-		t.Errorf("expiresAt = %d, want %d", expiresAt(a), want)
+	if testkeys.ExpiresAt(a) != want {
+		t.Errorf("expiresAt = %d, want %d", testkeys.ExpiresAt(a), want)
 	}
-	if a.Revoked() || !a.HasScope("read") || !a.HasScope("write") || a.HasScope("admin") || scopesJoined(a) != "read,write" {
+	if a.Revoked() || !a.HasScope("read") || !a.HasScope("write") || a.HasScope("admin") || testkeys.ScopesJoined(a) != "read,write" {
 		t.Errorf("key a: %+v", a)
 	}
 	if a.Expired(want-1) || !a.Expired(want) {
 		t.Error("expired() is wrong around expires_at")
 	}
 	b, _ := ks.Lookup("sk_store_test_key_b")
-	if !b.Revoked() || expiresAt(b) != 0 || b.Expired(time.Now().UnixNano()) {
+	if !b.Revoked() || testkeys.ExpiresAt(b) != 0 || b.Expired(time.Now().UnixNano()) {
 		t.Errorf("key b: %+v", b)
 	}
 }
@@ -384,8 +385,8 @@ func TestStreamedKeySetKeepsCopies(t *testing.T) {
 	}
 	for i := range ks.Len() {
 		k := ks.At(i)
-		if want := fmt.Sprintf("scope%02d", i); scopesJoined(k) != want || len(k.Scopes) != 1 || k.Scopes[0] != want {
-			t.Errorf("key %d: scopes %q / %q, want %q", i, k.Scopes, scopesJoined(k), want)
+		if want := fmt.Sprintf("scope%02d", i); testkeys.ScopesJoined(k) != want || len(k.Scopes) != 1 || k.Scopes[0] != want {
+			t.Errorf("key %d: scopes %q / %q, want %q", i, k.Scopes, testkeys.ScopesJoined(k), want)
 		}
 		if want := fmt.Sprintf("id-%02d-xxxxxxxx", i); k.ID != want || k.Label != fmt.Sprint("label ", i) || k.Prefix != fmt.Sprintf("sk_%08d", i) {
 			t.Errorf("key %d: %q %q %q", i, k.ID, k.Label, k.Prefix)

@@ -62,7 +62,7 @@ func FuzzParseKeySet(f *testing.F) {
 		if err != nil {
 			t.Fatalf("parseKeyDoc refuses a file that keyfile.ParseKeySet accepts: %v", err)
 		}
-		out := marshalDoc(doc)
+		out := testkeys.MarshalDoc(doc)
 		again, err := keyfile.ParseKeySet(out)
 		if err != nil {
 			t.Fatalf("the written file is refused: %v\n%s", err, out)
@@ -82,8 +82,8 @@ func sameKeys(t *testing.T, ks, other *keyset.KeySet) {
 	}
 	for i := range ks.Len() {
 		a, b := ks.At(i), other.At(i)
-		if a.ID != b.ID || a.Label != b.Label || a.Prefix != b.Prefix || expiresAt(a) != expiresAt(b) ||
-			a.Revoked() != b.Revoked() || scopesJoined(a) != scopesJoined(b) {
+		if a.ID != b.ID || a.Label != b.Label || a.Prefix != b.Prefix || testkeys.ExpiresAt(a) != testkeys.ExpiresAt(b) ||
+			a.Revoked() != b.Revoked() || testkeys.ScopesJoined(a) != testkeys.ScopesJoined(b) {
 			t.Fatalf("key %d differs:\n%+v\n%+v", i, a, b)
 		}
 	}
@@ -220,7 +220,7 @@ var fuzzKeys *keyset.KeySet
 
 func fuzzKeySet(t *testing.T) *keyset.KeySet {
 	if fuzzKeys == nil {
-		fuzzKeys = mustBuildKeySet(t, keyset.Record{ID: "fuzz", Label: "Fuzz", KeyHash: keyset.HashKey(fuzzKey), KeyPrefix: fuzzKey[:11]})
+		fuzzKeys = testkeys.KeySet(t, keyset.Record{ID: "fuzz", Label: "Fuzz", KeyHash: keyset.HashKey(fuzzKey), KeyPrefix: fuzzKey[:11]})
 	}
 	return fuzzKeys
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-apikey/caddy-apikey/admin"
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -147,7 +148,7 @@ func (r guestRecords) Edit(e stores.Edit) error {
 // parsed by the module itself, and served by the handler, the admin API
 // and the metrics with no special case for it.
 func TestGuestStore(t *testing.T) {
-	k := newTestKey("guest", nil)
+	k := testkeys.New("guest", nil)
 	loadCaddyfile(t, `
 	apikey {
 		store guest visitors {

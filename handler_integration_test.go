@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
@@ -25,8 +26,8 @@ import (
 const defaultAuthMessage = "API key is required. Pass via Authorization: Bearer header, X-API-Key header or ?api_key= query parameter."
 
 // keyWithRaw makes a key record for a given raw key.
-func keyWithRaw(raw, label string, extra map[string]any) testKey {
-	k := newTestKey(label, extra)
+func keyWithRaw(raw, label string, extra map[string]any) testkeys.Key {
+	k := testkeys.New(label, extra)
 	k.Raw = raw
 	k.Record["key_hash"] = keyset.HashKey(raw)
 	k.Record["key_prefix"] = raw[:11]
@@ -69,7 +70,7 @@ func readAccessLog(t *testing.T, path string, n int) ([]accessLogEntry, string) 
 	t.Helper()
 	var entries []accessLogEntry
 	var raw string
-	waitFor(t, 10*time.Second, fmt.Sprintf("%d access log lines", n), func() bool {
+	testkeys.WaitFor(t, 10*time.Second, fmt.Sprintf("%d access log lines", n), func() bool {
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return false
@@ -81,7 +82,7 @@ func readAccessLog(t *testing.T, path string, n int) ([]accessLogEntry, string) 
 		for sc.Scan() {
 			var e accessLogEntry
 			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-				t.Fatalf("access log line is not JSON: %v: %q", err, truncate(sc.Text()))
+				t.Fatalf("access log line is not JSON: %v: %q", err, testkeys.Truncate(sc.Text()))
 			}
 			entries = append(entries, e)
 		}
@@ -93,13 +94,13 @@ func readAccessLog(t *testing.T, path string, n int) ([]accessLogEntry, string) 
 // TestIntegrationDefaultSources drives every credential case through the
 // real Caddy with the default sources, and checks the access log.
 func TestIntegrationDefaultSources(t *testing.T) {
-	good := newTestKey("CI deploy", nil)
-	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-11-25T21:00:00+00:00"})
-	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
+	good := testkeys.New("CI deploy", nil)
+	revoked := testkeys.New("revoked", map[string]any{"revoked_at": "2026-11-25T21:00:00+00:00"})
+	expired := testkeys.New("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
 	big := keyWithRaw(bigRawKey(64*1024), "big", nil)
-	unknown := newTestKey("not in the file", nil).Raw
+	unknown := testkeys.New("not in the file", nil).Raw
 	bigUnknown := bigRawKey(64 * 1024)
-	keys := writeKeys(t, "", good, revoked, expired, big)
+	keys := testkeys.WriteKeys(t, "", good, revoked, expired, big)
 	logPath := filepath.Join(t.TempDir(), "access.log")
 	// Caddy reads at most 16 KiB of request headers by default; this site
 	// allows more, so that 64 KiB keys reach the handler.
@@ -108,7 +109,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 	respond "{http.auth.user.id}|{http.auth.user.label}|{http.auth.user.key_prefix}"
 `)
 
-	ok := func(k testKey) string { return k.Record["id"].(string) }
+	ok := func(k testkeys.Key) string { return k.Record["id"].(string) }
 	tests := []struct {
 		name    string
 		query   string
@@ -157,7 +158,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 		{"64 KiB key", "", []string{"X-Api-Key: " + big.Raw}, 200, "", ok(big)},
 	}
 	allSecrets := []string{good.Raw, revoked.Raw, expired.Raw, big.Raw, unknown, bigUnknown}
-	labels := map[string]testKey{ok(good): good, ok(big): big}
+	labels := map[string]testkeys.Key{ok(good): good, ok(big): big}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := fmt.Sprintf("/t?case=%d", i)
@@ -178,7 +179,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 			}
 			resp, body := roundTrip(t, req)
 			if tt.status != 200 {
-				msg := assertRefusal(t, resp, body, tt.status, tt.code, "restricted", allSecrets...)
+				msg := testkeys.AssertRefusal(t, resp, body, tt.status, tt.code, "restricted", allSecrets...)
 				switch tt.code {
 				case "AUTH_REQUIRED":
 					if msg != defaultAuthMessage {
@@ -192,7 +193,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 				return
 			}
 			if resp.StatusCode != 200 {
-				t.Fatalf("status %d, want 200; body %q", resp.StatusCode, truncate(body))
+				t.Fatalf("status %d, want 200; body %q", resp.StatusCode, testkeys.Truncate(body))
 			}
 			k := labels[tt.id]
 			want := tt.id + "|" + k.Record["label"].(string) + "|" + k.Raw[:11]
@@ -215,7 +216,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 			t.Fatalf("logged uri %q: %v", e.Request.URI, err)
 		}
 		if u.Query().Has("api_key") {
-			t.Errorf("logged uri still has api_key: %q", truncate(e.Request.URI))
+			t.Errorf("logged uri still has api_key: %q", testkeys.Truncate(e.Request.URI))
 		}
 		var i int
 		if _, err := fmt.Sscan(u.Query().Get("case"), &i); err != nil || i < 0 || i >= len(tests) {
@@ -235,7 +236,7 @@ func TestIntegrationDefaultSources(t *testing.T) {
 		t.Errorf("the access log has %d of the %d requests", len(seen), len(tests))
 	}
 	for _, s := range allSecrets {
-		if strings.Contains(raw, secretPart(s)) {
+		if strings.Contains(raw, testkeys.SecretPart(s)) {
 			t.Errorf("the access log holds a raw key (prefix %s)", s[:11])
 		}
 	}
@@ -245,8 +246,8 @@ func TestIntegrationDefaultSources(t *testing.T) {
 }
 
 func TestIntegrationCustomSources(t *testing.T) {
-	k := newTestKey("custom", nil)
-	keys := writeKeys(t, "", k)
+	k := testkeys.New("custom", nil)
+	keys := testkeys.WriteKeys(t, "", k)
 	loadCaddyfile(t, `
 	apikey `+keys+` {
 		header X-Token
@@ -281,19 +282,19 @@ func TestIntegrationCustomSources(t *testing.T) {
 					t.Fatalf("got %d %q, want 200 %q", resp.StatusCode, body, id)
 				}
 			case 401:
-				if got := assertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "my api", k.Raw); got != msg {
+				if got := testkeys.AssertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "my api", k.Raw); got != msg {
 					t.Errorf("message %q, want %q", got, msg)
 				}
 			default:
-				assertRefusal(t, resp, body, tt.status, "INVALID_KEY", "my api", k.Raw)
+				testkeys.AssertRefusal(t, resp, body, tt.status, "INVALID_KEY", "my api", k.Raw)
 			}
 		})
 	}
 }
 
 func TestIntegrationQueryOff(t *testing.T) {
-	k := newTestKey("noquery", nil)
-	keys := writeKeys(t, "", k)
+	k := testkeys.New("noquery", nil)
+	keys := testkeys.WriteKeys(t, "", k)
 	loadCaddyfile(t, `
 	apikey `+keys+` {
 		query off
@@ -301,7 +302,7 @@ func TestIntegrationQueryOff(t *testing.T) {
 	respond "in"
 `)
 	resp, body := do(t, "GET", "/?api_key="+k.Raw)
-	msg := assertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "restricted", k.Raw)
+	msg := testkeys.AssertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "restricted", k.Raw)
 	if want := "API key is required. Pass via Authorization: Bearer header or X-API-Key header."; msg != want {
 		t.Errorf("message %q, want %q", msg, want)
 	}
@@ -311,9 +312,9 @@ func TestIntegrationQueryOff(t *testing.T) {
 }
 
 func TestIntegrationOptionalScopeHide(t *testing.T) {
-	reader := newTestKey("reader", map[string]any{"scopes": []string{"read", "list"}})
-	plain := newTestKey("plain", nil)
-	keys := writeKeys(t, "", reader, plain)
+	reader := testkeys.New("reader", map[string]any{"scopes": []string{"read", "list"}})
+	plain := testkeys.New("plain", nil)
+	keys := testkeys.WriteKeys(t, "", reader, plain)
 	loadCaddyfile(t, `
 	handle /opt/* {
 		apikey `+keys+` {
@@ -345,20 +346,20 @@ func TestIntegrationOptionalScopeHide(t *testing.T) {
 		t.Errorf("optional, good key: %d %q", resp.StatusCode, body)
 	}
 	resp, body := do(t, "GET", "/opt/x", "X-Api-Key: sk_not_a_key_at_all")
-	assertRefusal(t, resp, body, 403, "INVALID_KEY", "")
+	testkeys.AssertRefusal(t, resp, body, 403, "INVALID_KEY", "")
 	resp, body = do(t, "GET", "/opt/x", "X-Api-Key: sk_a", "X-Api-Key: sk_b")
-	assertRefusal(t, resp, body, 400, "AMBIGUOUS_KEY", "")
+	testkeys.AssertRefusal(t, resp, body, 400, "AMBIGUOUS_KEY", "")
 
 	// scope
 	if resp, body := do(t, "GET", "/scope/x", "Authorization: Bearer "+reader.Raw); resp.StatusCode != 200 || body != "scope "+readerID+" read,list" {
 		t.Errorf("scoped key: %d %q", resp.StatusCode, body)
 	}
 	resp, body = do(t, "GET", "/scope/x", "Authorization: Bearer "+plain.Raw)
-	if msg := assertRefusal(t, resp, body, 403, "INSUFFICIENT_SCOPE", "", plain.Raw); !strings.Contains(msg, `"read"`) {
+	if msg := testkeys.AssertRefusal(t, resp, body, 403, "INSUFFICIENT_SCOPE", "", plain.Raw); !strings.Contains(msg, `"read"`) {
 		t.Errorf("message %q does not name the scope", msg)
 	}
 	resp, body = do(t, "GET", "/scope/x")
-	assertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "restricted")
+	testkeys.AssertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "restricted")
 
 	// hide_credentials: the next handler sees neither the header nor the
 	// parameter; other parameters stay.
@@ -392,9 +393,9 @@ func TestIntegrationOptionalScopeHide(t *testing.T) {
 }
 
 func TestIntegrationHandleErrors(t *testing.T) {
-	k := newTestKey("errs", nil)
-	expired := newTestKey("old", map[string]any{"expires_at": "2001-01-01T00:00:00Z"})
-	keys := writeKeys(t, "", k, expired)
+	k := testkeys.New("errs", nil)
+	expired := testkeys.New("old", map[string]any{"expires_at": "2001-01-01T00:00:00Z"})
+	keys := testkeys.WriteKeys(t, "", k, expired)
 	loadCaddyfile(t, `
 	apikey `+keys+` {
 		handle_errors
@@ -435,8 +436,8 @@ func TestIntegrationHandleErrors(t *testing.T) {
 }
 
 func TestIntegrationJSONConfig(t *testing.T) {
-	k := newTestKey("from json", nil)
-	keys := writeKeys(t, "", k)
+	k := testkeys.New("from json", nil)
+	keys := testkeys.WriteKeys(t, "", k)
 	cfg := map[string]any{
 		"admin": map[string]any{"listen": fmt.Sprintf("localhost:%d", adminPort)},
 		"apps": map[string]any{"http": map[string]any{
@@ -468,15 +469,15 @@ func TestIntegrationJSONConfig(t *testing.T) {
 		t.Errorf("X-Token: %d %q", resp.StatusCode, body)
 	}
 	resp, body := do(t, "GET", "/?api_key="+k.Raw, "Authorization: Bearer "+k.Raw)
-	if msg := assertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "json", k.Raw); msg != "API key is required. Pass via X-Token header." {
+	if msg := testkeys.AssertRefusal(t, resp, body, 401, "AUTH_REQUIRED", "json", k.Raw); msg != "API key is required. Pass via X-Token header." {
 		t.Errorf("message %q", msg)
 	}
 }
 
 func TestIntegrationBrokenKeyFileFailsLoad(t *testing.T) {
-	good := newTestKey("good", nil)
+	good := testkeys.New("good", nil)
 	dir := t.TempDir()
-	keys := writeKeys(t, filepath.Join(dir, "keys.json"), good)
+	keys := testkeys.WriteKeys(t, filepath.Join(dir, "keys.json"), good)
 	site := `
 	apikey ` + keys + `
 	respond "{http.auth.user.id}"
@@ -530,13 +531,13 @@ func TestIntegrationBrokenKeyFileFailsLoad(t *testing.T) {
 		t.Errorf("after the broken key file: %d %q", resp.StatusCode, got)
 	}
 	// Mended, it loads again.
-	writeKeys(t, keys, good)
+	testkeys.WriteKeys(t, keys, good)
 	loadCaddyfile(t, site)
 	if resp, got := do(t, "GET", "/", "X-Api-Key: "+good.Raw); resp.StatusCode != 200 || got != id {
 		t.Errorf("after mending the key file: %d %q", resp.StatusCode, got)
 	}
 	resp, got := do(t, "GET", "/")
-	assertRefusal(t, resp, got, 401, "AUTH_REQUIRED", "restricted")
+	testkeys.AssertRefusal(t, resp, got, 401, "AUTH_REQUIRED", "restricted")
 }
 
 // TestIntegrationHeaderLimit shows that with Caddy's default header limit
@@ -544,16 +545,16 @@ func TestIntegrationBrokenKeyFileFailsLoad(t *testing.T) {
 // not let through.
 func TestIntegrationHeaderLimit(t *testing.T) {
 	big := keyWithRaw(bigRawKey(64*1024), "big", nil)
-	keys := writeKeys(t, "", big)
+	keys := testkeys.WriteKeys(t, "", big)
 	loadCaddyfile(t, `
 	apikey `+keys+`
 	respond "in"
 `)
 	resp, body := do(t, "GET", "/", "X-Api-Key: "+big.Raw)
 	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
-		t.Errorf("64 KiB header with the default limit: %d %q", resp.StatusCode, truncate(body))
+		t.Errorf("64 KiB header with the default limit: %d %q", resp.StatusCode, testkeys.Truncate(body))
 	}
-	if strings.Contains(body, secretPart(big.Raw)) {
+	if strings.Contains(body, testkeys.SecretPart(big.Raw)) {
 		t.Error("the answer echoes the key")
 	}
 }
@@ -561,7 +562,7 @@ func TestIntegrationHeaderLimit(t *testing.T) {
 // A later handler that edits the challenge in place (a deferred header
 // replace does) must not change it for the requests after.
 func TestIntegrationChallengeNotShared(t *testing.T) {
-	path := writeKeys(t, "", newTestKey("k", nil))
+	path := testkeys.WriteKeys(t, "", testkeys.New("k", nil))
 	loadCaddyfile(t, `
 	header >Www-Authenticate restricted restricted-x
 	apikey `+path+`

@@ -1,7 +1,6 @@
 package apikey
 
 import (
-	"context"
 	"crypto/sha256"
 	"flag"
 	"fmt"
@@ -14,20 +13,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-apikey/caddy-apikey/admin"
-	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
-	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
-	"github.com/caddy-apikey/caddy-apikey/stores"
+	redisstore "github.com/caddy-apikey/caddy-apikey/stores/redis"
 	"go.uber.org/zap"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
-
-	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // The integration tests share one Caddy, started by TestMain in this test
@@ -244,128 +238,14 @@ func (m *memoryStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) 
 	m.usage.Mark(k, sum, now)
 }
 
-// startFileStore provisions a file store on the key file at path, as a
-// handler's config does (usage_interval and reload_interval as given:
-// 0 for the default, negative for off), released when the test ends.
-func startFileStore(t testing.TB, path string, usage, reload time.Duration) *filestore.Store {
+// redisRecords is the test's record store on r's key set at prefix (made
+// by the first add), closed when the test ends.
+func redisRecords(t testing.TB, r *testredis.Server, prefix string) redisstore.Records {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	s := &filestore.Store{Path: path, UsageInterval: caddy.Duration(usage), ReloadInterval: caddy.Duration(reload)}
-	if err := s.Provision(ctx); err != nil {
-		cancel()
+	rs, err := redisstore.Open(redisstore.Target{URL: r.URL, Prefix: prefix, Create: true})
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = s.Cleanup(); cancel() })
-	return s
+	t.Cleanup(rs.Close)
+	return rs
 }
-
-// liveStore returns the store in use whose name is name, as the admin API
-// finds it.
-func liveStore(t testing.TB, name string) stores.Live {
-	t.Helper()
-	for _, s := range stores.InUse() {
-		if s.Name() == name {
-			return s
-		}
-	}
-	t.Fatalf("no store %s in use", name)
-	return nil
-}
-
-// The tests' keys and key files (see the testkeys package), by the names
-// the tests of this package use.
-type (
-	testKey = testkeys.Key
-	object  = testkeys.Object
-)
-
-func newTestKey(label string, extra map[string]any) testKey { return testkeys.New(label, extra) }
-func writeKeys(t testing.TB, path string, keys ...testKey) string {
-	t.Helper()
-	return testkeys.WriteKeys(t, path, keys...)
-}
-func readKeyDoc(t testing.TB, path string) *keyfile.Doc { t.Helper(); return testkeys.ReadDoc(t, path) }
-func fileRecord(t testing.TB, path, id string) keyfile.Record {
-	t.Helper()
-	return testkeys.FileRecord(t, path, id)
-}
-func lastUsed(t testing.TB, path, id string) string {
-	t.Helper()
-	return testkeys.LastUsed(t, path, id)
-}
-func readFile(t testing.TB, path string) string { t.Helper(); return testkeys.ReadFile(t, path) }
-func recordMembers(r keyfile.Record) object     { return testkeys.Members(r) }
-func memberNames(o object) []string             { return o.Names() }
-func marshalDoc(d *keyfile.Doc) []byte          { return testkeys.MarshalDoc(d) }
-func expiresAt(k *keyset.Key) int64             { return testkeys.ExpiresAt(k) }
-func scopesJoined(k *keyset.Key) string         { return testkeys.ScopesJoined(k) }
-func updateKeyFile(path string, edit func(*keyfile.Doc) error) (keyfile.Write, error) {
-	return testkeys.Update(path, edit)
-}
-func mustBuildKeySet(t testing.TB, records ...keyset.Record) *keyset.KeySet {
-	t.Helper()
-	return testkeys.KeySet(t, records...)
-}
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	testkeys.WaitFor(t, timeout, what, cond)
-}
-
-// slowTest skips a test that takes seconds (why says what it runs) when
-// -short is given, for a quick inner loop; the README's test command runs
-// it.
-func slowTest(t *testing.T, why string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("-short: a slow test (" + why + "); the full test command runs it")
-	}
-}
-
-// The refusal checks (see the testkeys package), by the names the tests of
-// this package use.
-func refusalOf(t testing.TB, body string) (code, message string) {
-	t.Helper()
-	return testkeys.RefusalOf(t, body)
-}
-func assertRefusal(t *testing.T, resp *http.Response, body string, status int, code, realm string, secrets ...string) string {
-	t.Helper()
-	return testkeys.AssertRefusal(t, resp, body, status, code, realm, secrets...)
-}
-func truncate(s string) string { return testkeys.Truncate(s) }
-
-// adminOver is the admin API over the stores live, alone.
-func adminOver(live ...stores.Live) *admin.API {
-	return admin.New(zap.NewNop(), func() []stores.Live { return live }, time.Now)
-}
-
-// call sends method target with body (none if "") to a, and returns the
-// response and its body.
-func call(t *testing.T, a *admin.API, method, target, body string) (*http.Response, string) {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	r := httptest.NewRequest(method, target, rd)
-	w := httptest.NewRecorder()
-	if err := a.Routes()[0].Handler.ServeHTTP(w, r); err != nil {
-		t.Fatal(err)
-	}
-	resp := w.Result()
-	return resp, w.Body.String()
-}
-
-// wantRefusal checks an admin API refusal: its status, code, and that its
-// message says each of want.
-func wantRefusal(t *testing.T, resp *http.Response, body string, status int, code string, want ...string) string {
-	t.Helper()
-	msg := assertRefusal(t, resp, body, status, code, "")
-	for _, w := range want {
-		if !strings.Contains(msg, w) {
-			t.Errorf("message does not say %q: %q", w, msg)
-		}
-	}
-	return msg
-}
-
-func secretPart(raw string) string { return testkeys.SecretPart(raw) }

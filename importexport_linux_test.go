@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -43,13 +45,13 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 // each step (reading the file, reading the key set, writing it) on a line
 // of its own, with what it found and the time it took.
 func TestCommandImportShowsProgressOnATerminal(t *testing.T) {
-	r := startRedis(t)
+	r := testredis.Start(t)
 	master, slave := openPTY(t)
-	keys := make([]testKey, 500)
+	keys := make([]testkeys.Key, 500)
 	for i := range keys {
-		keys[i] = newTestKey(fmt.Sprintf("k%d", i), nil)
+		keys[i] = testkeys.New(fmt.Sprintf("k%d", i), nil)
 	}
-	path := writeKeys(t, "", keys...)
+	path := testkeys.WriteKeys(t, "", keys...)
 
 	shown := make(chan string)
 	go func() {

@@ -4,17 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
-
-	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
 )
 
 // expectRefusal sends a GET and checks that it is refused with status and
@@ -23,7 +20,7 @@ import (
 func expectRefusal(t *testing.T, path string, status int, code string, headers ...string) string {
 	t.Helper()
 	resp, body := do(t, "GET", path, headers...)
-	return assertRefusal(t, resp, body, status, code, "restricted")
+	return testkeys.AssertRefusal(t, resp, body, status, code, "restricted")
 }
 
 // expectOK sends a request and checks that it passes with body want.
@@ -35,14 +32,14 @@ func expectOK(t *testing.T, path, want string, headers ...string) {
 	}
 }
 
-func bearer(k testKey) string { return "Authorization: Bearer " + k.Raw }
+func bearer(k testkeys.Key) string { return "Authorization: Bearer " + k.Raw }
 
 func TestLifecycleExpiredAndRevokedKeys(t *testing.T) {
-	active := newTestKey("active", map[string]any{"expires_at": keyset.FormatTimestamp(time.Now().Add(24 * time.Hour))})
-	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
-	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00.000000+00:00"})
-	expiresSoon := newTestKey("soon", map[string]any{"expires_at": keyset.FormatTimestamp(time.Now().Add(1500 * time.Millisecond))})
-	path := writeKeys(t, "", active, expired, revoked, expiresSoon)
+	active := testkeys.New("active", map[string]any{"expires_at": keyset.FormatTimestamp(time.Now().Add(24 * time.Hour))})
+	expired := testkeys.New("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
+	revoked := testkeys.New("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00.000000+00:00"})
+	expiresSoon := testkeys.New("soon", map[string]any{"expires_at": keyset.FormatTimestamp(time.Now().Add(1500 * time.Millisecond))})
+	path := testkeys.WriteKeys(t, "", active, expired, revoked, expiresSoon)
 	loadCaddyfile(t, `
 	apikey `+path+`
 	respond "hello {http.auth.user.label}"
@@ -55,21 +52,21 @@ func TestLifecycleExpiredAndRevokedKeys(t *testing.T) {
 
 	// A key expires while Caddy runs, with no change to the file.
 	expectOK(t, "/", "hello soon", bearer(expiresSoon))
-	waitFor(t, 4*time.Second, "the key to expire", func() bool {
+	testkeys.WaitFor(t, 4*time.Second, "the key to expire", func() bool {
 		resp, body := do(t, "GET", "/", bearer(expiresSoon))
 		if resp.StatusCode != http.StatusForbidden {
 			return false
 		}
-		code, _ := refusalOf(t, body)
+		code, _ := testkeys.RefusalOf(t, body)
 		return code == CodeKeyExpired
 	})
 }
 
 func TestLifecycleScopesPerRoute(t *testing.T) {
-	reader := newTestKey("reader", map[string]any{"scopes": []string{"read"}})
-	writer := newTestKey("writer", map[string]any{"scopes": []string{"read", "write"}})
-	unscoped := newTestKey("unscoped", nil)
-	path := writeKeys(t, "", reader, writer, unscoped)
+	reader := testkeys.New("reader", map[string]any{"scopes": []string{"read"}})
+	writer := testkeys.New("writer", map[string]any{"scopes": []string{"read", "write"}})
+	unscoped := testkeys.New("unscoped", nil)
+	path := testkeys.WriteKeys(t, "", reader, writer, unscoped)
 	loadCaddyfile(t, `
 	handle /read/* {
 		apikey {
@@ -104,7 +101,7 @@ func TestLifecycleScopesPerRoute(t *testing.T) {
 
 	for _, tc := range []struct {
 		path    string
-		key     testKey
+		key     testkeys.Key
 		missing string
 	}{
 		{"/write/x", reader, "write"},
@@ -120,10 +117,10 @@ func TestLifecycleScopesPerRoute(t *testing.T) {
 }
 
 func TestLifecycleOptional(t *testing.T) {
-	member := newTestKey("member", nil)
-	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
-	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00+00:00"})
-	path := writeKeys(t, "", member, expired, revoked)
+	member := testkeys.New("member", nil)
+	expired := testkeys.New("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
+	revoked := testkeys.New("revoked", map[string]any{"revoked_at": "2026-01-01T00:00:00+00:00"})
+	path := testkeys.WriteKeys(t, "", member, expired, revoked)
 	loadCaddyfile(t, `
 	apikey `+path+` {
 		optional
@@ -186,8 +183,8 @@ func viaProxy(t *testing.T, path string, headers ...string) echoed {
 }
 
 func TestLifecycleHideCredentialsSeenFromUpstream(t *testing.T) {
-	k := newTestKey("consumer", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("consumer", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	upstream := startEchoUpstream(t)
 	loadCaddyfile(t, `
 	handle /hidden/* {
@@ -282,36 +279,36 @@ func TestLifecycleHideCredentialsSeenFromUpstream(t *testing.T) {
 // revoked with `caddy apikey revoke` is refused, each within 2 seconds and
 // without a config reload.
 func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
-	existing := newTestKey("existing", nil)
-	path := writeKeys(t, "", existing)
+	existing := testkeys.New("existing", nil)
+	path := testkeys.WriteKeys(t, "", existing)
 	loadCaddyfile(t, `
 	apikey `+path+`
 	respond "hello {http.auth.user.label}"
 `)
 	expectOK(t, "/", "hello existing", bearer(existing))
 
-	var stdout, stderr bytes.Buffer
-	if err := addKey(&stdout, &stderr, filestore.Records{Path: path, MayCreate: true}, keyops.AddOptions{Label: "live"}, time.Now()); err != nil {
+	stdout, _, err := testkeys.RunCommand(t, "", "add", "--file", path, "--label", "live")
+	if err != nil {
 		t.Fatal(err)
 	}
-	raw := strings.TrimSpace(stdout.String())
+	raw := strings.TrimSpace(stdout)
 	start := time.Now()
-	waitFor(t, 2*time.Second, "the added key to be admitted", func() bool {
+	testkeys.WaitFor(t, 2*time.Second, "the added key to be admitted", func() bool {
 		resp, body := do(t, "GET", "/", "Authorization: Bearer "+raw)
 		return resp.StatusCode == http.StatusOK && body == "hello live"
 	})
 	t.Logf("added key admitted after %s", time.Since(start).Round(time.Millisecond))
 
-	if err := revokeKey(new(bytes.Buffer), io.Discard, filestore.Records{Path: path, MayCreate: true}, raw[:11], time.Now()); err != nil {
+	if _, _, err := testkeys.RunCommand(t, "", "revoke", "--file", path, raw[:11]); err != nil {
 		t.Fatal(err)
 	}
 	start = time.Now()
-	waitFor(t, 2*time.Second, "the revoked key to be refused", func() bool {
+	testkeys.WaitFor(t, 2*time.Second, "the revoked key to be refused", func() bool {
 		resp, body := do(t, "GET", "/", "Authorization: Bearer "+raw)
 		if resp.StatusCode != http.StatusForbidden {
 			return false
 		}
-		code, _ := refusalOf(t, body)
+		code, _ := testkeys.RefusalOf(t, body)
 		return code == CodeInvalidKey
 	})
 	t.Logf("revoked key refused after %s", time.Since(start).Round(time.Millisecond))
@@ -321,8 +318,8 @@ func TestLifecycleCommandsWhileCaddyRuns(t *testing.T) {
 // The README's matcher recipes: CORS preflight passes without a key, and
 // reads and writes need different scopes from one key file.
 func TestLifecycleMatcherRecipes(t *testing.T) {
-	reader := newTestKey("reader", map[string]any{"scopes": []string{"read"}})
-	path := writeKeys(t, "", reader)
+	reader := testkeys.New("reader", map[string]any{"scopes": []string{"read"}})
+	path := testkeys.WriteKeys(t, "", reader)
 	loadCaddyfile(t, `
 	@preflight method OPTIONS
 	respond @preflight 204
@@ -343,7 +340,7 @@ func TestLifecycleMatcherRecipes(t *testing.T) {
 	expectRefusal(t, "/things", http.StatusUnauthorized, CodeAuthRequired)
 	expectOK(t, "/things", "GET by reader", bearer(reader))
 	resp, body := do(t, "POST", "/things", bearer(reader))
-	if msg := assertRefusal(t, resp, body, http.StatusForbidden, CodeInsufficientScope, "", reader.Raw); !strings.Contains(msg, `"write"`) {
+	if msg := testkeys.AssertRefusal(t, resp, body, http.StatusForbidden, CodeInsufficientScope, "", reader.Raw); !strings.Contains(msg, `"write"`) {
 		t.Errorf("POST with a read-only key: message %q does not name the scope write", msg)
 	}
 }
@@ -352,8 +349,8 @@ func TestLifecycleMatcherRecipes(t *testing.T) {
 // request reaches the upstream without the header (whatever the client
 // sent), an authenticated one with the key's id.
 func TestLifecycleOptionalIdentityHeaders(t *testing.T) {
-	k := newTestKey("consumer", nil)
-	path := writeKeys(t, "", k)
+	k := testkeys.New("consumer", nil)
+	path := testkeys.WriteKeys(t, "", k)
 	upstream := startEchoUpstream(t)
 	loadCaddyfile(t, `
 	apikey `+path+` {
@@ -374,4 +371,60 @@ func TestLifecycleOptionalIdentityHeaders(t *testing.T) {
 	if v := got.Headers.Get("X-Consumer-Id"); v != k.Record["id"] {
 		t.Errorf("authenticated: upstream got X-Consumer-Id %q, want %q", v, k.Record["id"])
 	}
+}
+
+// Against the running Caddy: after a keyops.Rotation the new key is admitted
+// within the reload interval, the old one still is during the grace, and
+// it is refused once the grace has ended.
+func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
+	old := testkeys.New("svc", map[string]any{"scopes": []string{"read"}})
+	path := testkeys.WriteKeys(t, "", old)
+	loadCaddyfile(t, `
+	apikey `+path+` {
+		reload_interval 100ms
+		scope read
+	}
+	respond "{http.auth.user.label} {http.auth.user.id}"
+`)
+	oldID := old.Record["id"].(string)
+	expectOK(t, "/", "svc "+oldID, bearer(old))
+
+	const grace = 2 * time.Second
+	rotated := time.Now()
+	stdout, _, err := testkeys.RunCommand(t, "", "rotate", "--file", path, "--grace", "2s", oldID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := strings.TrimSpace(stdout)
+	recs := testkeys.ReadDoc(t, path).Records
+	newID := recs[len(recs)-1].ID
+	testkeys.WaitFor(t, 2*time.Second, "the new key to be admitted", func() bool {
+		resp, body := do(t, "GET", "/", "Authorization: Bearer "+raw)
+		return resp.StatusCode == http.StatusOK && body == "svc "+newID
+	})
+	t.Logf("new key admitted after %s", time.Since(rotated).Round(time.Millisecond))
+
+	// The new file is in force: the old key is admitted while the grace
+	// lasts (checked only if this machine got here well within it).
+	resp, body := do(t, "GET", "/", bearer(old))
+	if time.Since(rotated) < grace-300*time.Millisecond {
+		if resp.StatusCode != http.StatusOK || body != "svc "+oldID {
+			t.Fatalf("old key during the grace: %d %q, want 200", resp.StatusCode, body)
+		}
+	} else {
+		t.Logf("the grace had nearly ended when the new key was in force: old key during the grace not checked")
+	}
+
+	testkeys.WaitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
+		resp, body := do(t, "GET", "/", bearer(old))
+		if resp.StatusCode != http.StatusForbidden {
+			return false
+		}
+		code, _ := testkeys.RefusalOf(t, body)
+		return code == CodeKeyExpired
+	})
+	if early := time.Since(rotated); early < grace {
+		t.Errorf("the old key was refused after %s, before the %s grace ended", early, grace)
+	}
+	expectOK(t, "/", "svc "+newID, "Authorization: Bearer "+raw)
 }

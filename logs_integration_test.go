@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 )
 
 // Where raw keys could reach Caddy's logs, and the log configuration the
@@ -77,7 +79,7 @@ func logFilterConfig(dir string, filtered bool) (globals, siteLog string) {
 // TestReadmeShowsTheTestedLogFilters checks that "Keep keys out of logs"
 // (docs/security.md) shows the filters TestLogsHoldNoKeys tests, as they are.
 func TestReadmeShowsTheTestedLogFilters(t *testing.T) {
-	readme := readFile(t, "docs/security.md")
+	readme := testkeys.ReadFile(t, "docs/security.md")
 	for _, f := range []string{readmeGlobalLogFilter, readmeSiteLogFilter} {
 		if !strings.Contains(readme, "\t"+f+"\n") {
 			t.Errorf("docs/security.md does not show this log filter:\n%s", f)
@@ -166,28 +168,28 @@ type logCase struct {
 
 // logKeys are the keys of the log tests.
 type logKeys struct {
-	valid, revoked, expired testKey
+	valid, revoked, expired testkeys.Key
 	unknown, unknown2       string
 }
 
 func newLogKeys() logKeys {
 	return logKeys{
-		valid:    newTestKey("valid", nil),
-		revoked:  newTestKey("revoked", map[string]any{"revoked_at": "2026-11-25T21:00:00+00:00"}),
-		expired:  newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"}),
-		unknown:  newTestKey("not in the file", nil).Raw,
-		unknown2: newTestKey("not in the file either", nil).Raw,
+		valid:    testkeys.New("valid", nil),
+		revoked:  testkeys.New("revoked", map[string]any{"revoked_at": "2026-11-25T21:00:00+00:00"}),
+		expired:  testkeys.New("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"}),
+		unknown:  testkeys.New("not in the file", nil).Raw,
+		unknown2: testkeys.New("not in the file either", nil).Raw,
 	}
 }
 
 // secrets names the secret part of every raw key of k.
 func (k logKeys) secrets() map[string]string {
 	return map[string]string{
-		"valid":    secretPart(k.valid.Raw),
-		"revoked":  secretPart(k.revoked.Raw),
-		"expired":  secretPart(k.expired.Raw),
-		"unknown":  secretPart(k.unknown),
-		"unknown2": secretPart(k.unknown2),
+		"valid":    testkeys.SecretPart(k.valid.Raw),
+		"revoked":  testkeys.SecretPart(k.revoked.Raw),
+		"expired":  testkeys.SecretPart(k.expired.Raw),
+		"unknown":  testkeys.SecretPart(k.unknown),
+		"unknown2": testkeys.SecretPart(k.unknown2),
 	}
 }
 
@@ -239,11 +241,11 @@ func runLogCases(t *testing.T, cases []logCase) (refused int) {
 					t.Errorf("%s %q: status %d, want 200", m, c.name, resp.StatusCode)
 				}
 			case m == "j":
-				assertRefusal(t, resp, body, c.status, c.code, "restricted")
+				testkeys.AssertRefusal(t, resp, body, c.status, c.code, "restricted")
 			default:
 				refused++
 				if want := fmt.Sprintf("%d %s", c.status, c.code); resp.StatusCode != c.status || body != want {
-					t.Errorf("e %q: status %d body %q, want %d %q", c.name, resp.StatusCode, truncate(body), c.status, want)
+					t.Errorf("e %q: status %d body %q, want %d %q", c.name, resp.StatusCode, testkeys.Truncate(body), c.status, want)
 				}
 			}
 		}
@@ -263,7 +265,7 @@ type logLine struct {
 func readLogLines(t *testing.T, dir string, errs, reqs int) []logLine {
 	t.Helper()
 	var lines []logLine
-	waitFor(t, 10*time.Second, fmt.Sprintf("%d error log and %d access log entries", errs, reqs), func() bool {
+	testkeys.WaitFor(t, 10*time.Second, fmt.Sprintf("%d error log and %d access log entries", errs, reqs), func() bool {
 		lines = lines[:0]
 		var nErr, nAcc int
 		for _, name := range []string{"default.log", "access.log"} {
@@ -322,7 +324,7 @@ func leaks(lines []logLine, secrets map[string]string) []string {
 // log configuration, and finds no raw key in any line of any log.
 func TestLogsHoldNoKeys(t *testing.T) {
 	k := newLogKeys()
-	keys := writeKeys(t, "", k.valid, k.revoked, k.expired)
+	keys := testkeys.WriteKeys(t, "", k.valid, k.revoked, k.expired)
 	dir := t.TempDir()
 	globals, siteLog := logFilterConfig(dir, true)
 	loadCaddyfileWithGlobals(t, globals, logSite(keys, siteLog))
@@ -371,7 +373,7 @@ func TestLogsHoldNoKeys(t *testing.T) {
 // refusals, a valid key sent beside a wrong one included.
 func TestLogsHoldKeysWithoutTheGlobalFilter(t *testing.T) {
 	k := newLogKeys()
-	keys := writeKeys(t, "", k.valid, k.revoked, k.expired)
+	keys := testkeys.WriteKeys(t, "", k.valid, k.revoked, k.expired)
 	dir := t.TempDir()
 	globals, siteLog := logFilterConfig(dir, false)
 	loadCaddyfileWithGlobals(t, globals, logSite(keys, siteLog))

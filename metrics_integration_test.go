@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
+	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -106,11 +109,11 @@ func TestMetricsRequestResults(t *testing.T) {
 	// view of its reused buffer (strings.Join of one element does not
 	// copy), so later records overwrite it. A bug of its own, reported
 	// apart; two scopes are copied.
-	good := newTestKey("good", map[string]any{"scopes": []string{"read", "write"}})
-	noScope := newTestKey("no-scope", nil)
-	revoked := newTestKey("revoked", map[string]any{"revoked_at": "2026-11-26T10:00:00+00:00"})
-	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
-	path := writeKeys(t, "", good, noScope, revoked, expired)
+	good := testkeys.New("good", map[string]any{"scopes": []string{"read", "write"}})
+	noScope := testkeys.New("no-scope", nil)
+	revoked := testkeys.New("revoked", map[string]any{"revoked_at": "2026-11-26T10:00:00+00:00"})
+	expired := testkeys.New("expired", map[string]any{"expires_at": "2020-01-01T00:00:00+00:00"})
+	path := testkeys.WriteKeys(t, "", good, noScope, revoked, expired)
 	site := `
 	handle /open/* {
 		apikey ` + path + ` {
@@ -136,7 +139,7 @@ func TestMetricsRequestResults(t *testing.T) {
 		headers []string
 		status  int
 	}
-	bearer := func(k testKey) []string { return []string{"Authorization: Bearer " + k.Raw} }
+	bearer := func(k testkeys.Key) []string { return []string{"Authorization: Bearer " + k.Raw} }
 	mix := map[string][]call{
 		"ok": {
 			{"/", bearer(good), 200},
@@ -208,11 +211,11 @@ func TestMetricsRequestResults(t *testing.T) {
 // usage writes after a first use, and that the store's series go once no
 // config uses it.
 func TestMetricsStore(t *testing.T) {
-	a, b := newTestKey("a", nil), newTestKey("b", map[string]any{"expires_at": "2099-01-01T00:00:00Z"})
-	expired := newTestKey("expired", map[string]any{"expires_at": "2020-01-01T00:00:00Z"})
-	revoked1 := newTestKey("revoked", map[string]any{"revoked_at": "2026-11-26T10:00:00Z"})
-	revoked2 := newTestKey("revoked and expired", map[string]any{"revoked_at": "2026-11-26T10:00:00Z", "expires_at": "2020-01-01T00:00:00Z"})
-	path := writeKeys(t, "", a, b, expired, revoked1, revoked2)
+	a, b := testkeys.New("a", nil), testkeys.New("b", map[string]any{"expires_at": "2099-01-01T00:00:00Z"})
+	expired := testkeys.New("expired", map[string]any{"expires_at": "2020-01-01T00:00:00Z"})
+	revoked1 := testkeys.New("revoked", map[string]any{"revoked_at": "2026-11-26T10:00:00Z"})
+	revoked2 := testkeys.New("revoked and expired", map[string]any{"revoked_at": "2026-11-26T10:00:00Z", "expires_at": "2020-01-01T00:00:00Z"})
+	path := testkeys.WriteKeys(t, "", a, b, expired, revoked1, revoked2)
 	store := []string{"store", path}
 	keysSeries := func(state string) string { return series("caddy_apikey_keys", append(store, "state", state)...) }
 	reloadsSeries := func(result string) string {
@@ -262,14 +265,14 @@ func TestMetricsStore(t *testing.T) {
 	if got := statusWith(t, a.Raw); got != 200 {
 		t.Fatalf("a: %d", got)
 	}
-	waitFor(t, 10*time.Second, "the first use to be written", func() bool { return scrape(t)[writesSeries("ok")] == 1 })
+	testkeys.WaitFor(t, 10*time.Second, "the first use to be written", func() bool { return scrape(t)[writesSeries("ok")] == 1 })
 
 	// A good edit: reloads ok moves by one, the keys and the last load
 	// follow it.
 	s = scrape(t)
 	editStart := time.Now()
-	writeKeys(t, path, a, expired)
-	waitFor(t, 10*time.Second, "the good edit to be loaded", func() bool {
+	testkeys.WriteKeys(t, path, a, expired)
+	testkeys.WaitFor(t, 10*time.Second, "the good edit to be loaded", func() bool {
 		return scrape(t)[reloadsSeries("ok")] == s[reloadsSeries("ok")]+1
 	})
 	s = scrape(t)
@@ -283,7 +286,7 @@ func TestMetricsStore(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`{"api_keys": [`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the broken edit to be counted", func() bool {
+	testkeys.WaitFor(t, 10*time.Second, "the broken edit to be counted", func() bool {
 		return scrape(t)[reloadsSeries("error")] == s[reloadsSeries("error")]+1
 	})
 	if got := statusWith(t, a.Raw); got != 200 {
@@ -305,8 +308,8 @@ func TestMetricsStore(t *testing.T) {
 
 	// Repair it, then unload the config: the store goes, and so do its
 	// series.
-	writeKeys(t, path, a)
-	waitFor(t, 10*time.Second, "the repaired file to be loaded", func() bool {
+	testkeys.WriteKeys(t, path, a)
+	testkeys.WaitFor(t, 10*time.Second, "the repaired file to be loaded", func() bool {
 		return scrape(t)[reloadsSeries("ok")] == s[reloadsSeries("ok")]+1
 	})
 	if got := scrape(t).must(t, sourceBroken); got != 0 {
@@ -326,9 +329,9 @@ func TestMetricsStore(t *testing.T) {
 // each change from the log), its usage writes, and the time of its last
 // sync, which a quiet log's version check moves on.
 func TestMetricsRedisStore(t *testing.T) {
-	r := startRedis(t)
-	rs := r.records("met:")
-	raw, rec := addRedisKey(t, rs, "a")
+	r := testredis.Start(t)
+	rs := redisRecords(t, r, "met:")
+	raw, rec := teststores.AddKey(t, rs, "a")
 	loadCaddyfile(t, `
 	apikey {
 		redis `+r.URL+` {
@@ -353,7 +356,7 @@ func TestMetricsRedisStore(t *testing.T) {
 	if _, _, err := keyops.Revoke(rs, rec.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the revocation to reach the server through the log", func() bool {
+	testkeys.WaitFor(t, 5*time.Second, "the revocation to reach the server through the log", func() bool {
 		resp, _ := do(t, "GET", "/", "Authorization: Bearer "+raw)
 		return resp.StatusCode == 403
 	})
@@ -368,10 +371,10 @@ func TestMetricsRedisStore(t *testing.T) {
 		t.Errorf("%s did not move after a change (%g, was %g)", lastSync, got, synced)
 	}
 
-	raw2, _ := addRedisKey(t, rs, "b")
-	waitFor(t, 5*time.Second, "the new key to reach the server through the log", func() bool {
+	raw2, _ := teststores.AddKey(t, rs, "b")
+	testkeys.WaitFor(t, 5*time.Second, "the new key to reach the server through the log", func() bool {
 		resp, _ := do(t, "GET", "/", "Authorization: Bearer "+raw2)
 		return resp.StatusCode == 200
 	})
-	waitFor(t, 10*time.Second, "the first use to be written to Redis", func() bool { return scrape(t)[writesOK] >= 1 })
+	testkeys.WaitFor(t, 10*time.Second, "the first use to be written to Redis", func() bool { return scrape(t)[writesOK] >= 1 })
 }

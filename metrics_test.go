@@ -75,30 +75,3 @@ func countSeries(t *testing.T, label string) int {
 	}
 	return n
 }
-
-// gaugeValue returns the value of the series of the gauge name whose store
-// label is store, and whether there is one.
-func gaugeValue(t *testing.T, name, store string) (float64, bool) {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	if err := registerMetrics(reg); err != nil {
-		t.Fatal(err)
-	}
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "store" && l.GetValue() == store {
-					return m.GetGauge().GetValue(), true
-				}
-			}
-		}
-	}
-	return 0, false
-}

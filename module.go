@@ -10,11 +10,11 @@
 // caddyauth answers every failure with a bare 401.
 //
 // The request path is ServeHTTP in module.go. It reads keys from a Store
-// (stores.go), a guest module: the key file's (filestore.go, its format in
-// keyfile.go) or a Redis key set's (redisstore.go), both holding the whole
-// key set in memory (keyset.go). The commands and the admin API edit
-// stores through keyops.go and records.go; the Prometheus metrics are in
-// metrics.go.
+// (store.go), a guest module: the key file's (package stores/file, its
+// format in package keyfile) or a Redis key set's (package stores/redis),
+// both holding the whole key set in memory (package keyset). The commands
+// (package cli) and the admin API (package admin) edit stores through
+// package keyops; the Prometheus metrics are in metrics.go.
 package apikey
 
 import (

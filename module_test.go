@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -24,7 +25,7 @@ func TestServeHTTP(t *testing.T) {
 		reader  = "sk_module_test_reader"
 	)
 	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
-	ks := mustBuildKeySet(t,
+	ks := testkeys.KeySet(t,
 		keyset.Record{ID: "id-good", Label: "Good", KeyHash: keyset.HashKey(good), KeyPrefix: good[:11], Scopes: []string{"read", "write"}},
 		keyset.Record{ID: "id-revoked", Label: "Revoked", KeyHash: keyset.HashKey(revoked), KeyPrefix: revoked[:11], RevokedAt: &past},
 		keyset.Record{ID: "id-expired", Label: "Expired", KeyHash: keyset.HashKey(expired), KeyPrefix: expired[:11], ExpiresAt: &past},
@@ -105,7 +106,7 @@ func TestServeHTTP(t *testing.T) {
 // With handle_errors, a refusal is handed to Caddy's error routes with its
 // status, message and code, and nothing is written.
 func TestServeHTTPHandleErrors(t *testing.T) {
-	h := newMemoryHandler(&Handler{KeysFile: "keys.json", HandleErrors: true}, mustBuildKeySet(t))
+	h := newMemoryHandler(&Handler{KeysFile: "keys.json", HandleErrors: true}, testkeys.KeySet(t))
 	w := httptest.NewRecorder()
 	repl := caddy.NewReplacer()
 	r := caddyhttp.PrepareRequest(newRequest("GET", "/", "X-API-Key: sk_nobody"), repl, w, nil)
@@ -131,7 +132,7 @@ func TestServeHTTPHandleErrors(t *testing.T) {
 // other byte of the query as it came.
 func TestServeHTTPHidesQueryCredentials(t *testing.T) {
 	const good = "sk_module_test_hidden"
-	ks := mustBuildKeySet(t, keyset.Record{ID: "id-hidden", Label: "Hidden", KeyHash: keyset.HashKey(good), KeyPrefix: good[:11]})
+	ks := testkeys.KeySet(t, keyset.Record{ID: "id-hidden", Label: "Hidden", KeyHash: keyset.HashKey(good), KeyPrefix: good[:11]})
 	for _, tt := range []struct {
 		name     string
 		optional bool

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -151,8 +152,8 @@ func TestShadowedAuthWarning(t *testing.T) {
 // them: the trap is warned about once, however many apikey handlers the
 // server has, and a config in the right order loads without a word.
 func TestIntegrationRouteOrderWarning(t *testing.T) {
-	k := newTestKey("k", nil)
-	keys := writeKeys(t, "", k)
+	k := testkeys.New("k", nil)
+	keys := testkeys.WriteKeys(t, "", k)
 	const warning = "an apikey handler never runs"
 	for _, tt := range []struct {
 		name, site string
@@ -175,7 +176,7 @@ func TestIntegrationRouteOrderWarning(t *testing.T) {
 					t.Fatalf("got %d %q", resp.StatusCode, body)
 				}
 				var log string
-				waitFor(t, 5*time.Second, "the warning in Caddy's log", func() bool {
+				testkeys.WaitFor(t, 5*time.Second, "the warning in Caddy's log", func() bool {
 					log = readLog()
 					return strings.Contains(log, warning)
 				})
@@ -189,7 +190,7 @@ func TestIntegrationRouteOrderWarning(t *testing.T) {
 				}
 				return
 			}
-			assertRefusal(t, resp, body, http.StatusUnauthorized, CodeAuthRequired, "restricted")
+			testkeys.AssertRefusal(t, resp, body, http.StatusUnauthorized, CodeAuthRequired, "restricted")
 			if log := readLog(); strings.Contains(log, warning) {
 				t.Fatalf("warned about a route in the right order:\n%s", log)
 			}

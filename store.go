@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
+	redisstore "github.com/caddy-apikey/caddy-apikey/stores/redis"
 )
 
 // Store is a key store: where the handler finds the key set in force and
@@ -23,3 +25,9 @@ type Store interface {
 	// at now (unix nanoseconds).
 	MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64)
 }
+
+// The stores of this repository, as the handler serves them.
+var (
+	_ Store = (*filestore.Store)(nil)
+	_ Store = (*redisstore.Store)(nil)
+)

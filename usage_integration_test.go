@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
@@ -20,8 +21,8 @@ func statusWith(t *testing.T, raw string) int {
 }
 
 func TestLiveReloadThroughCaddy(t *testing.T) {
-	a, b := newTestKey("a", nil), newTestKey("b", nil)
-	path := writeKeys(t, "", a)
+	a, b := testkeys.New("a", nil), testkeys.New("b", nil)
+	path := testkeys.WriteKeys(t, "", a)
 	loadCaddyfile(t, `
 	apikey `+path+`
 	respond "hello {http.auth.user.label}"
@@ -34,19 +35,19 @@ func TestLiveReloadThroughCaddy(t *testing.T) {
 	}
 
 	// Add b: admitted within the deadline, no reload of Caddy.
-	writeKeys(t, path, a, b)
-	waitFor(t, liveReloadDeadline, "the added key to be admitted", func() bool { return statusWith(t, b.Raw) == 200 })
+	testkeys.WriteKeys(t, path, a, b)
+	testkeys.WaitFor(t, liveReloadDeadline, "the added key to be admitted", func() bool { return statusWith(t, b.Raw) == 200 })
 
 	// Remove a, editing the file in place (as an editor may) rather than
 	// renaming a new file over it (as writeKeys does).
-	newData, err := os.ReadFile(writeKeys(t, "", b))
+	newData, err := os.ReadFile(testkeys.WriteKeys(t, "", b))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(path, newData, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, liveReloadDeadline, "the removed key to be refused", func() bool { return statusWith(t, a.Raw) == 403 })
+	testkeys.WaitFor(t, liveReloadDeadline, "the removed key to be refused", func() bool { return statusWith(t, a.Raw) == 403 })
 
 	// Break it: the keys in force stay in force.
 	if err := os.WriteFile(path, []byte(`{"api_keys": [`), 0o600); err != nil {
@@ -71,16 +72,16 @@ func TestLiveReloadThroughCaddy(t *testing.T) {
 	}
 
 	// Repair it with a new set: the next good version is in force.
-	writeKeys(t, path, a)
-	waitFor(t, liveReloadDeadline, "the repaired file to be in force", func() bool {
+	testkeys.WriteKeys(t, path, a)
+	testkeys.WaitFor(t, liveReloadDeadline, "the repaired file to be in force", func() bool {
 		return statusWith(t, a.Raw) == 200 && statusWith(t, b.Raw) == 403
 	})
 }
 
 func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
-	k := newTestKey("k", nil)
+	k := testkeys.New("k", nil)
 	id := k.Record["id"].(string)
-	path := writeKeys(t, "", k)
+	path := testkeys.WriteKeys(t, "", k)
 	site := `
 	apikey ` + path + ` {
 		usage_interval 1h
@@ -89,7 +90,7 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 `
 	loadCaddyfile(t, site)
 	lastUsedTime := func() time.Time {
-		v := lastUsed(t, path, id)
+		v := testkeys.LastUsed(t, path, id)
 		if v == "" {
 			return time.Time{}
 		}
@@ -104,7 +105,7 @@ func TestUsageFlushedOnConfigReloadAndStop(t *testing.T) {
 	if got := statusWith(t, k.Raw); got != 200 {
 		t.Fatalf("status %d", got)
 	}
-	waitFor(t, storecore.MaxFlushPeriod+2*time.Second, "the first use to be written", func() bool { return !lastUsedTime().IsZero() })
+	testkeys.WaitFor(t, storecore.MaxFlushPeriod+2*time.Second, "the first use to be written", func() bool { return !lastUsedTime().IsZero() })
 	first := lastUsedTime()
 
 	// A later use is held back by the interval (1h)...

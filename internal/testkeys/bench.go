@@ -6,7 +6,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
+	"strconv"
+	"testing"
 
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
@@ -60,4 +63,43 @@ func BenchKeyFileLabeled(n int, label string) []byte {
 	}
 	buf.WriteString("\n  ]\n}\n")
 	return buf.Bytes()
+}
+
+// BenchRecords returns n records in the reference application's shape
+// (every fourth one already used, none with lifecycle members).
+func BenchRecords(n int) []keyfile.Record {
+	recs := make([]keyfile.Record, n)
+	created := "2026-11-25T20:14:31.123456+00:00"
+	used := "2026-11-26T08:02:11.654321+00:00"
+	for i := range recs {
+		raw := BenchRawKey(i)
+		recs[i].Record = keyset.Record{
+			ID:        BenchID(i),
+			Label:     "Key " + strconv.Itoa(i),
+			KeyHash:   keyset.HashKey(raw),
+			KeyPrefix: raw[:11],
+			CreatedAt: &created,
+		}
+		if i%4 == 0 {
+			recs[i].LastUsedAt = &used
+		}
+	}
+	return recs
+}
+
+// benchKeySets caches the in-memory key sets by size: a million keys take a
+// few seconds to build and are shared by the sub-benchmarks.
+var benchKeySets = map[int]*keyset.KeySet{}
+
+// BenchKeySet is the key set of BenchRecords(n), built once per size.
+func BenchKeySet(tb testing.TB, n int) *keyset.KeySet {
+	if ks := benchKeySets[n]; ks != nil {
+		return ks
+	}
+	ks, err := keyfile.BuildKeySet(BenchRecords(n))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	benchKeySets[n] = ks
+	return ks
 }

@@ -7,7 +7,6 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/stores"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zapcore"
 )
 
@@ -21,7 +20,7 @@ func TestSourceBrokenGauge(t *testing.T) {
 	s.metrics = stores.AcquireMetrics(path)
 	broken := func() float64 {
 		t.Helper()
-		v, ok := gaugeValue(t, "caddy_apikey_source_broken", path)
+		v, ok := testkeys.GaugeValue(t, "caddy_apikey_source_broken", path)
 		if !ok {
 			t.Fatal("no caddy_apikey_source_broken series for the store")
 		}
@@ -53,7 +52,7 @@ func TestSourceBrokenGauge(t *testing.T) {
 		t.Fatalf("source_broken = %g once the file is good again, want 0", got)
 	}
 	s.metrics.Release()
-	if _, ok := gaugeValue(t, "caddy_apikey_source_broken", path); ok {
+	if _, ok := testkeys.GaugeValue(t, "caddy_apikey_source_broken", path); ok {
 		t.Error("the series stayed once no store uses it")
 	}
 }
@@ -85,33 +84,4 @@ func TestFirstLoadLogsKeysByState(t *testing.T) {
 	if n := logs.FilterMessage("key store loaded").Len(); n != 1 {
 		t.Errorf("%d \"key store loaded\" lines after a reload, want still 1", n)
 	}
-}
-
-// gaugeValue returns the value of gauge name for store, as /metrics shows
-// it, and whether it is there.
-func gaugeValue(t *testing.T, name, store string) (float64, bool) {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	for _, c := range stores.Collectors() {
-		if err := reg.Register(c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "store" && l.GetValue() == store {
-					return m.GetGauge().GetValue(), true
-				}
-			}
-		}
-	}
-	return 0, false
 }

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -137,14 +136,13 @@ var keyFiles = caddy.NewUsagePool()
 // reload, and each is the only one to do its work: a config load asks the
 // watcher for a reload, a config unload asks the writer for a write.
 type keyFile struct {
-	path     string
-	logger   *zap.Logger // nil: Caddy's current logger (see log)
-	now      func() time.Time
-	keys     atomic.Pointer[keyset.KeySet]
-	leases   *storecore.Leases
-	usage    keyset.UsageTracker
-	metrics  *stores.Metrics // nil: a store made outside Caddy, not counted
-	unmetric sync.Once       // releases metrics
+	path    string
+	logger  *zap.Logger // nil: Caddy's current logger (see log)
+	now     func() time.Time
+	keys    atomic.Pointer[keyset.KeySet]
+	leases  *storecore.Leases
+	usage   keyset.UsageTracker
+	metrics *stores.Metrics // nil: a store made outside Caddy, not counted
 
 	// The watcher's state.
 	loaded    fs.FileInfo                 // what the key set in force was read from
@@ -159,11 +157,8 @@ type keyFile struct {
 	lastWrite    atomic.Pointer[keyfile.Write] // the writer's last write, for the watcher
 	writes       atomic.Int64                  // usage writes done, for tests
 
-	reloadNow chan chan error    // asks the watcher for a reload
-	flushNow  chan chan struct{} // asks the writer to write all pending uses
-	stop      chan struct{}
-	done      chan struct{} // closed when both goroutines have ended
-	stopOnce  sync.Once
+	// The watcher and the writer: a refresh is a reload of the file.
+	life *storecore.Life
 }
 
 // storeLease is one store module's use of a key file's store.
@@ -207,14 +202,11 @@ func acquireStore(path, poolKey string, settings storecore.Settings) (*storeLeas
 
 func newKeyFile(path string, logger *zap.Logger) *keyFile {
 	return &keyFile{
-		path:      path,
-		logger:    logger,
-		now:       time.Now,
-		leases:    storecore.NewLeases(),
-		reloadNow: make(chan chan error),
-		flushNow:  make(chan chan struct{}),
-		stop:      make(chan struct{}),
-		done:      make(chan struct{}),
+		path:   path,
+		logger: logger,
+		now:    time.Now,
+		leases: storecore.NewLeases(),
+		life:   storecore.NewLife(),
 	}
 }
 
@@ -234,26 +226,16 @@ func (s *keyFile) log() *zap.Logger {
 }
 
 // start runs the watcher and the writer until Destruct.
-func (s *keyFile) start() {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); s.watch() }()
-	go func() { defer wg.Done(); s.write() }()
-	go func() { wg.Wait(); close(s.done) }()
-}
+func (s *keyFile) start() { s.life.Go(nil, s.watch, s.write) }
 
 // Destruct stops the background work once no handler uses the file; the
 // writer writes the pending usage times as it stops. It waits for that at
 // most stopWait.
 func (s *keyFile) Destruct() error {
-	s.stopOnce.Do(func() { close(s.stop) })
 	stores.Unregister(s)
-	select {
-	case <-s.done:
-	case <-time.After(storecore.StopWait):
+	if !s.life.Stop(storecore.StopWait, func() { s.metrics.Release() }) {
 		s.log().Warn("the key file's last usage write is still going on; it goes on in the background", zap.String("keys_file", s.path))
 	}
-	s.unmetric.Do(s.metrics.Release)
 	return nil
 }
 
@@ -262,11 +244,9 @@ func (s *keyFile) Destruct() error {
 // one that a config unload just let go) has no key set in force to update:
 // it does not wait for a watcher that is gone.
 func (s *keyFile) askReload() error {
-	err, answered := storecore.Ask(s.reloadNow, s.stop, storecore.RefreshWait)
-	select {
-	case <-s.stop:
+	err, answered := s.life.AskRefresh()
+	if s.life.Stopped() {
 		return nil // stopped: nothing to put in force any more
-	default:
 	}
 	if !answered {
 		return fmt.Errorf("key file %s: still being read after %s", s.path, storecore.RefreshWait)
@@ -276,7 +256,7 @@ func (s *keyFile) askReload() error {
 
 // askFlush has the writer write every pending last-used time now, and waits
 // for it at most stopWait.
-func (s *keyFile) askFlush() { storecore.Ask(s.flushNow, s.stop, storecore.StopWait) }
+func (s *keyFile) askFlush() { s.life.AskFlush() }
 
 // due reports whether work that runs every iv and last ran at last is due.
 func (s *keyFile) due(iv storecore.Interval, last time.Time) bool {
@@ -291,9 +271,9 @@ func (s *keyFile) watch() {
 	var last time.Time
 	for {
 		select {
-		case <-s.stop:
+		case <-s.life.Ctx.Done():
 			return
-		case reply := <-s.reloadNow:
+		case reply := <-s.life.RefreshNow:
 			reply <- s.load()
 		case <-t.C:
 			if s.due(s.leases.Current().Reload, last) {
@@ -408,7 +388,7 @@ func (s *keyFile) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 // min(usage interval, maxFlushPeriod), all of them when asked, and all of
 // them as it stops.
 func (s *keyFile) write() {
-	storecore.UsageWriter(s.stop, s.flushNow, s.leases, s.now, s.writeUsage)
+	storecore.UsageWriter(s.life.Ctx.Done(), s.life.FlushNow, s.leases, s.now, s.writeUsage)
 }
 
 // writeUsage writes the last-used times that are due: those of keys not

@@ -399,7 +399,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 		t.Fatalf("after release, settings %+v; want %+v", got, want)
 	}
 	select {
-	case <-s.done:
+	case <-s.life.Done():
 		t.Fatal("store stopped while a handler still uses it")
 	default:
 	}
@@ -407,7 +407,7 @@ func TestStoreIsSharedPerFileAndFlushedOnRelease(t *testing.T) {
 	s.MarkUsed(key, sum, later.UnixNano())
 	l2.Release()
 	select {
-	case <-s.done:
+	case <-s.life.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("store not stopped after its last handler went")
 	}

@@ -1,0 +1,491 @@
+package cli
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
+	"github.com/spf13/cobra"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	filestore "github.com/caddy-apikey/caddy-apikey/stores/file"
+	redisstore "github.com/caddy-apikey/caddy-apikey/stores/redis"
+)
+
+// The `caddy apikey` commands manage a key file so that operators never edit
+// its JSON by hand. Writes go through updateKeyFile, under the same lock and
+// with the same re-read and atomic replace as the usage writer of a running
+// Caddy, so neither loses the other's changes, and the running Caddy picks
+// them up at its next reload_interval.
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "apikey",
+		Usage: "add|list|revoke|rotate|import|export|hash [flags]",
+		Short: "Manages the keys of an apikey key file or Redis key set",
+		Long: `
+Creates, lists, revokes and rotates the API keys of a key file used by the
+apikey handler, and hashes keys for files kept by hand.
+
+A running Caddy picks up the changes within its reload_interval (1s by
+default), without a config reload. The commands and a running Caddy lock the
+file while they write it, so neither loses the other's updates.
+
+  caddy apikey add    --file keys.json [--create] --label "CI deploy" [--expires 90d] [--scope read]...
+  caddy apikey list   --file keys.json [--json]
+  caddy apikey revoke --file keys.json <id|key_prefix>
+  caddy apikey rotate --file keys.json [--grace 24h] <id|key_prefix>
+  caddy apikey hash   < raw-key.txt
+
+Every command but hash takes --redis <url> [--prefix apikey:] in place of
+--file, for a key set in Redis shared by a fleet of Caddy servers, which
+pick up its changes within milliseconds. import and export copy keys
+between a key file and Redis:
+
+  caddy apikey import --file keys.json --redis redis://127.0.0.1:6379/0
+  caddy apikey export --redis redis://127.0.0.1:6379/0 [--file backup.json]
+
+A password written in --redis is visible to every local user (ps,
+/proc/<pid>/cmdline). Give it instead in the environment variable
+` + redisPasswordEnv + `, in a file (--redis-password-file <file>: its
+first line), or through an {env.*} placeholder in the URL, as in the
+Caddyfile: --redis 'redis://:{env.REDIS_PASSWORD}@127.0.0.1:6379/0'.
+`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand())
+		},
+	})
+}
+
+// storeFlags adds the flags that name the key store a command works on: a
+// key file, or a key set in Redis.
+func storeFlags(cmd *cobra.Command) {
+	cmd.Flags().StringP("file", "f", "", "Path to the key file (or give --redis)")
+	redisFlags(cmd)
+}
+
+func redisFlags(cmd *cobra.Command) {
+	cmd.Flags().String("redis", "", "URL of the Redis server that holds the key set, e.g. redis://127.0.0.1:6379/0; {env.*} placeholders are replaced")
+	cmd.Flags().String("prefix", redisstore.DefaultPrefix, "With --redis: the prefix of the key set's Redis keys")
+	cmd.Flags().String("redis-password-file", "", "With --redis: read the Redis password from this file (its first line); else "+redisPasswordEnv+" holds it, if set and the URL has none")
+}
+
+// redisPasswordEnv is the environment variable from which the commands
+// take the Redis password when neither the URL nor --redis-password-file
+// gives one: a password on the command line is visible to every local user
+// (in /proc/<pid>/cmdline, in ps), the environment and a file are not.
+const redisPasswordEnv = "CADDY_APIKEY_REDIS_PASSWORD"
+
+// maxPasswordFile bounds what is read of --redis-password-file.
+const maxPasswordFile = 64 << 10
+
+// redisTarget is a Redis key set as the commands' flags name it.
+type redisTarget struct {
+	url, prefix  string // --redis, --prefix; {env.*} placeholders not replaced yet
+	passwordFile string // --redis-password-file
+}
+
+// redisTargetOf reads the Redis flags of cmd.
+func redisTargetOf(cmd *cobra.Command) redisTarget {
+	fl := cmd.Flags()
+	var t redisTarget
+	t.url, _ = fl.GetString("redis")
+	t.prefix, _ = fl.GetString("prefix")
+	t.passwordFile, _ = fl.GetString("redis-password-file")
+	return t
+}
+
+// withRecordStore runs fn on the key store that the command's flags name.
+func withRecordStore(cmd *cobra.Command, fn func(st stores.RecordStore) error) error {
+	file, _ := cmd.Flags().GetString("file")
+	create, _ := cmd.Flags().GetBool("create") // add only
+	st, closeStore, err := openStore(file, redisTargetOf(cmd), create)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	return fn(st)
+}
+
+// withRedisStore runs fn on the Redis key set that the command's --redis
+// and --prefix name (import and export, whose --file is the other side).
+// create lets fn make the key set (see redisstore.Target's Create).
+func withRedisStore(cmd *cobra.Command, create bool, fn func(st stores.RecordStore) error) error {
+	target := redisTargetOf(cmd)
+	if target.url == "" {
+		return errors.New("--redis is required")
+	}
+	st, closeStore, err := openStore("", target, create)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	return fn(st)
+}
+
+// openStore returns the key store that the flags name: the key file at
+// file, or the Redis key set redis names. The caller calls closeStore when
+// done. create lets a key file or a Redis key set be made where there is
+// none (see filestore.Records' MayCreate and redisstore.Target's Create).
+func openStore(file string, redis redisTarget, create bool) (st stores.RecordStore, closeStore func(), err error) {
+	switch {
+	case file != "" && redis.url != "":
+		return nil, nil, errors.New("give --file or --redis, not both")
+	case file != "":
+		if redis.passwordFile != "" {
+			return nil, nil, errors.New("--redis-password-file goes with --redis, not with --file")
+		}
+		abs, err := filepath.Abs(file)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--file %s: %v", file, err)
+		}
+		return filestore.Records{Path: abs, MayCreate: create}, func() {}, nil
+	case redis.url == "":
+		return nil, nil, errors.New("--file is required (or --redis, for a key set in Redis)")
+	}
+	rs, err := redis.open(create)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rs, rs.Close, nil
+}
+
+// open connects to the Redis server that t names, for its key set. The
+// password is, in this order: read from --redis-password-file (then the
+// URL must hold none), the URL's, or the environment's redisPasswordEnv.
+// No message ever shows it.
+func (t redisTarget) open(create bool) (redisstore.Records, error) {
+	target := redisstore.Target{URL: t.url, Prefix: t.prefix, FallbackPassword: os.Getenv(redisPasswordEnv), Create: create}
+	if t.passwordFile != "" {
+		password, err := readPasswordFile(t.passwordFile)
+		if err != nil {
+			return redisstore.Records{}, err
+		}
+		target.Password, target.PasswordFrom = password, "--redis-password-file"
+	}
+	return redisstore.Open(target)
+}
+
+// readPasswordFile reads a password from the first line of the file at
+// path (a pipe such as <(pass show redis) will do). The line's end is not
+// part of it.
+func readPasswordFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("--redis-password-file: %v", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("--redis-password-file %s: %v", path, err)
+	case len(data) > maxPasswordFile:
+		return "", fmt.Errorf("--redis-password-file %s: more than 64 KiB; want the password alone on one line", path)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	password := strings.TrimSuffix(line, "\r")
+	if password == "" {
+		return "", fmt.Errorf("--redis-password-file %s: the first line is empty; want the password on it", path)
+	}
+	return password, nil
+}
+
+// runWithExitCode adapts a command to cobra. Unlike
+// caddycmd.WrapCommandFuncForCobra, which hands an error to Caddy's logger
+// (one JSON log line, its newlines escaped), it prints the error as plain
+// lines on stderr, after the command's name:
+//
+//	caddy apikey revoke: "abcd" matches 2 keys in keys.json; give the full id of one of them:
+//	  abcd1111-...  sk_AbCdEfGh  alpha
+//	  abcd2222-...  sk_IjKlMnOp  beta
+//
+// The error is still returned, so that the process exits non-zero (1,
+// caddy.ExitCodeFailedStartup, as Caddy's own commands do); cobra is told
+// not to print it a second time.
+func runWithExitCode(run func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		err := run(cmd, args)
+		if err != nil {
+			cmd.SilenceErrors = true
+			cmd.SilenceUsage = true
+			fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", cmd.CommandPath(), strings.TrimRight(err.Error(), "\n"))
+		}
+		return err
+	}
+}
+
+// maxKeyInput bounds what hash reads from stdin: a key is some tens of
+// bytes, and a mistaken pipe should not fill the memory.
+const maxKeyInput = 64 << 10
+
+// hashFromReader reads one raw key from r and writes its key_hash to w.
+func hashFromReader(r io.Reader, w io.Writer) error {
+	data, err := io.ReadAll(io.LimitReader(bufio.NewReader(r), maxKeyInput+1))
+	if err != nil {
+		return fmt.Errorf("reading the key from stdin: %w", err)
+	}
+	if len(data) > maxKeyInput {
+		return errors.New("stdin holds more than 64 KiB; want one key")
+	}
+	key := strings.TrimSpace(string(data))
+	switch {
+	case key == "":
+		return errors.New("no key on stdin; pipe the raw key in, e.g. printf '%s' \"$KEY\" | caddy apikey hash")
+	case strings.ContainsAny(key, "\r\n"):
+		return errors.New("stdin holds more than one line; want one key")
+	}
+	_, err = fmt.Fprintln(w, keyset.HashKey(key))
+	return err
+}
+
+// addCommand is `caddy apikey add`.
+func addCommand() *cobra.Command {
+	add := &cobra.Command{
+		Use:   "add (--file <keys.json> | --redis <url> [--prefix <p>]) --label <name> [--create] [--expires <90d|RFC3339>] [--scope <scope>]...",
+		Short: "Creates a key and prints it, once",
+		Long: `
+Creates a key (sk_ followed by 32 random bytes in URL-safe base64), stores
+only its SHA-256 hash and metadata in the key file, and prints the key on
+stdout, alone on its line, so that scripts can capture it. It cannot be shown
+again. Details go to stderr, with the absolute path of the file written.
+
+The key file must exist: a missing one is an error, so that a typo or the
+wrong working folder does not make a key file that no Caddy reads. Give
+--create to make it (mode 0600), as for a new key set in Redis.
+
+--expires takes a duration from now (90d, 12h, 30m, 1h30m) or a time
+(2027-01-31T00:00:00Z, 2027-01-31). Without it the key never expires.
+
+--scope may be repeated, or given a comma-separated list; the key then holds
+those scopes, for routes whose apikey directive requires them.
+`,
+		Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)
+  KEY=$(caddy apikey add --file /etc/caddy/keys.json --create --label "first key")`,
+		Args: cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			fl := cmd.Flags()
+			label, _ := fl.GetString("label")
+			expires, _ := fl.GetString("expires")
+			scopes, _ := fl.GetStringSlice("scope")
+			return withRecordStore(cmd, func(st stores.RecordStore) error {
+				return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.AddOptions{
+					Label: label, Expires: expires, Scopes: scopes,
+				}, time.Now())
+			})
+		}),
+	}
+	storeFlags(add)
+	add.Flags().StringP("label", "l", "", "A name for the key, e.g. who or what uses it (required)")
+	add.Flags().StringP("expires", "e", "", "Expiry: a duration from now (90d, 12h) or an RFC 3339 time")
+	add.Flags().StringSliceP("scope", "s", nil, "A scope the key holds (repeatable)")
+	add.Flags().Bool("create", false, "Make the key file if it does not exist (or, with --redis, the key set if the prefix holds none)")
+	return add
+}
+
+// listCommand is `caddy apikey list`.
+func listCommand() *cobra.Command {
+	list := &cobra.Command{
+		Use:   "list (--file <keys.json> | --redis <url> [--prefix <p>]) [--json]",
+		Short: "Lists the keys of a key file",
+		Long: `
+Lists the keys of a key file: id, label, prefix, created, last used, expires,
+scopes and status (active, expired or revoked). Hashes are never shown.
+--json prints a JSON array for scripts. The file is only read.
+`,
+		Args: cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			asJSON, _ := cmd.Flags().GetBool("json")
+			return withRecordStore(cmd, func(st stores.RecordStore) error {
+				return listKeys(cmd.OutOrStdout(), st, asJSON, time.Now())
+			})
+		}),
+	}
+	storeFlags(list)
+	list.Flags().Bool("json", false, "Print a JSON array instead of a table")
+	return list
+}
+
+// revokeCommand is `caddy apikey revoke`.
+func revokeCommand() *cobra.Command {
+	revoke := &cobra.Command{
+		Use:   "revoke (--file <keys.json> | --redis <url> [--prefix <p>]) <id|key_prefix>",
+		Short: "Revokes a key",
+		Long: `
+Sets revoked_at on one key; the record stays in the file for audit. The key is
+named by its id, its key_prefix (e.g. sk_AbCdEfGh) or the first characters of
+its id (at least 4). A name that matches more than one key is an error that
+lists them. Revoking a key that is already revoked changes nothing and keeps
+its first revoked_at.
+`,
+		Args: cobra.ExactArgs(1),
+		RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
+			return withRecordStore(cmd, func(st stores.RecordStore) error {
+				return revokeKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, args[0], time.Now())
+			})
+		}),
+	}
+	storeFlags(revoke)
+	return revoke
+}
+
+// rotateCommand is `caddy apikey rotate`.
+func rotateCommand() *cobra.Command {
+	rotate := &cobra.Command{
+		Use:   "rotate (--file <keys.json> | --redis <url> [--prefix <p>]) [--grace <24h>] [--expires <90d|RFC3339>] <id|key_prefix>",
+		Short: "Replaces a key with a new one, the old one kept for a grace period",
+		Long: `
+Makes a new key to replace the one named (by its id, its key_prefix or the
+first 4 or more characters of its id, as for revoke), and prints the new key
+on stdout, alone on its line, as add does. It cannot be shown again. Details
+go to stderr.
+
+The new record has the old one's label and scopes, and its members that this
+plugin does not know, copied as they are; a new id and key, created_at now,
+last_used_at null, and "rotated_from": the old key's id.
+
+The old key stays valid for the grace period, so that its users can switch
+to the new one: its expires_at becomes now + --grace (24h by default), or
+stays as it is if it is earlier. --grace 0 revokes the old key at once.
+A revoked or expired key cannot be rotated (make a new one with add), nor
+one already rotated (rotate its replacement).
+
+--expires sets the new key's expiry as for add; without it the new key never
+expires.
+
+Both changes are one atomic write of the key file: the new key and the old
+key's expiry take effect together, within the running Caddy's
+reload_interval.
+`,
+		Example: `  KEY=$(caddy apikey rotate --file keys.json --grace 24h sk_AbCdEfGh)`,
+		Args:    cobra.ExactArgs(1),
+		RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
+			fl := cmd.Flags()
+			grace, _ := fl.GetString("grace")
+			expires, _ := fl.GetString("expires")
+			return withRecordStore(cmd, func(st stores.RecordStore) error {
+				return rotateKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.RotateOptions{
+					Ref: args[0], Grace: grace, Expires: expires,
+				}, time.Now())
+			})
+		}),
+	}
+	storeFlags(rotate)
+	rotate.Flags().StringP("grace", "g", keyops.DefaultGrace, "How long the old key stays valid (e.g. 24h, 7d, 30m); 0 revokes it at once")
+	rotate.Flags().StringP("expires", "e", "", "The new key's expiry: a duration from now (90d, 12h) or an RFC 3339 time")
+	return rotate
+}
+
+// importCommand is `caddy apikey import`.
+func importCommand() *cobra.Command {
+	imp := &cobra.Command{
+		Use:   "import --file <keys.json> --redis <url> [--prefix apikey:] [--reactivate]",
+		Short: "Copies the keys of a key file into a Redis key set",
+		Long: `
+Copies every record of a key file into the key set at --prefix in Redis
+(making it if need be), in one atomic change that every Caddy server
+following the key set picks up at once. Records keep every member, those
+this plugin does not know included.
+
+Running it twice adds nothing: a record already there with the same content
+(last_used_at aside) is left as it is. A record whose id or key_hash is
+already there with other content is listed on stderr and not imported, and
+the command then exits 1; the others are imported.
+
+A key revoked in the key set whose copy in the file is active (an older
+export, made before the revoke) stays revoked: import lists such keys on
+stderr, and makes them active again only with --reactivate. Import cannot
+tell this for a key set that holds no keys (it did not exist, or Redis lost
+it): then every key is taken as the file has it, and import says so; revoke
+again any key revoked after the file was written. Import from an export
+(caddy apikey export), not from a server's cache_file, which lacks
+last_used_at, rotated_from and unknown members: import warns if given one.
+
+On a terminal, import shows its progress on stderr (reading the file,
+reading the key set, writing it): a file of a million keys takes some
+seconds.
+`,
+		Example: `  caddy apikey import --file /etc/caddy/keys.json --redis redis://127.0.0.1:6379/0`,
+		Args:    cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			file, _ := cmd.Flags().GetString("file")
+			if file == "" {
+				return errors.New("--file and --redis are both required")
+			}
+			reactivate, _ := cmd.Flags().GetBool("reactivate")
+			return withRedisStore(cmd, true, func(to stores.RecordStore) error {
+				res, err := keyops.Import(file, to, keyops.ImportOptions{
+					Reactivate: reactivate,
+					Waiting:    sayWaiting(cmd.ErrOrStderr(), to),
+					Progress:   newProgress(cmd.ErrOrStderr()),
+				})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Imported %d keys from %s into %s; %d were there already.\n", res.Added, file, to, res.Present)
+				return reportImport(cmd.OutOrStdout(), cmd.ErrOrStderr(), res, file, to)
+			})
+		}),
+	}
+	imp.Flags().StringP("file", "f", "", "Path to the key file to read (required)")
+	imp.Flags().Bool("reactivate", false, "Make the keys revoked in the key set but active in the file active again (an older export's copies)")
+	redisFlags(imp)
+	return imp
+}
+
+// exportCommand is `caddy apikey export`.
+func exportCommand() *cobra.Command {
+	export := &cobra.Command{
+		Use:   "export --redis <url> [--prefix apikey:] [--file <keys.json>]",
+		Short: "Writes a Redis key set as a key file",
+		Long: `
+Writes the key set at --prefix in Redis as a key file in the format the file
+store reads (hashes only; raw keys are never stored anywhere), each record
+with its latest last_used_at: to --file, which must not exist yet (it is
+made with mode 0600), or to stdout.
+`,
+		Example: `  caddy apikey export --redis redis://127.0.0.1:6379/0 --file backup.json`,
+		Args:    cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			file, _ := cmd.Flags().GetString("file")
+			return withRedisStore(cmd, false, func(from stores.RecordStore) error {
+				n, err := keyops.Export(from, file, cmd.OutOrStdout())
+				if err == nil && file != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "Exported %d keys from %s to %s.\n", n, from, file)
+				}
+				return err
+			})
+		}),
+	}
+	export.Flags().StringP("file", "f", "", "Path of the key file to write (default: stdout)")
+	redisFlags(export)
+	return export
+}
+
+// hashCommand is `caddy apikey hash`.
+func hashCommand() *cobra.Command {
+	hash := &cobra.Command{
+		Use:   "hash",
+		Short: "Prints the key_hash of a key read on stdin",
+		Long: `
+Reads a raw key on stdin and prints its key_hash (SHA-256, lowercase hex), for
+key files kept by hand. Surrounding white space and the final newline are
+ignored. Reading from stdin keeps the key out of the shell history and the
+process list.
+`,
+		Example: `  printf '%s' "$KEY" | caddy apikey hash`,
+		Args:    cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			return hashFromReader(cmd.InOrStdin(), cmd.OutOrStdout())
+		}),
+	}
+	return hash
+}
