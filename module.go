@@ -323,11 +323,13 @@ type refusal struct {
 	code    string
 	message string
 	body    []byte
+	length  string // len(body), for Content-Length
 	result  result
 }
 
 func newRefusal(status int, code, message string, res result) *refusal {
-	return &refusal{status: status, code: code, message: message, body: keyops.ErrorBody(code, message), result: res}
+	body := keyops.ErrorBody(code, message)
+	return &refusal{status: status, code: code, message: message, body: body, length: strconv.Itoa(len(body)), result: res}
 }
 
 // describeSources names the enabled credential sources for the 401 message,
@@ -433,7 +435,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, k
 	hdr["Content-Type"] = []string{"application/json"}
 	hdr["Cache-Control"] = []string{"no-store"}
 	hdr["X-Content-Type-Options"] = []string{"nosniff"}
-	hdr["Content-Length"] = []string{strconv.Itoa(len(why.body))}
+	hdr["Content-Length"] = []string{why.length}
 	w.WriteHeader(why.status)
 	_, err := w.Write(why.body)
 	return err
