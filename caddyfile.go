@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
+	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	redisstore "github.com/caddy-apikey/caddy-apikey/stores/redis"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -205,6 +206,7 @@ func blockStore(seg caddyfile.Segment) string {
 //	    handle_errors
 //	    usage_interval  <duration> | off
 //	    reload_interval <duration> | off
+//	    key_format      <prefix>
 //	}
 //
 // The key file may be given inline or with keys_file, not both; redis
@@ -216,7 +218,8 @@ func blockStore(seg caddyfile.Segment) string {
 // be repeated; when it is given, it replaces the default headers
 // (`Authorization` with the `Bearer` scheme, then `X-API-Key`). `query off`
 // reads no query parameter. `scope` may be repeated; the key must hold every
-// scope listed.
+// scope listed. `key_format acme_live_` opts in to the checksummed key
+// format with that prefix (see Handler.KeyFormat).
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 
@@ -344,6 +347,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.ReloadInterval = dur
+
+		case "key_format":
+			if h.KeyFormat != nil {
+				return d.Err("key_format already given")
+			}
+			var prefix string
+			if !d.AllArgs(&prefix) {
+				return d.Err("key_format takes one argument, the keys' prefix: key_format acme_live_")
+			}
+			f, err := keyformat.New(prefix)
+			if err != nil {
+				return d.WrapErr(err)
+			}
+			h.KeyFormat = f
 
 		default:
 			return d.WrapErr(storecore.UnknownOption(d.Val(), "subdirective", storecore.HandlerSubdirectives, redisstore.Options,

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -53,6 +54,7 @@ func TestCaddyfileUnmarshalGood(t *testing.T) {
 		{"intervals off", "apikey k.json {\n\tusage_interval off\n\treload_interval off\n}",
 			Handler{KeysFile: "k.json", UsageInterval: -1, ReloadInterval: -1}},
 		{"empty block", "apikey k.json {\n}", Handler{KeysFile: "k.json"}},
+		{"key_format", "apikey k.json {\n\tkey_format acme_live_\n}", Handler{KeysFile: "k.json", KeyFormat: &keyformat.Format{Prefix: "acme_live_"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -103,6 +105,13 @@ func TestCaddyfileUnmarshalErrors(t *testing.T) {
 		{"reload_interval zero", "apikey k.json {\n\treload_interval 0\n}", "Testfile:2", "reload_interval"},
 		{"reload_interval too short", "apikey k.json {\n\treload_interval 1ns\n}", "Testfile:2", "too short"},
 		{"reload_interval no argument", "apikey k.json {\n\treload_interval\n}", "Testfile:2", "wrong argument count"},
+		{"key_format without argument", "apikey k.json {\n\tkey_format\n}", "Testfile:2", "key_format takes one argument"},
+		{"key_format with two arguments", "apikey k.json {\n\tkey_format acme_ live_\n}", "Testfile:2", "key_format takes one argument"},
+		{"key_format twice", "apikey k.json {\n\tkey_format acme_\n\tkey_format other_\n}", "Testfile:3", "key_format already given"},
+		{"key_format without _", "apikey k.json {\n\tkey_format acme\n}", "Testfile:2", `"acme" must end with _`},
+		{"key_format with a dash", "apikey k.json {\n\tkey_format acme-live_\n}", "Testfile:2", `holds '-'`},
+		{"key_format of the default format", "apikey k.json {\n\tkey_format sk_live_\n}", "Testfile:2", "default format"},
+		{"key_format too long", "apikey k.json {\n\tkey_format " + strings.Repeat("a", 40) + "_\n}", "Testfile:2", "3 to 32"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -345,6 +354,7 @@ func TestCaddyfileAdaptErrors(t *testing.T) {
 		{"two arguments, first no matcher", "apikey a.json b.json", []string{"Caddyfile:2", "a.json is not a matcher"}},
 		{"matcher, inline file and keys_file", "apikey /api/* a.json {\n\tkeys_file b.json\n}", []string{"Caddyfile:3", "already"}},
 		{"header, too many arguments", "apikey k.json {\n\n\theader A B C\n}", []string{"Caddyfile:4", "wrong argument count"}},
+		{"bad key_format", "apikey k.json {\n\trealm r\n\tkey_format 9lives_\n}", []string{"Caddyfile:4", `key format prefix "9lives_" must start with a letter`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

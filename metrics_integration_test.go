@@ -127,6 +127,12 @@ func TestMetricsRequestResults(t *testing.T) {
 		}
 		respond "scoped"
 	}
+	handle /formatted/* {
+		apikey ` + path + ` {
+			key_format acme_live_
+		}
+		respond "formatted"
+	}
 	handle {
 		apikey ` + path + `
 		respond "%s"
@@ -146,14 +152,20 @@ func TestMetricsRequestResults(t *testing.T) {
 			{"/?api_key=" + noScope.Raw, nil, 200},
 			{"/scoped/x", bearer(good), 200},
 			{"/open/x", bearer(good), 200},
+			{"/formatted/x", bearer(good), 200}, // a key of the default format, key_format on
 		},
-		"anonymous":          {{"/open/x", nil, 200}, {"/open/y", nil, 200}},
-		"missing":            {{"/", nil, 401}, {"/scoped/x", nil, 401}, {"/", []string{"Authorization: Basic Zm9vOmJhcg=="}, 401}},
-		"invalid":            {{"/", []string{"X-API-Key: sk_notakey"}, 403}, {"/open/x", []string{"X-API-Key: sk_notakey"}, 403}},
+		"anonymous": {{"/open/x", nil, 200}, {"/open/y", nil, 200}},
+		"missing":   {{"/", nil, 401}, {"/scoped/x", nil, 401}, {"/", []string{"Authorization: Basic Zm9vOmJhcg=="}, 401}},
+		"invalid": {
+			{"/", []string{"X-API-Key: sk_notakey"}, 403},
+			{"/open/x", []string{"X-API-Key: sk_notakey"}, 403},
+			{"/", []string{"X-API-Key: acme_live_typo"}, 403}, // without key_format, any key
+		},
 		"revoked":            {{"/", bearer(revoked), 403}},
 		"expired":            {{"/", bearer(expired), 403}, {"/scoped/x", bearer(expired), 403}},
 		"insufficient_scope": {{"/scoped/x", bearer(noScope), 403}, {"/scoped/y", bearer(noScope), 403}, {"/scoped/z", bearer(noScope), 403}},
 		"ambiguous":          {{"/", []string{"X-API-Key: " + good.Raw, "X-API-Key: " + noScope.Raw}, 400}},
+		"malformed":          {{"/formatted/x", []string{"X-API-Key: acme_live_typo"}, 403}},
 	}
 	send := func() {
 		t.Helper()
@@ -181,7 +193,7 @@ func TestMetricsRequestResults(t *testing.T) {
 	after := scrape(t)
 	check(before, after)
 
-	// A config reload (three handlers register the collectors again, with
+	// A config reload (four handlers register the collectors again, with
 	// the new config's registry): the counters keep their values, and a
 	// request is counted once.
 	loadCaddyfile(t, fmt.Sprintf(site, "second"))

@@ -29,6 +29,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-apikey/caddy-apikey/admin"
+	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddyserver/caddy/v2"
@@ -117,16 +119,30 @@ type Handler struct {
 	// loads only.
 	ReloadInterval caddy.Duration `json:"reload_interval,omitempty"`
 
+	// The checksummed key format, opted in by its prefix, e.g.
+	// {"prefix": "acme_live_"}: keys are the prefix, 30 random base62
+	// characters and 6 of their CRC32 (GitHub's layout), so that a
+	// secret scanner finds them without false alarms. A key sent with
+	// this prefix that is not well formed (a typo, a key cut short) is
+	// refused as INVALID_KEY before any hashing or lookup, and counted as
+	// malformed; keys without the prefix (the default format's) are
+	// looked up as ever, so both kinds work side by side. The admin API
+	// makes keys in this format for this handler's store.
+	KeyFormat *keyformat.Format `json:"key_format,omitempty"`
+
 	store   Store // the key set and usage tracking: the store module's
 	sources []credentialSource
 	query   string
 	logger  *zap.Logger
 	results *requestCounters // requests_total by result; nil: not counted
 
+	releaseFormat func() // ends this handler's say in the admin API's key format
+
 	// Refusals, built once by setup.
 	authRequired  *refusal
 	invalidKey    *refusal
 	revokedKey    *refusal // answered as invalidKey, counted apart
+	malformedKey  *refusal // INVALID_KEY too, for a key with KeyFormat's prefix that fails its check
 	keyExpired    *refusal
 	ambiguousKey  *refusal
 	scopeRefusals []*refusal // one for each of Scopes
@@ -191,6 +207,35 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.logger.Warn("cannot register the apikey metrics; they will not be on /metrics", zap.Error(err))
 	}
 	h.results = requestResults
+	h.useKeyFormat()
+	return nil
+}
+
+// useKeyFormat tells the admin API which format this handler's keys are
+// in (KeyFormat, or nil for the default), for the admin API to make keys
+// in it on this handler's store, named as the admin API names it. Every
+// handler says so, with a key format or without: the newest config's
+// handlers have the last word, so a reload that drops key_format goes
+// back to the default.
+func (h *Handler) useKeyFormat() {
+	named, ok := h.store.(interface{ Name() string })
+	if !ok {
+		if h.KeyFormat != nil {
+			h.logger.Warn("the key store does not say its name, so the admin API makes keys in the default format on it, not in key_format",
+				zap.String("key_format", h.KeyFormat.Prefix))
+		}
+		return
+	}
+	h.releaseFormat = admin.UseKeyFormat(named.Name(), h.KeyFormat)
+}
+
+// Cleanup ends this handler's say in the admin API's key format. The
+// store module is cleaned up by Caddy, as every module a module loads.
+func (h *Handler) Cleanup() error {
+	if h.releaseFormat != nil {
+		h.releaseFormat()
+		h.releaseFormat = nil
+	}
 	return nil
 }
 
@@ -239,6 +284,13 @@ func (h *Handler) setup() error {
 	h.revokedKey = newRefusal(http.StatusForbidden, CodeInvalidKey, "Invalid API key.", resultRevoked)
 	h.keyExpired = newRefusal(http.StatusForbidden, CodeKeyExpired, "API key has expired.", resultExpired)
 	h.ambiguousKey = newRefusal(http.StatusBadRequest, CodeAmbiguousKey, "More than one API key was sent; send exactly one.", resultAmbiguous)
+	h.malformedKey = nil
+	if h.KeyFormat != nil {
+		if err := h.KeyFormat.Validate(); err != nil {
+			return fmt.Errorf("key_format: %v", err)
+		}
+		h.malformedKey = newRefusal(http.StatusForbidden, CodeInvalidKey, MalformedKeyMessage, resultMalformed)
+	}
 	h.challenge = `Bearer realm=` + strconv.Quote(h.Realm)
 	return h.Validate()
 }
@@ -260,6 +312,10 @@ const (
 	CodeAmbiguousKey      = "AMBIGUOUS_KEY"
 )
 
+// MalformedKeyMessage is the message of the INVALID_KEY refusal of a key
+// that has the key_format's prefix but is not well formed.
+const MalformedKeyMessage = "Invalid API key: it is not well formed; check that it was copied whole."
+
 // refusal is one way of refusing a request, with its JSON body rendered
 // and the result it is counted as.
 type refusal struct {
@@ -267,11 +323,13 @@ type refusal struct {
 	code    string
 	message string
 	body    []byte
+	length  string // len(body), for Content-Length
 	result  result
 }
 
 func newRefusal(status int, code, message string, res result) *refusal {
-	return &refusal{status: status, code: code, message: message, body: keyops.ErrorBody(code, message), result: res}
+	body := keyops.ErrorBody(code, message)
+	return &refusal{status: status, code: code, message: message, body: body, length: strconv.Itoa(len(body)), result: res}
 }
 
 // describeSources names the enabled credential sources for the 401 message,
@@ -317,6 +375,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case credAmbiguous:
 		return h.refuse(w, r, h.ambiguousKey, nil)
 	}
+	// A key with the format's prefix must be well formed: a typo is
+	// refused here, before the hash and the lookup.
+	if h.KeyFormat != nil && h.KeyFormat.Check(cred.key).Malformed() {
+		return h.refuse(w, r, h.malformedKey, nil)
+	}
 
 	ks := h.store.KeySet()
 	key, sum := ks.Lookup(cred.key)
@@ -352,7 +415,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *keyset.Key) error {
 	h.count(why.result)
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
-		fields := []zap.Field{zap.String("code", why.code), zap.String("remote_ip", r.RemoteAddr)}
+		fields := []zap.Field{zap.String("code", why.code), zap.String("result", resultNames[why.result]), zap.String("remote_ip", r.RemoteAddr)}
 		if key != nil {
 			fields = append(fields, zap.String("key_id", key.ID), zap.String("key_label", key.Label), zap.String("key_prefix", key.Prefix))
 		}
@@ -372,7 +435,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, k
 	hdr["Content-Type"] = []string{"application/json"}
 	hdr["Cache-Control"] = []string{"no-store"}
 	hdr["X-Content-Type-Options"] = []string{"nosniff"}
-	hdr["Content-Length"] = []string{strconv.Itoa(len(why.body))}
+	hdr["Content-Length"] = []string{why.length}
 	w.WriteHeader(why.status)
 	_, err := w.Write(why.body)
 	return err
@@ -381,6 +444,7 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, k
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

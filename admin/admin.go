@@ -11,8 +11,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -32,19 +34,21 @@ func init() {
 // list the stores and their keys, and create, revoke and rotate keys while
 // Caddy runs. Its writes take the path of `caddy apikey` (the recordStore:
 // locked, merged with every other writer), and each change is in force on
-// this server before the answer.
+// this server before the answer. New keys are made in the key_format of
+// the store's handlers (KeyFormat).
 type API struct {
-	logger *zap.Logger
-	routes *http.ServeMux       // the API's routes (newMux)
-	stores func() []stores.Live // the stores in use: stores.InUse
-	now    func() time.Time
+	logger  *zap.Logger
+	routes  *http.ServeMux                       // the API's routes (newMux)
+	stores  func() []stores.Live                 // the stores in use: stores.InUse
+	formats func(store string) *keyformat.Format // the key format of a store's handlers: KeyFormat
+	now     func() time.Time
 }
 
 // New returns the API over the stores that inUse returns, as Provision
 // makes it over the stores in use in this process, for a host other than
 // Caddy's admin endpoint.
 func New(logger *zap.Logger, inUse func() []stores.Live, now func() time.Time) *API {
-	a := &API{logger: logger, stores: inUse, now: now}
+	a := &API{logger: logger, stores: inUse, formats: KeyFormat, now: now}
 	a.routes = a.newMux()
 	return a
 }
@@ -61,9 +65,57 @@ func (API) CaddyModule() caddy.ModuleInfo {
 // provisions admin routers in the config's context, not a module's: the
 // logger is asked for by module, to be named admin.api.apikey.
 func (a *API) Provision(ctx caddy.Context) error {
-	a.logger, a.stores, a.now = ctx.Logger(a), stores.InUse, time.Now
+	a.logger, a.stores, a.formats, a.now = ctx.Logger(a), stores.InUse, KeyFormat, time.Now
 	a.routes = a.newMux()
 	return nil
+}
+
+// keyFormats holds the key formats of the handlers in use, by the name of
+// their store (stores.Live.Name), in the order they were provisioned.
+var keyFormats = struct {
+	sync.Mutex
+	byStore map[string][]*formatUse
+}{byStore: make(map[string][]*formatUse)}
+
+// formatUse is one handler's key format; f is nil for the default format.
+type formatUse struct{ f *keyformat.Format }
+
+// UseKeyFormat notes that a handler serving from the store named store
+// takes keys in format f (its key_format; nil for the default format),
+// until release is called (the handler's Cleanup). The admin API makes
+// keys on a store in the format of the handler provisioned last among
+// those in use on it (KeyFormat): a config reload's handlers are
+// provisioned before the old config's are cleaned up, so the new config
+// has its say at once.
+func UseKeyFormat(store string, f *keyformat.Format) (release func()) {
+	u := &formatUse{f}
+	keyFormats.Lock()
+	keyFormats.byStore[store] = append(keyFormats.byStore[store], u)
+	keyFormats.Unlock()
+	return sync.OnceFunc(func() {
+		keyFormats.Lock()
+		defer keyFormats.Unlock()
+		uses := slices.DeleteFunc(keyFormats.byStore[store], func(v *formatUse) bool { return v == u })
+		if len(uses) == 0 {
+			delete(keyFormats.byStore, store)
+		} else {
+			keyFormats.byStore[store] = uses
+		}
+	})
+}
+
+// KeyFormat is the format the admin API makes keys in on the store named
+// store: the key_format of the handler provisioned last among those in use
+// on it, nil (the default format) if that one has none or if no handler
+// says.
+func KeyFormat(store string) *keyformat.Format {
+	keyFormats.Lock()
+	defer keyFormats.Unlock()
+	uses := keyFormats.byStore[store]
+	if len(uses) == 0 {
+		return nil
+	}
+	return uses[len(uses)-1].f
 }
 
 // Routes returns one route for everything under /apikey/: the API routes
@@ -206,12 +258,13 @@ func storeFailure(st stores.Live, err error) error {
 
 // StoreInfo is a store in use as GET /apikey/stores shows it.
 type StoreInfo struct {
-	Name   string    `json:"name"`
-	Kind   string    `json:"kind"`             // file, redis
-	Path   string    `json:"path,omitempty"`   // a file store's key file
-	URL    string    `json:"url,omitempty"`    // a Redis store's server, without its password
-	Prefix string    `json:"prefix,omitempty"` // a Redis store's key prefix
-	Keys   KeyCounts `json:"keys"`
+	Name      string    `json:"name"`
+	Kind      string    `json:"kind"`                 // file, redis
+	Path      string    `json:"path,omitempty"`       // a file store's key file
+	URL       string    `json:"url,omitempty"`        // a Redis store's server, without its password
+	Prefix    string    `json:"prefix,omitempty"`     // a Redis store's key prefix
+	KeyFormat string    `json:"key_format,omitempty"` // the prefix of the key format new keys are made in; none for the default format
+	Keys      KeyCounts `json:"keys"`
 }
 
 // KeyCounts are the keys in force by state, expiry judged now.
@@ -234,6 +287,9 @@ func (a *API) listStores(http.ResponseWriter, *http.Request, string) (int, any, 
 	out := []StoreInfo{}
 	for _, s := range a.stores() {
 		info := StoreInfo{Name: s.Name()}
+		if f := a.formats(s.Name()); f != nil {
+			info.KeyFormat = f.Prefix
+		}
 		var where string
 		switch info.Kind, where = storeKind(s); info.Kind {
 		case "file":
@@ -370,7 +426,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, _ string) (int, 
 		return 0, nil, err
 	}
 	now := a.now()
-	raw, rec, err := keyops.Create(existingRecords{st.Records()}, keyops.AddOptions{Label: req.Label, Scopes: req.Scopes, Expires: req.Expires}, now, a.waiting(st))
+	raw, rec, err := keyops.Create(existingRecords{st.Records()}, keyops.AddOptions{Label: req.Label, Scopes: req.Scopes, Expires: req.Expires, Format: a.formats(st.Name())}, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
@@ -430,7 +486,7 @@ func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, ref string) (int
 		return 0, nil, err
 	}
 	now := a.now()
-	rot, err := keyops.Rotate(existingRecords{st.Records()}, keyops.RotateOptions{Ref: ref, Grace: req.Grace, Expires: req.Expires}, now, a.waiting(st))
+	rot, err := keyops.Rotate(existingRecords{st.Records()}, keyops.RotateOptions{Ref: ref, Grace: req.Grace, Expires: req.Expires, Format: a.formats(st.Name())}, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -61,7 +62,7 @@ first line), or through an {env.*} placeholder in the URL, as in the
 Caddyfile: --redis 'redis://:{env.REDIS_PASSWORD}@127.0.0.1:6379/0'.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand())
+			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand(), checkCommand())
 		},
 	})
 }
@@ -229,22 +230,32 @@ const maxKeyInput = 64 << 10
 
 // hashFromReader reads one raw key from r and writes its key_hash to w.
 func hashFromReader(r io.Reader, w io.Writer) error {
+	key, err := readKey(r, "hash")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, keyset.HashKey(key))
+	return err
+}
+
+// readKey reads one raw key from r (stdin), for the command named: its
+// surrounding white space and final newline are not part of it.
+func readKey(r io.Reader, command string) (string, error) {
 	data, err := io.ReadAll(io.LimitReader(bufio.NewReader(r), maxKeyInput+1))
 	if err != nil {
-		return fmt.Errorf("reading the key from stdin: %w", err)
+		return "", fmt.Errorf("reading the key from stdin: %w", err)
 	}
 	if len(data) > maxKeyInput {
-		return errors.New("stdin holds more than 64 KiB; want one key")
+		return "", errors.New("stdin holds more than 64 KiB; want one key")
 	}
 	key := strings.TrimSpace(string(data))
 	switch {
 	case key == "":
-		return errors.New("no key on stdin; pipe the raw key in, e.g. printf '%s' \"$KEY\" | caddy apikey hash")
+		return "", fmt.Errorf("no key on stdin; pipe the raw key in, e.g. printf '%%s' \"$KEY\" | caddy apikey %s", command)
 	case strings.ContainsAny(key, "\r\n"):
-		return errors.New("stdin holds more than one line; want one key")
+		return "", errors.New("stdin holds more than one line; want one key")
 	}
-	_, err = fmt.Fprintln(w, keyset.HashKey(key))
-	return err
+	return key, nil
 }
 
 // addCommand is `caddy apikey add`.
@@ -276,9 +287,13 @@ those scopes, for routes whose apikey directive requires them.
 			label, _ := fl.GetString("label")
 			expires, _ := fl.GetString("expires")
 			scopes, _ := fl.GetStringSlice("scope")
+			format, err := keyFormatFlag(cmd)
+			if err != nil {
+				return err
+			}
 			return withRecordStore(cmd, func(st stores.RecordStore) error {
 				return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.AddOptions{
-					Label: label, Expires: expires, Scopes: scopes,
+					Label: label, Expires: expires, Scopes: scopes, Format: format,
 				}, time.Now())
 			})
 		}),
@@ -288,6 +303,7 @@ those scopes, for routes whose apikey directive requires them.
 	add.Flags().StringP("expires", "e", "", "Expiry: a duration from now (90d, 12h) or an RFC 3339 time")
 	add.Flags().StringSliceP("scope", "s", nil, "A scope the key holds (repeatable)")
 	add.Flags().Bool("create", false, "Make the key file if it does not exist (or, with --redis, the key set if the prefix holds none)")
+	keyFormatFlags(add)
 	return add
 }
 
@@ -371,9 +387,13 @@ reload_interval.
 			fl := cmd.Flags()
 			grace, _ := fl.GetString("grace")
 			expires, _ := fl.GetString("expires")
+			format, err := keyFormatFlag(cmd)
+			if err != nil {
+				return err
+			}
 			return withRecordStore(cmd, func(st stores.RecordStore) error {
 				return rotateKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.RotateOptions{
-					Ref: args[0], Grace: grace, Expires: expires,
+					Ref: args[0], Grace: grace, Expires: expires, Format: format,
 				}, time.Now())
 			})
 		}),
@@ -381,6 +401,7 @@ reload_interval.
 	storeFlags(rotate)
 	rotate.Flags().StringP("grace", "g", keyops.DefaultGrace, "How long the old key stays valid (e.g. 24h, 7d, 30m); 0 revokes it at once")
 	rotate.Flags().StringP("expires", "e", "", "The new key's expiry: a duration from now (90d, 12h) or an RFC 3339 time")
+	keyFormatFlags(rotate)
 	return rotate
 }
 
@@ -488,4 +509,91 @@ process list.
 		}),
 	}
 	return hash
+}
+
+// keyFormatFlags adds --key-format to a command that makes keys.
+func keyFormatFlags(cmd *cobra.Command) {
+	cmd.Flags().String("key-format", "", "Make the key in the checksummed format with this prefix (e.g. acme_live_, the key_format of the apikey directive); default: the sk_ format")
+}
+
+// keyFormatFlag is the format --key-format names, or nil for the default.
+func keyFormatFlag(cmd *cobra.Command) (*keyformat.Format, error) {
+	prefix, _ := cmd.Flags().GetString("key-format")
+	if prefix == "" {
+		return nil, nil
+	}
+	return keyformat.New(prefix)
+}
+
+// errMalformed makes `caddy apikey check` exit with status 1, its verdict
+// printed already.
+var errMalformed = errors.New("malformed")
+
+// checkCommand is `caddy apikey check`.
+func checkCommand() *cobra.Command {
+	check := &cobra.Command{
+		Use:   "check [--key-format <prefix>]",
+		Short: "Says whether a key read on stdin is well formed in the checksummed key format, offline",
+		Long: `
+Checks a key's prefix, length, characters and CRC32 checksum without looking
+it up anywhere: "well formed" says the key could be one made in the format,
+not that it exists or is valid. The key is read on stdin, which keeps it out
+of the shell history and the process list, and never printed. Without
+--key-format, the prefix is read from the key (everything up to its last _).
+
+Exit status: 0 well formed, 1 malformed (a typo, a key cut short) or an
+error, 2 not in this format.
+`,
+		Example: `  printf '%s' "$KEY" | caddy apikey check
+  caddy apikey check --key-format acme_live_ < key.txt`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			result, err := checkKey(cmd)
+			switch {
+			case err != nil:
+				return runWithExitCode(func(*cobra.Command, []string) error { return err })(cmd, args)
+			case result.Malformed():
+				cmd.SilenceErrors = true
+				return errMalformed
+			case result == keyformat.NotThisFormat:
+				// Caddy's own way to exit with a status of 2.
+				cmd.SilenceErrors = true
+				return caddycmd.WrapCommandFuncForCobra(func(caddycmd.Flags) (int, error) { return 2, nil })(cmd, args)
+			}
+			return nil
+		},
+	}
+	check.Flags().String("key-format", "", "The prefix of the format (e.g. acme_live_); default: read from the key")
+	return check
+}
+
+// checkKey reads a key on the command's stdin, checks it and prints the
+// verdict on its stdout.
+func checkKey(cmd *cobra.Command) (keyformat.Result, error) {
+	format, err := keyFormatFlag(cmd)
+	if err != nil {
+		return 0, err
+	}
+	key, err := readKey(cmd.InOrStdin(), "check")
+	if err != nil {
+		return 0, err
+	}
+	var result keyformat.Result
+	if format != nil {
+		result = format.Check(key)
+	} else {
+		var f keyformat.Format
+		f, result = keyformat.Inspect(key)
+		format = &f
+	}
+	out := cmd.OutOrStdout()
+	switch {
+	case result == keyformat.WellFormed:
+		fmt.Fprintf(out, "well formed (prefix %s, key_prefix %s)\n", format.Prefix, format.KeyPrefix(key))
+	case result.Malformed():
+		fmt.Fprintf(out, "%s (prefix %s)\n", result, format.Prefix)
+	default:
+		fmt.Fprintln(out, "not in this format (no such prefix)")
+	}
+	return result, nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/caddyserver/caddy/v2"
@@ -20,6 +21,9 @@ type AddOptions struct {
 	Label   string
 	Expires string   // a duration from now or a time; "" for never
 	Scopes  []string // may hold comma-separated lists
+	// Format is the new key's format (--key-format); nil for the default
+	// format (GenerateKey's).
+	Format *keyformat.Format
 }
 
 // Create makes a new key as opts say and adds its record to the store;
@@ -38,13 +42,13 @@ func Create(st stores.RecordStore, opts AddOptions, now time.Time, waiting func(
 	if err != nil {
 		return "", keyset.Record{}, err
 	}
-	raw, err := GenerateKey()
+	raw, keyPrefix, err := NewKey(opts.Format)
 	if err != nil {
 		return "", keyset.Record{}, err
 	}
 	var added keyset.Record
 	err = st.Edit(stores.Edit{Create: true, OnlyAdds: true, Waiting: waiting, Change: func(doc *keyfile.Doc) error {
-		r, err := newRecord(doc, raw, keyset.Record{Label: label, Scopes: scopes, ExpiresAt: keyset.Timestamp(expiresAt)}, now)
+		r, err := newRecord(doc, raw, keyPrefix, keyset.Record{Label: label, Scopes: scopes, ExpiresAt: keyset.Timestamp(expiresAt)}, now)
 		if err != nil {
 			return err
 		}
@@ -58,19 +62,37 @@ func Create(st stores.RecordStore, opts AddOptions, now time.Time, waiting func(
 	return raw, added, nil
 }
 
-// newRecord makes the record of the new key raw from rec (its label,
-// scopes, expiry, rotated_from): an id that no record of doc has yet (doc is
-// the file as it is now, under the lock: a collision is next to impossible,
-// but a duplicate id would make the whole file unloadable), the key's hash
-// and prefix, and created_at now. The members come in the reference
+// newRecord makes the record of the new key raw, whose key_prefix is
+// keyPrefix, from rec (its label, scopes, expiry, rotated_from): an id that
+// no record of doc has yet (doc is the file as it is now, under the lock: a
+// collision is next to impossible, but a duplicate id would make the whole
+// file unloadable), the key's hash and prefix, and created_at now. The members come in the reference
 // application's order, then the optional ones only when they are given.
-func newRecord(doc *keyfile.Doc, raw string, rec keyset.Record, now time.Time) (keyfile.Record, error) {
+func newRecord(doc *keyfile.Doc, raw, keyPrefix string, rec keyset.Record, now time.Time) (keyfile.Record, error) {
 	rec.ID = uuid.NewString()
 	for slices.ContainsFunc(doc.Records, func(r keyfile.Record) bool { return r.ID == rec.ID }) {
 		rec.ID = uuid.NewString()
 	}
-	rec.KeyHash, rec.KeyPrefix, rec.CreatedAt = keyset.HashKey(raw), raw[:11], keyset.Timestamp(&now)
+	rec.KeyHash, rec.KeyPrefix, rec.CreatedAt = keyset.HashKey(raw), keyPrefix, keyset.Timestamp(&now)
 	return keyfile.NewRecord(rec)
+}
+
+// NewKey returns a new raw key in format f and its key_prefix: for nil, the
+// default format's key (GenerateKey) and its first 11 characters ("sk_" and
+// 8), as the reference application shows them; for a format, its key and
+// its prefix with the first keyformat.ShownLen random characters.
+func NewKey(f *keyformat.Format) (raw, keyPrefix string, err error) {
+	if f == nil {
+		raw, err = GenerateKey()
+		if err != nil {
+			return "", "", err
+		}
+		return raw, raw[:11], nil
+	}
+	if raw, err = f.Generate(); err != nil {
+		return "", "", err
+	}
+	return raw, f.KeyPrefix(raw), nil
 }
 
 // GenerateKey returns a new raw key: "sk_" and 32 random bytes in URL-safe

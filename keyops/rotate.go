@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
+	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/caddyserver/caddy/v2"
@@ -22,6 +23,9 @@ type RotateOptions struct {
 	Ref     string // the key to replace: id, key_prefix or id prefix
 	Grace   string // how long the old key stays valid, e.g. 24h or 7d; "" for DefaultGrace
 	Expires string // the new key's expiry, as for add; "" for never
+	// Format is the new key's format (--key-format); nil for the default
+	// format, whatever the old key's.
+	Format *keyformat.Format
 }
 
 // Rotation is what a Rotation did: the new raw key, the new record, the old
@@ -49,9 +53,11 @@ func Rotate(st stores.RecordStore, opts RotateOptions, now time.Time, waiting fu
 	if err != nil {
 		return r, err
 	}
-	if r.Raw, err = GenerateKey(); err != nil {
+	raw, keyPrefix, err := NewKey(opts.Format)
+	if err != nil {
 		return r, err
 	}
+	r.Raw = raw
 	// Not alone: a Rotation checks that no other record replaces the key.
 	err = editNamed(st, opts.Ref, "rotate", false, waiting, func(doc *keyfile.Doc, i int) error {
 		rec := &doc.Records[i]
@@ -74,7 +80,7 @@ func Rotate(st stores.RecordStore, opts RotateOptions, now time.Time, waiting fu
 			return &RefError{Code: "ALREADY_ROTATED", Msg: fmt.Sprintf("%s was already rotated: key %s (%s) replaces it; rotate that one instead, or revoke the old one to end its grace", who, Printable(next.ID), Printable(next.KeyPrefix))}
 		}
 		oldID := strings.Clone(rec.ID)
-		next, err := newRecord(doc, r.Raw, keyset.Record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: keyset.Timestamp(expiresAt), RotatedFrom: &oldID}, now)
+		next, err := newRecord(doc, r.Raw, keyPrefix, keyset.Record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: keyset.Timestamp(expiresAt), RotatedFrom: &oldID}, now)
 		if err != nil {
 			return err
 		}

@@ -99,6 +99,10 @@ func (f *Store) Refresh() error { return f.store.askReload() }
 // KeySet returns the key set in force.
 func (f *Store) KeySet() *keyset.KeySet { return f.store.keys.Load() }
 
+// Name is the store's name in the admin API (stores.Live.Name), by which
+// the handler tells the admin API its key format.
+func (f *Store) Name() string { return f.store.Name() }
+
 // MarkUsed notes a use of a key, for the usage writer.
 func (f *Store) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 	f.store.MarkUsed(k, sum, now)

@@ -115,6 +115,9 @@ func (r *Store) Cleanup() error {
 	return nil
 }
 
+// Name is the key set's name, as the admin API and the metrics show it.
+func (r *Store) Name() string { return r.store.Name() }
+
 // KeySet returns the key set in force.
 func (r *Store) KeySet() *keyset.KeySet { return r.store.keys.Load() }
 
