@@ -1,7 +1,6 @@
 package admin
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -185,7 +184,8 @@ func (a *API) answer(w http.ResponseWriter, r *http.Request, ops map[string]oper
 		a.refuse(w, err)
 		return
 	}
-	data, err := json.Marshal(body)
+	// A list without items is null, as caddy apikey list --json writes it.
+	data, err := jsonv2.Marshal(body, jsonv2.FormatNilSliceAsNull(true), jsonv2.FormatNilMapAsNull(true))
 	if err != nil { // cannot happen: the answers are plain data
 		a.refuse(w, err)
 		return
