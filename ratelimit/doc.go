@@ -1,0 +1,2 @@
+// Package ratelimit decides per-key rate limits in memory.
+package ratelimit
