@@ -46,7 +46,7 @@ func (l *Limiter) Pending(now int64, buf []Delta) []Delta {
 		sh.mu.Lock()
 		keep := sh.listed[:0]
 		for _, e := range sh.listed {
-			if sh.m[e.key] != e { // swept since
+			if sh.get(e.hash, e.key) != e { // swept since
 				continue
 			}
 			unsent := false
@@ -91,7 +91,8 @@ func (l *Limiter) Synced(deltas []Delta, totals []int64) {
 	var sh *shard
 	for i := range min(len(deltas), len(totals)) {
 		d := &deltas[i]
-		next := &l.shards[maphash.String(l.seed, d.Key)&(numShards-1)]
+		h := maphash.String(l.seed, d.Key)
+		next := &l.shards[h&(numShards-1)]
 		if next != sh {
 			if sh != nil {
 				sh.mu.Unlock()
@@ -99,7 +100,7 @@ func (l *Limiter) Synced(deltas []Delta, totals []int64) {
 			sh = next
 			sh.mu.Lock()
 		}
-		e := sh.m[d.Key]
+		e := sh.get(h, d.Key)
 		if e == nil {
 			continue
 		}

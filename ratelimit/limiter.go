@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // Limiter decides, in memory, whether each request of a key is within the
@@ -29,7 +30,7 @@ type Options struct {
 func New(opts Options) *Limiter {
 	l := &Limiter{seed: maphash.MakeSeed(), fleet: opts.Fleet}
 	for i := range l.shards {
-		l.shards[i].m = make(map[string]*entry)
+		l.shards[i].m = make(map[uint64]*entry)
 	}
 	return l
 }
@@ -49,7 +50,12 @@ type shard struct {
 
 type shardState struct {
 	mu sync.Mutex
-	m  map[string]*entry
+	// m holds the keys' entries by the hash of their key (the one that
+	// picks the shard: no second hash, and no key to read elsewhere in
+	// memory); a key whose hash another key already has, which happens
+	// about once in 10¹³ keys, is in collided.
+	m        map[uint64]*entry
+	collided map[string]*entry
 	// listed holds the keys with admissions the fleet has not been told of
 	// (with Options.Fleet): Pending walks it rather than every key.
 	listed  []*entry
@@ -60,10 +66,17 @@ type shardState struct {
 
 // entry is a key's state.
 type entry struct {
-	key    string   // the map's key, the limiter's own copy
+	key    string   // the limiter's own copy: in kbuf when it fits
+	hash   uint64   // maphash of key
 	ws     []window // its windows: those of its limits first, in their order
 	listed bool     // in its shard's listed
+	kbuf   [keyInline]byte
 }
+
+// keyInline is the longest key kept in its entry (an id as the commands
+// make them, a UUID, has 36 characters), so that checking a key reads no
+// other memory.
+const keyInline = 40
 
 // entry1 is the entry of a key with one limit, in one allocation.
 type entry1 struct {
@@ -240,12 +253,13 @@ func (l *Limiter) Allow(key string, limits []Limit, now int64) Decision {
 			return Decision{Limit: lim}
 		}
 	}
-	sh := &l.shards[maphash.String(l.seed, key)&(numShards-1)]
+	h := maphash.String(l.seed, key)
+	sh := &l.shards[h&(numShards-1)]
 	sh.mu.Lock()
-	e := sh.m[key]
+	e := sh.get(h, key)
 	var pos [MaxLimits]uint8 // limits[i]'s window is e.ws[pos[i]]
 	if e == nil || !e.find(limits, &pos) {
-		e = sh.add(key, e, limits, now)
+		e = sh.add(h, key, e, limits, now)
 		for i := range limits {
 			pos[i] = uint8(i)
 		}
@@ -312,11 +326,20 @@ func (e *entry) find(limits []Limit, pos *[MaxLimits]uint8) bool {
 	return true
 }
 
-// add gives key (whose entry is e, nil for a new key) the windows of
+// get returns the entry of key, whose hash is h, or nil.
+func (sh *shardState) get(h uint64, key string) *entry {
+	e := sh.m[h]
+	if e != nil && e.key != key {
+		e = sh.collided[key]
+	}
+	return e
+}
+
+// add gives key (whose hash is h, and entry e, nil for a new key) the windows of
 // limits, first and in their order: it keeps the state of a window it
 // already has, and of its other windows those that still count; it
 // returns the entry. It allocates.
-func (sh *shardState) add(key string, e *entry, limits []Limit, now int64) *entry {
+func (sh *shardState) add(h uint64, key string, e *entry, limits []Limit, now int64) *entry {
 	var old []window
 	if e != nil {
 		old = e.ws
@@ -356,12 +379,25 @@ func (sh *shardState) add(key string, e *entry, limits []Limit, now int64) *entr
 	if e.key == "" {
 		// A new key. The caller's string may be a view of a larger block
 		// (a key set's strings share one): the limiter keeps a copy.
-		e.key = strings.Clone(key)
+		if len(key) <= keyInline {
+			n := copy(e.kbuf[:], key)
+			e.key = unsafe.String(&e.kbuf[0], n)
+		} else {
+			e.key = strings.Clone(key)
+		}
+		e.hash = h
 		sh.inserts++
 		if sh.inserts > max(sh.swept, autoSweepMin) {
 			sh.sweep(now)
 		}
-		sh.m[e.key] = e
+		if sh.m[h] == nil {
+			sh.m[h] = e
+		} else {
+			if sh.collided == nil {
+				sh.collided = make(map[string]*entry)
+			}
+			sh.collided[e.key] = e
+		}
 		sh.peak = max(sh.peak, len(sh.m))
 	}
 	e.ws = next
@@ -396,28 +432,33 @@ func (l *Limiter) Sweep(now int64) int {
 
 func (sh *shardState) sweep(now int64) int {
 	freed := 0
-	for k, e := range sh.m {
-		idle := true
-		for i := range e.ws {
-			idle = idle && e.ws[i].idle(now)
-		}
-		if idle {
-			delete(sh.m, k)
+	for h, e := range sh.m {
+		if e.idle(now) {
+			delete(sh.m, h)
 			freed++
 		}
 	}
+	for k, e := range sh.collided {
+		if e.idle(now) {
+			delete(sh.collided, k)
+			freed++
+		}
+	}
+	if len(sh.collided) == 0 {
+		sh.collided = nil
+	}
 	if len(sh.m) <= sh.peak/4 && sh.peak >= 64 {
 		// A map keeps its size when emptied: make it again.
-		m := make(map[string]*entry, len(sh.m))
-		for k, e := range sh.m {
-			m[k] = e
+		m := make(map[uint64]*entry, len(sh.m))
+		for h, e := range sh.m {
+			m[h] = e
 		}
 		sh.m, sh.peak = m, len(m)
 	}
 	if freed > 0 && len(sh.listed) > 0 {
 		keep := sh.listed[:0]
 		for _, e := range sh.listed {
-			if sh.m[e.key] == e {
+			if sh.get(e.hash, e.key) == e {
 				keep = append(keep, e)
 			}
 		}
@@ -427,8 +468,18 @@ func (sh *shardState) sweep(now int64) int {
 	if cap(sh.listed) > 64 && len(sh.listed) < cap(sh.listed)/4 {
 		sh.listed = append([]*entry(nil), sh.listed...)
 	}
-	sh.swept, sh.inserts = len(sh.m), 0
+	sh.swept, sh.inserts = len(sh.m)+len(sh.collided), 0
 	return freed
+}
+
+// idle reports whether nothing of e counts at now any more.
+func (e *entry) idle(now int64) bool {
+	for i := range e.ws {
+		if !e.ws[i].idle(now) {
+			return false
+		}
+	}
+	return true
 }
 
 // Len is how many keys the limiter holds state for.
@@ -437,7 +488,7 @@ func (l *Limiter) Len() int {
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
-		n += len(sh.m)
+		n += len(sh.m) + len(sh.collided)
 		sh.mu.Unlock()
 	}
 	return n

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -326,5 +327,40 @@ func TestSweep(t *testing.T) {
 	// sweep, plus the two or so that still count.
 	if bound := numShards * (autoSweepMin + 3); most > bound || l.Len() > bound {
 		t.Fatalf("up to %d keys held without Sweep (%d at the end), want at most %d", most, l.Len(), bound)
+	}
+}
+
+// Two keys whose hashes are the same (forced here: about once in 10¹³
+// keys otherwise) keep states of their own, are synced and swept.
+func TestAllowHashCollision(t *testing.T) {
+	l := New(Options{Fleet: true})
+	lim := []Limit{{3, time.Minute}}
+	sh := &l.shards[0]
+	long := "a-key-id-longer-than-forty-characters-0123456789"
+	for _, k := range []string{"first", "second", long} {
+		sh.mu.Lock()
+		e := sh.add(7, k, nil, lim, at(0))
+		sh.mu.Unlock()
+		if e.key != k || sh.get(7, k) != e {
+			t.Fatalf("%q: entry of %q", k, e.key)
+		}
+	}
+	if sh.get(7, "third") != nil {
+		t.Fatal("an unknown key with the same hash found an entry")
+	}
+	if len(sh.collided) != 2 || l.Len() != 3 {
+		t.Fatalf("%d collided, Len %d", len(sh.collided), l.Len())
+	}
+	// Their counts apart.
+	sh.mu.Lock()
+	sh.get(7, "second").ws[0].cur.local = 3
+	counts := []int64{sh.get(7, "first").ws[0].cur.local, sh.get(7, "second").ws[0].cur.local, sh.get(7, long).ws[0].cur.local}
+	sh.mu.Unlock()
+	if !slices.Equal(counts, []int64{0, 3, 0}) {
+		t.Fatalf("counts %v, want [0 3 0]", counts)
+	}
+	// Sweep frees both maps.
+	if n := l.Sweep(at(2 * time.Minute)); n != 3 || l.Len() != 0 || sh.collided != nil {
+		t.Fatalf("swept %d, Len %d, collided %v", n, l.Len(), sh.collided)
 	}
 }
