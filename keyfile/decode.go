@@ -13,6 +13,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 )
 
 // The key file is the reference application's (SoulSync's) API-key store: a
@@ -23,7 +24,7 @@ import (
 // change as the bytes it was (see doc.go).
 
 // The known members of a record, as the key file names them.
-var recordFields = [...]string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "scopes", "rotated_from"}
+var recordFields = [...]string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "scopes", "rate_limits", "rotated_from"}
 
 // IsKnownMember reports whether a record member is one this plugin reads.
 func IsKnownMember(name string) bool { return slices.Contains(recordFields[:], name) }
@@ -374,6 +375,15 @@ func setField(r *keyset.Record, name string, v jsontext.Value) error {
 		}
 		r.Scopes = scopes
 		return nil
+	case "rate_limits":
+		limits, err := decodeRateLimits(v)
+		r.RateLimits = limits
+		if err == nil {
+			// The values too, here: a record read on its own (a Redis
+			// store's) is refused as soon as it is read.
+			_, err = keyset.ParseRateLimits(limits)
+		}
+		return err
 	}
 	switch k := v.Kind(); {
 	case k == 'n':
@@ -416,6 +426,91 @@ func decodeStrings(v jsontext.Value) ([]string, error) {
 		list = append(list, unquote(s))
 	}
 	return list, nil
+}
+
+// rateLimitExample is what a record's rate_limits looks like, for errors.
+const rateLimitExample = `[{"requests": 100, "window": "1m"}]`
+
+// decodeRateLimits decodes a record's rate_limits: null (nil: the
+// handler's defaults) or a JSON array (non-nil) of objects with exactly the
+// members "requests", a whole number, and "window", a string. It checks
+// their form, not their values (keyset.ParseRateLimits does).
+func decodeRateLimits(v jsontext.Value) ([]keyset.RateLimit, error) {
+	switch k := v.Kind(); k {
+	case 'n':
+		return nil, nil
+	case '[':
+	default:
+		return nil, fmt.Errorf(`member "rate_limits" must be a list of limits such as %s, not a JSON %s`, rateLimitExample, kindName(k))
+	}
+	d := newKeyFileDecoder(v)
+	_ = d.delim() // v is valid JSON: no syntax error here
+	list := []keyset.RateLimit{}
+	for n := 1; d.dec.PeekKind() != ']'; n++ {
+		if k := d.dec.PeekKind(); k != '{' {
+			return nil, fmt.Errorf(`rate_limits: limit %d must be a JSON object such as {"requests": 100, "window": "1m"}, not a JSON %s`, n, kindName(k))
+		}
+		l, err := decodeRateLimit(d)
+		if err != nil {
+			return nil, fmt.Errorf("rate_limits: limit %d: %w", n, err)
+		}
+		list = append(list, l)
+	}
+	return list, nil
+}
+
+// decodeRateLimit decodes one limit, d at its '{'.
+func decodeRateLimit(d *keyFileDecoder) (keyset.RateLimit, error) {
+	var l keyset.RateLimit
+	var sawRequests, sawWindow bool
+	if err := d.delim(); err != nil {
+		return l, err
+	}
+	for d.dec.PeekKind() != '}' {
+		name, err := d.name()
+		if err != nil {
+			return l, err
+		}
+		v, err := d.value()
+		if err != nil {
+			return l, err
+		}
+		k := jsontext.Value(v).Kind()
+		switch {
+		case name == "requests":
+			if err := checkName(name, "requests", &sawRequests); err != nil {
+				return l, err
+			}
+			if k != '0' {
+				return l, fmt.Errorf(`"requests" must be a whole number, not a JSON %s`, kindName(k))
+			}
+			if l.Requests, err = ratelimit.ParseRequests(string(v)); err != nil {
+				return l, err
+			}
+		case name == "window":
+			if err := checkName(name, "window", &sawWindow); err != nil {
+				return l, err
+			}
+			if k != '"' {
+				return l, fmt.Errorf(`"window" must be a string such as "1m", not a JSON %s`, kindName(k))
+			}
+			l.Window = unquote(v)
+		case strings.EqualFold(name, "requests"), strings.EqualFold(name, "window"):
+			return l, fmt.Errorf("member %q must be spelled %q (names are case-sensitive)", name, strings.ToLower(name))
+		default:
+			return l, fmt.Errorf(`unknown member %q; a limit has "requests" and "window"`, name)
+		}
+	}
+	if err := d.delim(); err != nil {
+		return l, err
+	}
+	switch {
+	case !sawRequests:
+		return l, errors.New(`"requests" is missing`)
+	case !sawWindow:
+		return l, errors.New(`"window" is missing`)
+	}
+	return l, nil
 }
 
 // unquote decodes a JSON string known to be valid. A string without escapes

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 )
 
 // Key is the in-memory form of one usable record: what the request path
@@ -18,12 +20,16 @@ type Key struct {
 	Scopes []string
 
 	scopesJoined string
-	expiresAt    int64 // unix nanoseconds, clamped to int64 (see UnixNanoClamped)
-	revokedAt    int64 // unix nanoseconds, clamped, when revoked
-	createdAt    int64 // unix nanoseconds, clamped: for a store's snapshot of the key set, which a restore reads
-	expires      bool  // the key has an expires_at
-	revoked      bool  // the key has a revoked_at
-	created      bool  // the key has a created_at that reads as a time
+	// limits are the record's own rate limits, shared by the copies of
+	// the key and never changed: nil when the record has none of its own
+	// (the handler's defaults apply), noLimits when it says none.
+	limits    *[]ratelimit.Limit
+	expiresAt int64 // unix nanoseconds, clamped to int64 (see UnixNanoClamped)
+	revokedAt int64 // unix nanoseconds, clamped, when revoked
+	createdAt int64 // unix nanoseconds, clamped: for a store's snapshot of the key set, which a restore reads
+	expires   bool  // the key has an expires_at
+	revoked   bool  // the key has a revoked_at
+	created   bool  // the key has a created_at that reads as a time
 
 	// usage is created on first use, so keys that are never used cost
 	// nothing, and is carried over to the next key set when the store is
@@ -79,6 +85,33 @@ func (k *Key) CreatedAt() (int64, bool) { return k.createdAt, k.created }
 // RevokedAt returns when the key was revoked (unix nanoseconds, clamped),
 // if it was.
 func (k *Key) RevokedAt() (int64, bool) { return k.revokedAt, k.revoked }
+
+// noLimits are the limits of a key whose record says it has none.
+var noLimits = []ratelimit.Limit{}
+
+// RateLimits returns the key's own rate limits, parsed and checked when
+// the key was made, and whether it has limits of its own: false when its
+// record has no rate_limits member (or null), so the handler's defaults
+// apply; true with no limits when the record says "rate_limits": [] (none
+// for this key). The caller must not change the list.
+func (k *Key) RateLimits() ([]ratelimit.Limit, bool) {
+	if k.limits == nil {
+		return nil, false
+	}
+	return *k.limits, true
+}
+
+// setLimits makes limits, as ParseRateLimits returns them, the key's own.
+func (k *Key) setLimits(limits []ratelimit.Limit) {
+	switch {
+	case limits == nil:
+		k.limits = nil
+	case len(limits) == 0:
+		k.limits = &noLimits
+	default:
+		k.limits = &limits
+	}
+}
 
 // HasScope reports whether the key holds scope s.
 func (k *Key) HasScope(s string) bool { return slices.Contains(k.Scopes, s) }
@@ -144,6 +177,11 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 			return sum, err
 		}
 	}
+	limits, err := ParseRateLimits(rec.RateLimits)
+	if err != nil {
+		return sum, err
+	}
+	k.setLimits(limits)
 	if len(rec.Scopes) > 0 {
 		// Clone: Join returns a lone scope as it is, a view.
 		k.scopesJoined = strings.Clone(strings.Join(rec.Scopes, ","))
@@ -157,6 +195,7 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 func (k *Key) copyTo(c *Key) {
 	c.ID, c.Label, c.Prefix, c.Scopes = k.ID, k.Label, k.Prefix, k.Scopes
 	c.scopesJoined, c.expiresAt, c.revokedAt, c.createdAt = k.scopesJoined, k.expiresAt, k.revokedAt, k.createdAt
+	c.limits = k.limits
 	c.expires, c.revoked, c.created = k.expires, k.revoked, k.created
 	c.usage.Store(k.usage.Load())
 }

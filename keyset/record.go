@@ -8,25 +8,88 @@ import (
 	"math"
 	"strings"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 )
 
 // Record is one API key as the key file stores it. The members are those of
 // the reference application's records, plus the optional lifecycle members
-// expires_at, revoked_at and scopes (absent means "no limit"), and
-// rotated_from, the id of the key that `caddy apikey rotate` made this one
-// to replace (for people and scripts: the handler does not use it). Members
-// it does not know stay in the file: the keyfile package keeps them.
+// expires_at, revoked_at and scopes (absent means "no limit"), rate_limits
+// (absent or null: the handler's default limits; an empty list: no limits
+// for this key), and rotated_from, the id of the key that `caddy apikey
+// rotate` made this one to replace (for people and scripts: the handler
+// does not use it). Members it does not know stay in the file: the keyfile
+// package keeps them.
 type Record struct {
-	ID          string   `json:"id"`
-	Label       string   `json:"label"`
-	KeyHash     string   `json:"key_hash"`
-	KeyPrefix   string   `json:"key_prefix"`
-	CreatedAt   *string  `json:"created_at"`
-	LastUsedAt  *string  `json:"last_used_at"`
-	ExpiresAt   *string  `json:"expires_at,omitempty"`
-	RevokedAt   *string  `json:"revoked_at,omitempty"`
-	Scopes      []string `json:"scopes,omitempty"`
-	RotatedFrom *string  `json:"rotated_from,omitempty"`
+	ID          string      `json:"id"`
+	Label       string      `json:"label"`
+	KeyHash     string      `json:"key_hash"`
+	KeyPrefix   string      `json:"key_prefix"`
+	CreatedAt   *string     `json:"created_at"`
+	LastUsedAt  *string     `json:"last_used_at"`
+	ExpiresAt   *string     `json:"expires_at,omitempty"`
+	RevokedAt   *string     `json:"revoked_at,omitempty"`
+	Scopes      []string    `json:"scopes,omitempty"`
+	RateLimits  []RateLimit `json:"rate_limits,omitzero"` // nil: absent; empty: []
+	RotatedFrom *string     `json:"rotated_from,omitempty"`
+}
+
+// RateLimit is one of a record's rate limits as the record holds it:
+// requests per window, the window a Caddy duration as written ("1m",
+// "1d"; see ratelimit.ParseWindow), as in
+//
+//	"rate_limits": [{"requests": 100, "window": "1m"}, {"requests": 10, "window": "1s"}]
+type RateLimit struct {
+	Requests int64  `json:"requests"`
+	Window   string `json:"window"`
+}
+
+// RateLimitOf is a limit as a record holds it, its window written in the
+// largest unit that holds it whole.
+func RateLimitOf(l ratelimit.Limit) RateLimit {
+	return RateLimit{Requests: l.Requests, Window: ratelimit.FormatWindow(l.Window)}
+}
+
+// RateLimitsOf is limits as a record holds them: nil for nil (the
+// handler's defaults), an empty list for an empty one (no limits).
+func RateLimitsOf(limits []ratelimit.Limit) []RateLimit {
+	if limits == nil {
+		return nil
+	}
+	out := make([]RateLimit, len(limits))
+	for i, l := range limits {
+		out[i] = RateLimitOf(l)
+	}
+	return out
+}
+
+// ParseRateLimits checks a record's rate limits and returns them parsed:
+// each request count from 1 to ratelimit.MaxRequests, each window a Caddy
+// duration from 1s to 366d in whole seconds, at most ratelimit.MaxLimits
+// of them, no two with the same window. nil gives nil; an empty list, an
+// empty list.
+func ParseRateLimits(rs []RateLimit) ([]ratelimit.Limit, error) {
+	if rs == nil {
+		return nil, nil
+	}
+	if len(rs) > ratelimit.MaxLimits {
+		return nil, fmt.Errorf("rate_limits: at most %d limits, not %d", ratelimit.MaxLimits, len(rs))
+	}
+	out := make([]ratelimit.Limit, len(rs))
+	for i, r := range rs {
+		w, err := ratelimit.ParseWindow(r.Window)
+		if err == nil {
+			out[i] = ratelimit.Limit{Requests: r.Requests, Window: w}
+			err = out[i].Check()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("rate_limits: limit %d: %w", i+1, err)
+		}
+	}
+	if err := ratelimit.CheckLimits(out); err != nil {
+		return nil, fmt.Errorf("rate_limits: %w", err)
+	}
+	return out, nil
 }
 
 // RecordError is a problem with the n-th record, whose id is id ("" when

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 	"unsafe"
+
+	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 )
 
 // A Redis store's cache file is a snapshot of the key set in force, in a
@@ -35,16 +37,24 @@ import (
 //	keys      uvarint: how many keys follow
 //	text      uvarint: the length of all the keys' strings together
 //	each key  32 bytes: its SHA-256 (key_hash)
-//	          1 byte: flags, 1 expires_at, 2 revoked_at, 4 created_at
-//	          8 bytes (int64, unix nanoseconds) for each flag set, in that order
+//	          1 byte: flags, 1 expires_at, 2 revoked_at, 4 created_at, 8 rate_limits
+//	          8 bytes (int64, unix nanoseconds) for each of the first three flags set, in that order
+//	          with rate_limits: uvarint, how many limits (0: the record says none);
+//	            for each, uvarint requests and uvarint window in seconds
 //	          strings: id, label, key_prefix, scopes (comma-joined)
 //	checksum  4 bytes: CRC-32C of every byte before it
+//
+// Version 1, written before rate limits, is the same without the
+// rate_limits flag: it is still read.
 //
 // A file that is cut short, or whose checksum does not match, is refused
 // whole: none of its keys is put in force.
 
 // snapshotMagic opens a cache file; its last digit is the form's version.
-const snapshotMagic = "caddy-apikey key set snapshot 1\n"
+const snapshotMagic = "caddy-apikey key set snapshot 2\n"
+
+// snapshotMagicV1 opens a cache file of version 1, without rate limits.
+const snapshotMagicV1 = "caddy-apikey key set snapshot 1\n"
 
 // SnapshotMagicLen is how many bytes open a snapshot (see IsSnapshot).
 const SnapshotMagicLen = len(snapshotMagic)
@@ -56,6 +66,7 @@ const (
 	snapExpires = 1 << iota
 	snapRevoked
 	snapCreated
+	snapLimits
 )
 
 // snapshotMinKey is the fewest bytes a key takes in a snapshot: its hash,
@@ -103,6 +114,9 @@ func (s Snapshot) WriteTo(w io.Writer) (int64, error) {
 		if k.created {
 			flags |= snapCreated
 		}
+		if k.limits != nil {
+			flags |= snapLimits
+		}
 		buf = append(buf, flags)
 		if k.expires {
 			buf = binary.LittleEndian.AppendUint64(buf, uint64(k.expiresAt))
@@ -112,6 +126,13 @@ func (s Snapshot) WriteTo(w io.Writer) (int64, error) {
 		}
 		if k.created {
 			buf = binary.LittleEndian.AppendUint64(buf, uint64(k.createdAt))
+		}
+		if k.limits != nil {
+			buf = binary.AppendUvarint(buf, uint64(len(*k.limits)))
+			for _, l := range *k.limits {
+				buf = binary.AppendUvarint(buf, uint64(l.Requests))
+				buf = binary.AppendUvarint(buf, uint64(l.Window/time.Second))
+			}
 		}
 		buf = appendString(buf, k.ID)
 		buf = appendString(buf, k.Label)
@@ -169,7 +190,11 @@ func decodeSnapshotPart(r io.Reader, size int64, keys bool) (*Snapshot, error) {
 	if !keys {
 		d.buf = make([]byte, 4<<10)
 	}
-	if magic := d.fixed(len(snapshotMagic)); d.err == nil && string(magic) != snapshotMagic {
+	magic := d.fixed(len(snapshotMagic))
+	flagsKnown := byte(snapExpires | snapRevoked | snapCreated | snapLimits)
+	if d.err == nil && string(magic) == snapshotMagicV1 {
+		flagsKnown &^= snapLimits
+	} else if d.err == nil && string(magic) != snapshotMagic {
 		if IsSnapshot(magic) {
 			return nil, fmt.Errorf("a snapshot in a form this version does not read (%q; written by a newer version?)", magic[len(magic)-2:])
 		}
@@ -209,7 +234,7 @@ func decodeSnapshotPart(r io.Reader, size int64, keys bool) (*Snapshot, error) {
 		d.ensure(sha256.Size + 1 + 3*8 + 4*binary.MaxVarintLen64)
 		sum := [sha256.Size]byte(d.fixed(sha256.Size))
 		f := d.fixed(1)[0]
-		if f&^(snapExpires|snapRevoked|snapCreated) != 0 {
+		if f&^flagsKnown != 0 {
 			d.damaged("key %d has unknown flags", i+1)
 		}
 		if f&snapExpires != 0 {
@@ -221,12 +246,22 @@ func decodeSnapshotPart(r io.Reader, size int64, keys bool) (*Snapshot, error) {
 		if f&snapCreated != 0 {
 			k.created, k.createdAt = true, d.int64()
 		}
+		var limits []ratelimit.Limit
+		if f&snapLimits != 0 {
+			limits = d.limits(i + 1)
+		}
 		k.ID, k.Label, k.Prefix, k.scopesJoined = d.str(), d.str(), d.str(), d.str()
 		if d.err != nil {
 			return nil, d.err
 		}
 		if k.ID == "" {
 			return nil, fmt.Errorf("damaged: key %d has no id", i+1)
+		}
+		if limits != nil {
+			if err := ratelimit.CheckLimits(limits); err != nil {
+				return nil, fmt.Errorf("damaged: key %d (id %q): %v", i+1, k.ID, err)
+			}
+			k.limits = d.limitsOf(limits)
 		}
 		if k.scopesJoined != "" {
 			k.Scopes = strings.Split(k.scopesJoined, ",")
@@ -347,6 +382,9 @@ type snapDecoder struct {
 
 	arena []byte // the keys' strings
 	used  int    // arena[:used] holds strings
+
+	limitArena []ratelimit.Limit   // the block the keys' rate limits are read into
+	limitLists [][]ratelimit.Limit // the block the keys' lists of rate limits are in
 }
 
 // ensure reads on until k bytes (at most len(buf)) are buffered, or r ends.
@@ -450,6 +488,46 @@ func (d *snapDecoder) take(b []byte) {
 	}
 }
 
+// limits reads the rate limits of the n-th key: in memory that the keys
+// share, in blocks (no allocation for each key).
+func (d *snapDecoder) limits(n int) []ratelimit.Limit {
+	count := d.uvarint()
+	if d.err == nil && count > ratelimit.MaxLimits {
+		d.damaged("key %d has %d rate limits", n, count)
+	}
+	if d.err != nil {
+		return nil
+	}
+	if count == 0 {
+		return noLimits
+	}
+	if len(d.limitArena)+int(count) > cap(d.limitArena) {
+		d.limitArena = make([]ratelimit.Limit, 0, 4096)
+	}
+	start := len(d.limitArena)
+	for range count {
+		reqs, secs := d.uvarint(), d.uvarint()
+		if d.err == nil && (reqs > ratelimit.MaxRequests || secs > uint64(ratelimit.MaxWindow/time.Second)) {
+			d.damaged("key %d has a rate limit out of bounds", n)
+		}
+		d.limitArena = append(d.limitArena, ratelimit.Limit{Requests: int64(reqs), Window: time.Duration(secs) * time.Second})
+	}
+	return d.limitArena[start:len(d.limitArena):len(d.limitArena)]
+}
+
+// limitsOf is what a key holds of its limits: a pointer to them, from a
+// block of such the keys share.
+func (d *snapDecoder) limitsOf(limits []ratelimit.Limit) *[]ratelimit.Limit {
+	if len(limits) == 0 {
+		return &noLimits
+	}
+	if len(d.limitLists) == cap(d.limitLists) {
+		d.limitLists = make([][]ratelimit.Limit, 0, 1024)
+	}
+	d.limitLists = append(d.limitLists, limits)
+	return &d.limitLists[len(d.limitLists)-1]
+}
+
 // str reads a key's string into the arena and returns it: a view of bytes
 // that are never written again, as the keys share the one block.
 func (d *snapDecoder) str() string {
@@ -471,6 +549,9 @@ func (d *snapDecoder) str() string {
 // plugin does not know), its times written as the commands write them.
 func (k *Key) Record(sum [sha256.Size]byte) Record {
 	rec := Record{ID: k.ID, Label: k.Label, KeyHash: hex.EncodeToString(sum[:]), KeyPrefix: k.Prefix, Scopes: k.Scopes}
+	if k.limits != nil {
+		rec.RateLimits = RateLimitsOf(*k.limits)
+	}
 	if k.expires {
 		rec.ExpiresAt = Timestamp(new(time.Unix(0, k.expiresAt)))
 	}

@@ -12,7 +12,7 @@ import (
 
 // snapshotKeys is a small key set with every member a snapshot keeps:
 // times, a revoked key, scopes, labels with escapes and non-ASCII text, an
-// empty label.
+// empty label, rate limits of a key's own and a key with none.
 func snapshotKeys(t testing.TB) (*KeySet, []Record) {
 	t.Helper()
 	str := func(s string) *string { return &s }
@@ -24,6 +24,8 @@ func snapshotKeys(t testing.TB) (*KeySet, []Record) {
 	b.Scopes, b.ExpiresAt = []string{"read", "write"}, str("2031-01-02T03:04:05.123456+00:00")
 	c.RevokedAt, c.CreatedAt = str("2026-12-01T10:00:00+00:00"), nil
 	d.ExpiresAt, d.CreatedAt = str("9999-12-31T23:59:59+00:00"), str("1601-01-01T00:00:00+00:00")
+	a.RateLimits = []RateLimit{{100, "1m"}, {10, "1s"}, {1000000000, "366d"}}
+	c.RateLimits = []RateLimit{} // none for this key
 	records := []Record{a, b, c, d}
 	ks, err := New(records)
 	if err != nil {
@@ -68,7 +70,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			strings.Join(got.Scopes, "|") != strings.Join(want.Scopes, "|") ||
 			got.expires != want.expires || got.expiresAt != want.expiresAt ||
 			got.Revoked() != want.Revoked() || got.revokedAt != want.revokedAt ||
-			got.created != want.created || got.createdAt != want.createdAt {
+			got.created != want.created || got.createdAt != want.createdAt || !sameLimits(got, want) {
 			t.Errorf("key %s read back as %+v, want %+v", want.ID, got, want)
 		}
 	})
@@ -116,7 +118,7 @@ func TestSnapshotDamagedIsRefused(t *testing.T) {
 		t.Error("a key file taken for a snapshot")
 	}
 	newer := bytes.Clone(data)
-	newer[len(snapshotMagic)-2] = '2'
+	newer[len(snapshotMagic)-2] = snapshotMagic[len(snapshotMagic)-2] + 1
 	if _, err := DecodeSnapshot(bytes.NewReader(newer), int64(len(newer))); err == nil || !strings.Contains(err.Error(), "newer") {
 		t.Errorf("a snapshot of a later form: %v, want it to say so", err)
 	}
