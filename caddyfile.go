@@ -6,6 +6,8 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 	redisstore "github.com/caddy-apikey/caddy-apikey/stores/redis"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -207,6 +209,8 @@ func blockStore(seg caddyfile.Segment) string {
 //	    usage_interval  <duration> | off
 //	    reload_interval <duration> | off
 //	    key_format      <prefix>
+//	    rate_limit      <requests> <window> | off
+//	    rate_limit_headers off
 //	}
 //
 // The key file may be given inline or with keys_file, not both; redis
@@ -361,6 +365,41 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.WrapErr(err)
 			}
 			h.KeyFormat = f
+
+		case "rate_limit":
+			args := d.RemainingArgs()
+			switch {
+			case len(args) == 1 && args[0] == "off":
+				if len(h.RateLimits) > 0 || h.RateLimitsOff {
+					return d.Err("rate_limit off goes alone: it turns every rate limit off on this route")
+				}
+				h.RateLimitsOff = true
+			case len(args) == 2:
+				if h.RateLimitsOff {
+					return d.Err("rate_limit off is given already: it turns every rate limit off on this route")
+				}
+				requests, err := ratelimit.ParseRequests(args[0])
+				if err != nil {
+					return d.Errf("rate_limit %s %s: %v", args[0], args[1], err)
+				}
+				window, err := ratelimit.ParseWindow(args[1])
+				if err != nil {
+					return d.Errf("rate_limit %s %s: %v", args[0], args[1], err)
+				}
+				h.RateLimits = append(h.RateLimits, keyset.RateLimitOf(ratelimit.Limit{Requests: requests, Window: window}))
+				if _, err := keyset.ParseRateLimits(h.RateLimits); err != nil {
+					return d.Errf("rate_limit %s %s: %v", args[0], args[1], err)
+				}
+			default:
+				return d.Err("rate_limit takes a number of requests and a window, e.g. rate_limit 100 1m, or off")
+			}
+
+		case "rate_limit_headers":
+			var arg string
+			if !d.AllArgs(&arg) || arg != "off" {
+				return d.Err("rate_limit_headers takes one argument, off (the headers are on by default)")
+			}
+			h.RateLimitHeadersOff = true
 
 		default:
 			return d.WrapErr(storecore.UnknownOption(d.Val(), "subdirective", storecore.HandlerSubdirectives, redisstore.Options,

@@ -222,6 +222,7 @@ func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
 	}
 	h.logger = zap.NewNop()
 	h.store = &memoryStore{keys: ks}
+	h.useLimiter()
 	return h
 }
 

@@ -55,10 +55,11 @@ const (
 	resultInsufficientScope
 	resultAmbiguous
 	resultMalformed
+	resultRateLimited
 	numResults
 )
 
-var resultNames = [numResults]string{"ok", "anonymous", "missing", "invalid", "revoked", "expired", "insufficient_scope", "ambiguous", "malformed"}
+var resultNames = [numResults]string{"ok", "anonymous", "missing", "invalid", "revoked", "expired", "insufficient_scope", "ambiguous", "malformed", "rate_limited"}
 
 // requestCounters are the requests_total counters by result.
 type requestCounters [numResults]prometheus.Counter

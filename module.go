@@ -130,6 +130,25 @@ type Handler struct {
 	// makes keys in this format for this handler's store.
 	KeyFormat *keyformat.Format `json:"key_format,omitempty"`
 
+	// The rate limits of keys whose record has no rate_limits member,
+	// e.g. [{"requests": 100, "window": "1m"}]: a key may make that many
+	// requests in any window of that length (windows as Caddy durations,
+	// whole seconds). A key's own rate_limits replace them (an empty list:
+	// none for that key). A request over a limit is refused with 429
+	// RATE_LIMITED and Retry-After. A key's count is kept per key store:
+	// the routes that guard with one key file or Redis key set count
+	// together, and with a Redis key set, every server of the fleet.
+	RateLimits []keyset.RateLimit `json:"rate_limits,omitempty"`
+
+	// Enforce no rate limit on this route, neither the defaults nor the
+	// keys' own.
+	RateLimitsOff bool `json:"rate_limits_off,omitempty"`
+
+	// Leave the rate-limit headers off admitted and refused responses
+	// (RateLimit-Policy, RateLimit, X-RateLimit-Limit, -Remaining and
+	// -Reset). A 429 always carries Retry-After.
+	RateLimitHeadersOff bool `json:"rate_limit_headers_off,omitempty"`
+
 	store   Store // the key set and usage tracking: the store module's
 	sources []credentialSource
 	query   string
@@ -137,6 +156,8 @@ type Handler struct {
 	results *requestCounters // requests_total by result; nil: not counted
 
 	releaseFormat func() // ends this handler's say in the admin API's key format
+
+	limits limiting // the rate limits: the defaults and the key set's limiter
 
 	// Refusals, built once by setup.
 	authRequired  *refusal
@@ -146,7 +167,8 @@ type Handler struct {
 	keyExpired    *refusal
 	ambiguousKey  *refusal
 	scopeRefusals []*refusal // one for each of Scopes
-	challenge     string     // the WWW-Authenticate value of a 401
+	rateLimited   *refusal
+	challenge     string // the WWW-Authenticate value of a 401
 }
 
 // HeaderSource is a request header that may carry the key.
@@ -208,6 +230,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.results = requestResults
 	h.useKeyFormat()
+	h.useLimiter()
 	return nil
 }
 
@@ -236,6 +259,7 @@ func (h *Handler) Cleanup() error {
 		h.releaseFormat()
 		h.releaseFormat = nil
 	}
+	h.limits.release()
 	return nil
 }
 
@@ -292,6 +316,10 @@ func (h *Handler) setup() error {
 		h.malformedKey = newRefusal(http.StatusForbidden, CodeInvalidKey, MalformedKeyMessage, resultMalformed)
 	}
 	h.challenge = `Bearer realm=` + strconv.Quote(h.Realm)
+	h.rateLimited = newRefusal(http.StatusTooManyRequests, CodeRateLimited, "Rate limit exceeded for this API key; retry after the time in Retry-After.", resultRateLimited)
+	if err := h.limits.setup(h.RateLimits, h.RateLimitsOff); err != nil {
+		return err
+	}
 	return h.Validate()
 }
 
@@ -310,6 +338,7 @@ const (
 	CodeKeyExpired        = "KEY_EXPIRED"
 	CodeInsufficientScope = "INSUFFICIENT_SCOPE"
 	CodeAmbiguousKey      = "AMBIGUOUS_KEY"
+	CodeRateLimited       = "RATE_LIMITED"
 )
 
 // MalformedKeyMessage is the message of the INVALID_KEY refusal of a key
@@ -399,9 +428,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if h.limits.limiter != nil {
+		if limits := h.limits.of(key); len(limits) > 0 {
+			d := h.limits.limiter.Allow(key.ID, limits, now)
+			h.limits.tell(w, repl, limits, d, !h.RateLimitHeadersOff)
+			if !d.Allowed {
+				return h.refuse(w, r, h.rateLimited, key)
+			}
+		}
+	}
+
 	h.store.MarkUsed(key, sum, now)
 	h.count(resultOK)
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Map(key.Placeholder)
 	if h.HideCredentials {
 		h.hideCredentials(r)

@@ -31,3 +31,6 @@ var (
 	_ Store = (*filestore.Store)(nil)
 	_ Store = (*redisstore.Store)(nil)
 )
+
+// The Redis store shares rate-limit counts with the fleet.
+var _ LimiterSharer = (*redisstore.Store)(nil)

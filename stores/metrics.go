@@ -22,6 +22,7 @@ var metrics = struct {
 	lastLoad    *prometheus.GaugeVec
 	lastSync    *prometheus.GaugeVec
 	broken      *prometheus.GaugeVec
+	rateSyncs   *prometheus.CounterVec
 }{
 	keys: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "apikey", Name: "keys",
@@ -47,6 +48,10 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "apikey", Name: "source_broken",
 		Help: "1 while a store's source cannot be loaded (a key file missing, unreadable or broken; the keys loaded before stay in force), 0 once a good version is in force. Alert on it rather than on reloads_total{result=\"error\"}, which counts each broken version once.",
 	}, []string{"store"}),
+	rateSyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "apikey", Name: "rate_limit_syncs_total",
+		Help: "Exchanges of rate-limit counts with the fleet through a store (Redis), by result: ok, or error (each server then limits from the counts it has, and the next exchange sends what this one could not).",
+	}, []string{"store", "result"}),
 }
 
 // Metrics are the metrics of one store, under its store label, with
@@ -63,6 +68,8 @@ type Metrics struct {
 	lastLoad    prometheus.Gauge
 	lastSync    prometheus.Gauge // made on first use: only a syncing store has it
 	broken      prometheus.Gauge // made on first use: by a store that reports it
+	rateSyncOK  prometheus.Counter // made on first use: by a store that shares rate limits
+	rateSyncErr prometheus.Counter
 }
 
 // metricsByLabel holds the Metrics in use. Stores with one label
@@ -89,6 +96,7 @@ func AcquireMetrics(label string) *Metrics {
 			writeError:  metrics.usageWrites.WithLabelValues(label, "error"),
 			lastLoad:    metrics.lastLoad.WithLabelValues(label),
 		}
+
 		for st := range keyset.NumStates {
 			m.keys[st] = metrics.keys.WithLabelValues(label, st.String())
 		}
@@ -118,6 +126,27 @@ func (m *Metrics) Release() {
 	metrics.lastLoad.DeletePartialMatch(labels)
 	metrics.lastSync.DeletePartialMatch(labels)
 	metrics.broken.DeletePartialMatch(labels)
+	metrics.rateSyncs.DeletePartialMatch(labels)
+}
+
+// RateSynced records an exchange of rate-limit counts with the fleet,
+// failed if err is set.
+func (m *Metrics) RateSynced(err error) {
+	if m == nil {
+		return
+	}
+	metricsMu.Lock()
+	if m.rateSyncOK == nil {
+		m.rateSyncOK = metrics.rateSyncs.WithLabelValues(m.label, "ok")
+		m.rateSyncErr = metrics.rateSyncs.WithLabelValues(m.label, "error")
+	}
+	ok, failed := m.rateSyncOK, m.rateSyncErr
+	metricsMu.Unlock()
+	if err != nil {
+		failed.Inc()
+	} else {
+		ok.Inc()
+	}
 }
 
 // SourceBroken records whether the store's source can be loaded: broken
@@ -205,5 +234,5 @@ func (m *Metrics) UsageWritten(err error) {
 
 // Collectors are the stores' collectors, for the handler to register.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{metrics.keys, metrics.reloads, metrics.usageWrites, metrics.lastLoad, metrics.lastSync, metrics.broken}
+	return []prometheus.Collector{metrics.keys, metrics.reloads, metrics.usageWrites, metrics.lastLoad, metrics.lastSync, metrics.broken, metrics.rateSyncs}
 }

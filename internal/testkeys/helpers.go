@@ -51,6 +51,38 @@ func GaugeValue(t testing.TB, name, store string) (float64, bool) {
 	return 0, false
 }
 
+// CounterValue returns the value of the series of the stores' counter name
+// whose store label is store and result label result, and whether there
+// is one.
+func CounterValue(t testing.TB, name, store, result string) (float64, bool) {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	for _, c := range stores.Collectors() {
+		if err := reg.Register(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["store"] == store && labels["result"] == result {
+				return m.GetCounter().GetValue(), true
+			}
+		}
+	}
+	return 0, false
+}
+
 // RunCommand runs `caddy apikey <args>` in this process, as the command
 // line does, with stdin as its input, and returns what it printed. The
 // test binary must import the cli package (blank) for the command to be

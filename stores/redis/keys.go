@@ -39,6 +39,7 @@ import (
 // the later of the record's last_used_at and its used entry.
 type layout struct {
 	prefix                      string
+	tag                         string // {prefix}: every key's start, so that all are in one Cluster slot
 	records, used, version, log string
 }
 
@@ -60,7 +61,7 @@ func newLayout(prefix string) (layout, error) {
 		return layout{}, fmt.Errorf("redis prefix %q: must not hold { or }, which would break its Cluster hash tag", prefix)
 	}
 	tag := "{" + prefix + "}"
-	return layout{prefix: prefix, records: tag + "records", used: tag + "used", version: tag + "version", log: tag + "log"}, nil
+	return layout{prefix: prefix, tag: tag, records: tag + "records", used: tag + "used", version: tag + "version", log: tag + "log"}, nil
 }
 
 // parseURL reads a configured Redis URL into client options. {env.*}

@@ -1,0 +1,132 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/redis/rueidis"
+	"go.uber.org/zap"
+
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
+	"github.com/caddy-apikey/caddy-apikey/ratelimit"
+)
+
+// RateSyncInterval is how often each server adds its rate-limit counts to
+// the fleet's in Redis and takes back the fleet's. Each server decides on
+// its own, from its counts and the others' as of its last exchange, so a
+// fleet of N servers may admit, over a window, up to the limit plus what
+// the other N-1 servers admitted in the last interval (see the ratelimit
+// package).
+const RateSyncInterval = 100 * time.Millisecond
+
+// rateBatch bounds the commands of one exchange sent at once.
+const rateBatch = 1000
+
+// ShareLimiter adds this server's rate-limit counts to the fleet's, in the
+// key set's Redis, every RateSyncInterval, and gives the limiter the
+// fleet's totals back, until stop is called. Each window of a limit is a
+// hash ({prefix}rl:<window seconds>:<index>) of counts by key id, which
+// expires once the window and the next are over. Redis down, each server
+// goes on limiting from what it has, logged once, counted in
+// caddy_apikey_rate_limit_syncs_total{result="error"}; the next exchange
+// sends what failed.
+func (r *Store) ShareLimiter(l *ratelimit.Limiter) (stop func()) { return r.store.shareLimiter(l) }
+
+func (s *liveSet) shareLimiter(l *ratelimit.Limiter) func() {
+	ctx, cancel := context.WithCancel(s.life.Ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(RateSyncInterval)
+		defer t.Stop()
+		x := &rateExchange{s: s, l: l}
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				x.round(ctx)
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// rateExchange is the exchange of one limiter's counts with the fleet.
+type rateExchange struct {
+	s       *liveSet
+	l       *ratelimit.Limiter
+	buf     []ratelimit.Delta
+	totals  []int64
+	failing storecore.Trouble
+}
+
+// round sends what the limiter has not told the fleet yet and hands it
+// the fleet's totals; a failure is logged once until a round goes through.
+func (x *rateExchange) round(ctx context.Context) error {
+	x.buf = x.l.Pending(time.Now().UnixNano(), x.buf[:0])
+	if len(x.buf) == 0 {
+		return nil
+	}
+	var err error
+	x.totals, err = x.s.exchangeCounts(ctx, x.buf, x.totals[:0])
+	if ctx.Err() != nil {
+		return ctx.Err() // stopping: no outage
+	}
+	x.s.metrics.RateSynced(err)
+	if err != nil {
+		if x.failing.Start() {
+			x.s.log().Error("cannot share rate-limit counts through Redis; each server limits from the counts it has until it can, and then catches up", x.s.fields(zap.Error(err))...)
+		}
+		return err
+	}
+	if x.failing.End() {
+		x.s.log().Info("sharing rate-limit counts through Redis works again", x.s.fields()...)
+	}
+	x.l.Synced(x.buf, x.totals)
+	return nil
+}
+
+// exchangeCounts adds each delta's count to its window's hash and appends
+// the totals Redis then holds to totals, in the deltas' order.
+func (s *liveSet) exchangeCounts(ctx context.Context, deltas []ratelimit.Delta, totals []int64) ([]int64, error) {
+	p := s.client.Load()
+	if p == nil {
+		return totals, errors.New("not connected to Redis yet")
+	}
+	c := *p
+	cmds := make(rueidis.Commands, 0, 2*min(len(deltas), rateBatch))
+	for start := 0; start < len(deltas); start += rateBatch {
+		batch := deltas[start:min(start+rateBatch, len(deltas))]
+		cmds = cmds[:0]
+		for _, d := range batch {
+			key := s.rk.rateWindow(d.Window, d.Index)
+			// Gone once this window and the next are over (the next
+			// weighs this one), with a minute to spare for clocks.
+			expires := time.Unix(0, d.Start()+2*int64(d.Window)).Add(time.Minute)
+			cmds = append(cmds,
+				c.B().Hincrby().Key(key).Field(d.Key).Increment(d.N).Build(),
+				c.B().Pexpireat().Key(key).MillisecondsTimestamp(expires.UnixMilli()).Build())
+		}
+		cctx, cancel := context.WithTimeout(ctx, answerTimeout(s.opt))
+		replies := c.DoMulti(cctx, cmds...)
+		cancel()
+		for i := range batch {
+			n, err := replies[2*i].AsInt64()
+			if err != nil {
+				return totals, err
+			}
+			totals = append(totals, n)
+		}
+	}
+	return totals, nil
+}
+
+// rateWindow is the Redis key of the counts of one window of the limits of
+// that length: {prefix}rl:<window in seconds>:<index>, in the key set's
+// slot.
+func (k layout) rateWindow(window time.Duration, index int64) string {
+	return k.tag + "rl:" + strconv.FormatInt(int64(window/time.Second), 10) + ":" + strconv.FormatInt(index, 10)
+}
