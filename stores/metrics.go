@@ -66,8 +66,8 @@ type Metrics struct {
 	writeOK     prometheus.Counter
 	writeError  prometheus.Counter
 	lastLoad    prometheus.Gauge
-	lastSync    prometheus.Gauge // made on first use: only a syncing store has it
-	broken      prometheus.Gauge // made on first use: by a store that reports it
+	lastSync    prometheus.Gauge   // made on first use: only a syncing store has it
+	broken      prometheus.Gauge   // made on first use: by a store that reports it
 	rateSyncOK  prometheus.Counter // made on first use: by a store that shares rate limits
 	rateSyncErr prometheus.Counter
 }
