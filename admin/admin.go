@@ -163,11 +163,12 @@ const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/k
 func (a *API) newMux() *http.ServeMux {
 	m := http.NewServeMux()
 	for pattern, ops := range map[string]map[string]operation{
-		"/apikey/stores":           {http.MethodGet: a.listStores},
-		"/apikey/keys":             {http.MethodGet: a.listKeys, http.MethodPost: a.createKey},
-		"/apikey/keys/{id}/revoke": {http.MethodPost: a.revokeKey},
-		"/apikey/keys/{id}/rotate": {http.MethodPost: a.rotateKey},
-		"/":                        nil,
+		"/apikey/stores":                {http.MethodGet: a.listStores},
+		"/apikey/keys":                  {http.MethodGet: a.listKeys, http.MethodPost: a.createKey},
+		"/apikey/keys/{id}/revoke":      {http.MethodPost: a.revokeKey},
+		"/apikey/keys/{id}/rotate":      {http.MethodPost: a.rotateKey},
+		"/apikey/keys/{id}/rate_limits": {http.MethodPut: a.setRateLimits, http.MethodDelete: a.setRateLimits},
+		"/":                             nil,
 	} {
 		m.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			a.answer(w, r, ops)
@@ -469,6 +470,55 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, ref string) (int
 	return http.StatusOK, answer, nil
 }
 
+// RateLimitsRequest is the body of PUT /apikey/keys/{id}/rate_limits: the
+// key's own rate limits ([] for none at all). DELETE drops them: the
+// handlers' defaults apply to the key again.
+type RateLimitsRequest struct {
+	RateLimits *[]keyset.RateLimit `json:"rate_limits"`
+}
+
+func (a *API) setRateLimits(w http.ResponseWriter, r *http.Request, ref string) (int, any, error) {
+	var limits []keyset.RateLimit
+	if r.Method == http.MethodPut {
+		var req RateLimitsRequest
+		if err := readBody(w, r, &req, `the member is rate_limits, a list such as [{"requests": 100, "window": "1m"}]`); err != nil {
+			return 0, nil, err
+		}
+		if req.RateLimits == nil {
+			return 0, nil, badRequest(`give rate_limits, a list such as [{"requests": 100, "window": "1m"}] ([] for no limit); DELETE drops the key's own limits`)
+		}
+		limits = *req.RateLimits
+		if limits == nil {
+			limits = []keyset.RateLimit{}
+		}
+	} else if err := readBody(w, r, &struct{}{}, "DELETE takes none; send no body, or {}"); err != nil {
+		return 0, nil, err
+	}
+	st, err := a.pickStore(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	rec, changed, err := keyops.SetRateLimits(existingRecords{st.Records()}, ref, limits, a.waiting(st))
+	if err != nil {
+		return 0, nil, storeFailure(st, err)
+	}
+	answer := RateLimitsAnswer{Listed: listed(rec, a.now()), Changed: changed}
+	if changed {
+		answer.Warning = a.refresh(st)
+		a.logger.Info("key rate limits set", zap.String("store", st.Name()),
+			zap.String("key_id", rec.ID), zap.String("key_label", rec.Label), zap.String("key_prefix", rec.KeyPrefix), zap.Int("rate_limits", len(limits)), zap.Bool("own", limits != nil))
+	}
+	return http.StatusOK, answer, nil
+}
+
+// RateLimitsAnswer is the answer of PUT and DELETE
+// /apikey/keys/{id}/rate_limits: the key as it is now.
+type RateLimitsAnswer struct {
+	keyops.Listed
+	Changed bool   `json:"changed"`
+	Warning string `json:"warning,omitempty"`
+}
+
 // RotateRequest is the body of POST /apikey/keys/{id}/rotate, which may be
 // empty.
 type RotateRequest struct {
@@ -527,10 +577,11 @@ func readBody(w http.ResponseWriter, r *http.Request, v any, members string) err
 
 // memberTypes says what each member of a request body holds.
 var memberTypes = map[string]string{
-	"label":   "a string",
-	"scopes":  "a list of strings",
-	"expires": "a string: a duration from now such as 90d, or a time such as 2027-01-31T00:00:00Z",
-	"grace":   "a string: a duration such as 24h, or 0",
+	"label":       "a string",
+	"scopes":      "a list of strings",
+	"expires":     "a string: a duration from now such as 90d, or a time such as 2027-01-31T00:00:00Z",
+	"grace":       "a string: a duration such as 24h, or 0",
+	"rate_limits": `a list of limits such as [{"requests": 100, "window": "1m"}]`,
 }
 
 // jsonProblem says what is wrong with a body that does not decode, in the

@@ -62,7 +62,7 @@ first line), or through an {env.*} placeholder in the URL, as in the
 Caddyfile: --redis 'redis://:{env.REDIS_PASSWORD}@127.0.0.1:6379/0'.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand(), checkCommand())
+			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand(), checkCommand(), limitsCommand())
 		},
 	})
 }
@@ -291,9 +291,14 @@ those scopes, for routes whose apikey directive requires them.
 			if err != nil {
 				return err
 			}
+			rates, _ := fl.GetStringArray("rate")
+			limits, err := keyops.ParseRates(rates)
+			if err != nil {
+				return err
+			}
 			return withRecordStore(cmd, func(st stores.RecordStore) error {
 				return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.AddOptions{
-					Label: label, Expires: expires, Scopes: scopes, Format: format,
+					Label: label, Expires: expires, Scopes: scopes, Format: format, RateLimits: limits,
 				}, time.Now())
 			})
 		}),
@@ -304,6 +309,7 @@ those scopes, for routes whose apikey directive requires them.
 	add.Flags().StringSliceP("scope", "s", nil, "A scope the key holds (repeatable)")
 	add.Flags().Bool("create", false, "Make the key file if it does not exist (or, with --redis, the key set if the prefix holds none)")
 	keyFormatFlags(add)
+	add.Flags().StringArray("rate", nil, "A rate limit of the key's own, requests/window, e.g. 100/1m (repeatable; without it the apikey directive's rate_limit applies)")
 	return add
 }
 
@@ -596,4 +602,64 @@ func checkKey(cmd *cobra.Command) (keyformat.Result, error) {
 		fmt.Fprintln(out, "not in this format (no such prefix)")
 	}
 	return result, nil
+}
+
+// limitsCommand is `caddy apikey limits`.
+func limitsCommand() *cobra.Command {
+	limits := &cobra.Command{
+		Use:   "limits (--file <keys.json> | --redis <url> [--prefix <p>]) (--rate <requests/window>... | --none | --defaults) <id|key_prefix>",
+		Short: "Sets or clears a key's own rate limits",
+		Long: `
+Gives the key named by its id (or the start of it) or key_prefix rate limits
+of its own, which replace the apikey directive's rate_limit for it:
+
+  --rate 100/1m --rate 10/1s   these limits (windows as Caddy durations:
+                               1s, 1m, 1h, 1d; whole seconds)
+  --none                       no limit at all for this key
+  --defaults                   no limits of its own: the directive's apply
+
+A running Caddy puts the change in force as any other key change: at its
+next reload_interval for a key file, within milliseconds on every server for
+a Redis key set. The key's counts so far are kept.
+`,
+		Example: `  caddy apikey limits --file keys.json --rate 1000/1h --rate 20/1s sk_AbCdEfGh
+  caddy apikey limits --redis redis://127.0.0.1:6379/0 --defaults 3f2c1a`,
+		Args: cobra.ExactArgs(1),
+		RunE: runWithExitCode(func(cmd *cobra.Command, args []string) error {
+			fl := cmd.Flags()
+			rates, _ := fl.GetStringArray("rate")
+			none, _ := fl.GetBool("none")
+			defaults, _ := fl.GetBool("defaults")
+			var limits []keyset.RateLimit
+			switch {
+			case len(rates) > 0 && !none && !defaults:
+				var err error
+				if limits, err = keyops.ParseRates(rates); err != nil {
+					return err
+				}
+			case none && len(rates) == 0 && !defaults:
+				limits = []keyset.RateLimit{}
+			case defaults && len(rates) == 0 && !none:
+			default:
+				return errors.New("give --rate (one or more), --none or --defaults: one of them")
+			}
+			return withRecordStore(cmd, func(st stores.RecordStore) error {
+				rec, changed, err := keyops.SetRateLimits(st, args[0], limits, sayWaiting(cmd.ErrOrStderr(), st))
+				if err != nil {
+					return err
+				}
+				what := "unchanged"
+				if changed {
+					what = "now"
+				}
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "Rate limits of %s (%s) %s: %s\n", keyops.Printable(rec.KeyPrefix), keyops.Printable(rec.Label), what, limitsText(rec.RateLimits))
+				return err
+			})
+		}),
+	}
+	storeFlags(limits)
+	limits.Flags().StringArray("rate", nil, "A rate limit, requests/window, e.g. 100/1m (repeatable)")
+	limits.Flags().Bool("none", false, "No rate limit at all for this key")
+	limits.Flags().Bool("defaults", false, "No rate limits of its own: the apikey directive's rate_limit applies")
+	return limits
 }

@@ -323,7 +323,7 @@ func TestCommandListTable(t *testing.T) {
 		t.Fatalf("%d lines, want a header and %d rows:\n%s", len(lines), len(keys), text)
 	}
 	header := strings.Fields(lines[0])
-	if want := []string{"ID", "LABEL", "PREFIX", "CREATED", "LAST", "USED", "EXPIRES", "SCOPES", "STATUS"}; !slices.Equal(header, want) {
+	if want := []string{"ID", "LABEL", "PREFIX", "CREATED", "LAST", "USED", "EXPIRES", "SCOPES", "RATE", "LIMITS", "STATUS"}; !slices.Equal(header, want) {
 		t.Errorf("header = %q", lines[0])
 	}
 	wantStatus := []string{"active", "expired", "revoked", "active"}

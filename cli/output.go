@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -70,15 +71,31 @@ func listKeys(w io.Writer, st stores.RecordStore, asJSON bool, now time.Time) er
 		return enc.Encode(keys)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tLABEL\tPREFIX\tCREATED\tLAST USED\tEXPIRES\tSCOPES\tSTATUS")
+	fmt.Fprintln(tw, "ID\tLABEL\tPREFIX\tCREATED\tLAST USED\tEXPIRES\tSCOPES\tRATE LIMITS\tSTATUS")
 	for i := range keys {
 		k := &keys[i]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			keyops.Printable(k.ID), keyops.Printable(k.Label), keyops.Printable(k.KeyPrefix),
 			displayTime(k.CreatedAt, "-"), displayTime(k.LastUsedAt, "never"),
-			displayTime(k.ExpiresAt, "never"), keyops.Printable(scopeText(k.Scopes)), k.Status)
+			displayTime(k.ExpiresAt, "never"), keyops.Printable(scopeText(k.Scopes)), limitsText(k.RateLimits), k.Status)
 	}
 	return tw.Flush()
+}
+
+// limitsText is how list and limits show a key's own rate limits:
+// "100/1m,10/1s", "none" for an empty list, "default" for none of its own.
+func limitsText(limits []keyset.RateLimit) string {
+	switch {
+	case limits == nil:
+		return "default"
+	case len(limits) == 0:
+		return "none"
+	}
+	parts := make([]string, len(limits))
+	for i, l := range limits {
+		parts[i] = strconv.FormatInt(l.Requests, 10) + "/" + keyops.Printable(l.Window)
+	}
+	return strings.Join(parts, ",")
 }
 
 // scopeText is how add and list show a key's scopes: comma-joined, as

@@ -24,6 +24,9 @@ type AddOptions struct {
 	// Format is the new key's format (--key-format); nil for the default
 	// format (GenerateKey's).
 	Format *keyformat.Format
+	// RateLimits are the key's own rate limits (--rate); nil for none of
+	// its own (the handler's defaults apply).
+	RateLimits []keyset.RateLimit
 }
 
 // Create makes a new key as opts say and adds its record to the store;
@@ -42,13 +45,16 @@ func Create(st stores.RecordStore, opts AddOptions, now time.Time, waiting func(
 	if err != nil {
 		return "", keyset.Record{}, err
 	}
+	if _, err := keyset.ParseRateLimits(opts.RateLimits); err != nil {
+		return "", keyset.Record{}, InputError(err.Error())
+	}
 	raw, keyPrefix, err := NewKey(opts.Format)
 	if err != nil {
 		return "", keyset.Record{}, err
 	}
 	var added keyset.Record
 	err = st.Edit(stores.Edit{Create: true, OnlyAdds: true, Waiting: waiting, Change: func(doc *keyfile.Doc) error {
-		r, err := newRecord(doc, raw, keyPrefix, keyset.Record{Label: label, Scopes: scopes, ExpiresAt: keyset.Timestamp(expiresAt)}, now)
+		r, err := newRecord(doc, raw, keyPrefix, keyset.Record{Label: label, Scopes: scopes, ExpiresAt: keyset.Timestamp(expiresAt), RateLimits: opts.RateLimits}, now)
 		if err != nil {
 			return err
 		}

@@ -21,6 +21,10 @@ type Listed struct {
 	Scopes      []string `json:"scopes"`
 	RotatedFrom *string  `json:"rotated_from"`
 	Status      string   `json:"status"`
+	// RateLimits are the key's own rate limits, as its record holds
+	// them: absent when it has none of its own (the handler's defaults
+	// apply), [] when it has none at all.
+	RateLimits []keyset.RateLimit `json:"rate_limits,omitzero"`
 }
 
 // List returns the store's records as list --json and the admin API
@@ -44,6 +48,7 @@ func NewListed(rec *keyset.Record, k *keyset.Key, now time.Time) Listed {
 		CreatedAt: rec.CreatedAt, LastUsedAt: rec.LastUsedAt,
 		ExpiresAt: rec.ExpiresAt, RevokedAt: rec.RevokedAt,
 		Scopes: rec.Scopes, RotatedFrom: rec.RotatedFrom, Status: k.State(now).String(),
+		RateLimits: rec.RateLimits,
 	}
 	if l.Scopes == nil {
 		l.Scopes = []string{}
