@@ -234,6 +234,9 @@ func TestFleetAccuracy(t *testing.T) {
 // syncs every 100 ms, the fleet admits at most 2·S·λ·(N−1)/N = 133 more
 // than the limit in any fixed window.
 func TestFleetOvershootBound(t *testing.T) {
+	if testing.Short() {
+		t.Skip("720 000 simulated requests: about 5 s with the race detector")
+	}
 	for _, S := range []time.Duration{10 * time.Millisecond, 100 * time.Millisecond, time.Second} {
 		servers := []*Limiter{New(Options{Fleet: true}), New(Options{Fleet: true}), New(Options{Fleet: true})}
 		h := newHub()

@@ -37,7 +37,7 @@ func New(opts Options) *Limiter {
 
 // numShards is how many parts the keys' state is split into, each behind
 // its own lock.
-const numShards = 64
+const numShards = 256
 
 // autoSweepMin is how many keys a shard adds before it sweeps itself (see
 // shard.add).
@@ -447,7 +447,7 @@ func (sh *shardState) sweep(now int64) int {
 	if len(sh.collided) == 0 {
 		sh.collided = nil
 	}
-	if len(sh.m) <= sh.peak/4 && sh.peak >= 64 {
+	if len(sh.m) <= sh.peak/4 && sh.peak >= 16 {
 		// A map keeps its size when emptied: make it again.
 		m := make(map[uint64]*entry, len(sh.m))
 		for h, e := range sh.m {
