@@ -91,3 +91,30 @@ func TestCommandRateLimits(t *testing.T) {
 		t.Error("a refused limits or add changed the key file")
 	}
 }
+
+// A rotated key keeps the old one's own rate limits: none of its own, none
+// at all, or its list.
+func TestCommandRotateKeepsRateLimits(t *testing.T) {
+	path := t.TempDir() + "/keys.json"
+	for _, rates := range [][]string{nil, {"--none"}, {"--rate", "7/1m", "--rate", "2/1s"}} {
+		stdout, _, err := testkeys.RunCommand(t, "", "add", "--file", path, "--create", "--label", "r")
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw := strings.TrimSpace(stdout)
+		if rates != nil {
+			if _, stderr, err := testkeys.RunCommand(t, "", append(append([]string{"limits", "--file", path}, rates...), raw[:11])...); err != nil {
+				t.Fatalf("limits: %v %s", err, stderr)
+			}
+		}
+		old := testkeys.ReadDoc(t, path).Records
+		if _, stderr, err := testkeys.RunCommand(t, "", "rotate", "--file", path, "--grace", "0", raw[:11]); err != nil {
+			t.Fatalf("rotate: %v %s", err, stderr)
+		}
+		recs := testkeys.ReadDoc(t, path).Records
+		was, now := old[len(old)-1].RateLimits, recs[len(recs)-1].RateLimits
+		if (was == nil) != (now == nil) || len(was) != len(now) {
+			t.Errorf("rotating a key with rate limits %v: the new key has %+v, the old had %+v", rates, now, was)
+		}
+	}
+}

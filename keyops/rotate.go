@@ -80,7 +80,7 @@ func Rotate(st stores.RecordStore, opts RotateOptions, now time.Time, waiting fu
 			return &RefError{Code: "ALREADY_ROTATED", Msg: fmt.Sprintf("%s was already rotated: key %s (%s) replaces it; rotate that one instead, or revoke the old one to end its grace", who, Printable(next.ID), Printable(next.KeyPrefix))}
 		}
 		oldID := strings.Clone(rec.ID)
-		next, err := newRecord(doc, r.Raw, keyPrefix, keyset.Record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: keyset.Timestamp(expiresAt), RotatedFrom: &oldID}, now)
+		next, err := newRecord(doc, r.Raw, keyPrefix, keyset.Record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: keyset.Timestamp(expiresAt), RotatedFrom: &oldID, RateLimits: slices.Clone(rec.RateLimits)}, now)
 		if err != nil {
 			return err
 		}
