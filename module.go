@@ -428,20 +428,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	var placeholders func(string) (any, bool) // key.Placeholder, unless limited
 	if h.limits.limiter != nil {
 		if limits := h.limits.of(key); len(limits) > 0 {
 			d := h.limits.limiter.Allow(key.ID, limits, now)
-			h.limits.tell(w, repl, limits, d, !h.RateLimitHeadersOff)
+			if !h.RateLimitHeadersOff {
+				h.limits.writeHeaders(w.Header(), limits, d)
+			}
 			if !d.Allowed {
+				w.Header()["Retry-After"] = []string{strconv.FormatInt(d.RetryAfterSeconds(), 10)}
 				return h.refuse(w, r, h.rateLimited, key)
 			}
+			placeholders = limitPlaceholders(key, d)
 		}
 	}
 
 	h.store.MarkUsed(key, sum, now)
 	h.count(resultOK)
-	repl.Map(key.Placeholder)
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if placeholders == nil {
+		placeholders = key.Placeholder
+	}
+	repl.Map(placeholders)
 	if h.HideCredentials {
 		h.hideCredentials(r)
 	}

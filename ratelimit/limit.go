@@ -70,18 +70,24 @@ func ParseWindow(s string) (time.Duration, error) {
 // "1d", "2h", "1m", "90s" (as ParseWindow reads it back). A window that is
 // not whole seconds is written as time.Duration writes it.
 func FormatWindow(w time.Duration) string {
+	if w <= 0 || w%time.Second != 0 {
+		return w.String()
+	}
+	return string(AppendWindow(nil, w))
+}
+
+// AppendWindow appends FormatWindow(w) to b, for a window of whole seconds.
+func AppendWindow(b []byte, w time.Duration) []byte {
 	const day = 24 * time.Hour
 	switch {
-	case w <= 0 || w%time.Second != 0:
-		return w.String()
 	case w%day == 0:
-		return strconv.FormatInt(int64(w/day), 10) + "d"
+		return append(strconv.AppendInt(b, int64(w/day), 10), 'd')
 	case w%time.Hour == 0:
-		return strconv.FormatInt(int64(w/time.Hour), 10) + "h"
+		return append(strconv.AppendInt(b, int64(w/time.Hour), 10), 'h')
 	case w%time.Minute == 0:
-		return strconv.FormatInt(int64(w/time.Minute), 10) + "m"
+		return append(strconv.AppendInt(b, int64(w/time.Minute), 10), 'm')
 	}
-	return strconv.FormatInt(int64(w/time.Second), 10) + "s"
+	return append(strconv.AppendInt(b, int64(w/time.Second), 10), 's')
 }
 
 // ParseRequests reads a limit's request count: decimal digits alone, from

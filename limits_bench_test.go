@@ -1,0 +1,73 @@
+package apikey
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/keyset"
+)
+
+// BenchmarkRateLimit measures what rate limits add to an admitted request
+// (a valid key in a set of 10 000, spread over 4096 keys, limits too large
+// to refuse): none, one limit and three, with the headers on (the default)
+// and off. Requests are prepared as BenchmarkServeHTTP prepares them.
+func BenchmarkRateLimit(b *testing.B) {
+	const n = 10_000
+	ks := testkeys.BenchKeySet(b, n)
+	spread := make([]string, 4096)
+	for i := range spread {
+		spread[i] = "Bearer " + testkeys.BenchRawKey(i*n/len(spread))
+	}
+	one := []keyset.RateLimit{{Requests: 1_000_000_000, Window: "1h"}}
+	three := []keyset.RateLimit{{Requests: 1_000_000_000, Window: "1s"}, {Requests: 1_000_000_000, Window: "1m"}, {Requests: 1_000_000_000, Window: "1h"}}
+	for _, c := range []struct {
+		name       string
+		limits     []keyset.RateLimit
+		headersOff bool
+	}{
+		{"none", nil, false},
+		{"1-limit/headers=on", one, false},
+		{"1-limit/headers=off", one, true},
+		{"3-limits/headers=on", three, false},
+		{"3-limits/headers=off", three, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			h := newMemoryHandler(&Handler{KeysFile: "bench-keys.json", RateLimits: c.limits, RateLimitHeadersOff: c.headersOff}, ks)
+			w := &discardWriter{hdr: make(http.Header)}
+			reqs := make([]*http.Request, benchBatch)
+			prepare := func(offset int) {
+				for j := range reqs {
+					u := &url.URL{Path: "/api/items"}
+					r := &http.Request{Method: "GET", URL: u, Header: http.Header{"Authorization": {spread[(offset+j)%len(spread)]}}, RemoteAddr: "192.0.2.1:51234", RequestURI: u.RequestURI()}
+					reqs[j] = caddyhttp.PrepareRequest(r.WithContext(b.Context()), caddy.NewReplacer(), w, nil)
+				}
+			}
+			prepare(0)
+			for _, r := range reqs { // the keys' first uses and limiter state
+				_ = h.ServeHTTP(w, r, noopNext)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i += benchBatch {
+				b.StopTimer()
+				prepare(i)
+				b.StartTimer()
+				for _, r := range reqs[:min(benchBatch, b.N-i)] {
+					if err := h.ServeHTTP(w, r, noopNext); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.StopTimer()
+			if w.status != 0 {
+				b.Fatal(fmt.Sprintf("status %d", w.status))
+			}
+		})
+	}
+}
