@@ -211,6 +211,7 @@ func blockStore(seg caddyfile.Segment) string {
 //	    key_format      <prefix>
 //	    rate_limit      <requests> <window> | off
 //	    rate_limit_headers off
+//	    expiry_notice   <duration> | off
 //	}
 //
 // The key file may be given inline or with keys_file, not both; redis
@@ -393,6 +394,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Err("rate_limit takes a number of requests and a window, e.g. rate_limit 100 1m, or off")
 			}
+
+		case "expiry_notice":
+			dur, err := storecore.ParseIntervalArg(d)
+			if err != nil {
+				return err
+			}
+			h.ExpiryNotice = dur
 
 		case "rate_limit_headers":
 			var arg string

@@ -18,6 +18,7 @@ import (
 	redisstore "github.com/caddy-apikey/caddy-apikey/stores/redis"
 	"go.uber.org/zap"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
@@ -222,7 +223,7 @@ func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
 	}
 	h.logger = zap.NewNop()
 	h.store = &memoryStore{keys: ks}
-	h.useLimiter()
+	h.useShared(caddy.Context{})
 	return h
 }
 

@@ -36,23 +36,26 @@ type LimiterSharer interface {
 	ShareLimiter(l *ratelimit.Limiter) (stop func())
 }
 
-// limiters holds one limiter per key set (by the store's name) for the
-// whole process.
-var limiters = caddy.NewUsagePool()
+// shared holds, for the whole process, what the handlers of one key set
+// (by the store's name) share across routes and config reloads: the rate
+// limiter and the events about its keys.
+var shared = caddy.NewUsagePool()
 
-// sharedLimiter is a key set's limiter, with its sweeper and its fleet
-// sync, stopped when no handler uses it.
-type sharedLimiter struct {
-	*ratelimit.Limiter
-	stop func()
+// storeShared is what the handlers of one key set share, stopped when no
+// handler uses it.
+type storeShared struct {
+	limiter *ratelimit.Limiter // nil until a handler limits
+	events  *keyEvents
+	stop    func()
 }
 
-func (s *sharedLimiter) Destruct() error {
+func (s *storeShared) Destruct() error {
 	s.stop()
 	return nil
 }
 
-// sweepEvery is how often a limiter frees the state of idle keys.
+// sweepEvery is how often a limiter frees the state of idle keys, and the
+// expiring keys are looked for.
 const sweepEvery = time.Minute
 
 // setup reads the handler's limits.
@@ -72,29 +75,31 @@ func (l *limiting) setup(limits []keyset.RateLimit, off bool) error {
 	return nil
 }
 
-// useLimiter takes the limiter of the handler's key set (a store that
-// says its name), or one of its own, for the request path.
-func (h *Handler) useLimiter() {
-	if !h.limits.on {
-		return
-	}
+// useShared takes what the handlers of the handler's key set share (a
+// store that says its name; one of its own otherwise): the limiter, for
+// the request path, and the events.
+func (h *Handler) useShared(ctx caddy.Context) {
 	name := fmt.Sprintf("handler %p", h)
 	if named, ok := h.store.(interface{ Name() string }); ok {
 		name = named.Name()
 	}
 	sharer, fleet := h.store.(LimiterSharer)
-	val, _, _ := limiters.LoadOrNew(name, func() (caddy.Destructor, error) {
+	store := h.store
+	val, _, _ := shared.LoadOrNew(name, func() (caddy.Destructor, error) {
 		l := ratelimit.New(ratelimit.Options{Fleet: fleet})
+		ev := newKeyEvents(name, store.KeySet, h.logger)
 		done := make(chan struct{})
 		go func() {
 			t := time.NewTicker(sweepEvery)
 			defer t.Stop()
+			ev.announceExpiring(time.Now())
 			for {
 				select {
 				case <-done:
 					return
 				case now := <-t.C:
 					l.Sweep(now.UnixNano())
+					ev.announceExpiring(now)
 				}
 			}
 		}()
@@ -102,17 +107,22 @@ func (h *Handler) useLimiter() {
 		if fleet {
 			stopSync = sharer.ShareLimiter(l)
 		}
-		return &sharedLimiter{Limiter: l, stop: func() { close(done); stopSync() }}, nil
+		return &storeShared{limiter: l, events: ev, stop: func() { close(done); stopSync() }}, nil
 	})
-	h.limits.limiter, h.limits.name = val.(*sharedLimiter).Limiter, name
-	h.logger.Debug("rate limits on", zap.String("key_store", name), zap.Int("default_limits", len(h.limits.defaults)), zap.Bool("fleet", fleet))
+	sh := val.(*storeShared)
+	h.limits.name, h.events = name, sh.events
+	sh.events.use(ctx, h.ExpiryNotice)
+	if h.limits.on {
+		h.limits.limiter = sh.limiter
+	}
+	h.logger.Debug("key store shared state", zap.String("key_store", name), zap.Bool("rate_limits", h.limits.on), zap.Int("default_limits", len(h.limits.defaults)), zap.Bool("fleet", fleet))
 }
 
-// release lets go of the limiter.
+// release lets go of what the handlers of the key set share.
 func (l *limiting) release() {
-	if l.limiter != nil {
-		_, _ = limiters.Delete(l.name)
-		l.limiter = nil
+	if l.name != "" {
+		_, _ = shared.Delete(l.name)
+		l.name, l.limiter = "", nil
 	}
 }
 

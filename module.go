@@ -149,6 +149,11 @@ type Handler struct {
 	// -Reset). A 429 always carries Retry-After.
 	RateLimitHeadersOff bool `json:"rate_limit_headers_off,omitempty"`
 
+	// How long before a key's expires_at the apikey_expiring event is
+	// emitted through Caddy's events app (when one is configured).
+	// Default: 7 days. A negative value turns it off.
+	ExpiryNotice caddy.Duration `json:"expiry_notice,omitempty"`
+
 	store   Store // the key set and usage tracking: the store module's
 	sources []credentialSource
 	query   string
@@ -157,7 +162,8 @@ type Handler struct {
 
 	releaseFormat func() // ends this handler's say in the admin API's key format
 
-	limits limiting // the rate limits: the defaults and the key set's limiter
+	limits limiting   // the rate limits: the defaults and the key set's limiter
+	events *keyEvents // the events about the key set's keys
 
 	// Refusals, built once by setup.
 	authRequired  *refusal
@@ -230,7 +236,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.results = requestResults
 	h.useKeyFormat()
-	h.useLimiter()
+	h.useShared(ctx)
 	return nil
 }
 
@@ -437,6 +443,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			}
 			if !d.Allowed {
 				w.Header()["Retry-After"] = []string{strconv.FormatInt(d.RetryAfterSeconds(), 10)}
+				h.events.rateLimited(key, d, now)
 				return h.refuse(w, r, h.rateLimited, key)
 			}
 			placeholders = limitPlaceholders(key, d)

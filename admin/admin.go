@@ -41,6 +41,7 @@ type API struct {
 	stores  func() []stores.Live                 // the stores in use: stores.InUse
 	formats func(store string) *keyformat.Format // the key format of a store's handlers: KeyFormat
 	now     func() time.Time
+	emit    func(name string, data map[string]any) // to Caddy's events app; nil: none (see useEvents)
 }
 
 // New returns the API over the stores that inUse returns, as Provision
@@ -66,6 +67,7 @@ func (API) CaddyModule() caddy.ModuleInfo {
 func (a *API) Provision(ctx caddy.Context) error {
 	a.logger, a.stores, a.formats, a.now = ctx.Logger(a), stores.InUse, KeyFormat, time.Now
 	a.routes = a.newMux()
+	a.useEvents(ctx)
 	return nil
 }
 
@@ -433,6 +435,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, _ string) (int, 
 	}
 	a.logger.Info("key created", zap.String("store", st.Name()),
 		zap.String("key_id", rec.ID), zap.String("key_label", rec.Label), zap.String("key_prefix", rec.KeyPrefix))
+	a.event(EventCreated, st, rec, r, nil)
 	return http.StatusCreated, NewKeyAnswer{Key: raw, Listed: listed(rec, now), Warning: a.refresh(st)}, nil
 }
 
@@ -465,6 +468,7 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, ref string) (int
 		answer.Warning = a.refresh(st)
 		a.logger.Info("key revoked", zap.String("store", st.Name()),
 			zap.String("key_id", rec.ID), zap.String("key_label", rec.Label), zap.String("key_prefix", rec.KeyPrefix))
+		a.event(EventRevoked, st, rec, r, nil)
 	}
 	answer.Listed = listed(rec, now)
 	return http.StatusOK, answer, nil
@@ -543,6 +547,7 @@ func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, ref string) (int
 	a.logger.Info("key rotated", zap.String("store", st.Name()),
 		zap.String("key_id", rot.Added.ID), zap.String("key_label", rot.Added.Label), zap.String("key_prefix", rot.Added.KeyPrefix),
 		zap.String("old_key_id", rot.Old.ID), zap.String("old_key_prefix", rot.Old.KeyPrefix), zap.String("old_key_outcome", rot.OldNote))
+	a.event(EventRotated, st, rot.Added, r, map[string]any{"old_id": rot.Old.ID, "old_key_prefix": rot.Old.KeyPrefix})
 	old := rot.Old
 	old.ExpiresAt, old.RevokedAt = rot.OldExpiresAt, rot.OldRevokedAt
 	replaced := listed(old, now)
