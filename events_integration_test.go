@@ -74,7 +74,9 @@ func loadWithEvents(t *testing.T, site string) {
 		"handlers": []any{map[string]any{"handler": "apikey_test_recorder"}},
 	}}}
 	out, _ := json.Marshal(cfg)
-	t.Cleanup(func() { _ = loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n}\n", adminPort)) })
+	t.Cleanup(func() {
+		_ = loadConfigError(t, fmt.Sprintf("{\n\tadmin localhost:%d\n\tpersist_config off\n}\n", adminPort))
+	})
 	caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort}).InitServer(string(out), "json")
 	if t.Failed() {
 		t.FailNow()
