@@ -278,6 +278,11 @@ wrong working folder does not make a key file that no Caddy reads. Give
 
 --scope may be repeated, or given a comma-separated list; the key then holds
 those scopes, for routes whose apikey directive requires them.
+
+--rate gives the key rate limits of its own (requests/window, e.g. 100/1m;
+repeatable), in place of the apikey directive's rate_limit. --key-format
+makes the key in the checksummed format with that prefix (the key_format of
+the apikey directive).
 `,
 		Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)
   KEY=$(caddy apikey add --file /etc/caddy/keys.json --create --label "first key")`,
@@ -317,11 +322,14 @@ those scopes, for routes whose apikey directive requires them.
 func listCommand() *cobra.Command {
 	list := &cobra.Command{
 		Use:   "list (--file <keys.json> | --redis <url> [--prefix <p>]) [--json]",
-		Short: "Lists the keys of a key file",
+		Short: "Lists the keys of a key file or Redis key set",
 		Long: `
-Lists the keys of a key file: id, label, prefix, created, last used, expires,
-scopes and status (active, expired or revoked). Hashes are never shown.
---json prints a JSON array for scripts. The file is only read.
+Lists the keys of a key file or Redis key set: id, label, prefix, created,
+last used, expires, scopes, rate limits (a key's own; "default" when the
+apikey directive's apply, "none" for no limit) and status (active, expired
+or revoked). Hashes are never shown. --json prints a JSON array for
+scripts, each key's rate_limits as its record holds them. The store is
+only read.
 `,
 		Args: cobra.NoArgs,
 		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {

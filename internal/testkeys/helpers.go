@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	dto "github.com/prometheus/client_model/go"
+
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -26,35 +28,22 @@ func Slow(t testing.TB, why string) {
 // whose store label is store, and whether there is one.
 func GaugeValue(t testing.TB, name, store string) (float64, bool) {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	for _, c := range stores.Collectors() {
-		if err := reg.Register(c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "store" && l.GetValue() == store {
-					return m.GetGauge().GetValue(), true
-				}
-			}
-		}
-	}
-	return 0, false
+	m := storeSeries(t, name, map[string]string{"store": store})
+	return m.GetGauge().GetValue(), m != nil
 }
 
 // CounterValue returns the value of the series of the stores' counter name
 // whose store label is store and result label result, and whether there
 // is one.
 func CounterValue(t testing.TB, name, store, result string) (float64, bool) {
+	t.Helper()
+	m := storeSeries(t, name, map[string]string{"store": store, "result": result})
+	return m.GetCounter().GetValue(), m != nil
+}
+
+// storeSeries returns the series of the stores' metric name that has the
+// labels given, or nil.
+func storeSeries(t testing.TB, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	for _, c := range stores.Collectors() {
@@ -70,17 +59,21 @@ func CounterValue(t testing.TB, name, store, result string) (float64, bool) {
 		if f.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
+			have := map[string]string{}
 			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
+				have[l.GetName()] = l.GetValue()
 			}
-			if labels["store"] == store && labels["result"] == result {
-				return m.GetCounter().GetValue(), true
+			for k, v := range labels {
+				if have[k] != v {
+					continue series
+				}
 			}
+			return m
 		}
 	}
-	return 0, false
+	return nil
 }
 
 // RunCommand runs `caddy apikey <args>` in this process, as the command
