@@ -69,7 +69,7 @@ func (l *limiting) setup(limits []keyset.RateLimit, off bool) error {
 	}
 	parsed, err := keyset.ParseRateLimits(limits)
 	if err != nil {
-		return fmt.Errorf("rate_limits: %v", err)
+		return err // it names rate_limits
 	}
 	l.on, l.defaults, l.policy = true, parsed, policy(parsed)
 	return nil

@@ -19,7 +19,7 @@ import (
 // requests counts the requests seen by the apikey handler, by result.
 var requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Namespace: "caddy", Subsystem: "apikey", Name: "requests_total",
-	Help: "Requests seen by the apikey handler, by result: ok, anonymous (optional, no key sent), missing, invalid, revoked, expired, insufficient_scope, ambiguous, malformed (a key with key_format's prefix that is not well formed, refused before any lookup).",
+	Help: "Requests seen by the apikey handler, by result: ok, anonymous (optional, no key sent), missing, invalid, revoked, expired, insufficient_scope, ambiguous, malformed (a key with key_format's prefix that is not well formed, refused before any lookup), rate_limited (a valid key over its rate limit).",
 }, []string{"result"})
 
 // registerMetrics registers the plugin's collectors with reg, a config's

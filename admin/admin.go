@@ -155,7 +155,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) error {
 }
 
 // routeList names the routes, for the refusal of any other path.
-const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/keys/{id}/revoke, POST /apikey/keys/{id}/rotate"
+const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/keys/{id}/revoke, POST /apikey/keys/{id}/rotate, PUT and DELETE /apikey/keys/{id}/rate_limits"
 
 // newMux routes the API's paths to their operations by method. ServeMux
 // matches a path segment by segment, each unescaped, so that an id holding

@@ -44,6 +44,9 @@ func printNewKey(stdout, stderr io.Writer, raw string, rec keyset.Record, headin
 	fmt.Fprintf(stderr, "  prefix:  %s\n", rec.KeyPrefix)
 	fmt.Fprintf(stderr, "  expires: %s\n", expiry)
 	fmt.Fprintf(stderr, "  scopes:  %s\n", keyops.Printable(scopeText(rec.Scopes)))
+	if rec.RateLimits != nil {
+		fmt.Fprintf(stderr, "  rate limits: %s\n", limitsText(rec.RateLimits))
+	}
 	for _, line := range more {
 		fmt.Fprintln(stderr, line)
 	}
