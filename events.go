@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 )
@@ -41,10 +42,10 @@ type keyEvents struct {
 	logger *zap.Logger
 
 	mu        sync.Mutex
-	emitter   func(name string, data map[string]any) // the newest config's events app; nil: none
-	before    time.Duration                          // expiry notice; negative: off
-	announced map[string]bool                        // ids whose apikey_expiring was emitted
-	refused   map[string]refusedIn                   // ids: the window of the last apikey_rate_limited
+	emitter   func(name string, data map[string]any) bool // the newest config's events app; nil: none
+	before    time.Duration                               // expiry notice; negative: off
+	announced map[string]bool                             // ids whose apikey_expiring was emitted
+	refused   map[string]refusedIn                        // ids: the window of the last apikey_rate_limited
 }
 
 // refusedIn is a window of one limit: its index and length.
@@ -59,11 +60,19 @@ func newKeyEvents(store string, keys func() *keyset.KeySet, logger *zap.Logger) 
 // events go to, and notice the expiry notice: the newest config's handler
 // has the last word.
 func (e *keyEvents) use(ctx caddy.Context, notice caddy.Duration) {
-	var emit func(string, map[string]any)
+	var emit func(string, map[string]any) bool
 	if ctx.Context != nil {
 		if app, err := ctx.AppIfConfigured("events"); err == nil {
 			if events, ok := app.(*caddyevents.App); ok {
-				emit = func(name string, data map[string]any) { events.Emit(ctx, name, data) }
+				emit = func(name string, data map[string]any) bool {
+					// Not before the config runs: its events app
+					// takes its subscriptions as it starts.
+					if !storecore.EventsRunning(events) {
+						return false
+					}
+					events.Emit(ctx, name, data)
+					return true
+				}
 			}
 		}
 	}
@@ -78,21 +87,27 @@ func (e *keyEvents) use(ctx caddy.Context, notice caddy.Duration) {
 	}
 }
 
-// emit sends an event about key, with more data, in the background: the
-// events app runs its handlers in the caller, and neither a request nor a
-// store waits on them.
-func (e *keyEvents) emit(name string, key *keyset.Key, more map[string]any) {
+// emit sends an event about key, with more data, and reports whether it
+// could: not while the config whose events app gets it is not running yet.
+// The events app runs its handlers in the caller: the request path emits
+// in the background (emitLater).
+func (e *keyEvents) emit(name string, key *keyset.Key, more map[string]any) bool {
 	e.mu.Lock()
 	emit := e.emitter
 	e.mu.Unlock()
 	if emit == nil {
-		return
+		return false
 	}
 	data := map[string]any{"id": key.ID, "label": key.Label, "key_prefix": key.Prefix, "store": e.store}
 	for k, v := range more {
 		data[k] = v
 	}
-	go emit(name, data)
+	return emit(name, data)
+}
+
+// emitLater is emit in the background, for the request path.
+func (e *keyEvents) emitLater(name string, key *keyset.Key, more map[string]any) {
+	go e.emit(name, key, more)
 }
 
 // rateLimited emits apikey_rate_limited for key, refused by d at now,
@@ -117,19 +132,20 @@ func (e *keyEvents) rateLimited(key *keyset.Key, d ratelimit.Decision, now int64
 	}
 	e.refused[key.ID] = w
 	e.mu.Unlock()
-	e.emit(EventRateLimited, key, map[string]any{"limit": d.Limit.String(), "retry_after": d.RetryAfterSeconds()})
+	e.emitLater(EventRateLimited, key, map[string]any{"limit": d.Limit.String(), "retry_after": d.RetryAfterSeconds()})
 }
 
 // announceExpiring emits apikey_expiring for each key of the key set in
 // force that is not revoked and expires within the notice from now, once
-// per key.
-func (e *keyEvents) announceExpiring(now time.Time) {
+// per key. It reports false if it could not look: the config is not
+// running yet.
+func (e *keyEvents) announceExpiring(now time.Time) bool {
 	e.mu.Lock()
 	before, on := e.before, e.emitter != nil
 	e.mu.Unlock()
 	ks := e.keys()
 	if before < 0 || !on || ks == nil {
-		return
+		return true // nothing to say
 	}
 	from, until := now.UnixNano(), now.Add(before).UnixNano()
 	var due []*keyset.Key
@@ -142,11 +158,17 @@ func (e *keyEvents) announceExpiring(now time.Time) {
 	for _, k := range due {
 		e.mu.Lock()
 		seen := e.announced[k.ID]
+		e.mu.Unlock()
+		if seen {
+			continue
+		}
+		at, _ := k.ExpiresAt()
+		if !e.emit(EventExpiring, k, map[string]any{"expires_at": time.Unix(0, at).UTC().Format(time.RFC3339), "expires_in": strconv.FormatInt(int64(time.Until(time.Unix(0, at)).Round(time.Second)/time.Second), 10) + "s"}) {
+			return false
+		}
+		e.mu.Lock()
 		e.announced[k.ID] = true
 		e.mu.Unlock()
-		if !seen {
-			at, _ := k.ExpiresAt()
-			e.emit(EventExpiring, k, map[string]any{"expires_at": time.Unix(0, at).UTC().Format(time.RFC3339), "expires_in": strconv.FormatInt(int64(time.Until(time.Unix(0, at)).Round(time.Second)/time.Second), 10) + "s"})
-		}
 	}
+	return true
 }

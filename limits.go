@@ -90,16 +90,23 @@ func (h *Handler) useShared(ctx caddy.Context) {
 		ev := newKeyEvents(name, store.KeySet, h.logger)
 		done := make(chan struct{})
 		go func() {
-			t := time.NewTicker(sweepEvery)
+			// Every second until the config runs and the expiring
+			// keys have been looked at, then every sweepEvery.
+			t := time.NewTicker(time.Second)
 			defer t.Stop()
-			ev.announceExpiring(time.Now())
+			var looked, swept time.Time
 			for {
 				select {
 				case <-done:
 					return
 				case now := <-t.C:
-					l.Sweep(now.UnixNano())
-					ev.announceExpiring(now)
+					if now.Sub(swept) >= sweepEvery {
+						l.Sweep(now.UnixNano())
+						swept = now
+					}
+					if now.Sub(looked) >= sweepEvery && ev.announceExpiring(now) {
+						looked = now
+					}
 				}
 			}
 		}()

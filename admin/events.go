@@ -6,6 +6,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 )
@@ -32,7 +33,7 @@ func (a *API) useEvents(ctx caddy.Context) {
 		if err != nil {
 			return // no events app: nothing subscribes
 		}
-		if events, ok := app.(*caddyevents.App); ok {
+		if events, ok := app.(*caddyevents.App); ok && storecore.EventsRunning(events) {
 			events.Emit(ctx, name, data)
 		}
 	}
