@@ -691,6 +691,12 @@ the stream <prefix>audit. --key keeps one key's entries (by id or
 key_prefix; a rotate is shown for the old key and the new one), --since
 those made since a time (RFC 3339) or a duration ago (24h, 7d). --json
 prints a JSON array. The store is only read.
+
+A Redis audit stream keeps about the last 1,000,000 entries (trimmed with
+XADD MAXLEN ~); --set-max-entries <n> sets that for every writer of the key
+set (it is held in Redis, in <prefix>audit:max_entries), 0 restores the
+default. A key file's log is never trimmed: rotate it with the key file's
+lock held, or keep it.
 `,
 		Args: cobra.NoArgs,
 		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
@@ -707,6 +713,25 @@ prints a JSON array. The store is only read.
 				return err
 			}
 			defer closeStore()
+			if cmd.Flags().Changed("set-max-entries") {
+				n, _ := cmd.Flags().GetInt64("set-max-entries")
+				rs, ok := st.(redisstore.Records)
+				switch {
+				case !ok:
+					return errors.New("--set-max-entries goes with --redis: a key file's audit log is never trimmed")
+				case n < 0:
+					return errors.New("--set-max-entries must be a positive number of entries, or 0 for the default")
+				}
+				if err := rs.SetAuditMaxEntries(n); err != nil {
+					return err
+				}
+				n, err := rs.AuditMaxEntries()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "The audit stream of %s now keeps about %d entries.\n", st, n)
+				return nil
+			}
 			reader, ok := st.(stores.AuditReader)
 			if !ok {
 				return fmt.Errorf("%s: %w", st, stores.ErrNoAudit)
@@ -722,5 +747,6 @@ prints a JSON array. The store is only read.
 	cmd.Flags().String("key", "", "Show only the entries of this key (its id or key_prefix)")
 	cmd.Flags().String("since", "", "Show only the entries since this time (RFC 3339) or this long ago (24h, 7d)")
 	cmd.Flags().Bool("json", false, "Print a JSON array instead of a table")
+	cmd.Flags().Int64("set-max-entries", 0, "With --redis: set about how many entries the audit stream keeps (0: the default, 1,000,000), and show nothing")
 	return cmd
 }
