@@ -48,6 +48,7 @@ func TestFileAudit10000Changes(t *testing.T) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	t.Logf("%d changes from %d clients in %v (%.0f a second)", total, clients, elapsed.Round(time.Millisecond), total/elapsed.Seconds())
 	entries, err := filestore.Records{Path: path}.ReadAudit(audit.Filter{})
 	if err != nil {
 		t.Fatal(err)
@@ -72,5 +73,4 @@ func TestFileAudit10000Changes(t *testing.T) {
 			t.Errorf("key %s holds %+v", k.ID(), rec.RateLimits)
 		}
 	}
-	t.Logf("%d changes from %d clients in %v (%.0f a second)", total, clients, elapsed.Round(time.Millisecond), total/elapsed.Seconds())
 }
