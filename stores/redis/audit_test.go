@@ -276,6 +276,7 @@ func TestRedisAudit10000Changes(t *testing.T) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	t.Logf("%d changes from %d clients in %v (%.0f a second)", total, clients, elapsed.Round(time.Millisecond), total/elapsed.Seconds())
 	entries := readAudit(t, rs, audit.Filter{})
 	if len(entries) != total {
 		t.Fatalf("%d entries, want %d", len(entries), total)
@@ -296,5 +297,4 @@ func TestRedisAudit10000Changes(t *testing.T) {
 			t.Fatalf("entry %d is of %s, change %d of %s", i, entries[i].KeyID, i, logged[0])
 		}
 	}
-	t.Logf("%d changes from %d clients in %v (%.0f a second)", total, clients, elapsed.Round(time.Millisecond), total/elapsed.Seconds())
 }
