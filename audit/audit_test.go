@@ -151,6 +151,11 @@ func TestFileAuditEveryAction(t *testing.T) {
 	if got := readAll(t, rs, audit.Filter{Since: now.Add(-time.Minute)}); len(got) != 4 {
 		t.Errorf("since a minute ago: %d entries", len(got))
 	}
+
+	// A mistyped key file is an error, not an empty log.
+	if _, err := (filestore.Records{Path: path + ".typo"}).ReadAudit(audit.Filter{}); err == nil {
+		t.Error("the audit log of a missing key file read as empty")
+	}
 }
 
 // A change whose entry cannot be written to the audit log is not made.

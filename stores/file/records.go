@@ -126,7 +126,7 @@ func appendAudit(dir *os.Root, name string, entries []audit.Entry) error {
 }
 
 // ReadAudit reads the entries of the key file's audit log that flt keeps;
-// none if it has none yet.
+// none if it has none yet (the key file must exist then).
 func (f Records) ReadAudit(flt audit.Filter) ([]audit.Entry, error) {
 	path := AuditPath(f.Path)
 	// Checked before it is opened: a FIFO put in its place must not hang
@@ -134,6 +134,11 @@ func (f Records) ReadAudit(flt audit.Filter) ([]audit.Entry, error) {
 	fi, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
+		// No change logged yet; but a mistyped path must not read as
+		// an empty log.
+		if _, kerr := os.Stat(f.Path); kerr != nil {
+			return nil, &keyfile.Error{Path: f.Path, Err: kerr}
+		}
 		return nil, nil
 	case err != nil:
 		return nil, fmt.Errorf("audit log: %w", err)
