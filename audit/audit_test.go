@@ -387,3 +387,26 @@ func TestReadCutShort(t *testing.T) {
 		t.Fatalf("a broken line: %v", err)
 	}
 }
+
+// Through the admin API, a change whose entry cannot be written is
+// answered as a store failure naming the audit log, and not made.
+func TestAdminAuditUnwritable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.json")
+	k := testkeys.New("planted", nil)
+	testkeys.WriteKeys(t, path, k)
+	if err := os.Mkdir(path+filestore.AuditSuffix, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s := teststores.StartFileStore(t, path, -1, -1)
+	api := teststores.AdminOver(teststores.Live(t, s.Name()))
+	before := testkeys.ReadFile(t, path)
+	resp, body := teststores.Call(t, api, http.MethodPost, "/apikey/keys/"+k.ID()+"/revoke", "")
+	teststores.WantRefusal(t, resp, body, http.StatusInternalServerError, "INTERNAL_ERROR", "audit log", "nothing was changed")
+	if testkeys.ReadFile(t, path) != before {
+		t.Error("the key file changed")
+	}
+	resp, body = teststores.Call(t, api, http.MethodGet, "/apikey/audit", "")
+	if resp.StatusCode == http.StatusOK {
+		t.Errorf("GET /apikey/audit read a directory as the log: %s", body)
+	}
+}
