@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -155,7 +156,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) error {
 }
 
 // routeList names the routes, for the refusal of any other path.
-const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/keys/{id}/revoke, POST /apikey/keys/{id}/rotate, PUT and DELETE /apikey/keys/{id}/rate_limits"
+const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/keys/{id}/revoke, POST /apikey/keys/{id}/rotate, PUT and DELETE /apikey/keys/{id}/rate_limits, GET /apikey/audit"
 
 // newMux routes the API's paths to their operations by method. ServeMux
 // matches a path segment by segment, each unescaped, so that an id holding
@@ -166,6 +167,7 @@ func (a *API) newMux() *http.ServeMux {
 	m := http.NewServeMux()
 	for pattern, ops := range map[string]map[string]operation{
 		"/apikey/stores":                {http.MethodGet: a.listStores},
+		"/apikey/audit":                 {http.MethodGet: a.readAudit},
 		"/apikey/keys":                  {http.MethodGet: a.listKeys, http.MethodPost: a.createKey},
 		"/apikey/keys/{id}/revoke":      {http.MethodPost: a.revokeKey},
 		"/apikey/keys/{id}/rotate":      {http.MethodPost: a.rotateKey},
@@ -357,11 +359,54 @@ func (a *API) pickStore(r *http.Request) (stores.Live, error) {
 // existingRecords is a store's records as the admin API writes them: a key
 // file that has gone is not made anew. Its server keeps the last keys in
 // force; a new file holding one key would replace them all.
-type existingRecords struct{ stores.RecordStore }
+// Its edits are made by who, for their audit entries.
+type existingRecords struct {
+	stores.RecordStore
+	who audit.Who
+}
 
 func (s existingRecords) Edit(e stores.Edit) error {
 	e.Create = false
+	e.Who = s.who
 	return s.RecordStore.Edit(e)
+}
+
+// requester is who made the request r, for the audit log: its remote
+// address and, when Caddy's remote admin authenticated it by a client
+// certificate, the certificate's subject.
+func requester(r *http.Request) audit.Who {
+	w := audit.Who{Via: audit.ViaAdminAPI, RemoteAddr: r.RemoteAddr}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		w.Identity = r.TLS.PeerCertificates[0].Subject.String()
+	}
+	return w
+}
+
+// readAudit answers GET /apikey/audit: the entries of the store's audit
+// log that ?key= (an id or key_prefix) and ?since= (a time, RFC 3339, or
+// a duration before now such as 24h) keep, oldest first.
+func (a *API) readAudit(_ http.ResponseWriter, r *http.Request, _ string) (int, any, error) {
+	st, err := a.pickStore(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	q := r.URL.Query()
+	since, err := audit.ParseSince(q.Get("since"), a.now())
+	if err != nil {
+		return 0, nil, badRequest("?%v", err)
+	}
+	reader, ok := st.Records().(stores.AuditReader)
+	if !ok {
+		return 0, nil, &apiError{http.StatusNotFound, "NO_AUDIT_LOG", fmt.Sprintf("the key store %s keeps no audit log", st.Name())}
+	}
+	entries, err := reader.ReadAudit(audit.Filter{Key: strings.TrimSpace(q.Get("key")), Since: since})
+	if err != nil {
+		return 0, nil, storeFailure(st, err)
+	}
+	if entries == nil {
+		entries = []audit.Entry{}
+	}
+	return http.StatusOK, entries, nil
 }
 
 // waiting logs that a write waits for another writer of st (a usage write
@@ -429,7 +474,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, _ string) (int, 
 		return 0, nil, err
 	}
 	now := a.now()
-	raw, rec, err := keyops.Create(existingRecords{st.Records()}, keyops.AddOptions{Label: req.Label, Scopes: req.Scopes, Expires: req.Expires, Format: a.formats(st.Name())}, now, a.waiting(st))
+	raw, rec, err := keyops.Create(existingRecords{st.Records(), requester(r)}, keyops.AddOptions{Label: req.Label, Scopes: req.Scopes, Expires: req.Expires, Format: a.formats(st.Name())}, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
@@ -456,7 +501,7 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, ref string) (int
 		return 0, nil, err
 	}
 	now := a.now()
-	rec, already, err := keyops.Revoke(existingRecords{st.Records()}, ref, now, a.waiting(st))
+	rec, already, err := keyops.Revoke(existingRecords{st.Records(), requester(r)}, ref, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
@@ -502,7 +547,7 @@ func (a *API) setRateLimits(w http.ResponseWriter, r *http.Request, ref string) 
 	if err != nil {
 		return 0, nil, err
 	}
-	rec, changed, err := keyops.SetRateLimits(existingRecords{st.Records()}, ref, limits, a.waiting(st))
+	rec, changed, err := keyops.SetRateLimits(existingRecords{st.Records(), requester(r)}, ref, limits, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
@@ -540,7 +585,7 @@ func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, ref string) (int
 		return 0, nil, err
 	}
 	now := a.now()
-	rot, err := keyops.Rotate(existingRecords{st.Records()}, keyops.RotateOptions{Ref: ref, Grace: req.Grace, Expires: req.Expires, Format: a.formats(st.Name())}, now, a.waiting(st))
+	rot, err := keyops.Rotate(existingRecords{st.Records(), requester(r)}, keyops.RotateOptions{Ref: ref, Grace: req.Grace, Expires: req.Expires, Format: a.formats(st.Name())}, now, a.waiting(st))
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -31,7 +32,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "apikey",
-		Usage: "add|list|revoke|rotate|import|export|hash [flags]",
+		Usage: "add|list|revoke|rotate|limits|import|export|audit|hash|check [flags]",
 		Short: "Manages the keys of an apikey key file or Redis key set",
 		Long: `
 Creates, lists, revokes and rotates the API keys of a key file used by the
@@ -45,6 +46,7 @@ file while they write it, so neither loses the other's updates.
   caddy apikey list   --file keys.json [--json]
   caddy apikey revoke --file keys.json <id|key_prefix>
   caddy apikey rotate --file keys.json [--grace 24h] <id|key_prefix>
+  caddy apikey audit  --file keys.json [--key <id|key_prefix>] [--since 24h] [--json]
   caddy apikey hash   < raw-key.txt
 
 Every command but hash takes --redis <url> [--prefix apikey:] in place of
@@ -62,7 +64,7 @@ first line), or through an {env.*} placeholder in the URL, as in the
 Caddyfile: --redis 'redis://:{env.REDIS_PASSWORD}@127.0.0.1:6379/0'.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand(), checkCommand(), limitsCommand())
+			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand(), checkCommand(), limitsCommand(), auditCommand())
 		},
 	})
 }
@@ -114,7 +116,7 @@ func withRecordStore(cmd *cobra.Command, fn func(st stores.RecordStore) error) e
 		return err
 	}
 	defer closeStore()
-	return fn(st)
+	return fn(stores.By(st, audit.Command()))
 }
 
 // withRedisStore runs fn on the Redis key set that the command's --redis
@@ -130,7 +132,7 @@ func withRedisStore(cmd *cobra.Command, create bool, fn func(st stores.RecordSto
 		return err
 	}
 	defer closeStore()
-	return fn(st)
+	return fn(stores.By(st, audit.Command()))
 }
 
 // openStore returns the key store that the flags name: the key file at
@@ -670,4 +672,81 @@ a Redis key set. The key's counts so far are kept.
 	limits.Flags().Bool("none", false, "No rate limit at all for this key")
 	limits.Flags().Bool("defaults", false, "No rate limits of its own: the apikey directive's rate_limit applies")
 	return limits
+}
+
+// auditCommand is `caddy apikey audit`.
+func auditCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "audit (--file <keys.json> | --redis <url> [--prefix <p>]) [--key <id|key_prefix>] [--since <time|24h>] [--json]",
+		Short: "Shows the audit log of the changes made to a key file or Redis key set",
+		Long: `
+Shows the audit log of a key store, oldest first: every change made through
+caddy apikey (add, revoke, rotate, limits, import) or the admin API, with
+its time (UTC), action, key (id, label, prefix), who made it (the admin
+API's remote address and client certificate subject; a command's OS user
+and host) and what changed. It never holds a key or a hash.
+
+A key file's log is <keyfile>.audit.jsonl beside it; a Redis key set's is
+the stream <prefix>audit. --key keeps one key's entries (by id or
+key_prefix; a rotate is shown for the old key and the new one), --since
+those made since a time (RFC 3339) or a duration ago (24h, 7d). --json
+prints a JSON array. The store is only read.
+
+A Redis audit stream keeps about the last 1,000,000 entries (trimmed with
+XADD MAXLEN ~); --set-max-entries <n> sets that for every writer of the key
+set (it is held in Redis, in <prefix>audit:max_entries), 0 restores the
+default. A key file's log is never trimmed: rotate it with the key file's
+lock held, or keep it.
+`,
+		Args: cobra.NoArgs,
+		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
+			key, _ := cmd.Flags().GetString("key")
+			sinceFlag, _ := cmd.Flags().GetString("since")
+			asJSON, _ := cmd.Flags().GetBool("json")
+			since, err := audit.ParseSince(sinceFlag, time.Now())
+			if err != nil {
+				return fmt.Errorf("--%v", err)
+			}
+			file, _ := cmd.Flags().GetString("file")
+			st, closeStore, err := openStore(file, redisTargetOf(cmd), false)
+			if err != nil {
+				return err
+			}
+			defer closeStore()
+			if cmd.Flags().Changed("set-max-entries") {
+				n, _ := cmd.Flags().GetInt64("set-max-entries")
+				rs, ok := st.(redisstore.Records)
+				switch {
+				case !ok:
+					return errors.New("--set-max-entries goes with --redis: a key file's audit log is never trimmed")
+				case n < 0:
+					return errors.New("--set-max-entries must be a positive number of entries, or 0 for the default")
+				}
+				if err := rs.SetAuditMaxEntries(n); err != nil {
+					return err
+				}
+				n, err := rs.AuditMaxEntries()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "The audit stream of %s now keeps about %d entries.\n", st, n)
+				return nil
+			}
+			reader, ok := st.(stores.AuditReader)
+			if !ok {
+				return fmt.Errorf("%s: %w", st, stores.ErrNoAudit)
+			}
+			entries, err := reader.ReadAudit(audit.Filter{Key: strings.TrimSpace(key), Since: since})
+			if err != nil {
+				return err
+			}
+			return printAudit(cmd.OutOrStdout(), entries, asJSON)
+		}),
+	}
+	storeFlags(cmd)
+	cmd.Flags().String("key", "", "Show only the entries of this key (its id or key_prefix)")
+	cmd.Flags().String("since", "", "Show only the entries since this time (RFC 3339) or this long ago (24h, 7d)")
+	cmd.Flags().Bool("json", false, "Print a JSON array instead of a table")
+	cmd.Flags().Int64("set-max-entries", 0, "With --redis: set about how many entries the audit stream keeps (0: the default, 1,000,000), and show nothing")
+	return cmd
 }

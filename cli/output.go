@@ -9,6 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
+
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -152,4 +154,29 @@ func rotateKey(stdout, stderr io.Writer, st stores.RecordStore, opts keyops.Rota
 	}
 	return printNewKey(stdout, stderr, r.Raw, r.Added, fmt.Sprintf("Rotated key %q in %s", keyops.Printable(r.Old.Label), st),
 		fmt.Sprintf("  replaces %s (%s), which %s", keyops.Printable(r.Old.ID), keyops.Printable(r.Old.KeyPrefix), r.OldNote))
+}
+
+// printAudit writes audit entries to w, as a table or as JSON.
+func printAudit(w io.Writer, entries []audit.Entry, asJSON bool) error {
+	if asJSON {
+		if entries == nil {
+			entries = []audit.Entry{}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(entries)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tACTION\tID\tLABEL\tPREFIX\tWHO\tCHANGES")
+	for i := range entries {
+		e := &entries[i]
+		changes, _ := json.Marshal(e.Changes)
+		if e.Changes == nil {
+			changes = []byte("-")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			displayTime(&e.Time, "-"), keyops.Printable(e.Action), keyops.Printable(e.KeyID), keyops.Printable(e.Label),
+			keyops.Printable(e.KeyPrefix), keyops.Printable(e.Who.String()), keyops.Printable(string(changes)))
+	}
+	return tw.Flush()
 }

@@ -133,6 +133,12 @@ type EditOptions struct {
 	Create  bool             // edit a missing file as an empty one
 	Checked fs.FileInfo      // a version of the file already checked whole (the one in force): not checked again
 	Waiting func()           // called once if the lock is held by another writer, to say so
+	// BeforeRename, if set, is called under the lock once the new version
+	// is written and flushed and the file checked unchanged, just before
+	// the rename that puts the new version in place, with the key file's
+	// folder and name (the file store appends its audit entries there):
+	// an error cancels the edit, the file staying as it was.
+	BeforeRename func(dir *os.Root, name string) error
 }
 
 // Edit applies e to the key file at path under the key file's lock
@@ -300,6 +306,15 @@ func EditOnce(dir *os.Root, name string, e EditOptions) (Write, error) {
 			return ErrChangedMeanwhile
 		}
 		return nil
+	}
+	if e.BeforeRename != nil {
+		check := unchanged
+		unchanged = func() error {
+			if err := check(); err != nil {
+				return err
+			}
+			return e.BeforeRename(dir, name)
+		}
 	}
 	w.Written, err = writeFileAtomicIn(dir, name, doc, w.Read, unchanged)
 	return w, err

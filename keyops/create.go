@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -53,7 +54,9 @@ func Create(st stores.RecordStore, opts AddOptions, now time.Time, waiting func(
 		return "", keyset.Record{}, err
 	}
 	var added keyset.Record
-	err = st.Edit(stores.Edit{Create: true, OnlyAdds: true, Waiting: waiting, Change: func(doc *keyfile.Doc) error {
+	err = st.Edit(stores.Edit{Create: true, OnlyAdds: true, Waiting: waiting, Audit: func() []audit.Entry {
+		return []audit.Entry{entry(audit.Create, &added, now, createdChanges(&added))}
+	}, Change: func(doc *keyfile.Doc) error {
 		r, err := newRecord(doc, raw, keyPrefix, keyset.Record{Label: label, Scopes: scopes, ExpiresAt: keyset.Timestamp(expiresAt), RateLimits: opts.RateLimits}, now)
 		if err != nil {
 			return err

@@ -2,7 +2,9 @@ package keyops
 
 import (
 	"slices"
+	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
@@ -17,7 +19,10 @@ func SetRateLimits(st stores.RecordStore, ref string, limits []keyset.RateLimit,
 	if _, err := keyset.ParseRateLimits(limits); err != nil {
 		return keyset.Record{}, false, InputError(err.Error())
 	}
-	err = editNamed(st, ref, "set the rate limits of", true, waiting, func(doc *keyfile.Doc, i int) error {
+	audited := func() []audit.Entry {
+		return []audit.Entry{entry(audit.RateLimits, &rec, time.Now(), map[string]any{"rate_limits": limits})}
+	}
+	err = editNamed(st, ref, "set the rate limits of", true, waiting, audited, func(doc *keyfile.Doc, i int) error {
 		r := &doc.Records[i]
 		if (r.RateLimits == nil) == (limits == nil) && slices.Equal(r.RateLimits, limits) {
 			rec = r.Record

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -18,7 +19,11 @@ const MinIDPrefix = 4
 // Revoke revokes the one key that ref names. It returns the record
 // as it was and, if it was revoked already (nothing changes then), when.
 func Revoke(st stores.RecordStore, ref string, now time.Time, waiting func()) (revoked keyset.Record, alreadyRevoked string, err error) {
-	err = editNamed(st, ref, "revoke", true, waiting, func(doc *keyfile.Doc, i int) error {
+	at := keyset.FormatTimestamp(now)
+	audited := func() []audit.Entry {
+		return []audit.Entry{entry(audit.Revoke, &revoked, now, map[string]any{"revoked_at": at})}
+	}
+	err = editNamed(st, ref, "revoke", true, waiting, audited, func(doc *keyfile.Doc, i int) error {
 		rec := &doc.Records[i]
 		revoked = rec.Record
 		if rec.RevokedAt != nil {
@@ -27,7 +32,7 @@ func Revoke(st stores.RecordStore, ref string, now time.Time, waiting func()) (r
 			alreadyRevoked = *rec.RevokedAt
 			return keyfile.ErrNoChange
 		}
-		return rec.Set("revoked_at", keyset.FormatTimestamp(now))
+		return rec.Set("revoked_at", at)
 	})
 	return revoked, alreadyRevoked, err
 }
@@ -42,12 +47,15 @@ func Revoke(st stores.RecordStore, ref string, now time.Time, waiting func()) (r
 //
 // alone says that edit changes the named record and needs no other: a
 // store may then read that record alone when ref is its id.
-func editNamed(st stores.RecordStore, ref, verb string, alone bool, waiting func(), edit func(doc *keyfile.Doc, i int) error) error {
+//
+// audited, if not nil, returns the audit entries of the change (see
+// stores.Edit.Audit).
+func editNamed(st stores.RecordStore, ref, verb string, alone bool, waiting func(), audited func() []audit.Entry, edit func(doc *keyfile.Doc, i int) error) error {
 	ref = strings.TrimSpace(ref)
 	if ref == "" {
 		return InputError(fmt.Sprintf("name the key to %s by its id or key_prefix", verb))
 	}
-	e := stores.Edit{Waiting: waiting}
+	e := stores.Edit{Waiting: waiting, Audit: audited}
 	if alone {
 		e.OnlyID = ref
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -59,7 +60,20 @@ func Rotate(st stores.RecordStore, opts RotateOptions, now time.Time, waiting fu
 	}
 	r.Raw = raw
 	// Not alone: a Rotation checks that no other record replaces the key.
-	err = editNamed(st, opts.Ref, "rotate", false, waiting, func(doc *keyfile.Doc, i int) error {
+	audited := func() []audit.Entry {
+		c := map[string]any{"old_id": r.Old.ID, "new_id": r.Added.ID, "new_key_prefix": r.Added.KeyPrefix}
+		if r.OldExpiresAt != nil {
+			c["expires_at"] = *r.OldExpiresAt
+		}
+		if r.OldRevokedAt != nil {
+			c["revoked_at"] = *r.OldRevokedAt
+		}
+		if r.Added.ExpiresAt != nil {
+			c["new_expires_at"] = *r.Added.ExpiresAt
+		}
+		return []audit.Entry{entry(audit.Rotate, &r.Old, now, c)}
+	}
+	err = editNamed(st, opts.Ref, "rotate", false, waiting, audited, func(doc *keyfile.Doc, i int) error {
 		rec := &doc.Records[i]
 		r.Old = rec.Record
 		k, _, err := keyset.FromRecord(&rec.Record)

@@ -7,7 +7,9 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -105,7 +107,24 @@ func Import(path string, to stores.RecordStore, opts ImportOptions) (ImportResul
 		waiting = func() { p.Interrupt(opts.Waiting) }
 	}
 	p.Step("Reading the key set %s", to)
-	err = to.Edit(stores.Edit{Create: true, Waiting: waiting, Change: func(doc *keyfile.Doc) error {
+	// One audit entry per key imported or reactivated, so that the trail
+	// of a key (caddy apikey audit --key) shows where it came from.
+	var added, reactivated []*keyset.Record
+	audited := func() []audit.Entry {
+		now := time.Now()
+		out := make([]audit.Entry, 0, len(added)+len(reactivated))
+		for _, r := range added {
+			c := createdChanges(r)
+			c["from"] = path
+			out = append(out, entry(audit.Import, r, now, c))
+		}
+		for _, r := range reactivated {
+			out = append(out, entry(audit.Import, r, now, map[string]any{"from": path, "revoked_at": nil, "reactivated": true}))
+		}
+		return out
+	}
+	err = to.Edit(stores.Edit{Create: true, Waiting: waiting, Audit: audited, Change: func(doc *keyfile.Doc) error {
+		added, reactivated = added[:0], reactivated[:0]
 		p.End(fmt.Sprintf("%d keys", len(doc.Records)))
 		res = ImportResult{Snapshot: snapshot, TargetEmpty: len(doc.Records) == 0}
 		byID := make(map[string]*keyfile.Record, len(doc.Records))
@@ -127,6 +146,7 @@ func Import(path string, to stores.RecordStore, opts ImportOptions) (ImportResul
 				n := *r
 				n.Split() // a new record: written, not taken as read
 				add = append(add, n)
+				added = append(added, &r.Record)
 				res.Added++
 				if r.RevokedAt == nil {
 					res.ActiveAdded++
@@ -142,6 +162,7 @@ func Import(path string, to stores.RecordStore, opts ImportOptions) (ImportResul
 				n := *r
 				n.Split() // the file's copy, active: written in its place
 				*there = n
+				reactivated = append(reactivated, &r.Record)
 				res.Reactivated = append(res.Reactivated, line)
 			case there.ID == r.ID:
 				res.Conflicts = append(res.Conflicts, fmt.Sprintf("id %s (%s, %q): a record with this id and other content is already there", Printable(r.ID), Printable(r.KeyPrefix), Printable(r.Label)))

@@ -15,6 +15,9 @@ import (
 	"errors"
 	"sort"
 	"sync"
+	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/audit"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -65,7 +68,61 @@ type Edit struct {
 	// all the same.
 	OnlyAdds bool   // Change only appends records with new ids: it may get none of the others
 	OnlyID   string // Change changes at most the record with this id, if there is one: it may get that one alone
+
+	// Audit, if set, returns the audit entries of the change that
+	// Change made; the store calls it after Change succeeded, stamps the
+	// entries (audit.Stamp, with Who) and writes them durably to its
+	// audit log before it commits the change: if they cannot be written,
+	// the change is not made and Edit fails.
+	Audit func() []audit.Entry
+	// Who made the change, for its audit entries.
+	Who audit.Who
 }
+
+// AuditEntries returns the stamped entries of e's change (none if e has
+// no Audit), for a store to write.
+func (e Edit) AuditEntries(now time.Time) []audit.Entry {
+	if e.Audit == nil {
+		return nil
+	}
+	entries := e.Audit()
+	audit.Stamp(entries, now, e.Who)
+	return entries
+}
+
+// AuditReader is a record store that keeps an audit log of its changes
+// (`caddy apikey audit`, GET /apikey/audit).
+type AuditReader interface {
+	// ReadAudit returns the entries that f keeps, oldest first.
+	ReadAudit(f audit.Filter) ([]audit.Entry, error)
+}
+
+// By returns st with its edits made by who (for their audit entries),
+// unless an edit names its own.
+func By(st RecordStore, who audit.Who) RecordStore { return byWho{st, who} }
+
+type byWho struct {
+	RecordStore
+	who audit.Who
+}
+
+func (s byWho) Edit(e Edit) error {
+	if e.Who == (audit.Who{}) {
+		e.Who = s.who
+	}
+	return s.RecordStore.Edit(e)
+}
+
+// ReadAudit reads the audit log of the store st wraps, if it keeps one.
+func (s byWho) ReadAudit(f audit.Filter) ([]audit.Entry, error) {
+	if r, ok := s.RecordStore.(AuditReader); ok {
+		return r.ReadAudit(f)
+	}
+	return nil, ErrNoAudit
+}
+
+// ErrNoAudit: the store keeps no audit log.
+var ErrNoAudit = errors.New("this key store keeps no audit log")
 
 // Live is a store in use in this process, as the admin API sees it.
 type Live interface {

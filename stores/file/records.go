@@ -5,6 +5,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/audit"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -63,9 +67,92 @@ func (f Records) Edit(e stores.Edit) error {
 			return &keyfile.Error{Path: f.Path, Err: err}
 		}
 	}
-	_, err := keyfile.Edit(f.Path, keyfile.EditOptions{Edit: e.Change, Create: e.Create, Waiting: e.Waiting})
+	opts := keyfile.EditOptions{Edit: e.Change, Create: e.Create, Waiting: e.Waiting}
+	if e.Audit != nil {
+		opts.BeforeRename = func(dir *os.Root, name string) error {
+			return appendAudit(dir, name, e.AuditEntries(time.Now()))
+		}
+	}
+	_, err := keyfile.Edit(f.Path, opts)
 	if errors.Is(err, keyfile.ErrNoChange) {
 		return nil
 	}
 	return err
+}
+
+// AuditSuffix is what the audit log's name adds to the key file's:
+// keys.json's is keys.json.audit.jsonl, in the same folder.
+const AuditSuffix = ".audit.jsonl"
+
+// AuditPath is the path of the audit log of the key file at path (through
+// its symbolic links: the log lies beside the file they lead to, where
+// its lock is).
+func AuditPath(path string) string {
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		path = target
+	}
+	return path + AuditSuffix
+}
+
+// appendAudit appends entries to the audit log of the key file name in dir
+// and flushes it to disk; the caller holds the key file's lock, so the
+// entries lie in the order of the changes.
+func appendAudit(dir *os.Root, name string, entries []audit.Entry) error {
+	if len(entries) == 0 {
+		return nil
+	}
+	var buf []byte
+	for _, e := range entries {
+		var err error
+		if buf, err = audit.Append(buf, e); err != nil {
+			return err
+		}
+	}
+	f, err := keyfile.OpenAppendIn(dir, name, name+AuditSuffix)
+	if err != nil {
+		return fmt.Errorf("audit log: %w; nothing was changed", err)
+	}
+	_, err = f.Write(buf)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("audit log %s: %w; nothing was changed", f.Name(), err)
+	}
+	return nil
+}
+
+// ReadAudit reads the entries of the key file's audit log that flt keeps;
+// none if it has none yet (the key file must exist then).
+func (f Records) ReadAudit(flt audit.Filter) ([]audit.Entry, error) {
+	path := AuditPath(f.Path)
+	// Checked before it is opened: a FIFO put in its place must not hang
+	// the reader.
+	fi, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// No change logged yet; but a mistyped path must not read as
+		// an empty log.
+		if _, kerr := os.Stat(f.Path); kerr != nil {
+			return nil, &keyfile.Error{Path: f.Path, Err: kerr}
+		}
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("audit log: %w", err)
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("audit log %s: not a regular file", path)
+	}
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	defer file.Close()
+	entries, err := audit.Read(file, flt)
+	if err != nil {
+		return entries, fmt.Errorf("audit log %s: %w", path, err)
+	}
+	return entries, nil
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/redis/rueidis"
@@ -41,7 +42,13 @@ type layout struct {
 	prefix                      string
 	tag                         string // {prefix}: every key's start, so that all are in one Cluster slot
 	records, used, version, log string
+	audit, auditMax             string // the audit stream, and its retention if set (see DefaultAuditMaxEntries)
 }
+
+// DefaultAuditMaxEntries is about how many entries a key set's audit
+// stream keeps (XADD MAXLEN ~) unless its {prefix}audit:max_entries key
+// says otherwise (caddy apikey audit --set-max-entries).
+const DefaultAuditMaxEntries = 1000000
 
 // DefaultPrefix is the prefix of a key set when none is given.
 const DefaultPrefix = "apikey:"
@@ -61,7 +68,7 @@ func newLayout(prefix string) (layout, error) {
 		return layout{}, fmt.Errorf("redis prefix %q: must not hold { or }, which would break its Cluster hash tag", prefix)
 	}
 	tag := "{" + prefix + "}"
-	return layout{prefix: prefix, tag: tag, records: tag + "records", used: tag + "used", version: tag + "version", log: tag + "log"}, nil
+	return layout{prefix: prefix, tag: tag, records: tag + "records", used: tag + "used", version: tag + "version", log: tag + "log", audit: tag + "audit", auditMax: tag + "audit:max_entries"}, nil
 }
 
 // parseURL reads a configured Redis URL into client options. {env.*}
@@ -191,7 +198,7 @@ func redactURL(raw string) string {
 // it (0: the key set does not exist yet, which only a change that may
 // create it accepts, ARGV[2], as it alone may write into a key set whose
 // records are gone while its version remains; "*": any version). Then,
-// for each record (ARGV[5...]: id, expected, JSON), what the change
+// for each record (ARGV[6+n...]: id, expected, JSON), what the change
 // expects to replace: nothing is checked (""), there must be no record
 // with that id ("-": a new record), or the record must still be the value
 // read ("=" and the value: a change of named records, which conflicts
@@ -199,7 +206,11 @@ func redactURL(raw string) string {
 // bumps the version and logs the change (ARGV[3]: the log's length): the
 // ids (ARGV[4]), and the key_hash each record had before ("" for a new
 // record, "?" if it could not be read), so that a follower drops a
-// replaced key without searching for it. It returns {1, new version}, or
+// replaced key without searching for it. Before it writes the records, it
+// adds the change's n (ARGV[5]) audit entries (ARGV[6...5+n], JSON) to the
+// audit stream (KEYS[4]), trimmed to about KEYS[5]'s number of entries
+// (DefaultAuditMaxEntries if unset): an entry that cannot be added fails
+// the script before anything is written. It returns {1, new version}, or
 // {0, version now} when another writer changed the version, {2, version}
 // when a record to add is there already, {3, version} when a record to
 // change is no longer the one read.
@@ -473,7 +484,7 @@ const editBatch = 5000
 // whatever the version, and refused (errIDTaken) if one of its ids is
 // there already.
 func writeChanged(ctx context.Context, c rueidis.Client, k layout, doc *keyfile.Doc, from int64, create bool) (int64, error) {
-	return writeRecords(ctx, c, k, doc, from, create, nil)
+	return writeRecords(ctx, c, k, doc, from, create, nil, nil)
 }
 
 // writeRecords is writeChanged, but for read not nil: the change is one of
@@ -481,7 +492,13 @@ func writeChanged(ctx context.Context, c rueidis.Client, k layout, doc *keyfile.
 // still the value it was read as (read[id]; none if read has no value for
 // it), and refused otherwise (errRecordMoved, or errIDTaken for a record
 // that was not there). Changes of other records do not hold it up.
-func writeRecords(ctx context.Context, c rueidis.Client, k layout, doc *keyfile.Doc, from int64, create bool, read map[string]string) (int64, error) {
+//
+// entries are the change's audit entries: each is added to the audit
+// stream by the script that writes its key's record (the first for an
+// entry of a key that the change writes no record of), in the same atomic
+// step, before the records; a batch whose entries cannot be added writes
+// nothing.
+func writeRecords(ctx context.Context, c rueidis.Client, k layout, doc *keyfile.Doc, from int64, create bool, read map[string]string, entries []audit.Entry) (int64, error) {
 	if read != nil {
 		from = anyVersion
 	}
@@ -509,10 +526,29 @@ func writeRecords(ctx context.Context, c rueidis.Client, k layout, doc *keyfile.
 		}
 		writes = append(writes, r.ID, expect, string(js))
 	}
+	// The audit entries of each batch, in their order.
+	batches := max(1, (len(writes)/3+editBatch-1)/editBatch)
+	audited := make([][]string, batches)
+	if len(entries) > 0 {
+		batchOf := make(map[string]int, len(writes)/3)
+		for i := 0; i < len(writes); i += 3 {
+			if _, ok := batchOf[writes[i]]; !ok {
+				batchOf[writes[i]] = i / 3 / editBatch
+			}
+		}
+		for _, e := range entries {
+			line, err := audit.Append(nil, e)
+			if err != nil {
+				return 0, err
+			}
+			b := batchOf[e.KeyID] // 0 if none
+			audited[b] = append(audited[b], string(line[:len(line)-1]))
+		}
+	}
 	version := from
-	for len(writes) > 0 {
+	for b := 0; len(writes) > 0; b++ {
 		n := min(len(writes), 3*editBatch)
-		v, err := writeBatch(ctx, c, k, writes[:n], version, create)
+		v, err := writeBatch(ctx, c, k, writes[:n], version, create, audited[b])
 		if err != nil {
 			return v, err
 		}
@@ -526,8 +562,8 @@ func writeRecords(ctx context.Context, c rueidis.Client, k layout, doc *keyfile.
 
 // writeBatch runs editScript once, for the records in writes (id,
 // expected, JSON...).
-func writeBatch(ctx context.Context, c rueidis.Client, k layout, writes []string, from int64, create bool) (int64, error) {
-	args := make([]string, 4, 4+len(writes))
+func writeBatch(ctx context.Context, c rueidis.Client, k layout, writes []string, from int64, create bool, entries []string) (int64, error) {
+	args := make([]string, 5, 5+len(entries)+len(writes))
 	args[0], args[1], args[2] = strconv.FormatInt(from, 10), "0", strconv.Itoa(logMaxLen)
 	if create {
 		args[1] = "1"
@@ -541,8 +577,10 @@ func writeBatch(ctx context.Context, c rueidis.Client, k layout, writes []string
 	}
 	idList, _ := json.Marshal(ids) // strings only: cannot fail
 	args[3] = string(idList)
+	args[4] = strconv.Itoa(len(entries))
+	args = append(args, entries...)
 	args = append(args, writes...)
-	res, err := editScript.Exec(ctx, c, []string{k.version, k.records, k.log}, args).AsIntSlice()
+	res, err := editScript.Exec(ctx, c, []string{k.version, k.records, k.log, k.audit, k.auditMax}, args).AsIntSlice()
 	if err != nil {
 		switch msg := err.Error(); {
 		case strings.HasPrefix(msg, "NOKEYSET"):

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -154,7 +156,7 @@ func (r Records) Edit(e stores.Edit) error {
 		if e.OnlyID != "" {
 			read = changedValues(doc, before)
 		}
-		_, err = writeRecords(ctx, r.client, r.keys, doc, version, e.Create, read)
+		_, err = writeRecords(ctx, r.client, r.keys, doc, version, e.Create, read, e.AuditEntries(time.Now()))
 		conflict := errors.Is(err, errVersionMoved) || errors.Is(err, errRecordMoved) || errors.Is(err, errIDTaken)
 		switch {
 		case conflict && attempt < maxEditTries:
@@ -269,4 +271,83 @@ func (r Records) wrap(err error) error {
 		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.Flags(), r.Flags())
 	}
 	return fmt.Errorf("key set %s: %w", r, err)
+}
+
+// auditPage is how many entries one XRANGE of the audit stream reads.
+const auditPage = 10000
+
+// ReadAudit reads the entries of the key set's audit stream that f keeps,
+// oldest first.
+func (r Records) ReadAudit(f audit.Filter) ([]audit.Entry, error) {
+	if r.client == nil {
+		return nil, r.wrap(errNotConnected)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	defer cancel()
+	var out []audit.Entry
+	start := "-"
+	if !f.Since.IsZero() {
+		// The stream's ids are the Redis server's clock: a minute of
+		// slack for the writers' clocks, the filter keeps the rest out.
+		start = strconv.FormatInt(max(0, f.Since.Add(-time.Minute).UnixMilli()), 10)
+	}
+	for {
+		msgs, err := r.client.Do(ctx, r.client.B().Xrange().Key(r.keys.audit).Start(start).End("+").Count(auditPage).Build()).AsXRange()
+		if err != nil {
+			return out, r.fail(ctx, err)
+		}
+		for _, m := range msgs {
+			e, err := audit.Decode([]byte(m.FieldValues["e"]))
+			if err != nil {
+				return out, r.wrap(fmt.Errorf("audit stream %s, entry %s: %v", r.keys.audit, m.ID, err))
+			}
+			if f.Match(e) {
+				out = append(out, e)
+			}
+		}
+		if len(msgs) < auditPage {
+			return out, nil
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
+}
+
+// SetAuditMaxEntries sets about how many entries the key set's audit
+// stream keeps, for every writer (0: DefaultAuditMaxEntries); the stream
+// is trimmed at the next change.
+func (r Records) SetAuditMaxEntries(n int64) error {
+	if r.client == nil {
+		return r.wrap(errNotConnected)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	defer cancel()
+	var err error
+	if n == 0 {
+		err = r.client.Do(ctx, r.client.B().Del().Key(r.keys.auditMax).Build()).Error()
+	} else {
+		err = r.client.Do(ctx, r.client.B().Set().Key(r.keys.auditMax).Value(strconv.FormatInt(n, 10)).Build()).Error()
+	}
+	if err != nil {
+		return r.fail(ctx, err)
+	}
+	return nil
+}
+
+// AuditMaxEntries returns the retention of the key set's audit stream.
+func (r Records) AuditMaxEntries() (int64, error) {
+	if r.client == nil {
+		return 0, r.wrap(errNotConnected)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	defer cancel()
+	n, err := r.client.Do(ctx, r.client.B().Get().Key(r.keys.auditMax).Build()).AsInt64()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return DefaultAuditMaxEntries, nil
+	case err != nil:
+		return 0, r.fail(ctx, err)
+	case n < 1:
+		return DefaultAuditMaxEntries, nil
+	}
+	return n, nil
 }
