@@ -174,7 +174,7 @@ else
 	go build -o "$work/caddy" ./cmd/caddy
 	caddy=$work/caddy
 fi
-"$caddy" list-modules | grep -qx 'http.handlers.apikey.stores.redis' ||
+"$caddy" list-modules | grep -x 'http.handlers.apikey.stores.redis' >/dev/null ||
 	die "$caddy has no http.handlers.apikey.stores.redis module"
 
 log "generating $KEYS keys"

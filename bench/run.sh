@@ -114,7 +114,7 @@ trap 'exit 143' TERM
 log "building Caddy with the plugin (go build ./cmd/caddy)"
 go build -o "$work/caddy" ./cmd/caddy
 caddy=$work/caddy
-"$caddy" list-modules | grep -qx 'http.handlers.apikey' || die "the built Caddy has no http.handlers.apikey module"
+"$caddy" list-modules | grep -x 'http.handlers.apikey' >/dev/null || die "the built Caddy has no http.handlers.apikey module"
 
 log "generating $KEYS keys (hashes only in the key file)"
 go run ./bench/genkeys -n "$KEYS" -keys "$work/keys.json" -raw "$work/raw-key.txt"
