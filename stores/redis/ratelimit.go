@@ -97,28 +97,40 @@ func (s *liveSet) exchangeCounts(ctx context.Context, deltas []ratelimit.Delta, 
 		return totals, errors.New("not connected to Redis yet")
 	}
 	c := *p
-	cmds := make(rueidis.Commands, 0, 2*min(len(deltas), rateBatch))
+	cmds := make(rueidis.Commands, 0, min(len(deltas), rateBatch)+8)
+	expiring := make(map[string]bool) // the windows' hashes given an expiry in this exchange
 	for start := 0; start < len(deltas); start += rateBatch {
 		batch := deltas[start:min(start+rateBatch, len(deltas))]
 		cmds = cmds[:0]
 		for _, d := range batch {
+			cmds = append(cmds, c.B().Hincrby().Key(s.rk.rateWindow(d.Window, d.Index)).Field(d.Key).Increment(d.N).Build())
+		}
+		// Each window's hash is gone once the window and the next are
+		// over (the next weighs this one), with a minute to spare for
+		// clocks: one expiry per hash, however many keys it counts.
+		for _, d := range batch {
 			key := s.rk.rateWindow(d.Window, d.Index)
-			// Gone once this window and the next are over (the next
-			// weighs this one), with a minute to spare for clocks.
+			if expiring[key] {
+				continue
+			}
+			expiring[key] = true
 			expires := time.Unix(0, d.Start()+2*int64(d.Window)).Add(time.Minute)
-			cmds = append(cmds,
-				c.B().Hincrby().Key(key).Field(d.Key).Increment(d.N).Build(),
-				c.B().Pexpireat().Key(key).MillisecondsTimestamp(expires.UnixMilli()).Build())
+			cmds = append(cmds, c.B().Pexpireat().Key(key).MillisecondsTimestamp(expires.UnixMilli()).Build())
 		}
 		cctx, cancel := context.WithTimeout(ctx, answerTimeout(s.opt))
 		replies := c.DoMulti(cctx, cmds...)
 		cancel()
 		for i := range batch {
-			n, err := replies[2*i].AsInt64()
+			n, err := replies[i].AsInt64()
 			if err != nil {
 				return totals, err
 			}
 			totals = append(totals, n)
+		}
+		for _, r := range replies[len(batch):] {
+			if err := r.Error(); err != nil {
+				return totals, err
+			}
 		}
 	}
 	return totals, nil

@@ -72,6 +72,9 @@ func TestRedisSharesRateLimitCounts(t *testing.T) {
 	if n, _ := r.Do("HGET", "{rl:}rl:86400:"+strconv.FormatInt(time.Now().Unix()/86400, 10), "key-1").AsInt64(); n != 11 {
 		t.Errorf("the fleet's count in Redis is %d, want 11 (refused requests not counted)", n)
 	}
+	if ttl, _ := r.Do("PTTL", "{rl:}rl:86400:"+strconv.FormatInt(time.Now().Unix()/86400, 10)).AsInt64(); ttl <= 24*3600*1000 || ttl > (2*24*3600+60)*1000 {
+		t.Errorf("the window's hash expires in %d ms, want after the next window ends (1 to 2 days and a minute)", ttl)
+	}
 
 	// Redis down: limiting goes on from what each has, logged once.
 	lc := ratelimit.New(ratelimit.Options{Fleet: true})
