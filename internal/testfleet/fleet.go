@@ -29,23 +29,33 @@ var (
 	caddyBinErr  error
 )
 
-// Build builds ./cmd/caddy once per test binary.
+// Build builds ./cmd/caddy once per test binary, or, where the test
+// binaries of one `go test` run can share it (sharedBuild), once per run:
+// they run at the same time, and two builds of Caddy on a 2-core machine
+// cost a minute.
 func Build(t testing.TB) string {
 	t.Helper()
 	caddyBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "apikey-caddy-")
+		dir, unlock, err := sharedBuild()
 		if err != nil {
 			caddyBinErr = err
 			return
 		}
+		defer unlock()
 		caddyBin = filepath.Join(dir, "caddy")
 		if runtime.GOOS == "windows" {
 			caddyBin += ".exe"
 		}
+		done := caddyBin + ".built"
+		if _, err := os.Stat(done); err == nil {
+			return // built by another test binary of this run
+		}
 		out, err := exec.Command("go", "build", "-o", caddyBin, "github.com/caddy-apikey/caddy-apikey/cmd/caddy").CombinedOutput()
 		if err != nil {
 			caddyBinErr = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
+			return
 		}
+		caddyBinErr = os.WriteFile(done, nil, 0o600)
 	})
 	if caddyBinErr != nil {
 		t.Fatal(caddyBinErr)
