@@ -57,9 +57,9 @@ func newKeyEvents(store string, keys func() *keyset.KeySet, logger *zap.Logger) 
 }
 
 // use makes the events app of ctx's config (if one is configured) the one
-// events go to, and notice the expiry notice: the newest config's handler
-// has the last word.
-func (e *keyEvents) use(ctx caddy.Context, notice caddy.Duration) {
+// events go to, notice the expiry notice and keys the key set looked at:
+// the newest config's handler has the last word.
+func (e *keyEvents) use(ctx caddy.Context, notice caddy.Duration, keys func() *keyset.KeySet) {
 	var emit func(string, map[string]any) bool
 	if ctx.Context != nil {
 		if app, err := ctx.AppIfConfigured("events"); err == nil {
@@ -78,7 +78,7 @@ func (e *keyEvents) use(ctx caddy.Context, notice caddy.Duration) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.emitter = emit
+	e.emitter, e.keys = emit, keys
 	switch {
 	case notice == 0:
 		e.before = DefaultExpiryNotice
@@ -141,9 +141,9 @@ func (e *keyEvents) rateLimited(key *keyset.Key, d ratelimit.Decision, now int64
 // running yet.
 func (e *keyEvents) announceExpiring(now time.Time) bool {
 	e.mu.Lock()
-	before, on := e.before, e.emitter != nil
+	before, on, keys := e.before, e.emitter != nil, e.keys
 	e.mu.Unlock()
-	ks := e.keys()
+	ks := keys()
 	if before < 0 || !on || ks == nil {
 		return true // nothing to say
 	}

@@ -118,7 +118,7 @@ func (h *Handler) useShared(ctx caddy.Context) {
 	})
 	sh := val.(*storeShared)
 	h.limits.name, h.events = name, sh.events
-	sh.events.use(ctx, h.ExpiryNotice)
+	sh.events.use(ctx, h.ExpiryNotice, h.store.KeySet)
 	if h.limits.on {
 		h.limits.limiter = sh.limiter
 	}
