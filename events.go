@@ -7,7 +7,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
-	"go.uber.org/zap"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -37,9 +36,8 @@ const DefaultExpiryNotice = 7 * 24 * time.Hour
 // keyEvents emits the events about the keys of one key set; the handlers
 // of the key set share it (storeShared).
 type keyEvents struct {
-	store  string
-	keys   func() *keyset.KeySet
-	logger *zap.Logger
+	store string
+	keys  func() *keyset.KeySet
 
 	mu        sync.Mutex
 	emitter   func(name string, data map[string]any) bool // the newest config's events app; nil: none
@@ -51,8 +49,8 @@ type keyEvents struct {
 // refusedIn is a window of one limit: its index and length.
 type refusedIn struct{ index, length int64 }
 
-func newKeyEvents(store string, keys func() *keyset.KeySet, logger *zap.Logger) *keyEvents {
-	return &keyEvents{store: store, keys: keys, logger: logger, before: DefaultExpiryNotice,
+func newKeyEvents(store string, keys func() *keyset.KeySet) *keyEvents {
+	return &keyEvents{store: store, keys: keys, before: DefaultExpiryNotice,
 		announced: make(map[string]bool), refused: make(map[string]refusedIn)}
 }
 

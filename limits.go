@@ -87,7 +87,7 @@ func (h *Handler) useShared(ctx caddy.Context) {
 	store := h.store
 	val, _, _ := shared.LoadOrNew(name, func() (caddy.Destructor, error) {
 		l := ratelimit.New(ratelimit.Options{Fleet: fleet})
-		ev := newKeyEvents(name, store.KeySet, h.logger)
+		ev := newKeyEvents(name, store.KeySet)
 		done := make(chan struct{})
 		go func() {
 			// Every second until the config runs and the expiring
@@ -177,24 +177,24 @@ func (l *limiting) writeHeaders(hdr http.Header, limits []ratelimit.Limit, d rat
 	if len(l.defaults) == 0 || &limits[0] != &l.defaults[0] {
 		p = policy(limits)
 	}
-	reset := d.ResetSeconds()
+	// One formatting of each number: `"1m";r=<remaining>;t=<reset>`, then
+	// the limit; X-RateLimit-Remaining and -Reset are parts of RateLimit.
 	b := append(lh.buf[:0], '"')
 	b = ratelimit.AppendWindow(b, d.Limit.Window)
 	b = append(b, `";r=`...)
+	rem0 := len(b)
 	b = strconv.AppendInt(b, d.Remaining, 10)
+	rem1 := len(b)
 	b = append(b, ";t="...)
-	b = strconv.AppendInt(b, reset, 10)
+	reset0 := len(b)
+	b = strconv.AppendInt(b, d.ResetSeconds(), 10)
 	rl := len(b)
 	b = strconv.AppendInt(b, d.Limit.Requests, 10)
-	lim := len(b)
-	b = strconv.AppendInt(b, d.Remaining, 10)
-	rem := len(b)
-	b = strconv.AppendInt(b, reset, 10)
 	if len(b) > len(lh.buf) { // cannot happen: numbers of at most 19 digits are fewer
 		b = bytes.Clone(b)
 	}
 	s := unsafe.String(unsafe.SliceData(b), len(b))
-	lh.values = [5]string{p, s[:rl], s[rl:lim], s[lim:rem], s[rem:]}
+	lh.values = [5]string{p, s[:rl], s[rl:], s[rem0:rem1], s[reset0:rl]}
 	v := lh.values[:]
 	hdr["Ratelimit-Policy"] = v[0:1:1]
 	hdr["Ratelimit"] = v[1:2:2]

@@ -64,8 +64,8 @@ func TestRateLimitsOnTheRequestPath(t *testing.T) {
 				t.Errorf("request %d: %s = %q, want %q", i+1, name, got, want)
 			}
 		}
-		if got := w.Header().Get("RateLimit"); !strings.HasPrefix(got, `"1m";r=`+remaining+";t=") {
-			t.Errorf("request %d: RateLimit = %q", i+1, got)
+		if got := w.Header().Get("RateLimit"); !strings.HasPrefix(got, `"1m";r=`+remaining+";t=") || got != `"1m";r=`+remaining+";t="+w.Header().Get("X-RateLimit-Reset") {
+			t.Errorf("request %d: RateLimit = %q, X-RateLimit-Reset = %q", i+1, got, w.Header().Get("X-RateLimit-Reset"))
 		}
 		if v, _ := repl.GetString("http.auth.apikey.rate_limit.remaining"); v != remaining {
 			t.Errorf("request %d: {http.auth.apikey.rate_limit.remaining} = %q, want %s", i+1, v, remaining)
