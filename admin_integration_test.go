@@ -195,6 +195,10 @@ func TestAdminRoutesAgainstCaddy(t *testing.T) {
 		}
 		expectOK(t, "/", "rotating "+got.ID, "Authorization: Bearer "+got.Key)
 
+		// The old key, during the grace, then refused once it has ended.
+		expectGraceThenExpired(t, bearer(rotating), "rotating "+oldID, rotated, grace)
+		expectOK(t, "/", "rotating "+got.ID, "Authorization: Bearer "+got.Key)
+
 		// The old key, during the grace (checked only if this machine got
 		// here well within it), then refused once it has ended.
 		resp, body = do(t, "GET", "/", bearer(rotating))

@@ -405,18 +405,27 @@ func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
 	t.Logf("new key admitted after %s", time.Since(rotated).Round(time.Millisecond))
 
 	// The new file is in force: the old key is admitted while the grace
-	// lasts (checked only if this machine got here well within it).
-	resp, body := do(t, "GET", "/", bearer(old))
+	// lasts, then refused.
+	expectGraceThenExpired(t, bearer(old), "svc "+oldID, rotated, grace)
+	expectOK(t, "/", "svc "+newID, "Authorization: Bearer "+raw)
+}
+
+// expectGraceThenExpired checks a key rotated at rotated with grace: sent
+// as header, it is still answered with want during the grace (checked only
+// if this machine got here well within it), then refused as KEY_EXPIRED,
+// never before the grace has ended.
+func expectGraceThenExpired(t *testing.T, header, want string, rotated time.Time, grace time.Duration) {
+	t.Helper()
+	resp, body := do(t, "GET", "/", header)
 	if time.Since(rotated) < grace-300*time.Millisecond {
-		if resp.StatusCode != http.StatusOK || body != "svc "+oldID {
-			t.Fatalf("old key during the grace: %d %q, want 200", resp.StatusCode, body)
+		if resp.StatusCode != http.StatusOK || body != want {
+			t.Fatalf("old key during the grace: %d %q, want 200 %q", resp.StatusCode, body, want)
 		}
 	} else {
 		t.Logf("the grace had nearly ended when the new key was in force: old key during the grace not checked")
 	}
-
 	testkeys.WaitFor(t, grace+2*time.Second, "the old key to be refused once the grace has ended", func() bool {
-		resp, body := do(t, "GET", "/", bearer(old))
+		resp, body := do(t, "GET", "/", header)
 		if resp.StatusCode != http.StatusForbidden {
 			return false
 		}
@@ -426,5 +435,4 @@ func TestLifecycleRotateWhileCaddyRuns(t *testing.T) {
 	if early := time.Since(rotated); early < grace {
 		t.Errorf("the old key was refused after %s, before the %s grace ended", early, grace)
 	}
-	expectOK(t, "/", "svc "+newID, "Authorization: Bearer "+raw)
 }
