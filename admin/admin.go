@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/audit"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -646,7 +647,7 @@ func jsonProblem(err error, members string) string {
 		return fmt.Sprintf("unknown member %q: %s", sem.JSONPointer.LastToken(), members)
 	case errors.As(err, &sem):
 		name, _, _ := strings.Cut(strings.TrimPrefix(string(sem.JSONPointer), "/"), "/")
-		return fmt.Sprintf("%q must be %s, not a JSON %s", name, memberTypes[name], jsonKindName(sem.JSONKind))
+		return fmt.Sprintf("%q must be %s, not a JSON %s", name, memberTypes[name], keyfile.KindName(sem.JSONKind))
 	}
 	return err.Error()
 }
@@ -656,16 +657,3 @@ var (
 	_ caddy.AdminRouter = (*API)(nil)
 	_ caddy.Provisioner = (*API)(nil)
 )
-
-// jsonKindName names a JSON kind in a refusal.
-func jsonKindName(k jsontext.Kind) string {
-	switch k {
-	case 't', 'f':
-		return "bool"
-	case '{':
-		return "object"
-	case '[':
-		return "array"
-	}
-	return k.String()
-}

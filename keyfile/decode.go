@@ -235,7 +235,7 @@ func (d *keyFileDecoder) topObject(top func(name string, value []byte), record f
 		default:
 			var v []byte
 			if v, err = d.value(); err == nil {
-				err = fmt.Errorf(`"api_keys" must be a list of key records, not a JSON %s`, kindName(jsontext.Value(v).Kind()))
+				err = fmt.Errorf(`"api_keys" must be a list of key records, not a JSON %s`, KindName(jsontext.Value(v).Kind()))
 			}
 		}
 		if err != nil {
@@ -283,7 +283,7 @@ func (d *keyFileDecoder) recordList(record func(n int) error) error {
 			}
 			// The kind, not the value: a key file replaced by a link to
 			// another JSON file must not have its content quoted in logs.
-			return fmt.Errorf("record %d: want a JSON object, got a JSON %s", n, kindName(k))
+			return fmt.Errorf("record %d: want a JSON object, got a JSON %s", n, KindName(k))
 		}
 		if err := record(n); err != nil {
 			return err
@@ -393,7 +393,7 @@ func setField(r *keyset.Record, name string, v jsontext.Value) error {
 			*str = ""
 		}
 	case k != '"':
-		return fmt.Errorf("member %q must be a string, not a JSON %s", name, kindName(k))
+		return fmt.Errorf("member %q must be a string, not a JSON %s", name, KindName(k))
 	case ptr != nil:
 		s := unquote(v)
 		*ptr = &s
@@ -410,7 +410,7 @@ func decodeStrings(v jsontext.Value) ([]string, error) {
 		return nil, nil
 	case '[':
 	default:
-		return nil, fmt.Errorf("not a JSON %s", kindName(k))
+		return nil, fmt.Errorf("not a JSON %s", KindName(k))
 	}
 	d := newKeyFileDecoder(v)
 	_ = d.delim() // v is valid JSON: no syntax error here
@@ -421,7 +421,7 @@ func decodeStrings(v jsontext.Value) ([]string, error) {
 			return nil, err
 		}
 		if k := jsontext.Value(s).Kind(); k != '"' {
-			return nil, fmt.Errorf("not a JSON %s", kindName(k))
+			return nil, fmt.Errorf("not a JSON %s", KindName(k))
 		}
 		list = append(list, unquote(s))
 	}
@@ -441,14 +441,14 @@ func decodeRateLimits(v jsontext.Value) ([]keyset.RateLimit, error) {
 		return nil, nil
 	case '[':
 	default:
-		return nil, fmt.Errorf(`member "rate_limits" must be a list of limits such as %s, not a JSON %s`, rateLimitExample, kindName(k))
+		return nil, fmt.Errorf(`member "rate_limits" must be a list of limits such as %s, not a JSON %s`, rateLimitExample, KindName(k))
 	}
 	d := newKeyFileDecoder(v)
 	_ = d.delim() // v is valid JSON: no syntax error here
 	list := []keyset.RateLimit{}
 	for n := 1; d.dec.PeekKind() != ']'; n++ {
 		if k := d.dec.PeekKind(); k != '{' {
-			return nil, fmt.Errorf(`rate_limits: limit %d must be a JSON object such as {"requests": 100, "window": "1m"}, not a JSON %s`, n, kindName(k))
+			return nil, fmt.Errorf(`rate_limits: limit %d must be a JSON object such as {"requests": 100, "window": "1m"}, not a JSON %s`, n, KindName(k))
 		}
 		l, err := decodeRateLimit(d)
 		if err != nil {
@@ -482,7 +482,7 @@ func decodeRateLimit(d *keyFileDecoder) (keyset.RateLimit, error) {
 				return l, err
 			}
 			if k != '0' {
-				return l, fmt.Errorf(`"requests" must be a whole number, not a JSON %s`, kindName(k))
+				return l, fmt.Errorf(`"requests" must be a whole number, not a JSON %s`, KindName(k))
 			}
 			if l.Requests, err = ratelimit.ParseRequests(string(v)); err != nil {
 				return l, err
@@ -492,7 +492,7 @@ func decodeRateLimit(d *keyFileDecoder) (keyset.RateLimit, error) {
 				return l, err
 			}
 			if k != '"' {
-				return l, fmt.Errorf(`"window" must be a string such as "1m", not a JSON %s`, kindName(k))
+				return l, fmt.Errorf(`"window" must be a string such as "1m", not a JSON %s`, KindName(k))
 			}
 			l.Window = unquote(v)
 		case strings.EqualFold(name, "requests"), strings.EqualFold(name, "window"):
@@ -527,8 +527,9 @@ func unquote(quoted []byte) string {
 	return unsafe.String(unsafe.SliceData(s), len(s))
 }
 
-// kindName names a JSON kind in an error message.
-func kindName(k jsontext.Kind) string {
+// KindName names a JSON kind in a message: bool, object, array, or as
+// jsontext writes the others (string, number, null).
+func KindName(k jsontext.Kind) string {
 	switch k {
 	case 't', 'f':
 		return "bool"
