@@ -73,6 +73,13 @@ func TestCommandKeyFormatAndCheck(t *testing.T) {
 			}
 		})
 	}
+	// The key as the argument, as `caddy apikey check <key>`.
+	if stdout, _, err := testkeys.RunCommand(t, "", "check", raw); err != nil || !strings.Contains(stdout, "well formed") {
+		t.Errorf("check <key>: %v %q", err, stdout)
+	}
+	if stdout, _, err := testkeys.RunCommand(t, "", "check", string(typo)); !errors.Is(err, errMalformed) || !strings.Contains(stdout, "malformed") {
+		t.Errorf("check <typo>: %v %q", err, stdout)
+	}
 	if _, stderr, err := testkeys.RunCommand(t, "", "check"); err == nil || !strings.Contains(stderr, "no key on stdin") {
 		t.Errorf("check without a key: %v %q", err, stderr)
 	}

@@ -548,23 +548,26 @@ var errMalformed = errors.New("malformed")
 // checkCommand is `caddy apikey check`.
 func checkCommand() *cobra.Command {
 	check := &cobra.Command{
-		Use:   "check [--key-format <prefix>]",
-		Short: "Says whether a key read on stdin is well formed in the checksummed key format, offline",
+		Use:   "check [--key-format <prefix>] [<key> | -]",
+		Short: "Says whether a key is well formed in the checksummed key format, offline",
 		Long: `
 Checks a key's prefix, length, characters and CRC32 checksum without looking
 it up anywhere: "well formed" says the key could be one made in the format,
-not that it exists or is valid. The key is read on stdin, which keeps it out
-of the shell history and the process list, and never printed. Without
+not that it exists or is valid. The key is the argument, or read on stdin
+when there is none (or it is -), which keeps it out of the shell history
+and the process list: prefer stdin for a real key. It is never printed.
+Without
 --key-format, the prefix is read from the key (everything up to its last _).
 
 Exit status: 0 well formed, 1 malformed (a typo, a key cut short) or an
 error, 2 not in this format.
 `,
 		Example: `  printf '%s' "$KEY" | caddy apikey check
-  caddy apikey check --key-format acme_live_ < key.txt`,
-		Args: cobra.NoArgs,
+  caddy apikey check --key-format acme_live_ < key.txt
+  caddy apikey check acme_live_0123456789abcdefghijABCDEFGHIJ0py0eO`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			result, err := checkKey(cmd)
+			result, err := checkKey(cmd, args)
 			switch {
 			case err != nil:
 				return runWithExitCode(func(*cobra.Command, []string) error { return err })(cmd, args)
@@ -585,13 +588,15 @@ error, 2 not in this format.
 
 // checkKey reads a key on the command's stdin, checks it and prints the
 // verdict on its stdout.
-func checkKey(cmd *cobra.Command) (keyformat.Result, error) {
+func checkKey(cmd *cobra.Command, args []string) (keyformat.Result, error) {
 	format, err := keyFormatFlag(cmd)
 	if err != nil {
 		return 0, err
 	}
-	key, err := readKey(cmd.InOrStdin(), "check")
-	if err != nil {
+	var key string
+	if len(args) == 1 && args[0] != "-" {
+		key = args[0] // on the command line: in the shell's history
+	} else if key, err = readKey(cmd.InOrStdin(), "check"); err != nil {
 		return 0, err
 	}
 	var result keyformat.Result
