@@ -10,6 +10,7 @@ import (
 	"strings"
 	"unsafe"
 
+	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -24,7 +25,7 @@ import (
 // change as the bytes it was (see doc.go).
 
 // The known members of a record, as the key file names them.
-var recordFields = [...]string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "scopes", "rate_limits", "rotated_from"}
+var recordFields = [...]string{"id", "label", "key_hash", "key_prefix", "created_at", "last_used_at", "expires_at", "revoked_at", "scopes", "rate_limits", "rotated_from", "quota"}
 
 // IsKnownMember reports whether a record member is one this plugin reads.
 func IsKnownMember(name string) bool { return slices.Contains(recordFields[:], name) }
@@ -375,6 +376,10 @@ func setField(r *keyset.Record, name string, v jsontext.Value) error {
 		}
 		r.Scopes = scopes
 		return nil
+	case "quota":
+		q, err := decodeQuota(v)
+		r.Quota = q
+		return err
 	case "rate_limits":
 		limits, err := decodeRateLimits(v)
 		r.RateLimits = limits
@@ -426,6 +431,33 @@ func decodeStrings(v jsontext.Value) ([]string, error) {
 		list = append(list, unquote(s))
 	}
 	return list, nil
+}
+
+// quotaExample is what a record's quota looks like, for errors.
+const quotaExample = `{"requests": 10000, "period": "month"}`
+
+// decodeQuota decodes and checks a record's quota: null (nil: none) or an
+// object with exactly the members "requests", a whole number, and
+// "period", "day", "month" or "none".
+func decodeQuota(v jsontext.Value) (*keyset.QuotaSpec, error) {
+	switch k := v.Kind(); k {
+	case 'n':
+		return nil, nil
+	case '{':
+	default:
+		return nil, fmt.Errorf(`member "quota" must be an object such as %s, not a JSON %s`, quotaExample, KindName(k))
+	}
+	var q keyset.QuotaSpec
+	if err := json.Unmarshal(v, &q, json.RejectUnknownMembers(true)); err != nil {
+		return nil, fmt.Errorf(`member "quota" must be an object such as %s: %v`, quotaExample, err)
+	}
+	if !bytes.Contains(v, []byte(`"requests"`)) || !bytes.Contains(v, []byte(`"period"`)) {
+		return nil, fmt.Errorf(`member "quota" must have "requests" and "period", as in %s`, quotaExample)
+	}
+	if _, _, err := keyset.ParseQuota(&q); err != nil {
+		return nil, err
+	}
+	return &q, nil
 }
 
 // rateLimitExample is what a record's rate_limits looks like, for errors.

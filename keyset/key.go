@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 )
 
@@ -24,6 +25,8 @@ type Key struct {
 	// the key and never changed: nil when the record has none of its own
 	// (the handler's defaults apply), noLimits when it says none.
 	limits    *[]ratelimit.Limit
+	quota     quota.Quota // the record's quota, if hasQuota
+	hasQuota  bool
 	expiresAt int64 // unix nanoseconds, clamped to int64 (see UnixNanoClamped)
 	revokedAt int64 // unix nanoseconds, clamped, when revoked
 	createdAt int64 // unix nanoseconds, clamped: for a store's snapshot of the key set, which a restore reads
@@ -100,6 +103,9 @@ func (k *Key) RateLimits() ([]ratelimit.Limit, bool) {
 	}
 	return *k.limits, true
 }
+
+// Quota returns the key's quota, if its record has one.
+func (k *Key) Quota() (quota.Quota, bool) { return k.quota, k.hasQuota }
 
 // setLimits makes limits, as ParseRateLimits returns them, the key's own.
 func (k *Key) setLimits(limits []ratelimit.Limit) {
@@ -182,6 +188,9 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 		return sum, err
 	}
 	k.setLimits(limits)
+	if k.quota, k.hasQuota, err = ParseQuota(rec.Quota); err != nil {
+		return sum, err
+	}
 	if len(rec.Scopes) > 0 {
 		// Clone: Join returns a lone scope as it is, a view.
 		k.scopesJoined = strings.Clone(strings.Join(rec.Scopes, ","))
@@ -195,7 +204,7 @@ func (k *Key) fill(rec *Record) ([sha256.Size]byte, error) {
 func (k *Key) copyTo(c *Key) {
 	c.ID, c.Label, c.Prefix, c.Scopes = k.ID, k.Label, k.Prefix, k.Scopes
 	c.scopesJoined, c.expiresAt, c.revokedAt, c.createdAt = k.scopesJoined, k.expiresAt, k.revokedAt, k.createdAt
-	c.limits = k.limits
+	c.limits, c.quota, c.hasQuota = k.limits, k.quota, k.hasQuota
 	c.expires, c.revoked, c.created = k.expires, k.revoked, k.created
 	c.usage.Store(k.usage.Load())
 }

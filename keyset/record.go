@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 )
 
@@ -32,6 +33,39 @@ type Record struct {
 	Scopes      []string    `json:"scopes,omitempty"`
 	RateLimits  []RateLimit `json:"rate_limits,omitzero"` // nil: absent; empty: []
 	RotatedFrom *string     `json:"rotated_from,omitempty"`
+	Quota       *QuotaSpec  `json:"quota,omitempty"`
+}
+
+// QuotaSpec is a record's quota as the record holds it: requests per
+// period, the period "day" or "month" (calendar days and months, UTC) or
+// "none" (a fixed allowance), as in
+//
+//	"quota": {"requests": 10000, "period": "month"}
+type QuotaSpec struct {
+	Requests int64  `json:"requests"`
+	Period   string `json:"period"`
+}
+
+// QuotaSpecOf is a quota as a record holds it.
+func QuotaSpecOf(q quota.Quota) *QuotaSpec {
+	return &QuotaSpec{Requests: q.Requests, Period: q.Period.String()}
+}
+
+// ParseQuota checks a record's quota and returns it parsed; nil gives
+// false.
+func ParseQuota(spec *QuotaSpec) (quota.Quota, bool, error) {
+	if spec == nil {
+		return quota.Quota{}, false, nil
+	}
+	p, err := quota.ParsePeriod(spec.Period)
+	if err != nil {
+		return quota.Quota{}, false, fmt.Errorf("quota: %v", err)
+	}
+	q := quota.Quota{Requests: spec.Requests, Period: p}
+	if err := q.Check(); err != nil {
+		return quota.Quota{}, false, fmt.Errorf("quota: %v", err)
+	}
+	return q, true, nil
 }
 
 // RateLimit is one of a record's rate limits as the record holds it:

@@ -21,6 +21,7 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/quota"
 )
 
 // RecordStore is the write side of a key store: what `caddy apikey` and the
@@ -173,4 +174,20 @@ func InUse() []Live {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name() < out[j].Name() })
 	return out
+}
+
+// QuotaStore is a record store that keeps its keys' quota state (the key
+// file's state file, Redis): `caddy apikey list` and `quota`, and the
+// admin API, read and grant through it. A live store whose keys have
+// quotas is also the handler's quota.Bank, on the same state.
+type QuotaStore interface {
+	// QuotaStates returns the state of each key id in periods (id ->
+	// the period's name, quota.Period.At), for the ids it has a state
+	// of; a key without one has used nothing in its period.
+	QuotaStates(periods map[string]string) (map[string]quota.State, error)
+	// GrantQuota adds n units to key id's allowance for period (whose
+	// state may be dropped some time after ends), durably, and returns
+	// the key's state then. n may be negative, to take back a grant, but
+	// not below 0 granted.
+	GrantQuota(id, period string, n int64, ends time.Time) (quota.State, error)
 }
