@@ -443,7 +443,7 @@ func (m *Meter) Close() {
 		}
 		if n := h.owed.Swap(0); n > 0 {
 			q := h.q.Load()
-			_, _, end := Period(q&3).At(time.Unix(0, m.opt.Now().UnixNano()))
+			_, _, end := Period(q & 3).At(time.Unix(0, m.opt.Now().UnixNano()))
 			owed = append(owed, Take{ID: h.id, Period: h.period, Allowance: q >> 2, Owed: n, Ends: end})
 		}
 		h.mu.Unlock()
