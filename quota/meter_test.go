@@ -185,12 +185,13 @@ func TestBankDown(t *testing.T) {
 func TestAdmitWhenDownSettles(t *testing.T) {
 	bank := NewMemoryBank()
 	bank.Fail = errors.New("down")
-	m := NewMeter(bank, Options{AdmitWhenDown: true})
+	m := NewMeter(bank, Options{})
 	q := Quota{Requests: 3, Period: Month}
 	for range 5 {
-		if d := m.Spend("k", q, 1, time.Now().UnixNano()); !d.Allowed() {
-			t.Fatalf("spend while down = %+v, want admitted", d)
+		if d := m.Spend("k", q, 1, time.Now().UnixNano()); d.Outcome != Unavailable {
+			t.Fatalf("spend while down = %+v, want Unavailable", d)
 		}
+		m.Owe("k", 1)
 	}
 	bank.mu.Lock()
 	bank.Fail = nil
