@@ -193,7 +193,7 @@ type Handler struct {
 	limits limiting     // the rate limits: the defaults and the key set's limiter
 	quota  metering     // the quota: the route's cost and the key set's meter
 	counts *countWriter // the key set's usage counts; nil: not kept
-	events *keyEvents // the events about the key set's keys
+	events *keyEvents   // the events about the key set's keys
 
 	// Refusals, built once by setup.
 	authRequired  *refusal

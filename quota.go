@@ -170,7 +170,7 @@ type noBank struct{}
 var errNoBank = errors.New("the key store keeps no quota state")
 
 func (noBank) TakeQuota(context.Context, []quota.Take) ([]quota.Taken, error) { return nil, errNoBank }
-func (noBank) GiveQuota(context.Context, []quota.Give) error                 { return errNoBank }
+func (noBank) GiveQuota(context.Context, []quota.Give) error                  { return errNoBank }
 
 // countsEvery is how often the usage counts of a key set are written to
 // its store.
