@@ -49,7 +49,7 @@ var shared = caddy.NewUsagePool()
 type storeShared struct {
 	limiter *ratelimit.Limiter // nil until a handler limits
 	meter   *quota.Meter
-	counts  *countWriter // nil: the store keeps no usage counts
+	counts  *usagecount.Flusher // nil: the store keeps no usage counts
 	events  *keyEvents
 	stop    func()
 }
@@ -121,14 +121,14 @@ func (h *Handler) useShared(ctx caddy.Context) {
 		}
 		sh := &storeShared{limiter: l, events: ev, meter: newMeter(name, store)}
 		if w, ok := store.(usagecount.Writer); ok {
-			sh.counts = newCountWriter(name, w)
+			sh.counts = usagecount.NewFlusher(name, w)
 		}
 		sh.stop = func() {
 			close(done)
 			stopSync()
 			sh.meter.Close()
 			if sh.counts != nil {
-				sh.counts.stop()
+				sh.counts.Stop()
 			}
 		}
 		return sh, nil
@@ -142,7 +142,7 @@ func (h *Handler) useShared(ctx caddy.Context) {
 		if h.UsageRetention > 0 {
 			keep = time.Duration(h.UsageRetention)
 		}
-		sh.counts.keep.Store(int64(keep))
+		sh.counts.SetRetention(keep)
 	}
 	if _, ok := h.store.(quota.Bank); !ok && hasQuotas(h.store.KeySet()) {
 		h.logger.Warn("the key store keeps no quota state: keys with a quota are refused (503 QUOTA_UNAVAILABLE)", zap.String("key_store", name))

@@ -34,6 +34,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
+	"github.com/caddy-apikey/caddy-apikey/usagecount"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -190,10 +191,10 @@ type Handler struct {
 
 	releaseFormat func() // ends this handler's say in the admin API's key format
 
-	limits limiting     // the rate limits: the defaults and the key set's limiter
-	quota  metering     // the quota: the route's cost and the key set's meter
-	counts *countWriter // the key set's usage counts; nil: not kept
-	events *keyEvents   // the events about the key set's keys
+	limits limiting            // the rate limits: the defaults and the key set's limiter
+	quota  metering            // the quota: the route's cost and the key set's meter
+	counts *usagecount.Flusher // the key set's usage counts; nil: not kept
+	events *keyEvents          // the events about the key set's keys
 
 	// Refusals, built once by setup.
 	authRequired  *refusal

@@ -6,12 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
-	"go.uber.org/zap"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/quota"
@@ -172,95 +167,6 @@ var errNoBank = errors.New("the key store keeps no quota state")
 func (noBank) TakeQuota(context.Context, []quota.Take) ([]quota.Taken, error) { return nil, errNoBank }
 func (noBank) GiveQuota(context.Context, []quota.Give) error                  { return errNoBank }
 
-// countsEvery is how often the usage counts of a key set are written to
-// its store.
-const countsEvery = 10 * time.Second
-
-// maxPendingCounts bounds the counts kept for a store that cannot be
-// written to: past it, the oldest are dropped, and that is logged.
-const maxPendingCounts = 1 << 20
-
-// countWriter writes a key set's usage counts to its store in the
-// background.
-type countWriter struct {
-	name    string
-	tracker keyset.CountTracker
-	writer  usagecount.Writer
-	keep    atomic.Int64 // retention, nanoseconds: the newest handler's
-
-	mu      sync.Mutex // one write at a time
-	pending []usagecount.Row
-	buf     []keyset.Count
-	failing bool
-	done    chan struct{}
-	stopped chan struct{}
-}
-
-func newCountWriter(name string, w usagecount.Writer) *countWriter {
-	c := &countWriter{name: name, writer: w, done: make(chan struct{}), stopped: make(chan struct{})}
-	c.keep.Store(int64(usagecount.DefaultRetention))
-	go func() {
-		defer close(c.stopped)
-		t := time.NewTicker(countsEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-c.done:
-				c.flush()
-				return
-			case <-t.C:
-				c.flush()
-			}
-		}
-	}()
-	return c
-}
-
-// flush writes the counts made since the last write, and those a failed
-// write left, to the store.
-func (c *countWriter) flush() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.buf = c.tracker.Collect(c.buf[:0])
-	if len(c.buf) > 0 {
-		hour := usagecount.Hour(time.Now())
-		for _, n := range c.buf {
-			c.pending = append(c.pending, usagecount.Row{ID: n.ID, Hour: hour, Result: usagecount.Results[n.Result], N: n.N})
-		}
-	}
-	if len(c.pending) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := c.writer.AddUsageCounts(ctx, c.pending, time.Duration(c.keep.Load()))
-	cancel()
-	log := caddy.Log().Named("http.handlers.apikey")
-	if err != nil {
-		if !c.failing {
-			c.failing = true
-			log.Error("cannot write the keys' usage counts to the key store; they are kept in memory and written once it works again",
-				zap.String("key_store", c.name), zap.Error(err))
-		}
-		if over := len(c.pending) - maxPendingCounts; over > 0 {
-			log.Warn("dropping the oldest usage counts kept for the key store, which still cannot be written to",
-				zap.String("key_store", c.name), zap.Int("dropped", over))
-			c.pending = append(c.pending[:0], c.pending[over:]...)
-		}
-		return
-	}
-	if c.failing {
-		c.failing = false
-		log.Info("writing the keys' usage counts to the key store works again", zap.String("key_store", c.name))
-	}
-	c.pending = c.pending[:0]
-}
-
-// stop writes what is left and stops.
-func (c *countWriter) stop() {
-	close(c.done)
-	<-c.stopped
-}
-
 // countedAs is the usage count of each handler result, or -1: the results
 // of requests whose key matched a record.
 var countedAs = func() (m [numResults]int8) {
@@ -282,7 +188,7 @@ var countedAs = func() (m [numResults]int8) {
 func (h *Handler) countUse(key *keyset.Key, r result) {
 	if h.counts != nil {
 		if i := countedAs[r]; i >= 0 {
-			h.counts.tracker.Count(key, int(i))
+			h.counts.Count(key, int(i))
 		}
 	}
 }
@@ -296,7 +202,7 @@ func FlushUsage(name string) {
 		if key == name {
 			sh := value.(*storeShared)
 			if sh.counts != nil {
-				sh.counts.flush()
+				sh.counts.Flush()
 			}
 			if sh.meter != nil {
 				sh.meter.Sync()

@@ -166,15 +166,15 @@ func TestUsageCountsByResult(t *testing.T) {
 	ks := testkeys.KeySet(t, quotaRecord("id-ok", ok, "2/day"), exp)
 	w := &rowsWriter{}
 	h := newQuotaHandler(&Handler{KeysFile: "keys.json", Scopes: nil}, ks, quota.NewMemoryBank())
-	counts := newCountWriter("test", w)
+	counts := usagecount.NewFlusher("test", w)
 	h.counts = counts
-	t.Cleanup(func() { h.Cleanup(); counts.stop() })
+	t.Cleanup(func() { h.Cleanup(); counts.Stop() })
 	for range 3 {
 		limitedCall(t, h, ok)
 	}
 	limitedCall(t, h, expired)
 	limitedCall(t, h, "sk_counts_unknown")
-	counts.flush()
+	counts.Flush()
 	got := map[string]int64{}
 	for _, r := range w.rows {
 		got[r.ID+" "+r.Result] += r.N
@@ -193,7 +193,7 @@ func TestUsageCountsByResult(t *testing.T) {
 	}
 	// A second flush writes only what is new.
 	limitedCall(t, h, expired)
-	counts.flush()
+	counts.Flush()
 	if last := w.rows[len(w.rows)-1]; len(w.rows) != 4 || last.ID != "id-expired" || last.N != 1 {
 		t.Errorf("after one more request, rows %v", w.rows)
 	}
