@@ -1,15 +1,17 @@
 package file
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-json-experiment/json"
@@ -80,15 +82,17 @@ func StatePath(path string) string {
 	return path + StateSuffix
 }
 
-// stateDoc is a state file's contents. The usage counts stay as they were
-// read (JSON) unless a change needs them: a quota take reads and writes
-// them as bytes, without decoding them.
+// stateDoc is a state file's contents. The usage counts stay the bytes
+// they were read as, unless a change needs them: a quota take reads and
+// writes them without decoding them, and a write of counts decodes only
+// the hours it adds to.
 type stateDoc struct {
-	Version int                       `json:"version"`
-	Quotas  map[string]*quotaState    `json:"quotas,omitempty"`
-	Usage   jsontext.Value            `json:"usage,omitempty"`
-	Unknown map[string]jsontext.Value `json:",embed"` // refused: a version 1 file has no other member
+	Quotas map[string]*quotaState
+	Usage  []byte // the "usage" object; nil: none
 }
+
+// newState is an empty state.
+func newState() *stateDoc { return &stateDoc{Quotas: make(map[string]*quotaState)} }
 
 // quotaState is one key's quota state (quota.State) and when its period
 // ends.
@@ -102,10 +106,6 @@ type quotaState struct {
 func (q *quotaState) state() quota.State {
 	return quota.State{Period: q.Period, Used: q.Used, Granted: q.Granted}
 }
-
-// usageCounts are the usage counts decoded: id -> hour (RFC 3339) ->
-// result -> requests.
-type usageCounts map[string]map[string]map[string]int64
 
 // hourLayout is how an hour is written: RFC 3339 in UTC, which sorts as
 // text in the order of time.
@@ -125,41 +125,144 @@ func (e *StateError) Error() string {
 
 func (e *StateError) Unwrap() error { return e.Err }
 
-// WriteTo writes the state as JSON, its maps sorted by key.
+// WriteTo writes the state as JSON, the quota states sorted by key id (the
+// usage counts are kept sorted by AddUsageCounts).
 func (d *stateDoc) WriteTo(w io.Writer) (int64, error) {
-	cw := &countingWriter{w: w}
-	err := json.MarshalWrite(cw, d, json.Deterministic(true))
-	if err == nil {
-		_, err = cw.Write([]byte("\n"))
+	head := []byte(`{"version":` + strconv.Itoa(stateVersion))
+	if len(d.Quotas) > 0 {
+		q, err := json.Marshal(d.Quotas, json.Deterministic(true))
+		if err != nil {
+			return 0, err
+		}
+		head = append(append(head, `,"quotas":`...), q...)
 	}
-	return cw.n, err
+	var n int64
+	for _, part := range [][]byte{head, usageLead(d.Usage), d.Usage, []byte("}\n")} {
+		m, err := w.Write(part)
+		n += int64(m)
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
-type countingWriter struct {
-	w io.Writer
-	n int64
+func usageLead(usage []byte) []byte {
+	if usage == nil {
+		return nil
+	}
+	return []byte(`,"usage":`)
 }
 
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
+// member is a member of a JSON object: its name and its value, as bytes.
+type member struct {
+	name  string
+	value []byte
+}
+
+// members splits the JSON object obj into its members, in order, the
+// values slices of obj. It checks the JSON's syntax, not that the names
+// are distinct: see sortMembers.
+func members(obj []byte) ([]member, error) {
+	dec := jsontext.NewDecoder(bytes.NewBuffer(obj), jsontext.AllowDuplicateNames(true))
+	tok, err := dec.ReadToken()
+	if err != nil {
+		return nil, err
+	}
+	if tok.Kind() != '{' {
+		return nil, fmt.Errorf("not a JSON object but a JSON %s", keyfile.KindName(tok.Kind()))
+	}
+	var ms []member
+	for dec.PeekKind() != '}' {
+		tok, err := dec.ReadToken()
+		if err != nil {
+			return nil, err
+		}
+		name := tok.String()
+		v, err := dec.ReadValue()
+		if err != nil {
+			return nil, err
+		}
+		end := int(dec.InputOffset())
+		ms = append(ms, member{name: name, value: obj[end-len(v) : end]})
+	}
+	if _, err := dec.ReadToken(); err != nil {
+		return nil, err
+	}
+	if _, err := dec.ReadToken(); err != io.EOF {
+		return nil, errors.New("more after the JSON object")
+	}
+	return ms, nil
+}
+
+// sortMembers sorts members by name and refuses a name given twice.
+func sortMembers(ms []member) error {
+	slices.SortFunc(ms, func(a, b member) int { return strings.Compare(a.name, b.name) })
+	for i := 1; i < len(ms); i++ {
+		if ms[i].name == ms[i-1].name {
+			return fmt.Errorf("%q is there twice", ms[i].name)
+		}
+	}
+	return nil
+}
+
+// appendObject appends the JSON object of members ms.
+func appendObject(b []byte, ms []member) []byte {
+	b = append(b, '{')
+	for i, m := range ms {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b, _ = jsontext.AppendQuote(b, m.name) // names are valid UTF-8: they were read as JSON or are key ids
+		b = append(b, ':')
+		b = append(b, m.value...)
+	}
+	return append(b, '}')
 }
 
 // parseState reads a state file's contents, checking the quota states;
-// the usage counts are checked as JSON only (decodeUsage checks them).
+// the usage counts are checked as JSON only (AddUsageCounts and
+// ReadUsageCounts check what they read of them).
 func parseState(data []byte) (*stateDoc, error) {
-	var d stateDoc
-	if err := json.Unmarshal(data, &d); err != nil {
+	top, err := members(data)
+	if err != nil {
 		return nil, fmt.Errorf("not a state file of caddy-apikey: %v", err)
 	}
+	var version, quotas, usage []byte
+	seen := make(map[string]bool, len(top))
+	for _, m := range top {
+		if seen[m.name] {
+			return nil, fmt.Errorf("member %q is there twice", m.name)
+		}
+		seen[m.name] = true
+		switch m.name {
+		case "version":
+			version = m.value
+		case "quotas":
+			quotas = m.value
+		case "usage":
+			usage = m.value
+		}
+	}
+	var v int
 	switch {
-	case d.Version == 0:
+	case version == nil:
 		return nil, errors.New(`not a state file of caddy-apikey: it has no "version"`)
-	case d.Version != stateVersion:
-		return nil, fmt.Errorf("version %d, which this caddy-apikey does not read (it reads version %d): was it written by a newer one?", d.Version, stateVersion)
-	case len(d.Unknown) > 0:
-		return nil, fmt.Errorf("unknown member %q", slices.Sorted(maps.Keys(d.Unknown))[0])
+	case json.Unmarshal(version, &v) != nil:
+		return nil, fmt.Errorf(`"version" must be a whole number, not %s`, version)
+	case v != stateVersion:
+		return nil, fmt.Errorf("version %d, which this caddy-apikey does not read (it reads version %d): was it written by a newer one?", v, stateVersion)
+	}
+	for _, m := range top {
+		if !slices.Contains([]string{"version", "quotas", "usage"}, m.name) {
+			return nil, fmt.Errorf("unknown member %q", m.name)
+		}
+	}
+	d := newState()
+	if quotas != nil {
+		if err := json.Unmarshal(quotas, &d.Quotas, json.RejectUnknownMembers(true)); err != nil {
+			return nil, fmt.Errorf(`"quotas": %v`, err)
+		}
 	}
 	for id, q := range d.Quotas {
 		switch {
@@ -171,32 +274,157 @@ func parseState(data []byte) (*stateDoc, error) {
 			return nil, fmt.Errorf("the quota state of key %q has a negative count", id)
 		}
 	}
-	if d.Usage != nil {
-		if k := d.Usage.Kind(); k != '{' && k != 'n' {
-			return nil, fmt.Errorf(`"usage" must be an object, not a JSON %s`, keyfile.KindName(k))
-		}
-	}
-	if d.Quotas == nil {
+	if d.Quotas == nil { // "quotas": null
 		d.Quotas = make(map[string]*quotaState)
 	}
-	return &d, nil
+	switch k := jsontext.Value(usage).Kind(); {
+	case usage == nil, k == 'n':
+	case k == '{':
+		d.Usage = usage
+	default:
+		return nil, fmt.Errorf(`"usage" must be an object, not a JSON %s`, keyfile.KindName(k))
+	}
+	return d, nil
 }
 
-// decodeUsage decodes and checks the state's usage counts.
-func (d *stateDoc) decodeUsage() (usageCounts, error) {
-	u := make(usageCounts)
-	if len(d.Usage) == 0 || d.Usage.Kind() == 'n' {
-		return u, nil
-	}
-	if err := json.Unmarshal(d.Usage, &u); err != nil {
-		return nil, fmt.Errorf(`"usage": %v`, err)
-	}
-	for id, hours := range u {
-		if err := checkHours(id, hours); err != nil {
-			return nil, err
+// hourCounts are the usage counts of one key and hour to add, by index in
+// usagecount.Results.
+type hourCounts = [usagecount.NumResults]int64
+
+// addUsage adds counts (key id -> hour -> counts) to the usage counts, and
+// drops the hours before cutoff. It decodes only the hours it adds to; it
+// reports whether anything changed.
+func (d *stateDoc) addUsage(adds map[string]map[string]*hourCounts, cutoff string) (bool, error) {
+	var ids []member
+	if d.Usage != nil {
+		var err error
+		if ids, err = members(d.Usage); err != nil {
+			return false, fmt.Errorf(`"usage": %v`, err)
 		}
 	}
-	return u, nil
+	changed := false
+	out := ids[:0]
+	for _, m := range ids {
+		v, ch, err := mergeHours(m.value, adds[m.name], cutoff)
+		if err != nil {
+			return false, fmt.Errorf(`"usage" of key %q: %v`, m.name, err)
+		}
+		delete(adds, m.name)
+		changed = changed || ch
+		if v != nil {
+			out = append(out, member{m.name, v})
+		}
+	}
+	for id, a := range adds {
+		v, _, err := mergeHours(nil, a, cutoff)
+		if err != nil {
+			return false, err
+		}
+		if v != nil {
+			out = append(out, member{id, v})
+			changed = true
+		}
+	}
+	if !changed {
+		return false, nil
+	}
+	if err := sortMembers(out); err != nil {
+		return false, fmt.Errorf(`"usage": key %v`, err)
+	}
+	if len(out) == 0 {
+		d.Usage = nil
+	} else {
+		d.Usage = appendObject(make([]byte, 0, len(d.Usage)+len(adds)*64), out)
+	}
+	return true, nil
+}
+
+// mergeHours adds counts to one key's hours (the JSON object hours, or
+// nil) and drops those before cutoff. It returns the new object (nil if
+// no hour is left) and whether it changed.
+func mergeHours(hours []byte, adds map[string]*hourCounts, cutoff string) ([]byte, bool, error) {
+	var ms []member
+	if hours != nil {
+		var err error
+		if ms, err = members(hours); err != nil {
+			return nil, false, err
+		}
+	}
+	changed := false
+	out := ms[:0]
+	for _, m := range ms {
+		if !hourShaped(m.name) {
+			return nil, false, fmt.Errorf(`%q is not the start of an hour in UTC, such as "2026-12-03T14:00:00Z"`, m.name)
+		}
+		if m.name < cutoff {
+			changed = true
+			continue
+		}
+		if a := adds[m.name]; a != nil {
+			var counts map[string]int64
+			if err := json.Unmarshal(m.value, &counts); err != nil {
+				return nil, false, fmt.Errorf("%s: %v", m.name, err)
+			}
+			if counts == nil { // null
+				counts = make(map[string]int64)
+			}
+			for i, n := range a {
+				if n > 0 {
+					counts[usagecount.Results[i]] += n
+				}
+			}
+			v, err := json.Marshal(counts, json.Deterministic(true))
+			if err != nil {
+				return nil, false, err
+			}
+			m.value = v
+			changed = true
+			delete(adds, m.name)
+		}
+		out = append(out, m)
+	}
+	for h, a := range adds {
+		if h < cutoff {
+			continue
+		}
+		counts := make(map[string]int64)
+		for i, n := range a {
+			if n > 0 {
+				counts[usagecount.Results[i]] = n
+			}
+		}
+		v, err := json.Marshal(counts, json.Deterministic(true))
+		if err != nil {
+			return nil, false, err
+		}
+		out = append(out, member{h, v})
+		changed = true
+	}
+	if !changed {
+		return hours, false, nil
+	}
+	if len(out) == 0 {
+		return nil, true, nil
+	}
+	if err := sortMembers(out); err != nil {
+		return nil, false, fmt.Errorf("hour %v", err)
+	}
+	return appendObject(nil, out), true, nil
+}
+
+// hourShaped reports whether s has the shape of an hour as written
+// (hourLayout), which sorts in the order of time; checkHours checks it is
+// one.
+func hourShaped(s string) bool {
+	if len(s) != len(hourLayout) || s[13:] != ":00:00Z" {
+		return false
+	}
+	for i := range 13 {
+		if c := s[i]; c != hourLayout[i] && (c < '0' || c > '9' || hourLayout[i] < '0' || hourLayout[i] > '9') {
+			return false
+		}
+	}
+	return true
 }
 
 // checkHours checks one key's usage counts.
@@ -214,20 +442,6 @@ func checkHours(id string, hours map[string]map[string]int64) error {
 	return nil
 }
 
-// setUsage puts decoded usage counts back in the state.
-func (d *stateDoc) setUsage(u usageCounts) error {
-	if len(u) == 0 {
-		d.Usage = nil
-		return nil
-	}
-	data, err := json.Marshal(u, json.Deterministic(true))
-	if err != nil {
-		return err
-	}
-	d.Usage = data
-	return nil
-}
-
 // readStateIn reads the state file name in dir: an empty state if there is
 // none (fi nil).
 func readStateIn(dir *os.Root, name string) (*stateDoc, fs.FileInfo, error) {
@@ -236,7 +450,7 @@ func readStateIn(dir *os.Root, name string) (*stateDoc, fs.FileInfo, error) {
 	var pe *fs.PathError
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return &stateDoc{Version: stateVersion, Quotas: make(map[string]*quotaState)}, nil, nil
+		return newState(), nil, nil
 	case errors.As(err, &pe):
 		return nil, nil, fmt.Errorf("state file %s: %w", path, pe.Err)
 	case err != nil:
@@ -455,49 +669,34 @@ func (f Records) AddUsageCounts(ctx context.Context, rows []usagecount.Row, keep
 	if keep <= 0 {
 		keep = usagecount.DefaultRetention
 	}
+	adds := make(map[string]map[string]*hourCounts)
+	for _, r := range rows {
+		i := usagecount.ResultIndex(r.Result)
+		if r.N <= 0 || r.ID == "" || i < 0 {
+			continue
+		}
+		hours := adds[r.ID]
+		if hours == nil {
+			hours = make(map[string]*hourCounts)
+			adds[r.ID] = hours
+		}
+		h := usagecount.Hour(r.Hour).Format(hourLayout)
+		c := hours[h]
+		if c == nil {
+			c = new(hourCounts)
+			hours[h] = c
+		}
+		c[i] += r.N
+	}
 	return f.updateState(ctx, func(d *stateDoc, now time.Time) error {
-		u, err := d.decodeUsage()
-		if err != nil {
+		changed, err := d.addUsage(adds, usagecount.Hour(now.Add(-keep)).Format(hourLayout))
+		switch {
+		case err != nil:
 			return &StateError{Path: StatePath(f.Path), Err: err}
-		}
-		cutoff := usagecount.Hour(now.Add(-keep)).Format(hourLayout)
-		changed := false
-		for _, r := range rows {
-			if r.N <= 0 || r.ID == "" || usagecount.ResultIndex(r.Result) < 0 {
-				continue
-			}
-			h := usagecount.Hour(r.Hour).Format(hourLayout)
-			if h < cutoff {
-				continue
-			}
-			hours := u[r.ID]
-			if hours == nil {
-				hours = make(map[string]map[string]int64)
-				u[r.ID] = hours
-			}
-			counts := hours[h]
-			if counts == nil {
-				counts = make(map[string]int64, 1)
-				hours[h] = counts
-			}
-			counts[r.Result] += r.N
-			changed = true
-		}
-		for id, hours := range u {
-			for h := range hours {
-				if h < cutoff {
-					delete(hours, h)
-					changed = true
-				}
-			}
-			if len(hours) == 0 {
-				delete(u, id)
-			}
-		}
-		if !changed {
+		case !changed:
 			return errNoChange
 		}
-		return d.setUsage(u)
+		return nil
 	})
 }
 
@@ -509,16 +708,25 @@ func (f Records) ReadUsageCounts(id string, since time.Time) ([]usagecount.Row, 
 	if err != nil {
 		return nil, err
 	}
-	if len(d.Usage) == 0 || d.Usage.Kind() == 'n' {
+	if d.Usage == nil {
 		return nil, nil
 	}
 	path := StatePath(f.Path)
-	var byID map[string]jsontext.Value
-	if err := json.Unmarshal(d.Usage, &byID); err != nil {
+	ids, err := members(d.Usage)
+	if err != nil {
 		return nil, &StateError{Path: path, Err: fmt.Errorf(`"usage": %v`, err)}
 	}
-	raw, ok := byID[id]
-	if !ok {
+	var raw []byte
+	for _, m := range ids {
+		if m.name != id {
+			continue
+		}
+		if raw != nil {
+			return nil, &StateError{Path: path, Err: fmt.Errorf(`"usage": key %q is there twice`, id)}
+		}
+		raw = m.value
+	}
+	if raw == nil {
 		return nil, nil
 	}
 	var hours map[string]map[string]int64

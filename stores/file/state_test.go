@@ -410,6 +410,9 @@ func TestStateFileCorrupt(t *testing.T) {
 		{"a negative count", `{"version":1,"quotas":{"k":{"period":"2026-12","used":-1}}}`, "negative"},
 		{"no period", `{"version":1,"quotas":{"k":{"used":1}}}`, "no period"},
 		{"a duplicate key", `{"version":1,"quotas":{"k":{"period":"2026-12","used":1},"k":{"period":"2026-12","used":0}}}`, "duplicate"},
+		{"a member twice", `{"version":1,"quotas":{},"version":1}`, `"version" is there twice`},
+		{"a key's usage twice", `{"version":1,"usage":{"k":{},"k":{}}}`, `"k" is there twice`},
+		{"an unknown member of a quota state", `{"version":1,"quotas":{"k":{"period":"2026-12","used":1,"usd":2}}}`, "usd"},
 		{"usage not an object", `{"version":1,"usage":[1]}`, `"usage" must be an object`},
 		{"a bad hour", `{"version":1,"usage":{"k":{"2026-12-03T14:30:00Z":{"admitted":1}}}}`, "start of an hour"},
 	} {
@@ -417,7 +420,8 @@ func TestStateFileCorrupt(t *testing.T) {
 			rs, path := stateRecords(t, dec3)
 			statePath := StatePath(path)
 			testkeys.WriteFile(t, statePath, c.content)
-			checkStateRefused(t, rs, statePath, c.says, c.name != "a bad hour", func() {
+			quotas := c.name != "a bad hour" && c.name != "a key's usage twice" // read by the usage calls alone
+			checkStateRefused(t, rs, statePath, c.says, quotas, func() {
 				if got := testkeys.ReadFile(t, statePath); got != c.content {
 					t.Fatalf("the state file was changed to %q", got)
 				}
