@@ -25,6 +25,10 @@ func TestMain(m *testing.M) {
 		runCrashWriter(path) // a child process of TestUsageWriteSurvivesKill
 		os.Exit(0)
 	}
+	if path := os.Getenv(quotaCrashEnv); path != "" {
+		runQuotaCrashTaker(path) // a child process of TestQuotaTakesSurviveKill
+		os.Exit(0)
+	}
 	if arg := os.Getenv(fullDiskEnv); arg != "" {
 		runFullDiskChild(arg) // a child process of TestUsageWriteOnFullDisk
 		os.Exit(0)
