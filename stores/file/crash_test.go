@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 		runQuotaCrashTaker(path) // a child process of TestQuotaTakesSurviveKill
 		os.Exit(0)
 	}
+	if path := os.Getenv(stateFullDiskEnv); path != "" {
+		runStateFullDiskChild(path) // a child process of TestStateWriteOnFullDisk
+		os.Exit(0)
+	}
 	if arg := os.Getenv(fullDiskEnv); arg != "" {
 		runFullDiskChild(arg) // a child process of TestUsageWriteOnFullDisk
 		os.Exit(0)

@@ -560,6 +560,9 @@ func olderPeriod(a, b string) bool { return len(a) == len(b) && a < b }
 // start the same period twice.
 func (f Records) TakeQuota(ctx context.Context, takes []quota.Take) ([]quota.Taken, error) {
 	out := make([]quota.Taken, len(takes))
+	if len(takes) == 0 {
+		return out, nil
+	}
 	err := f.updateState(ctx, func(d *stateDoc, now time.Time) error {
 		d.dropExpired(now)
 		for i, t := range takes {

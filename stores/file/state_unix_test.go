@@ -3,15 +3,22 @@
 package file
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/quota"
+	"github.com/caddy-apikey/caddy-apikey/usagecount"
 	"golang.org/x/sys/unix"
 )
 
@@ -90,4 +97,108 @@ func TestStateFileKeepsTheOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("rewritten")
+}
+
+// stateFullDiskEnv names the key file whose state file a child test
+// process writes under a file size limit, as if the disk were full.
+const stateFullDiskEnv = "APIKEY_TEST_STATE_FULL_DISK"
+
+// runStateFullDiskChild is the child process of TestStateWriteOnFullDisk:
+// with a file size limit below the state file's size, every write fails
+// and leaves the state file as it was, with no temporary file; once the
+// limit is lifted, writes work.
+func runStateFullDiskChild(path string) {
+	fail := func(format string, args ...any) {
+		fmt.Printf("state full-disk child: "+format+"\n", args...)
+		os.Exit(1)
+	}
+	rs := Records{Path: path}
+	before, err := os.ReadFile(StatePath(path))
+	if err != nil {
+		fail("%v", err)
+	}
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		fail("getrlimit: %v", err)
+	}
+	limited := syscall.Rlimit{Cur: uint64(len(before) / 2), Max: old.Max}
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &limited); err != nil {
+		fail("setrlimit: %v", err)
+	}
+	ctx := context.Background()
+	period, _, ends := quota.Month.At(time.Now())
+	take := []quota.Take{{ID: "k", Period: period, Allowance: 100, Want: 10, Ends: ends}}
+	if got, err := rs.TakeQuota(ctx, take); err == nil || !errors.Is(err, quota.ErrUnavailable) || !strings.Contains(err.Error(), "writing state file") {
+		fail("a take past the size limit: %+v, %v", got, err)
+	}
+	if err := rs.AddUsageCounts(ctx, []usagecount.Row{{ID: "k", Hour: time.Now(), Result: "admitted", N: 1}}, 0); err == nil {
+		fail("a usage write past the size limit worked")
+	}
+	if after, _ := os.ReadFile(StatePath(path)); !bytes.Equal(before, after) {
+		fail("the state file changed on a failed write")
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".*.tmp-*")); len(left) > 0 {
+		fail("temporary files left behind: %v", left)
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		fail("setrlimit: %v", err)
+	}
+	if got, err := rs.TakeQuota(ctx, take); err != nil || got[0].Got != 10 {
+		fail("a take once the disk had room: %+v, %v", got, err)
+	}
+	fmt.Println("state full-disk child: ok")
+}
+
+// TestStateWriteOnFullDisk runs writes of the state file in a child
+// process whose file size limit (RLIMIT_FSIZE) is below the state file's
+// size: they fail with an error, and the state file stays as it was.
+func TestStateWriteOnFullDisk(t *testing.T) {
+	testkeys.Slow(t, "a child process")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, path := stateRecords(t, dec3)
+	var sb strings.Builder
+	sb.WriteString(`{"version":1,"usage":{"k":{`)
+	for h := range 500 {
+		if h > 0 {
+			sb.WriteString(",")
+		}
+		fmt.Fprintf(&sb, `"%s":{"admitted":%d}`, dec3.Truncate(time.Hour).Add(-time.Duration(h)*time.Hour).Format(hourLayout), h)
+	}
+	sb.WriteString("}}}\n")
+	testkeys.WriteFile(t, StatePath(path), sb.String())
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), stateFullDiskEnv+"="+path)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child failed: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "state full-disk child: ok") {
+		t.Fatalf("child did not finish its checks:\n%s", out)
+	}
+}
+
+// A take waits for the key file's lock no longer than its context allows,
+// and writes nothing then.
+func TestStateTakeWaitsForTheLockAsLongAsItsContext(t *testing.T) {
+	rs, path := stateRecords(t, dec3)
+	_, _, unlock, err := keyfile.LockFolder(path, time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	var got []quota.Taken
+	noHang(t, "a take while another writer holds the lock", func() {
+		got, err = rs.TakeQuota(ctx, []quota.Take{monthTake("k", 10, 1, 0)})
+	})
+	if err == nil || !errors.Is(err, quota.ErrUnavailable) || !strings.Contains(err.Error(), "still held by another writer") {
+		t.Fatalf("take under another writer's lock: %+v, %v", got, err)
+	}
+	if _, err := os.Stat(StatePath(path)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a take that failed wrote the state file: %v", err)
+	}
 }
