@@ -41,6 +41,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// stateFullDiskEnv names the key file whose state file a child test
+// process writes under a file size limit, as if the disk were full.
+const stateFullDiskEnv = "APIKEY_TEST_STATE_FULL_DISK"
+
 // fullDiskEnv names the key file that a child test process tries to write
 // under a file size limit, as if the disk were full.
 const fullDiskEnv = "APIKEY_TEST_FULL_DISK"

@@ -99,10 +99,6 @@ func TestStateFileKeepsTheOwner(t *testing.T) {
 	check("rewritten")
 }
 
-// stateFullDiskEnv names the key file whose state file a child test
-// process writes under a file size limit, as if the disk were full.
-const stateFullDiskEnv = "APIKEY_TEST_STATE_FULL_DISK"
-
 // runStateFullDiskChild is the child process of TestStateWriteOnFullDisk:
 // with a file size limit below the state file's size, every write fails
 // and leaves the state file as it was, with no temporary file; once the
