@@ -270,3 +270,18 @@ func BenchmarkSpendOneCore(b *testing.B) {
 		}
 	}
 }
+
+func TestOlderPeriodGetsNothing(t *testing.T) {
+	bank := NewMemoryBank()
+	got, _ := bank.TakeQuota(t.Context(), []Take{{ID: "k", Period: "2026-12-04", Allowance: 10, Want: 4}})
+	if got[0].Got != 4 {
+		t.Fatal(got)
+	}
+	got, _ = bank.TakeQuota(t.Context(), []Take{{ID: "k", Period: "2026-12-03", Allowance: 10, Want: 4}})
+	if got[0] != (Taken{}) || bank.State("k") != (State{Period: "2026-12-04", Used: 4}) {
+		t.Fatalf("take for the day before: %+v, state %+v", got[0], bank.State("k"))
+	}
+	if !Older("2026-11", "2026-12") || Older("2026-12", "2026-12-01") || Older("none", "2026-12") {
+		t.Error("Older")
+	}
+}
