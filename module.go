@@ -30,6 +30,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-apikey/caddy-apikey/admin"
+	"github.com/caddy-apikey/caddy-apikey/internal/configcheck"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -248,8 +249,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// The http app provisions a server's handlers with the server in the
 	// context, its header allowlists already set.
 	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-	warnDroppedHeaders(h.logger, h.Headers, srv)
-	warnShadowedAuth(h.logger, srv)
+	names := make([]string, len(h.Headers))
+	for i, hs := range h.Headers {
+		names[i] = hs.Name
+	}
+	configcheck.WarnDroppedHeaders(h.logger, names, srv)
+	configcheck.WarnShadowedAuth(h.logger, srv)
 	if h.KeysFile != "" {
 		h.StoreRaw = caddyconfig.JSONModuleObject(filestore.Store{
 			Path:           h.KeysFile,

@@ -1,4 +1,4 @@
-package apikey
+package configcheck
 
 import (
 	"encoding/json"
@@ -161,17 +161,17 @@ func typedHandler(h caddyhttp.MiddlewareHandler) handlerNode {
 	return handlerNode{name: name, answers: answeringHandlers[name]}
 }
 
-// shadowedAuth is an apikey handler that never runs because a handler
+// ShadowedAuth is an apikey handler that never runs because a handler
 // before it answers first.
-type shadowedAuth struct {
-	answerer   string // the answering handler's module name
-	answererAt string // where it is, e.g. "routes[0] handle[0] routes[1] handle[0]"
-	apikeyAt   string // where the first apikey handler after it is
+type ShadowedAuth struct {
+	Answerer   string // the answering handler's module name
+	AnswererAt string // where it is, e.g. "routes[0] handle[0] routes[1] handle[0]"
+	ApikeyAt   string // where the first apikey handler after it is
 }
 
 // routeChecker walks a server's routes.
 type routeChecker struct {
-	found []shadowedAuth
+	found []ShadowedAuth
 }
 
 // answer is where a route or handler list answers every request that
@@ -191,7 +191,7 @@ func (c *routeChecker) routes(list []routeNode, at string) *answer {
 		if first != nil {
 			for j, h := range r.handlers {
 				if where, ok := apikeyIn(h, join(here, fmt.Sprintf("handle[%d]", j))); ok {
-					c.found = append(c.found, shadowedAuth{first.name, first.at, where})
+					c.found = append(c.found, ShadowedAuth{first.name, first.at, where})
 					return first
 				}
 			}
@@ -221,7 +221,7 @@ func (c *routeChecker) handlers(list []handlerNode, at string) *answer {
 		here := join(at, fmt.Sprintf("handle[%d]", j))
 		if first != nil {
 			if where, ok := apikeyIn(h, here); ok {
-				c.found = append(c.found, shadowedAuth{first.name, first.at, where})
+				c.found = append(c.found, ShadowedAuth{first.name, first.at, where})
 				return first
 			}
 			continue
@@ -262,16 +262,17 @@ func join(at, next string) string {
 	return at + " " + next
 }
 
-// shadowedAuths lists, for each handler of srv's routes that answers
-// before an apikey handler can run, the first such apikey handler.
-func shadowedAuths(srv *caddyhttp.Server) []shadowedAuth {
+// ShadowedAuths lists, for each handler of srv's routes that answers
+// before an apikey handler can run, the first such apikey handler. It
+// reads the routes as they are, JSON or provisioned, and logs nothing.
+func ShadowedAuths(srv *caddyhttp.Server) []ShadowedAuth {
 	var c routeChecker
 	c.routes(routeNodes(srv.Routes), "")
-	var out []shadowedAuth
+	var out []ShadowedAuth
 	seen := map[string]bool{}
 	for _, s := range c.found {
-		if !seen[s.answererAt] {
-			seen[s.answererAt] = true
+		if !seen[s.AnswererAt] {
+			seen[s.AnswererAt] = true
 			out = append(out, s)
 		}
 	}
@@ -286,10 +287,11 @@ var routeOrderChecked struct {
 	srv weak.Pointer[caddyhttp.Server]
 }
 
-// warnShadowedAuth logs a warning for each apikey handler of srv's routes
+// WarnShadowedAuth logs a warning for each apikey handler of srv's routes
 // that a handler before it keeps from ever running, the first time it is
-// called for srv. srv may be nil (not known): then it says nothing.
-func warnShadowedAuth(logger *zap.Logger, srv *caddyhttp.Server) {
+// called for srv (an apikey handler's Provision calls it with the server
+// from its context). srv may be nil (not known): then it says nothing.
+func WarnShadowedAuth(logger *zap.Logger, srv *caddyhttp.Server) {
 	if srv == nil {
 		return
 	}
@@ -300,13 +302,13 @@ func warnShadowedAuth(logger *zap.Logger, srv *caddyhttp.Server) {
 	}
 	routeOrderChecked.srv = weak.Make(srv)
 	routeOrderChecked.Unlock()
-	for _, s := range shadowedAuths(srv) {
+	for _, s := range ShadowedAuths(srv) {
 		logger.Warn("an apikey handler never runs: a handler before it in the same route answers every request first, with no key checked",
 			zap.String("server", srv.Name()),
-			zap.String("handler", s.answerer),
-			zap.String("handler_at", s.answererAt),
-			zap.String("apikey_at", s.apikeyAt),
+			zap.String("handler", s.Answerer),
+			zap.String("handler_at", s.AnswererAt),
+			zap.String("apikey_at", s.ApikeyAt),
 			zap.String("fix", "put apikey first in the route block, or take it out of the route block so that Caddy orders it before "+
-				s.answerer+" (see the order option), or give "+s.answerer+" a matcher or a handle block of its own if it is meant to answer without a key"))
+				s.Answerer+" (see the order option), or give "+s.Answerer+" a matcher or a handle block of its own if it is meant to answer without a key"))
 	}
 }

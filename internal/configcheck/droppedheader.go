@@ -1,4 +1,4 @@
-package apikey
+package configcheck
 
 import (
 	"fmt"
@@ -12,16 +12,16 @@ import (
 
 // Caddy drops request headers whose names contain "_" or "." unless the
 // server lists them; a handler configured to read such a header would never
-// see a key in it. Provision warns about each one.
+// see a key in it. The handler's Provision warns about each one.
 
 // droppedHeader is a configured header that Caddy's server drops from every
 // request before a handler sees it, with what to do about it.
 type droppedHeader struct{ name, problem, fix string }
 
-// droppedHeaders returns the configured headers that srv drops from every
-// request. Caddy drops each request header whose name contains "_" or ".",
-// unless the server's expected_underscore_headers or expected_dot_headers
-// lists it; and a header that they list makes Caddy drop its spelling with
+// droppedHeaders returns the configured headers (names, as configured)
+// that srv drops from every request. Caddy drops each request header whose
+// name contains "_" or ".", unless the server's expected_underscore_headers
+// or expected_dot_headers lists it; and a header that they list makes Caddy drop its spelling with
 // "-" in place of the "_" or ".". A name with both "_" and "." is kept only
 // for an exact (not a "prefix*") entry. srv is nil when the server is not
 // known: then every name with "_" or "." is returned, as one that the
@@ -30,7 +30,7 @@ type droppedHeader struct{ name, problem, fix string }
 // This mirrors Caddy's filter (Server.ServeHTTP, v2.11); the handler warns
 // rather than fails on what it finds, since the filter is marked
 // experimental and could change under it.
-func droppedHeaders(headers []HeaderSource, srv *caddyhttp.Server) []droppedHeader {
+func droppedHeaders(names []string, srv *caddyhttp.Server) []droppedHeader {
 	var underscore, dot []string
 	if srv != nil {
 		underscore, dot = srv.ExpectedUnderscoreHeaders, srv.ExpectedDotHeaders
@@ -43,27 +43,27 @@ func droppedHeaders(headers []HeaderSource, srv *caddyhttp.Server) []droppedHead
 		return fmt.Sprintf("list it in the server's %s (Caddyfile: global option `servers { %s %s }`), or read the key from a header without \"_\" or \".\"", opt, opt, name)
 	}
 	var out []droppedHeader
-	for _, hs := range headers {
-		k := http.CanonicalHeaderKey(hs.Name)
+	for _, name := range names {
+		k := http.CanonicalHeaderKey(name)
 		hasU, hasD := strings.ContainsRune(k, '_'), strings.ContainsRune(k, '.')
 		switch {
 		case hasU && hasD:
 			if srv == nil || !(listsExactly(underscore, k) || listsExactly(dot, k)) {
-				out = append(out, droppedHeader{hs.Name,
+				out = append(out, droppedHeader{name,
 					`Caddy drops request headers whose names contain both "_" and "." unless the server lists the exact name (not a "prefix*" entry)`,
-					listFix(uOpt, hs.Name)})
+					listFix(uOpt, name)})
 			}
 		case hasU:
 			if srv == nil || !allowsAlias(underscore, k) {
-				out = append(out, droppedHeader{hs.Name,
+				out = append(out, droppedHeader{name,
 					`Caddy drops request headers whose names contain "_" unless the server lists them`,
-					listFix(uOpt, hs.Name)})
+					listFix(uOpt, name)})
 			}
 		case hasD:
 			if srv == nil || !allowsAlias(dot, k) {
-				out = append(out, droppedHeader{hs.Name,
+				out = append(out, droppedHeader{name,
 					`Caddy drops request headers whose names contain "." unless the server lists them`,
-					listFix(dOpt, hs.Name)})
+					listFix(dOpt, name)})
 			}
 		default:
 			for _, list := range []struct {
@@ -72,7 +72,7 @@ func droppedHeaders(headers []HeaderSource, srv *caddyhttp.Server) []droppedHead
 				sep     string
 			}{{uOpt, underscore, "_"}, {dOpt, dot, "."}} {
 				if e, ok := hyphenatedVariant(list.entries, list.sep, k); ok {
-					out = append(out, droppedHeader{hs.Name,
+					out = append(out, droppedHeader{name,
 						fmt.Sprintf(`the server's %s lists %q, so Caddy drops its spelling with "-" instead of %q`, list.opt, e, list.sep),
 						"read the key from the header that " + list.opt + " lists, or take the entry out"})
 					break
@@ -83,10 +83,11 @@ func droppedHeaders(headers []HeaderSource, srv *caddyhttp.Server) []droppedHead
 	return out
 }
 
-// warnDroppedHeaders logs a warning for each configured header that srv
-// (nil if not known) drops before the handler sees it.
-func warnDroppedHeaders(logger *zap.Logger, headers []HeaderSource, srv *caddyhttp.Server) {
-	for _, d := range droppedHeaders(headers, srv) {
+// WarnDroppedHeaders logs a warning for each header name an apikey handler
+// reads a key from (as configured) that srv (nil if not known) drops
+// before the handler sees it.
+func WarnDroppedHeaders(logger *zap.Logger, names []string, srv *caddyhttp.Server) {
+	for _, d := range droppedHeaders(names, srv) {
 		fields := []zap.Field{zap.String("header", d.name), zap.String("problem", d.problem), zap.String("fix", d.fix)}
 		if srv == nil {
 			logger.Warn("a configured header may never reach this handler: Caddy drops it unless the server lists it, and the server is not known here", fields...)
