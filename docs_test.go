@@ -17,6 +17,7 @@ import (
 	"testing"
 	"unicode"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/configcheck"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -30,7 +31,7 @@ import (
 // or json is a complete config that must load as far as it can without
 // running (adapted, decoded strictly module by module), and in which no
 // apikey handler is kept from running by a handler before it (the check
-// of routeorder.go), unless its info string marks it as something else.
+// of internal/configcheck), unless its info string marks it as something else.
 // docs/development.md lists the marks.
 
 // docFiles are the documentation files whose blocks and links are checked.
@@ -220,7 +221,7 @@ func (c *docCheck) checkConfigJSON(raw []byte, shadowed bool) error {
 
 // checkRouteOrder runs the check that warns, when a config loads, about an
 // apikey handler that never runs because a handler before it in the same
-// route answers every request first (routeorder.go), on each server of a
+// route answers every request first (internal/configcheck), on each server of a
 // whole config. A config that shows this mistake on purpose is marked
 // shadowed, and must show it; any other must not.
 func checkRouteOrder(raw []byte, shadowed bool) error {
@@ -236,9 +237,9 @@ func checkRouteOrder(raw []byte, shadowed bool) error {
 	}
 	var found []string
 	for _, name := range slices.Sorted(maps.Keys(cfg.Apps.HTTP.Servers)) {
-		for _, s := range shadowedAuths(cfg.Apps.HTTP.Servers[name]) {
+		for _, s := range configcheck.ShadowedAuths(cfg.Apps.HTTP.Servers[name]) {
 			found = append(found, fmt.Sprintf("server %s: %s at %s answers before the apikey handler at %s",
-				name, s.answerer, s.answererAt, s.apikeyAt))
+				name, s.Answerer, s.AnswererAt, s.ApikeyAt))
 		}
 	}
 	switch {

@@ -8,22 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-apikey/caddy-apikey/internal/configcheck"
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
-
-// shadowedAuth and shadowedAuths are the route-order check
-// (internal/configcheck) as docs_test.go reads it.
-type shadowedAuth struct{ answerer, answererAt, apikeyAt string }
-
-func shadowedAuths(srv *caddyhttp.Server) []shadowedAuth {
-	var out []shadowedAuth
-	for _, s := range configcheck.ShadowedAuths(srv) {
-		out = append(out, shadowedAuth{s.Answerer, s.AnswererAt, s.ApikeyAt})
-	}
-	return out
-}
 
 // Through the real Caddy, with the routes as the http app provisions
 // them: the trap is warned about once, however many apikey handlers the
