@@ -448,6 +448,7 @@ func (a *API) listKeys(_ http.ResponseWriter, r *http.Request, _ string) (int, a
 	if err != nil {
 		return 0, nil, err
 	}
+	flush(st)
 	keys, err := keyops.List(st.Records(), a.now())
 	if err != nil {
 		return 0, nil, storeFailure(st, err)

@@ -8,15 +8,27 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores"
 )
 
 // FlushUsageCounts, if set (the root package sets it), writes the usage
 // counts this process holds and has not written yet for the store named
-// storeName (stores.Live.Name) to that store, before GET
-// /apikey/keys/{id}/usage reads them, so that the answer holds this
-// server's requests up to now. Nil: the answer holds what the store has,
-// up to the last usage interval.
+// storeName (stores.Live.Name) to that store, and has its quota meter ask
+// the store's quota state again about the keys it refused. The API calls
+// it before it reads usage counts (GET /apikey/keys/{id}/usage) or quota
+// state (GET /apikey/keys, the answer of PUT and DELETE
+// /apikey/keys/{id}/quota), so that its answers hold this server's
+// requests up to now, and after a grant, so that this server admits the
+// key's requests again at once. Nil: the answers hold what the store
+// has, up to the last usage interval.
 var FlushUsageCounts func(storeName string)
+
+// flush calls FlushUsageCounts for st, if it is set.
+func flush(st stores.Live) {
+	if f := FlushUsageCounts; f != nil {
+		f(st.Name())
+	}
+}
 
 // QuotaRequest is the body of PUT /apikey/keys/{id}/quota: the key's
 // quota. DELETE drops it: the key is no longer metered.
@@ -76,6 +88,7 @@ func (a *API) setQuota(w http.ResponseWriter, r *http.Request, ref string) (int,
 		a.logger.Info("key quota set", zap.String("store", st.Name()),
 			zap.String("key_id", rec.ID), zap.String("key_label", rec.Label), zap.String("key_prefix", rec.KeyPrefix), zap.String("quota", quotaText))
 	}
+	flush(st)
 	answer.Listed = keyops.ListOne(st.Records(), rec, a.now())
 	return http.StatusOK, answer, nil
 }
@@ -115,6 +128,7 @@ func (a *API) grantQuota(w http.ResponseWriter, r *http.Request, ref string) (in
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
 	}
+	flush(st)
 	a.logger.Info("key quota granted", zap.String("store", st.Name()),
 		zap.String("key_id", g.Record.ID), zap.String("key_label", g.Record.Label), zap.String("key_prefix", g.Record.KeyPrefix),
 		zap.Int64("units", g.Units), zap.String("period", g.State.Period), zap.Int64("granted", g.State.Granted), zap.Int64("remaining", g.State.Remaining))
@@ -143,9 +157,7 @@ func (a *API) readUsage(_ http.ResponseWriter, r *http.Request, ref string) (int
 	if err != nil {
 		return 0, nil, err
 	}
-	if flush := FlushUsageCounts; flush != nil {
-		flush(st.Name())
-	}
+	flush(st)
 	u, err := keyops.ReadUsage(st.Records(), ref, days, a.now())
 	if err != nil {
 		return 0, nil, storeFailure(st, err)

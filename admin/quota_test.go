@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -296,5 +297,36 @@ func TestAdminQuotaRouting(t *testing.T) {
 		if got := resp.Header.Get("Allow"); got != c.allow {
 			t.Errorf("%s %s: Allow %q, want %q", c.method, c.target, got, c.allow)
 		}
+	}
+}
+
+// FlushUsageCounts runs for the store before the API reads quota state
+// (the list, a quota's answer), so that what this server holds is in the
+// answer, and after a grant, so that this server sees it at once.
+func TestAdminFlushesAroundQuotaState(t *testing.T) {
+	k := testkeys.New("metered", map[string]any{"id": "aaaa1111-0000-4000-8000-000000000001", "quota": map[string]any{"requests": 100, "period": "month"}})
+	a, qs, path := stateAdmin(t, adminNow, k)
+	var calls []string
+	FlushUsageCounts = func(store string) {
+		s := qs.State(k.ID())
+		calls = append(calls, store+" granted "+strconv.FormatInt(s.Granted, 10))
+		s.Period, s.Used = "2026-12", s.Used+10 // the meter took a block
+		qs.SetState(k.ID(), s)
+	}
+	t.Cleanup(func() { FlushUsageCounts = nil })
+
+	resp, body := call(t, a, "GET", "/apikey/keys", "")
+	if keys := decode[[]keyops.Listed](t, resp, body, 200); keys[0].QuotaState == nil || keys[0].QuotaState.Used != 10 {
+		t.Errorf("list: %s", body)
+	}
+	resp, body = call(t, a, "PUT", "/apikey/keys/aaaa1111/quota", `{"quota": {"requests": 200, "period": "month"}}`)
+	if got := decode[QuotaAnswer](t, resp, body, 200); got.QuotaState == nil || got.QuotaState.Used != 20 || got.QuotaState.Remaining != 180 {
+		t.Errorf("PUT: %s", body)
+	}
+	resp, body = call(t, a, "POST", "/apikey/keys/aaaa1111/quota/grant", `{"units": 7}`)
+	decode[GrantAnswer](t, resp, body, 200)
+	store := "file:" + path
+	if want := []string{store + " granted 0", store + " granted 0", store + " granted 7"}; !reflect.DeepEqual(calls, want) {
+		t.Errorf("FlushUsageCounts calls %q, want %q", calls, want)
 	}
 }
