@@ -2,11 +2,14 @@ package apikey
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 	redisstore "github.com/caddy-apikey/caddy-apikey/stores/redis"
 	"github.com/caddyserver/caddy/v2"
@@ -212,6 +215,11 @@ func blockStore(seg caddyfile.Segment) string {
 //	    rate_limit      <requests> <window> | off
 //	    rate_limit_headers off
 //	    expiry_notice   <duration> | off
+//	    cost            <units>
+//	    quota           off
+//	    quota_headers
+//	    quota_outage    refuse | admit
+//	    usage_retention <duration> | off
 //	}
 //
 // The key file may be given inline or with keys_file, not both; redis
@@ -394,6 +402,47 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Err("rate_limit takes a number of requests and a window, e.g. rate_limit 100 1m, or off")
 			}
+
+		case "cost":
+			var arg string
+			if !d.AllArgs(&arg) {
+				return d.Err("cost takes one argument: the units of a key's quota a request spends, e.g. cost 10")
+			}
+			n, err := strconv.ParseInt(arg, 10, 64)
+			if err != nil || n < 1 || n > quota.MaxRequests {
+				return d.Errf("cost %s: must be a whole number from 1 to %d (quota off spends nothing)", arg, int64(quota.MaxRequests))
+			}
+			h.Cost = n
+
+		case "quota":
+			var arg string
+			if !d.AllArgs(&arg) || arg != "off" {
+				return d.Err("quota takes one argument, off (it turns quotas off on this route; a key's quota is in its record)")
+			}
+			h.QuotasOff = true
+
+		case "quota_headers":
+			if d.NextArg() {
+				return d.Err("quota_headers takes no argument (it turns the X-Quota-* headers on)")
+			}
+			h.QuotaHeaders = true
+
+		case "quota_outage":
+			var arg string
+			if !d.AllArgs(&arg) || arg != OutageRefuse && arg != OutageAdmit {
+				return d.Errf("quota_outage takes one argument, %s (the default) or %s", OutageRefuse, OutageAdmit)
+			}
+			h.QuotaOutage = arg
+
+		case "usage_retention":
+			dur, err := storecore.ParseIntervalArg(d)
+			if err != nil {
+				return err
+			}
+			if dur > 0 && time.Duration(dur) < time.Hour {
+				return d.Errf("usage_retention %s: must be an hour or more, or off", time.Duration(dur))
+			}
+			h.UsageRetention = dur
 
 		case "expiry_notice":
 			dur, err := storecore.ParseIntervalArg(d)

@@ -13,7 +13,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
+	"github.com/caddy-apikey/caddy-apikey/usagecount"
 )
 
 // limiting is a handler's rate limiting: the limits of keys without their
@@ -38,13 +40,16 @@ type LimiterSharer interface {
 
 // shared holds, for the whole process, what the handlers of one key set
 // (by the store's name) share across routes and config reloads: the rate
-// limiter and the events about its keys.
+// limiter, the quota meter, the usage counts and the events about its
+// keys.
 var shared = caddy.NewUsagePool()
 
 // storeShared is what the handlers of one key set share, stopped when no
 // handler uses it.
 type storeShared struct {
 	limiter *ratelimit.Limiter // nil until a handler limits
+	meter   *quota.Meter
+	counts  *usagecount.Flusher // nil: the store keeps no usage counts
 	events  *keyEvents
 	stop    func()
 }
@@ -114,10 +119,34 @@ func (h *Handler) useShared(ctx caddy.Context) {
 		if fleet {
 			stopSync = sharer.ShareLimiter(l)
 		}
-		return &storeShared{limiter: l, events: ev, stop: func() { close(done); stopSync() }}, nil
+		sh := &storeShared{limiter: l, events: ev, meter: newMeter(name, store)}
+		if w, ok := store.(usagecount.Writer); ok {
+			sh.counts = usagecount.NewFlusher(name, w)
+		}
+		sh.stop = func() {
+			close(done)
+			stopSync()
+			sh.meter.Close()
+			if sh.counts != nil {
+				sh.counts.Stop()
+			}
+		}
+		return sh, nil
 	})
 	sh := val.(*storeShared)
 	h.limits.name, h.events = name, sh.events
+	h.quota.meter, h.counts = sh.meter, nil
+	if sh.counts != nil && h.UsageRetention >= 0 {
+		h.counts = sh.counts
+		keep := usagecount.DefaultRetention
+		if h.UsageRetention > 0 {
+			keep = time.Duration(h.UsageRetention)
+		}
+		sh.counts.SetRetention(keep)
+	}
+	if _, ok := h.store.(quota.Bank); !ok && hasQuotas(h.store.KeySet()) {
+		h.logger.Warn("the key store keeps no quota state: keys with a quota are refused (503 QUOTA_UNAVAILABLE)", zap.String("key_store", name))
+	}
 	sh.events.use(ctx, h.ExpiryNotice, h.store.KeySet)
 	if h.limits.on {
 		h.limits.limiter = sh.limiter
@@ -133,31 +162,41 @@ func (l *limiting) release() {
 	}
 }
 
+// hasQuotas reports whether a key of ks has a quota.
+func hasQuotas(ks *keyset.KeySet) bool {
+	for _, k := range ks.All() {
+		if _, ok := k.Quota(); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// newMeter makes the quota meter of the key store named name: on the
+// store's quota state if it keeps one (a quota.Bank), logging each outage
+// of it once; on none otherwise, so that keys with a quota are refused.
+func newMeter(name string, store Store) *quota.Meter {
+	bank, ok := store.(quota.Bank)
+	if !ok {
+		return quota.NewMeter(noBank{}, quota.Options{})
+	}
+	return quota.NewMeter(bank, quota.Options{Trouble: func(err error) {
+		log := caddy.Log().Named("http.handlers.apikey")
+		if err != nil {
+			log.Error("cannot reach the quota state of the key store: each server spends the units it holds, then refuses keys with a quota (503 QUOTA_UNAVAILABLE, or admits them with quota_outage admit) until it is back; check the store",
+				zap.String("key_store", name), zap.Error(err))
+			return
+		}
+		log.Info("the quota state of the key store can be reached again", zap.String("key_store", name))
+	}})
+}
+
 // of returns the limits of key: its own, or the handler's defaults.
 func (l *limiting) of(key *keyset.Key) []ratelimit.Limit {
 	if own, ok := key.RateLimits(); ok {
 		return own
 	}
 	return l.defaults
-}
-
-// limitPlaceholders resolves the placeholders of an admitted request: the
-// key's (Key.Placeholder) and its rate limit's state, d's:
-// {http.auth.apikey.rate_limit.limit}, .remaining and .reset (seconds).
-// One function for both, so that a limited request costs no more
-// allocations than another.
-func limitPlaceholders(key *keyset.Key, d ratelimit.Decision) func(string) (any, bool) {
-	return func(name string) (any, bool) {
-		switch name {
-		case "http.auth.apikey.rate_limit.limit":
-			return d.Limit.Requests, true
-		case "http.auth.apikey.rate_limit.remaining":
-			return d.Remaining, true
-		case "http.auth.apikey.rate_limit.reset":
-			return d.ResetSeconds(), true
-		}
-		return key.Placeholder(name)
-	}
 }
 
 // limitHeaders are the values of the rate-limit headers of one response,

@@ -19,7 +19,7 @@ import (
 // requests counts the requests seen by the apikey handler, by result.
 var requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Namespace: "caddy", Subsystem: "apikey", Name: "requests_total",
-	Help: "Requests seen by the apikey handler, by result: ok, anonymous (optional, no key sent), missing, invalid, revoked, expired, insufficient_scope, ambiguous, malformed (a key with key_format's prefix that is not well formed, refused before any lookup), rate_limited (a valid key over its rate limit).",
+	Help: "Requests seen by the apikey handler, by result: ok, anonymous (optional, no key sent), missing, invalid, revoked, expired, insufficient_scope, ambiguous, malformed (a key with key_format's prefix that is not well formed, refused before any lookup), rate_limited (a valid key over its rate limit), quota_exceeded (a valid key whose quota for the period is used up), quota_unavailable (a valid key with a quota refused because its server holds no units and cannot reach the quota state).",
 }, []string{"result"})
 
 // registerMetrics registers the plugin's collectors with reg, a config's
@@ -56,10 +56,12 @@ const (
 	resultAmbiguous
 	resultMalformed
 	resultRateLimited
+	resultQuotaExceeded
+	resultQuotaUnavailable
 	numResults
 )
 
-var resultNames = [numResults]string{"ok", "anonymous", "missing", "invalid", "revoked", "expired", "insufficient_scope", "ambiguous", "malformed", "rate_limited"}
+var resultNames = [numResults]string{"ok", "anonymous", "missing", "invalid", "revoked", "expired", "insufficient_scope", "ambiguous", "malformed", "rate_limited", "quota_exceeded", "quota_unavailable"}
 
 // requestCounters are the requests_total counters by result.
 type requestCounters [numResults]prometheus.Counter

@@ -33,6 +33,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/ratelimit"
+	"github.com/caddy-apikey/caddy-apikey/usagecount"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -149,6 +151,33 @@ type Handler struct {
 	// -Reset). A 429 always carries Retry-After.
 	RateLimitHeadersOff bool `json:"rate_limit_headers_off,omitempty"`
 
+	// Units of a key's quota that a request on this route spends
+	// (default 1), so that an expensive endpoint spends more of it. Keys
+	// without a quota are not metered.
+	Cost int64 `json:"cost,omitempty"`
+
+	// Spend and enforce no quota on this route (e.g. a status endpoint).
+	QuotasOff bool `json:"quotas_off,omitempty"`
+
+	// Add the quota headers to admitted responses of keys with a quota:
+	// X-Quota-Limit, X-Quota-Remaining and X-Quota-Reset (seconds until
+	// the period ends; left out for a fixed allowance). Off by default;
+	// the {http.auth.apikey.quota.*} placeholders are always set.
+	QuotaHeaders bool `json:"quota_headers,omitempty"`
+
+	// What a server does with a key whose quota it cannot spend because
+	// the quota state (the key file's state file, Redis) cannot be
+	// reached and it holds no units of it: "refuse" (the default: 503
+	// QUOTA_UNAVAILABLE, never beyond the quota) or "admit" (and charge
+	// the requests to the quota once the state is back, which may take
+	// the key past its allowance).
+	QuotaOutage string `json:"quota_outage,omitempty"`
+
+	// How long the store keeps each key's usage counts (requests per
+	// hour by result). Default: 35 days (35d). A negative value turns
+	// the counts off for this route.
+	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
+
 	// How long before a key's expires_at the apikey_expiring event is
 	// emitted through Caddy's events app (when one is configured).
 	// Default: 7 days. A negative value turns it off.
@@ -162,8 +191,10 @@ type Handler struct {
 
 	releaseFormat func() // ends this handler's say in the admin API's key format
 
-	limits limiting   // the rate limits: the defaults and the key set's limiter
-	events *keyEvents // the events about the key set's keys
+	limits limiting            // the rate limits: the defaults and the key set's limiter
+	quota  metering            // the quota: the route's cost and the key set's meter
+	counts *usagecount.Flusher // the key set's usage counts; nil: not kept
+	events *keyEvents          // the events about the key set's keys
 
 	// Refusals, built once by setup.
 	authRequired  *refusal
@@ -174,6 +205,8 @@ type Handler struct {
 	ambiguousKey  *refusal
 	scopeRefusals []*refusal // one for each of Scopes
 	rateLimited   *refusal
+	quotaExceeded *refusal
+	quotaDown     *refusal
 	challenge     string // the WWW-Authenticate value of a 401
 }
 
@@ -326,6 +359,11 @@ func (h *Handler) setup() error {
 	if err := h.limits.setup(h.RateLimits, h.RateLimitsOff); err != nil {
 		return err
 	}
+	h.quotaExceeded = newRefusal(http.StatusTooManyRequests, CodeQuotaExceeded, "Quota exceeded for this API key; it renews at the time in Retry-After.", resultQuotaExceeded)
+	h.quotaDown = newRefusal(http.StatusServiceUnavailable, CodeQuotaUnavailable, "The quota of this API key cannot be checked right now; retry after the time in Retry-After.", resultQuotaUnavailable)
+	if err := h.quota.setup(h); err != nil {
+		return err
+	}
 	return h.Validate()
 }
 
@@ -345,6 +383,8 @@ const (
 	CodeInsufficientScope = "INSUFFICIENT_SCOPE"
 	CodeAmbiguousKey      = "AMBIGUOUS_KEY"
 	CodeRateLimited       = "RATE_LIMITED"
+	CodeQuotaExceeded     = "QUOTA_EXCEEDED"
+	CodeQuotaUnavailable  = "QUOTA_UNAVAILABLE"
 )
 
 // MalformedKeyMessage is the message of the INVALID_KEY refusal of a key
@@ -434,29 +474,38 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
-	var placeholders func(string) (any, bool) // key.Placeholder, unless limited
+	var rd ratelimit.Decision
+	limited := false
 	if h.limits.limiter != nil {
 		if limits := h.limits.of(key); len(limits) > 0 {
-			d := h.limits.limiter.Allow(key.ID, limits, now)
+			rd, limited = h.limits.limiter.Allow(key.ID, limits, now), true
 			if !h.RateLimitHeadersOff {
-				h.limits.writeHeaders(w.Header(), limits, d)
+				h.limits.writeHeaders(w.Header(), limits, rd)
 			}
-			if !d.Allowed {
-				w.Header()["Retry-After"] = []string{strconv.FormatInt(d.RetryAfterSeconds(), 10)}
-				h.events.rateLimited(key, d, now)
+			if !rd.Allowed {
+				w.Header()["Retry-After"] = []string{strconv.FormatInt(rd.RetryAfterSeconds(), 10)}
+				h.events.rateLimited(key, rd, now)
 				return h.refuse(w, r, h.rateLimited, key)
 			}
-			placeholders = limitPlaceholders(key, d)
 		}
+	}
+	qd, metered := h.quota.spend(key, now)
+	if metered && !qd.Allowed() {
+		return h.refuseQuota(w, r, key, qd, now)
 	}
 
 	h.store.MarkUsed(key, sum, now)
 	h.count(resultOK)
+	h.countUse(key, resultOK)
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if placeholders == nil {
-		placeholders = key.Placeholder
+	if limited || metered {
+		repl.Map(admittedPlaceholders(key, rd, limited, qd, metered, now))
+		if metered && h.quota.headers {
+			h.quota.writeHeaders(w.Header(), qd, now)
+		}
+	} else {
+		repl.Map(key.Placeholder)
 	}
-	repl.Map(placeholders)
 	if h.HideCredentials {
 		h.hideCredentials(r)
 	}
@@ -468,6 +517,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // the raw key never is.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, key *keyset.Key) error {
 	h.count(why.result)
+	if key != nil {
+		h.countUse(key, why.result)
+	}
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
 		fields := []zap.Field{zap.String("code", why.code), zap.String("result", resultNames[why.result]), zap.String("remote_ip", r.RemoteAddr)}
 		if key != nil {

@@ -373,17 +373,22 @@ func WriteAtomic(path string, content io.WriterTo, like fs.FileInfo, beforeRenam
 // the rename replaces the name itself, a link included, never what a link
 // points to.
 func writeFileAtomicIn(dir *os.Root, name string, content io.WriterTo, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
+	return replaceIn(dir, name, "key file", content, like, beforeRename)
+}
+
+// replaceIn is writeFileAtomicIn for a file its errors call what.
+func replaceIn(dir *os.Root, name, what string, content io.WriterTo, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
 	path := filepath.Join(dir.Name(), name)
 	tmp, tmpName, err := createTemp(dir, tempPrefix(name))
 	if err != nil {
-		return nil, fmt.Errorf("writing key file %s: %w", path, err)
+		return nil, fmt.Errorf("writing %s %s: %w", what, path, err)
 	}
 	defer func() {
 		if err != nil {
 			_ = tmp.Close()
 			_ = dir.Remove(tmpName)
 			if !errors.Is(err, ErrChangedMeanwhile) {
-				err = fmt.Errorf("writing key file %s: %w", path, err)
+				err = fmt.Errorf("writing %s %s: %w", what, path, err)
 			}
 		}
 	}()

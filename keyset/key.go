@@ -38,6 +38,8 @@ type Key struct {
 	// nothing, and is carried over to the next key set when the store is
 	// reloaded.
 	usage atomic.Pointer[usageCell]
+	// counts, the key's request counts by result, likewise.
+	counts atomic.Pointer[countCell]
 }
 
 // State is a key's state at a given time, by the handler's rules.
@@ -207,4 +209,5 @@ func (k *Key) copyTo(c *Key) {
 	c.limits, c.quota, c.hasQuota = k.limits, k.quota, k.hasQuota
 	c.expires, c.revoked, c.created = k.expires, k.revoked, k.created
 	c.usage.Store(k.usage.Load())
+	c.counts.Store(k.counts.Load())
 }

@@ -207,6 +207,7 @@ func (ks *KeySet) With(changes map[string]*Record, was map[string]string) (next 
 		next.byHash[sum] = int32(len(next.keys) - 1)
 		if old, ok := prev[id]; ok && old == sum {
 			k.usage.Store(ks.keys[ks.byHash[sum]].usage.Load())
+			k.counts.Store(ks.keys[ks.byHash[sum]].counts.Load())
 		}
 	}
 	return next, problems

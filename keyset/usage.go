@@ -137,6 +137,9 @@ func CarryUsage(old, next *KeySet) {
 			if c := prev.usage.Load(); c != nil {
 				k.usage.Store(c)
 			}
+			if c := prev.counts.Load(); c != nil {
+				k.counts.Store(c)
+			}
 		}
 	}
 }

@@ -28,7 +28,10 @@ func (b *MemoryBank) TakeQuota(_ context.Context, takes []Take) ([]Taken, error)
 	out := make([]Taken, len(takes))
 	for i, t := range takes {
 		s := b.states[t.ID]
-		if s == nil || s.Period != t.Period {
+		switch {
+		case s != nil && Older(t.Period, s.Period):
+			continue // {0, 0}: a server still on a period that is over
+		case s == nil || s.Period != t.Period:
 			s = &State{Period: t.Period}
 			b.states[t.ID] = s
 		}
@@ -92,6 +95,13 @@ func Return(s *State, g Give) {
 		s.Used = max(s.Used-g.N, 0)
 	}
 }
+
+// Older reports whether period a is of the same kind as b (both days,
+// both months) and before it. A bank answers a take for a period older
+// than the one it holds with nothing ({0, 0}) and leaves the state alone:
+// two servers on either side of midnight must not reset each other's
+// count.
+func Older(a, b string) bool { return len(a) == len(b) && a < b }
 
 // Expired reports whether the state of a period that ended at end may be
 // dropped at now: a day after it ended (a server's clock may be a little

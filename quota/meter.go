@@ -13,8 +13,8 @@ const MaxWait = 250 * time.Millisecond
 
 // SyncInterval is how often a server asks the bank again about keys it
 // refused (no units left, or the bank unreachable) that requests still
-// come for, gives back what failed to go back, and settles what it
-// admitted while the bank was unreachable (Options.AdmitWhenDown).
+// come for, gives back what failed to go back, and settles what was
+// admitted while the bank was unreachable (Owe).
 const SyncInterval = time.Second
 
 // bankTimeout bounds one call to the bank.
@@ -22,11 +22,6 @@ const bankTimeout = 2 * time.Second
 
 // Options configure a Meter.
 type Options struct {
-	// AdmitWhenDown admits requests of a key whose server holds no units
-	// while the bank cannot be reached, and charges them to the quota
-	// once it can (which may take the key past its allowance). Off (the
-	// default), those requests are refused until the bank is back.
-	AdmitWhenDown bool
 	// Trouble, if set, is called from the meter's goroutine when a call
 	// to the bank fails (err) and when one works again after failing
 	// (nil), for the store to log it once.
@@ -43,7 +38,7 @@ const (
 	Spent       Outcome = iota // admitted: its units are spent
 	Exceeded                   // refused: the key's quota for the period is used up
 	Unavailable                // refused: no units held, and the bank cannot be reached (or is slow)
-	Owed                       // admitted while the bank cannot be reached; charged once it can (AdmitWhenDown)
+	Owed                       // admitted while the bank cannot be reached; charged once it can (see Owe)
 )
 
 // Decision is the answer to one request's spending.
@@ -79,7 +74,7 @@ type holder struct {
 	q    atomic.Int64  // the quota held was taken under: Requests<<2 | Period
 	low  atomic.Int64  // ask for more when held falls below this
 	most atomic.Int64  // the largest cost a request asked for
-	owed atomic.Int64  // units admitted while the bank was down, to charge (AdmitWhenDown)
+	owed atomic.Int64  // units admitted while the bank was down, to charge (Owe)
 	st   atomic.Uint32 // status
 	// wanted: a request was refused since the meter last asked about the
 	// key; asking: an ask is queued or in flight.
@@ -173,11 +168,6 @@ func (m *Meter) short(h *holder, q Quota, cost, now int64) Decision {
 			return d
 		case statusDown:
 			h.wanted.Store(true)
-			if m.opt.AdmitWhenDown && !m.closed.Load() {
-				h.owed.Add(cost)
-				d.Outcome = Owed
-				return d
-			}
 			d.Outcome = Unavailable
 			return d
 		}
@@ -203,6 +193,14 @@ func (m *Meter) short(h *holder, q Quota, cost, now int64) Decision {
 			return d
 		}
 	}
+}
+
+// Owe notes that a request of key id was admitted for cost units that its
+// server did not hold (Spend said Unavailable, and the caller admits
+// then): they are charged to the key's quota once the bank can be
+// reached, even past its allowance.
+func (m *Meter) Owe(id string, cost int64) {
+	m.holder(id).owed.Add(cost)
 }
 
 // lowMark is the held units under which a holder asks for more: half its

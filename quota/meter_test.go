@@ -185,12 +185,13 @@ func TestBankDown(t *testing.T) {
 func TestAdmitWhenDownSettles(t *testing.T) {
 	bank := NewMemoryBank()
 	bank.Fail = errors.New("down")
-	m := NewMeter(bank, Options{AdmitWhenDown: true})
+	m := NewMeter(bank, Options{})
 	q := Quota{Requests: 3, Period: Month}
 	for range 5 {
-		if d := m.Spend("k", q, 1, time.Now().UnixNano()); !d.Allowed() {
-			t.Fatalf("spend while down = %+v, want admitted", d)
+		if d := m.Spend("k", q, 1, time.Now().UnixNano()); d.Outcome != Unavailable {
+			t.Fatalf("spend while down = %+v, want Unavailable", d)
 		}
+		m.Owe("k", 1)
 	}
 	bank.mu.Lock()
 	bank.Fail = nil
@@ -267,5 +268,20 @@ func BenchmarkSpendOneCore(b *testing.B) {
 		if !m.Spend("key-1", q, 1, now).Allowed() {
 			b.Fatal("refused")
 		}
+	}
+}
+
+func TestOlderPeriodGetsNothing(t *testing.T) {
+	bank := NewMemoryBank()
+	got, _ := bank.TakeQuota(t.Context(), []Take{{ID: "k", Period: "2026-12-04", Allowance: 10, Want: 4}})
+	if got[0].Got != 4 {
+		t.Fatal(got)
+	}
+	got, _ = bank.TakeQuota(t.Context(), []Take{{ID: "k", Period: "2026-12-03", Allowance: 10, Want: 4}})
+	if got[0] != (Taken{}) || bank.State("k") != (State{Period: "2026-12-04", Used: 4}) {
+		t.Fatalf("take for the day before: %+v, state %+v", got[0], bank.State("k"))
+	}
+	if !Older("2026-11", "2026-12") || Older("2026-12", "2026-12-01") || Older("none", "2026-12") {
+		t.Error("Older")
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -83,8 +84,9 @@ func (p Period) At(t time.Time) (name string, start, end time.Time) {
 	return "none", time.Time{}, Never
 }
 
-// Never is the end of a period that does not end.
-var Never = time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC)
+// Never is the end of a period that does not end: the latest time whose
+// unix nanoseconds an int64 holds (in 2262).
+var Never = time.Unix(0, math.MaxInt64).UTC()
 
 // MaxRequests bounds a quota's allowance, so that sums of allowances and
 // grants stay far from overflowing.

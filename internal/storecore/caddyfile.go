@@ -36,7 +36,8 @@ func ParseIntervalArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 // HandlerSubdirectives are the subdirectives of apikey's block: a store's
 // block names them as misplaced rather than unknown.
 var HandlerSubdirectives = []string{"keys_file", "redis", "store", "header", "query", "realm", "scope", "optional",
-	"hide_credentials", "handle_errors", "usage_interval", "reload_interval", "key_format", "rate_limit", "rate_limit_headers", "expiry_notice"}
+	"hide_credentials", "handle_errors", "usage_interval", "reload_interval", "key_format", "rate_limit", "rate_limit_headers", "expiry_notice",
+	"cost", "quota", "quota_headers", "quota_outage", "usage_retention"}
 
 // UnknownOption is the error for an unrecognized name in a block whose
 // names are known: it says where the name goes when it belongs to the

@@ -79,6 +79,12 @@ type Caddy struct {
 // Caddyfile is the config of each server: a route protected by the
 // Redis key set that answers with the key's id.
 func Caddyfile(adminPort, httpPort int, redisBlock string) string {
+	return CaddyfileWith(adminPort, httpPort, redisBlock, `respond "ok {http.auth.user.id}"`)
+}
+
+// CaddyfileWith is Caddyfile with then, instead of the respond, after
+// apikey (e.g. a reverse_proxy).
+func CaddyfileWith(adminPort, httpPort int, apikeyBlock, then string) string {
 	return fmt.Sprintf(`{
 	admin 127.0.0.1:%d
 	http_port %d
@@ -91,9 +97,9 @@ func Caddyfile(adminPort, httpPort int, redisBlock string) string {
 	apikey {
 		%s
 	}
-	respond "ok {http.auth.user.id}"
+	%s
 }
-`, adminPort, httpPort, httpPort, redisBlock)
+`, adminPort, httpPort, httpPort, apikeyBlock, then)
 }
 
 // StartCaddy starts a Caddy process with the redis subdirective
@@ -111,10 +117,17 @@ func StartCaddy(t testing.TB, name, redisBlock string) *Caddy {
 // (its log is in the error).
 func LaunchCaddy(t testing.TB, name, redisBlock string) (*Caddy, error) {
 	t.Helper()
+	return LaunchCaddyWith(t, name, redisBlock, `respond "ok {http.auth.user.id}"`)
+}
+
+// LaunchCaddyWith is LaunchCaddy with then after apikey (see
+// CaddyfileWith).
+func LaunchCaddyWith(t testing.TB, name, apikeyBlock, then string) (*Caddy, error) {
+	t.Helper()
 	bin := Build(t)
 	c := &Caddy{t: t, Name: name, AdminPort: testredis.FreePort(t), HTTPPort: testredis.FreePort(t), Dir: t.TempDir(), log: new(bytes.Buffer), logMu: new(sync.Mutex)}
 	c.Config = filepath.Join(c.Dir, "Caddyfile")
-	if err := os.WriteFile(c.Config, []byte(Caddyfile(c.AdminPort, c.HTTPPort, redisBlock)), 0o600); err != nil {
+	if err := os.WriteFile(c.Config, []byte(CaddyfileWith(c.AdminPort, c.HTTPPort, apikeyBlock, then)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c.Cmd = exec.Command(bin, "run", "--config", c.Config, "--adapter", "caddyfile")

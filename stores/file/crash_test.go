@@ -25,6 +25,14 @@ func TestMain(m *testing.M) {
 		runCrashWriter(path) // a child process of TestUsageWriteSurvivesKill
 		os.Exit(0)
 	}
+	if path := os.Getenv(quotaCrashEnv); path != "" {
+		runQuotaCrashTaker(path) // a child process of TestQuotaTakesSurviveKill
+		os.Exit(0)
+	}
+	if path := os.Getenv(stateFullDiskEnv); path != "" {
+		runStateFullDiskChild(path) // a child process of TestStateWriteOnFullDisk
+		os.Exit(0)
+	}
 	if arg := os.Getenv(fullDiskEnv); arg != "" {
 		runFullDiskChild(arg) // a child process of TestUsageWriteOnFullDisk
 		os.Exit(0)
@@ -32,6 +40,10 @@ func TestMain(m *testing.M) {
 	flag.Parse()
 	os.Exit(m.Run())
 }
+
+// stateFullDiskEnv names the key file whose state file a child test
+// process writes under a file size limit, as if the disk were full.
+const stateFullDiskEnv = "APIKEY_TEST_STATE_FULL_DISK"
 
 // fullDiskEnv names the key file that a child test process tries to write
 // under a file size limit, as if the disk were full.

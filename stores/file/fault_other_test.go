@@ -5,3 +5,5 @@ package file
 const canLimitFileSize = false
 
 func runFullDiskChild(string) {}
+
+func runStateFullDiskChild(string) {}

@@ -29,6 +29,8 @@ type Records struct {
 	// reads, and the admin API must not make a one-key file in place of
 	// one that went away.
 	MayCreate bool
+
+	now func() time.Time // the clock of the state file's changes; nil: time.Now
 }
 
 // String names the key file in messages: its path.
