@@ -66,3 +66,22 @@ func NewListed(rec *keyset.Record, k *keyset.Key, now time.Time) Listed {
 	}
 	return l
 }
+
+// ListOne is rec as List shows it at now, its quota state read from st
+// (see AddQuotaStates).
+func ListOne(st stores.RecordStore, rec keyset.Record, now time.Time) Listed {
+	k, _, _ := keyset.FromRecord(&rec) // cannot fail: the store's records are checked
+	l := []Listed{NewListed(&rec, k, now)}
+	AddQuotaStates(st, l, now)
+	return l[0]
+}
+
+// Show returns the one key that ref names (its id, its key_prefix, or
+// the start of its id) as List shows it.
+func Show(st stores.RecordStore, ref string, now time.Time) (Listed, error) {
+	rec, err := findOne(st, ref, "show")
+	if err != nil {
+		return Listed{}, err
+	}
+	return ListOne(st, rec, now), nil
+}
