@@ -67,7 +67,8 @@ func TestCommandQuotaFileStore(t *testing.T) {
 			t.Errorf("after a take of 30: %+v", s)
 		}
 		out, _, _ := testkeys.RunCommand(t, "", "list", "--file", path)
-		if !strings.Contains(out, " 100/month  30/75  active") {
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if f := strings.Fields(lines[len(lines)-1]); len(lines) != 2 || strings.Join(f[len(f)-3:], " ") != "100/month 30/75 active" {
 			t.Errorf("list:\n%s", out)
 		}
 	} else {
