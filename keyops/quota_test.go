@@ -148,6 +148,10 @@ func TestSetQuota(t *testing.T) {
 	}
 }
 
+// recordsOnly is a store's records alone: no quota state, no usage
+// counts, no audit log.
+type recordsOnly struct{ stores.RecordStore }
+
 // auditReaderOnly keeps quota state and an audit log it cannot write a
 // grant to.
 type auditReaderOnly struct{ *testquota.Store }
@@ -246,7 +250,7 @@ func TestGrantQuota(t *testing.T) {
 		{"too few", qs, k.ID(), -quota.MaxRequests - 1, "from -1 to -1125899906842624", nil},
 		{"unknown key", qs, "bbbb2222", 5, `no key in ` + st.Path + ` has the id or key_prefix "bbbb2222"`, nil},
 		{"no ref", qs, "", 5, "name the key to grant units to", nil},
-		{"no quota state", st, k.ID(), 5, "key store " + st.Path + " keeps no quota state", ErrNoQuotaState},
+		{"no quota state", recordsOnly{st}, k.ID(), 5, "key store " + st.Path + " keeps no quota state", ErrNoQuotaState},
 		{"no quota state, by who", stores.By(qs, who), k.ID(), 5, "keeps no quota state", ErrNoQuotaState},
 		{"an audit log it cannot write to", auditReaderOnly{qs}, k.ID(), 5, "keeps an audit log but cannot write a grant to it; nothing was granted", nil},
 	} {
@@ -319,7 +323,7 @@ func TestListQuotaStates(t *testing.T) {
 	}
 
 	// A store without quota state: the quotas, no state.
-	listed, err = List(st, quotaNow)
+	listed, err = List(recordsOnly{st}, quotaNow)
 	if err != nil || listed[0].Quota == nil || listed[0].QuotaState != nil || listed[0].QuotaStateError != "" {
 		t.Errorf("without quota state: %+v, %v", listed[0], err)
 	}

@@ -83,7 +83,7 @@ func TestReadUsage(t *testing.T) {
 		{"no days", qs, k.ID(), 0, "days 0: want 1 to 35", nil},
 		{"beyond the retention", qs, k.ID(), 36, "days 36: want 1 to 35 (the counts are kept 35 days)", nil},
 		{"unknown key", qs, "cccc", 7, `has the id or key_prefix "cccc"`, nil},
-		{"no usage counts", st, k.ID(), 7, "key store " + st.Path + " keeps no usage counts", ErrNoUsageCounts},
+		{"no usage counts", recordsOnly{st}, k.ID(), 7, "key store " + st.Path + " keeps no usage counts", ErrNoUsageCounts},
 	} {
 		_, err := ReadUsage(c.st, c.ref, c.days, quotaNow)
 		if err == nil || !strings.Contains(err.Error(), c.want) || c.is != nil && !errors.Is(err, c.is) {
