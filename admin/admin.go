@@ -157,7 +157,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) error {
 }
 
 // routeList names the routes, for the refusal of any other path.
-const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/keys/{id}/revoke, POST /apikey/keys/{id}/rotate, PUT and DELETE /apikey/keys/{id}/rate_limits, GET /apikey/audit"
+const routeList = "GET /apikey/stores, GET and POST /apikey/keys, POST /apikey/keys/{id}/revoke, POST /apikey/keys/{id}/rotate, PUT and DELETE /apikey/keys/{id}/rate_limits, PUT and DELETE /apikey/keys/{id}/quota, POST /apikey/keys/{id}/quota/grant, GET /apikey/keys/{id}/usage, GET /apikey/audit"
 
 // newMux routes the API's paths to their operations by method. ServeMux
 // matches a path segment by segment, each unescaped, so that an id holding
@@ -173,6 +173,9 @@ func (a *API) newMux() *http.ServeMux {
 		"/apikey/keys/{id}/revoke":      {http.MethodPost: a.revokeKey},
 		"/apikey/keys/{id}/rotate":      {http.MethodPost: a.rotateKey},
 		"/apikey/keys/{id}/rate_limits": {http.MethodPut: a.setRateLimits, http.MethodDelete: a.setRateLimits},
+		"/apikey/keys/{id}/quota":       {http.MethodPut: a.setQuota, http.MethodDelete: a.setQuota},
+		"/apikey/keys/{id}/quota/grant": {http.MethodPost: a.grantQuota},
+		"/apikey/keys/{id}/usage":       {http.MethodGet: a.readUsage},
 		"/":                             nil,
 	} {
 		m.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
@@ -243,6 +246,10 @@ func (a *API) refuse(w http.ResponseWriter, err error) {
 		ae = badRequest("%s", ie)
 	case errors.Is(err, stores.ErrConflict):
 		ae = &apiError{http.StatusConflict, "CONFLICT", err.Error()}
+	case errors.Is(err, keyops.ErrNoQuotaState):
+		ae = &apiError{http.StatusNotFound, "NO_QUOTA_STATE", err.Error()}
+	case errors.Is(err, keyops.ErrNoUsageCounts):
+		ae = &apiError{http.StatusNotFound, "NO_USAGE_COUNTS", err.Error()}
 	default:
 		a.logger.Error("admin request failed", zap.Error(err))
 		ae = &apiError{http.StatusInternalServerError, "INTERNAL_ERROR", err.Error()}
@@ -256,7 +263,7 @@ func (a *API) refuse(w http.ResponseWriter, err error) {
 func storeFailure(st stores.Live, err error) error {
 	var re *keyops.RefError
 	var ie keyops.InputError
-	if errors.As(err, &re) || errors.As(err, &ie) {
+	if errors.As(err, &re) || errors.As(err, &ie) || errors.Is(err, keyops.ErrNoQuotaState) || errors.Is(err, keyops.ErrNoUsageCounts) {
 		return err
 	}
 	return fmt.Errorf("key store %s: %w", st.Name(), err)
@@ -441,6 +448,7 @@ func (a *API) listKeys(_ http.ResponseWriter, r *http.Request, _ string) (int, a
 	if err != nil {
 		return 0, nil, err
 	}
+	flush(st)
 	keys, err := keyops.List(st.Records(), a.now())
 	if err != nil {
 		return 0, nil, storeFailure(st, err)
@@ -628,11 +636,15 @@ func readBody(w http.ResponseWriter, r *http.Request, v any, members string) err
 
 // memberTypes says what each member of a request body holds.
 var memberTypes = map[string]string{
-	"label":       "a string",
-	"scopes":      "a list of strings",
-	"expires":     "a string: a duration from now such as 90d, or a time such as 2027-01-31T00:00:00Z",
-	"grace":       "a string: a duration such as 24h, or 0",
-	"rate_limits": `a list of limits such as [{"requests": 100, "window": "1m"}]`,
+	"label":          "a string",
+	"scopes":         "a list of strings",
+	"expires":        "a string: a duration from now such as 90d, or a time such as 2027-01-31T00:00:00Z",
+	"grace":          "a string: a duration such as 24h, or 0",
+	"rate_limits":    `a list of limits such as [{"requests": 100, "window": "1m"}]`,
+	"quota":          `an object such as {"requests": 10000, "period": "month"}`,
+	"quota/requests": "a whole number",
+	"quota/period":   `a string: "day", "month" or "none"`,
+	"units":          "a whole number of units (negative to take units back)",
 }
 
 // jsonProblem says what is wrong with a body that does not decode, in the
@@ -646,7 +658,13 @@ func jsonProblem(err error, members string) string {
 	case errors.As(err, &sem) && errors.Is(sem.Err, jsonv2.ErrUnknownName):
 		return fmt.Sprintf("unknown member %q: %s", sem.JSONPointer.LastToken(), members)
 	case errors.As(err, &sem):
-		name, _, _ := strings.Cut(strings.TrimPrefix(string(sem.JSONPointer), "/"), "/")
+		path := strings.TrimPrefix(string(sem.JSONPointer), "/")
+		if what, ok := memberTypes[path]; ok && strings.Contains(path, "/") {
+			// A member of a member: {"quota": {"requests": "5"}}.
+			outer, inner, _ := strings.Cut(path, "/")
+			return fmt.Sprintf("%q of %q must be %s, not a JSON %s", inner, outer, what, keyfile.KindName(sem.JSONKind))
+		}
+		name, _, _ := strings.Cut(path, "/")
 		return fmt.Sprintf("%q must be %s, not a JSON %s", name, memberTypes[name], keyfile.KindName(sem.JSONKind))
 	}
 	return err.Error()

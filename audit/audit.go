@@ -29,6 +29,7 @@ const (
 	Rotate     = "rotate"      // a key replaced by a new one: the entry's key is the old one
 	Import     = "import"      // a key imported (one entry per key added or reactivated)
 	RateLimits = "rate_limits" // a key's own rate limits set or dropped
+	Quota      = "quota"       // a key's quota set or dropped, or units of it granted for a period
 )
 
 // Who made a change: through the admin API, its request's remote address

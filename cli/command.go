@@ -32,7 +32,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "apikey",
-		Usage: "add|list|revoke|rotate|limits|import|export|audit|hash|check [flags]",
+		Usage: "add|list|revoke|rotate|limits|quota|usage|import|export|audit|hash|check [flags]",
 		Short: "Manages the keys of an apikey key file or Redis key set",
 		Long: `
 Creates, lists, revokes and rotates the API keys of a key file used by the
@@ -46,6 +46,8 @@ file while they write it, so neither loses the other's updates.
   caddy apikey list   --file keys.json [--json]
   caddy apikey revoke --file keys.json <id|key_prefix>
   caddy apikey rotate --file keys.json [--grace 24h] <id|key_prefix>
+  caddy apikey quota  --file keys.json <id|key_prefix> (10000/month | --none | --grant <units>)
+  caddy apikey usage  --file keys.json <id|key_prefix> [--days 7] [--json]
   caddy apikey audit  --file keys.json [--key <id|key_prefix>] [--since 24h] [--json]
   caddy apikey hash   < raw-key.txt
 
@@ -64,7 +66,7 @@ first line), or through an {env.*} placeholder in the URL, as in the
 Caddyfile: --redis 'redis://:{env.REDIS_PASSWORD}@127.0.0.1:6379/0'.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand(), checkCommand(), limitsCommand(), auditCommand())
+			cmd.AddCommand(addCommand(), listCommand(), revokeCommand(), rotateCommand(), importCommand(), exportCommand(), hashCommand(), checkCommand(), limitsCommand(), quotaCommand(), usageCommand(), auditCommand())
 		},
 	})
 }
@@ -118,6 +120,28 @@ func withRecordStore(cmd *cobra.Command, fn func(st stores.RecordStore) error) e
 	defer closeStore()
 	return fn(stores.By(st, audit.Command()))
 }
+
+// withStore runs fn on the key store that the command's flags name, as it
+// is: fn sees whether it keeps quota state or usage counts (a
+// stores.QuotaStore, a usagecount.Reader), and makes its edits through
+// stores.By(st, audit.Command()) (see withRecordStore).
+func withStore(cmd *cobra.Command, fn func(st stores.RecordStore) error) error {
+	file, _ := cmd.Flags().GetString("file")
+	st, closeStore, err := openStore(file, redisTargetOf(cmd), false)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	if storeHook != nil {
+		st = storeHook(st)
+	}
+	return fn(st)
+}
+
+// storeHook, if set (by tests alone), replaces the store withStore hands
+// its command: a store with quota state and usage counts in memory over
+// the one the flags name.
+var storeHook func(stores.RecordStore) stores.RecordStore
 
 // withRedisStore runs fn on the Redis key set that the command's --redis
 // and --prefix name (import and export, whose --file is the other side).
@@ -263,7 +287,7 @@ func readKey(r io.Reader, command string) (string, error) {
 // addCommand is `caddy apikey add`.
 func addCommand() *cobra.Command {
 	add := &cobra.Command{
-		Use:   "add (--file <keys.json> | --redis <url> [--prefix <p>]) --label <name> [--create] [--expires <90d|RFC3339>] [--scope <scope>]...",
+		Use:   "add (--file <keys.json> | --redis <url> [--prefix <p>]) --label <name> [--create] [--expires <90d|RFC3339>] [--scope <scope>]... [--rate <requests/window>]... [--quota <requests/period>]",
 		Short: "Creates a key and prints it, once",
 		Long: `
 Creates a key (sk_ followed by 32 random bytes in URL-safe base64), stores
@@ -285,8 +309,15 @@ those scopes, for routes whose apikey directive requires them.
 repeatable), in place of the apikey directive's rate_limit. --key-format
 makes the key in the checksummed format with that prefix (the key_format of
 the apikey directive).
+
+--quota gives the key a quota: requests per period, the period day or
+month (calendar days and months, UTC: it starts again at midnight UTC on
+each day or on the first of each month) or none (a fixed allowance that
+never starts again), e.g. 10000/month, 500/day, 1000/none. Without it the
+key is not metered.
 `,
 		Example: `  KEY=$(caddy apikey add --file keys.json --label "CI deploy" --expires 90d --scope deploy)
+  KEY=$(caddy apikey add --file keys.json --label "free plan" --quota 10000/month)
   KEY=$(caddy apikey add --file /etc/caddy/keys.json --create --label "first key")`,
 		Args: cobra.NoArgs,
 		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
@@ -303,9 +334,16 @@ the apikey directive).
 			if err != nil {
 				return err
 			}
+			var q *keyset.QuotaSpec
+			if fl.Changed("quota") {
+				s, _ := fl.GetString("quota")
+				if q, err = keyops.ParseQuota(s); err != nil {
+					return fmt.Errorf("--%v", err)
+				}
+			}
 			return withRecordStore(cmd, func(st stores.RecordStore) error {
 				return addKey(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, keyops.AddOptions{
-					Label: label, Expires: expires, Scopes: scopes, Format: format, RateLimits: limits,
+					Label: label, Expires: expires, Scopes: scopes, Format: format, RateLimits: limits, Quota: q,
 				}, time.Now())
 			})
 		}),
@@ -317,6 +355,7 @@ the apikey directive).
 	add.Flags().Bool("create", false, "Make the key file if it does not exist (or, with --redis, the key set if the prefix holds none)")
 	keyFormatFlags(add)
 	add.Flags().StringArray("rate", nil, "A rate limit of the key's own, requests/window, e.g. 100/1m (repeatable; without it the apikey directive's rate_limit applies)")
+	add.Flags().String("quota", "", "The key's quota, requests/period: e.g. 10000/month, 500/day, or 1000/none for a fixed allowance (without it the key is not metered)")
 	return add
 }
 
@@ -328,16 +367,19 @@ func listCommand() *cobra.Command {
 		Long: `
 Lists the keys of a key file or Redis key set: id, label, prefix, created,
 last used, expires, scopes, rate limits (a key's own; "default" when the
-apikey directive's apply, "none" for no limit) and status (active, expired
-or revoked). Hashes are never shown. --json prints a JSON array for
-scripts, each key's rate_limits as its record holds them. The store is
-only read.
+apikey directive's apply, "none" for no limit), quota (e.g. 10000/month;
+"-" for none), its use this period as USED/LEFT (units used, and left
+with any granted; "-" when the store keeps no quota state, "?" when it
+cannot be read) and status (active, expired or revoked). Hashes are
+never shown. --json prints a JSON array for scripts, each key's
+rate_limits and quota as its record holds them, and its quota_state
+(period, used, granted, remaining, ends_at). The store is only read.
 `,
 		Args: cobra.NoArgs,
 		RunE: runWithExitCode(func(cmd *cobra.Command, _ []string) error {
 			asJSON, _ := cmd.Flags().GetBool("json")
-			return withRecordStore(cmd, func(st stores.RecordStore) error {
-				return listKeys(cmd.OutOrStdout(), st, asJSON, time.Now())
+			return withStore(cmd, func(st stores.RecordStore) error {
+				return listKeys(cmd.OutOrStdout(), cmd.ErrOrStderr(), st, asJSON, time.Now())
 			})
 		}),
 	}
@@ -380,7 +422,8 @@ first 4 or more characters of its id, as for revoke), and prints the new key
 on stdout, alone on its line, as add does. It cannot be shown again. Details
 go to stderr.
 
-The new record has the old one's label and scopes, and its members that this
+The new record has the old one's label, scopes, rate limits and quota (its
+use starts anew: the new key is another key), and its members that this
 plugin does not know, copied as they are; a new id and key, created_at now,
 last_used_at null, and "rotated_from": the old key's id.
 
@@ -686,7 +729,7 @@ func auditCommand() *cobra.Command {
 		Short: "Shows the audit log of the changes made to a key file or Redis key set",
 		Long: `
 Shows the audit log of a key store, oldest first: every change made through
-caddy apikey (add, revoke, rotate, limits, import) or the admin API, with
+caddy apikey (add, revoke, rotate, limits, quota, import) or the admin API, with
 its time (UTC), action, key (id, label, prefix), who made it (the admin
 API's remote address and client certificate subject; a command's OS user
 and host) and what changed. It never holds a key or a hash.

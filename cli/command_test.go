@@ -256,7 +256,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 			if err := revokeKey(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, k.Record["id"].(string), cmdNow); !errors.As(err, &kfe) {
 				t.Errorf("revoke: error = %v, want a keyfile.Error", err)
 			}
-			if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); !errors.As(err, &kfe) {
+			if err := listKeys(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); !errors.As(err, &kfe) {
 				t.Errorf("list: error = %v, want a keyfile.Error", err)
 			}
 			if got := testkeys.ReadFile(t, path); got != content {
@@ -268,7 +268,7 @@ func TestCommandsLeaveBrokenFileUnchanged(t *testing.T) {
 	t.Run("JSON error position", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "keys.json")
 		writeFile(t, path, "{\"api_keys\": [\n  {\"id\": \"a\",}\n]}\n")
-		err := listKeys(new(bytes.Buffer), filestore.Records{Path: path, MayCreate: true}, false, cmdNow)
+		err := listKeys(new(bytes.Buffer), io.Discard, filestore.Records{Path: path, MayCreate: true}, false, cmdNow)
 		if err == nil || !strings.Contains(err.Error(), "line 2") {
 			t.Fatalf("error = %v, want the line of the syntax error", err)
 		}
@@ -280,7 +280,7 @@ func TestCommandsMissingFile(t *testing.T) {
 	var out bytes.Buffer
 	// Worded as every other key-file error, the path said once.
 	wantMsg := "key file " + path + ": no such file or directory"
-	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
+	if err := listKeys(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err == nil || !errors.Is(err, os.ErrNotExist) || err.Error() != wantMsg {
 		t.Errorf("list: error = %v, want not-exist: %q", err, wantMsg)
 	}
 	if _, _, err := openStore("", redisTarget{}, false); err == nil || !strings.Contains(err.Error(), "--file") {
@@ -314,7 +314,7 @@ func listFixture(t *testing.T) (string, []testkeys.Key) {
 func TestCommandListTable(t *testing.T) {
 	path, keys := listFixture(t)
 	var out bytes.Buffer
-	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err != nil {
+	if err := listKeys(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	text := out.String()
@@ -323,7 +323,7 @@ func TestCommandListTable(t *testing.T) {
 		t.Fatalf("%d lines, want a header and %d rows:\n%s", len(lines), len(keys), text)
 	}
 	header := strings.Fields(lines[0])
-	if want := []string{"ID", "LABEL", "PREFIX", "CREATED", "LAST", "USED", "EXPIRES", "SCOPES", "RATE", "LIMITS", "STATUS"}; !slices.Equal(header, want) {
+	if want := []string{"ID", "LABEL", "PREFIX", "CREATED", "LAST", "USED", "EXPIRES", "SCOPES", "RATE", "LIMITS", "QUOTA", "USED/LEFT", "STATUS"}; !slices.Equal(header, want) {
 		t.Errorf("header = %q", lines[0])
 	}
 	wantStatus := []string{"active", "expired", "revoked", "active"}
@@ -351,7 +351,7 @@ func TestCommandListTable(t *testing.T) {
 func TestCommandListJSON(t *testing.T) {
 	path, keys := listFixture(t)
 	var out bytes.Buffer
-	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, true, cmdNow); err != nil {
+	if err := listKeys(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, true, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	var listed []map[string]any
@@ -398,7 +398,7 @@ func TestCommandListJSON(t *testing.T) {
 	// An empty key file lists as an empty array, not null.
 	empty := testkeys.WriteKeys(t, "")
 	out.Reset()
-	if err := listKeys(&out, filestore.Records{Path: empty, MayCreate: true}, true, cmdNow); err != nil || strings.TrimSpace(out.String()) != "[]" {
+	if err := listKeys(&out, io.Discard, filestore.Records{Path: empty, MayCreate: true}, true, cmdNow); err != nil || strings.TrimSpace(out.String()) != "[]" {
 		t.Fatalf("empty file: %q, %v", out.String(), err)
 	}
 }
@@ -1024,7 +1024,7 @@ func TestCommandOutputNeutralisesInvisibleCharacters(t *testing.T) {
 	path := testkeys.WriteKeys(t, "", testkeys.New(label, map[string]any{"scopes": []string{"read\u202Eetirw"}}))
 
 	var out bytes.Buffer
-	if err := listKeys(&out, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err != nil {
+	if err := listKeys(&out, io.Discard, filestore.Records{Path: path, MayCreate: true}, false, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer

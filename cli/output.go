@@ -49,6 +49,9 @@ func printNewKey(stdout, stderr io.Writer, raw string, rec keyset.Record, headin
 	if rec.RateLimits != nil {
 		fmt.Fprintf(stderr, "  rate limits: %s\n", limitsText(rec.RateLimits))
 	}
+	if rec.Quota != nil {
+		fmt.Fprintf(stderr, "  quota:   %s\n", quotaText(rec.Quota))
+	}
 	for _, line := range more {
 		fmt.Fprintln(stderr, line)
 	}
@@ -64,11 +67,18 @@ func sayWaiting(w io.Writer, st stores.RecordStore) func() {
 	}
 }
 
-// listKeys writes the keys of a store to w, as a table or as JSON.
-func listKeys(w io.Writer, st stores.RecordStore, asJSON bool, now time.Time) error {
+// listKeys writes the keys of a store to w, as a table or as JSON; the
+// quota state that cannot be read is said once on stderr.
+func listKeys(w, stderr io.Writer, st stores.RecordStore, asJSON bool, now time.Time) error {
 	keys, err := keyops.List(st, now)
 	if err != nil {
 		return err
+	}
+	for i := range keys {
+		if e := keys[i].QuotaStateError; e != "" {
+			fmt.Fprintf(stderr, "The quota state of %s cannot be read, so the use of the keys' quotas is not shown: %s\n", st, keyops.Printable(e))
+			break
+		}
 	}
 	if asJSON {
 		enc := json.NewEncoder(w)
@@ -76,15 +86,39 @@ func listKeys(w io.Writer, st stores.RecordStore, asJSON bool, now time.Time) er
 		return enc.Encode(keys)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tLABEL\tPREFIX\tCREATED\tLAST USED\tEXPIRES\tSCOPES\tRATE LIMITS\tSTATUS")
+	fmt.Fprintln(tw, "ID\tLABEL\tPREFIX\tCREATED\tLAST USED\tEXPIRES\tSCOPES\tRATE LIMITS\tQUOTA\tUSED/LEFT\tSTATUS")
 	for i := range keys {
 		k := &keys[i]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
 			keyops.Printable(k.ID), keyops.Printable(k.Label), keyops.Printable(k.KeyPrefix),
 			displayTime(k.CreatedAt, "-"), displayTime(k.LastUsedAt, "never"),
-			displayTime(k.ExpiresAt, "never"), keyops.Printable(scopeText(k.Scopes)), limitsText(k.RateLimits), k.Status)
+			displayTime(k.ExpiresAt, "never"), keyops.Printable(scopeText(k.Scopes)), limitsText(k.RateLimits),
+			quotaText(k.Quota), usedLeftText(k), k.Status)
 	}
 	return tw.Flush()
+}
+
+// quotaText is how add, list and quota show a key's quota: 10000/month,
+// or "-" for none.
+func quotaText(q *keyset.QuotaSpec) string {
+	if q == nil {
+		return "-"
+	}
+	return strconv.FormatInt(q.Requests, 10) + "/" + keyops.Printable(q.Period)
+}
+
+// usedLeftText is list's USED/LEFT of a key: the units of its quota used
+// this period and those left ("1200/8800"); "-" for a key without a quota
+// or a store that keeps no quota state, "?" when the state cannot be
+// read.
+func usedLeftText(k *keyops.Listed) string {
+	switch {
+	case k.QuotaState != nil:
+		return strconv.FormatInt(k.QuotaState.Used, 10) + "/" + strconv.FormatInt(k.QuotaState.Remaining, 10)
+	case k.QuotaStateError != "":
+		return "?"
+	}
+	return "-"
 }
 
 // limitsText is how list and limits show a key's own rate limits:

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 
@@ -34,7 +35,7 @@ func TestRedisCommandLine(t *testing.T) {
 		t.Fatal(err)
 	}
 	stdout.Reset()
-	if err := listKeys(&stdout, st, true, cmdNow); err != nil {
+	if err := listKeys(&stdout, io.Discard, st, true, cmdNow); err != nil {
 		t.Fatal(err)
 	}
 	var listed []keyops.Listed

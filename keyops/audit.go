@@ -40,6 +40,9 @@ func createdChanges(rec *keyset.Record) map[string]any {
 	if rec.RateLimits != nil {
 		c["rate_limits"] = rec.RateLimits
 	}
+	if rec.Quota != nil {
+		c["quota"] = rec.Quota
+	}
 	return c
 }
 

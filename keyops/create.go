@@ -28,6 +28,8 @@ type AddOptions struct {
 	// RateLimits are the key's own rate limits (--rate); nil for none of
 	// its own (the handler's defaults apply).
 	RateLimits []keyset.RateLimit
+	// Quota is the key's quota (--quota); nil for none (not metered).
+	Quota *keyset.QuotaSpec
 }
 
 // Create makes a new key as opts say and adds its record to the store;
@@ -49,6 +51,9 @@ func Create(st stores.RecordStore, opts AddOptions, now time.Time, waiting func(
 	if _, err := keyset.ParseRateLimits(opts.RateLimits); err != nil {
 		return "", keyset.Record{}, InputError(err.Error())
 	}
+	if _, _, err := keyset.ParseQuota(opts.Quota); err != nil {
+		return "", keyset.Record{}, InputError(err.Error())
+	}
 	raw, keyPrefix, err := NewKey(opts.Format)
 	if err != nil {
 		return "", keyset.Record{}, err
@@ -57,7 +62,7 @@ func Create(st stores.RecordStore, opts AddOptions, now time.Time, waiting func(
 	err = st.Edit(stores.Edit{Create: true, OnlyAdds: true, Waiting: waiting, Audit: func() []audit.Entry {
 		return []audit.Entry{entry(audit.Create, &added, now, createdChanges(&added))}
 	}, Change: func(doc *keyfile.Doc) error {
-		r, err := newRecord(doc, raw, keyPrefix, keyset.Record{Label: label, Scopes: scopes, ExpiresAt: keyset.Timestamp(expiresAt), RateLimits: opts.RateLimits}, now)
+		r, err := newRecord(doc, raw, keyPrefix, keyset.Record{Label: label, Scopes: scopes, ExpiresAt: keyset.Timestamp(expiresAt), RateLimits: opts.RateLimits, Quota: opts.Quota}, now)
 		if err != nil {
 			return err
 		}

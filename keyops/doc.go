@@ -1,6 +1,8 @@
 // Package keyops holds the key operations that the `caddy apikey` commands
-// and the admin API share: create, list, revoke and rotate a key, and
-// import or export a key set, on any store's records (a stores.RecordStore).
+// and the admin API share: create, list, revoke and rotate a key, set its
+// rate limits and quota, grant it units (GrantQuota) and read its usage
+// counts (ReadUsage), and import or export a key set, on any store's
+// records (a stores.RecordStore).
 // The front ends parse their input and show the results; the rules (an id
 // that names one key, a grace that never lengthens a key's life, an import
 // that never overwrites) live here once.

@@ -94,7 +94,7 @@ func Rotate(st stores.RecordStore, opts RotateOptions, now time.Time, waiting fu
 			return &RefError{Code: "ALREADY_ROTATED", Msg: fmt.Sprintf("%s was already rotated: key %s (%s) replaces it; rotate that one instead, or revoke the old one to end its grace", who, Printable(next.ID), Printable(next.KeyPrefix))}
 		}
 		oldID := strings.Clone(rec.ID)
-		next, err := newRecord(doc, r.Raw, keyPrefix, keyset.Record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: keyset.Timestamp(expiresAt), RotatedFrom: &oldID, RateLimits: slices.Clone(rec.RateLimits)}, now)
+		next, err := newRecord(doc, r.Raw, keyPrefix, keyset.Record{Label: rec.Label, Scopes: slices.Clone(rec.Scopes), ExpiresAt: keyset.Timestamp(expiresAt), RotatedFrom: &oldID, RateLimits: slices.Clone(rec.RateLimits), Quota: cloneQuota(rec.Quota)}, now)
 		if err != nil {
 			return err
 		}
@@ -146,4 +146,13 @@ func parseGrace(s string) (time.Duration, error) {
 func expiresBefore(k *keyset.Key, t int64) bool {
 	at, ok := k.ExpiresAt()
 	return ok && at <= t
+}
+
+// cloneQuota is a copy of a record's quota, for a rotated key's record.
+func cloneQuota(q *keyset.QuotaSpec) *keyset.QuotaSpec {
+	if q == nil {
+		return nil
+	}
+	c := *q
+	return &c
 }

@@ -98,6 +98,15 @@ type AuditReader interface {
 	ReadAudit(f audit.Filter) ([]audit.Entry, error)
 }
 
+// AuditWriter is a record store that keeps an audit log and can write to
+// it the entries of a change that is not an edit of its records (units of
+// a quota granted: the state is not in a record). The entries come
+// stamped; the store writes them durably, in the order of the calls, and
+// an error means they are not written (the change is then not made).
+type AuditWriter interface {
+	WriteAudit(entries []audit.Entry) error
+}
+
 // By returns st with its edits made by who (for their audit entries),
 // unless an edit names its own.
 func By(st RecordStore, who audit.Who) RecordStore { return byWho{st, who} }
