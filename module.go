@@ -45,6 +45,7 @@ import (
 
 func init() {
 	caddy.RegisterModule(Handler{})
+	admin.FlushUsageCounts = FlushUsage
 }
 
 // Handler admits only requests that carry a valid API key, and rejects the

@@ -26,12 +26,6 @@ import (
 // grant, list shows it and the units a server took, and the key file's
 // audit log the grant.
 func TestCommandQuotaFileStore(t *testing.T) {
-	var rs any = filestore.Records{}
-	_, isQS := rs.(stores.QuotaStore)
-	_, isAW := rs.(stores.AuditWriter)
-	if !isQS || !isAW {
-		t.Skip("the file store keeps no quota state yet (filestore.Records: stores.QuotaStore and stores.AuditWriter)")
-	}
 	notNearMidnight(t)
 	path := t.TempDir() + "/keys.json"
 	stdout, stderr, err := testkeys.RunCommand(t, "", "add", "--file", path, "--create", "--label", "metered", "--quota", "100/month")
@@ -116,3 +110,11 @@ func TestCommandUsageFileStore(t *testing.T) {
 		t.Errorf("usage: %v\n%s", err, out)
 	}
 }
+
+// The file store's records keep quota state and usage counts, and write
+// a grant's audit entry.
+var (
+	_ stores.QuotaStore  = filestore.Records{}
+	_ stores.AuditWriter = filestore.Records{}
+	_ usagecount.Reader  = filestore.Records{}
+)

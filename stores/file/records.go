@@ -96,6 +96,27 @@ func AuditPath(path string) string {
 	return path + AuditSuffix
 }
 
+// WriteAudit appends entries to the key file's audit log under the key
+// file's lock, so that they lie in order with the edits' entries
+// (stores.AuditWriter: a quota grant's, which is no edit of a record).
+func (f Records) WriteAudit(entries []audit.Entry) error {
+	target := f.Path
+	if t, err := filepath.EvalSymlinks(f.Path); err == nil {
+		target = t
+	}
+	unlock, err := keyfile.Lock(target, keyfile.LockTimeout, nil)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	dir, err := os.OpenRoot(filepath.Dir(target))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return appendAudit(dir, filepath.Base(target), entries)
+}
+
 // appendAudit appends entries to the audit log of the key file name in dir
 // and flushes it to disk; the caller holds the key file's lock, so the
 // entries lie in the order of the changes.
