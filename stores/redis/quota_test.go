@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -403,6 +404,7 @@ func TestRedisQuotaFailsFastWhenRedisIsDown(t *testing.T) {
 	r := testredis.Start(t)
 	slow := &testredis.Server{T: t, Port: r.Port, URL: r.URL + "?dial_timeout=1s&write_timeout=1s"}
 	s := bankOnly(t, slow, "qd:")
+	rs := records(t, slow, "qd:")
 	ctx := context.Background()
 	take := []quota.Take{{ID: "a", Period: "none", Allowance: 100, Want: 1, Ends: quota.Never}}
 	if _, err := s.TakeQuota(ctx, take); err != nil {
@@ -430,6 +432,17 @@ func TestRedisQuotaFailsFastWhenRedisIsDown(t *testing.T) {
 	if took := time.Since(start); err == nil || !strings.Contains(err.Error(), "Redis did not answer within") || took > 2*time.Second {
 		t.Errorf("a give with Redis frozen and 300ms allowed: %v after %s, want it to give up after 300ms", err, took)
 	}
+	for what, call := range map[string]func() error{
+		"reading quota states": func() error { _, err := rs.QuotaStates(map[string]string{"a": "none"}); return err },
+		"granting":             func() error { _, err := rs.GrantQuota("a", "none", 1, quota.Never); return err },
+		"reading usage counts": func() error { _, err := rs.ReadUsageCounts("a", time.Now()); return err },
+	} {
+		start := time.Now()
+		err := call()
+		if took := time.Since(start); err == nil || !strings.Contains(err.Error(), "Redis did not answer within 1s") || took > 3*time.Second {
+			t.Errorf("%s with Redis frozen: %v after %s, want it to give up after 1s and say so", what, err, took)
+		}
+	}
 	m := quota.NewMeter(s, quota.Options{})
 	defer m.Close()
 	start = time.Now()
@@ -449,5 +462,112 @@ func TestRedisQuotaFailsFastWhenRedisIsDown(t *testing.T) {
 	}
 	if err := s.GiveQuota(ctx, []quota.Give{{ID: "a", Period: "none", N: 1}}); !errors.Is(err, quota.ErrUnavailable) {
 		t.Errorf("a give with Redis killed: %v, want quota.ErrUnavailable", err)
+	}
+}
+
+// One round of the meter that takes for one key is one command from the
+// server to Redis (EVALSHA), which runs, inside Redis, an HMGET of the
+// key's fields, an HSET of its used units and, for a period that ends, a
+// PEXPIREAT of the period's hash: four in INFO commandstats, three for a
+// fixed allowance. A give is EVALSHA, HMGET and HSET.
+func TestRedisQuotaCommandsPerRound(t *testing.T) {
+	r := testredis.Start(t)
+	s := bankOnly(t, r, "qc:")
+	c := r.Client()
+	ctx := context.Background()
+	name, _, end := quota.Month.At(time.Now())
+	month := []quota.Take{{ID: "a", Period: name, Allowance: 1000, Want: 10, Ends: end}}
+	fixed := []quota.Take{{ID: "a", Period: "none", Allowance: 1000, Want: 10, Ends: quota.Never}}
+	if _, err := s.TakeQuota(ctx, month); err != nil { // loads the script (NOSCRIPT, then EVAL)
+		t.Fatal(err)
+	}
+	for _, c2 := range []struct {
+		what string
+		call func() error
+		want map[string]int64
+	}{
+		{"a take in a month", func() error { _, err := s.TakeQuota(ctx, month); return err }, map[string]int64{"evalsha": 1, "hmget": 1, "hset": 1, "pexpireat": 1}},
+		{"a take of a fixed allowance", func() error { _, err := s.TakeQuota(ctx, fixed); return err }, map[string]int64{"evalsha": 1, "hmget": 1, "hset": 1}},
+		{"a give", func() error { return s.GiveQuota(ctx, []quota.Give{{ID: "a", Period: name, N: 3}}) }, map[string]int64{"evalsha": 1, "hmget": 1, "hset": 1}},
+	} {
+		before := commandStats(t, c)
+		if err := c2.call(); err != nil {
+			t.Fatal(err)
+		}
+		if diff, _ := commandsSince(t, c, before); !reflect.DeepEqual(diff, c2.want) {
+			t.Errorf("%s: commands %v, want %v", c2.what, diff, c2.want)
+		}
+	}
+}
+
+// BenchmarkTakeQuota is one round of a meter that takes for one key: one
+// TakeQuota of one take, against a real redis-server on loopback. It
+// reports the commands Redis counts per round (INFO commandstats: the
+// EVALSHA and the commands its script runs).
+func BenchmarkTakeQuota(b *testing.B) {
+	r := testredis.Start(b)
+	s := bankOnly(b, r, "qbench:")
+	c := r.Client()
+	ctx := context.Background()
+	name, _, end := quota.Month.At(time.Now())
+	take := []quota.Take{{ID: "key-1", Period: name, Allowance: quota.MaxRequests, Want: 1, Ends: end}}
+	if _, err := s.TakeQuota(ctx, take); err != nil {
+		b.Fatal(err)
+	}
+	before := commandStats(b, c)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.TakeQuota(ctx, take); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	diff, total := commandsSince(b, c, before)
+	b.ReportMetric(float64(total)/float64(b.N), "redis-cmds/op")
+	b.ReportMetric(float64(diff["evalsha"])/float64(b.N), "round-trips/op")
+}
+
+// A server spending one key's quota of 1 000 000 a month (a block of
+// 10 000) at 10 000 requests/s, paced for 3 s: every request admitted,
+// and the Redis commands it costs per second measured (INFO
+// commandstats). The meter takes when it holds less than half a block,
+// topping up to a block: a take per ~5 000 requests, two a second, each
+// four commands in Redis (one from the server).
+func TestRedisQuotaCommandsAt10kRequestsPerSecond(t *testing.T) {
+	testkeys.Slow(t, "3 s of paced requests")
+	const rate, dur = 10_000, 3 * time.Second
+	r := testredis.Start(t)
+	s := bankOnly(t, r, "q10k:")
+	c := r.Client()
+	q := quota.Quota{Requests: 1_000_000, Period: quota.Month}
+	if _, err := s.TakeQuota(context.Background(), []quota.Take{{ID: "warm-up", Period: "none", Want: 1, Ends: quota.Never}}); err != nil {
+		t.Fatal(err) // Redis now has the script: no EVAL below
+	}
+	m := quota.NewMeter(s, quota.Options{})
+	before := commandStats(t, c)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	start := time.Now()
+	sent, refused := 0, 0
+	for elapsed := time.Duration(0); elapsed < dur; elapsed = time.Since(start) {
+		for due := int(elapsed * rate / time.Second); sent < due; sent++ {
+			if !m.Spend("key-1", q, 1, time.Now().UnixNano()).Allowed() {
+				refused++
+			}
+		}
+		<-tick.C // pacing: the requests due by now, every millisecond
+	}
+	took := time.Since(start)
+	diff, total := commandsSince(t, c, before)
+	m.Close() // gives back what it holds: not counted above
+	perSec := func(n int64) float64 { return float64(n) / took.Seconds() }
+	t.Logf("%d requests in %s (%.0f/s), %d refused; Redis commands %v: %.2f/s in all, %.2f/s from the server (EVALSHA); formula: %.2f takes/s",
+		sent, took.Round(time.Millisecond), float64(sent)/took.Seconds(), refused, diff, perSec(total), perSec(diff["evalsha"]+diff["eval"]), float64(rate)/float64(q.Block()-(q.Block()+1)/2+1))
+	if refused != 0 {
+		t.Errorf("%d of %d requests refused, with the quota far from spent", refused, sent)
+	}
+	takes := diff["evalsha"] + diff["eval"]
+	if most := int64(sent)/(q.Block()/2) + 2; takes > most || takes < 1 {
+		t.Errorf("%d takes for %d requests, want from 1 to %d (one per half a block, and the first)", takes, sent, most)
 	}
 }

@@ -3,28 +3,31 @@ local nk = #KEYS
 -- The state read, by hash and field: numbers, checked before anything is
 -- written, so that a value that is not a number fails the call whole.
 local state = {}
-local function get(k, f)
+local function check(key, f, raw)
+  if not raw then return false end
+  local v = tonumber(raw)
+  if not v or v ~= math.floor(v) then
+    error({err = 'NOTNUMBER ' .. key .. ' field ' .. f .. ' holds ' .. string.sub(raw, 1, 40) .. ', not a whole number'})
+  end
+  return v
+end
+-- load reads a key's used and granted fields in hash k at once, if they
+-- are not read yet.
+local function load(k, id)
   local key = KEYS[k]
   local s = state[key]
   if not s then
     s = {}
     state[key] = s
   end
-  local v = s[f]
-  if v == nil then
-    local raw = redis.call('HGET', key, f)
-    if raw then
-      v = tonumber(raw)
-      if not v or v ~= math.floor(v) then
-        error({err = 'NOTNUMBER ' .. key .. ' field ' .. f .. ' holds ' .. string.sub(raw, 1, 40) .. ', not a whole number'})
-      end
-    else
-      v = false
-    end
-    s[f] = v
+  local u, g = 'u:' .. id, 'g:' .. id
+  if s[u] == nil or s[g] == nil then
+    local v = redis.call('HMGET', key, u, g)
+    if s[u] == nil then s[u] = check(key, u, v[1]) end
+    if s[g] == nil then s[g] = check(key, g, v[2]) end
   end
-  return v
 end
+local function get(k, f) return state[KEYS[k]][f] end
 local changed = {}
 local function set(k, f, v)
   state[KEYS[k]][f] = v
@@ -50,11 +53,7 @@ if mode == 'take' then
   -- ARGV: 'take', one expiry per key (unix ms, '0': none), then per take:
   -- key index, id, allowance, want, owed. Reply: got, left per take.
   local from = 2 + nk
-  for i = from, #ARGV, 5 do
-    local k = tonumber(ARGV[i])
-    get(k, 'u:' .. ARGV[i + 1])
-    get(k, 'g:' .. ARGV[i + 1])
-  end
+  for i = from, #ARGV, 5 do load(tonumber(ARGV[i]), ARGV[i + 1]) end
   local out = {}
   for i = from, #ARGV, 5 do
     local k, id = tonumber(ARGV[i]), ARGV[i + 1]
@@ -72,7 +71,7 @@ if mode == 'take' then
 elseif mode == 'give' then
   -- ARGV: 'give', then per give: key index, id, n. A key with no state in
   -- the period is left alone (nothing is made that would not expire).
-  for i = 2, #ARGV, 3 do get(tonumber(ARGV[i]), 'u:' .. ARGV[i + 1]) end
+  for i = 2, #ARGV, 3 do load(tonumber(ARGV[i]), ARGV[i + 1]) end
   local n = 0
   for i = 2, #ARGV, 3 do
     local k, f = tonumber(ARGV[i]), 'u:' .. ARGV[i + 1]
@@ -88,6 +87,7 @@ elseif mode == 'grant' then
   -- ARGV: 'grant', the expiry, id, n, the most that may be granted.
   -- Reply: used, granted.
   local id = ARGV[3]
+  load(1, id)
   local used = get(1, 'u:' .. id) or 0
   local g = math.max((get(1, 'g:' .. id) or 0) + tonumber(ARGV[4]), 0)
   if g > tonumber(ARGV[5]) then
