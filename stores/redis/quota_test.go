@@ -20,6 +20,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/quota"
+	"github.com/caddy-apikey/caddy-apikey/usagecount"
 )
 
 // bankOnly is a live store on r's key set at prefix that is only
@@ -569,5 +570,51 @@ func TestRedisQuotaCommandsAt10kRequestsPerSecond(t *testing.T) {
 	takes := diff["evalsha"] + diff["eval"]
 	if most := int64(sent)/(q.Block()/2) + 2; takes > most || takes < 1 {
 		t.Errorf("%d takes for %d requests, want from 1 to %d (one per half a block, and the first)", takes, sent, most)
+	}
+}
+
+// On a Redis Cluster, for key sets served by two primaries: a take of two
+// periods at once (one script run on two hashes, in the key set's slot), a
+// give, a grant and the states, and usage counts added and read.
+func TestRedisClusterQuotaAndUsage(t *testing.T) {
+	testkeys.Slow(t, "starts a Redis Cluster of three primaries")
+	cl := testredis.StartCluster(t, false)
+	for _, prefix := range clusterPrefixes(t, cl) {
+		t.Run(prefix, func(t *testing.T) {
+			at := testredis.AtURL(t, cl.URL)
+			s, rs := bankOnly(t, at, prefix), records(t, at, prefix)
+			ctx := context.Background()
+			day, _, dayEnd := quota.Day.At(time.Now())
+			got, err := s.TakeQuota(ctx, []quota.Take{
+				{ID: "a", Period: day, Allowance: 10, Want: 4, Ends: dayEnd},
+				{ID: "b", Period: "none", Allowance: 3, Want: 4, Ends: quota.Never},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := []quota.Taken{{Got: 4, Left: 6}, {Got: 3, Left: 0}}; !reflect.DeepEqual(got, want) {
+				t.Errorf("takes: %v, want %v", got, want)
+			}
+			if err := s.GiveQuota(ctx, []quota.Give{{ID: "a", Period: day, N: 1}}); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := rs.GrantQuota("b", "none", 5, quota.Never); err != nil || st != (quota.State{Period: "none", Used: 3, Granted: 5}) {
+				t.Errorf("grant: %+v, %v", st, err)
+			}
+			states, err := rs.QuotaStates(map[string]string{"a": day, "b": "none"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[string]quota.State{"a": {Period: day, Used: 3}, "b": {Period: "none", Used: 3, Granted: 5}}; !reflect.DeepEqual(states, want) {
+				t.Errorf("states: %v, want %v", states, want)
+			}
+			hour := usagecount.Hour(time.Now())
+			if err := s.AddUsageCounts(ctx, []usagecount.Row{{ID: "a", Hour: hour, Result: "admitted", N: 2}}, 0); err != nil {
+				t.Fatal(err)
+			}
+			if rows, err := rs.ReadUsageCounts("a", hour); err != nil || len(rows) != 1 || rows[0].N != 2 {
+				t.Errorf("usage counts: %v, %v; want 2 admitted", rows, err)
+			}
+		})
 	}
 }
