@@ -3,14 +3,15 @@ package redis
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 )
 
 // clusterPrefixes are the default prefix and a custom one whose key set
 // the Cluster serves from another primary, so that the tests cover two
-// nodes. Each key set's four Redis keys must share one slot, that of its
-// hash tag "{<prefix>}".
+// nodes. Each key set's Redis keys must share one slot, that of its hash
+// tag "{<prefix>}".
 func clusterPrefixes(t *testing.T, cl *testredis.Cluster) []string {
 	t.Helper()
 	slotOf := func(prefix string) int {
@@ -19,7 +20,7 @@ func clusterPrefixes(t *testing.T, cl *testredis.Cluster) []string {
 			t.Fatal(err)
 		}
 		slot := cl.KeySlot(t, "{"+keys.prefix+"}")
-		for _, k := range []string{keys.records, keys.used, keys.version, keys.log} {
+		for _, k := range []string{keys.records, keys.used, keys.version, keys.log, keys.quotaHash("2026-12"), keys.usageHash(time.Now())} {
 			if got := cl.KeySlot(t, k); got != slot {
 				t.Fatalf("prefix %q: %s is in slot %d, %s in slot %d: a script on the key set would fail with CROSSSLOT", keys.prefix, keys.records, slot, k, got)
 			}

@@ -23,26 +23,41 @@ import (
 	"github.com/redis/rueidis"
 )
 
-// A key set in Redis is four Redis keys that share one Cluster hash tag,
-// "{<prefix>}", so that every script touches one slot:
+// A key set in Redis is these Redis keys, which share one Cluster hash
+// tag, "{<prefix>}", so that every script touches one slot:
 //
 //	{apikey:}records  hash: record id -> the record, as JSON (the key file's format)
 //	{apikey:}used     hash: "<key_hash>:<id>" -> last use, unix microseconds
 //	{apikey:}version  integer: +1 with every change to the records
 //	{apikey:}log      stream: one entry per change: v (the new version), ids (JSON array of the ids changed),
 //	                  was (JSON array: each record's key_hash before the change)
+//	{apikey:}audit    stream: the audit log ({apikey:}audit:max_entries: its retention, if set)
+//	{apikey:}rl:<window seconds>:<index>
+//	                  hash: key id -> requests admitted in that window of the rate limits of that length,
+//	                  by the fleet (ratelimit.go); expires once the next window is over
+//	{apikey:}quota:<period>
+//	                  hash: "u:<id>" -> units of the key's quota used in the period (taken by servers),
+//	                  "g:<id>" -> units granted on top of its allowance for the period (quota.go); the
+//	                  period is named as quota.Period.At names it: 2026-12-03, 2026-12, or none (a fixed
+//	                  allowance); expires a day after the period ends (quota.Expired), none never
+//	{apikey:}usage:<YYYYMMDDHH>
+//	                  hash: "<id>:<result>" -> requests of the key with that result (usagecount.Results)
+//	                  in that hour (UTC); expires once the hour is older than the retention (usage.go)
 //
 // Records change only through editScript, which checks the version the
 // change was made from, writes the records, bumps the version and appends
 // to the log in one atomic step. Last-used times live apart from the
 // records, so that usage never rewrites a record (nor the members this
 // plugin does not know) and never floods the log; list and export show
-// the later of the record's last_used_at and its used entry.
+// the later of the record's last_used_at and its used entry. Quota state
+// and usage counts live apart too, written by their own scripts and
+// commands, never through the log.
 type layout struct {
 	prefix                      string
 	tag                         string // {prefix}: every key's start, so that all are in one Cluster slot
 	records, used, version, log string
 	audit, auditMax             string // the audit stream, and its retention if set (see DefaultAuditMaxEntries)
+	quota, usage                string // the starts of the quota hashes ({prefix}quota:) and usage hashes ({prefix}usage:)
 }
 
 // DefaultAuditMaxEntries is about how many entries a key set's audit
@@ -68,7 +83,7 @@ func newLayout(prefix string) (layout, error) {
 		return layout{}, fmt.Errorf("redis prefix %q: must not hold { or }, which would break its Cluster hash tag", prefix)
 	}
 	tag := "{" + prefix + "}"
-	return layout{prefix: prefix, tag: tag, records: tag + "records", used: tag + "used", version: tag + "version", log: tag + "log", audit: tag + "audit", auditMax: tag + "audit:max_entries"}, nil
+	return layout{prefix: prefix, tag: tag, records: tag + "records", used: tag + "used", version: tag + "version", log: tag + "log", audit: tag + "audit", auditMax: tag + "audit:max_entries", quota: tag + "quota:", usage: tag + "usage:"}, nil
 }
 
 // parseURL reads a configured Redis URL into client options. {env.*}
