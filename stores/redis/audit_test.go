@@ -16,6 +16,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
+	"github.com/caddy-apikey/caddy-apikey/usagecount"
 )
 
 // streamText is every field of the audit stream of rs, as one string.
@@ -298,3 +299,41 @@ func TestRedisAudit10000Changes(t *testing.T) {
 		}
 	}
 }
+
+// A quota set and a grant are in the audit stream, after the key's
+// creation, and the grant is in the key's quota state.
+func TestRedisAuditQuotaGrant(t *testing.T) {
+	r := testredis.Start(t)
+	rs := records(t, r, "audq:")
+	who := audit.Who{Via: audit.ViaCommand, User: "bob", Host: "ops-2"}
+	st := stores.By(rs, who)
+	_, rec, err := keyops.Create(st, keyops.AddOptions{Label: "metered"}, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := keyops.SetQuota(st, rec.ID, &keyset.QuotaSpec{Requests: 100, Period: "month"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	g, err := keyops.GrantQuota(rs, rec.ID, 25, who, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.State.Granted != 25 {
+		t.Errorf("grant: %+v", g)
+	}
+	var actions []string
+	for _, e := range readAudit(t, rs, audit.Filter{Key: rec.ID}) {
+		actions = append(actions, e.Action)
+	}
+	if strings.Join(actions, " ") != "create quota quota" {
+		t.Errorf("the key's audit entries: %v, want create, quota (set), quota (grant)", actions)
+	}
+}
+
+// The Redis store's records keep quota state and usage counts, and write
+// a grant's audit entry.
+var (
+	_ stores.QuotaStore  = Records{}
+	_ stores.AuditWriter = Records{}
+	_ usagecount.Reader  = Records{}
+)

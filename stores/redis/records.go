@@ -351,3 +351,32 @@ func (r Records) AuditMaxEntries() (int64, error) {
 	}
 	return n, nil
 }
+
+// WriteAudit appends entries to the key set's audit stream, trimmed as
+// the edits trim it (stores.AuditWriter: a quota grant's, which is no edit
+// of a record).
+func (r Records) WriteAudit(entries []audit.Entry) error {
+	if r.client == nil {
+		return r.wrap(errNotConnected)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	defer cancel()
+	keep, err := r.AuditMaxEntries()
+	if err != nil {
+		return err
+	}
+	cmds := make(rueidis.Commands, 0, len(entries))
+	for _, e := range entries {
+		line, err := audit.Append(nil, e)
+		if err != nil {
+			return err
+		}
+		cmds = append(cmds, r.client.B().Xadd().Key(r.keys.audit).Maxlen().Almost().Threshold(strconv.FormatInt(keep, 10)).Id("*").FieldValue().FieldValue("e", string(line[:len(line)-1])).Build())
+	}
+	for _, res := range r.client.DoMulti(ctx, cmds...) {
+		if err := res.Error(); err != nil {
+			return r.fail(ctx, err)
+		}
+	}
+	return nil
+}
