@@ -1,8 +1,10 @@
 package apikey
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -261,5 +263,73 @@ func TestQuotaFleetWithAKill(t *testing.T) {
 	}
 	if admitted < allowance*99/100 {
 		t.Fatalf("%d units admitted, under 99 %% of %d", admitted, allowance)
+	}
+}
+
+// A known mix of requests, one Caddy on a key file: the usage counts
+// that the admin API (which first writes what its server has not) and
+// caddy apikey usage --json show are what was sent, per key and result.
+func TestUsageCountsMatchTraffic(t *testing.T) {
+	testkeys.Slow(t, "a Caddy process")
+	if now := time.Now().UTC(); now.Truncate(24*time.Hour).Add(24*time.Hour).Sub(now) < time.Minute {
+		t.Skip("too close to midnight UTC, when the day's counts and quota start again")
+	}
+	read := []string{"read"}
+	keys := map[string]testkeys.Key{
+		"ok":      testkeys.New("ok", map[string]any{"scopes": read}),
+		"quota":   testkeys.New("quota", map[string]any{"scopes": read, "quota": map[string]any{"requests": 5, "period": "day"}}),
+		"revoked": testkeys.New("revoked", map[string]any{"scopes": read, "revoked_at": "2026-01-01T00:00:00+00:00"}),
+		"expired": testkeys.New("expired", map[string]any{"scopes": read, "expires_at": "2026-01-01T00:00:00+00:00"}),
+		"noscope": testkeys.New("noscope", nil),
+		"limited": testkeys.New("limited", map[string]any{"scopes": read, "rate_limits": []map[string]any{{"requests": 2, "window": "1h"}}}),
+	}
+	var all []testkeys.Key
+	for _, k := range keys {
+		all = append(all, k)
+	}
+	path := testkeys.WriteKeys(t, "", all...)
+	up := newUpstream(t)
+	c, err := testfleet.LaunchCaddyWith(t, "counts", "keys_file "+path+"\n\t\tscope read", up.proxyTo())
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := map[string]int64{"ok": 7, "quota": 8, "revoked": 2, "expired": 3, "noscope": 4, "limited": 5}
+	for name, n := range send {
+		startLoad(keys[name].Raw, 1, c.URL(), n).wait()
+	}
+	startLoad("sk_not_a_key_of_this_file", 1, c.URL(), 4).wait() // counted for no key
+	want := map[string]map[string]int64{
+		"ok":      {"admitted": 7},
+		"quota":   {"admitted": 5, "quota_exceeded": 3},
+		"revoked": {"revoked": 2},
+		"expired": {"expired": 3},
+		"noscope": {"insufficient_scope": 4},
+		"limited": {"admitted": 2, "rate_limited": 3},
+	}
+	for name, k := range keys {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/apikey/keys/%s/usage?days=1", c.AdminPort, k.ID()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var viaAdmin keyops.Usage
+		err = json.NewDecoder(resp.Body).Decode(&viaAdmin)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: GET usage: %d %v", name, resp.StatusCode, err)
+		}
+		if !maps.Equal(viaAdmin.Totals, want[name]) {
+			t.Errorf("%s: the admin API counts %v, want %v", name, viaAdmin.Totals, want[name])
+		}
+		out, stderr, err := testkeys.RunCommand(t, "", "usage", k.ID(), "--days", "1", "--json", "--file", path)
+		if err != nil {
+			t.Fatalf("%s: caddy apikey usage: %v %s", name, err, stderr)
+		}
+		var viaCLI keyops.Usage
+		if err := json.Unmarshal([]byte(out), &viaCLI); err != nil {
+			t.Fatalf("%s: usage --json: %v\n%s", name, err, out)
+		}
+		if !maps.Equal(viaCLI.Totals, want[name]) {
+			t.Errorf("%s: caddy apikey usage counts %v, want %v", name, viaCLI.Totals, want[name])
+		}
 	}
 }
