@@ -133,6 +133,7 @@ func TestQuotaExactOnOneServer(t *testing.T) {
 	}
 	l := startLoad(raw, 8, c.URL(), 30_000)
 	l.wait()
+	t.Logf("30 000 requests on a quota of 10 000: %d admitted (the upstream's count), %d × 200 and %d × 429 answered", up.n.Load(), l.count(200), l.count(429))
 	if up.n.Load() != 10_000 || l.count(200) != 10_000 || l.count(429) != 20_000 {
 		t.Fatalf("30 000 requests on a quota of 10 000: upstream saw %d, the client %d × 200 and %d × 429 (and %d unanswered)",
 			up.n.Load(), l.count(200), l.count(429), l.count(0))
