@@ -334,3 +334,51 @@ func TestUsageCountsMatchTraffic(t *testing.T) {
 		}
 	}
 }
+
+// Through the in-process Caddy, a key file whose state file breaks: the
+// server spends the block it holds, then refuses the key with 503
+// QUOTA_UNAVAILABLE and Retry-After; once the state file is good again,
+// the key is admitted at the next sync (asked for here, as a second's
+// tick would).
+func TestQuotaStateOutageThroughCaddy(t *testing.T) {
+	k := testkeys.New("metered", map[string]any{"quota": map[string]any{"requests": 1000, "period": "month"}})
+	path := testkeys.WriteKeys(t, "", k)
+	loadCaddyfile(t, "apikey "+path+"\n\trespond \"ok\"")
+	if resp, _ := do(t, "GET", "/", "Authorization: Bearer "+k.Raw); resp.StatusCode != 200 {
+		t.Fatalf("first request: %d", resp.StatusCode)
+	}
+	FlushUsage("file:" + path) // its block is taken
+	state := path + ".state"
+	good, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(state, []byte("{broken"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var admitted int
+	for i := 0; ; i++ {
+		resp, body := do(t, "GET", "/", "Authorization: Bearer "+k.Raw)
+		if resp.StatusCode == 200 {
+			admitted++
+			if admitted > 10 {
+				t.Fatalf("%d requests admitted with the state file broken: more than the block of 10 a server holds", admitted)
+			}
+			continue
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+			t.Fatalf("with the state file broken: %d, Retry-After %q: %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+		}
+		if code, _ := testkeys.RefusalOf(t, body); code != CodeQuotaUnavailable {
+			t.Fatalf("code %q, want QUOTA_UNAVAILABLE", code)
+		}
+		break
+	}
+	if err := os.WriteFile(state, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	FlushUsage("file:" + path)
+	if resp, _ := do(t, "GET", "/", "Authorization: Bearer "+k.Raw); resp.StatusCode != 200 {
+		t.Fatalf("once the state file is good again: %d", resp.StatusCode)
+	}
+}
