@@ -176,8 +176,9 @@ type Handler struct {
 	QuotaOutage string `json:"quota_outage,omitempty"`
 
 	// How long the store keeps each key's usage counts (requests per
-	// hour by result). Default: 35 days (35d). A negative value turns
-	// the counts off for this route.
+	// hour by result). Default: 35 days (35d). It is one setting per key
+	// store: the handler loaded last that counts sets it for every route
+	// of the store. A negative value turns the counts off for this route.
 	UsageRetention caddy.Duration `json:"usage_retention,omitempty"`
 
 	// How long before a key's expires_at the apikey_expiring event is

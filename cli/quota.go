@@ -146,8 +146,9 @@ own peak, a blank for none): one cell per hour with --days 1 or 2 (at most
 "counts": {result: n}}...], "totals": {result: n}}.
 
 The counts are those the store holds: a running Caddy adds its counts
-every usage_interval, so the last interval's requests may be missing. The
-store is only read.
+every 10 seconds, so the last 10 seconds' requests may be missing (the
+admin API's GET /apikey/keys/{id}/usage writes them first). The store is
+only read.
 `,
 		Example: `  caddy apikey usage --file keys.json sk_AbCdEfGh
   caddy apikey usage --redis redis://127.0.0.1:6379/0 --days 30 --json 3f2c1a`,

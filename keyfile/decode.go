@@ -7,10 +7,10 @@ import (
 	"io"
 	"io/fs"
 	"slices"
+	"strconv"
 	"strings"
 	"unsafe"
 
-	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -448,15 +448,50 @@ func decodeQuota(v jsontext.Value) (*keyset.QuotaSpec, error) {
 		return nil, fmt.Errorf(`member "quota" must be an object such as %s, not a JSON %s`, quotaExample, KindName(k))
 	}
 	var q keyset.QuotaSpec
-	if err := json.Unmarshal(v, &q, json.RejectUnknownMembers(true)); err != nil {
-		return nil, fmt.Errorf(`member "quota" must be an object such as %s: %v`, quotaExample, err)
+	var sawRequests, sawPeriod bool
+	d := newKeyFileDecoder(v)
+	_ = d.delim() // v is valid JSON: no syntax error here
+	for d.dec.PeekKind() != '}' {
+		name, err := d.name()
+		if err != nil {
+			return nil, err
+		}
+		val, err := d.value()
+		if err != nil {
+			return nil, err
+		}
+		k := jsontext.Value(val).Kind()
+		switch {
+		case name == "requests":
+			if err := checkName(name, "requests", &sawRequests); err != nil {
+				return nil, fmt.Errorf("quota: %w", err)
+			}
+			n, err := strconv.ParseInt(string(val), 10, 64)
+			if k != '0' || err != nil {
+				return nil, fmt.Errorf(`quota: "requests" must be a whole number such as 10000, not %s`, val)
+			}
+			q.Requests = n
+		case name == "period":
+			if err := checkName(name, "period", &sawPeriod); err != nil {
+				return nil, fmt.Errorf("quota: %w", err)
+			}
+			if k != '"' {
+				return nil, fmt.Errorf(`quota: "period" must be "day", "month" or "none", not a JSON %s`, KindName(k))
+			}
+			q.Period = unquote(val)
+		case strings.EqualFold(name, "requests"), strings.EqualFold(name, "period"):
+			return nil, fmt.Errorf("quota: member %q must be spelled %q (names are case-sensitive)", name, strings.ToLower(name))
+		default:
+			return nil, fmt.Errorf(`quota: unknown member %q; a quota has "requests" and "period", as in %s`, name, quotaExample)
+		}
 	}
-	if !bytes.Contains(v, []byte(`"requests"`)) || !bytes.Contains(v, []byte(`"period"`)) {
+	if !sawRequests || !sawPeriod {
 		return nil, fmt.Errorf(`member "quota" must have "requests" and "period", as in %s`, quotaExample)
 	}
 	if _, _, err := keyset.ParseQuota(&q); err != nil {
 		return nil, err
 	}
+	q.Period = strings.Clone(q.Period)
 	return &q, nil
 }
 

@@ -126,3 +126,38 @@ func TestSetQuota(t *testing.T) {
 		}
 	}
 }
+
+// A record's quota as the key file holds it: the errors name the member
+// and what it must be, never a Go type.
+func TestDecodeQuota(t *testing.T) {
+	rec := func(q string) []byte {
+		return []byte(`{"api_keys": [{"id": "a", "label": "a", "key_hash": "` + strings.Repeat("ab", 32) + `", "key_prefix": "sk_a", "created_at": null, "last_used_at": null, "quota": ` + q + `}]}`)
+	}
+	ks, err := ParseKeySet(rec(`{"requests": 10000, "period": "month"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q, ok := ks.At(0).Quota(); !ok || q.String() != "10000/month" {
+		t.Errorf("quota %v %v", q, ok)
+	}
+	if _, err := ParseKeySet(rec(`null`)); err != nil {
+		t.Errorf("null: %v", err)
+	}
+	for q, want := range map[string]string{
+		`"10000/month"`:                                   `member "quota" must be an object`,
+		`{"requests": "10", "period": "day"}`:             `"requests" must be a whole number such as 10000, not "10"`,
+		`{"requests": 1.5, "period": "day"}`:              `"requests" must be a whole number`,
+		`{"requests": 10, "period": "week"}`:              `period "week": must be "day", "month" or "none"`,
+		`{"requests": 10, "period": 1}`:                   `"period" must be "day", "month" or "none", not a JSON number`,
+		`{"requests": 10}`:                                `must have "requests" and "period"`,
+		`{"requests": 10, "period": "day", "burst": 3}`:   `unknown member "burst"`,
+		`{"Requests": 10, "period": "day"}`:               `must be spelled "requests"`,
+		`{"requests": -1, "period": "day"}`:               `must be from 0`,
+		`{"requests": 1, "requests": 2, "period": "day"}`: `appears twice`,
+	} {
+		_, err := ParseKeySet(rec(q))
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "Go ") {
+			t.Errorf("quota %s: %v, want %q", q, err, want)
+		}
+	}
+}
