@@ -66,7 +66,7 @@ func (m *metering) spend(key *keyset.Key, now int64) (quota.Decision, bool) {
 	if !ok {
 		return quota.Decision{}, false
 	}
-	d := m.meter.Spend(key.ID, q, m.cost, now)
+	d := m.meter.SpendVia(key.QuotaSlot(), key.ID, q, m.cost, now)
 	if d.Outcome == quota.Unavailable && m.admit {
 		m.meter.Owe(key.ID, m.cost)
 		d.Outcome = quota.Owed

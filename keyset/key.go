@@ -40,6 +40,9 @@ type Key struct {
 	usage atomic.Pointer[usageCell]
 	// counts, the key's request counts by result, likewise.
 	counts atomic.Pointer[countCell]
+	// meter is the key's quota holder in its store's quota meter (see
+	// QuotaSlot), carried over likewise.
+	meter atomic.Pointer[quota.Holder]
 }
 
 // State is a key's state at a given time, by the handler's rules.
@@ -108,6 +111,10 @@ func (k *Key) RateLimits() ([]ratelimit.Limit, bool) {
 
 // Quota returns the key's quota, if its record has one.
 func (k *Key) Quota() (quota.Quota, bool) { return k.quota, k.hasQuota }
+
+// QuotaSlot is where the key keeps its holder in its store's quota meter
+// (quota.Meter.SpendVia), so that a request need not look it up by id.
+func (k *Key) QuotaSlot() *atomic.Pointer[quota.Holder] { return &k.meter }
 
 // setLimits makes limits, as ParseRateLimits returns them, the key's own.
 func (k *Key) setLimits(limits []ratelimit.Limit) {
@@ -210,4 +217,5 @@ func (k *Key) copyTo(c *Key) {
 	c.expires, c.revoked, c.created = k.expires, k.revoked, k.created
 	c.usage.Store(k.usage.Load())
 	c.counts.Store(k.counts.Load())
+	c.meter.Store(k.meter.Load())
 }

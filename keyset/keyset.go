@@ -208,6 +208,7 @@ func (ks *KeySet) With(changes map[string]*Record, was map[string]string) (next 
 		if old, ok := prev[id]; ok && old == sum {
 			k.usage.Store(ks.keys[ks.byHash[sum]].usage.Load())
 			k.counts.Store(ks.keys[ks.byHash[sum]].counts.Load())
+			k.meter.Store(ks.keys[ks.byHash[sum]].meter.Load())
 		}
 	}
 	return next, problems

@@ -140,6 +140,7 @@ func CarryUsage(old, next *KeySet) {
 			if c := prev.counts.Load(); c != nil {
 				k.counts.Store(c)
 			}
+			k.meter.Store(prev.meter.Load())
 		}
 	}
 }

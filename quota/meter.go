@@ -58,15 +58,17 @@ func (d Decision) ResetSeconds(now int64) int64 {
 	return max((d.Reset-now+int64(time.Second)-1)/int64(time.Second), 1)
 }
 
-// The status of a holder, as of its last call to the bank.
+// The status of a Holder, as of its last call to the bank.
 const (
 	statusOK   uint32 = iota
 	statusDry         // the bank has no units left for the period
 	statusDown        // the bank could not be reached
 )
 
-// holder is one key's units on this server.
-type holder struct {
+// Holder is one key's units on this server. A caller may keep a key's
+// Holder beside the key (see Meter.SpendVia), to spare the lookup by id.
+type Holder struct {
+	m    *Meter
 	id   string
 	held atomic.Int64  // units taken from the bank, not yet spent
 	left atomic.Int64  // units the bank had left at the last take
@@ -92,10 +94,10 @@ func packQuota(q Quota) int64 { return q.Requests<<2 | int64(q.Period) }
 type Meter struct {
 	bank    Bank
 	opt     Options
-	holders sync.Map // id -> *holder
+	holders sync.Map // id -> *Holder
 
 	mu     sync.Mutex
-	queue  []*holder // holders to ask for
+	queue  []*Holder // holders to ask for
 	gives  []Give    // units to give back
 	signal chan struct{}
 
@@ -121,7 +123,22 @@ func NewMeter(bank Bank, opt Options) *Meter {
 // It does no I/O; when the server holds too few units and more are on
 // their way, it waits for them at most MaxWait.
 func (m *Meter) Spend(id string, q Quota, cost, now int64) Decision {
-	h := m.holder(id)
+	return m.spend(m.holder(id), q, cost, now)
+}
+
+// SpendVia is Spend with the key's Holder kept in slot, a place beside
+// the key: found by id and put there on the first spend, and used as it
+// is on the next ones (a Holder of another meter is replaced).
+func (m *Meter) SpendVia(slot *atomic.Pointer[Holder], id string, q Quota, cost, now int64) Decision {
+	h := slot.Load()
+	if h == nil || h.m != m {
+		h = m.holder(id)
+		slot.Store(h)
+	}
+	return m.spend(h, q, cost, now)
+}
+
+func (m *Meter) spend(h *Holder, q Quota, cost, now int64) Decision {
 	if now >= h.end.Load() || h.q.Load() != packQuota(q) {
 		m.renew(h, q, now)
 	}
@@ -141,7 +158,7 @@ func (m *Meter) Spend(id string, q Quota, cost, now int64) Decision {
 }
 
 // short is Spend when the server holds fewer than cost units.
-func (m *Meter) short(h *holder, q Quota, cost, now int64) Decision {
+func (m *Meter) short(h *Holder, q Quota, cost, now int64) Decision {
 	if cost > h.most.Load() {
 		h.most.Store(cost)
 		h.low.Store(lowMark(q, cost))
@@ -203,26 +220,26 @@ func (m *Meter) Owe(id string, cost int64) {
 	m.holder(id).owed.Add(cost)
 }
 
-// lowMark is the held units under which a holder asks for more: half its
+// lowMark is the held units under which a Holder asks for more: half its
 // block (the largest cost seen, if more), and at least 1.
 func lowMark(q Quota, most int64) int64 { return (max(q.Block(), most) + 1) / 2 }
 
-// holder returns id's holder, made on first use.
-func (m *Meter) holder(id string) *holder {
+// Holder returns id's Holder, made on first use.
+func (m *Meter) holder(id string) *Holder {
 	if v, ok := m.holders.Load(id); ok {
-		return v.(*holder)
+		return v.(*Holder)
 	}
-	h := &holder{id: id, ready: make(chan struct{})}
+	h := &Holder{m: m, id: id, ready: make(chan struct{})}
 	close(h.ready)
 	h.end.Store(-1 << 63) // renewed on first use
 	v, _ := m.holders.LoadOrStore(id, h)
-	return v.(*holder)
+	return v.(*Holder)
 }
 
-// renew puts a holder on the period of now and on quota q: the units it
+// renew puts a Holder on the period of now and on quota q: the units it
 // held for a period that ended go back to the bank, and a changed quota
 // is asked about again at once.
-func (m *Meter) renew(h *holder, q Quota, now int64) {
+func (m *Meter) renew(h *Holder, q Quota, now int64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if now < h.end.Load() && h.q.Load() == packQuota(q) {
@@ -247,13 +264,13 @@ func (m *Meter) renew(h *holder, q Quota, now int64) {
 
 // ask queues h to be asked about, if it is not already, and returns the
 // channel closed once it is answered.
-func (m *Meter) ask(h *holder) <-chan struct{} {
+func (m *Meter) ask(h *Holder) <-chan struct{} {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return m.askLocked(h)
 }
 
-func (m *Meter) askLocked(h *holder) <-chan struct{} {
+func (m *Meter) askLocked(h *Holder) <-chan struct{} {
 	if h.asking.Load() {
 		return h.ready
 	}
@@ -308,7 +325,7 @@ func (m *Meter) run(ctx context.Context) {
 // requeue asks again about the keys refused since the last ask.
 func (m *Meter) requeue() {
 	m.holders.Range(func(_, v any) bool {
-		h := v.(*holder)
+		h := v.(*Holder)
 		if h.st.Load() != statusOK && h.wanted.Load() || h.owed.Load() > 0 {
 			m.ask(h)
 		}
@@ -350,7 +367,7 @@ func (m *Meter) round(ctx context.Context) {
 		return
 	}
 	takes := make([]Take, 0, len(queue))
-	asked := make([]*holder, 0, len(queue))
+	asked := make([]*Holder, 0, len(queue))
 	for _, h := range queue {
 		h.mu.Lock()
 		h.wanted.Store(false)
@@ -407,7 +424,7 @@ func (m *Meter) round(ctx context.Context) {
 }
 
 // answered ends h's ask; h.mu is held.
-func (m *Meter) answered(h *holder) {
+func (m *Meter) answered(h *Holder) {
 	h.asking.Store(false)
 	close(h.ready)
 	h.ready = make(chan struct{})
@@ -434,7 +451,7 @@ func (m *Meter) Close() {
 	var gives []Give
 	var owed []Take
 	m.holders.Range(func(_, v any) bool {
-		h := v.(*holder)
+		h := v.(*Holder)
 		h.mu.Lock()
 		if n := h.held.Swap(0); n > 0 {
 			gives = append(gives, Give{ID: h.id, Period: h.period, N: n})
@@ -465,7 +482,7 @@ func (m *Meter) Close() {
 // Held is how many units of key id's quota this server holds.
 func (m *Meter) Held(id string) int64 {
 	if v, ok := m.holders.Load(id); ok {
-		return v.(*holder).held.Load()
+		return v.(*Holder).held.Load()
 	}
 	return 0
 }
