@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/caddy-apikey/caddy-apikey/internal/safefile"
 )
 
 // Everything that writes a key file (the usage writer and the `caddy apikey`
@@ -22,91 +21,16 @@ import (
 // A larger file, or one that grows without end, is refused.
 const MaxSize = 512 << 20
 
-// readKeyFile reads a key file, which must be a regular file of at most
-// MaxSize bytes. It opens the file without blocking and checks what
-// it opened before it reads: a FIFO or a device put in the file's place must
-// not hang the reader (and with it a config load, the usage writer holding
-// the lock, or Caddy's shutdown).
+// ReadFile reads a key file, which must be a regular file of at most
+// MaxSize bytes, without blocking (a FIFO or a device put in the file's
+// place must not hang the reader): see safefile.ReadKeyFile.
 func ReadFile(path string) ([]byte, fs.FileInfo, error) {
-	f, fi, err := openKeyFile(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	return readOpenKeyFile(f, fi)
+	return safefile.ReadKeyFile(path, MaxSize)
 }
 
-// readOpenKeyFile reads the key file f, whose stat is fi.
-func readOpenKeyFile(f *os.File, fi fs.FileInfo) ([]byte, fs.FileInfo, error) {
-	data := make([]byte, 0, fi.Size()+512)
-	for {
-		n, err := f.Read(data[len(data):cap(data)])
-		data = data[:len(data)+n]
-		if err == io.EOF {
-			return data, fi, nil
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		if len(data) > MaxSize {
-			return nil, nil, fmt.Errorf("grew past the %d MiB a key file may hold while it was read", MaxSize>>20)
-		}
-		if len(data) == cap(data) {
-			data = append(data, 0)[:len(data)] // the file grew while being read
-		}
-	}
-}
-
-// openKeyFile opens a key file for reading (see readKeyFile).
+// openKeyFile opens a key file for reading (see ReadFile).
 func openKeyFile(path string) (*os.File, fs.FileInfo, error) {
-	return checkKeyFile(os.OpenFile(path, os.O_RDONLY|openNonBlocking, 0))
-}
-
-// readKeyFileIn reads the key file name in the folder dir, as readKeyFile
-// does.
-func readKeyFileIn(dir *os.Root, name string) ([]byte, fs.FileInfo, error) {
-	f, fi, err := checkKeyFile(dir.OpenFile(name, os.O_RDONLY|openNonBlocking, 0))
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	return readOpenKeyFile(f, fi)
-}
-
-// checkKeyFile checks a key file just opened: a regular file, not too
-// large. It closes the file if it refuses it.
-func checkKeyFile(f *os.File, err error) (*os.File, fs.FileInfo, error) {
-	if err != nil {
-		return nil, nil, err
-	}
-	fi, err := f.Stat()
-	switch {
-	case err != nil:
-	case !fi.Mode().IsRegular():
-		err = fmt.Errorf("not a regular file but %s; the key file must be a regular file", describeMode(fi.Mode()))
-	case fi.Size() > MaxSize:
-		err = fmt.Errorf("%d MiB is more than the %d MiB a key file may hold", fi.Size()>>20, MaxSize>>20)
-	}
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return f, fi, nil
-}
-
-// describeMode names the kind of a file that is not a regular one.
-func describeMode(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe (FIFO)"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeDevice != 0:
-		return "a device"
-	}
-	return "a special file (" + m.String() + ")"
+	return safefile.OpenKeyFile(path, MaxSize)
 }
 
 // ErrNoChange tells Edit that the edit changed nothing, so there is
@@ -125,7 +49,7 @@ type Write struct {
 
 // ErrChangedMeanwhile is returned when the key file was replaced, by a
 // program that does not take the lock, between the read and the rename.
-var ErrChangedMeanwhile = errors.New("the key file changed while it was being written; its new version was left as it is")
+var ErrChangedMeanwhile = safefile.ErrChangedMeanwhile
 
 // EditOptions is one change to a key file.
 type EditOptions struct {
@@ -175,99 +99,41 @@ func Edit(path string, e EditOptions) (Write, error) {
 // meanwhile cannot send one of them elsewhere, and a link in the folder is
 // followed only within it.
 func EditLocked(path string, e EditOptions) (Write, error) {
-	target := resolveLinks(path)
-	dir, err := openKeyDir(target)
-	if err != nil {
-		return Write{}, err
-	}
-	defer dir.Close()
-	name := filepath.Base(target)
-	unlock, err := lockKeyFileIn(dir, name, LockTimeout, e.Waiting)
+	target := safefile.ResolveLinks(path)
+	dir, unlock, err := lockIn(target, LockTimeout, e.Waiting)
 	if err != nil {
 		return Write{}, err
 	}
 	defer unlock()
-	if resolveLinks(path) != target || !isFolder(dir, filepath.Dir(target)) {
+	name := filepath.Base(target)
+	if safefile.ResolveLinks(path) != target || !safefile.IsFolder(dir, filepath.Dir(target)) {
 		return Write{}, ErrChangedMeanwhile
 	}
-	removeStaleTemporaries(dir, name)
+	safefile.RemoveStaleTemporaries(dir, name)
 	return EditOnce(dir, name, e)
 }
 
-// openKeyDir opens the folder of the key file at path, for the steps of one
-// edit.
-func openKeyDir(path string) (*os.Root, error) {
-	dir, err := os.OpenRoot(filepath.Dir(path))
-	if err != nil {
-		return nil, &Error{Path: path, Err: fmt.Errorf("opening its folder: %w", err)}
-	}
-	return dir, nil
-}
-
-// isFolder reports whether dir, opened earlier, is still the folder at
-// path.
-func isFolder(dir *os.Root, path string) bool {
-	opened, err := dir.Stat(".")
-	if err != nil {
-		return false
-	}
-	now, err := os.Stat(path)
-	return err == nil && os.SameFile(opened, now)
-}
-
-// Lock takes the lock of the key file at path (see lockKeyFileIn),
+// Lock takes the lock of the key file at path (see safefile.LockIn),
 // for a caller that does not edit it through Edit.
 func Lock(path string, timeout time.Duration, waiting func()) (unlock func(), err error) {
-	dir, err := openKeyDir(path)
+	_, unlock, err = lockIn(path, timeout, waiting)
+	return unlock, err
+}
+
+// lockIn opens the folder of the key file at path, once for the steps of
+// one edit, and takes the key file's lock there; unlock closes the folder
+// too.
+func lockIn(path string, timeout time.Duration, waiting func()) (dir *os.Root, unlock func(), err error) {
+	dir, err = os.OpenRoot(filepath.Dir(path))
 	if err != nil {
-		return nil, err
+		return nil, nil, &Error{Path: path, Err: fmt.Errorf("opening its folder: %w", err)}
 	}
-	unlockFile, err := lockKeyFileIn(dir, filepath.Base(path), timeout, waiting)
+	unlockFile, err := safefile.LockIn(dir, filepath.Base(path), timeout, waiting)
 	if err != nil {
 		_ = dir.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return func() { unlockFile(); _ = dir.Close() }, nil
-}
-
-// errLockBusy is what a lock attempt returns while another writer holds
-// the lock.
-var errLockBusy = errors.New("lock held by another writer")
-
-// pollLock calls try until it takes the lock (nil) or fails otherwise,
-// every few milliseconds, for at most timeout; waiting, if not nil, is
-// called once if the lock is held. lockPath names the lock file in errors.
-//
-// The lock file itself is opened by the caller, not by a library such as
-// github.com/gofrs/flock, which opens the path it is given following links
-// and never checks what it opened: see openLockFile in atomicfile_unix.go.
-func pollLock(lockPath string, timeout time.Duration, waiting func(), try func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := try()
-		switch {
-		case err == nil:
-			return nil
-		case !errors.Is(err, errLockBusy):
-			return fmt.Errorf("locking %s: %w", lockPath, err)
-		case time.Now().After(deadline):
-			return fmt.Errorf("locking %s: still held by another writer after %s", lockPath, timeout)
-		}
-		if waiting != nil {
-			waiting()
-			waiting = nil
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// resolveLinks returns path through its symbolic links, or path itself if
-// they cannot be followed (a missing file).
-func resolveLinks(path string) string {
-	if target, err := filepath.EvalSymlinks(path); err == nil {
-		return target
-	}
-	return path
+	return dir, func() { unlockFile(); _ = dir.Close() }, nil
 }
 
 // EditOnce reads, edits and replaces the key file name in dir once;
@@ -276,7 +142,7 @@ func EditOnce(dir *os.Root, name string, e EditOptions) (Write, error) {
 	path := filepath.Join(dir.Name(), name)
 	var w Write
 	var doc *Doc
-	data, fi, err := readKeyFileIn(dir, name)
+	data, fi, err := safefile.ReadKeyFileIn(dir, name, MaxSize)
 	switch {
 	case err == nil && SameVersion(fi, e.Checked):
 		w.Read = fi
@@ -316,149 +182,16 @@ func EditOnce(dir *os.Root, name string, e EditOptions) (Write, error) {
 			return e.BeforeRename(dir, name)
 		}
 	}
-	w.Written, err = writeFileAtomicIn(dir, name, doc, w.Read, unchanged)
+	w.Written, err = safefile.ReplaceIn(dir, name, "key file", doc, w.Read, unchanged)
 	return w, err
 }
 
-// tempPattern is the name pattern of writeFileAtomic's temporary files.
-func tempPattern(path string) string {
-	dir, base := filepath.Split(path)
-	return filepath.Join(dir, tempPrefix(base)+"*")
-}
-
-// tempPrefix is how the names of the temporary files of the file name start.
-func tempPrefix(name string) string { return "." + name + ".tmp-" }
-
-// removeStaleTemporaries removes the temporary files of the file name in dir
-// that a writer killed in the middle of a write left behind. It must be
-// called with the lock held: every writer makes its temporary file only
-// while holding it, so any that exists then belongs to no live writer.
-// Names are removed in dir, never through a link (a link named like a
-// temporary file is removed itself, not what it points to).
-func removeStaleTemporaries(dir *os.Root, name string) {
-	d, err := dir.Open(".")
-	if err != nil {
-		return
-	}
-	names, _ := d.Readdirnames(-1)
-	_ = d.Close()
-	for _, n := range names {
-		if strings.HasPrefix(n, tempPrefix(name)) {
-			_ = dir.Remove(n)
-		}
-	}
-}
-
-// writeFileAtomic replaces path with content (see writeFileAtomicIn).
+// WriteAtomic replaces path with content, atomically and durably, as an
+// edit replaces the key file (see safefile.ReplaceIn); the new file gets
+// the mode and, where it can, the owner of like (nil: mode 0600).
+// beforeRename, if not nil, may still cancel the write.
 func WriteAtomic(path string, content io.WriterTo, like fs.FileInfo, beforeRename func() error) (fs.FileInfo, error) {
-	dir, err := os.OpenRoot(filepath.Dir(path))
-	if err != nil {
-		return nil, fmt.Errorf("writing key file %s: %w", path, err)
-	}
-	defer dir.Close()
-	return writeFileAtomicIn(dir, filepath.Base(path), content, like, beforeRename)
-}
-
-// writeFileAtomicIn replaces the file name in dir with content so that a
-// reader, or a crash at any moment, sees either the old file or the new one
-// whole: write a temporary file in the same folder, flush it to disk,
-// rename it over name, then flush the folder so that the rename itself
-// survives a power cut. The new file gets the mode and, where it can, the
-// owner of like (the file it replaces; nil for a new file: mode 0600, owned
-// by this process). beforeRename, if not nil, may still cancel the write.
-// It returns the stat of the new file.
-//
-// The temporary file is made new (O_EXCL: never an existing file, nor
-// through a link), so only a file this process made is ever given an owner;
-// the rename replaces the name itself, a link included, never what a link
-// points to.
-func writeFileAtomicIn(dir *os.Root, name string, content io.WriterTo, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
-	return replaceIn(dir, name, "key file", content, like, beforeRename)
-}
-
-// replaceIn is writeFileAtomicIn for a file its errors call what.
-func replaceIn(dir *os.Root, name, what string, content io.WriterTo, like fs.FileInfo, beforeRename func() error) (written fs.FileInfo, err error) {
-	path := filepath.Join(dir.Name(), name)
-	tmp, tmpName, err := createTemp(dir, tempPrefix(name))
-	if err != nil {
-		return nil, fmt.Errorf("writing %s %s: %w", what, path, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tmp.Close()
-			_ = dir.Remove(tmpName)
-			if !errors.Is(err, ErrChangedMeanwhile) {
-				err = fmt.Errorf("writing %s %s: %w", what, path, err)
-			}
-		}
-	}()
-	mode := fs.FileMode(0o600)
-	if like != nil {
-		mode = like.Mode().Perm()
-		if err = keepOwner(tmp, like); err != nil {
-			return nil, err
-		}
-	}
-	if _, err = content.WriteTo(tmp); err != nil {
-		return nil, err
-	}
-	if err = tmp.Chmod(mode); err != nil {
-		return nil, err
-	}
-	if err = tmp.Sync(); err != nil {
-		return nil, err
-	}
-	if written, err = tmp.Stat(); err != nil {
-		return nil, err
-	}
-	if err = tmp.Close(); err != nil {
-		return nil, err
-	}
-	if beforeRename != nil {
-		if err = beforeRename(); err != nil {
-			return nil, err
-		}
-	}
-	if err = dir.Rename(tmpName, name); err != nil {
-		return nil, err
-	}
-	if d, derr := dir.Open("."); derr == nil {
-		_ = d.Sync() // not supported everywhere; the rename is done either way
-		_ = d.Close()
-	}
-	return written, nil
-}
-
-// createTemp makes a new file in dir whose name is prefix and a random
-// number, as os.CreateTemp does, with mode 0600.
-func createTemp(dir *os.Root, prefix string) (*os.File, string, error) {
-	for try := 0; ; try++ {
-		name := prefix + strconv.FormatUint(uint64(rand.Uint32()), 10)
-		f, err := dir.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, fs.ErrExist) && try < 100 {
-			continue
-		}
-		return f, name, err
-	}
-}
-
-// keepOwner gives f, the new version of a key file, the owner and group of
-// like, the version it replaces, so that `sudo caddy apikey ...` does not
-// leave a key file that the user Caddy runs as can no longer read. Only
-// root can give a file away: anyone else becomes the owner of the new
-// version (as with any program that saves by rename) and keeps the group
-// where the system allows, which with the mode kept (0660, say) keeps the
-// file usable by its group.
-func keepOwner(f *os.File, like fs.FileInfo) error {
-	uid, gid, ok := fileOwner(like)
-	if !ok {
-		return nil
-	}
-	if os.Geteuid() == 0 {
-		return f.Chown(uid, gid)
-	}
-	_ = f.Chown(-1, gid)
-	return nil
+	return safefile.Replace(path, "key file", content, like, beforeRename)
 }
 
 // SameVersion reports whether two stats of the key file show the same

@@ -1,6 +1,6 @@
 //go:build windows
 
-package keyfile
+package safefile
 
 import (
 	"fmt"
@@ -16,12 +16,12 @@ import (
 // device by a file's path does not wait.
 const openNonBlocking = 0
 
-// lockKeyFileIn takes an exclusive lock that every writer of the key file
+// LockIn takes an exclusive lock that every writer of the key file
 // name in dir holds while it reads, edits and replaces the file. See
-// atomicfile_unix.go. Windows gives no file away (see fileOwner), so a lock
+// lock_unix.go. Windows gives no file away (see fileOwner), so a lock
 // file put in place by another user cannot make this process hand anything
 // over.
-func lockKeyFileIn(dir *os.Root, name string, timeout time.Duration, waiting func()) (unlock func(), err error) {
+func LockIn(dir *os.Root, name string, timeout time.Duration, waiting func()) (unlock func(), err error) {
 	lockPath := filepath.Join(dir.Name(), name+".lock")
 	f, err := dir.OpenFile(name+".lock", os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {

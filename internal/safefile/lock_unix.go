@@ -1,6 +1,6 @@
 //go:build unix
 
-package keyfile
+package safefile
 
 import (
 	"errors"
@@ -18,13 +18,13 @@ import (
 // device to be ready.
 const openNonBlocking = unix.O_NONBLOCK
 
-// lockKeyFileIn takes an exclusive advisory lock (flock) that every writer
+// LockIn takes an exclusive advisory lock (flock) that every writer
 // of the key file name in dir holds while it reads, edits and replaces the
 // file. The lock lives on a companion file, name + ".lock": the key file
 // itself is replaced by rename on every write, so a lock on it would be
 // lost. The companion file is left in place on purpose; removing it would
 // let two writers lock two different files.
-func lockKeyFileIn(dir *os.Root, name string, timeout time.Duration, waiting func()) (unlock func(), err error) {
+func LockIn(dir *os.Root, name string, timeout time.Duration, waiting func()) (unlock func(), err error) {
 	lockPath := filepath.Join(dir.Name(), name+".lock")
 	fd, err := openLockFile(dir, name)
 	if err != nil {
