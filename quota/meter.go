@@ -68,23 +68,27 @@ const (
 // Holder is one key's units on this server. A caller may keep a key's
 // Holder beside the key (see Meter.SpendVia), to spare the lookup by id.
 type Holder struct {
-	m    *Meter
-	id   string
-	held atomic.Int64  // units taken from the bank, not yet spent
-	left atomic.Int64  // units the bank had left at the last take
-	end  atomic.Int64  // unix nanoseconds: when the period of held ends
-	q    atomic.Int64  // the quota held was taken under: Requests<<2 | Period
-	low  atomic.Int64  // ask for more when held falls below this
-	most atomic.Int64  // the largest cost a request asked for
-	owed atomic.Int64  // units admitted while the bank was down, to charge (Owe)
-	st   atomic.Uint32 // status
-	// wanted: a request was refused since the meter last asked about the
-	// key; asking: an ask is queued or in flight.
-	wanted, asking atomic.Bool
+	// What a spend reads, in the first 64 bytes (a Holder is 192 bytes,
+	// a size class whose objects start on a cache line): one line to
+	// load when the key's state is out of the CPU's caches.
+	m      *Meter
+	held   atomic.Int64  // units taken from the bank, not yet spent
+	left   atomic.Int64  // units the bank had left at the last take
+	end    atomic.Int64  // unix nanoseconds: when the period of held ends
+	q      atomic.Int64  // the quota held was taken under: Requests<<2 | Period
+	low    atomic.Int64  // ask for more when held falls below this
+	st     atomic.Uint32 // status
+	asking atomic.Bool   // an ask is queued or in flight
+	wanted atomic.Bool   // a request was refused since the meter last asked about the key
+	_      [8]byte
 
+	id     string
+	most   atomic.Int64 // the largest cost a request asked for
+	owed   atomic.Int64 // units admitted while the bank was down, to charge (Owe)
 	mu     sync.Mutex
 	period string        // the name of the period of held
 	ready  chan struct{} // closed when the ask in flight is answered
+	_      [56]byte
 }
 
 func packQuota(q Quota) int64 { return q.Requests<<2 | int64(q.Period) }
