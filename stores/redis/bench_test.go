@@ -14,6 +14,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 )
@@ -29,7 +30,7 @@ func BenchmarkRedisPropagation(b *testing.B) {
 		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
 			r := testredis.Start(b)
 			c := r.Client()
-			keys, _ := newLayout("")
+			keys, _ := keyspace.New("")
 			ctx := b.Context()
 			seedRedis(b, r, n)
 			var fleet []*liveSet
@@ -50,7 +51,7 @@ func BenchmarkRedisPropagation(b *testing.B) {
 					b.Fatal(err)
 				}
 				doc := keyfile.NewList(rec)
-				if version, err = writeChanged(ctx, c, keys, doc, version, false); err != nil {
+				if version, err = keyspace.WriteChanged(ctx, c, keys, doc, version, false); err != nil {
 					b.Fatal(err)
 				}
 				acked := time.Now()
@@ -81,7 +82,7 @@ func BenchmarkRedisPropagation(b *testing.B) {
 // r's Redis, at the default prefix, version 1.
 func seedRedis(b *testing.B, r *testredis.Server, n int) {
 	c := r.Client()
-	keys, _ := newLayout("")
+	keys, _ := keyspace.New("")
 	records := testkeys.BenchRecords(n)
 	cmds := make(rueidis.Commands, 0, 1000)
 	for i := 0; i < n; i += 1000 {
@@ -95,7 +96,7 @@ func seedRedis(b *testing.B, r *testredis.Server, n int) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			cmds = append(cmds, c.B().Hset().Key(keys.records).FieldValue().FieldValue(records[j].ID, string(js)).Build())
+			cmds = append(cmds, c.B().Hset().Key(keys.Records).FieldValue().FieldValue(records[j].ID, string(js)).Build())
 		}
 		for _, res := range c.DoMulti(b.Context(), cmds...) {
 			if err := res.Error(); err != nil {
@@ -103,7 +104,7 @@ func seedRedis(b *testing.B, r *testredis.Server, n int) {
 			}
 		}
 	}
-	r.Do("SET", keys.version, "1")
+	r.Do("SET", keys.Version, "1")
 }
 
 // BenchmarkRedisLoad measures a Redis store's full read of a key set of n
@@ -115,7 +116,7 @@ func BenchmarkRedisLoad(b *testing.B) {
 			r := testredis.Start(b)
 			seedRedis(b, r, n)
 			opt, shown, _ := parseURL(r.URL)
-			keys, _ := newLayout("")
+			keys, _ := keyspace.New("")
 			s := newLiveSet(opt, shown, keys, "")
 			defer s.metrics.Release()
 			c := r.Client()
@@ -145,7 +146,7 @@ func BenchmarkRedisRestart(b *testing.B) {
 		seedRedis(b, r, n)
 		cache := filepath.Join(b.TempDir(), "cache")
 		opt, shown, _ := parseURL(r.URL)
-		keys, _ := newLayout("")
+		keys, _ := keyspace.New("")
 		first := newLiveSet(opt, shown, keys, cache)
 		if err := first.open(); err != nil {
 			b.Fatal(err)
@@ -164,7 +165,7 @@ func BenchmarkRedisRestart(b *testing.B) {
 					b.Fatal(err)
 				}
 				var werr error
-				if version, werr = writeChanged(b.Context(), c, keys, keyfile.NewList(rec), version, false); werr != nil {
+				if version, werr = keyspace.WriteChanged(b.Context(), c, keys, keyfile.NewList(rec), version, false); werr != nil {
 					b.Fatal(werr)
 				}
 			}
@@ -193,7 +194,7 @@ func BenchmarkRedisRestart(b *testing.B) {
 // newMemoryRedisStore is a Redis store module over the key set ks, as if
 // it had been read from Redis, with usage tracking on; nothing connects.
 func newMemoryRedisStore(ks *keyset.KeySet) *Store {
-	keys, _ := newLayout("")
+	keys, _ := keyspace.New("")
 	s := newLiveSet(rueidis.ClientOption{}, "redis://bench", keys, "")
 	s.keys.Store(ks)
 	return &Store{store: s}

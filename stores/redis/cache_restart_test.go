@@ -16,6 +16,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 	"go.uber.org/zap"
 )
 
@@ -23,8 +24,8 @@ import (
 // set at its version now, and returns it.
 func waitForSnapshot(t *testing.T, r *testredis.Server, prefix, cache string) *keyset.Snapshot {
 	t.Helper()
-	k, _ := newLayout(prefix)
-	want, err := readVersion(context.Background(), r.Client(), k)
+	k, _ := keyspace.New(prefix)
+	want, err := keyspace.ReadVersion(context.Background(), r.Client(), k)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,13 +52,13 @@ func TestRedisRestartCatchesUpFromTheLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := waitForSnapshot(t, r, "", cache)
-	k, _ := newLayout("")
-	head, err := readHead(context.Background(), r.Client(), k)
+	k, _ := keyspace.New("")
+	head, err := keyspace.ReadHead(context.Background(), r.Client(), k)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if snap.LogID != head.logID || snap.Of != s.Name() || snap.KeySet.Len() != 2 {
-		t.Errorf("the cache file names log entry %q of %s with %d keys; want %q of %s with 2", snap.LogID, snap.Of, snap.KeySet.Len(), head.logID, s.Name())
+	if snap.LogID != head.LogID || snap.Of != s.Name() || snap.KeySet.Len() != 2 {
+		t.Errorf("the cache file names log entry %q of %s with %d keys; want %q of %s with 2", snap.LogID, snap.Of, snap.KeySet.Len(), head.LogID, s.Name())
 	}
 	if fi, err := os.Stat(cache); err != nil {
 		t.Error(err)
@@ -144,30 +145,30 @@ func TestRedisRestartReadsWholeWhenTheLogCannotCover(t *testing.T) {
 	r := testredis.Start(t)
 	for _, tc := range []struct {
 		name, prefix string
-		change       func(t *testing.T, rs Records, k layout, revoke keyset.Record, kept []testkeys.Key) (added string)
+		change       func(t *testing.T, rs Records, k keyspace.Layout, revoke keyset.Record, kept []testkeys.Key) (added string)
 		says         string
 	}{
-		{"log trimmed", "trim:", func(t *testing.T, rs Records, k layout, revoke keyset.Record, _ []testkeys.Key) string {
+		{"log trimmed", "trim:", func(t *testing.T, rs Records, k keyspace.Layout, revoke keyset.Record, _ []testkeys.Key) string {
 			if _, _, err := keyops.Revoke(rs, revoke.ID, time.Now(), nil); err != nil {
 				t.Fatal(err)
 			}
-			r.Do("XTRIM", k.log, "MAXLEN", "0")
+			r.Do("XTRIM", k.Log, "MAXLEN", "0")
 			raw, _ := teststores.AddKey(t, rs, "added")
 			return raw
 		}, "no longer reaches back"},
-		{"version gone back", "back:", func(t *testing.T, rs Records, k layout, _ keyset.Record, kept []testkeys.Key) string {
+		{"version gone back", "back:", func(t *testing.T, rs Records, k keyspace.Layout, _ keyset.Record, kept []testkeys.Key) string {
 			// As restored from a state before the revoked key was
 			// made: a key set of version 1.
-			r.Do("DEL", k.records, k.version, k.log)
+			r.Do("DEL", k.Records, k.Version, k.Log)
 			added := testkeys.New("added", nil)
 			if _, err := keyops.Import(testkeys.WriteKeys(t, "", append(kept, added)...), rs, keyops.ImportOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			return added.Raw
 		}, "older than the cache file"},
-		{"another history", "other:", func(t *testing.T, rs Records, k layout, _ keyset.Record, kept []testkeys.Key) string {
-			v, _ := r.Do("GET", k.version).AsInt64()
-			r.Do("DEL", k.records, k.version, k.log)
+		{"another history", "other:", func(t *testing.T, rs Records, k keyspace.Layout, _ keyset.Record, kept []testkeys.Key) string {
+			v, _ := r.Do("GET", k.Version).AsInt64()
+			r.Do("DEL", k.Records, k.Version, k.Log)
 			added := testkeys.New("added", nil)
 			if _, err := keyops.Import(testkeys.WriteKeys(t, "", append(kept, added)...), rs, keyops.ImportOptions{}); err != nil {
 				t.Fatal(err)
@@ -177,7 +178,7 @@ func TestRedisRestartReadsWholeWhenTheLogCannotCover(t *testing.T) {
 			}
 			return added.Raw
 		}, "does not end with the cache file's last change"},
-		{"many changes", "many:", func(t *testing.T, rs Records, _ layout, revoke keyset.Record, _ []testkeys.Key) string {
+		{"many changes", "many:", func(t *testing.T, rs Records, _ keyspace.Layout, revoke keyset.Record, _ []testkeys.Key) string {
 			if _, _, err := keyops.Revoke(rs, revoke.ID, time.Now(), nil); err != nil {
 				t.Fatal(err)
 			}
@@ -193,7 +194,7 @@ func TestRedisRestartReadsWholeWhenTheLogCannotCover(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := records(t, r, tc.prefix)
-			k, _ := newLayout(tc.prefix)
+			k, _ := keyspace.New(tc.prefix)
 			kept := []testkeys.Key{testkeys.New("kept", nil), testkeys.New("kept too", nil)}
 			if _, err := keyops.Import(testkeys.WriteKeys(t, "", kept...), rs, keyops.ImportOptions{}); err != nil {
 				t.Fatal(err)
@@ -332,7 +333,7 @@ func TestRedisCatchUpIsBounded(t *testing.T) {
 	}
 
 	opt, shown, _ := parseURL(r.URL)
-	k, _ := newLayout("")
+	k, _ := keyspace.New("")
 	s2 := newLiveSet(opt, shown, k, cache)
 	s2.logger = zap.NewNop()
 	defer s2.metrics.Release()

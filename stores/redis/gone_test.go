@@ -13,6 +13,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -29,7 +30,7 @@ func TestRedisRecordsGone(t *testing.T) {
 	testkeys.Slow(t, "seconds of Redis round trips")
 	r := testredis.Start(t)
 	rs := records(t, r, "ev:")
-	k, _ := newLayout("ev:")
+	k, _ := keyspace.New("ev:")
 	rawA, recA := teststores.AddKey(t, rs, "a")
 	rawB, _ := teststores.AddKey(t, rs, "b")
 	cache := filepath.Join(t.TempDir(), "cache.json")
@@ -40,12 +41,12 @@ func TestRedisRecordsGone(t *testing.T) {
 	testredis.Eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
 	cached := testkeys.ReadFile(t, cache)
 
-	r.Do("DEL", k.records)
+	r.Do("DEL", k.Records)
 
 	// The running server keeps its keys, and says so once.
 	for range 3 {
-		if err := s.askSync(); !errors.Is(err, errRecordsGone) {
-			t.Fatalf("check with the records gone: %v, want errRecordsGone", err)
+		if err := s.askSync(); !errors.Is(err, keyspace.ErrRecordsGone) {
+			t.Fatalf("check with the records gone: %v, want keyspace.ErrRecordsGone", err)
 		}
 	}
 	if !admits(s, rawA) || !admits(s, rawB) {
@@ -84,7 +85,7 @@ func TestRedisRecordsGone(t *testing.T) {
 	// The commands refuse, naming the cause and the way back.
 	saysHow := func(what string, err error) {
 		t.Helper()
-		if err == nil || !errors.Is(err, errRecordsGone) || !strings.Contains(err.Error(), "import") || !strings.Contains(err.Error(), "cache_file") {
+		if err == nil || !errors.Is(err, keyspace.ErrRecordsGone) || !strings.Contains(err.Error(), "import") || !strings.Contains(err.Error(), "cache_file") {
 			t.Errorf("%s: %v, want an error naming the cause and how to restore", what, err)
 		}
 	}
@@ -100,10 +101,10 @@ func TestRedisRecordsGone(t *testing.T) {
 	saysHow("add without --create", err)
 	// Nor does the script write into it, whatever a writer read before.
 	doc := keyfile.NewList(mustDocRecord(t, testkeys.New("racer", nil)))
-	if _, err := writeChanged(t.Context(), rs.client, k, doc, anyVersion, false); !errors.Is(err, errRecordsGone) {
+	if _, err := keyspace.WriteChanged(t.Context(), rs.client, k, doc, keyspace.AnyVersion, false); !errors.Is(err, keyspace.ErrRecordsGone) {
 		t.Errorf("the edit script into a key set without records: %v", err)
 	}
-	if n, _ := r.Do("EXISTS", k.records).AsInt64(); n != 0 {
+	if n, _ := r.Do("EXISTS", k.Records).AsInt64(); n != 0 {
 		t.Fatal("a refused write made the records hash anew")
 	}
 
@@ -203,7 +204,7 @@ func TestRedisStartWithoutKeySetSaysSoOnce(t *testing.T) {
 		t.Fatalf("start from the cache file: %v", err)
 	}
 	for range 2 {
-		if err := s2.askSync(); !errors.Is(err, errNoKeySet) {
+		if err := s2.askSync(); !errors.Is(err, keyspace.ErrNoKeySet) {
 			t.Fatalf("check: %v", err)
 		}
 	}

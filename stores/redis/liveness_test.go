@@ -20,6 +20,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/stores"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -83,25 +84,25 @@ func TestRedisUnusableAnswersAreNotAnOutage(t *testing.T) {
 	r := testredis.Start(t)
 	for i, tc := range []struct {
 		name    string
-		key     func(layout) string
-		corrupt func(k layout, id string)
+		key     func(keyspace.Layout) string
+		corrupt func(k keyspace.Layout, id string)
 	}{
-		{"version not a number", func(k layout) string { return k.version }, func(k layout, _ string) {
-			r.Do("SET", k.version, "12abc")
+		{"version not a number", func(k keyspace.Layout) string { return k.Version }, func(k keyspace.Layout, _ string) {
+			r.Do("SET", k.Version, "12abc")
 		}},
-		{"records of the wrong type, a change logged", func(k layout) string { return k.records }, func(k layout, id string) {
-			r.Do("DEL", k.records)
-			r.Do("SET", k.records, "x")
+		{"records of the wrong type, a change logged", func(k keyspace.Layout) string { return k.Records }, func(k keyspace.Layout, id string) {
+			r.Do("DEL", k.Records)
+			r.Do("SET", k.Records, "x")
 			logEntry(r, k, `["`+id+`"]`, `[""]`)
 		}},
-		{"log of the wrong type", func(k layout) string { return k.log }, func(k layout, _ string) {
-			r.Do("DEL", k.log)
-			r.Do("SET", k.log, "x")
+		{"log of the wrong type", func(k keyspace.Layout) string { return k.Log }, func(k keyspace.Layout, _ string) {
+			r.Do("DEL", k.Log)
+			r.Do("SET", k.Log, "x")
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			prefix := fmt.Sprintf("u%d:", i)
-			k, _ := newLayout(prefix)
+			k, _ := keyspace.New(prefix)
 			rs := records(t, r, prefix)
 			raw, rec := teststores.AddKey(t, rs, "a")
 			s, logs, err := openLoggedRedisStore(t, r, prefix, "")
@@ -191,7 +192,7 @@ func openHookedRedisStore(t testing.TB, r *testredis.Server, prefix string, with
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := newLayout(prefix)
+	keys, err := keyspace.New(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}

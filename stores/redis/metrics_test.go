@@ -8,6 +8,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 )
 
 // A Redis store says once that its keys loaded, with their states, and
@@ -28,8 +29,8 @@ func TestRedisStoreSourceBrokenAndFirstLoad(t *testing.T) {
 		t.Fatalf("source_broken at start: %v (there: %v), want 0", v, ok)
 	}
 
-	k, _ := newLayout("m:")
-	r.Do("DEL", k.records, k.version)
+	k, _ := keyspace.New("m:")
+	r.Do("DEL", k.Records, k.Version)
 	_ = s.askSync()
 	if v, _ := testkeys.GaugeValue(t, "caddy_apikey_source_broken", s.Name()); v != 1 {
 		t.Fatalf("source_broken with the key set gone: %v, want 1", v)

@@ -20,6 +20,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/quota"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 	"github.com/caddy-apikey/caddy-apikey/usagecount"
 )
 
@@ -32,7 +33,7 @@ func bankOnly(t testing.TB, r *testredis.Server, prefix string) *liveSet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := newLayout(prefix)
+	keys, err := keyspace.New(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,7 +256,7 @@ func TestRedisQuotaTakesInBatches(t *testing.T) {
 	r := testredis.Start(t)
 	s := bankOnly(t, r, "qb:")
 	c := r.Client()
-	n := 2*quotaBatch + 17
+	n := 2*keyspace.QuotaBatch + 17
 	takes := make([]quota.Take, n)
 	for i := range takes {
 		takes[i] = quota.Take{ID: "k" + strconv.Itoa(i), Period: "none", Allowance: int64(i), Want: 5, Ends: quota.Never}

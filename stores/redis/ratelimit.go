@@ -3,14 +3,13 @@ package redis
 import (
 	"context"
 	"errors"
-	"strconv"
 	"time"
 
-	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 )
 
 // RateSyncInterval is how often each server adds its rate-limit counts to
@@ -20,9 +19,6 @@ import (
 // the other N-1 servers admitted in the last interval (see the ratelimit
 // package).
 const RateSyncInterval = 100 * time.Millisecond
-
-// rateBatch bounds the commands of one exchange sent at once.
-const rateBatch = 1000
 
 // ShareLimiter adds this server's rate-limit counts to the fleet's, in the
 // key set's Redis, every RateSyncInterval, and gives the limiter the
@@ -96,49 +92,5 @@ func (s *liveSet) exchangeCounts(ctx context.Context, deltas []ratelimit.Delta, 
 	if p == nil {
 		return totals, errors.New("not connected to Redis yet")
 	}
-	c := *p
-	cmds := make(rueidis.Commands, 0, min(len(deltas), rateBatch)+8)
-	expiring := make(map[string]bool) // the windows' hashes given an expiry in this exchange
-	for start := 0; start < len(deltas); start += rateBatch {
-		batch := deltas[start:min(start+rateBatch, len(deltas))]
-		cmds = cmds[:0]
-		for _, d := range batch {
-			cmds = append(cmds, c.B().Hincrby().Key(s.rk.rateWindow(d.Window, d.Index)).Field(d.Key).Increment(d.N).Build())
-		}
-		// Each window's hash is gone once the window and the next are
-		// over (the next weighs this one), with a minute to spare for
-		// clocks: one expiry per hash, however many keys it counts.
-		for _, d := range batch {
-			key := s.rk.rateWindow(d.Window, d.Index)
-			if expiring[key] {
-				continue
-			}
-			expiring[key] = true
-			expires := time.Unix(0, d.Start()+2*int64(d.Window)).Add(time.Minute)
-			cmds = append(cmds, c.B().Pexpireat().Key(key).MillisecondsTimestamp(expires.UnixMilli()).Build())
-		}
-		cctx, cancel := context.WithTimeout(ctx, answerTimeout(s.opt))
-		replies := c.DoMulti(cctx, cmds...)
-		cancel()
-		for i := range batch {
-			n, err := replies[i].AsInt64()
-			if err != nil {
-				return totals, err
-			}
-			totals = append(totals, n)
-		}
-		for _, r := range replies[len(batch):] {
-			if err := r.Error(); err != nil {
-				return totals, err
-			}
-		}
-	}
-	return totals, nil
-}
-
-// rateWindow is the Redis key of the counts of one window of the limits of
-// that length: {prefix}rl:<window in seconds>:<index>, in the key set's
-// slot.
-func (k layout) rateWindow(window time.Duration, index int64) string {
-	return k.tag + "rl:" + strconv.FormatInt(int64(window/time.Second), 10) + ":" + strconv.FormatInt(index, 10)
+	return keyspace.ExchangeCounts(ctx, *p, s.rk, deltas, totals, answerTimeout(s.opt))
 }

@@ -3,11 +3,9 @@ package redis
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 
@@ -77,12 +76,12 @@ func (r *Store) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	keys, err := newLayout(repl.ReplaceAll(r.Prefix, ""))
+	keys, err := keyspace.New(repl.ReplaceAll(r.Prefix, ""))
 	if err != nil {
 		return err
 	}
 	cacheFile := repl.ReplaceAll(r.CacheFile, "")
-	poolKey := rawURL + "\x00" + keys.prefix
+	poolKey := rawURL + "\x00" + keys.Prefix
 	val, _, err := liveSets.LoadOrNew(poolKey, func() (caddy.Destructor, error) {
 		s := newLiveSet(opt, shown, keys, cacheFile)
 		if err := s.open(); err != nil {
@@ -135,7 +134,7 @@ func (r *Store) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 type liveSet struct {
 	opt       rueidis.ClientOption
 	shown     string // the URL, without password
-	rk        layout
+	rk        keyspace.Layout
 	cacheFile string
 	logger    *zap.Logger // nil: Caddy's current logger
 	metrics   *stores.Metrics
@@ -183,7 +182,7 @@ type keySetPoint struct {
 	logID   string
 }
 
-func newLiveSet(opt rueidis.ClientOption, shown string, keys layout, cacheFile string) *liveSet {
+func newLiveSet(opt rueidis.ClientOption, shown string, keys keyspace.Layout, cacheFile string) *liveSet {
 	s := &liveSet{
 		opt: opt, shown: shown, rk: keys, cacheFile: cacheFile,
 		leases:   storecore.NewLeases(),
@@ -198,7 +197,7 @@ func newLiveSet(opt rueidis.ClientOption, shown string, keys layout, cacheFile s
 }
 
 // name, keySet and records make the store a liveStore, for the admin API.
-func (s *liveSet) Name() string           { return "redis:" + s.shown + "#" + s.rk.prefix }
+func (s *liveSet) Name() string           { return "redis:" + s.shown + "#" + s.rk.Prefix }
 func (s *liveSet) KeySet() *keyset.KeySet { return s.keys.Load() }
 func (s *liveSet) Records() stores.RecordStore {
 	var c rueidis.Client
@@ -216,7 +215,7 @@ func (s *liveSet) log() *zap.Logger {
 }
 
 func (s *liveSet) fields(more ...zap.Field) []zap.Field {
-	return append([]zap.Field{zap.String("redis", s.shown), zap.String("prefix", s.rk.prefix)}, more...)
+	return append([]zap.Field{zap.String("redis", s.shown), zap.String("prefix", s.rk.Prefix)}, more...)
 }
 
 // open loads the key set. A store with a cache file that holds a snapshot
@@ -230,7 +229,7 @@ func (s *liveSet) open() error {
 	// to date, or if Redis cannot be reached.
 	snap, snapErr := s.readSnapshot(false)
 	c, err := rueidis.NewClient(s.opt)
-	err = explainTimeout(nil, err, answerTimeout(s.opt), 0)
+	err = keyspace.ExplainTimeout(nil, err, answerTimeout(s.opt), 0)
 	if err == nil {
 		s.client.Store(&c)
 		if snapErr != nil {
@@ -249,14 +248,14 @@ func (s *liveSet) open() error {
 			}
 		}
 	}
-	gone := errors.Is(err, errNoKeySet) // Redis answers, without the key set
+	gone := errors.Is(err, keyspace.ErrNoKeySet) // Redis answers, without the key set
 	switch {
-	case errors.Is(err, errRecordsGone):
-		err = fmt.Errorf("redis %s, prefix %q: %w; restore it with caddy apikey import --redis %s --prefix %s --file <keys.json>, from an export or a server's cache_file", s.shown, s.rk.prefix, err, s.shown, s.rk.prefix)
-	case errors.Is(err, errNoKeySet):
-		err = fmt.Errorf("redis %s holds no key set at prefix %q: make one with caddy apikey import --redis %s --prefix %s --file <keys.json>, or caddy apikey add --redis %s --prefix %s --create", s.shown, s.rk.prefix, s.shown, s.rk.prefix, s.shown, s.rk.prefix)
+	case errors.Is(err, keyspace.ErrRecordsGone):
+		err = fmt.Errorf("redis %s, prefix %q: %w; restore it with caddy apikey import --redis %s --prefix %s --file <keys.json>, from an export or a server's cache_file", s.shown, s.rk.Prefix, err, s.shown, s.rk.Prefix)
+	case errors.Is(err, keyspace.ErrNoKeySet):
+		err = fmt.Errorf("redis %s holds no key set at prefix %q: make one with caddy apikey import --redis %s --prefix %s --file <keys.json>, or caddy apikey add --redis %s --prefix %s --create", s.shown, s.rk.Prefix, s.shown, s.rk.Prefix, s.shown, s.rk.Prefix)
 	default:
-		err = fmt.Errorf("redis %s (prefix %q): %v", s.shown, s.rk.prefix, err)
+		err = fmt.Errorf("redis %s (prefix %q): %v", s.shown, s.rk.Prefix, err)
 	}
 	if s.cacheFile == "" {
 		s.closeClient()
@@ -305,39 +304,39 @@ const catchUpWait = time.Second
 // version gone back, another history, or more changes than a catch-up
 // should read) or the snapshot cannot be read: the key set is then to be
 // read whole, and nothing has been put in force. An error is Redis's, or
-// errNoKeySet.
+// keyspace.ErrNoKeySet.
 func (s *liveSet) startFrom(c rueidis.Client, snap *keyset.Snapshot) (current bool, err error) {
 	ctx, cancel := context.WithTimeout(s.life.Ctx, catchUpWait)
 	defer cancel()
-	head, err := readHead(ctx, c, s.rk)
+	head, err := keyspace.ReadHead(ctx, c, s.rk)
 	if err != nil {
-		return false, explainTimeout(ctx, err, answerTimeout(s.opt), catchUpWait)
+		return false, keyspace.ExplainTimeout(ctx, err, answerTimeout(s.opt), catchUpWait)
 	}
 	s.warnEviction(ctx, c)
 	fields := func(more ...zap.Field) []zap.Field {
 		return s.fields(append([]zap.Field{zap.String("cache_file", s.cacheFile),
-			zap.Int64("cache_version", snap.Version), zap.Int64("version", head.version)}, more...)...)
+			zap.Int64("cache_version", snap.Version), zap.Int64("version", head.Version)}, more...)...)
 	}
 	switch {
-	case head.version == 0:
-		return false, errNoKeySet
-	case !head.records:
-		return false, errRecordsGone
+	case head.Version == 0:
+		return false, keyspace.ErrNoKeySet
+	case !head.Records:
+		return false, keyspace.ErrRecordsGone
 	case snap.Version == 0:
 		return false, nil
-	case head.version < snap.Version:
+	case head.Version < snap.Version:
 		s.log().Warn("the key set's version is older than the cache file's (Redis restored from an older snapshot, or a failover lost changes?): it is read whole, and changes made after that snapshot are lost, revocations included; check them", fields()...)
 		return false, nil
-	case head.version == snap.Version && head.logID != snap.LogID:
+	case head.Version == snap.Version && head.LogID != snap.LogID:
 		s.log().Warn("the key set's log does not end with the cache file's last change (a failover lost changes?): it is read whole, and the changes lost are lost here too, revocations included; check them",
-			fields(zap.String("cache_log_entry", snap.LogID), zap.String("log_entry", head.logID))...)
+			fields(zap.String("cache_log_entry", snap.LogID), zap.String("log_entry", head.LogID))...)
 		return false, nil
 	}
 	var entries []rueidis.XRangeEntry
-	if head.version > snap.Version {
+	if head.Version > snap.Version {
 		var why string
-		if entries, why, err = s.logSince(ctx, c, snap, head.version); err != nil {
-			return false, explainTimeout(ctx, err, answerTimeout(s.opt), catchUpWait)
+		if entries, why, err = s.logSince(ctx, c, snap, head.Version); err != nil {
+			return false, keyspace.ExplainTimeout(ctx, err, answerTimeout(s.opt), catchUpWait)
 		}
 		if why != "" {
 			s.log().Info("the cache file is too old to catch up from the key set's log ("+why+"): the key set is read whole", fields()...)
@@ -362,12 +361,12 @@ func (s *liveSet) startFrom(c rueidis.Client, snap *keyset.Snapshot) (current bo
 		actx, cancel := context.WithTimeout(s.life.Ctx, defaultTimeout)
 		defer cancel()
 		if err := s.apply(actx, c, entries); err != nil {
-			return false, explainTimeout(actx, err, answerTimeout(s.opt), defaultTimeout)
+			return false, keyspace.ExplainTimeout(actx, err, answerTimeout(s.opt), defaultTimeout)
 		}
 		// The snapshot's index is garbage now (the cache file is written
 		// anew): given back in the background, not to hold up the start.
 		s.cached = nil
-		if snap.KeySet.Len() >= bigKeySet {
+		if snap.KeySet.Len() >= keyspace.BigKeySet {
 			go debug.FreeOSMemory()
 		}
 	} else {
@@ -388,25 +387,20 @@ func (s *liveSet) startFrom(c rueidis.Client, snap *keyset.Snapshot) (current bo
 // the key set, at least 1 000: beyond, the records the changes name and
 // the copy of the key set they make take memory a full read does not).
 func (s *liveSet) logSince(ctx context.Context, c rueidis.Client, snap *keyset.Snapshot, want int64) (entries []rueidis.XRangeEntry, why string, err error) {
-	const page = 1000
 	id, v := snap.LogID, snap.Version
 	named, most := 0, max(1000, snap.Size/10)
 	for {
-		streams, err := c.Do(ctx, c.B().Xread().Count(page).Streams().Key(s.rk.log).Id(id).Build()).AsXRead()
-		if rueidis.IsRedisNil(err) {
-			break
-		}
+		got, err := keyspace.ReadLog(ctx, c, s.rk, id, 0)
 		if err != nil {
 			return nil, "", err
 		}
-		got := streams[s.rk.log]
 		for _, e := range got {
-			n, err := strconv.ParseInt(e.FieldValues["v"], 10, 64)
+			n, err := keyspace.EntryVersion(e)
 			if err != nil || n != v+1 {
 				return nil, "the log no longer reaches back to it", nil
 			}
-			var ids []string
-			if json.Unmarshal([]byte(e.FieldValues["ids"]), &ids) != nil {
+			ids, _, err := keyspace.EntryIDs(e)
+			if err != nil {
 				return nil, "an entry of the log cannot be read", nil
 			}
 			if named += len(ids); named > most {
@@ -415,7 +409,7 @@ func (s *liveSet) logSince(ctx context.Context, c rueidis.Client, snap *keyset.S
 			v = n
 		}
 		entries = append(entries, got...)
-		if len(got) < page {
+		if len(got) < keyspace.LogPage {
 			break
 		}
 		id = got[len(got)-1].ID
@@ -566,13 +560,13 @@ func (s *liveSet) settle(err error) (again bool) {
 		return false
 	case s.life.Stopped():
 		return false // a call cut short by Destruct is no outage
-	case errors.Is(err, errNoKeySet):
+	case errors.Is(err, keyspace.ErrNoKeySet):
 		// Redis answers, without the key set (said by reportGone).
 		s.fails, s.stalled = 0, false
 		s.reportUp()
 		s.unusable.End()
 		return false
-	case redisAnswered(err):
+	case keyspace.Answered(err):
 		s.fails, s.stalled = 0, false
 		s.reportUp()
 		s.reportUnusable(err)
@@ -659,30 +653,6 @@ func (s *liveSet) reportUsable() {
 	}
 }
 
-// redisAnswered reports whether err is an answer of Redis, rather than a
-// failure to reach it: an error reply, a reply of another type than the
-// one asked for, or one that cannot be used (unusableReply). Replies that
-// say that the server cannot serve now (loading its data, busy with a
-// script, cut from its primary or its Cluster) or that it changed under a
-// blocking read (a primary made a replica, the log deleted: UNBLOCKED)
-// are not: they are the server's state, not what it holds, and are tried
-// again as a failure to reach it is.
-func redisAnswered(err error) bool {
-	var re *rueidis.RedisError
-	if errors.As(err, &re) && !re.IsNil() {
-		if re.IsLoading() || re.IsClusterDown() || re.IsTryAgain() {
-			return false
-		}
-		code, _, _ := strings.Cut(re.Error(), " ")
-		switch code {
-		case "BUSY", "MASTERDOWN", "UNBLOCKED":
-			return false
-		}
-		return true
-	}
-	return rueidis.IsParseErr(err) || errors.As(err, new(unusableReply))
-}
-
 // stallError is a Redis call's time-out that came well after its
 // deadline: this process (or its machine) stood still meanwhile (SIGSTOP,
 // a suspended VM), and the deadline passed while it did, not while Redis
@@ -700,7 +670,7 @@ func (e stallError) Unwrap() error { return e.err }
 // on while the machine is suspended).
 func late(ctx context.Context, err error) error {
 	dl, ok := ctx.Deadline()
-	if ok && isTimeout(err) && time.Now().Round(0).After(dl.Round(0).Add(stallSlack)) {
+	if ok && keyspace.IsTimeout(err) && time.Now().Round(0).After(dl.Round(0).Add(stallSlack)) {
 		return stallError{err}
 	}
 	return err
@@ -709,25 +679,12 @@ func late(ctx context.Context, err error) error {
 // readLog reads the change log from the last entry applied, blocking up to
 // block (0: not at all), and applies what it finds.
 func (s *liveSet) readLog(c rueidis.Client, block time.Duration) error {
-	xread := c.B().Xread().Count(1000)
-	var built rueidis.Completed
-	if block > 0 {
-		// UnblockOnCancel: stopping the store (cancelling ctx) ends the
-		// blocking read at once, rather than when it times out.
-		built = xread.Block(block.Milliseconds()).Streams().Key(s.rk.log).Id(s.logID).Build().UnblockOnCancel()
-	} else {
-		built = xread.Streams().Key(s.rk.log).Id(s.logID).Build()
-	}
 	ctx, cancel := s.withTimeout(s.life.Ctx, block+answerTimeout(s.opt))
 	defer cancel()
-	streams, err := c.Do(ctx, built).AsXRead()
-	if rueidis.IsRedisNil(err) {
-		return nil
-	}
+	entries, err := keyspace.ReadLog(ctx, c, s.rk, s.logID, block)
 	if err != nil {
 		return late(ctx, err)
 	}
-	entries := streams[s.rk.log]
 	if len(entries) == 0 {
 		return nil
 	}
@@ -742,16 +699,13 @@ func (s *liveSet) apply(ctx context.Context, c rueidis.Client, entries []rueidis
 	was := make(map[string]string) // the hash each changed record had before the first of these changes
 	version := s.version
 	for _, e := range entries {
-		v, err := strconv.ParseInt(e.FieldValues["v"], 10, 64)
+		v, err := keyspace.EntryVersion(e)
 		if err != nil || v != version+1 {
 			return s.resync(c)
 		}
-		var ids, hashes []string
-		if err := json.Unmarshal([]byte(e.FieldValues["ids"]), &ids); err != nil {
+		ids, hashes, err := keyspace.EntryIDs(e) // hashes nil if not said: KeySet.with searches
+		if err != nil {
 			return s.resync(c)
-		}
-		if json.Unmarshal([]byte(e.FieldValues["was"]), &hashes) != nil || len(hashes) != len(ids) {
-			hashes = nil // not said: KeySet.with searches
 		}
 		for i, id := range ids {
 			if _, seen := changed[id]; !seen && hashes != nil {
@@ -767,36 +721,11 @@ func (s *liveSet) apply(ctx context.Context, c rueidis.Client, entries []rueidis
 	for id := range changed {
 		ids = append(ids, id)
 	}
-	var vals []rueidis.RedisMessage
-	if len(ids) > 0 { // an entry may name none (not one of ours)
-		var err error
-		if vals, err = c.Do(ctx, c.B().Hmget().Key(s.rk.records).Field(ids...).Build()).ToArray(); err != nil {
-			return late(ctx, err)
-		}
-		if len(vals) != len(ids) {
-			return unusableReply(fmt.Sprintf("redis: HMGET of %d fields answered %d values", len(ids), len(vals)))
-		}
-	}
 	// Every changed id loses its key; those whose record can be used get
 	// their new one.
-	changes := make(map[string]*keyset.Record, len(ids))
-	records := make([]keyfile.Record, len(ids))
-	var problems []error
-	var rd keyfile.RecordReader
-	for i, v := range vals {
-		changes[ids[i]] = nil
-		js, err := v.ToString()
-		switch {
-		case rueidis.IsRedisNil(err): // deleted
-		case err != nil:
-			return err
-		default:
-			if err := rd.Read(ids[i], js, &records[i]); err != nil {
-				problems = append(problems, err)
-				continue
-			}
-			changes[ids[i]] = &records[i].Record
-		}
+	changes, problems, err := keyspace.ReadChanged(ctx, c, s.rk, ids)
+	if err != nil {
+		return late(ctx, err)
 	}
 	ks, bad := s.keys.Load().With(changes, was)
 	s.version, s.logID = version, last
@@ -835,16 +764,16 @@ func (s *liveSet) check() error {
 	}
 	ctx, cancel := s.withTimeout(s.life.Ctx, answerTimeout(s.opt))
 	defer cancel()
-	head, err := readHead(ctx, c, s.rk)
+	head, err := keyspace.ReadHead(ctx, c, s.rk)
 	if err != nil {
 		return late(ctx, err)
 	}
-	v := head.version
+	v := head.Version
 	switch {
 	case v == 0:
-		err = errNoKeySet
-	case !head.records:
-		err = errRecordsGone
+		err = keyspace.ErrNoKeySet
+	case !head.Records:
+		err = keyspace.ErrRecordsGone
 	}
 	s.lastCheck = time.Now()
 	switch {
@@ -860,12 +789,12 @@ func (s *liveSet) check() error {
 				s.fields(zap.Int64("version_was", s.version), zap.Int64("version", v))...)
 		}
 		return s.resync(c)
-	case v == s.version && head.logID != s.logID:
+	case v == s.version && head.LogID != s.logID:
 		// Same version, other history: changes in force here were lost
 		// (a failover) and as many made since, logged under entry ids
 		// that the log read cannot reach (another server's clock).
 		s.log().Warn("the key set's log does not end with the last change in force here (a failover lost changes?): it is read again, and the changes lost are lost here too, revocations included; check them",
-			s.fields(zap.Int64("version", v), zap.String("log_entry_was", s.logID), zap.String("log_entry", head.logID))...)
+			s.fields(zap.Int64("version", v), zap.String("log_entry_was", s.logID), zap.String("log_entry", head.LogID))...)
 		return s.resync(c)
 	case v > s.version:
 		if err := s.readLog(c, 0); err != nil {
@@ -879,15 +808,16 @@ func (s *liveSet) check() error {
 	return nil
 }
 
-// reportGone logs that the key set is gone from Redis (errNoKeySet) or its
-// records are (errRecordsGone), once until it is back.
+// reportGone logs that the key set is gone from Redis
+// (keyspace.ErrNoKeySet) or its records are (keyspace.ErrRecordsGone),
+// once until it is back.
 func (s *liveSet) reportGone(err error) {
 	if !s.gone.Start() {
 		return
 	}
 	s.metrics.LoadFailed()
 	s.metrics.SourceBroken(true)
-	if errors.Is(err, errRecordsGone) {
+	if errors.Is(err, keyspace.ErrRecordsGone) {
 		s.log().Error("the key set's records are gone from Redis while its version and change log remain (evicted under a maxmemory-policy allkeys-*, or deleted by hand); the keys in force stay in force, and the cache file is kept, until it is back: restore it with caddy apikey import, from an export or a cache_file",
 			s.fields(zap.Int64("version", s.version))...)
 		return
@@ -900,7 +830,7 @@ func (s *liveSet) reportGone(err error) {
 // is gone if it is.
 func (s *liveSet) resync(c rueidis.Client) error {
 	err := s.fullSync(c)
-	if errors.Is(err, errNoKeySet) {
+	if errors.Is(err, keyspace.ErrNoKeySet) {
 		s.reportGone(err)
 	}
 	return err
@@ -913,28 +843,28 @@ func (s *liveSet) resync(c rueidis.Client) error {
 func (s *liveSet) fullSync(c rueidis.Client) error {
 	ctx, cancel := context.WithTimeout(s.life.Ctx, editTimeout)
 	defer cancel()
-	head, err := readHead(ctx, c, s.rk)
+	head, err := keyspace.ReadHead(ctx, c, s.rk)
 	if err != nil {
-		return explainTimeout(ctx, err, answerTimeout(s.opt), editTimeout)
+		return keyspace.ExplainTimeout(ctx, err, answerTimeout(s.opt), editTimeout)
 	}
 	s.warnEviction(ctx, c)
 	switch {
-	case head.version == 0:
-		return errNoKeySet
-	case !head.records:
-		return errRecordsGone
+	case head.Version == 0:
+		return keyspace.ErrNoKeySet
+	case !head.Records:
+		return keyspace.ErrRecordsGone
 	}
-	ks, problems, err := loadKeySet(ctx, c, s.rk)
+	ks, problems, err := keyspace.LoadKeySet(ctx, c, s.rk)
 	if err != nil {
-		return explainTimeout(ctx, err, answerTimeout(s.opt), editTimeout)
+		return keyspace.ExplainTimeout(ctx, err, answerTimeout(s.opt), editTimeout)
 	}
 	s.syncs.Add(1)
-	s.version, s.logID = head.version, head.logID
+	s.version, s.logID = head.Version, head.LogID
 	s.put(ks, true)
 	s.lastCheck = time.Now()
 	clear(s.problems) // what is still wrong is reported again
 	s.reportProblems(problems)
-	if ks.Len() >= bigKeySet {
+	if ks.Len() >= keyspace.BigKeySet {
 		debug.FreeOSMemory() // give back what reading it took
 	}
 	return nil
@@ -960,11 +890,6 @@ func (s *liveSet) warnEviction(ctx context.Context, c rueidis.Client) {
 			s.fields(zap.String("maxmemory_policy", policy), zap.String("maxmemory", conf["maxmemory"]))...)
 	}
 }
-
-// bigKeySet is the size from which a full read gives the memory it no
-// longer needs back to the system at once (as the file store does for a
-// big file).
-const bigKeySet = 100_000
 
 // put puts ks in force. A key set read whole gets the usage cells of the
 // keys that stay the same (one that KeySet.with made has them already).
@@ -995,10 +920,6 @@ func (s *liveSet) writeLoop() {
 	storecore.UsageWriter(s.life.Ctx.Done(), s.life.FlushNow, s.leases, time.Now, s.writeUsage)
 }
 
-// usageBatchSize is how many keys one run of usageScript covers; a flush
-// sends all its runs in one round trip.
-const usageBatchSize = 500
-
 // writeUsage writes the due last-used times to Redis in one round trip.
 func (s *liveSet) writeUsage(all bool) {
 	batch := s.usage.Collect(all, s.leases.Current().Usage.Every, time.Now())
@@ -1024,27 +945,10 @@ func (s *liveSet) writeUsage(all bool) {
 }
 
 func (s *liveSet) sendUsage(c rueidis.Client, batch *keyset.UsageBatch) error {
-	var execs []rueidis.LuaExec
-	var args []string
-	for k, at := range batch.Updates {
-		args = append(args, k.ID, k.Hash, strconv.FormatInt(at.UnixMicro(), 10))
-		if len(args) == 3*usageBatchSize {
-			execs = append(execs, rueidis.LuaExec{Keys: []string{s.rk.records, s.rk.used}, Args: args})
-			args = nil
-		}
-	}
-	if len(args) > 0 {
-		execs = append(execs, rueidis.LuaExec{Keys: []string{s.rk.records, s.rk.used}, Args: args})
-	}
 	// Not the stop context: the last write runs as the store stops.
 	ctx, cancel := context.WithTimeout(context.Background(), defaultTimeout)
 	defer cancel()
-	for _, res := range usageScript.ExecMulti(ctx, c, execs...) {
-		if err := res.Error(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return keyspace.WriteLastUsed(ctx, c, s.rk, batch)
 }
 
 // cacheLoop is the cache writer: it saves each new key set in force to the

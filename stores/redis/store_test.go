@@ -18,6 +18,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 	"github.com/redis/rueidis"
 
 	"go.uber.org/zap"
@@ -49,7 +50,7 @@ func openRedisStoreWith(t testing.TB, r *testredis.Server, prefix, cacheFile str
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := newLayout(prefix)
+	keys, err := keyspace.New(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,9 +115,9 @@ func TestRedisStoreResyncsOnAGap(t *testing.T) {
 
 	// The log loses entries (trimmed while the store was away): the
 	// versions jump, and the store reads the whole key set.
-	keys, _ := newLayout("")
-	r.Do("INCR", keys.version)
-	r.Do("XTRIM", keys.log, "MAXLEN", "0")
+	keys, _ := keyspace.New("")
+	r.Do("INCR", keys.Version)
+	r.Do("XTRIM", keys.Log, "MAXLEN", "0")
 	rawB, _ := teststores.AddKey(t, rs, "b")
 	testredis.Eventually(t, 2*time.Second, "the key added after the gap is not in force", func() bool { return admits(s, rawB) })
 	if got := s.syncs.Load(); got != 2 {
@@ -132,8 +133,8 @@ func TestRedisStoreKeepsKeysWhenRedisIsDownOrWiped(t *testing.T) {
 
 	// Wiped: the key set is gone, as after a restart without persistence.
 	r.Do("FLUSHALL")
-	if err := s.askSync(); !errors.Is(err, errNoKeySet) {
-		t.Fatalf("check after FLUSHALL: %v, want errNoKeySet", err)
+	if err := s.askSync(); !errors.Is(err, keyspace.ErrNoKeySet) {
+		t.Fatalf("check after FLUSHALL: %v, want keyspace.ErrNoKeySet", err)
 	}
 	if !admits(s, raw) {
 		t.Fatal("a wiped key set took the keys in force with it")
@@ -215,8 +216,8 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	s2.askFlush()
 
 	// B is deleted (by hand) before its use is written: never recreated.
-	keys, _ := newLayout("")
-	r.Do("HDEL", keys.records, recB.ID)
+	keys, _ := keyspace.New("")
+	r.Do("HDEL", keys.Records, recB.ID)
 	use(s1, rawB, t2)
 	s1.askFlush()
 
@@ -230,7 +231,7 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	if got := records[0].LastUsedAt; got == nil || *got != keyset.FormatTimestamp(t2) {
 		t.Errorf("A's last_used_at = %v, want %s (the later use)", got, keyset.FormatTimestamp(t2))
 	}
-	if n, _ := r.Do("HLEN", keys.used).AsInt64(); n != 1 {
+	if n, _ := r.Do("HLEN", keys.Used).AsInt64(); n != 1 {
 		t.Errorf("used entries = %d, want 1", n)
 	}
 	if s1.writes.Load() == 0 || s2.writes.Load() == 0 {
@@ -253,8 +254,8 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 		t.Fatalf("second import: %+v, %v", res, err)
 	}
 	// The unknown member came along.
-	keys, _ := newLayout("imp:")
-	js, _ := r.Do("HGET", keys.records, b.Record["id"].(string)).ToString()
+	keys, _ := keyspace.New("imp:")
+	js, _ := r.Do("HGET", keys.Records, b.Record["id"].(string)).ToString()
 	if !strings.Contains(js, `"x-team":"ops"`) {
 		t.Errorf("record in Redis: %s; the unknown member was lost", js)
 	}
@@ -315,7 +316,7 @@ func TestRedisURLIsRedacted(t *testing.T) {
 	if _, _, err := parseURL("http://127.0.0.1"); err == nil {
 		t.Error("an http:// URL was taken")
 	}
-	if _, err := newLayout("a{b"); err == nil {
+	if _, err := keyspace.New("a{b"); err == nil {
 		t.Error("a prefix with { was taken")
 	}
 }
@@ -325,7 +326,7 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	rs := records(t, r, "big:")
 	teststores.AddKey(t, rs, "first")
 	s := mustOpenRedisStore(t, r, "big:")
-	keys := make([]testkeys.Key, 2*editBatch+10)
+	keys := make([]testkeys.Key, 2*keyspace.EditBatch+10)
 	for i := range keys {
 		keys[i] = testkeys.New(fmt.Sprintf("k%d", i), nil)
 	}
@@ -333,9 +334,9 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	if err != nil || res.Added != len(keys) {
 		t.Fatalf("import: %+v, %v", res, err)
 	}
-	rk, _ := newLayout("big:")
-	if v, _ := r.Do("GET", rk.version).AsInt64(); v != 1+3 {
-		t.Errorf("version %d after an import of %d records, want %d (one per batch of %d)", v, len(keys), 4, editBatch)
+	rk, _ := keyspace.New("big:")
+	if v, _ := r.Do("GET", rk.Version).AsInt64(); v != 1+3 {
+		t.Errorf("version %d after an import of %d records, want %d (one per batch of %d)", v, len(keys), 4, keyspace.EditBatch)
 	}
 	testredis.Eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.keys.Load().Len() == len(keys)+1 })
 	if !admits(s, keys[len(keys)-1].Raw) {
@@ -344,7 +345,7 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 }
 
 func TestRedisRecordsWithoutConnection(t *testing.T) {
-	keys, _ := newLayout("")
+	keys, _ := keyspace.New("")
 	s := newLiveSet(rueidis.ClientOption{}, "redis://127.0.0.1:1/0", keys, "")
 	defer s.metrics.Release()
 	st := s.Records()
@@ -398,10 +399,10 @@ func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
 	rawA, recA := teststores.AddKey(t, rs, "a")
 	rawB, recB := teststores.AddKey(t, rs, "b")
 	rawC, recC := teststores.AddKey(t, rs, "c")
-	keys, _ := newLayout("")
+	keys, _ := keyspace.New("")
 
 	// A broken record written by hand, seen at the start.
-	r.Do("HSET", keys.records, recC.ID, `{"id": "`+recC.ID+`", "key_hash": "nope"`)
+	r.Do("HSET", keys.Records, recC.ID, `{"id": "`+recC.ID+`", "key_hash": "nope"`)
 	s := mustOpenRedisStore(t, r, "")
 	if admits(s, rawC) {
 		t.Fatal("the key of a broken record is admitted")
@@ -419,8 +420,8 @@ func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
 	// key_hash changed by hand (no log entry), then a change through the
 	// script: the key the store held for that id is dropped all the same.
 	other, _ := keyops.GenerateKey()
-	js, _ := r.Do("HGET", keys.records, recA.ID).ToString()
-	r.Do("HSET", keys.records, recA.ID, strings.Replace(js, recA.KeyHash, keyset.HashKey(other), 1))
+	js, _ := r.Do("HGET", keys.Records, recA.ID).ToString()
+	r.Do("HSET", keys.Records, recA.ID, strings.Replace(js, recA.KeyHash, keyset.HashKey(other), 1))
 	if _, _, err := keyops.Revoke(rs, recA.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}

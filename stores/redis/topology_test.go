@@ -7,6 +7,7 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 	"go.uber.org/zap"
 )
 
@@ -19,7 +20,7 @@ func openTopologyStore(t testing.TB, url, prefix string, logger *zap.Logger) *li
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := newLayout(prefix)
+	keys, err := keyspace.New(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
