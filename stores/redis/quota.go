@@ -27,7 +27,7 @@ var (
 // Redis, for the quota meter (see quota.Bank): each take is written down
 // as used before it returns. The takes go in runs of the quota script of
 // up to keyspace.QuotaBatch, all in one pipeline, the whole answered
-// within the connection's answer time-out (answerTimeout) or failed.
+// within the connection's answer time-out (keyspace.AnswerTimeout) or failed.
 func (r *Store) TakeQuota(ctx context.Context, takes []quota.Take) ([]quota.Taken, error) {
 	return r.store.TakeQuota(ctx, takes)
 }
@@ -52,7 +52,7 @@ func (s *liveSet) TakeQuota(ctx context.Context, takes []quota.Take) ([]quota.Ta
 	if err != nil {
 		return nil, s.quotaError("taking quota", err)
 	}
-	out, err := keyspace.TakeQuota(ctx, c, s.rk, takes, answerTimeout(s.opt))
+	out, err := keyspace.TakeQuota(ctx, c, s.rk, takes, keyspace.AnswerTimeout(s.opt))
 	if err != nil {
 		return nil, s.quotaError("taking quota", err)
 	}
@@ -73,7 +73,7 @@ func (s *liveSet) GiveQuota(ctx context.Context, gives []quota.Give) error {
 	if err != nil {
 		return s.quotaError("giving back quota", err)
 	}
-	if err := keyspace.GiveQuota(ctx, c, s.rk, gives, answerTimeout(s.opt)); err != nil {
+	if err := keyspace.GiveQuota(ctx, c, s.rk, gives, keyspace.AnswerTimeout(s.opt)); err != nil {
 		return s.quotaError("giving back quota", err)
 	}
 	return nil
@@ -96,7 +96,7 @@ func checkTake(t quota.Take) error {
 func (s *liveSet) quotaClient() (rueidis.Client, error) {
 	p := s.client.Load()
 	if p == nil {
-		return nil, errNotConnected
+		return nil, keyspace.ErrNotConnected
 	}
 	return *p, nil
 }
@@ -112,9 +112,9 @@ func (s *liveSet) quotaError(what string, err error) error {
 // one HMGET per period's hash (per 1 000 keys), in one pipeline.
 func (r Records) QuotaStates(periods map[string]string) (map[string]quota.State, error) {
 	if r.client == nil {
-		return nil, r.wrap(errNotConnected)
+		return nil, r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	out, err := keyspace.QuotaStates(ctx, r.client, r.keys, periods)
 	if err != nil {
@@ -129,12 +129,12 @@ func (r Records) QuotaStates(periods map[string]string) (map[string]quota.State,
 // stores.QuotaStore). The period's hash then expires a day after ends.
 func (r Records) GrantQuota(id, period string, n int64, ends time.Time) (quota.State, error) {
 	if r.client == nil {
-		return quota.State{}, r.wrap(errNotConnected)
+		return quota.State{}, r.wrap(keyspace.ErrNotConnected)
 	}
 	if n < -quota.MaxRequests || n > quota.MaxRequests {
 		return quota.State{}, fmt.Errorf("granting %d units: must be from %d to %d", n, -int64(quota.MaxRequests), int64(quota.MaxRequests))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	st, err := keyspace.GrantQuota(ctx, r.client, r.keys, id, period, n, ends)
 	if refused := new(keyspace.Refused); errors.As(err, refused) {

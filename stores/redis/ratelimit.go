@@ -92,5 +92,5 @@ func (s *liveSet) exchangeCounts(ctx context.Context, deltas []ratelimit.Delta, 
 	if p == nil {
 		return totals, errors.New("not connected to Redis yet")
 	}
-	return keyspace.ExchangeCounts(ctx, *p, s.rk, deltas, totals, answerTimeout(s.opt))
+	return keyspace.ExchangeCounts(ctx, *p, s.rk, deltas, totals, keyspace.AnswerTimeout(s.opt))
 }

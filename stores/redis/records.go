@@ -24,7 +24,7 @@ type Records struct {
 	keys   keyspace.Layout
 	shown  string // the URL, without its password
 	// timeout is how long the client waits for Redis to answer
-	// (answerTimeout), for messages; 0: defaultTimeout.
+	// (keyspace.AnswerTimeout), for messages; 0: keyspace.DefaultTimeout.
 	timeout time.Duration
 
 	// mayCreate lets an edit that may create a key set (add, import)
@@ -80,9 +80,9 @@ func Open(t Target) (Records, error) {
 	}
 	c, err := rueidis.NewClient(opt)
 	if err != nil {
-		return Records{}, fmt.Errorf("redis %s: %v", shown, keyspace.ExplainTimeout(nil, err, answerTimeout(opt), 0))
+		return Records{}, fmt.Errorf("redis %s: %v", shown, keyspace.ExplainTimeout(nil, err, keyspace.AnswerTimeout(opt), 0))
 	}
-	return Records{client: c, keys: keys, shown: shown, timeout: answerTimeout(opt), mayCreate: t.Create}, nil
+	return Records{client: c, keys: keys, shown: shown, timeout: keyspace.AnswerTimeout(opt), mayCreate: t.Create}, nil
 }
 
 // Close closes the connection to Redis.
@@ -95,19 +95,11 @@ func (r Records) Close() {
 func (r Records) String() string { return r.shown + " (prefix " + r.keys.Prefix + ")" }
 func (r Records) Flags() string  { return "--redis " + r.shown + " --prefix " + r.keys.Prefix }
 
-// editTimeout bounds one read or edit of a key set in Redis, which
-// scans the whole set.
-const editTimeout = 2 * time.Minute
-
-// errNotConnected: a store that started from its cache file has not
-// reached Redis yet.
-var errNotConnected = errors.New("not connected to Redis yet (the server started from its cache file)")
-
 func (r Records) Read() ([]keyfile.Record, *keyset.KeySet, error) {
 	if r.client == nil {
-		return nil, nil, r.wrap(errNotConnected)
+		return nil, nil, r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	doc, _, err := keyspace.ReadRecords(ctx, r.client, r.keys, true)
 	if err != nil {
@@ -127,10 +119,10 @@ func (r Records) Read() ([]keyfile.Record, *keyset.KeySet, error) {
 
 func (r Records) Edit(e stores.Edit) error {
 	if r.client == nil {
-		return r.wrap(errNotConnected)
+		return r.wrap(keyspace.ErrNotConnected)
 	}
 	e.Create = e.Create && r.mayCreate
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
 		doc, version, err := r.readFor(ctx, e)
@@ -257,7 +249,7 @@ func (r Records) readFor(ctx context.Context, e stores.Edit) (*keyfile.Doc, int6
 // fail is wrap, for an error of a Redis call made with ctx: a time-out
 // says what gave up after how long.
 func (r Records) fail(ctx context.Context, err error) error {
-	return r.wrap(keyspace.ExplainTimeout(ctx, err, cmp.Or(r.timeout, defaultTimeout), editTimeout))
+	return r.wrap(keyspace.ExplainTimeout(ctx, err, cmp.Or(r.timeout, keyspace.DefaultTimeout), keyspace.EditTimeout))
 }
 
 // wrap names the key set in an error.
@@ -280,9 +272,9 @@ const DefaultAuditMaxEntries = keyspace.DefaultAuditMaxEntries
 // oldest first.
 func (r Records) ReadAudit(f audit.Filter) ([]audit.Entry, error) {
 	if r.client == nil {
-		return nil, r.wrap(errNotConnected)
+		return nil, r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	out, err := keyspace.ReadAudit(ctx, r.client, r.keys, f)
 	if err != nil {
@@ -296,9 +288,9 @@ func (r Records) ReadAudit(f audit.Filter) ([]audit.Entry, error) {
 // is trimmed at the next change.
 func (r Records) SetAuditMaxEntries(n int64) error {
 	if r.client == nil {
-		return r.wrap(errNotConnected)
+		return r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	if err := keyspace.SetAuditMaxEntries(ctx, r.client, r.keys, n); err != nil {
 		return r.fail(ctx, err)
@@ -309,9 +301,9 @@ func (r Records) SetAuditMaxEntries(n int64) error {
 // AuditMaxEntries returns the retention of the key set's audit stream.
 func (r Records) AuditMaxEntries() (int64, error) {
 	if r.client == nil {
-		return 0, r.wrap(errNotConnected)
+		return 0, r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	n, err := keyspace.AuditMaxEntries(ctx, r.client, r.keys)
 	if err != nil {
@@ -325,9 +317,9 @@ func (r Records) AuditMaxEntries() (int64, error) {
 // of a record).
 func (r Records) WriteAudit(entries []audit.Entry) error {
 	if r.client == nil {
-		return r.wrap(errNotConnected)
+		return r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	keep, err := r.AuditMaxEntries()
 	if err != nil {

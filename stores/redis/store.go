@@ -204,7 +204,7 @@ func (s *liveSet) Records() stores.RecordStore {
 	if p := s.client.Load(); p != nil {
 		c = *p
 	}
-	return Records{client: c, keys: s.rk, shown: s.shown, timeout: answerTimeout(s.opt)}
+	return Records{client: c, keys: s.rk, shown: s.shown, timeout: keyspace.AnswerTimeout(s.opt)}
 }
 
 func (s *liveSet) log() *zap.Logger {
@@ -229,7 +229,7 @@ func (s *liveSet) open() error {
 	// to date, or if Redis cannot be reached.
 	snap, snapErr := s.readSnapshot(false)
 	c, err := rueidis.NewClient(s.opt)
-	err = keyspace.ExplainTimeout(nil, err, answerTimeout(s.opt), 0)
+	err = keyspace.ExplainTimeout(nil, err, keyspace.AnswerTimeout(s.opt), 0)
 	if err == nil {
 		s.client.Store(&c)
 		if snapErr != nil {
@@ -310,7 +310,7 @@ func (s *liveSet) startFrom(c rueidis.Client, snap *keyset.Snapshot) (current bo
 	defer cancel()
 	head, err := keyspace.ReadHead(ctx, c, s.rk)
 	if err != nil {
-		return false, keyspace.ExplainTimeout(ctx, err, answerTimeout(s.opt), catchUpWait)
+		return false, keyspace.ExplainTimeout(ctx, err, keyspace.AnswerTimeout(s.opt), catchUpWait)
 	}
 	s.warnEviction(ctx, c)
 	fields := func(more ...zap.Field) []zap.Field {
@@ -336,7 +336,7 @@ func (s *liveSet) startFrom(c rueidis.Client, snap *keyset.Snapshot) (current bo
 	if head.Version > snap.Version {
 		var why string
 		if entries, why, err = s.logSince(ctx, c, snap, head.Version); err != nil {
-			return false, keyspace.ExplainTimeout(ctx, err, answerTimeout(s.opt), catchUpWait)
+			return false, keyspace.ExplainTimeout(ctx, err, keyspace.AnswerTimeout(s.opt), catchUpWait)
 		}
 		if why != "" {
 			s.log().Info("the cache file is too old to catch up from the key set's log ("+why+"): the key set is read whole", fields()...)
@@ -358,10 +358,10 @@ func (s *liveSet) startFrom(c rueidis.Client, snap *keyset.Snapshot) (current bo
 	if len(entries) > 0 {
 		// The records the changes name, in one call that has a call's
 		// time-out: Redis has answered, and there may be many.
-		actx, cancel := context.WithTimeout(s.life.Ctx, defaultTimeout)
+		actx, cancel := context.WithTimeout(s.life.Ctx, keyspace.DefaultTimeout)
 		defer cancel()
 		if err := s.apply(actx, c, entries); err != nil {
-			return false, keyspace.ExplainTimeout(actx, err, answerTimeout(s.opt), defaultTimeout)
+			return false, keyspace.ExplainTimeout(actx, err, keyspace.AnswerTimeout(s.opt), keyspace.DefaultTimeout)
 		}
 		// The snapshot's index is garbage now (the cache file is written
 		// anew): given back in the background, not to hold up the start.
@@ -679,7 +679,7 @@ func late(ctx context.Context, err error) error {
 // readLog reads the change log from the last entry applied, blocking up to
 // block (0: not at all), and applies what it finds.
 func (s *liveSet) readLog(c rueidis.Client, block time.Duration) error {
-	ctx, cancel := s.withTimeout(s.life.Ctx, block+answerTimeout(s.opt))
+	ctx, cancel := s.withTimeout(s.life.Ctx, block+keyspace.AnswerTimeout(s.opt))
 	defer cancel()
 	entries, err := keyspace.ReadLog(ctx, c, s.rk, s.logID, block)
 	if err != nil {
@@ -762,7 +762,7 @@ func (s *liveSet) check() error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := s.withTimeout(s.life.Ctx, answerTimeout(s.opt))
+	ctx, cancel := s.withTimeout(s.life.Ctx, keyspace.AnswerTimeout(s.opt))
 	defer cancel()
 	head, err := keyspace.ReadHead(ctx, c, s.rk)
 	if err != nil {
@@ -841,11 +841,11 @@ func (s *liveSet) resync(c rueidis.Client) error {
 // are applied again, which changes nothing (KeySet.with finds the keys they
 // replace). It has its own deadline, long enough for a million keys.
 func (s *liveSet) fullSync(c rueidis.Client) error {
-	ctx, cancel := context.WithTimeout(s.life.Ctx, editTimeout)
+	ctx, cancel := context.WithTimeout(s.life.Ctx, keyspace.EditTimeout)
 	defer cancel()
 	head, err := keyspace.ReadHead(ctx, c, s.rk)
 	if err != nil {
-		return keyspace.ExplainTimeout(ctx, err, answerTimeout(s.opt), editTimeout)
+		return keyspace.ExplainTimeout(ctx, err, keyspace.AnswerTimeout(s.opt), keyspace.EditTimeout)
 	}
 	s.warnEviction(ctx, c)
 	switch {
@@ -856,7 +856,7 @@ func (s *liveSet) fullSync(c rueidis.Client) error {
 	}
 	ks, problems, err := keyspace.LoadKeySet(ctx, c, s.rk)
 	if err != nil {
-		return keyspace.ExplainTimeout(ctx, err, answerTimeout(s.opt), editTimeout)
+		return keyspace.ExplainTimeout(ctx, err, keyspace.AnswerTimeout(s.opt), keyspace.EditTimeout)
 	}
 	s.syncs.Add(1)
 	s.version, s.logID = head.Version, head.LogID
@@ -946,7 +946,7 @@ func (s *liveSet) writeUsage(all bool) {
 
 func (s *liveSet) sendUsage(c rueidis.Client, batch *keyset.UsageBatch) error {
 	// Not the stop context: the last write runs as the store stops.
-	ctx, cancel := context.WithTimeout(context.Background(), defaultTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.DefaultTimeout)
 	defer cancel()
 	return keyspace.WriteLastUsed(ctx, c, s.rk, batch)
 }

@@ -349,10 +349,10 @@ func TestRedisRecordsWithoutConnection(t *testing.T) {
 	s := newLiveSet(rueidis.ClientOption{}, "redis://127.0.0.1:1/0", keys, "")
 	defer s.metrics.Release()
 	st := s.Records()
-	if _, _, err := st.Read(); !errors.Is(err, errNotConnected) {
+	if _, _, err := st.Read(); !errors.Is(err, keyspace.ErrNotConnected) {
 		t.Errorf("read: %v", err)
 	}
-	if _, _, err := keyops.Create(st, keyops.AddOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
+	if _, _, err := keyops.Create(st, keyops.AddOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, keyspace.ErrNotConnected) {
 		t.Errorf("add: %v", err)
 	}
 }

@@ -1,7 +1,6 @@
 package redis
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"net/url"
@@ -9,10 +8,9 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
-)
 
-// defaultTimeout bounds every Redis call but the blocking read of the log.
-const defaultTimeout = 5 * time.Second
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+)
 
 // parseURL reads a configured Redis URL into client options. {env.*}
 // placeholders are replaced first.
@@ -42,7 +40,7 @@ func parseURL(configured string) (rueidis.ClientOption, string, error) {
 	// and the store's own loop retries with backoff, logging once.
 	opt.DisableRetry = true
 	if opt.ConnWriteTimeout == 0 {
-		opt.ConnWriteTimeout = defaultTimeout
+		opt.ConnWriteTimeout = keyspace.DefaultTimeout
 	}
 	if opt.Sentinel.MasterSet != "" {
 		// rueidis follows a failover on the Sentinels' +switch-master
@@ -94,14 +92,6 @@ func checkScheme(raw, form string) error {
 		msg += fmt.Sprintf(", not %s://", scheme)
 	}
 	return errors.New(msg)
-}
-
-// answerTimeout is how long a connection made with opt waits for Redis to
-// answer before it gives up: its dial time-out (dial_timeout in the URL)
-// for a new connection, its write time-out (write_timeout) for one in use,
-// whichever is longer.
-func answerTimeout(opt rueidis.ClientOption) time.Duration {
-	return max(cmp.Or(opt.Dialer.Timeout, rueidis.DefaultDialTimeout), cmp.Or(opt.ConnWriteTimeout, defaultTimeout))
 }
 
 // redactURL is a Redis URL as logs and messages may show it: without its

@@ -51,7 +51,7 @@ func (s *liveSet) AddUsageCounts(ctx context.Context, rows []usagecount.Row, kee
 	if err != nil {
 		return s.usageError(err)
 	}
-	if err := keyspace.AddUsageCounts(ctx, c, s.rk, rows, keep, time.Now(), answerTimeout(s.opt)); err != nil {
+	if err := keyspace.AddUsageCounts(ctx, c, s.rk, rows, keep, time.Now(), keyspace.AnswerTimeout(s.opt)); err != nil {
 		return s.usageError(err)
 	}
 	return nil
@@ -69,9 +69,9 @@ func (s *liveSet) usageError(err error) error {
 // pipelined.
 func (r Records) ReadUsageCounts(id string, since time.Time) ([]usagecount.Row, error) {
 	if r.client == nil {
-		return nil, r.wrap(errNotConnected)
+		return nil, r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	out, err := keyspace.ReadUsageCounts(ctx, r.client, r.keys, id, since)
 	if err != nil {

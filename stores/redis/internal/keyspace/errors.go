@@ -1,12 +1,8 @@
 package keyspace
 
 import (
-	"context"
 	"errors"
-	"fmt"
-	"net"
 	"strings"
-	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -26,6 +22,10 @@ func (recordsGone) Error() string {
 	return "the key set's records are gone from Redis while its version and change log remain (evicted under a maxmemory-policy allkeys-*, or deleted by hand)"
 }
 func (recordsGone) Is(target error) bool { return target == ErrNoKeySet }
+
+// ErrNotConnected: a store that started from its cache file has not
+// reached Redis yet.
+var ErrNotConnected = errors.New("not connected to Redis yet (the server started from its cache file)")
 
 // ErrIDTaken: a record to add has the id of one already there.
 var ErrIDTaken = errors.New("a record with this id is there already")
@@ -72,44 +72,4 @@ func Answered(err error) bool {
 		return true
 	}
 	return rueidis.IsParseErr(err) || errors.As(err, new(unusableReply))
-}
-
-// IsTimeout reports whether err is a Redis call's time-out: its context's
-// deadline, or its connection's.
-func IsTimeout(err error) bool {
-	var ne net.Error
-	return err != nil && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout())
-}
-
-// ExplainTimeout says what gave up after how long, for an error of a Redis
-// call that timed out, which "context deadline exceeded" or "i/o timeout"
-// alone does not: Redis not answering within answer (the connection's
-// answer time-out), or, if ctx's own deadline passed, the whole operation
-// not done within budget. Other errors are returned as they are.
-func ExplainTimeout(ctx context.Context, err error, answer, budget time.Duration) error {
-	if !IsTimeout(err) {
-		return err
-	}
-	if ctx != nil && ctx.Err() != nil {
-		return fmt.Errorf("Redis did not finish within %s, the time allowed: %w", budget, err)
-	}
-	return fmt.Errorf("Redis did not answer within %s: %w", answer, err)
-}
-
-// AnswerWithin bounds a call of the live store's request-side writers
-// (quota, usage counts) by answer, the connection's answer time-out, or
-// ctx's deadline if it is sooner: explain then says, of a call's error
-// that is a time-out, how long Redis was given.
-func AnswerWithin(ctx context.Context, answer time.Duration) (_ context.Context, _ context.CancelFunc, explain func(error) error) {
-	budget := answer
-	if dl, ok := ctx.Deadline(); ok {
-		budget = min(budget, time.Until(dl).Round(time.Millisecond))
-	}
-	ctx, cancel := context.WithTimeout(ctx, budget)
-	return ctx, cancel, func(err error) error {
-		if IsTimeout(err) {
-			return fmt.Errorf("Redis did not answer within %s: %w", budget, err)
-		}
-		return err
-	}
 }
