@@ -15,6 +15,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 )
@@ -33,7 +34,7 @@ func BenchmarkRedisPropagation(b *testing.B) {
 			keys, _ := keyspace.New("")
 			ctx := b.Context()
 			seedRedis(b, r, n)
-			var fleet []*liveSet
+			var fleet []*live.Set
 			for range 3 {
 				s, err := openRedisStore(b, r, "", "", time.Hour)
 				if err != nil {
@@ -57,7 +58,7 @@ func BenchmarkRedisPropagation(b *testing.B) {
 				acked := time.Now()
 				for _, s := range fleet {
 					for {
-						if k, _ := s.keys.Load().Lookup(raw); k != nil {
+						if k, _ := s.KeySet().Lookup(raw); k != nil {
 							break
 						}
 						time.Sleep(50 * time.Microsecond) // not a spin: the followers need the CPU
@@ -70,7 +71,7 @@ func BenchmarkRedisPropagation(b *testing.B) {
 			b.ReportMetric(float64(testfleet.Percentile(lat, 0.5))/1e6, "p50-ms")
 			b.ReportMetric(float64(testfleet.Percentile(lat, 0.99))/1e6, "p99-ms")
 			for _, s := range fleet {
-				if got := s.syncs.Load(); got != 1 {
+				if got := s.Syncs(); got != 1 {
 					b.Errorf("a store read the whole key set %d times; want 1 (changes come from the log)", got)
 				}
 			}
@@ -118,17 +119,17 @@ func BenchmarkRedisLoad(b *testing.B) {
 			opt, shown, _ := parseURL(r.URL)
 			keys, _ := keyspace.New("")
 			s := newLiveSet(opt, shown, keys, "")
-			defer s.metrics.Release()
+			defer s.ReleaseMetrics()
 			c := r.Client()
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				if err := s.fullSync(c); err != nil {
+				if err := s.FullSync(c); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.StopTimer()
-			if got := s.keys.Load().Len(); got != n {
+			if got := s.KeySet().Len(); got != n {
 				b.Fatalf("%d keys loaded, want %d", got, n)
 			}
 		})
@@ -148,12 +149,12 @@ func BenchmarkRedisRestart(b *testing.B) {
 		opt, shown, _ := parseURL(r.URL)
 		keys, _ := keyspace.New("")
 		first := newLiveSet(opt, shown, keys, cache)
-		if err := first.open(); err != nil {
+		if err := first.Open(); err != nil {
 			b.Fatal(err)
 		}
-		first.writeCache()
-		first.closeClient()
-		first.metrics.Release()
+		first.WriteCache()
+		first.CloseClient()
+		first.ReleaseMetrics()
 		c := r.Client()
 		version := int64(1)
 		made := 0
@@ -173,16 +174,16 @@ func BenchmarkRedisRestart(b *testing.B) {
 				b.ReportAllocs()
 				for range b.N {
 					s := newLiveSet(opt, shown, keys, cache)
-					s.logger = zap.NewNop()
-					if err := s.open(); err != nil {
+					s.Logger = zap.NewNop()
+					if err := s.Open(); err != nil {
 						b.Fatal(err)
 					}
 					b.StopTimer()
-					if s.syncs.Load() != 0 || s.keys.Load().Len() != n+changes {
-						b.Fatalf("%d full reads, %d keys; want none, %d", s.syncs.Load(), s.keys.Load().Len(), n+changes)
+					if s.Syncs() != 0 || s.KeySet().Len() != n+changes {
+						b.Fatalf("%d full reads, %d keys; want none, %d", s.Syncs(), s.KeySet().Len(), n+changes)
 					}
-					s.closeClient()
-					s.metrics.Release()
+					s.CloseClient()
+					s.ReleaseMetrics()
 					runtime.GC()
 					b.StartTimer()
 				}
@@ -196,7 +197,7 @@ func BenchmarkRedisRestart(b *testing.B) {
 func newMemoryRedisStore(ks *keyset.KeySet) *Store {
 	keys, _ := keyspace.New("")
 	s := newLiveSet(rueidis.ClientOption{}, "redis://bench", keys, "")
-	s.keys.Store(ks)
+	s.SetKeySet(ks)
 	return &Store{store: s}
 }
 
@@ -214,7 +215,7 @@ func BenchmarkRequestPath(b *testing.B) {
 			raws[i] = testkeys.BenchRawKey(i * (n / len(raws)))
 		}
 		s := newMemoryRedisStore(ks)
-		s.store.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
+		s.store.Leases().Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
 		var bare keyset.UsageTracker
 		for _, tc := range []struct {
 			name string

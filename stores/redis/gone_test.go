@@ -14,6 +14,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -45,7 +46,7 @@ func TestRedisRecordsGone(t *testing.T) {
 
 	// The running server keeps its keys, and says so once.
 	for range 3 {
-		if err := s.askSync(); !errors.Is(err, keyspace.ErrRecordsGone) {
+		if err := s.Refresh(); !errors.Is(err, keyspace.ErrRecordsGone) {
 			t.Fatalf("check with the records gone: %v, want keyspace.ErrRecordsGone", err)
 		}
 	}
@@ -73,7 +74,7 @@ func TestRedisRecordsGone(t *testing.T) {
 	if logs2.FilterMessageSnippet("records are gone").Len() != 0 {
 		t.Error("the start from the cache file logged the loss a second time")
 	}
-	_ = s2.askSync()
+	_ = s2.Refresh()
 	if got := testkeys.ReadFile(t, cache); got != cached {
 		t.Errorf("the cache file was rewritten by the server started from it:\n%s", got)
 	}
@@ -113,13 +114,13 @@ func TestRedisRecordsGone(t *testing.T) {
 		t.Fatalf("import of the cache file: %v", err)
 	}
 	rawC, _ := teststores.AddKey(t, noCreate, "after the restore")
-	for _, st := range []*liveSet{s, s2} {
+	for _, st := range []*live.Set{s, s2} {
 		testredis.Eventually(t, 5*time.Second, "a server did not catch up after the restore", func() bool {
 			return admits(st, rawA) && admits(st, rawB) && admits(st, rawC)
 		})
 	}
-	for _, st := range []*liveSet{s, s2} {
-		if err := st.askSync(); err != nil {
+	for _, st := range []*live.Set{s, s2} {
+		if err := st.Refresh(); err != nil {
 			t.Fatalf("check after the restore: %v", err)
 		}
 	}
@@ -171,7 +172,7 @@ func TestRedisWarnsOfEviction(t *testing.T) {
 	if n := logs.FilterLevelExact(zapWarn).Len() + logs.FilterLevelExact(zapError).Len(); n != 0 {
 		t.Errorf("as a user without CONFIG: %d warnings or errors: %v", n, logs.All())
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -204,7 +205,7 @@ func TestRedisStartWithoutKeySetSaysSoOnce(t *testing.T) {
 		t.Fatalf("start from the cache file: %v", err)
 	}
 	for range 2 {
-		if err := s2.askSync(); !errors.Is(err, keyspace.ErrNoKeySet) {
+		if err := s2.Refresh(); !errors.Is(err, keyspace.ErrNoKeySet) {
 			t.Fatalf("check: %v", err)
 		}
 	}
@@ -217,7 +218,7 @@ func TestRedisStartWithoutKeySetSaysSoOnce(t *testing.T) {
 	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s2.askSync(); err != nil {
+	if err := s2.Refresh(); err != nil {
 		t.Fatal(err)
 	}
 	if n := logs.FilterMessageSnippet("is back in Redis").Len(); n != 1 {

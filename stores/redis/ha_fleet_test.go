@@ -18,6 +18,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 )
 
 // Every command on a Cluster of three primaries, for the default prefix
@@ -40,7 +41,7 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			}
 			stdout, _ := cli("add", "--create", "--label", "first")
 			rawA := strings.TrimSpace(stdout)
-			stores := []*liveSet{
+			stores := []*live.Set{
 				mustOpenRedisStore(t, testredis.AtURL(t, cl.URL), prefix),
 				mustOpenRedisStore(t, testredis.AtURL(t, cl.URL), prefix),
 			}
@@ -89,10 +90,10 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			inForce("the key revoked through a store is still admitted", k2.Raw, false)
 
 			// Last-used times, written by a store, read by list.
-			k, sum := stores[0].keys.Load().Lookup(rawC)
-			stores[0].usage.Mark(k, sum, time.Now().UnixNano())
-			stores[0].askFlush()
-			if stores[0].writes.Load() == 0 {
+			k, sum := stores[0].KeySet().Lookup(rawC)
+			stores[0].Usage().Mark(k, sum, time.Now().UnixNano())
+			stores[0].AskFlush()
+			if stores[0].Writes() == 0 {
 				t.Fatal("no usage write")
 			}
 			stdout, _ = cli("list", "--json")
@@ -156,7 +157,7 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 				t.Errorf("the primary of the key set's slot holds %d of its 4 keys (%v)", n, err)
 			}
 			for i, s := range stores {
-				if got := s.syncs.Load(); got != 1 {
+				if got := s.Syncs(); got != 1 {
 					t.Errorf("store %d read the key set whole %d times, want 1: the changes come from the log", i, got)
 				}
 			}
@@ -177,7 +178,7 @@ func TestRedisClusterFailover(t *testing.T) {
 	good := strings.TrimSpace(stdout)
 	stdout, _ = redisCLI(t, cl.URL, "", "add", "--label", "doomed")
 	doomed := strings.TrimSpace(stdout)
-	stores := []*liveSet{
+	stores := []*live.Set{
 		mustOpenRedisStore(t, testredis.AtURL(t, cl.URL), ""),
 		mustOpenRedisStore(t, testredis.AtURL(t, cl.URL), ""),
 	}

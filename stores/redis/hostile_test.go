@@ -15,6 +15,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -26,7 +27,7 @@ import (
 
 // openLoggedRedisStore is openRedisStore with the store's log kept for the
 // test to read.
-func openLoggedRedisStore(t testing.TB, r *testredis.Server, prefix, cacheFile string) (*liveSet, *observer.ObservedLogs, error) {
+func openLoggedRedisStore(t testing.TB, r *testredis.Server, prefix, cacheFile string) (*live.Set, *observer.ObservedLogs, error) {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	s, err := openRedisStoreWith(t, r, prefix, cacheFile, time.Hour, zap.New(core))
@@ -109,7 +110,7 @@ func TestRedisValueHoldingTwoRecords(t *testing.T) {
 	if admits(s, second.Raw) || admits(s, third.Raw) {
 		t.Fatal("a key of a changed value holding two records is admitted")
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("version check: %v", err)
 	}
 	if n := problemLogs(logs, id2); n != 1 {
@@ -192,7 +193,7 @@ func TestRedisHostileValues(t *testing.T) {
 			id2 := victim2.Record["id"].(string)
 			r.Do("HSET", k.Records, id2, tc.value(victim2))
 			logEntry(r, k, `["`+id2+`"]`, `[""]`)
-			_ = s.askSync() // the follower reads the entry alone
+			_ = s.Refresh() // the follower reads the entry alone
 			rawB, _ := teststores.AddKey(t, rs, "after")
 			testredis.Eventually(t, 5*time.Second, "a change after the hostile one did not reach the store", func() bool { return admits(s, rawB) })
 			if !admits(s, rawA) || admits(s, victim2.Raw) != tc.ok {
@@ -236,14 +237,14 @@ func TestRedisHostileLogEntries(t *testing.T) {
 		{`["` + recA.ID + `"`, ``},
 	} {
 		logEntry(r, k, e.ids, e.was)
-		_ = s.askSync() // the follower reads the entry alone
+		_ = s.Refresh() // the follower reads the entry alone
 		raw, _ := teststores.AddKey(t, rs, "after")
 		testredis.Eventually(t, 5*time.Second, fmt.Sprintf("after a log entry with ids %.40q: the next change is not in force", e.ids), func() bool { return admits(s, raw) })
 		if !admits(s, rawA) {
 			t.Fatalf("after a log entry with ids %.40q: a good key was lost", e.ids)
 		}
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("version check: %v", err)
 	}
 }
@@ -275,7 +276,7 @@ func TestRedisWrongTypes(t *testing.T) {
 				case "hash":
 					r.Do("HSET", key, "v", "x", "ids", "[]")
 				}
-				_ = running.askSync()
+				_ = running.Refresh()
 				if !admits(running, raw) {
 					t.Error("the running store lost its key")
 				}
@@ -285,9 +286,9 @@ func TestRedisWrongTypes(t *testing.T) {
 				_, _, _ = keyops.Revoke(rs, rec.ID, time.Now(), nil)
 				_, _, _ = keyops.Revoke(rs, rec.KeyPrefix, time.Now(), nil)
 				_, _ = keyspace.UsedTimes(t.Context(), r.Client(), k)
-				if key, sum := running.keys.Load().Lookup(raw); key != nil {
-					running.usage.Mark(key, sum, time.Now().UnixNano())
-					running.askFlush()
+				if key, sum := running.KeySet().Lookup(raw); key != nil {
+					running.Usage().Mark(key, sum, time.Now().UnixNano())
+					running.AskFlush()
 				}
 			})
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -41,7 +42,7 @@ const (
 
 // reloadErrors is the store's count of failed loads
 // (caddy_apikey_reloads_total{result="error"}).
-func reloadErrors(s *liveSet) float64 {
+func reloadErrors(s *live.Set) float64 {
 	reg := prometheus.NewPedanticRegistry()
 	for _, c := range stores.Collectors() {
 		reg.MustRegister(c)
@@ -117,7 +118,7 @@ func TestRedisUnusableAnswersAreNotAnOutage(t *testing.T) {
 
 			tc.corrupt(k, rec.ID)
 			for range 5 {
-				if err := s.askSync(); err == nil {
+				if err := s.Refresh(); err == nil {
 					t.Fatal("a check against the hostile key set went through")
 				}
 			}
@@ -142,7 +143,7 @@ func TestRedisUnusableAnswersAreNotAnOutage(t *testing.T) {
 			r.Do("RESTORE", tc.key(k), "0", saved)
 			rawB, _ := teststores.AddKey(t, rs, "after")
 			for range 3 {
-				if err := s.askSync(); err != nil {
+				if err := s.Refresh(); err != nil {
 					t.Fatalf("check once mended: %v", err)
 				}
 			}
@@ -186,7 +187,7 @@ func followerCalls(r *testredis.Server) int {
 
 // openHookedRedisStore is openLoggedRedisStore, the follower's Redis calls
 // given their contexts by withTimeout.
-func openHookedRedisStore(t testing.TB, r *testredis.Server, prefix string, withTimeout func(context.Context, time.Duration) (context.Context, context.CancelFunc)) (*liveSet, *observer.ObservedLogs) {
+func openHookedRedisStore(t testing.TB, r *testredis.Server, prefix string, withTimeout func(context.Context, time.Duration) (context.Context, context.CancelFunc)) (*live.Set, *observer.ObservedLogs) {
 	t.Helper()
 	opt, shown, err := parseURL(r.URL)
 	if err != nil {
@@ -198,13 +199,13 @@ func openHookedRedisStore(t testing.TB, r *testredis.Server, prefix string, with
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	s := newLiveSet(opt, shown, keys, "")
-	s.logger = zap.New(core)
-	s.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
-	if err := s.open(); err != nil {
+	s.Logger = zap.New(core)
+	s.Leases().Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
+	if err := s.Open(); err != nil {
 		t.Fatal(err)
 	}
-	s.withTimeout = withTimeout
-	s.start()
+	s.WithTimeout = withTimeout
+	s.Start()
 	t.Cleanup(func() { _ = s.Destruct() })
 	return s, logs
 }
@@ -240,7 +241,7 @@ func TestRedisStallIsNotAnOutage(t *testing.T) {
 	for round := range 3 {
 		clock.stalls.Store(1)
 		testredis.Eventually(t, 5*time.Second, "the follower made no Redis call", func() bool { return clock.stalls.Load() == 0 })
-		if err := s.askSync(); err != nil {
+		if err := s.Refresh(); err != nil {
 			t.Fatalf("round %d: check after a stall: %v", round, err)
 		}
 		rawN, _ := teststores.AddKey(t, rs, fmt.Sprint("after stall ", round))
@@ -248,7 +249,7 @@ func TestRedisStallIsNotAnOutage(t *testing.T) {
 	}
 	// A stall on the check asked for itself.
 	clock.stalls.Store(1)
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("check that stalled: %v", err)
 	}
 	if n := lines(logs, downLine) + lines(logs, upLine); n != 0 {
@@ -261,10 +262,10 @@ func TestRedisStallIsNotAnOutage(t *testing.T) {
 	// A stall, then Redis gone for real: said once, at the next failure.
 	clock.stalls.Store(1)
 	r.Kill()
-	if err := s.askSync(); err == nil {
+	if err := s.Refresh(); err == nil {
 		t.Fatal("check with Redis down: no error")
 	}
-	if err := s.askSync(); err == nil {
+	if err := s.Refresh(); err == nil {
 		t.Fatal("check with Redis down: no error")
 	}
 	if n := lines(logs, downLine); n != 1 {
@@ -388,7 +389,7 @@ func TestRedisCatchesUpWithinASecondOfAnswering(t *testing.T) {
 	}
 	// revoke revokes id at once, and returns how long after back (when
 	// Redis answered again) the revoke is in force on s.
-	revoke := func(t *testing.T, rs Records, s *liveSet, raw, id string, back time.Time) time.Duration {
+	revoke := func(t *testing.T, rs Records, s *live.Set, raw, id string, back time.Time) time.Duration {
 		t.Helper()
 		if _, _, err := keyops.Revoke(rs, id, time.Now(), nil); err != nil {
 			t.Fatalf("revoke once Redis is back: %v", err)

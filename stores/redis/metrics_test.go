@@ -31,7 +31,7 @@ func TestRedisStoreSourceBrokenAndFirstLoad(t *testing.T) {
 
 	k, _ := keyspace.New("m:")
 	r.Do("DEL", k.Records, k.Version)
-	_ = s.askSync()
+	_ = s.Refresh()
 	if v, _ := testkeys.GaugeValue(t, "caddy_apikey_source_broken", s.Name()); v != 1 {
 		t.Fatalf("source_broken with the key set gone: %v, want 1", v)
 	}
@@ -42,7 +42,7 @@ func TestRedisStoreSourceBrokenAndFirstLoad(t *testing.T) {
 	if _, _, err := keyops.Create(rs, keyops.AddOptions{Label: "b"}, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	_ = s.askSync()
+	_ = s.Refresh()
 	if v, _ := testkeys.GaugeValue(t, "caddy_apikey_source_broken", s.Name()); v != 0 {
 		t.Fatalf("source_broken once the key set is back: %v, want 0", v)
 	}

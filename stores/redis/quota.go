@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/stores"
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
@@ -19,7 +17,6 @@ import (
 // takes (or gives) in one atomic step, as quota.Apply (quota.Return) does.
 var (
 	_ quota.Bank        = (*Store)(nil)
-	_ quota.Bank        = (*liveSet)(nil)
 	_ stores.QuotaStore = Records{}
 )
 
@@ -36,75 +33,6 @@ func (r *Store) TakeQuota(ctx context.Context, takes []quota.Take) ([]quota.Take
 // quota.Bank).
 func (r *Store) GiveQuota(ctx context.Context, gives []quota.Give) error {
 	return r.store.GiveQuota(ctx, gives)
-}
-
-// TakeQuota is Store.TakeQuota.
-func (s *liveSet) TakeQuota(ctx context.Context, takes []quota.Take) ([]quota.Taken, error) {
-	if len(takes) == 0 {
-		return nil, nil
-	}
-	for _, t := range takes {
-		if err := checkTake(t); err != nil {
-			return nil, fmt.Errorf("taking quota: %w", err)
-		}
-	}
-	c, err := s.quotaClient()
-	if err != nil {
-		return nil, s.quotaError("taking quota", err)
-	}
-	out, err := keyspace.TakeQuota(ctx, c, s.rk, takes, keyspace.AnswerTimeout(s.opt))
-	if err != nil {
-		return nil, s.quotaError("taking quota", err)
-	}
-	return out, nil
-}
-
-// GiveQuota is Store.GiveQuota.
-func (s *liveSet) GiveQuota(ctx context.Context, gives []quota.Give) error {
-	if len(gives) == 0 {
-		return nil
-	}
-	for _, g := range gives {
-		if g.N < 0 || g.N > quota.MaxRequests {
-			return fmt.Errorf("giving back quota: %d units of key %q: must be from 0 to %d", g.N, g.ID, int64(quota.MaxRequests))
-		}
-	}
-	c, err := s.quotaClient()
-	if err != nil {
-		return s.quotaError("giving back quota", err)
-	}
-	if err := keyspace.GiveQuota(ctx, c, s.rk, gives, keyspace.AnswerTimeout(s.opt)); err != nil {
-		return s.quotaError("giving back quota", err)
-	}
-	return nil
-}
-
-// checkTake refuses a take whose numbers the bank cannot use.
-func checkTake(t quota.Take) error {
-	switch {
-	case t.Allowance < 0 || t.Allowance > quota.MaxRequests:
-		return fmt.Errorf("key %q: allowance %d: must be from 0 to %d", t.ID, t.Allowance, int64(quota.MaxRequests))
-	case t.Want > quota.MaxRequests:
-		return fmt.Errorf("key %q: %d units wanted: at most %d", t.ID, t.Want, int64(quota.MaxRequests))
-	case t.Owed < 0 || t.Owed > quota.MaxRequests:
-		return fmt.Errorf("key %q: %d units owed: must be from 0 to %d", t.ID, t.Owed, int64(quota.MaxRequests))
-	}
-	return nil
-}
-
-// quotaClient returns the live store's client.
-func (s *liveSet) quotaClient() (rueidis.Client, error) {
-	p := s.client.Load()
-	if p == nil {
-		return nil, keyspace.ErrNotConnected
-	}
-	return *p, nil
-}
-
-// quotaError is the error of a quota call of the live store: it wraps
-// quota.ErrUnavailable and names the key set.
-func (s *liveSet) quotaError(what string, err error) error {
-	return fmt.Errorf("%w: %s in Redis %s (prefix %s): %w", quota.ErrUnavailable, what, s.shown, s.rk.Prefix, err)
 }
 
 // QuotaStates returns the quota state of each key id in its period (id ->

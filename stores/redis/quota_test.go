@@ -21,13 +21,14 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"github.com/caddy-apikey/caddy-apikey/usagecount"
 )
 
 // bankOnly is a live store on r's key set at prefix that is only
 // connected: no follower, no writers, so that the Redis commands seen are
 // its quota's and usage counts' alone. It needs no key set in Redis.
-func bankOnly(t testing.TB, r *testredis.Server, prefix string) *liveSet {
+func bankOnly(t testing.TB, r *testredis.Server, prefix string) *live.Set {
 	t.Helper()
 	opt, shown, err := parseURL(r.URL)
 	if err != nil {
@@ -38,8 +39,8 @@ func bankOnly(t testing.TB, r *testredis.Server, prefix string) *liveSet {
 		t.Fatal(err)
 	}
 	s := newLiveSet(opt, shown, keys, "")
-	t.Cleanup(s.metrics.Release)
-	c, err := s.connected()
+	t.Cleanup(s.ReleaseMetrics)
+	c, err := s.Connect()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,15 +1,8 @@
 package redis
 
 import (
-	"context"
-	"errors"
-	"time"
-
-	"go.uber.org/zap"
-
-	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
-	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 )
 
 // RateSyncInterval is how often each server adds its rate-limit counts to
@@ -18,7 +11,7 @@ import (
 // fleet of N servers may admit, over a window, up to the limit plus what
 // the other N-1 servers admitted in the last interval (see the ratelimit
 // package).
-const RateSyncInterval = 100 * time.Millisecond
+const RateSyncInterval = live.RateSyncInterval
 
 // ShareLimiter adds this server's rate-limit counts to the fleet's, in the
 // key set's Redis, every RateSyncInterval, and gives the limiter the
@@ -28,69 +21,4 @@ const RateSyncInterval = 100 * time.Millisecond
 // goes on limiting from what it has, logged once, counted in
 // caddy_apikey_rate_limit_syncs_total{result="error"}; the next exchange
 // sends what failed.
-func (r *Store) ShareLimiter(l *ratelimit.Limiter) (stop func()) { return r.store.shareLimiter(l) }
-
-func (s *liveSet) shareLimiter(l *ratelimit.Limiter) func() {
-	ctx, cancel := context.WithCancel(s.life.Ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(RateSyncInterval)
-		defer t.Stop()
-		x := &rateExchange{s: s, l: l}
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				x.round(ctx)
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
-}
-
-// rateExchange is the exchange of one limiter's counts with the fleet.
-type rateExchange struct {
-	s       *liveSet
-	l       *ratelimit.Limiter
-	buf     []ratelimit.Delta
-	totals  []int64
-	failing storecore.Trouble
-}
-
-// round sends what the limiter has not told the fleet yet and hands it
-// the fleet's totals; a failure is logged once until a round goes through.
-func (x *rateExchange) round(ctx context.Context) error {
-	x.buf = x.l.Pending(time.Now().UnixNano(), x.buf[:0])
-	if len(x.buf) == 0 {
-		return nil
-	}
-	var err error
-	x.totals, err = x.s.exchangeCounts(ctx, x.buf, x.totals[:0])
-	if ctx.Err() != nil {
-		return ctx.Err() // stopping: no outage
-	}
-	x.s.metrics.RateSynced(err)
-	if err != nil {
-		if x.failing.Start() {
-			x.s.log().Error("cannot share rate-limit counts through Redis; each server limits from the counts it has until it can, and then catches up", x.s.fields(zap.Error(err))...)
-		}
-		return err
-	}
-	if x.failing.End() {
-		x.s.log().Info("sharing rate-limit counts through Redis works again", x.s.fields()...)
-	}
-	x.l.Synced(x.buf, x.totals)
-	return nil
-}
-
-// exchangeCounts adds each delta's count to its window's hash and appends
-// the totals Redis then holds to totals, in the deltas' order.
-func (s *liveSet) exchangeCounts(ctx context.Context, deltas []ratelimit.Delta, totals []int64) ([]int64, error) {
-	p := s.client.Load()
-	if p == nil {
-		return totals, errors.New("not connected to Redis yet")
-	}
-	return keyspace.ExchangeCounts(ctx, *p, s.rk, deltas, totals, keyspace.AnswerTimeout(s.opt))
-}
+func (r *Store) ShareLimiter(l *ratelimit.Limiter) (stop func()) { return r.store.ShareLimiter(l) }

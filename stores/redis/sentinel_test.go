@@ -9,6 +9,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -32,7 +33,7 @@ func TestRedisSentinelFailoverCanLoseAChange(t *testing.T) {
 	rawB, recB := teststores.AddKey(t, rs, "b")
 
 	core, logs := observer.New(zapcore.InfoLevel)
-	stores := []*liveSet{
+	stores := []*live.Set{
 		openTopologyStore(t, s.URL, "", zap.New(core)),
 		openTopologyStore(t, s.URL, "", zap.New(core)),
 	}
@@ -118,10 +119,10 @@ func TestRedisSentinelSwitchover(t *testing.T) {
 	testredis.Eventually(t, 5*time.Second, "the revoke is not in force", func() bool { return !admits(st, raw) })
 	inForce := time.Since(start)
 
-	k, sum := st.keys.Load().Lookup(raw)
-	st.usage.Mark(k, sum, time.Now().UnixNano())
-	st.askFlush()
-	if st.writes.Load() != 1 {
+	k, sum := st.KeySet().Lookup(raw)
+	st.Usage().Mark(k, sum, time.Now().UnixNano())
+	st.AskFlush()
+	if st.Writes() != 1 {
 		t.Fatal("the usage write after the switchover failed")
 	}
 	if n, err := s.Replica.Do("HLEN", keys.Used).AsInt64(); err != nil || n != 1 {

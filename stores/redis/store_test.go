@@ -19,6 +19,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"github.com/redis/rueidis"
 
 	"go.uber.org/zap"
@@ -38,13 +39,13 @@ func records(t testing.TB, r *testredis.Server, prefix string) Records {
 // openRedisStore opens a live store on r's key set at prefix, with the
 // usage interval given, as Provision does; it is stopped when the test
 // ends.
-func openRedisStore(t testing.TB, r *testredis.Server, prefix, cacheFile string, usage time.Duration) (*liveSet, error) {
+func openRedisStore(t testing.TB, r *testredis.Server, prefix, cacheFile string, usage time.Duration) (*live.Set, error) {
 	t.Helper()
 	return openRedisStoreWith(t, r, prefix, cacheFile, usage, zap.NewNop())
 }
 
 // openRedisStoreWith is openRedisStore, the store logging to logger.
-func openRedisStoreWith(t testing.TB, r *testredis.Server, prefix, cacheFile string, usage time.Duration, logger *zap.Logger) (*liveSet, error) {
+func openRedisStoreWith(t testing.TB, r *testredis.Server, prefix, cacheFile string, usage time.Duration, logger *zap.Logger) (*live.Set, error) {
 	t.Helper()
 	opt, shown, err := parseURL(r.URL)
 	if err != nil {
@@ -55,17 +56,17 @@ func openRedisStoreWith(t testing.TB, r *testredis.Server, prefix, cacheFile str
 		t.Fatal(err)
 	}
 	s := newLiveSet(opt, shown, keys, cacheFile)
-	s.logger = logger
-	s.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: usage}, Reload: storecore.Interval{Off: true}})
-	if err := s.open(); err != nil {
+	s.Logger = logger
+	s.Leases().Add(storecore.Settings{Usage: storecore.Interval{Every: usage}, Reload: storecore.Interval{Off: true}})
+	if err := s.Open(); err != nil {
 		return nil, err
 	}
-	s.start()
+	s.Start()
 	t.Cleanup(func() { _ = s.Destruct() })
 	return s, nil
 }
 
-func mustOpenRedisStore(t testing.TB, r *testredis.Server, prefix string) *liveSet {
+func mustOpenRedisStore(t testing.TB, r *testredis.Server, prefix string) *live.Set {
 	t.Helper()
 	s, err := openRedisStore(t, r, prefix, "", time.Hour)
 	if err != nil {
@@ -75,8 +76,8 @@ func mustOpenRedisStore(t testing.TB, r *testredis.Server, prefix string) *liveS
 }
 
 // admits reports whether the store's key set in force admits raw.
-func admits(s *liveSet, raw string) bool {
-	k, _ := s.keys.Load().Lookup(raw)
+func admits(s *live.Set, raw string) bool {
+	k, _ := s.KeySet().Lookup(raw)
 	return k != nil && !k.Revoked() && !k.Expired(time.Now().UnixNano())
 }
 
@@ -99,10 +100,10 @@ func TestRedisStoreFollowsChanges(t *testing.T) {
 	if !admits(s, rawA) {
 		t.Fatal("an unrelated key was lost")
 	}
-	if got := s.syncs.Load(); got != 1 {
+	if got := s.Syncs(); got != 1 {
 		t.Errorf("the store read the whole key set %d times, want 1 (the changes come from the log)", got)
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("version check: %v", err)
 	}
 }
@@ -120,7 +121,7 @@ func TestRedisStoreResyncsOnAGap(t *testing.T) {
 	r.Do("XTRIM", keys.Log, "MAXLEN", "0")
 	rawB, _ := teststores.AddKey(t, rs, "b")
 	testredis.Eventually(t, 2*time.Second, "the key added after the gap is not in force", func() bool { return admits(s, rawB) })
-	if got := s.syncs.Load(); got != 2 {
+	if got := s.Syncs(); got != 2 {
 		t.Errorf("full reads = %d, want 2", got)
 	}
 }
@@ -133,7 +134,7 @@ func TestRedisStoreKeepsKeysWhenRedisIsDownOrWiped(t *testing.T) {
 
 	// Wiped: the key set is gone, as after a restart without persistence.
 	r.Do("FLUSHALL")
-	if err := s.askSync(); !errors.Is(err, keyspace.ErrNoKeySet) {
+	if err := s.Refresh(); !errors.Is(err, keyspace.ErrNoKeySet) {
 		t.Fatalf("check after FLUSHALL: %v, want keyspace.ErrNoKeySet", err)
 	}
 	if !admits(s, raw) {
@@ -142,7 +143,7 @@ func TestRedisStoreKeepsKeysWhenRedisIsDownOrWiped(t *testing.T) {
 
 	// Down: kill -9. The keys stay in force.
 	r.Kill()
-	if err := s.askSync(); err == nil {
+	if err := s.Refresh(); err == nil {
 		t.Fatal("check with Redis down: no error")
 	}
 	if !admits(s, raw) {
@@ -204,22 +205,22 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	s1 := mustOpenRedisStore(t, r, "")
 	s2 := mustOpenRedisStore(t, r, "")
 
-	use := func(s *liveSet, raw string, at time.Time) {
-		k, sum := s.keys.Load().Lookup(raw)
-		s.usage.Mark(k, sum, at.UnixNano())
+	use := func(s *live.Set, raw string, at time.Time) {
+		k, sum := s.KeySet().Lookup(raw)
+		s.Usage().Mark(k, sum, at.UnixNano())
 	}
 	t1 := time.Now().Add(-time.Hour).Truncate(time.Microsecond)
 	t2 := t1.Add(time.Minute)
 	use(s1, rawA, t2)
-	s1.askFlush()
+	s1.AskFlush()
 	use(s2, rawA, t1) // older: must not overwrite
-	s2.askFlush()
+	s2.AskFlush()
 
 	// B is deleted (by hand) before its use is written: never recreated.
 	keys, _ := keyspace.New("")
 	r.Do("HDEL", keys.Records, recB.ID)
 	use(s1, rawB, t2)
-	s1.askFlush()
+	s1.AskFlush()
 
 	records, _, err := rs.Read()
 	if err != nil {
@@ -234,7 +235,7 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	if n, _ := r.Do("HLEN", keys.Used).AsInt64(); n != 1 {
 		t.Errorf("used entries = %d, want 1", n)
 	}
-	if s1.writes.Load() == 0 || s2.writes.Load() == 0 {
+	if s1.Writes() == 0 || s2.Writes() == 0 {
 		t.Error("a usage write did not happen")
 	}
 }
@@ -338,7 +339,7 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	if v, _ := r.Do("GET", rk.Version).AsInt64(); v != 1+3 {
 		t.Errorf("version %d after an import of %d records, want %d (one per batch of %d)", v, len(keys), 4, keyspace.EditBatch)
 	}
-	testredis.Eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.keys.Load().Len() == len(keys)+1 })
+	testredis.Eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.KeySet().Len() == len(keys)+1 })
 	if !admits(s, keys[len(keys)-1].Raw) {
 		t.Error("the last imported key is not admitted")
 	}
@@ -347,7 +348,7 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 func TestRedisRecordsWithoutConnection(t *testing.T) {
 	keys, _ := keyspace.New("")
 	s := newLiveSet(rueidis.ClientOption{}, "redis://127.0.0.1:1/0", keys, "")
-	defer s.metrics.Release()
+	defer s.ReleaseMetrics()
 	st := s.Records()
 	if _, _, err := st.Read(); !errors.Is(err, keyspace.ErrNotConnected) {
 		t.Errorf("read: %v", err)
@@ -429,7 +430,7 @@ func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
 	if admits(s, other) {
 		t.Error("the revoked record's new key is admitted")
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("version check: %v", err)
 	}
 }

@@ -2,8 +2,6 @@ package redis
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
@@ -16,7 +14,6 @@ import (
 // which expires once the hour is older than the retention.
 var (
 	_ usagecount.Writer = (*Store)(nil)
-	_ usagecount.Writer = (*liveSet)(nil)
 	_ usagecount.Reader = Records{}
 )
 
@@ -32,34 +29,6 @@ var (
 // twice.
 func (r *Store) AddUsageCounts(ctx context.Context, rows []usagecount.Row, keep time.Duration) error {
 	return r.store.AddUsageCounts(ctx, rows, keep)
-}
-
-// AddUsageCounts is Store.AddUsageCounts.
-func (s *liveSet) AddUsageCounts(ctx context.Context, rows []usagecount.Row, keep time.Duration) error {
-	if keep <= 0 {
-		keep = usagecount.DefaultRetention
-	}
-	for _, row := range rows {
-		if usagecount.ResultIndex(row.Result) < 0 {
-			return fmt.Errorf("usage counts of key %q: result %q is not one of %s", row.ID, row.Result, strings.Join(usagecount.Results[:], ", "))
-		}
-		if row.N < 0 {
-			return fmt.Errorf("usage counts of key %q: a count of %d requests", row.ID, row.N)
-		}
-	}
-	c, err := s.quotaClient()
-	if err != nil {
-		return s.usageError(err)
-	}
-	if err := keyspace.AddUsageCounts(ctx, c, s.rk, rows, keep, time.Now(), keyspace.AnswerTimeout(s.opt)); err != nil {
-		return s.usageError(err)
-	}
-	return nil
-}
-
-// usageError names the key set in an error of AddUsageCounts.
-func (s *liveSet) usageError(err error) error {
-	return fmt.Errorf("adding usage counts in Redis %s (prefix %s): %w", s.shown, s.rk.Prefix, err)
 }
 
 // ReadUsageCounts reads key id's usage counts from the hour that holds
