@@ -23,8 +23,9 @@ var (
 // TakeQuota takes units of keys' quotas from the key set's quota state in
 // Redis, for the quota meter (see quota.Bank): each take is written down
 // as used before it returns. The takes go in runs of the quota script of
-// up to keyspace.QuotaBatch, all in one pipeline, the whole answered
-// within the connection's answer time-out (keyspace.AnswerTimeout) or failed.
+// up to 1 000, all in one pipeline, the whole answered within the
+// connection's answer time-out (the longer of its dial and write
+// time-outs) or failed.
 func (r *Store) TakeQuota(ctx context.Context, takes []quota.Take) ([]quota.Taken, error) {
 	return r.store.TakeQuota(ctx, takes)
 }

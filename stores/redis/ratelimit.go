@@ -6,11 +6,11 @@ import (
 )
 
 // RateSyncInterval is how often each server adds its rate-limit counts to
-// the fleet's in Redis and takes back the fleet's. Each server decides on
-// its own, from its counts and the others' as of its last exchange, so a
-// fleet of N servers may admit, over a window, up to the limit plus what
-// the other N-1 servers admitted in the last interval (see the ratelimit
-// package).
+// the fleet's in Redis and takes back the fleet's: every 100 ms. Each
+// server decides on its own, from its counts and the others' as of its
+// last exchange, so a fleet of N servers may admit, over a window, up to
+// the limit plus what the other N-1 servers admitted in the last interval
+// (see the ratelimit package).
 const RateSyncInterval = live.RateSyncInterval
 
 // ShareLimiter adds this server's rate-limit counts to the fleet's, in the

@@ -18,7 +18,7 @@ import (
 
 // Records is a key set in Redis as a record store. Its edits are
 // optimistic: read at a version, written only if the version is still the
-// same (keyspace.WriteRecords), done again otherwise.
+// same (one script, in one atomic step), done again otherwise.
 type Records struct {
 	client rueidis.Client
 	keys   keyspace.Layout
@@ -54,7 +54,7 @@ type Target struct {
 	Create bool
 }
 
-// DefaultPrefix is the prefix of a key set when none is given.
+// DefaultPrefix is the prefix of a key set when none is given: apikey:.
 const DefaultPrefix = keyspace.DefaultPrefix
 
 // Open connects to the Redis server that t names, for its key set. No
@@ -206,9 +206,9 @@ func changedValues(doc *keyfile.Doc, before []readValue) map[string]string {
 }
 
 // readFor reads what edit e needs, and the version it was read at: for an
-// edit that only adds, nothing (keyspace.AnyVersion); for one of a single record
-// named by its id, that record; otherwise the whole key set, which must
-// be one the handler would load.
+// edit that only adds, nothing (keyspace.AnyVersion); for one of a single
+// record named by its id, that record; otherwise the whole key set, which
+// must be one the handler would load.
 func (r Records) readFor(ctx context.Context, e stores.Edit) (*keyfile.Doc, int64, error) {
 	if e.OnlyAdds {
 		if !e.Create {
@@ -264,8 +264,9 @@ func (r Records) wrap(err error) error {
 }
 
 // DefaultAuditMaxEntries is about how many entries a key set's audit
-// stream keeps (XADD MAXLEN ~) unless its {prefix}audit:max_entries key
-// says otherwise (caddy apikey audit --set-max-entries).
+// stream keeps (XADD MAXLEN ~), 1 000 000, unless its
+// {prefix}audit:max_entries key says otherwise (caddy apikey audit
+// --set-max-entries).
 const DefaultAuditMaxEntries = keyspace.DefaultAuditMaxEntries
 
 // ReadAudit reads the entries of the key set's audit stream that f keeps,
