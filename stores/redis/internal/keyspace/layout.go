@@ -3,9 +3,11 @@
 // embedded), and the stateless functions that run those scripts and
 // commands against a rueidis client: reading and writing records, the
 // change log's entries, last-used times, quota state, usage counts, the
-// fleet's rate-limit windows and the audit stream. What to do with what
-// they read (the live key set, its follower, its writers, the record
-// store the commands edit) is package stores/redis's.
+// fleet's rate-limit windows and the audit stream; and what a reply or a
+// time-out of Redis means (errors.go, timeouts.go). What to do with what
+// they read is package live's (the live key set, its follower and
+// writers) and package stores/redis's (the record store the commands
+// edit).
 package keyspace
 
 import (
