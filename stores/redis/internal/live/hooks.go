@@ -18,16 +18,8 @@ func (s *Set) Syncs() int64 { return s.syncs.Load() }
 // Writes is how many writes of last-used times the usage writer made.
 func (s *Set) Writes() int64 { return s.writes.Load() }
 
-// Client is the set's client, nil until connected.
-func (s *Set) Client() rueidis.Client {
-	if p := s.client.Load(); p != nil {
-		return *p
-	}
-	return nil
-}
-
-// Connect makes the set's client, if it has none, without loading the
-// key set.
+// Connect returns the set's client, making it if it has none (without
+// loading the key set).
 func (s *Set) Connect() (rueidis.Client, error) { return s.connected() }
 
 // CloseClient closes the set's client, of a set that is not started.
