@@ -59,7 +59,7 @@ func TestRedisAuditSurvivesKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	testredis.Eventually(t, 30*time.Second, "200 changes", func() bool {
-		n, _ := r.Do("XLEN", rs.keys.audit).AsInt64()
+		n, _ := r.Do("XLEN", rs.keys.Audit).AsInt64()
 		return n > 200
 	})
 	if err := cmd.Process.Kill(); err != nil {

@@ -22,7 +22,7 @@ import (
 // streamText is every field of the audit stream of rs, as one string.
 func streamText(t *testing.T, r *testredis.Server, rs Records) string {
 	t.Helper()
-	msgs, err := r.Do("XRANGE", rs.keys.audit, "-", "+").AsXRange()
+	msgs, err := r.Do("XRANGE", rs.keys.Audit, "-", "+").AsXRange()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,13 +116,13 @@ func TestRedisAuditUnwritable(t *testing.T) {
 	r := testredis.Start(t)
 	rs := records(t, r, "audbad:")
 	_, rec := teststores.AddKey(t, rs, "first")
-	if err := r.Do("DEL", rs.keys.audit).Error(); err != nil {
+	if err := r.Do("DEL", rs.keys.Audit).Error(); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Do("SET", rs.keys.audit, "not a stream").Error(); err != nil {
+	if err := r.Do("SET", rs.keys.Audit, "not a stream").Error(); err != nil {
 		t.Fatal(err)
 	}
-	version, _ := r.Do("GET", rs.keys.version).ToString()
+	version, _ := r.Do("GET", rs.keys.Version).ToString()
 	if _, _, err := keyops.Create(rs, keyops.AddOptions{Label: "second"}, time.Now(), nil); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
 		t.Fatalf("add: %v, want WRONGTYPE", err)
 	}
@@ -136,7 +136,7 @@ func TestRedisAuditUnwritable(t *testing.T) {
 	if len(records) != 1 || records[0].RevokedAt != nil {
 		t.Errorf("the key set changed: %d records, revoked_at %v", len(records), records[0].RevokedAt)
 	}
-	if now, _ := r.Do("GET", rs.keys.version).ToString(); now != version {
+	if now, _ := r.Do("GET", rs.keys.Version).ToString(); now != version {
 		t.Errorf("version %s, was %s", now, version)
 	}
 }
@@ -168,7 +168,7 @@ func TestRedisAuditConcurrentAdmin(t *testing.T) {
 		t.Fatalf("%d entries, want %d", len(entries), n+1)
 	}
 	// The change log names the ids of each change, in order.
-	msgs, err := r.Do("XRANGE", rs.keys.log, "-", "+").AsXRange()
+	msgs, err := r.Do("XRANGE", rs.keys.Log, "-", "+").AsXRange()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestRedisAuditRetention(t *testing.T) {
 		teststores.AddKey(t, rs, fmt.Sprint(i))
 	}
 	// MAXLEN ~ trims whole stream nodes (100 entries by default).
-	if l, err := r.Do("XLEN", rs.keys.audit).AsInt64(); err != nil || l >= 250 {
+	if l, err := r.Do("XLEN", rs.keys.Audit).AsInt64(); err != nil || l >= 250 {
 		t.Errorf("XLEN %d (%v) after 300 changes with a retention of 10", l, err)
 	}
 }
@@ -257,7 +257,7 @@ func TestRedisAudit10000Changes(t *testing.T) {
 		_, rec := teststores.AddKey(t, rs, fmt.Sprintf("client %d", i))
 		ids[i] = rec.ID
 	}
-	if err := r.Do("DEL", rs.keys.audit, rs.keys.log).Error(); err != nil {
+	if err := r.Do("DEL", rs.keys.Audit, rs.keys.Log).Error(); err != nil {
 		t.Fatal(err)
 	}
 	s := mustOpenRedisStore(t, r, "aud10k:")
@@ -282,7 +282,7 @@ func TestRedisAudit10000Changes(t *testing.T) {
 	if len(entries) != total {
 		t.Fatalf("%d entries, want %d", len(entries), total)
 	}
-	msgs, err := r.Do("XRANGE", rs.keys.log, "-", "+").AsXRange()
+	msgs, err := r.Do("XRANGE", rs.keys.Log, "-", "+").AsXRange()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 )
@@ -29,10 +31,10 @@ func BenchmarkRedisPropagation(b *testing.B) {
 		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
 			r := testredis.Start(b)
 			c := r.Client()
-			keys, _ := newLayout("")
+			keys, _ := keyspace.New("")
 			ctx := b.Context()
 			seedRedis(b, r, n)
-			var fleet []*liveSet
+			var fleet []*live.Set
 			for range 3 {
 				s, err := openRedisStore(b, r, "", "", time.Hour)
 				if err != nil {
@@ -50,13 +52,13 @@ func BenchmarkRedisPropagation(b *testing.B) {
 					b.Fatal(err)
 				}
 				doc := keyfile.NewList(rec)
-				if version, err = writeChanged(ctx, c, keys, doc, version, false); err != nil {
+				if version, err = keyspace.WriteChanged(ctx, c, keys, doc, version, false); err != nil {
 					b.Fatal(err)
 				}
 				acked := time.Now()
 				for _, s := range fleet {
 					for {
-						if k, _ := s.keys.Load().Lookup(raw); k != nil {
+						if k, _ := s.KeySet().Lookup(raw); k != nil {
 							break
 						}
 						time.Sleep(50 * time.Microsecond) // not a spin: the followers need the CPU
@@ -69,7 +71,7 @@ func BenchmarkRedisPropagation(b *testing.B) {
 			b.ReportMetric(float64(testfleet.Percentile(lat, 0.5))/1e6, "p50-ms")
 			b.ReportMetric(float64(testfleet.Percentile(lat, 0.99))/1e6, "p99-ms")
 			for _, s := range fleet {
-				if got := s.syncs.Load(); got != 1 {
+				if got := s.Syncs(); got != 1 {
 					b.Errorf("a store read the whole key set %d times; want 1 (changes come from the log)", got)
 				}
 			}
@@ -81,7 +83,7 @@ func BenchmarkRedisPropagation(b *testing.B) {
 // r's Redis, at the default prefix, version 1.
 func seedRedis(b *testing.B, r *testredis.Server, n int) {
 	c := r.Client()
-	keys, _ := newLayout("")
+	keys, _ := keyspace.New("")
 	records := testkeys.BenchRecords(n)
 	cmds := make(rueidis.Commands, 0, 1000)
 	for i := 0; i < n; i += 1000 {
@@ -95,7 +97,7 @@ func seedRedis(b *testing.B, r *testredis.Server, n int) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			cmds = append(cmds, c.B().Hset().Key(keys.records).FieldValue().FieldValue(records[j].ID, string(js)).Build())
+			cmds = append(cmds, c.B().Hset().Key(keys.Records).FieldValue().FieldValue(records[j].ID, string(js)).Build())
 		}
 		for _, res := range c.DoMulti(b.Context(), cmds...) {
 			if err := res.Error(); err != nil {
@@ -103,7 +105,7 @@ func seedRedis(b *testing.B, r *testredis.Server, n int) {
 			}
 		}
 	}
-	r.Do("SET", keys.version, "1")
+	r.Do("SET", keys.Version, "1")
 }
 
 // BenchmarkRedisLoad measures a Redis store's full read of a key set of n
@@ -115,19 +117,19 @@ func BenchmarkRedisLoad(b *testing.B) {
 			r := testredis.Start(b)
 			seedRedis(b, r, n)
 			opt, shown, _ := parseURL(r.URL)
-			keys, _ := newLayout("")
+			keys, _ := keyspace.New("")
 			s := newLiveSet(opt, shown, keys, "")
-			defer s.metrics.Release()
+			defer s.ReleaseMetrics()
 			c := r.Client()
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				if err := s.fullSync(c); err != nil {
+				if err := s.FullSync(c); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.StopTimer()
-			if got := s.keys.Load().Len(); got != n {
+			if got := s.KeySet().Len(); got != n {
 				b.Fatalf("%d keys loaded, want %d", got, n)
 			}
 		})
@@ -145,14 +147,14 @@ func BenchmarkRedisRestart(b *testing.B) {
 		seedRedis(b, r, n)
 		cache := filepath.Join(b.TempDir(), "cache")
 		opt, shown, _ := parseURL(r.URL)
-		keys, _ := newLayout("")
+		keys, _ := keyspace.New("")
 		first := newLiveSet(opt, shown, keys, cache)
-		if err := first.open(); err != nil {
+		if err := first.Open(); err != nil {
 			b.Fatal(err)
 		}
-		first.writeCache()
-		first.closeClient()
-		first.metrics.Release()
+		first.WriteCache()
+		first.CloseClient()
+		first.ReleaseMetrics()
 		c := r.Client()
 		version := int64(1)
 		made := 0
@@ -164,7 +166,7 @@ func BenchmarkRedisRestart(b *testing.B) {
 					b.Fatal(err)
 				}
 				var werr error
-				if version, werr = writeChanged(b.Context(), c, keys, keyfile.NewList(rec), version, false); werr != nil {
+				if version, werr = keyspace.WriteChanged(b.Context(), c, keys, keyfile.NewList(rec), version, false); werr != nil {
 					b.Fatal(werr)
 				}
 			}
@@ -172,16 +174,16 @@ func BenchmarkRedisRestart(b *testing.B) {
 				b.ReportAllocs()
 				for range b.N {
 					s := newLiveSet(opt, shown, keys, cache)
-					s.logger = zap.NewNop()
-					if err := s.open(); err != nil {
+					s.Logger = zap.NewNop()
+					if err := s.Open(); err != nil {
 						b.Fatal(err)
 					}
 					b.StopTimer()
-					if s.syncs.Load() != 0 || s.keys.Load().Len() != n+changes {
-						b.Fatalf("%d full reads, %d keys; want none, %d", s.syncs.Load(), s.keys.Load().Len(), n+changes)
+					if s.Syncs() != 0 || s.KeySet().Len() != n+changes {
+						b.Fatalf("%d full reads, %d keys; want none, %d", s.Syncs(), s.KeySet().Len(), n+changes)
 					}
-					s.closeClient()
-					s.metrics.Release()
+					s.CloseClient()
+					s.ReleaseMetrics()
 					runtime.GC()
 					b.StartTimer()
 				}
@@ -193,9 +195,9 @@ func BenchmarkRedisRestart(b *testing.B) {
 // newMemoryRedisStore is a Redis store module over the key set ks, as if
 // it had been read from Redis, with usage tracking on; nothing connects.
 func newMemoryRedisStore(ks *keyset.KeySet) *Store {
-	keys, _ := newLayout("")
+	keys, _ := keyspace.New("")
 	s := newLiveSet(rueidis.ClientOption{}, "redis://bench", keys, "")
-	s.keys.Store(ks)
+	s.SetKeySet(ks)
 	return &Store{store: s}
 }
 
@@ -213,7 +215,7 @@ func BenchmarkRequestPath(b *testing.B) {
 			raws[i] = testkeys.BenchRawKey(i * (n / len(raws)))
 		}
 		s := newMemoryRedisStore(ks)
-		s.store.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
+		s.store.Leases().Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
 		var bare keyset.UsageTracker
 		for _, tc := range []struct {
 			name string

@@ -16,6 +16,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"go.uber.org/zap"
 )
 
@@ -23,8 +25,8 @@ import (
 // set at its version now, and returns it.
 func waitForSnapshot(t *testing.T, r *testredis.Server, prefix, cache string) *keyset.Snapshot {
 	t.Helper()
-	k, _ := newLayout(prefix)
-	want, err := readVersion(context.Background(), r.Client(), k)
+	k, _ := keyspace.New(prefix)
+	want, err := keyspace.ReadVersion(context.Background(), r.Client(), k)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,13 +53,13 @@ func TestRedisRestartCatchesUpFromTheLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := waitForSnapshot(t, r, "", cache)
-	k, _ := newLayout("")
-	head, err := readHead(context.Background(), r.Client(), k)
+	k, _ := keyspace.New("")
+	head, err := keyspace.ReadHead(context.Background(), r.Client(), k)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if snap.LogID != head.logID || snap.Of != s.Name() || snap.KeySet.Len() != 2 {
-		t.Errorf("the cache file names log entry %q of %s with %d keys; want %q of %s with 2", snap.LogID, snap.Of, snap.KeySet.Len(), head.logID, s.Name())
+	if snap.LogID != head.LogID || snap.Of != s.Name() || snap.KeySet.Len() != 2 {
+		t.Errorf("the cache file names log entry %q of %s with %d keys; want %q of %s with 2", snap.LogID, snap.Of, snap.KeySet.Len(), head.LogID, s.Name())
 	}
 	if fi, err := os.Stat(cache); err != nil {
 		t.Error(err)
@@ -82,7 +84,7 @@ func TestRedisRestartCatchesUpFromTheLog(t *testing.T) {
 	if !admits(s2, rawB) || !admits(s2, rawK) {
 		t.Error("a key added while the server was down, or one kept, is refused after its start")
 	}
-	if n := s2.syncs.Load(); n != 0 {
+	if n := s2.Syncs(); n != 0 {
 		t.Errorf("the restarted server read the key set whole %d times; want none (the log covers the gap)", n)
 	}
 	if n := logs.FilterMessageSnippet("started from the cache file").FilterField(zap.Int("changes", 2)).Len(); n != 1 {
@@ -92,10 +94,10 @@ func TestRedisRestartCatchesUpFromTheLog(t *testing.T) {
 	rawC, _ := teststores.AddKey(t, rs, "added after")
 	testredis.Eventually(t, 5*time.Second, "a key added after the restart is not in force", func() bool { return admits(s2, rawC) })
 	waitForSnapshot(t, r, "", cache)
-	if err := s2.askSync(); err != nil {
+	if err := s2.Refresh(); err != nil {
 		t.Fatal(err)
 	}
-	if n := s2.syncs.Load(); n != 0 {
+	if n := s2.Syncs(); n != 0 {
 		t.Errorf("full reads after the catch-up: %d, want none", n)
 	}
 }
@@ -130,7 +132,7 @@ func TestRedisStartWithRedisDownCatchesUpFromTheLog(t *testing.T) {
 	}
 	r.Restart()
 	testredis.Eventually(t, 10*time.Second, "the server did not catch up when Redis came back", func() bool { return !admits(s2, rawA) && admits(s2, rawB) })
-	if n := s2.syncs.Load(); n != 0 {
+	if n := s2.Syncs(); n != 0 {
 		t.Errorf("the server read the key set whole %d times; want none (the log covers the gap)", n)
 	}
 }
@@ -144,30 +146,30 @@ func TestRedisRestartReadsWholeWhenTheLogCannotCover(t *testing.T) {
 	r := testredis.Start(t)
 	for _, tc := range []struct {
 		name, prefix string
-		change       func(t *testing.T, rs Records, k layout, revoke keyset.Record, kept []testkeys.Key) (added string)
+		change       func(t *testing.T, rs Records, k keyspace.Layout, revoke keyset.Record, kept []testkeys.Key) (added string)
 		says         string
 	}{
-		{"log trimmed", "trim:", func(t *testing.T, rs Records, k layout, revoke keyset.Record, _ []testkeys.Key) string {
+		{"log trimmed", "trim:", func(t *testing.T, rs Records, k keyspace.Layout, revoke keyset.Record, _ []testkeys.Key) string {
 			if _, _, err := keyops.Revoke(rs, revoke.ID, time.Now(), nil); err != nil {
 				t.Fatal(err)
 			}
-			r.Do("XTRIM", k.log, "MAXLEN", "0")
+			r.Do("XTRIM", k.Log, "MAXLEN", "0")
 			raw, _ := teststores.AddKey(t, rs, "added")
 			return raw
 		}, "no longer reaches back"},
-		{"version gone back", "back:", func(t *testing.T, rs Records, k layout, _ keyset.Record, kept []testkeys.Key) string {
+		{"version gone back", "back:", func(t *testing.T, rs Records, k keyspace.Layout, _ keyset.Record, kept []testkeys.Key) string {
 			// As restored from a state before the revoked key was
 			// made: a key set of version 1.
-			r.Do("DEL", k.records, k.version, k.log)
+			r.Do("DEL", k.Records, k.Version, k.Log)
 			added := testkeys.New("added", nil)
 			if _, err := keyops.Import(testkeys.WriteKeys(t, "", append(kept, added)...), rs, keyops.ImportOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			return added.Raw
 		}, "older than the cache file"},
-		{"another history", "other:", func(t *testing.T, rs Records, k layout, _ keyset.Record, kept []testkeys.Key) string {
-			v, _ := r.Do("GET", k.version).AsInt64()
-			r.Do("DEL", k.records, k.version, k.log)
+		{"another history", "other:", func(t *testing.T, rs Records, k keyspace.Layout, _ keyset.Record, kept []testkeys.Key) string {
+			v, _ := r.Do("GET", k.Version).AsInt64()
+			r.Do("DEL", k.Records, k.Version, k.Log)
 			added := testkeys.New("added", nil)
 			if _, err := keyops.Import(testkeys.WriteKeys(t, "", append(kept, added)...), rs, keyops.ImportOptions{}); err != nil {
 				t.Fatal(err)
@@ -177,7 +179,7 @@ func TestRedisRestartReadsWholeWhenTheLogCannotCover(t *testing.T) {
 			}
 			return added.Raw
 		}, "does not end with the cache file's last change"},
-		{"many changes", "many:", func(t *testing.T, rs Records, _ layout, revoke keyset.Record, _ []testkeys.Key) string {
+		{"many changes", "many:", func(t *testing.T, rs Records, _ keyspace.Layout, revoke keyset.Record, _ []testkeys.Key) string {
 			if _, _, err := keyops.Revoke(rs, revoke.ID, time.Now(), nil); err != nil {
 				t.Fatal(err)
 			}
@@ -193,7 +195,7 @@ func TestRedisRestartReadsWholeWhenTheLogCannotCover(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rs := records(t, r, tc.prefix)
-			k, _ := newLayout(tc.prefix)
+			k, _ := keyspace.New(tc.prefix)
 			kept := []testkeys.Key{testkeys.New("kept", nil), testkeys.New("kept too", nil)}
 			if _, err := keyops.Import(testkeys.WriteKeys(t, "", kept...), rs, keyops.ImportOptions{}); err != nil {
 				t.Fatal(err)
@@ -220,7 +222,7 @@ func TestRedisRestartReadsWholeWhenTheLogCannotCover(t *testing.T) {
 			if !admits(s2, rawB) || !admits(s2, kept[0].Raw) {
 				t.Error("a key added while the server was down, or one kept, is refused after its start")
 			}
-			if n := s2.syncs.Load(); n != 1 {
+			if n := s2.Syncs(); n != 1 {
 				t.Errorf("full reads at the start: %d, want 1", n)
 			}
 			if n := logs.FilterMessageSnippet(tc.says).Len(); n != 1 {
@@ -288,8 +290,8 @@ func TestRedisDamagedCacheFileIsRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !admits(s, raw) || s.syncs.Load() != 1 {
-				t.Errorf("not read whole from Redis: %d full reads", s.syncs.Load())
+			if !admits(s, raw) || s.Syncs() != 1 {
+				t.Errorf("not read whole from Redis: %d full reads", s.Syncs())
 			}
 			warned := logs.FilterMessageSnippet("cache file cannot be used").All()
 			if len(warned) != 1 || !strings.Contains(warned[0].ContextMap()["error"].(string), tc.says) || !strings.Contains(warned[0].ContextMap()["error"].(string), cache) {
@@ -313,7 +315,7 @@ func TestRedisDamagedCacheFileIsRefused(t *testing.T) {
 	}
 }
 
-// The catch-up at start waits for Redis at most catchUpWait: a Redis that
+// The catch-up at start waits for Redis at most live.CatchUpWait: a Redis that
 // does not answer leaves the snapshot in force, and the start goes on.
 func TestRedisCatchUpIsBounded(t *testing.T) {
 	r := testredis.Start(t)
@@ -332,24 +334,24 @@ func TestRedisCatchUpIsBounded(t *testing.T) {
 	}
 
 	opt, shown, _ := parseURL(r.URL)
-	k, _ := newLayout("")
+	k, _ := keyspace.New("")
 	s2 := newLiveSet(opt, shown, k, cache)
-	s2.logger = zap.NewNop()
-	defer s2.metrics.Release()
+	s2.Logger = zap.NewNop()
+	defer s2.ReleaseMetrics()
 	c := r.Client()
 	if err := c.Do(context.Background(), c.B().Ping().Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
 	// Longer than the wait; the test's end kills Redis, paused or not.
-	r.Do("CLIENT", "PAUSE", strconv.Itoa(int((catchUpWait + 2*time.Second).Milliseconds())), "ALL")
+	r.Do("CLIENT", "PAUSE", strconv.Itoa(int((live.CatchUpWait + 2*time.Second).Milliseconds())), "ALL")
 	start := time.Now()
-	current, err := s2.startFrom(c, snap)
+	current, err := s2.StartFrom(c, snap)
 	took := time.Since(start)
 	r.Kill() // not to wait for the pause to end
 	if current || err == nil || !strings.Contains(err.Error(), "did not") {
 		t.Errorf("catch-up from a Redis that does not answer: %v, %v; want an error saying it did not answer", current, err)
 	}
-	if took > catchUpWait+500*time.Millisecond {
-		t.Errorf("the catch-up took %s, more than its %s", took, catchUpWait)
+	if took > live.CatchUpWait+500*time.Millisecond {
+		t.Errorf("the catch-up took %s, more than its %s", took, live.CatchUpWait)
 	}
 }

@@ -95,7 +95,11 @@ func TestRedisRestoreFromCacheFileKeepsCreatedAt(t *testing.T) {
 		none.Record["id"].(string):    "",
 	}
 	for _, rec := range records {
-		if got := deref(rec.CreatedAt); got != want[rec.ID] {
+		got := ""
+		if rec.CreatedAt != nil {
+			got = *rec.CreatedAt
+		}
+		if got != want[rec.ID] {
 			t.Errorf("record %s (%s): created_at %q after the restore, want %q", rec.ID, rec.Label, got, want[rec.ID])
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 )
 
 // clusterPrefixes are the default prefix and a custom one whose key set
@@ -15,14 +16,14 @@ import (
 func clusterPrefixes(t *testing.T, cl *testredis.Cluster) []string {
 	t.Helper()
 	slotOf := func(prefix string) int {
-		keys, err := newLayout(prefix)
+		keys, err := keyspace.New(prefix)
 		if err != nil {
 			t.Fatal(err)
 		}
-		slot := cl.KeySlot(t, "{"+keys.prefix+"}")
-		for _, k := range []string{keys.records, keys.used, keys.version, keys.log, keys.quotaHash("2026-12"), keys.usageHash(time.Now())} {
+		slot := cl.KeySlot(t, "{"+keys.Prefix+"}")
+		for _, k := range []string{keys.Records, keys.Used, keys.Version, keys.Log, keys.QuotaHash("2026-12"), keys.UsageHash(time.Now())} {
 			if got := cl.KeySlot(t, k); got != slot {
-				t.Fatalf("prefix %q: %s is in slot %d, %s in slot %d: a script on the key set would fail with CROSSSLOT", keys.prefix, keys.records, slot, k, got)
+				t.Fatalf("prefix %q: %s is in slot %d, %s in slot %d: a script on the key set would fail with CROSSSLOT", keys.Prefix, keys.Records, slot, k, got)
 			}
 		}
 		return slot

@@ -11,6 +11,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/stores"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 )
 
 // Changes conflict only when they touch the same records: a revoke is
@@ -41,12 +42,12 @@ func seedKeys(t testing.TB, rs stores.RecordStore, n int) []testkeys.Key {
 // meddlingStore is a live store whose record store lets another writer in
 // between each read and write of an edit.
 type meddlingStore struct {
-	*liveSet
+	*live.Set
 	meddle func()
 }
 
 func (m meddlingStore) Records() stores.RecordStore {
-	return meddlingRecords{m.liveSet.Records(), m.meddle}
+	return meddlingRecords{m.Set.Records(), m.meddle}
 }
 
 type meddlingRecords struct {

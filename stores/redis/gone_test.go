@@ -13,6 +13,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -29,7 +31,7 @@ func TestRedisRecordsGone(t *testing.T) {
 	testkeys.Slow(t, "seconds of Redis round trips")
 	r := testredis.Start(t)
 	rs := records(t, r, "ev:")
-	k, _ := newLayout("ev:")
+	k, _ := keyspace.New("ev:")
 	rawA, recA := teststores.AddKey(t, rs, "a")
 	rawB, _ := teststores.AddKey(t, rs, "b")
 	cache := filepath.Join(t.TempDir(), "cache.json")
@@ -40,12 +42,12 @@ func TestRedisRecordsGone(t *testing.T) {
 	testredis.Eventually(t, 5*time.Second, "the cache file was not written", func() bool { _, err := os.Stat(cache); return err == nil })
 	cached := testkeys.ReadFile(t, cache)
 
-	r.Do("DEL", k.records)
+	r.Do("DEL", k.Records)
 
 	// The running server keeps its keys, and says so once.
 	for range 3 {
-		if err := s.askSync(); !errors.Is(err, errRecordsGone) {
-			t.Fatalf("check with the records gone: %v, want errRecordsGone", err)
+		if err := s.Refresh(); !errors.Is(err, keyspace.ErrRecordsGone) {
+			t.Fatalf("check with the records gone: %v, want keyspace.ErrRecordsGone", err)
 		}
 	}
 	if !admits(s, rawA) || !admits(s, rawB) {
@@ -72,7 +74,7 @@ func TestRedisRecordsGone(t *testing.T) {
 	if logs2.FilterMessageSnippet("records are gone").Len() != 0 {
 		t.Error("the start from the cache file logged the loss a second time")
 	}
-	_ = s2.askSync()
+	_ = s2.Refresh()
 	if got := testkeys.ReadFile(t, cache); got != cached {
 		t.Errorf("the cache file was rewritten by the server started from it:\n%s", got)
 	}
@@ -84,7 +86,7 @@ func TestRedisRecordsGone(t *testing.T) {
 	// The commands refuse, naming the cause and the way back.
 	saysHow := func(what string, err error) {
 		t.Helper()
-		if err == nil || !errors.Is(err, errRecordsGone) || !strings.Contains(err.Error(), "import") || !strings.Contains(err.Error(), "cache_file") {
+		if err == nil || !errors.Is(err, keyspace.ErrRecordsGone) || !strings.Contains(err.Error(), "import") || !strings.Contains(err.Error(), "cache_file") {
 			t.Errorf("%s: %v, want an error naming the cause and how to restore", what, err)
 		}
 	}
@@ -100,10 +102,10 @@ func TestRedisRecordsGone(t *testing.T) {
 	saysHow("add without --create", err)
 	// Nor does the script write into it, whatever a writer read before.
 	doc := keyfile.NewList(mustDocRecord(t, testkeys.New("racer", nil)))
-	if _, err := writeChanged(t.Context(), rs.client, k, doc, anyVersion, false); !errors.Is(err, errRecordsGone) {
+	if _, err := keyspace.WriteChanged(t.Context(), rs.client, k, doc, keyspace.AnyVersion, false); !errors.Is(err, keyspace.ErrRecordsGone) {
 		t.Errorf("the edit script into a key set without records: %v", err)
 	}
-	if n, _ := r.Do("EXISTS", k.records).AsInt64(); n != 0 {
+	if n, _ := r.Do("EXISTS", k.Records).AsInt64(); n != 0 {
 		t.Fatal("a refused write made the records hash anew")
 	}
 
@@ -112,13 +114,13 @@ func TestRedisRecordsGone(t *testing.T) {
 		t.Fatalf("import of the cache file: %v", err)
 	}
 	rawC, _ := teststores.AddKey(t, noCreate, "after the restore")
-	for _, st := range []*liveSet{s, s2} {
+	for _, st := range []*live.Set{s, s2} {
 		testredis.Eventually(t, 5*time.Second, "a server did not catch up after the restore", func() bool {
 			return admits(st, rawA) && admits(st, rawB) && admits(st, rawC)
 		})
 	}
-	for _, st := range []*liveSet{s, s2} {
-		if err := st.askSync(); err != nil {
+	for _, st := range []*live.Set{s, s2} {
+		if err := st.Refresh(); err != nil {
 			t.Fatalf("check after the restore: %v", err)
 		}
 	}
@@ -170,7 +172,7 @@ func TestRedisWarnsOfEviction(t *testing.T) {
 	if n := logs.FilterLevelExact(zapWarn).Len() + logs.FilterLevelExact(zapError).Len(); n != 0 {
 		t.Errorf("as a user without CONFIG: %d warnings or errors: %v", n, logs.All())
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -203,7 +205,7 @@ func TestRedisStartWithoutKeySetSaysSoOnce(t *testing.T) {
 		t.Fatalf("start from the cache file: %v", err)
 	}
 	for range 2 {
-		if err := s2.askSync(); !errors.Is(err, errNoKeySet) {
+		if err := s2.Refresh(); !errors.Is(err, keyspace.ErrNoKeySet) {
 			t.Fatalf("check: %v", err)
 		}
 	}
@@ -216,7 +218,7 @@ func TestRedisStartWithoutKeySetSaysSoOnce(t *testing.T) {
 	if _, err := keyops.Import(cache, rs, keyops.ImportOptions{Waiting: nil}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s2.askSync(); err != nil {
+	if err := s2.Refresh(); err != nil {
 		t.Fatal(err)
 	}
 	if n := logs.FilterMessageSnippet("is back in Redis").Len(); n != 1 {

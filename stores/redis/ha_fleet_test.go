@@ -17,6 +17,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 )
 
 // Every command on a Cluster of three primaries, for the default prefix
@@ -39,7 +41,7 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			}
 			stdout, _ := cli("add", "--create", "--label", "first")
 			rawA := strings.TrimSpace(stdout)
-			stores := []*liveSet{
+			stores := []*live.Set{
 				mustOpenRedisStore(t, testredis.AtURL(t, cl.URL), prefix),
 				mustOpenRedisStore(t, testredis.AtURL(t, cl.URL), prefix),
 			}
@@ -88,10 +90,10 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 			inForce("the key revoked through a store is still admitted", k2.Raw, false)
 
 			// Last-used times, written by a store, read by list.
-			k, sum := stores[0].keys.Load().Lookup(rawC)
-			stores[0].usage.Mark(k, sum, time.Now().UnixNano())
-			stores[0].askFlush()
-			if stores[0].writes.Load() == 0 {
+			k, sum := stores[0].KeySet().Lookup(rawC)
+			stores[0].Usage().Mark(k, sum, time.Now().UnixNano())
+			stores[0].AskFlush()
+			if stores[0].Writes() == 0 {
 				t.Fatal("no usage write")
 			}
 			stdout, _ = cli("list", "--json")
@@ -149,13 +151,13 @@ func TestRedisClusterCommandsAndStores(t *testing.T) {
 				len(lat), testfleet.Percentile(lat, 0.5), testfleet.Percentile(lat, 0.99), lat[len(lat)-1])
 
 			// The four keys are in one slot, held by its primary.
-			keys, _ := newLayout(prefix)
-			owner := cl.Primaries[cl.Owner(cl.KeySlot(t, keys.records))]
-			if n, err := owner.Do("EXISTS", keys.records, keys.used, keys.version, keys.log).AsInt64(); err != nil || n != 4 {
+			keys, _ := keyspace.New(prefix)
+			owner := cl.Primaries[cl.Owner(cl.KeySlot(t, keys.Records))]
+			if n, err := owner.Do("EXISTS", keys.Records, keys.Used, keys.Version, keys.Log).AsInt64(); err != nil || n != 4 {
 				t.Errorf("the primary of the key set's slot holds %d of its 4 keys (%v)", n, err)
 			}
 			for i, s := range stores {
-				if got := s.syncs.Load(); got != 1 {
+				if got := s.Syncs(); got != 1 {
 					t.Errorf("store %d read the key set whole %d times, want 1: the changes come from the log", i, got)
 				}
 			}
@@ -176,14 +178,14 @@ func TestRedisClusterFailover(t *testing.T) {
 	good := strings.TrimSpace(stdout)
 	stdout, _ = redisCLI(t, cl.URL, "", "add", "--label", "doomed")
 	doomed := strings.TrimSpace(stdout)
-	stores := []*liveSet{
+	stores := []*live.Set{
 		mustOpenRedisStore(t, testredis.AtURL(t, cl.URL), ""),
 		mustOpenRedisStore(t, testredis.AtURL(t, cl.URL), ""),
 	}
-	keys, _ := newLayout("")
-	i := cl.Owner(cl.KeySlot(t, keys.version))
+	keys, _ := keyspace.New("")
+	i := cl.Owner(cl.KeySlot(t, keys.Version))
 	primary, replica := cl.Primaries[i], cl.Replicas[i]
-	version := primary.Version(keys.version)
+	version := primary.Version(keys.Version)
 	testredis.WaitUntil(t, 5*time.Second, "the replica did not catch up", func() bool { return testredis.CaughtUp(primary, replica) }, nil)
 	for j, s := range stores {
 		testredis.Eventually(t, time.Second, fmt.Sprintf("store %d: the second key is not in force", j), func() bool { return admits(s, doomed) })
@@ -255,7 +257,7 @@ func TestRedisClusterFailover(t *testing.T) {
 	}
 	added := time.Since(start)
 	stop()
-	if n := replica.Version(keys.version); n != version+2 {
+	if n := replica.Version(keys.Version); n != version+2 {
 		t.Errorf("the new primary holds version %d, want %d", n, version+2)
 	}
 	t.Logf("Cluster failover (node timeout 1s) took %s after kill -9 of the key set's primary; a revoke made after it was in force on both stores in %s, an add in %s; %d lookups of the good key admitted, %d refused",

@@ -14,6 +14,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -25,7 +27,7 @@ import (
 
 // openLoggedRedisStore is openRedisStore with the store's log kept for the
 // test to read.
-func openLoggedRedisStore(t testing.TB, r *testredis.Server, prefix, cacheFile string) (*liveSet, *observer.ObservedLogs, error) {
+func openLoggedRedisStore(t testing.TB, r *testredis.Server, prefix, cacheFile string) (*live.Set, *observer.ObservedLogs, error) {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	s, err := openRedisStoreWith(t, r, prefix, cacheFile, time.Hour, zap.New(core))
@@ -35,13 +37,13 @@ func openLoggedRedisStore(t testing.TB, r *testredis.Server, prefix, cacheFile s
 // logEntry appends a change to the key set's log by hand, as another
 // program might: the version is bumped, and the entry holds ids and was as
 // given (raw JSON, or anything).
-func logEntry(r *testredis.Server, k layout, ids, was string) {
+func logEntry(r *testredis.Server, k keyspace.Layout, ids, was string) {
 	r.T.Helper()
-	v, err := r.Do("INCR", k.version).AsInt64()
+	v, err := r.Do("INCR", k.Version).AsInt64()
 	if err != nil {
 		r.T.Fatal(err)
 	}
-	if err := r.Do("XADD", k.log, "*", "v", fmt.Sprint(v), "ids", ids, "was", was).Error(); err != nil {
+	if err := r.Do("XADD", k.Log, "*", "v", fmt.Sprint(v), "ids", ids, "was", was).Error(); err != nil {
 		r.T.Fatal(err)
 	}
 }
@@ -76,12 +78,12 @@ func problemLogs(logs *observer.ObservedLogs, id string) int {
 func TestRedisValueHoldingTwoRecords(t *testing.T) {
 	r := testredis.Start(t)
 	rs := records(t, r, "two:")
-	k, _ := newLayout("two:")
+	k, _ := keyspace.New("two:")
 	rawA, _ := teststores.AddKey(t, rs, "a")
 	_, recB := teststores.AddKey(t, rs, "b")
 	victim, other := testkeys.New("victim", nil), testkeys.New("smuggled", nil)
 	id := victim.Record["id"].(string)
-	r.Do("HSET", k.records, id, recordJSON(t, victim)+","+recordJSON(t, other))
+	r.Do("HSET", k.Records, id, recordJSON(t, victim)+","+recordJSON(t, other))
 
 	// At start (the full read).
 	s, logs, err := openLoggedRedisStore(t, r, "two:", "")
@@ -101,14 +103,14 @@ func TestRedisValueHoldingTwoRecords(t *testing.T) {
 	// In the follower: a change to a record that holds two.
 	second, third := testkeys.New("second", nil), testkeys.New("third", nil)
 	id2 := second.Record["id"].(string)
-	r.Do("HSET", k.records, id2, recordJSON(t, second)+","+recordJSON(t, third))
+	r.Do("HSET", k.Records, id2, recordJSON(t, second)+","+recordJSON(t, third))
 	logEntry(r, k, `["`+id2+`"]`, `[""]`)
 	rawC, _ := teststores.AddKey(t, rs, "after")
 	testredis.Eventually(t, 5*time.Second, "a change after the bad one did not reach the store", func() bool { return admits(s, rawC) })
 	if admits(s, second.Raw) || admits(s, third.Raw) {
 		t.Fatal("a key of a changed value holding two records is admitted")
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("version check: %v", err)
 	}
 	if n := problemLogs(logs, id2); n != 1 {
@@ -171,12 +173,12 @@ func TestRedisHostileValues(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			prefix := fmt.Sprintf("h%d:", i)
-			k, _ := newLayout(prefix)
+			k, _ := keyspace.New(prefix)
 			rs := records(t, r, prefix)
 			rawA, recA := teststores.AddKey(t, rs, "a")
 			victim := testkeys.New("victim", nil)
 			id := victim.Record["id"].(string)
-			r.Do("HSET", k.records, id, tc.value(victim))
+			r.Do("HSET", k.Records, id, tc.value(victim))
 
 			s, _, err := openLoggedRedisStore(t, r, prefix, "")
 			if err != nil {
@@ -189,9 +191,9 @@ func TestRedisHostileValues(t *testing.T) {
 			// The follower reads it as a change, then goes on.
 			victim2 := testkeys.New("victim 2", nil)
 			id2 := victim2.Record["id"].(string)
-			r.Do("HSET", k.records, id2, tc.value(victim2))
+			r.Do("HSET", k.Records, id2, tc.value(victim2))
 			logEntry(r, k, `["`+id2+`"]`, `[""]`)
-			_ = s.askSync() // the follower reads the entry alone
+			_ = s.Refresh() // the follower reads the entry alone
 			rawB, _ := teststores.AddKey(t, rs, "after")
 			testredis.Eventually(t, 5*time.Second, "a change after the hostile one did not reach the store", func() bool { return admits(s, rawB) })
 			if !admits(s, rawA) || admits(s, victim2.Raw) != tc.ok {
@@ -218,7 +220,7 @@ func TestRedisHostileLogEntries(t *testing.T) {
 	testkeys.Slow(t, "seconds of Redis round trips")
 	r := testredis.Start(t)
 	rs := records(t, r, "log:")
-	k, _ := newLayout("log:")
+	k, _ := keyspace.New("log:")
 	rawA, recA := teststores.AddKey(t, rs, "a")
 	s := mustOpenRedisStore(t, r, "log:")
 	huge := `["` + strings.Repeat("x", 1<<20) + `"]`
@@ -235,14 +237,14 @@ func TestRedisHostileLogEntries(t *testing.T) {
 		{`["` + recA.ID + `"`, ``},
 	} {
 		logEntry(r, k, e.ids, e.was)
-		_ = s.askSync() // the follower reads the entry alone
+		_ = s.Refresh() // the follower reads the entry alone
 		raw, _ := teststores.AddKey(t, rs, "after")
 		testredis.Eventually(t, 5*time.Second, fmt.Sprintf("after a log entry with ids %.40q: the next change is not in force", e.ids), func() bool { return admits(s, raw) })
 		if !admits(s, rawA) {
 			t.Fatalf("after a log entry with ids %.40q: a good key was lost", e.ids)
 		}
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("version check: %v", err)
 	}
 }
@@ -260,11 +262,11 @@ func TestRedisWrongTypes(t *testing.T) {
 			}
 			t.Run(which+" as "+as, func(t *testing.T) {
 				prefix := fmt.Sprintf("t%d%s:", i, strings.ReplaceAll(as, " ", ""))
-				k, _ := newLayout(prefix)
+				k, _ := keyspace.New(prefix)
 				rs := records(t, r, prefix)
 				raw, rec := teststores.AddKey(t, rs, "a")
 				running := mustOpenRedisStore(t, r, prefix)
-				key := map[string]string{"records": k.records, "used": k.used, "version": k.version, "log": k.log}[which]
+				key := map[string]string{"records": k.Records, "used": k.Used, "version": k.Version, "log": k.Log}[which]
 				r.Do("DEL", key)
 				switch as {
 				case "string":
@@ -274,7 +276,7 @@ func TestRedisWrongTypes(t *testing.T) {
 				case "hash":
 					r.Do("HSET", key, "v", "x", "ids", "[]")
 				}
-				_ = running.askSync()
+				_ = running.Refresh()
 				if !admits(running, raw) {
 					t.Error("the running store lost its key")
 				}
@@ -283,10 +285,10 @@ func TestRedisWrongTypes(t *testing.T) {
 				_, _, _ = keyops.Create(rs, keyops.AddOptions{Label: "b"}, time.Now(), nil)
 				_, _, _ = keyops.Revoke(rs, rec.ID, time.Now(), nil)
 				_, _, _ = keyops.Revoke(rs, rec.KeyPrefix, time.Now(), nil)
-				_, _ = usedTimes(t.Context(), r.Client(), k)
-				if key, sum := running.keys.Load().Lookup(raw); key != nil {
-					running.usage.Mark(key, sum, time.Now().UnixNano())
-					running.askFlush()
+				_, _ = keyspace.UsedTimes(t.Context(), r.Client(), k)
+				if key, sum := running.KeySet().Lookup(raw); key != nil {
+					running.Usage().Mark(key, sum, time.Now().UnixNano())
+					running.AskFlush()
 				}
 			})
 		}

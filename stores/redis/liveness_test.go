@@ -20,6 +20,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/stores"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -40,7 +42,7 @@ const (
 
 // reloadErrors is the store's count of failed loads
 // (caddy_apikey_reloads_total{result="error"}).
-func reloadErrors(s *liveSet) float64 {
+func reloadErrors(s *live.Set) float64 {
 	reg := prometheus.NewPedanticRegistry()
 	for _, c := range stores.Collectors() {
 		reg.MustRegister(c)
@@ -83,25 +85,25 @@ func TestRedisUnusableAnswersAreNotAnOutage(t *testing.T) {
 	r := testredis.Start(t)
 	for i, tc := range []struct {
 		name    string
-		key     func(layout) string
-		corrupt func(k layout, id string)
+		key     func(keyspace.Layout) string
+		corrupt func(k keyspace.Layout, id string)
 	}{
-		{"version not a number", func(k layout) string { return k.version }, func(k layout, _ string) {
-			r.Do("SET", k.version, "12abc")
+		{"version not a number", func(k keyspace.Layout) string { return k.Version }, func(k keyspace.Layout, _ string) {
+			r.Do("SET", k.Version, "12abc")
 		}},
-		{"records of the wrong type, a change logged", func(k layout) string { return k.records }, func(k layout, id string) {
-			r.Do("DEL", k.records)
-			r.Do("SET", k.records, "x")
+		{"records of the wrong type, a change logged", func(k keyspace.Layout) string { return k.Records }, func(k keyspace.Layout, id string) {
+			r.Do("DEL", k.Records)
+			r.Do("SET", k.Records, "x")
 			logEntry(r, k, `["`+id+`"]`, `[""]`)
 		}},
-		{"log of the wrong type", func(k layout) string { return k.log }, func(k layout, _ string) {
-			r.Do("DEL", k.log)
-			r.Do("SET", k.log, "x")
+		{"log of the wrong type", func(k keyspace.Layout) string { return k.Log }, func(k keyspace.Layout, _ string) {
+			r.Do("DEL", k.Log)
+			r.Do("SET", k.Log, "x")
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			prefix := fmt.Sprintf("u%d:", i)
-			k, _ := newLayout(prefix)
+			k, _ := keyspace.New(prefix)
 			rs := records(t, r, prefix)
 			raw, rec := teststores.AddKey(t, rs, "a")
 			s, logs, err := openLoggedRedisStore(t, r, prefix, "")
@@ -116,7 +118,7 @@ func TestRedisUnusableAnswersAreNotAnOutage(t *testing.T) {
 
 			tc.corrupt(k, rec.ID)
 			for range 5 {
-				if err := s.askSync(); err == nil {
+				if err := s.Refresh(); err == nil {
 					t.Fatal("a check against the hostile key set went through")
 				}
 			}
@@ -141,7 +143,7 @@ func TestRedisUnusableAnswersAreNotAnOutage(t *testing.T) {
 			r.Do("RESTORE", tc.key(k), "0", saved)
 			rawB, _ := teststores.AddKey(t, rs, "after")
 			for range 3 {
-				if err := s.askSync(); err != nil {
+				if err := s.Refresh(); err != nil {
 					t.Fatalf("check once mended: %v", err)
 				}
 			}
@@ -185,25 +187,25 @@ func followerCalls(r *testredis.Server) int {
 
 // openHookedRedisStore is openLoggedRedisStore, the follower's Redis calls
 // given their contexts by withTimeout.
-func openHookedRedisStore(t testing.TB, r *testredis.Server, prefix string, withTimeout func(context.Context, time.Duration) (context.Context, context.CancelFunc)) (*liveSet, *observer.ObservedLogs) {
+func openHookedRedisStore(t testing.TB, r *testredis.Server, prefix string, withTimeout func(context.Context, time.Duration) (context.Context, context.CancelFunc)) (*live.Set, *observer.ObservedLogs) {
 	t.Helper()
 	opt, shown, err := parseURL(r.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := newLayout(prefix)
+	keys, err := keyspace.New(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	s := newLiveSet(opt, shown, keys, "")
-	s.logger = zap.New(core)
-	s.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
-	if err := s.open(); err != nil {
+	s.Logger = zap.New(core)
+	s.Leases().Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
+	if err := s.Open(); err != nil {
 		t.Fatal(err)
 	}
-	s.withTimeout = withTimeout
-	s.start()
+	s.WithTimeout = withTimeout
+	s.Start()
 	t.Cleanup(func() { _ = s.Destruct() })
 	return s, logs
 }
@@ -239,7 +241,7 @@ func TestRedisStallIsNotAnOutage(t *testing.T) {
 	for round := range 3 {
 		clock.stalls.Store(1)
 		testredis.Eventually(t, 5*time.Second, "the follower made no Redis call", func() bool { return clock.stalls.Load() == 0 })
-		if err := s.askSync(); err != nil {
+		if err := s.Refresh(); err != nil {
 			t.Fatalf("round %d: check after a stall: %v", round, err)
 		}
 		rawN, _ := teststores.AddKey(t, rs, fmt.Sprint("after stall ", round))
@@ -247,7 +249,7 @@ func TestRedisStallIsNotAnOutage(t *testing.T) {
 	}
 	// A stall on the check asked for itself.
 	clock.stalls.Store(1)
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("check that stalled: %v", err)
 	}
 	if n := lines(logs, downLine) + lines(logs, upLine); n != 0 {
@@ -260,10 +262,10 @@ func TestRedisStallIsNotAnOutage(t *testing.T) {
 	// A stall, then Redis gone for real: said once, at the next failure.
 	clock.stalls.Store(1)
 	r.Kill()
-	if err := s.askSync(); err == nil {
+	if err := s.Refresh(); err == nil {
 		t.Fatal("check with Redis down: no error")
 	}
-	if err := s.askSync(); err == nil {
+	if err := s.Refresh(); err == nil {
 		t.Fatal("check with Redis down: no error")
 	}
 	if n := lines(logs, downLine); n != 1 {
@@ -387,7 +389,7 @@ func TestRedisCatchesUpWithinASecondOfAnswering(t *testing.T) {
 	}
 	// revoke revokes id at once, and returns how long after back (when
 	// Redis answered again) the revoke is in force on s.
-	revoke := func(t *testing.T, rs Records, s *liveSet, raw, id string, back time.Time) time.Duration {
+	revoke := func(t *testing.T, rs Records, s *live.Set, raw, id string, back time.Time) time.Duration {
 		t.Helper()
 		if _, _, err := keyops.Revoke(rs, id, time.Now(), nil); err != nil {
 			t.Fatalf("revoke once Redis is back: %v", err)

@@ -8,6 +8,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 )
 
 // A Redis store says once that its keys loaded, with their states, and
@@ -28,9 +29,9 @@ func TestRedisStoreSourceBrokenAndFirstLoad(t *testing.T) {
 		t.Fatalf("source_broken at start: %v (there: %v), want 0", v, ok)
 	}
 
-	k, _ := newLayout("m:")
-	r.Do("DEL", k.records, k.version)
-	_ = s.askSync()
+	k, _ := keyspace.New("m:")
+	r.Do("DEL", k.Records, k.Version)
+	_ = s.Refresh()
 	if v, _ := testkeys.GaugeValue(t, "caddy_apikey_source_broken", s.Name()); v != 1 {
 		t.Fatalf("source_broken with the key set gone: %v, want 1", v)
 	}
@@ -41,7 +42,7 @@ func TestRedisStoreSourceBrokenAndFirstLoad(t *testing.T) {
 	if _, _, err := keyops.Create(rs, keyops.AddOptions{Label: "b"}, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
-	_ = s.askSync()
+	_ = s.Refresh()
 	if v, _ := testkeys.GaugeValue(t, "caddy_apikey_source_broken", s.Name()); v != 0 {
 		t.Fatalf("source_broken once the key set is back: %v, want 0", v)
 	}

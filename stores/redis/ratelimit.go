@@ -1,28 +1,17 @@
 package redis
 
 import (
-	"context"
-	"errors"
-	"strconv"
-	"time"
-
-	"github.com/redis/rueidis"
-	"go.uber.org/zap"
-
-	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 )
 
 // RateSyncInterval is how often each server adds its rate-limit counts to
-// the fleet's in Redis and takes back the fleet's. Each server decides on
-// its own, from its counts and the others' as of its last exchange, so a
-// fleet of N servers may admit, over a window, up to the limit plus what
-// the other N-1 servers admitted in the last interval (see the ratelimit
-// package).
-const RateSyncInterval = 100 * time.Millisecond
-
-// rateBatch bounds the commands of one exchange sent at once.
-const rateBatch = 1000
+// the fleet's in Redis and takes back the fleet's: every 100 ms. Each
+// server decides on its own, from its counts and the others' as of its
+// last exchange, so a fleet of N servers may admit, over a window, up to
+// the limit plus what the other N-1 servers admitted in the last interval
+// (see the ratelimit package).
+const RateSyncInterval = live.RateSyncInterval
 
 // ShareLimiter adds this server's rate-limit counts to the fleet's, in the
 // key set's Redis, every RateSyncInterval, and gives the limiter the
@@ -32,113 +21,4 @@ const rateBatch = 1000
 // goes on limiting from what it has, logged once, counted in
 // caddy_apikey_rate_limit_syncs_total{result="error"}; the next exchange
 // sends what failed.
-func (r *Store) ShareLimiter(l *ratelimit.Limiter) (stop func()) { return r.store.shareLimiter(l) }
-
-func (s *liveSet) shareLimiter(l *ratelimit.Limiter) func() {
-	ctx, cancel := context.WithCancel(s.life.Ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(RateSyncInterval)
-		defer t.Stop()
-		x := &rateExchange{s: s, l: l}
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				x.round(ctx)
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
-}
-
-// rateExchange is the exchange of one limiter's counts with the fleet.
-type rateExchange struct {
-	s       *liveSet
-	l       *ratelimit.Limiter
-	buf     []ratelimit.Delta
-	totals  []int64
-	failing storecore.Trouble
-}
-
-// round sends what the limiter has not told the fleet yet and hands it
-// the fleet's totals; a failure is logged once until a round goes through.
-func (x *rateExchange) round(ctx context.Context) error {
-	x.buf = x.l.Pending(time.Now().UnixNano(), x.buf[:0])
-	if len(x.buf) == 0 {
-		return nil
-	}
-	var err error
-	x.totals, err = x.s.exchangeCounts(ctx, x.buf, x.totals[:0])
-	if ctx.Err() != nil {
-		return ctx.Err() // stopping: no outage
-	}
-	x.s.metrics.RateSynced(err)
-	if err != nil {
-		if x.failing.Start() {
-			x.s.log().Error("cannot share rate-limit counts through Redis; each server limits from the counts it has until it can, and then catches up", x.s.fields(zap.Error(err))...)
-		}
-		return err
-	}
-	if x.failing.End() {
-		x.s.log().Info("sharing rate-limit counts through Redis works again", x.s.fields()...)
-	}
-	x.l.Synced(x.buf, x.totals)
-	return nil
-}
-
-// exchangeCounts adds each delta's count to its window's hash and appends
-// the totals Redis then holds to totals, in the deltas' order.
-func (s *liveSet) exchangeCounts(ctx context.Context, deltas []ratelimit.Delta, totals []int64) ([]int64, error) {
-	p := s.client.Load()
-	if p == nil {
-		return totals, errors.New("not connected to Redis yet")
-	}
-	c := *p
-	cmds := make(rueidis.Commands, 0, min(len(deltas), rateBatch)+8)
-	expiring := make(map[string]bool) // the windows' hashes given an expiry in this exchange
-	for start := 0; start < len(deltas); start += rateBatch {
-		batch := deltas[start:min(start+rateBatch, len(deltas))]
-		cmds = cmds[:0]
-		for _, d := range batch {
-			cmds = append(cmds, c.B().Hincrby().Key(s.rk.rateWindow(d.Window, d.Index)).Field(d.Key).Increment(d.N).Build())
-		}
-		// Each window's hash is gone once the window and the next are
-		// over (the next weighs this one), with a minute to spare for
-		// clocks: one expiry per hash, however many keys it counts.
-		for _, d := range batch {
-			key := s.rk.rateWindow(d.Window, d.Index)
-			if expiring[key] {
-				continue
-			}
-			expiring[key] = true
-			expires := time.Unix(0, d.Start()+2*int64(d.Window)).Add(time.Minute)
-			cmds = append(cmds, c.B().Pexpireat().Key(key).MillisecondsTimestamp(expires.UnixMilli()).Build())
-		}
-		cctx, cancel := context.WithTimeout(ctx, answerTimeout(s.opt))
-		replies := c.DoMulti(cctx, cmds...)
-		cancel()
-		for i := range batch {
-			n, err := replies[i].AsInt64()
-			if err != nil {
-				return totals, err
-			}
-			totals = append(totals, n)
-		}
-		for _, r := range replies[len(batch):] {
-			if err := r.Error(); err != nil {
-				return totals, err
-			}
-		}
-	}
-	return totals, nil
-}
-
-// rateWindow is the Redis key of the counts of one window of the limits of
-// that length: {prefix}rl:<window in seconds>:<index>, in the key set's
-// slot.
-func (k layout) rateWindow(window time.Duration, index int64) string {
-	return k.tag + "rl:" + strconv.FormatInt(int64(window/time.Second), 10) + ":" + strconv.FormatInt(index, 10)
-}
+func (r *Store) ShareLimiter(l *ratelimit.Limiter) (stop func()) { return r.store.ShareLimiter(l) }

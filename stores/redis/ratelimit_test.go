@@ -27,7 +27,7 @@ func TestRedisSharesRateLimitCounts(t *testing.T) {
 	}
 	b := mustOpenRedisStore(t, r, "rl:")
 	la, lb := ratelimit.New(ratelimit.Options{Fleet: true}), ratelimit.New(ratelimit.Options{Fleet: true})
-	xa, xb := &rateExchange{s: a, l: la}, &rateExchange{s: b, l: lb}
+	xa, xb := a.Exchange(la), b.Exchange(lb)
 	limits := []ratelimit.Limit{{Requests: 10, Window: 24 * time.Hour}} // a window that rolls over at midnight UTC alone
 	ctx := context.Background()
 	admit := func(l *ratelimit.Limiter, n int) (admitted int) {
@@ -42,20 +42,20 @@ func TestRedisSharesRateLimitCounts(t *testing.T) {
 	if got := admit(la, 6); got != 6 {
 		t.Fatalf("server A admitted %d of 6", got)
 	}
-	if err := xa.round(ctx); err != nil {
+	if err := xa(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := xb.round(ctx); err != nil { // B has nothing to send: it reads nothing either
+	if err := xb(ctx); err != nil { // B has nothing to send: it reads nothing either
 		t.Fatal(err)
 	}
 	admit(lb, 1) // B now has a count of its own, so it learns the fleet's total at its next round
-	if err := xb.round(ctx); err != nil {
+	if err := xb(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got := admit(lb, 10); got != 3 {
 		t.Errorf("server B admitted %d more after A's 6 and its own 1, want 3 (the limit is 10 for the fleet)", got)
 	}
-	if err := xb.round(ctx); err != nil { // B tells its 3
+	if err := xb(ctx); err != nil { // B tells its 3
 		t.Fatal(err)
 	}
 	// A learns of B's counts at its next round after a request of its
@@ -63,7 +63,7 @@ func TestRedisSharesRateLimitCounts(t *testing.T) {
 	if got := admit(la, 1); got != 1 {
 		t.Fatalf("server A, which last saw the fleet at 6, admitted %d of 1", got)
 	}
-	if err := xa.round(ctx); err != nil {
+	if err := xa(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got := admit(la, 5); got != 0 {
@@ -78,11 +78,11 @@ func TestRedisSharesRateLimitCounts(t *testing.T) {
 
 	// Redis down: limiting goes on from what each has, logged once.
 	lc := ratelimit.New(ratelimit.Options{Fleet: true})
-	xc := &rateExchange{s: a, l: lc}
+	xc := a.Exchange(lc)
 	admit(lc, 2)
 	r.Kill()
 	for range 3 {
-		if err := xc.round(ctx); err == nil {
+		if err := xc(ctx); err == nil {
 			t.Fatal("a round with Redis down succeeded")
 		}
 	}

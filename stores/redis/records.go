@@ -5,26 +5,26 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/audit"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/stores"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/rueidis"
 )
 
 // Records is a key set in Redis as a record store. Its edits are
 // optimistic: read at a version, written only if the version is still the
-// same (editScript), done again otherwise.
+// same (one script, in one atomic step), done again otherwise.
 type Records struct {
 	client rueidis.Client
-	keys   layout
+	keys   keyspace.Layout
 	shown  string // the URL, without its password
 	// timeout is how long the client waits for Redis to answer
-	// (answerTimeout), for messages; 0: defaultTimeout.
+	// (keyspace.AnswerTimeout), for messages; 0: keyspace.DefaultTimeout.
 	timeout time.Duration
 
 	// mayCreate lets an edit that may create a key set (add, import)
@@ -54,6 +54,9 @@ type Target struct {
 	Create bool
 }
 
+// DefaultPrefix is the prefix of a key set when none is given: apikey:.
+const DefaultPrefix = keyspace.DefaultPrefix
+
 // Open connects to the Redis server that t names, for its key set. No
 // message ever shows the password. Close the Records when done.
 func Open(t Target) (Records, error) {
@@ -71,15 +74,15 @@ func Open(t Target) (Records, error) {
 	case opt.Password == "":
 		opt.Password = t.FallbackPassword
 	}
-	keys, err := newLayout(repl.ReplaceAll(t.Prefix, ""))
+	keys, err := keyspace.New(repl.ReplaceAll(t.Prefix, ""))
 	if err != nil {
 		return Records{}, err
 	}
 	c, err := rueidis.NewClient(opt)
 	if err != nil {
-		return Records{}, fmt.Errorf("redis %s: %v", shown, explainTimeout(nil, err, answerTimeout(opt), 0))
+		return Records{}, fmt.Errorf("redis %s: %v", shown, keyspace.ExplainTimeout(nil, err, keyspace.AnswerTimeout(opt), 0))
 	}
-	return Records{client: c, keys: keys, shown: shown, timeout: answerTimeout(opt), mayCreate: t.Create}, nil
+	return Records{client: c, keys: keys, shown: shown, timeout: keyspace.AnswerTimeout(opt), mayCreate: t.Create}, nil
 }
 
 // Close closes the connection to Redis.
@@ -89,32 +92,24 @@ func (r Records) Close() {
 	}
 }
 
-func (r Records) String() string { return r.shown + " (prefix " + r.keys.prefix + ")" }
-func (r Records) Flags() string  { return "--redis " + r.shown + " --prefix " + r.keys.prefix }
-
-// editTimeout bounds one read or edit of a key set in Redis, which
-// scans the whole set.
-const editTimeout = 2 * time.Minute
-
-// errNotConnected: a store that started from its cache file has not
-// reached Redis yet.
-var errNotConnected = errors.New("not connected to Redis yet (the server started from its cache file)")
+func (r Records) String() string { return r.shown + " (prefix " + r.keys.Prefix + ")" }
+func (r Records) Flags() string  { return "--redis " + r.shown + " --prefix " + r.keys.Prefix }
 
 func (r Records) Read() ([]keyfile.Record, *keyset.KeySet, error) {
 	if r.client == nil {
-		return nil, nil, r.wrap(errNotConnected)
+		return nil, nil, r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
-	doc, _, err := readRecords(ctx, r.client, r.keys, true)
+	doc, _, err := keyspace.ReadRecords(ctx, r.client, r.keys, true)
 	if err != nil {
 		return nil, nil, r.fail(ctx, err)
 	}
-	used, err := usedTimes(ctx, r.client, r.keys)
+	used, err := keyspace.UsedTimes(ctx, r.client, r.keys)
 	if err != nil {
 		return nil, nil, r.fail(ctx, err)
 	}
-	mergeUsed(doc.Records, used)
+	keyspace.MergeUsed(doc.Records, used)
 	ks, err := keyfile.BuildKeySet(doc.Records)
 	if err != nil {
 		return nil, nil, r.wrap(err)
@@ -124,15 +119,15 @@ func (r Records) Read() ([]keyfile.Record, *keyset.KeySet, error) {
 
 func (r Records) Edit(e stores.Edit) error {
 	if r.client == nil {
-		return r.wrap(errNotConnected)
+		return r.wrap(keyspace.ErrNotConnected)
 	}
 	e.Create = e.Create && r.mayCreate
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	for attempt := 1; ; attempt++ {
 		doc, version, err := r.readFor(ctx, e)
 		switch {
-		case errors.Is(err, errNoKeySet) && e.Create:
+		case errors.Is(err, keyspace.ErrNoKeySet) && e.Create:
 			// version is 0, or the version of a key set whose records
 			// are gone, which this edit may make anew.
 			doc = keyfile.NewList()
@@ -156,11 +151,11 @@ func (r Records) Edit(e stores.Edit) error {
 		if e.OnlyID != "" {
 			read = changedValues(doc, before)
 		}
-		_, err = writeRecords(ctx, r.client, r.keys, doc, version, e.Create, read, e.AuditEntries(time.Now()))
-		conflict := errors.Is(err, errVersionMoved) || errors.Is(err, errRecordMoved) || errors.Is(err, errIDTaken)
+		_, err = keyspace.WriteRecords(ctx, r.client, r.keys, doc, version, e.Create, read, e.AuditEntries(time.Now()))
+		conflict := errors.Is(err, keyspace.ErrVersionMoved) || errors.Is(err, keyspace.ErrRecordMoved) || errors.Is(err, keyspace.ErrIDTaken)
 		switch {
 		case conflict && attempt < maxEditTries:
-			if attempt == 1 && e.Waiting != nil && !errors.Is(err, errIDTaken) {
+			if attempt == 1 && e.Waiting != nil && !errors.Is(err, keyspace.ErrIDTaken) {
 				e.Waiting()
 			}
 			continue
@@ -211,41 +206,36 @@ func changedValues(doc *keyfile.Doc, before []readValue) map[string]string {
 }
 
 // readFor reads what edit e needs, and the version it was read at: for an
-// edit that only adds, nothing (anyVersion); for one of a single record
-// named by its id, that record; otherwise the whole key set, which must
-// be one the handler would load.
+// edit that only adds, nothing (keyspace.AnyVersion); for one of a single
+// record named by its id, that record; otherwise the whole key set, which
+// must be one the handler would load.
 func (r Records) readFor(ctx context.Context, e stores.Edit) (*keyfile.Doc, int64, error) {
 	if e.OnlyAdds {
 		if !e.Create {
-			if _, err := readState(ctx, r.client, r.keys); err != nil {
+			if _, err := keyspace.ReadState(ctx, r.client, r.keys); err != nil {
 				return nil, 0, err
 			}
 		}
-		return keyfile.NewList(), anyVersion, nil
+		return keyfile.NewList(), keyspace.AnyVersion, nil
 	}
 	if e.OnlyID != "" {
-		version, err := readState(ctx, r.client, r.keys)
+		version, err := keyspace.ReadState(ctx, r.client, r.keys)
 		if err != nil {
 			return nil, version, err
 		}
-		js, err := r.client.Do(ctx, r.client.B().Hget().Key(r.keys.records).Field(e.OnlyID).Build()).ToString()
-		if err == nil {
-			doc := keyfile.NewList(keyfile.Record{})
-			var rd keyfile.RecordReader
-			if err := rd.Read(e.OnlyID, js, &doc.Records[0]); err != nil {
-				return nil, 0, err
-			}
+		doc, err := keyspace.ReadRecord(ctx, r.client, r.keys, e.OnlyID)
+		switch {
+		case err != nil:
+			return nil, 0, err
+		case doc != nil:
 			if _, err := keyfile.BuildKeySet(doc.Records); err != nil {
 				return nil, 0, err
 			}
 			return doc, version, nil
 		}
-		if !rueidis.IsRedisNil(err) {
-			return nil, 0, err
-		}
 		// Not an id: a key_prefix, or the start of an id. Read all.
 	}
-	doc, version, err := readRecords(ctx, r.client, r.keys, false)
+	doc, version, err := keyspace.ReadRecords(ctx, r.client, r.keys, false)
 	if err != nil {
 		return nil, version, err
 	}
@@ -259,57 +249,39 @@ func (r Records) readFor(ctx context.Context, e stores.Edit) (*keyfile.Doc, int6
 // fail is wrap, for an error of a Redis call made with ctx: a time-out
 // says what gave up after how long.
 func (r Records) fail(ctx context.Context, err error) error {
-	return r.wrap(explainTimeout(ctx, err, cmp.Or(r.timeout, defaultTimeout), editTimeout))
+	return r.wrap(keyspace.ExplainTimeout(ctx, err, cmp.Or(r.timeout, keyspace.DefaultTimeout), keyspace.EditTimeout))
 }
 
 // wrap names the key set in an error.
 func (r Records) wrap(err error) error {
-	if errors.Is(err, errRecordsGone) {
+	if errors.Is(err, keyspace.ErrRecordsGone) {
 		return fmt.Errorf("key set %s: %w. The servers keep the keys they hold. Restore it with caddy apikey import %s --file <keys.json>, from an export or a server's cache_file (then, on Redis, set maxmemory-policy to noeviction or a volatile-* policy); caddy apikey add %s --create would start it anew with that one key", r, err, r.Flags(), r.Flags())
 	}
-	if errors.Is(err, errNoKeySet) {
+	if errors.Is(err, keyspace.ErrNoKeySet) {
 		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.Flags(), r.Flags())
 	}
 	return fmt.Errorf("key set %s: %w", r, err)
 }
 
-// auditPage is how many entries one XRANGE of the audit stream reads.
-const auditPage = 10000
+// DefaultAuditMaxEntries is about how many entries a key set's audit
+// stream keeps (XADD MAXLEN ~), 1 000 000, unless its
+// {prefix}audit:max_entries key says otherwise (caddy apikey audit
+// --set-max-entries).
+const DefaultAuditMaxEntries = keyspace.DefaultAuditMaxEntries
 
 // ReadAudit reads the entries of the key set's audit stream that f keeps,
 // oldest first.
 func (r Records) ReadAudit(f audit.Filter) ([]audit.Entry, error) {
 	if r.client == nil {
-		return nil, r.wrap(errNotConnected)
+		return nil, r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
-	var out []audit.Entry
-	start := "-"
-	if !f.Since.IsZero() {
-		// The stream's ids are the Redis server's clock: a minute of
-		// slack for the writers' clocks, the filter keeps the rest out.
-		start = strconv.FormatInt(max(0, f.Since.Add(-time.Minute).UnixMilli()), 10)
+	out, err := keyspace.ReadAudit(ctx, r.client, r.keys, f)
+	if err != nil {
+		return out, r.fail(ctx, err)
 	}
-	for {
-		msgs, err := r.client.Do(ctx, r.client.B().Xrange().Key(r.keys.audit).Start(start).End("+").Count(auditPage).Build()).AsXRange()
-		if err != nil {
-			return out, r.fail(ctx, err)
-		}
-		for _, m := range msgs {
-			e, err := audit.Decode([]byte(m.FieldValues["e"]))
-			if err != nil {
-				return out, r.wrap(fmt.Errorf("audit stream %s, entry %s: %v", r.keys.audit, m.ID, err))
-			}
-			if f.Match(e) {
-				out = append(out, e)
-			}
-		}
-		if len(msgs) < auditPage {
-			return out, nil
-		}
-		start = "(" + msgs[len(msgs)-1].ID
-	}
+	return out, nil
 }
 
 // SetAuditMaxEntries sets about how many entries the key set's audit
@@ -317,17 +289,11 @@ func (r Records) ReadAudit(f audit.Filter) ([]audit.Entry, error) {
 // is trimmed at the next change.
 func (r Records) SetAuditMaxEntries(n int64) error {
 	if r.client == nil {
-		return r.wrap(errNotConnected)
+		return r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
-	var err error
-	if n == 0 {
-		err = r.client.Do(ctx, r.client.B().Del().Key(r.keys.auditMax).Build()).Error()
-	} else {
-		err = r.client.Do(ctx, r.client.B().Set().Key(r.keys.auditMax).Value(strconv.FormatInt(n, 10)).Build()).Error()
-	}
-	if err != nil {
+	if err := keyspace.SetAuditMaxEntries(ctx, r.client, r.keys, n); err != nil {
 		return r.fail(ctx, err)
 	}
 	return nil
@@ -336,18 +302,13 @@ func (r Records) SetAuditMaxEntries(n int64) error {
 // AuditMaxEntries returns the retention of the key set's audit stream.
 func (r Records) AuditMaxEntries() (int64, error) {
 	if r.client == nil {
-		return 0, r.wrap(errNotConnected)
+		return 0, r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
-	n, err := r.client.Do(ctx, r.client.B().Get().Key(r.keys.auditMax).Build()).AsInt64()
-	switch {
-	case rueidis.IsRedisNil(err):
-		return DefaultAuditMaxEntries, nil
-	case err != nil:
+	n, err := keyspace.AuditMaxEntries(ctx, r.client, r.keys)
+	if err != nil {
 		return 0, r.fail(ctx, err)
-	case n < 1:
-		return DefaultAuditMaxEntries, nil
 	}
 	return n, nil
 }
@@ -357,26 +318,24 @@ func (r Records) AuditMaxEntries() (int64, error) {
 // of a record).
 func (r Records) WriteAudit(entries []audit.Entry) error {
 	if r.client == nil {
-		return r.wrap(errNotConnected)
+		return r.wrap(keyspace.ErrNotConnected)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), editTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), keyspace.EditTimeout)
 	defer cancel()
 	keep, err := r.AuditMaxEntries()
 	if err != nil {
 		return err
 	}
-	cmds := make(rueidis.Commands, 0, len(entries))
+	lines := make([]string, 0, len(entries))
 	for _, e := range entries {
-		line, err := audit.Append(nil, e)
+		line, err := keyspace.AuditLine(e)
 		if err != nil {
 			return err
 		}
-		cmds = append(cmds, r.client.B().Xadd().Key(r.keys.audit).Maxlen().Almost().Threshold(strconv.FormatInt(keep, 10)).Id("*").FieldValue().FieldValue("e", string(line[:len(line)-1])).Build())
+		lines = append(lines, line)
 	}
-	for _, res := range r.client.DoMulti(ctx, cmds...) {
-		if err := res.Error(); err != nil {
-			return r.fail(ctx, err)
-		}
+	if err := keyspace.WriteAudit(ctx, r.client, r.keys, keep, lines); err != nil {
+		return r.fail(ctx, err)
 	}
 	return nil
 }

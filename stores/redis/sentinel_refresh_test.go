@@ -30,7 +30,10 @@ func TestRedisSentinelSwitchWithoutEvent(t *testing.T) {
 	raw, _ := teststores.AddKey(t, rs, "a")
 	st := openTopologyStore(t, s.URL, "", zap.NewNop())
 	role := func() string {
-		c := *st.client.Load()
+		c, err := st.Connect()
+		if err != nil {
+			return err.Error()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		r, err := c.Do(ctx, c.B().Role().Build()).ToArray()

@@ -8,6 +8,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/internal/testredis"
 	"github.com/caddy-apikey/caddy-apikey/internal/teststores"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -31,13 +33,13 @@ func TestRedisSentinelFailoverCanLoseAChange(t *testing.T) {
 	rawB, recB := teststores.AddKey(t, rs, "b")
 
 	core, logs := observer.New(zapcore.InfoLevel)
-	stores := []*liveSet{
+	stores := []*live.Set{
 		openTopologyStore(t, s.URL, "", zap.New(core)),
 		openTopologyStore(t, s.URL, "", zap.New(core)),
 	}
-	keys, _ := newLayout("")
-	replicated := s.Primary.Version(keys.version)
-	testredis.WaitUntil(t, 5*time.Second, "the replica did not catch up", func() bool { return s.Replica.Version(keys.version) == replicated }, nil)
+	keys, _ := keyspace.New("")
+	replicated := s.Primary.Version(keys.Version)
+	testredis.WaitUntil(t, 5*time.Second, "the replica did not catch up", func() bool { return s.Replica.Version(keys.Version) == replicated }, nil)
 
 	// Replication stops; the revoke is acknowledged by the primary alone.
 	if err := s.Primary.Do("ACL", "DELUSER", "repl").Error(); err != nil {
@@ -52,7 +54,7 @@ func TestRedisSentinelFailoverCanLoseAChange(t *testing.T) {
 	for i, st := range stores {
 		testredis.Eventually(t, time.Second, fmt.Sprintf("store %d did not put the revoke in force", i), func() bool { return !admits(st, rawB) })
 	}
-	if got := s.Replica.Version(keys.version); got != replicated {
+	if got := s.Replica.Version(keys.Version); got != replicated {
 		t.Fatalf("the replica is at version %d, want %d (without the revoke)", got, replicated)
 	}
 
@@ -101,8 +103,8 @@ func TestRedisSentinelSwitchover(t *testing.T) {
 	if err := s.Sentinels[0].Do("SENTINEL", "FAILOVER", testredis.MasterSet).Error(); err != nil {
 		t.Fatal(err)
 	}
-	keys, _ := newLayout("")
-	version := s.Primary.Version(keys.version)
+	keys, _ := keyspace.New("")
+	version := s.Primary.Version(keys.Version)
 	switchover := s.WaitFailover(t)
 
 	// The old primary may not know yet that it is one no more: a write
@@ -111,19 +113,19 @@ func TestRedisSentinelSwitchover(t *testing.T) {
 	if _, _, err := keyops.Revoke(st.Records(), rec.ID, time.Now(), nil); err != nil {
 		t.Fatalf("revoke through the store's record store after the switchover: %v", err)
 	}
-	if got := s.Replica.Version(keys.version); got != version+1 {
+	if got := s.Replica.Version(keys.Version); got != version+1 {
 		t.Fatalf("the new primary is at version %d after the revoke, want %d", got, version+1)
 	}
 	testredis.Eventually(t, 5*time.Second, "the revoke is not in force", func() bool { return !admits(st, raw) })
 	inForce := time.Since(start)
 
-	k, sum := st.keys.Load().Lookup(raw)
-	st.usage.Mark(k, sum, time.Now().UnixNano())
-	st.askFlush()
-	if st.writes.Load() != 1 {
+	k, sum := st.KeySet().Lookup(raw)
+	st.Usage().Mark(k, sum, time.Now().UnixNano())
+	st.AskFlush()
+	if st.Writes() != 1 {
 		t.Fatal("the usage write after the switchover failed")
 	}
-	if n, err := s.Replica.Do("HLEN", keys.used).AsInt64(); err != nil || n != 1 {
+	if n, err := s.Replica.Do("HLEN", keys.Used).AsInt64(); err != nil || n != 1 {
 		t.Errorf("the new primary holds %d last-used times (%v), want 1", n, err)
 	}
 	t.Logf("switchover took %s; a revoke through the running store's record store was in force %s after it",
@@ -159,9 +161,9 @@ func TestRedisSentinelFailoverWithClockSkew(t *testing.T) {
 	// ids from then on (an entry for the version in force, which a
 	// follower takes for a gap: it reads the key set whole, which changes
 	// nothing).
-	keys, _ := newLayout("")
+	keys, _ := keyspace.New("")
 	ahead := time.Now().Add(time.Hour).UnixMilli()
-	if err := s.Primary.Do("XADD", keys.log, fmt.Sprintf("%d-0", ahead), "v", fmt.Sprint(s.Primary.Version(keys.version)), "ids", "[]").Error(); err != nil {
+	if err := s.Primary.Do("XADD", keys.Log, fmt.Sprintf("%d-0", ahead), "v", fmt.Sprint(s.Primary.Version(keys.Version)), "ids", "[]").Error(); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := keyops.Revoke(rs, recB.ID, time.Now(), nil); err != nil {

@@ -18,6 +18,8 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"github.com/redis/rueidis"
 
 	"go.uber.org/zap"
@@ -37,34 +39,34 @@ func records(t testing.TB, r *testredis.Server, prefix string) Records {
 // openRedisStore opens a live store on r's key set at prefix, with the
 // usage interval given, as Provision does; it is stopped when the test
 // ends.
-func openRedisStore(t testing.TB, r *testredis.Server, prefix, cacheFile string, usage time.Duration) (*liveSet, error) {
+func openRedisStore(t testing.TB, r *testredis.Server, prefix, cacheFile string, usage time.Duration) (*live.Set, error) {
 	t.Helper()
 	return openRedisStoreWith(t, r, prefix, cacheFile, usage, zap.NewNop())
 }
 
 // openRedisStoreWith is openRedisStore, the store logging to logger.
-func openRedisStoreWith(t testing.TB, r *testredis.Server, prefix, cacheFile string, usage time.Duration, logger *zap.Logger) (*liveSet, error) {
+func openRedisStoreWith(t testing.TB, r *testredis.Server, prefix, cacheFile string, usage time.Duration, logger *zap.Logger) (*live.Set, error) {
 	t.Helper()
 	opt, shown, err := parseURL(r.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := newLayout(prefix)
+	keys, err := keyspace.New(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := newLiveSet(opt, shown, keys, cacheFile)
-	s.logger = logger
-	s.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: usage}, Reload: storecore.Interval{Off: true}})
-	if err := s.open(); err != nil {
+	s.Logger = logger
+	s.Leases().Add(storecore.Settings{Usage: storecore.Interval{Every: usage}, Reload: storecore.Interval{Off: true}})
+	if err := s.Open(); err != nil {
 		return nil, err
 	}
-	s.start()
+	s.Start()
 	t.Cleanup(func() { _ = s.Destruct() })
 	return s, nil
 }
 
-func mustOpenRedisStore(t testing.TB, r *testredis.Server, prefix string) *liveSet {
+func mustOpenRedisStore(t testing.TB, r *testredis.Server, prefix string) *live.Set {
 	t.Helper()
 	s, err := openRedisStore(t, r, prefix, "", time.Hour)
 	if err != nil {
@@ -74,8 +76,8 @@ func mustOpenRedisStore(t testing.TB, r *testredis.Server, prefix string) *liveS
 }
 
 // admits reports whether the store's key set in force admits raw.
-func admits(s *liveSet, raw string) bool {
-	k, _ := s.keys.Load().Lookup(raw)
+func admits(s *live.Set, raw string) bool {
+	k, _ := s.KeySet().Lookup(raw)
 	return k != nil && !k.Revoked() && !k.Expired(time.Now().UnixNano())
 }
 
@@ -98,10 +100,10 @@ func TestRedisStoreFollowsChanges(t *testing.T) {
 	if !admits(s, rawA) {
 		t.Fatal("an unrelated key was lost")
 	}
-	if got := s.syncs.Load(); got != 1 {
+	if got := s.Syncs(); got != 1 {
 		t.Errorf("the store read the whole key set %d times, want 1 (the changes come from the log)", got)
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("version check: %v", err)
 	}
 }
@@ -114,12 +116,12 @@ func TestRedisStoreResyncsOnAGap(t *testing.T) {
 
 	// The log loses entries (trimmed while the store was away): the
 	// versions jump, and the store reads the whole key set.
-	keys, _ := newLayout("")
-	r.Do("INCR", keys.version)
-	r.Do("XTRIM", keys.log, "MAXLEN", "0")
+	keys, _ := keyspace.New("")
+	r.Do("INCR", keys.Version)
+	r.Do("XTRIM", keys.Log, "MAXLEN", "0")
 	rawB, _ := teststores.AddKey(t, rs, "b")
 	testredis.Eventually(t, 2*time.Second, "the key added after the gap is not in force", func() bool { return admits(s, rawB) })
-	if got := s.syncs.Load(); got != 2 {
+	if got := s.Syncs(); got != 2 {
 		t.Errorf("full reads = %d, want 2", got)
 	}
 }
@@ -132,8 +134,8 @@ func TestRedisStoreKeepsKeysWhenRedisIsDownOrWiped(t *testing.T) {
 
 	// Wiped: the key set is gone, as after a restart without persistence.
 	r.Do("FLUSHALL")
-	if err := s.askSync(); !errors.Is(err, errNoKeySet) {
-		t.Fatalf("check after FLUSHALL: %v, want errNoKeySet", err)
+	if err := s.Refresh(); !errors.Is(err, keyspace.ErrNoKeySet) {
+		t.Fatalf("check after FLUSHALL: %v, want keyspace.ErrNoKeySet", err)
 	}
 	if !admits(s, raw) {
 		t.Fatal("a wiped key set took the keys in force with it")
@@ -141,7 +143,7 @@ func TestRedisStoreKeepsKeysWhenRedisIsDownOrWiped(t *testing.T) {
 
 	// Down: kill -9. The keys stay in force.
 	r.Kill()
-	if err := s.askSync(); err == nil {
+	if err := s.Refresh(); err == nil {
 		t.Fatal("check with Redis down: no error")
 	}
 	if !admits(s, raw) {
@@ -203,22 +205,22 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	s1 := mustOpenRedisStore(t, r, "")
 	s2 := mustOpenRedisStore(t, r, "")
 
-	use := func(s *liveSet, raw string, at time.Time) {
-		k, sum := s.keys.Load().Lookup(raw)
-		s.usage.Mark(k, sum, at.UnixNano())
+	use := func(s *live.Set, raw string, at time.Time) {
+		k, sum := s.KeySet().Lookup(raw)
+		s.Usage().Mark(k, sum, at.UnixNano())
 	}
 	t1 := time.Now().Add(-time.Hour).Truncate(time.Microsecond)
 	t2 := t1.Add(time.Minute)
 	use(s1, rawA, t2)
-	s1.askFlush()
+	s1.AskFlush()
 	use(s2, rawA, t1) // older: must not overwrite
-	s2.askFlush()
+	s2.AskFlush()
 
 	// B is deleted (by hand) before its use is written: never recreated.
-	keys, _ := newLayout("")
-	r.Do("HDEL", keys.records, recB.ID)
+	keys, _ := keyspace.New("")
+	r.Do("HDEL", keys.Records, recB.ID)
 	use(s1, rawB, t2)
-	s1.askFlush()
+	s1.AskFlush()
 
 	records, _, err := rs.Read()
 	if err != nil {
@@ -230,10 +232,10 @@ func TestRedisUsageIsMergedAndNeverResurrects(t *testing.T) {
 	if got := records[0].LastUsedAt; got == nil || *got != keyset.FormatTimestamp(t2) {
 		t.Errorf("A's last_used_at = %v, want %s (the later use)", got, keyset.FormatTimestamp(t2))
 	}
-	if n, _ := r.Do("HLEN", keys.used).AsInt64(); n != 1 {
+	if n, _ := r.Do("HLEN", keys.Used).AsInt64(); n != 1 {
 		t.Errorf("used entries = %d, want 1", n)
 	}
-	if s1.writes.Load() == 0 || s2.writes.Load() == 0 {
+	if s1.Writes() == 0 || s2.Writes() == 0 {
 		t.Error("a usage write did not happen")
 	}
 }
@@ -253,8 +255,8 @@ func TestRedisImportIsIdempotentAndReportsConflicts(t *testing.T) {
 		t.Fatalf("second import: %+v, %v", res, err)
 	}
 	// The unknown member came along.
-	keys, _ := newLayout("imp:")
-	js, _ := r.Do("HGET", keys.records, b.Record["id"].(string)).ToString()
+	keys, _ := keyspace.New("imp:")
+	js, _ := r.Do("HGET", keys.Records, b.Record["id"].(string)).ToString()
 	if !strings.Contains(js, `"x-team":"ops"`) {
 		t.Errorf("record in Redis: %s; the unknown member was lost", js)
 	}
@@ -315,7 +317,7 @@ func TestRedisURLIsRedacted(t *testing.T) {
 	if _, _, err := parseURL("http://127.0.0.1"); err == nil {
 		t.Error("an http:// URL was taken")
 	}
-	if _, err := newLayout("a{b"); err == nil {
+	if _, err := keyspace.New("a{b"); err == nil {
 		t.Error("a prefix with { was taken")
 	}
 }
@@ -325,7 +327,7 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	rs := records(t, r, "big:")
 	teststores.AddKey(t, rs, "first")
 	s := mustOpenRedisStore(t, r, "big:")
-	keys := make([]testkeys.Key, 2*editBatch+10)
+	keys := make([]testkeys.Key, 2*keyspace.EditBatch+10)
 	for i := range keys {
 		keys[i] = testkeys.New(fmt.Sprintf("k%d", i), nil)
 	}
@@ -333,25 +335,25 @@ func TestRedisLargeImportInBatches(t *testing.T) {
 	if err != nil || res.Added != len(keys) {
 		t.Fatalf("import: %+v, %v", res, err)
 	}
-	rk, _ := newLayout("big:")
-	if v, _ := r.Do("GET", rk.version).AsInt64(); v != 1+3 {
-		t.Errorf("version %d after an import of %d records, want %d (one per batch of %d)", v, len(keys), 4, editBatch)
+	rk, _ := keyspace.New("big:")
+	if v, _ := r.Do("GET", rk.Version).AsInt64(); v != 1+3 {
+		t.Errorf("version %d after an import of %d records, want %d (one per batch of %d)", v, len(keys), 4, keyspace.EditBatch)
 	}
-	testredis.Eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.keys.Load().Len() == len(keys)+1 })
+	testredis.Eventually(t, 10*time.Second, "the imported keys are not all in force", func() bool { return s.KeySet().Len() == len(keys)+1 })
 	if !admits(s, keys[len(keys)-1].Raw) {
 		t.Error("the last imported key is not admitted")
 	}
 }
 
 func TestRedisRecordsWithoutConnection(t *testing.T) {
-	keys, _ := newLayout("")
+	keys, _ := keyspace.New("")
 	s := newLiveSet(rueidis.ClientOption{}, "redis://127.0.0.1:1/0", keys, "")
-	defer s.metrics.Release()
+	defer s.ReleaseMetrics()
 	st := s.Records()
-	if _, _, err := st.Read(); !errors.Is(err, errNotConnected) {
+	if _, _, err := st.Read(); !errors.Is(err, keyspace.ErrNotConnected) {
 		t.Errorf("read: %v", err)
 	}
-	if _, _, err := keyops.Create(st, keyops.AddOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, errNotConnected) {
+	if _, _, err := keyops.Create(st, keyops.AddOptions{Label: "x"}, time.Now(), nil); !errors.Is(err, keyspace.ErrNotConnected) {
 		t.Errorf("add: %v", err)
 	}
 }
@@ -398,10 +400,10 @@ func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
 	rawA, recA := teststores.AddKey(t, rs, "a")
 	rawB, recB := teststores.AddKey(t, rs, "b")
 	rawC, recC := teststores.AddKey(t, rs, "c")
-	keys, _ := newLayout("")
+	keys, _ := keyspace.New("")
 
 	// A broken record written by hand, seen at the start.
-	r.Do("HSET", keys.records, recC.ID, `{"id": "`+recC.ID+`", "key_hash": "nope"`)
+	r.Do("HSET", keys.Records, recC.ID, `{"id": "`+recC.ID+`", "key_hash": "nope"`)
 	s := mustOpenRedisStore(t, r, "")
 	if admits(s, rawC) {
 		t.Fatal("the key of a broken record is admitted")
@@ -419,8 +421,8 @@ func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
 	// key_hash changed by hand (no log entry), then a change through the
 	// script: the key the store held for that id is dropped all the same.
 	other, _ := keyops.GenerateKey()
-	js, _ := r.Do("HGET", keys.records, recA.ID).ToString()
-	r.Do("HSET", keys.records, recA.ID, strings.Replace(js, recA.KeyHash, keyset.HashKey(other), 1))
+	js, _ := r.Do("HGET", keys.Records, recA.ID).ToString()
+	r.Do("HSET", keys.Records, recA.ID, strings.Replace(js, recA.KeyHash, keyset.HashKey(other), 1))
 	if _, _, err := keyops.Revoke(rs, recA.ID, time.Now(), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -428,7 +430,7 @@ func TestRedisStoreToleratesRecordsChangedByHand(t *testing.T) {
 	if admits(s, other) {
 		t.Error("the revoked record's new key is admitted")
 	}
-	if err := s.askSync(); err != nil {
+	if err := s.Refresh(); err != nil {
 		t.Fatalf("version check: %v", err)
 	}
 }

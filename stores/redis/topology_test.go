@@ -7,29 +7,31 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/keyspace"
+	"github.com/caddy-apikey/caddy-apikey/stores/redis/internal/live"
 	"go.uber.org/zap"
 )
 
 // openLoggedRedisStore opens a live store on the key set at prefix of the
 // Redis at url, as openRedisStore does, logging to logger; it is stopped
 // when the test ends.
-func openTopologyStore(t testing.TB, url, prefix string, logger *zap.Logger) *liveSet {
+func openTopologyStore(t testing.TB, url, prefix string, logger *zap.Logger) *live.Set {
 	t.Helper()
 	opt, shown, err := parseURL(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := newLayout(prefix)
+	keys, err := keyspace.New(prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := newLiveSet(opt, shown, keys, "")
-	s.logger = logger
-	s.leases.Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
-	if err := s.open(); err != nil {
+	s.Logger = logger
+	s.Leases().Add(storecore.Settings{Usage: storecore.Interval{Every: time.Hour}, Reload: storecore.Interval{Off: true}})
+	if err := s.Open(); err != nil {
 		t.Fatalf("open: %v", err)
 	}
-	s.start()
+	s.Start()
 	t.Cleanup(func() { _ = s.Destruct() })
 	return s
 }

@@ -1,4 +1,4 @@
-package redis
+package keyspace
 
 import (
 	"runtime/debug"
