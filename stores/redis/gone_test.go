@@ -140,8 +140,9 @@ func mustDocRecord(t testing.TB, k testkeys.Key) keyfile.Record {
 }
 
 // A server warns at start when Redis may evict the key set
-// (maxmemory-policy allkeys-*), and says nothing when it may not, or when
-// it may not ask (CONFIG refused by an ACL).
+// (maxmemory-policy allkeys-*) or its keys that expire (volatile-*: the
+// quota state, usage and rate-limit counts), and says nothing when it may
+// not, or when it may not ask (CONFIG refused by an ACL).
 func TestRedisWarnsOfEviction(t *testing.T) {
 	testkeys.Slow(t, "seconds of Redis round trips")
 	r := testredis.Start(t)
@@ -149,7 +150,7 @@ func TestRedisWarnsOfEviction(t *testing.T) {
 	for _, tc := range []struct {
 		policy string
 		warns  bool
-	}{{"allkeys-lru", true}, {"allkeys-random", true}, {"noeviction", false}, {"volatile-lru", false}} {
+	}{{"allkeys-lru", true}, {"allkeys-random", true}, {"noeviction", false}, {"volatile-lru", true}} {
 		r.Do("CONFIG", "SET", "maxmemory-policy", tc.policy)
 		_, logs, err := openLoggedRedisStore(t, r, "", "")
 		if err != nil {

@@ -255,7 +255,7 @@ func (r Records) fail(ctx context.Context, err error) error {
 // wrap names the key set in an error.
 func (r Records) wrap(err error) error {
 	if errors.Is(err, keyspace.ErrRecordsGone) {
-		return fmt.Errorf("key set %s: %w. The servers keep the keys they hold. Restore it with caddy apikey import %s --file <keys.json>, from an export or a server's cache_file (then, on Redis, set maxmemory-policy to noeviction or a volatile-* policy); caddy apikey add %s --create would start it anew with that one key", r, err, r.Flags(), r.Flags())
+		return fmt.Errorf("key set %s: %w. The servers keep the keys they hold. Restore it with caddy apikey import %s --file <keys.json>, from an export or a server's cache_file (then, on Redis, set maxmemory-policy to noeviction); caddy apikey add %s --create would start it anew with that one key", r, err, r.Flags(), r.Flags())
 	}
 	if errors.Is(err, keyspace.ErrNoKeySet) {
 		return fmt.Errorf("%s holds no key set: make one with caddy apikey import %s --file <keys.json>, or caddy apikey add %s --create (if Redis lost it, restore it with import from an export or a server's cache_file)", r, r.Flags(), r.Flags())

@@ -437,8 +437,12 @@ func (s *Set) warnEviction(ctx context.Context, c rueidis.Client) {
 		s.log().Debug("cannot read Redis's maxmemory-policy (CONFIG GET refused?); not checked whether Redis may evict the key set", s.fields(zap.Error(err))...)
 		return
 	}
-	if policy := conf["maxmemory-policy"]; strings.HasPrefix(policy, "allkeys-") {
-		s.log().Warn("Redis may evict the key set: its maxmemory-policy evicts any key when memory runs out, and a key set whose records are evicted refuses every change until it is restored; set maxmemory-policy to noeviction (or a volatile-* policy)",
+	switch policy := conf["maxmemory-policy"]; {
+	case strings.HasPrefix(policy, "allkeys-"):
+		s.log().Warn("Redis may evict the key set: its maxmemory-policy evicts any key when memory runs out, and a key set whose records are evicted refuses every change until it is restored; set maxmemory-policy to noeviction",
+			s.fields(zap.String("maxmemory_policy", policy), zap.String("maxmemory", conf["maxmemory"]))...)
+	case strings.HasPrefix(policy, "volatile-"):
+		s.log().Warn("Redis may evict the key set's keys that expire when memory runs out: the quota state (a period's quota could then be spent again), the usage counts and the rate-limit counts; set maxmemory-policy to noeviction",
 			s.fields(zap.String("maxmemory_policy", policy), zap.String("maxmemory", conf["maxmemory"]))...)
 	}
 }
