@@ -349,8 +349,16 @@ func (s *Set) check() error {
 			s.fields(zap.Int64("version", v), zap.String("log_entry_was", s.logID), zap.String("log_entry", head.LogID))...)
 		return s.resync(c)
 	case v > s.version:
+		from := s.version
 		if err := s.readLog(c, 0); err != nil {
 			return err
+		}
+		if s.version == from {
+			// A newer version, and nothing in the log after the last
+			// change in force here: this history does not go through
+			// it (a failover lost it, and more changes were made since).
+			s.log().Warn("the key set's log does not go on from the last change in force here (a failover lost changes?): it is read again, and the changes lost are lost here too, revocations included; check them",
+				s.fields(zap.Int64("version_was", from), zap.Int64("version", v), zap.String("log_entry_was", s.logID))...)
 		}
 		if s.version != v {
 			return s.resync(c)
