@@ -31,6 +31,7 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/admin"
 	"github.com/caddy-apikey/caddy-apikey/internal/configcheck"
+	"github.com/caddy-apikey/caddy-apikey/internal/credential"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -185,9 +186,8 @@ type Handler struct {
 	// Default: 7 days. A negative value turns it off.
 	ExpiryNotice caddy.Duration `json:"expiry_notice,omitempty"`
 
-	store   Store // the key set and usage tracking: the store module's
-	sources []credentialSource
-	query   string
+	store   Store              // the key set and usage tracking: the store module's
+	sources credential.Sources // where the key is read from: Headers and Query
 	logger  *zap.Logger
 	results *requestCounters // requests_total by result; nil: not counted
 
@@ -323,18 +323,18 @@ func (h *Handler) setup() error {
 	if h.Headers == nil {
 		h.Headers = defaultHeaders
 	}
-	h.query = DefaultQueryParam
+	h.sources.Query = DefaultQueryParam
 	if h.Query != nil {
-		h.query = *h.Query
+		h.sources.Query = *h.Query
 	}
-	h.sources = h.sources[:0]
+	h.sources.Headers = h.sources.Headers[:0]
 	for _, hs := range h.Headers {
 		if hs.Name == "" {
 			return errors.New("headers: a header name is empty")
 		}
-		h.sources = append(h.sources, credentialSource{
-			header: http.CanonicalHeaderKey(hs.Name),
-			scheme: hs.Scheme,
+		h.sources.Headers = append(h.sources.Headers, credential.Header{
+			Name:   http.CanonicalHeaderKey(hs.Name),
+			Scheme: hs.Scheme,
 		})
 	}
 	if h.Realm == "" {
@@ -375,7 +375,7 @@ func (h *Handler) setup() error {
 
 // Validate checks the handler's configuration.
 func (h *Handler) Validate() error {
-	if len(h.sources) == 0 && h.query == "" {
+	if len(h.sources.Headers) == 0 && h.sources.Query == "" {
 		return errors.New("no credential source: configure at least one header or a query parameter")
 	}
 	return nil
@@ -425,8 +425,8 @@ func (h *Handler) describeSources() string {
 			names = append(names, s.Name+" header")
 		}
 	}
-	if h.query != "" {
-		names = append(names, "?"+h.query+"= query parameter")
+	if h.sources.Query != "" {
+		names = append(names, "?"+h.sources.Query+"= query parameter")
 	}
 	switch len(names) {
 	case 0:
@@ -439,31 +439,31 @@ func (h *Handler) describeSources() string {
 
 // ServeHTTP authenticates the request and passes it on, or refuses it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	cred := h.credential(r)
-	switch cred.status {
-	case credNone:
+	cred := h.sources.Find(r)
+	switch cred.Status {
+	case credential.None:
 		if h.Optional {
 			h.count(resultAnonymous)
 			if h.HideCredentials {
 				// No source the handler reads carries a key, but
 				// the query may still carry one that an upstream
 				// would read (e.g. after a ";").
-				h.hideCredentials(r)
+				h.sources.Hide(r)
 			}
 			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, r, h.authRequired, nil)
-	case credAmbiguous:
+	case credential.Ambiguous:
 		return h.refuse(w, r, h.ambiguousKey, nil)
 	}
 	// A key with the format's prefix must be well formed: a typo is
 	// refused here, before the hash and the lookup.
-	if h.KeyFormat != nil && h.KeyFormat.Check(cred.key).Malformed() {
+	if h.KeyFormat != nil && h.KeyFormat.Check(cred.Key).Malformed() {
 		return h.refuse(w, r, h.malformedKey, nil)
 	}
 
 	ks := h.store.KeySet()
-	key, sum := ks.Lookup(cred.key)
+	key, sum := ks.Lookup(cred.Key)
 	if key == nil {
 		return h.refuse(w, r, h.invalidKey, nil)
 	}
@@ -513,7 +513,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		repl.Map(key.Placeholder)
 	}
 	if h.HideCredentials {
-		h.hideCredentials(r)
+		h.sources.Hide(r)
 	}
 	return next.ServeHTTP(w, r)
 }
