@@ -1,13 +1,8 @@
 package apikey
 
 import (
-	"bytes"
 	"fmt"
-	"net/http"
-	"strconv"
-	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -76,7 +71,7 @@ func (l *limiting) setup(limits []keyset.RateLimit, off bool) error {
 	if err != nil {
 		return err // it names rate_limits
 	}
-	l.on, l.defaults, l.policy = true, parsed, policy(parsed)
+	l.on, l.defaults, l.policy = true, parsed, ratelimit.Policy(parsed)
 	return nil
 }
 
@@ -199,59 +194,11 @@ func (l *limiting) of(key *keyset.Key) []ratelimit.Limit {
 	return l.defaults
 }
 
-// limitHeaders are the values of the rate-limit headers of one response,
-// made in one allocation: the strings point into buf.
-type limitHeaders struct {
-	values [5]string
-	buf    [96]byte
-}
-
-// writeHeaders sets the rate-limit headers of a response: RateLimit-Policy
-// and RateLimit (IETF httpapi draft), X-RateLimit-Limit, -Remaining and
-// -Reset (seconds), each a slice of its own, as later handlers may change
-// values in place.
-func (l *limiting) writeHeaders(hdr http.Header, limits []ratelimit.Limit, d ratelimit.Decision) {
-	lh := new(limitHeaders)
-	p := l.policy
-	if len(l.defaults) == 0 || &limits[0] != &l.defaults[0] {
-		p = policy(limits)
+// policyOf is the RateLimit-Policy header of limits, made once for the
+// defaults.
+func (l *limiting) policyOf(limits []ratelimit.Limit) string {
+	if len(l.defaults) > 0 && &limits[0] == &l.defaults[0] {
+		return l.policy
 	}
-	// One formatting of each number: `"1m";r=<remaining>;t=<reset>`, then
-	// the limit; X-RateLimit-Remaining and -Reset are parts of RateLimit.
-	b := append(lh.buf[:0], '"')
-	b = ratelimit.AppendWindow(b, d.Limit.Window)
-	b = append(b, `";r=`...)
-	rem0 := len(b)
-	b = strconv.AppendInt(b, d.Remaining, 10)
-	rem1 := len(b)
-	b = append(b, ";t="...)
-	reset0 := len(b)
-	b = strconv.AppendInt(b, d.ResetSeconds(), 10)
-	rl := len(b)
-	b = strconv.AppendInt(b, d.Limit.Requests, 10)
-	if len(b) > len(lh.buf) { // cannot happen: numbers of at most 19 digits are fewer
-		b = bytes.Clone(b)
-	}
-	s := unsafe.String(unsafe.SliceData(b), len(b))
-	lh.values = [5]string{p, s[:rl], s[rl:], s[rem0:rem1], s[reset0:rl]}
-	v := lh.values[:]
-	hdr["Ratelimit-Policy"] = v[0:1:1]
-	hdr["Ratelimit"] = v[1:2:2]
-	hdr["X-Ratelimit-Limit"] = v[2:3:3]
-	hdr["X-Ratelimit-Remaining"] = v[3:4:4]
-	hdr["X-Ratelimit-Reset"] = v[4:5:5]
-}
-
-// policy is the RateLimit-Policy header of limits (IETF httpapi draft's
-// structured field): each limit named by its window, with its quota (q)
-// and window in seconds (w), e.g. "1m";q=100;w=60, "1s";q=10;w=1.
-func policy(limits []ratelimit.Limit) string {
-	var b strings.Builder
-	for i, lim := range limits {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(`"` + ratelimit.FormatWindow(lim.Window) + `";q=` + strconv.FormatInt(lim.Requests, 10) + ";w=" + strconv.FormatInt(int64(lim.Window/time.Second), 10))
-	}
-	return b.String()
+	return ratelimit.Policy(limits)
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 	"github.com/caddy-apikey/caddy-apikey/usagecount"
 	"github.com/caddyserver/caddy/v2"
@@ -486,7 +487,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if limits := h.limits.of(key); len(limits) > 0 {
 			rd, limited = h.limits.limiter.Allow(key.ID, limits, now), true
 			if !h.RateLimitHeadersOff {
-				h.limits.writeHeaders(w.Header(), limits, rd)
+				ratelimit.WriteHeaders(w.Header(), h.limits.policyOf(limits), rd)
 			}
 			if !rd.Allowed {
 				w.Header()["Retry-After"] = []string{strconv.FormatInt(rd.RetryAfterSeconds(), 10)}
@@ -507,7 +508,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if limited || metered {
 		repl.Map(admittedPlaceholders(key, rd, limited, qd, metered, now))
 		if metered && h.quota.headers {
-			h.quota.writeHeaders(w.Header(), qd, now)
+			quota.WriteHeaders(w.Header(), qd, now)
 		}
 	} else {
 		repl.Map(key.Placeholder)

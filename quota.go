@@ -74,17 +74,6 @@ func (m *metering) spend(key *keyset.Key, now int64) (quota.Decision, bool) {
 	return d, true
 }
 
-// writeHeaders sets the quota headers of an admitted response (opt-in:
-// QuotaHeaders): X-Quota-Limit, X-Quota-Remaining and X-Quota-Reset
-// (seconds until the period ends; none for a fixed allowance).
-func (m *metering) writeHeaders(hdr http.Header, d quota.Decision, now int64) {
-	hdr["X-Quota-Limit"] = []string{strconv.FormatInt(d.Limit, 10)}
-	hdr["X-Quota-Remaining"] = []string{strconv.FormatInt(d.Remaining, 10)}
-	if d.Reset < quota.Never.UnixNano() {
-		hdr["X-Quota-Reset"] = []string{strconv.FormatInt(d.ResetSeconds(now), 10)}
-	}
-}
-
 // admittedPlaceholders resolves the placeholders of an admitted request
 // that was rate limited or metered: the key's (Key.Placeholder), its rate
 // limit's state ({http.auth.apikey.rate_limit.limit}, .remaining, .reset)
@@ -95,67 +84,30 @@ func admittedPlaceholders(key *keyset.Key, rd ratelimit.Decision, limited bool, 
 	switch {
 	case !metered:
 		return func(name string) (any, bool) {
-			if v, ok := ratePlaceholder(name, rd); ok {
+			if v, ok := rd.Placeholder(name); ok {
 				return v, true
 			}
 			return key.Placeholder(name)
 		}
 	case !limited:
-		limit, remaining, reset := qd.Limit, qd.Remaining, quotaReset(qd, now)
+		qp := qd.Placeholders(now)
 		return func(name string) (any, bool) {
-			if v, ok := quotaPlaceholder(name, limit, remaining, reset); ok {
+			if v, ok := qp.Placeholder(name); ok {
 				return v, true
 			}
 			return key.Placeholder(name)
 		}
 	}
-	limit, remaining, reset := qd.Limit, qd.Remaining, quotaReset(qd, now)
+	qp := qd.Placeholders(now)
 	return func(name string) (any, bool) {
-		if v, ok := ratePlaceholder(name, rd); ok {
+		if v, ok := rd.Placeholder(name); ok {
 			return v, true
 		}
-		if v, ok := quotaPlaceholder(name, limit, remaining, reset); ok {
+		if v, ok := qp.Placeholder(name); ok {
 			return v, true
 		}
 		return key.Placeholder(name)
 	}
-}
-
-// ratePlaceholder resolves {http.auth.apikey.rate_limit.limit},
-// .remaining and .reset (seconds).
-func ratePlaceholder(name string, d ratelimit.Decision) (any, bool) {
-	switch name {
-	case "http.auth.apikey.rate_limit.limit":
-		return d.Limit.Requests, true
-	case "http.auth.apikey.rate_limit.remaining":
-		return d.Remaining, true
-	case "http.auth.apikey.rate_limit.reset":
-		return d.ResetSeconds(), true
-	}
-	return nil, false
-}
-
-// quotaReset is the seconds until d's period ends, or -1 for a fixed
-// allowance.
-func quotaReset(d quota.Decision, now int64) int64 {
-	if d.Reset >= quota.Never.UnixNano() {
-		return -1
-	}
-	return d.ResetSeconds(now)
-}
-
-// quotaPlaceholder resolves {http.auth.apikey.quota.limit}, .remaining
-// and .reset (seconds; unset for a fixed allowance).
-func quotaPlaceholder(name string, limit, remaining, reset int64) (any, bool) {
-	switch name {
-	case "http.auth.apikey.quota.limit":
-		return limit, true
-	case "http.auth.apikey.quota.remaining":
-		return remaining, true
-	case "http.auth.apikey.quota.reset":
-		return reset, reset >= 0
-	}
-	return nil, false
 }
 
 // noBank is the bank of a key store that keeps no quota state: keys with
@@ -226,7 +178,7 @@ func (h *Handler) refuseQuota(w http.ResponseWriter, r *http.Request, key *keyse
 		w.Header()["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
 	}
 	if h.quota.headers {
-		h.quota.writeHeaders(w.Header(), d, now)
+		quota.WriteHeaders(w.Header(), d, now)
 	}
 	return h.refuse(w, r, why, key)
 }
