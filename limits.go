@@ -7,6 +7,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/keyevents"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
@@ -45,7 +46,7 @@ type storeShared struct {
 	limiter *ratelimit.Limiter // nil until a handler limits
 	meter   *quota.Meter
 	counts  *usagecount.Flusher // nil: the store keeps no usage counts
-	events  *keyEvents
+	events  *keyevents.Events
 	stop    func()
 }
 
@@ -87,7 +88,7 @@ func (h *Handler) useShared(ctx caddy.Context) {
 	store := h.store
 	val, _, _ := shared.LoadOrNew(name, func() (caddy.Destructor, error) {
 		l := ratelimit.New(ratelimit.Options{Fleet: fleet})
-		ev := newKeyEvents(name, store.KeySet)
+		ev := keyevents.New(name, store.KeySet)
 		done := make(chan struct{})
 		go func() {
 			// Every second until the config runs and the expiring
@@ -104,7 +105,7 @@ func (h *Handler) useShared(ctx caddy.Context) {
 						l.Sweep(now.UnixNano())
 						swept = now
 					}
-					if now.Sub(looked) >= sweepEvery && ev.announceExpiring(now) {
+					if now.Sub(looked) >= sweepEvery && ev.AnnounceExpiring(now) {
 						looked = now
 					}
 				}
@@ -142,7 +143,7 @@ func (h *Handler) useShared(ctx caddy.Context) {
 	if _, ok := h.store.(quota.Bank); !ok && hasQuotas(h.store.KeySet()) {
 		h.logger.Warn("the key store keeps no quota state: keys with a quota are refused (503 QUOTA_UNAVAILABLE)", zap.String("key_store", name))
 	}
-	sh.events.use(ctx, h.ExpiryNotice, h.store.KeySet)
+	sh.events.Use(ctx, h.ExpiryNotice, h.store.KeySet)
 	if h.limits.on {
 		h.limits.limiter = sh.limiter
 	}

@@ -32,6 +32,7 @@ import (
 	"github.com/caddy-apikey/caddy-apikey/admin"
 	"github.com/caddy-apikey/caddy-apikey/internal/configcheck"
 	"github.com/caddy-apikey/caddy-apikey/internal/credential"
+	"github.com/caddy-apikey/caddy-apikey/internal/keyevents"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -197,7 +198,7 @@ type Handler struct {
 	limits limiting            // the rate limits: the defaults and the key set's limiter
 	quota  metering            // the quota: the route's cost and the key set's meter
 	counts *usagecount.Flusher // the key set's usage counts; nil: not kept
-	events *keyEvents          // the events about the key set's keys
+	events *keyevents.Events   // the events about the key set's keys
 
 	// Refusals, built once by setup.
 	authRequired  *refusal
@@ -491,7 +492,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			}
 			if !rd.Allowed {
 				w.Header()["Retry-After"] = []string{strconv.FormatInt(rd.RetryAfterSeconds(), 10)}
-				h.events.rateLimited(key, rd, now)
+				h.events.RateLimited(key, rd, now)
 				return h.refuse(w, r, h.rateLimited, key)
 			}
 		}
