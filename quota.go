@@ -1,13 +1,12 @@
 package apikey
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/shared"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
@@ -110,15 +109,6 @@ func admittedPlaceholders(key *keyset.Key, rd ratelimit.Decision, limited bool, 
 	}
 }
 
-// noBank is the bank of a key store that keeps no quota state: keys with
-// a quota are refused (fail closed), which Provision warns about.
-type noBank struct{}
-
-var errNoBank = errors.New("the key store keeps no quota state")
-
-func (noBank) TakeQuota(context.Context, []quota.Take) ([]quota.Taken, error) { return nil, errNoBank }
-func (noBank) GiveQuota(context.Context, []quota.Give) error                  { return errNoBank }
-
 // countedAs is the usage count of each handler result, or -1: the results
 // of requests whose key matched a record.
 var countedAs = func() (m [numResults]int8) {
@@ -149,21 +139,7 @@ func (h *Handler) countUse(key *keyset.Key, r result) {
 // (stores.Live.Name) now, and has its quota meter ask its bank about the
 // keys it refused: the admin API calls it before it reads usage and
 // quota state, so that its answers hold what this server did.
-func FlushUsage(name string) {
-	shared.Range(func(key, value any) bool {
-		if key == name {
-			sh := value.(*storeShared)
-			if sh.counts != nil {
-				sh.counts.Flush()
-			}
-			if sh.meter != nil {
-				sh.meter.Sync()
-			}
-			return false
-		}
-		return true
-	})
-}
+func FlushUsage(name string) { shared.Flush(name) }
 
 // refuseQuota answers a request whose key's quota refused it: 429
 // QUOTA_EXCEEDED with Retry-After until the period ends (none for a fixed
