@@ -9,12 +9,15 @@
 // AUTH_REQUIRED, 403 INVALID_KEY, KEY_EXPIRED or INSUFFICIENT_SCOPE), where
 // caddyauth answers every failure with a bare 401.
 //
-// The request path is ServeHTTP in module.go. It reads keys from a Store
+// The request path is ServeHTTP in module.go. It finds the key a request
+// presents with package internal/credential and looks it up in a Store
 // (store.go), a guest module: the key file's (package stores/file, its
 // format in package keyfile) or a Redis key set's (package stores/redis),
 // both holding the whole key set in memory (package keyset). The commands
 // (package cli) and the admin API (package admin) edit stores through
-// package keyops; the Prometheus metrics are in metrics.go.
+// package keyops; the Prometheus metrics are in metrics.go. What the
+// handlers of one key set share (the rate limiter, the quota meter, the
+// usage counts, the events) is package internal/shared's.
 package apikey
 
 import (
