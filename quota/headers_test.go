@@ -40,3 +40,9 @@ func TestHeadersAndPlaceholders(t *testing.T) {
 		}
 	}
 }
+
+func TestNever(t *testing.T) {
+	if Never.UnixNano() != never {
+		t.Fatalf("Never is %d in unix nanoseconds, never %d", Never.UnixNano(), int64(never))
+	}
+}
