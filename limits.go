@@ -3,7 +3,6 @@ package apikey
 import (
 	"fmt"
 	"time"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -108,11 +107,10 @@ func (l *limiting) of(key *keyset.Key) []ratelimit.Limit {
 	return l.defaults
 }
 
-// policyOf is the RateLimit-Policy header of limits (never empty), made
-// once for the defaults: limits are the defaults when they are the same
-// array (compared without a bounds check, so that this inlines).
+// policyOf is the RateLimit-Policy header of limits, made once for the
+// defaults.
 func (l *limiting) policyOf(limits []ratelimit.Limit) string {
-	if unsafe.SliceData(limits) == unsafe.SliceData(l.defaults) {
+	if len(l.defaults) > 0 && &limits[0] == &l.defaults[0] {
 		return l.policy
 	}
 	return ratelimit.Policy(limits)

@@ -1,14 +1,9 @@
 package quota
 
 import (
-	"math"
 	"net/http"
 	"strconv"
 )
-
-// never is Never in unix nanoseconds: a decision's Reset for a fixed
-// allowance.
-const never = math.MaxInt64
 
 // WriteHeaders sets the quota headers of a response for d at now (unix
 // nanoseconds): X-Quota-Limit, X-Quota-Remaining and X-Quota-Reset
@@ -16,7 +11,7 @@ const never = math.MaxInt64
 func WriteHeaders(hdr http.Header, d Decision, now int64) {
 	hdr["X-Quota-Limit"] = []string{strconv.FormatInt(d.Limit, 10)}
 	hdr["X-Quota-Remaining"] = []string{strconv.FormatInt(d.Remaining, 10)}
-	if d.Reset < never {
+	if d.Reset < Never.UnixNano() {
 		hdr["X-Quota-Reset"] = []string{strconv.FormatInt(d.ResetSeconds(now), 10)}
 	}
 }
@@ -32,7 +27,7 @@ type Placeholders struct {
 // Placeholders returns d's placeholders at now (unix nanoseconds).
 func (d Decision) Placeholders(now int64) Placeholders {
 	reset := int64(-1)
-	if d.Reset < never {
+	if d.Reset < Never.UnixNano() {
 		reset = d.ResetSeconds(now)
 	}
 	return Placeholders{limit: d.Limit, remaining: d.Remaining, reset: reset}

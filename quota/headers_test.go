@@ -40,9 +40,3 @@ func TestHeadersAndPlaceholders(t *testing.T) {
 		}
 	}
 }
-
-func TestNever(t *testing.T) {
-	if Never.UnixNano() != never {
-		t.Fatalf("Never is %d in unix nanoseconds, never %d", Never.UnixNano(), int64(never))
-	}
-}
