@@ -11,6 +11,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/credential"
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -142,35 +143,35 @@ func FuzzCredential(f *testing.F) {
 			}
 		}
 
-		cred := h.credential(r)
-		switch cred.status {
-		case credNone:
-			if cred != (credential{}) {
+		cred := h.sources.Find(r)
+		switch cred.Status {
+		case credential.None:
+			if cred != (credential.Credential{}) {
 				t.Fatalf("no credential, but %+v", cred)
 			}
-		case credAmbiguous:
-			if cred.key != "" {
+		case credential.Ambiguous:
+			if cred.Key != "" {
 				t.Fatalf("ambiguous credential with a key: %+v", cred)
 			}
-		case credFound:
-			if cred.key == "" {
+		case credential.Found:
+			if cred.Key == "" {
 				t.Fatal("found an empty key")
 			}
-			if (cred.header == "") == (cred.param == "") {
+			if (cred.Header == "") == (cred.Param == "") {
 				t.Fatalf("a found key must come from one header or the query: %+v", cred)
 			}
-			if cred.header != "" && trimOWS(cred.key) != cred.key {
-				t.Fatalf("key %q from a header has white space around it", cred.key)
+			if cred.Header != "" && strings.Trim(cred.Key, " \t") != cred.Key {
+				t.Fatalf("key %q from a header has white space around it", cred.Key)
 			}
-			if cred.param != "" {
+			if cred.Param != "" {
 				if q, err := url.ParseQuery(rawQuery); err == nil {
-					if !slices.Contains(q[cred.param], cred.key) {
-						t.Fatalf("key %q is not a value of %q in %q", cred.key, cred.param, rawQuery)
+					if !slices.Contains(q[cred.Param], cred.Key) {
+						t.Fatalf("key %q is not a value of %q in %q", cred.Key, cred.Param, rawQuery)
 					}
 				}
 			}
 		default:
-			t.Fatalf("unknown status %d", cred.status)
+			t.Fatalf("unknown status %d", cred.Status)
 		}
 
 		// The whole handler answers per the credential.
@@ -181,8 +182,8 @@ func FuzzCredential(f *testing.F) {
 		if err := h.ServeHTTP(w, req, next); err != nil {
 			t.Fatalf("ServeHTTP: %v", err)
 		}
-		want := map[credStatus]int{credNone: http.StatusUnauthorized, credAmbiguous: http.StatusBadRequest, credFound: http.StatusForbidden}[cred.status]
-		if cred.status == credFound && cred.key == fuzzKey {
+		want := map[credential.Status]int{credential.None: http.StatusUnauthorized, credential.Ambiguous: http.StatusBadRequest, credential.Found: http.StatusForbidden}[cred.Status]
+		if cred.Status == credential.Found && cred.Key == fuzzKey {
 			want = 0
 		}
 		if passed != (want == 0) || w.status != want {
@@ -192,9 +193,9 @@ func FuzzCredential(f *testing.F) {
 		// Hiding the credentials leaves no key in any source, and no
 		// query pair an upstream could read as the parameter; the other
 		// pairs stay, in their order, byte for byte.
-		if cred.status != credNone {
-			h.hideCredentials(r)
-			if after := h.credential(r); after.status != credNone {
+		if cred.Status != credential.None {
+			h.sources.Hide(r)
+			if after := h.sources.Find(r); after.Status != credential.None {
 				t.Fatalf("after hiding, the request still carries a key: %+v", after)
 			}
 		}
@@ -203,12 +204,12 @@ func FuzzCredential(f *testing.F) {
 		}
 		var kept []string
 		for _, pair := range split(rawQuery) {
-			if k, _, _ := strings.Cut(pair, "="); !queryNameMayBe(k, h.query) {
+			if k, _, _ := strings.Cut(pair, "="); !credential.NameMayBe(k, h.sources.Query) {
 				kept = append(kept, pair)
 			}
 		}
-		if got := split(removeQueryParam(rawQuery, h.query)); !slices.Equal(got, kept) {
-			t.Fatalf("removeQueryParam(%q) keeps %q, want %q", rawQuery, got, kept)
+		if got := split(credential.RemoveQueryParam(rawQuery, h.sources.Query)); !slices.Equal(got, kept) {
+			t.Fatalf("RemoveQueryParam(%q) keeps %q, want %q", rawQuery, got, kept)
 		}
 	})
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,7 +223,7 @@ func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
 		panic(err)
 	}
 	h.logger = zap.NewNop()
-	h.store = &memoryStore{keys: ks}
+	h.store = &memoryStore{keys: ks, name: memoryStoreName()}
 	h.useShared(caddy.Context{})
 	return h
 }
@@ -233,8 +234,20 @@ func newMemoryHandler(h *Handler, ks *keyset.KeySet) *Handler {
 type memoryStore struct {
 	keys  *keyset.KeySet
 	usage keyset.UsageTracker
+	name  string // memoryStoreName's
 }
 
+// memoryStores counts the memory stores made, for their names.
+var memoryStores atomic.Int64
+
+// memoryStoreName is a name of its own for a memory store, so that the
+// state its handlers share (package shared, by the store's name) is its
+// own: without one, a handler would share by its address, and find the
+// state of a handler set up before it at the same address and never
+// cleaned up (as a benchmark's are not), with that one's store.
+func memoryStoreName() string { return fmt.Sprintf("memory store %d", memoryStores.Add(1)) }
+
+func (m *memoryStore) Name() string           { return m.name }
 func (m *memoryStore) KeySet() *keyset.KeySet { return m.keys }
 func (m *memoryStore) MarkUsed(k *keyset.Key, sum [sha256.Size]byte, now int64) {
 	m.usage.Mark(k, sum, now)

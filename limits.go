@@ -1,17 +1,13 @@
 package apikey
 
 import (
-	"bytes"
 	"fmt"
-	"net/http"
-	"strconv"
-	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/shared"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
@@ -26,42 +22,17 @@ type limiting struct {
 	defaults []ratelimit.Limit // the handler's RateLimits, parsed
 	policy   string            // the RateLimit-Policy of defaults
 	limiter  *ratelimit.Limiter
-	name     string // the limiter's key in limiters
+	name     string // the key set's name in package shared, while the handler holds its state
 }
 
 // LimiterSharer is a store whose key set is shared by several servers and
 // that shares rate-limit counts among them too (the Redis store): it adds
 // this server's counts to the fleet's and hands back the fleet's, in the
 // background, until stop is called. A limiter it shares is made with
-// ratelimit.Options.Fleet.
+// ratelimit.Options.Fleet (package shared, which looks for this method).
 type LimiterSharer interface {
 	ShareLimiter(l *ratelimit.Limiter) (stop func())
 }
-
-// shared holds, for the whole process, what the handlers of one key set
-// (by the store's name) share across routes and config reloads: the rate
-// limiter, the quota meter, the usage counts and the events about its
-// keys.
-var shared = caddy.NewUsagePool()
-
-// storeShared is what the handlers of one key set share, stopped when no
-// handler uses it.
-type storeShared struct {
-	limiter *ratelimit.Limiter // nil until a handler limits
-	meter   *quota.Meter
-	counts  *usagecount.Flusher // nil: the store keeps no usage counts
-	events  *keyEvents
-	stop    func()
-}
-
-func (s *storeShared) Destruct() error {
-	s.stop()
-	return nil
-}
-
-// sweepEvery is how often a limiter frees the state of idle keys, and the
-// expiring keys are looked for.
-const sweepEvery = time.Minute
 
 // setup reads the handler's limits.
 func (l *limiting) setup(limits []keyset.RateLimit, off bool) error {
@@ -76,80 +47,36 @@ func (l *limiting) setup(limits []keyset.RateLimit, off bool) error {
 	if err != nil {
 		return err // it names rate_limits
 	}
-	l.on, l.defaults, l.policy = true, parsed, policy(parsed)
+	l.on, l.defaults, l.policy = true, parsed, ratelimit.Policy(parsed)
 	return nil
 }
 
-// useShared takes what the handlers of the handler's key set share (a
-// store that says its name; one of its own otherwise): the limiter, for
-// the request path, and the events.
+// useShared takes what the handlers of the handler's key set share
+// (package shared: the limiter, the quota meter, the usage counts and the
+// events), by the name of a store that says it, or one of its own.
 func (h *Handler) useShared(ctx caddy.Context) {
 	name := fmt.Sprintf("handler %p", h)
 	if named, ok := h.store.(interface{ Name() string }); ok {
 		name = named.Name()
 	}
-	sharer, fleet := h.store.(LimiterSharer)
-	store := h.store
-	val, _, _ := shared.LoadOrNew(name, func() (caddy.Destructor, error) {
-		l := ratelimit.New(ratelimit.Options{Fleet: fleet})
-		ev := newKeyEvents(name, store.KeySet)
-		done := make(chan struct{})
-		go func() {
-			// Every second until the config runs and the expiring
-			// keys have been looked at, then every sweepEvery.
-			t := time.NewTicker(time.Second)
-			defer t.Stop()
-			var looked, swept time.Time
-			for {
-				select {
-				case <-done:
-					return
-				case now := <-t.C:
-					if now.Sub(swept) >= sweepEvery {
-						l.Sweep(now.UnixNano())
-						swept = now
-					}
-					if now.Sub(looked) >= sweepEvery && ev.announceExpiring(now) {
-						looked = now
-					}
-				}
-			}
-		}()
-		stopSync := func() {}
-		if fleet {
-			stopSync = sharer.ShareLimiter(l)
-		}
-		sh := &storeShared{limiter: l, events: ev, meter: newMeter(name, store)}
-		if w, ok := store.(usagecount.Writer); ok {
-			sh.counts = usagecount.NewFlusher(name, w)
-		}
-		sh.stop = func() {
-			close(done)
-			stopSync()
-			sh.meter.Close()
-			if sh.counts != nil {
-				sh.counts.Stop()
-			}
-		}
-		return sh, nil
-	})
-	sh := val.(*storeShared)
-	h.limits.name, h.events = name, sh.events
-	h.quota.meter, h.counts = sh.meter, nil
-	if sh.counts != nil && h.UsageRetention >= 0 {
-		h.counts = sh.counts
+	_, fleet := h.store.(LimiterSharer)
+	sh := shared.Acquire(name, h.store)
+	h.limits.name, h.events = name, sh.Events
+	h.quota.meter, h.counts = sh.Meter, nil
+	if sh.Counts != nil && h.UsageRetention >= 0 {
+		h.counts = sh.Counts
 		keep := usagecount.DefaultRetention
 		if h.UsageRetention > 0 {
 			keep = time.Duration(h.UsageRetention)
 		}
-		sh.counts.SetRetention(keep)
+		sh.Counts.SetRetention(keep)
 	}
 	if _, ok := h.store.(quota.Bank); !ok && hasQuotas(h.store.KeySet()) {
 		h.logger.Warn("the key store keeps no quota state: keys with a quota are refused (503 QUOTA_UNAVAILABLE)", zap.String("key_store", name))
 	}
-	sh.events.use(ctx, h.ExpiryNotice, h.store.KeySet)
+	sh.Events.Use(ctx, h.ExpiryNotice, h.store.KeySet)
 	if h.limits.on {
-		h.limits.limiter = sh.limiter
+		h.limits.limiter = sh.Limiter
 	}
 	h.logger.Debug("key store shared state", zap.String("key_store", name), zap.Bool("rate_limits", h.limits.on), zap.Int("default_limits", len(h.limits.defaults)), zap.Bool("fleet", fleet))
 }
@@ -157,7 +84,7 @@ func (h *Handler) useShared(ctx caddy.Context) {
 // release lets go of what the handlers of the key set share.
 func (l *limiting) release() {
 	if l.name != "" {
-		_, _ = shared.Delete(l.name)
+		shared.Release(l.name)
 		l.name, l.limiter = "", nil
 	}
 }
@@ -172,25 +99,6 @@ func hasQuotas(ks *keyset.KeySet) bool {
 	return false
 }
 
-// newMeter makes the quota meter of the key store named name: on the
-// store's quota state if it keeps one (a quota.Bank), logging each outage
-// of it once; on none otherwise, so that keys with a quota are refused.
-func newMeter(name string, store Store) *quota.Meter {
-	bank, ok := store.(quota.Bank)
-	if !ok {
-		return quota.NewMeter(noBank{}, quota.Options{})
-	}
-	return quota.NewMeter(bank, quota.Options{Trouble: func(err error) {
-		log := caddy.Log().Named("http.handlers.apikey")
-		if err != nil {
-			log.Error("cannot reach the quota state of the key store: each server spends the units it holds, then refuses keys with a quota (503 QUOTA_UNAVAILABLE, or admits them with quota_outage admit) until it is back; check the store",
-				zap.String("key_store", name), zap.Error(err))
-			return
-		}
-		log.Info("the quota state of the key store can be reached again", zap.String("key_store", name))
-	}})
-}
-
 // of returns the limits of key: its own, or the handler's defaults.
 func (l *limiting) of(key *keyset.Key) []ratelimit.Limit {
 	if own, ok := key.RateLimits(); ok {
@@ -199,59 +107,11 @@ func (l *limiting) of(key *keyset.Key) []ratelimit.Limit {
 	return l.defaults
 }
 
-// limitHeaders are the values of the rate-limit headers of one response,
-// made in one allocation: the strings point into buf.
-type limitHeaders struct {
-	values [5]string
-	buf    [96]byte
-}
-
-// writeHeaders sets the rate-limit headers of a response: RateLimit-Policy
-// and RateLimit (IETF httpapi draft), X-RateLimit-Limit, -Remaining and
-// -Reset (seconds), each a slice of its own, as later handlers may change
-// values in place.
-func (l *limiting) writeHeaders(hdr http.Header, limits []ratelimit.Limit, d ratelimit.Decision) {
-	lh := new(limitHeaders)
-	p := l.policy
-	if len(l.defaults) == 0 || &limits[0] != &l.defaults[0] {
-		p = policy(limits)
+// policyOf is the RateLimit-Policy header of limits, made once for the
+// defaults.
+func (l *limiting) policyOf(limits []ratelimit.Limit) string {
+	if len(l.defaults) > 0 && &limits[0] == &l.defaults[0] {
+		return l.policy
 	}
-	// One formatting of each number: `"1m";r=<remaining>;t=<reset>`, then
-	// the limit; X-RateLimit-Remaining and -Reset are parts of RateLimit.
-	b := append(lh.buf[:0], '"')
-	b = ratelimit.AppendWindow(b, d.Limit.Window)
-	b = append(b, `";r=`...)
-	rem0 := len(b)
-	b = strconv.AppendInt(b, d.Remaining, 10)
-	rem1 := len(b)
-	b = append(b, ";t="...)
-	reset0 := len(b)
-	b = strconv.AppendInt(b, d.ResetSeconds(), 10)
-	rl := len(b)
-	b = strconv.AppendInt(b, d.Limit.Requests, 10)
-	if len(b) > len(lh.buf) { // cannot happen: numbers of at most 19 digits are fewer
-		b = bytes.Clone(b)
-	}
-	s := unsafe.String(unsafe.SliceData(b), len(b))
-	lh.values = [5]string{p, s[:rl], s[rl:], s[rem0:rem1], s[reset0:rl]}
-	v := lh.values[:]
-	hdr["Ratelimit-Policy"] = v[0:1:1]
-	hdr["Ratelimit"] = v[1:2:2]
-	hdr["X-Ratelimit-Limit"] = v[2:3:3]
-	hdr["X-Ratelimit-Remaining"] = v[3:4:4]
-	hdr["X-Ratelimit-Reset"] = v[4:5:5]
-}
-
-// policy is the RateLimit-Policy header of limits (IETF httpapi draft's
-// structured field): each limit named by its window, with its quota (q)
-// and window in seconds (w), e.g. "1m";q=100;w=60, "1s";q=10;w=1.
-func policy(limits []ratelimit.Limit) string {
-	var b strings.Builder
-	for i, lim := range limits {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(`"` + ratelimit.FormatWindow(lim.Window) + `";q=` + strconv.FormatInt(lim.Requests, 10) + ";w=" + strconv.FormatInt(int64(lim.Window/time.Second), 10))
-	}
-	return b.String()
+	return ratelimit.Policy(limits)
 }

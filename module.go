@@ -9,12 +9,15 @@
 // AUTH_REQUIRED, 403 INVALID_KEY, KEY_EXPIRED or INSUFFICIENT_SCOPE), where
 // caddyauth answers every failure with a bare 401.
 //
-// The request path is ServeHTTP in module.go. It reads keys from a Store
+// The request path is ServeHTTP in module.go. It finds the key a request
+// presents with package internal/credential and looks it up in a Store
 // (store.go), a guest module: the key file's (package stores/file, its
 // format in package keyfile) or a Redis key set's (package stores/redis),
 // both holding the whole key set in memory (package keyset). The commands
 // (package cli) and the admin API (package admin) edit stores through
-// package keyops; the Prometheus metrics are in metrics.go.
+// package keyops; the Prometheus metrics are in metrics.go. What the
+// handlers of one key set share (the rate limiter, the quota meter, the
+// usage counts, the events) is package internal/shared's.
 package apikey
 
 import (
@@ -31,9 +34,12 @@ import (
 
 	"github.com/caddy-apikey/caddy-apikey/admin"
 	"github.com/caddy-apikey/caddy-apikey/internal/configcheck"
+	"github.com/caddy-apikey/caddy-apikey/internal/credential"
+	"github.com/caddy-apikey/caddy-apikey/internal/keyevents"
 	"github.com/caddy-apikey/caddy-apikey/keyformat"
 	"github.com/caddy-apikey/caddy-apikey/keyops"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
+	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
 	"github.com/caddy-apikey/caddy-apikey/usagecount"
 	"github.com/caddyserver/caddy/v2"
@@ -186,9 +192,8 @@ type Handler struct {
 	// Default: 7 days. A negative value turns it off.
 	ExpiryNotice caddy.Duration `json:"expiry_notice,omitempty"`
 
-	store   Store // the key set and usage tracking: the store module's
-	sources []credentialSource
-	query   string
+	store   Store              // the key set and usage tracking: the store module's
+	sources credential.Sources // where the key is read from: Headers and Query
 	logger  *zap.Logger
 	results *requestCounters // requests_total by result; nil: not counted
 
@@ -197,7 +202,7 @@ type Handler struct {
 	limits limiting            // the rate limits: the defaults and the key set's limiter
 	quota  metering            // the quota: the route's cost and the key set's meter
 	counts *usagecount.Flusher // the key set's usage counts; nil: not kept
-	events *keyEvents          // the events about the key set's keys
+	events *keyevents.Events   // the events about the key set's keys
 
 	// Refusals, built once by setup.
 	authRequired  *refusal
@@ -324,18 +329,18 @@ func (h *Handler) setup() error {
 	if h.Headers == nil {
 		h.Headers = defaultHeaders
 	}
-	h.query = DefaultQueryParam
+	h.sources.Query = DefaultQueryParam
 	if h.Query != nil {
-		h.query = *h.Query
+		h.sources.Query = *h.Query
 	}
-	h.sources = h.sources[:0]
+	h.sources.Headers = h.sources.Headers[:0]
 	for _, hs := range h.Headers {
 		if hs.Name == "" {
 			return errors.New("headers: a header name is empty")
 		}
-		h.sources = append(h.sources, credentialSource{
-			header: http.CanonicalHeaderKey(hs.Name),
-			scheme: hs.Scheme,
+		h.sources.Headers = append(h.sources.Headers, credential.Header{
+			Name:   http.CanonicalHeaderKey(hs.Name),
+			Scheme: hs.Scheme,
 		})
 	}
 	if h.Realm == "" {
@@ -376,7 +381,7 @@ func (h *Handler) setup() error {
 
 // Validate checks the handler's configuration.
 func (h *Handler) Validate() error {
-	if len(h.sources) == 0 && h.query == "" {
+	if len(h.sources.Headers) == 0 && h.sources.Query == "" {
 		return errors.New("no credential source: configure at least one header or a query parameter")
 	}
 	return nil
@@ -426,8 +431,8 @@ func (h *Handler) describeSources() string {
 			names = append(names, s.Name+" header")
 		}
 	}
-	if h.query != "" {
-		names = append(names, "?"+h.query+"= query parameter")
+	if h.sources.Query != "" {
+		names = append(names, "?"+h.sources.Query+"= query parameter")
 	}
 	switch len(names) {
 	case 0:
@@ -440,31 +445,31 @@ func (h *Handler) describeSources() string {
 
 // ServeHTTP authenticates the request and passes it on, or refuses it.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	cred := h.credential(r)
-	switch cred.status {
-	case credNone:
+	cred := h.sources.Find(r)
+	switch cred.Status {
+	case credential.None:
 		if h.Optional {
 			h.count(resultAnonymous)
 			if h.HideCredentials {
 				// No source the handler reads carries a key, but
 				// the query may still carry one that an upstream
 				// would read (e.g. after a ";").
-				h.hideCredentials(r)
+				h.sources.Hide(r)
 			}
 			return next.ServeHTTP(w, r)
 		}
 		return h.refuse(w, r, h.authRequired, nil)
-	case credAmbiguous:
+	case credential.Ambiguous:
 		return h.refuse(w, r, h.ambiguousKey, nil)
 	}
 	// A key with the format's prefix must be well formed: a typo is
 	// refused here, before the hash and the lookup.
-	if h.KeyFormat != nil && h.KeyFormat.Check(cred.key).Malformed() {
+	if h.KeyFormat != nil && h.KeyFormat.Check(cred.Key).Malformed() {
 		return h.refuse(w, r, h.malformedKey, nil)
 	}
 
 	ks := h.store.KeySet()
-	key, sum := ks.Lookup(cred.key)
+	key, sum := ks.Lookup(cred.Key)
 	if key == nil {
 		return h.refuse(w, r, h.invalidKey, nil)
 	}
@@ -487,11 +492,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if limits := h.limits.of(key); len(limits) > 0 {
 			rd, limited = h.limits.limiter.Allow(key.ID, limits, now), true
 			if !h.RateLimitHeadersOff {
-				h.limits.writeHeaders(w.Header(), limits, rd)
+				ratelimit.WriteHeaders(w.Header(), h.limits.policyOf(limits), rd)
 			}
 			if !rd.Allowed {
 				w.Header()["Retry-After"] = []string{strconv.FormatInt(rd.RetryAfterSeconds(), 10)}
-				h.events.rateLimited(key, rd, now)
+				h.events.RateLimited(key, rd, now)
 				return h.refuse(w, r, h.rateLimited, key)
 			}
 		}
@@ -508,13 +513,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if limited || metered {
 		repl.Map(admittedPlaceholders(key, rd, limited, qd, metered, now))
 		if metered && h.quota.headers {
-			h.quota.writeHeaders(w.Header(), qd, now)
+			quota.WriteHeaders(w.Header(), qd, now)
 		}
 	} else {
 		repl.Map(key.Placeholder)
 	}
 	if h.HideCredentials {
-		h.hideCredentials(r)
+		h.sources.Hide(r)
 	}
 	return next.ServeHTTP(w, r)
 }

@@ -1,13 +1,12 @@
 package apikey
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/shared"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/ratelimit"
@@ -74,17 +73,6 @@ func (m *metering) spend(key *keyset.Key, now int64) (quota.Decision, bool) {
 	return d, true
 }
 
-// writeHeaders sets the quota headers of an admitted response (opt-in:
-// QuotaHeaders): X-Quota-Limit, X-Quota-Remaining and X-Quota-Reset
-// (seconds until the period ends; none for a fixed allowance).
-func (m *metering) writeHeaders(hdr http.Header, d quota.Decision, now int64) {
-	hdr["X-Quota-Limit"] = []string{strconv.FormatInt(d.Limit, 10)}
-	hdr["X-Quota-Remaining"] = []string{strconv.FormatInt(d.Remaining, 10)}
-	if d.Reset < quota.Never.UnixNano() {
-		hdr["X-Quota-Reset"] = []string{strconv.FormatInt(d.ResetSeconds(now), 10)}
-	}
-}
-
 // admittedPlaceholders resolves the placeholders of an admitted request
 // that was rate limited or metered: the key's (Key.Placeholder), its rate
 // limit's state ({http.auth.apikey.rate_limit.limit}, .remaining, .reset)
@@ -95,77 +83,31 @@ func admittedPlaceholders(key *keyset.Key, rd ratelimit.Decision, limited bool, 
 	switch {
 	case !metered:
 		return func(name string) (any, bool) {
-			if v, ok := ratePlaceholder(name, rd); ok {
+			if v, ok := rd.Placeholder(name); ok {
 				return v, true
 			}
 			return key.Placeholder(name)
 		}
 	case !limited:
-		limit, remaining, reset := qd.Limit, qd.Remaining, quotaReset(qd, now)
+		qp := qd.Placeholders(now)
 		return func(name string) (any, bool) {
-			if v, ok := quotaPlaceholder(name, limit, remaining, reset); ok {
+			if v, ok := qp.Placeholder(name); ok {
 				return v, true
 			}
 			return key.Placeholder(name)
 		}
 	}
-	limit, remaining, reset := qd.Limit, qd.Remaining, quotaReset(qd, now)
+	qp := qd.Placeholders(now)
 	return func(name string) (any, bool) {
-		if v, ok := ratePlaceholder(name, rd); ok {
+		if v, ok := rd.Placeholder(name); ok {
 			return v, true
 		}
-		if v, ok := quotaPlaceholder(name, limit, remaining, reset); ok {
+		if v, ok := qp.Placeholder(name); ok {
 			return v, true
 		}
 		return key.Placeholder(name)
 	}
 }
-
-// ratePlaceholder resolves {http.auth.apikey.rate_limit.limit},
-// .remaining and .reset (seconds).
-func ratePlaceholder(name string, d ratelimit.Decision) (any, bool) {
-	switch name {
-	case "http.auth.apikey.rate_limit.limit":
-		return d.Limit.Requests, true
-	case "http.auth.apikey.rate_limit.remaining":
-		return d.Remaining, true
-	case "http.auth.apikey.rate_limit.reset":
-		return d.ResetSeconds(), true
-	}
-	return nil, false
-}
-
-// quotaReset is the seconds until d's period ends, or -1 for a fixed
-// allowance.
-func quotaReset(d quota.Decision, now int64) int64 {
-	if d.Reset >= quota.Never.UnixNano() {
-		return -1
-	}
-	return d.ResetSeconds(now)
-}
-
-// quotaPlaceholder resolves {http.auth.apikey.quota.limit}, .remaining
-// and .reset (seconds; unset for a fixed allowance).
-func quotaPlaceholder(name string, limit, remaining, reset int64) (any, bool) {
-	switch name {
-	case "http.auth.apikey.quota.limit":
-		return limit, true
-	case "http.auth.apikey.quota.remaining":
-		return remaining, true
-	case "http.auth.apikey.quota.reset":
-		return reset, reset >= 0
-	}
-	return nil, false
-}
-
-// noBank is the bank of a key store that keeps no quota state: keys with
-// a quota are refused (fail closed), which Provision warns about.
-type noBank struct{}
-
-var errNoBank = errors.New("the key store keeps no quota state")
-
-func (noBank) TakeQuota(context.Context, []quota.Take) ([]quota.Taken, error) { return nil, errNoBank }
-func (noBank) GiveQuota(context.Context, []quota.Give) error                  { return errNoBank }
 
 // countedAs is the usage count of each handler result, or -1: the results
 // of requests whose key matched a record.
@@ -197,21 +139,7 @@ func (h *Handler) countUse(key *keyset.Key, r result) {
 // (stores.Live.Name) now, and has its quota meter ask its bank about the
 // keys it refused: the admin API calls it before it reads usage and
 // quota state, so that its answers hold what this server did.
-func FlushUsage(name string) {
-	shared.Range(func(key, value any) bool {
-		if key == name {
-			sh := value.(*storeShared)
-			if sh.counts != nil {
-				sh.counts.Flush()
-			}
-			if sh.meter != nil {
-				sh.meter.Sync()
-			}
-			return false
-		}
-		return true
-	})
-}
+func FlushUsage(name string) { shared.Flush(name) }
 
 // refuseQuota answers a request whose key's quota refused it: 429
 // QUOTA_EXCEEDED with Retry-After until the period ends (none for a fixed
@@ -226,7 +154,7 @@ func (h *Handler) refuseQuota(w http.ResponseWriter, r *http.Request, key *keyse
 		w.Header()["Retry-After"] = []string{strconv.FormatInt(retry, 10)}
 	}
 	if h.quota.headers {
-		h.quota.writeHeaders(w.Header(), d, now)
+		quota.WriteHeaders(w.Header(), d, now)
 	}
 	return h.refuse(w, r, why, key)
 }

@@ -29,7 +29,7 @@ func newQuotaHandler(h *Handler, ks *keyset.KeySet, bank *quota.MemoryBank) *Han
 		panic(err)
 	}
 	h.logger = zap.NewNop()
-	h.store = &quotaStore{memoryStore{keys: ks}, bank}
+	h.store = &quotaStore{memoryStore{keys: ks, name: memoryStoreName()}, bank}
 	h.useShared(caddy.Context{})
 	return h
 }

@@ -1,4 +1,10 @@
-package apikey
+// Package credential reads the API key a request presents, from the
+// configured headers in order and then the query parameter, and removes
+// every key a request carries before the handlers after the apikey
+// handler see it (hide_credentials). It is the apikey handler's, on its
+// request path: finding a key allocates nothing unless the query's value
+// is percent-encoded.
+package credential
 
 import (
 	"net/http"
@@ -6,62 +12,74 @@ import (
 	"strings"
 )
 
-// credentialSource is a request header that may carry the key, with its
-// name in canonical form so the hot path reads the header map directly.
-type credentialSource struct {
-	header string
-	scheme string
+// Header is a request header that may carry the key, with its name in
+// canonical form (http.CanonicalHeaderKey) so that the request path reads
+// the header map directly.
+type Header struct {
+	Name string
+	// The authentication scheme the value must start with (compared
+	// without regard to case), e.g. "Bearer"; "": the whole value is the
+	// key.
+	Scheme string
 }
 
-type credStatus uint8
+// Sources are where a handler reads the key from.
+type Sources struct {
+	Headers []Header // in order; the first one that carries a key wins
+	Query   string   // the query parameter read after the headers; "": none
+}
 
+// Status tells whether a request presents a key.
+type Status uint8
+
+// The statuses of a Credential.
 const (
-	credNone      credStatus = iota // no source carries a key
-	credFound                       // one source carries exactly one key
-	credAmbiguous                   // the first source with a key carries different keys
+	None      Status = iota // no source carries a key
+	Found                   // one source carries exactly one key
+	Ambiguous               // the first source with a key carries different keys
 )
 
-// credential is the key a request presents and where it came from.
-type credential struct {
-	key    string
-	status credStatus
-	header string // canonical header name, when the key came from a header
-	param  string // query parameter name, when the key came from the query
+// Credential is the key a request presents and where it came from.
+type Credential struct {
+	Key    string
+	Status Status
+	Header string // canonical header name, when the key came from a header
+	Param  string // query parameter name, when the key came from the query
 }
 
-// credential finds the key of a request: the configured headers in order,
-// then the query parameter. The first source that carries a key wins. A
-// source that carries two different keys (a repeated header or parameter)
-// makes the request ambiguous rather than letting the first one win,
-// since a proxy in front might pick another one than Caddy does.
-func (h *Handler) credential(r *http.Request) credential {
-	for i := range h.sources {
-		src := &h.sources[i]
-		if key, st := src.extract(r.Header[src.header]); st != credNone {
-			return credential{key: key, status: st, header: src.header}
+// Find finds the key of a request: the headers in order, then the query
+// parameter. The first source that carries a key wins. A source that
+// carries two different keys (a repeated header or parameter) makes the
+// request ambiguous rather than letting the first one win, since a proxy
+// in front might pick another one than Caddy does.
+func (s *Sources) Find(r *http.Request) Credential {
+	for i := range s.Headers {
+		src := &s.Headers[i]
+		if key, st := src.extract(r.Header[src.Name]); st != None {
+			return Credential{Key: key, Status: st, Header: src.Name}
 		}
 	}
-	if h.query != "" && r.URL.RawQuery != "" {
-		if key, st := queryValue(r.URL.RawQuery, h.query); st != credNone {
-			return credential{key: key, status: st, param: h.query}
+	if s.Query != "" && r.URL.RawQuery != "" {
+		if key, st := queryValue(r.URL.RawQuery, s.Query); st != None {
+			return Credential{Key: key, Status: st, Param: s.Query}
 		}
 	}
-	return credential{}
+	return Credential{}
 }
 
 // extract returns the key carried by the values of one header.
-func (s *credentialSource) extract(values []string) (string, credStatus) {
+func (s *Header) extract(values []string) (string, Status) {
 	var found string
-	st := credNone
+	st := None
 	for _, v := range values {
 		k := s.keyFrom(v)
 		if k == "" {
 			continue
 		}
-		if st == credFound && k != found {
-			return "", credAmbiguous
+		if st == Found && k != found {
+			return "", Ambiguous
 		}
-		found, st = k, credFound
+		found, st = k, Found
 	}
 	return found, st
 }
@@ -70,13 +88,13 @@ func (s *credentialSource) extract(values []string) (string, credStatus) {
 // empty value, or (for a source with a scheme) a value with another scheme
 // or with the scheme alone. The scheme is matched without regard to case
 // and spaces around the key are trimmed.
-func (s *credentialSource) keyFrom(v string) string {
+func (s *Header) keyFrom(v string) string {
 	v = trimOWS(v)
-	if s.scheme == "" {
+	if s.Scheme == "" {
 		return v
 	}
-	n := len(s.scheme)
-	if len(v) <= n || !strings.EqualFold(v[:n], s.scheme) || (v[n] != ' ' && v[n] != '\t') {
+	n := len(s.Scheme)
+	if len(v) <= n || !strings.EqualFold(v[:n], s.Scheme) || (v[n] != ' ' && v[n] != '\t') {
 		return ""
 	}
 	return trimOWS(v[n:])
@@ -88,9 +106,9 @@ func trimOWS(s string) string { return strings.Trim(s, " \t") }
 // queryValue returns the value of parameter name in a raw query string,
 // without parsing the whole query into a map (the hot path allocates only
 // when the value is percent-encoded). Empty values are no key.
-func queryValue(rawQuery, name string) (string, credStatus) {
+func queryValue(rawQuery, name string) (string, Status) {
 	var found string
-	st := credNone
+	st := None
 	for rawQuery != "" {
 		var pair string
 		pair, rawQuery, _ = strings.Cut(rawQuery, "&")
@@ -106,10 +124,10 @@ func queryValue(rawQuery, name string) (string, credStatus) {
 		if v == "" {
 			continue
 		}
-		if st == credFound && v != found {
-			return "", credAmbiguous
+		if st == Found && v != found {
+			return "", Ambiguous
 		}
-		found, st = v, credFound
+		found, st = v, Found
 	}
 	return found, st
 }
@@ -127,17 +145,17 @@ func queryNameIs(k, name string) bool {
 	return err == nil && unescaped == name
 }
 
-// hideCredentials removes every key the request carries in the enabled
-// sources, so that the handlers after this one (a reverse proxy's upstream
-// above all) never see one: not the key that authenticated the request, nor
-// a copy or another key sent beside it, nor one in a query pair that the
-// handler does not read but an upstream might (removeQueryParam). Header
-// values that carry no key, such as Authorization credentials of another
-// scheme meant for the upstream, stay.
-func (h *Handler) hideCredentials(r *http.Request) {
-	for i := range h.sources {
-		src := &h.sources[i]
-		values := r.Header[src.header]
+// Hide removes every key the request carries in the sources, so that the
+// handlers after this one (a reverse proxy's upstream above all) never
+// see one: not the key that authenticated the request, nor a copy or
+// another key sent beside it, nor one in a query pair that the handler
+// does not read but an upstream might (RemoveQueryParam). Header values
+// that carry no key, such as Authorization credentials of another scheme
+// meant for the upstream, stay.
+func (s *Sources) Hide(r *http.Request) {
+	for i := range s.Headers {
+		src := &s.Headers[i]
+		values := r.Header[src.Name]
 		var kept []string
 		for _, v := range values {
 			if src.keyFrom(v) == "" {
@@ -147,27 +165,27 @@ func (h *Handler) hideCredentials(r *http.Request) {
 		switch {
 		case len(kept) == len(values):
 		case len(kept) == 0:
-			delete(r.Header, src.header)
+			delete(r.Header, src.Name)
 		default:
-			r.Header[src.header] = kept
+			r.Header[src.Name] = kept
 		}
 	}
-	if h.query != "" && r.URL.RawQuery != "" {
-		if q := removeQueryParam(r.URL.RawQuery, h.query); q != r.URL.RawQuery {
+	if s.Query != "" && r.URL.RawQuery != "" {
+		if q := RemoveQueryParam(r.URL.RawQuery, s.Query); q != r.URL.RawQuery {
 			r.URL.RawQuery = q
 			r.RequestURI = r.URL.RequestURI()
 		}
 	}
 }
 
-// removeQueryParam drops from a raw query string every pair that an
+// RemoveQueryParam drops from a raw query string every pair that an
 // upstream could take for parameter name, and keeps everything else byte
 // for byte. Pairs are split on "&" and on ";" (which many servers and
 // frameworks still take as a separator too), and a pair goes when its name
-// reads as name to any common decoder (see queryNameMayBe). Of the pair and
+// reads as name to any common decoder (see NameMayBe). Of the pair and
 // the separators around it, the pair and the separator before it go (after
 // it, for the first pair), so the pairs kept keep theirs.
-func removeQueryParam(rawQuery, name string) string {
+func RemoveQueryParam(rawQuery, name string) string {
 	if !queryHasParam(rawQuery, name) {
 		return rawQuery
 	}
@@ -181,7 +199,7 @@ func removeQueryParam(rawQuery, name string) string {
 		if i >= 0 {
 			pair = rest[:i]
 		}
-		if k, _, _ := strings.Cut(pair, "="); !queryNameMayBe(k, name) {
+		if k, _, _ := strings.Cut(pair, "="); !NameMayBe(k, name) {
 			if wrote {
 				b.WriteString(sep)
 			}
@@ -196,7 +214,7 @@ func removeQueryParam(rawQuery, name string) string {
 	return b.String()
 }
 
-// queryHasParam reports whether removeQueryParam would drop a pair of
+// queryHasParam reports whether RemoveQueryParam would drop a pair of
 // rawQuery, without allocating when the names are plain.
 func queryHasParam(rawQuery, name string) bool {
 	for rest := rawQuery; rest != ""; {
@@ -206,14 +224,14 @@ func queryHasParam(rawQuery, name string) bool {
 		} else {
 			rest = ""
 		}
-		if k, _, _ := strings.Cut(pair, "="); queryNameMayBe(k, name) {
+		if k, _, _ := strings.Cut(pair, "="); NameMayBe(k, name) {
 			return true
 		}
 	}
 	return false
 }
 
-// queryNameMayBe reports whether the raw parameter name k may read as name
+// NameMayBe reports whether the raw query parameter name k may read as name
 // to some upstream: once it is percent-decoded leniently, as often as it
 // decodes (double encoding, as behind a proxy that decodes once), with "+"
 // as a space, "%uXXXX" as IIS's escape and a malformed escape kept as it is;
@@ -221,7 +239,7 @@ func queryHasParam(rawQuery, name string) bool {
 // cut at a NUL, and with PHP's name mangling: leading spaces dropped, an
 // array suffix ("name[]", "name[x]") dropped, and " ", "." and "[" read as
 // "_".
-func queryNameMayBe(k, name string) bool {
+func NameMayBe(k, name string) bool {
 	if k == name {
 		return true
 	}
@@ -278,7 +296,7 @@ func unhex(c byte) byte {
 }
 
 // looseNameEqual compares two decoded parameter names as the loosest
-// common upstream would (see queryNameMayBe), without allocating.
+// common upstream would (see NameMayBe), without allocating.
 func looseNameEqual(a, b string) bool {
 	a, b = phpBaseName(a), phpBaseName(b)
 	if len(a) != len(b) {
