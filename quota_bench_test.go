@@ -2,12 +2,9 @@ package apikey
 
 import (
 	"fmt"
-	"net/http"
-	"net/url"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
@@ -63,36 +60,7 @@ func BenchmarkQuota(b *testing.B) {
 			b.Run(fmt.Sprintf("keys=%d/%s", sending, c.name), func(b *testing.B) {
 				h := newQuotaHandler(&Handler{KeysFile: "bench-keys.json"}, c.ks, quota.NewMemoryBank())
 				defer h.Cleanup()
-				w := &discardWriter{hdr: make(http.Header)}
-				reqs := make([]*http.Request, benchBatch)
-				prepare := func(offset int) {
-					for j := range reqs {
-						u := &url.URL{Path: "/api/items"}
-						r := &http.Request{Method: "GET", URL: u, Header: http.Header{"Authorization": {spread[(offset+j)%len(spread)]}}, RemoteAddr: "192.0.2.1:51234", RequestURI: u.RequestURI()}
-						reqs[j] = caddyhttp.PrepareRequest(r.WithContext(b.Context()), caddy.NewReplacer(), w, nil)
-					}
-				}
-				prepare(0)
-				for _, r := range reqs { // the keys' first uses: their blocks taken
-					_ = h.ServeHTTP(w, r, noopNext)
-				}
-				h.quota.meter.Sync()
-				b.ReportAllocs()
-				b.ResetTimer()
-				for i := 0; i < b.N; i += benchBatch {
-					b.StopTimer()
-					prepare(i)
-					b.StartTimer()
-					for _, r := range reqs[:min(benchBatch, b.N-i)] {
-						if err := h.ServeHTTP(w, r, noopNext); err != nil {
-							b.Fatal(err)
-						}
-					}
-				}
-				b.StopTimer()
-				if w.status != 0 {
-					b.Fatal(fmt.Sprintf("status %d", w.status))
-				}
+				serveBatches(b, h, spread, h.quota.meter.Sync)
 			})
 		}
 	}
