@@ -26,8 +26,6 @@ type Options struct {
 	// to the bank fails (err) and when one works again after failing
 	// (nil), for the store to log it once.
 	Trouble func(err error)
-	// Now is the clock; nil: time.Now.
-	Now func() time.Time
 }
 
 // Outcome is what became of a request's spending.
@@ -114,9 +112,6 @@ type Meter struct {
 
 // NewMeter returns a meter on bank, running until Close.
 func NewMeter(bank Bank, opt Options) *Meter {
-	if opt.Now == nil {
-		opt.Now = time.Now
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Meter{bank: bank, opt: opt, signal: make(chan struct{}, 1), stop: cancel, done: make(chan struct{}), flush: make(chan chan struct{})}
 	go m.run(ctx)
@@ -384,8 +379,7 @@ func (m *Meter) round(ctx context.Context) {
 			h.mu.Unlock()
 			continue
 		}
-		_, _, end := period.At(time.Unix(0, m.opt.Now().UnixNano()))
-		takes = append(takes, Take{ID: h.id, Period: h.period, Allowance: allowance, Want: max(want, 0), Owed: owed, Ends: end})
+		takes = append(takes, Take{ID: h.id, Period: h.period, Allowance: allowance, Want: max(want, 0), Owed: owed, Ends: time.Unix(0, h.end.Load()).UTC()})
 		asked = append(asked, h)
 		h.mu.Unlock()
 	}
@@ -461,9 +455,7 @@ func (m *Meter) Close() {
 			gives = append(gives, Give{ID: h.id, Period: h.period, N: n})
 		}
 		if n := h.owed.Swap(0); n > 0 {
-			q := h.q.Load()
-			_, _, end := Period(q & 3).At(time.Unix(0, m.opt.Now().UnixNano()))
-			owed = append(owed, Take{ID: h.id, Period: h.period, Allowance: q >> 2, Owed: n, Ends: end})
+			owed = append(owed, Take{ID: h.id, Period: h.period, Allowance: h.q.Load() >> 2, Owed: n, Ends: time.Unix(0, h.end.Load()).UTC()})
 		}
 		h.mu.Unlock()
 		return true
