@@ -547,11 +547,6 @@ func (d *stateDoc) dropExpired(now time.Time) {
 	}
 }
 
-// olderPeriod reports whether period a comes before b, both of the same
-// kind (names of days, or of months, sort as text in the order of time).
-// Periods of different kinds (the quota changed) are never older.
-func olderPeriod(a, b string) bool { return len(a) == len(b) && a < b }
-
 // TakeQuota applies each take (quota.Apply) in one write of the state
 // file, durable before it returns. A take for a period newer than the
 // key's state starts the new period's state; one for an older period (a
@@ -567,7 +562,7 @@ func (f Records) TakeQuota(ctx context.Context, takes []quota.Take) ([]quota.Tak
 		d.dropExpired(now)
 		for i, t := range takes {
 			q := d.Quotas[t.ID]
-			if q != nil && olderPeriod(t.Period, q.Period) {
+			if q != nil && quota.Older(t.Period, q.Period) {
 				out[i] = quota.Taken{}
 				continue
 			}
@@ -647,7 +642,7 @@ func (f Records) GrantQuota(id, period string, n int64, ends time.Time) (quota.S
 	err := f.updateState(context.Background(), func(d *stateDoc, now time.Time) error {
 		d.dropExpired(now)
 		q := d.Quotas[id]
-		if q != nil && olderPeriod(period, q.Period) {
+		if q != nil && quota.Older(period, q.Period) {
 			return fmt.Errorf("granting quota to key %s for %s: that period is over; its quota state is already for %s", id, period, q.Period)
 		}
 		if q == nil || q.Period != period {
