@@ -35,5 +35,6 @@ func (f *Store) AddUsageCounts(ctx context.Context, rows []usagecount.Row, keep 
 }
 
 // state is the record store of the key file, on the store's clock, for
-// its state file.
-func (s *keyFile) state() Records { return Records{Path: s.path, now: s.now} }
+// its state file: once the state file was there, a missing one is an
+// error (ErrStateGone).
+func (s *keyFile) state() Records { return Records{Path: s.path, now: s.now, seen: &s.stateSeen} }

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/audit"
@@ -31,6 +32,10 @@ type Records struct {
 	MayCreate bool
 
 	now func() time.Time // the clock of the state file's changes; nil: time.Now
+	// seen, for a running Caddy's store, notes that its state file was
+	// there: once it was, a missing one is an error, not an empty state,
+	// for the quotas' use must not start afresh unnoticed.
+	seen *atomic.Bool
 }
 
 // String names the key file in messages: its path.

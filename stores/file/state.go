@@ -463,6 +463,11 @@ func readStateIn(dir *os.Root, name string) (*stateDoc, fs.FileInfo, error) {
 	return d, fi, nil
 }
 
+// ErrStateGone is what a running Caddy's file store answers, wrapped,
+// when the state file it read or wrote is gone: its keys' quotas would
+// otherwise start afresh, unused, in the middle of their period.
+var ErrStateGone = errors.New("it is gone, though this server read or wrote it before; the quotas stay refused beyond the units each server holds until it is back: restore it from a backup, or restart Caddy to start the quotas and usage counts afresh (every key's quota then counts as unused this period)")
+
 // errNoChange tells updateState that there is nothing to write.
 var errNoChange = errors.New("no change")
 
@@ -511,6 +516,14 @@ func (f Records) updateState(ctx context.Context, change func(d *stateDoc, now t
 	if err != nil {
 		return err
 	}
+	if f.seen != nil {
+		if fi == nil && f.seen.Load() {
+			return fmt.Errorf("state file %s: %w", filepath.Join(dir.Name(), stateName), ErrStateGone)
+		}
+		if fi != nil {
+			f.seen.Store(true)
+		}
+	}
 	if err := change(d, f.clock()); err != nil {
 		if errors.Is(err, errNoChange) {
 			return nil
@@ -525,8 +538,13 @@ func (f Records) updateState(ctx context.Context, change func(d *stateDoc, now t
 			like = kfi
 		}
 	}
-	_, err = keyfile.WriteCompanionIn(dir, stateName, "state file", d, like)
-	return err
+	if _, err = keyfile.WriteCompanionIn(dir, stateName, "state file", d, like); err != nil {
+		return err
+	}
+	if f.seen != nil {
+		f.seen.Store(true)
+	}
+	return nil
 }
 
 // clock is the time now, for the periods' ends and the hours kept.

@@ -495,3 +495,32 @@ func TestStateFileTooLarge(t *testing.T) {
 		}
 	})
 }
+
+// A running Caddy's store whose state file goes away after it was there:
+// its takes and usage writes fail (ErrStateGone, the meter then refuses
+// beyond the units it holds) instead of starting every quota afresh; a
+// store that never saw one starts with an empty state.
+func TestStateGoneWhileRunning(t *testing.T) {
+	rs, path := stateRecords(t, dec3)
+	var seen atomic.Bool
+	rs.seen = &seen
+	if err := rs.GiveQuota(context.Background(), []quota.Give{{ID: "k", Period: "2026-12", N: 1}}); err != nil || seen.Load() {
+		t.Fatalf("a give with no state file: %v; the state file taken as seen: %v", err, seen.Load())
+	}
+	if _, err := rs.TakeQuota(context.Background(), []quota.Take{monthTake("k", 100, 10, 0)}); err != nil {
+		t.Fatalf("the first take makes the state file: %v", err)
+	}
+	if err := os.Remove(StatePath(path)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := rs.TakeQuota(context.Background(), []quota.Take{monthTake("k", 100, 10, 0)})
+	if !errors.Is(err, ErrStateGone) || !strings.Contains(err.Error(), StatePath(path)) {
+		t.Fatalf("a take once the state file is gone: %v", err)
+	}
+	if err := rs.AddUsageCounts(context.Background(), []usagecount.Row{{ID: "k", Hour: usagecount.Hour(dec3), Result: "admitted", N: 1}}, usagecount.DefaultRetention); !errors.Is(err, ErrStateGone) {
+		t.Fatalf("a usage write once the state file is gone: %v", err)
+	}
+	if _, err := os.Stat(StatePath(path)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the state file was made again: %v", err)
+	}
+}

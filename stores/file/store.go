@@ -159,6 +159,7 @@ type keyFile struct {
 	// The writer's state.
 	writeFailing storecore.Trouble             // usage writes fail (logged once)
 	lastWrite    atomic.Pointer[keyfile.Write] // the writer's last write, for the watcher
+	stateSeen    atomic.Bool                   // the state file was there (see Records.seen)
 	writes       atomic.Int64                  // usage writes done, for tests
 
 	// The watcher and the writer: a refresh is a reload of the file.
