@@ -20,6 +20,8 @@ import (
 const hangLimit = 10 * time.Second
 
 // noHang runs f and fails the test if it does not return within hangLimit.
+// (testkeys.NoHang, which the other packages call, cannot be imported
+// here: testkeys imports keyfile, which imports this package.)
 func noHang(t *testing.T, what string, f func()) {
 	t.Helper()
 	done := make(chan struct{})

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 
@@ -102,3 +103,21 @@ var (
 	RawKeyPattern = regexp.MustCompile(`^sk_[A-Za-z0-9_-]{43}$`)
 	UUIDv4Pattern = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 )
+
+// HangLimit bounds how long a call that must not block (an open of a FIFO,
+// a lock) may take before a test calls it a hang. It is not a performance
+// bound.
+const HangLimit = 10 * time.Second
+
+// NoHang runs f and fails the test if it does not return within
+// HangLimit.
+func NoHang(t testing.TB, what string, f func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { defer close(done); f() }()
+	select {
+	case <-done:
+	case <-time.After(HangLimit):
+		t.Fatalf("%s hangs", what)
+	}
+}

@@ -115,7 +115,7 @@ func TestWriterAndREADMERecipeShareOneLock(t *testing.T) {
 						if err != nil {
 							t.Fatalf("writer of %s: %v", writer, err)
 						}
-					case <-time.After(hangLimit):
+					case <-time.After(testkeys.HangLimit):
 						t.Fatalf("the writer of %s still waits after the recipe's lock was released", writer)
 					}
 
@@ -292,21 +292,21 @@ func TestPlantedLockFileIsRefused(t *testing.T) {
 				}
 			}
 			var err error
-			noHang(t, "lockKeyFile", func() {
+			testkeys.NoHang(t, "lockKeyFile", func() {
 				var unlock func()
 				if unlock, err = keyfile.Lock(path, time.Second, nil); err == nil {
 					unlock()
 				}
 			})
 			check("lockKeyFile", err)
-			noHang(t, "add", func() {
+			testkeys.NoHang(t, "add", func() {
 				err = addRecord(path)
 			})
 			check("add", err)
 
 			s, clock, logs := newTestStore(t, path, time.Minute)
 			use(t, s, clock, k.Raw)
-			noHang(t, "a usage write", func() { s.writeUsage(true) })
+			testkeys.NoHang(t, "a usage write", func() { s.writeUsage(true) })
 			if s.writes.Load() != 0 {
 				t.Error("the usage writer wrote through a planted lock file")
 			}

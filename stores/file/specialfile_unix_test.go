@@ -14,22 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// hangLimit bounds how long a call that must not block may take before the
-// test calls it a hang. It is not a performance bound.
-const hangLimit = 10 * time.Second
-
-// noHang runs f and fails the test if it does not return within hangLimit.
-func noHang(t *testing.T, what string, f func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() { defer close(done); f() }()
-	select {
-	case <-done:
-	case <-time.After(hangLimit):
-		t.Fatalf("%s hangs", what)
-	}
-}
-
 // specialFiles puts each kind of file that is not a regular one in the key
 // file's place, in turn, and calls check with its description.
 func specialFiles(t *testing.T, path string, check func(kind string)) {
@@ -58,7 +42,7 @@ func TestReadKeyFileRefusesSpecialFilesWithoutBlocking(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
 	specialFiles(t, path, func(kind string) {
 		var err error
-		noHang(t, "reading a "+kind, func() { _, _, err = keyfile.ReadFile(path) })
+		testkeys.NoHang(t, "reading a "+kind, func() { _, _, err = keyfile.ReadFile(path) })
 		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
 			t.Errorf("%s: error %v, want one saying it is not a regular file", kind, err)
 		}
@@ -92,18 +76,18 @@ func TestStoreSurvivesSpecialFiles(t *testing.T) {
 	s, clock, logs := newTestStore(t, path, time.Minute)
 
 	specialFiles(t, path, func(kind string) {
-		noHang(t, "reloading a "+kind, func() { s.check(); s.check() })
+		testkeys.NoHang(t, "reloading a "+kind, func() { s.check(); s.check() })
 		if k, _ := s.KeySet().Lookup(a.Raw); k == nil {
 			t.Fatalf("%s: the keys in force were dropped", kind)
 		}
 		use(t, s, clock, a.Raw)
-		noHang(t, "writing usage into a "+kind, func() { s.writeUsage(true) })
+		testkeys.NoHang(t, "writing usage into a "+kind, func() { s.writeUsage(true) })
 		var err error
-		noHang(t, "caddy apikey revoke on a "+kind, func() { err = revokeRecord(path, a.Rec().ID) })
+		testkeys.NoHang(t, "caddy apikey revoke on a "+kind, func() { err = revokeRecord(path, a.Rec().ID) })
 		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
 			t.Errorf("%s: revoke error %v", kind, err)
 		}
-		noHang(t, "caddy apikey list on a "+kind, func() { err = readRecords(path) })
+		testkeys.NoHang(t, "caddy apikey list on a "+kind, func() { err = readRecords(path) })
 		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
 			t.Errorf("%s: list error %v", kind, err)
 		}
@@ -128,5 +112,5 @@ func TestStoreSurvivesSpecialFiles(t *testing.T) {
 	}
 	use(t, s, clock, b.Raw)
 	s.start()
-	noHang(t, "stopping the store", func() { _ = s.Destruct() })
+	testkeys.NoHang(t, "stopping the store", func() { _ = s.Destruct() })
 }

@@ -50,7 +50,7 @@ func TestStateFileSpecial(t *testing.T) {
 				t.Fatal(err)
 			}
 			goodBefore := testkeys.ReadFile(t, good)
-			noHang(t, "using a state file that is a "+c.name, func() {
+			testkeys.NoHang(t, "using a state file that is a "+c.name, func() {
 				checkStateRefused(t, rs, statePath, c.says, true, func() {
 					now, err := os.Lstat(statePath)
 					if err != nil || !os.SameFile(before, now) || now.Mode() != before.Mode() {
@@ -188,7 +188,7 @@ func TestStateTakeWaitsForTheLockAsLongAsItsContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	var got []quota.Taken
-	noHang(t, "a take while another writer holds the lock", func() {
+	testkeys.NoHang(t, "a take while another writer holds the lock", func() {
 		got, err = rs.TakeQuota(ctx, []quota.Take{monthTake("k", 10, 1, 0)})
 	})
 	if err == nil || !errors.Is(err, quota.ErrUnavailable) || !strings.Contains(err.Error(), "still held by another writer") {
