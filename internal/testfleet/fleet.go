@@ -27,6 +27,14 @@ var (
 	caddyBinOnce sync.Once
 	caddyBin     string
 	caddyBinErr  error
+
+	// buildEnv is the environment the test binary started with, taken
+	// before any TestMain can change it: the root package's moves HOME
+	// into a temporary folder, and a go command run there would find
+	// neither the build cache nor the module cache (GOCACHE and GOPATH
+	// default to folders in HOME), building all of Caddy from nothing
+	// into that folder on every run.
+	buildEnv = os.Environ()
 )
 
 // Build builds ./cmd/caddy once per test binary, or, where the test
@@ -50,7 +58,9 @@ func Build(t testing.TB) string {
 		if _, err := os.Stat(done); err == nil {
 			return // built by another test binary of this run
 		}
-		out, err := exec.Command("go", "build", "-o", caddyBin, "github.com/caddy-apikey/caddy-apikey/cmd/caddy").CombinedOutput()
+		build := exec.Command("go", "build", "-o", caddyBin, "github.com/caddy-apikey/caddy-apikey/cmd/caddy")
+		build.Env = buildEnv
+		out, err := build.CombinedOutput()
 		if err != nil {
 			caddyBinErr = fmt.Errorf("go build ./cmd/caddy: %v\n%s", err, out)
 			return
