@@ -492,7 +492,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if limits := h.limits.of(key); len(limits) > 0 {
 			rd, limited = h.limits.limiter.Allow(key.ID, limits, now), true
 			if !h.RateLimitHeadersOff {
-				ratelimit.WriteHeaders(w.Header(), h.limits.policyOf(limits), rd)
+				ratelimit.WriteHeaders(w.Header(), h.limits.policyOf(key), rd)
 			}
 			if !rd.Allowed {
 				w.Header()["Retry-After"] = []string{strconv.FormatInt(rd.RetryAfterSeconds(), 10)}
@@ -539,21 +539,26 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, why *refusal, k
 		}
 		c.Write(fields...)
 	}
-	if why.status == http.StatusUnauthorized {
-		// A new slice each time: later handlers may edit header values
-		// in place (the header directive's replace does).
-		w.Header()["Www-Authenticate"] = []string{h.challenge}
-	}
+	// The header values are new memory each time, as later handlers may
+	// edit values in place (the header directive's replace does): one
+	// block for all of them, each header a slice of its own of it.
+	hdr := w.Header()
 	if h.HandleErrors {
+		if why.status == http.StatusUnauthorized {
+			hdr["Www-Authenticate"] = []string{h.challenge}
+		}
 		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 		repl.Set("http.auth.apikey.error_code", why.code)
 		return caddyhttp.Error(why.status, errors.New(why.message))
 	}
-	hdr := w.Header()
-	hdr["Content-Type"] = []string{"application/json"}
-	hdr["Cache-Control"] = []string{"no-store"}
-	hdr["X-Content-Type-Options"] = []string{"nosniff"}
-	hdr["Content-Length"] = []string{why.length}
+	v := &[5]string{"application/json", "no-store", "nosniff", why.length, h.challenge}
+	hdr["Content-Type"] = v[0:1:1]
+	hdr["Cache-Control"] = v[1:2:2]
+	hdr["X-Content-Type-Options"] = v[2:3:3]
+	hdr["Content-Length"] = v[3:4:4]
+	if why.status == http.StatusUnauthorized {
+		hdr["Www-Authenticate"] = v[4:5:5]
+	}
 	w.WriteHeader(why.status)
 	_, err := w.Write(why.body)
 	return err
