@@ -107,11 +107,12 @@ func (l *limiting) of(key *keyset.Key) []ratelimit.Limit {
 	return l.defaults
 }
 
-// policyOf is the RateLimit-Policy header of limits, made once for the
-// defaults.
-func (l *limiting) policyOf(limits []ratelimit.Limit) string {
-	if len(l.defaults) > 0 && &limits[0] == &l.defaults[0] {
-		return l.policy
+// policyOf is the RateLimit-Policy header of the limits of key (of), made
+// once: for the defaults when the handler is provisioned, for a key's own
+// limits on its first request.
+func (l *limiting) policyOf(key *keyset.Key) string {
+	if _, own := key.RateLimits(); own {
+		return key.RateLimitPolicy()
 	}
-	return ratelimit.Policy(limits)
+	return l.policy
 }

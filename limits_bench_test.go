@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/caddy-apikey/caddy-apikey/internal/testkeys"
+	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
 )
 
@@ -34,19 +35,31 @@ func benchRateLimit(b *testing.B, sending int) {
 	}
 	one := []keyset.RateLimit{{Requests: 1_000_000_000, Window: "1h"}}
 	three := []keyset.RateLimit{{Requests: 1_000_000_000, Window: "1s"}, {Requests: 1_000_000_000, Window: "1m"}, {Requests: 1_000_000_000, Window: "1h"}}
+	// The same key set, each key with the one limit of its own (in its
+	// record) instead of the handler's default.
+	recs := testkeys.BenchRecords(n)
+	for i := range recs {
+		recs[i].RateLimits = one
+	}
+	own, err := keyfile.BuildKeySet(recs)
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, c := range []struct {
 		name       string
 		limits     []keyset.RateLimit
 		headersOff bool
+		keys       *keyset.KeySet
 	}{
-		{"none", nil, false},
-		{"1-limit/headers=on", one, false},
-		{"1-limit/headers=off", one, true},
-		{"3-limits/headers=on", three, false},
-		{"3-limits/headers=off", three, true},
+		{"none", nil, false, ks},
+		{"1-limit/headers=on", one, false, ks},
+		{"1-limit/headers=off", one, true, ks},
+		{"3-limits/headers=on", three, false, ks},
+		{"3-limits/headers=off", three, true, ks},
+		{"1-own-limit/headers=on", nil, false, own},
 	} {
 		b.Run(fmt.Sprintf("keys=%d/%s", sending, c.name), func(b *testing.B) {
-			h := newMemoryHandler(&Handler{KeysFile: "bench-keys.json", RateLimits: c.limits, RateLimitHeadersOff: c.headersOff}, ks)
+			h := newMemoryHandler(&Handler{KeysFile: "bench-keys.json", RateLimits: c.limits, RateLimitHeadersOff: c.headersOff}, c.keys)
 			serveBatches(b, h, spread, nil)
 		})
 	}

@@ -24,7 +24,7 @@ type Key struct {
 	// limits are the record's own rate limits, shared by the copies of
 	// the key and never changed: nil when the record has none of its own
 	// (the handler's defaults apply), noLimits when it says none.
-	limits    *[]ratelimit.Limit
+	limits    *ownLimits
 	quota     quota.Quota // the record's quota, if hasQuota
 	hasQuota  bool
 	expiresAt int64 // unix nanoseconds, clamped to int64 (see UnixNanoClamped)
@@ -94,8 +94,16 @@ func (k *Key) CreatedAt() (int64, bool) { return k.createdAt, k.created }
 // if it was.
 func (k *Key) RevokedAt() (int64, bool) { return k.revokedAt, k.revoked }
 
+// ownLimits are a record's own rate limits, with their RateLimit-Policy
+// header, made on the first request that needs it and kept: every
+// response under the limits carries it.
+type ownLimits struct {
+	list   []ratelimit.Limit
+	policy atomic.Pointer[string]
+}
+
 // noLimits are the limits of a key whose record says it has none.
-var noLimits = []ratelimit.Limit{}
+var noLimits = &ownLimits{list: []ratelimit.Limit{}}
 
 // RateLimits returns the key's own rate limits, parsed and checked when
 // the key was made, and whether it has limits of its own: false when its
@@ -106,7 +114,23 @@ func (k *Key) RateLimits() ([]ratelimit.Limit, bool) {
 	if k.limits == nil {
 		return nil, false
 	}
-	return *k.limits, true
+	return k.limits.list, true
+}
+
+// RateLimitPolicy is the RateLimit-Policy header (ratelimit.Policy) of
+// the key's own rate limits, "" when it has none of its own: made once,
+// on the first call, for the key and its copies.
+func (k *Key) RateLimitPolicy() string {
+	own := k.limits
+	if own == nil {
+		return ""
+	}
+	if p := own.policy.Load(); p != nil {
+		return *p
+	}
+	p := ratelimit.Policy(own.list)
+	own.policy.Store(&p)
+	return p
 }
 
 // Quota returns the key's quota, if its record has one.
@@ -122,9 +146,9 @@ func (k *Key) setLimits(limits []ratelimit.Limit) {
 	case limits == nil:
 		k.limits = nil
 	case len(limits) == 0:
-		k.limits = &noLimits
+		k.limits = noLimits
 	default:
-		k.limits = &limits
+		k.limits = &ownLimits{list: limits}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	jsonv2 "github.com/go-json-experiment/json"
 
@@ -55,6 +56,54 @@ func TestRecordRateLimits(t *testing.T) {
 		if own != w.own || !slices.Equal(got, w.limits) || (got == nil) != (w.limits == nil) {
 			t.Errorf("%s: RateLimits() = %v, %v; want %v, %v", k.ID, got, own, w.limits, w.own)
 		}
+	}
+}
+
+// A key's RateLimit-Policy is its own limits', made once and shared by its
+// copies and by a key set read back from a snapshot; "" without limits of
+// its own.
+func TestRateLimitPolicy(t *testing.T) {
+	ks, err := New([]Record{
+		limitRecord("absent", nil),
+		limitRecord("none", []RateLimit{}),
+		limitRecord("two", []RateLimit{{100, "1m"}, {10, "1s"}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const two = `"1m";q=100;w=60, "1s";q=10;w=1`
+	data := encodeSnapshot(t, Snapshot{KeySet: ks, Of: "x", Written: time.Unix(0, 0)})
+	snap, err := DecodeSnapshot(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := func(set *KeySet, id string) *Key {
+		for i := range set.Len() {
+			if k := set.At(i); k.ID == id {
+				return k
+			}
+		}
+		t.Fatalf("no key %q", id)
+		return nil
+	}
+	for _, set := range []*KeySet{ks, snap.KeySet} {
+		for id, want := range map[string]string{"absent": "", "none": "", "two": two} {
+			if got := byID(set, id).RateLimitPolicy(); got != want {
+				t.Errorf("%s: RateLimitPolicy() = %q, want %q", id, got, want)
+			}
+		}
+	}
+	// The next key set after another key's change keeps "two" with its
+	// policy.
+	first := byID(ks, "two").RateLimitPolicy()
+	relabeled := limitRecord("absent", nil)
+	relabeled.Label = "relabeled"
+	next, problems := ks.With(map[string]*Record{"absent": &relabeled}, nil)
+	if len(problems) > 0 {
+		t.Fatal(problems)
+	}
+	if again := byID(next, "two").RateLimitPolicy(); unsafe.StringData(again) != unsafe.StringData(first) {
+		t.Error("the next key set made the policy of an unchanged key again")
 	}
 }
 

@@ -128,8 +128,8 @@ func (s Snapshot) WriteTo(w io.Writer) (int64, error) {
 			buf = binary.LittleEndian.AppendUint64(buf, uint64(k.createdAt))
 		}
 		if k.limits != nil {
-			buf = binary.AppendUvarint(buf, uint64(len(*k.limits)))
-			for _, l := range *k.limits {
+			buf = binary.AppendUvarint(buf, uint64(len(k.limits.list)))
+			for _, l := range k.limits.list {
 				buf = binary.AppendUvarint(buf, uint64(l.Requests))
 				buf = binary.AppendUvarint(buf, uint64(l.Window/time.Second))
 			}
@@ -383,8 +383,8 @@ type snapDecoder struct {
 	arena []byte // the keys' strings
 	used  int    // arena[:used] holds strings
 
-	limitArena []ratelimit.Limit   // the block the keys' rate limits are read into
-	limitLists [][]ratelimit.Limit // the block the keys' lists of rate limits are in
+	limitArena []ratelimit.Limit // the block the keys' rate limits are read into
+	limitLists []ownLimits       // the block the keys' lists of rate limits are in
 }
 
 // ensure reads on until k bytes (at most len(buf)) are buffered, or r ends.
@@ -499,7 +499,7 @@ func (d *snapDecoder) limits(n int) []ratelimit.Limit {
 		return nil
 	}
 	if count == 0 {
-		return noLimits
+		return noLimits.list
 	}
 	if len(d.limitArena)+int(count) > cap(d.limitArena) {
 		d.limitArena = make([]ratelimit.Limit, 0, 4096)
@@ -517,15 +517,17 @@ func (d *snapDecoder) limits(n int) []ratelimit.Limit {
 
 // limitsOf is what a key holds of its limits: a pointer to them, from a
 // block of such the keys share.
-func (d *snapDecoder) limitsOf(limits []ratelimit.Limit) *[]ratelimit.Limit {
+func (d *snapDecoder) limitsOf(limits []ratelimit.Limit) *ownLimits {
 	if len(limits) == 0 {
-		return &noLimits
+		return noLimits
 	}
 	if len(d.limitLists) == cap(d.limitLists) {
-		d.limitLists = make([][]ratelimit.Limit, 0, 1024)
+		d.limitLists = make([]ownLimits, 0, 1024)
 	}
-	d.limitLists = append(d.limitLists, limits)
-	return &d.limitLists[len(d.limitLists)-1]
+	d.limitLists = d.limitLists[:len(d.limitLists)+1]
+	own := &d.limitLists[len(d.limitLists)-1]
+	own.list = limits
+	return own
 }
 
 // str reads a key's string into the arena and returns it: a view of bytes
@@ -550,7 +552,7 @@ func (d *snapDecoder) str() string {
 func (k *Key) Record(sum [sha256.Size]byte) Record {
 	rec := Record{ID: k.ID, Label: k.Label, KeyHash: hex.EncodeToString(sum[:]), KeyPrefix: k.Prefix, Scopes: k.Scopes}
 	if k.limits != nil {
-		rec.RateLimits = RateLimitsOf(*k.limits)
+		rec.RateLimits = RateLimitsOf(k.limits.list)
 	}
 	if k.expires {
 		rec.ExpiresAt = Timestamp(new(time.Unix(0, k.expiresAt)))
