@@ -464,7 +464,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	// A key with the format's prefix must be well formed: a typo is
 	// refused here, before the hash and the lookup.
-	if h.KeyFormat != nil && h.KeyFormat.Check(cred.Key).Malformed() {
+	if h.KeyFormat != nil && h.KeyFormat.Malformed(cred.Key) {
 		return h.refuse(w, r, h.malformedKey, nil)
 	}
 

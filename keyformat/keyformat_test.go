@@ -192,6 +192,19 @@ func TestCheckMalformed(t *testing.T) {
 		if got := acme.Check(tt.in).Malformed(); got != (tt.want >= WrongLength) {
 			t.Errorf("%s: Malformed() = %v", tt.name, got)
 		}
+		// The request path's quick test agrees: each bad character
+		// here also breaks the checksum (the one it misses is below).
+		if got := acme.Malformed(tt.in); got != tt.want.Malformed() {
+			t.Errorf("%s: Format.Malformed(%q) = %v", tt.name, tt.in, got)
+		}
+	}
+	// A character outside base62 in the random part, with the checksum
+	// of what is there: Check calls it malformed, the quick test leaves
+	// it to the lookup.
+	odd := acme.Prefix + "-" + good[p+1:p+RandomLen]
+	odd += base62Independent(crc32.ChecksumIEEE([]byte(odd[p:])))
+	if acme.Check(odd) != BadCharacter || acme.Malformed(odd) {
+		t.Errorf("%q: Check = %v, Format.Malformed = %v", odd, acme.Check(odd), acme.Malformed(odd))
 	}
 	if NotThisFormat.Malformed() || WellFormed.Malformed() {
 		t.Error("NotThisFormat or WellFormed is Malformed")
@@ -227,8 +240,8 @@ func TestCheckCatchesEveryTypo(t *testing.T) {
 					continue
 				}
 				b[i] = Alphabet[j]
-				if r := acme.Check(string(b)); r != WrongChecksum {
-					t.Fatalf("%q with position %d changed: %v", b, i, r)
+				if r := acme.Check(string(b)); r != WrongChecksum || !acme.Malformed(string(b)) {
+					t.Fatalf("%q with position %d changed: %v, Format.Malformed %v", b, i, r, acme.Malformed(string(b)))
 				}
 			}
 			b[i] = orig
@@ -405,6 +418,8 @@ func TestCheckAllocatesNothing(t *testing.T) {
 		_ = acme.Check(k)
 		_ = acme.Check(bad)
 		_ = acme.Check("sk_whatever")
+		_ = acme.Malformed(k)
+		_ = acme.Malformed(bad)
 	}); n != 0 {
 		t.Errorf("Check allocates %.0f times", n)
 	}
@@ -429,6 +444,15 @@ func FuzzCheck(f *testing.F) {
 		}
 		if !strings.HasPrefix(s, acme.Prefix) && r != NotThisFormat {
 			t.Fatalf("Check(%q) = %v without the prefix", s, r)
+		}
+		// The quick test calls malformed exactly what Check does, but
+		// for a bad character in the random part beside a checksum that
+		// matches it.
+		if quick := acme.Malformed(s); quick != r.Malformed() {
+			random := s[len(acme.Prefix) : len(acme.Prefix)+RandomLen]
+			if quick || r != BadCharacter || s[len(s)-ChecksumLen:] != base62Independent(crc32.ChecksumIEEE([]byte(random))) {
+				t.Fatalf("Format.Malformed(%q) = %v, Check = %v", s, quick, r)
+			}
 		}
 		_ = r.String()
 		if f, r2 := Inspect(s); r2 != NotThisFormat && f.Validate() != nil {
@@ -455,6 +479,15 @@ func BenchmarkCheck(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				benchSink += int(acme.Check(c.s))
+			}
+		})
+		// The request path's test of the same string.
+		b.Run("malformed/"+c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if acme.Malformed(c.s) {
+					benchSink++
+				}
 			}
 		})
 	}
