@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddy-apikey/caddy-apikey/audit"
+	"github.com/caddy-apikey/caddy-apikey/internal/safefile"
 
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -136,7 +137,7 @@ func appendAudit(dir *os.Root, name string, entries []audit.Entry) error {
 			return err
 		}
 	}
-	f, err := keyfile.OpenAppendIn(dir, name, name+AuditSuffix)
+	f, err := safefile.OpenAppendIn(dir, name, name+AuditSuffix)
 	if err != nil {
 		return fmt.Errorf("audit log: %w; nothing was changed", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/safefile"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/quota"
 	"github.com/caddy-apikey/caddy-apikey/stores"
@@ -446,7 +447,7 @@ func checkHours(id string, hours map[string]map[string]int64) error {
 // none (fi nil).
 func readStateIn(dir *os.Root, name string) (*stateDoc, fs.FileInfo, error) {
 	path := filepath.Join(dir.Name(), name)
-	data, fi, err := keyfile.ReadCompanionIn(dir, name, MaxStateSize)
+	data, fi, err := safefile.ReadCompanionIn(dir, name, MaxStateSize)
 	var pe *fs.PathError
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -538,7 +539,9 @@ func (f Records) updateState(ctx context.Context, change func(d *stateDoc, now t
 			like = kfi
 		}
 	}
-	if _, err = keyfile.WriteCompanionIn(dir, stateName, "state file", d, like); err != nil {
+	// First the temporary files a writer killed mid-write left.
+	safefile.RemoveStaleTemporaries(dir, stateName)
+	if _, err = safefile.ReplaceIn(dir, stateName, "state file", d, like, nil); err != nil {
 		return err
 	}
 	if f.seen != nil {

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddy-apikey/caddy-apikey/internal/safefile"
 	"github.com/caddy-apikey/caddy-apikey/internal/storecore"
 	"github.com/caddy-apikey/caddy-apikey/keyfile"
 	"github.com/caddy-apikey/caddy-apikey/keyset"
@@ -465,7 +466,7 @@ func (s *Set) writeCache() {
 		// server that starts from its cache would refuse every key.
 		return
 	}
-	_, err := keyfile.WriteAtomic(s.cacheFile, keyset.Snapshot{KeySet: ks, Of: s.Name(), Version: p.version, LogID: p.logID, Written: time.Now()}, nil, nil)
+	_, err := safefile.Replace(s.cacheFile, "cache file", keyset.Snapshot{KeySet: ks, Of: s.Name(), Version: p.version, LogID: p.logID, Written: time.Now()}, nil, nil)
 	if err != nil {
 		if s.cacheFailing.Start() {
 			s.log().Error("cannot write the cache file", s.fields(zap.String("cache_file", s.cacheFile), zap.Error(err))...)
