@@ -80,6 +80,8 @@ func startCaddy() error {
 	if err != nil {
 		return err
 	}
+	// Read once, as Caddy starts: gone when this returns.
+	defer os.Remove(f.Name())
 	fmt.Fprintf(f, "{\n\tadmin localhost:%d\n\tpersist_config off\n}\n", adminPort)
 	f.Close()
 	os.Args = []string{"caddy", "run", "--config", f.Name(), "--adapter", "caddyfile"}
